@@ -1,0 +1,3 @@
+from pgmux.cli import main
+
+raise SystemExit(main())
