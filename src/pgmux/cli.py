@@ -1,0 +1,53 @@
+"""Command line, PgBouncer's flags: pgmux [-d] [-R] [-q] [-v] [-u USER] [-V] [-h] CONFIG, plus `pgmux demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import sys
+
+from pgmux import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgmux", description="PostgreSQL connection pooler and load balancer "
+                                "(runs from a pgbouncer.ini or a pgmux.toml). `pgmux demo` starts a throwaway "
+                                "primary and replica with pgmux in front.")
+    p.add_argument("-d", "--daemon", action="store_true", help="run in the background (needs logfile)")
+    p.add_argument("-R", "--reboot", action="store_true", help="accepted for compatibility; online restart "
+                   "is not supported, pgmux starts normally")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not log to stderr")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.add_argument("-u", "--user", help="switch to this OS user at start-up")
+    p.add_argument("-V", "--version", action="version", version=f"pgmux {__version__}")
+    p.add_argument("config", help="pgbouncer.ini or pgmux.toml")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "demo":
+        from pgmux.demo import run_demo
+
+        return run_demo(argv[1:])
+    args = _parser().parse_args(argv)
+    from pgmux.config import load_config
+    from pgmux.errors import ConfigError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"pgmux: configuration error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"pgmux: cannot read configuration: {e}", file=sys.stderr)
+        return 1
+    user = args.user or config.settings.user
+    if user and os.getuid() == 0:
+        pw = pwd.getpwnam(user)
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    from pgmux.runtime.main import run
+
+    return run(config, os.path.abspath(args.config), daemon=args.daemon, quiet=args.quiet, verbose=args.verbose)

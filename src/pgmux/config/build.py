@@ -1,0 +1,164 @@
+"""Turn raw key/value entries, as either loader found them, into the typed model, with strict validation.
+
+The loaders only read syntax; every rule about keys and values lives here, so pgbouncer.ini and pgmux.toml
+accept the same things and fail with the same messages. Each raw value carries where it came from, and
+every error names that file, line and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from pgmux.config import values as v
+from pgmux.config.model import Config, DatabaseConfig, UserConfig
+from pgmux.config.settings import SETTINGS_INFO, Settings
+from pgmux.config.userlist import load_userlist
+from pgmux.errors import ConfigError
+
+# PgBouncer keeps "pgbouncer" for its admin console; clients of pgmux's console use the same name.
+RESERVED_DATABASES = frozenset({"pgbouncer"})
+
+
+@dataclass(frozen=True)
+class Raw:
+    """One value as a loader found it: text from INI, a native value from TOML."""
+
+    value: object
+    file: str | None
+    line: int | None
+    key: str  # as messages name it: "listen_port", "databases.app.port"
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, line=self.line, key=self.key)
+
+
+def _parse(raw: Raw, parser: v.Parser) -> object:
+    try:
+        return parser(raw.value)
+    except ValueError as exc:
+        raise raw.error(f"invalid value {raw.value!r}: {exc}") from None
+
+
+def _unknown(raw: Raw, what: str, name: str, known: Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return raw.error(f"unknown {what} {name!r}{hint}")
+
+
+def _seconds_or_unset(value: object) -> float | None:
+    # Per-database and per-user timeouts take -1 for "not set", as PgBouncer documents.
+    if value in (-1, "-1"):
+        return None
+    return v.seconds(value)
+
+
+_T = v.optional_text
+DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
+    "host": ("host", _T), "port": ("port", v.port), "dbname": ("dbname", _T), "user": ("user", _T),
+    "password": ("password", _T), "auth_user": ("auth_user", _T), "auth_dbname": ("auth_dbname", _T),
+    "auth_query": ("auth_query", _T), "pool_size": ("pool_size", v.count),
+    "min_pool_size": ("min_pool_size", v.count), "reserve_pool_size": ("reserve_pool_size", v.count),
+    "reserve_pool": ("reserve_pool_size", v.count), "pool_mode": ("pool_mode", v.pool_mode),
+    "max_db_connections": ("max_db_connections", v.count),
+    "max_db_client_connections": ("max_db_client_connections", v.count),
+    "server_lifetime": ("server_lifetime", v.seconds),
+    "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
+    "connect_query": ("connect_query", _T), "application_name": ("application_name", _T),
+    "client_encoding": ("client_encoding", _T), "datestyle": ("datestyle", _T), "timezone": ("timezone", _T),
+}
+# Database options PgBouncer 1.25 knows that pgmux validates but does not act on (yet).
+DB_KEYS_IGNORED: Mapping[str, v.Parser] = {
+    "load_balance_hosts": v.choice("disable", "round-robin"),
+    "target_session_attrs": v.choice("any", "read-write", "read-only", "primary", "standby"),
+}
+USER_KEYS: Mapping[str, v.Parser] = {
+    "pool_mode": v.pool_mode, "pool_size": v.count, "reserve_pool_size": v.count,
+    "max_user_connections": v.count, "max_user_client_connections": v.count,
+    "query_timeout": _seconds_or_unset, "query_wait_timeout": _seconds_or_unset,
+    "idle_transaction_timeout": _seconds_or_unset, "transaction_timeout": _seconds_or_unset,
+    "client_idle_timeout": _seconds_or_unset,
+}
+
+
+def build_settings(raw: Mapping[str, Raw], ignored: list[str]) -> Settings:
+    """Validate the [pgbouncer] keys; append to `ignored` the unimplemented ones set to a non-default."""
+    parsed: dict[str, object] = {}
+    for name, entry in raw.items():
+        info = SETTINGS_INFO.get(name)
+        if info is None:
+            raise _unknown(entry, "setting", name, SETTINGS_INFO)
+        parsed[name] = _parse(entry, info.parse)
+        if not info.implemented and parsed[name] != info.default:
+            ignored.append(name)
+    settings = Settings(**parsed)  # type: ignore[arg-type]  # keys and types are checked above
+    if settings.auth_type == "hba" and not settings.auth_hba_file:
+        where = raw.get("auth_type") or Raw(None, None, None, "auth_type")
+        raise where.error("auth_type = hba needs auth_hba_file")
+    return settings
+
+
+def build_database(name: str, items: Mapping[str, Raw], file: str | None, line: int | None,
+                   ignored: list[str]) -> DatabaseConfig:
+    if name in RESERVED_DATABASES:
+        raise ConfigError(f"database name {name!r} is reserved for the admin console",
+                          file=file, line=line, key=name)
+    fields: dict[str, object] = {}
+    for key, entry in items.items():
+        if key in DB_KEYS_IGNORED:
+            _parse(entry, DB_KEYS_IGNORED[key])
+            ignored.append(entry.key)
+            continue
+        if key not in DB_KEYS:
+            raise _unknown(entry, "database option", key, [*DB_KEYS, *DB_KEYS_IGNORED])
+        field_name, parser = DB_KEYS[key]
+        fields[field_name] = _parse(entry, parser)  # later keys win, as in PgBouncer
+    return DatabaseConfig(name=name, file=file, line=line, **fields)  # type: ignore[arg-type]
+
+
+def build_user(name: str, items: Mapping[str, Raw], file: str | None, line: int | None) -> UserConfig:
+    fields: dict[str, object] = {}
+    for key, entry in items.items():
+        if key not in USER_KEYS:
+            raise _unknown(entry, "user option", key, USER_KEYS)
+        fields[key] = _parse(entry, USER_KEYS[key])
+    return UserConfig(name=name, file=file, line=line, **fields)  # type: ignore[arg-type]
+
+
+def read_auth_file(settings: Settings, warnings: list[str]) -> dict[str, str]:
+    """Load auth_file when the auth_type uses it, as PgBouncer does (not for `any` or `pam`).
+
+    A relative path is taken from the current directory, as PgBouncer opens it; a reload reads the same
+    path again. A missing file is a warning, not an error: PgBouncer starts without it too, and the
+    runtime can load it on a later reload.
+    """
+    path = settings.auth_file
+    if path is None or settings.auth_type in ("any", "pam"):
+        return {}
+    if not os.path.exists(path):
+        warnings.append(f"auth_file {path!r} does not exist (current directory {os.getcwd()!r}); "
+                        "no users can log in with a password until it does")
+        return {}
+    return load_userlist(path)
+
+
+def finish(settings: Settings, databases: Iterable[DatabaseConfig], users: Iterable[UserConfig],
+           userlist: Mapping[str, str], source: str, warnings: list[str], ignored: list[str]) -> Config:
+    if ignored:
+        warnings.insert(0, "accepted for PgBouncer compatibility but not implemented, ignored: "
+                           + ", ".join(dict.fromkeys(ignored)))
+    if settings.auth_type in ("pam", "ldap"):
+        warnings.append(f"auth_type = {settings.auth_type} is not supported by pgmux; "
+                        "every password login will be refused")
+    dbs = {db.name: db for db in databases}
+    return Config(
+        settings=settings,
+        databases=MappingProxyType(dbs),
+        users=MappingProxyType({u.name: u for u in users}),
+        userlist=MappingProxyType(dict(userlist)),
+        source=source,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,138 @@
+"""Value parsers shared by the INI and TOML loaders.
+
+Each parser takes either the text an INI file holds or the native value TOML gives, and returns the typed
+value or raises ValueError with a reason; the caller adds file, line and key. Text follows PgBouncer's rules
+(libusual's cf_set_int / cf_set_time_usec) so a pgbouncer.ini that PgBouncer accepts loads here too:
+integers are C-style (`0777` is octal, `0x10` hex), times are non-negative seconds, possibly fractional,
+without unit suffixes. A native string goes through the same text rules, so TOML may say `"0777"` as well.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+
+Parser = Callable[[object], object]
+
+_C_INT = re.compile(r"[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_TRUE = frozenset({"1", "yes", "on", "true"})
+_FALSE = frozenset({"0", "no", "off", "false"})
+
+
+def _native_int(value: object) -> int | None:
+    # bool is an int subclass; `port = true` is a mistake, not 1.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def parse_int(value: object, lo: int | None = 0, hi: int | None = None) -> int:
+    n = _native_int(value)
+    if n is None:
+        if not isinstance(value, str):
+            raise ValueError("expected an integer")
+        text = value.strip()
+        if not _C_INT.fullmatch(text):
+            raise ValueError("expected an integer")
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        if digits[:2] in ("0x", "0X"):
+            n = sign * int(digits[2:], 16)
+        elif len(digits) > 1 and digits[0] == "0":
+            n = sign * int(digits, 8)  # strtol base 0: a leading zero means octal (unix_socket_mode = 0777)
+        else:
+            n = sign * int(digits)
+    if lo is not None and n < lo:
+        raise ValueError(f"must be at least {lo}")
+    if hi is not None and n > hi:
+        raise ValueError(f"must be at most {hi}")
+    return n
+
+
+def integer(lo: int | None = 0, hi: int | None = None) -> Parser:
+    return lambda value: parse_int(value, lo, hi)
+
+
+def seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    if isinstance(value, int | float):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
+    else:
+        raise ValueError("expected a number of seconds")
+    if not math.isfinite(result) or result < 0:
+        raise ValueError("must be a finite number of seconds, 0 or more")
+    return result
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    n = _native_int(value)
+    if n in (0, 1):
+        return bool(n)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError("expected a boolean (0/1, yes/no, on/off, true/false)")
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def optional_text(value: object) -> str | None:
+    """PgBouncer treats an empty string as "not set" for file names and optional strings."""
+    result = text(value)
+    return result or None
+
+
+def name_list(value: object) -> tuple[str, ...]:
+    """A comma-separated list in INI (`admin_users = a, b`), a list of strings in TOML."""
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise ValueError("expected a comma-separated list or a list of strings")
+    result = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError("expected a list of strings")
+        if item.strip():
+            result.append(item.strip())
+    return tuple(result)
+
+
+def choice(*allowed: str) -> Parser:
+    """Case-insensitive like PgBouncer's cf_set_lookup; returns the canonical spelling."""
+
+    def parse(value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in allowed:
+            return value.strip().lower()
+        raise ValueError(f"must be one of: {', '.join(allowed)}")
+
+    return parse
+
+
+POOL_MODES = ("session", "transaction", "statement")
+AUTH_TYPES = ("any", "trust", "plain", "md5", "scram-sha-256", "cert", "hba", "ldap", "pam")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+pool_mode = choice(*POOL_MODES)
+auth_type = choice(*AUTH_TYPES)
+ssl_mode = choice(*SSL_MODES)
+port = integer(1, 65535)
+count = integer(0)  # sizes and limits: 0 means "none" or "unlimited", negatives are always a mistake

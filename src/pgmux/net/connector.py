@@ -1,0 +1,41 @@
+"""Opening connections to PostgreSQL: for a pooled server, and for a CancelRequest."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pgmux.net.protocols import ServerProtocol
+from pgmux.protocol import messages as m
+from pgmux.session.server import ServerSession
+
+
+async def open_server(session: ServerSession, timeout: float) -> None:
+    """Connect; the session takes over from connection_made. Raises OSError/TimeoutError."""
+    loop = asyncio.get_running_loop()
+    t = session.target
+    coro: Any
+    if t.unix_path:
+        coro = loop.create_unix_connection(lambda: ServerProtocol(session), t.unix_path)
+    else:
+        coro = loop.create_connection(lambda: ServerProtocol(session), t.host, t.port)
+    if timeout > 0:
+        await asyncio.wait_for(coro, timeout)
+    else:
+        await coro
+
+
+async def send_cancel(host: str | None, port: int, unix_path: str | None, pid: int, key: int,
+                      timeout: float) -> None:
+    """A CancelRequest goes on a new connection of its own, which the server closes."""
+    async def run() -> None:
+        if unix_path:
+            reader, writer = await asyncio.open_unix_connection(unix_path)
+        else:
+            reader, writer = await asyncio.open_connection(host, port)
+        writer.write(m.cancel_request(pid, key))
+        await writer.drain()
+        await reader.read()  # the server closes when done
+        writer.close()
+
+    await asyncio.wait_for(run(), timeout if timeout > 0 else 15.0)

@@ -1,0 +1,150 @@
+"""The pool core: synchronous, no I/O, time passed in.
+
+A pool holds the server connections of one (database, user) pair. It decides; the runtime acts:
+`take_idle` hands out the most recently used idle server (LIFO keeps the working set warm and lets
+the rest age out), `put` gives a released server to the oldest waiter (FIFO) or parks it, and
+`wanted` says how many new connections to open. Limits shared across pools (max_db_connections,
+max_user_connections) reach `wanted` as `headroom`, computed by the registry.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+
+class ServerLike(Protocol):
+    created_at: float
+    idle_since: float
+    close_needed: bool
+
+
+class ClientLike(Protocol):
+    wait_since: float
+
+
+S = TypeVar("S", bound=ServerLike)
+C = TypeVar("C", bound=ClientLike)
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    pool_size: int = 20
+    min_pool_size: int = 0
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 5.0
+    server_login_retry: float = 15.0
+
+
+class Pool(Generic[S, C]):
+    def __init__(self, database: str, user: str, limits: PoolLimits, mode: str) -> None:
+        self.database = database
+        self.user = user
+        self.limits = limits
+        self.mode = mode
+        self.servers: set[S] = set()  # every server of this pool, in any state, logged in or not
+        self.idle: list[S] = []  # LIFO: the end is the most recently used
+        self.waiters: deque[C] = deque()  # FIFO
+        self.login_waiters: list[C] = []  # clients waiting for the first server's parameters
+        self.connecting = 0
+        self.last_login_failure: float | None = None
+        self.server_params: dict[str, str] | None = None  # from the first server login: the welcome
+        self.paused = False
+        self.disabled = False
+        # Counters behind SHOW STATS; the runtime adds to them.
+        self.stats = PoolStats()
+
+    # -- hand-out and return -------------------------------------------------------------------
+    def take_idle(self) -> S | None:
+        if self.paused or not self.idle:
+            return None
+        return self.idle.pop()
+
+    def put(self, server: S, now: float) -> C | None:
+        """A clean server comes back. Returns the waiter that gets it, or None if it was parked."""
+        if self.waiters and not self.paused:
+            return self.waiters.popleft()
+        server.idle_since = now
+        self.idle.append(server)
+        return None
+
+    def add_waiter(self, client: C, now: float) -> None:
+        client.wait_since = now
+        self.waiters.append(client)
+
+    def remove_waiter(self, client: C) -> bool:
+        try:
+            self.waiters.remove(client)
+        except ValueError:
+            return False
+        return True
+
+    def add_server(self, server: S) -> None:
+        self.servers.add(server)
+
+    def remove_server(self, server: S) -> None:
+        self.servers.discard(server)
+        if server in self.idle:
+            self.idle.remove(server)
+
+    # -- decisions -----------------------------------------------------------------------------
+    def limit(self, now: float) -> int:
+        """pool_size, plus the reserve once the oldest waiter has waited reserve_pool_timeout."""
+        lim = self.limits
+        if lim.reserve_pool_size and self.waiters and now - self.waiters[0].wait_since >= lim.reserve_pool_timeout:
+            return lim.pool_size + lim.reserve_pool_size
+        return lim.pool_size
+
+    def wanted(self, now: float, headroom: int) -> int:
+        """How many new server connections to start now. headroom: what shared limits still allow."""
+        if self.disabled or headroom <= 0:
+            return 0
+        if self.last_login_failure is not None and now - self.last_login_failure < self.limits.server_login_retry:
+            return 0
+        demand = len(self.waiters) - self.connecting
+        if self.server_params is None and self.login_waiters and not self.servers:
+            demand = max(demand, 1)
+        total = len(self.servers)
+        want = max(demand, self.limits.min_pool_size - total)
+        room = self.limit(now) - total
+        return max(0, min(want, room, headroom))
+
+    def expired(self, now: float, idle_timeout: float, lifetime: float) -> list[S]:
+        """Idle servers to close: past server_lifetime, marked close_needed, or idle past
+        server_idle_timeout while above min_pool_size. Oldest-idle first (the front of the LIFO)."""
+        out: list[S] = []
+        keep = len(self.servers)
+        for s in self.idle:
+            if s.close_needed or (lifetime > 0 and now - s.created_at >= lifetime):
+                out.append(s)
+                keep -= 1
+            elif idle_timeout > 0 and now - s.idle_since >= idle_timeout and keep > self.limits.min_pool_size:
+                out.append(s)
+                keep -= 1
+        return out
+
+    def timed_out_waiters(self, now: float, timeout: float) -> list[C]:
+        if timeout <= 0:
+            return []
+        out: list[C] = []
+        for c in self.waiters:
+            if now - c.wait_since < timeout:
+                break  # FIFO: everyone behind waited less
+            out.append(c)
+        return out
+
+    def max_wait(self, now: float) -> float:
+        return now - self.waiters[0].wait_since if self.waiters else 0.0
+
+
+class PoolStats:
+    """Cumulative counters, PgBouncer's SHOW STATS names."""
+
+    __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_time", "query_time",
+                 "wait_time", "server_assignment_count", "client_parse_count", "server_parse_count",
+                 "bind_count")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)

@@ -1,0 +1,47 @@
+"""All pools, keyed by (database, user), and the limits they share.
+
+max_db_connections and max_user_connections bound the sum over several pools, so no pool can
+decide alone; the registry turns them into `headroom` for Pool.wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pgmux.pooling.pool import Pool, PoolLimits
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.pools: dict[tuple[str, str], Pool[Any, Any]] = {}
+        self.max_db: dict[str, int] = {}  # database -> max_db_connections (0 = no limit)
+        self.max_user: dict[str, int] = {}  # user -> max_user_connections (0 = no limit)
+
+    def get(self, database: str, user: str) -> Pool[Any, Any] | None:
+        return self.pools.get((database, user))
+
+    def get_or_create(self, database: str, user: str, make: Callable[[], tuple[PoolLimits, str]]) -> Pool[Any, Any]:
+        pool = self.pools.get((database, user))
+        if pool is None:
+            limits, mode = make()
+            pool = self.pools[(database, user)] = Pool(database, user, limits, mode)
+        return pool
+
+    def __iter__(self) -> Iterator[Pool[Any, Any]]:
+        return iter(list(self.pools.values()))
+
+    def for_database(self, database: str) -> list[Pool[Any, Any]]:
+        return [p for p in self.pools.values() if p.database == database]
+
+    def headroom(self, pool: Pool[Any, Any]) -> int:
+        room = 1 << 30
+        lim = self.max_db.get(pool.database, 0)
+        if lim > 0:
+            used = sum(len(p.servers) for p in self.pools.values() if p.database == pool.database)
+            room = min(room, lim - used)
+        lim = self.max_user.get(pool.user, 0)
+        if lim > 0:
+            used = sum(len(p.servers) for p in self.pools.values() if p.user == pool.user)
+            room = min(room, lim - used)
+        return room

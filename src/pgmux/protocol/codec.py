@@ -1,0 +1,138 @@
+"""Framing of protocol v3 byte streams, sans-IO.
+
+On the forwarding path pgmux reads only the 5-byte headers: `scan` walks a buffer and reports where each
+complete message starts and how long it is, without copying bodies. Callers forward byte ranges and
+decode a body only for the few message types that drive pooling (Z, E, S, K, and a handful of
+client messages). Lengths are checked against a cap before anything is buffered, so a peer cannot make
+pgmux allocate what it claims.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pgmux.errors import ProtocolViolation
+from pgmux.protocol import messages as m
+
+_I32 = struct.Struct("!i")
+_HDR = struct.Struct("!Bi")
+_unpack_hdr = _HDR.unpack_from
+
+# PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
+MAX_STARTUP_PACKET = 10000
+
+
+def scan(buf: bytes | bytearray | memoryview, pos: int, max_len: int) -> tuple[list[tuple[int, int, int]], int]:
+    """Find the complete messages in buf[pos:].
+
+    Returns ([(type byte, start offset, total length incl. the type byte)], offset of the first
+    incomplete byte). Raises ProtocolViolation for a length below 4 or above max_len.
+    """
+    out: list[tuple[int, int, int]] = []
+    end = len(buf)
+    while end - pos >= 5:
+        mtype, length = _unpack_hdr(buf, pos)
+        if length < 4 or length > max_len:
+            raise ProtocolViolation(f"invalid message length {length} for message type {chr(mtype)!r}")
+        total = length + 1
+        if end - pos < total:
+            break
+        out.append((mtype, pos, total))
+        pos += total
+    return out, pos
+
+
+class Buffer:
+    """Bytes received but not yet consumed: at most one partial message.
+
+    `feed` returns a buffer to scan; the caller says with `keep(buf, pos)` where the unconsumed tail
+    starts. When nothing is pending, the incoming chunk is scanned in place without a copy.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        return data
+
+    def keep(self, data: bytes, pos: int) -> None:
+        if pos < len(data):
+            self._pending = data[pos:]
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class StartupParseResult:
+    __slots__ = ("code", "params", "key_pid", "key_secret", "major", "minor")
+
+    def __init__(self, code: int, params: dict[str, str] | None = None, key_pid: int = 0,
+                 key_secret: int = 0) -> None:
+        self.code = code
+        self.params = params or {}
+        self.key_pid = key_pid
+        self.key_secret = key_secret
+        self.major = code >> 16
+        self.minor = code & 0xFFFF
+
+
+def read_startup(buf: bytes) -> tuple[StartupParseResult | None, int]:
+    """Parse one untyped startup-phase packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest).
+
+    Returns (result, bytes consumed) or (None, 0) when more bytes are needed.
+    """
+    if len(buf) < 4:
+        return None, 0
+    (length,) = _I32.unpack_from(buf, 0)
+    if length < 8 or length > MAX_STARTUP_PACKET:
+        raise ProtocolViolation(f"invalid startup packet length {length}")
+    if len(buf) < length:
+        return None, 0
+    (code,) = _I32.unpack_from(buf, 4)
+    if code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
+        if length != 8:
+            raise ProtocolViolation("invalid length of SSL/GSS encryption request")
+        return StartupParseResult(code), length
+    if code == m.CANCEL_REQUEST_CODE:
+        if length != 16:
+            raise ProtocolViolation("invalid length of cancel request")
+        pid, secret = struct.unpack_from("!ii", buf, 8)
+        return StartupParseResult(code, key_pid=pid, key_secret=secret), length
+    res = StartupParseResult(code)
+    if res.major == 3:
+        res.params = _parse_params(bytes(buf[8:length]))
+    return res, length
+
+
+def _parse_params(body: bytes) -> dict[str, str]:
+    if not body.endswith(b"\x00"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    if body == b"\x00":
+        return {}
+    if not body.endswith(b"\x00\x00"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    parts = body[:-2].split(b"\x00")
+    if len(parts) % 2:
+        raise ProtocolViolation("invalid startup packet layout: missing value for a parameter")
+    out: dict[str, str] = {}
+    for i in range(0, len(parts), 2):
+        try:
+            k, v = parts[i].decode(), parts[i + 1].decode()
+        except UnicodeDecodeError as e:
+            raise ProtocolViolation("invalid byte sequence in startup packet") from e
+        if not k:
+            raise ProtocolViolation("invalid startup packet layout: empty parameter name")
+        out[k] = v
+    return out
+
+
+def cstring_at(buf: bytes | memoryview, pos: int) -> tuple[str, int]:
+    """Read a NUL-terminated string at pos; returns (text, position after the NUL)."""
+    b = bytes(buf) if isinstance(buf, memoryview) else buf
+    end = b.index(b"\x00", pos)
+    return b[pos:end].decode(errors="replace"), end + 1

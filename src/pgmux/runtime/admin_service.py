@@ -1,0 +1,382 @@
+"""The admin console wired to the live pooler: commands come parsed from pgmux.admin, rows are
+built here from the running objects and rendered by pgmux.admin.render."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pgmux import __version__
+from pgmux.admin import derive, render
+from pgmux.admin import rows as R
+from pgmux.admin.commands import AdminCommand, admin_command
+from pgmux.errors import PgmuxError
+from pgmux.protocol import messages as m
+from pgmux.session.states import ClientState, ServerState
+
+log = logging.getLogger("pgmux")
+
+_STAT_FIELDS = ("server_assignment_count", "xact_count", "query_count", "bytes_received", "bytes_sent",
+                "xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count")
+_Q = ord("Q")
+
+
+def _ptr(obj: Any) -> str:
+    return f"0x{id(obj):x}"
+
+
+class AdminService:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.prev: dict[str, tuple[int, ...]] = {}
+        self.avgs: dict[str, tuple[int, ...]] = {}
+        self.sampled_at = time.monotonic()
+        self.ext: dict[int, list[bytes]] = {}  # extended-protocol replies per client, until Sync
+
+    # -- wire ------------------------------------------------------------------------------------
+    def message(self, c: Any, mtype: int, body: bytes) -> None:
+        if mtype == _Q:
+            sql = body.rstrip(b"\x00").decode(errors="replace")
+            out = self.run(c, sql)
+            if out is not None:
+                c.transport.write(out + m.ready_for_query(b"I"))
+            return
+        # A minimal extended protocol, so drivers that always use it (e.g. psycopg with parameters
+        # bound client-side) can still read the console: Parse/Bind/Describe/Execute/Sync.
+        acc = self.ext.setdefault(c.id, [])
+        ch = chr(mtype)
+        if ch == "P":
+            name_end = body.index(b"\x00")
+            q_end = body.index(b"\x00", name_end + 1)
+            acc.append(b"Q" + body[name_end + 1:q_end])
+            c.transport.write(m.message(m.PARSE_COMPLETE))
+        elif ch == "B":
+            c.transport.write(m.message(m.BIND_COMPLETE))
+        elif ch == "D":
+            acc.append(b"D")
+        elif ch == "E":
+            sql = next((a[1:] for a in reversed(acc) if a[:1] == b"Q"), b"").decode(errors="replace")
+            described = acc and acc[-1] == b"D"
+            out = self.run(c, sql) or b""
+            if not described and out[:1] == b"T":
+                (length,) = int.from_bytes(out[1:5], "big"),
+                out = out[1 + length:]
+            c.transport.write(out)
+        elif ch == "S":
+            self.ext.pop(c.id, None)
+            c.transport.write(m.ready_for_query(b"I"))
+        elif ch in ("H", "C"):
+            if ch == "C":
+                c.transport.write(m.message(m.CLOSE_COMPLETE))
+        else:
+            c.transport.write(render.render_error(PgmuxError(f"unsupported message {ch!r} on the admin console",
+                                                             sqlstate="08P01")))
+
+    def run(self, c: Any, sql: str) -> bytes | None:
+        try:
+            cmd = admin_command(sql, is_admin=c.admin_level == "admin")
+            return self.execute(c, cmd)
+        except PgmuxError as e:
+            return render.render_error(e)
+
+    # -- commands --------------------------------------------------------------------------------
+    def execute(self, c: Any, cmd: AdminCommand) -> bytes | None:
+        app = self.app
+        v = cmd.verb
+        log.info("%s admin command: %s", c.prefix, cmd.query or v)
+        if v == "SHOW":
+            return self.show(cmd)
+        if v == "SET":
+            return render.render_set_ignored()
+        if v == "RELOAD":
+            try:
+                app.reload()
+            except Exception as e:  # noqa: BLE001 - keep the old config, tell the operator why
+                return render.render_error(PgmuxError(f"RELOAD failed: {e}", sqlstate="F0000"))
+            return render.render_ok("RELOAD")
+        if v == "SHUTDOWN":
+            app.shutdown()
+            return render.render_ok("SHUTDOWN")
+        if v == "PAUSE":
+            self._pause(cmd.arg, True)
+            return self._wait_or_ok(c, cmd, "PAUSE")
+        if v == "RESUME":
+            self._pause(cmd.arg, False)
+            return render.render_ok("RESUME")
+        if v in ("DISABLE", "ENABLE"):
+            for p in self._pools(cmd.arg):
+                p.disabled = v == "DISABLE"
+            return render.render_ok(v)
+        if v == "KILL":
+            for p in self._pools(cmd.arg):
+                p.paused = True
+                for cl in [cl for cl in list(app.clients.values()) if cl.pool is p]:
+                    cl.fail(PgmuxError("database removed or killed by admin", sqlstate="08P01", severity="FATAL"))
+                for s in list(p.servers):
+                    app.close_server(s, "database killed by admin")
+            return render.render_ok("KILL")
+        if v == "KILL_CLIENT":
+            target = app.clients.get(cmd.client_id)
+            if target is None:
+                return render.render_error(PgmuxError("client not found", sqlstate="08P01"))
+            target.fail(PgmuxError("client killed by admin", sqlstate="08P01", severity="FATAL"))
+            return render.render_ok("KILL_CLIENT")
+        if v == "RECONNECT":
+            for p in self._pools(cmd.arg):
+                for s in list(p.servers):
+                    s.close_needed = True
+                for s in list(p.idle):
+                    p.idle.remove(s)
+                    app.close_server(s, "reconnect requested by admin")
+            return render.render_ok("RECONNECT")
+        if v == "WAIT_CLOSE":
+            return self._wait_or_ok(c, cmd, "WAIT_CLOSE")
+        if v == "SUSPEND":
+            return render.render_error(PgmuxError("SUSPEND is not supported by pgmux (no online restart)",
+                                                  sqlstate="0A000"))
+        return render.render_error(PgmuxError(f"unknown command: {cmd.query}", sqlstate="08P01"))
+
+    def _pools(self, db: str | None) -> list[Any]:
+        if db is None:
+            return list(self.app.registry)
+        pools = self.app.registry.for_database(db)
+        if not pools and self.app.config.database(db) is None:
+            raise PgmuxError(f"no such database: {db}", sqlstate="08P01")
+        return pools
+
+    def _pause(self, db: str | None, on: bool) -> None:
+        app = self.app
+        if db is None:
+            app.paused = on
+        for p in self._pools(db):
+            p.paused = on
+            if on:
+                for s in list(p.idle):  # PAUSE disconnects servers as they become idle
+                    p.idle.remove(s)
+                    app.close_server(s, "pause requested")
+            else:
+                while p.waiters and p.idle:
+                    cl = p.waiters.popleft()
+                    cl.state = ClientState.IDLE
+                    app.acquire(cl)
+                app.launch(p)
+                if p.waiters:
+                    for cl in list(p.waiters):
+                        p.remove_waiter(cl)
+                        cl.state = ClientState.IDLE
+                        app.acquire(cl)
+
+    def pause_all(self) -> None:
+        self._pause(None, True)
+
+    def resume_all(self) -> None:
+        self._pause(None, False)
+
+    def _done(self, cmd: AdminCommand) -> bool:
+        pools = self._pools(cmd.arg)
+        if cmd.verb == "PAUSE":
+            return all(not any(s.state is not ServerState.IDLE for s in p.servers) and not p.idle for p in pools)
+        return all(not any(s.close_needed for s in p.servers) for p in pools)
+
+    def _wait_or_ok(self, c: Any, cmd: AdminCommand, tag: str) -> bytes | None:
+        if self._done(cmd):
+            return render.render_ok(tag)
+        self.app.waiting_admin.append((c, tag, cmd))
+        return None  # answered by check_waiting when the servers are gone
+
+    def check_waiting(self) -> None:
+        still = []
+        for c, tag, cmd in self.app.waiting_admin:
+            if c.state is ClientState.CLOSED:
+                continue
+            if self._done(cmd):
+                c.transport.write(render.render_ok(tag) + m.ready_for_query(b"I"))
+            else:
+                still.append((c, tag, cmd))
+        self.app.waiting_admin = still
+
+    # -- SHOW ------------------------------------------------------------------------------------
+    def show(self, cmd: AdminCommand) -> bytes:
+        what = cmd.arg or ""
+        if what == "help":
+            return render.render_help()
+        if what == "version":
+            return render.render_version(f"PgBouncer 1.25.0 (pgmux {__version__})")
+        if cmd.fake_param is not None:
+            return render.render_fake_show(cmd.fake_param)
+        build = getattr(self, f"_show_{what}", None)
+        if build is None:
+            return render.render_error(PgmuxError(f"SHOW {what} is not supported by pgmux yet", sqlstate="0A000"))
+        rows, row_type = build()
+        return render.render_rows(rows, row_type)
+
+    def _show_pools(self) -> tuple[list[Any], type]:
+        now = time.monotonic()
+        out = []
+        for p in self.app.registry:
+            cl = [c for c in self.app.clients.values() if c.pool is p]
+            states = [s.state for s in p.servers]
+            wait = p.max_wait(now)
+            out.append(R.PoolRow(
+                database=p.database, user=p.user,
+                cl_active=sum(1 for c in cl if c.state in (ClientState.IDLE, ClientState.ACTIVE)),
+                cl_waiting=sum(1 for c in cl if c.state in (ClientState.WAITING, ClientState.LOGIN_WAIT)),
+                cl_active_cancel_req=0, cl_waiting_cancel_req=0,
+                sv_active=states.count(ServerState.ACTIVE), sv_active_cancel=0, sv_being_canceled=0,
+                sv_idle=states.count(ServerState.IDLE), sv_used=0, sv_tested=states.count(ServerState.TESTED),
+                sv_login=states.count(ServerState.LOGIN), maxwait=int(wait), maxwait_us=int((wait % 1) * 1e6),
+                pool_mode=p.mode, load_balance_hosts=None))
+        return out, R.PoolRow
+
+    def _conn_row(self, row_type: type, kind: str, obj: Any, now_wall: float, now: float) -> Any:
+        if kind == "C":
+            link = obj.server
+            state = obj.state.show if obj.state is not ClientState.IDLE else "idle"
+            wait = now - obj.wait_since if obj.state is ClientState.WAITING else 0.0
+            return row_type(type="C", user=obj.user, database=obj.database, replication="none", state=state,
+                            addr=obj.addr, port=obj.port, local_addr="", local_port=self.app.config.settings.listen_port,
+                            connect_time=now_wall - (now - obj.connect_time),
+                            request_time=now_wall - (now - obj.request_time), wait=int(wait),
+                            wait_us=int((wait % 1) * 1e6), close_needed=0, ptr=_ptr(obj),
+                            link=_ptr(link) if link is not None else "", remote_pid=obj.cancel_pid, tls="",
+                            application_name=obj.params.get("application_name", ""), prepared_statements=0, id=obj.id)
+        link = obj.client
+        t = obj.target
+        return row_type(type="S", user=obj.pool.user, database=obj.pool.database, replication="none",
+                        state=obj.state.show, addr=t.host or "unix", port=t.port, local_addr="127.0.0.1",
+                        local_port=obj.local_port, connect_time=now_wall - (now - obj.created_at),
+                        request_time=now_wall - (now - (obj.link_time or obj.created_at)), wait=0, wait_us=0,
+                        close_needed=int(obj.close_needed), ptr=_ptr(obj),
+                        link=_ptr(link) if link is not None else "", remote_pid=obj.backend_pid, tls="",
+                        application_name=link.params.get("application_name", "") if link is not None else "",
+                        prepared_statements=0, id=obj.id)
+
+    def _show_clients(self) -> tuple[list[Any], type]:
+        now_wall, now = time.time(), time.monotonic()
+        return [self._conn_row(R.ClientRow, "C", c, now_wall, now) for c in self.app.clients.values()
+                if c.state is not ClientState.CLOSED], R.ClientRow
+
+    def _show_servers(self) -> tuple[list[Any], type]:
+        now_wall, now = time.time(), time.monotonic()
+        return [self._conn_row(R.ServerRow, "S", s, now_wall, now) for s in self.app.servers.values()], R.ServerRow
+
+    def _show_databases(self) -> tuple[list[Any], type]:
+        cfg = self.app.config
+        out = []
+        for name, db in cfg.databases.items():
+            pools = self.app.registry.for_database(name)
+            out.append(R.DatabaseRow(
+                name=name, host=db.host, port=db.port, database=db.target_dbname, force_user=db.user,
+                pool_size=cfg.pool_size_for(db, db.user or ""), min_pool_size=cfg.min_pool_size_for(db),
+                reserve_pool_size=cfg.reserve_pool_size_for(db, db.user or ""),
+                server_lifetime=int(cfg.server_lifetime_for(db)), pool_mode=db.pool_mode, load_balance_hosts=None,
+                max_connections=cfg.max_db_connections_for(db),
+                current_connections=sum(len(p.servers) for p in pools),
+                max_client_connections=cfg.max_db_client_connections_for(db),
+                current_client_connections=sum(1 for c in self.app.clients.values() if c.database == name),
+                paused=int(any(p.paused for p in pools)), disabled=int(any(p.disabled for p in pools))))
+        return out, R.DatabaseRow
+
+    def _show_users(self) -> tuple[list[Any], type]:
+        cfg = self.app.config
+        names = dict.fromkeys(list(cfg.users) + [p.user for p in self.app.registry])
+        out = []
+        for name in names:
+            u = cfg.users.get(name)
+            out.append(R.UserRow(
+                name=name, pool_size=u.pool_size if u else None,
+                reserve_pool_size=u.reserve_pool_size if u else None, pool_mode=u.pool_mode if u else None,
+                max_user_connections=cfg.max_user_connections_for(name),
+                current_connections=sum(len(p.servers) for p in self.app.registry if p.user == name),
+                max_user_client_connections=cfg.max_user_client_connections_for(name),
+                current_client_connections=sum(1 for c in self.app.clients.values() if c.user == name)))
+        return out, R.UserRow
+
+    def _totals(self) -> dict[str, tuple[int, ...]]:
+        out: dict[str, list[int]] = {}
+        for p in self.app.registry:
+            acc = out.setdefault(p.database, [0] * len(_STAT_FIELDS))
+            for i, f in enumerate(_STAT_FIELDS):
+                acc[i] += getattr(p.stats, f)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def sample(self, now: float) -> None:
+        """Every stats_period: averages per second over the last period, as PgBouncer reports them."""
+        period = now - self.sampled_at
+        if period <= 0:
+            return
+        cur = self._totals()
+        self.avgs = {}
+        for db, vals in cur.items():
+            prev = self.prev.get(db, (0,) * len(vals))
+            self.avgs[db] = tuple(int((a - b) / period) for a, b in zip(vals, prev, strict=True))
+        self.prev, self.sampled_at = cur, now
+
+    def _stats_row(self, db: str, t: tuple[int, ...], a: tuple[int, ...]) -> R.StatsRow:
+        d = dict(zip(_STAT_FIELDS, t, strict=True))
+        av = dict(zip(_STAT_FIELDS, a, strict=True))
+        q, x = av["query_count"] or 1, av["xact_count"] or 1
+        return R.StatsRow(
+            database=db, total_server_assignment_count=d["server_assignment_count"],
+            total_xact_count=d["xact_count"], total_query_count=d["query_count"],
+            total_received=d["bytes_received"], total_sent=d["bytes_sent"], total_xact_time=d["xact_time"],
+            total_query_time=d["query_time"], total_wait_time=d["wait_time"],
+            total_client_parse_count=d["client_parse_count"], total_server_parse_count=d["server_parse_count"],
+            total_bind_count=d["bind_count"], avg_server_assignment_count=av["server_assignment_count"],
+            avg_xact_count=av["xact_count"], avg_query_count=av["query_count"], avg_recv=av["bytes_received"],
+            avg_sent=av["bytes_sent"], avg_xact_time=av["xact_time"] // x, avg_query_time=av["query_time"] // q,
+            avg_wait_time=av["wait_time"] // x, avg_client_parse_count=av["client_parse_count"],
+            avg_server_parse_count=av["server_parse_count"], avg_bind_count=av["bind_count"])
+
+    def _stats(self) -> list[R.StatsRow]:
+        zero = (0,) * len(_STAT_FIELDS)
+        return [self._stats_row(db, t, self.avgs.get(db, zero)) for db, t in self._totals().items()]
+
+    def _show_stats(self) -> tuple[list[Any], type]:
+        return self._stats(), R.StatsRow
+
+    def _show_stats_totals(self) -> tuple[list[Any], type]:
+        return [derive.stats_totals_row(s) for s in self._stats()], R.StatsTotalsRow
+
+    def _show_stats_averages(self) -> tuple[list[Any], type]:
+        return [derive.stats_averages_row(s) for s in self._stats()], R.StatsAveragesRow
+
+    def _show_lists(self) -> tuple[list[Any], type]:
+        app = self.app
+        clients = list(app.clients.values())
+        counts = {
+            "databases": len(app.config.databases), "users": len(app.config.users), "peers": 0,
+            "pools": len(app.registry.pools), "peer_pools": 0, "free_clients": 0,
+            "used_clients": sum(1 for c in clients if c.state not in (ClientState.STARTUP, ClientState.AUTH)),
+            "login_clients": sum(1 for c in clients if c.state in (ClientState.STARTUP, ClientState.AUTH)),
+            "free_servers": 0, "used_servers": len(app.servers), "dns_names": 0, "dns_zones": 0,
+            "dns_queries": 0, "dns_pending": 0,
+        }
+        return derive.lists_rows(counts), R.ListsRow
+
+    def _show_state(self) -> tuple[list[Any], type]:
+        return derive.state_rows(paused=self.app.paused, suspended=False), R.StateRow
+
+    def _show_config(self) -> tuple[list[Any], type]:
+        from pgmux.admin.config_show import config_rows
+        from pgmux.config.settings import Settings
+
+        return config_rows(self.app.config.settings, None, _changeable()), R.ConfigRow
+
+    def _show_mem(self) -> tuple[list[Any], type]:
+        app = self.app
+        return [R.MemRow("client", 0, len(app.clients), 0, 0), R.MemRow("server", 0, len(app.servers), 0, 0),
+                R.MemRow("pool", 0, len(app.registry.pools), 0, 0)], R.MemRow
+
+
+def _changeable() -> set[str]:
+    try:
+        from pgmux.config.settings import RESTART_ONLY
+    except ImportError:
+        RESTART_ONLY = frozenset({"listen_addr", "listen_port", "unix_socket_dir", "user", "pidfile", "logfile"})
+    import dataclasses
+
+    from pgmux.config.settings import Settings
+
+    return {f.name for f in dataclasses.fields(Settings)} - set(RESTART_ONLY)

@@ -1,0 +1,539 @@
+"""The running pooler: the hub every session reports to, and the owner of pools and listeners.
+
+Sessions (sans-IO) call the hub for every decision that involves more than one connection; the hub
+asks the pool core (pure, given `now`) and acts: links, releases, opens and closes connections.
+Timeouts are checked by a janitor tick, as PgBouncer does, instead of a timer per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+from pgmux.config.model import Config, DatabaseConfig
+from pgmux.errors import PgmuxError
+from pgmux.net import connector
+from pgmux.net.listen import start_listeners
+from pgmux.pooling.pool import Pool, PoolLimits
+from pgmux.pooling.registry import Registry
+from pgmux.protocol.auth import ClientAuthenticator
+from pgmux.session.client import ClientSession
+from pgmux.session.params import startup_params
+from pgmux.session.server import ServerSession, ServerTarget
+from pgmux.session.states import ClientState, ServerState
+
+log = logging.getLogger("pgmux")
+
+ADMIN_DATABASES = ("pgbouncer", "pgmux")
+TICK = 0.2
+
+
+def default_unix_dir() -> str:
+    return "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
+
+
+class App:
+    def __init__(self, config: Config, config_path: str) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.registry = Registry()
+        self.clients: dict[int, ClientSession] = {}
+        self.servers: dict[int, ServerSession] = {}
+        self.by_cancel: dict[int, ClientSession] = {}
+        self.next_id = 1
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.paused = False
+        self.shutting_down = False
+        self.stopped: asyncio.Future[None] | None = None
+        self.start_time = time.time()
+        self.admin: Any = None  # set by start(): the admin console service
+        self.waiting_admin: list[tuple[ClientSession, str, Any]] = []  # PAUSE/WAIT_CLOSE answered later
+        self._janitor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._apply_limits()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    now = staticmethod(time.monotonic)
+
+    async def start(self) -> None:
+        from pgmux.runtime.admin_service import AdminService
+
+        self.admin = AdminService(self)
+        s = self.config.settings
+        self.stopped = asyncio.get_running_loop().create_future()
+        self.listeners = await start_listeners(self, s.listen_addr, s.listen_port, s.unix_socket_dir,
+                                               getattr(s, "unix_socket_mode", 0o777))
+        self._janitor = asyncio.get_running_loop().create_task(self._janitor_loop())
+        for w in self.config.warnings:
+            log.warning("%s", w)
+        log.info("listening on %s port %d%s", ",".join(s.listen_addr) or "(no tcp)", s.listen_port,
+                 f" and unix socket in {s.unix_socket_dir}" if s.unix_socket_dir else "")
+
+    async def wait_stopped(self) -> None:
+        assert self.stopped is not None
+        await self.stopped
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """INT/TERM: stop accepting, let transactions finish, then exit. QUIT: exit now."""
+        if self.shutting_down and not immediate:
+            return
+        self.shutting_down = True
+        log.info("shutting down%s", " immediately" if immediate else " gracefully")
+        for srv in self.listeners:
+            srv.close()
+        if immediate:
+            self._finish_shutdown()
+
+    def _finish_shutdown(self) -> None:
+        for c in list(self.clients.values()):
+            c.fail(PgmuxError("pgmux is shutting down", sqlstate="57P01", severity="FATAL"))
+        for srv in list(self.servers.values()):
+            self.close_server(srv, "pgmux shutdown")
+        if self._janitor is not None:
+            self._janitor.cancel()
+        unix_dir = self.config.settings.unix_socket_dir
+        if unix_dir:
+            from pgmux.net.listen import unix_socket_path
+
+            try:
+                os.unlink(unix_socket_path(unix_dir, self.config.settings.listen_port))
+            except OSError:
+                pass
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- logging ---------------------------------------------------------------------------------
+    def log_exception(self, prefix: str, exc: BaseException) -> None:
+        log.error("%s internal error", prefix, exc_info=exc)
+
+    # -- clients ---------------------------------------------------------------------------------
+    def new_client(self) -> ClientSession:
+        cid = self.next_id
+        self.next_id += 1
+        c = ClientSession(cid, self, self.now(), self.config.settings.max_packet_size)
+        self.clients[cid] = c
+        return c
+
+    def login(self, c: ClientSession, params: dict[str, str]) -> None:
+        cfg = self.config
+        s = cfg.settings
+        user = params.get("user", "")
+        if not user:
+            raise PgmuxError("no PostgreSQL user name specified in startup packet", sqlstate="28000",
+                             severity="FATAL")
+        dbname = params.get("database") or user
+        c.set_identity(dbname, user)
+        if self.shutting_down:
+            raise PgmuxError("pgmux is shutting down", sqlstate="57P03", severity="FATAL")
+        if len(self.clients) > s.max_client_conn:
+            raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
+        self._new_cancel_key(c)
+        if dbname in ADMIN_DATABASES:
+            self._admin_login(c, user)
+            return
+        db = cfg.database(dbname)
+        if db is None:
+            raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
+                             hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line")
+        server_user = db.user or user
+        pool = self.registry.get_or_create(dbname, server_user, lambda: self._pool_setup(db, server_user))
+        if pool.disabled:
+            raise PgmuxError(f"database \"{dbname}\" does not allow connections (DISABLE)", sqlstate="57P03",
+                             severity="FATAL")
+        c.pool = pool
+        auth_type = s.auth_type
+        if auth_type in ("hba", "cert", "pam", "ldap"):
+            raise PgmuxError(f"auth_type {auth_type} is not supported by pgmux yet", sqlstate="28000",
+                             severity="FATAL")
+        c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user))
+        c.params = startup_params(params, s.ignore_startup_parameters)
+
+    def _admin_login(self, c: ClientSession, user: str) -> None:
+        s = self.config.settings
+        c.is_admin = True
+        if c.is_unix and c.peer_uid is not None and c.peer_uid == os.getuid():
+            c.admin_level = "admin"  # same OS user over the Unix socket, as PgBouncer allows
+            c.auth = ClientAuthenticator("trust", user, None)
+            return
+        if user in s.admin_users:
+            c.admin_level = "admin"
+        elif user in s.stats_users:
+            c.admin_level = "stats"
+        else:
+            raise PgmuxError(f'not allowed: user "{user}" is in neither admin_users nor stats_users',
+                             sqlstate="28000", severity="FATAL")
+        c.auth = ClientAuthenticator(s.auth_type if s.auth_type in ("trust", "any", "plain", "md5", "scram-sha-256")
+                                     else "md5", user, self.config.userlist.get(user))
+
+    def _new_cancel_key(self, c: ClientSession) -> None:
+        # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self.by_cancel:
+                break
+        c.cancel_pid, c.cancel_key = pid, secrets.randbits(31)
+        self.by_cancel[pid] = c
+
+    def client_authenticated(self, c: ClientSession) -> None:
+        log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
+        if c.is_admin:
+            from pgmux import __version__
+
+            c.send_welcome({"server_version": f"{__version__}/pgmux", "server_encoding": "UTF8",
+                            "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
+                            "integer_datetimes": "on", "standard_conforming_strings": "on",
+                            "application_name": c.startup.get("application_name", "")})
+            return
+        pool = c.pool
+        if pool.server_params is not None:
+            c.send_welcome(pool.server_params)
+        else:
+            pool.login_waiters.append(c)
+            self.launch(pool)
+
+    def acquire(self, c: ClientSession) -> None:
+        pool = c.pool
+        now = self.now()
+        server = None if self.paused else pool.take_idle()
+        if server is not None:
+            server.move(ServerState.ACTIVE)
+            pool.stats.server_assignment_count += 1
+            c.attach(server, now)
+            return
+        c.state = ClientState.WAITING
+        pool.add_waiter(c, now)
+        if not self.paused:
+            self.launch(pool)
+
+    def server_ready(self, c: ClientSession, server: ServerSession) -> None:
+        pool = server.pool
+        st = pool.stats
+        st.query_count += 1
+        if server.tx_status == b"I":
+            st.xact_count += 1
+        mode = pool.mode
+        if mode == "session":
+            return
+        if server.tx_status != b"I":
+            if mode == "statement":
+                err = PgmuxError("transaction blocks not allowed in statement pooling mode", sqlstate="08P01",
+                                 severity="FATAL")
+                self.close_server(server, err.message)
+                c.fail(err)
+            return
+        if c.unsynced:
+            return
+        c.detach()
+        self.return_server(server)
+
+    def client_closed(self, c: ClientSession, reason: str) -> None:
+        if c.state is ClientState.CLOSED:
+            return
+        was = c.state
+        c.state = ClientState.CLOSED
+        self.clients.pop(c.id, None)
+        if self.by_cancel.get(c.cancel_pid) is c:
+            del self.by_cancel[c.cancel_pid]
+        log.info("%s closing because: %s (age=%.0fs)", c.prefix, reason, self.now() - c.connect_time)
+        pool = c.pool
+        if pool is not None:
+            if was is ClientState.WAITING:
+                pool.remove_waiter(c)
+            elif was is ClientState.LOGIN_WAIT and c in pool.login_waiters:
+                pool.login_waiters.remove(c)
+        server = c.detach()
+        if server is not None:
+            if server.clean and not server.close_needed:
+                self.return_server(server, leaving=True)
+            else:
+                self.close_server(server, "client disconnect while server was not ready")
+        c.transport.close()
+        self._after_change()
+
+    # -- servers ---------------------------------------------------------------------------------
+    def return_server(self, server: ServerSession, leaving: bool = False) -> None:
+        """A clean server comes back from a client. Session mode (or server_reset_query_always)
+        runs server_reset_query first."""
+        s = self.config.settings
+        pool = server.pool
+        if server.close_needed or self.shutting_down and not pool.waiters:
+            self.close_server(server, "server close needed" if server.close_needed else "pgmux shutdown")
+            return
+        lifetime = self._lifetime(pool)
+        if lifetime > 0 and self.now() - server.created_at >= lifetime:
+            self.close_server(server, "server lifetime over")
+            return
+        if s.server_reset_query and (leaving and pool.mode == "session" or s.server_reset_query_always):
+            server.move(ServerState.TESTED)
+            server.send_internal(s.server_reset_query)
+            return
+        self.give(server)
+
+    def give(self, server: ServerSession) -> None:
+        pool = server.pool
+        waiter = None if self.paused else pool.put(server, self.now())
+        if waiter is None:
+            if server not in pool.idle:  # paused: put() was not asked
+                server.idle_since = self.now()
+                pool.idle.append(server)
+            server.move(ServerState.IDLE)
+            self._after_change()
+            return
+        server.move(ServerState.ACTIVE)
+        pool.stats.server_assignment_count += 1
+        pool.stats.wait_time += int((self.now() - waiter.wait_since) * 1e6)
+        waiter.attach(server, self.now())
+
+    def internal_done(self, server: ServerSession) -> None:
+        """pgmux's own query on this server finished (reset, check, or parameter sync)."""
+        err = server.swallow_error
+        server.swallow_error = None
+        if err is not None:
+            log.warning("%s internal query failed: %s", server.prefix, err.get("M"))
+        if server.state is ServerState.TESTED:
+            if err is not None or server.close_needed:
+                self.close_server(server, "server reset or check query failed")
+            else:
+                self.give(server)
+        elif err is not None and server.client is not None:
+            from pgmux.protocol import messages as m
+
+            server.client.transport.write(m.notice_response(
+                f"pgmux could not apply a session parameter on the server: {err.get('M')}", severity="WARNING",
+                sqlstate=err.get("C", "01000")))
+
+    def launch(self, pool: Pool[Any, Any]) -> None:
+        if self.shutting_down:
+            return
+        n = pool.wanted(self.now(), self.registry.headroom(pool))
+        for _ in range(n):
+            self._open_server(pool)
+
+    def _open_server(self, pool: Pool[Any, Any]) -> None:
+        db = self.config.database(pool.database)
+        if db is None:
+            return
+        sid = self.next_id
+        self.next_id += 1
+        server = ServerSession(sid, self, pool, self._target(db, pool.user), self.now())
+        self.servers[sid] = server
+        pool.add_server(server)
+        pool.connecting += 1
+        timeout = self.config.settings.server_connect_timeout
+        self.spawn(self._connect(server, timeout))
+
+    async def _connect(self, server: ServerSession, timeout: float) -> None:
+        try:
+            await connector.open_server(server, timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            why = "timeout" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
+            self._login_failed(server, PgmuxError(
+                f"pgmux cannot connect to server {server.target.label}: {why}", sqlstate="57P03",
+                severity="FATAL"))
+
+    def _target(self, db: DatabaseConfig, user: str) -> ServerTarget:
+        host = db.hosts[0] if db.hosts else None
+        unix_path = None
+        if host is None or host.startswith("/"):
+            unix_path = os.path.join(host or default_unix_dir(), f".s.PGSQL.{db.port}")
+        password = db.password if db.user else None
+        if password is None:
+            password = self.config.userlist.get(user)
+        startup: dict[str, str] = {}
+        for key, pname in (("application_name", "application_name"), ("client_encoding", "client_encoding"),
+                           ("datestyle", "DateStyle"), ("timezone", "TimeZone")):
+            value = getattr(db, key)
+            if value:
+                startup[pname] = value
+        return ServerTarget(host=host, port=db.port, unix_path=unix_path, dbname=db.target_dbname, user=user,
+                            password=password, startup=startup, connect_query=db.connect_query)
+
+    def server_login_done(self, server: ServerSession) -> None:
+        pool = server.pool
+        pool.connecting -= 1
+        pool.last_login_failure = None
+        log.info("%s new connection to server (pid %d)", server.prefix, server.backend_pid)
+        if pool.server_params is None:
+            pool.server_params = dict(server.params)
+        waiters, pool.login_waiters = pool.login_waiters, []
+        for c in waiters:
+            c.send_welcome(pool.server_params)
+        self.give(server)
+
+    def _login_failed(self, server: ServerSession, err: PgmuxError) -> None:
+        pool = server.pool
+        if server.state is ServerState.LOGIN:
+            pool.connecting -= 1
+        pool.last_login_failure = self.now()
+        log.warning("%s server login failed: %s", server.prefix, err.message)
+        self._drop_server(server, f"server login failed: {err.message}")
+        waiters, pool.login_waiters = pool.login_waiters, []
+        for c in waiters:
+            c.fail(err)
+        if not pool.servers:
+            # Nothing can serve the queued queries until server_login_retry passes: say so now
+            # instead of letting them hang until query_wait_timeout.
+            for c in list(pool.waiters):
+                pool.remove_waiter(c)
+                c.fail(PgmuxError(err.message, sqlstate=err.sqlstate, severity="FATAL"))
+
+    def server_failed(self, server: ServerSession, err: PgmuxError) -> None:
+        if server.state is ServerState.LOGIN:
+            self._login_failed(server, err)
+            return
+        client = server.client
+        self.close_server(server, f"server protocol error: {err.message}")
+        if client is not None:
+            client.fail(PgmuxError("server conn crashed?", sqlstate="08006", severity="FATAL"))
+
+    def server_closed(self, server: ServerSession, reason: str) -> None:
+        """The server's socket closed under us."""
+        if server.state is ServerState.LOGIN:
+            self._login_failed(server, PgmuxError(f"server closed the connection during login: {reason}",
+                                                  sqlstate="08006", severity="FATAL"))
+            return
+        client = server.client
+        self._drop_server(server, reason)
+        if client is not None:
+            client.detach()
+            client.fail(PgmuxError("server conn crashed?", sqlstate="08006", severity="FATAL"))
+        self.launch(server.pool)
+
+    def close_server(self, server: ServerSession, reason: str) -> None:
+        if server.state is ServerState.CLOSED:
+            return
+        if server.state is ServerState.LOGIN:
+            server.pool.connecting -= 1
+        if server.transport is not None:
+            try:
+                from pgmux.protocol import messages as m
+
+                server.transport.write(m.terminate())
+            except Exception:  # noqa: BLE001 - the socket may already be gone; closing is what matters
+                pass
+            server.transport.close()
+        self._drop_server(server, reason)
+        self.launch(server.pool)
+
+    def _drop_server(self, server: ServerSession, reason: str) -> None:
+        if server.state is ServerState.CLOSED:
+            return
+        server.state = ServerState.CLOSED
+        server.closed_reason = reason
+        if server.transport is not None:
+            server.transport.close()
+        server.pool.remove_server(server)
+        self.servers.pop(server.id, None)
+        log.info("%s closing because: %s (age=%.0fs)", server.prefix, reason, self.now() - server.created_at)
+        client = server.client
+        if client is not None and client.server is server:
+            client.detach()
+        self._after_change()
+
+    # -- cancel ----------------------------------------------------------------------------------
+    def cancel_request(self, pid: int, key: int) -> None:
+        c = self.by_cancel.get(pid)
+        if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big"), key.to_bytes(4, "big", signed=True)):
+            log.info("cancel request for unknown or mismatched key ignored")
+            return
+        server = c.server
+        if server is None:
+            return  # nothing running for this client now; PostgreSQL would ignore it too
+        t = server.target
+        log.info("%s sending cancel request to %s", c.prefix, server.prefix)
+        self.spawn(self._send_cancel(t, server.backend_pid, server.backend_key))
+
+    async def _send_cancel(self, t: ServerTarget, pid: int, key: int) -> None:
+        try:
+            await connector.send_cancel(t.host, t.port, t.unix_path, pid, key,
+                                        self.config.settings.server_connect_timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            log.warning("cancel request to %s failed: %s", t.label, e)
+
+    # -- admin -----------------------------------------------------------------------------------
+    def admin_message(self, c: ClientSession, mtype: int, body: bytes) -> None:
+        self.admin.message(c, mtype, body)
+
+    # -- pools and limits ------------------------------------------------------------------------
+    def _pool_setup(self, db: DatabaseConfig, user: str) -> tuple[PoolLimits, str]:
+        cfg = self.config
+        s = cfg.settings
+        limits = PoolLimits(pool_size=cfg.pool_size_for(db, user), min_pool_size=cfg.min_pool_size_for(db),
+                            reserve_pool_size=cfg.reserve_pool_size_for(db, user),
+                            reserve_pool_timeout=s.reserve_pool_timeout, server_login_retry=s.server_login_retry)
+        self.registry.max_db[db.name] = cfg.max_db_connections_for(db)
+        self.registry.max_user[user] = cfg.max_user_connections_for(user)
+        return limits, cfg.pool_mode_for(db, user)
+
+    def _apply_limits(self) -> None:
+        for pool in self.registry:
+            db = self.config.database(pool.database)
+            if db is None:
+                pool.disabled = True
+                continue
+            pool.limits, pool.mode = self._pool_setup(db, pool.user)
+
+    def _lifetime(self, pool: Pool[Any, Any]) -> float:
+        db = self.config.database(pool.database)
+        return self.config.server_lifetime_for(db) if db is not None else self.config.settings.server_lifetime
+
+    def _after_change(self) -> None:
+        if self.waiting_admin:
+            self.admin.check_waiting()
+        if self.shutting_down and not self.clients_busy():
+            self._finish_shutdown()
+
+    def clients_busy(self) -> bool:
+        return any(c.server is not None or c.state is ClientState.WAITING for c in self.clients.values())
+
+    # -- reload ----------------------------------------------------------------------------------
+    def reload(self) -> list[str]:
+        from pgmux.config import diff, load_config
+
+        new = load_config(self.config_path)
+        plan = diff(self.config, new)
+        old_cfg, self.config = self.config, new
+        notes: list[str] = []
+        for name in getattr(plan, "needs_restart", ()):
+            notes.append(f"{name} changed: takes effect after a restart")
+        for pool in self.registry:
+            before, after = old_cfg.database(pool.database), new.database(pool.database)
+            if before != after:
+                for srv in list(pool.servers):
+                    srv.close_needed = True  # reconnect with the new line as each server comes back
+                pool.server_params = None if after is not None else pool.server_params
+        self._apply_limits()
+        for pool in self.registry:
+            self.launch(pool)
+            for srv in pool.expired(self.now(), 0, 0):
+                self.close_server(srv, "database configuration changed")
+        for n in notes:
+            log.warning("%s", n)
+        log.info("configuration reloaded from %s", self.config_path)
+        return notes
+
+    # -- janitor ---------------------------------------------------------------------------------
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.tick(self.now())
+            except Exception as e:  # noqa: BLE001 - the janitor must outlive any one bad pass
+                log.error("janitor pass failed", exc_info=e)
+
+    def tick(self, now: float) -> None:
+        from pgmux.runtime.timeouts import check_timeouts
+
+        check_timeouts(self, now)
+        if self.shutting_down:
+            self._after_change()
+

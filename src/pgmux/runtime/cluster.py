@@ -1,0 +1,594 @@
+"""Throwaway PostgreSQL clusters (one primary, N streaming replicas) for tests, `pgmux demo` and the bench.
+
+PostgreSQL refuses to run as root. When we are root, every command that owns server files (initdb,
+pg_ctl, pg_basebackup) runs as an unprivileged OS user (`pgmuxtest`, or $PGMUX_TEST_OSUSER, created on
+first use) and the temp dir is handed over to that user. Clients (psql) run as ourselves over TCP on
+127.0.0.1. When we are not root, everything runs as ourselves.
+
+Every wait is bounded, and `stop()` undoes everything `start()` did, by `pg_ctl -D` and then by PID.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+HOST = "127.0.0.1"
+SUPERUSER = "postgres"
+OS_USER = os.environ.get("PGMUX_TEST_OSUSER", "pgmuxtest")
+AUTH_METHODS = ("scram-sha-256", "md5", "password")
+
+# Settings for a disposable server: fast and unsafe. conf_extra overrides any of them.
+BASE_CONF: dict[str, Any] = {
+    "listen_addresses": HOST,
+    "fsync": False,
+    "synchronous_commit": False,
+    "full_page_writes": False,
+    "max_connections": 300,
+    "wal_level": "replica",
+    "max_wal_senders": 10,
+    "wal_keep_size": "256MB",
+    "hot_standby": True,
+    "shared_buffers": "32MB",
+    "logging_collector": False,
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+}
+
+DEFAULT_HBA = [
+    "local all all trust",
+    f"host all all {HOST}/32 trust",
+    "local replication all trust",
+    f"host replication all {HOST}/32 trust",
+]
+
+
+class ClusterError(RuntimeError):
+    """A throwaway cluster could not be set up, started or stopped."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if they lose the race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def find_bindir() -> str:
+    """Where initdb/pg_ctl/postgres live: $PGMUX_PG_BINDIR, else `pg_config --bindir`, else the newest
+    /usr/lib/postgresql/*/bin."""
+    candidates: list[str] = []
+    if os.environ.get("PGMUX_PG_BINDIR"):
+        candidates.append(os.environ["PGMUX_PG_BINDIR"])
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            candidates.append(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                         key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
+                         reverse=True)
+    for d in candidates:
+        if d and all(os.access(os.path.join(d, b), os.X_OK) for b in ("initdb", "pg_ctl", "postgres")):
+            return d
+    raise ClusterError(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; looked in "
+        f"{candidates or ['(nothing)']}. `pg_config --bindir` must name the directory that holds them "
+        "(install the PostgreSQL server package), or set PGMUX_PG_BINDIR."
+    )
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """Who runs the server-side commands. `switch` is False when that is already us."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    switch: bool
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if not self.switch:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def env(self) -> dict[str, str]:
+        env = _clean_env()
+        if self.switch:
+            env.update(HOME=self.home, USER=self.name, LOGNAME=self.name)
+        return env
+
+    def chown(self, path: str) -> None:
+        if self.switch:
+            os.chown(path, self.uid, self.gid)
+
+
+def server_os_user() -> OsUser:
+    """Ourselves if we are not root; otherwise the unprivileged OS_USER, created if it does not exist."""
+    if os.geteuid() != 0:
+        pw = pwd.getpwuid(os.geteuid())
+        return OsUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, switch=False)
+    try:
+        pw = pwd.getpwnam(OS_USER)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        # Another process may be creating the same user right now: look again before failing.
+        proc = subprocess.run([useradd, "--system", "--create-home", "--shell", "/bin/sh", OS_USER],
+                              capture_output=True, text=True, timeout=30)
+        try:
+            pw = pwd.getpwnam(OS_USER)
+        except KeyError:
+            raise ClusterError(f"PostgreSQL cannot run as root and `useradd {OS_USER}` failed: "
+                               f"{proc.stderr.strip()}") from None
+    return OsUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, switch=True)
+
+
+def _clean_env() -> dict[str, str]:
+    # Our own libpq variables must not leak into psql/pg_basebackup and point them elsewhere.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _conf_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float):
+        return str(value)
+    return quote_literal(str(value))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class PgNode:
+    """One PostgreSQL server of a PgCluster. Its files live in `<cluster dir>/<name>/`."""
+
+    def __init__(self, cluster: PgCluster, name: str, role: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.role = role
+        self.host = HOST
+        self.port = 0
+        self.node_dir = os.path.join(cluster.base_dir, name)
+        self.datadir = os.path.join(self.node_dir, "data")
+        self.socket_dir = self.node_dir
+        self.logfile = os.path.join(self.node_dir, "postgres.log")
+        self._last_pid: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<PgNode {self.name} {self.role} {self.host}:{self.port}>"
+
+    # -- facts ---------------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's PID from postmaster.pid, or None when the server is not running."""
+        try:
+            with open(os.path.join(self.datadir, "postmaster.pid")) as f:
+                pid = int(f.readline().strip())
+        except (OSError, ValueError):
+            return None
+        self._last_pid = pid
+        return pid
+
+    def is_running(self) -> bool:
+        pid = self.pid
+        return pid is not None and _pid_alive(pid)
+
+    def dsn(self, db: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+        """A libpq conninfo string for this server over TCP."""
+        parts = [f"host={self.host}", f"port={self.port}", f"dbname={db}", f"user={user or SUPERUSER}"]
+        if password is not None:
+            parts.append("password=" + quote_literal(password).replace("\\", "\\\\"))
+        return " ".join(parts)
+
+    def log(self) -> str:
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    # -- client side ---------------------------------------------------------------------------------
+
+    def psql(self, sql: str, db: str = "postgres", user: str | None = None, password: str | None = None,
+             timeout: float = 60) -> str:
+        """Run `sql` with psql over TCP as `user` (the superuser by default); return stdout stripped."""
+        env = _clean_env()
+        env["PGCONNECT_TIMEOUT"] = "10"
+        if password is not None:
+            env["PGPASSWORD"] = password
+        cmd = [self.cluster.bin("psql"), "-X", "-A", "-t", "-q", "-w", "-v", "ON_ERROR_STOP=1",
+               "-h", self.host, "-p", str(self.port), "-U", user or SUPERUSER, "-d", db, "-c", sql]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            raise ClusterError(f"psql on {self.name} timed out after {timeout}s: {sql!r}") from e
+        if proc.returncode != 0:
+            raise ClusterError(f"psql on {self.name} ({self.host}:{self.port} db={db} "
+                               f"user={user or SUPERUSER}) failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def write_conf(self) -> None:
+        """(Re)write this node's own settings; postgresql.conf includes the file last, so it wins."""
+        conf = dict(BASE_CONF)
+        conf.update(port=self.port, unix_socket_directories=self.socket_dir, cluster_name=self.name)
+        conf.update(self.cluster.conf_extra)
+        text = "".join(f"{k} = {_conf_value(v)}\n" for k, v in conf.items())
+        self.cluster.write_owned(os.path.join(self.datadir, "pgmux_node.conf"), text)
+
+    def start(self, timeout: float = 60) -> None:
+        """pg_ctl start and wait until it accepts connections. Retries on a fresh port if we lost the
+        race for the one we picked."""
+        for attempt in range(3):
+            if not self.port or attempt:
+                self.port = free_port()
+            self.write_conf()
+            proc = self.cluster.run_owned(
+                [self.cluster.bin("pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w",
+                 "-t", str(int(timeout)), "start"], timeout=timeout + 15, check=False)
+            if proc.returncode == 0:
+                self.pid  # noqa: B018 - remember the PID, so stop() can still find it by PID
+                return
+            tail = self.log()[-2000:]
+            if "could not bind" not in tail and "already in use" not in tail:
+                break
+        raise ClusterError(f"pg_ctl start failed for {self.name} (port {self.port}): "
+                           f"{proc.stdout.strip()} {proc.stderr.strip()}\n--- {self.logfile} ---\n{tail}")
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        """pg_ctl stop; if that fails, SIGQUIT then SIGKILL the postmaster by PID. Idempotent."""
+        pid = self.pid or self._last_pid
+        if pid is None or not _pid_alive(pid):
+            return
+        self.cluster.run_owned([self.cluster.bin("pg_ctl"), "-D", self.datadir, "-m", mode, "-w",
+                                "-t", str(int(timeout)), "stop"], timeout=timeout + 15, check=False)
+        for sig in (signal.SIGQUIT, signal.SIGKILL):
+            if not _pid_alive(pid):
+                return
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if _pid_alive(pid):
+            raise ClusterError(f"could not stop {self.name} (postmaster pid {pid})")
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL the postmaster (its children exit when they notice)."""
+        pid = self.pid
+        if pid is not None and _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def in_recovery(self) -> bool:
+        return self.psql("SELECT pg_is_in_recovery()") == "t"
+
+    def promote(self, timeout: float = 30) -> None:
+        """pg_ctl promote, then wait (bounded) until the server has left recovery."""
+        self.cluster.run_owned([self.cluster.bin("pg_ctl"), "-D", self.datadir, "-w",
+                                "-t", str(int(timeout)), "promote"], timeout=timeout + 15)
+        wait_until(lambda: not self.in_recovery(), timeout, f"{self.name} to leave recovery")
+        self.role = "primary"
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll `predicate` until true; raise ClusterError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            if predicate():
+                return
+        except ClusterError as e:
+            last_error = e
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"timed out after {timeout}s waiting for {what}"
+                               + (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(interval)
+
+
+class PgCluster:
+    """A primary and `replicas` streaming hot standbys in one temp dir.
+
+    with PgCluster(replicas=1) as c:
+        c.primary.psql("CREATE TABLE t (x int)")
+        c.create_role("alice", "secret", method="md5")
+    """
+
+    def __init__(self, base_dir: str | None = None, replicas: int = 1, hba_extra: Iterable[str] = (),
+                 conf_extra: Mapping[str, Any] | None = None, keep: bool = False) -> None:
+        self.parent_dir = base_dir
+        self.n_replicas = replicas
+        self.hba_extra = list(hba_extra)
+        self.conf_extra = dict(conf_extra or {})
+        self.keep = keep
+        self.superuser = SUPERUSER
+        self.role_hba: list[str] = []
+        self.base_dir = ""
+        self.nodes: list[PgNode] = []
+        self.os_user: OsUser | None = None
+        self._bindir = ""
+        self._started = False
+
+    @property
+    def primary(self) -> PgNode:
+        """The node started as primary (after a promote(), check `node.role`)."""
+        return self.nodes[0]
+
+    @property
+    def replicas(self) -> list[PgNode]:
+        return self.nodes[1:]
+
+    def bin(self, name: str) -> str:
+        return os.path.join(self._bindir, name)
+
+    # -- running things as the server's OS user -------------------------------------------------------
+
+    def run_owned(self, cmd: list[str], timeout: float = 120,
+                  check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert self.os_user is not None
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.base_dir,
+                                  env=self.os_user.env(), stdin=subprocess.DEVNULL,
+                                  **self.os_user.popen_kwargs())
+        except subprocess.TimeoutExpired as e:
+            raise ClusterError(f"{os.path.basename(cmd[0])} timed out after {timeout}s: {cmd}") from e
+        if check and proc.returncode != 0:
+            raise ClusterError(f"{os.path.basename(cmd[0])} failed (exit {proc.returncode}): {cmd}\n"
+                               f"{proc.stdout.strip()}\n{proc.stderr.strip()}")
+        return proc
+
+    def write_owned(self, path: str, text: str, mode: int = 0o600) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        assert self.os_user is not None
+        self.os_user.chown(path)
+
+    def mkdir_owned(self, path: str, mode: int = 0o700) -> None:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        assert self.os_user is not None
+        self.os_user.chown(path)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> PgCluster:
+        if self._started:
+            return self
+        self._bindir = find_bindir()
+        self.os_user = server_os_user()
+        if self.parent_dir:
+            os.makedirs(self.parent_dir, exist_ok=True)
+        self.base_dir = tempfile.mkdtemp(prefix="pgmux-cluster-", dir=self.parent_dir)
+        os.chmod(self.base_dir, 0o755)
+        self.os_user.chown(self.base_dir)
+        self._started = True
+        atexit.register(self.stop)
+        try:
+            self._check_reachable()
+            self._init_primary()
+            for i in range(1, self.n_replicas + 1):
+                self._add_replica(f"replica{i}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _check_reachable(self) -> None:
+        # A parent dir that is private to root (pytest's tmp_path is 0700) makes initdb fail obscurely.
+        if self.os_user is not None and self.os_user.switch:
+            probe = self.run_owned(["test", "-w", self.base_dir], check=False)
+            if probe.returncode != 0:
+                raise ClusterError(f"{self.base_dir} is not reachable by OS user {self.os_user.name}: "
+                                   "pick a base_dir whose parents are world-searchable (e.g. under /tmp)")
+
+    def _init_primary(self) -> None:
+        node = PgNode(self, "primary", "primary")
+        self.mkdir_owned(node.node_dir)
+        self.run_owned([self.bin("initdb"), "-D", node.datadir, "-A", "trust", "-U", SUPERUSER,
+                        "-E", "UTF8", "--locale=C", "--no-sync"], timeout=180)
+        with open(os.path.join(node.datadir, "postgresql.conf"), "a") as f:
+            f.write("\n# pgmux test cluster: per-node settings, last so they win\n"
+                    "include = 'pgmux_node.conf'\n")
+        self.nodes.append(node)
+        self._write_hba(node)
+        node.start()
+
+    def _add_replica(self, name: str) -> PgNode:
+        node = PgNode(self, name, "replica")
+        self.mkdir_owned(node.node_dir)
+        src = self.primary
+        self.run_owned([self.bin("pg_basebackup"), "-h", src.host, "-p", str(src.port), "-U", SUPERUSER,
+                        "-D", node.datadir, "-R", "-X", "stream", "-c", "fast", "--no-sync"], timeout=300)
+        self.nodes.append(node)
+        node.start()
+        # The walreceiver's application_name defaults to cluster_name, which write_conf sets to `name`.
+        wait_until(lambda: src.psql("SELECT count(*) FROM pg_stat_replication "
+                                    f"WHERE application_name = {quote_literal(name)} "
+                                    "AND state = 'streaming'") == "1",
+                   30, f"{name} to stream from {src.name}")
+        return node
+
+    def stop(self) -> None:
+        """Stop every server (replicas first, so the primary's walsenders need not wait), remove the dir."""
+        if not self._started:
+            return
+        self._started = False
+        atexit.unregister(self.stop)
+        errors = []
+        for node in reversed(self.nodes):
+            try:
+                node.stop()
+            except ClusterError as e:
+                errors.append(str(e))
+        if self.base_dir and not self.keep:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+        if errors:
+            raise ClusterError("; ".join(errors))
+
+    def __enter__(self) -> PgCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- roles, hba and replication helpers ----------------------------------------------------------
+
+    def _hba_text(self) -> str:
+        # Role lines come first: pg_hba.conf is first match wins, and the defaults trust everyone.
+        return "\n".join(self.role_hba + self.hba_extra + DEFAULT_HBA) + "\n"
+
+    def _write_hba(self, node: PgNode) -> None:
+        self.write_owned(os.path.join(node.datadir, "pg_hba.conf"), self._hba_text())
+
+    def reload_hba(self) -> None:
+        for node in self.nodes:
+            self._write_hba(node)
+            if node.is_running():
+                node.psql("SELECT pg_reload_conf()")
+                errors = node.psql("SELECT string_agg(error, '; ') FROM pg_hba_file_rules "
+                                   "WHERE error IS NOT NULL")
+                if errors:
+                    raise ClusterError(f"pg_hba.conf on {node.name} has errors: {errors}")
+
+    def create_role(self, name: str, password: str | None = None, method: str = "scram-sha-256",
+                    superuser: bool = False) -> None:
+        """A login role on the primary whose password is stored for `method`, and a pg_hba line
+        (`host all NAME 127.0.0.1/32 METHOD`) above the trust lines on every node, then reload.
+
+        `password` (cleartext) is stored as SCRAM; the client sends it in clear and the server checks it.
+        """
+        if method not in AUTH_METHODS:
+            raise ValueError(f"method must be one of {AUTH_METHODS}, not {method!r}")
+        encryption = "md5" if method == "md5" else "scram-sha-256"
+        sql = f"SET password_encryption = {quote_literal(encryption)}; CREATE ROLE {quote_ident(name)} LOGIN"
+        if superuser:
+            sql += " SUPERUSER"
+        if password is not None:
+            sql += f" PASSWORD {quote_literal(password)}"
+        self.primary.psql(sql)
+        self.role_hba.append(f"host all {quote_ident(name)} {HOST}/32 {method}")
+        self.reload_hba()
+        # pg_reload_conf() only signals the postmaster: wait until a password-less login is refused.
+        for node in self.nodes:
+            if node.is_running():
+                wait_until(lambda n=node: not _login_works(n, name), 10, f"{node.name} to apply pg_hba.conf")
+
+    def wait_for_replay(self, timeout: float = 30) -> None:
+        """Wait until every running replica has replayed everything the primary has written so far."""
+        # The insert position, not pg_current_wal_lsn(): with synchronous_commit=off a commit record
+        # can sit in WAL buffers, past the write position, for up to wal_writer_delay.
+        lsn = self.primary.psql("SELECT pg_current_wal_insert_lsn()")
+        query = f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"
+        for node in self.replicas:
+            if node.is_running() and node.role == "replica":
+                wait_until(lambda n=node: n.psql(query) == "t", timeout, f"{node.name} to replay up to {lsn}")
+
+
+def _login_works(node: PgNode, user: str) -> bool:
+    try:
+        node.psql("SELECT 1", user=user, timeout=10)
+    except ClusterError:
+        return False
+    return True
+
+
+# -- pooler config and process helpers, shared by the test fixtures, `pgmux demo` and the bench ----------
+
+
+def render_ini(databases: Mapping[str, str], settings: Mapping[str, Any],
+               users: Mapping[str, str] | None = None) -> str:
+    """A pgbouncer.ini that both PgBouncer and pgmux read. A None value in `settings` leaves the key out."""
+    lines = ["[databases]"]
+    lines += [f"{name} = {conn}" for name, conn in databases.items()]
+    lines += ["", "[pgbouncer]"]
+    lines += [f"{key} = {value}" for key, value in settings.items() if value is not None]
+    if users:
+        lines += ["", "[users]"]
+        lines += [f"{name} = {conf}" for name, conf in users.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_userlist(userlist: Mapping[str, str]) -> str:
+    """userlist.txt: `"user" "password"` per line, double quotes doubled as PgBouncer expects."""
+    def q(s: str) -> str:
+        return '"' + s.replace('"', '""') + '"'
+    return "".join(f"{q(user)} {q(password)}\n" for user, password in userlist.items())
+
+
+def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_listening(proc: subprocess.Popen[Any], host: str, port: int, timeout: float = 20) -> None:
+    """Wait until `proc` accepts TCP on host:port; raise ClusterError if it exits first or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"process {proc.pid} exited with code {proc.returncode} before listening "
+                               f"on {host}:{port}")
+        if port_accepts(host, port):
+            return
+        time.sleep(0.05)
+    raise ClusterError(f"process {proc.pid} did not listen on {host}:{port} within {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10, sig: int = signal.SIGTERM) -> int | None:
+    """Signal `proc` by PID, wait up to `timeout`, then SIGKILL. Returns its exit code."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                return None
+    return proc.returncode

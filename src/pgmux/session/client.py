@@ -1,0 +1,293 @@
+"""One client connection: startup, authentication, then relaying its messages to whatever server
+the pool lends it.
+
+Sans-IO like ServerSession. The relay reads only headers: it counts what each message makes the
+server owe (Query, Sync and FunctionCall each end in one ReadyForQuery), notes an extended-protocol
+batch not yet closed by Sync (the server must stay linked until it is), and catches Terminate.
+Everything else is forwarded as byte ranges, one write per read.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from pgmux.errors import PgmuxError, ProtocolViolation
+from pgmux.protocol import messages as m
+from pgmux.protocol.codec import Buffer, read_startup, scan
+from pgmux.session.params import sync_sql
+from pgmux.session.states import ClientState
+
+if TYPE_CHECKING:
+    from pgmux.session.server import ServerSession
+
+_Q, _S, _F, _X, _P = (ord(c) for c in "QSFXP")
+_EXTENDED = frozenset(ord(c) for c in "PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
+_LOGGED_IN = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
+
+
+class ClientSession:
+    __slots__ = ("id", "hub", "transport", "addr", "port", "is_unix", "state", "user", "database",
+                 "pool", "is_admin", "admin_level", "auth", "server", "pending", "pending_syncs",
+                 "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
+                 "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
+                 "admin_pending", "query_count", "xact_start", "peer_uid", "__weakref__")
+
+    def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
+        self.id = cid
+        self.hub = hub
+        self.transport: Any = None
+        self.addr = "?"
+        self.port = 0
+        self.is_unix = False
+        self.peer_uid: int | None = None
+        self.state = ClientState.STARTUP
+        self.user = ""
+        self.database = ""
+        self.pool: Any = None
+        self.is_admin = False
+        self.admin_level = ""  # "admin" or "stats" for console users
+        self.auth: Any = None
+        self.server: ServerSession | None = None
+        self.pending: list[bytes | memoryview] = []  # complete messages waiting for a server
+        self.pending_syncs = 0
+        self.unsynced = False  # an extended-protocol batch without its Sync yet
+        self.buf = Buffer()
+        self.sbuf = b""
+        self.params: dict[str, str] = {}  # parameters this client asked for; set on every server it gets
+        self.startup: dict[str, str] = {}
+        self.cancel_pid = 0
+        self.cancel_key = 0
+        self.connect_time = now
+        self.request_time = now
+        self.wait_since = now
+        self.max_packet = max_packet
+        self.closing = False
+        self.target_factory: Any = None
+        self.admin_pending: list[bytes] = []
+        self.query_count = 0
+        self.xact_start = 0.0
+        self.prefix = f"C-{cid}"
+
+    def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
+        self.transport = transport
+        self.addr, self.port, self.is_unix, self.peer_uid = addr, port, is_unix, peer_uid
+        self.prefix = f"C-{self.id} (nodb)/(nouser)@{'unix' if is_unix else f'{addr}:{port}'}"
+
+    def set_identity(self, database: str, user: str) -> None:
+        self.database, self.user = database, user
+        where = "unix" if self.is_unix else f"{self.addr}:{self.port}"
+        self.prefix = f"C-{self.id} {database}/{user}@{where}"
+
+    # -- I/O events ----------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.state in _LOGGED_IN:
+                if self.is_admin:
+                    self._admin_data(data)
+                else:
+                    self._relay(data)
+            elif self.state is not ClientState.CLOSED:
+                self._startup_data(data)
+        except PgmuxError as e:
+            self.fail(e)
+        except Exception as e:  # never a traceback to the client: log it, answer in PostgreSQL's words
+            self.hub.log_exception(self.prefix, e)
+            self.fail(PgmuxError(f"internal error in pgmux: {type(e).__name__}", sqlstate="XX000",
+                                 severity="FATAL"))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.state is not ClientState.CLOSED:
+            self.hub.client_closed(self, "client unexpected eof" if exc is None else f"client connection lost: {exc}")
+
+    def pause_writing(self) -> None:
+        if self.server is not None:
+            self.server.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.server is not None:
+            self.server.resume_reading()
+
+    # -- errors and closing --------------------------------------------------------------------
+    def send_error(self, err: PgmuxError, ready: bool = False) -> None:
+        out = m.error_response(err.severity, err.sqlstate, err.message, detail=err.detail, hint=err.hint)
+        if ready:
+            out += m.ready_for_query(b"I")
+        self.transport.write(out)
+
+    def fail(self, err: PgmuxError, close: bool | None = None) -> None:
+        """Answer with an ErrorResponse; close the connection for FATAL (or when asked: PgBouncer
+        reports its timeouts as ERROR and then disconnects)."""
+        if self.state is ClientState.CLOSED:
+            return
+        if close is None:
+            close = err.severity in ("FATAL", "PANIC")
+        if close:
+            self.send_error(err)
+            self.hub.client_closed(self, err.message)
+        else:
+            self.send_error(err, ready=True)
+
+    # -- startup and authentication ------------------------------------------------------------
+    def _startup_data(self, data: bytes) -> None:
+        self.sbuf += data
+        while self.sbuf and self.state in (ClientState.STARTUP, ClientState.AUTH):
+            if self.state is ClientState.STARTUP:
+                res, used = read_startup(self.sbuf)
+                if res is None:
+                    return
+                self.sbuf = self.sbuf[used:]
+                if res.code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
+                    self.transport.write(b"N")  # TLS comes later; libpq then continues in plain text
+                elif res.code == m.CANCEL_REQUEST_CODE:
+                    self.hub.cancel_request(res.key_pid, res.key_secret)
+                    self.hub.client_closed(self, "cancel request")
+                    return
+                elif res.major != 3:
+                    raise ProtocolViolation(f"unsupported frontend protocol {res.major}.{res.minor}: "
+                                            "server supports 3.0 to 3.0")
+                else:
+                    self._startup(res.params, res.minor)
+            else:
+                msgs, pos = scan(self.sbuf, 0, 1 << 16)
+                if not msgs:
+                    return
+                mtype, start, total = msgs[0]
+                body = self.sbuf[start + 5:start + total]
+                self.sbuf = self.sbuf[start + total:]
+                if mtype != _P:
+                    raise ProtocolViolation(f"expected password response, got message type {chr(mtype)!r}")
+                reply = self.auth.feed(b"p", body)
+                if reply:
+                    self.transport.write(reply)
+                if self.auth.done:
+                    self.state = ClientState.LOGIN_WAIT
+                    self.hub.client_authenticated(self)
+
+    def _startup(self, params: dict[str, str], minor: int) -> None:
+        if minor > 0 or any(k.startswith("_pq_.") for k in params):
+            # Newer minor versions and protocol options: say what we speak, as PostgreSQL does.
+            unknown = [k for k in params if k.startswith("_pq_.")]
+            body = struct.pack("!ii", m.PROTOCOL_V3, len(unknown)) + b"".join(m.cstr(k) for k in unknown)
+            self.transport.write(m.message(m.NEGOTIATE_PROTOCOL_VERSION, body))
+            params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
+        self.startup = params
+        self.state = ClientState.AUTH
+        self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
+        if self.state is ClientState.AUTH:
+            first = self.auth.start()
+            if first:
+                self.transport.write(first)
+            if self.auth.done:
+                self.state = ClientState.LOGIN_WAIT
+                self.hub.client_authenticated(self)
+
+    def send_welcome(self, server_params: dict[str, str]) -> None:
+        """AuthenticationOk was sent by the authenticator; now what PostgreSQL sends after it."""
+        shown = dict(server_params)
+        for k, v in self.params.items():
+            if k in shown:
+                shown[k] = v
+        out = [m.parameter_status(k, v) for k, v in shown.items()]
+        out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
+        out.append(m.ready_for_query(b"I"))
+        self.transport.write(b"".join(out))
+        self.state = ClientState.IDLE
+        if self.pending:
+            self.hub.acquire(self)
+        if self.sbuf:  # a client that pipelined its first query behind the password
+            rest, self.sbuf = self.sbuf, b""
+            self.data_received(rest)
+
+    # -- relay: client -> server ---------------------------------------------------------------
+    def _relay(self, data: bytes) -> None:
+        data = self.buf.feed(data)
+        msgs, pos = scan(data, 0, self.max_packet)
+        self.buf.keep(data, pos)
+        if not msgs:
+            return
+        syncs = 0
+        unsynced = self.unsynced
+        end = pos
+        terminate = False
+        for t, start, total in msgs:
+            if t == _Q or t == _S or t == _F:
+                syncs += 1
+                unsynced = False
+            elif t in _EXTENDED:
+                unsynced = True
+            elif t == _X:
+                end = start
+                terminate = True
+                break
+        self.request_time = self.hub.now()
+        if end > 0:
+            chunk: bytes | memoryview = data if end == len(data) else memoryview(data)[:end]
+            self.unsynced = unsynced
+            server = self.server
+            if server is not None:
+                if syncs and not server.owed:
+                    server.query_start = self.request_time
+                server.owed += syncs
+                server.transport.write(chunk)
+            else:
+                self.pending.append(bytes(chunk))
+                self.pending_syncs += syncs
+                if self.state is ClientState.IDLE:
+                    self.hub.acquire(self)
+        if terminate:
+            self.hub.client_closed(self, "client close request")
+
+    def attach(self, server: ServerSession, now: float) -> None:
+        """The pool lends us `server`: bring its parameters to ours, then send what we queued."""
+        self.server = server
+        server.client = self
+        self.state = ClientState.ACTIVE
+        server.link_time = now
+        if self.xact_start == 0.0:
+            self.xact_start = now
+        out: list[bytes] = []
+        sql = sync_sql(self.params, server.params)
+        if sql is not None:
+            server.swallow += 1
+            server.swallow_error = None
+            out.append(m.query(sql))
+            server.params.update(self.params)
+        if self.pending:
+            out.extend(bytes(p) for p in self.pending)
+            self.pending.clear()
+            if self.pending_syncs:
+                server.query_start = now
+            server.owed += self.pending_syncs
+            self.pending_syncs = 0
+        if out:
+            server.transport.write(b"".join(out))
+
+    def detach(self) -> ServerSession | None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.client = None
+            server.resume_reading()
+        if self.state is ClientState.ACTIVE:
+            self.state = ClientState.IDLE
+        return server
+
+    # -- relay: server -> client ---------------------------------------------------------------
+    def send_from_server(self, data: bytes | memoryview, size: int) -> None:
+        self.transport.write(data)
+
+    def server_ready(self, server: ServerSession) -> None:
+        """The server sent ReadyForQuery and owes nothing more."""
+        self.hub.server_ready(self, server)
+
+    # -- admin console -------------------------------------------------------------------------
+    def _admin_data(self, data: bytes) -> None:
+        data = self.buf.feed(data)
+        msgs, pos = scan(data, 0, 1 << 20)
+        self.buf.keep(data, pos)
+        for t, start, total in msgs:
+            body = bytes(data[start + 5:start + total])
+            if t == _X:
+                self.hub.client_closed(self, "client close request")
+                return
+            self.hub.admin_message(self, t, body)

@@ -1,0 +1,240 @@
+"""One connection to PostgreSQL: login, then relaying its replies to the linked client.
+
+Sans-IO: the transport is anything with write/close/pause_reading/resume_reading, and every
+decision about pools goes to the hub (the runtime). On the relay path only message headers are
+read; bodies are decoded for Z (transaction status), S (parameters), E (errors) and, during login,
+R and K.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pgmux.errors import PgmuxError, ProtocolViolation
+from pgmux.protocol import messages as m
+from pgmux.protocol.auth import ServerAuthenticator
+from pgmux.protocol.codec import Buffer, scan
+from pgmux.session.params import canon
+from pgmux.session.states import SERVER_MOVES, IllegalTransition, ServerState
+
+if TYPE_CHECKING:
+    from pgmux.session.client import ClientSession
+
+_Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
+_I32 = struct.Struct("!i")
+
+# Replies are small; a server that claims a 1 GiB message is either broken or hostile.
+MAX_SERVER_MESSAGE = 1 << 30
+
+
+@dataclass
+class ServerTarget:
+    """Where and as whom to log in: resolved from a [databases] line and the client's pool."""
+
+    host: str | None
+    port: int
+    unix_path: str | None
+    dbname: str
+    user: str
+    password: str | None = None
+    scram_keys: tuple[bytes, bytes] | None = None
+    startup: dict[str, str] = field(default_factory=dict)
+    connect_query: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.unix_path or f"{self.host}:{self.port}"
+
+
+class ServerSession:
+    __slots__ = ("id", "hub", "pool", "target", "transport", "state", "created_at", "idle_since",
+                 "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
+                 "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
+                 "local_port", "paused", "connect_started", "prefix", "cq_sent", "__weakref__")
+
+    def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
+        self.id = sid
+        self.hub = hub
+        self.pool = pool
+        self.target = target
+        self.transport: Any = None
+        self.state = ServerState.LOGIN
+        self.created_at = now
+        self.idle_since = now
+        self.connect_started = now
+        self.close_needed = False
+        self.client: ClientSession | None = None
+        self.owed = 0  # ReadyForQuery messages the linked client is still owed
+        self.tx_status = b"I"
+        self.params: dict[str, str] = {}
+        self.backend_pid = 0
+        self.backend_key = 0
+        self.buf = Buffer()
+        self.swallow = 0  # ReadyForQuery messages of pgmux's own queries still to come and to swallow
+        self.swallow_error: dict[str, str] | None = None
+        self.auth = ServerAuthenticator(target.user, target.password, scram_keys=target.scram_keys)
+        self.query_start = 0.0
+        self.link_time = 0.0
+        self.closed_reason = ""
+        self.local_port = 0
+        self.paused = False
+        self.cq_sent = False
+        self.prefix = f"S-{sid} {pool.database}/{pool.user}@{target.label}"
+
+    # -- state ---------------------------------------------------------------------------------
+    def move(self, new: ServerState) -> None:
+        if new not in SERVER_MOVES[self.state]:
+            raise IllegalTransition(f"{self.prefix}: server state {self.state.value} -> {new.value}")
+        self.state = new
+
+    @property
+    def clean(self) -> bool:
+        """Nothing owed, no transaction open, no half-finished extended-protocol batch."""
+        c = self.client
+        return self.owed == 0 and self.swallow == 0 and self.tx_status == b"I" and not (c and c.unsynced)
+
+    # -- I/O events ----------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        params = {"user": self.target.user, "database": self.target.dbname}
+        params.update(self.target.startup)
+        transport.write(m.startup_message(params))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.state is not ServerState.CLOSED:
+            self.hub.server_closed(self, "server closed the connection unexpectedly" if exc is None else
+                                   f"server connection lost: {exc}")
+
+    def pause_reading(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def send_internal(self, sql: str) -> None:
+        """Run a query of pgmux's own; its replies are swallowed up to its ReadyForQuery."""
+        self.swallow += 1
+        self.transport.write(m.query(sql))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.state is ServerState.LOGIN:
+                self._login_data(data)
+            else:
+                self._relay(data)
+        except PgmuxError as e:
+            self.hub.server_failed(self, e)
+
+    # -- relay ---------------------------------------------------------------------------------
+    def _relay(self, data: bytes) -> None:
+        data = self.buf.feed(data)
+        msgs, pos = scan(data, 0, MAX_SERVER_MESSAGE)
+        self.buf.keep(data, pos)
+        if not msgs:
+            return
+        first = 0
+        if self.swallow:
+            first = self._swallow(data, msgs)
+            if first < 0:
+                return
+        z = 0
+        for t, start, total in msgs:
+            if start < first:
+                continue
+            if t == _Z:
+                z = data[start + 5]
+                self.owed -= 1
+            elif t == _S:
+                self._param(data, start, total)
+            elif t == _E:
+                self._error(data, start, total)
+        client = self.client
+        if client is None:
+            if self.state is not ServerState.CLOSED:
+                # Between clients a server may still send a notice or a ParameterStatus; anything
+                # else means it is in an unknown state.
+                if any(t not in (_S, _N, ord("A")) for t, s, _ in msgs if s >= first):
+                    self.hub.close_server(self, "unexpected data from idle server")
+            return
+        client.send_from_server(data if first == 0 and pos == len(data) else memoryview(data)[first:pos], pos - first)
+        if z:
+            self.tx_status = bytes((z,))
+            if self.owed <= 0:
+                self.owed = 0
+                client.server_ready(self)
+
+    def _swallow(self, data: bytes, msgs: list[tuple[int, int, int]]) -> int:
+        """Consume the replies to pgmux's own queries. Returns where the client's replies start, -1 if
+        the whole chunk was swallowed."""
+        for t, start, total in msgs:
+            if not self.swallow:
+                return start
+            if t == _Z:
+                self.swallow -= 1
+                self.tx_status = bytes((data[start + 5],))
+                if not self.swallow:
+                    self.hub.internal_done(self)
+            elif t == _S:
+                self._param(data, start, total)
+            elif t == _E:
+                self.swallow_error = m.parse_error_fields(memoryview(data)[start + 5:start + total])
+                if self.swallow_error.get("S") in ("FATAL", "PANIC"):
+                    self.close_needed = True
+        return -1
+
+    def _param(self, data: bytes, start: int, total: int) -> None:
+        body = bytes(data[start + 5:start + total])
+        parts = body.split(b"\x00")
+        if len(parts) >= 2:
+            self.params[canon(parts[0].decode(errors="replace"))] = parts[1].decode(errors="replace")
+
+    def _error(self, data: bytes, start: int, total: int) -> None:
+        # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it.
+        fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
+        if fields.get("S") in ("FATAL", "PANIC") or fields.get("C", "").startswith("08"):
+            self.close_needed = True
+
+    # -- login ---------------------------------------------------------------------------------
+    def _login_data(self, data: bytes) -> None:
+        data = self.buf.feed(data)
+        msgs, pos = scan(data, 0, 1 << 20)
+        self.buf.keep(data, pos)
+        for t, start, total in msgs:
+            body = data[start + 5:start + total]
+            if t == _R:
+                (code,) = _I32.unpack_from(body, 0)
+                reply = self.auth.feed(code, bytes(body[4:]))
+                if reply:
+                    self.transport.write(reply)
+            elif t == _S:
+                self._param(data, start, total)
+            elif t == _K:
+                self.backend_pid, self.backend_key = struct.unpack_from("!ii", body, 0)
+            elif t == _E:
+                fields = m.parse_error_fields(body)
+                if self.swallow:  # connect_query failed: the server is usable but the operator must know
+                    self.swallow_error = fields
+                    continue
+                raise PgmuxError(fields.get("M", "server login failed"), sqlstate=fields.get("C", "08006"),
+                                 severity="FATAL", detail=fields.get("D"), hint=fields.get("H"))
+            elif t == _Z:
+                self.tx_status = bytes((body[0],))
+                if self.swallow:
+                    self.swallow -= 1
+                elif self.target.connect_query and not self.cq_sent:
+                    self.cq_sent = True
+                    self.send_internal(self.target.connect_query)
+                    continue
+                if not self.swallow:
+                    self.hub.server_login_done(self)
+                    return
+            elif t in (_N, ord("v")):
+                continue
+            else:
+                raise ProtocolViolation(f"unexpected message {chr(t)!r} from server during login")

@@ -1,0 +1,53 @@
+"""Connection states. The values are the words SHOW CLIENTS / SHOW SERVERS and the logs print."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ClientState(enum.Enum):
+    STARTUP = "startup"  # waiting for the startup packet
+    AUTH = "auth"  # authenticating
+    LOGIN_WAIT = "login_wait"  # authenticated, waiting for the pool's first server to learn its parameters
+    IDLE = "idle"  # logged in, no query pending
+    WAITING = "waiting"  # a query is queued for a server
+    ACTIVE = "active"  # linked to a server
+    CLOSED = "closed"
+
+    @property
+    def show(self) -> str:
+        """PgBouncer's words: logged-in clients are 'active' whether linked or not."""
+        return _CLIENT_SHOW[self]
+
+
+_CLIENT_SHOW = {
+    ClientState.STARTUP: "login", ClientState.AUTH: "login", ClientState.LOGIN_WAIT: "waiting",
+    ClientState.IDLE: "active", ClientState.WAITING: "waiting", ClientState.ACTIVE: "active",
+    ClientState.CLOSED: "closed",
+}
+
+
+class ServerState(enum.Enum):
+    LOGIN = "login"  # connecting and authenticating
+    IDLE = "idle"  # in the pool, clean
+    ACTIVE = "active"  # linked to a client
+    TESTED = "tested"  # running server_reset_query, server_check_query or a parameter sync
+    CLOSED = "closed"
+
+    @property
+    def show(self) -> str:
+        return self.value
+
+
+# Legal moves, checked on every change so that a wrong move fails loudly in tests instead of leaking.
+SERVER_MOVES: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.LOGIN: frozenset({ServerState.IDLE, ServerState.ACTIVE, ServerState.CLOSED}),
+    ServerState.IDLE: frozenset({ServerState.ACTIVE, ServerState.TESTED, ServerState.CLOSED}),
+    ServerState.ACTIVE: frozenset({ServerState.IDLE, ServerState.TESTED, ServerState.ACTIVE, ServerState.CLOSED}),
+    ServerState.TESTED: frozenset({ServerState.IDLE, ServerState.ACTIVE, ServerState.CLOSED}),
+    ServerState.CLOSED: frozenset({ServerState.CLOSED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass

@@ -1,0 +1,208 @@
+"""pgbouncer.ini loading: PgBouncer's defaults, syntax, %include, the fallback database, strict errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgmux.config import Config, Settings, load_config
+from pgmux.config.ini import parse_connstr
+from pgmux.config.settings import DEFAULT_AUTH_QUERY
+from pgmux.errors import ConfigError
+
+DATA = Path(__file__).parent / "data" / "config"
+
+
+def write(directory: Path, name: str, text: str) -> str:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def load(tmp_path: Path, text: str) -> Config:
+    return load_config(write(tmp_path, "pgbouncer.ini", text))
+
+
+# PgBouncer's defaults, written out independently of settings.py (from its docs and bouncer_params[]).
+PGBOUNCER_DEFAULTS = {
+    "listen_addr": (), "listen_port": 6432, "listen_backlog": 128, "unix_socket_dir": "/tmp",
+    "unix_socket_mode": 0o777, "unix_socket_group": None, "user": None, "pidfile": None, "logfile": None,
+    "auth_type": "md5", "auth_file": None, "auth_hba_file": None, "auth_user": None, "auth_dbname": None,
+    "auth_query": DEFAULT_AUTH_QUERY, "admin_users": (), "stats_users": (), "pool_mode": "session",
+    "max_client_conn": 100, "default_pool_size": 20, "min_pool_size": 0, "reserve_pool_size": 0,
+    "reserve_pool_timeout": 5.0, "max_db_connections": 0, "max_db_client_connections": 0,
+    "max_user_connections": 0, "max_user_client_connections": 0, "server_round_robin": False,
+    "max_prepared_statements": 200, "track_extra_parameters": ("IntervalStyle",),
+    "ignore_startup_parameters": (), "application_name_add_host": False,
+    "server_reset_query": "DISCARD ALL", "server_reset_query_always": False,
+    "server_check_query": "<empty>", "server_check_delay": 30.0, "server_fast_close": False,
+    "server_lifetime": 3600.0, "server_idle_timeout": 600.0, "server_connect_timeout": 15.0,
+    "server_login_retry": 15.0, "client_login_timeout": 60.0, "autodb_idle_timeout": 3600.0,
+    "query_timeout": 0.0, "query_wait_timeout": 120.0, "cancel_wait_timeout": 10.0,
+    "client_idle_timeout": 0.0, "idle_transaction_timeout": 0.0, "transaction_timeout": 0.0,
+    "log_connections": True, "log_disconnections": True, "log_pooler_errors": True, "log_stats": True,
+    "stats_period": 60.0, "verbose": 0, "pkt_buf": 4096, "max_packet_size": 2147483647,
+    "tcp_keepalive": True, "tcp_keepcnt": 0, "tcp_keepidle": 0, "tcp_keepintvl": 0, "tcp_user_timeout": 0,
+    "tcp_defer_accept": sys.platform.startswith("linux"), "scram_iterations": 4096,
+    "client_tls_sslmode": "disable", "server_tls_sslmode": "prefer", "dns_max_ttl": 15.0,
+}
+
+
+def test_defaults_equal_pgbouncers(tmp_path: Path) -> None:
+    config = load(tmp_path, "[pgbouncer]\n")
+    for key, expected in PGBOUNCER_DEFAULTS.items():
+        assert getattr(config.settings, key) == expected, key
+    assert config.settings == Settings()
+    assert config.warnings == ()
+    assert dict(config.databases) == {}
+
+
+def test_value_syntax(tmp_path: Path) -> None:
+    config = load(tmp_path, """
+        # both comment styles; values run to the end of the line
+        [pgbouncer]
+        listen_addr = *
+        unix_socket_mode = 0700
+        admin_users = alice , bob,
+        log_connections = off
+        server_reset_query_always = yes
+        server_idle_timeout = 0.25
+        server_check_query = select 1 ; not a comment
+        unix_socket_dir =
+    """)
+    s = config.settings
+    assert s.listen_addr == ("*",)
+    assert s.unix_socket_mode == 0o700
+    assert s.admin_users == ("alice", "bob")
+    assert (s.log_connections, s.server_reset_query_always) == (False, True)
+    assert s.server_idle_timeout == 0.25
+    assert s.server_check_query == "select 1 ; not a comment"
+    assert s.unix_socket_dir == ""
+
+
+def test_database_lines_and_quoting(tmp_path: Path) -> None:
+    config = load(tmp_path, """
+        [databases]
+        foodb =
+        bardb = host=localhost dbname=bazdb
+        forcedb = host = db1 port=300 user=baz password='it''s secret' connect_query='SELECT 1'
+        old = reserve_pool=7 min_pool_size=2 max_db_connections=9
+        "my ""odd"" db" = host=/var/run/postgresql
+    """)
+    dbs = config.databases
+    assert list(dbs) == ["foodb", "bardb", "forcedb", "old", 'my "odd" db']
+    assert dbs["foodb"].host is None and dbs["foodb"].port == 5432 and dbs["foodb"].target_dbname == "foodb"
+    assert dbs["bardb"].target_dbname == "bazdb"
+    forced = dbs["forcedb"]
+    assert (forced.host, forced.port, forced.user) == ("db1", 300, "baz")
+    assert forced.password == "it's secret" and forced.connect_query == "SELECT 1"
+    assert forced.file == str(tmp_path / "pgbouncer.ini") and forced.line == 5
+    assert (dbs["old"].reserve_pool_size, dbs["old"].min_pool_size, dbs["old"].max_db_connections) == (7, 2, 9)
+    assert dbs['my "odd" db'].host == "/var/run/postgresql"
+
+
+def test_connstr_parser() -> None:
+    assert parse_connstr("  a=1   b = 'x y' c=''''") == [("a", "1"), ("b", "x y"), ("c", "'")]
+    assert parse_connstr("") == []
+    for bad in ("host", "host=", "=x", "a='open", "a='x'b=1"):
+        with pytest.raises(ValueError):
+            parse_connstr(bad)
+
+
+def test_wildcard_database(tmp_path: Path) -> None:
+    config = load(tmp_path, "[databases]\napp = host=a\n* = host=fallback port=5433\n")
+    assert config.database("app").host == "a"
+    auto = config.database("reports")
+    assert (auto.name, auto.target_dbname, auto.host, auto.port) == ("reports", "reports", "fallback", 5433)
+    assert load(tmp_path, "[databases]\napp =\n").database("reports") is None
+    fixed = load(tmp_path, "[databases]\n* = dbname=shared\n").database("x")
+    assert fixed.target_dbname == "shared"
+
+
+def test_include_relative_nested_and_section_carries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # includes resolve next to the including file, not here
+    write(tmp_path, "conf.d/dbs.ini", "app = host=a\n%include more.ini\n")
+    write(tmp_path, "conf.d/more.ini", "other = host=b\n[pgbouncer]\nlisten_port = 7000\n")
+    main = write(tmp_path, "main.ini", "[databases]\n%include conf.d/dbs.ini\ndefault_pool_size = 3\n")
+    config = load_config(main)
+    assert list(config.databases) == ["app", "other"]
+    # more.ini switched to [pgbouncer]; that carries back into main.ini, as in PgBouncer
+    assert (config.settings.listen_port, config.settings.default_pool_size) == (7000, 3)
+    assert config.databases["other"].file.endswith("more.ini") and config.databases["other"].line == 1
+
+
+def test_include_falls_back_to_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "cwd/extra.ini", "listen_port = 7001\n")
+    main = write(tmp_path, "etc/main.ini", "[pgbouncer]\n%include extra.ini\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert load_config(main).settings.listen_port == 7001
+
+
+def test_include_loop_and_missing_file(tmp_path: Path) -> None:
+    write(tmp_path, "a.ini", "[pgbouncer]\n%include b.ini\n")
+    write(tmp_path, "b.ini", "%include a.ini\n")
+    with pytest.raises(ConfigError, match="loop") as err:
+        load_config(str(tmp_path / "a.ini"))
+    assert (err.value.file, err.value.line) == (str(tmp_path / "b.ini"), 1)
+    with pytest.raises(ConfigError, match="cannot read") as err:
+        load(tmp_path, "[pgbouncer]\n\n%include nowhere.ini\n")
+    assert err.value.line == 3
+
+
+@pytest.mark.parametrize(("text", "key", "line", "message"), [
+    ("[pgbouncer]\nlisten_prot = 6432\n", "listen_prot", 2, "did you mean 'listen_port'"),
+    ("[pgbouncer]\nlisten_port = 64x\n", "listen_port", 2, "expected an integer"),
+    ("[pgbouncer]\nlisten_port = 0\n", "listen_port", 2, "at least 1"),
+    ("[pgbouncer]\n\ndefault_pool_size = -1\n", "default_pool_size", 3, "at least 0"),
+    ("[pgbouncer]\npool_mode = sessions\n", "pool_mode", 2, "session, transaction, statement"),
+    ("[pgbouncer]\nauth_type = kerberos\n", "auth_type", 2, "must be one of"),
+    ("[pgbouncer]\nserver_lifetime = 1h\n", "server_lifetime", 2, "seconds"),
+    ("[pgbouncer]\nlog_stats = maybe\n", "log_stats", 2, "boolean"),
+    ("[databases]\napp = port=abc\n", "databases.app.port", 2, "expected an integer"),
+    ("[databases]\napp = pool_size=-5\n", "databases.app.pool_size", 2, "at least 0"),
+    ("[databases]\napp = hots=a\n", "databases.app.hots", 2, "did you mean 'host'"),
+    ("[databases]\napp = host='a\n", "databases.app", 2, "unterminated"),
+    ("[databases]\npgbouncer = host=a\n", "pgbouncer", 2, "reserved"),
+    ("[users]\nbob = pool_mode=fast\n", "users.bob.pool_mode", 2, "must be one of"),
+    ("[users]\nbob = pool_siz=1\n", "users.bob.pool_siz", 2, "unknown user option"),
+    ("[pgbouncer]\nauth_type = hba\n", "auth_type", 2, "auth_hba_file"),
+    ("[server]\n", "server", 1, "unknown section"),
+    ("listen_port = 1\n", "listen_port", 1, "outside of any"),
+    ("[pgbouncer]\nconffile\n", None, 2, "syntax error"),
+])
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, key: str | None, line: int,
+                                       message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load(tmp_path, text)
+    path = str(tmp_path / "pgbouncer.ini")
+    assert (err.value.file, err.value.line, err.value.key) == (path, line, key)
+    assert str(err.value).startswith(f"{path}:{line}: " + (f"{key}: " if key else ""))
+
+
+def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
+    config = load(tmp_path, """
+        [databases]
+        app = host=a load_balance_hosts=disable
+        [peers]
+        1 = host=/tmp/p1
+        [pgbouncer]
+        client_tls_sslmode = require
+        dns_max_ttl = 30
+        server_tls_sslmode = prefer
+        peer_id = 1
+    """)
+    (warning,) = config.warnings
+    for name in ("client_tls_sslmode", "dns_max_ttl", "peer_id", "databases.app.load_balance_hosts",
+                 "[peers]"):
+        assert name in warning
+    assert "server_tls_sslmode" not in warning  # set to its default: nothing is lost by ignoring it
+    assert config.settings.client_tls_sslmode == "require"
+
+
+def test_pam_auth_warns(tmp_path: Path) -> None:
+    (warning,) = load(tmp_path, "[pgbouncer]\nauth_type = PAM\n").warnings
+    assert "pam" in warning and "not supported" in warning
