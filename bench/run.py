@@ -23,7 +23,6 @@ from typing import Any
 from pgmux.runtime.cluster import (
     HOST,
     ClusterError,
-    OsUser,
     PgCluster,
     free_port,
     render_ini,
@@ -253,8 +252,12 @@ def table(results: dict[str, dict[str, Cell]], targets: list[str]) -> str:
         row += [fmt(cells[t].median_cpu(), ".1f") for t in poolers]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in rows]
+
+    def line(r: list[str]) -> str:
+        cells = zip(r, widths, strict=True)
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
+
+    lines = [line(r) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -285,74 +288,92 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def start_targets(names: list[str], cluster: PgCluster, pgbouncer: str) -> list[Target]:
+    targets: list[Target] = []
+    for name in names:
+        if name == "direct":
+            targets.append(Target("direct", cluster.primary.port))
+        elif name == "pgbouncer":
+            # PgBouncer refuses to run as root: it runs as the cluster's OS user.
+            osuser = cluster.os_user
+            assert osuser is not None
+            run_as = {**osuser.popen_kwargs(), "env": osuser.env()}
+            targets.append(start_pooler(name, [pgbouncer], cluster, run_as))
+        else:
+            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux"], cluster, {}))
+    return targets
+
+
+def run_rounds(args: argparse.Namespace, targets: list[Target], pgbench: str,
+               user: str) -> dict[str, dict[str, Cell]]:
+    # Warm up: fill the pools and the page cache; not counted.
+    for t in targets:
+        if not t.dead:
+            run_pgbench(pgbench, t, ["-S", "-c", "20"], 2, user)
+    results = {s: {t.name: Cell() for t in targets} for s in args.scenarios}
+    total, n = len(args.scenarios) * args.rounds * len(targets), 0
+    for scenario in args.scenarios:
+        for rnd in range(1, args.rounds + 1):
+            for t in targets:
+                n += 1
+                if t.dead:
+                    continue
+                r = run_pgbench(pgbench, t, SCENARIOS[scenario], args.duration, user)
+                results[scenario][t.name].runs.append(r)
+                cpu = f", {r.cpu_us_per_txn:.1f} us/txn" if r.cpu_us_per_txn is not None else ""
+                log(f"[{n}/{total}] {scenario} round {rnd} {t.name}: {fmt(r.tps)} tps{cpu}, "
+                    f"aborted {r.aborted}, errors {r.errors}{' ' + r.note if r.note else ''}")
+    return results
+
+
+def write_json(path: str, args: argparse.Namespace, results: dict[str, dict[str, Cell]]) -> None:
+    doc = {
+        "duration": args.duration, "rounds": args.rounds, "scale": args.scale,
+        "pooler_settings": POOLER_SETTINGS, "scenarios": {s: SCENARIOS[s] for s in args.scenarios},
+        "results": {
+            s: {name: {"median_tps": c.median_tps(), "median_cpu_us_per_txn": c.median_cpu(),
+                       "aborted": c.aborted(), "errors": c.errors(), "runs": [vars(r) for r in c.runs]}
+                for name, c in cells.items()}
+            for s, cells in results.items()
+        },
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     pgbouncer = find_pgbouncer() if "pgbouncer" in args.targets else ""
     conf = {"max_connections": 300, "shared_buffers": "256MB"}
-    status = 0
     with PgCluster(replicas=0, conf_extra=conf, keep=args.keep) as cluster:
-        primary = cluster.primary
+        primary, user = cluster.primary, cluster.superuser
         pgbench = cluster.bin("pgbench")
         log(f"PostgreSQL on {HOST}:{primary.port}, dir {cluster.base_dir}; pgbench -i -s {args.scale}")
         primary.psql(f"CREATE DATABASE {DB}")
-        init = subprocess.run([pgbench, "-i", "-q", "-s", str(args.scale), "-h", HOST, "-p", str(primary.port),
-                               "-U", cluster.superuser, DB], capture_output=True, text=True, timeout=900)
+        init = subprocess.run([pgbench, "-i", "-q", "-s", str(args.scale), "-h", HOST,
+                               "-p", str(primary.port), "-U", user, DB],
+                              capture_output=True, text=True, timeout=900)
         if init.returncode != 0:
             raise SystemExit(f"pgbench -i failed:\n{init.stderr}")
         targets: list[Target] = []
         try:
-            for name in args.targets:
-                if name == "direct":
-                    targets.append(Target("direct", primary.port))
-                elif name == "pgbouncer":
-                    osuser: OsUser = cluster.os_user  # type: ignore[assignment]
-                    targets.append(start_pooler(name, [pgbouncer], cluster,
-                                                {**osuser.popen_kwargs(), "env": osuser.env()}))
-                else:
-                    targets.append(start_pooler(name, [sys.executable, "-m", "pgmux"], cluster, {}))
-            # Warm up: fill the pools and the page cache; not counted.
-            for t in targets:
-                if not t.dead:
-                    run_pgbench(pgbench, t, ["-S", "-c", "20"], 2, cluster.superuser)
-            results = {s: {t.name: Cell() for t in targets} for s in args.scenarios}
-            total, n = len(args.scenarios) * args.rounds * len(targets), 0
-            for scenario in args.scenarios:
-                for rnd in range(1, args.rounds + 1):
-                    for t in targets:
-                        n += 1
-                        if t.dead:
-                            continue
-                        r = run_pgbench(pgbench, t, SCENARIOS[scenario], args.duration, cluster.superuser)
-                        results[scenario][t.name].runs.append(r)
-                        cpu = f", {r.cpu_us_per_txn:.1f} us/txn" if r.cpu_us_per_txn is not None else ""
-                        log(f"[{n}/{total}] {scenario} round {rnd} {t.name}: {fmt(r.tps)} tps"
-                            f"{cpu}, aborted {r.aborted}, errors {r.errors}{' ' + r.note if r.note else ''}")
+            targets = start_targets(args.targets, cluster, pgbouncer)
+            results = run_rounds(args, targets, pgbench, user)
         finally:
             for t in targets:
                 if t.proc is not None:
                     stop_process(t.proc, timeout=10)
-        names = [t.name for t in targets]
-        print()
-        print(f"pgbench -j 2 -T {args.duration}, {args.rounds} rounds, median TPS; scale {args.scale}; "
-              f"poolers: transaction mode, default_pool_size={POOLER_SETTINGS['default_pool_size']}")
-        print(table(results, names))
-        for t in targets:
-            if t.dead:
-                print(f"note: {t.name} {t.dead}")
-                status = 1
-        if args.json:
-            doc = {
-                "duration": args.duration, "rounds": args.rounds, "scale": args.scale,
-                "pooler_settings": POOLER_SETTINGS, "scenarios": {s: SCENARIOS[s] for s in args.scenarios},
-                "results": {s: {name: {"median_tps": c.median_tps(), "median_cpu_us_per_txn": c.median_cpu(),
-                                       "aborted": c.aborted(), "errors": c.errors(),
-                                       "runs": [vars(r) for r in c.runs]}
-                                for name, c in cells.items()} for s, cells in results.items()},
-            }
-            with open(args.json, "w") as f:
-                json.dump(doc, f, indent=2)
-            print(f"wrote {args.json}")
-    return status
+    print()
+    print(f"pgbench -j 2 -T {args.duration}, {args.rounds} rounds, median TPS; scale {args.scale}; "
+          f"poolers: transaction mode, default_pool_size={POOLER_SETTINGS['default_pool_size']}")
+    print(table(results, [t.name for t in targets]))
+    for t in targets:
+        if t.dead:
+            print(f"note: {t.name} {t.dead}")
+    if args.json:
+        write_json(args.json, args, results)
+        print(f"wrote {args.json}")
+    return 1 if any(t.dead for t in targets) else 0
 
 
 if __name__ == "__main__":

@@ -120,13 +120,14 @@ def test_show_totals_names_are_pgbouncer_internal_ones() -> None:
     assert [row.name for row in rows] == [
         "total_server_assignment_count", "total_xact_count", "total_query_count",
         "total_client_bytes", "total_server_bytes", "total_xact_time", "total_query_time",
-        "total_wait_time", "total_ps_client_parse_count", "total_ps_server_parse_count", "total_ps_bind_count",
+        "total_wait_time", "total_ps_client_parse_count", "total_ps_server_parse_count",
+        "total_ps_bind_count",
         "avg_server_assignment_count", "avg_xact_count", "avg_query_count",
         "avg_client_bytes", "avg_server_bytes", "avg_xact_time", "avg_query_time",
         "avg_wait_time", "avg_ps_client_parse_count", "avg_ps_server_parse_count", "avg_ps_bind_count",
     ]
     assert rows[3] == TotalsRow("total_client_bytes", s.total_received)
-    assert rows[14] == TotalsRow("avg_server_bytes", s.avg_sent)
+    assert rows[15] == TotalsRow("avg_server_bytes", s.avg_sent)
     assert [row.value for row in rows] == list(dataclasses.astuple(s))[1:]
 
 
@@ -134,7 +135,8 @@ def test_lists_in_pgbouncer_order() -> None:
     rows = derive.lists_rows({"pools": 3, "databases": 2, "used_clients": 7})
     assert [row.list for row in rows] == [
         "databases", "users", "peers", "pools", "peer_pools", "free_clients", "used_clients",
-        "login_clients", "free_servers", "used_servers", "dns_names", "dns_zones", "dns_queries", "dns_pending",
+        "login_clients", "free_servers", "used_servers", "dns_names", "dns_zones", "dns_queries",
+        "dns_pending",
     ]
     assert rows[0] == ListsRow("databases", 2) and rows[1] == ListsRow("users", 0)
     with pytest.raises(ValueError):

@@ -121,7 +121,7 @@ def decode(data: bytes) -> dict[str, list]:
     return out
 
 
-def sample_row(row_type: type) -> dataclasses.dataclass:  # type: ignore[valid-type]
+def sample_row(row_type: type) -> object:
     """A row whose every value is distinct, so a column bound to the wrong field shows."""
     values = {}
     for i, (name, ct) in enumerate(row_columns(row_type)):
@@ -207,8 +207,8 @@ def test_help_is_a_notice_then_show() -> None:
     assert notice == {"S": "NOTICE", "C": "00000", "M": "Console usage", "D": HELP_DETAIL}
     lines = HELP_DETAIL.split("\n\t")
     assert lines[0] == "" and lines[1] == "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION"
-    for command in ("KILL_CLIENT <client_id>", "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS", "WAIT_CLOSE [<db>]"):
-        assert command in lines
+    for cmd in ("KILL_CLIENT <client_id>", "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS", "WAIT_CLOSE [<db>]"):
+        assert cmd in lines
 
 
 def test_set_ignored_matches_pgbouncer_bytes() -> None:
@@ -234,3 +234,36 @@ def test_error() -> None:
     assert (err["S"], err["C"], err["M"]) == ("ERROR", "08P01", "admin access needed")
     (err,) = decode(render_error(reload_failed()))["E"]
     assert err["C"] == "F0000"
+
+
+def test_integer_columns_refuse_text_and_truncate_floats() -> None:
+    row = dataclasses.replace(sample_row(r.PoolRow), maxwait=2.9)  # type: ignore[type-var]
+    (values,) = decode(render_rows([row], r.PoolRow))["D"]
+    assert values[13] == "2"
+    with pytest.raises(TypeError):
+        render_rows([dataclasses.replace(row, cl_active="3")], r.PoolRow)
+
+
+def test_plain_annotations_get_default_column_types() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        name: str
+        count: int
+        ratio: float
+
+    assert [(c[0], c[1]) for c in decode(render_rows([], Plain))["T"]] == [
+        ("name", 25), ("count", 20), ("ratio", 1700)]
+
+
+def test_admin_package_is_pure() -> None:
+    import ast
+    import pathlib
+
+    import pgmux.admin
+
+    for path in pathlib.Path(pgmux.admin.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in {"asyncio", "socket", "ssl", "selectors"}, path.name

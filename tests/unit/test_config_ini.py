@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pgmux.config import Config, Settings, load_config
 from pgmux.config.ini import parse_connstr
@@ -100,7 +102,8 @@ def test_database_lines_and_quoting(tmp_path: Path) -> None:
     assert (forced.host, forced.port, forced.user) == ("db1", 300, "baz")
     assert forced.password == "it's secret" and forced.connect_query == "SELECT 1"
     assert forced.file == str(tmp_path / "pgbouncer.ini") and forced.line == 5
-    assert (dbs["old"].reserve_pool_size, dbs["old"].min_pool_size, dbs["old"].max_db_connections) == (7, 2, 9)
+    old = dbs["old"]
+    assert (old.reserve_pool_size, old.min_pool_size, old.max_db_connections) == (7, 2, 9)
     assert dbs['my "odd" db'].host == "/var/run/postgresql"
 
 
@@ -206,3 +209,11 @@ def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
 def test_pam_auth_warns(tmp_path: Path) -> None:
     (warning,) = load(tmp_path, "[pgbouncer]\nauth_type = PAM\n").warnings
     assert "pam" in warning and "not supported" in warning
+
+
+@given(st.lists(st.tuples(st.from_regex(r"[a-z_]{1,10}", fullmatch=True),
+                          st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1,
+                                  max_size=15)), max_size=5))
+def test_connstr_quoting_round_trips(pairs: list[tuple[str, str]]) -> None:
+    text = " ".join(f"{k}='{val.replace(chr(39), chr(39) * 2)}'" for k, val in pairs)
+    assert parse_connstr(text) == pairs

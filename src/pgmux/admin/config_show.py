@@ -33,7 +33,7 @@ def format_setting(value: object) -> str | None:
     if isinstance(value, int | str):
         return str(value)
     if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[arg-type]
+        return os.fspath(value)
     if isinstance(value, frozenset | set):
         return ",".join(sorted(format_setting(v) or "" for v in value))
     if isinstance(value, tuple | list):

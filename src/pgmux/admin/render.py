@@ -75,8 +75,13 @@ def format_time(epoch_seconds: float) -> str:
 
 
 def _integer(v: object) -> str | None:
-    # int() also turns a bool flag from the runtime into 1/0, as PgBouncer's int columns show it.
-    return None if v is None else str(int(v))  # type: ignore[call-overload]
+    # int() also turns a bool flag from the runtime into 1/0, as PgBouncer's int columns show it,
+    # and truncates a float (a wait time computed in seconds) the way its C casts do.
+    if v is None:
+        return None
+    if isinstance(v, int | float):
+        return str(int(v))
+    raise TypeError(f"integer column got {type(v).__name__}")
 
 
 def _text(v: object) -> str | None:
@@ -84,11 +89,19 @@ def _text(v: object) -> str | None:
 
 
 def _timestamp(v: object) -> str | None:
-    return None if v is None else format_time(float(v))  # type: ignore[arg-type]
+    if v is None:
+        return None
+    if isinstance(v, int | float):
+        return format_time(v)
+    raise TypeError(f"timestamp column got {type(v).__name__}")
 
 
 def _padded(v: object) -> str:
-    return "" if v is None else f"{int(v):9d}"  # type: ignore[call-overload]
+    if v is None:
+        return ""
+    if isinstance(v, int):
+        return f"{v:9d}"
+    raise TypeError(f"padded integer column got {type(v).__name__}")
 
 
 _ENCODERS: dict[ColumnType, Encoder] = {
@@ -103,8 +116,14 @@ def _column_type(hint: object) -> ColumnType:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return _column_type(inner)
-    # Unannotated: the brief's defaults, so a new row class needs no ceremony.
-    return {int: INT8, float: NUMERIC, str: TEXT}[hint]  # type: ignore[index]
+    # Unannotated fields get plain defaults, so a new row class needs no ceremony.
+    if hint is int:
+        return INT8
+    if hint is float:
+        return NUMERIC
+    if hint is str:
+        return TEXT
+    raise TypeError(f"no column type for {hint!r}")
 
 
 @functools.cache

@@ -56,19 +56,20 @@ def _seconds_or_unset(value: object) -> float | None:
     return v.seconds(value)
 
 
-_T = v.optional_text
+_OPT = v.optional_text
 DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
-    "host": ("host", _T), "port": ("port", v.port), "dbname": ("dbname", _T), "user": ("user", _T),
-    "password": ("password", _T), "auth_user": ("auth_user", _T), "auth_dbname": ("auth_dbname", _T),
-    "auth_query": ("auth_query", _T), "pool_size": ("pool_size", v.count),
+    "host": ("host", _OPT), "port": ("port", v.port), "dbname": ("dbname", _OPT), "user": ("user", _OPT),
+    "password": ("password", _OPT), "auth_user": ("auth_user", _OPT), "auth_dbname": ("auth_dbname", _OPT),
+    "auth_query": ("auth_query", _OPT), "pool_size": ("pool_size", v.count),
     "min_pool_size": ("min_pool_size", v.count), "reserve_pool_size": ("reserve_pool_size", v.count),
     "reserve_pool": ("reserve_pool_size", v.count), "pool_mode": ("pool_mode", v.pool_mode),
     "max_db_connections": ("max_db_connections", v.count),
     "max_db_client_connections": ("max_db_client_connections", v.count),
     "server_lifetime": ("server_lifetime", v.seconds),
     "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
-    "connect_query": ("connect_query", _T), "application_name": ("application_name", _T),
-    "client_encoding": ("client_encoding", _T), "datestyle": ("datestyle", _T), "timezone": ("timezone", _T),
+    "connect_query": ("connect_query", _OPT), "application_name": ("application_name", _OPT),
+    "client_encoding": ("client_encoding", _OPT), "datestyle": ("datestyle", _OPT),
+    "timezone": ("timezone", _OPT),
 }
 # Database options PgBouncer 1.25 knows that pgmux validates but does not act on (yet).
 DB_KEYS_IGNORED: Mapping[str, v.Parser] = {

@@ -121,7 +121,7 @@ class _Reader:
         if len(self.stack) >= MAX_INCLUDE_DEPTH:
             raise ConfigError(f"%include nested deeper than {MAX_INCLUDE_DEPTH}", file=file, line=at)
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 text = fh.read()
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", file=file, line=at) from None

@@ -165,3 +165,6 @@ SETTINGS_INFO: Mapping[str, SettingInfo] = MappingProxyType({
                         not f.metadata["unimplemented"])
     for f in fields(Settings)
 })
+
+# PgBouncer's CF_NO_RELOAD keys: a reload keeps their old values (SHOW CONFIG's "changeable = no").
+RESTART_ONLY: frozenset[str] = frozenset(name for name, info in SETTINGS_INFO.items() if not info.reloadable)

@@ -75,7 +75,7 @@ def _entries(name: str, value: object, section: str, file: str, lines: _Lines) -
 def load_toml(path: str) -> Config:
     try:
         with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8")
+            text = fh.read().decode("utf-8-sig")
         doc = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", file=path) from None

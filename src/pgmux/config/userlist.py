@@ -59,7 +59,7 @@ def parse_userlist(text: str, file: str = "<userlist>") -> dict[str, str]:
 def load_userlist(path: str) -> dict[str, str]:
     """Read an auth_file. Used at load and on reload; unreadable or malformed files raise ConfigError."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read auth_file: {exc.strerror or exc}", file=path) from None

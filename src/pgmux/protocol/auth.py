@@ -303,14 +303,16 @@ class ServerAuthenticator:
             return None
         if code == AUTH_CLEARTEXT:
             if self._kind != "plain":
-                raise self._no_password("a cleartext password", "the plain-text password")
+                raise self._no_password("a cleartext password", "put the plain-text password in auth_file "
+                                        "or the database's connection string")
             assert self.password is not None
             return password_message(cstr(self.password))
         if code == AUTH_MD5:
             if len(payload) != 4:
                 raise ProtocolViolation("invalid MD5 authentication request")
             if self._kind not in ("plain", "md5"):
-                raise self._no_password("md5", "the plain-text password or its md5 hash")
+                raise self._no_password("md5", "put the plain-text password or its md5 hash in auth_file "
+                                        "or the database's connection string")
             assert self.password is not None
             return password_message(md5_response(self.user, self.password, payload) + b"\x00")
         if code in (AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL):
@@ -334,8 +336,9 @@ class ServerAuthenticator:
                 self._scram = scram.ClientExchange(self.user, keys=self.scram_keys)
             else:
                 raise self._no_password(
-                    "SCRAM-SHA-256", "the plain-text password, or the server's SCRAM secret "
-                    "(identical salt and iterations) with clients logging in by SCRAM")
+                    "SCRAM-SHA-256", "put the plain-text password in auth_file or the database's "
+                    "connection string, or put the server's exact SCRAM secret (same salt and "
+                    "iterations) in auth_file and have clients log in by SCRAM")
             self._scram_stage = 1
             return sasl_initial_response(scram.MECHANISM, self._scram.first())
         if code == AUTH_SASL_CONTINUE and self._scram_stage == 1:
@@ -349,11 +352,10 @@ class ServerAuthenticator:
             return None
         raise ProtocolViolation(f"unexpected SASL authentication request {code}")
 
-    def _no_password(self, method: str, needed: str) -> PgmuxError:
+    def _no_password(self, method: str, remedy: str) -> PgmuxError:
         have = {None: "no password is known", "md5": "only an md5 hash is known",
                 "scram": "only a SCRAM secret is known"}.get(self._kind, "no usable password is known")
         if self._kind == "scram" and self.scram_keys is None and method == "SCRAM-SHA-256":
             have += " and the client did not log in by SCRAM"
         return PgmuxError(f'server asks for {method} authentication for user "{self.user}", but {have}; '
-                          f"put {needed} in auth_file or the database's connection string",
-                          sqlstate="28000")
+                          f"{remedy}", sqlstate="28000")

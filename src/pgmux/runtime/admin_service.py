@@ -97,7 +97,7 @@ class AdminService:
             return render.render_ok("RELOAD")
         if v == "SHUTDOWN":
             app.shutdown()
-            return render.render_ok("SHUTDOWN")
+            return None  # PgBouncer sends no reply: the connection closes as the process exits
         if v == "PAUSE":
             self._pause(cmd.arg, True)
             return self._wait_or_ok(c, cmd, "PAUSE")
@@ -202,7 +202,7 @@ class AdminService:
         if what == "help":
             return render.render_help()
         if what == "version":
-            return render.render_version(f"PgBouncer 1.25.0 (pgmux {__version__})")
+            return render.render_version("PgBouncer 1.25.0")  # tools parse X.Y.Z; pgmux's own version is in the logs
         if cmd.fake_param is not None:
             return render.render_fake_show(cmd.fake_param)
         build = getattr(self, f"_show_{what}", None)

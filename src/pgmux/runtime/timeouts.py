@@ -37,7 +37,8 @@ def check_timeouts(app: Any, now: float) -> None:
                 if now - srv.idle_since > s.server_check_delay:
                     pool.idle.remove(srv)
                     srv.move(ServerState.TESTED)
-                    srv.send_internal(s.server_check_query)
+                    # PgBouncer's "<empty>" means an empty query: the cheapest round trip there is.
+                    srv.send_internal("" if s.server_check_query == "<empty>" else s.server_check_query)
         app.launch(pool)  # min_pool_size, and retries after server_login_retry
     if not (s.client_idle_timeout or s.client_login_timeout or s.query_timeout or s.idle_transaction_timeout):
         return
