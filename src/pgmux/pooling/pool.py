@@ -35,6 +35,7 @@ class PoolLimits:
     reserve_pool_size: int = 0
     reserve_pool_timeout: float = 5.0
     server_login_retry: float = 15.0
+    server_lifetime: float = 3600.0
 
 
 class Pool(Generic[S, C]):

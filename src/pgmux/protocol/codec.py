@@ -46,23 +46,34 @@ class Buffer:
     """Bytes received but not yet consumed: at most one partial message.
 
     `feed` returns a buffer to scan; the caller says with `keep(buf, pos)` where the unconsumed tail
-    starts. When nothing is pending, the incoming chunk is scanned in place without a copy.
+    starts. When nothing is pending, the incoming chunk is scanned in place without a copy. A partial
+    message grows in a bytearray and is handed back only once it is complete (b"" until then), so a
+    large message costs linear time, not a re-scan and a copy per chunk.
     """
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_pending", "_need")
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending = bytearray()
+        self._need = 0
 
     def feed(self, data: bytes) -> bytes:
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        return data
+        if not self._pending:
+            return data
+        self._pending += data
+        if len(self._pending) < self._need:
+            return b""
+        out = bytes(self._pending)
+        self._pending = bytearray()
+        return out
 
     def keep(self, data: bytes, pos: int) -> None:
         if pos < len(data):
-            self._pending = data[pos:]
+            self._pending = bytearray(data[pos:])
+            if len(self._pending) >= 5:
+                self._need = 1 + _I32.unpack_from(self._pending, 1)[0]
+            else:
+                self._need = 5
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -227,6 +227,12 @@ class AdminService:
                 sv_idle=states.count(ServerState.IDLE), sv_used=0, sv_tested=states.count(ServerState.TESTED),
                 sv_login=states.count(ServerState.LOGIN), maxwait=int(wait), maxwait_us=int((wait % 1) * 1e6),
                 pool_mode=p.mode, load_balance_hosts=None))
+        # PgBouncer lists its console as a pool of its own; exporters expect the row.
+        admins = [c for c in self.app.clients.values() if c.is_admin and c.state is not ClientState.CLOSED]
+        out.append(R.PoolRow(
+            database="pgbouncer", user="pgbouncer", cl_active=len(admins), cl_waiting=0, cl_active_cancel_req=0,
+            cl_waiting_cancel_req=0, sv_active=0, sv_active_cancel=0, sv_being_canceled=0, sv_idle=0, sv_used=0,
+            sv_tested=0, sv_login=0, maxwait=0, maxwait_us=0, pool_mode="statement", load_balance_hosts=None))
         return out, R.PoolRow
 
     def _conn_row(self, row_type: type, kind: str, obj: Any, now_wall: float, now: float) -> Any:
@@ -276,11 +282,18 @@ class AdminService:
                 max_client_connections=cfg.max_db_client_connections_for(db),
                 current_client_connections=sum(1 for c in self.app.clients.values() if c.database == name),
                 paused=int(any(p.paused for p in pools)), disabled=int(any(p.disabled for p in pools))))
+        out.append(R.DatabaseRow(
+            name="pgbouncer", host=None, port=cfg.settings.listen_port, database="pgbouncer",
+            force_user="pgbouncer", pool_size=2, min_pool_size=0, reserve_pool_size=0, server_lifetime=0,
+            pool_mode="statement", load_balance_hosts=None, max_connections=0, current_connections=0,
+            max_client_connections=0,
+            current_client_connections=sum(1 for c in self.app.clients.values() if c.is_admin),
+            paused=0, disabled=0))
         return out, R.DatabaseRow
 
     def _show_users(self) -> tuple[list[Any], type]:
         cfg = self.app.config
-        names = dict.fromkeys(list(cfg.users) + [p.user for p in self.app.registry])
+        names = dict.fromkeys(list(cfg.users) + [p.user for p in self.app.registry] + ["pgbouncer"])
         out = []
         for name in names:
             u = cfg.users.get(name)

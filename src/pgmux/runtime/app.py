@@ -54,6 +54,7 @@ class App:
         self.waiting_admin: list[tuple[ClientSession, str, Any]] = []  # PAUSE/WAIT_CLOSE answered later
         self._janitor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.host_turn: dict[tuple[str, str], int] = {}
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -217,9 +218,13 @@ class App:
     def server_ready(self, c: ClientSession, server: ServerSession) -> None:
         pool = server.pool
         st = pool.stats
+        now = self.now()
         st.query_count += 1
+        st.query_time += int((now - server.query_start) * 1e6)
         if server.tx_status == b"I":
             st.xact_count += 1
+            st.xact_time += int((now - c.xact_start) * 1e6)
+            c.xact_start = 0.0
         mode = pool.mode
         if mode == "session":
             return
@@ -268,7 +273,7 @@ class App:
         if server.close_needed or self.shutting_down and not pool.waiters:
             self.close_server(server, "server close needed" if server.close_needed else "pgmux shutdown")
             return
-        lifetime = self._lifetime(pool)
+        lifetime = pool.limits.server_lifetime
         if lifetime > 0 and self.now() - server.created_at >= lifetime:
             self.close_server(server, "server lifetime over")
             return
@@ -324,7 +329,10 @@ class App:
             return
         sid = self.next_id
         self.next_id += 1
-        server = ServerSession(sid, self, pool, self._target(db, pool.user), self.now())
+        # host=a,b,c: PgBouncer's load_balance_hosts=round-robin, one step per new connection.
+        turn = self.host_turn.get((pool.database, pool.user), 0)
+        self.host_turn[(pool.database, pool.user)] = turn + 1
+        server = ServerSession(sid, self, pool, self._target(db, pool.user, turn), self.now())
         self.servers[sid] = server
         pool.add_server(server)
         pool.connecting += 1
@@ -340,8 +348,8 @@ class App:
                 f"pgmux cannot connect to server {server.target.label}: {why}", sqlstate="57P03",
                 severity="FATAL"))
 
-    def _target(self, db: DatabaseConfig, user: str) -> ServerTarget:
-        host = db.hosts[0] if db.hosts else None
+    def _target(self, db: DatabaseConfig, user: str, turn: int = 0) -> ServerTarget:
+        host = db.hosts[turn % len(db.hosts)] if db.hosts else None
         unix_path = None
         if host is None or host.startswith("/"):
             unix_path = os.path.join(host or default_unix_dir(), f".s.PGSQL.{db.port}")
@@ -469,7 +477,8 @@ class App:
         s = cfg.settings
         limits = PoolLimits(pool_size=cfg.pool_size_for(db, user), min_pool_size=cfg.min_pool_size_for(db),
                             reserve_pool_size=cfg.reserve_pool_size_for(db, user),
-                            reserve_pool_timeout=s.reserve_pool_timeout, server_login_retry=s.server_login_retry)
+                            reserve_pool_timeout=s.reserve_pool_timeout, server_login_retry=s.server_login_retry,
+                            server_lifetime=cfg.server_lifetime_for(db))
         self.registry.max_db[db.name] = cfg.max_db_connections_for(db)
         self.registry.max_user[user] = cfg.max_user_connections_for(user)
         return limits, cfg.pool_mode_for(db, user)
@@ -482,10 +491,6 @@ class App:
                 continue
             pool.limits, pool.mode = self._pool_setup(db, pool.user)
 
-    def _lifetime(self, pool: Pool[Any, Any]) -> float:
-        db = self.config.database(pool.database)
-        return self.config.server_lifetime_for(db) if db is not None else self.config.settings.server_lifetime
-
     def _after_change(self) -> None:
         if self.waiting_admin:
             self.admin.check_waiting()
@@ -493,33 +498,40 @@ class App:
             self._finish_shutdown()
 
     def clients_busy(self) -> bool:
-        return any(c.server is not None or c.state is ClientState.WAITING for c in self.clients.values())
+        """A client is busy while it waits for a server or its server is inside a transaction;
+        graceful shutdown waits for those and no longer."""
+        return any(c.state is ClientState.WAITING or (c.server is not None and not c.server.clean)
+                   for c in self.clients.values())
 
     # -- reload ----------------------------------------------------------------------------------
     def reload(self) -> list[str]:
+        """HUP or RELOAD: apply what can change live, keep restart-only settings as they are (and say
+        so), and let servers made from a changed database line be replaced as they come back."""
+        import dataclasses
+
         from pgmux.config import diff, load_config
 
         new = load_config(self.config_path)
         plan = diff(self.config, new)
-        old_cfg, self.config = self.config, new
-        notes: list[str] = []
-        for name in getattr(plan, "needs_restart", ()):
-            notes.append(f"{name} changed: takes effect after a restart")
+        if plan.needs_restart:
+            kept = {k: getattr(self.config.settings, k) for k in plan.needs_restart}
+            new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))
+        self.config = new
+        stale = set(plan.databases_reconnect) | set(plan.databases_removed)
         for pool in self.registry:
-            before, after = old_cfg.database(pool.database), new.database(pool.database)
-            if before != after:
+            if pool.database in stale or (new.database(pool.database) is None):
                 for srv in list(pool.servers):
-                    srv.close_needed = True  # reconnect with the new line as each server comes back
-                pool.server_params = None if after is not None else pool.server_params
+                    srv.close_needed = True
+                for srv in list(pool.idle):
+                    pool.idle.remove(srv)
+                    self.close_server(srv, "database configuration changed")
         self._apply_limits()
         for pool in self.registry:
             self.launch(pool)
-            for srv in pool.expired(self.now(), 0, 0):
-                self.close_server(srv, "database configuration changed")
-        for n in notes:
-            log.warning("%s", n)
+        for note in plan.notes:
+            log.warning("%s", note)
         log.info("configuration reloaded from %s", self.config_path)
-        return notes
+        return list(plan.notes)
 
     # -- janitor ---------------------------------------------------------------------------------
     async def _janitor_loop(self) -> None:

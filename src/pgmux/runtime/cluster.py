@@ -213,7 +213,8 @@ class PgNode:
         """A libpq conninfo string for this server over TCP."""
         parts = [f"host={self.host}", f"port={self.port}", f"dbname={db}", f"user={user or SUPERUSER}"]
         if password is not None:
-            parts.append("password=" + quote_literal(password).replace("\\", "\\\\"))
+            # conninfo quoting: single quotes, with backslash escapes (not SQL's doubled quotes).
+            parts.append("password='" + password.replace("\\", "\\\\").replace("'", "\\'") + "'")
         return " ".join(parts)
 
     def log(self) -> str:
@@ -401,6 +402,7 @@ class PgCluster:
         self.os_user = server_os_user()
         if self.parent_dir:
             os.makedirs(self.parent_dir, exist_ok=True)
+        self.nodes, self.role_hba = [], []
         self.base_dir = tempfile.mkdtemp(prefix="pgmux-cluster-", dir=self.parent_dir)
         os.chmod(self.base_dir, 0o755)
         self.os_user.chown(self.base_dir)

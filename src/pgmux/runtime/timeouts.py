@@ -23,7 +23,7 @@ def check_timeouts(app: Any, now: float) -> None:
         for c in pool.timed_out_waiters(now, s.query_wait_timeout):
             pool.remove_waiter(c)
             c.fail(_timeout("query_wait_timeout"), close=True)
-        for srv in pool.expired(now, s.server_idle_timeout, app._lifetime(pool)):
+        for srv in pool.expired(now, s.server_idle_timeout, pool.limits.server_lifetime):
             if srv in pool.idle:
                 pool.idle.remove(srv)
             app.close_server(srv, "server idle timeout" if not srv.close_needed else "server close needed")

@@ -155,7 +155,7 @@ class ClientSession:
                 mtype, start, total = msgs[0]
                 body = self.sbuf[start + 5:start + total]
                 self.sbuf = self.sbuf[start + total:]
-                if mtype != _P:
+                if mtype != ord("p"):  # PasswordMessage/SASL responses are lower-case 'p'
                     raise ProtocolViolation(f"expected password response, got message type {chr(mtype)!r}")
                 reply = self.auth.feed(b"p", body)
                 if reply:
@@ -185,9 +185,12 @@ class ClientSession:
     def send_welcome(self, server_params: dict[str, str]) -> None:
         """AuthenticationOk was sent by the authenticator; now what PostgreSQL sends after it."""
         shown = dict(server_params)
-        for k, v in self.params.items():
+        for k, v in list(self.params.items()):
             if k in shown:
-                shown[k] = v
+                if _same_setting(v, shown[k]):
+                    self.params[k] = shown[k]  # the server's spelling: later syncs then compare equal
+                else:
+                    shown[k] = v
         out = [m.parameter_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
         out.append(m.ready_for_query(b"I"))
@@ -222,6 +225,7 @@ class ClientSession:
                 break
         self.request_time = self.hub.now()
         if end > 0:
+            self.pool.stats.bytes_received += end
             chunk: bytes | memoryview = data if end == len(data) else memoryview(data)[:end]
             self.unsynced = unsynced
             server = self.server
@@ -272,10 +276,7 @@ class ClientSession:
             self.state = ClientState.IDLE
         return server
 
-    # -- relay: server -> client ---------------------------------------------------------------
-    def send_from_server(self, data: bytes | memoryview, size: int) -> None:
-        self.transport.write(data)
-
+    # -- server -> client ------------------------------------------------------------------------
     def server_ready(self, server: ServerSession) -> None:
         """The server sent ReadyForQuery and owes nothing more."""
         self.hub.server_ready(self, server)
@@ -291,3 +292,8 @@ class ClientSession:
                 self.hub.client_closed(self, "client close request")
                 return
             self.hub.admin_message(self, t, body)
+
+
+def _same_setting(a: str, b: str) -> bool:
+    """'utf-8' and 'UTF8', 'iso, mdy' and 'ISO, MDY': the same setting spelled differently."""
+    return a.lower().replace("-", "").replace("_", "") == b.lower().replace("-", "").replace("_", "")

@@ -162,7 +162,8 @@ class ServerSession:
                 if any(t not in (_S, _N, ord("A")) for t, s, _ in msgs if s >= first):
                     self.hub.close_server(self, "unexpected data from idle server")
             return
-        client.send_from_server(data if first == 0 and pos == len(data) else memoryview(data)[first:pos], pos - first)
+        client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
+        self.pool.stats.bytes_sent += pos - first
         if z:
             self.tx_status = bytes((z,))
             if self.owed <= 0:
@@ -181,18 +182,25 @@ class ServerSession:
                 if not self.swallow:
                     self.hub.internal_done(self)
             elif t == _S:
-                self._param(data, start, total)
+                name, value = self._param(data, start, total)
+                # PostgreSQL reports a parameter the way it spells it ('utf-8' comes back as 'UTF8'):
+                # take its spelling for the client too, or the two would never compare equal again.
+                c = self.client
+                if c is not None and name in c.params:
+                    c.params[name] = value
             elif t == _E:
                 self.swallow_error = m.parse_error_fields(memoryview(data)[start + 5:start + total])
                 if self.swallow_error.get("S") in ("FATAL", "PANIC"):
                     self.close_needed = True
         return -1
 
-    def _param(self, data: bytes, start: int, total: int) -> None:
-        body = bytes(data[start + 5:start + total])
-        parts = body.split(b"\x00")
-        if len(parts) >= 2:
-            self.params[canon(parts[0].decode(errors="replace"))] = parts[1].decode(errors="replace")
+    def _param(self, data: bytes, start: int, total: int) -> tuple[str, str]:
+        parts = bytes(data[start + 5:start + total]).split(b"\x00")
+        if len(parts) < 2:
+            raise ProtocolViolation("malformed ParameterStatus from server")
+        name, value = canon(parts[0].decode(errors="replace")), parts[1].decode(errors="replace")
+        self.params[name] = value
+        return name, value
 
     def _error(self, data: bytes, start: int, total: int) -> None:
         # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it.

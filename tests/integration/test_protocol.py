@@ -1,0 +1,402 @@
+"""The wire protocol through pgmux, spoken byte by byte over a plain socket.
+
+Drivers hide what these tests need to see: the exact sequence of replies, the startup-phase
+requests libpq sends before its StartupMessage, and what pgmux does with packets no driver would
+send. The `Wire` helper builds messages with pgmux.protocol.messages and reads replies as
+(type, body) pairs; every read has a socket timeout, so a missing reply fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import PgmuxProc, PgmuxStarter
+
+from pgmux.protocol import messages as m
+from pgmux.runtime.cluster import PgCluster
+
+Msg = tuple[bytes, bytes]  # (type byte, body)
+
+
+class Wire:
+    """A blocking socket that speaks just enough protocol v3 to drive tests."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"connection closed with {len(self.buf)} bytes of a message pending")
+        self.buf += chunk
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_msg(self) -> Msg:
+        hdr = self.read_exact(5)
+        mtype, length = struct.unpack("!ci", hdr)
+        assert 4 <= length < 1 << 20, f"implausible length {length} for {mtype!r}"
+        return mtype, self.read_exact(length - 4)
+
+    def read_until_ready(self, limit: int = 10_000) -> list[Msg]:
+        """Messages up to and including the next ReadyForQuery."""
+        out: list[Msg] = []
+        for _ in range(limit):
+            msg = self.read_msg()
+            out.append(msg)
+            if msg[0] == m.READY_FOR_QUERY:
+                return out
+        raise AssertionError(f"no ReadyForQuery within {limit} messages: {types(out)[:40]}")
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """True when the peer closed the connection (EOF or RST) with nothing more to read."""
+        if self.buf:
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def login(self, database: str = "testdb", user: str = "postgres", **params: str) -> list[Msg]:
+        """StartupMessage with auth_type trust; returns everything up to ReadyForQuery."""
+        self.send(m.startup_message({"user": user, "database": database, **params}))
+        msgs = self.read_until_ready()
+        assert msgs[0] == (m.AUTHENTICATION, struct.pack("!i", m.AUTH_OK)), msgs[:1]
+        assert msgs[-1] == (m.READY_FOR_QUERY, b"I")
+        return msgs
+
+    def query(self, sql: str) -> list[Msg]:
+        self.send(m.query(sql))
+        return self.read_until_ready()
+
+
+def types(msgs: list[Msg]) -> str:
+    return "".join(t.decode() for t, _ in msgs)
+
+
+def error_fields(msg: Msg) -> dict[str, str]:
+    assert msg[0] == m.ERROR_RESPONSE, f"expected an ErrorResponse, got {msg!r}"
+    return m.parse_error_fields(msg[1])
+
+
+def row_values(body: bytes) -> list[bytes | None]:
+    (n,) = struct.unpack_from("!h", body, 0)
+    pos, out = 2, []
+    for _ in range(n):
+        (size,) = struct.unpack_from("!i", body, pos)
+        pos += 4
+        if size < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + size])
+            pos += size
+    return out
+
+
+def rows(msgs: list[Msg]) -> list[list[bytes | None]]:
+    return [row_values(body) for t, body in msgs if t == m.DATA_ROW]
+
+
+# -- extended-protocol builders (pgmux never writes these, so messages.py does not have them) --------
+def parse(sql: str, name: str = "", param_types: tuple[int, ...] = ()) -> bytes:
+    body = m.cstr(name) + m.cstr(sql) + struct.pack("!h", len(param_types))
+    body += b"".join(struct.pack("!i", oid) for oid in param_types)
+    return m.message(m.PARSE, body)
+
+
+def bind(params: tuple[bytes | None, ...] = (), portal: str = "", stmt: str = "") -> bytes:
+    body = m.cstr(portal) + m.cstr(stmt) + struct.pack("!h", 0) + struct.pack("!h", len(params))
+    for p in params:
+        body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+    return m.message(m.BIND, body + struct.pack("!h", 0))
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return m.message(m.EXECUTE, m.cstr(portal) + struct.pack("!i", max_rows))
+
+
+def sync() -> bytes:
+    return m.message(m.SYNC)
+
+
+def flush() -> bytes:
+    return m.message(m.FLUSH)
+
+
+def function_call(oid: int, args: tuple[bytes, ...]) -> bytes:
+    """FunctionCall with all arguments and the result in text format."""
+    body = struct.pack("!ih", oid, 1) + struct.pack("!h", 0) + struct.pack("!h", len(args))
+    body += b"".join(struct.pack("!i", len(a)) + a for a in args)
+    return m.message(m.FUNCTION_CALL, body + struct.pack("!h", 0))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture
+def mux(pgmux_factory: PgmuxStarter) -> PgmuxProc:
+    return pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 3})
+
+
+@pytest.fixture
+def session_mux(pgmux_factory: PgmuxStarter) -> PgmuxProc:
+    return pgmux_factory(settings={"pool_mode": "session", "default_pool_size": 3})
+
+
+# -- startup-phase requests ----------------------------------------------------------------------
+def test_ssl_request_is_refused_with_N_and_startup_continues(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.send(struct.pack("!ii", 8, m.SSL_REQUEST_CODE))
+        assert w.read_exact(1) == b"N"
+        w.login()
+        assert rows(w.query("SELECT 40 + 2")) == [[b"42"]]
+
+
+def test_gssenc_request_is_refused_with_N_and_startup_continues(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.send(struct.pack("!ii", 8, m.GSSENC_REQUEST_CODE))
+        assert w.read_exact(1) == b"N"
+        # libpq may fall back to an SSLRequest on the same socket after a refused GSSENCRequest.
+        w.send(struct.pack("!ii", 8, m.SSL_REQUEST_CODE))
+        assert w.read_exact(1) == b"N"
+        w.login()
+        assert rows(w.query("SELECT current_database()")) == [[b"testdb"]]
+
+
+def test_login_announces_parameters_and_pgmux_backend_key(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        msgs = w.login(application_name="wire-test")
+        params = dict(tuple(b.rstrip(b"\x00").split(b"\x00", 1)) for t, b in msgs if t == m.PARAMETER_STATUS)
+        assert params[b"server_encoding"] == b"UTF8"
+        assert params[b"application_name"] == b"wire-test"
+        keys = [b for t, b in msgs if t == m.BACKEND_KEY_DATA]
+        assert len(keys) == 1 and len(keys[0]) == 8
+        pid, _ = struct.unpack("!ii", keys[0])
+        # The key pgmux hands out is its own, never a real backend's: a cancel must name the client.
+        (backend_pid,) = rows(w.query("SELECT pg_backend_pid()"))[0]
+        assert backend_pid is not None and int(backend_pid) != pid
+
+
+def test_protocol_v2_is_refused_with_08P01_and_closed(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.send(m.startup_message({"user": "postgres", "database": "testdb"}, protocol=2 << 16))
+        err = error_fields(w.read_msg())
+        assert err["C"] == "08P01" and err["S"] == "FATAL", err
+        assert "protocol" in err["M"]
+        assert w.at_eof()
+
+
+@pytest.mark.parametrize("packet", [
+    pytest.param(struct.pack("!i", 3) + b"\0" * 12, id="length-below-minimum"),
+    pytest.param(struct.pack("!ii", 20_000, m.PROTOCOL_V3) + b"user\0postgres\0\0", id="length-above-10000"),
+    pytest.param(m.startup_message({"user": "postgres", "database": "testdb", "options": "x" * 10_050}),
+                 id="real-10k-packet"),
+    pytest.param(struct.pack("!ii", 16, m.PROTOCOL_V3) + b"user\0postgres", id="params-not-terminated"),
+])
+def test_malformed_startup_gets_08P01_and_others_keep_working(mux: PgmuxProc, packet: bytes) -> None:
+    with Wire(mux.host, mux.port) as good, Wire(mux.host, mux.port) as bad:
+        good.login()
+        good.send(m.query("BEGIN; SELECT count(*) FROM items"))  # hold a server across the bad client
+        assert rows(good.read_until_ready()) == [[b"10"]]
+        bad.send(packet)
+        err = error_fields(bad.read_msg())
+        assert err["C"] == "08P01" and err["S"] == "FATAL", err
+        assert bad.at_eof()
+        assert rows(good.query("SELECT count(*) FROM items; COMMIT")) == [[b"10"]]
+        assert mux.is_running()
+    with Wire(mux.host, mux.port) as later:
+        later.login()
+        assert rows(later.query("SELECT 1")) == [[b"1"]]
+
+
+# -- simple query protocol -----------------------------------------------------------------------
+def test_empty_query_gets_empty_query_response(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        assert types(w.query("")) == "IZ"
+        assert types(w.query(";")) == "IZ"
+        assert rows(w.query("SELECT 'after'")) == [[b"after"]]
+
+
+def test_multi_statement_query_returns_each_result(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        msgs = w.query("SELECT 1; SELECT 'two', NULL; SELECT generate_series(1, 3)")
+        assert types(msgs) == "TDCTDCTDDDCZ"
+        assert rows(msgs) == [[b"1"], [b"two", None], [b"1"], [b"2"], [b"3"]]
+        # An error in the middle aborts the rest of the string, then the session is usable again.
+        msgs = w.query("SELECT 1; SELECT 1/0; SELECT 3")
+        assert types(msgs) == "TDCEZ" and error_fields(msgs[3])["C"] == "22012"
+        assert msgs[-1] == (m.READY_FOR_QUERY, b"I")
+        assert rows(w.query("SELECT 4")) == [[b"4"]]
+
+
+# -- extended query protocol ---------------------------------------------------------------------
+def test_extended_pipeline_error_skips_to_sync(mux: PgmuxProc, pg: PgCluster) -> None:
+    pg.primary.psql("DROP TABLE IF EXISTS proto_pipe; CREATE TABLE proto_pipe (v int);"
+                    "GRANT ALL ON proto_pipe TO PUBLIC", db="testdb")
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        # The second statement fails at execution (random() keeps 1/0 from being folded at Bind).
+        w.send(parse("SELECT $1::int + 1", param_types=(23,)) + bind((b"41",)) + execute()
+               + parse("SELECT 1 / (random() * 0)::int") + bind() + execute()
+               + parse("INSERT INTO proto_pipe VALUES (3)") + bind() + execute()
+               + sync())
+        msgs = w.read_until_ready()
+        assert types(msgs) == "12DC12EZ", msgs
+        assert rows(msgs) == [[b"42"]]
+        assert msgs[3] == (m.COMMAND_COMPLETE, b"SELECT 1\x00")
+        assert error_fields(msgs[6])["C"] == "22012"
+        assert msgs[-1] == (m.READY_FOR_QUERY, b"I")
+        # Nothing of the third statement ran, and the connection goes on.
+        assert rows(w.query("SELECT count(*) FROM proto_pipe")) == [[b"0"]]
+        w.send(parse("INSERT INTO proto_pipe VALUES ($1)", param_types=(23,)) + bind((b"7",)) + execute()
+               + sync())
+        assert types(w.read_until_ready()) == "12CZ"
+    assert pg.primary.psql("SELECT array_agg(v) FROM proto_pipe", db="testdb") == "{7}"
+
+
+def test_server_stays_linked_until_sync(mux: PgmuxProc) -> None:
+    """In transaction mode a Flush-terminated batch must keep its server: the unnamed statement and
+    portal live there until Sync."""
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        w.send(parse("SELECT pg_backend_pid()") + flush())
+        assert w.read_msg() == (m.PARSE_COMPLETE, b"")
+        linked = wait_for(lambda: [s for s in mux.admin_dicts("SHOW SERVERS") if s["link"]],
+                          what="linked server")
+        assert len(linked) == 1 and linked[0]["state"] == "active"
+        time.sleep(0.3)  # a janitor tick or two: still linked
+        assert [s["link"] for s in mux.admin_dicts("SHOW SERVERS") if s["link"]] == [linked[0]["link"]]
+        w.send(bind() + execute() + sync())
+        msgs = w.read_until_ready()
+        assert types(msgs) == "2DCZ"
+        assert int(rows(msgs)[0][0] or b"0") == linked[0]["remote_pid"]
+        wait_for(lambda: all(not s["link"] and s["state"] == "idle" for s in mux.admin_dicts("SHOW SERVERS")),
+                 what="server back in the pool after Sync")
+
+
+def test_named_statement_reused_within_a_transaction(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        assert types(w.query("BEGIN")) == "CZ"
+        w.send(parse("SELECT $1::int * 2", name="dbl") + sync())
+        assert types(w.read_until_ready()) == "1Z"
+        for i in range(5):
+            w.send(bind((str(i).encode(),), stmt="dbl") + execute() + sync())
+            msgs = w.read_until_ready()
+            assert types(msgs) == "2DCZ" and rows(msgs) == [[str(i * 2).encode()]]
+            assert msgs[-1] == (m.READY_FOR_QUERY, b"T")
+        assert w.query("COMMIT")[-1] == (m.READY_FOR_QUERY, b"I")
+
+
+def test_function_call_returns_function_call_response(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        (oid,) = rows(w.query("SELECT 'int4abs'::regproc::oid"))[0]
+        assert oid is not None
+        w.send(function_call(int(oid), (b"-42",)))
+        msgs = w.read_until_ready()
+        assert types(msgs) == "VZ", msgs
+        assert msgs[0][1] == struct.pack("!i", 2) + b"42"
+        # A failing call is an ErrorResponse, then ReadyForQuery; the connection goes on.
+        w.send(function_call(int(oid), (b"not a number",)))
+        msgs = w.read_until_ready()
+        assert types(msgs) == "EZ" and error_fields(msgs[0])["C"] == "22P02"
+        assert rows(w.query("SELECT 'still here'")) == [[b"still here"]]
+
+
+# -- leaving -------------------------------------------------------------------------------------
+def test_terminate_closes_cleanly_and_returns_server(session_mux: PgmuxProc) -> None:
+    mux = session_mux
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        (pid,) = rows(w.query("SELECT pg_backend_pid()"))[0]
+        servers = mux.admin_dicts("SHOW SERVERS")
+        assert [(s["state"], bool(s["link"])) for s in servers] == [("active", True)]
+        w.send(m.terminate())
+        assert w.at_eof(), "pgmux should close the client socket after Terminate"
+
+    def back_in_pool() -> bool:
+        s = mux.admin_dicts("SHOW SERVERS")
+        return len(s) == 1 and s[0]["state"] == "idle" and not s[0]["link"]
+
+    wait_for(back_in_pool, what="server idle after Terminate (session mode, after the reset query)")
+    assert mux.admin_dicts("SHOW SERVERS")[0]["remote_pid"] == int(pid or b"0")
+    assert not [c for c in mux.admin_dicts("SHOW CLIENTS") if c["database"] == "testdb"]
+    # The same server serves the next client.
+    with psycopg.connect(mux.dsn(), connect_timeout=10) as conn:
+        assert conn.execute("SELECT pg_backend_pid()").fetchone() == (int(pid or b"0"),)
+
+
+def test_leaving_inside_a_transaction_discards_the_server(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        msgs = w.query("BEGIN; SELECT pg_backend_pid()")
+        (pid,) = rows(msgs)[0]
+        assert msgs[-1] == (m.READY_FOR_QUERY, b"T")
+        w.send(m.terminate())
+        assert w.at_eof()
+    # A server left in a transaction must not be lent to anyone else as it is.
+    with psycopg.connect(mux.dsn(), connect_timeout=10, autocommit=True) as conn:
+        cur = conn.execute("SELECT pg_backend_pid(), now() = statement_timestamp()")
+        row = cur.fetchone()
+        assert row is not None and row[1] is True, "next client landed inside the old transaction"
+        assert row[0] != int(pid or b"0")
+
+
+def test_wrong_cancel_key_cancels_nothing(mux: PgmuxProc) -> None:
+    with psycopg.connect(mux.dsn(), connect_timeout=10, autocommit=True) as conn:
+        pid = conn.info.backend_pid  # pgmux's key pid for this client
+        results: list[Any] = []
+
+        def bogus_cancels() -> None:
+            time.sleep(0.3)
+            for key in (0, 1, 12345):
+                with Wire(mux.host, mux.port) as w:
+                    w.send(m.cancel_request(pid, key))
+                    results.append(w.at_eof())
+
+        t = threading.Thread(target=bogus_cancels)
+        t.start()
+        started = time.monotonic()
+        assert conn.execute("SELECT 'done' FROM pg_sleep(1.2)").fetchone() == ("done",)
+        assert time.monotonic() - started >= 1.1
+        t.join(10)
+        assert results == [True, True, True]  # a cancel connection is closed without a reply
