@@ -79,3 +79,15 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_node_restarts_after_a_crash() -> None:
+    with PgCluster(replicas=0, conf_extra={"synchronous_commit": "on"}) as cluster:
+        node = cluster.primary
+        node.psql("CREATE TABLE survives (x int); INSERT INTO survives VALUES (1)")
+        old_pid = node.pid
+        node.kill()
+        assert not node.is_running() and node.pid is None
+        node.start()
+        assert node.pid != old_pid
+        assert node.psql("SELECT count(*) FROM survives") == "1"

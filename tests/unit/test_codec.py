@@ -57,19 +57,20 @@ def feed(chunks: list[bytes], max_len: int = 1 << 20) -> tuple[list[tuple[int, i
     """Consume chunks the way the sessions do. Returns ([(type, absolute offset, length, bytes)],
     bytes left pending)."""
     buf = Buffer()
-    fed = 0
+    seen = b""
+    consumed = 0  # absolute offset of the first byte not yet reported in a message
     out = []
     for chunk in chunks:
-        base = fed - len(buf)  # absolute offset of the buffer feed() returns
-        data = buf.feed(chunk)
-        fed += len(chunk)
+        seen += chunk
+        data = buf.feed(chunk)  # starts at `consumed`, or is empty while a partial message grows
         msgs, pos = scan(data, 0, max_len)
         buf.keep(data, pos)
-        assert len(buf) == len(data) - pos
+        out.extend((t, consumed + s, n, bytes(data[s:s + n])) for t, s, n in msgs)
+        consumed += pos
+        assert len(buf) == len(seen) - consumed
         if len(buf) >= 5:  # never more than one partial message held back
-            (length,) = struct.unpack_from("!i", data, pos + 1)
+            (length,) = struct.unpack_from("!i", seen, consumed + 1)
             assert len(buf) < length + 1
-        out.extend((t, base + s, n, bytes(data[s:s + n])) for t, s, n in msgs)
     return out, len(buf)
 
 
@@ -116,6 +117,18 @@ def test_partial_message_is_not_reported() -> None:
     out, left = feed([raw + raw[:7]])
     assert [o[3] for o in out] == [raw]
     assert left == 7
+
+
+def test_buffer_holds_a_partial_message_until_it_is_whole() -> None:
+    big = m.message(m.DATA_ROW, b"x" * 100_000)
+    buf = Buffer()
+    handed: list[bytes] = []
+    for i in range(0, len(big), 1000):
+        data = buf.feed(big[i:i + 1000])
+        msgs, pos = scan(data, 0, 1 << 20)
+        buf.keep(data, pos)
+        handed += [bytes(data[s:s + n]) for _, s, n in msgs]
+    assert handed == [big] and len(buf) == 0
 
 
 def test_buffer_scans_in_place_when_nothing_is_pending() -> None:

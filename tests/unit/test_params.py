@@ -8,7 +8,8 @@ from pgmux.session.params import canon, parse_options, quote_literal, startup_pa
 
 
 @pytest.mark.parametrize(("name", "want"), [
-    ("datestyle", "DateStyle"), ("DATESTYLE", "DateStyle"), ("TimeZone", "TimeZone"), ("timezone", "TimeZone"),
+    ("datestyle", "DateStyle"), ("DATESTYLE", "DateStyle"), ("TimeZone", "TimeZone"),
+    ("timezone", "TimeZone"),
     ("intervalstyle", "IntervalStyle"), ("Application_Name", "application_name"),
     ("search_path", "search_path"), ("myapp.Tenant", "myapp.tenant"),
 ])

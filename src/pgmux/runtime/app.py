@@ -52,6 +52,9 @@ class App:
         self.start_time = time.time()
         self.admin: Any = None  # set by start(): the admin console service
         self.waiting_admin: list[tuple[ClientSession, str, Any]] = []  # PAUSE/WAIT_CLOSE answered later
+        # SCRAM keys a client proved against a stored verifier, per user: pgmux logs in to PostgreSQL
+        # with them when auth_file holds only the server's own verifier (PgBouncer's pass-through).
+        self.scram_keys: dict[str, tuple[bytes, bytes]] = {}
         self._janitor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host_turn: dict[tuple[str, str], int] = {}
@@ -156,7 +159,10 @@ class App:
             raise PgmuxError(f"auth_type {auth_type} is not supported by pgmux yet", sqlstate="28000",
                              severity="FATAL")
         c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user))
-        c.params = startup_params(params, s.ignore_startup_parameters)
+        try:
+            c.params = startup_params(params, s.ignore_startup_parameters)
+        except ValueError as e:
+            raise PgmuxError(f"unsupported startup parameter: {e}", sqlstate="08P01", severity="FATAL") from e
 
     def _admin_login(self, c: ClientSession, user: str) -> None:
         s = self.config.settings
@@ -194,6 +200,9 @@ class App:
                             "integer_datetimes": "on", "standard_conforming_strings": "on",
                             "application_name": c.startup.get("application_name", "")})
             return
+        auth = c.auth
+        if auth is not None and auth.client_key is not None and auth.server_key is not None:
+            self.scram_keys[c.user] = (auth.client_key, auth.server_key)
         pool = c.pool
         if pool.server_params is not None:
             c.send_welcome(pool.server_params)
@@ -255,9 +264,10 @@ class App:
                 pool.remove_waiter(c)
             elif was is ClientState.LOGIN_WAIT and c in pool.login_waiters:
                 pool.login_waiters.remove(c)
+        unsynced = c.unsynced  # read before detach(): server.clean no longer sees the client after it
         server = c.detach()
         if server is not None:
-            if server.clean and not server.close_needed:
+            if server.clean and not unsynced and not server.close_needed:
                 self.return_server(server, leaving=True)
             else:
                 self.close_server(server, "client disconnect while server was not ready")
@@ -279,6 +289,10 @@ class App:
             return
         if s.server_reset_query and (leaving and pool.mode == "session" or s.server_reset_query_always):
             server.move(ServerState.TESTED)
+            if any(w in s.server_reset_query.upper() for w in ("DISCARD ALL", "RESET ALL")):
+                for k in server.extra:  # the reset puts them back to their defaults
+                    server.params.pop(k, None)
+                server.extra.clear()
             server.send_internal(s.server_reset_query)
             return
         self.give(server)
@@ -363,13 +377,17 @@ class App:
             if value:
                 startup[pname] = value
         return ServerTarget(host=host, port=db.port, unix_path=unix_path, dbname=db.target_dbname, user=user,
-                            password=password, startup=startup, connect_query=db.connect_query)
+                            password=password, startup=startup, connect_query=db.connect_query,
+                            scram_keys=None if db.user else self.scram_keys.get(user))
 
     def server_login_done(self, server: ServerSession) -> None:
         pool = server.pool
         pool.connecting -= 1
         pool.last_login_failure = None
         log.info("%s new connection to server (pid %d)", server.prefix, server.backend_pid)
+        if server.swallow_error is not None:  # connect_query failed: say so, and don't blame a later query
+            log.warning("%s connect_query failed: %s", server.prefix, server.swallow_error.get("M"))
+            server.swallow_error = None
         if pool.server_params is None:
             pool.server_params = dict(server.params)
         waiters, pool.login_waiters = pool.login_waiters, []
@@ -386,7 +404,7 @@ class App:
         self._drop_server(server, f"server login failed: {err.message}")
         waiters, pool.login_waiters = pool.login_waiters, []
         for c in waiters:
-            c.fail(err)
+            c.fail(err, close=True)  # still logging in: an ERROR must end the connection too
         if not pool.servers:
             # Nothing can serve the queued queries until server_login_retry passes: say so now
             # instead of letting them hang until query_wait_timeout.

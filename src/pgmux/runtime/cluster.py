@@ -1,11 +1,16 @@
 """Throwaway PostgreSQL clusters (one primary, N streaming replicas) for tests, `pgmux demo` and the bench.
 
 PostgreSQL refuses to run as root. When we are root, every command that owns server files (initdb,
-pg_ctl, pg_basebackup) runs as an unprivileged OS user (`pgmuxtest`, or $PGMUX_TEST_OSUSER, created on
-first use) and the temp dir is handed over to that user. Clients (psql) run as ourselves over TCP on
-127.0.0.1. When we are not root, everything runs as ourselves.
+postgres, pg_basebackup, pg_ctl promote) runs as an unprivileged OS user (`pgmuxtest`, or
+$PGMUX_TEST_OSUSER, created on first use) and the temp dir is handed over to that user. Clients
+(psql) run as ourselves over TCP on 127.0.0.1. When we are not root, everything runs as ourselves.
 
-Every wait is bounded, and `stop()` undoes everything `start()` did, by `pg_ctl -D` and then by PID.
+The postmaster runs as OUR child (`postgres -D`, not `pg_ctl start`): pg_ctl daemonizes it, and an
+orphaned postmaster becomes a zombie that only init can reap. Some inits here reap late, and a zombie
+still "owns" postmaster.pid, so a crashed-then-restarted node would refuse to start. As our child we
+reap it at once, and we stop it by PID (SIGTERM/SIGINT/SIGQUIT = smart/fast/immediate).
+
+Every wait is bounded, and `stop()` undoes everything `start()` did.
 """
 
 from __future__ import annotations
@@ -55,6 +60,10 @@ DEFAULT_HBA = [
 
 class ClusterError(RuntimeError):
     """A throwaway cluster could not be set up, started or stopped."""
+
+
+class _Exited(ClusterError):
+    """A process we were waiting for is gone: waiting longer is pointless."""
 
 
 def free_port() -> int:
@@ -159,21 +168,6 @@ def _conf_value(value: Any) -> str:
     return quote_literal(str(value))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class PgNode:
     """One PostgreSQL server of a PgCluster. Its files live in `<cluster dir>/<name>/`."""
 
@@ -187,7 +181,7 @@ class PgNode:
         self.datadir = os.path.join(self.node_dir, "data")
         self.socket_dir = self.node_dir
         self.logfile = os.path.join(self.node_dir, "postgres.log")
-        self._last_pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<PgNode {self.name} {self.role} {self.host}:{self.port}>"
@@ -197,17 +191,16 @@ class PgNode:
     @property
     def pid(self) -> int | None:
         """The postmaster's PID from postmaster.pid, or None when the server is not running."""
+        if not self.is_running():
+            return None
         try:
             with open(os.path.join(self.datadir, "postmaster.pid")) as f:
-                pid = int(f.readline().strip())
+                return int(f.readline().strip())
         except (OSError, ValueError):
-            return None
-        self._last_pid = pid
-        return pid
+            return self._proc.pid if self._proc else None
 
     def is_running(self) -> bool:
-        pid = self.pid
-        return pid is not None and _pid_alive(pid)
+        return self._proc is not None and self._proc.poll() is None
 
     def dsn(self, db: str = "postgres", user: str | None = None, password: str | None = None) -> str:
         """A libpq conninfo string for this server over TCP."""
@@ -256,52 +249,78 @@ class PgNode:
         self.cluster.write_owned(os.path.join(self.datadir, "pgmux_node.conf"), text)
 
     def start(self, timeout: float = 60) -> None:
-        """pg_ctl start and wait until it accepts connections. Retries on a fresh port if we lost the
-        race for the one we picked."""
+        """Start the postmaster and wait until it accepts connections. Retries on a fresh port if we
+        lost the race for the one we picked."""
+        if self.is_running():
+            return
         for attempt in range(3):
             if not self.port or attempt:
                 self.port = free_port()
             self.write_conf()
-            proc = self.cluster.run_owned(
-                [self.cluster.bin("pg_ctl"), "-D", self.datadir, "-l", self.logfile, "-w",
-                 "-t", str(int(timeout)), "start"], timeout=timeout + 15, check=False)
-            if proc.returncode == 0:
-                self.pid  # noqa: B018 - remember the PID, so stop() can still find it by PID
+            with open(self.logfile, "ab") as log:
+                self._proc = self.cluster.popen_owned([self.cluster.bin("postgres"), "-D", self.datadir], log)
+            try:
+                wait_until(self._ready, timeout, f"{self.name} to accept connections", interval=0.05)
                 return
+            except ClusterError as e:
+                error = str(e)
+            self._proc.poll()
             tail = self.log()[-2000:]
+            self.stop("immediate")
             if "could not bind" not in tail and "already in use" not in tail:
                 break
-        raise ClusterError(f"pg_ctl start failed for {self.name} (port {self.port}): "
-                           f"{proc.stdout.strip()} {proc.stderr.strip()}\n--- {self.logfile} ---\n{tail}")
+        raise ClusterError(f"postgres did not start for {self.name} (port {self.port}): {error}\n"
+                           f"--- {self.logfile} ---\n{tail}")
+
+    def _ready(self) -> bool:
+        # What `pg_ctl start -w` checks: line 8 of postmaster.pid says "ready" (or "standby" for a
+        # hot standby) and line 1 is our postmaster.
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise _Exited(f"postgres exited with code {self._proc.returncode}")
+        try:
+            with open(os.path.join(self.datadir, "postmaster.pid")) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[0].strip() == str(self._proc.pid) and \
+            lines[7].strip() in ("ready", "standby")
 
     def stop(self, mode: str = "fast", timeout: float = 60) -> None:
-        """pg_ctl stop; if that fails, SIGQUIT then SIGKILL the postmaster by PID. Idempotent."""
-        pid = self.pid or self._last_pid
-        if pid is None or not _pid_alive(pid):
+        """Shut down with `mode` (smart, fast, immediate); SIGKILL the group if that takes longer than
+        `timeout`. Idempotent."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
             return
-        self.cluster.run_owned([self.cluster.bin("pg_ctl"), "-D", self.datadir, "-m", mode, "-w",
-                                "-t", str(int(timeout)), "stop"], timeout=timeout + 15, check=False)
-        for sig in (signal.SIGQUIT, signal.SIGKILL):
-            if not _pid_alive(pid):
-                return
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        if _pid_alive(pid):
-            raise ClusterError(f"could not stop {self.name} (postmaster pid {pid})")
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+        if proc.poll() is None:
+            raise ClusterError(f"could not stop {self.name} (postmaster pid {proc.pid})")
 
     def kill(self) -> None:
-        """Crash the server: SIGKILL the postmaster (its children exit when they notice)."""
-        pid = self.pid
-        if pid is not None and _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        """Crash the server: SIGKILL the postmaster and its backends at once, like a power cut. The
+        postmaster leads its own process group; killing only it would leave backends holding shared
+        memory for a while, and start() would refuse.
+
+        With synchronous_commit=off (the default here) commits from the last wal_writer_delay (200 ms)
+        may be lost, as in a real crash: pass conf_extra={"synchronous_commit": "on"} if that matters."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
 
     def in_recovery(self) -> bool:
         return self.psql("SELECT pg_is_in_recovery()") == "t"
@@ -322,6 +341,8 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
         try:
             if predicate():
                 return
+        except _Exited:
+            raise
         except ClusterError as e:
             last_error = e
         if time.monotonic() >= deadline:
@@ -380,6 +401,13 @@ class PgCluster:
             raise ClusterError(f"{os.path.basename(cmd[0])} failed (exit {proc.returncode}): {cmd}\n"
                                f"{proc.stdout.strip()}\n{proc.stderr.strip()}")
         return proc
+
+    def popen_owned(self, cmd: list[str], log: Any) -> subprocess.Popen[bytes]:
+        """Start a long-running server process as the server's OS user, in a session of its own
+        (so a Ctrl-C in our terminal does not reach it and killpg() reaches all of it)."""
+        assert self.os_user is not None
+        return subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.base_dir,
+                                env=self.os_user.env(), start_new_session=True, **self.os_user.popen_kwargs())
 
     def write_owned(self, path: str, text: str, mode: int = 0o600) -> None:
         with open(path, "w") as f:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import Buffer, read_startup, scan
-from pgmux.session.params import sync_sql
+from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.states import ClientState
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ class ClientSession:
     def data_received(self, data: bytes) -> None:
         try:
             if self.state in _LOGGED_IN:
-                if self.is_admin:
+                if self.sbuf:  # bytes pipelined behind the login are not relayed yet: keep their order
+                    self.sbuf += data
+                elif self.is_admin:
                     self._admin_data(data)
                 else:
                     self._relay(data)
@@ -185,6 +187,9 @@ class ClientSession:
     def send_welcome(self, server_params: dict[str, str]) -> None:
         """AuthenticationOk was sent by the authenticator; now what PostgreSQL sends after it."""
         shown = dict(server_params)
+        for k in TRACKED:
+            if k not in self.params and k in shown:
+                self.params[k] = shown[k]  # the pool's default, restored if another client changed it
         for k, v in list(self.params.items()):
             if k in shown:
                 if _same_setting(v, shown[k]):
@@ -251,12 +256,14 @@ class ClientSession:
         if self.xact_start == 0.0:
             self.xact_start = now
         out: list[bytes] = []
-        sql = sync_sql(self.params, server.params)
+        sql = sync_sql(self.params, server.params, server.extra)
         if sql is not None:
             server.swallow += 1
             server.swallow_error = None
             out.append(m.query(sql))
             server.params.update(self.params)
+            reported = self.pool.server_params or {}
+            server.extra.update(k for k in self.params if k not in reported)
         if self.pending:
             out.extend(bytes(p) for p in self.pending)
             self.pending.clear()

@@ -7,6 +7,7 @@ spelling so the welcome message looks exactly like PostgreSQL's.
 
 from __future__ import annotations
 
+import re
 import shlex
 
 _CANON = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}
@@ -43,7 +44,23 @@ def parse_options(options: str) -> dict[str, str]:
     return out
 
 
+# Parameters PostgreSQL reports with ParameterStatus that every client has a value for. A client that
+# did not ask for one gets the pool's default, so that a value another client set on a shared server
+# is put back instead of leaking (PgBouncer's varcache does the same).
+TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
+           "application_name")
+
+# A GUC name as PostgreSQL accepts it, custom ones ("myext.setting") included. Anything else is
+# refused at login: names go into SET statements, so they must never carry SQL.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
+
+
+def valid_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
 def startup_params(raw: dict[str, str], ignore: tuple[str, ...]) -> dict[str, str]:
+    """The parameters a client's startup packet asks for. Raises ValueError naming a bad one."""
     ignored = {i.lower() for i in ignore}
     out: dict[str, str] = {}
     for k, v in raw.items():
@@ -52,14 +69,29 @@ def startup_params(raw: dict[str, str], ignore: tuple[str, ...]) -> dict[str, st
         out[canon(k)] = v
     if "options" in raw and "options" not in ignored:
         out.update(parse_options(raw["options"]))
+    for k in out:
+        if not valid_name(k):
+            raise ValueError(k)
     return out
 
 
 def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """PostgreSQL's quote_literal: safe whatever standard_conforming_strings says."""
+    q = "'" + value.replace("'", "''") + "'"
+    if "\\" in value:
+        return "E" + q.replace("\\", "\\\\")
+    return q
 
 
-def sync_sql(wanted: dict[str, str], current: dict[str, str]) -> str | None:
-    """The SET statements that bring a server to `wanted`, or None when nothing differs."""
+def sync_sql(wanted: dict[str, str], current: dict[str, str], extra: set[str] | None = None) -> str | None:
+    """The statements that bring a server to `wanted`, or None when nothing differs.
+
+    `extra`: names of unreported parameters an earlier client had set on this server; those the
+    new client did not ask for are RESET (and dropped from `extra` and `current`)."""
     sets = [f"SET {k} = {quote_literal(v)}" for k, v in wanted.items() if current.get(k) != v]
+    if extra:
+        for k in [k for k in extra if k not in wanted]:
+            sets.append(f"RESET {k}")
+            extra.discard(k)
+            current.pop(k, None)
     return ";".join(sets) if sets else None

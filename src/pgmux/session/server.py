@@ -52,7 +52,7 @@ class ServerSession:
     __slots__ = ("id", "hub", "pool", "target", "transport", "state", "created_at", "idle_since",
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
-                 "local_port", "paused", "connect_started", "prefix", "cq_sent", "__weakref__")
+                 "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "__weakref__")
 
     def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -69,6 +69,7 @@ class ServerSession:
         self.owed = 0  # ReadyForQuery messages the linked client is still owed
         self.tx_status = b"I"
         self.params: dict[str, str] = {}
+        self.extra: set[str] = set()  # unreported parameters a client had pgmux SET here
         self.backend_pid = 0
         self.backend_key = 0
         self.buf = Buffer()
@@ -243,6 +244,8 @@ class ServerSession:
                     self.hub.server_login_done(self)
                     return
             elif t in (_N, ord("v")):
+                continue
+            elif self.swallow:  # connect_query's own reply: rows, CommandComplete, EmptyQueryResponse
                 continue
             else:
                 raise ProtocolViolation(f"unexpected message {chr(t)!r} from server during login")
