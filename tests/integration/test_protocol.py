@@ -30,7 +30,7 @@ class Wire:
 
     def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.buf = b""
+        self.buf = bytearray()  # deleting a prefix of a bytearray is cheap: reads stay linear
 
     def close(self) -> None:
         self.sock.close()
@@ -53,7 +53,8 @@ class Wire:
     def read_exact(self, n: int) -> bytes:
         while len(self.buf) < n:
             self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
         return out
 
     def read_msg(self) -> Msg:
@@ -400,3 +401,122 @@ def test_wrong_cancel_key_cancels_nothing(mux: PgmuxProc) -> None:
         assert time.monotonic() - started >= 1.1
         t.join(10)
         assert results == [True, True, True]  # a cancel connection is closed without a reply
+
+
+# -- framing and flow ----------------------------------------------------------------------------
+def _dribble(w: Wire, data: bytes) -> None:
+    w.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(data)):
+        w.send(data[i:i + 1])
+        if i % 16 == 0:
+            time.sleep(0.001)  # let pgmux see many partial reads, not one coalesced buffer
+
+
+def test_messages_split_at_every_byte(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.login(application_name="dribble")
+        _dribble(w, m.query("SELECT current_setting('application_name'), 'ä' || repeat('b', 3)")
+                 + parse("SELECT $1::int + 1", param_types=(23,)) + bind((b"9",)) + execute() + sync())
+        assert rows(w.read_until_ready()) == [[b"dribble", "äbbb".encode()]]
+        assert rows(w.read_until_ready()) == [[b"10"]]
+
+
+def test_startup_packet_split_at_every_byte(mux: PgmuxProc) -> None:
+    # PostgreSQL reads the startup packet however TCP splits it; pgmux does too. (PgBouncer 1.18
+    # refuses it: "client sent partial pkt in startup phase".)
+    with Wire(mux.host, mux.port) as w:
+        _dribble(w, m.startup_message({"user": "postgres", "database": "testdb"}) + m.query("SELECT 'ok'"))
+        assert w.read_until_ready()[0] == (m.AUTHENTICATION, struct.pack("!i", m.AUTH_OK))
+        assert rows(w.read_until_ready()) == [[b"ok"]]
+
+
+def test_queries_pipelined_behind_startup_keep_their_order(pgmux_factory: PgmuxStarter,
+                                                           pg: PgCluster) -> None:
+    # The pool's first server logs in slowly (connect_query), so the second query arrives while the
+    # client still waits for its welcome: it must not overtake the first.
+    p = pg.primary
+    mux = pgmux_factory(databases={"testdb": f"host={p.host} port={p.port} dbname=testdb "
+                                             "connect_query='SELECT pg_sleep(0.6)'"},
+                        settings={"pool_mode": "transaction"})
+    with Wire(mux.host, mux.port) as w:
+        w.send(m.startup_message({"user": "postgres", "database": "testdb"}) + m.query("SELECT 'first'"))
+        time.sleep(0.2)
+        w.send(m.query("SELECT 'second'"))
+        assert w.read_until_ready()[-1] == (m.READY_FOR_QUERY, b"I")
+        assert rows(w.read_until_ready()) == [[b"first"]]
+        assert rows(w.read_until_ready()) == [[b"second"]]
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_stalled_reader_does_not_make_pgmux_buffer_the_result(mux: PgmuxProc) -> None:
+    n_rows, width = 100_000, 1000  # ~100 MB of DataRows
+    with Wire(mux.host, mux.port, timeout=20) as w:
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        w.login()
+        before = _rss_kib(mux.pid)
+        w.send(m.query(f"SELECT repeat('x', {width}) FROM generate_series(1, {n_rows})"))
+        time.sleep(2.0)  # not reading: the server must be paused, not drained into pgmux's memory
+        grown_mib = (_rss_kib(mux.pid) - before) / 1024
+        assert grown_mib < 40, f"pgmux grew by {grown_mib:.0f} MiB while the client was not reading"
+        # The stream is intact once the client reads again.
+        count = 0
+        for _ in range(n_rows + 10):
+            t, body = w.read_msg()
+            if t == m.DATA_ROW:
+                count += 1
+                assert len(body) == 2 + 4 + width
+            elif t == m.READY_FOR_QUERY:
+                break
+        assert count == n_rows
+
+
+# -- clients that leave at awkward moments -------------------------------------------------------
+def test_client_vanishing_mid_query_does_not_return_busy_server(mux: PgmuxProc) -> None:
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        (busy_pid,) = rows(w.query("SELECT pg_backend_pid()"))[0]
+        w.send(m.query("SELECT pg_sleep(3)"))
+        wait_for(lambda: [s for s in mux.admin_dicts("SHOW SERVERS") if s["link"]], what="server linked")
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, no goodbye
+    # The server still runs the sleep: it must be closed, never lent to the next client mid-query.
+    wait_for(lambda: int(busy_pid or b"0") not in {s["remote_pid"] for s in mux.admin_dicts("SHOW SERVERS")},
+             what="busy server dropped")
+    with Wire(mux.host, mux.port) as w2:
+        w2.login()
+        started = time.monotonic()
+        (pid,) = rows(w2.query("SELECT pg_backend_pid()"))[0]
+        assert time.monotonic() - started < 1.5 and pid != busy_pid
+
+
+def test_queued_client_that_leaves_never_runs_its_query(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    # pgmux keeps reading a queued client, so it sees the Terminate and drops the queued query.
+    # (PgBouncer 1.18 stops reading a waiting client: it notices only once a server is free, and
+    # sends the query first.)
+    mux = pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 1})
+    pg.primary.psql("DROP TABLE IF EXISTS proto_queue; CREATE TABLE proto_queue (v text);"
+                    "GRANT ALL ON proto_queue TO PUBLIC", db="testdb")
+    with Wire(mux.host, mux.port) as holder, Wire(mux.host, mux.port) as leaver:
+        holder.login()
+        leaver.login()
+        assert holder.query("BEGIN")[-1] == (m.READY_FOR_QUERY, b"T")  # the only server is taken
+        leaver.send(m.query("INSERT INTO proto_queue VALUES ('from the client that left')"))
+
+        def queued() -> bool:
+            pools = mux.admin_dicts("SHOW POOLS")
+            return any(p["cl_waiting"] > 0 for p in pools if p["database"] == "testdb")
+
+        wait_for(queued, what="second client queued")
+        leaver.send(m.terminate())
+        assert leaver.at_eof()
+        wait_for(lambda: not queued(), what="queue emptied by the leaving client")
+        done = holder.query("INSERT INTO proto_queue VALUES ('holder'); COMMIT")
+        assert done[-1] == (m.READY_FOR_QUERY, b"I")
+        time.sleep(0.3)  # give a wrongly kept query the chance to run on the freed server
+        assert rows(holder.query("SELECT string_agg(v, ',') FROM proto_queue")) == [[b"holder"]]

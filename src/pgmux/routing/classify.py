@@ -107,7 +107,7 @@ def _hint(sql: str) -> str | None:
         return None
     try:
         found = {m.group(1) for c in comments(sql) for m in _HINT.finditer(c.str)}
-    except (ParseError, UnicodeError):  # the lexer gave up (e.g. an unterminated quote): fall back to the raw text
+    except (ParseError, UnicodeError):  # the lexer gave up (an unterminated quote): use the raw text
         found = {m.group(1) for m in _COMMENT_HINT.finditer(sql)}
     return "primary" if "primary" in found else "replica" if found else None
 

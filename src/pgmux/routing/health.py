@@ -45,6 +45,7 @@ class HostState(Generic[H]):
         self.lag_bytes: int | None = None
         self.lag_seconds: float | None = None
         self.primary_since: float | None = None  # when a check first saw it as primary
+        self._role_checked = False  # has a check told us the role yet?
         self.reason = f"configured {role}"
         self.history: deque[tuple[float, str]] = deque(maxlen=history_size)
 
@@ -93,29 +94,24 @@ class HostState(Generic[H]):
         behind = self.role == "replica" and self._over_limit()
         if behind != self.lagging:
             self._note(now, self._lag_text() if behind else "caught up")
+        elif behind:
+            self.reason = self._lag_text()  # current numbers, without a history line per check
         self.lagging = behind
 
     def _set_role(self, now: float, role: Role) -> None:
-        if role == self.role and (role != "primary" or self.primary_since is not None):
-            return
-        if role == "primary":
-            self.primary_since = now
-        else:
+        if role == "replica":
             self.primary_since = None
-        if self.role == "replica" and role == "primary":
-            text = "promoted: was a replica, no longer in recovery"
-        elif self.role == "primary" and role == "replica" and self.last_check is not None \
-                and self.primary_since is None and self._seen_as_primary:
-            text = "demoted: was primary, now in recovery"
-        elif role != self.role:
-            text = f"is a {role}" + ("" if self.role == "auto" else f" (configured {self.configured_role})")
-        else:
-            text = f"confirmed {role}"
-        self._seen_as_primary = self._seen_as_primary or role == "primary"
-        self.role = role
-        self._note(now, text)
-
-    _seen_as_primary = False
+        elif self.primary_since is None:
+            self.primary_since = now
+        old, self.role = self.role, role
+        if not self._role_checked:
+            self._role_checked = True
+            suffix = "" if self.configured_role in ("auto", role) else f" (configured {self.configured_role})"
+            self._note(now, f"is a {role}{suffix}")
+        elif old == "replica" and role == "primary":
+            self._note(now, "promoted: no longer in recovery")
+        elif old == "primary" and role == "replica":
+            self._note(now, "demoted: in recovery again")
 
     def _over_limit(self) -> bool:
         over_bytes = self.max_lag_bytes > 0 and (self.lag_bytes or 0) > self.max_lag_bytes

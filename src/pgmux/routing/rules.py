@@ -69,18 +69,20 @@ class Rule:
 
 
 class FunctionMatcher:
-    """Write-function names: exact ("nextval", "public.f") or prefixes ("pg_advisory_*")."""
+    """Write-function names: "f" (in any schema), "s.f", or prefixes ("pg_advisory_*")."""
 
     def __init__(self, names: Iterable[str]) -> None:
         lowered = {n.strip().lower() for n in names if n.strip()}
-        self.exact = frozenset(n for n in lowered if not n.endswith("*"))
-        self.bare = frozenset(n.rsplit(".", 1)[-1] for n in self.exact)
+        exact = {n for n in lowered if not n.endswith("*")}
+        self.anywhere = frozenset(n for n in exact if "." not in n)
+        self.qualified = frozenset(n for n in exact if "." in n)
+        # "s.f" also matches an unqualified f(): search_path may resolve it to s.f.
+        self.unqualified = self.anywhere | {n.rsplit(".", 1)[1] for n in self.qualified}
         self.prefixes = tuple(sorted(n[:-1] for n in lowered if n.endswith("*")))
 
     def writes(self, parts: list[str]) -> bool:
-        # "s.f" configured also matches an unqualified f(): search_path may resolve to it.
         bare, qualified = parts[-1], ".".join(parts)
-        if bare in self.bare or qualified in self.exact:
+        if bare in (self.unqualified if len(parts) == 1 else self.anywhere) or qualified in self.qualified:
             return True
         return any(bare.startswith(p) or qualified.startswith(p) for p in self.prefixes)
 
@@ -155,7 +157,8 @@ def _variable_set(body: dict[str, Any]) -> Verdict:
     if name == "transaction_read_only" and body.get("kind") == "VAR_SET_VALUE":
         args = body.get("args") or [None]
         return Verdict("any", "transaction control", read_only_tx=_truthy(args[0]))
-    return Verdict("any", "session: RESET" if body.get("kind", "").startswith("VAR_RESET") else "session: SET")
+    reset = str(body.get("kind", "")).startswith("VAR_RESET")
+    return Verdict("any", "session: RESET" if reset else "session: SET")
 
 
 def _copy(body: dict[str, Any], functions: FunctionMatcher) -> Verdict:
@@ -196,7 +199,8 @@ def rule_for(stmt: dict[str, Any], functions: FunctionMatcher) -> Rule:
     if kind in _PRIMARY_SIMPLE:
         return Rule(Verdict("primary", _PRIMARY_SIMPLE[kind]))
     if kind == "VacuumStmt":
-        return Rule(Verdict("primary", "maintenance: " + ("VACUUM" if body.get("is_vacuumcmd") else "ANALYZE")))
+        command = "VACUUM" if body.get("is_vacuumcmd") else "ANALYZE"
+        return Rule(Verdict("primary", "maintenance: " + command))
     if kind == "ExecuteStmt":
         name = body.get("name", "")
         return Rule(Verdict("primary", f"ambiguous: EXECUTE {name}"), executes=name)

@@ -293,6 +293,7 @@ class App:
                 for k in server.extra:  # the reset puts them back to their defaults
                     server.params.pop(k, None)
                 server.extra.clear()
+                server.sig = None
             server.send_internal(s.server_reset_query)
             return
         self.give(server)

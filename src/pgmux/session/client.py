@@ -31,7 +31,7 @@ class ClientSession:
                  "pool", "is_admin", "admin_level", "auth", "server", "pending", "pending_syncs",
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
-                 "admin_pending", "query_count", "xact_start", "peer_uid", "__weakref__")
+                 "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -55,6 +55,7 @@ class ClientSession:
         self.buf = Buffer()
         self.sbuf = b""
         self.params: dict[str, str] = {}  # parameters this client asked for; set on every server it gets
+        self.sig: tuple[tuple[str, str], ...] | None = None  # params as a tuple; None after a change
         self.startup: dict[str, str] = {}
         self.cancel_pid = 0
         self.cancel_key = 0
@@ -196,6 +197,7 @@ class ClientSession:
                     self.params[k] = shown[k]  # the server's spelling: later syncs then compare equal
                 else:
                     shown[k] = v
+        self.sig = None
         out = [m.parameter_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
         out.append(m.ready_for_query(b"I"))
@@ -256,14 +258,21 @@ class ClientSession:
         if self.xact_start == 0.0:
             self.xact_start = now
         out: list[bytes] = []
-        sql = sync_sql(self.params, server.params, server.extra)
-        if sql is not None:
-            server.swallow += 1
-            server.swallow_error = None
-            out.append(m.query(sql))
-            server.params.update(self.params)
-            reported = self.pool.server_params or {}
-            server.extra.update(k for k in self.params if k not in reported)
+        # Clients of one pool mostly ask for the same parameters: when this server was last brought
+        # to an equal set and nothing changed it since, skip the comparison (tuples compare in C).
+        sig = self.sig
+        if sig is None:
+            sig = self.sig = tuple(self.params.items())
+        if server.sig != sig:
+            sql = sync_sql(self.params, server.params, server.extra)
+            if sql is not None:
+                server.swallow += 1
+                server.swallow_error = None
+                out.append(m.query(sql))
+                server.params.update(self.params)
+                reported = self.pool.server_params or {}
+                server.extra.update(k for k in self.params if k not in reported)
+            server.sig = sig
         if self.pending:
             out.extend(bytes(p) for p in self.pending)
             self.pending.clear()

@@ -52,7 +52,7 @@ class ServerSession:
     __slots__ = ("id", "hub", "pool", "target", "transport", "state", "created_at", "idle_since",
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
-                 "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "__weakref__")
+                 "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "__weakref__")
 
     def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -70,6 +70,7 @@ class ServerSession:
         self.tx_status = b"I"
         self.params: dict[str, str] = {}
         self.extra: set[str] = set()  # unreported parameters a client had pgmux SET here
+        self.sig: tuple[tuple[str, str], ...] | None = None  # the client params last synced here, if unchanged
         self.backend_pid = 0
         self.backend_key = 0
         self.buf = Buffer()
@@ -189,6 +190,7 @@ class ServerSession:
                 c = self.client
                 if c is not None and name in c.params:
                     c.params[name] = value
+                    c.sig = None
             elif t == _E:
                 self.swallow_error = m.parse_error_fields(memoryview(data)[start + 5:start + total])
                 if self.swallow_error.get("S") in ("FATAL", "PANIC"):
@@ -201,6 +203,7 @@ class ServerSession:
             raise ProtocolViolation("malformed ParameterStatus from server")
         name, value = canon(parts[0].decode(errors="replace")), parts[1].decode(errors="replace")
         self.params[name] = value
+        self.sig = None
         return name, value
 
     def _error(self, data: bytes, start: int, total: int) -> None:

@@ -1,0 +1,255 @@
+"""Protocol-level prepared statements (Parse/Bind/Describe/Close) under transaction pooling.
+
+A client prepares a statement once and binds it for the rest of its session, but in transaction mode
+each transaction may run on another server. So, as PgBouncer 1.21+ and PgDog do, pgmux never sends the
+client's statement names to a server:
+
+- `Registry` deduplicates statements by (query text, parameter type OIDs) and names each one
+  `pgmux_<n>`. Every client that parses the same text shares that one server-side name, so a server
+  prepares it once for all of them.
+- `ClientStatements` maps one client's names to registry entries. The unnamed statement ("") is
+  kept too, but it is not renamed: it stays unnamed on the server, as PgBouncer and PgDog leave it.
+  It is remembered only so that a Bind("") that lands on another server after a Sync can be re-parsed
+  there (`ServerStatements.ensure_unnamed`).
+- `ServerStatements` is an LRU of the names one server connection has prepared, capped at
+  `max_prepared_statements`. `ensure` says whether a Parse must precede the Bind/Describe and which
+  names to Close first to make room.
+
+Registry entries are reference-counted by the clients that map them and the servers that hold them,
+and vanish at zero, so the registry is bounded by what is actually in use. Names are never reused,
+so a server can never hold a stale statement under a name that now means another query.
+
+Client Close of a named statement only drops the client's mapping (PgBouncer and PgDog answer
+CloseComplete themselves): another client may be using the server-side statement.
+
+Counters follow PgBouncer's SHOW STATS (`total_client_parse_count`, `total_server_parse_count`,
+`total_bind_count`) and count named statements only; `PreparedStats` is meant to be one per pool.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pgmux.errors import PgmuxError
+
+DEFAULT_MAX_PREPARED_STATEMENTS = 200  # PgBouncer's default; 0 turns tracking off (build none of this)
+NAME_PREFIX = "pgmux_"
+
+Key = tuple[str, tuple[int, ...]]
+
+
+class DuplicatePreparedStatement(PgmuxError):
+    sqlstate = "42P05"  # duplicate_prepared_statement, as PostgreSQL reports it
+
+
+class MissingPreparedStatement(PgmuxError):
+    sqlstate = "26000"  # invalid_sql_statement_name, as PostgreSQL reports it
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """`name` is the server-side name ("" for an unnamed statement)."""
+
+    name: str
+    query: str
+    param_types: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class PreparedStats:
+    client_parse_count: int = 0  # named Parse messages from clients
+    server_parse_count: int = 0  # Parse messages pgmux sent to servers for named statements
+    bind_count: int = 0          # Bind messages of named statements
+
+
+class Registry:
+    """Every statement in use by some client or server, once per (query, parameter types)."""
+
+    def __init__(self, prefix: str = NAME_PREFIX) -> None:
+        self._prefix = prefix
+        self._next = 1
+        self._by_key: dict[Key, Statement] = {}
+        self._by_name: dict[str, Statement] = {}
+        self._refs: dict[str, int] = {}
+
+    def acquire(self, query: str, param_types: Sequence[int] = ()) -> Statement:
+        """The entry for this text and types, created if new, with one more reference."""
+        key = (query, tuple(param_types))
+        stmt = self._by_key.get(key)
+        if stmt is None:
+            stmt = Statement(f"{self._prefix}{self._next}", query, key[1])
+            self._next += 1
+            self._by_key[key] = stmt
+            self._by_name[stmt.name] = stmt
+            self._refs[stmt.name] = 0
+        self._refs[stmt.name] += 1
+        return stmt
+
+    def retain(self, name: str) -> Statement:
+        stmt = self._by_name[name]
+        self._refs[name] += 1
+        return stmt
+
+    def release(self, name: str) -> None:
+        self._refs[name] -= 1
+        if self._refs[name] == 0:
+            stmt = self._by_name.pop(name)
+            del self._by_key[(stmt.query, stmt.param_types)], self._refs[name]
+
+    def get(self, name: str) -> Statement | None:
+        return self._by_name.get(name)
+
+    def refs(self, name: str) -> int:
+        return self._refs.get(name, 0)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __iter__(self) -> Iterator[Statement]:
+        return iter(list(self._by_name.values()))
+
+
+class ClientStatements:
+    """One client's statement names. Unknown names raise the error PostgreSQL would send."""
+
+    __slots__ = ("_registry", "_stats", "_named", "_unnamed")
+
+    def __init__(self, registry: Registry, stats: PreparedStats | None = None) -> None:
+        self._registry = registry
+        self._stats = stats if stats is not None else PreparedStats()
+        self._named: dict[str, Statement] = {}
+        self._unnamed: Statement | None = None
+
+    @property
+    def prepared_statements(self) -> int:
+        """SHOW CLIENTS `prepared_statements`: named statements only."""
+        return len(self._named)
+
+    def parse(self, client_name: str, query: str, param_types: Sequence[int] = ()) -> str:
+        """Record a client Parse; return the name to send to the server ("" stays "")."""
+        if client_name == "":
+            self._unnamed = Statement("", query, tuple(param_types))
+            return ""
+        if client_name in self._named:
+            raise DuplicatePreparedStatement(f'prepared statement "{client_name}" already exists')
+        stmt = self._registry.acquire(query, param_types)
+        self._named[client_name] = stmt
+        self._stats.client_parse_count += 1
+        return stmt.name
+
+    def lookup(self, client_name: str) -> Statement | None:
+        return self._unnamed if client_name == "" else self._named.get(client_name)
+
+    def resolve(self, client_name: str) -> Statement:
+        """The statement a Describe/Bind names, or the error PostgreSQL would give."""
+        stmt = self.lookup(client_name)
+        if stmt is None:
+            what = "unnamed prepared statement" if client_name == "" else f'prepared statement "{client_name}"'
+            raise MissingPreparedStatement(f"{what} does not exist")
+        return stmt
+
+    def bind(self, client_name: str) -> Statement:
+        stmt = self.resolve(client_name)
+        if client_name:
+            self._stats.bind_count += 1
+        return stmt
+
+    def close(self, client_name: str) -> bool:
+        """Forget a name (Close 'S'). Closing an unknown name is not an error, as in PostgreSQL."""
+        if client_name == "":
+            found, self._unnamed = self._unnamed is not None, None
+            return found
+        stmt = self._named.pop(client_name, None)
+        if stmt is None:
+            return False
+        self._registry.release(stmt.name)
+        return True
+
+    def forget_unnamed(self) -> None:
+        """A simple Query destroys the unnamed statement."""
+        self._unnamed = None
+
+    def clear(self) -> None:
+        """DISCARD ALL / DEALLOCATE ALL from this client, or the client left."""
+        for stmt in self._named.values():
+            self._registry.release(stmt.name)
+        self._named.clear()
+        self._unnamed = None
+
+
+class Ensured(NamedTuple):
+    need_parse: bool
+    evict: list[str]
+
+
+class ServerStatements:
+    """The server-side names one server connection has prepared, least recently used first."""
+
+    __slots__ = ("_registry", "_stats", "_capacity", "_lru", "_unnamed")
+
+    def __init__(self, registry: Registry, capacity: int = DEFAULT_MAX_PREPARED_STATEMENTS,
+                 stats: PreparedStats | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("max_prepared_statements = 0 turns tracking off: forward statements as they are")
+        self._registry = registry
+        self._stats = stats if stats is not None else PreparedStats()
+        self._capacity = capacity
+        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._unnamed: Statement | None = None
+
+    @property
+    def prepared_statements(self) -> int:
+        """SHOW SERVERS `prepared_statements`."""
+        return len(self._lru)
+
+    def names(self) -> list[str]:
+        return list(self._lru)
+
+    def __contains__(self, server_name: object) -> bool:
+        return server_name in self._lru
+
+    def ensure(self, server_name: str) -> Ensured:
+        """Before a Bind/Describe (or a forwarded Parse) of `server_name` on this server: whether a
+        Parse must be sent, and which names to Close first, oldest first. Records the outcome
+        optimistically; if the server then rejects the Parse, call `forget`."""
+        if server_name in self._lru:
+            self._lru.move_to_end(server_name)
+            return Ensured(False, [])
+        self._registry.retain(server_name)
+        evict: list[str] = []
+        while len(self._lru) >= self._capacity:
+            old, _ = self._lru.popitem(last=False)
+            self._registry.release(old)
+            evict.append(old)
+        self._lru[server_name] = None
+        self._stats.server_parse_count += 1
+        return Ensured(True, evict)
+
+    def forget(self, server_name: str) -> bool:
+        """The server does not have this statement after all (its Parse failed)."""
+        if server_name not in self._lru:
+            return False
+        del self._lru[server_name]
+        self._registry.release(server_name)
+        return True
+
+    def forget_all(self) -> None:
+        """DISCARD ALL / DEALLOCATE ALL ran on this server, or the server is closing."""
+        for name in self._lru:
+            self._registry.release(name)
+        self._lru.clear()
+        self._unnamed = None
+
+    def ensure_unnamed(self, stmt: Statement) -> bool:
+        """Whether this server's unnamed statement is `stmt`; records that it will be after the caller
+        forwards or re-sends the Parse. Unnamed statements are not counted or capped."""
+        missing = self._unnamed != stmt
+        self._unnamed = stmt
+        return missing
+
+    def drop_unnamed(self) -> None:
+        """A simple Query (or a failed unnamed Parse) destroyed this server's unnamed statement."""
+        self._unnamed = None
