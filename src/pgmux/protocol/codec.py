@@ -17,6 +17,8 @@ from pgmux.protocol import messages as m
 _I32 = struct.Struct("!i")
 _HDR = struct.Struct("!Bi")
 _unpack_hdr = _HDR.unpack_from
+# For the sessions' inlined header walks: the int32 length after the type byte.
+unpack_len = _I32.unpack_from
 
 # PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
@@ -51,32 +53,32 @@ class Buffer:
     large message costs linear time, not a re-scan and a copy per chunk.
     """
 
-    __slots__ = ("_pending", "_need")
+    __slots__ = ("pending", "_need")
 
     def __init__(self) -> None:
-        self._pending = bytearray()
+        self.pending = bytearray()
         self._need = 0
 
     def feed(self, data: bytes) -> bytes:
-        if not self._pending:
+        if not self.pending:
             return data
-        self._pending += data
-        if len(self._pending) < self._need:
+        self.pending += data
+        if len(self.pending) < self._need:
             return b""
-        out = bytes(self._pending)
-        self._pending = bytearray()
+        out = bytes(self.pending)
+        self.pending = bytearray()
         return out
 
     def keep(self, data: bytes, pos: int) -> None:
         if pos < len(data):
-            self._pending = bytearray(data[pos:])
-            if len(self._pending) >= 5:
-                self._need = 1 + _I32.unpack_from(self._pending, 1)[0]
+            self.pending = bytearray(data[pos:])
+            if len(self.pending) >= 5:
+                self._need = 1 + _I32.unpack_from(self.pending, 1)[0]
             else:
                 self._need = 5
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self.pending)
 
 
 class StartupParseResult:

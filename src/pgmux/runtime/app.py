@@ -169,7 +169,7 @@ class App:
         c.is_admin = True
         if c.is_unix and c.peer_uid is not None and c.peer_uid == os.getuid():
             c.admin_level = "admin"  # same OS user over the Unix socket, as PgBouncer allows
-            c.auth = ClientAuthenticator("trust", user, None)
+            c.auth = ClientAuthenticator("any", user, None)  # "trust" would still want the user in auth_file
             return
         if user in s.admin_users:
             c.admin_level = "admin"
@@ -225,19 +225,22 @@ class App:
             self.launch(pool)
 
     def server_ready(self, c: ClientSession, server: ServerSession) -> None:
+        """The linked server sent ReadyForQuery and owes nothing: count it, and in transaction or
+        statement mode give the server back when the transaction is over."""
         pool = server.pool
         st = pool.stats
         now = self.now()
         st.query_count += 1
         st.query_time += int((now - server.query_start) * 1e6)
-        if server.tx_status == b"I":
+        idle = server.tx_status == b"I"
+        if idle:
             st.xact_count += 1
             st.xact_time += int((now - c.xact_start) * 1e6)
             c.xact_start = 0.0
         mode = pool.mode
         if mode == "session":
             return
-        if server.tx_status != b"I":
+        if not idle:
             if mode == "statement":
                 err = PgmuxError("transaction blocks not allowed in statement pooling mode", sqlstate="08P01",
                                  severity="FATAL")
@@ -247,7 +250,7 @@ class App:
         if c.unsynced:
             return
         c.detach()
-        self.return_server(server)
+        self.return_server(server, now=now)
 
     def client_closed(self, c: ClientSession, reason: str) -> None:
         if c.state is ClientState.CLOSED:
@@ -275,16 +278,18 @@ class App:
         self._after_change()
 
     # -- servers ---------------------------------------------------------------------------------
-    def return_server(self, server: ServerSession, leaving: bool = False) -> None:
+    def return_server(self, server: ServerSession, leaving: bool = False, now: float | None = None) -> None:
         """A clean server comes back from a client. Session mode (or server_reset_query_always)
         runs server_reset_query first."""
         s = self.config.settings
         pool = server.pool
+        if now is None:
+            now = self.now()
         if server.close_needed or self.shutting_down and not pool.waiters:
             self.close_server(server, "server close needed" if server.close_needed else "pgmux shutdown")
             return
         lifetime = pool.limits.server_lifetime
-        if lifetime > 0 and self.now() - server.created_at >= lifetime:
+        if lifetime > 0 and now - server.created_at >= lifetime:
             self.close_server(server, "server lifetime over")
             return
         if s.server_reset_query and (leaving and pool.mode == "session" or s.server_reset_query_always):
@@ -296,22 +301,27 @@ class App:
                 server.sig = None
             server.send_internal(s.server_reset_query)
             return
-        self.give(server)
+        self.give(server, now)
 
-    def give(self, server: ServerSession) -> None:
+    def give(self, server: ServerSession, now: float | None = None) -> None:
+        """A clean, logged-in server: to the oldest waiter, else idle in its pool."""
         pool = server.pool
-        waiter = None if self.paused else pool.put(server, self.now())
-        if waiter is None:
-            if server not in pool.idle:  # paused: put() was not asked
-                server.idle_since = self.now()
-                pool.idle.append(server)
-            server.move(ServerState.IDLE)
+        if now is None:
+            now = self.now()
+        if not self.paused:
+            waiter = pool.put(server, now)
+            if waiter is not None:
+                server.move(ServerState.ACTIVE)
+                pool.stats.server_assignment_count += 1
+                pool.stats.wait_time += int((now - waiter.wait_since) * 1e6)
+                waiter.attach(server, now)
+                return
+        else:
+            server.idle_since = now
+            pool.idle.append(server)
+        server.move(ServerState.IDLE)
+        if self.waiting_admin or self.shutting_down:
             self._after_change()
-            return
-        server.move(ServerState.ACTIVE)
-        pool.stats.server_assignment_count += 1
-        pool.stats.wait_time += int((self.now() - waiter.wait_since) * 1e6)
-        waiter.attach(server, self.now())
 
     def internal_done(self, server: ServerSession) -> None:
         """pgmux's own query on this server finished (reset, check, or parameter sync)."""

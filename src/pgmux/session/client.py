@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import Buffer, read_startup, scan
+from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.states import ClientState
 
@@ -211,34 +211,47 @@ class ClientSession:
 
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
-        data = self.buf.feed(data)
-        msgs, pos = scan(data, 0, self.max_packet)
-        self.buf.keep(data, pos)
-        if not msgs:
-            return
+        # The per-query path: the header walk of codec.scan, inlined (no list, no tuples), because
+        # it runs for every read of every client.
+        buf = self.buf
+        if buf.pending:
+            data = buf.feed(data)
+            if not data:
+                return
+        n = len(data)
+        pos = 0
         syncs = 0
         unsynced = self.unsynced
-        end = pos
         terminate = False
-        for t, start, total in msgs:
+        limit = self.max_packet
+        while n - pos >= 5:
+            t = data[pos]
+            (length,) = unpack_len(data, pos + 1)
+            if length < 4 or length > limit:
+                raise ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
+            end = pos + 1 + length
+            if end > n:
+                break
             if t == _Q or t == _S or t == _F:
                 syncs += 1
                 unsynced = False
-            elif t in _EXTENDED:
-                unsynced = True
             elif t == _X:
-                end = start
                 terminate = True
                 break
-        self.request_time = self.hub.now()
-        if end > 0:
-            self.pool.stats.bytes_received += end
-            chunk: bytes | memoryview = data if end == len(data) else memoryview(data)[:end]
+            elif t in _EXTENDED:
+                unsynced = True
+            pos = end
+        if pos < n and not terminate:
+            buf.keep(data, pos)
+        if pos > 0:
+            now = self.request_time = self.hub.now()
+            self.pool.stats.bytes_received += pos
+            chunk: bytes | memoryview = data if pos == n else memoryview(data)[:pos]
             self.unsynced = unsynced
             server = self.server
             if server is not None:
                 if syncs and not server.owed:
-                    server.query_start = self.request_time
+                    server.query_start = now
                 server.owed += syncs
                 server.transport.write(chunk)
             else:
@@ -257,7 +270,7 @@ class ClientSession:
         server.link_time = now
         if self.xact_start == 0.0:
             self.xact_start = now
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         # Clients of one pool mostly ask for the same parameters: when this server was last brought
         # to an equal set and nothing changed it since, skip the comparison (tuples compare in C).
         sig = self.sig
@@ -274,20 +287,23 @@ class ClientSession:
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
         if self.pending:
-            out.extend(bytes(p) for p in self.pending)
+            out.extend(self.pending)
             self.pending.clear()
             if self.pending_syncs:
                 server.query_start = now
             server.owed += self.pending_syncs
             self.pending_syncs = 0
-        if out:
+        if len(out) == 1:
+            server.transport.write(out[0])
+        elif out:
             server.transport.write(b"".join(out))
 
     def detach(self) -> ServerSession | None:
         server, self.server = self.server, None
         if server is not None:
             server.client = None
-            server.resume_reading()
+            if server.paused:
+                server.resume_reading()
         if self.state is ClientState.ACTIVE:
             self.state = ClientState.IDLE
         return server

@@ -147,7 +147,7 @@ class ClientStatements:
         """The statement a Describe/Bind names, or the error PostgreSQL would give."""
         stmt = self.lookup(client_name)
         if stmt is None:
-            what = "unnamed prepared statement" if client_name == "" else f'prepared statement "{client_name}"'
+            what = f'prepared statement "{client_name}"' if client_name else "unnamed prepared statement"
             raise MissingPreparedStatement(f"{what} does not exist")
         return stmt
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
-from pgmux.protocol.codec import Buffer, scan
+from pgmux.protocol.codec import Buffer, scan, unpack_len
 from pgmux.session.params import canon
 from pgmux.session.states import SERVER_MOVES, IllegalTransition, ServerState
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _I32 = struct.Struct("!i")
+# Interned transaction-status bytes, so the hot path compares the same objects every time.
+_STATUS = {c: bytes((c,)) for c in range(256)}
 
 # Replies are small; a server that claims a 1 GiB message is either broken or hostile.
 MAX_SERVER_MESSAGE = 1 << 30
@@ -135,7 +137,49 @@ class ServerSession:
 
     # -- relay ---------------------------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
-        data = self.buf.feed(data)
+        buf = self.buf
+        if buf.pending:
+            data = buf.feed(data)
+            if not data:
+                return
+        if self.swallow or self.client is None:
+            self._relay_slow(data)
+            return
+        # The per-reply path: codec.scan's header walk inlined, as in ClientSession._relay.
+        n = len(data)
+        pos = 0
+        z = 0
+        while n - pos >= 5:
+            t = data[pos]
+            (length,) = unpack_len(data, pos + 1)
+            if length < 4 or length > MAX_SERVER_MESSAGE:
+                raise ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
+            end = pos + 1 + length
+            if end > n:
+                break
+            if t == _Z:
+                z = data[pos + 5]
+                self.owed -= 1
+            elif t == _S:
+                self._param(data, pos, end - pos)
+            elif t == _E:
+                self._error(data, pos, end - pos)
+            pos = end
+        if pos < n:
+            buf.keep(data, pos)
+        if pos == 0:
+            return
+        client = self.client
+        client.transport.write(data if pos == n else memoryview(data)[:pos])
+        self.pool.stats.bytes_sent += pos
+        if z:
+            self.tx_status = _STATUS[z]
+            if self.owed <= 0:
+                self.owed = 0
+                self.hub.server_ready(client, self)
+
+    def _relay_slow(self, data: bytes) -> None:
+        """Replies while pgmux's own query is being swallowed, or while no client is linked."""
         msgs, pos = scan(data, 0, MAX_SERVER_MESSAGE)
         self.buf.keep(data, pos)
         if not msgs:
@@ -167,10 +211,10 @@ class ServerSession:
         client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
         self.pool.stats.bytes_sent += pos - first
         if z:
-            self.tx_status = bytes((z,))
+            self.tx_status = _STATUS[z]
             if self.owed <= 0:
                 self.owed = 0
-                client.server_ready(self)
+                self.hub.server_ready(client, self)
 
     def _swallow(self, data: bytes, msgs: list[tuple[int, int, int]]) -> int:
         """Consume the replies to pgmux's own queries. Returns where the client's replies start, -1 if
