@@ -309,10 +309,6 @@ class ClientSession:
         return server
 
     # -- server -> client ------------------------------------------------------------------------
-    def server_ready(self, server: ServerSession) -> None:
-        """The server sent ReadyForQuery and owes nothing more."""
-        self.hub.server_ready(self, server)
-
     # -- admin console -------------------------------------------------------------------------
     def _admin_data(self, data: bytes) -> None:
         data = self.buf.feed(data)

@@ -22,7 +22,6 @@ caller can call `effects()` on it at EXECUTE time.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -214,21 +213,29 @@ def undone_by_rollback(effect: Effect) -> bool:
 _AT_START = ("set|reset|discard|prepare|deallocate|listen|unlisten|load|declare|close|begin|start"
              "|commit|end|rollback|abort|savepoint|release|do")
 _AT_START_WORDS = frozenset(_AT_START.split("|"))
-_LEADING = re.compile(rf"\b(?:{_AT_START})\b", re.IGNORECASE)
-# Words that count wherever they are; U& identifiers can spell any name, so they count too.
-_ANYWHERE = re.compile(r"\b(?:execute|temp|temporary|set_config)\b|\bpg_temp|_advisory_|u&", re.IGNORECASE)
+_LEADING = re.compile(rf"\b(?:{_AT_START})\b")
+# Words that count wherever they are; U& identifiers can spell any name, so they count too. Plain
+# substring tests screen first: they cost nanoseconds, the regular expression microseconds.
+_ANYWHERE_SCREEN = ("execute", "temp", "set_config", "_advisory_", "u&")
+_ANYWHERE = re.compile(r"\b(?:execute|temp|temporary|set_config)\b|\bpg_temp|_advisory_|u&")
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+_WORD = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 def might_change_session(sql: str) -> bool:
     """False only when `sql` cannot change session state. The statement-start words (`set`, `end`,
     `do`...) are common inside statements too (`UPDATE ... SET`, `CASE ... END`), so when only those
-    appear, PostgreSQL's scanner (about a tenth of a parse) tells whether one starts a statement.
-    Regular expressions alone cannot skip nested comments, and linear-time ones are all used here."""
-    if _ANYWHERE.search(sql):
+    appear, PostgreSQL's own scanner (a tenth of a parse) tells whether one starts a statement: a
+    regular expression cannot skip nested comments, and one that tried could backtrack badly."""
+    low = sql.lower()
+    if any(word in low for word in _ANYWHERE_SCREEN) and _ANYWHERE.search(low):
         return True
-    if not _LEADING.search(sql):
+    if not _LEADING.search(low):
         return False
+    head = low.lstrip()
+    if ";" not in low and not head.startswith(("/*", "--")):  # one statement: its first word decides
+        first_word = _WORD.match(head)
+        return first_word is not None and first_word.group() in _AT_START_WORDS
     try:
         tokens = scan(sql)
     except ParseError:
@@ -260,6 +267,11 @@ def quote_ident(name: str) -> str:
     if _BARE.match(name) and name not in _NOT_BARE:
         return name
     return '"' + name.replace('"', '""') + '"'
+
+
+def _str(value: str | None) -> str:
+    """pglast types every field as optional; the grammar fills the ones read through this."""
+    return value or ""
 
 
 def _const(node: object) -> tuple[bool, object]:
@@ -300,8 +312,9 @@ def _interval(node: ast.TypeCast) -> str | None:
     """SET TIME ZONE INTERVAL '...': PostgreSQL re-reads `INTERVAL '<text>'` without a qualifier, so
     only literals whose meaning does not depend on one are kept (the documented `HOUR TO MINUTE` form)."""
     ok, text = _const(node.arg)
-    names = [n.sval for n in node.typeName.names]
-    if not ok or not isinstance(text, str) or names[-1] != "interval":
+    if not ok or not isinstance(text, str) or node.typeName is None:
+        return None
+    if [n.sval for n in node.typeName.names or ()][-1:] != ["interval"]:
         return None
     mods = node.typeName.typmods
     if mods:
@@ -315,11 +328,12 @@ def _flatten(name: str, args: tuple[object, ...]) -> str | None:
     """The stored text of SET's arguments, as PostgreSQL's flatten_set_variable_args builds it."""
     parts = []
     for arg in args:
+        value: object = None
         if isinstance(arg, ast.TypeCast):
             value = _interval(arg) if name == "timezone" else None
-        else:
-            ok, value = _const(arg)
-            if ok and isinstance(value, str) and name in _LIST_QUOTE and isinstance(arg.val, ast.String):
+        elif isinstance(arg, ast.A_Const):
+            _, value = _const(arg)
+            if isinstance(value, str) and name in _LIST_QUOTE and isinstance(arg.val, ast.String):
                 value = quote_ident(value)
         if not isinstance(value, str):
             return None
@@ -353,10 +367,10 @@ def _set(node: ast.VariableSetStmt) -> list[Effect]:
                 return [Unknown(f"SET {node.name} with an unexpected value")]
             out.append(SetParam(prefix + item.defname, value, local))
         return out
-    name = canon(node.name)
+    name = canon(_str(node.name))
     if kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
         return [ResetParam(name, local)]
-    value = _flatten(node.name.lower(), tuple(node.args or ()))
+    value = _flatten(name.lower(), tuple(node.args or ()))
     if value is None:
         return [Unknown(f"SET {node.name} with an unsupported value")]
     return [SetParam(name, value, local)]
@@ -366,7 +380,7 @@ def _temp_rel(rel: ast.RangeVar | None) -> str | None:
     if rel is None:
         return None
     if rel.relpersistence == "t" or _temp_schema(rel.schemaname):
-        return rel.relname
+        return _str(rel.relname)
     return None
 
 
@@ -376,7 +390,7 @@ def _temp_schema(schema: str | None) -> bool:
 
 def _temp_names(names: tuple[ast.String, ...] | None) -> list[Effect]:
     if names and len(names) > 1 and _temp_schema(names[0].sval):
-        return [CreateTemp(names[-1].sval)]
+        return [CreateTemp(_str(names[-1].sval))]
     return []
 
 
@@ -398,7 +412,7 @@ def _into(into: ast.IntoClause | None) -> list[Effect]:
 
 def _create_as(node: ast.CreateTableAsStmt) -> list[Effect]:
     out = _into(node.into)
-    if not node.into.skipData:  # WITH NO DATA does not run the query
+    if node.into is not None and not node.into.skipData:  # WITH NO DATA does not run the query
         _walk(node.query, out)
     return out
 
@@ -410,7 +424,7 @@ def _select(node: ast.SelectStmt) -> list[Effect]:
 
 
 def _declare(node: ast.DeclareCursorStmt) -> list[Effect]:
-    out: list[Effect] = [DeclareHold(node.portalname)] if node.options & CURSOR_OPT_HOLD else []
+    out: list[Effect] = [DeclareHold(_str(node.portalname))] if (node.options or 0) & CURSOR_OPT_HOLD else []
     _walk(node.query, out)
     return out
 
@@ -435,10 +449,19 @@ def _explain(node: ast.ExplainStmt) -> list[Effect]:
     return out
 
 
+_DISCARDS: dict[object, Effect] = {
+    DiscardMode.DISCARD_ALL: DiscardAll(), DiscardMode.DISCARD_PLANS: DiscardPlans(),
+    DiscardMode.DISCARD_TEMP: DiscardTemp(), DiscardMode.DISCARD_SEQUENCES: DiscardSequences(),
+}
+
+
+def _deallocate(node: ast.DeallocateStmt) -> list[Effect]:
+    every = getattr(node, "isall", False) or node.name is None  # pglast 8 says isall; earlier, no name
+    return [Deallocate(None if every else node.name)]
+
+
 def _discard(node: ast.DiscardStmt) -> list[Effect]:
-    return [{DiscardMode.DISCARD_ALL: DiscardAll, DiscardMode.DISCARD_PLANS: DiscardPlans,
-             DiscardMode.DISCARD_TEMP: DiscardTemp,
-             DiscardMode.DISCARD_SEQUENCES: DiscardSequences}[node.target]()]
+    return [_DISCARDS.get(node.target, Unknown(f"DISCARD {node.target}"))]
 
 
 def _transaction(node: ast.TransactionStmt) -> list[Effect]:
@@ -451,11 +474,11 @@ def _transaction(node: ast.TransactionStmt) -> list[Effect]:
         case k.TRANS_STMT_ROLLBACK:
             return [TxEnd(False, bool(node.chain))]
         case k.TRANS_STMT_SAVEPOINT:
-            return [Savepoint(node.savepoint_name)]
+            return [Savepoint(_str(node.savepoint_name))]
         case k.TRANS_STMT_RELEASE:
-            return [ReleaseSavepoint(node.savepoint_name)]
+            return [ReleaseSavepoint(_str(node.savepoint_name))]
         case k.TRANS_STMT_ROLLBACK_TO:
-            return [RollbackToSavepoint(node.savepoint_name)]
+            return [RollbackToSavepoint(_str(node.savepoint_name))]
     return []  # COMMIT/ROLLBACK PREPARED run outside any transaction of this session
 
 
@@ -483,7 +506,7 @@ def _prepare(node: ast.PrepareStmt, text: str) -> list[Effect]:
     body = [t for t in tokens[start:] if t.name != "ASCII_59" and t.name not in _COMMENTS] if start else []
     query = text[body[0].start:body[-1].end + 1] if body else ""
     types = tuple(RawStream()(t) for t in node.argtypes or ())
-    return [Prepare(node.name, query, types)]
+    return [Prepare(_str(node.name), query, types)]
 
 
 _ADVISORY_LOCKS = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
@@ -492,7 +515,7 @@ _ADVISORY_UNLOCKS = frozenset({"pg_advisory_unlock", "pg_advisory_unlock_shared"
 
 
 def _call(node: ast.FuncCall, out: list[Effect]) -> None:
-    names = [n.sval for n in node.funcname if isinstance(n, ast.String)]
+    names = [_str(n.sval) for n in node.funcname or () if isinstance(n, ast.String)]
     if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
         return  # someone else's function of the same name
     fn = names[-1]
@@ -510,7 +533,7 @@ def _set_config(node: ast.FuncCall) -> Effect:
         return Unknown("set_config with non-constant arguments")
     (_, name), (_, value), (_, is_local) = args
     local = False if is_local is None else _pg_bool(is_local)  # a NULL is_local means false
-    if local is None or isinstance(value, bool):
+    if local is None or isinstance(value, bool) or not isinstance(name, str):
         return Unknown("set_config with non-constant arguments")
     if value is None:  # a NULL value resets
         return ResetParam(canon(name), local)
@@ -533,15 +556,17 @@ def _walk(node: object, out: list[Effect], functions: bool = True) -> None:
     if isinstance(node, ast.FuncCall) and functions:
         _call(node, out)
     elif isinstance(node, ast.ExecuteStmt):
-        out.append(Execute(node.name))
-    for attr in _attrs(type(node)):
+        out.append(Execute(_str(node.name)))
+    cls = type(node)
+    attrs = _ATTRS.get(cls)
+    if attrs is None:  # a node's fields, from its whole MRO but Node's own `ancestors`, which points up
+        attrs = _ATTRS[cls] = tuple(a for c in cls.__mro__ if c not in (ast.Node, object)
+                                    for a in getattr(c, "__slots__", ()))
+    for attr in attrs:
         _walk(getattr(node, attr), out, functions)
 
 
-@functools.cache
-def _attrs(cls: type) -> tuple[str, ...]:
-    """A node's fields, from every class in its MRO but Node itself (whose `ancestors` points up)."""
-    return tuple(a for c in cls.__mro__ if c not in (ast.Node, object) for a in getattr(c, "__slots__", ()))
+_ATTRS: dict[type, tuple[str, ...]] = {}
 
 
 def _walked(node: ast.Node) -> list[Effect]:
@@ -553,7 +578,7 @@ def _walked(node: ast.Node) -> list[Effect]:
 _HANDLERS: dict[type, Callable[..., list[Effect]]] = {
     ast.VariableSetStmt: _set,
     ast.DiscardStmt: _discard,
-    ast.DeallocateStmt: lambda n: [Deallocate(None if n.isall or n.name is None else n.name)],
+    ast.DeallocateStmt: _deallocate,
     ast.ListenStmt: lambda n: [Listen(n.conditionname)],
     ast.UnlistenStmt: lambda n: [Unlisten(n.conditionname)],
     ast.CreateStmt: _create_table,
