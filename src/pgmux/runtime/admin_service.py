@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-from pgmux import __version__
 from pgmux.admin import derive, render
 from pgmux.admin import rows as R
 from pgmux.admin.commands import AdminCommand, admin_command
@@ -241,7 +240,8 @@ class AdminService:
             state = obj.state.show if obj.state is not ClientState.IDLE else "idle"
             wait = now - obj.wait_since if obj.state is ClientState.WAITING else 0.0
             return row_type(type="C", user=obj.user, database=obj.database, replication="none", state=state,
-                            addr=obj.addr, port=obj.port, local_addr="", local_port=self.app.config.settings.listen_port,
+                            addr=obj.addr, port=obj.port, local_addr="",
+                            local_port=self.app.config.settings.listen_port,
                             connect_time=now_wall - (now - obj.connect_time),
                             request_time=now_wall - (now - obj.request_time), wait=int(wait),
                             wait_us=int((wait % 1) * 1e6), close_needed=0, ptr=_ptr(obj),
@@ -373,7 +373,6 @@ class AdminService:
 
     def _show_config(self) -> tuple[list[Any], type]:
         from pgmux.admin.config_show import config_rows
-        from pgmux.config.settings import Settings
 
         return config_rows(self.app.config.settings, None, _changeable()), R.ConfigRow
 

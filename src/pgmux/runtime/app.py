@@ -367,7 +367,7 @@ class App:
     async def _connect(self, server: ServerSession, timeout: float) -> None:
         try:
             await connector.open_server(server, timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             why = "timeout" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
             self._login_failed(server, PgmuxError(
                 f"pgmux cannot connect to server {server.target.label}: {why}", sqlstate="57P03",
@@ -479,7 +479,9 @@ class App:
     # -- cancel ----------------------------------------------------------------------------------
     def cancel_request(self, pid: int, key: int) -> None:
         c = self.by_cancel.get(pid)
-        if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big"), key.to_bytes(4, "big", signed=True)):
+        # Keys are random 31-bit numbers; compare in constant time so a probe learns nothing.
+        if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big", signed=True),
+                                                   key.to_bytes(4, "big", signed=True)):
             log.info("cancel request for unknown or mismatched key ignored")
             return
         server = c.server
@@ -493,7 +495,7 @@ class App:
         try:
             await connector.send_cancel(t.host, t.port, t.unix_path, pid, key,
                                         self.config.settings.server_connect_timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             log.warning("cancel request to %s failed: %s", t.label, e)
 
     # -- admin -----------------------------------------------------------------------------------

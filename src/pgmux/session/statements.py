@@ -232,8 +232,8 @@ def might_change_session(sql: str) -> bool:
         return True
     if not _LEADING.search(low):
         return False
-    head = low.lstrip()
-    if ";" not in low and not head.startswith(("/*", "--")):  # one statement: its first word decides
+    head = low.strip().rstrip(";")
+    if ";" not in head and not head.startswith(("/*", "--")):  # one statement: its first word decides
         first_word = _WORD.match(head)
         return first_word is not None and first_word.group() in _AT_START_WORDS
     try:
