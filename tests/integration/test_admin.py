@@ -267,9 +267,11 @@ def test_kill_drops_clients_and_servers_of_one_database(pgmux_factory: Any) -> N
 def test_reconnect_and_wait_close(pgmux_factory: Any, pool: ThreadPoolExecutor) -> None:
     proc = pgmux_factory(settings={"pool_mode": "transaction"})
     with connect(proc) as a, connect(proc) as b, console(proc) as admin:
-        idle_pid = backend_pid(b)
         a.execute("BEGIN")
         busy_pid = backend_pid(a)
+        b.execute("BEGIN")
+        idle_pid = backend_pid(b)
+        b.execute("COMMIT")  # its server goes back to the pool, idle
         assert busy_pid != idle_pid
         admin.execute("RECONNECT testdb")
         # The idle server goes at once; the busy one is marked and kept until its transaction ends.
