@@ -24,6 +24,7 @@ from pgmux.runtime.cluster import (
     HOST,
     ClusterError,
     PgCluster,
+    die_with_parent,
     free_port,
     render_ini,
     render_userlist,
@@ -140,7 +141,7 @@ def start_pooler(name: str, cmd: list[str], cluster: PgCluster, popen_kwargs: di
     cluster.write_owned(ini, pooler_ini(cluster, port, userlist), mode=0o644)
     target = Target(name, port, log_path=os.path.join(cluster.base_dir, f"{name}.log"))
     with open(target.log_path, "ab") as out:
-        target.proc = subprocess.Popen([*cmd, ini], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+        target.proc = subprocess.Popen(die_with_parent([*cmd, ini]), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                        cwd=cluster.base_dir, start_new_session=True, **popen_kwargs)
     try:
         wait_listening(target.proc, HOST, port, timeout=20)

@@ -19,6 +19,7 @@ from pgmux.runtime.cluster import (
     HOST,
     ClusterError,
     PgCluster,
+    die_with_parent,
     free_port,
     port_accepts,
     render_ini,
@@ -136,7 +137,7 @@ def run_demo(argv: list[str]) -> int:
         log_path = os.path.join(cluster.base_dir, "pgmux.log")
         with open(log_path, "ab") as log:
             # Its own session: Ctrl-C reaches us only, and we stop pgmux first, then PostgreSQL.
-            child = subprocess.Popen([sys.executable, "-m", "pgmux", ini_path], stdout=log, stderr=log,
+            child = subprocess.Popen(die_with_parent([sys.executable, "-m", "pgmux", ini_path]), stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_listening(child, HOST, port, timeout=20)

@@ -26,6 +26,7 @@ from pgmux.runtime.cluster import (
     HOST,
     ClusterError,
     PgCluster,
+    die_with_parent,
     free_port,
     render_ini,
     render_userlist,
@@ -45,6 +46,17 @@ ROLES = {
 DEFAULT_USERLIST = {"postgres": "", **{name: pw for name, (pw, _) in ROLES.items()}}
 
 _procs_key = pytest.StashKey[list["PgmuxProc"]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (CI timeout, `timeout`) would end pytest without running fixture teardown, leaving
+    # clusters and their temp dirs behind. As a KeyboardInterrupt, pytest tears down first.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -118,7 +130,8 @@ class PgmuxProc:
     def launch(self, timeout: float = 20) -> None:
         self.write_files()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([*self._command, str(self.ini_path)], stdout=log, stderr=log,
+            # die_with_parent: a pytest killed by a CI timeout must not leave poolers behind.
+            self.proc = subprocess.Popen(die_with_parent([*self._command, str(self.ini_path)]), stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, cwd=self.workdir, **self._popen_kwargs)
         try:
             wait_listening(self.proc, self.host, self.port, timeout)

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from conftest import PgmuxProc, PgmuxStarter
 from psycopg import errors as pgerr
+from psycopg import pq
 
 from pgmux.runtime.cluster import PgCluster
 
@@ -192,6 +193,40 @@ def test_psycopg_listen_notify_between_clients_in_session_mode(session_mux: Pgmu
 
 
 # -- psycopg 3 -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_libpq_extended_copy_in_gives_the_server_back(pgmux_factory: PgmuxStarter, pg: PgCluster,
+                                                      pipeline: bool) -> None:
+    """PQsendQueryParams("COPY ... FROM STDIN"): libpq sends a Sync after Execute and another after
+    CopyDone; the backend answers only the second. With one server in the pool, the next client
+    gets it only if pgmux saw the COPY through."""
+    mux = pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 1,
+                                  "query_wait_timeout": 10})
+    fresh_table(pg, "cl_xcopy", "v int")
+    with connect(mux, autocommit=True) as conn:
+        c = conn.pgconn
+        if pipeline:
+            c.enter_pipeline_mode()
+        c.send_query_params(b"COPY cl_xcopy FROM STDIN", None)
+        if pipeline:
+            c.pipeline_sync()
+        res = c.get_result()
+        assert res is not None and res.status == pq.ExecStatus.COPY_IN
+        c.put_copy_data(b"1\n2\n3\n")
+        c.put_copy_end()
+        if pipeline:
+            c.pipeline_sync()
+        res = c.get_result()
+        assert res is not None and res.status == pq.ExecStatus.COMMAND_OK and res.command_status == b"COPY 3"
+        assert c.get_result() is None
+        if pipeline:
+            syncs = [c.get_result(), c.get_result()]
+            assert [r.status if r else None for r in syncs] == [pq.ExecStatus.PIPELINE_SYNC] * 2
+            c.exit_pipeline_mode()
+        with connect(mux, autocommit=True) as other:
+            assert other.execute("SELECT count(*) FROM cl_xcopy").fetchone() == (3,)
+        assert conn.execute("SELECT sum(v) FROM cl_xcopy").fetchone() == (6,)
+
+
 def test_psycopg_parameters_and_types(mux: PgmuxProc) -> None:
     import datetime
     import decimal

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from typing import Any
 
 import psycopg
@@ -130,3 +132,35 @@ def test_pgbench_connect_per_transaction(mux: PgmuxProc) -> None:
     assert 0 < opened <= POOL_SIZE, f"{opened} server connections for {s['processed']:.0f} client connections"
     assert server_count(mux) <= POOL_SIZE
     assert not [c for c in mux.admin_dicts("SHOW CLIENTS") if c["database"] == DB]
+
+
+def test_pgbench_prepared_in_session_mode(pgmux_factory: PgmuxStarter, pg: PgCluster, bench_db: str) -> None:
+    # Named prepared statements live on the server: fine in session mode, where a client keeps it.
+    p = pg.primary
+    mux = pgmux_factory(databases={bench_db: f"host={p.host} port={p.port} dbname={bench_db}"},
+                        settings={"pool_mode": "session", "default_pool_size": POOL_SIZE})
+    s = summary(pgbench(mux, "-S", "-M", "prepared", "-c", str(POOL_SIZE), "-j", "2", "-T", "2", "-n"))
+    assert s["failed"] == 0 and s["processed"] > 0 and s["tps"] > 0, s
+    assert server_count(mux) <= POOL_SIZE
+
+
+def test_pgbench_over_unix_socket(pgmux_factory: PgmuxStarter, pg: PgCluster, bench_db: str) -> None:
+    socket_dir = tempfile.mkdtemp(prefix="pgmux-sock-")  # short: socket paths are capped near 107 bytes
+    os.chmod(socket_dir, 0o777)  # the pooler may run as another OS user (PGMUX_TEST_POOLER)
+    try:
+        p = pg.primary
+        mux = pgmux_factory(databases={bench_db: f"host={p.host} port={p.port} dbname={bench_db}"},
+                            settings={"pool_mode": "transaction", "default_pool_size": POOL_SIZE,
+                                      "unix_socket_dir": socket_dir})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        proc = subprocess.run(["pgbench", "-h", socket_dir, "-p", str(mux.port), "-U", "postgres", "-S",
+                               "-c", "4", "-T", "2", "-n", DB], capture_output=True, text=True, timeout=60, env=env)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        s = summary(out)
+        assert s["failed"] == 0 and s["processed"] > 0, s
+        stats = [r for r in mux.admin_dicts("SHOW STATS") if r["database"] == DB]
+        assert int(stats[0]["total_xact_count"]) >= s["processed"]
+        mux.stop()
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)

@@ -520,3 +520,61 @@ def test_queued_client_that_leaves_never_runs_its_query(pgmux_factory: PgmuxStar
         assert done[-1] == (m.READY_FOR_QUERY, b"I")
         time.sleep(0.3)  # give a wrongly kept query the chance to run on the freed server
         assert rows(holder.query("SELECT string_agg(v, ',') FROM proto_queue")) == [[b"holder"]]
+
+
+# -- COPY through the extended protocol ----------------------------------------------------------
+def copy_data(data: bytes) -> bytes:
+    return m.message(m.COPY_DATA, data)
+
+
+def copy_done() -> bytes:
+    return m.message(m.COPY_DONE)
+
+
+def copy_fail(why: str) -> bytes:
+    return m.message(m.COPY_FAIL, m.cstr(why))
+
+
+@pytest.mark.parametrize("case", ["ok", "bad-row", "copy-fail", "split-writes"])
+def test_extended_copy_in_returns_server_to_pool(pgmux_factory: PgmuxStarter, pg: PgCluster, case: str) -> None:
+    """libpq's PQexecParams("COPY ... FROM STDIN") sends Sync right after Execute and another after
+    CopyDone. The backend ignores the first (it reads it in copy-in mode) and answers only the
+    second: two Syncs, one ReadyForQuery. The server must still go back to the pool."""
+    mux = pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 1,
+                                  "query_wait_timeout": 10})
+    pg.primary.psql("DROP TABLE IF EXISTS proto_copy; CREATE TABLE proto_copy (v int);"
+                    "GRANT ALL ON proto_copy TO PUBLIC", db="testdb")
+    with Wire(mux.host, mux.port) as w:
+        w.login()
+        w.send(parse("COPY proto_copy FROM STDIN") + bind() + execute() + sync())
+        got = [w.read_msg() for _ in range(3)]
+        assert types(got) == "12G", got
+        if case == "ok":
+            w.send(copy_data(b"1\n") + copy_data(b"2\n") + copy_done() + sync())
+            assert types(w.read_until_ready()) == "CZ"
+        elif case == "bad-row":
+            w.send(copy_data(b"1\n") + copy_data(b"not a number\n") + copy_done() + sync())
+            msgs = w.read_until_ready()
+            assert types(msgs) == "EZ" and error_fields(msgs[0])["C"] == "22P02"
+        elif case == "copy-fail":
+            w.send(copy_data(b"1\n") + copy_fail("client changed its mind") + sync())
+            msgs = w.read_until_ready()
+            assert types(msgs) == "EZ" and error_fields(msgs[0])["C"] == "57014"
+        else:
+            w.send(copy_data(b"1\n"))
+            time.sleep(0.1)
+            w.send(copy_data(b"2\n") + copy_done())
+            time.sleep(0.1)
+            w.send(sync())
+            assert types(w.read_until_ready()) == "CZ"
+
+        def released() -> bool:
+            servers = mux.admin_dicts("SHOW SERVERS")
+            return len(servers) == 1 and servers[0]["state"] == "idle" and not servers[0]["link"]
+
+        wait_for(released, what="the only server back in the pool after the COPY")
+        with Wire(mux.host, mux.port) as other:
+            other.login()
+            expected = b"2" if case in ("ok", "split-writes") else b"0"
+            assert rows(other.query("SELECT count(*) FROM proto_copy")) == [[expected]]
+        assert rows(w.query("SELECT 'copier goes on'")) == [[b"copier goes on"]]

@@ -155,16 +155,7 @@ class AdminService:
                     p.idle.remove(s)
                     app.close_server(s, "pause requested")
             else:
-                while p.waiters and p.idle:
-                    cl = p.waiters.popleft()
-                    cl.state = ClientState.IDLE
-                    app.acquire(cl)
-                app.launch(p)
-                if p.waiters:
-                    for cl in list(p.waiters):
-                        p.remove_waiter(cl)
-                        cl.state = ClientState.IDLE
-                        app.acquire(cl)
+                app.launch(p)  # queued clients get servers in arrival order as they connect
 
     def pause_all(self) -> None:
         self._pause(None, True)

@@ -308,17 +308,17 @@ class App:
         pool = server.pool
         if now is None:
             now = self.now()
-        if not self.paused:
-            waiter = pool.put(server, now)
-            if waiter is not None:
-                server.move(ServerState.ACTIVE)
-                pool.stats.server_assignment_count += 1
-                pool.stats.wait_time += int((now - waiter.wait_since) * 1e6)
-                waiter.attach(server, now)
-                return
-        else:
-            server.idle_since = now
-            pool.idle.append(server)
+        if self.paused or pool.paused:
+            # PAUSE: servers are let go as their transactions finish; PAUSE returns once none is left.
+            self.close_server(server, "pause requested")
+            return
+        waiter = pool.put(server, now)
+        if waiter is not None:
+            server.move(ServerState.ACTIVE)
+            pool.stats.server_assignment_count += 1
+            pool.stats.wait_time += int((now - waiter.wait_since) * 1e6)
+            waiter.attach(server, now)
+            return
         server.move(ServerState.IDLE)
         if self.waiting_admin or self.shutting_down:
             self._after_change()
@@ -342,7 +342,7 @@ class App:
                 sqlstate=err.get("C", "01000")))
 
     def launch(self, pool: Pool[Any, Any]) -> None:
-        if self.shutting_down:
+        if self.shutting_down or self.paused or pool.paused:
             return
         n = pool.wanted(self.now(), self.registry.headroom(pool))
         for _ in range(n):

@@ -406,8 +406,9 @@ class PgCluster:
         """Start a long-running server process as the server's OS user, in a session of its own
         (so a Ctrl-C in our terminal does not reach it and killpg() reaches all of it)."""
         assert self.os_user is not None
-        return subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.base_dir,
-                                env=self.os_user.env(), start_new_session=True, **self.os_user.popen_kwargs())
+        return subprocess.Popen(die_with_parent(cmd, "QUIT"), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                cwd=self.base_dir, env=self.os_user.env(), start_new_session=True,
+                                **self.os_user.popen_kwargs())
 
     def write_owned(self, path: str, text: str, mode: int = 0o600) -> None:
         with open(path, "w") as f:
@@ -586,6 +587,14 @@ def render_userlist(userlist: Mapping[str, str]) -> str:
     def q(s: str) -> str:
         return '"' + s.replace('"', '""') + '"'
     return "".join(f"{q(user)} {q(password)}\n" for user, password in userlist.items())
+
+
+def die_with_parent(cmd: list[str], sig: str = "TERM") -> list[str]:
+    """Prefix `cmd` so that the process gets SIG when we die, even by SIGKILL or a CI timeout, where no
+    cleanup of ours runs (util-linux `setpriv --pdeathsig`; it execs, so the PID stays the same).
+    Without setpriv, `cmd` unchanged. Note: "we" is the thread that starts it; start from the main one."""
+    setpriv = shutil.which("setpriv") or shutil.which("setpriv", path="/usr/bin:/bin")
+    return [setpriv, "--pdeathsig", sig, "--", *cmd] if setpriv else list(cmd)
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:

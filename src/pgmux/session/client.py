@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 _Q, _S, _F, _X, _P = (ord(c) for c in "QSFXP")
 _EXTENDED = frozenset(ord(c) for c in "PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
+_EXECUTE = ord("E")
+_COPY_END = frozenset(ord(c) for c in "cf")  # CopyDone, CopyFail
 _LOGGED_IN = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
 
@@ -31,7 +33,7 @@ class ClientSession:
                  "pool", "is_admin", "admin_level", "auth", "server", "pending", "pending_syncs",
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
-                 "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "__weakref__")
+                 "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -52,6 +54,7 @@ class ClientSession:
         self.pending: list[bytes | memoryview] = []  # complete messages waiting for a server
         self.pending_syncs = 0
         self.unsynced = False  # an extended-protocol batch without its Sync yet
+        self.copy_syncs = 0  # Syncs sent since the last Execute: ignored by a backend in copy-in mode
         self.buf = Buffer()
         self.sbuf = b""
         self.params: dict[str, str] = {}  # parameters this client asked for; set on every server it gets
@@ -221,6 +224,8 @@ class ClientSession:
         n = len(data)
         pos = 0
         syncs = 0
+        ignored = 0
+        copy_syncs = self.copy_syncs
         unsynced = self.unsynced
         terminate = False
         limit = self.max_packet
@@ -235,11 +240,23 @@ class ClientSession:
             if t == _Q or t == _S or t == _F:
                 syncs += 1
                 unsynced = False
+                copy_syncs = copy_syncs + 1 if t == _S else 0
             elif t == _X:
                 terminate = True
                 break
             elif t in _EXTENDED:
                 unsynced = True
+                if t == _EXECUTE:
+                    copy_syncs = 0
+            elif t in _COPY_END:
+                # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
+                # after the Execute and another after CopyDone. The backend reads the first in
+                # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
+                server = self.server
+                if copy_syncs and server is not None and server.copy_in:
+                    ignored += copy_syncs
+                    server.copy_in = False
+                copy_syncs = 0
             pos = end
         if pos < n and not terminate:
             buf.keep(data, pos)
@@ -248,11 +265,12 @@ class ClientSession:
             self.pool.stats.bytes_received += pos
             chunk: bytes | memoryview = data if pos == n else memoryview(data)[:pos]
             self.unsynced = unsynced
+            self.copy_syncs = copy_syncs
             server = self.server
             if server is not None:
                 if syncs and not server.owed:
                     server.query_start = now
-                server.owed += syncs
+                server.owed += syncs - ignored
                 server.transport.write(chunk)
             else:
                 self.pending.append(bytes(chunk))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
+_G = ord("G")  # CopyInResponse
 _I32 = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
 _STATUS = {c: bytes((c,)) for c in range(256)}
@@ -54,7 +55,8 @@ class ServerSession:
     __slots__ = ("id", "hub", "pool", "target", "transport", "state", "created_at", "idle_since",
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
-                 "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "__weakref__")
+                 "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
+                 "__weakref__")
 
     def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -69,6 +71,7 @@ class ServerSession:
         self.close_needed = False
         self.client: ClientSession | None = None
         self.owed = 0  # ReadyForQuery messages the linked client is still owed
+        self.copy_in = False  # CopyInResponse seen since the last ReadyForQuery (see ClientSession._relay)
         self.tx_status = b"I"
         self.params: dict[str, str] = {}
         self.extra: set[str] = set()  # unreported parameters a client had pgmux SET here
@@ -160,10 +163,13 @@ class ServerSession:
             if t == _Z:
                 z = data[pos + 5]
                 self.owed -= 1
+                self.copy_in = False
             elif t == _S:
                 self._param(data, pos, end - pos)
             elif t == _E:
                 self._error(data, pos, end - pos)
+            elif t == _G:
+                self.copy_in = True
             pos = end
         if pos < n:
             buf.keep(data, pos)
@@ -196,10 +202,13 @@ class ServerSession:
             if t == _Z:
                 z = data[start + 5]
                 self.owed -= 1
+                self.copy_in = False
             elif t == _S:
                 self._param(data, start, total)
             elif t == _E:
                 self._error(data, start, total)
+            elif t == _G:
+                self.copy_in = True
         client = self.client
         if client is None:
             if self.state is not ServerState.CLOSED:
