@@ -58,6 +58,7 @@ class App:
         self._janitor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host_turn: dict[tuple[str, str], int] = {}
+        self.tick_hooks: list[Any] = []  # called after each janitor pass (log flushing)
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -191,7 +192,8 @@ class App:
         self.by_cancel[pid] = c
 
     def client_authenticated(self, c: ClientSession) -> None:
-        log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
+        if self.config.settings.log_connections:
+            log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
         if c.is_admin:
             from pgmux import __version__
 
@@ -260,7 +262,8 @@ class App:
         self.clients.pop(c.id, None)
         if self.by_cancel.get(c.cancel_pid) is c:
             del self.by_cancel[c.cancel_pid]
-        log.info("%s closing because: %s (age=%.0fs)", c.prefix, reason, self.now() - c.connect_time)
+        if self.config.settings.log_disconnections:
+            log.info("%s closing because: %s (age=%.0fs)", c.prefix, reason, self.now() - c.connect_time)
         pool = c.pool
         if pool is not None:
             if was is ClientState.WAITING:
@@ -579,4 +582,6 @@ class App:
         check_timeouts(self, now)
         if self.shutting_down:
             self._after_change()
+        for hook in self.tick_hooks:
+            hook()
 

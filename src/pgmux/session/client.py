@@ -9,6 +9,7 @@ Everything else is forwarded as byte ranges, one write per read.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -201,7 +202,7 @@ class ClientSession:
                 else:
                     shown[k] = v
         self.sig = None
-        out = [m.parameter_status(k, v) for k, v in shown.items()]
+        out = [_status(k, v) for k, v in shown.items()]
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
         out.append(m.ready_for_query(b"I"))
         self.transport.write(b"".join(out))
@@ -343,3 +344,9 @@ class ClientSession:
 def _same_setting(a: str, b: str) -> bool:
     """'utf-8' and 'UTF8', 'iso, mdy' and 'ISO, MDY': the same setting spelled differently."""
     return a.lower().replace("-", "").replace("_", "") == b.lower().replace("-", "").replace("_", "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _status(name: str, value: str) -> bytes:
+    """ParameterStatus messages repeat for every login of a pool: encode each (name, value) once."""
+    return m.parameter_status(name, value)
