@@ -9,6 +9,7 @@ primary directly or against what the test wrote; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import threading
@@ -401,7 +402,7 @@ def test_psycopg_many_concurrent_clients_on_small_pool(mux: PgmuxProc, pg: PgClu
             time.sleep(0.02)
 
     watcher = Background(watch)
-    threads = [Background(lambda w=w: work(w)) for w in range(workers)]
+    threads = [Background(functools.partial(work, w)) for w in range(workers)]
     try:
         done = sorted(t.result(90) for t in threads)
     finally:

@@ -109,7 +109,8 @@ def error_fields(msg: Msg) -> dict[str, str]:
 
 def row_values(body: bytes) -> list[bytes | None]:
     (n,) = struct.unpack_from("!h", body, 0)
-    pos, out = 2, []
+    pos = 2
+    out: list[bytes | None] = []
     for _ in range(n):
         (size,) = struct.unpack_from("!i", body, pos)
         pos += 4
@@ -203,7 +204,8 @@ def test_gssenc_request_is_refused_with_N_and_startup_continues(mux: PgmuxProc) 
 def test_login_announces_parameters_and_pgmux_backend_key(mux: PgmuxProc) -> None:
     with Wire(mux.host, mux.port) as w:
         msgs = w.login(application_name="wire-test")
-        params = dict(tuple(b.rstrip(b"\x00").split(b"\x00", 1)) for t, b in msgs if t == m.PARAMETER_STATUS)
+        pairs = [b.rstrip(b"\x00").split(b"\x00", 1) for t, b in msgs if t == m.PARAMETER_STATUS]
+        params = {k: v for k, v in pairs}
         assert params[b"server_encoding"] == b"UTF8"
         assert params[b"application_name"] == b"wire-test"
         keys = [b for t, b in msgs if t == m.BACKEND_KEY_DATA]

@@ -152,7 +152,7 @@ class App:
         server_user = db.user or user
         pool = self.registry.get_or_create(dbname, server_user, lambda: self._pool_setup(db, server_user))
         if pool.disabled:
-            raise PgmuxError(f"database \"{dbname}\" does not allow connections (DISABLE)", sqlstate="57P03",
+            raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03",  # PgBouncer's words
                              severity="FATAL")
         c.pool = pool
         auth_type = s.auth_type

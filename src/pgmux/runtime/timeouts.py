@@ -50,7 +50,7 @@ def check_timeouts(app: Any, now: float) -> None:
         elif srv is not None and srv.owed > 0:
             if s.query_timeout and now - srv.query_start > s.query_timeout:
                 app.close_server(srv, "query timeout")
-                c.fail(_timeout("query_timeout"), close=True)
+                c.fail(_timeout("query timeout"), close=True)  # PgBouncer's words (janitor.c)
         elif srv is not None and srv.tx_status != b"I":
             if s.idle_transaction_timeout and now - c.request_time > s.idle_transaction_timeout:
                 app.close_server(srv, "idle transaction timeout")

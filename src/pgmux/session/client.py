@@ -34,7 +34,8 @@ class ClientSession:
                  "pool", "is_admin", "admin_level", "auth", "server", "pending", "pending_syncs",
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
-                 "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "__weakref__")
+                 "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
+                 "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -55,6 +56,7 @@ class ClientSession:
         self.pending: list[bytes | memoryview] = []  # complete messages waiting for a server
         self.pending_syncs = 0
         self.unsynced = False  # an extended-protocol batch without its Sync yet
+        self.auth_ok = b""  # the authenticator's last bytes (AuthenticationOk), sent with the welcome
         self.copy_syncs = 0  # Syncs sent since the last Execute: ignored by a backend in copy-in mode
         self.buf = Buffer()
         self.sbuf = b""
@@ -165,11 +167,12 @@ class ClientSession:
                 if mtype != ord("p"):  # PasswordMessage/SASL responses are lower-case 'p'
                     raise ProtocolViolation(f"expected password response, got message type {chr(mtype)!r}")
                 reply = self.auth.feed(b"p", body)
-                if reply:
-                    self.transport.write(reply)
                 if self.auth.done:
+                    self.auth_ok = reply  # goes out with the welcome, in one write
                     self.state = ClientState.LOGIN_WAIT
                     self.hub.client_authenticated(self)
+                elif reply:
+                    self.transport.write(reply)
 
     def _startup(self, params: dict[str, str], minor: int) -> None:
         if minor > 0 or any(k.startswith("_pq_.") for k in params):
@@ -183,14 +186,15 @@ class ClientSession:
         self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
         if self.state is ClientState.AUTH:
             first = self.auth.start()
-            if first:
-                self.transport.write(first)
-            if self.auth.done:
+            if self.auth.done:  # trust: AuthenticationOk goes out with the welcome, in one write
+                self.auth_ok = first
                 self.state = ClientState.LOGIN_WAIT
                 self.hub.client_authenticated(self)
+            elif first:
+                self.transport.write(first)
 
     def send_welcome(self, server_params: dict[str, str]) -> None:
-        """AuthenticationOk was sent by the authenticator; now what PostgreSQL sends after it."""
+        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it."""
         shown = dict(server_params)
         for k in TRACKED:
             if k not in self.params and k in shown:
@@ -202,7 +206,9 @@ class ClientSession:
                 else:
                     shown[k] = v
         self.sig = None
-        out = [_status(k, v) for k, v in shown.items()]
+        out = [self.auth_ok]
+        self.auth_ok = b""
+        out.extend(_status(k, v) for k, v in shown.items())
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
         out.append(m.ready_for_query(b"I"))
         self.transport.write(b"".join(out))
