@@ -23,24 +23,20 @@ class ClientProtocol(asyncio.Protocol):
         self.data_received = self.session.data_received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
+        # asyncio and uvloop already set TCP_NODELAY on TCP transports; the peer address is all we
+        # need, except on the Unix socket, where the peer's uid decides admin access.
         peer = transport.get_extra_info("peername")
-        is_unix = sock is not None and sock.family == socket.AF_UNIX
         peer_uid = None
-        if is_unix:
-            addr, port = "unix", 0
+        if isinstance(peer, tuple):
+            addr, port, is_unix = peer[0], peer[1], False
+        else:
+            addr, port, is_unix = "unix", 0, True
+            sock = transport.get_extra_info("socket")
             try:
                 creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
                 peer_uid = struct.unpack("3i", creds)[1]
-            except OSError:
+            except (OSError, AttributeError):
                 peer_uid = None
-        else:
-            addr, port = (peer[0], peer[1]) if peer else ("?", 0)
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
         self.session.connection_made(transport, addr, port, is_unix, peer_uid)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -59,6 +59,7 @@ class App:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host_turn: dict[tuple[str, str], int] = {}
         self.tick_hooks: list[Any] = []  # called after each janitor pass (log flushing)
+        self._random = b""
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -184,11 +185,15 @@ class App:
 
     def _new_cancel_key(self, c: ClientSession) -> None:
         # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.
+        # Random bytes come from the OS in blocks: one getrandom() per 512 logins, not two per login.
         while True:
-            pid = secrets.randbits(31) or 1
+            if len(self._random) < 8:
+                self._random = os.urandom(4096)
+            raw, self._random = self._random[:8], self._random[8:]
+            pid = int.from_bytes(raw[:4], "big") >> 1 or 1
             if pid not in self.by_cancel:
                 break
-        c.cancel_pid, c.cancel_key = pid, secrets.randbits(31)
+        c.cancel_pid, c.cancel_key = pid, int.from_bytes(raw[4:], "big") >> 1
         self.by_cancel[pid] = c
 
     def client_authenticated(self, c: ClientSession) -> None:
