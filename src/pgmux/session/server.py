@@ -151,7 +151,7 @@ class ServerSession:
         # The per-reply path: codec.scan's header walk inlined, as in ClientSession._relay.
         n = len(data)
         pos = 0
-        z = 0
+        z = zpos = 0
         while n - pos >= 5:
             t = data[pos]
             (length,) = unpack_len(data, pos + 1)
@@ -162,6 +162,7 @@ class ServerSession:
                 break
             if t == _Z:
                 z = data[pos + 5]
+                zpos = pos
                 self.owed -= 1
                 self.copy_in = False
             elif t == _S:
@@ -176,6 +177,8 @@ class ServerSession:
         if pos == 0:
             return
         client = self.client
+        if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
+            pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
         client.transport.write(data if pos == n else memoryview(data)[:pos])
         self.pool.stats.bytes_sent += pos
         if z:
@@ -195,12 +198,13 @@ class ServerSession:
             first = self._swallow(data, msgs)
             if first < 0:
                 return
-        z = 0
+        z = zpos = 0
         for t, start, total in msgs:
             if start < first:
                 continue
             if t == _Z:
                 z = data[start + 5]
+                zpos = start
                 self.owed -= 1
                 self.copy_in = False
             elif t == _S:
@@ -217,6 +221,8 @@ class ServerSession:
                 if any(t not in (_S, _N, ord("A")) for t, s, _ in msgs if s >= first):
                     self.hub.close_server(self, "unexpected data from idle server")
             return
+        if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
+            pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
         client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
         self.pool.stats.bytes_sent += pos - first
         if z:
