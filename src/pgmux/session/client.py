@@ -17,6 +17,8 @@ from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
+from pgmux.session.pipeline import to_server
+from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import ClientState
 
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ class ClientSession:
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
                  "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
-                 "__weakref__")
+                 "stmts", "skip", "pending_ext", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -75,6 +77,11 @@ class ClientSession:
         self.query_count = 0
         self.xact_start = 0.0
         self.prefix = f"C-{cid}"
+        # Protocol-level prepared statements, when tracked (transaction/statement pooling with
+        # max_prepared_statements > 0): see session/pipeline.py.
+        self.stmts: ClientStatements | None = None
+        self.skip = False  # pgmux answered an extended-protocol error itself: drop messages up to Sync
+        self.pending_ext = False  # self.pending holds extended-protocol messages
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
@@ -235,6 +242,7 @@ class ClientSession:
         copy_syncs = self.copy_syncs
         unsynced = self.unsynced
         terminate = False
+        ext = False
         limit = self.max_packet
         while n - pos >= 5:
             t = data[pos]
@@ -253,6 +261,7 @@ class ClientSession:
                 break
             elif t in _EXTENDED:
                 unsynced = True
+                ext = True
                 if t == _EXECUTE:
                     copy_syncs = 0
             elif t in _COPY_END:
@@ -277,11 +286,19 @@ class ClientSession:
             if server is not None:
                 if syncs and not server.owed:
                     server.query_start = now
-                server.owed += syncs - ignored
-                server.transport.write(chunk)
+                if self.stmts is not None and (ext or server.queue):
+                    # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
+                    out = b"".join(to_server(self, server, chunk, ignored))
+                    server.owed += syncs - ignored
+                    if out:
+                        server.transport.write(out)
+                else:
+                    server.owed += syncs - ignored
+                    server.transport.write(chunk)
             else:
                 self.pending.append(bytes(chunk))
                 self.pending_syncs += syncs
+                self.pending_ext = self.pending_ext or ext
                 if self.state is ClientState.IDLE:
                     self.hub.acquire(self)
         if terminate:
@@ -311,8 +328,16 @@ class ClientSession:
                 reported = self.pool.server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
+        if self.stmts is not None and server.unnamed_owner != self.id:
+            if server.stmts is not None:  # another client's simple query may have destroyed it
+                server.stmts.drop_unnamed()
+            server.unnamed_owner = self.id
         if self.pending:
-            out.extend(self.pending)
+            if self.pending_ext and self.stmts is not None:
+                out.extend(to_server(self, server, b"".join(self.pending)))
+                self.pending_ext = False
+            else:
+                out.extend(self.pending)
             self.pending.clear()
             if self.pending_syncs:
                 server.query_start = now

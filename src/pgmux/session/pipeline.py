@@ -1,0 +1,294 @@
+"""What a server still owes the client, when pgmux rewrites the client's extended-protocol messages.
+
+With protocol-level prepared statements tracked (transaction and statement pooling,
+`max_prepared_statements` > 0), the messages a server gets are not the client's: a Parse the server
+already has is answered by pgmux (ParseComplete), a Parse is injected before a Bind or Describe of a
+statement the server lacks (its ParseComplete swallowed), Close of a statement is answered locally,
+and evictions send a Close whose CloseComplete is swallowed. The client must still see exactly the
+replies PostgreSQL would have sent, in order.
+
+So each server keeps a FIFO (`server.queue`) of the requests it has been sent and not yet answered,
+each marked forward or swallow, with pgmux's own answers (`SYNTH`) queued between them: a synthesized
+reply goes out once every reply before it has. PgDog's `backend/protocol/state.rs` keeps the same
+kind of queue. The queue exists only while it holds something: with it empty, both relays stay on
+their header-only paths. Replies to requests sent while the queue was empty (simple queries) are
+counted by `server.owed`; when the queue starts, one placeholder per owed ReadyForQuery goes first.
+
+On an ErrorResponse the server skips everything up to the next Sync, so the queued requests before
+that Sync are dropped; those that had recorded a statement optimistically undo it (a failed Parse
+leaves no statement, on the server or for the client).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pgmux.errors import PgmuxError
+from pgmux.protocol import messages as m
+from pgmux.protocol.codec import scan
+from pgmux.protocol.extended import (
+    build_close_statement,
+    build_parse,
+    read_bind,
+    read_parse,
+    read_target,
+    rename_bind_parts,
+    rename_parse,
+    rename_target,
+)
+from pgmux.session.prepared import ServerStatements, Statement
+
+if TYPE_CHECKING:
+    from pgmux.session.client import ClientSession
+    from pgmux.session.server import ServerSession
+
+# What ends the reply to one request. QUERY (Query, FunctionCall, or a placeholder) and SYNC end at
+# ReadyForQuery; SYNTH is a reply pgmux writes itself.
+PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, SYNTH = range(8)
+_ENDS: dict[int, frozenset[int]] = {
+    PARSE: frozenset(b"1"), BIND: frozenset(b"2"), DESCRIBE: frozenset(b"Tn"), EXECUTE: frozenset(b"CIs"),
+    CLOSE: frozenset(b"3"),
+}
+_AT_Z = (SYNC, QUERY)
+
+Undo = Callable[[], Any] | None
+# (kind, swallow, synthesized bytes, undo when the server skips it)
+Entry = tuple[int, bool, bytes | None, Undo]
+_PLACEHOLDER: Entry = (QUERY, False, None, None)
+
+_P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
+_Z, _ERR, _PSTATUS, _G = (ord(c) for c in "ZESG")
+_PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
+_CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
+
+
+def server_statements(server: ServerSession) -> ServerStatements:
+    st = server.stmts
+    if st is None:
+        hub = server.hub
+        st = server.stmts = ServerStatements(hub.prepared, hub.config.settings.max_prepared_statements,
+                                             stats=server.pool.stats)
+    return st
+
+
+# -- client -> server --------------------------------------------------------------------------------
+def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview,
+              ignored: int = 0) -> list[bytes | memoryview]:
+    """The client's complete messages in `chunk` as `server` must get them, queueing what each makes
+    the server owe. Replies pgmux gives itself with nothing before them are written at once."""
+    q = server.queue
+    if ignored:  # Syncs a backend in copy-in mode reads and ignores: no ReadyForQuery will come
+        _drop_last_syncs(q, ignored)
+    if not q and server.owed:
+        q.extend([_PLACEHOLDER] * server.owed)
+    stmts = c.stmts
+    assert stmts is not None
+    sst = server_statements(server)
+    mv = memoryview(chunk)
+    msgs, end = scan(mv, 0, 1 << 30)
+    out: list[bytes | memoryview] = []  # what goes to the server, in order
+    now_to_client: list[bytes] = []
+    run = 0  # start of the bytes forwarded unchanged since the last rewritten message
+
+    def synth(msg: bytes, undo: Undo = None) -> None:
+        if q:
+            q.append((SYNTH, False, msg, undo))
+        else:
+            now_to_client.append(msg)
+
+    def ensure(stmt: Statement) -> list[bytes | memoryview]:
+        """Before a Bind/Describe of `stmt` (named): what to send first to evict and prepare."""
+        need, evict = sst.ensure(stmt.name)
+        first: list[bytes | memoryview] = []
+        for old in evict:
+            first.append(build_close_statement(old))
+            q.append((CLOSE, True, None, None))
+        if need:
+            first.append(build_parse(stmt.name, stmt.query, stmt.param_types))
+            q.append((PARSE, True, None, _forget(sst, stmt.name)))
+        return first
+
+    def ensure_unnamed(whole: memoryview) -> list[bytes | memoryview] | None:
+        """The unnamed statement re-parsed first when this server's is another (or none)."""
+        stmt = stmts.lookup("")
+        if stmt is not None and sst.ensure_unnamed(stmt):
+            q.append((PARSE, True, None, sst.drop_unnamed))
+            return [build_parse("", stmt.query, stmt.param_types), whole]
+        return None
+
+    for t, s, total in msgs:
+        if c.skip:  # after an error pgmux gave itself, PostgreSQL ignores everything up to Sync
+            if t != _S:
+                if run < s:
+                    out.append(mv[run:s])
+                run = s + total
+                continue
+            c.skip = False
+        body = mv[s + 5:s + total]
+        kind = -1
+        new: list[bytes | memoryview] | None = None
+        try:
+            if t == _P:
+                p = read_parse(body)
+                if p.name == "":
+                    stmts.parse("", p.query, p.param_types)
+                    sst.ensure_unnamed(stmts.resolve(""))
+                    q.append((PARSE, False, None, sst.drop_unnamed))
+                else:
+                    sname = stmts.parse(p.name, p.query, p.param_types)
+                    need, evict = sst.ensure(sname)
+                    new = []
+                    for old in evict:
+                        new.append(build_close_statement(old))
+                        q.append((CLOSE, True, None, None))
+                    if need:
+                        new.append(rename_parse(body, sname))
+                        q.append((PARSE, False, None, _undo_parse(c, p.name, sst, sname)))
+                    else:
+                        synth(_PARSE_COMPLETE, _undo_parse(c, p.name, None, sname))
+            elif t == _B:
+                name = read_bind(body)[1]
+                kind = BIND
+                if name == "":
+                    new = ensure_unnamed(mv[s:s + total])
+                else:
+                    stmt = stmts.bind(name)
+                    new = ensure(stmt)
+                    new.extend(rename_bind_parts(body, stmt.name))
+            elif t == _D:
+                target = read_target(body)
+                kind = DESCRIBE
+                if target.kind == "S":
+                    if target.name == "":
+                        new = ensure_unnamed(mv[s:s + total])
+                    else:
+                        stmt = stmts.resolve(target.name)
+                        new = ensure(stmt)
+                        new.append(rename_target(m.DESCRIBE, body, stmt.name))
+            elif t == _C:
+                target = read_target(body, "Close")
+                if target.kind == "S" and target.name:
+                    stmts.close(target.name)  # others may use the server's statement: it stays there
+                    new = []
+                    synth(_CLOSE_COMPLETE)
+                else:
+                    if target.kind == "S":
+                        stmts.close("")
+                        sst.drop_unnamed()
+                    kind = CLOSE
+            elif t == _E:
+                kind = EXECUTE
+            elif t == _S:
+                kind = SYNC
+            elif t == _Q or t == _F:
+                kind = QUERY
+                if t == _Q:  # a simple query destroys the unnamed statement
+                    stmts.forget_unnamed()
+                    sst.drop_unnamed()
+        except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
+            synth(m.error_response("ERROR", e.sqlstate, e.message))
+            c.skip = True
+            new = []
+            kind = -1
+        if new is not None:  # rewritten (or answered here): the bytes so far go first
+            if run < s:
+                out.append(mv[run:s])
+            out.extend(new)
+            run = s + total
+        if kind >= 0:
+            q.append((kind, False, None, None))
+    if run < end:
+        out.append(mv[run:end])
+    if now_to_client:
+        c.transport.write(b"".join(now_to_client))
+    return out
+
+
+def _forget(sst: ServerStatements, name: str) -> Callable[[], Any]:
+    return lambda: sst.forget(name)
+
+
+def _undo_parse(c: ClientSession, client_name: str, sst: ServerStatements | None,
+                server_name: str) -> Callable[[], None]:
+    """A Parse the server skipped or refused: neither the server nor the client has the statement."""
+    def undo() -> None:
+        if sst is not None:
+            sst.forget(server_name)
+        stmts = c.stmts
+        if stmts is not None:
+            stmt = stmts.lookup(client_name)
+            if stmt is not None and stmt.name == server_name:
+                stmts.close(client_name)
+    return undo
+
+
+def _drop_last_syncs(q: deque[Entry], n: int) -> None:
+    for i in range(len(q) - 1, -1, -1):
+        if n == 0:
+            return
+        if q[i][0] == SYNC:
+            del q[i]
+            n -= 1
+
+
+# -- server -> client --------------------------------------------------------------------------------
+def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int]], first: int,
+              end: int) -> tuple[list[bytes | memoryview], int, int]:
+    """The server's replies in data[first:end] as the client must see them: swallowed ones left out,
+    pgmux's own answers put in their place. Returns (parts, last ReadyForQuery status byte or 0, its
+    offset) and keeps server.owed, copy_in, parameters and errors as the plain relay does."""
+    q = server.queue
+    mv = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    run = first
+    z = zpos = 0
+    for t, s, total in msgs:
+        if s < first:
+            continue
+        swallow = False
+        if t == _Z:
+            z = data[s + 5]
+            zpos = s
+            server.owed -= 1
+            server.copy_in = False
+            while q:
+                e = q.popleft()
+                if e[0] in _AT_Z:
+                    break
+                if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
+                    e[3]()
+        elif t == _PSTATUS:
+            server._param(data, s, total)
+        elif t == _ERR:
+            server._error(data, s, total)
+            while q and q[0][0] not in _AT_Z:  # the failed request, and what the server now skips
+                e = q.popleft()
+                if e[3] is not None:
+                    e[3]()
+        elif t == _G:
+            server.copy_in = True
+        elif q:
+            e = q[0]
+            ends = _ENDS.get(e[0])
+            if ends is not None and t in ends:
+                q.popleft()
+                swallow = e[1]
+        if swallow:
+            if run < s:
+                parts.append(mv[run:s])
+            run = s + total
+        if q and q[0][0] == SYNTH:
+            if run < s + total:
+                parts.append(mv[run:s + total])
+            run = s + total
+            while q and q[0][0] == SYNTH:
+                msg = q.popleft()[2]
+                assert msg is not None
+                parts.append(msg)
+    if z and z != 73 and server.owed <= 0 and server.pool.mode == "statement":
+        end = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
+    if run < end:
+        parts.append(mv[run:end])
+    return parts, z, zpos
