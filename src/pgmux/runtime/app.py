@@ -169,6 +169,7 @@ class App:
             c.params = startup_params(params, s.ignore_startup_parameters)
         except ValueError as e:
             raise PgmuxError(f"unsupported startup parameter: {e}", sqlstate="08P01", severity="FATAL") from e
+        c.watch = pool.mode != "session"
         if pool.mode != "session" and s.max_prepared_statements > 0:
             c.stmts = ClientStatements(self.prepared, pool.stats)
 

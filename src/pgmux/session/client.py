@@ -20,6 +20,7 @@ from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import ClientState
+from pgmux.session.tracking import screen
 
 if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
@@ -37,7 +38,8 @@ class ClientSession:
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
                  "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
-                 "stmts", "skip", "pending_ext", "__weakref__")
+                 "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
+                 "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -81,7 +83,13 @@ class ClientSession:
         # max_prepared_statements > 0): see session/pipeline.py.
         self.stmts: ClientStatements | None = None
         self.skip = False  # pgmux answered an extended-protocol error itself: drop messages up to Sync
-        self.pending_ext = False  # self.pending holds extended-protocol messages
+        self.pending_ext = False  # self.pending holds messages for session/pipeline.py
+        # Session state from simple queries (transaction/statement pooling): see session/tracking.py.
+        self.watch = False
+        self.initial: dict[str, str] = {}  # params after login: what RESET goes back to
+        self.tx_effects: list[Any] = []  # effects waiting for their transaction to commit
+        self.q_error = False  # the watched Query in flight got an ErrorResponse
+        self.q_rollback = False  # ... or a CommandComplete tagged ROLLBACK
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
@@ -213,6 +221,7 @@ class ClientSession:
                 else:
                     shown[k] = v
         self.sig = None
+        self.initial = dict(self.params)
         out = [self.auth_ok]
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
@@ -243,6 +252,8 @@ class ClientSession:
         unsynced = self.unsynced
         terminate = False
         ext = False
+        track = False  # a Query that may change session state: its reply is watched
+        watch = self.watch
         limit = self.max_packet
         while n - pos >= 5:
             t = data[pos]
@@ -256,6 +267,8 @@ class ClientSession:
                 syncs += 1
                 unsynced = False
                 copy_syncs = copy_syncs + 1 if t == _S else 0
+                if t == _Q and watch and screen(data, pos + 5, end):
+                    track = True
             elif t == _X:
                 terminate = True
                 break
@@ -283,10 +296,11 @@ class ClientSession:
             self.unsynced = unsynced
             self.copy_syncs = copy_syncs
             server = self.server
+            track = track or (ext and self.stmts is not None)
             if server is not None:
                 if syncs and not server.owed:
                     server.query_start = now
-                if self.stmts is not None and (ext or server.queue):
+                if track or server.queue or self.tx_effects:
                     # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
                     out = b"".join(to_server(self, server, chunk, ignored))
                     server.owed += syncs - ignored
@@ -298,7 +312,7 @@ class ClientSession:
             else:
                 self.pending.append(bytes(chunk))
                 self.pending_syncs += syncs
-                self.pending_ext = self.pending_ext or ext
+                self.pending_ext = self.pending_ext or track
                 if self.state is ClientState.IDLE:
                     self.hub.acquire(self)
         if terminate:
@@ -333,7 +347,7 @@ class ClientSession:
                 server.stmts.drop_unnamed()
             server.unnamed_owner = self.id
         if self.pending:
-            if self.pending_ext and self.stmts is not None:
+            if self.pending_ext:
                 out.extend(to_server(self, server, b"".join(self.pending)))
                 self.pending_ext = False
             else:

@@ -38,7 +38,8 @@ from pgmux.protocol.extended import (
     rename_parse,
     rename_target,
 )
-from pgmux.session.prepared import ServerStatements, Statement
+from pgmux.session.prepared import ClientStatements, ServerStatements, Statement
+from pgmux.session.tracking import query_done, query_effects
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -54,12 +55,15 @@ _ENDS: dict[int, frozenset[int]] = {
 _AT_Z = (SYNC, QUERY)
 
 Undo = Callable[[], Any] | None
-# (kind, swallow, synthesized bytes, undo when the server skips it)
-Entry = tuple[int, bool, bytes | None, Undo]
+# (kind, swallow, payload, undo when the server skips it). The payload of SYNTH is the reply pgmux
+# writes; that of a watched QUERY the session effects to record once it succeeds (session/tracking.py).
+Entry = tuple[int, bool, Any, Undo]
 _PLACEHOLDER: Entry = (QUERY, False, None, None)
 
 _P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
-_Z, _ERR, _PSTATUS, _G = (ord(c) for c in "ZESG")
+_Z, _ERR, _PSTATUS, _G, _CC = (ord(c) for c in "ZESGC")
+_PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _Q: QUERY, _F: QUERY}
+_ROLLBACK = b"ROLLBACK\x00"
 _PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
 _CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
 
@@ -84,8 +88,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if not q and server.owed:
         q.extend([_PLACEHOLDER] * server.owed)
     stmts = c.stmts
-    assert stmts is not None
-    sst = server_statements(server)
+    sst = server_statements(server) if stmts is not None else None
     mv = memoryview(chunk)
     msgs, end = scan(mv, 0, 1 << 30)
     out: list[bytes | memoryview] = []  # what goes to the server, in order
@@ -98,7 +101,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         else:
             now_to_client.append(msg)
 
-    def ensure(stmt: Statement) -> list[bytes | memoryview]:
+    def ensure(stmt: Statement, sst: ServerStatements) -> list[bytes | memoryview]:
         """Before a Bind/Describe of `stmt` (named): what to send first to evict and prepare."""
         need, evict = sst.ensure(stmt.name)
         first: list[bytes | memoryview] = []
@@ -110,7 +113,8 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             q.append((PARSE, True, None, _forget(sst, stmt.name)))
         return first
 
-    def ensure_unnamed(whole: memoryview) -> list[bytes | memoryview] | None:
+    def ensure_unnamed(whole: memoryview, stmts: ClientStatements,
+                       sst: ServerStatements) -> list[bytes | memoryview] | None:
         """The unnamed statement re-parsed first when this server's is another (or none)."""
         stmt = stmts.lookup("")
         if stmt is not None and sst.ensure_unnamed(stmt):
@@ -130,7 +134,14 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         kind = -1
         new: list[bytes | memoryview] | None = None
         try:
-            if t == _P:
+            if stmts is None or sst is None:  # statements not tracked: forwarded, replies still counted
+                kind = _PLAIN.get(t, -1)
+                if t == _Q and c.watch:
+                    done = query_effects(body)
+                    if done or c.tx_effects:
+                        q.append((QUERY, False, done, None))
+                        kind = -1
+            elif t == _P:
                 p = read_parse(body)
                 if p.name == "":
                     stmts.parse("", p.query, p.param_types)
@@ -152,20 +163,20 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 name = read_bind(body)[1]
                 kind = BIND
                 if name == "":
-                    new = ensure_unnamed(mv[s:s + total])
+                    new = ensure_unnamed(mv[s:s + total], stmts, sst)
                 else:
                     stmt = stmts.bind(name)
-                    new = ensure(stmt)
+                    new = ensure(stmt, sst)
                     new.extend(rename_bind_parts(body, stmt.name))
             elif t == _D:
                 target = read_target(body)
                 kind = DESCRIBE
                 if target.kind == "S":
                     if target.name == "":
-                        new = ensure_unnamed(mv[s:s + total])
+                        new = ensure_unnamed(mv[s:s + total], stmts, sst)
                     else:
                         stmt = stmts.resolve(target.name)
-                        new = ensure(stmt)
+                        new = ensure(stmt, sst)
                         new.append(rename_target(m.DESCRIBE, body, stmt.name))
             elif t == _C:
                 target = read_target(body, "Close")
@@ -187,6 +198,11 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 if t == _Q:  # a simple query destroys the unnamed statement
                     stmts.forget_unnamed()
                     sst.drop_unnamed()
+                    if c.watch:
+                        done = query_effects(body)
+                        if done or c.tx_effects:
+                            q.append((QUERY, False, done, None))  # watched: see session/tracking.py
+                            kind = -1
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
             synth(m.error_response("ERROR", e.sqlstate, e.message))
             c.skip = True
@@ -201,6 +217,10 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             q.append((kind, False, None, None))
     if run < end:
         out.append(mv[run:end])
+    if q and q[-1][0] in _AT_Z and all(not e[1] and e[2] is None and e[3] is None for e in q):
+        # Nothing to swallow, add or watch, and every reply is followed by a ReadyForQuery that
+        # server.owed counts: the header-only relay will do (pgbench -M prepared, once prepared).
+        q.clear()
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
@@ -240,6 +260,8 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
     pgmux's own answers put in their place. Returns (parts, last ReadyForQuery status byte or 0, its
     offset) and keeps server.owed, copy_in, parameters and errors as the plain relay does."""
     q = server.queue
+    c = server.client
+    assert c is not None
     mv = memoryview(data)
     parts: list[bytes | memoryview] = []
     run = first
@@ -256,6 +278,8 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             while q:
                 e = q.popleft()
                 if e[0] in _AT_Z:
+                    if e[2] is not None or c.tx_effects:  # a watched Query, or the end of a transaction
+                        query_done(c, server, e[2] or (), bytes((z,)))
                     break
                 if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
                     e[3]()
@@ -263,6 +287,8 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server._param(data, s, total)
         elif t == _ERR:
             server._error(data, s, total)
+            if q and q[0][0] == QUERY and q[0][2] is not None:
+                c.q_error = True
             while q and q[0][0] not in _AT_Z:  # the failed request, and what the server now skips
                 e = q.popleft()
                 if e[3] is not None:
@@ -271,6 +297,8 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server.copy_in = True
         elif q:
             e = q[0]
+            if t == _CC and (c.tx_effects or e[2] is not None) and mv[s + 5:s + total] == _ROLLBACK:
+                c.q_rollback = True
             ends = _ENDS.get(e[0])
             if ends is not None and t in ends:
                 q.popleft()

@@ -290,6 +290,12 @@ class ServerSession:
         name, value = canon(parts[0].decode(errors="replace")), parts[1].decode(errors="replace")
         self.params[name] = value
         self.sig = None
+        c = self.client
+        if c is not None and name in c.params and c.params[name] != value:
+            # A reported parameter the linked client changed (SET, RESET, a function, a rollback):
+            # the server says its value, so the client carries it to its next server.
+            c.params[name] = value
+            c.sig = None
         return name, value
 
     def _error(self, data: bytes, start: int, total: int) -> None:

@@ -1,0 +1,106 @@
+"""Session state a client's simple queries leave behind, carried to its next server (issue 3).
+
+Under transaction pooling a client's `SET search_path = x` runs on whichever server serves that
+transaction; the next transaction may run elsewhere, and the server goes on to other clients. So
+pgmux reads what a Query does (statements.effects, behind a cheap byte screen) and, once the server
+has confirmed it (its reply had no ErrorResponse, and the transaction it ran in committed), records
+the new values in `client.params`: the existing parameter sync then applies them on every server the
+client gets. The server notes the unreported parameters it now holds in `server.extra`, so the sync
+RESETs them for a client that did not ask for them.
+
+Reported parameters (TimeZone, application_name...) need no parsing: the server's ParameterStatus
+says what they are after every change, commit and rollback included (ServerSession._param).
+
+Transactions: effects wait in `client.tx_effects` until ReadyForQuery says idle; a CommandComplete
+tagged ROLLBACK (ROLLBACK, ABORT, COMMIT of a failed transaction) drops them. ROLLBACK TO SAVEPOINT
+has the same tag and drops them too: the client then keeps the session's older value on its next
+server instead of a value nobody should see.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pgmux.session.statements import (
+    Deallocate,
+    DiscardAll,
+    Effect,
+    ResetAll,
+    ResetParam,
+    SetParam,
+    effects,
+)
+
+if TYPE_CHECKING:
+    from pgmux.session.client import ClientSession
+    from pgmux.session.server import ServerSession
+
+# Lower-case words without which a query cannot change what is tracked here (or pin, later): a test
+# on bytes, run for every Query in transaction mode, so it must cost well under a microsecond.
+_SCREEN = (b"set", b"discard", b"deallocate", b"listen", b"temp", b"advisory", b"hold", b"load", b"close",
+           b"u&")
+_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate)
+
+
+def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
+    """False when the Query body data[start:end] certainly changes no tracked session state."""
+    low = bytes(data[start:end]).lower()
+    return any(w in low for w in _SCREEN)
+
+
+def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
+    """The tracked effects of a Query body (NUL-terminated text)."""
+    raw = bytes(body)
+    if not screen(raw, 0, len(raw)):
+        return ()
+    sql = raw.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+    return tuple(e for e in effects(sql) if isinstance(e, _KEPT) and not getattr(e, "local", False))
+
+
+def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
+    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
+    failed, rolled_back = c.q_error, c.q_rollback
+    c.q_error = c.q_rollback = False
+    if failed or rolled_back:
+        if rolled_back or status == b"I":
+            c.tx_effects = []
+        return
+    for e in done:
+        if isinstance(e, (DiscardAll, Deallocate)) and (isinstance(e, DiscardAll) or e.name is None):
+            # Not transactional: the server's statements are gone now, and so are the client's.
+            if server.stmts is not None:
+                server.stmts.forget_all()
+            if c.stmts is not None:
+                c.stmts.clear()
+    if done:
+        c.tx_effects = c.tx_effects + [e for e in done if not isinstance(e, Deallocate)]
+    if status == b"I" and c.tx_effects:
+        apply(c, server, c.tx_effects)
+        c.tx_effects = []
+
+
+def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
+    reported = c.pool.server_params or {}
+    for e in done:
+        if isinstance(e, SetParam):
+            if e.name not in reported:
+                c.params[e.name] = server.params[e.name] = e.value
+                server.extra.add(e.name)
+        elif isinstance(e, ResetParam):
+            if e.name not in reported:
+                default = c.initial.get(e.name)
+                if default is None:
+                    c.params.pop(e.name, None)
+                else:
+                    c.params[e.name] = default
+                server.params.pop(e.name, None)  # the server's own default now
+                server.extra.discard(e.name)
+        elif isinstance(e, (ResetAll, DiscardAll)):
+            for k in [k for k in c.params if k not in reported]:
+                del c.params[k]
+            c.params.update((k, v) for k, v in c.initial.items() if k not in reported)
+            for k in server.extra:
+                server.params.pop(k, None)
+            server.extra.clear()
+    c.sig = None
+    server.sig = None
