@@ -103,3 +103,51 @@ def test_asyncpg_settings_follow_the_client_across_servers(pgmux_factory: PgmuxS
         await asyncio.gather(*(worker(k) for k in range(8)))
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# -- pinning ---------------------------------------------------------------------------------------
+def pins(mux: PgmuxProc) -> list[str]:
+    return sorted(c["pin"] for c in mux.admin_dicts("SHOW CLIENTS") if c["database"] == "testdb")
+
+
+def test_listen_in_transaction_mode_gets_its_notifications(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    mux = start(pgmux_factory, pg, pool_size=2)
+    with connect(mux) as listener, connect(mux) as sender:
+        listener.execute("LISTEN jobs")
+        assert pins(mux) == ["", "listen"]
+        for i in range(3):
+            sender.execute(f"NOTIFY jobs, 'n{i}'")  # runs on the other server
+        got = [n.payload for n in listener.notifies(timeout=5, stop_after=3)]
+        assert got == ["n0", "n1", "n2"]
+        sender.execute("SELECT pg_notify('jobs', 'direct')")
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["direct"]
+        listener.execute("UNLISTEN *")
+        assert pins(mux) == ["", ""]
+    stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}
+    assert "testdb" in stats
+
+
+def test_temp_table_keeps_its_server_and_stays_private(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    mux = start(pgmux_factory, pg, pool_size=2)
+    with connect(mux) as a, connect(mux) as b:
+        a.execute("CREATE TEMP TABLE scratch (x int)")
+        for i in range(5):
+            a.execute("INSERT INTO scratch VALUES (%s)", (i,))
+            assert b.execute("SELECT to_regclass('scratch') IS NULL").fetchone() == (True,)
+        assert a.execute("SELECT sum(x) FROM scratch").fetchone() == (10,)
+        assert pins(mux) == ["", "temp table"]
+        a.execute("DISCARD TEMP")
+        assert pins(mux) == ["", ""]
+    # The pinned client left its server clean (DISCARD TEMP): later clients work as usual.
+    with connect(mux) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_pinned_client_leaving_takes_its_server_state_along(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    mux = start(pgmux_factory, pg, pool_size=1)
+    with connect(mux) as a:
+        a.execute("SELECT pg_advisory_lock(4242)")
+        assert pins(mux) == ["advisory lock"]
+    with connect(mux) as b:  # the server holding the lock was closed, not handed on
+        assert b.execute("SELECT pg_try_advisory_lock(4242)").fetchone() == (True,)
+        b.execute("SELECT pg_advisory_unlock_all()")

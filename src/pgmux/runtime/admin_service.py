@@ -238,7 +238,8 @@ class AdminService:
                             wait_us=int((wait % 1) * 1e6), close_needed=0, ptr=_ptr(obj),
                             link=_ptr(link) if link is not None else "", remote_pid=obj.cancel_pid, tls="",
                             application_name=obj.params.get("application_name", ""),
-                            prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id)
+                            prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id,
+                            pin=obj.pinned)
         link = obj.client
         t = obj.target
         return row_type(type="S", user=obj.pool.user, database=obj.pool.database, replication="none",

@@ -261,7 +261,7 @@ class App:
                 self.close_server(server, err.message)
                 c.fail(err)
             return
-        if c.unsynced:
+        if c.unsynced or c.pinned:  # pinned: LISTEN, temp tables... live on this server only
             return
         c.detach()
         self.return_server(server, now=now)
@@ -287,7 +287,9 @@ class App:
         unsynced = c.unsynced  # read before detach(): server.clean no longer sees the client after it
         server = c.detach()
         if server is not None:
-            if server.clean and not unsynced and not server.close_needed:
+            if c.pinned:  # its LISTENs, temp tables or locks must not reach another client
+                self.close_server(server, f"client left session state on the server ({c.pinned})")
+            elif server.clean and not unsynced and not server.close_needed:
                 self.return_server(server, leaving=True)
             else:
                 self.close_server(server, "client disconnect while server was not ready")

@@ -20,7 +20,7 @@ from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import ClientState
-from pgmux.session.tracking import screen
+from pgmux.session.tracking import Pins, screen
 
 if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
@@ -39,7 +39,7 @@ class ClientSession:
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
                  "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
-                 "__weakref__")
+                 "pins", "pinned", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -90,6 +90,8 @@ class ClientSession:
         self.tx_effects: list[Any] = []  # effects waiting for their transaction to commit
         self.q_error = False  # the watched Query in flight got an ErrorResponse
         self.q_rollback = False  # ... or a CommandComplete tagged ROLLBACK
+        self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
+        self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport

@@ -22,13 +22,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pgmux.session.statements import (
+    AdvisoryLock,
+    AdvisoryUnlock,
+    CloseCursor,
+    CreateTemp,
     Deallocate,
+    DeclareHold,
     DiscardAll,
+    DiscardTemp,
     Effect,
+    Listen,
+    Load,
     ResetAll,
     ResetParam,
     SetParam,
+    Unlisten,
     effects,
+    undone_by_rollback,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +49,9 @@ if TYPE_CHECKING:
 # on bytes, run for every Query in transaction mode, so it must cost well under a microsecond.
 _SCREEN = (b"set", b"discard", b"deallocate", b"listen", b"temp", b"advisory", b"hold", b"load", b"close",
            b"u&")
-_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate)
+_PINS = (Listen, Unlisten, CreateTemp, DiscardTemp, AdvisoryLock, AdvisoryUnlock, DeclareHold, CloseCursor, Load)
+_AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin as soon as they ran
+_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate) + _PINS
 
 
 def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
@@ -61,6 +73,12 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
     """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
     failed, rolled_back = c.q_error, c.q_rollback
     c.q_error = c.q_rollback = False
+    for e in done:
+        # Session advisory locks and LOAD outlive a rollback; a lock taken before an error in the
+        # same query string is still held, so a failed query pins too (unlocks count only on success).
+        if isinstance(e, (AdvisoryLock, Load)) or (isinstance(e, AdvisoryUnlock) and not failed):
+            assert not undone_by_rollback(e)
+            pin(c, e)
     if failed or rolled_back:
         if rolled_back or status == b"I":
             c.tx_effects = []
@@ -82,6 +100,11 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
 def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
     reported = c.pool.server_params or {}
     for e in done:
+        if isinstance(e, _PINS) or isinstance(e, DiscardAll):
+            if not isinstance(e, _AT_ONCE):  # those were counted when their query ended
+                pin(c, e)
+            if not isinstance(e, DiscardAll):
+                continue
         if isinstance(e, SetParam):
             if e.name not in reported:
                 c.params[e.name] = server.params[e.name] = e.value
@@ -104,3 +127,63 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
             server.extra.clear()
     c.sig = None
     server.sig = None
+
+
+class Pins:
+    """What keeps a client on its server: state that lives in that server's session and nowhere else."""
+
+    __slots__ = ("listen", "temp", "cursors", "locks", "load")
+
+    def __init__(self) -> None:
+        self.listen: set[str] = set()
+        self.temp: set[str] = set()
+        self.cursors: set[str] = set()
+        self.locks = 0
+        self.load = False
+
+    def reason(self) -> str:
+        """The words SHOW CLIENTS prints in `pin` ("" when nothing pins)."""
+        parts = [word for word, on in (("listen", self.listen), ("temp table", self.temp),
+                                       ("advisory lock", self.locks > 0), ("with hold cursor", self.cursors),
+                                       ("load", self.load)) if on]
+        return ", ".join(parts)
+
+
+def pin(c: ClientSession, e: Effect) -> None:
+    """Record what a successful statement did to the state that pins; update `client.pinned`."""
+    p = c.pins
+    if p is None:
+        p = c.pins = Pins()
+    if isinstance(e, Listen):
+        p.listen.add(e.channel)
+    elif isinstance(e, Unlisten):
+        if e.channel is None:
+            p.listen.clear()
+        else:
+            p.listen.discard(e.channel)
+    elif isinstance(e, CreateTemp):
+        p.temp.add(e.name)
+    elif isinstance(e, DiscardTemp):
+        p.temp.clear()
+    elif isinstance(e, AdvisoryLock):
+        p.locks += 1
+    elif isinstance(e, AdvisoryUnlock):
+        p.locks = 0 if e.all else max(p.locks - 1, 0)
+    elif isinstance(e, DeclareHold):
+        p.cursors.add(e.cursor)
+    elif isinstance(e, CloseCursor):
+        if e.name is None:
+            p.cursors.clear()
+        else:
+            p.cursors.discard(e.name)
+    elif isinstance(e, Load):
+        p.load = True
+    elif isinstance(e, DiscardAll):  # UNLISTEN *, DISCARD TEMP, CLOSE ALL, pg_advisory_unlock_all
+        p.listen.clear()
+        p.temp.clear()
+        p.cursors.clear()
+        p.locks = 0
+    was = c.pinned
+    c.pinned = p.reason()
+    if c.pinned and not was and c.pool is not None:
+        c.pool.stats.pin_count += 1
