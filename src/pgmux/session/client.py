@@ -39,7 +39,7 @@ class ClientSession:
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
                  "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
-                 "pins", "pinned", "__weakref__")
+                 "pins", "pinned", "unnamed", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -92,6 +92,7 @@ class ClientSession:
         self.q_rollback = False  # ... or a CommandComplete tagged ROLLBACK
         self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
         self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
+        self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
@@ -344,9 +345,8 @@ class ClientSession:
                 reported = self.pool.server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
-        if self.stmts is not None and server.unnamed_owner != self.id:
-            if server.stmts is not None:  # another client's simple query may have destroyed it
-                server.stmts.drop_unnamed()
+        if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
+            server.unnamed = None
             server.unnamed_owner = self.id
         if self.pending:
             if self.pending_ext:

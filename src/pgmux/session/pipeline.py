@@ -38,7 +38,7 @@ from pgmux.protocol.extended import (
     rename_parse,
     rename_target,
 )
-from pgmux.session.prepared import ClientStatements, ServerStatements, Statement
+from pgmux.session.prepared import ServerStatements, Statement
 from pgmux.session.tracking import query_done, query_effects
 
 if TYPE_CHECKING:
@@ -113,13 +113,14 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             q.append((PARSE, True, None, _forget(sst, stmt.name)))
         return first
 
-    def ensure_unnamed(whole: memoryview, stmts: ClientStatements,
-                       sst: ServerStatements) -> list[bytes | memoryview] | None:
-        """The unnamed statement re-parsed first when this server's is another (or none)."""
-        stmt = stmts.lookup("")
-        if stmt is not None and sst.ensure_unnamed(stmt):
-            q.append((PARSE, True, None, sst.drop_unnamed))
-            return [build_parse("", stmt.query, stmt.param_types), whole]
+    def ensure_unnamed(whole: memoryview) -> list[bytes | memoryview] | None:
+        """The client's unnamed statement re-parsed first when this server's is another (or none).
+        Kept as the client's Parse message itself: nothing to decode on pgbench -M extended's path."""
+        u = c.unnamed
+        if u is not None and server.unnamed is not u and server.unnamed != u:
+            server.unnamed = u
+            q.append((PARSE, True, None, _unset_unnamed(server)))
+            return [u, whole]
         return None
 
     for t, s, total in msgs:
@@ -142,12 +143,13 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                         q.append((QUERY, False, done, None))
                         kind = -1
             elif t == _P:
-                p = read_parse(body)
-                if p.name == "":
-                    stmts.parse("", p.query, p.param_types)
-                    sst.ensure_unnamed(stmts.resolve(""))
-                    q.append((PARSE, False, None, sst.drop_unnamed))
+                if body[0] == 0:
+                    # No undo if it fails: PostgreSQL drops the old unnamed statement before parsing,
+                    # so a later Bind("") fails there as it would have anyway.
+                    c.unnamed = server.unnamed = bytes(mv[s:s + total])
+                    kind = PARSE
                 else:
+                    p = read_parse(body)
                     sname = stmts.parse(p.name, p.query, p.param_types)
                     need, evict = sst.ensure(sname)
                     new = []
@@ -160,34 +162,32 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     else:
                         synth(_PARSE_COMPLETE, _undo_parse(c, p.name, None, sname))
             elif t == _B:
-                name = read_bind(body)[1]
+                name = "" if body[0] == 0 and body[1] == 0 else read_bind(body)[1]
                 kind = BIND
                 if name == "":
-                    new = ensure_unnamed(mv[s:s + total], stmts, sst)
+                    new = ensure_unnamed(mv[s:s + total])
                 else:
                     stmt = stmts.bind(name)
                     new = ensure(stmt, sst)
                     new.extend(rename_bind_parts(body, stmt.name))
             elif t == _D:
-                target = read_target(body)
                 kind = DESCRIBE
-                if target.kind == "S":
-                    if target.name == "":
-                        new = ensure_unnamed(mv[s:s + total], stmts, sst)
+                if body[0] == _S:  # a statement, not a portal
+                    if body[1] == 0:
+                        new = ensure_unnamed(mv[s:s + total])
                     else:
+                        target = read_target(body)
                         stmt = stmts.resolve(target.name)
                         new = ensure(stmt, sst)
                         new.append(rename_target(m.DESCRIBE, body, stmt.name))
             elif t == _C:
-                target = read_target(body, "Close")
-                if target.kind == "S" and target.name:
-                    stmts.close(target.name)  # others may use the server's statement: it stays there
+                if body[0] == _S and body[1] != 0:
+                    stmts.close(read_target(body, "Close").name)  # others may use the server's: it stays
                     new = []
                     synth(_CLOSE_COMPLETE)
                 else:
-                    if target.kind == "S":
-                        stmts.close("")
-                        sst.drop_unnamed()
+                    if body[0] == _S:
+                        c.unnamed = server.unnamed = None
                     kind = CLOSE
             elif t == _E:
                 kind = EXECUTE
@@ -196,8 +196,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             elif t == _Q or t == _F:
                 kind = QUERY
                 if t == _Q:  # a simple query destroys the unnamed statement
-                    stmts.forget_unnamed()
-                    sst.drop_unnamed()
+                    c.unnamed = server.unnamed = None
                     if c.watch:
                         done = query_effects(body)
                         if done or c.tx_effects:
@@ -224,6 +223,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _unset_unnamed(server: ServerSession) -> Callable[[], None]:
+    def undo() -> None:
+        server.unnamed = None
+    return undo
 
 
 def _forget(sst: ServerStatements, name: str) -> Callable[[], Any]:
