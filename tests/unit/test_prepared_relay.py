@@ -355,3 +355,29 @@ def test_client_leaving_releases_its_statements(rig: Rig) -> None:
     assert len(rig.app.prepared) == 1  # the server still holds it
     rig.app.close_server(s.session, "test")
     assert len(rig.app.prepared) == 0
+
+
+def test_malformed_bind_ends_the_connection(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(m.message(m.BIND, b"\x00s1") + SYNC)  # the statement name never ends
+    out = c.take()
+    assert b"08P01" in out and c.session.state.value == "closed"
+
+
+def test_prepared_steady_state_uses_the_header_only_reply_path(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(bind("s1") + execute() + SYNC)
+    assert s.take() == bind("pgmux_1") + execute() + SYNC
+    assert not s.session.queue  # nothing to swallow or add: replies relayed by headers only
+    c.send(parse() + bind() + execute() + SYNC)  # unnamed, as psycopg sends queries with parameters
+    assert s.take() == parse() + bind() + execute() + SYNC and not s.session.queue

@@ -21,20 +21,19 @@ leaves no statement, on the server or for the client).
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pgmux.errors import PgmuxError
+from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import scan
 from pgmux.protocol.extended import (
     build_close_statement,
     build_parse,
-    read_bind,
     read_parse,
     read_target,
-    rename_bind_parts,
     rename_parse,
     rename_target,
 )
@@ -62,6 +61,8 @@ _PLACEHOLDER: Entry = (QUERY, False, None, None)
 
 _P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
 _Z, _ERR, _PSTATUS, _G, _CC = (ord(c) for c in "ZESGC")
+_LEN = struct.Struct("!i")
+_BIND_HDR = struct.Struct("!Bi")
 _PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _Q: QUERY, _F: QUERY}
 _ROLLBACK = b"ROLLBACK\x00"
 _PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
@@ -83,6 +84,8 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     """The client's complete messages in `chunk` as `server` must get them, queueing what each makes
     the server owe. Replies pgmux gives itself with nothing before them are written at once."""
     q = server.queue
+    if not q and not ignored and not c.skip and _as_is(c, server, chunk):
+        return [chunk]
     if ignored:  # Syncs a backend in copy-in mode reads and ignores: no ReadyForQuery will come
         _drop_last_syncs(q, ignored)
     if not q and server.owed:
@@ -90,6 +93,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     stmts = c.stmts
     sst = server_statements(server) if stmts is not None else None
     mv = memoryview(chunk)
+    raw = chunk if isinstance(chunk, bytes) else bytes(chunk)
     msgs, end = scan(mv, 0, 1 << 30)
     out: list[bytes | memoryview] = []  # what goes to the server, in order
     now_to_client: list[bytes] = []
@@ -162,14 +166,21 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     else:
                         synth(_PARSE_COMPLETE, _undo_parse(c, p.name, None, sname))
             elif t == _B:
-                name = "" if body[0] == 0 and body[1] == 0 else read_bind(body)[1]
                 kind = BIND
-                if name == "":
+                # The names by bytes.find on the chunk: a Bind's parameters can be large, and this runs
+                # for every execution of a prepared statement.
+                pe = raw.find(b"\x00", s + 5, s + total)
+                ne = raw.find(b"\x00", pe + 1, s + total) if pe >= 0 else -1
+                if ne < 0:
+                    raise ProtocolViolation("malformed Bind message: unterminated string")
+                if ne == pe + 1:
                     new = ensure_unnamed(mv[s:s + total])
                 else:
-                    stmt = stmts.bind(name)
+                    stmt = stmts.bind(raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
                     new = ensure(stmt, sst)
-                    new.extend(rename_bind_parts(body, stmt.name))
+                    head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
+                    new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
+                    new.append(mv[ne + 1:s + total])
             elif t == _D:
                 kind = DESCRIBE
                 if body[0] == _S:  # a statement, not a portal
@@ -202,6 +213,8 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                         if done or c.tx_effects:
                             q.append((QUERY, False, done, None))  # watched: see session/tracking.py
                             kind = -1
+        except ProtocolViolation:
+            raise  # a malformed message ends the connection, as in PostgreSQL
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
             synth(m.error_response("ERROR", e.sqlstate, e.message))
             c.skip = True
@@ -223,6 +236,38 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -> bool:
+    """Whether the chunk can go to the server unchanged, with nothing to queue: only the unnamed
+    statement, already on this server or parsed here. The usual extended-protocol traffic of drivers
+    without named statements (pgbench -M extended, psycopg with parameters) stays this cheap; it
+    records the unnamed Parse on the way. Anything else is left to the full walk of to_server."""
+    n = len(chunk)
+    pos = 0
+    while pos < n:
+        t = chunk[pos]
+        (length,) = _LEN.unpack_from(chunk, pos + 1)
+        end = pos + 1 + length
+        if t == _P:
+            if chunk[pos + 5] != 0:
+                return False
+            c.unnamed = server.unnamed = bytes(chunk[pos:end])
+        elif t == _B:
+            if chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (c.unnamed is not None and server.unnamed is not c.unnamed
+                                                               and server.unnamed != c.unnamed):
+                return False
+        elif t == _D:
+            if chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
+                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed)):
+                return False
+        elif t == _C:
+            if chunk[pos + 5] == _S:
+                return False
+        elif t == _Q or t == _F:
+            return False
+        pos = end
+    return True
 
 
 def _unset_unnamed(server: ServerSession) -> Callable[[], None]:
