@@ -154,3 +154,24 @@ def test_asyncpg_unnamed_statements_across_servers(pgmux_factory: PgmuxStarter, 
         await asyncio.gather(*(worker(k) for k in range(10)))
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_asyncpg_pool_with_its_reset_query(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    """asyncpg.Pool resets a connection on release (advisory unlock all, CLOSE ALL, UNLISTEN *,
+    RESET ALL): through pgmux that must neither pin nor lose the statement cache."""
+    mux = start(pgmux_factory, pg)
+
+    async def main() -> None:
+        pool = await asyncpg.create_pool(mux.dsn(), min_size=2, max_size=6, timeout=10)
+        try:
+            async def one(i: int) -> None:
+                async with pool.acquire() as conn:
+                    assert await conn.fetchval("SELECT $1::int + 1", i) == i + 1
+                    await conn.execute("SET search_path = public")
+
+            await asyncio.gather(*(one(i) for i in range(60)))
+        finally:
+            await asyncio.wait_for(pool.close(), 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert [c["pin"] for c in mux.admin_dicts("SHOW CLIENTS") if c["database"] == "testdb"] == []
