@@ -283,7 +283,7 @@ class ClientSession:
                 self.pending.append(bytes(chunk))
                 self.pending_syncs += syncs
                 if self.state is ClientState.IDLE:
-                    self.hub.acquire(self)
+                    self.hub.acquire(self, now)
         if terminate:
             self.hub.client_closed(self, "client close request")
 
@@ -311,13 +311,19 @@ class ClientSession:
                 reported = self.pool.server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
-        if self.pending:
-            out.extend(self.pending)
-            self.pending.clear()
+        pending = self.pending
+        if pending:
             if self.pending_syncs:
                 server.query_start = now
-            server.owed += self.pending_syncs
-            self.pending_syncs = 0
+                server.owed += self.pending_syncs
+                self.pending_syncs = 0
+            if not out and len(pending) == 1:  # the common case: one queued query, nothing to sync
+                data = pending[0]
+                pending.clear()
+                server.transport.write(data)
+                return
+            out.extend(pending)
+            pending.clear()
         if len(out) == 1:
             server.transport.write(out[0])
         elif out:
