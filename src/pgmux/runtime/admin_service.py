@@ -59,8 +59,8 @@ class AdminService:
             described = acc and acc[-1] == b"D"
             out = self.run(c, sql) or b""
             if not described and out[:1] == b"T":
-                (length,) = int.from_bytes(out[1:5], "big"),
-                out = out[1 + length:]
+                # Execute without Describe: the RowDescription was not asked for, drop it.
+                out = out[1 + int.from_bytes(out[1:5], "big"):]
             c.transport.write(out)
         elif ch == "S":
             self.ext.pop(c.id, None)
