@@ -671,7 +671,7 @@ def test_internal_error_answers_in_postgresql_words(rig: Rig, monkeypatch: pytes
                                                     caplog: pytest.LogCaptureFixture) -> None:
     client = rig.login()
 
-    def broken(c: object) -> None:
+    def broken(c: object, now: float | None = None) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(rig.app, "acquire", broken)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pgmux.config.diff import ReloadPlan, diff
 from pgmux.config.ini import load_ini
-from pgmux.config.model import Config, DatabaseConfig, Settings, UserConfig
+from pgmux.config.model import Config, DatabaseConfig, HostConfig, Settings, UserConfig
 from pgmux.config.settings import SETTINGS_INFO, SettingInfo
 from pgmux.config.toml import load_toml
 from pgmux.config.userlist import load_userlist, parse_userlist
@@ -17,6 +17,7 @@ __all__ = [
     "SETTINGS_INFO",
     "Config",
     "DatabaseConfig",
+    "HostConfig",
     "ReloadPlan",
     "SettingInfo",
     "Settings",

@@ -58,7 +58,7 @@ def _seconds_or_unset(value: object) -> float | None:
 
 _OPT = v.optional_text
 DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
-    "host": ("host", _OPT), "port": ("port", v.port), "dbname": ("dbname", _OPT), "user": ("user", _OPT),
+    "host": ("host", _OPT), "port": ("port", v.port_list), "dbname": ("dbname", _OPT), "user": ("user", _OPT),
     "password": ("password", _OPT), "auth_user": ("auth_user", _OPT), "auth_dbname": ("auth_dbname", _OPT),
     "auth_query": ("auth_query", _OPT), "pool_size": ("pool_size", v.count),
     "min_pool_size": ("min_pool_size", v.count), "reserve_pool_size": ("reserve_pool_size", v.count),
@@ -70,6 +70,16 @@ DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
     "connect_query": ("connect_query", _OPT), "application_name": ("application_name", _OPT),
     "client_encoding": ("client_encoding", _OPT), "datestyle": ("datestyle", _OPT),
     "timezone": ("timezone", _OPT),
+    # pgmux only. pgbouncer.ini spells them with the pgmux_ prefix, so they stand out on a PgBouncer db
+    # line; pgmux.toml tables use the plain names (and `hosts = [{...}]`, see toml.py). Both load both.
+    "pgmux_roles": ("roles", v.role_list), "roles": ("roles", v.role_list),
+    "pgmux_weights": ("weights", v.weight_list), "weights": ("weights", v.weight_list),
+    "pgmux_read_write_split": ("read_write_split", v.boolean), "read_write_split": ("read_write_split", v.boolean),
+    "pgmux_balance": ("balance", v.balance), "balance": ("balance", v.balance),
+    "pgmux_max_lag_bytes": ("max_lag_bytes", v.count), "max_lag_bytes": ("max_lag_bytes", v.count),
+    "pgmux_max_lag_seconds": ("max_lag_seconds", v.seconds), "max_lag_seconds": ("max_lag_seconds", v.seconds),
+    "pgmux_read_your_writes": ("read_your_writes", v.boolean), "read_your_writes": ("read_your_writes", v.boolean),
+    "pgmux_write_functions": ("write_functions", v.name_list), "write_functions": ("write_functions", v.name_list),
 }
 # Database options PgBouncer 1.25 knows that pgmux validates but does not act on (yet).
 DB_KEYS_IGNORED: Mapping[str, v.Parser] = {
@@ -108,6 +118,7 @@ def build_database(name: str, items: Mapping[str, Raw], file: str | None, line: 
         raise ConfigError(f"database name {name!r} is reserved for the admin console",
                           file=file, line=line, key=name)
     fields: dict[str, object] = {}
+    where: dict[str, Raw] = {}
     for key, entry in items.items():
         if key in DB_KEYS_IGNORED:
             _parse(entry, DB_KEYS_IGNORED[key])
@@ -117,7 +128,44 @@ def build_database(name: str, items: Mapping[str, Raw], file: str | None, line: 
             raise _unknown(entry, "database option", key, [*DB_KEYS, *DB_KEYS_IGNORED])
         field_name, parser = DB_KEYS[key]
         fields[field_name] = _parse(entry, parser)  # later keys win, as in PgBouncer
+        where[field_name] = entry
+    _topology(fields, where)
     return DatabaseConfig(name=name, file=file, line=line, **fields)  # type: ignore[arg-type]
+
+
+def _topology(fields: dict[str, object], where: Mapping[str, Raw]) -> None:
+    """Check the per-host lists against the host list and store them in canonical form, so that
+    `port=5432,5432` equals `port=5432` and a TOML `hosts` table equals the INI line it mirrors: a list
+    whose items all equal the default is stored as ()."""
+    host = fields.get("host")
+    count = len([h for h in host.split(",") if h.strip()]) if isinstance(host, str) else 1
+    if isinstance(host, str) and count == 0:
+        raise where["host"].error(f"invalid value {where['host'].value!r}: expected a host or a list of hosts")
+    ports = fields.pop("port", None)
+    if isinstance(ports, tuple):
+        if len(ports) not in (1, count):
+            raise where["port"].error(f"{len(ports)} ports for {count} hosts: give one port for all hosts "
+                                      "or one per host")
+        fields["port"] = ports[0]
+        if len(set(ports)) > 1:
+            fields["ports"] = ports
+    roles = fields.get("roles")
+    if isinstance(roles, tuple):
+        if len(roles) != count:
+            raise where["roles"].error(f"{len(roles)} roles for {count} hosts: give one role per host")
+        if roles.count("primary") > 1:
+            raise where["roles"].error("at most one host can be configured as primary; "
+                                       "use auto to let the health checks find it")
+        default = "primary" if count == 1 else "auto"
+        if all(r == default for r in roles):
+            fields["roles"] = ()
+    weights = fields.get("weights")
+    if isinstance(weights, tuple):
+        if len(weights) != count:
+            raise where["weights"].error(f"{len(weights)} weights for {count} hosts: "
+                                         "give one weight per host")
+        if all(w == 1.0 for w in weights):
+            fields["weights"] = ()
 
 
 def build_user(name: str, items: Mapping[str, Raw], file: str | None, line: int | None) -> UserConfig:

@@ -15,8 +15,9 @@ from pgmux.config.model import Config, DatabaseConfig
 from pgmux.config.settings import SETTINGS_INFO
 
 # PgBouncer marks a database's servers stale when dbname, host, port, user, connect_query or auth_dbname
-# change; pgmux adds the password and the startup parameters, which shape a new server connection too.
-_CONNECTION_FIELDS = ("host", "port", "dbname", "user", "password", "connect_query", "auth_dbname",
+# change; pgmux adds the password and the startup parameters, which shape a new server connection too,
+# and per-host ports. Roles, weights and routing settings change live: they steer new picks only.
+_CONNECTION_FIELDS = ("host", "port", "ports", "dbname", "user", "password", "connect_query", "auth_dbname",
                       "application_name", "client_encoding", "datestyle", "timezone")
 
 

@@ -10,6 +10,12 @@ with `''` for a quote inside quotes.
 including file first, then falls back to the current directory, so both layouts a PgBouncer user may have
 keep working while a config that travels with its includes does not depend on where pgmux was started.
 The current section carries into and out of an included file, as it does in PgBouncer.
+
+Host lists keep PgBouncer's spelling (`host=a,b,c`, with `load_balance_hosts`). pgmux adds per-host
+ports the libpq way (`port=5432,5433`: one for all hosts, or one per host) and db-line keys prefixed
+`pgmux_`: `pgmux_roles=primary,replica`, `pgmux_weights=1,2`, `pgmux_read_write_split=1`,
+`pgmux_balance=round_robin`, `pgmux_max_lag_bytes=...`, `pgmux_max_lag_seconds=...`,
+`pgmux_read_your_writes=1`, `pgmux_write_functions='a,b'`. build.py validates them for both formats.
 """
 
 from __future__ import annotations

@@ -16,7 +16,21 @@ from typing import TypeVar
 
 from pgmux.config.settings import Settings
 
-__all__ = ["Config", "DatabaseConfig", "Settings", "UserConfig"]
+__all__ = ["Config", "DatabaseConfig", "HostConfig", "Settings", "UserConfig"]
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """One backend host of a logical database, as the config describes it.
+
+    `role` is the configured guess ("auto": let the health checks tell); the runtime's HostState keeps
+    what the server itself says. `weight` is a relative capacity for the balancer (0: only when nothing
+    else can serve)."""
+
+    host: str | None  # None: the unix socket in the default directory
+    port: int
+    role: str = "primary"
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,16 @@ class DatabaseConfig:
     client_encoding: str | None = None
     datestyle: str | None = None
     timezone: str | None = None
+    # -- pgmux topology and routing (pgbouncer.ini spells these pgmux_*; see `topology`)
+    ports: tuple[int, ...] = ()  # one per host when `port` was a list of differing ports; () = `port` each
+    roles: tuple[str, ...] = ()  # one per host; () = the default: "primary" alone, "auto" in a list
+    weights: tuple[float, ...] = ()  # one per host; () = 1.0 each
+    read_write_split: bool = False  # off: PgBouncer's behaviour, every query goes where `host` says
+    balance: str = "least_outstanding"
+    max_lag_bytes: int = 0  # 0 = no limit
+    max_lag_seconds: float = 0.0  # 0 = no limit
+    read_your_writes: bool = False
+    write_functions: tuple[str, ...] = ()  # added to routing's DEFAULT_WRITE_FUNCTIONS
     # Where it was defined, for messages. Not part of equality: moving a line is not a change.
     file: str | None = field(default=None, compare=False)
     line: int | None = field(default=None, compare=False)
@@ -58,6 +82,19 @@ class DatabaseConfig:
         if self.host is None:
             return ()
         return tuple(h.strip() for h in self.host.split(",") if h.strip())
+
+    @property
+    def topology(self) -> tuple[HostConfig, ...]:
+        """Every host with its port, configured role and weight, in config order. The loaders have
+        checked that `ports`, `roles` and `weights` are empty or one per host."""
+        hosts: tuple[str | None, ...] = self.hosts or (None,)
+        default_role = "primary" if len(hosts) == 1 else "auto"
+        return tuple(
+            HostConfig(host=h,
+                       port=self.ports[i] if self.ports else self.port,
+                       role=self.roles[i] if self.roles else default_role,
+                       weight=self.weights[i] if self.weights else 1.0)
+            for i, h in enumerate(hosts))
 
     @property
     def target_dbname(self) -> str:

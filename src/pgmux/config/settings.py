@@ -147,6 +147,18 @@ class Settings:
     server_tls_protocols: str = _s("secure", v.text, **_NI)
     server_tls_ciphers: str = _s("default", v.text, **_NI)
     server_tls13_ciphers: str | None = _s(None, _OPT, **_NI)
+    # -- pgmux only: health checks and failover for host lists (issue 4). PgBouncer has none of these.
+    # Every period each host gets one small query on a connection of its own (0 disables the checks).
+    health_check_period: float = _s(1.0, v.seconds)
+    health_check_timeout: float = _s(2.0, v.seconds)  # a check slower than this counts as failed
+    # How long a replica that failed a check (or a connect) stays out of rotation, even if it answers
+    # again sooner. PgDog's ban_timeout is 5 minutes for the same reason: a replica that flaps costs more
+    # than one that is missing, since reads go to the others (or the primary). The primary is never
+    # banned: a failed check already takes it out until a check succeeds, and a ban would only stretch
+    # a write outage past the blip. UNBAN on the admin console lifts a ban early.
+    ban_time: float = _s(300.0, v.seconds)
+    # How long a write waits for a usable primary (during a failover) before it fails with 57P03.
+    failover_wait_timeout: float = _s(10.0, v.seconds)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,15 @@ A database or user may also be given as a PgBouncer connection string (`app = "h
 eases moving a config over. Errors name the key path (`databases.app.port`) and, where the table is written
 in the plain `[a.b]` form, the line. Room is left for tables the INI format cannot express (replica sets,
 routing rules): add them as new top-level tables.
+
+A database with several hosts lists them as tables; the routing keys sit beside the list:
+
+    [databases.app]
+    hosts = [{host = "10.0.0.5", port = 5432, role = "primary"},
+             {host = "10.0.0.6", port = 5432, role = "replica", weight = 2}]
+    read_write_split = true
+    balance = "least_outstanding"      # or "round_robin", "weighted_random"
+    max_lag_bytes = 1048576            # 0 = no limit; max_lag_seconds likewise
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 
 from pgmux.config.build import Raw, build_database, build_settings, build_user, finish, read_auth_file
 from pgmux.config.ini import parse_connstr
@@ -69,7 +79,48 @@ def _entries(name: str, value: object, section: str, file: str, lines: _Lines) -
                               key=path) from None
         return {k: Raw(val, file, line, f"{path}.{k}") for k, val in pairs}
     table = _table(value, path, file, lines.find((section, name)))
-    return {k: Raw(val, file, lines.find((section, name), k), f"{path}.{k}") for k, val in table.items()}
+    raw = {k: Raw(val, file, lines.find((section, name), k), f"{path}.{k}") for k, val in table.items()
+           if not (section == "databases" and k == "hosts")}
+    if section == "databases" and "hosts" in table:
+        raw.update(_host_list(table, Raw(table["hosts"], file, lines.find((section, name), "hosts"),
+                                         f"{path}.hosts")))
+    return raw
+
+
+_HOST_KEYS = ("host", "port", "role", "weight")
+# Keys a `hosts` list replaces; giving both would leave two answers to "where is host 2".
+_HOSTS_CONFLICT = ("host", "port", "roles", "pgmux_roles", "weights", "pgmux_weights")
+
+
+def _host_list(table: Mapping[str, object], where: Raw) -> dict[str, Raw]:
+    """`hosts = [{host=..., port=..., role=..., weight=...}, ...]` as the host/port/roles/weights keys
+    of a PgBouncer line, so one validation (build.py) serves both formats."""
+    clash = [k for k in _HOSTS_CONFLICT if k in table]
+    if clash:
+        raise where.error(f"give either hosts or {', '.join(clash)}, not both")
+    items = where.value
+    if not isinstance(items, list) or not items:
+        raise where.error("expected a non-empty list of tables: [{host = ..., port = ..., role = ...}]")
+    hosts, ports, roles, weights = [], [], [], []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise where.error(f"item {i + 1}: expected a table {{host = ..., port = ...}}")
+        unknown = [k for k in item if k not in _HOST_KEYS]
+        if unknown:
+            raise where.error(f"item {i + 1}: unknown key {unknown[0]!r} (expected: {', '.join(_HOST_KEYS)})")
+        host = item.get("host")
+        if not isinstance(host, str) or not host.strip() or "," in host:
+            raise where.error(f"item {i + 1}: host must be one host name, address or socket directory")
+        hosts.append(host.strip())
+        ports.append(item.get("port", 5432))
+        roles.append(item.get("role"))
+        weights.append(item.get("weight", 1.0))
+    default = "primary" if len(items) == 1 else "auto"
+    out = {"host": replace(where, value=",".join(hosts)), "port": replace(where, value=ports),
+           "weights": replace(where, value=weights)}
+    if any(r is not None for r in roles):
+        out["roles"] = replace(where, value=[default if r is None else r for r in roles])
+    return out
 
 
 def load_toml(path: str) -> Config:

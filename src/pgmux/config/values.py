@@ -136,3 +136,53 @@ auth_type = choice(*AUTH_TYPES)
 ssl_mode = choice(*SSL_MODES)
 port = integer(1, 65535)
 count = integer(0)  # sizes and limits: 0 means "none" or "unlimited", negatives are always a mistake
+
+
+# -- host lists (issue 4): per-host ports, roles and weights, as INI text or TOML lists ------------------
+
+ROLES = ("primary", "replica", "auto")
+# The balancer's policy names (pgmux.routing.balancer.POLICIES); a unit test keeps the two in step.
+BALANCE_POLICIES = ("least_outstanding", "round_robin", "weighted_random")
+
+balance = choice(*BALANCE_POLICIES)
+
+
+def _items(value: object, what: str) -> list[object]:
+    if isinstance(value, str):
+        parts: list[object] = [p.strip() for p in value.split(",")]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = [value]
+    if not parts or any(p == "" for p in parts):
+        raise ValueError(f"expected a comma-separated list of {what} without empty items")
+    return parts
+
+
+def port_list(value: object) -> tuple[int, ...]:
+    """`port=5432` or `port=5432,5433` (one per host, as libpq takes it); a TOML int or list of ints."""
+    return tuple(parse_int(p, 1, 65535) for p in _items(value, "ports"))
+
+
+def role_list(value: object) -> tuple[str, ...]:
+    roles = tuple(str(r).strip().lower() if isinstance(r, str) else r for r in _items(value, "roles"))
+    for role in roles:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} must be one of: {', '.join(ROLES)}")
+    return roles  # type: ignore[return-value]  # checked above
+
+
+def weight(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a weight (a number, 0 or more)")
+    try:
+        result = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"weight {value!r} is not a number") from None
+    if not math.isfinite(result) or result < 0:
+        raise ValueError(f"weight {value!r} must be a finite number, 0 or more")
+    return result
+
+
+def weight_list(value: object) -> tuple[float, ...]:
+    return tuple(weight(w) for w in _items(value, "weights"))

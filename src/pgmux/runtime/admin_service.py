@@ -4,7 +4,9 @@ built here from the running objects and rendered by pgmux.admin.render."""
 from __future__ import annotations
 
 import logging
+import struct
 import time
+import weakref
 from typing import Any
 
 from pgmux.admin import derive, render
@@ -21,6 +23,80 @@ _STAT_FIELDS = ("server_assignment_count", "xact_count", "query_count", "bytes_r
 _Q = ord("Q")
 
 
+class _ExtState:
+    __slots__ = ("sql", "failed", "formats")
+
+    def __init__(self) -> None:
+        self.sql = ""
+        self.failed = False
+        self.formats: tuple[int, ...] = ()  # result format codes from Bind: 0 text, 1 binary
+
+
+def _result_formats(bind: bytes) -> tuple[int, ...]:
+    """The result-column format codes at the end of a Bind body."""
+    pos = bind.index(b"\x00") + 1
+    pos = bind.index(b"\x00", pos) + 1
+    (n,) = struct.unpack_from("!h", bind, pos)
+    pos += 2 + 2 * n
+    (n,) = struct.unpack_from("!h", bind, pos)
+    pos += 2
+    for _ in range(n):
+        (size,) = struct.unpack_from("!i", bind, pos)
+        pos += 4 + max(size, 0)
+    (n,) = struct.unpack_from("!h", bind, pos)
+    return struct.unpack_from(f"!{n}h", bind, pos + 2)
+
+
+def _numeric_binary(text: str) -> bytes:
+    """PostgreSQL's binary numeric for the whole numbers the console shows."""
+    value = int(text)
+    sign = 0x4000 if value < 0 else 0
+    value = abs(value)
+    groups: list[int] = []
+    while value:
+        value, rem = divmod(value, 10000)
+        groups.insert(0, rem)
+    weight = len(groups) - 1 if groups else 0
+    while groups and groups[-1] == 0:
+        groups.pop()
+    return struct.pack(f"!hhHH{len(groups)}h", len(groups), weight, sign, 0, *groups)
+
+
+_BINARY = {m.OID_INT4: lambda t: struct.pack("!i", int(t)), m.OID_INT8: lambda t: struct.pack("!q", int(t)),
+           m.OID_NUMERIC: _numeric_binary}
+
+
+def _binary_rows(head: bytes, rest: bytes, formats: tuple[int, ...]) -> bytes:
+    """Re-encode DataRows for the columns a driver asked to get in binary (asyncpg does). Text is
+    the same bytes in both formats; integers and numerics are not."""
+    (ncols,) = struct.unpack_from("!h", head, 5)
+    oids, pos = [], 7
+    for _ in range(ncols):
+        pos = head.index(b"\x00", pos) + 1
+        oids.append(struct.unpack_from("!i", head, pos + 6)[0])
+        pos += 18
+    binary = [(formats[i] if len(formats) > 1 else formats[0]) == 1 and oids[i] in _BINARY for i in range(ncols)]
+    out, pos = [], 0
+    while pos < len(rest):
+        mtype = rest[pos:pos + 1]
+        end = pos + 1 + int.from_bytes(rest[pos + 1:pos + 5], "big")
+        if mtype != b"D":
+            out.append(rest[pos:end])
+            pos = end
+            continue
+        values: list[object] = []
+        p = pos + 7
+        for i in range(ncols):
+            (size,) = struct.unpack_from("!i", rest, p)
+            p += 4
+            raw = None if size < 0 else rest[p:p + size]
+            p += max(size, 0)
+            values.append(_BINARY[oids[i]](raw.decode()) if binary[i] and raw is not None else raw)
+        out.append(m.data_row(values))
+        pos = end
+    return b"".join(out)
+
+
 def _ptr(obj: Any) -> str:
     return f"0x{id(obj):x}"
 
@@ -31,7 +107,8 @@ class AdminService:
         self.prev: dict[str, tuple[int, ...]] = {}
         self.avgs: dict[str, tuple[int, ...]] = {}
         self.sampled_at = time.monotonic()
-        self.ext: dict[int, list[bytes]] = {}  # extended-protocol replies per client, until Sync
+        # Extended-protocol state per console client, until its Sync (gone with the client).
+        self.ext: weakref.WeakKeyDictionary[Any, _ExtState] = weakref.WeakKeyDictionary()
 
     # -- wire ------------------------------------------------------------------------------------
     def message(self, c: Any, mtype: int, body: bytes) -> None:
@@ -41,36 +118,59 @@ class AdminService:
             if out is not None:
                 c.transport.write(out + m.ready_for_query(b"I"))
             return
-        # A minimal extended protocol, so drivers that always use it (e.g. psycopg with parameters
-        # bound client-side) can still read the console: Parse/Bind/Describe/Execute/Sync.
-        acc = self.ext.setdefault(c.id, [])
-        ch = chr(mtype)
+        self._extended(c, chr(mtype), body)
+
+    def _extended(self, c: Any, ch: str, body: bytes) -> None:
+        """Enough of the extended protocol for drivers that always use it (asyncpg, psycopg's
+        server-side binding): Parse, Bind, Describe, Execute, Close, Flush, Sync. A statement is the
+        console command text; Describe answers with the command's RowDescription (SHOW) or NoData,
+        Execute with its rows. After an error, everything up to Sync is skipped, as PostgreSQL does."""
+        st = self.ext.setdefault(c, _ExtState())
+        if ch == "S":
+            self.ext.pop(c, None)
+            c.transport.write(m.ready_for_query(b"I"))
+            return
+        if st.failed or ch == "H":
+            return
+        out = b""
         if ch == "P":
             name_end = body.index(b"\x00")
-            q_end = body.index(b"\x00", name_end + 1)
-            acc.append(b"Q" + body[name_end + 1:q_end])
-            c.transport.write(m.message(m.PARSE_COMPLETE))
+            st.sql = body[name_end + 1:body.index(b"\x00", name_end + 1)].decode(errors="replace")
+            out = m.message(m.PARSE_COMPLETE)
         elif ch == "B":
-            c.transport.write(m.message(m.BIND_COMPLETE))
+            st.formats = _result_formats(body)
+            out = m.message(m.BIND_COMPLETE)
+        elif ch == "C":
+            out = m.message(m.CLOSE_COMPLETE)
         elif ch == "D":
-            acc.append(b"D")
+            head = self._row_description(c, st.sql)
+            params = m.message(m.PARAMETER_DESCRIPTION, b"\x00\x00") if body[:1] == b"S" else b""
+            out = params + (head if head is not None else m.message(m.NO_DATA))
         elif ch == "E":
-            sql = next((a[1:] for a in reversed(acc) if a[:1] == b"Q"), b"").decode(errors="replace")
-            described = acc and acc[-1] == b"D"
-            out = self.run(c, sql) or b""
-            if not described and out[:1] == b"T":
-                (length,) = int.from_bytes(out[1:5], "big"),
-                out = out[1 + length:]
-            c.transport.write(out)
-        elif ch == "S":
-            self.ext.pop(c.id, None)
-            c.transport.write(m.ready_for_query(b"I"))
-        elif ch in ("H", "C"):
-            if ch == "C":
-                c.transport.write(m.message(m.CLOSE_COMPLETE))
+            out = self.run(c, st.sql) or b""
+            if out[:1] == b"T":  # the RowDescription belongs to Describe, not Execute
+                end = 1 + int.from_bytes(out[1:5], "big")
+                if any(st.formats):
+                    out = _binary_rows(out[:end], out[end:], st.formats)
+                else:
+                    out = out[end:]
         else:
-            c.transport.write(render.render_error(PgmuxError(f"unsupported message {ch!r} on the admin console",
-                                                             sqlstate="08P01")))
+            out = render.render_error(PgmuxError(f"unsupported message {ch!r} on the admin console",
+                                                 sqlstate="08P01"))
+        if out[:1] == b"E":
+            st.failed = True
+        c.transport.write(out)
+
+    def _row_description(self, c: Any, sql: str) -> bytes | None:
+        """The RowDescription a SHOW would send, without side effects; None for other commands."""
+        try:
+            cmd = admin_command(sql, is_admin=c.admin_level == "admin")
+        except PgmuxError:
+            return None
+        if cmd.verb != "SHOW":
+            return None
+        out = self.execute(c, cmd) or b""
+        return out[:1 + int.from_bytes(out[1:5], "big")] if out[:1] == b"T" else None
 
     def run(self, c: Any, sql: str) -> bytes | None:
         try:

@@ -224,9 +224,10 @@ class App:
             pool.login_waiters.append(c)
             self.launch(pool)
 
-    def acquire(self, c: ClientSession) -> None:
+    def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.pool
-        now = self.now()
+        if now is None:
+            now = self.now()
         server = None if self.paused else pool.take_idle()
         if server is not None:
             server.move(ServerState.ACTIVE)

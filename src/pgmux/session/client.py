@@ -317,7 +317,7 @@ class ClientSession:
                 self.pending_syncs += syncs
                 self.pending_ext = self.pending_ext or track
                 if self.state is ClientState.IDLE:
-                    self.hub.acquire(self)
+                    self.hub.acquire(self, now)
         if terminate:
             self.hub.client_closed(self, "client close request")
 
@@ -348,17 +348,22 @@ class ClientSession:
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
             server.unnamed = None
             server.unnamed_owner = self.id
-        if self.pending:
-            if self.pending_ext:
-                out.extend(to_server(self, server, b"".join(self.pending)))
+        pending = self.pending
+        if pending:
+            if self.pending_ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
+                pending[:] = to_server(self, server, b"".join(pending))
                 self.pending_ext = False
-            else:
-                out.extend(self.pending)
-            self.pending.clear()
             if self.pending_syncs:
                 server.query_start = now
-            server.owed += self.pending_syncs
-            self.pending_syncs = 0
+                server.owed += self.pending_syncs
+                self.pending_syncs = 0
+            if not out and len(pending) == 1:  # the common case: one queued query, nothing to sync
+                data = pending[0]
+                pending.clear()
+                server.transport.write(data)
+                return
+            out.extend(pending)
+            pending.clear()
         if len(out) == 1:
             server.transport.write(out[0])
         elif out:

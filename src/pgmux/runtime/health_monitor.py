@@ -1,0 +1,336 @@
+"""Health checks for the hosts of a logical database: the I/O half of routing.health.
+
+One asyncio task per host keeps a small connection of its own (logged in with pgmux's own protocol
+code, no driver) and, every `period`, runs CHECK_QUERY on it. The answer goes to
+`HostState.record_check`, which decides the role (promotion, demotion) and the lag verdict; the
+monitor only measures. A check that cannot connect, fails, or takes longer than `timeout` marks the
+host down and, for a replica, bans it for `ban_time`: the connection is dropped and opened again on
+the next period.
+
+Why one connection per host, kept open: a check then costs one round trip, not a TCP handshake, a
+login and a backend fork every second. It also notices a restart: the kept connection breaks, the
+check fails, and the next one logs in again.
+
+Why the primary is never banned: a failed check already makes it unusable until a check succeeds;
+a ban would keep writes away for `ban_time` after a blip. A host whose role no check has told yet
+("auto") is not banned either, since it may be the primary. PgDog makes the same choice.
+
+Lag, as CHECK_QUERY measures it on a replica:
+- bytes: WAL received but not yet replayed (`pg_last_wal_receive_lsn() - pg_last_wal_replay_lsn()`).
+  It misses WAL the replica has not received yet (a slow network); comparing with the primary's LSN
+  from another connection would catch that, but adds the skew between two samples. NULL (a replica
+  fed from an archive, no WAL receiver) is reported as unknown, which HostState counts as in limits.
+- seconds: `now() - pg_last_xact_replay_timestamp()`, but 0 when everything received is replayed.
+  The raw timestamp difference grows without bound on an idle primary (nothing to replay, so the
+  last replayed commit gets older), which would ban healthy replicas of a quiet database.
+On the primary both are 0 and `lsn` is `pg_current_wal_lsn()`; on a replica `lsn` is the replay
+position. `current_lsn[host]` keeps the last value as an integer, for read-your-writes: a replica
+may serve a client once its replay LSN reaches the LSN of that client's last commit on the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from pgmux.protocol import messages as m
+from pgmux.protocol.auth import ServerAuthenticator
+from pgmux.routing.health import HostState
+
+__all__ = ["CHECK_QUERY", "CheckResult", "HealthMonitor", "format_lsn", "parse_lsn"]
+
+log = logging.getLogger("pgmux")
+
+CHECK_QUERY = (
+    "SELECT pg_is_in_recovery(), "
+    "CASE WHEN pg_is_in_recovery() "
+    "THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint ELSE 0 END, "
+    "CASE WHEN NOT pg_is_in_recovery() THEN 0 "
+    "WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END, "
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text"
+)
+MAX_MESSAGE = 1 << 20  # a check's replies are tiny; anything bigger is not a PostgreSQL we understand
+_HDR = struct.Struct("!ci")
+_I32 = struct.Struct("!i")
+
+
+class Address(Protocol):
+    """What the monitor needs from `HostState.host`: config.HostConfig has it."""
+
+    @property
+    def host(self) -> str | None: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+class CheckFailed(Exception):
+    """The host answered, but not as a healthy server does (an ErrorResponse, a broken reply)."""
+
+
+class CheckResult:
+    __slots__ = ("in_recovery", "lag_bytes", "lag_seconds", "lsn")
+
+    def __init__(self, in_recovery: bool, lag_bytes: int | None, lag_seconds: float | None,
+                 lsn: int | None) -> None:
+        self.in_recovery, self.lag_bytes, self.lag_seconds, self.lsn = in_recovery, lag_bytes, lag_seconds, lsn
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> the 64-bit WAL position PostgreSQL prints as two hex halves."""
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def _default_unix_dir() -> str:
+    return "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
+
+
+class _Conn:
+    """One logged-in check connection: just enough of the protocol to log in and run one query."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, address: Address, user: str, password: str | None, dbname: str,
+                   unix_dir: str) -> _Conn:
+        host = address.host
+        if host is None or host.startswith("/"):
+            path = os.path.join(host or unix_dir, f".s.PGSQL.{address.port}")
+            reader, writer = await asyncio.open_unix_connection(path)
+        else:
+            reader, writer = await asyncio.open_connection(host, address.port)
+        conn = cls(reader, writer)
+        try:
+            await conn._login(user, password, dbname)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _read(self) -> tuple[bytes, bytes]:
+        mtype, length = _HDR.unpack(await self.reader.readexactly(5))
+        if length < 4 or length > MAX_MESSAGE:
+            raise CheckFailed(f"invalid message length {length}")
+        return mtype, await self.reader.readexactly(length - 4)
+
+    async def _login(self, user: str, password: str | None, dbname: str) -> None:
+        self.writer.write(m.startup_message({"user": user, "database": dbname,
+                                             "application_name": "pgmux health check"}))
+        auth = ServerAuthenticator(user, password)
+        while True:
+            mtype, body = await self._read()
+            if mtype == m.AUTHENTICATION:
+                reply = auth.feed(_I32.unpack_from(body)[0], body[4:])
+                if reply is not None:
+                    self.writer.write(reply)
+            elif mtype == m.ERROR_RESPONSE:
+                raise CheckFailed(_error_text(body))
+            elif mtype == m.READY_FOR_QUERY:
+                return
+            # ParameterStatus, BackendKeyData, notices, NegotiateProtocolVersion: not needed here.
+
+    async def query_row(self, sql: str) -> list[str | None]:
+        self.writer.write(m.query(sql))
+        row: list[str | None] | None = None
+        error: str | None = None
+        while True:
+            mtype, body = await self._read()
+            if mtype == m.DATA_ROW:
+                row = _decode_row(body)
+            elif mtype == m.ERROR_RESPONSE:
+                error = _error_text(body)
+            elif mtype == m.READY_FOR_QUERY:
+                break
+        if error is not None:
+            raise CheckFailed(error)
+        if row is None:
+            raise CheckFailed("the check query returned no row")
+        return row
+
+    def close(self) -> None:
+        try:
+            if not self.writer.is_closing():
+                self.writer.write(m.terminate())
+            self.writer.close()
+        except Exception:  # noqa: BLE001  # closing a broken socket may fail; it is gone either way
+            pass
+
+
+def _error_text(body: bytes) -> str:
+    fields = m.parse_error_fields(body)
+    return f"{fields.get('C', '?????')} {fields.get('M', 'error')}"
+
+
+def _decode_row(body: bytes) -> list[str | None]:
+    (count,) = struct.unpack_from("!h", body)
+    pos, out = 2, list[str | None]()
+    for _ in range(count):
+        (size,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if size < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + size].decode())
+            pos += size
+    return out
+
+
+def _parse_result(row: Sequence[str | None]) -> CheckResult:
+    if len(row) != 4 or row[0] not in ("t", "f"):
+        raise CheckFailed(f"unexpected check result {list(row)!r}")
+    lag_bytes = int(row[1]) if row[1] is not None else None
+    lag_seconds = max(0.0, float(row[2])) if row[2] is not None else None
+    lsn = parse_lsn(row[3]) if row[3] is not None else None
+    return CheckResult(row[0] == "t", lag_bytes, lag_seconds, lsn)
+
+
+class HealthMonitor:
+    """Checks every host each `period` seconds, each check bounded by `timeout`.
+
+    `hosts` are routing.health.HostState objects whose `.host` has `.host` and `.port` (a
+    config.HostConfig). `on_change(state)` is called after a check that changed a host's role or its
+    status word (up, down, lagging, banned). `clock` must be the clock the rest of the runtime passes
+    to HostState as `now`. Nothing raises out of the check loops; `stop()` cancels them and closes
+    the connections.
+    """
+
+    def __init__(self, hosts: Sequence[HostState[Any]], period: float, timeout: float, user: str,
+                 password: str | None, dbname: str,
+                 on_change: Callable[[HostState[Any]], None] | None = None, *,
+                 ban_time: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 unix_dir: str | None = None) -> None:
+        if period <= 0 or timeout <= 0:
+            raise ValueError("health check period and timeout must be above 0")
+        self.hosts = list(hosts)
+        self.period, self.timeout, self.ban_time = period, timeout, ban_time
+        self.user, self.password, self.dbname = user, password, dbname
+        self.on_change = on_change
+        self.clock = clock
+        self.unix_dir = unix_dir or _default_unix_dir()
+        self.current_lsn: dict[HostState[Any], int] = {}  # last replay (replica) or write (primary) LSN
+        self.checks = 0  # completed checks, ok or not: lets tests and SHOW wait for "one more round"
+        self._conns: dict[HostState[Any], _Conn] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._locks: dict[HostState[Any], asyncio.Lock] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks = [asyncio.create_task(self._loop(h), name=f"health {self._name(h)}")
+                       for h in self.hosts]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for state in list(self._conns):
+            self._drop(state)
+
+    async def __aenter__(self) -> HealthMonitor:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- checks --------------------------------------------------------------------------------------
+    async def check_all(self) -> None:
+        """One check of every host, concurrently: at startup, so the first picks do not rest on the
+        configured guesses, or before a write waits for a primary. Never raises."""
+        await asyncio.gather(*(self.check(h) for h in self.hosts))
+
+    async def check(self, state: HostState[Any]) -> None:
+        """One check of one host, bounded by `timeout`; the verdict goes to `state`. Never raises
+        (except CancelledError)."""
+        lock = self._locks.setdefault(state, asyncio.Lock())
+        async with lock:  # check_all() while the loops run must not share one connection
+            await self._check(state)
+
+    async def _check(self, state: HostState[Any]) -> None:
+        before = (state.role, state.status(self.clock()))
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await self._measure(state)
+        except asyncio.CancelledError:
+            self._drop(state)
+            raise
+        except Exception as exc:  # every failure is a verdict on the host, not a crash of ours
+            self._drop(state)
+            self._failed(state, _describe(exc, self.timeout))
+        else:
+            state.record_check(self.clock(), True, result.in_recovery, result.lag_bytes, result.lag_seconds)
+            if before[0] != "primary" and state.role == "primary" and state.banned(self.clock()):
+                # A replica banned while it flapped has just been promoted: it is now the only host
+                # that can take writes, and keeping it out would turn a failover into an outage.
+                state.unban()
+            if result.lsn is not None:
+                self.current_lsn[state] = result.lsn
+        self.checks += 1
+        after = (state.role, state.status(self.clock()))
+        if after != before:
+            log.info("health %s: %s -> %s (%s)", self._name(state), "/".join(before), "/".join(after),
+                     state.reason)
+            if self.on_change is not None:
+                try:
+                    self.on_change(state)
+                except Exception:
+                    log.exception("health %s: on_change failed", self._name(state))
+
+    async def _measure(self, state: HostState[Any]) -> CheckResult:
+        conn = self._conns.get(state)
+        if conn is None:
+            conn = await _Conn.open(state.host, self.user, self.password, self.dbname, self.unix_dir)
+            self._conns[state] = conn
+        return _parse_result(await conn.query_row(CHECK_QUERY))
+
+    def _failed(self, state: HostState[Any], reason: str) -> None:
+        now = self.clock()
+        state.record_check(now, False, detail=reason)
+        self.current_lsn.pop(state, None)
+        if state.role == "replica" and not state.banned(now):
+            state.ban(now, self.ban_time, f"health check failed: {reason}")
+
+    def _drop(self, state: HostState[Any]) -> None:
+        conn = self._conns.pop(state, None)
+        if conn is not None:
+            conn.close()
+
+    async def _loop(self, state: HostState[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.check(state)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in a check must not end the monitoring of this host
+                log.exception("health %s: check crashed", self._name(state))
+            await asyncio.sleep(max(0.0, self.period - (loop.time() - started)))
+
+    @staticmethod
+    def _name(state: HostState[Any]) -> str:
+        addr = state.host
+        return f"{getattr(addr, 'host', None) or 'unix'}:{getattr(addr, 'port', '?')}"
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed by the server"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if isinstance(exc, OSError) else text
