@@ -151,3 +151,28 @@ def test_pinned_client_leaving_takes_its_server_state_along(pgmux_factory: Pgmux
     with connect(mux) as b:  # the server holding the lock was closed, not handed on
         assert b.execute("SELECT pg_try_advisory_lock(4242)").fetchone() == (True,)
         b.execute("SELECT pg_advisory_unlock_all()")
+
+
+def test_extended_protocol_set_and_advisory_lock(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    """asyncpg's prepared path (as SQLAlchemy uses it) for a SET, and psycopg's parameters for a lock."""
+    mux = start(pgmux_factory, pg, pool_size=2)
+
+    async def main() -> None:
+        a = await asyncpg.connect(mux.dsn(), timeout=10)
+        b = await asyncpg.connect(mux.dsn(), timeout=10)
+        try:
+            stmt = await a.prepare("SET search_path = ext_a")
+            await stmt.fetch()
+            for _ in range(5):
+                assert await a.fetchval("SELECT current_setting('search_path')") == "ext_a"
+                assert await b.fetchval("SELECT current_setting('search_path')") != "ext_a"
+        finally:
+            await asyncio.wait_for(a.close(), 10)
+            await asyncio.wait_for(b.close(), 10)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    with connect(mux) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (77,))
+        assert pins(mux) == ["advisory lock"]
+        conn.execute("SELECT pg_advisory_unlock(%s)", (77,))
+        assert pins(mux) == [""]

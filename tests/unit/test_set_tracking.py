@@ -159,3 +159,47 @@ def test_list_setting_is_synced_as_a_list(rig: Rig) -> None:
     run(b, s, "select 1", reply(m.command_complete("SELECT 1")), m.query("RESET search_path") + m.query("select 1"))
     a.send(m.query("select 1"))
     assert s.take() == m.query("SELECT pg_catalog.set_config('search_path', 'a, b', false)") + m.query("select 1")
+
+
+# -- the same through the extended protocol (SQLAlchemy on asyncpg prepares even a SET) ------------
+def _ext(sql: str, name: bytes = b"") -> bytes:
+    return (m.message(m.PARSE, name + b"\x00" + sql.encode() + b"\x00\x00\x00")
+            + m.message(m.BIND, b"\x00" + name + b"\x00\x00\x00\x00\x00\x00\x00")
+            + m.message(m.EXECUTE, b"\x00\x00\x00\x00\x00") + m.message(m.SYNC))
+
+
+EXT_OK = (m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.command_complete("SET") + RFQ)
+
+
+def test_set_through_the_extended_protocol_is_recorded(rig: Rig) -> None:
+    a = rig.login()
+    (s,) = rig.servers
+    a.send(_ext("SET search_path = x"))
+    assert s.take() == _ext("SET search_path = x")
+    s.send(EXT_OK)
+    assert a.take() == EXT_OK
+    assert a.session.params["search_path"] == "x" and "search_path" in s.session.extra
+
+
+def test_extended_set_followed_by_an_error_in_the_same_batch_is_dropped(rig: Rig) -> None:
+    a = rig.login()
+    (s,) = rig.servers
+    batch = _ext("SET work_mem = '9MB'")[:-5] + _ext("select 1/0")
+    a.send(batch)
+    s.take()
+    err = m.error_response("ERROR", "22012", "division by zero")
+    s.send(m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.command_complete("SET")
+           + m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + err + RFQ)
+    a.take()
+    assert "work_mem" not in a.session.params and a.session.tx_effects == []
+
+
+def test_named_advisory_lock_statement_pins(rig: Rig) -> None:
+    a = rig.login()
+    (s,) = rig.servers
+    a.send(_ext("select pg_advisory_lock(42)", b"lk"))
+    s.take()
+    s.send(m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.data_row([""])
+           + m.command_complete("SELECT 1") + RFQ)
+    a.take()
+    assert a.session.pinned == "advisory lock" and a.session.server is s.session

@@ -39,7 +39,7 @@ class ClientSession:
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
                  "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
-                 "pins", "pinned", "unnamed", "__weakref__")
+                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -93,6 +93,8 @@ class ClientSession:
         self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
         self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
+        self.stmt_fx: dict[bytes, tuple[Any, ...]] = {}  # statements with session effects, by client name
+        self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport

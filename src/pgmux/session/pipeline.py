@@ -38,7 +38,8 @@ from pgmux.protocol.extended import (
     rename_target,
 )
 from pgmux.session.prepared import ServerStatements, Statement
-from pgmux.session.tracking import query_done, query_effects
+from pgmux.session.statements import Effect
+from pgmux.session.tracking import executed, query_done, query_effects, screen
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -138,9 +139,13 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         body = mv[s + 5:s + total]
         kind = -1
         new: list[bytes | memoryview] | None = None
+        fx = _note_extended(c, t, raw, s, total) if c.watch and (t == _P or t == _B or t == _E) else None
         try:
             if stmts is None or sst is None:  # statements not tracked: forwarded, replies still counted
                 kind = _PLAIN.get(t, -1)
+                if fx:
+                    q.append((EXECUTE, False, fx, None))  # watched: see session/tracking.py
+                    kind = -1
                 if t == _Q and c.watch:
                     done = query_effects(body)
                     if done or c.tx_effects:
@@ -202,6 +207,9 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     kind = CLOSE
             elif t == _E:
                 kind = EXECUTE
+                if fx:
+                    q.append((EXECUTE, False, fx, None))  # watched: see session/tracking.py
+                    kind = -1
             elif t == _S:
                 kind = SYNC
             elif t == _Q or t == _F:
@@ -250,12 +258,13 @@ def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -
         (length,) = _LEN.unpack_from(chunk, pos + 1)
         end = pos + 1 + length
         if t == _P:
-            if chunk[pos + 5] != 0:
+            # (the screen reads the text after the empty name)
+            if chunk[pos + 5] != 0 or (c.watch and (c.stmt_fx or screen(chunk, pos + 6, end))):
                 return False
             c.unnamed = server.unnamed = bytes(chunk[pos:end])
         elif t == _B:
-            if chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (c.unnamed is not None and server.unnamed is not c.unnamed
-                                                               and server.unnamed != c.unnamed):
+            if c.stmt_fx or chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (
+                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed):
                 return False
         elif t == _D:
             if chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
@@ -264,10 +273,40 @@ def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -
         elif t == _C:
             if chunk[pos + 5] == _S:
                 return False
-        elif t == _Q or t == _F:
+        elif t == _Q or t == _F or (t == _E and c.portal_fx):
             return False
         pos = end
     return True
+
+
+def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> tuple[Effect, ...] | None:
+    """Session effects that travel through the extended protocol: a Parse's statement (a SET, or
+    `SELECT set_config($1, $2, false)`, or `pg_advisory_lock($1)`), bound to a portal by a Bind, run by
+    an Execute. Names are kept as the client's bytes. Returns the effects an Execute will have."""
+    end = s + total
+    if t == _P:
+        ne = raw.find(b"\x00", s + 5, end)
+        qe = raw.find(b"\x00", ne + 1, end) if ne >= 0 else -1
+        if qe >= 0:
+            name = raw[s + 5:ne]
+            done = query_effects(raw[ne + 1:qe + 1])
+            if done:
+                c.stmt_fx[name] = done
+            else:
+                c.stmt_fx.pop(name, None)
+    elif t == _B:
+        pe = raw.find(b"\x00", s + 5, end)
+        ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
+        if ne >= 0:
+            bound = c.stmt_fx.get(raw[pe + 1:ne])
+            if bound:
+                c.portal_fx[raw[s + 5:pe]] = bound
+            else:
+                c.portal_fx.pop(raw[s + 5:pe], None)
+    else:
+        pe = raw.find(b"\x00", s + 5, end)
+        return c.portal_fx.get(raw[s + 5:pe]) if pe >= 0 else None
+    return None
 
 
 def _unset_unnamed(server: ServerSession) -> Callable[[], None]:
@@ -337,7 +376,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server._param(data, s, total)
         elif t == _ERR:
             server._error(data, s, total)
-            if q and q[0][0] == QUERY and q[0][2] is not None:
+            if (q and q[0][0] == QUERY and q[0][2] is not None) or c.tx_effects:
                 c.q_error = True
             while q and q[0][0] not in _AT_Z:  # the failed request, and what the server now skips
                 e = q.popleft()
@@ -353,6 +392,8 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             if ends is not None and t in ends:
                 q.popleft()
                 swallow = e[1]
+                if e[0] == EXECUTE and e[2] is not None and t == _CC:
+                    executed(c, e[2])
         if swallow:
             if run < s:
                 parts.append(mv[run:s])

@@ -110,6 +110,16 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
         c.tx_effects = []
 
 
+def executed(c: ClientSession, done: tuple[Effect, ...]) -> None:
+    """An Execute of a statement with session effects completed (CommandComplete): they count once
+    its transaction commits, as a Query's do; locks and LOAD at once."""
+    for e in done:
+        if isinstance(e, _AT_ONCE):
+            pin(c, e)
+        else:
+            c.tx_effects.append(e)
+
+
 def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
     reported = c.pool.server_params or {}
     for e in done:
