@@ -174,7 +174,7 @@ def test_show_commands_use_pgbouncer_columns(pg: PgCluster, pgmux_factory: Any) 
         assert (p["user"], p["cl_active"], p["sv_active"], p["pool_mode"]) == ("postgres", 1, 1, "session")
 
         cols, rows = show("CLIENTS")
-        assert cols == SOCKET_COLUMNS
+        assert cols == SOCKET_COLUMNS + ["pin"]  # pgmux's own column, after all of PgBouncer's
         mine = [r for r in rows if r["database"] == "testdb"]
         assert len(mine) == 1
         assert mine[0]["type"] == "C" and mine[0]["user"] == "postgres" and mine[0]["addr"] == "127.0.0.1"

@@ -40,7 +40,7 @@ EXPECTED: dict[type, tuple[str, str]] = {
     r.PoolRow: ("database user cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req sv_active "
                 "sv_active_cancel sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait maxwait_us "
                 "pool_mode load_balance_hosts", "ssiiiiiiiiiiiiiss"),
-    r.ClientRow: (SOCKET, "ssssssisiTTiiississii"),
+    r.ClientRow: (SOCKET + " pin", "ssssssisiTTiiississiis"),  # pin: pgmux's own, after PgBouncer's columns
     r.ServerRow: (SOCKET, "ssssssisiTTiiississii"),
     r.SocketRow: (SOCKET + " recv_pos pkt_pos pkt_remain send_pos send_remain pkt_avail send_avail",
                   "ssssssisiTTiiississiiiiiiiii"),

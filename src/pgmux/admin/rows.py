@@ -91,6 +91,7 @@ class ClientRow:
     application_name: str
     prepared_statements: Int4
     id: Int4  # the id KILL_CLIENT takes
+    pin: str  # pgmux's own, last: why the client keeps its server in transaction mode ("" if it does not)
 
 
 @dataclass(frozen=True, slots=True)

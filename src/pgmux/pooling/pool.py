@@ -144,7 +144,11 @@ class PoolStats:
 
     __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_time", "query_time",
                  "wait_time", "server_assignment_count", "client_parse_count", "server_parse_count",
-                 "bind_count")
+                 "bind_count", "pin_count")
+    client_parse_count: int  # protocol-level prepared statements (session/prepared.py counts them)
+    server_parse_count: int
+    bind_count: int
+    pin_count: int  # clients that became pinned to a server (pgmux's own; not in SHOW STATS)
 
     def __init__(self) -> None:
         for name in self.__slots__:

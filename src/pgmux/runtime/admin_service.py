@@ -337,7 +337,9 @@ class AdminService:
                             request_time=now_wall - (now - obj.request_time), wait=int(wait),
                             wait_us=int((wait % 1) * 1e6), close_needed=0, ptr=_ptr(obj),
                             link=_ptr(link) if link is not None else "", remote_pid=obj.cancel_pid, tls="",
-                            application_name=obj.params.get("application_name", ""), prepared_statements=0, id=obj.id)
+                            application_name=obj.params.get("application_name", ""),
+                            prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id,
+                            pin=obj.pinned)
         link = obj.client
         t = obj.target
         return row_type(type="S", user=obj.pool.user, database=obj.pool.database, replication="none",
@@ -347,7 +349,7 @@ class AdminService:
                         close_needed=int(obj.close_needed), ptr=_ptr(obj),
                         link=_ptr(link) if link is not None else "", remote_pid=obj.backend_pid, tls="",
                         application_name=link.params.get("application_name", "") if link is not None else "",
-                        prepared_statements=0, id=obj.id)
+                        prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id)
 
     def _show_clients(self) -> tuple[list[Any], type]:
         now_wall, now = time.time(), time.monotonic()

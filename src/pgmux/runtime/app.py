@@ -23,6 +23,8 @@ from pgmux.pooling.registry import Registry
 from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.session.client import ClientSession
 from pgmux.session.params import startup_params
+from pgmux.session.prepared import ClientStatements
+from pgmux.session.prepared import Registry as StatementRegistry
 from pgmux.session.server import ServerSession, ServerTarget
 from pgmux.session.states import ClientState, ServerState
 
@@ -60,6 +62,8 @@ class App:
         self.host_turn: dict[tuple[str, str], int] = {}
         self.tick_hooks: list[Any] = []  # called after each janitor pass (log flushing)
         self._random = b""
+        # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
+        self.prepared = StatementRegistry()
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -165,6 +169,9 @@ class App:
             c.params = startup_params(params, s.ignore_startup_parameters)
         except ValueError as e:
             raise PgmuxError(f"unsupported startup parameter: {e}", sqlstate="08P01", severity="FATAL") from e
+        c.watch = pool.mode != "session"
+        if pool.mode != "session" and s.max_prepared_statements > 0:
+            c.stmts = ClientStatements(self.prepared, pool.stats)
 
     def _admin_login(self, c: ClientSession, user: str) -> None:
         s = self.config.settings
@@ -255,7 +262,7 @@ class App:
                 self.close_server(server, err.message)
                 c.fail(err)
             return
-        if c.unsynced:
+        if c.unsynced or c.pinned:  # pinned: LISTEN, temp tables... live on this server only
             return
         c.detach()
         self.return_server(server, now=now)
@@ -276,10 +283,14 @@ class App:
                 pool.remove_waiter(c)
             elif was is ClientState.LOGIN_WAIT and c in pool.login_waiters:
                 pool.login_waiters.remove(c)
+        if c.stmts is not None:
+            c.stmts.clear()
         unsynced = c.unsynced  # read before detach(): server.clean no longer sees the client after it
         server = c.detach()
         if server is not None:
-            if server.clean and not unsynced and not server.close_needed:
+            if c.pinned:  # its LISTENs, temp tables or locks must not reach another client
+                self.close_server(server, f"client left session state on the server ({c.pinned})")
+            elif server.clean and not unsynced and not server.close_needed:
                 self.return_server(server, leaving=True)
             else:
                 self.close_server(server, "client disconnect while server was not ready")
@@ -303,6 +314,9 @@ class App:
             return
         if s.server_reset_query and (leaving and pool.mode == "session" or s.server_reset_query_always):
             server.move(ServerState.TESTED)
+            if server.stmts is not None and any(w in s.server_reset_query.upper()
+                                                for w in ("DISCARD ALL", "DEALLOCATE ALL")):
+                server.stmts.forget_all()
             if any(w in s.server_reset_query.upper() for w in ("DISCARD ALL", "RESET ALL")):
                 for k in server.extra:  # the reset puts them back to their defaults
                     server.params.pop(k, None)
@@ -479,6 +493,9 @@ class App:
             server.transport.close()
         server.pool.remove_server(server)
         self.servers.pop(server.id, None)
+        server.queue.clear()
+        if server.stmts is not None:
+            server.stmts.forget_all()
         log.info("%s closing because: %s (age=%.0fs)", server.prefix, reason, self.now() - server.created_at)
         client = server.client
         if client is not None and client.server is server:

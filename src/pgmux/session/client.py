@@ -17,7 +17,10 @@ from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
+from pgmux.session.pipeline import to_server
+from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import ClientState
+from pgmux.session.tracking import Pins, screen
 
 if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
@@ -35,7 +38,8 @@ class ClientSession:
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
                  "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
-                 "__weakref__")
+                 "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
+                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -75,6 +79,22 @@ class ClientSession:
         self.query_count = 0
         self.xact_start = 0.0
         self.prefix = f"C-{cid}"
+        # Protocol-level prepared statements, when tracked (transaction/statement pooling with
+        # max_prepared_statements > 0): see session/pipeline.py.
+        self.stmts: ClientStatements | None = None
+        self.skip = False  # pgmux answered an extended-protocol error itself: drop messages up to Sync
+        self.pending_ext = False  # self.pending holds messages for session/pipeline.py
+        # Session state from simple queries (transaction/statement pooling): see session/tracking.py.
+        self.watch = False
+        self.initial: dict[str, str] = {}  # params after login: what RESET goes back to
+        self.tx_effects: list[Any] = []  # effects waiting for their transaction to commit
+        self.q_error = False  # the watched Query in flight got an ErrorResponse
+        self.q_rollback = False  # ... or a CommandComplete tagged ROLLBACK
+        self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
+        self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
+        self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
+        self.stmt_fx: dict[bytes, tuple[Any, ...]] = {}  # statements with session effects, by client name
+        self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
@@ -206,6 +226,7 @@ class ClientSession:
                 else:
                     shown[k] = v
         self.sig = None
+        self.initial = dict(self.params)
         out = [self.auth_ok]
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
@@ -235,6 +256,9 @@ class ClientSession:
         copy_syncs = self.copy_syncs
         unsynced = self.unsynced
         terminate = False
+        ext = False
+        track = False  # a Query that may change session state: its reply is watched
+        watch = self.watch
         limit = self.max_packet
         while n - pos >= 5:
             t = data[pos]
@@ -248,11 +272,14 @@ class ClientSession:
                 syncs += 1
                 unsynced = False
                 copy_syncs = copy_syncs + 1 if t == _S else 0
+                if t == _Q and watch and screen(data, pos + 5, end):
+                    track = True
             elif t == _X:
                 terminate = True
                 break
             elif t in _EXTENDED:
                 unsynced = True
+                ext = True
                 if t == _EXECUTE:
                     copy_syncs = 0
             elif t in _COPY_END:
@@ -274,14 +301,23 @@ class ClientSession:
             self.unsynced = unsynced
             self.copy_syncs = copy_syncs
             server = self.server
+            track = track or (ext and self.stmts is not None)
             if server is not None:
                 if syncs and not server.owed:
                     server.query_start = now
-                server.owed += syncs - ignored
-                server.transport.write(chunk)
+                if track or server.queue or self.tx_effects:
+                    # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
+                    out = b"".join(to_server(self, server, chunk, ignored))
+                    server.owed += syncs - ignored
+                    if out:
+                        server.transport.write(out)
+                else:
+                    server.owed += syncs - ignored
+                    server.transport.write(chunk)
             else:
                 self.pending.append(bytes(chunk))
                 self.pending_syncs += syncs
+                self.pending_ext = self.pending_ext or track
                 if self.state is ClientState.IDLE:
                     self.hub.acquire(self, now)
         if terminate:
@@ -311,8 +347,14 @@ class ClientSession:
                 reported = self.pool.server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
+        if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
+            server.unnamed = None
+            server.unnamed_owner = self.id
         pending = self.pending
         if pending:
+            if self.pending_ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
+                pending[:] = to_server(self, server, b"".join(pending))
+                self.pending_ext = False
             if self.pending_syncs:
                 server.query_start = now
                 server.owed += self.pending_syncs

@@ -83,12 +83,25 @@ def quote_literal(value: str) -> str:
     return q
 
 
+# GUCs whose elements PostgreSQL quotes as identifiers when SET gives them as string literals
+# (GUC_LIST_QUOTE): `SET search_path = 'a, b'` would name one schema "a, b". Their stored text (as
+# SHOW prints it, or as a startup option gives it) goes through set_config, which reads it as a list.
+_LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "session_preload_libraries",
+                         "local_preload_libraries"})
+
+
+def _set(name: str, value: str) -> str:
+    if name in _LIST_QUOTE and ("," in value or '"' in value):
+        return f"SELECT pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+    return f"SET {name} = {quote_literal(value)}"
+
+
 def sync_sql(wanted: dict[str, str], current: dict[str, str], extra: set[str] | None = None) -> str | None:
     """The statements that bring a server to `wanted`, or None when nothing differs.
 
     `extra`: names of unreported parameters an earlier client had set on this server; those the
     new client did not ask for are RESET (and dropped from `extra` and `current`)."""
-    sets = [f"SET {k} = {quote_literal(v)}" for k, v in wanted.items() if current.get(k) != v]
+    sets = [_set(k, v) for k, v in wanted.items() if current.get(k) != v]
     if extra:
         for k in [k for k in extra if k not in wanted]:
             sets.append(f"RESET {k}")

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from pgmux.errors import PgmuxError
 
@@ -63,6 +63,14 @@ class PreparedStats:
     client_parse_count: int = 0  # named Parse messages from clients
     server_parse_count: int = 0  # Parse messages pgmux sent to servers for named statements
     bind_count: int = 0          # Bind messages of named statements
+
+
+class Counters(Protocol):
+    """Where the counts go: a PreparedStats, or a pool's PoolStats (same names)."""
+
+    client_parse_count: int
+    server_parse_count: int
+    bind_count: int
 
 
 class Registry:
@@ -117,9 +125,9 @@ class ClientStatements:
 
     __slots__ = ("_registry", "_stats", "_named", "_unnamed")
 
-    def __init__(self, registry: Registry, stats: PreparedStats | None = None) -> None:
+    def __init__(self, registry: Registry, stats: Counters | None = None) -> None:
         self._registry = registry
-        self._stats = stats if stats is not None else PreparedStats()
+        self._stats: Counters = stats if stats is not None else PreparedStats()
         self._named: dict[str, Statement] = {}
         self._unnamed: Statement | None = None
 
@@ -191,11 +199,11 @@ class ServerStatements:
     __slots__ = ("_registry", "_stats", "_capacity", "_lru", "_unnamed")
 
     def __init__(self, registry: Registry, capacity: int = DEFAULT_MAX_PREPARED_STATEMENTS,
-                 stats: PreparedStats | None = None) -> None:
+                 stats: Counters | None = None) -> None:
         if capacity < 1:
             raise ValueError("max_prepared_statements = 0 turns tracking off: forward statements as they are")
         self._registry = registry
-        self._stats = stats if stats is not None else PreparedStats()
+        self._stats: Counters = stats if stats is not None else PreparedStats()
         self._capacity = capacity
         self._lru: OrderedDict[str, None] = OrderedDict()
         self._unnamed: Statement | None = None

@@ -9,6 +9,7 @@ R and K.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
 from pgmux.protocol.codec import Buffer, scan, unpack_len
 from pgmux.session.params import canon
+from pgmux.session.pipeline import Entry, to_client
+from pgmux.session.prepared import ServerStatements
 from pgmux.session.states import SERVER_MOVES, IllegalTransition, ServerState
 
 if TYPE_CHECKING:
@@ -56,7 +59,7 @@ class ServerSession:
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
-                 "__weakref__")
+                 "queue", "stmts", "unnamed_owner", "unnamed", "__weakref__")
 
     def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -89,6 +92,12 @@ class ServerSession:
         self.paused = False
         self.cq_sent = False
         self.prefix = f"S-{sid} {pool.database}/{pool.user}@{target.label}"
+        # Requests whose replies pgmux must reorder, swallow or add to (session/pipeline.py); empty
+        # unless prepared statements are tracked and a rewritten message is in flight.
+        self.queue: deque[Entry] = deque()
+        self.stmts: ServerStatements | None = None  # statements prepared here, when tracked
+        self.unnamed_owner = 0  # id of the client whose unnamed statement this server may hold
+        self.unnamed: bytes | None = None  # the Parse of the unnamed statement it holds, when known
 
     # -- state ---------------------------------------------------------------------------------
     def move(self, new: ServerState) -> None:
@@ -100,7 +109,8 @@ class ServerSession:
     def clean(self) -> bool:
         """Nothing owed, no transaction open, no half-finished extended-protocol batch."""
         c = self.client
-        return self.owed == 0 and self.swallow == 0 and self.tx_status == b"I" and not (c and c.unsynced)
+        return (self.owed == 0 and self.swallow == 0 and self.tx_status == b"I" and not self.queue
+                and not (c and c.unsynced))
 
     # -- I/O events ----------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -145,7 +155,7 @@ class ServerSession:
             data = buf.feed(data)
             if not data:
                 return
-        if self.swallow or self.client is None:
+        if self.swallow or self.client is None or self.queue:
             self._relay_slow(data)
             return
         # The per-reply path: codec.scan's header walk inlined, as in ClientSession._relay.
@@ -188,7 +198,8 @@ class ServerSession:
                 self.hub.server_ready(client, self)
 
     def _relay_slow(self, data: bytes) -> None:
-        """Replies while pgmux's own query is being swallowed, or while no client is linked."""
+        """Replies while pgmux's own query is being swallowed, while no client is linked, or while
+        the replies to rewritten requests are due."""
         msgs, pos = scan(data, 0, MAX_SERVER_MESSAGE)
         self.buf.keep(data, pos)
         if not msgs:
@@ -198,6 +209,10 @@ class ServerSession:
             first = self._swallow(data, msgs)
             if first < 0:
                 return
+        client = self.client
+        if self.queue and client is not None:
+            self._relay_tracked(client, data, msgs, first, pos)
+            return
         z = zpos = 0
         for t, start, total in msgs:
             if start < first:
@@ -213,7 +228,6 @@ class ServerSession:
                 self._error(data, start, total)
             elif t == _G:
                 self.copy_in = True
-        client = self.client
         if client is None:
             if self.state is not ServerState.CLOSED:
                 # Between clients a server may still send a notice or a ParameterStatus; anything
@@ -225,6 +239,20 @@ class ServerSession:
             pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
         client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
         self.pool.stats.bytes_sent += pos - first
+        if z:
+            self.tx_status = _STATUS[z]
+            if self.owed <= 0:
+                self.owed = 0
+                self.hub.server_ready(client, self)
+
+    def _relay_tracked(self, client: ClientSession, data: bytes, msgs: list[tuple[int, int, int]], first: int,
+                       pos: int) -> None:
+        """Replies to requests pgmux rewrote: see session/pipeline.py."""
+        parts, z, _ = to_client(self, data, msgs, first, pos)
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
+        if out:
+            client.transport.write(out)
+        self.pool.stats.bytes_sent += len(out)
         if z:
             self.tx_status = _STATUS[z]
             if self.owed <= 0:
@@ -263,6 +291,12 @@ class ServerSession:
         name, value = canon(parts[0].decode(errors="replace")), parts[1].decode(errors="replace")
         self.params[name] = value
         self.sig = None
+        c = self.client
+        if c is not None and name in c.params and c.params[name] != value:
+            # A reported parameter the linked client changed (SET, RESET, a function, a rollback):
+            # the server says its value, so the client carries it to its next server.
+            c.params[name] = value
+            c.sig = None
         return name, value
 
     def _error(self, data: bytes, start: int, total: int) -> None:

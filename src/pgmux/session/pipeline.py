@@ -1,0 +1,413 @@
+"""What a server still owes the client, when pgmux rewrites the client's extended-protocol messages.
+
+With protocol-level prepared statements tracked (transaction and statement pooling,
+`max_prepared_statements` > 0), the messages a server gets are not the client's: a Parse the server
+already has is answered by pgmux (ParseComplete), a Parse is injected before a Bind or Describe of a
+statement the server lacks (its ParseComplete swallowed), Close of a statement is answered locally,
+and evictions send a Close whose CloseComplete is swallowed. The client must still see exactly the
+replies PostgreSQL would have sent, in order.
+
+So each server keeps a FIFO (`server.queue`) of the requests it has been sent and not yet answered,
+each marked forward or swallow, with pgmux's own answers (`SYNTH`) queued between them: a synthesized
+reply goes out once every reply before it has. PgDog's `backend/protocol/state.rs` keeps the same
+kind of queue. The queue exists only while it holds something: with it empty, both relays stay on
+their header-only paths. Replies to requests sent while the queue was empty (simple queries) are
+counted by `server.owed`; when the queue starts, one placeholder per owed ReadyForQuery goes first.
+
+On an ErrorResponse the server skips everything up to the next Sync, so the queued requests before
+that Sync are dropped; those that had recorded a statement optimistically undo it (a failed Parse
+leaves no statement, on the server or for the client).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pgmux.errors import PgmuxError, ProtocolViolation
+from pgmux.protocol import messages as m
+from pgmux.protocol.codec import scan
+from pgmux.protocol.extended import (
+    build_close_statement,
+    build_parse,
+    read_parse,
+    read_target,
+    rename_parse,
+    rename_target,
+)
+from pgmux.session.prepared import ServerStatements, Statement
+from pgmux.session.statements import Effect
+from pgmux.session.tracking import executed, query_done, query_effects, screen
+
+if TYPE_CHECKING:
+    from pgmux.session.client import ClientSession
+    from pgmux.session.server import ServerSession
+
+# What ends the reply to one request. QUERY (Query, FunctionCall, or a placeholder) and SYNC end at
+# ReadyForQuery; SYNTH is a reply pgmux writes itself.
+PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, SYNTH = range(8)
+_ENDS: dict[int, frozenset[int]] = {
+    PARSE: frozenset(b"1"), BIND: frozenset(b"2"), DESCRIBE: frozenset(b"Tn"), EXECUTE: frozenset(b"CIs"),
+    CLOSE: frozenset(b"3"),
+}
+_AT_Z = (SYNC, QUERY)
+
+Undo = Callable[[], Any] | None
+# (kind, swallow, payload, undo when the server skips it). The payload of SYNTH is the reply pgmux
+# writes; that of a watched QUERY the session effects to record once it succeeds (session/tracking.py).
+Entry = tuple[int, bool, Any, Undo]
+_PLACEHOLDER: Entry = (QUERY, False, None, None)
+
+_P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
+_Z, _ERR, _PSTATUS, _G, _CC = (ord(c) for c in "ZESGC")
+_LEN = struct.Struct("!i")
+_BIND_HDR = struct.Struct("!Bi")
+_PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _Q: QUERY, _F: QUERY}
+_ROLLBACK = b"ROLLBACK\x00"
+_PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
+_CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
+
+
+def server_statements(server: ServerSession) -> ServerStatements:
+    st = server.stmts
+    if st is None:
+        hub = server.hub
+        st = server.stmts = ServerStatements(hub.prepared, hub.config.settings.max_prepared_statements,
+                                             stats=server.pool.stats)
+    return st
+
+
+# -- client -> server --------------------------------------------------------------------------------
+def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview,
+              ignored: int = 0) -> list[bytes | memoryview]:
+    """The client's complete messages in `chunk` as `server` must get them, queueing what each makes
+    the server owe. Replies pgmux gives itself with nothing before them are written at once."""
+    q = server.queue
+    if not q and not ignored and not c.skip and _as_is(c, server, chunk):
+        return [chunk]
+    if ignored:  # Syncs a backend in copy-in mode reads and ignores: no ReadyForQuery will come
+        _drop_last_syncs(q, ignored)
+    if not q and server.owed:
+        q.extend([_PLACEHOLDER] * server.owed)
+    stmts = c.stmts
+    sst = server_statements(server) if stmts is not None else None
+    mv = memoryview(chunk)
+    raw = chunk if isinstance(chunk, bytes) else bytes(chunk)
+    msgs, end = scan(mv, 0, 1 << 30)
+    out: list[bytes | memoryview] = []  # what goes to the server, in order
+    now_to_client: list[bytes] = []
+    run = 0  # start of the bytes forwarded unchanged since the last rewritten message
+
+    def synth(msg: bytes, undo: Undo = None) -> None:
+        if q:
+            q.append((SYNTH, False, msg, undo))
+        else:
+            now_to_client.append(msg)
+
+    def ensure(stmt: Statement, sst: ServerStatements) -> list[bytes | memoryview]:
+        """Before a Bind/Describe of `stmt` (named): what to send first to evict and prepare."""
+        need, evict = sst.ensure(stmt.name)
+        first: list[bytes | memoryview] = []
+        for old in evict:
+            first.append(build_close_statement(old))
+            q.append((CLOSE, True, None, None))
+        if need:
+            first.append(build_parse(stmt.name, stmt.query, stmt.param_types))
+            q.append((PARSE, True, None, _forget(sst, stmt.name)))
+        return first
+
+    def ensure_unnamed(whole: memoryview) -> list[bytes | memoryview] | None:
+        """The client's unnamed statement re-parsed first when this server's is another (or none).
+        Kept as the client's Parse message itself: nothing to decode on pgbench -M extended's path."""
+        u = c.unnamed
+        if u is not None and server.unnamed is not u and server.unnamed != u:
+            server.unnamed = u
+            q.append((PARSE, True, None, _unset_unnamed(server)))
+            return [u, whole]
+        return None
+
+    for t, s, total in msgs:
+        if c.skip:  # after an error pgmux gave itself, PostgreSQL ignores everything up to Sync
+            if t != _S:
+                if run < s:
+                    out.append(mv[run:s])
+                run = s + total
+                continue
+            c.skip = False
+        body = mv[s + 5:s + total]
+        kind = -1
+        new: list[bytes | memoryview] | None = None
+        fx = _note_extended(c, t, raw, s, total) if c.watch and (t == _P or t == _B or t == _E) else None
+        try:
+            if stmts is None or sst is None:  # statements not tracked: forwarded, replies still counted
+                kind = _PLAIN.get(t, -1)
+                if fx:
+                    q.append((EXECUTE, False, fx, None))  # watched: see session/tracking.py
+                    kind = -1
+                if t == _Q and c.watch:
+                    done = query_effects(body)
+                    if done or c.tx_effects:
+                        q.append((QUERY, False, done, None))
+                        kind = -1
+            elif t == _P:
+                if body[0] == 0:
+                    # No undo if it fails: PostgreSQL drops the old unnamed statement before parsing,
+                    # so a later Bind("") fails there as it would have anyway.
+                    c.unnamed = server.unnamed = bytes(mv[s:s + total])
+                    kind = PARSE
+                else:
+                    p = read_parse(body)
+                    sname = stmts.parse(p.name, p.query, p.param_types)
+                    need, evict = sst.ensure(sname)
+                    new = []
+                    for old in evict:
+                        new.append(build_close_statement(old))
+                        q.append((CLOSE, True, None, None))
+                    if need:
+                        new.append(rename_parse(body, sname))
+                        q.append((PARSE, False, None, _undo_parse(c, p.name, sst, sname)))
+                    else:
+                        synth(_PARSE_COMPLETE, _undo_parse(c, p.name, None, sname))
+            elif t == _B:
+                kind = BIND
+                # The names by bytes.find on the chunk: a Bind's parameters can be large, and this runs
+                # for every execution of a prepared statement.
+                pe = raw.find(b"\x00", s + 5, s + total)
+                ne = raw.find(b"\x00", pe + 1, s + total) if pe >= 0 else -1
+                if ne < 0:
+                    raise ProtocolViolation("malformed Bind message: unterminated string")
+                if ne == pe + 1:
+                    new = ensure_unnamed(mv[s:s + total])
+                else:
+                    stmt = stmts.bind(raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
+                    new = ensure(stmt, sst)
+                    head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
+                    new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
+                    new.append(mv[ne + 1:s + total])
+            elif t == _D:
+                kind = DESCRIBE
+                if body[0] == _S:  # a statement, not a portal
+                    if body[1] == 0:
+                        new = ensure_unnamed(mv[s:s + total])
+                    else:
+                        target = read_target(body)
+                        stmt = stmts.resolve(target.name)
+                        new = ensure(stmt, sst)
+                        new.append(rename_target(m.DESCRIBE, body, stmt.name))
+            elif t == _C:
+                if body[0] == _S and body[1] != 0:
+                    stmts.close(read_target(body, "Close").name)  # others may use the server's: it stays
+                    new = []
+                    synth(_CLOSE_COMPLETE)
+                else:
+                    if body[0] == _S:
+                        c.unnamed = server.unnamed = None
+                    kind = CLOSE
+            elif t == _E:
+                kind = EXECUTE
+                if fx:
+                    q.append((EXECUTE, False, fx, None))  # watched: see session/tracking.py
+                    kind = -1
+            elif t == _S:
+                kind = SYNC
+            elif t == _Q or t == _F:
+                kind = QUERY
+                if t == _Q:  # a simple query destroys the unnamed statement
+                    c.unnamed = server.unnamed = None
+                    if c.watch:
+                        done = query_effects(body)
+                        if done or c.tx_effects:
+                            q.append((QUERY, False, done, None))  # watched: see session/tracking.py
+                            kind = -1
+        except ProtocolViolation:
+            raise  # a malformed message ends the connection, as in PostgreSQL
+        except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
+            synth(m.error_response("ERROR", e.sqlstate, e.message))
+            c.skip = True
+            new = []
+            kind = -1
+        if new is not None:  # rewritten (or answered here): the bytes so far go first
+            if run < s:
+                out.append(mv[run:s])
+            out.extend(new)
+            run = s + total
+        if kind >= 0:
+            q.append((kind, False, None, None))
+    if run < end:
+        out.append(mv[run:end])
+    if q and q[-1][0] in _AT_Z and all(not e[1] and e[2] is None and e[3] is None for e in q):
+        # Nothing to swallow, add or watch, and every reply is followed by a ReadyForQuery that
+        # server.owed counts: the header-only relay will do (pgbench -M prepared, once prepared).
+        q.clear()
+    if now_to_client:
+        c.transport.write(b"".join(now_to_client))
+    return out
+
+
+def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -> bool:
+    """Whether the chunk can go to the server unchanged, with nothing to queue: only the unnamed
+    statement, already on this server or parsed here. The usual extended-protocol traffic of drivers
+    without named statements (pgbench -M extended, psycopg with parameters) stays this cheap; it
+    records the unnamed Parse on the way. Anything else is left to the full walk of to_server."""
+    n = len(chunk)
+    pos = 0
+    while pos < n:
+        t = chunk[pos]
+        (length,) = _LEN.unpack_from(chunk, pos + 1)
+        end = pos + 1 + length
+        if t == _P:
+            # (the screen reads the text after the empty name)
+            if chunk[pos + 5] != 0 or (c.watch and (c.stmt_fx or screen(chunk, pos + 6, end))):
+                return False
+            c.unnamed = server.unnamed = bytes(chunk[pos:end])
+        elif t == _B:
+            if c.stmt_fx or chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (
+                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed):
+                return False
+        elif t == _D:
+            if chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
+                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed)):
+                return False
+        elif t == _C:
+            if chunk[pos + 5] == _S:
+                return False
+        elif t == _Q or t == _F or (t == _E and c.portal_fx):
+            return False
+        pos = end
+    return True
+
+
+def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> tuple[Effect, ...] | None:
+    """Session effects that travel through the extended protocol: a Parse's statement (a SET, or
+    `SELECT set_config($1, $2, false)`, or `pg_advisory_lock($1)`), bound to a portal by a Bind, run by
+    an Execute. Names are kept as the client's bytes. Returns the effects an Execute will have."""
+    end = s + total
+    if t == _P:
+        ne = raw.find(b"\x00", s + 5, end)
+        qe = raw.find(b"\x00", ne + 1, end) if ne >= 0 else -1
+        if qe >= 0:
+            name = raw[s + 5:ne]
+            done = query_effects(raw[ne + 1:qe + 1])
+            if done:
+                c.stmt_fx[name] = done
+            else:
+                c.stmt_fx.pop(name, None)
+    elif t == _B:
+        pe = raw.find(b"\x00", s + 5, end)
+        ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
+        if ne >= 0:
+            bound = c.stmt_fx.get(raw[pe + 1:ne])
+            if bound:
+                c.portal_fx[raw[s + 5:pe]] = bound
+            else:
+                c.portal_fx.pop(raw[s + 5:pe], None)
+    else:
+        pe = raw.find(b"\x00", s + 5, end)
+        return c.portal_fx.get(raw[s + 5:pe]) if pe >= 0 else None
+    return None
+
+
+def _unset_unnamed(server: ServerSession) -> Callable[[], None]:
+    def undo() -> None:
+        server.unnamed = None
+    return undo
+
+
+def _forget(sst: ServerStatements, name: str) -> Callable[[], Any]:
+    return lambda: sst.forget(name)
+
+
+def _undo_parse(c: ClientSession, client_name: str, sst: ServerStatements | None,
+                server_name: str) -> Callable[[], None]:
+    """A Parse the server skipped or refused: neither the server nor the client has the statement."""
+    def undo() -> None:
+        if sst is not None:
+            sst.forget(server_name)
+        stmts = c.stmts
+        if stmts is not None:
+            stmt = stmts.lookup(client_name)
+            if stmt is not None and stmt.name == server_name:
+                stmts.close(client_name)
+    return undo
+
+
+def _drop_last_syncs(q: deque[Entry], n: int) -> None:
+    for i in range(len(q) - 1, -1, -1):
+        if n == 0:
+            return
+        if q[i][0] == SYNC:
+            del q[i]
+            n -= 1
+
+
+# -- server -> client --------------------------------------------------------------------------------
+def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int]], first: int,
+              end: int) -> tuple[list[bytes | memoryview], int, int]:
+    """The server's replies in data[first:end] as the client must see them: swallowed ones left out,
+    pgmux's own answers put in their place. Returns (parts, last ReadyForQuery status byte or 0, its
+    offset) and keeps server.owed, copy_in, parameters and errors as the plain relay does."""
+    q = server.queue
+    c = server.client
+    assert c is not None
+    mv = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    run = first
+    z = zpos = 0
+    for t, s, total in msgs:
+        if s < first:
+            continue
+        swallow = False
+        if t == _Z:
+            z = data[s + 5]
+            zpos = s
+            server.owed -= 1
+            server.copy_in = False
+            while q:
+                e = q.popleft()
+                if e[0] in _AT_Z:
+                    if e[2] is not None or c.tx_effects:  # a watched Query, or the end of a transaction
+                        query_done(c, server, e[2] or (), bytes((z,)))
+                    break
+                if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
+                    e[3]()
+        elif t == _PSTATUS:
+            server._param(data, s, total)
+        elif t == _ERR:
+            server._error(data, s, total)
+            if (q and q[0][0] == QUERY and q[0][2] is not None) or c.tx_effects:
+                c.q_error = True
+            while q and q[0][0] not in _AT_Z:  # the failed request, and what the server now skips
+                e = q.popleft()
+                if e[3] is not None:
+                    e[3]()
+        elif t == _G:
+            server.copy_in = True
+        elif q:
+            e = q[0]
+            if t == _CC and (c.tx_effects or e[2] is not None) and mv[s + 5:s + total] == _ROLLBACK:
+                c.q_rollback = True
+            ends = _ENDS.get(e[0])
+            if ends is not None and t in ends:
+                q.popleft()
+                swallow = e[1]
+                if e[0] == EXECUTE and e[2] is not None and t == _CC:
+                    executed(c, e[2])
+        if swallow:
+            if run < s:
+                parts.append(mv[run:s])
+            run = s + total
+        if q and q[0][0] == SYNTH:
+            if run < s + total:
+                parts.append(mv[run:s + total])
+            run = s + total
+            while q and q[0][0] == SYNTH:
+                msg = q.popleft()[2]
+                assert msg is not None
+                parts.append(msg)
+    if z and z != 73 and server.owed <= 0 and server.pool.mode == "statement":
+        end = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
+    if run < end:
+        parts.append(mv[run:end])
+    return parts, z, zpos

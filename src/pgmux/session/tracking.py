@@ -1,0 +1,212 @@
+"""Session state a client's simple queries leave behind, carried to its next server (issue 3).
+
+Under transaction pooling a client's `SET search_path = x` runs on whichever server serves that
+transaction; the next transaction may run elsewhere, and the server goes on to other clients. So
+pgmux reads what a Query does (statements.effects, behind a cheap byte screen) and, once the server
+has confirmed it (its reply had no ErrorResponse, and the transaction it ran in committed), records
+the new values in `client.params`: the existing parameter sync then applies them on every server the
+client gets. The server notes the unreported parameters it now holds in `server.extra`, so the sync
+RESETs them for a client that did not ask for them.
+
+Reported parameters (TimeZone, application_name...) need no parsing: the server's ParameterStatus
+says what they are after every change, commit and rollback included (ServerSession._param).
+
+Transactions: effects wait in `client.tx_effects` until ReadyForQuery says idle; a CommandComplete
+tagged ROLLBACK (ROLLBACK, ABORT, COMMIT of a failed transaction) drops them. ROLLBACK TO SAVEPOINT
+has the same tag and drops them too: the client then keeps the session's older value on its next
+server instead of a value nobody should see.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pgmux.session.statements import (
+    AdvisoryLock,
+    AdvisoryUnlock,
+    CloseCursor,
+    CreateTemp,
+    Deallocate,
+    DeclareHold,
+    DiscardAll,
+    DiscardTemp,
+    Effect,
+    Listen,
+    Load,
+    ResetAll,
+    ResetParam,
+    SetParam,
+    Unlisten,
+    effects,
+    undone_by_rollback,
+)
+
+if TYPE_CHECKING:
+    from pgmux.session.client import ClientSession
+    from pgmux.session.server import ServerSession
+
+# Lower-case words without which a query cannot change what is tracked here: a test on bytes, run for
+# every Query in transaction mode, so it must cost a fraction of a microsecond. Each `in` costs about
+# 0.1 us, so the words that only matter as a statement's first word are tested there only, and the
+# rest behind one-byte tests (memchr) where they can be.
+_SCREEN = (b"set", b"discard", b"deallocate", b"listen", b"temp", b"advisory", b"hold", b"load", b"close",
+           b"u&")
+_FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b"load", b"close", b"declare",
+          b"/*", b"--", b"do", b"execute", b"explain")
+_PINS = (Listen, Unlisten, CreateTemp, DiscardTemp, AdvisoryLock, AdvisoryUnlock, DeclareHold, CloseCursor, Load)
+_AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin as soon as they ran
+_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate) + _PINS
+
+
+def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
+    """False when the Query body data[start:end] certainly changes no tracked session state."""
+    low = bytes(data[start:end]).lower()
+    if b"_" in low and (b"advisory" in low or b"set_config" in low):
+        return True
+    if b"temp" in low or (b"&" in low and b"u&" in low):
+        return True
+    if low.lstrip().startswith(_FIRST):
+        return True
+    i = low.find(b";")
+    if i >= 0 and low[i:].strip(b" \t\r\n;\x00"):  # more than one statement: any may start with a word
+        return any(w in low for w in _SCREEN)
+    return False
+
+
+def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
+    """The tracked effects of a Query body (NUL-terminated text)."""
+    raw = bytes(body)
+    if not screen(raw, 0, len(raw)):
+        return ()
+    sql = raw.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+    return tuple(e for e in effects(sql) if isinstance(e, _KEPT) and not getattr(e, "local", False))
+
+
+def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
+    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
+    failed, rolled_back = c.q_error, c.q_rollback
+    c.q_error = c.q_rollback = False
+    for e in done:
+        # Session advisory locks and LOAD outlive a rollback; a lock taken before an error in the
+        # same query string is still held, so a failed query pins too (unlocks count only on success).
+        if isinstance(e, (AdvisoryLock, Load)) or (isinstance(e, AdvisoryUnlock) and not failed):
+            assert not undone_by_rollback(e)
+            pin(c, e)
+    if failed or rolled_back:
+        if rolled_back or status == b"I":
+            c.tx_effects = []
+        return
+    for e in done:
+        if isinstance(e, (DiscardAll, Deallocate)) and (isinstance(e, DiscardAll) or e.name is None):
+            # Not transactional: the server's statements are gone now, and so are the client's.
+            if server.stmts is not None:
+                server.stmts.forget_all()
+            if c.stmts is not None:
+                c.stmts.clear()
+    if done:
+        c.tx_effects = c.tx_effects + [e for e in done if not isinstance(e, Deallocate)]
+    if status == b"I" and c.tx_effects:
+        apply(c, server, c.tx_effects)
+        c.tx_effects = []
+
+
+def executed(c: ClientSession, done: tuple[Effect, ...]) -> None:
+    """An Execute of a statement with session effects completed (CommandComplete): they count once
+    its transaction commits, as a Query's do; locks and LOAD at once."""
+    for e in done:
+        if isinstance(e, _AT_ONCE):
+            pin(c, e)
+        else:
+            c.tx_effects.append(e)
+
+
+def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
+    reported = c.pool.server_params or {}
+    for e in done:
+        if isinstance(e, _PINS) or isinstance(e, DiscardAll):
+            if not isinstance(e, _AT_ONCE):  # those were counted when their query ended
+                pin(c, e)
+            if not isinstance(e, DiscardAll):
+                continue
+        if isinstance(e, SetParam):
+            if e.name not in reported:
+                c.params[e.name] = server.params[e.name] = e.value
+                server.extra.add(e.name)
+        elif isinstance(e, ResetParam):
+            if e.name not in reported:
+                default = c.initial.get(e.name)
+                if default is None:
+                    c.params.pop(e.name, None)
+                else:
+                    c.params[e.name] = default
+                server.params.pop(e.name, None)  # the server's own default now
+                server.extra.discard(e.name)
+        elif isinstance(e, (ResetAll, DiscardAll)):
+            for k in [k for k in c.params if k not in reported]:
+                del c.params[k]
+            c.params.update((k, v) for k, v in c.initial.items() if k not in reported)
+            for k in server.extra:
+                server.params.pop(k, None)
+            server.extra.clear()
+    c.sig = None
+    server.sig = None
+
+
+class Pins:
+    """What keeps a client on its server: state that lives in that server's session and nowhere else."""
+
+    __slots__ = ("listen", "temp", "cursors", "locks", "load")
+
+    def __init__(self) -> None:
+        self.listen: set[str] = set()
+        self.temp: set[str] = set()
+        self.cursors: set[str] = set()
+        self.locks = 0
+        self.load = False
+
+    def reason(self) -> str:
+        """The words SHOW CLIENTS prints in `pin` ("" when nothing pins)."""
+        parts = [word for word, on in (("listen", self.listen), ("temp table", self.temp),
+                                       ("advisory lock", self.locks > 0), ("with hold cursor", self.cursors),
+                                       ("load", self.load)) if on]
+        return ", ".join(parts)
+
+
+def pin(c: ClientSession, e: Effect) -> None:
+    """Record what a successful statement did to the state that pins; update `client.pinned`."""
+    p = c.pins
+    if p is None:
+        p = c.pins = Pins()
+    if isinstance(e, Listen):
+        p.listen.add(e.channel)
+    elif isinstance(e, Unlisten):
+        if e.channel is None:
+            p.listen.clear()
+        else:
+            p.listen.discard(e.channel)
+    elif isinstance(e, CreateTemp):
+        p.temp.add(e.name)
+    elif isinstance(e, DiscardTemp):
+        p.temp.clear()
+    elif isinstance(e, AdvisoryLock):
+        p.locks += 1
+    elif isinstance(e, AdvisoryUnlock):
+        p.locks = 0 if e.all else max(p.locks - 1, 0)
+    elif isinstance(e, DeclareHold):
+        p.cursors.add(e.cursor)
+    elif isinstance(e, CloseCursor):
+        if e.name is None:
+            p.cursors.clear()
+        else:
+            p.cursors.discard(e.name)
+    elif isinstance(e, Load):
+        p.load = True
+    elif isinstance(e, DiscardAll):  # UNLISTEN *, DISCARD TEMP, CLOSE ALL, pg_advisory_unlock_all
+        p.listen.clear()
+        p.temp.clear()
+        p.cursors.clear()
+        p.locks = 0
+    was = c.pinned
+    c.pinned = p.reason()
+    if c.pinned and not was and c.pool is not None:
+        c.pool.stats.pin_count += 1

@@ -1,0 +1,383 @@
+"""Playbooks for protocol-level prepared statements under transaction pooling (session/pipeline.py).
+
+The client's statement names never reach a server: a named Parse becomes `pgmux_<n>`, is sent only to
+servers that lack it (else pgmux answers ParseComplete itself, in order), a Bind/Describe on a server
+without the statement gets a Parse injected before it (its ParseComplete swallowed), and Close of a
+statement is answered locally. The client sees exactly what PostgreSQL would have sent.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from fakes import Peer, Rig, frames, reply
+
+from pgmux.protocol import messages as m
+from pgmux.session.states import ServerState
+
+SYNC, FLUSH = m.message(m.SYNC), m.message(m.FLUSH)
+PC, BC, CC = m.message(m.PARSE_COMPLETE), m.message(m.BIND_COMPLETE), m.message(m.CLOSE_COMPLETE)
+SQL = "select $1::int"
+
+
+def parse(sql: str = SQL, name: str = "", types: tuple[int, ...] = ()) -> bytes:
+    return m.message(m.PARSE, m.cstr(name) + m.cstr(sql) + struct.pack(f"!h{len(types)}I", len(types), *types))
+
+
+def bind(name: str = "", value: bytes = b"1", portal: str = "") -> bytes:
+    return m.message(m.BIND, m.cstr(portal) + m.cstr(name) + b"\x00\x00\x00\x01"
+                     + struct.pack("!i", len(value)) + value + b"\x00\x00")
+
+
+def execute() -> bytes:
+    return m.message(m.EXECUTE, b"\x00\x00\x00\x00\x00")
+
+
+def describe(name: str, kind: bytes = b"S") -> bytes:
+    return m.message(m.DESCRIBE, kind + m.cstr(name))
+
+
+def close(name: str, kind: bytes = b"S") -> bytes:
+    return m.message(m.CLOSE, kind + m.cstr(name))
+
+
+ROW = m.data_row([1]) + m.command_complete("SELECT 1")
+RFQ = m.ready_for_query(b"I")
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+def two_servers(rig: Rig) -> tuple[Peer, Peer, Peer]:
+    """A client, and two logged-in idle servers: the one it used first, and a second."""
+    c = rig.login()
+    other = rig.login(user="alice")
+    c.send(m.query("begin"))
+    other.send(m.query("begin"))
+    assert len(rig.servers) == 2
+    rig.server_login(rig.servers[1])
+    a, b = rig.servers
+    for s, cl in ((a, c), (b, other)):
+        assert s.take() == m.query("begin")
+        s.send(reply(m.command_complete("BEGIN"), status=b"T"))
+        assert cl.take() == reply(m.command_complete("BEGIN"), status=b"T")
+    for s, cl in ((a, c), (b, other)):
+        cl.send(m.query("commit"))
+        assert s.take() == m.query("commit")
+        s.send(reply(m.command_complete("COMMIT")))
+        cl.take()
+    assert a.state is ServerState.IDLE and b.state is ServerState.IDLE
+    return c, a, b
+
+
+def test_named_parse_is_renamed_and_replies_pass_through(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + bind("s1") + execute() + SYNC)
+    assert s.take() == parse(name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    s.send(PC + BC + ROW + RFQ)
+    assert c.take() == PC + BC + ROW + RFQ
+    assert s.state is ServerState.IDLE and not s.session.queue
+    assert c.session.stmts.prepared_statements == 1 and s.session.stmts.prepared_statements == 1
+    st = s.session.pool.stats
+    assert (st.client_parse_count, st.server_parse_count, st.bind_count) == (1, 1, 1)
+
+
+def test_parse_of_a_statement_the_server_has_is_answered_by_pgmux(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    assert c.take() == PC + RFQ
+    d = rig.login()  # another client parses the same text under its own name
+    d.send(parse(name="mine") + bind("mine") + execute() + SYNC)
+    assert s.take() == bind("pgmux_1") + execute() + SYNC
+    assert d.take() == PC  # nothing was owed before it: at once
+    s.send(BC + ROW + RFQ)
+    assert d.take() == BC + ROW + RFQ
+
+
+def test_synthesized_parse_complete_waits_for_earlier_replies(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(parse("select 2") + bind() + execute() + parse("select 3", name="s2") + parse(name="again") + SYNC)
+    assert s.take() == parse("select 2") + bind() + execute() + parse("select 3", name="pgmux_2") + SYNC
+    s.send(PC + BC)
+    assert c.take() == PC + BC
+    s.send(m.data_row([2]))
+    assert c.take() == m.data_row([2])
+    s.send(m.command_complete("SELECT 1") + PC)  # the synthesized one goes between the two
+    assert c.take() == m.command_complete("SELECT 1") + PC + PC
+    s.send(RFQ)
+    assert c.take() == RFQ
+
+
+def test_bind_on_a_server_without_the_statement_injects_a_parse(rig: Rig) -> None:
+    c, a, b = two_servers(rig)
+    c.send(parse(name="s1") + SYNC)
+    assert b.take() == parse(name="pgmux_1") + SYNC  # LIFO: the most recently idle server
+    b.send(PC + RFQ)
+    c.take()
+    holder = rig.login()
+    holder.send(m.query("begin"))  # keeps b busy: the next transaction gets a
+    assert b.take() == m.query("begin")
+    c.send(bind("s1") + execute() + SYNC)
+    assert a.take() == parse(name="pgmux_1", sql=SQL) + bind("pgmux_1") + execute() + SYNC
+    a.send(PC)
+    assert c.take() == b""  # swallowed
+    a.send(BC + ROW + RFQ)
+    assert c.take() == BC + ROW + RFQ
+    assert a.session.stmts.prepared_statements == 1
+    assert a.session.pool.stats.server_parse_count == 2
+
+
+def test_describe_statement_is_renamed_and_prepared_where_missing(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + describe("s1") + SYNC)
+    assert s.take() == parse(name="pgmux_1") + describe("pgmux_1") + SYNC
+    desc = m.message(m.PARAMETER_DESCRIPTION, b"\x00\x01\x00\x00\x00\x17") + m.row_description([("x", 23)])
+    s.send(PC + desc + RFQ)
+    assert c.take() == PC + desc + RFQ
+
+
+def test_close_statement_is_answered_locally(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(close("s1") + SYNC)
+    assert s.take() == SYNC
+    assert c.take() == CC
+    s.send(RFQ)
+    assert c.take() == RFQ
+    assert c.session.stmts.prepared_statements == 0
+    assert s.session.stmts.prepared_statements == 1  # others may still use it on this server
+    c.send(bind("s1") + execute() + SYNC)  # gone for this client: PostgreSQL's error, then skip to Sync
+    assert s.take() == SYNC
+    out = c.take()
+    assert [t for t, _ in frames(out)] == ["E"]
+    assert b"26000" in out
+    s.send(RFQ)
+    assert c.take() == RFQ
+
+
+def test_close_portal_and_unnamed_are_forwarded(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(close("p", b"P") + close("") + SYNC)
+    assert s.take() == close("p", b"P") + close("") + SYNC
+    s.send(CC + CC + RFQ)
+    assert c.take() == CC + CC + RFQ
+
+
+def test_failed_parse_is_forgotten_and_does_not_poison_others(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse("selec 1", name="bad") + bind("bad") + execute() + SYNC)
+    assert s.take() == parse("selec 1", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    err = m.error_response("ERROR", "42601", 'syntax error at or near "selec"')
+    s.send(err + RFQ)
+    assert c.take() == err + RFQ
+    assert c.session.stmts.prepared_statements == 0 and s.session.stmts.prepared_statements == 0
+    assert len(rig.app.prepared) == 0
+    c.send(parse("select 1", name="bad") + bind("bad") + execute() + SYNC)  # the name is free again
+    assert s.take() == parse("select 1", name="pgmux_2") + bind("pgmux_2") + execute() + SYNC
+    s.send(PC + BC + ROW + RFQ)
+    assert c.take() == PC + BC + ROW + RFQ
+
+
+def test_error_in_an_injected_parse_reaches_the_client_and_skips_to_sync(rig: Rig) -> None:
+    c, a, b = two_servers(rig)
+    c.send(parse(name="s1") + SYNC)
+    b.take()
+    b.send(PC + RFQ)
+    c.take()
+    holder = rig.login()
+    holder.send(m.query("begin"))
+    b.take()
+    c.send(bind("s1") + execute() + SYNC)
+    a.take()
+    err = m.error_response("ERROR", "42P01", 'relation "t" does not exist')
+    a.send(err + RFQ)
+    assert c.take() == err + RFQ
+    assert a.session.stmts.prepared_statements == 0
+    assert c.session.stmts.prepared_statements == 1  # the client's statement is still its own
+
+
+def test_duplicate_name_gets_postgresql_error(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(parse(name="s1") + bind("s1") + execute() + SYNC)
+    assert s.take() == SYNC
+    out = c.take()
+    assert b"42P05" in out and [t for t, _ in frames(out)] == ["E"]
+    s.send(RFQ)
+    assert c.take() == RFQ
+
+
+def test_eviction_closes_the_oldest_and_swallows_its_close_complete(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="max_prepared_statements = 1")
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(parse("select 2", name="s2") + bind("s2") + execute() + SYNC)
+    assert s.take() == (m.message(m.CLOSE, b"Spgmux_1\x00") + parse("select 2", name="pgmux_2")
+                        + bind("pgmux_2") + execute() + SYNC)
+    s.send(CC + PC + BC + ROW + RFQ)
+    assert c.take() == PC + BC + ROW + RFQ
+    assert s.session.stmts.names() == ["pgmux_2"]
+    c.send(bind("s1") + execute() + SYNC)  # s1 comes back: s2 goes
+    assert s.take() == (m.message(m.CLOSE, b"Spgmux_2\x00") + parse(name="pgmux_1") + bind("pgmux_1")
+                        + execute() + SYNC)
+    s.send(CC + PC + BC + ROW + RFQ)
+    assert c.take() == BC + ROW + RFQ
+
+
+def test_unnamed_statement_reparsed_when_the_server_changed(rig: Rig) -> None:
+    """asyncpg without a statement cache: Parse("")/Describe/Sync, then Bind("")/Execute/Sync."""
+    c, a, b = two_servers(rig)
+    c.send(parse() + describe("") + SYNC)
+    assert b.take() == parse() + describe("") + SYNC
+    b.send(PC + m.message(m.NO_DATA) + RFQ)
+    c.take()
+    holder = rig.login()
+    holder.send(m.query("select pg_sleep(1)"))
+    b.take()
+    c.send(bind() + execute() + SYNC)
+    assert a.take() == parse() + bind() + execute() + SYNC
+    a.send(PC + BC + ROW + RFQ)
+    assert c.take() == BC + ROW + RFQ
+    holder.take()
+
+
+def test_unnamed_statement_not_reparsed_on_the_same_server(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse() + describe("") + SYNC)
+    s.take()
+    s.send(PC + m.message(m.NO_DATA) + RFQ)
+    c.take()
+    c.send(bind() + execute() + SYNC)
+    assert s.take() == bind() + execute() + SYNC
+
+
+def test_unnamed_reparsed_after_another_client_used_the_server(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse() + describe("") + SYNC)
+    s.take()
+    s.send(PC + m.message(m.NO_DATA) + RFQ)
+    c.take()
+    other = rig.login()
+    other.send(m.query("select 1"))  # destroys the unnamed statement on the server
+    s.take()
+    s.send(reply(ROW))
+    other.take()
+    c.send(bind() + execute() + SYNC)
+    assert s.take() == parse() + bind() + execute() + SYNC
+
+
+def test_pipelined_batch_queued_before_a_server_is_rewritten_on_attach(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    holder = rig.login()
+    holder.send(m.query("begin"))
+    s.take()
+    c.send(parse(name="s1") + bind("s1") + execute() + SYNC)  # waits for a server
+    assert len(rig.servers) == 2
+    rig.server_login(rig.servers[1])
+    t = rig.servers[1]
+    assert t.take() == parse(name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    t.send(PC + BC + ROW + RFQ)
+    assert c.take() == PC + BC + ROW + RFQ
+
+
+def test_replies_split_anywhere_keep_their_order(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    d = rig.login()
+    d.send(m.query("select 1") + parse(name="x") + bind("x") + execute() + SYNC)
+    assert d.take() == b""  # the query's reply is owed first: the ParseComplete waits
+    s.take()
+    s.send_bytewise(reply(ROW) + BC + ROW + RFQ)
+    assert d.take() == reply(ROW) + PC + BC + ROW + RFQ
+    assert s.state is ServerState.IDLE
+
+
+def test_tracking_off_forwards_names_unchanged(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="max_prepared_statements = 0")
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + bind("s1") + execute() + SYNC)
+    assert s.take() == parse(name="s1") + bind("s1") + execute() + SYNC
+    assert c.session.stmts is None
+
+
+def test_session_mode_forwards_names_unchanged(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="pool_mode = session")
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    assert s.take() == parse(name="s1") + SYNC
+
+
+def test_client_leaving_releases_its_statements(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(m.terminate())
+    assert len(rig.app.prepared) == 1  # the server still holds it
+    rig.app.close_server(s.session, "test")
+    assert len(rig.app.prepared) == 0
+
+
+def test_malformed_bind_ends_the_connection(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(m.message(m.BIND, b"\x00s1") + SYNC)  # the statement name never ends
+    out = c.take()
+    assert b"08P01" in out and c.session.state.value == "closed"
+
+
+def test_prepared_steady_state_uses_the_header_only_reply_path(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(bind("s1") + execute() + SYNC)
+    assert s.take() == bind("pgmux_1") + execute() + SYNC
+    assert not s.session.queue  # nothing to swallow or add: replies relayed by headers only
+    c.send(parse() + bind() + execute() + SYNC)  # unnamed, as psycopg sends queries with parameters
+    assert s.take() == parse() + bind() + execute() + SYNC and not s.session.queue
