@@ -43,6 +43,9 @@ SCENARIOS: dict[str, list[str]] = {
     "select-extended-c50": ["-S", "-M", "extended", "-c", "50"],
     "select-extended-c200": ["-S", "-M", "extended", "-c", "200"],
     "select-connect-c20": ["-S", "-C", "-c", "20"],
+    # Named prepared statements across server connections (transaction mode): PgBouncer 1.18 aborts
+    # its clients here ("prepared statement does not exist"); pgmux tracks them.
+    "select-prepared-c50": ["-S", "-M", "prepared", "-c", "50"],
 }
 
 POOLER_SETTINGS: dict[str, Any] = {
