@@ -14,13 +14,17 @@ import secrets
 import time
 from typing import Any
 
+from pgmux import __version__
+from pgmux.config import diff, load_config
 from pgmux.config.model import Config, DatabaseConfig
 from pgmux.errors import PgmuxError
 from pgmux.net import connector
-from pgmux.net.listen import start_listeners
+from pgmux.net.listen import start_listeners, unix_socket_path
 from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
+from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
+from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
 from pgmux.session.params import startup_params
 from pgmux.session.prepared import ClientStatements
@@ -107,8 +111,6 @@ class App:
             self._janitor.cancel()
         unix_dir = self.config.settings.unix_socket_dir
         if unix_dir:
-            from pgmux.net.listen import unix_socket_path
-
             try:
                 os.unlink(unix_socket_path(unix_dir, self.config.settings.listen_port))
             except OSError:
@@ -207,8 +209,6 @@ class App:
         if self.config.settings.log_connections:
             log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
         if c.is_admin:
-            from pgmux import __version__
-
             c.send_welcome({"server_version": f"{__version__}/pgmux", "server_encoding": "UTF8",
                             "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
                             "integer_datetimes": "on", "standard_conforming_strings": "on",
@@ -358,8 +358,6 @@ class App:
             else:
                 self.give(server)
         elif err is not None and server.client is not None:
-            from pgmux.protocol import messages as m
-
             server.client.transport.write(m.notice_response(
                 f"pgmux could not apply a session parameter on the server: {err.get('M')}", severity="WARNING",
                 sqlstate=err.get("C", "01000")))
@@ -475,9 +473,7 @@ class App:
             server.pool.connecting -= 1
         if server.transport is not None:
             try:
-                from pgmux.protocol import messages as m
-
-                server.transport.write(m.terminate())
+                    server.transport.write(m.terminate())
             except Exception:  # noqa: BLE001 - the socket may already be gone; closing is what matters
                 pass
             server.transport.close()
@@ -566,8 +562,6 @@ class App:
         so), and let servers made from a changed database line be replaced as they come back."""
         import dataclasses
 
-        from pgmux.config import diff, load_config
-
         new = load_config(self.config_path)
         plan = diff(self.config, new)
         if plan.needs_restart:
@@ -600,8 +594,6 @@ class App:
                 log.error("janitor pass failed", exc_info=e)
 
     def tick(self, now: float) -> None:
-        from pgmux.runtime.timeouts import check_timeouts
-
         check_timeouts(self, now)
         if self.shutting_down:
             self._after_change()

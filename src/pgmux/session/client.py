@@ -36,8 +36,8 @@ class ClientSession:
     __slots__ = ("id", "hub", "transport", "addr", "port", "is_unix", "state", "user", "database",
                  "pool", "is_admin", "admin_level", "auth", "server", "pending", "pending_syncs",
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
-                 "request_time", "wait_since", "prefix", "max_packet", "closing", "target_factory",
-                 "admin_pending", "query_count", "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
+                 "request_time", "wait_since", "prefix", "max_packet",
+                 "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "__weakref__")
 
@@ -73,10 +73,6 @@ class ClientSession:
         self.request_time = now
         self.wait_since = now
         self.max_packet = max_packet
-        self.closing = False
-        self.target_factory: Any = None
-        self.admin_pending: list[bytes] = []
-        self.query_count = 0
         self.xact_start = 0.0
         self.prefix = f"C-{cid}"
         # Protocol-level prepared statements, when tracked (transaction/statement pooling with
