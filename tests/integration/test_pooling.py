@@ -254,8 +254,13 @@ def test_min_pool_size_opens_servers_ahead(pgmux_factory: Any) -> None:
     proc = pgmux_factory(settings={"pool_mode": "transaction", "min_pool_size": 3})
     with connect(proc) as conn:
         conn.execute("SELECT 1")
-        rows = wait_for(lambda: (lambda r: r if len(r) == 3 else None)(servers(proc)), "3 servers")
-        assert all(r["state"] in ("idle", "used") for r in rows)
+        # Servers appear in SHOW SERVERS while still logging in: wait for all three to be ready.
+        def ready() -> list[dict[str, Any]] | None:
+            rows = servers(proc)
+            return rows if len(rows) == 3 and all(r["state"] in ("idle", "used") for r in rows) else None
+
+        wait_for(ready, "3 logged-in idle servers")
+        assert len(servers(proc)) == 3  # and no more than min_pool_size for one client
 
 
 def test_reserve_pool_after_reserve_pool_timeout(pgmux_factory: Any, threads: ThreadPoolExecutor) -> None:
