@@ -8,13 +8,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
+from helpers import backend_pid, guard, pool_row, servers, wait_for
 from psycopg.rows import dict_row
 
 from pgmux.runtime.cluster import PgCluster
@@ -33,25 +33,10 @@ def console(proc: Any, user: str = "postgres", password: str | None = None, **kw
                            **{**CONNECT, **kw})
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
-def pool_row(proc: Any, db: str = "testdb") -> dict[str, Any]:
-    rows = [r for r in proc.admin_dicts("SHOW POOLS") if r["database"] == db]
-    assert len(rows) == 1, rows
-    return dict(rows[0])
 
 
-def servers(proc: Any, db: str = "testdb") -> list[dict[str, Any]]:
-    return [r for r in proc.admin_dicts("SHOW SERVERS") if r["database"] == db]
 
 
 def version(conn: psycopg.Connection[Any]) -> str:
@@ -60,10 +45,6 @@ def version(conn: psycopg.Connection[Any]) -> str:
     return str(row[0])
 
 
-def backend_pid(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 @pytest.fixture
@@ -72,15 +53,6 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield ex
 
 
-@contextmanager
-def guard(proc: Any) -> Iterator[None]:
-    """Put last in a `with` that holds connections: on failure it stops the pooler first, so no
-    connection's teardown (or a worker thread) can block on a query the pooler still holds."""
-    try:
-        yield
-    except BaseException:
-        proc.stop()
-        raise
 
 
 def not_done_soon(fut: Future[Any], wait: float = 0.5) -> bool:

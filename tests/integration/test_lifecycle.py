@@ -10,14 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from helpers import backend_pid, guard, pool_row, wait_for
 
 from pgmux import __version__
 from pgmux.runtime.cluster import PgCluster, free_port, port_accepts, render_ini, render_userlist
@@ -29,36 +29,12 @@ def connect(proc: Any, db: str = "testdb", user: str = "postgres", **kw: Any) ->
     return psycopg.connect(proc.dsn(db, user), **{**CONNECT, **kw})
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
-def backend_pid(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
-def pool_row(proc: Any, db: str = "testdb") -> dict[str, Any]:
-    (row,) = [r for r in proc.admin_dicts("SHOW POOLS") if r["database"] == db]
-    return dict(row)
 
 
-@contextmanager
-def guard(proc: Any) -> Iterator[None]:
-    """Last in a `with` holding connections: on failure, stop the pooler first so teardown can't block."""
-    try:
-        yield
-    except BaseException:
-        proc.stop()
-        raise
 
 
 @pytest.fixture

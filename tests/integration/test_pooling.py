@@ -15,14 +15,14 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
+from helpers import backend_pid, guard, pool_row, servers, wait_for
 
 from pgmux.runtime.cluster import PgCluster, free_port
 
@@ -34,30 +34,12 @@ def connect(proc: Any, db: str = "testdb", user: str = "postgres", password: str
     return psycopg.connect(proc.dsn(db, user, password), **{**CONNECT, **kw})
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
-def servers(proc: Any, db: str = "testdb") -> list[dict[str, Any]]:
-    return [r for r in proc.admin_dicts("SHOW SERVERS") if r["database"] == db]
 
 
-def pool_row(proc: Any, db: str = "testdb") -> dict[str, Any]:
-    (row,) = [r for r in proc.admin_dicts("SHOW POOLS") if r["database"] == db]
-    return dict(row)
 
 
-def backend_pid(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def login_error(dsn: str) -> tuple[str | None, str]:
@@ -74,15 +56,6 @@ def login_error(dsn: str) -> tuple[str | None, str]:
     return asyncio.run(attempt())
 
 
-@contextmanager
-def guard(proc: Any) -> Iterator[None]:
-    """Put last in a `with` that holds connections: on failure it stops the pooler first, so no
-    connection's teardown (or a worker thread) can block on a query the pooler still holds."""
-    try:
-        yield
-    except BaseException:
-        proc.stop()
-        raise
 
 
 @pytest.fixture
