@@ -67,10 +67,10 @@ class PoolRow:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientRow:
-    """SHOW CLIENTS. PgBouncer shows state 'idle' for an 'active' client with no server linked."""
+class _ConnectionRow:
+    """The columns SHOW CLIENTS, SHOW SERVERS and SHOW SOCKETS share, in PgBouncer's order."""
 
-    type: str  # "C"
+    type: str  # "C" or "S"
     user: str
     database: str
     replication: str  # "none", "logical" or "physical"
@@ -85,67 +85,31 @@ class ClientRow:
     wait_us: Int4
     close_needed: Int4
     ptr: str  # an address-like unique token, e.g. "0x7f3a..."
-    link: str  # ptr of the linked server, "" when none
-    remote_pid: Int4
+    link: str  # ptr of the linked peer, "" when none
+    remote_pid: Int4  # clients: pgmux's own BackendKeyData pid; servers: the backend's
     tls: str  # "" without TLS
     application_name: str
     prepared_statements: Int4
     id: Int4  # the id KILL_CLIENT takes
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRow(_ConnectionRow):
+    """SHOW CLIENTS. PgBouncer shows state 'idle' for an 'active' client with no server linked."""
+
     pin: str  # pgmux's own, last: why the client keeps its server in transaction mode ("" if it does not)
 
 
 @dataclass(frozen=True, slots=True)
-class ServerRow:
-    """SHOW SERVERS: the same columns as SHOW CLIENTS, seen from the server side."""
-
-    type: str  # "S"
-    user: str
-    database: str
-    replication: str
-    state: str  # active, idle, used, tested, new, active_cancel, being_canceled
-    addr: str
-    port: Int4
-    local_addr: str
-    local_port: Int4
-    connect_time: Timestamp
-    request_time: Timestamp
-    wait: Int4
-    wait_us: Int4
-    close_needed: Int4
-    ptr: str
-    link: str
-    remote_pid: Int4  # backend PID from BackendKeyData
-    tls: str
-    application_name: str  # of the linked client
-    prepared_statements: Int4
-    id: Int4
+class ServerRow(_ConnectionRow):
+    """SHOW SERVERS: the same columns as SHOW CLIENTS (without pgmux's `pin`), seen from the server side.
+    state: active, idle, used, tested, new, active_cancel, being_canceled."""
 
 
 @dataclass(frozen=True, slots=True)
-class SocketRow:
+class SocketRow(_ConnectionRow):
     """SHOW SOCKETS / SHOW ACTIVE_SOCKETS: the client/server columns plus buffer positions."""
 
-    type: str
-    user: str
-    database: str
-    replication: str
-    state: str  # cl_active, cl_waiting, cl_login, sv_active, sv_idle, ...
-    addr: str
-    port: Int4
-    local_addr: str
-    local_port: Int4
-    connect_time: Timestamp
-    request_time: Timestamp
-    wait: Int4
-    wait_us: Int4
-    close_needed: Int4
-    ptr: str
-    link: str
-    remote_pid: Int4
-    tls: str
-    application_name: str
-    prepared_statements: Int4
-    id: Int4
     recv_pos: Int4
     pkt_pos: Int4
     pkt_remain: Int4
