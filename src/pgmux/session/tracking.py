@@ -58,8 +58,10 @@ _AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin
 _KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate) + _PINS
 
 
-def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
-    """False when the Query body data[start:end] certainly changes no tracked session state."""
+def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
+    """False when the Query body data[start:end] certainly changes no tracked session state.
+    pgmux._speedups.screen does the same in C (a fifth of the per-transaction work of pgmux in
+    Python); this is its definition, and the fallback where the C module was not built."""
     low = bytes(data[start:end]).lower()
     find = low.find
     if find(b"_") >= 0 and (find(b"advisory") >= 0 or find(b"set_config") >= 0):
@@ -72,6 +74,12 @@ def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
     if i >= 0 and low[i:].strip(b" \t\r\n;\x00"):  # more than one statement: any may start with a word
         return any(find(w) >= 0 for w in _SCREEN)
     return False
+
+
+try:
+    from pgmux._speedups import screen
+except ImportError:  # not compiled here (setup.py builds it where a C compiler is present)
+    screen = screen_py
 
 
 def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
