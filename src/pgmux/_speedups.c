@@ -104,7 +104,101 @@ static PyObject *screen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(r);
 }
 
+/*
+ * walk(data, limit, noted) -> (end, nz, z, zpos, items)
+ *
+ * The header walk of ServerSession._relay: over the complete messages at the start of `data`
+ * (5-byte headers, lengths checked against `limit`), count the ReadyForQuery messages (nz), the last
+ * one's status byte (z, 0 if none) and offset (zpos). `noted` is a 256-byte table of the other
+ * message types the caller must see: when any of them occurs, `items` lists every noted message
+ * and every ReadyForQuery as (type, start, total) in order, so the caller handles them exactly as
+ * its own loop would; otherwise items is None. `end` is where the first incomplete message starts.
+ * An impossible length (below 4, above limit, or a ReadyForQuery not of 5) raises ValueError(type,
+ * length). pgmux.protocol.codec.walk_py is the definition.
+ */
+static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "walk(data, limit, noted) takes 3 arguments");
+        return NULL;
+    }
+    long long limit = PyLong_AsLongLong(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view, table;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &table, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (table.len != 256) {
+        PyErr_SetString(PyExc_ValueError, "walk: noted must be a 256-byte table");
+        goto done;
+    }
+    const unsigned char *p = view.buf, *noted = table.buf;
+    Py_ssize_t n = view.len, pos = 0, zpos = 0, nz = 0, nnoted = 0;
+    int z = 0;
+    /* First pass: find the end, count ReadyForQuery and noted messages. */
+    while (n - pos >= 5) {
+        unsigned char t = p[pos];
+        long long len = ((long long)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
+        if (p[pos + 1] & 0x80)
+            len -= 1LL << 32;  /* a signed int32, as struct "!i" reads it */
+        if (len < 4 || len > limit || (t == 'Z' && len != 5)) {
+            PyObject *err = Py_BuildValue("(iL)", (int)t, len);
+            if (err) {
+                PyErr_SetObject(PyExc_ValueError, err);
+                Py_DECREF(err);
+            }
+            goto done;
+        }
+        Py_ssize_t end = pos + 1 + (Py_ssize_t)len;
+        if (end > n)
+            break;
+        if (t == 'Z') {
+            nz++;
+            z = p[pos + 5];  /* length 5, checked above: the status byte */
+            zpos = pos;
+        } else if (noted[t]) {
+            nnoted++;
+        }
+        pos = end;
+    }
+    PyObject *items = Py_None;
+    Py_INCREF(Py_None);
+    if (nnoted) {
+        Py_DECREF(Py_None);
+        items = PyList_New(0);
+        if (items == NULL)
+            goto done;
+        Py_ssize_t q = 0;
+        while (q < pos) {
+            unsigned char t = p[q];
+            Py_ssize_t total = 1 + (((Py_ssize_t)p[q + 1] << 24) | (p[q + 2] << 16) | (p[q + 3] << 8) | p[q + 4]);
+            if (t == 'Z' || noted[t]) {
+                PyObject *item = Py_BuildValue("(inn)", (int)t, q, total);
+                if (item == NULL || PyList_Append(items, item) < 0) {
+                    Py_XDECREF(item);
+                    Py_DECREF(items);
+                    goto done;
+                }
+                Py_DECREF(item);
+            }
+            q += total;
+        }
+    }
+    result = Py_BuildValue("(nninN)", pos, nz, z, zpos, items);
+done:
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
+     "walk(data, limit, noted) -> (end, nz, z, zpos, items): the header walk of the server relay."},
     {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL,
      "screen(data, start, end) -> bool: False when the Query text data[start:end] certainly changes no "
      "session state pgmux tracks (see pgmux.session.tracking)."},

@@ -1,4 +1,4 @@
-"""pgmux._speedups.screen against its definition, session.tracking.screen_py.
+"""pgmux._speedups against its definitions: session.tracking.screen_py and protocol.codec.walk_py.
 
 The C module is built by `pip install` (setup.py); on this project's machines a C compiler is always
 present, so a missing module is a failure here, not a skip: the forwarding path would silently run
@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgmux.protocol import messages as m
+from pgmux.protocol.codec import noted_table, walk_py
 from pgmux.session import tracking
 from pgmux.session.tracking import screen_py
 
@@ -69,3 +71,50 @@ def test_c_scan_agrees_on_random_text(words: list[str], noise: bytes) -> None:
     for start in (0, 1, 3):
         c, py = both(text, start)
         assert c == py
+
+
+# -- walk: the server relay's header walk ---------------------------------------------------------------
+
+NOTED = noted_table("SEG")
+REPLY_PARTS = [
+    m.row_description([("a", 23)]), m.data_row([1]), m.command_complete("SELECT 1"), m.ready_for_query(b"I"),
+    m.ready_for_query(b"T"), m.ready_for_query(b"E"), m.parameter_status("TimeZone", "UTC"),
+    m.error_response("ERROR", "42P01", "no"), m.message(b"G", b"\x00\x00\x00"), m.notice_response("n"),
+    m.message(b"d", b"x" * 70), m.message(b"c"),
+]
+
+
+def test_the_server_relay_uses_the_c_walk() -> None:
+    from pgmux.protocol import codec
+
+    assert codec.walk is speedups.walk
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(REPLY_PARTS), max_size=10), st.integers(0, 40))
+def test_c_walk_agrees_on_replies_cut_anywhere(parts: list[bytes], cut: int) -> None:
+    data = b"".join(parts)
+    for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data)[:max(0, len(data) - cut)]):
+        assert speedups.walk(chunk, 1 << 30, NOTED) == walk_py(chunk, 1 << 30, NOTED)
+
+
+@pytest.mark.parametrize("bad", [
+    b"D\x00\x00\x00\x03", b"D\xff\xff\xff\xff", b"D\x00\x00\x10\x00", b"Z\x00\x00\x00\x06II", b"Z\x00\x00\x00\x04",
+])
+def test_c_walk_refuses_the_same_lengths(bad: bytes) -> None:
+    data = m.data_row([1]) + bad
+    with pytest.raises(ValueError) as c_err:
+        speedups.walk(data, 1000, NOTED)
+    with pytest.raises(ValueError) as py_err:
+        walk_py(data, 1000, NOTED)
+    assert c_err.value.args == py_err.value.args == (bad[0], int.from_bytes(bad[1:5], "big", signed=True))
+
+
+def test_walk_results() -> None:
+    reply = m.row_description([("a", 23)]) + m.data_row([1]) + m.command_complete("SELECT 1")
+    z = m.ready_for_query(b"T")
+    assert speedups.walk(reply + z, 1 << 30, NOTED) == (len(reply) + 6, 1, ord("T"), len(reply), None)
+    ps = m.parameter_status("a", "b")
+    assert speedups.walk(ps + z + b"D\x00", 1 << 30, NOTED) == (
+        len(ps) + 6, 1, ord("T"), len(ps), [(ord("S"), 0, len(ps)), (ord("Z"), len(ps), 6)])
+    assert speedups.walk(b"", 1 << 30, NOTED) == (0, 0, 0, 0, None)

@@ -44,6 +44,49 @@ def scan(buf: bytes | bytearray | memoryview, pos: int, max_len: int) -> tuple[l
     return out, pos
 
 
+def noted_table(types: str) -> bytes:
+    """The `noted` argument of walk: a 256-byte table marking these message types."""
+    return bytes(1 if chr(c) in types else 0 for c in range(256))
+
+
+def walk_py(buf: bytes | bytearray | memoryview, limit: int,
+            noted: bytes) -> tuple[int, int, int, int, list[tuple[int, int, int]] | None]:
+    """The server relay's header walk: (end, nz, z, zpos, items) for the complete messages at the start
+    of buf. nz counts the ReadyForQuery messages, z and zpos are the last one's status byte and offset.
+    When a type marked in `noted` occurs, items lists the noted messages and every ReadyForQuery as
+    (type, start, total), in order; else it is None, and the caller has nothing but nz to handle.
+    Raises ValueError(type, length) for a length below 4, above limit, or a ReadyForQuery not of 5.
+    pgmux._speedups.walk does the same in C; this is its definition and its fallback."""
+    n = len(buf)
+    pos = nz = z = zpos = 0
+    marks: list[tuple[int, int, int]] = []
+    seen = False
+    while n - pos >= 5:
+        t = buf[pos]
+        (length,) = _I32.unpack_from(buf, pos + 1)
+        if length < 4 or length > limit or (t == 90 and length != 5):
+            raise ValueError(t, length)
+        end = pos + 1 + length
+        if end > n:
+            break
+        if t == 90:  # 'Z'
+            nz += 1
+            z = buf[pos + 5]
+            zpos = pos
+            marks.append((t, pos, end - pos))
+        elif noted[t]:
+            seen = True
+            marks.append((t, pos, end - pos))
+        pos = end
+    return pos, nz, z, zpos, marks if seen else None
+
+
+try:
+    from pgmux._speedups import walk
+except ImportError:  # not compiled here: see setup.py
+    walk = walk_py
+
+
 class Buffer:
     """Bytes received but not yet consumed: at most one partial message.
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
-from pgmux.protocol.codec import Buffer, scan, unpack_len
+from pgmux.protocol.codec import Buffer, noted_table, scan, walk
 from pgmux.session.params import canon
 from pgmux.session.pipeline import Entry, to_client
 from pgmux.session.prepared import ServerStatements
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G = ord("G")  # CopyInResponse
-_NOTED = frozenset((_Z, _S, _E, _G))  # what the header-only relay looks at
+_NOTED = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
 _I32 = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
 _STATUS = {c: bytes((c,)) for c in range(256)}
@@ -159,31 +159,29 @@ class ServerSession:
         if self.swallow or self.client is None or self.queue:
             self._relay_slow(data)
             return
-        # The per-reply path: codec.scan's header walk inlined, as in ClientSession._relay.
+        # The per-reply path: codec.walk (in C where built) finds the end, the ReadyForQuery messages,
+        # and the few other types the relay must look at; usually there are none, and no loop here.
         n = len(data)
-        pos = 0
-        z = zpos = 0
-        while n - pos >= 5:
-            t = data[pos]
-            (length,) = unpack_len(data, pos + 1)
-            if length < 4 or length > MAX_SERVER_MESSAGE:
-                raise ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
-            end = pos + 1 + length
-            if end > n:
-                break
-            if t in _NOTED:  # one test for the usual T, D and C
+        try:
+            pos, nz, z, zpos, items = walk(data, MAX_SERVER_MESSAGE, _NOTED)
+        except ValueError as e:
+            raise ProtocolViolation(f"invalid message length {e.args[1]} for message type {chr(e.args[0])!r}") \
+                from None
+        if items is None:
+            if nz:
+                self.owed -= nz
+                self.copy_in = False
+        else:
+            for t, start, total in items:
                 if t == _Z:
-                    z = data[pos + 5]
-                    zpos = pos
                     self.owed -= 1
                     self.copy_in = False
                 elif t == _S:
-                    self._param(data, pos, end - pos)
+                    self._param(data, start, total)
                 elif t == _E:
-                    self._error(data, pos, end - pos)
+                    self._error(data, start, total)
                 else:
                     self.copy_in = True
-            pos = end
         if pos < n:
             buf.keep(data, pos)
         if pos == 0:
