@@ -239,55 +239,63 @@ class ClientSession:
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
         # The per-query path: the header walk of codec.scan, inlined (no list, no tuples), because
-        # it runs for every read of every client.
+        # it runs for every read of every client; a read of exactly one Query skips even that.
         buf = self.buf
         if buf.pending:
             data = buf.feed(data)
             if not data:
                 return
         n = len(data)
-        pos = 0
-        syncs = 0
         ignored = 0
-        copy_syncs = self.copy_syncs
-        unsynced = self.unsynced
         terminate = False
         ext = False
-        track = False  # a Query that may change session state: its reply is watched
-        watch = self.watch
-        limit = self.max_packet
-        while n - pos >= 5:
-            t = data[pos]
-            (length,) = unpack_len(data, pos + 1)
-            if length < 4 or length > limit:
-                raise ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
-            end = pos + 1 + length
-            if end > n:
-                break
-            if t == _Q or t == _S or t == _F:
-                syncs += 1
-                unsynced = False
-                copy_syncs = copy_syncs + 1 if t == _S else 0
-                if t == _Q and watch and screen(data, pos + 5, end):
-                    track = True
-            elif t == _X:
-                terminate = True
-                break
-            elif t in _EXTENDED:
-                unsynced = True
-                ext = True
-                if t == _EXECUTE:
+        if n > 5 and data[0] == _Q and unpack_len(data, 1)[0] == n - 1 and n <= self.max_packet:
+            # One whole Query, the usual read of a simple-protocol client: no walk.
+            pos = n
+            syncs = 1
+            copy_syncs = 0
+            unsynced = False
+            track = self.watch and screen(data, 5, n)
+        else:
+            pos = 0
+            syncs = 0
+            copy_syncs = self.copy_syncs
+            unsynced = self.unsynced
+            track = False  # a Query that may change session state: its reply is watched
+            watch = self.watch
+            limit = self.max_packet
+            while n - pos >= 5:
+                t = data[pos]
+                (length,) = unpack_len(data, pos + 1)
+                if length < 4 or length > limit:
+                    raise ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
+                end = pos + 1 + length
+                if end > n:
+                    break
+                if t == _Q or t == _S or t == _F:
+                    syncs += 1
+                    unsynced = False
+                    copy_syncs = copy_syncs + 1 if t == _S else 0
+                    if t == _Q and watch and screen(data, pos + 5, end):
+                        track = True
+                elif t == _X:
+                    terminate = True
+                    break
+                elif t in _EXTENDED:
+                    unsynced = True
+                    ext = True
+                    if t == _EXECUTE:
+                        copy_syncs = 0
+                elif t in _COPY_END:
+                    # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
+                    # after the Execute and another after CopyDone. The backend reads the first in
+                    # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
+                    server = self.server
+                    if copy_syncs and server is not None and server.copy_in:
+                        ignored += copy_syncs
+                        server.copy_in = False
                     copy_syncs = 0
-            elif t in _COPY_END:
-                # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
-                # after the Execute and another after CopyDone. The backend reads the first in
-                # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
-                server = self.server
-                if copy_syncs and server is not None and server.copy_in:
-                    ignored += copy_syncs
-                    server.copy_in = False
-                copy_syncs = 0
-            pos = end
+                pos = end
         if pos < n and not terminate:
             buf.keep(data, pos)
         if pos > 0:
