@@ -158,7 +158,8 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         return None
 
     for t, s, total in msgs:
-        if c.skip:  # after an error pgmux gave itself, PostgreSQL ignores everything up to Sync
+        skipped = c.skip
+        if skipped:  # after an error pgmux gave itself, PostgreSQL ignores everything up to Sync
             if t != _S:
                 if run < s:
                     out.append(mv[run:s])
@@ -264,15 +265,19 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
             synth(m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
             c.skip = True
-            new = [_FAIL_PARSE]  # and the server fails as PostgreSQL would have (see _FAIL)
-            q.append((PARSE, False, _FAIL, None))
+            # The server fails as PostgreSQL would have (see _FAIL). The entry stands for the Sync to
+            # come, which is not queued again: the queue stays non-empty until its ReadyForQuery, so
+            # that the Sync comes through here (and ends c.skip) even when the server's error is
+            # back before it.
+            new = [_FAIL_PARSE]
+            q.append((SYNC, False, _FAIL, None))
             kind = -1
         if new is not None:  # rewritten (or answered here): the bytes so far go first
             if run < s:
                 out.append(mv[run:s])
             out.extend(new)
             run = s + total
-        if kind >= 0:
+        if kind >= 0 and not (skipped and t == _S):  # that Sync's entry is the _FAIL one
             q.append((kind, False, None, None))
     if run < end:
         out.append(mv[run:end])
