@@ -208,3 +208,24 @@ def test_server_error_back_before_the_clients_sync(rig: Rig) -> None:
     assert s.take() == m.query("SET app.x = '1'")  # not dropped by a skip that never ended
     s.send(reply(m.command_complete("SET")))
     assert a.take() == reply(m.command_complete("SET"))
+
+
+def test_reset_all_brings_back_startup_values_on_the_same_server(rig: Rig) -> None:
+    a = rig.login(TimeZone="Asia/Tokyo")
+    (s,) = rig.servers
+    a.send(m.query("RESET ALL"))
+    sync = s.take()
+    assert b"TimeZone = 'Asia/Tokyo'" in sync and sync.endswith(m.query("RESET ALL"))  # the login sync
+    s.send(m.parameter_status("TimeZone", "Asia/Tokyo") + m.command_complete("SET") + m.ready_for_query(b"I"))
+    s.send(m.parameter_status("TimeZone", "UTC") + m.command_complete("RESET") + m.ready_for_query(b"I"))
+    assert a.take() == (m.parameter_status("TimeZone", "UTC") + m.command_complete("RESET")
+                        + m.ready_for_query(b"I"))
+    again = s.take()  # pgmux sets the client's own value again, at once
+    assert b"SET TimeZone = 'Asia/Tokyo'" in again and again.endswith(SYNC)
+    assert s.state is ServerState.ACTIVE  # not handed on with that in flight
+    done = m.message(m.CLOSE_COMPLETE) * 2
+    s.send(done + m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE)
+           + m.parameter_status("TimeZone", "Asia/Tokyo") + m.command_complete("SET") + done
+           + m.ready_for_query(b"I"))
+    assert a.take() == m.parameter_status("TimeZone", "Asia/Tokyo")  # the rest is pgmux's own
+    assert a.session.params["TimeZone"] == "Asia/Tokyo" and s.state is ServerState.IDLE

@@ -21,6 +21,7 @@ leaves no statement, on the server or for the client).
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from pgmux.protocol.extended import (
     rename_target,
 )
 from pgmux.session import sqlprepared
+from pgmux.session.params import LIST_GUCS as _LIST_GUCS
+from pgmux.session.params import quote_literal
 from pgmux.session.prepared import ServerStatements, Statement
 from pgmux.session.statements import Effect, SetConfigArgs
 from pgmux.session.tracking import (
@@ -97,6 +100,8 @@ _FAIL: Any = ("fail",)
 _FAIL_SQL = "pgmux: statement refused, the client got the error from pgmux"
 _FAIL_PARSE = build_parse(sqlprepared.HELPER, _FAIL_SQL)
 _FAIL_QUERY = m.query(_FAIL_SQL)
+_LIST_TEXT = re.compile(r'[\w$", ]+\Z')
+_CLOSE_FAILS: tuple[Entry, ...] = ((CLOSE, True, _FAIL, None), (CLOSE, True, _FAIL, None))
 
 
 def server_statements(server: ServerSession) -> ServerStatements:
@@ -425,6 +430,36 @@ def _prelude(c: ClientSession, server: ServerSession, q: deque[Entry], done: tup
     return out
 
 
+def _restore(c: ClientSession, server: ServerSession, values: dict[str, str]) -> None:
+    """After a RESET [ALL] or DISCARD ALL committed: set the client's own defaults (its startup values)
+    again on this server at once, while nothing else is in flight; their ParameterStatus reach the
+    client, the rest of the replies (errors included) are swallowed. With requests in flight the
+    next server sync brings them instead (c.sig and server.sig were cleared)."""
+    q = server.queue
+    if q or server.owed > 0 or server.transport is None:
+        return
+    out = [_CLOSE_HELPER]
+    q.extend(_CLOSE_FAILS)
+    reported = c.pool.server_params or {}
+    for k, v in values.items():
+        if k.lower() in _LIST_GUCS:  # a list: its stored text is the SET syntax (session/params.py)
+            if not _LIST_TEXT.match(v):
+                continue  # left to the next server sync
+            sql = f"SET {k} = {v}"
+        else:
+            sql = f"SET {k} = {quote_literal(v)}"
+        out += [build_parse(sqlprepared.HELPER, sql), _BIND_HELPER, _EXECUTE_HELPER, _CLOSE_HELPER]
+        q.extend(((PARSE, True, _FAIL, None), (BIND, True, _FAIL, None), (EXECUTE, True, _FAIL, None)))
+        q.extend(_CLOSE_FAILS)
+        server.params[k] = v
+        if k not in reported:
+            server.extra.add(k)
+    out.append(_SYNC)
+    q.append((SYNC, True, _FAIL, None))
+    server.owed += 1
+    server.transport.write(b"".join(out))
+
+
 def _undo_step(held: dict[str, str], step: sqlprepared.Step) -> Callable[[], None]:
     return lambda: sqlprepared.undo(held, step)
 
@@ -522,8 +557,10 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
                         swallow = True
                         c.q_error = c.q_rollback = False
                     elif e[2] is not None or c.tx_effects:  # a watched Query, or the end of a transaction
-                        query_done(c, server, e[2] if e[2] is not None and e[2] is not _FAIL else (),
-                                   bytes((z,)))
+                        restore = query_done(c, server, e[2] if e[2] is not None and e[2] is not _FAIL else (),
+                                             bytes((z,)))
+                        if restore:
+                            _restore(c, server, restore)
                     break
                 if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
                     e[3]()
@@ -551,7 +588,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             if ends is not None and t in ends:
                 q.popleft()
                 swallow = e[1]
-                if e[0] == EXECUTE and e[2] is not None and t == _CC:
+                if e[0] == EXECUTE and e[2] is not None and e[2] is not _FAIL and t == _CC:
                     executed(c, server, e[2])
         if swallow:
             if run < s:

@@ -108,8 +108,10 @@ def query_effects(body: bytes | memoryview, in_tx: bool = True) -> tuple[Effect,
     return tuple(e for e in effects(sql) if isinstance(e, _KEPT) and not getattr(e, "local", False))
 
 
-def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
-    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
+def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...],
+               status: bytes) -> dict[str, str] | None:
+    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery.
+    Returns what `apply` says a reset must bring back, if anything."""
     failed, rolled_back, ran = c.q_error, c.q_rollback, c.q_sql
     c.q_error = c.q_rollback = False
     if ran:  # the first `ran` PREPAREs and DEALLOCATEs of the query string ran, whatever came after
@@ -127,7 +129,7 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
     if failed or rolled_back:
         if rolled_back or status == b"I":
             c.tx_effects = []
-        return
+        return None
     for e in done:
         if isinstance(e, (DiscardAll, Deallocate)) and (isinstance(e, DiscardAll) or e.name is None):
             # Not transactional: the server's statements are gone now, and so are the client's.
@@ -140,8 +142,10 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
     if done:
         _wait(c, done)
     if status == b"I" and c.tx_effects:
-        apply(c, server, c.tx_effects)
+        restore = apply(c, server, c.tx_effects)
         c.tx_effects = []
+        return restore
+    return None
 
 
 def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) -> None:
@@ -239,8 +243,12 @@ def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None
     return None
 
 
-def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
+def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> dict[str, str]:
+    """Record committed effects. Returns the values a reset must bring back on this server: RESET
+    goes back to the session's default, which for the parameters a client gave at startup is its
+    own value; the server's RESET went back to the server's default (and its ParameterStatus said so)."""
     reported = c.pool.server_params or {}
+    restore: dict[str, str] = {}
     for e in done:
         if isinstance(e, _PINS) or isinstance(e, DiscardAll):
             if not isinstance(e, _AT_ONCE):  # those were counted when their query ended
@@ -248,10 +256,16 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
             if not isinstance(e, DiscardAll):
                 continue
         if isinstance(e, SetParam):
+            restore.pop(e.name, None)
             if e.name not in reported:
                 c.params[e.name] = server.params[e.name] = e.value
                 server.extra.add(e.name)
         elif isinstance(e, ResetParam):
+            restore.pop(e.name, None)
+            if e.name in c.initial:
+                restore[e.name] = c.initial[e.name]
+                if e.name in reported:
+                    c.params[e.name] = c.initial[e.name]
             if e.name not in reported:
                 default = c.initial.get(e.name)
                 if default is None:
@@ -263,12 +277,14 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
         elif isinstance(e, (ResetAll, DiscardAll)):
             for k in [k for k in c.params if k not in reported]:
                 del c.params[k]
-            c.params.update((k, v) for k, v in c.initial.items() if k not in reported)
+            c.params.update(c.initial)
+            restore = dict(c.initial)
             for k in server.extra:
                 server.params.pop(k, None)
             server.extra.clear()
     c.sig = None
     server.sig = None
+    return {k: v for k, v in restore.items() if server.params.get(k) != v}
 
 
 class Pins:

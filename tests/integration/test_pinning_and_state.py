@@ -134,3 +134,32 @@ def test_savepoints_bound_set_config_and_temp_table_drop(pgmux_factory: PgmuxSta
         a.execute("DROP TABLE t2")
         assert pins(mux) == ["", ""]
         assert a.execute("SELECT to_regclass('pg_temp.t2') IS NULL").fetchone() == (True,)
+
+
+def test_reset_all_goes_back_to_the_clients_startup_values(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    """As in PostgreSQL: RESET [ALL] and DISCARD ALL go back to the session's defaults, which include
+    what the client asked for at startup, not to the server connection's defaults."""
+    mux = start(pgmux_factory, pg, pool_size=2)
+    opts = "-c TimeZone=Asia/Tokyo -c statement_timeout=4s -c application_name=tokyo"
+    with connect(mux, options=opts) as a, connect(mux) as holder, guard(mux):
+        def shown() -> tuple[Any, ...]:
+            row = a.execute("SELECT current_setting('TimeZone'), current_setting('statement_timeout'), "
+                            "current_setting('application_name')").fetchone()
+            assert row is not None
+            return tuple(row)
+
+        assert shown() == ("Asia/Tokyo", "4s", "tokyo")
+        for reset in ("RESET ALL", "DISCARD ALL", "RESET TimeZone"):
+            a.execute("SET TimeZone = 'Europe/Paris'")
+            a.execute("SET statement_timeout = '9s'")
+            a.execute("SET application_name = 'paris'")
+            a.execute(reset)
+            want = ("Asia/Tokyo", "9s", "paris") if reset == "RESET TimeZone" else ("Asia/Tokyo", "4s", "tokyo")
+            assert shown() == want  # on the same server
+            assert a.info.parameter_status("TimeZone") == "Asia/Tokyo"
+            holder.execute("BEGIN")
+            holder.execute("SELECT 1")
+            assert shown() == want  # and on the other one
+            holder.execute("COMMIT")
+            a.execute("RESET ALL")
+        assert holder.execute("SELECT current_setting('TimeZone')").fetchone() != ("Asia/Tokyo",)
