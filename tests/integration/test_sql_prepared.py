@@ -195,8 +195,42 @@ def test_drivers_execute_text_across_servers(pgmux_factory: PgmuxStarter, pg: Pg
             conn.execute(f"PREPARE w (int) AS SELECT $1 + {k * 100}")
         for i in range(10):
             for k, conn in enumerate(conns):
-                row = conn.execute(f"EXECUTE w({i})").fetchone()  # the extended protocol, no parameters
+                row = conn.execute(f"EXECUTE w({i})", binary=True).fetchone()  # binary: the extended protocol
                 assert row == (i + k * 100,)
+                # the same text again and again: psycopg prepares it (a named Parse) after 5 runs
+                assert conn.execute("EXECUTE w(7)", binary=True).fetchone() == (7 + k * 100,)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_without_protocol_level_tracking(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    """max_prepared_statements = 0 turns protocol-level tracking off; SQL-level statements still
+    follow their clients (psycopg sends `EXECUTE ...` text through unnamed Parse/Bind/Execute)."""
+    p = pg.primary
+    mux = pgmux_factory(databases={"testdb": f"host={p.host} port={p.port} dbname=testdb"},
+                        settings={"pool_mode": "transaction", "default_pool_size": 2, "max_prepared_statements": 0})
+    # prepare_threshold=None: psycopg's own named statements need protocol-level tracking
+    conns = [psycopg.connect(mux.dsn(), autocommit=True, connect_timeout=10, prepare_threshold=None)
+             for _ in range(5)]
+    try:
+        with guard(mux):
+            for k, conn in enumerate(conns):
+                conn.execute(f"PREPARE z AS SELECT {k}, pg_backend_pid()")
+            pids: set[int] = set()
+            for _ in range(6):
+                for k, conn in enumerate(conns):
+                    row = conn.execute("EXECUTE z", binary=True).fetchone()  # binary: Parse/Bind/Execute
+                    assert row is not None and row[0] == k
+                    pids.add(row[1])
+                conns[0].execute("BEGIN")  # hold one server for a round: the others share the second
+                conns[0].execute("SELECT 1")
+                for k, conn in enumerate(conns[1:], 1):
+                    row = conn.execute("EXECUTE z", binary=True).fetchone()
+                    assert row is not None and row[0] == k
+                    pids.add(row[1])
+                conns[0].execute("COMMIT")
+            assert len(pids) == 2
     finally:
         for conn in conns:
             conn.close()

@@ -299,28 +299,37 @@ def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -
     """Whether the chunk can go to the server unchanged, with nothing to queue: only the unnamed
     statement, already on this server or parsed here. The usual extended-protocol traffic of drivers
     without named statements (pgbench -M extended, psycopg with parameters) stays this cheap; it
-    records the unnamed Parse on the way. Anything else is left to the full walk of to_server."""
+    records the unnamed Parse on the way. Anything else is left to the full walk of to_server.
+    Without protocol-level statement tracking (max_prepared_statements = 0) named statements go as
+    they are too, unless their text may change session state."""
     n = len(chunk)
     pos = 0
+    tracked = c.stmts is not None
     while pos < n:
         t = chunk[pos]
         (length,) = _LEN.unpack_from(chunk, pos + 1)
         end = pos + 1 + length
         if t == _P:
-            # (the screen reads the text after the empty name)
-            if chunk[pos + 5] != 0 or (c.watch and (c.stmt_fx or c.tx_effects or screen(chunk, pos + 6, end))):
-                return False
-            c.unnamed = server.unnamed = bytes(chunk[pos:end])
+            if chunk[pos + 5] != 0:  # named
+                if tracked:
+                    return False
+                head = bytes(chunk[pos + 5:end])
+                if c.watch and (c.stmt_fx or c.tx_effects or screen(head, head.find(b"\x00") + 1, len(head))):
+                    return False
+            else:  # (the screen reads the text after the empty name)
+                if c.watch and (c.stmt_fx or c.tx_effects or screen(chunk, pos + 6, end)):
+                    return False
+                c.unnamed = server.unnamed = bytes(chunk[pos:end])
         elif t == _B:
-            if c.stmt_fx or chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (
-                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed):
+            if c.stmt_fx or (tracked and (chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (
+                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed))):
                 return False
         elif t == _D:
-            if chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
+            if tracked and chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
                     c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed)):
                 return False
         elif t == _C:
-            if chunk[pos + 5] == _S:
+            if tracked and chunk[pos + 5] == _S:
                 return False
         elif t == _Q or t == _F or (t == _E and c.portal_fx):
             return False
@@ -412,7 +421,11 @@ def _prelude(c: ClientSession, server: ServerSession, q: deque[Entry], done: tup
     if not (c.sql or server.sql) or server.tx_status == b"E":  # in a failed transaction all fails anyway
         return []
     wanted = sqlprepared.names(done)
-    steps = sqlprepared.plan(c.sql, server.sql, wanted) if wanted else []
+    if not wanted:
+        return []
+    steps = sqlprepared.plan(c.sql, server.sql, wanted)
+    steps += sqlprepared.evict(c.sql, server.sql, server.hub.config.settings.max_prepared_statements or
+                               sqlprepared.DEFAULT_CAP)
     if not steps:
         return []
     out: list[bytes | memoryview] = [_CLOSE_HELPER]

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from pgmux.session.statements import Deallocate, Effect, Execute, Prepare, quote_ident
 
 HELPER = "pgmux_sql"  # the statement and portal name pgmux runs its own PREPARE/DEALLOCATE through
+DEFAULT_CAP = 200  # other clients' statements a server keeps, when max_prepared_statements is 0
 
 
 def definition(p: Prepare) -> str:
@@ -66,6 +67,19 @@ def plan(client: dict[str, str], server: dict[str, str], wanted: Iterable[str]) 
         if want is not None:
             steps.append((want, name, None))
             server[name] = want
+    return steps
+
+
+def evict(client: dict[str, str], server: dict[str, str], cap: int) -> list[Step]:
+    """DEALLOCATE other clients' statements left on this server, oldest first, while it holds more than
+    `cap`: they stay until a client of the same name needs the server, so without a cap a server could
+    gather every name any client ever prepared."""
+    steps: list[Step] = []
+    extra = len(server) - cap
+    if extra <= 0:
+        return steps
+    for name in [n for n in server if n not in client][:extra]:
+        steps.append((f"DEALLOCATE {quote_ident(name)}", name, server.pop(name)))
     return steps
 
 
