@@ -3,10 +3,17 @@ statement that names one, so that it holds exactly the client's statement under 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from fakes import Rig, frames
+
+from pgmux.protocol import messages as m
 from pgmux.session import sqlprepared as sp
 from pgmux.session.statements import Deallocate, Execute, Prepare, effects
+from pgmux.session.states import ServerState
 
 A = "PREPARE p AS SELECT 'a'"
+RFQ = m.ready_for_query(b"I")
 B = "PREPARE p AS SELECT 'b'"
 
 
@@ -65,3 +72,36 @@ def test_evict_other_clients_leftovers_beyond_the_cap() -> None:
     assert [s[0] for s in steps] == ["DEALLOCATE s1", "DEALLOCATE s2"]
     assert list(server) == ["s0", "s3", "s4"]
     assert sp.evict(client, server, 3) == []
+
+
+def test_playbook_another_clients_statement_is_deallocated_first(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    a = rig.login()
+    (s,) = rig.servers
+    a.send(m.query("PREPARE p AS SELECT 'a'"))
+    assert s.take() == m.query("PREPARE p AS SELECT 'a'")
+    s.send(m.command_complete("PREPARE") + RFQ)
+    assert a.take() == m.command_complete("PREPARE") + RFQ
+    assert a.session.sql == {"p": A} and s.session.sql == {"p": A}
+    b = rig.login()
+    b.send(m.query("EXECUTE p"))
+    sent = frames(s.take())
+    assert [t for t, _ in sent] == ["C", "C", "P", "B", "E", "C", "C", "S", "Q"]
+    assert b"DEALLOCATE p" in sent[2][1] and sent[-1][1] == b"EXECUTE p\x00"
+    closes = m.message(m.CLOSE_COMPLETE) * 2
+    s.send(closes + m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.command_complete("DEALLOCATE")
+           + closes + RFQ)
+    assert b.take() == b""  # all pgmux's own
+    err = m.error_response("ERROR", "26000", 'prepared statement "p" does not exist')
+    s.send(err + RFQ)
+    assert b.take() == err + RFQ
+    assert s.session.sql == {} and b.session.sql == {} and a.session.sql == {"p": A}
+    a.send(m.query("EXECUTE p"))  # a's statement is prepared again for it
+    sent = frames(s.take())
+    assert [t for t, _ in sent] == ["C", "C", "P", "B", "E", "C", "C", "S", "Q"]
+    assert A.encode() in sent[2][1]
+    s.send(closes + m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.command_complete("PREPARE")
+           + closes + RFQ)
+    s.send(m.data_row(["a"]) + m.command_complete("SELECT 1") + RFQ)
+    assert a.take() == m.data_row(["a"]) + m.command_complete("SELECT 1") + RFQ
+    assert s.session.sql == {"p": A} and s.state is ServerState.IDLE

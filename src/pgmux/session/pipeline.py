@@ -81,7 +81,7 @@ _PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _
 _ROLLBACK = b"ROLLBACK\x00"
 _PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
 _CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
-_DEALLOCATE = (b"PREPARE\x00", b"DEALLOCATE\x00", b"DEALLOCATE ALL\x00")
+_SQL_TAGS = (b"PREPARE\x00", b"DEALLOCATE\x00", b"DEALLOCATE ALL\x00")  # session/sqlprepared.py
 
 # pgmux's own PREPARE/DEALLOCATE run through one named statement and portal, so that neither the
 # client's unnamed statement nor its portals are touched, even in the middle of its batch. Each step
@@ -644,7 +644,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server.copy_in = True
         elif q:
             e = q[0]
-            if t == _CC and e[2] is not None and e[0] == QUERY and mv[s + 5:s + total] in _DEALLOCATE:
+            if t == _CC and e[2] is not None and e[0] == QUERY and mv[s + 5:s + total] in _SQL_TAGS:
                 c.q_sql += 1  # a PREPARE or DEALLOCATE ran: recorded at the query's end (tracking.py)
             elif (t == _CC and (c.tx_effects or e[2] is not None) and mv[s + 5:s + total] == _ROLLBACK
                     and not to_savepoint(e[2])):
