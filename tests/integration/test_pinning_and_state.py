@@ -163,3 +163,29 @@ def test_reset_all_goes_back_to_the_clients_startup_values(pgmux_factory: PgmuxS
             holder.execute("COMMIT")
             a.execute("RESET ALL")
         assert holder.execute("SELECT current_setting('TimeZone')").fetchone() != ("Asia/Tokyo",)
+
+
+def test_pgmux_error_in_a_transaction_fails_it_as_postgresql_would(pgmux_factory: PgmuxStarter,
+                                                                   pg: PgCluster) -> None:
+    """pgmux answers a Bind of a statement the client deallocated itself; inside a transaction block
+    the transaction must then be failed (ReadyForQuery 'E'), on the server too."""
+    mux = start(pgmux_factory, pg, pool_size=1)
+
+    async def main() -> None:
+        conn = await asyncpg.connect(mux.dsn(), timeout=10)
+        try:
+            stmt = await conn.prepare("SELECT 41 + 1")
+            assert await stmt.fetchval() == 42
+            tr = conn.transaction()
+            await tr.start()
+            await conn.execute("DEALLOCATE ALL")
+            with pytest.raises(asyncpg.exceptions.InvalidSQLStatementNameError):
+                await stmt.fetchval()
+            with pytest.raises(asyncpg.exceptions.InFailedSQLTransactionError):
+                await conn.fetchval("SELECT 1")
+            await tr.rollback()
+            assert await conn.fetchval("SELECT 2") == 2
+        finally:
+            await asyncio.wait_for(conn.close(), 10)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
