@@ -97,7 +97,7 @@ _SYNC = m.message(m.SYNC)
 # rest of the batch. A Parse that cannot succeed does exactly that; its own ErrorResponse is swallowed
 # (entries whose payload is _FAIL), and the server's log says why.
 _FAIL: Any = ("fail",)
-_FAIL_SQL = "pgmux: statement refused, the client got the error from pgmux"
+_FAIL_SQL = "pgmux: failing on purpose, the client got an error from pgmux for its statement"
 _FAIL_PARSE = build_parse(sqlprepared.HELPER, _FAIL_SQL)
 _FAIL_QUERY = m.query(_FAIL_SQL)
 _LIST_TEXT = re.compile(r'[\w$", ]+\Z')
