@@ -105,3 +105,28 @@ def test_playbook_another_clients_statement_is_deallocated_first(tmp_path: Path)
     s.send(m.data_row(["a"]) + m.command_complete("SELECT 1") + RFQ)
     assert a.take() == m.data_row(["a"]) + m.command_complete("SELECT 1") + RFQ
     assert s.session.sql == {"p": A} and s.state is ServerState.IDLE
+
+
+def test_playbook_pipelined_prepare_then_execute(tmp_path: Path) -> None:
+    """PREPARE and EXECUTE in one write: the server holds another client's statement of that name,
+    so it goes first; the client's own PREPARE then makes the EXECUTE right, with nothing in between."""
+    rig = Rig(tmp_path)
+    a = rig.login()
+    (s,) = rig.servers
+    a.send(m.query("PREPARE p AS SELECT 'a'"))
+    s.take()
+    s.send(m.command_complete("PREPARE") + RFQ)
+    a.take()
+    b = rig.login()
+    b.send(m.query("PREPARE p AS SELECT 'b'") + m.query("EXECUTE p"))
+    sent = frames(s.take())
+    assert [t for t, _ in sent] == ["C", "C", "P", "B", "E", "C", "C", "S", "Q", "Q"]
+    assert b"DEALLOCATE p" in sent[2][1]
+    closes = m.message(m.CLOSE_COMPLETE) * 2
+    s.send(closes + m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.command_complete("DEALLOCATE")
+           + closes + RFQ + m.command_complete("PREPARE") + RFQ + m.data_row(["b"]) + m.command_complete("SELECT 1")
+           + RFQ)
+    assert b.take() == (m.command_complete("PREPARE") + RFQ + m.data_row(["b"]) + m.command_complete("SELECT 1")
+                        + RFQ)
+    assert b.session.sql == {"p": "PREPARE p AS SELECT 'b'"} == s.session.sql
+    assert s.state is ServerState.IDLE
