@@ -234,3 +234,25 @@ def test_without_protocol_level_tracking(pgmux_factory: PgmuxStarter, pg: PgClus
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_execute_inside_a_transaction_on_a_server_that_lacks_it(pgmux_factory: PgmuxStarter,
+                                                                pg: PgCluster) -> None:
+    mux = start(pgmux_factory, pg, pool_size=2)
+    with simple(mux) as a, simple(mux) as holder, guard(mux):
+        a.execute("CREATE TABLE IF NOT EXISTS sqlprep_tx (x int)")
+        a.execute("PREPARE ins (int) AS INSERT INTO sqlprep_tx VALUES ($1)")
+        first = backend_pid(a)
+        holder.execute("BEGIN")
+        assert backend_pid(holder) == first
+        a.execute("BEGIN")
+        assert backend_pid(a) != first  # the other server, which has never seen `ins`
+        a.execute("EXECUTE ins(1)")
+        a.execute("EXECUTE ins(2)")
+        a.execute("ROLLBACK")  # the inserts go, the statement stays (PREPARE is not transactional)
+        a.execute("BEGIN")
+        a.execute("EXECUTE ins(3)")
+        a.execute("COMMIT")
+        holder.execute("COMMIT")
+        assert a.execute("SELECT array_agg(x) FROM sqlprep_tx").fetchone() == ([3],)
+        a.execute("DROP TABLE sqlprep_tx")
