@@ -47,7 +47,8 @@ static int starts_with(const unsigned char *p, Py_ssize_t n, const char *word)
 
 /* The same word lists as session/tracking.py (_FIRST and _SCREEN). */
 static const char *const FIRST[] = {"set", "reset", "discard", "deallocate", "listen", "unlisten", "load",
-                                    "close", "declare", "/*", "--", "do", "execute", "explain", NULL};
+                                    "close", "declare", "/*", "--", "do", "execute", "explain", "prepare", "drop",
+                                    "create", NULL};
 static const char *const ANYWHERE[] = {"set", "discard", "deallocate", "listen", "temp", "advisory", "hold",
                                        "load", "close", "u&", NULL};
 

@@ -15,6 +15,7 @@ import pytest
 from fakes import Peer, Rig, frames, reply
 
 from pgmux.protocol import messages as m
+from pgmux.session.pipeline import _FAIL_PARSE as FAIL_PARSE
 from pgmux.session.states import ServerState
 
 SYNC, FLUSH = m.message(m.SYNC), m.message(m.FLUSH)
@@ -45,6 +46,7 @@ def close(name: str, kind: bytes = b"S") -> bytes:
 
 ROW = m.data_row([1]) + m.command_complete("SELECT 1")
 RFQ = m.ready_for_query(b"I")
+FAIL_ERR = m.error_response("ERROR", "42601", 'syntax error at or near "pgmux"')  # the server's, swallowed
 
 
 @pytest.fixture
@@ -165,11 +167,11 @@ def test_close_statement_is_answered_locally(rig: Rig) -> None:
     assert c.session.stmts.prepared_statements == 0
     assert s.session.stmts.prepared_statements == 1  # others may still use it on this server
     c.send(bind("s1") + execute() + SYNC)  # gone for this client: PostgreSQL's error, then skip to Sync
-    assert s.take() == SYNC
+    assert s.take() == FAIL_PARSE + SYNC  # the server fails too, so its ReadyForQuery is PostgreSQL's
     out = c.take()
     assert [t for t, _ in frames(out)] == ["E"]
     assert b"26000" in out
-    s.send(RFQ)
+    s.send(FAIL_ERR + RFQ)
     assert c.take() == RFQ
 
 
@@ -224,11 +226,33 @@ def test_duplicate_name_gets_postgresql_error(rig: Rig) -> None:
     s.send(PC + RFQ)
     c.take()
     c.send(parse(name="s1") + bind("s1") + execute() + SYNC)
-    assert s.take() == SYNC
+    assert s.take() == FAIL_PARSE + SYNC
     out = c.take()
     assert b"42P05" in out and [t for t, _ in frames(out)] == ["E"]
-    s.send(RFQ)
+    s.send(FAIL_ERR + RFQ)
     assert c.take() == RFQ
+
+
+def test_pgmux_error_inside_a_transaction_block_fails_the_transaction(rig: Rig) -> None:
+    """PostgreSQL answers an error in a transaction block with ReadyForQuery 'E' and refuses what
+    follows until ROLLBACK: the server must be in that state too, not just the client told so."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(m.query("begin"))
+    s.take()
+    s.send(m.command_complete("BEGIN") + m.ready_for_query(b"T"))
+    c.take()
+    c.send(bind("nope") + execute() + SYNC)
+    assert s.take() == FAIL_PARSE + SYNC
+    out = c.take()
+    assert b"26000" in out and [t for t, _ in frames(out)] == ["E"]
+    s.send(FAIL_ERR + m.ready_for_query(b"E"))
+    assert c.take() == m.ready_for_query(b"E")
+    c.send(m.query("rollback"))
+    assert s.take() == m.query("rollback")
+    s.send(m.command_complete("ROLLBACK") + RFQ)
+    assert c.take() == m.command_complete("ROLLBACK") + RFQ
+    assert s.state is ServerState.IDLE
 
 
 def test_eviction_closes_the_oldest_and_swallows_its_close_complete(tmp_path: Path) -> None:

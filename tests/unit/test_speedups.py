@@ -30,7 +30,8 @@ STATEMENTS = [
     "select 1; select 2", "select 1;;  ", "select 1; set x = 2", "select 1;\x00", "select 1; \x00 x",
     "insert into t values (1); commit", "select 'hold'", "select 1; listen x", "", ";", " ", "select_1",
     "update t set x = 1", "select '&' ", "UPDATE t SET x = 1; select 1", "\x0b\x0cset x=1",
-    "select 'é' from t", "SELECT * FROM \"Temp\"",
+    "select 'é' from t", "SELECT * FROM \"Temp\"", "PREPARE p AS select 1", "drop table t", "CREATE TABLE t()",
+    "createdb", " Drop x",
 ]
 
 
@@ -61,7 +62,7 @@ def test_c_scan_bounds() -> None:
 
 _WORDS = st.sampled_from(["set", "SET", "temp", "TeMp", "advisory", "set_config", "u&", "U&", "&", "_", ";", " ",
                           "\t", "\x00", "hold", "load", "close", "declare", "--", "/*", "do", "execute", "reset",
-                          "select", "x", "é", "\x0b"])
+                          "select", "x", "é", "\x0b", "prepare", "DROP", "create"])
 
 
 @settings(max_examples=400, deadline=None)

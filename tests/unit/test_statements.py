@@ -19,6 +19,7 @@ from pgmux.session.statements import (
     DiscardPlans,
     DiscardSequences,
     DiscardTemp,
+    DropTemp,
     Effect,
     EffectCache,
     Execute,
@@ -30,6 +31,7 @@ from pgmux.session.statements import (
     ResetParam,
     RollbackToSavepoint,
     Savepoint,
+    SetConfigArgs,
     SetParam,
     TxBegin,
     TxEnd,
@@ -109,8 +111,11 @@ TABLE: list[tuple[str, tuple[Effect, ...]]] = [
     ("SELECT set_config('app.x', NULL, false)", (ResetParam("app.x"),)),
     ("SELECT set_config('app.x', 'y', NULL)", (SetParam("app.x", "y"),)),
     ("SELECT set_config('app.user', current_user, false)", (NONCONST,)),
-    ("SELECT set_config('app.user', $1, false)", (NONCONST,)),
-    ("SELECT set_config('app.user', 'x', $1)", (NONCONST,)),
+    # bound parameters: resolved at each Bind (tracking.bound_effects)
+    ("SELECT set_config('app.user', $1, false)",
+     (SetConfigArgs((("const", "app.user"), ("param", 1), ("const", False))),)),
+    ("SELECT set_config($1::text, $2, $3)", (SetConfigArgs((("param", 1), ("param", 2), ("param", 3))),)),
+    ("SELECT set_config($1, lower($2), false)", (NONCONST,)),
     ("SELECT myschema.set_config('a', 'b', false)", ()),  # someone else's function
     ("SELECT 'set_config(''a'', ''b'', false)'", ()),  # only a string
     # prepared statements in SQL
@@ -138,6 +143,12 @@ TABLE: list[tuple[str, tuple[Effect, ...]]] = [
     ("CREATE TABLE pg_temp.tt (a int)", (CreateTemp("tt"),)),
     ("CREATE TABLE pg_temp_3.tt (a int)", (CreateTemp("tt"),)),
     ("CREATE TEMP TABLE tt (a int) ON COMMIT DROP", ()),  # gone at commit
+    # DROP of what may be a temporary object: unqualified, or in pg_temp
+    ("DROP TABLE t, pg_temp.u, public.v", (DropTemp(("t", "u")),)),
+    ("DROP VIEW IF EXISTS w", (DropTemp(("w",)),)),
+    ("DROP TYPE pg_temp.ty", (DropTemp(("ty",)),)),
+    ("DROP TABLE public.v", ()),
+    ("DROP INDEX i", ()),
     ("CREATE TEMP TABLE tt AS SELECT 1", (CreateTemp("tt"),)),
     ("CREATE TEMP TABLE tt AS SELECT pg_advisory_lock(1) WITH NO DATA", (CreateTemp("tt"),)),
     ("SELECT * INTO TEMP tt FROM t", (CreateTemp("tt"),)),

@@ -52,7 +52,7 @@ def stats_totals_row(s: StatsRow) -> StatsTotalsRow:
     return StatsTotalsRow(
         s.database, s.total_server_assignment_count, s.total_xact_count, s.total_query_count,
         s.total_received, s.total_sent, s.total_xact_time, s.total_query_time, s.total_wait_time,
-        s.total_client_parse_count, s.total_server_parse_count, s.total_bind_count,
+        s.total_client_parse_count, s.total_server_parse_count, s.total_bind_count, s.total_pinned_count,
     )
 
 
@@ -60,7 +60,7 @@ def stats_averages_row(s: StatsRow) -> StatsAveragesRow:
     return StatsAveragesRow(
         s.database, s.avg_server_assignment_count, s.avg_xact_count, s.avg_query_count,
         s.avg_recv, s.avg_sent, s.avg_xact_time, s.avg_query_time, s.avg_wait_time,
-        s.avg_client_parse_count, s.avg_server_parse_count, s.avg_bind_count,
+        s.avg_client_parse_count, s.avg_server_parse_count, s.avg_bind_count, s.avg_pinned_count,
     )
 
 
@@ -72,6 +72,9 @@ def totals_rows(overall: StatsRow) -> list[TotalsRow]:
     """
     rows = [TotalsRow(f"total_{name}", _total(overall, suffix)) for suffix, name in _COUNTERS]
     rows += [TotalsRow(f"avg_{name}", _avg(overall, suffix)) for suffix, name in _COUNTERS]
+    # pgmux's own counter after all of PgBouncer's rows
+    rows += [TotalsRow("total_pinned_count", overall.total_pinned_count),
+             TotalsRow("avg_pinned_count", overall.avg_pinned_count)]
     return rows
 
 

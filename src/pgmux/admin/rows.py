@@ -183,6 +183,10 @@ class StatsRow:
     avg_client_parse_count: Numeric
     avg_server_parse_count: Numeric
     avg_bind_count: Numeric
+    # pgmux's own, after every PgBouncer 1.25 column (exporters read PgBouncer's by position or name):
+    # clients that became pinned to their server connection (LISTEN, temp tables, advisory locks...).
+    total_pinned_count: Numeric
+    avg_pinned_count: Numeric
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,7 @@ class StatsTotalsRow:
     client_parse_count: Numeric
     server_parse_count: Numeric
     bind_count: Numeric
+    pinned_count: Numeric  # pgmux's own, last
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +224,7 @@ class StatsAveragesRow:
     avg_client_parse_count: Numeric
     avg_server_parse_count: Numeric
     avg_bind_count: Numeric
+    avg_pinned_count: Numeric  # pgmux's own, last
 
 
 @dataclass(frozen=True, slots=True)

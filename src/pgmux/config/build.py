@@ -80,6 +80,7 @@ DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
     "pgmux_max_lag_seconds": ("max_lag_seconds", v.seconds), "max_lag_seconds": ("max_lag_seconds", v.seconds),
     "pgmux_read_your_writes": ("read_your_writes", v.boolean), "read_your_writes": ("read_your_writes", v.boolean),
     "pgmux_write_functions": ("write_functions", v.name_list), "write_functions": ("write_functions", v.name_list),
+    "pgmux_pin_mode": ("pin_mode", v.choice("pin", "refuse")), "pin_mode": ("pin_mode", v.choice("pin", "refuse")),
 }
 # Database options PgBouncer 1.25 knows that pgmux validates but does not act on (yet).
 DB_KEYS_IGNORED: Mapping[str, v.Parser] = {

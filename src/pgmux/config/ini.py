@@ -15,7 +15,8 @@ Host lists keep PgBouncer's spelling (`host=a,b,c`, with `load_balance_hosts`). 
 ports the libpq way (`port=5432,5433`: one for all hosts, or one per host) and db-line keys prefixed
 `pgmux_`: `pgmux_roles=primary,replica`, `pgmux_weights=1,2`, `pgmux_read_write_split=1`,
 `pgmux_balance=round_robin`, `pgmux_max_lag_bytes=...`, `pgmux_max_lag_seconds=...`,
-`pgmux_read_your_writes=1`, `pgmux_write_functions='a,b'`. build.py validates them for both formats.
+`pgmux_read_your_writes=1`, `pgmux_write_functions='a,b'`, `pgmux_pin_mode=refuse`. build.py validates
+them for both formats.
 """
 
 from __future__ import annotations

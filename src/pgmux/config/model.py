@@ -72,6 +72,9 @@ class DatabaseConfig:
     max_lag_seconds: float = 0.0  # 0 = no limit
     read_your_writes: bool = False
     write_functions: tuple[str, ...] = ()  # added to routing's DEFAULT_WRITE_FUNCTIONS
+    # Transaction/statement pooling: what a statement that would pin its client to one server (LISTEN,
+    # temp tables, session advisory locks, WITH HOLD cursors, LOAD) does: "pin" it, or "refuse" it.
+    pin_mode: str = "pin"
     # Where it was defined, for messages. Not part of equality: moving a line is not a change.
     file: str | None = field(default=None, compare=False)
     line: int | None = field(default=None, compare=False)

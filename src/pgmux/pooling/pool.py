@@ -53,6 +53,7 @@ class Pool(Generic[S, C]):
         self.server_params: dict[str, str] | None = None  # from the first server login: the welcome
         self.paused = False
         self.disabled = False
+        self.refuse_pins = False  # pin_mode = refuse: statements that would pin a client fail instead
         # Counters behind SHOW STATS; the runtime adds to them.
         self.stats = PoolStats()
 
@@ -148,7 +149,7 @@ class PoolStats:
     client_parse_count: int  # protocol-level prepared statements (session/prepared.py counts them)
     server_parse_count: int
     bind_count: int
-    pin_count: int  # clients that became pinned to a server (pgmux's own; not in SHOW STATS)
+    pin_count: int  # clients that became pinned to a server (SHOW STATS total_pinned_count, pgmux's own)
 
     def __init__(self) -> None:
         for name in self.__slots__:

@@ -19,7 +19,8 @@ from pgmux.session.states import ClientState, ServerState
 log = logging.getLogger("pgmux")
 
 _STAT_FIELDS = ("server_assignment_count", "xact_count", "query_count", "bytes_received", "bytes_sent",
-                "xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count")
+                "xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count",
+                "pin_count")
 _Q = ord("Q")
 
 
@@ -433,7 +434,8 @@ class AdminService:
             avg_xact_count=av["xact_count"], avg_query_count=av["query_count"], avg_recv=av["bytes_received"],
             avg_sent=av["bytes_sent"], avg_xact_time=av["xact_time"] // x, avg_query_time=av["query_time"] // q,
             avg_wait_time=av["wait_time"] // x, avg_client_parse_count=av["client_parse_count"],
-            avg_server_parse_count=av["server_parse_count"], avg_bind_count=av["bind_count"])
+            avg_server_parse_count=av["server_parse_count"], avg_bind_count=av["bind_count"],
+            total_pinned_count=d["pin_count"], avg_pinned_count=av["pin_count"])
 
     def _stats(self) -> list[R.StatsRow]:
         zero = (0,) * len(_STAT_FIELDS)

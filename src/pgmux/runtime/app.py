@@ -162,6 +162,7 @@ class App:
             raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03",  # PgBouncer's words
                              severity="FATAL")
         c.pool = pool
+        pool.refuse_pins = db.pin_mode == "refuse"
         auth_type = s.auth_type
         if auth_type in ("hba", "cert", "pam", "ldap"):
             raise PgmuxError(f"auth_type {auth_type} is not supported by pgmux yet", sqlstate="28000",
@@ -315,9 +316,10 @@ class App:
             return
         if s.server_reset_query and (leaving and pool.mode == "session" or s.server_reset_query_always):
             server.move(ServerState.TESTED)
-            if server.stmts is not None and any(w in s.server_reset_query.upper()
-                                                for w in ("DISCARD ALL", "DEALLOCATE ALL")):
-                server.stmts.forget_all()
+            if any(w in s.server_reset_query.upper() for w in ("DISCARD ALL", "DEALLOCATE ALL")):
+                if server.stmts is not None:
+                    server.stmts.forget_all()
+                server.sql.clear()
             if any(w in s.server_reset_query.upper() for w in ("DISCARD ALL", "RESET ALL")):
                 for k in server.extra:  # the reset puts them back to their defaults
                     server.params.pop(k, None)
@@ -544,6 +546,7 @@ class App:
                 pool.disabled = True
                 continue
             pool.limits, pool.mode = self._pool_setup(db, pool.user)
+            pool.refuse_pins = db.pin_mode == "refuse"
 
     def _after_change(self) -> None:
         if self.waiting_admin:

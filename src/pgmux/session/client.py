@@ -39,7 +39,7 @@ class ClientSession:
                  "request_time", "wait_since", "prefix", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
-                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "__weakref__")
+                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -91,6 +91,8 @@ class ClientSession:
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
         self.stmt_fx: dict[bytes, tuple[Any, ...]] = {}  # statements with session effects, by client name
         self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
+        self.sql: dict[str, str] = {}  # SQL-level prepared statements: name -> PREPARE (session/sqlprepared.py)
+        self.q_sql = 0  # PREPAREs/DEALLOCATEs the watched Query in flight has run so far
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
@@ -305,7 +307,7 @@ class ClientSession:
             self.unsynced = unsynced
             self.copy_syncs = copy_syncs
             server = self.server
-            track = track or (ext and self.stmts is not None)
+            track = track or (ext and (self.stmts is not None or watch))
             if server is not None:
                 if syncs and not server.owed:
                     server.query_start = now

@@ -88,6 +88,7 @@ def quote_literal(value: str) -> str:
 # SHOW prints it, or as a startup option gives it) goes through set_config, which reads it as a list.
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "session_preload_libraries",
                          "local_preload_libraries"})
+LIST_GUCS = _LIST_QUOTE
 
 
 def _set(name: str, value: str) -> str:

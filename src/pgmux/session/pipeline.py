@@ -21,6 +21,7 @@ leaves no statement, on the server or for the client).
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -32,14 +33,26 @@ from pgmux.protocol.codec import scan
 from pgmux.protocol.extended import (
     build_close_statement,
     build_parse,
+    build_target,
     read_parse,
     read_target,
     rename_parse,
     rename_target,
 )
+from pgmux.session import sqlprepared
+from pgmux.session.params import LIST_GUCS as _LIST_GUCS
+from pgmux.session.params import quote_literal
 from pgmux.session.prepared import ClientStatements, ServerStatements, Statement
-from pgmux.session.statements import Effect
-from pgmux.session.tracking import executed, query_done, query_effects, screen
+from pgmux.session.statements import Effect, SetConfigArgs
+from pgmux.session.tracking import (
+    bound_effects,
+    executed,
+    pin_refused,
+    query_done,
+    query_effects,
+    screen,
+    to_savepoint,
+)
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -68,6 +81,27 @@ _PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _
 _ROLLBACK = b"ROLLBACK\x00"
 _PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
 _CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
+_SQL_TAGS = (b"PREPARE\x00", b"DEALLOCATE\x00", b"DEALLOCATE ALL\x00")  # session/sqlprepared.py
+
+# pgmux's own PREPARE/DEALLOCATE run through one named statement and portal, so that neither the
+# client's unnamed statement nor its portals are touched, even in the middle of its batch. Each step
+# closes both (a portal outlives its statement's Close), and each run starts by closing them too, in
+# case an earlier run failed half-way.
+_CLOSE_HELPER = build_close_statement(sqlprepared.HELPER) + build_target(m.CLOSE, "P", sqlprepared.HELPER)
+_CLOSE_HELPER_ENTRIES: tuple[Entry, ...] = ((CLOSE, True, None, None), (CLOSE, True, None, None))
+_BIND_HELPER = m.message(m.BIND, m.cstr(sqlprepared.HELPER) * 2 + struct.pack("!hhh", 0, 0, 0))
+_EXECUTE_HELPER = m.message(m.EXECUTE, m.cstr(sqlprepared.HELPER) + struct.pack("!i", 0))
+_SYNC = m.message(m.SYNC)
+# When pgmux answers an error itself, the server must fail too: inside a transaction block PostgreSQL
+# would abort the transaction (ReadyForQuery 'E', later statements refused until ROLLBACK) and skip the
+# rest of the batch. A Parse that cannot succeed does exactly that; its own ErrorResponse is swallowed
+# (entries whose payload is _FAIL), and the server's log says why.
+_FAIL: Any = ("fail",)
+_FAIL_SQL = "pgmux: failing on purpose, the client got an error from pgmux for its statement"
+_FAIL_PARSE = build_parse(sqlprepared.HELPER, _FAIL_SQL)
+_FAIL_QUERY = m.query(_FAIL_SQL)
+_LIST_TEXT = re.compile(r'[\w$", ]+\Z')
+_CLOSE_FAILS: tuple[Entry, ...] = ((CLOSE, True, _FAIL, None), (CLOSE, True, _FAIL, None))
 
 
 def server_statements(server: ServerSession) -> ServerStatements:
@@ -134,7 +168,8 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         return None
 
     for t, s, total in msgs:
-        if c.skip:  # after an error pgmux gave itself, PostgreSQL ignores everything up to Sync
+        skipped = c.skip
+        if skipped:  # after an error pgmux gave itself, PostgreSQL ignores everything up to Sync
             if t != _S:
                 if run < s:
                     out.append(mv[run:s])
@@ -146,27 +181,33 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         new: list[bytes | memoryview] | None = None
         fx = _note_extended(c, t, raw, s, total) if c.watch and (t == _P or t == _B or t == _E) else None
         try:
+            if t == _P and c.stmt_fx and c.watch and c.pool.refuse_pins:
+                _refuse_parse(c, raw, s, total)
             if stmts is None or sst is None:  # statements not tracked: forwarded, replies still counted
                 kind = _PLAIN.get(t, -1)
                 if fx:
                     q.append((EXECUTE, False, fx, None))  # watched: see session/tracking.py
                     kind = -1
                 if t == _Q and c.watch:
-                    done = query_effects(body)
-                    if done or c.tx_effects:
-                        q.append((QUERY, False, done, None))
-                        kind = -1
+                    kind, new = _watched_query(c, server, q, mv[s:s + total], body, synth)
+                elif c.watch and (t == _P or (c.stmt_fx and (t == _B or t == _D))):
+                    pre = _prelude_for(c, server, q, raw, t, s, total)
+                    if pre:
+                        new = [*pre, mv[s:s + total]]
             elif t == _P:
+                pre = _prelude_for(c, server, q, raw, t, s, total) if c.watch else None
                 if body[0] == 0:
                     # No undo if it fails: PostgreSQL drops the old unnamed statement before parsing,
                     # so a later Bind("") fails there as it would have anyway.
                     c.unnamed = server.unnamed = bytes(mv[s:s + total])
                     kind = PARSE
+                    if pre:
+                        new = [*pre, mv[s:s + total]]
                 else:
                     p = read_parse(body)
                     sname = stmts.parse(p.name, p.query, p.param_types)
                     need, evict = sst.ensure(sname)
-                    new = []
+                    new = pre or []
                     for old in evict:
                         new.append(build_close_statement(old))
                         q.append((CLOSE, True, None, None))
@@ -183,23 +224,29 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 ne = raw.find(b"\x00", pe + 1, s + total) if pe >= 0 else -1
                 if ne < 0:
                     raise ProtocolViolation("malformed Bind message: unterminated string")
+                pre = _prelude_for(c, server, q, raw, t, s, total) if c.watch and c.stmt_fx else None
                 if ne == pe + 1:
                     new = ensure_unnamed(mv[s:s + total])
+                    if pre:
+                        new = [*pre, *(new or [mv[s:s + total]])]
                 else:
                     stmt = stmts.bind(raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
-                    new = ensure(stmt, sst)
+                    new = (pre or []) + ensure(stmt, sst)
                     head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
                     new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
                     new.append(mv[ne + 1:s + total])
             elif t == _D:
                 kind = DESCRIBE
                 if body[0] == _S:  # a statement, not a portal
+                    pre = _prelude_for(c, server, q, raw, t, s, total) if c.watch and c.stmt_fx else None
                     if body[1] == 0:
                         new = ensure_unnamed(mv[s:s + total])
+                        if pre:
+                            new = [*pre, *(new or [mv[s:s + total]])]
                     else:
                         target = read_target(body)
                         stmt = stmts.resolve(target.name)
-                        new = ensure(stmt, sst)
+                        new = (pre or []) + ensure(stmt, sst)
                         new.append(rename_target(m.DESCRIBE, body, stmt.name))
             elif t == _C:
                 if body[0] == _S and body[1] != 0:
@@ -222,23 +269,25 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 if t == _Q:  # a simple query destroys the unnamed statement
                     c.unnamed = server.unnamed = None
                     if c.watch:
-                        done = query_effects(body)
-                        if done or c.tx_effects:
-                            q.append((QUERY, False, done, None))  # watched: see session/tracking.py
-                            kind = -1
+                        kind, new = _watched_query(c, server, q, mv[s:s + total], body, synth)
         except ProtocolViolation:
             raise  # a malformed message ends the connection, as in PostgreSQL
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
-            synth(m.error_response("ERROR", e.sqlstate, e.message))
+            synth(m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
             c.skip = True
-            new = []
+            # The server fails as PostgreSQL would have (see _FAIL). The entry stands for the Sync to
+            # come, which is not queued again: the queue stays non-empty until its ReadyForQuery, so
+            # that the Sync comes through here (and ends c.skip) even when the server's error is
+            # back before it.
+            new = [_FAIL_PARSE]
+            q.append((SYNC, False, _FAIL, None))
             kind = -1
         if new is not None:  # rewritten (or answered here): the bytes so far go first
             if run < s:
                 out.append(mv[run:s])
             out.extend(new)
             run = s + total
-        if kind >= 0:
+        if kind >= 0 and not (skipped and t == _S):  # that Sync's entry is the _FAIL one
             q.append((kind, False, None, None))
     if run < end:
         out.append(mv[run:end])
@@ -255,28 +304,37 @@ def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -
     """Whether the chunk can go to the server unchanged, with nothing to queue: only the unnamed
     statement, already on this server or parsed here. The usual extended-protocol traffic of drivers
     without named statements (pgbench -M extended, psycopg with parameters) stays this cheap; it
-    records the unnamed Parse on the way. Anything else is left to the full walk of to_server."""
+    records the unnamed Parse on the way. Anything else is left to the full walk of to_server.
+    Without protocol-level statement tracking (max_prepared_statements = 0) named statements go as
+    they are too, unless their text may change session state."""
     n = len(chunk)
     pos = 0
+    tracked = c.stmts is not None
     while pos < n:
         t = chunk[pos]
         (length,) = _LEN.unpack_from(chunk, pos + 1)
         end = pos + 1 + length
         if t == _P:
-            # (the screen reads the text after the empty name)
-            if chunk[pos + 5] != 0 or (c.watch and (c.stmt_fx or screen(chunk, pos + 6, end))):
-                return False
-            c.unnamed = server.unnamed = bytes(chunk[pos:end])
+            if chunk[pos + 5] != 0:  # named
+                if tracked:
+                    return False
+                head = bytes(chunk[pos + 5:end])
+                if c.watch and (c.stmt_fx or c.tx_effects or screen(head, head.find(b"\x00") + 1, len(head))):
+                    return False
+            else:  # (the screen reads the text after the empty name)
+                if c.watch and (c.stmt_fx or c.tx_effects or screen(chunk, pos + 6, end)):
+                    return False
+                c.unnamed = server.unnamed = bytes(chunk[pos:end])
         elif t == _B:
-            if c.stmt_fx or chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (
-                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed):
+            if c.stmt_fx or (tracked and (chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (
+                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed))):
                 return False
         elif t == _D:
-            if chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
+            if tracked and chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
                     c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed)):
                 return False
         elif t == _C:
-            if chunk[pos + 5] == _S:
+            if tracked and chunk[pos + 5] == _S:
                 return False
         elif t == _Q or t == _F or (t == _E and c.portal_fx):
             return False
@@ -351,6 +409,8 @@ def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> 
         ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
         if ne >= 0:
             bound = c.stmt_fx.get(raw[pe + 1:ne])
+            if bound and any(isinstance(e, SetConfigArgs) for e in bound):
+                bound = bound_effects(bound, _bind_params(raw, ne + 1, end))
             if bound:
                 c.portal_fx[raw[s + 5:pe]] = bound
             else:
@@ -359,6 +419,145 @@ def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> 
         pe = raw.find(b"\x00", s + 5, end)
         return c.portal_fx.get(raw[s + 5:pe]) if pe >= 0 else None
     return None
+
+
+def _watched_query(c: ClientSession, server: ServerSession, q: deque[Entry], whole: memoryview, body: memoryview,
+                   synth: Callable[[bytes], None]) -> tuple[int, list[bytes | memoryview] | None]:
+    """A Query in transaction mode: its session effects watched (session/tracking.py), the SQL-level
+    prepared statements it names brought to this server first, or, when pinning is refused, the
+    client's error in its place. Returns (the kind to queue for it, or -1 if queued here; what to
+    send instead of it, or None)."""
+    done = query_effects(body, bool(c.tx_effects))
+    if not done and not c.tx_effects:
+        return QUERY, None
+    if c.pool.refuse_pins:
+        err = pin_refused(c, done)
+        if err is not None:
+            # The whole query string is refused before any of it runs. The server runs a query that
+            # fails, so that its ReadyForQuery (and a transaction block's state) is what PostgreSQL
+            # would have given; its own error is swallowed.
+            synth(m.error_response("ERROR", err.sqlstate, err.message, detail=err.detail, hint=err.hint))
+            q.append((QUERY, False, _FAIL, None))
+            return -1, [_FAIL_QUERY]
+    pre = _prelude(c, server, q, done, sync=True)
+    q.append((QUERY, False, done, None))  # watched: see session/tracking.py
+    return -1, [*pre, whole] if pre else None
+
+
+def _prelude_for(c: ClientSession, server: ServerSession, q: deque[Entry], raw: bytes, t: int, s: int,
+                 total: int) -> list[bytes | memoryview] | None:
+    """Before a Parse, or a Bind or Describe of a statement, whose text names SQL-level prepared
+    statements (`EXECUTE p(1)` through the extended protocol): those brought to this server."""
+    if not (c.sql or server.sql):
+        return None
+    end = s + total
+    if t == _P:
+        name = raw[s + 5:raw.find(b"\x00", s + 5, end)]
+    elif t == _B:
+        pe = raw.find(b"\x00", s + 5, end)
+        name = raw[pe + 1:raw.find(b"\x00", pe + 1, end)]
+    elif raw[s + 5] == _S:
+        name = raw[s + 6:end - 1]
+    else:
+        return None
+    done = c.stmt_fx.get(name)
+    return _prelude(c, server, q, done, sync=False) if done else None
+
+
+def _prelude(c: ClientSession, server: ServerSession, q: deque[Entry], done: tuple[Effect, ...],
+             sync: bool) -> list[bytes | memoryview]:
+    """The messages that bring `server` to the client's view of the SQL-level prepared statements
+    `done` names (session/sqlprepared.py), their replies queued to be swallowed. Before a simple Query
+    they end with a Sync of their own, whose ReadyForQuery is swallowed too: after an error the
+    server would otherwise ignore the Query and never answer it. An error is passed on to the client."""
+    if not (c.sql or server.sql) or server.tx_status == b"E":  # in a failed transaction all fails anyway
+        return []
+    wanted = sqlprepared.names(done)
+    if not wanted:
+        return []
+    steps = sqlprepared.plan(c.sql, server.sql, wanted)
+    steps += sqlprepared.evict(c.sql, server.sql, server.hub.config.settings.max_prepared_statements or
+                               sqlprepared.DEFAULT_CAP)
+    if not steps:
+        return []
+    out: list[bytes | memoryview] = [_CLOSE_HELPER]
+    q.extend(_CLOSE_HELPER_ENTRIES)
+    for step in steps:
+        out += [build_parse(sqlprepared.HELPER, step[0]), _BIND_HELPER, _EXECUTE_HELPER, _CLOSE_HELPER]
+        q.append((PARSE, True, None, None))
+        q.append((BIND, True, None, None))
+        q.append((EXECUTE, True, None, _undo_step(server.sql, step)))
+        q.extend(_CLOSE_HELPER_ENTRIES)
+    if sync:
+        out.append(_SYNC)
+        q.append((SYNC, True, None, None))
+        server.owed += 1
+    return out
+
+
+def _restore(c: ClientSession, server: ServerSession, values: dict[str, str]) -> None:
+    """After a RESET [ALL] or DISCARD ALL committed: set the client's own defaults (its startup values)
+    again on this server at once, while nothing else is in flight; their ParameterStatus reach the
+    client, the rest of the replies (errors included) are swallowed. With requests in flight the
+    next server sync brings them instead (c.sig and server.sig were cleared)."""
+    q = server.queue
+    if q or server.owed > 0 or server.transport is None:
+        return
+    out = [_CLOSE_HELPER]
+    q.extend(_CLOSE_FAILS)
+    reported = c.pool.server_params or {}
+    for k, v in values.items():
+        if k.lower() in _LIST_GUCS:  # a list: its stored text is the SET syntax (session/params.py)
+            if not _LIST_TEXT.match(v):
+                continue  # left to the next server sync
+            sql = f"SET {k} = {v}"
+        else:
+            sql = f"SET {k} = {quote_literal(v)}"
+        out += [build_parse(sqlprepared.HELPER, sql), _BIND_HELPER, _EXECUTE_HELPER, _CLOSE_HELPER]
+        q.extend(((PARSE, True, _FAIL, None), (BIND, True, _FAIL, None), (EXECUTE, True, _FAIL, None)))
+        q.extend(_CLOSE_FAILS)
+        server.params[k] = v
+        if k not in reported:
+            server.extra.add(k)
+    out.append(_SYNC)
+    q.append((SYNC, True, _FAIL, None))
+    server.owed += 1
+    server.transport.write(b"".join(out))
+
+
+def _undo_step(held: dict[str, str], step: sqlprepared.Step) -> Callable[[], None]:
+    return lambda: sqlprepared.undo(held, step)
+
+
+def _refuse_parse(c: ClientSession, raw: bytes, s: int, total: int) -> None:
+    """pin_mode = refuse: a Parse of a statement that would pin fails, as its Query would."""
+    name = raw[s + 5:raw.find(b"\x00", s + 5, s + total)]
+    err = pin_refused(c, c.stmt_fx.get(name, ()))
+    if err is not None:
+        c.stmt_fx.pop(name, None)
+        raise err
+
+
+def _bind_params(raw: bytes, pos: int, end: int) -> list[tuple[bytes | None, int]]:
+    """A Bind's parameters from just after its statement name: (value, or None for NULL; format)."""
+    try:
+        (nfmt,) = struct.unpack_from("!h", raw, pos)
+        fmts = struct.unpack_from(f"!{nfmt}h", raw, pos + 2)
+        pos += 2 + 2 * nfmt
+        (n,) = struct.unpack_from("!h", raw, pos)
+        pos += 2
+        out: list[tuple[bytes | None, int]] = []
+        for i in range(n):
+            (length,) = _LEN.unpack_from(raw, pos)
+            pos += 4
+            value = None if length < 0 else raw[pos:pos + length]
+            pos += max(length, 0)
+            out.append((value, fmts[i] if nfmt > 1 else (fmts[0] if nfmt == 1 else 0)))
+        if pos > end:
+            return []
+        return out
+    except (struct.error, IndexError):
+        return []  # PostgreSQL rejects a malformed Bind; nothing to record
 
 
 def _unset_unnamed(server: ServerSession) -> Callable[[], None]:
@@ -419,8 +618,14 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             while q:
                 e = q.popleft()
                 if e[0] in _AT_Z:
-                    if e[2] is not None or c.tx_effects:  # a watched Query, or the end of a transaction
-                        query_done(c, server, e[2] or (), bytes((z,)))
+                    if e[1]:  # the Sync that ended pgmux's own PREPAREs (see _prelude)
+                        swallow = True
+                        c.q_error = c.q_rollback = False
+                    elif e[2] is not None or c.tx_effects:  # a watched Query, or the end of a transaction
+                        restore = query_done(c, server, e[2] if e[2] is not None and e[2] is not _FAIL else (),
+                                             bytes((z,)))
+                        if restore:
+                            _restore(c, server, restore)
                     break
                 if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
                     e[3]()
@@ -428,6 +633,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server._param(data, s, total)
         elif t == _ERR:
             server._error(data, s, total)
+            swallow = bool(q) and q[0][2] is _FAIL  # pgmux gave the client its own error already
             if (q and q[0][0] == QUERY and q[0][2] is not None) or c.tx_effects:
                 c.q_error = True
             while q and q[0][0] not in _AT_Z:  # the failed request, and what the server now skips
@@ -438,14 +644,17 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server.copy_in = True
         elif q:
             e = q[0]
-            if t == _CC and (c.tx_effects or e[2] is not None) and mv[s + 5:s + total] == _ROLLBACK:
+            if t == _CC and e[2] is not None and e[0] == QUERY and mv[s + 5:s + total] in _SQL_TAGS:
+                c.q_sql += 1  # a PREPARE or DEALLOCATE ran: recorded at the query's end (tracking.py)
+            elif (t == _CC and (c.tx_effects or e[2] is not None) and mv[s + 5:s + total] == _ROLLBACK
+                    and not to_savepoint(e[2])):
                 c.q_rollback = True
             ends = _ENDS.get(e[0])
             if ends is not None and t in ends:
                 q.popleft()
                 swallow = e[1]
-                if e[0] == EXECUTE and e[2] is not None and t == _CC:
-                    executed(c, e[2])
+                if e[0] == EXECUTE and e[2] is not None and e[2] is not _FAIL and t == _CC:
+                    executed(c, server, e[2])
         if swallow:
             if run < s:
                 parts.append(mv[run:s])
@@ -458,7 +667,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
                 msg = q.popleft()[2]
                 assert msg is not None
                 parts.append(msg)
-    if z and z != 73 and server.owed <= 0 and server.pool.mode == "statement":
+    if z and z != 73 and server.owed <= 0 and server.pool.mode == "statement" and zpos >= run:
         end = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
     if run < end:
         parts.append(mv[run:end])

@@ -60,7 +60,7 @@ class ServerSession:
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
-                 "queue", "stmts", "unnamed_owner", "unnamed", "__weakref__")
+                 "queue", "stmts", "unnamed_owner", "unnamed", "sql", "__weakref__")
 
     def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -99,6 +99,7 @@ class ServerSession:
         self.stmts: ServerStatements | None = None  # statements prepared here, when tracked
         self.unnamed_owner = 0  # id of the client whose unnamed statement this server may hold
         self.unnamed: bytes | None = None  # the Parse of the unnamed statement it holds, when known
+        self.sql: dict[str, str] = {}  # SQL-level prepared statements held here, any client's: name -> PREPARE
 
     # -- state ---------------------------------------------------------------------------------
     def move(self, new: ServerState) -> None:

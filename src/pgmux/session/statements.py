@@ -32,6 +32,7 @@ from pglast import ast, keywords
 from pglast.enums import (
     CURSOR_OPT_HOLD,
     DiscardMode,
+    ObjectType,
     OnCommitAction,
     TransactionStmtKind,
     VariableSetKind,
@@ -121,6 +122,22 @@ class CreateTemp:
 
 
 @dataclass(frozen=True, slots=True)
+class DropTemp:
+    """DROP TABLE/VIEW/SEQUENCE/TYPE of a name that may be one of the session's temporary objects:
+    unqualified (pg_temp comes first in the search path) or qualified with pg_temp."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetConfigArgs:
+    """`set_config(...)` whose arguments include bound parameters ($n): each argument is
+    ("const", value) or ("param", n), resolved against a Bind's values (see tracking.bound_effects)."""
+
+    args: tuple[tuple[str, object], tuple[str, object], tuple[str, object]]
+
+
+@dataclass(frozen=True, slots=True)
 class AdvisoryLock:
     function: str  # a session-level lock function; the _xact_ ones end with the transaction
 
@@ -182,7 +199,8 @@ class Unknown:
 
 
 Effect = (SetParam | ResetParam | ResetAll | DiscardAll | DiscardPlans | DiscardTemp | DiscardSequences
-          | Prepare | Execute | Deallocate | Listen | Unlisten | CreateTemp | AdvisoryLock | AdvisoryUnlock
+          | Prepare | Execute | Deallocate | Listen | Unlisten | CreateTemp | DropTemp | SetConfigArgs
+          | AdvisoryLock | AdvisoryUnlock
           | DeclareHold | CloseCursor | Load | TxBegin | TxEnd | Savepoint | ReleaseSavepoint
           | RollbackToSavepoint | Unknown)
 
@@ -194,7 +212,7 @@ _PIN_REASONS: dict[type, str] = {
 # Undone when their transaction rolls back (GUCs, LISTEN, DDL, cursors). PREPARE/DEALLOCATE, session
 # advisory locks and LOAD are not transactional.
 _TRANSACTIONAL = frozenset({SetParam, ResetParam, ResetAll, Listen, Unlisten, CreateTemp, DeclareHold,
-                            DiscardTemp})
+                            DiscardTemp, DropTemp, SetConfigArgs})
 
 
 def pin_reason(effect: Effect) -> str | None:
@@ -211,7 +229,7 @@ def undone_by_rollback(effect: Effect) -> bool:
 # --- the prefilter -------------------------------------------------------------------------------
 
 _AT_START = ("set|reset|discard|prepare|deallocate|listen|unlisten|load|declare|close|begin|start"
-             "|commit|end|rollback|abort|savepoint|release|do")
+             "|commit|end|rollback|abort|savepoint|release|do|drop")
 _AT_START_WORDS = frozenset(_AT_START.split("|"))
 _LEADING = re.compile(rf"\b(?:{_AT_START})\b")
 # Words that count wherever they are; U& identifiers can spell any name, so they count too. Plain
@@ -529,6 +547,16 @@ def _call(node: ast.FuncCall, out: list[Effect]) -> None:
 
 def _set_config(node: ast.FuncCall) -> Effect:
     args = [_const(a) for a in node.args or ()]
+    raw = [_uncast(a) for a in node.args or ()]
+    if len(args) == 3 and any(isinstance(a, ast.ParamRef) for a in raw):
+        refs: list[tuple[str, object]] = []
+        for a, (ok, value) in zip(raw, args, strict=True):
+            if isinstance(a, ast.ParamRef):
+                refs.append(("param", a.number))
+            elif ok:
+                refs.append(("const", value))
+        if len(refs) == 3:  # $n or constants only: values known once a Bind gives the parameters
+            return SetConfigArgs((refs[0], refs[1], refs[2]))
     if len(args) != 3 or not all(ok for ok, _ in args) or not isinstance(args[0][1], str):
         return Unknown("set_config with non-constant arguments")
     (_, name), (_, value), (_, is_local) = args
@@ -538,6 +566,39 @@ def _set_config(node: ast.FuncCall) -> Effect:
     if value is None:  # a NULL value resets
         return ResetParam(canon(name), local)
     return SetParam(canon(name), str(value), local)
+
+
+def _uncast(node: object) -> object:
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    return node
+
+
+def set_config_effect(name: object, value: object, is_local: object) -> Effect:
+    """The effect of set_config(name, value, is_local) with these values (text, None for NULL, or
+    bool for is_local), as `_set_config` reads constants."""
+    local = False if is_local is None else _pg_bool(is_local)
+    if local is None or not isinstance(name, str) or isinstance(value, bool):
+        return Unknown("set_config with unusable arguments")
+    if value is None:
+        return ResetParam(canon(name), local)
+    return SetParam(canon(name), str(value), local)
+
+
+_DROPPED_TEMP_KINDS = frozenset({ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_SEQUENCE,
+                                 ObjectType.OBJECT_TYPE})
+
+
+def _drop(node: ast.DropStmt) -> list[Effect]:
+    if node.removeType not in _DROPPED_TEMP_KINDS:
+        return []
+    names: list[str] = []
+    for obj in node.objects or ():
+        parts = obj.names if isinstance(obj, ast.TypeName) else obj
+        words = [_str(w.sval) for w in parts or () if isinstance(w, ast.String)]
+        if len(words) == 1 or (len(words) == 2 and _temp_schema(words[0])):
+            names.append(words[-1])
+    return [DropTemp(tuple(names))] if names else []
 
 
 # Statements whose expressions are stored, not run, when the statement runs.
@@ -589,6 +650,7 @@ _HANDLERS: dict[type, Callable[..., list[Effect]]] = {
     ast.DeclareCursorStmt: _declare,
     ast.ClosePortalStmt: lambda n: [CloseCursor(n.portalname)],
     ast.LoadStmt: lambda n: [Load(n.filename)],
+    ast.DropStmt: _drop,
     ast.TransactionStmt: _transaction,
     ast.ExplainStmt: _explain,
     ast.DoStmt: _do,

@@ -12,15 +12,24 @@ Reported parameters (TimeZone, application_name...) need no parsing: the server'
 says what they are after every change, commit and rollback included (ServerSession._param).
 
 Transactions: effects wait in `client.tx_effects` until ReadyForQuery says idle; a CommandComplete
-tagged ROLLBACK (ROLLBACK, ABORT, COMMIT of a failed transaction) drops them. ROLLBACK TO SAVEPOINT
-has the same tag and drops them too: the client then keeps the session's older value on its next
-server instead of a value nobody should see.
+tagged ROLLBACK (ROLLBACK, ABORT, COMMIT of a failed transaction) drops them. While effects wait, the
+statements that end savepoints are parsed too: a SAVEPOINT leaves a mark among them, ROLLBACK TO
+drops what came after its mark (everything, when the savepoint predates every waiting effect, which
+is why a SAVEPOINT needs no mark while none waits), RELEASE drops the mark and keeps the effects.
+
+SQL-level PREPARE and DEALLOCATE are not transactional: they count as soon as their CommandComplete
+comes (`client.q_sql` counts those of the Query in flight), see session/sqlprepared.py.
+
+pin_mode = refuse (per database): a statement that would pin is not run; the client gets an error
+naming the reason and the setting (`pin_refused`), and its server stays clean.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pgmux.errors import PgmuxError
+from pgmux.session import sqlprepared
 from pgmux.session.statements import (
     AdvisoryLock,
     AdvisoryUnlock,
@@ -30,14 +39,24 @@ from pgmux.session.statements import (
     DeclareHold,
     DiscardAll,
     DiscardTemp,
+    DropTemp,
     Effect,
+    Execute,
     Listen,
     Load,
+    Prepare,
+    ReleaseSavepoint,
     ResetAll,
     ResetParam,
+    RollbackToSavepoint,
+    Savepoint,
+    SetConfigArgs,
     SetParam,
+    TxEnd,
     Unlisten,
     effects,
+    pin_reason,
+    set_config_effect,
     undone_by_rollback,
 )
 
@@ -52,10 +71,16 @@ if TYPE_CHECKING:
 _SCREEN = (b"set", b"discard", b"deallocate", b"listen", b"temp", b"advisory", b"hold", b"load", b"close",
            b"u&")
 _FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b"load", b"close", b"declare",
-          b"/*", b"--", b"do", b"execute", b"explain")
-_PINS = (Listen, Unlisten, CreateTemp, DiscardTemp, AdvisoryLock, AdvisoryUnlock, DeclareHold, CloseCursor, Load)
+          b"/*", b"--", b"do", b"execute", b"explain", b"prepare", b"drop", b"create")
+_PINS = (Listen, Unlisten, CreateTemp, DiscardTemp, DropTemp, AdvisoryLock, AdvisoryUnlock, DeclareHold,
+         CloseCursor, Load)
 _AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin as soon as they ran
-_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate) + _PINS
+_SAVEPOINTS = (Savepoint, ReleaseSavepoint, RollbackToSavepoint)
+_SQL_PREPARED = (Prepare, Execute, Deallocate)  # session/sqlprepared.py; not transactional
+_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, SetConfigArgs, TxEnd) + _SQL_PREPARED + _PINS + _SAVEPOINTS
+_NOT_WAITING = _SQL_PREPARED + (TxEnd, SetConfigArgs)  # never among the effects waiting for a commit
+_PINNING = (Listen, CreateTemp, AdvisoryLock, DeclareHold, Load)
+_TX_WORDS = (b"savepoint", b"release", b"rollback")
 
 
 def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
@@ -82,19 +107,28 @@ except ImportError:  # not compiled here (setup.py builds it where a C compiler 
     screen = screen_py
 
 
-def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
-    """The tracked effects of a Query body (NUL-terminated text)."""
+def query_effects(body: bytes | memoryview, in_tx: bool = True) -> tuple[Effect, ...]:
+    """The tracked effects of a Query body (NUL-terminated text). `in_tx`: effects wait for their
+    transaction, so statements that end savepoints count too."""
     raw = bytes(body)
-    if not screen(raw, 0, len(raw)):
+    if not screen(raw, 0, len(raw)) and not (in_tx and raw.lstrip()[:9].lower().startswith(_TX_WORDS)):
         return ()
     sql = raw.rstrip(b"\x00").decode("utf-8", "surrogateescape")
     return tuple(e for e in effects(sql) if isinstance(e, _KEPT) and not getattr(e, "local", False))
 
 
-def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
-    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
-    failed, rolled_back = c.q_error, c.q_rollback
+def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...],
+               status: bytes) -> dict[str, str] | None:
+    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery.
+    Returns what `apply` says a reset must bring back, if anything."""
+    failed, rolled_back, ran = c.q_error, c.q_rollback, c.q_sql
     c.q_error = c.q_rollback = False
+    if ran:  # the first `ran` PREPAREs and DEALLOCATEs of the query string ran, whatever came after
+        c.q_sql = 0
+        for e in done:
+            if isinstance(e, (Prepare, Deallocate)) and ran > 0:
+                sqlprepared.record(c.sql, server.sql, e)
+                ran -= 1
     for e in done:
         # Session advisory locks and LOAD outlive a rollback; a lock taken before an error in the
         # same query string is still held, so a failed query pins too (unlocks count only on success).
@@ -104,7 +138,7 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
     if failed or rolled_back:
         if rolled_back or status == b"I":
             c.tx_effects = []
-        return
+        return None
     for e in done:
         if isinstance(e, (DiscardAll, Deallocate)) and (isinstance(e, DiscardAll) or e.name is None):
             # Not transactional: the server's statements are gone now, and so are the client's.
@@ -112,25 +146,118 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
                 server.stmts.forget_all()
             if c.stmts is not None:
                 c.stmts.clear()
+            c.sql.clear()
+            server.sql.clear()
     if done:
-        c.tx_effects = c.tx_effects + [e for e in done if not isinstance(e, Deallocate)]
+        _wait(c, done)
     if status == b"I" and c.tx_effects:
-        apply(c, server, c.tx_effects)
+        restore = apply(c, server, c.tx_effects)
         c.tx_effects = []
+        return restore
+    return None
 
 
-def executed(c: ClientSession, done: tuple[Effect, ...]) -> None:
+def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) -> None:
     """An Execute of a statement with session effects completed (CommandComplete): they count once
-    its transaction commits, as a Query's do; locks and LOAD at once."""
+    its transaction commits, as a Query's do; locks, LOAD, PREPARE and DEALLOCATE at once."""
     for e in done:
         if isinstance(e, _AT_ONCE):
             pin(c, e)
+        elif isinstance(e, (Prepare, Deallocate)):
+            sqlprepared.record(c.sql, server.sql, e)
         else:
-            c.tx_effects.append(e)
+            _wait(c, (e,))
 
 
-def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
+def _wait(c: ClientSession, done: tuple[Effect, ...]) -> None:
+    """Effects that ran in the client's transaction join those waiting for it to commit, savepoints
+    kept as marks (see the module's note)."""
+    fx = list(c.tx_effects)
+    for e in done:
+        if isinstance(e, _SAVEPOINTS):
+            mark = _last_mark(fx, e.name)
+            if isinstance(e, Savepoint):
+                if fx:  # a savepoint older than every waiting effect needs no mark
+                    fx.append(e)
+            elif isinstance(e, RollbackToSavepoint):
+                fx = fx[:mark + 1] if mark >= 0 else []
+            elif mark >= 0:  # RELEASE: this savepoint and the ones after it go, their effects stay
+                fx = fx[:mark] + [x for x in fx[mark + 1:] if not isinstance(x, Savepoint)]
+        elif not isinstance(e, _NOT_WAITING):
+            fx.append(e)
+    c.tx_effects = fx
+
+
+def _last_mark(fx: list[Effect], name: str) -> int:
+    for i in range(len(fx) - 1, -1, -1):
+        e = fx[i]
+        if isinstance(e, Savepoint) and e.name == name:
+            return i
+    return -1
+
+
+def to_savepoint(payload: object) -> bool:
+    """Whether a ROLLBACK tag belongs to ROLLBACK TO SAVEPOINT (the statement's effects say so), which
+    ends no transaction."""
+    return (isinstance(payload, tuple) and any(isinstance(e, RollbackToSavepoint) for e in payload)
+            and not any(isinstance(e, TxEnd) for e in payload))
+
+
+def bound_effects(done: tuple[Effect, ...], params: list[tuple[bytes | None, int]]) -> tuple[Effect, ...]:
+    """A statement's effects for one Bind: `set_config($1, $2, false)` becomes the SET it does with
+    these parameter values ((value or None for NULL, format code) per parameter)."""
+    out: list[Effect] = []
+    for e in done:
+        if not isinstance(e, SetConfigArgs):
+            out.append(e)
+            continue
+        values: list[object] = []
+        for kind, ref in e.args:
+            if kind == "const":
+                values.append(ref)
+                continue
+            i = int(ref) - 1  # type: ignore[call-overload]
+            if not 0 <= i < len(params):
+                values = []
+                break
+            raw, fmt = params[i]
+            if raw is None:
+                values.append(None)
+            elif fmt == 1 and len(raw) == 1 and raw[0] in (0, 1) and len(values) == 2:
+                values.append(bool(raw[0]))  # a binary boolean is_local
+            else:
+                values.append(raw.decode("utf-8", "surrogateescape"))
+        if len(values) == 3:
+            eff = set_config_effect(*values)
+            if isinstance(eff, (SetParam, ResetParam)) and not eff.local:
+                out.append(eff)
+    return tuple(out)
+
+
+_REFUSED_WHAT = {"listen": "LISTEN", "temp table": "a temporary table", "advisory lock": "a session-level "
+                 "advisory lock", "with hold cursor": "a cursor WITH HOLD", "load": "LOAD"}
+
+
+def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None:
+    """pin_mode = refuse: the error for a statement that would pin its client, else None."""
+    for e in done:
+        if isinstance(e, _PINNING):
+            why = pin_reason(e) or "session state"
+            return PgmuxError(
+                f"{_REFUSED_WHAT.get(why, why)} would pin this client to one server connection, and "
+                f"database \"{c.database}\" refuses that in {c.pool.mode} pooling (pgmux pin_mode = refuse)",
+                sqlstate="0A000",
+                hint="use session pooling for this client, or set pin_mode = pin for the database "
+                     "(pgmux_pin_mode=pin on its pgbouncer.ini line)")
+    return None
+
+
+def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> dict[str, str]:
+    """Record committed effects. Returns the values a reset must bring back on this server: RESET
+    goes back to the session's default, which for the parameters a client gave at startup is its
+    own value; the server's RESET went back to the server's default (and its ParameterStatus said so)."""
     reported = c.pool.server_params or {}
+    restore: dict[str, str] = {}
     for e in done:
         if isinstance(e, _PINS) or isinstance(e, DiscardAll):
             if not isinstance(e, _AT_ONCE):  # those were counted when their query ended
@@ -138,10 +265,16 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
             if not isinstance(e, DiscardAll):
                 continue
         if isinstance(e, SetParam):
+            restore.pop(e.name, None)
             if e.name not in reported:
                 c.params[e.name] = server.params[e.name] = e.value
                 server.extra.add(e.name)
         elif isinstance(e, ResetParam):
+            restore.pop(e.name, None)
+            if e.name in c.initial:
+                restore[e.name] = c.initial[e.name]
+                if e.name in reported:
+                    c.params[e.name] = c.initial[e.name]
             if e.name not in reported:
                 default = c.initial.get(e.name)
                 if default is None:
@@ -153,12 +286,14 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
         elif isinstance(e, (ResetAll, DiscardAll)):
             for k in [k for k in c.params if k not in reported]:
                 del c.params[k]
-            c.params.update((k, v) for k, v in c.initial.items() if k not in reported)
+            c.params.update(c.initial)
+            restore = dict(c.initial)
             for k in server.extra:
                 server.params.pop(k, None)
             server.extra.clear()
     c.sig = None
     server.sig = None
+    return {k: v for k, v in restore.items() if server.params.get(k) != v}
 
 
 class Pins:
@@ -197,6 +332,8 @@ def pin(c: ClientSession, e: Effect) -> None:
         p.temp.add(e.name)
     elif isinstance(e, DiscardTemp):
         p.temp.clear()
+    elif isinstance(e, DropTemp):
+        p.temp.difference_update(e.names)
     elif isinstance(e, AdvisoryLock):
         p.locks += 1
     elif isinstance(e, AdvisoryUnlock):
