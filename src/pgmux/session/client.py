@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
+from pgmux.protocol.codec import Buffer, noted_table, read_startup, scan, unpack_len, walk
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
@@ -29,6 +29,7 @@ _Q, _S, _F, _X, _P = (ord(c) for c in "QSFXP")
 _EXTENDED = frozenset(ord(c) for c in "PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
 _EXECUTE = ord("E")
 _COPY_END = frozenset(ord(c) for c in "cf")  # CopyDone, CopyFail
+_NOT_COPY_DATA = noted_table("".join(chr(c) for c in range(256) if c != ord("d")))
 _LOGGED_IN = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
 
@@ -240,8 +241,8 @@ class ClientSession:
 
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
-        # The per-query path: the header walk of codec.scan, inlined (no list, no tuples), because
-        # it runs for every read of every client; a read of exactly one Query skips even that.
+        # The per-query path, for every read of every client: a read of exactly one Query is taken
+        # as it is, with no walk.
         buf = self.buf
         if buf.pending:
             data = buf.feed(data)
@@ -259,29 +260,28 @@ class ClientSession:
             unsynced = False
             track = self.watch and screen(data, 5, n)
         else:
-            pos = 0
+            # Everything else: codec.walk (in C where built) finds the complete messages and lists all
+            # but CopyData, which needs nothing here.
+            try:
+                pos, _, _, _, items = walk(data, self.max_packet, _NOT_COPY_DATA)
+            except ValueError as e:
+                raise ProtocolViolation(f"invalid message length {e.args[1]} for message type {chr(e.args[0])!r}") \
+                    from None
             syncs = 0
             copy_syncs = self.copy_syncs
             unsynced = self.unsynced
             track = False  # a Query that may change session state: its reply is watched
             watch = self.watch
-            limit = self.max_packet
-            while n - pos >= 5:
-                t = data[pos]
-                (length,) = unpack_len(data, pos + 1)
-                if length < 4 or length > limit:
-                    raise ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
-                end = pos + 1 + length
-                if end > n:
-                    break
+            for t, start, total in items or ():
                 if t == _Q or t == _S or t == _F:
                     syncs += 1
                     unsynced = False
                     copy_syncs = copy_syncs + 1 if t == _S else 0
-                    if t == _Q and watch and screen(data, pos + 5, end):
+                    if t == _Q and watch and screen(data, start + 5, start + total):
                         track = True
                 elif t == _X:
                     terminate = True
+                    pos = start
                     break
                 elif t in _EXTENDED:
                     unsynced = True
@@ -297,7 +297,6 @@ class ClientSession:
                         ignored += copy_syncs
                         server.copy_in = False
                     copy_syncs = 0
-                pos = end
         if pos < n and not terminate:
             buf.keep(data, pos)
         if pos > 0:
