@@ -306,7 +306,7 @@ class ClientSession:
             self.unsynced = unsynced
             self.copy_syncs = copy_syncs
             server = self.server
-            track = track or (ext and (self.stmts is not None or watch))
+            track = track or (ext and (self.stmts is not None or self.watch))
             if server is not None:
                 if syncs and not server.owed:
                     server.query_start = now
