@@ -215,15 +215,16 @@ class ClientSession:
     def send_welcome(self, server_params: dict[str, str]) -> None:
         """AuthenticationOk (held back by the login), then what PostgreSQL sends after it."""
         shown = dict(server_params)
-        for k in TRACKED:
-            if k not in self.params and k in shown:
-                self.params[k] = shown[k]  # the pool's default, restored if another client changed it
-        for k, v in list(self.params.items()):
+        params = self.params
+        for k, v in list(params.items()):  # the client's own: compared with the pool's
             if k in shown:
                 if _same_setting(v, shown[k]):
-                    self.params[k] = shown[k]  # the server's spelling: later syncs then compare equal
+                    params[k] = shown[k]  # the server's spelling: later syncs then compare equal
                 else:
                     shown[k] = v
+        for k in TRACKED:
+            if k not in params and k in shown:
+                params[k] = shown[k]  # the pool's default, restored if another client changed it
         self.sig = None
         self.initial = dict(self.params)
         out = [self.auth_ok]
