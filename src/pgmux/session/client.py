@@ -39,7 +39,8 @@ class ClientSession:
                  "request_time", "wait_since", "prefix", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
-                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "__weakref__")
+                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "route", "lsn_wanted", "ryw_lsn",
+                 "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -91,6 +92,12 @@ class ClientSession:
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
         self.stmt_fx: dict[bytes, tuple[Any, ...]] = {}  # statements with session effects, by client name
         self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
+        # Read/write split (runtime/routing.py): the database's Router, None when the database is not
+        # split; whether the primary must tell this transaction's WAL position when it ends
+        # (read-your-writes), and the last such position: later reads need a replica that far.
+        self.route: Any = None
+        self.lsn_wanted = False
+        self.ryw_lsn = 0
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
