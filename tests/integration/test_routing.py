@@ -20,10 +20,10 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from pgmux.runtime.cluster import HOST, PgCluster, PgNode, quote_literal
 from conftest import PgmuxProc, PgmuxStarter
 from helpers import guard, wait_for
+
+from pgmux.runtime.cluster import HOST, PgCluster, PgNode, quote_literal
 
 DB = "app"
 PERIOD = 0.2  # health_check_period: fast, so the tests wait little

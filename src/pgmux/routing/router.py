@@ -75,12 +75,12 @@ def transaction_kind(classifier: Classifier, data: bytes, statement_text: Callab
         elif t == _B:
             _, at = _cstr(data, pos + 5, end)
             name = _cstr(data, at, end)[0]
-            text = parsed.get(name)
-            if text is None:
-                text = statement_text(name)
-            if text is None:
+            known = parsed.get(name)
+            if known is None:
+                known = statement_text(name)
+            if known is None:
                 return "write", f"unknown prepared statement {name!r}"
-            verdicts.append(classifier.classify(text))
+            verdicts.append(classifier.classify(known))
         elif t == _F:
             return "write", "function call"
         pos = end
@@ -144,12 +144,11 @@ class Router:
                     candidates = choose(self.hosts, "write", now)
         if not candidates:
             return None
-        if len(candidates) == 1:
-            host = candidates[0]
-        else:
+        host: HostState[Any] | None = candidates[0]
+        if len(candidates) > 1:
             host = self.policy(candidates, outstanding or {}, self.weights, self.rng)
-            if host is None:  # pragma: no cover - policies return a candidate when given any
-                return None
+        if host is None:  # pragma: no cover - policies return a candidate when given any
+            return None
         if count:
             (self.writes if kind == "write" else self.reads)[host] += 1
         return host

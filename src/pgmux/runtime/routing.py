@@ -38,7 +38,7 @@ from pgmux.config.model import DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
 from pgmux.routing.classify import Classifier
 from pgmux.routing.health import HostState
-from pgmux.routing.router import Router, transaction_kind
+from pgmux.routing.router import Kind, Router, transaction_kind
 from pgmux.session.states import ClientState, ServerState
 
 if TYPE_CHECKING:
@@ -144,6 +144,7 @@ class Routing:
         sp: Split = c.route
         router = sp.router
         pool = c.pool
+        kind: Kind
         if pool.mode == "session":
             kind, why = "write", "session pooling"  # the whole session on one server: the primary
         elif c.params.get("pgmux.route") == "primary":
@@ -157,7 +158,8 @@ class Routing:
 
             data = c.pending[0] if len(c.pending) == 1 else b"".join(c.pending)
             kind, why = transaction_kind(router.classifier, bytes(data), text)
-        lsns = sp.monitor.current_lsn if sp.monitor is not None else None
+        # No monitor, no replay positions known: reads after a write go to the primary.
+        lsns = sp.monitor.current_lsn if sp.monitor is not None else {}
         state = router.pick(kind, now, self._outstanding(sp), c.ryw_lsn if router.read_your_writes else 0, lsns)
         if state is None:
             self._park(sp, c, now, kind)
@@ -169,7 +171,7 @@ class Routing:
             log.debug("%s %s (%s) -> %s %s", c.prefix, kind, why, state.role, label(state.host))
         return pool
 
-    def _park(self, sp: Split, c: ClientSession, now: float, kind: str) -> None:
+    def _park(self, sp: Split, c: ClientSession, now: float, kind: Kind) -> None:
         if c.state is not ClientState.WAITING:  # not a retry: the wait starts now
             c.state = ClientState.WAITING
             c.wait_since = now
