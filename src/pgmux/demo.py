@@ -62,9 +62,8 @@ def _prepare_app_db(cluster: PgCluster) -> None:
 
 
 def _write_config(cluster: PgCluster, port: int) -> str:
-    primary = cluster.primary
     nodes = cluster.nodes
-    line = (f"host={','.join(n.host for n in nodes)} port={','.join(str(n.port) for n in nodes)} dbname=app")
+    line = f"host={','.join(n.host for n in nodes)} port={','.join(str(n.port) for n in nodes)} dbname=app"
     if cluster.replicas:
         # Read/write split: reads to the replicas, writes and transactions to the primary.
         line += (" pgmux_roles=" + ",".join(n.role for n in nodes)
