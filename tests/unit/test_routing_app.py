@@ -181,3 +181,19 @@ def test_ban_and_unban_from_the_console(tmp_path: Path) -> None:
     assert "no host" in error_fields(admin.take())["M"]
     admin.send(m.query("BAN app 10.0.0.2:5433"))
     assert "split" in error_fields(admin.take())["M"]
+
+
+def test_a_class_08_error_from_a_server_bans_its_replica(tmp_path: Path) -> None:
+    rig = rig_with(tmp_path)
+    client = rig.login(database="split")
+    server = run(rig, client, "SELECT 1", m.error_response("FATAL", "08006", "connection failure"))
+    state = server.session.pool.hstate
+    assert state.role == "replica" and state.banned(rig.clock())
+    assert error_fields(client.take())["C"] == "08006"
+
+
+def test_a_protocol_violation_is_the_clients_doing_not_the_hosts(tmp_path: Path) -> None:
+    rig = rig_with(tmp_path)
+    client = rig.login(database="split")
+    server = run(rig, client, "SELECT 1", m.error_response("FATAL", "08P01", "invalid message format"))
+    assert not server.session.pool.hstate.banned(rig.clock())

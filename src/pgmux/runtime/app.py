@@ -601,6 +601,9 @@ class App:
             new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))
         self.config = new
         stale = set(plan.databases_reconnect) | set(plan.databases_removed)
+        for name in sorted(stale & set(self.routing.splits)):
+            log.warning("database %s: changes to a read/write-split database (hosts, roles, routing keys) "
+                        "apply at the next restart", name)
         for pool in self.registry:
             if pool.database in stale or (new.database(pool.database) is None):
                 for srv in list(pool.servers):

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgmux")
 
 LSN_QUERY = "SELECT pg_current_wal_insert_lsn()"
+UNKNOWN_LSN = 1 << 63  # a write whose position could not be read: no replica qualifies until the next one
 # The insert position, not pg_current_wal_lsn(): with synchronous_commit=off the commit record may still
 # sit in WAL buffers, past the write position, for up to wal_writer_delay.
 
@@ -214,15 +215,20 @@ class Routing:
         text, server.lsn = server.lsn, None
         if c is None:
             return
+        lsn = None
         if err is None and text:
             try:
-                c.ryw_lsn = max(c.ryw_lsn, parse_lsn(text))
+                lsn = parse_lsn(text)
             except ValueError:
-                log.warning("%s unexpected WAL position %r", server.prefix, text)
+                pass
+        if lsn is not None:
+            # The position now is past every commit this client made before; it replaces an unknown one.
+            c.ryw_lsn = lsn if c.ryw_lsn == UNKNOWN_LSN else max(c.ryw_lsn, lsn)
         else:
-            # Unknown position: be safe, keep this client's reads on the primary for the next ones.
-            c.ryw_lsn = 1 << 63
-            log.warning("%s could not read the WAL position: %s", server.prefix, (err or {}).get("M"))
+            # Unknown position (the host was demoted under us, say): keep this client's reads on the
+            # primary until a later write tells a position again.
+            c.ryw_lsn = UNKNOWN_LSN
+            log.warning("%s could not read the WAL position: %s", server.prefix, (err or {}).get("M", text))
         if server.state is not ServerState.ACTIVE or c.server is not server:
             return
         if server.clean and not c.unsynced and not c.pinned:
