@@ -11,6 +11,7 @@ second or when it exits, so the tests stop pgmux (its server connections end) be
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import threading
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from conftest import PgmuxProc, PgmuxStarter
@@ -182,6 +184,29 @@ def test_statement_kinds_hint_session_setting_and_read_only_transactions(cluster
                 assert conn.execute("SELECT inet_server_port() WHERE %s::int > 0", (1,)).fetchone() == (primary,)
 
 
+def test_asyncpg_prepared_statements_run_on_every_host(cluster: PgCluster, pgmux_factory: PgmuxStarter) -> None:
+    """asyncpg names every statement once per connection; pgmux prepares it on each host it lands on."""
+    mux = start(pgmux_factory, cluster)
+
+    async def main() -> None:
+        conn = await asyncpg.connect(mux.dsn(DB), timeout=10)
+        try:
+            wait_usable(mux, 3)
+            ports = {await conn.fetchval("SELECT inet_server_port() WHERE $1::int > 0", i + 1) for i in range(20)}
+            assert ports == {n.port for n in cluster.replicas}
+            for _ in range(3):
+                async with conn.transaction():
+                    assert await conn.fetchval("SELECT inet_server_port() WHERE $1::int > 0", 1) == \
+                        cluster.primary.port
+            assert await conn.fetchval("INSERT INTO marks (at) VALUES ($1) RETURNING inet_server_port()",
+                                       "asyncpg") == cluster.primary.port
+        finally:
+            await conn.close()
+
+    with guard(mux):
+        asyncio.run(asyncio.wait_for(main(), 30))
+
+
 # -- health ----------------------------------------------------------------------------------------
 
 def test_stopping_a_replica_costs_only_its_transactions_in_flight(cluster: PgCluster,
@@ -232,9 +257,11 @@ def test_stopping_a_replica_costs_only_its_transactions_in_flight(cluster: PgClu
 def test_lagging_replica_gets_no_reads_and_all_replicas_down_reads_go_to_primary(
         cluster: PgCluster, pgmux_factory: PgmuxStarter) -> None:
     r1, r2 = cluster.replicas
-    mux = start(pgmux_factory, cluster, databases={DB: split_line(cluster, pgmux_max_lag_bytes="200000")})
+    # With a forced user the checks start with pgmux, before any client.
+    line = split_line(cluster, pgmux_max_lag_bytes="200000") + " user=postgres"
+    mux = start(pgmux_factory, cluster, databases={DB: line})
+    wait_usable(mux, 3)
     with connect(mux) as conn, guard(mux):
-        wait_usable(mux, 3)
         r1.psql("SELECT pg_wal_replay_pause()")
         try:
             # WAL the paused replica receives but does not replay: over the 1-byte limit.

@@ -84,6 +84,10 @@ class App:
         self.listeners = await start_listeners(self, s.listen_addr, s.listen_port, s.unix_socket_dir,
                                                getattr(s, "unix_socket_mode", 0o777))
         self._janitor = asyncio.get_running_loop().create_task(self._janitor_loop())
+        for db in self.config.databases.values():
+            if db.user and db.name != "*" and is_split(db):  # checks as the forced user, from the start
+                self.routing.split_for(db, db.user, db.password if db.password is not None
+                                       else self.config.userlist.get(db.user))
         for w in self.config.warnings:
             log.warning("%s", w)
         log.info("listening on %s port %d%s", ",".join(s.listen_addr) or "(no tcp)", s.listen_port,
