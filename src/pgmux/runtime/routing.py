@@ -118,7 +118,11 @@ class Routing:
         host = state.host
         pool = self.app.registry.get_or_create(sp.db.name, user, lambda: self.app._pool_setup(sp.db, user),
                                                host=host, label=label(host))
-        pool.hstate = state
+        if pool.hstate is None:  # new: PAUSE and DISABLE of the database apply to it too
+            pool.hstate = state
+            siblings = [p for p in self.app.registry.for_database(sp.db.name) if p is not pool]
+            pool.paused = any(p.paused for p in siblings)
+            pool.disabled = any(p.disabled for p in siblings)
         return pool
 
     def login_pool(self, c: ClientSession, db: DatabaseConfig, user: str, password: str | None) -> Pool[Any, Any]:
