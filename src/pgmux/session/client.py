@@ -92,8 +92,8 @@ class ClientSession:
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
         self.stmt_fx: dict[bytes, tuple[Any, ...]] = {}  # statements with session effects, by client name
         self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
-        # Read/write split (runtime/routing.py): the database's Router, None when the database is not
-        # split; whether the primary must tell this transaction's WAL position when it ends
+        # Read/write split (runtime/routing.py): the database's Split (router, checks), None when the
+        # database is not split; whether the primary must tell this transaction's WAL position when it ends
         # (read-your-writes), and the last such position: later reads need a replica that far.
         self.route: Any = None
         self.lsn_wanted = False
