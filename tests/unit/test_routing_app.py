@@ -197,3 +197,22 @@ def test_a_protocol_violation_is_the_clients_doing_not_the_hosts(tmp_path: Path)
     client = rig.login(database="split")
     server = run(rig, client, "SELECT 1", m.error_response("FATAL", "08P01", "invalid message format"))
     assert not server.session.pool.hstate.banned(rig.clock())
+
+
+def test_a_waiting_write_goes_to_the_primary_once_it_is_usable_again(tmp_path: Path) -> None:
+    rig = rig_with(tmp_path)
+    client = rig.login(database="split")
+    before = len(rig.servers)
+    client.send(m.query("INSERT INTO t VALUES (1)"))
+    (down,) = rig.servers[before:]
+    down.take()
+    down.send(m.error_response("FATAL", "57P03", "the database system is starting up"))
+    assert client.session.state is ClientState.WAITING
+    assert rig.app.routing.ban("split", "10.0.0.1", 5432, on=False) is None  # as a good check would
+    rig.app.tick(rig.clock())
+    (up,) = rig.servers[before + 1:]
+    assert port_of(up) == 5432
+    rig.server_login(up)
+    assert up.take() == m.query("INSERT INTO t VALUES (1)")
+    up.send(INSERT_OK)
+    assert frames(client.take()) == frames(INSERT_OK)

@@ -152,7 +152,7 @@ class Routing:
         kind: Kind
         if pool.mode == "session":
             kind, why = "write", "session pooling"  # the whole session on one server: the primary
-        elif c.params.get("pgmux.route") == "primary":
+        elif c.params.get("pgmux.route", "").lower() == "primary":
             kind, why = "write", "session setting pgmux.route"
         else:
             stmts = c.stmts
