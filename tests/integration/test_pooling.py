@@ -315,7 +315,7 @@ def test_client_idle_timeout(pgmux_factory: Any) -> None:
         raw.until_ready()
         started = time.monotonic()
         fields, closed = raw.next_error()
-        assert fields["M"] == "client_idle_timeout" and fields["C"] == "08P01" and closed
+        assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "08P01", "client_idle_timeout") and closed
         assert time.monotonic() - started >= 0.5
     finally:
         raw.close()
@@ -333,7 +333,7 @@ def test_idle_transaction_timeout(pgmux_factory: Any) -> None:
             raw.query("BEGIN")
             raw.until_ready()
             fields, closed = raw.next_error()
-            assert fields["M"] == "idle transaction timeout" and fields["C"] == "08P01" and closed
+            assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "08P01", "idle transaction timeout") and closed
         finally:
             raw.close()
         assert other.execute("SELECT 1").fetchone() == (1,)  # idle, but not in a transaction
@@ -348,7 +348,7 @@ def test_query_timeout(pgmux_factory: Any) -> None:
             started = time.monotonic()
             raw.query("SELECT pg_sleep(10)")
             fields, closed = raw.next_error()
-            assert fields["M"] == "query timeout" and fields["C"] == "08P01" and closed
+            assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "08P01", "query timeout") and closed
             assert time.monotonic() - started < 6
         finally:
             raw.close()
@@ -364,7 +364,7 @@ def test_query_wait_timeout(pgmux_factory: Any, threads: ThreadPoolExecutor) -> 
         job: Future[Any] = threads.submit(waiter.execute, "SELECT 1")
         with pytest.raises(psycopg.Error, match="query_wait_timeout") as info:
             job.result(timeout=10)
-        assert info.value.sqlstate == "08P01"
+        assert info.value.sqlstate == "08P01" and info.value.diag.severity == "FATAL"
         assert 0.8 <= time.monotonic() - started < 6
         assert holder.execute("SELECT 2").fetchone() == (2,)
         holder.execute("COMMIT")

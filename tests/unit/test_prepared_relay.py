@@ -381,3 +381,52 @@ def test_prepared_steady_state_uses_the_header_only_reply_path(rig: Rig) -> None
     assert not s.session.queue  # nothing to swallow or add: replies relayed by headers only
     c.send(parse() + bind() + execute() + SYNC)  # unnamed, as psycopg sends queries with parameters
     assert s.take() == parse() + bind() + execute() + SYNC and not s.session.queue
+
+
+def test_rebound_fast_path_counts_each_bind_once_and_falls_back_whole(rig: Rig) -> None:
+    c, a, b = two_servers(rig)
+    c.send(parse(name="s1") + parse("select 2", name="s2") + SYNC)
+    x, y = (a, b) if c.session.server is a.session else (b, a)  # x: the server c got
+    x.take()
+    x.send(PC + PC + RFQ)
+    c.take()
+    st = x.session.pool.stats
+    c.send(bind("s1", portal="p") + describe("p", b"P") + execute() + bind("s2") + execute() + SYNC)
+    assert x.take() == (bind("pgmux_1", portal="p") + describe("p", b"P") + execute() + bind("pgmux_2")
+                        + execute() + SYNC)
+    assert not x.session.queue and st.bind_count == 2
+    x.send(BC + m.row_description([("int4", 23)]) + ROW + BC + ROW + RFQ)
+    assert c.take() == BC + m.row_description([("int4", 23)]) + ROW + BC + ROW + RFQ
+    # On the other server both are missing: the batch takes the full walk, each Bind counted once.
+    other = rig.login()
+    other.send(m.query("begin"))  # takes x (the idle LIFO's top), so c gets y
+    assert x.take() == m.query("begin")
+    c.send(bind("s1") + execute() + bind("s2") + execute() + SYNC)
+    assert y.take() == (parse(name="pgmux_1") + bind("pgmux_1") + execute() + parse("select 2", name="pgmux_2")
+                        + bind("pgmux_2") + execute() + SYNC)
+    assert st.bind_count == 4
+    y.send(PC + BC + ROW + PC + BC + ROW + RFQ)
+    assert c.take() == BC + ROW + BC + ROW + RFQ
+    # Both are on y now: the next batch takes the fast path there.
+    c.send(bind("s1") + execute() + SYNC)
+    assert y.take() == bind("pgmux_1") + execute() + SYNC and not y.session.queue
+    assert st.bind_count == 5
+
+
+def test_rebound_fast_path_needs_a_sync_last(rig: Rig) -> None:
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    c.send(bind("s1") + execute() + FLUSH)  # no Sync: the replies stay queued ahead of what pgmux answers
+    assert s.take() == bind("pgmux_1") + execute() + FLUSH
+    assert s.session.queue
+    c.send(parse(name="again") + SYNC)  # answered by pgmux, after the Bind/Execute replies
+    assert s.take() == SYNC
+    assert c.take() == b""
+    s.send(BC + ROW)
+    assert c.take() == BC + ROW + PC
+    s.send(RFQ)
+    assert c.take() == RFQ

@@ -18,6 +18,7 @@ async def open_server(session: ServerSession, timeout: float) -> None:
     if t.unix_path:
         coro = loop.create_unix_connection(lambda: ServerProtocol(session), t.unix_path)
     else:
+        assert t.host is not None  # a target without a Unix socket path has a TCP host
         coro = loop.create_connection(lambda: ServerProtocol(session), t.host, t.port)
     if timeout > 0:
         await asyncio.wait_for(coro, timeout)

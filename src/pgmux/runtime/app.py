@@ -251,7 +251,8 @@ class App:
             return
         c.state = ClientState.WAITING
         pool.add_waiter(c, now)
-        if not self.paused:
+        # A full pool (the usual case under load) opens nothing: skip the arithmetic of launch().
+        if not self.paused and len(pool.servers) < pool.limits.pool_size + pool.limits.reserve_pool_size:
             self.launch(pool)
 
     def server_ready(self, c: ClientSession, server: ServerSession) -> None:

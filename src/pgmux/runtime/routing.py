@@ -15,8 +15,8 @@ Failures, and what they do:
   bans its host the same way; a FATAL (shutdown, termination) asks for an immediate check.
 - No usable primary: a write (and a read when no host at all is usable) waits, like under PAUSE,
   until a check finds a primary (a promoted replica), up to `failover_wait_timeout`, then fails with
-  57P03 (cannot_connect_now: PostgreSQL's own code for a server that cannot take the connection now,
-  which drivers and poolers treat as "retry later"), and the client is disconnected as after
+  FATAL 57P03 (cannot_connect_now: PostgreSQL's own code for a server that cannot take the connection
+  now, which drivers and poolers treat as "retry later"), and the client is disconnected, as after
   query_wait_timeout. pgmux never promotes anything.
 
 Read-your-writes (opt-in per database): when a write transaction ends on the primary, before the
@@ -321,8 +321,8 @@ class Routing:
                 sp.parked.remove(c)
                 c.fail(PgmuxError(
                     f"no usable server for database \"{sp.db.name}\": no primary (or no host) reachable "
-                    f"within failover_wait_timeout ({timeout:g}s)", sqlstate="57P03", severity="ERROR",
-                    hint="check the hosts with SHOW HOSTS on the pgmux console"), close=True)
+                    f"within failover_wait_timeout ({timeout:g}s)", sqlstate="57P03", severity="FATAL",
+                    hint="check the hosts with SHOW HOSTS on the pgmux console"))
             self._retry(sp)
 
     # -- admin -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The janitor's pass over every timeout, with `now` passed in (PgBouncer's janitor.c, in spirit).
 
-Client-facing timeouts answer with PgBouncer's words, then disconnect, as PgBouncer does.
+Client-facing timeouts answer with PgBouncer's words as a FATAL error, then disconnect, as PgBouncer does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ _LOGIN = (ClientState.STARTUP, ClientState.AUTH, ClientState.LOGIN_WAIT)
 
 
 def _timeout(message: str) -> PgmuxError:
-    return PgmuxError(message, sqlstate="08P01", severity="ERROR")
+    # FATAL 08P01, as PgBouncer 1.2x sends for every disconnect (send_pooler_error with level_fatal).
+    return PgmuxError(message, sqlstate="08P01", severity="FATAL")
 
 
 def check_timeouts(app: Any, now: float) -> None:

@@ -37,7 +37,7 @@ from pgmux.protocol.extended import (
     rename_parse,
     rename_target,
 )
-from pgmux.session.prepared import ServerStatements, Statement
+from pgmux.session.prepared import ClientStatements, ServerStatements, Statement
 from pgmux.session.statements import Effect
 from pgmux.session.tracking import executed, query_done, query_effects, screen
 
@@ -85,8 +85,13 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     """The client's complete messages in `chunk` as `server` must get them, queueing what each makes
     the server owe. Replies pgmux gives itself with nothing before them are written at once."""
     q = server.queue
-    if not q and not ignored and not c.skip and _as_is(c, server, chunk):
-        return [chunk]
+    if not q and not ignored and not c.skip:
+        if _as_is(c, server, chunk):
+            return [chunk]
+        if c.stmts is not None and server.stmts is not None and not c.stmt_fx and not c.portal_fx:
+            rebound = _rebound(c.stmts, server.stmts, chunk)
+            if rebound is not None:
+                return rebound
     if ignored:  # Syncs a backend in copy-in mode reads and ignores: no ReadyForQuery will come
         _drop_last_syncs(q, ignored)
     if not q and server.owed:
@@ -277,6 +282,53 @@ def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -
             return False
         pos = end
     return True
+
+
+def _rebound(stmts: ClientStatements, sst: ServerStatements,
+             chunk: bytes | memoryview) -> list[bytes | memoryview] | None:
+    """The steady state of named prepared statements (pgbench -M prepared, asyncpg, psycopg once it
+    prepares): Binds of statements this server already holds, Describes of portals, Executes, and a
+    Sync last. Only each Bind's statement name changes and nothing is queued, so the replies take the
+    header-only relay. None for anything else, which the full walk of to_server handles."""
+    raw = chunk if isinstance(chunk, bytes) else bytes(chunk)
+    n = len(raw)
+    pos = run = 0
+    t = 0
+    out: list[bytes | memoryview] = []
+    bound: list[str] = []
+    while pos < n:
+        t = raw[pos]
+        (length,) = _LEN.unpack_from(raw, pos + 1)
+        end = pos + 1 + length
+        if t == _B:
+            pe = raw.find(b"\x00", pos + 5, end)
+            ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
+            if ne <= pe + 1:  # the unnamed statement, or malformed: the full walk decides
+                return None
+            name = raw[pe + 1:ne].decode("utf-8", "surrogateescape")
+            stmt = stmts.lookup(name)
+            if stmt is None or not sst.touch(stmt.name):
+                return None
+            bound.append(name)
+            head = raw[pos + 5:pe + 1] + stmt.name.encode() + b"\x00"
+            if run < pos:
+                out.append(raw[run:pos])
+            out.append(_BIND_HDR.pack(_B, 4 + len(head) + end - ne - 1) + head)
+            out.append(memoryview(raw)[ne + 1:end])
+            run = end
+        elif t == _D:
+            if raw[pos + 5] == _S:  # a statement's description may need it prepared first
+                return None
+        elif t != _E and t != _S:
+            return None
+        pos = end
+    if t != _S:  # replies not ended by a ReadyForQuery must stay queued, ahead of anything pgmux answers
+        return None
+    for name in bound:
+        stmts.bind(name)  # counted once the whole chunk is known to take this path
+    if run < n:
+        out.append(memoryview(raw)[run:n])
+    return out
 
 
 def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> tuple[Effect, ...] | None:

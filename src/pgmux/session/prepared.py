@@ -219,6 +219,13 @@ class ServerStatements:
     def __contains__(self, server_name: object) -> bool:
         return server_name in self._lru
 
+    def touch(self, server_name: str) -> bool:
+        """Whether this server holds `server_name`; if so it becomes the most recently used."""
+        if server_name in self._lru:
+            self._lru.move_to_end(server_name)
+            return True
+        return False
+
     def ensure(self, server_name: str) -> Ensured:
         """Before a Bind/Describe (or a forwarded Parse) of `server_name` on this server: whether a
         Parse must be sent, and which names to Close first, oldest first. Records the outcome

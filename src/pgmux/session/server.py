@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G = ord("G")  # CopyInResponse
+_NOTED = frozenset((_Z, _S, _E, _G))  # what the header-only relay looks at
 _D = ord("D")  # DataRow
 _I32 = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
@@ -173,17 +174,18 @@ class ServerSession:
             end = pos + 1 + length
             if end > n:
                 break
-            if t == _Z:
-                z = data[pos + 5]
-                zpos = pos
-                self.owed -= 1
-                self.copy_in = False
-            elif t == _S:
-                self._param(data, pos, end - pos)
-            elif t == _E:
-                self._error(data, pos, end - pos)
-            elif t == _G:
-                self.copy_in = True
+            if t in _NOTED:  # one test for the usual T, D and C
+                if t == _Z:
+                    z = data[pos + 5]
+                    zpos = pos
+                    self.owed -= 1
+                    self.copy_in = False
+                elif t == _S:
+                    self._param(data, pos, end - pos)
+                elif t == _E:
+                    self._error(data, pos, end - pos)
+                else:
+                    self.copy_in = True
             pos = end
         if pos < n:
             buf.keep(data, pos)
