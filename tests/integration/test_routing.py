@@ -115,7 +115,9 @@ def test_pgbench_select_only_reads_replicas_and_writes_primary(cluster: PgCluste
     def updates() -> int:
         return scalar(cluster.primary, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'pgbench_accounts'")
 
-    mux = start(pgmux_factory, cluster)
+    # Round robin: least_outstanding (the default) follows the replicas' momentary speed, which on a
+    # shared test machine drifts; round robin's split is exact, so it shows the routing alone.
+    mux = start(pgmux_factory, cluster, databases={DB: split_line(cluster, pgmux_balance="round_robin")})
     with connect(mux):  # the first login makes the split and starts its checks
         pass
     wait_usable(mux, 3)
@@ -128,20 +130,23 @@ def test_pgbench_select_only_reads_replicas_and_writes_primary(cluster: PgCluste
     p, r1, r2 = (a - b for a, b in zip(scans(), before, strict=True))
     assert p + r1 + r2 >= 9600, (p, r1, r2)  # 2 x 8 x 600 SELECTs, each one index scan
     assert (r1 + r2) / (p + r1 + r2) >= 0.9, (p, r1, r2)
-    assert abs(r1 - r2) / (r1 + r2) <= 0.10, (r1, r2)
+    assert abs(r1 - r2) <= 0.1 * min(r1, r2), (r1, r2)
     primary, rep1, rep2 = (shown[n.port] for n in cluster.nodes)
     assert (primary["role"], rep1["role"], rep2["role"]) == ("primary", "replica", "replica")
     assert rep1["reads"] + rep2["reads"] >= 9600
 
-    # TPC-B-like (BEGIN; UPDATE accounts; SELECT accounts; ...; END): every transaction on the primary.
+    # The default policy, TPC-B-like transactions (BEGIN; UPDATE accounts; SELECT accounts; ...; END),
+    # then SELECT-only again: every write on the primary, every lone SELECT on a replica.
     mux = start(pgmux_factory, cluster)
     before, upd = scans(), updates()
     pgbench(mux, "-c", "4", "-j", "2", "-t", "100")
+    pgbench(mux, "-S", "-c", "4", "-j", "2", "-t", "250")
     shown = hosts(mux)
     mux.stop()
     settle(cluster)
     p, r1, r2 = (a - b for a, b in zip(scans(), before, strict=True))
-    assert (p, r1, r2) == (800, 0, 0)  # an UPDATE and a SELECT of accounts per transaction
+    assert p == 800, (p, r1, r2)  # an UPDATE and a SELECT of accounts per TPC-B transaction
+    assert r1 + r2 == 1000 and min(r1, r2) > 0, (r1, r2)
     assert updates() - upd == 400
     assert shown[cluster.primary.port]["writes"] >= 400
     assert all(shown[n.port]["writes"] == 0 for n in cluster.replicas)
