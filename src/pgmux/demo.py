@@ -62,11 +62,13 @@ def _prepare_app_db(cluster: PgCluster) -> None:
 
 
 def _write_config(cluster: PgCluster, port: int) -> str:
-    primary = cluster.primary
-    databases = {"app": f"host={primary.host} port={primary.port} dbname=app"}
-    for i, replica in enumerate(cluster.replicas, start=1):
-        # One database per replica until pgmux routes reads by itself.
-        databases[f"app_replica{'' if i == 1 else i}"] = f"host={replica.host} port={replica.port} dbname=app"
+    nodes = cluster.nodes
+    line = f"host={','.join(n.host for n in nodes)} port={','.join(str(n.port) for n in nodes)} dbname=app"
+    if cluster.replicas:
+        # Read/write split: reads to the replicas, writes and transactions to the primary.
+        line += (" pgmux_roles=" + ",".join(n.role for n in nodes)
+                 + " pgmux_read_write_split=1 pgmux_read_your_writes=1")
+    databases = {"app": line}
     userlist_path = os.path.join(cluster.base_dir, "userlist.txt")
     settings = {
         "listen_addr": HOST,
@@ -97,15 +99,19 @@ def _banner(cluster: PgCluster, port: int, ini_path: str, log_path: str) -> str:
         *[f"  {r.name:<9} PostgreSQL on {HOST}:{r.port} (hot standby)" for r in cluster.replicas],
         "",
         "Connect through the pooler:",
-        f"  {psql} app                 # the primary, table `greetings`",
+        f"  {psql} app                 # table `greetings`",
     ]
     if cluster.replicas:
-        lines.append(f"  {psql} app_replica         # replica1, read-only")
+        lines += [
+            "    read/write split: an autocommit read goes to a replica, a write or a transaction not",
+            "    declared READ ONLY to the primary; after a write, your reads wait for a replica to",
+            "    replay it (read-your-writes). Try: SELECT pg_is_in_recovery();",
+        ]
     lines += [
         f"  postgresql://{user}@{HOST}:{port}/app",
         "",
         "Admin console:",
-        f"  {psql} pgbouncer           # then: SHOW POOLS;  SHOW CLIENTS;  SHOW STATS;",
+        f"  {psql} pgbouncer           # then: SHOW HOSTS;  SHOW POOLS;  SHOW SERVERS;  SHOW STATS;",
         "",
         "auth_type=trust: no password is asked of any user listed in userlist.txt (the auth_file).",
         "Fine on 127.0.0.1 for a demo, never anywhere else.",

@@ -141,7 +141,7 @@ def test_show_commands_use_pgbouncer_columns(pg: PgCluster, pgmux_factory: Any) 
             return [c.name for c in cur.description], cur.fetchall()
 
         cols, rows = show("POOLS")
-        assert cols == POOLS_COLUMNS
+        assert cols == POOLS_COLUMNS + ["host", "role"]  # pgmux's own columns, after all of PgBouncer's
         (p,) = [r for r in rows if r["database"] == "testdb"]
         assert (p["user"], p["cl_active"], p["sv_active"], p["pool_mode"]) == ("postgres", 1, 1, "session")
 
@@ -154,7 +154,7 @@ def test_show_commands_use_pgbouncer_columns(pg: PgCluster, pgmux_factory: Any) 
         assert mine[0]["local_port"] == proc.port
 
         cols, rows = show("SERVERS")
-        assert cols == SOCKET_COLUMNS
+        assert cols == SOCKET_COLUMNS + ["role"]  # pgmux's own column, after all of PgBouncer's
         (srv,) = [r for r in rows if r["database"] == "testdb"]
         assert srv["type"] == "S" and srv["state"] == "active" and srv["remote_pid"] == pid
         assert srv["port"] == pg.primary.port and srv["link"] == mine[0]["ptr"]

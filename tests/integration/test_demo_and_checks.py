@@ -36,14 +36,18 @@ def test_demo_starts_primary_replica_and_pooler_then_removes_everything() -> Non
         config_dir = os.path.dirname(re.search(r"Config:\s+(\S+)", out).group(1))  # type: ignore[union-attr]
         dsn = f"host=127.0.0.1 port={port} user=postgres connect_timeout=5"
         with psycopg.connect(f"{dsn} dbname=app", autocommit=True) as conn:
-            assert conn.execute("select pg_is_in_recovery()").fetchone() == (False,)
-            assert conn.execute("select count(*) from greetings").fetchone()[0] >= 1  # type: ignore[index]
-        with psycopg.connect(f"{dsn} dbname=app_replica", autocommit=True) as conn:
+            # The split: an autocommit read on the replica, a write and a transaction on the primary.
             assert conn.execute("select pg_is_in_recovery()").fetchone() == (True,)
+            assert conn.execute("select count(*) from greetings").fetchone()[0] >= 1  # type: ignore[index]
+            conn.execute("insert into greetings (msg) values ('from the demo test')")
+            with conn.transaction():
+                assert conn.execute("select pg_is_in_recovery()").fetchone() == (False,)
         with psycopg.connect(f"{dsn} dbname=pgbouncer", autocommit=True,
                              cursor_factory=psycopg.ClientCursor) as conn:
-            pools = {r[0] for r in conn.execute("SHOW POOLS").fetchall()}
-            assert {"app", "app_replica"} <= pools
+            hosts = {(r[3], r[5]) for r in conn.execute("SHOW HOSTS").fetchall() if r[0] == "app"}
+            assert hosts == {("primary", "up"), ("replica", "up")}, hosts
+            pools = {(r[0], r[-1]) for r in conn.execute("SHOW POOLS").fetchall()}
+            assert {("app", "primary"), ("app", "replica")} <= pools, pools
         assert os.path.isdir(config_dir)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

@@ -39,9 +39,9 @@ STATS = ("server_assignment_count xact_count query_count received sent xact_time
 EXPECTED: dict[type, tuple[str, str]] = {
     r.PoolRow: ("database user cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req sv_active "
                 "sv_active_cancel sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait maxwait_us "
-                "pool_mode load_balance_hosts", "ssiiiiiiiiiiiiiss"),
+                "pool_mode load_balance_hosts host role", "ssiiiiiiiiiiiiissss"),  # host, role: pgmux's own
     r.ClientRow: (SOCKET + " pin", "ssssssisiTTiiississiis"),  # pin: pgmux's own, after PgBouncer's columns
-    r.ServerRow: (SOCKET, "ssssssisiTTiiississii"),
+    r.ServerRow: (SOCKET + " role", "ssssssisiTTiiississiis"),  # role: pgmux's own, after PgBouncer's
     r.SocketRow: (SOCKET + " recv_pos pkt_pos pkt_remain send_pos send_remain pkt_avail send_avail",
                   "ssssssisiTTiiississiiiiiiiii"),
     r.DatabaseRow: ("name host port database force_user pool_size min_pool_size reserve_pool_size "
@@ -70,6 +70,8 @@ EXPECTED: dict[type, tuple[str, str]] = {
     r.VersionRow: ("version", "s"),
     r.StateRow: ("key value", "ss"),
     r.PeerRow: ("peer_id host port pool_size", "isii"),
+    r.HostRow: ("database host port role configured_role state weight lag_bytes lag_seconds replay_lsn "
+                "banned_until reads writes reason", "ssissssqssTqqs"),  # pgmux's own
     r.PeerPoolRow: ("peer_id cl_active_cancel_req cl_waiting_cancel_req sv_active_cancel sv_login", "iiiii"),
 }
 

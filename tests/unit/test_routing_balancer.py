@@ -116,3 +116,15 @@ def test_weighted_random_follows_the_weights(seed: int) -> None:
 def test_weighted_random_uniform_by_default() -> None:
     counts = Counter(picks(WeightedRandom(), seed=5))
     assert all(abs(c - N / 3) < 4 * (N * (1 / 3) * (2 / 3)) ** 0.5 for c in counts.values())
+
+
+def test_least_outstanding_ties_alternate_even_when_they_come_every_other_pick() -> None:
+    # A steady load: every other pick sees a tie. Were the turn to move on every pick, every tie would
+    # meet the same parity and go to the same host.
+    policy = LeastOutstanding()
+    rng = random.Random(0)
+    tie_winners = []
+    for _ in range(10):
+        tie_winners.append(policy(["a", "b"], {"a": 0, "b": 0}, {}, rng))
+        assert policy(["a", "b"], {"a": 1, "b": 0}, {}, rng) == "b"
+    assert tie_winners.count("a") == tie_winners.count("b") == 5

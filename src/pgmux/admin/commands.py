@@ -10,6 +10,9 @@ included:
     answer fixed values, and SETting them is ignored with a notice (some drivers insist).
   * Words longer than PgBouncer's buffers are rejected with "bad arguments".
 
+pgmux's own BAN and UNBAN take two arguments, a database and a host: `BAN <db> <host:port>`, where
+the host is written as SHOW HOSTS prints it (`127.0.0.1:5433`, bare or double-quoted).
+
 Errors split in two, in PgBouncer's order: `parse_admin` raises what PgBouncer rejects before it
 looks at the user (syntax); `authorize` then raises "admin access needed" for stats users, and only
 after that the argument errors of DISABLE/ENABLE/KILL_CLIENT.
@@ -32,6 +35,8 @@ _END = _WS0 + r"(?:;" + _WS0 + r")?"
 _FLAGS = re.IGNORECASE | re.ASCII
 _CMD_RX = re.compile(_WS0 + _WORD + r"(?:" + _WS1 + _WORD + r")?" + _END, _FLAGS)
 _SET_STR_RX = re.compile(_WS0 + r"set" + _WS1 + _WORD + _WS0 + r"(?:=|to)" + _WS0 + _STRING + _END, _FLAGS)
+_HOST_RX = re.compile(_WS0 + r"(ban|unban)" + _WS1 + _WORD + _WS1 + r'("[^"]+"|[0-9a-z_.\-/]+:[0-9]+)' + _END,
+                      _FLAGS)
 _SET_WORD_RX = re.compile(_WS0 + r"set" + _WS1 + _WORD + _WS0 + r"(?:=|to)" + _WS0 + _WORD + _END, _FLAGS)
 
 # PgBouncer's fixed buffers (bytes, terminator included): a word this long or longer is refused.
@@ -51,7 +56,7 @@ SHOW_SUBJECTS = frozenset(SHOW_ROW_TYPES) | {"help", "fds"}
 _NO_ARG = frozenset({"RELOAD", "SUSPEND"})
 _DB_ARG = frozenset({"PAUSE", "RESUME", "RECONNECT", "KILL", "WAIT_CLOSE", "DISABLE", "ENABLE"})
 _SHUTDOWN_MODES = frozenset({"WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"})
-VERBS = _NO_ARG | _DB_ARG | {"SHOW", "SET", "SHUTDOWN", "KILL_CLIENT"}
+VERBS = _NO_ARG | _DB_ARG | {"SHOW", "SET", "SHUTDOWN", "KILL_CLIENT", "BAN", "UNBAN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +67,7 @@ class AdminCommand:
     arg:   SHOW: the subject, lower case (a key of SHOW_ROW_TYPES, 'help', 'fds' or a FAKE_PARAMS name);
            SET: the key as typed; SHUTDOWN: 'WAIT_FOR_SERVERS'/'WAIT_FOR_CLIENTS' or None;
            KILL_CLIENT: the id text; the others: the database name as typed (unquoted), or None.
-    value: SET only, unquoted.
+    value: SET only, unquoted; BAN/UNBAN: the host as "addr:port".
     query: the text as received, for logs.
     """
 
@@ -109,6 +114,13 @@ def _unquote(raw: str | None, quote: str, limit: int) -> str | None:
 
 def parse_admin(sql: str) -> AdminCommand:
     """Parse one console query. Raises AdminError (ERROR 08P01) as PgBouncer would."""
+    m = _HOST_RX.fullmatch(sql)
+    if m is not None:
+        db = _unquote(m.group(2), '"', _ARG_MAX)
+        host = m.group(3).strip('"')
+        if not db or ":" not in host or not host.rsplit(":", 1)[1].isdigit():
+            raise errors.bad_arguments()
+        return AdminCommand(m.group(1).upper(), db, host, sql)
     m = _CMD_RX.fullmatch(sql)
     if m is not None:
         word = _unquote(m.group(1), '"', _CMD_MAX) or ""

@@ -64,6 +64,9 @@ HELP_DETAIL = "\n\t" + "\n\t".join([
     "SHUTDOWN",
     "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS",
     "WAIT_CLOSE [<db>]",
+    "SHOW HOSTS",
+    "BAN <db> <host:port>",
+    "UNBAN <db> <host:port>",
 ])
 
 Encoder = Callable[[object], "str | None"]

@@ -64,6 +64,10 @@ class PoolRow:
     maxwait_us: Int4  # and the microseconds part
     pool_mode: str
     load_balance_hosts: str | None  # None unless the host is a comma-separated list
+    # pgmux's own, last: the host of a read/write-split database's per-host pool ("addr:port"), and its
+    # current role (primary, replica or auto); for an unsplit pool the host list as configured, role None.
+    host: str | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,8 @@ class ClientRow(_ConnectionRow):
 class ServerRow(_ConnectionRow):
     """SHOW SERVERS: the same columns as SHOW CLIENTS (without pgmux's `pin`), seen from the server side.
     state: active, idle, used, tested, new, active_cancel, being_canceled."""
+
+    role: str | None = None  # pgmux's own, last: the role of the server's host (split databases), else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +324,28 @@ class PeerPoolRow:
     sv_login: Int4
 
 
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """SHOW HOSTS (pgmux's own): one row per host of each read/write-split database in use.
+    state: up, down, lagging or banned; lag unknown (or a primary's) is NULL; banned_until NULL when not
+    banned; reads/writes: transactions routed there as reads / as writes since start."""
+
+    database: str
+    host: str
+    port: Int4
+    role: str
+    configured_role: str
+    state: str
+    weight: str
+    lag_bytes: Int8 | None
+    lag_seconds: str | None
+    replay_lsn: str | None  # last polled replay position (replica) or WAL position (primary)
+    banned_until: Timestamp | None
+    reads: Int8
+    writes: Int8
+    reason: str  # the last transition: why it is in this state
+
+
 # SHOW <subject> -> the row class of its result. HELP and FDS have no row class (see commands.py).
 SHOW_ROW_TYPES: dict[str, type] = {
     "active_sockets": SocketRow,
@@ -326,6 +354,7 @@ SHOW_ROW_TYPES: dict[str, type] = {
     "databases": DatabaseRow,
     "dns_hosts": DnsHostRow,
     "dns_zones": DnsZoneRow,
+    "hosts": HostRow,
     "lists": ListsRow,
     "mem": MemRow,
     "peer_pools": PeerPoolRow,

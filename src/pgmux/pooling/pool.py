@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class ServerLike(Protocol):
@@ -39,9 +39,14 @@ class PoolLimits:
 
 
 class Pool(Generic[S, C]):
-    def __init__(self, database: str, user: str, limits: PoolLimits, mode: str) -> None:
+    def __init__(self, database: str, user: str, limits: PoolLimits, mode: str, host: Any = None) -> None:
         self.database = database
         self.user = user
+        # With read/write split, one pool per host of the database: `host` is its config entry
+        # (config.HostConfig) and `hstate` its routing.health.HostState. None: one pool for the
+        # database's whole host list, as PgBouncer has.
+        self.host = host
+        self.hstate: Any = None
         self.limits = limits
         self.mode = mode
         self.servers: set[S] = set()  # every server of this pool, in any state, logged in or not

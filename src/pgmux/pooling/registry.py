@@ -1,4 +1,5 @@
-"""All pools, keyed by (database, user), and the limits they share.
+"""All pools, keyed by (database, user), or (database, user, host) for the per-host pools of a
+read/write-split database, and the limits they share.
 
 max_db_connections and max_user_connections bound the sum over several pools, so no pool can
 decide alone; the registry turns them into `headroom` for Pool.wanted.
@@ -14,18 +15,22 @@ from pgmux.pooling.pool import Pool, PoolLimits
 
 class Registry:
     def __init__(self) -> None:
-        self.pools: dict[tuple[str, str], Pool[Any, Any]] = {}
+        self.pools: dict[tuple[str, ...], Pool[Any, Any]] = {}
         self.max_db: dict[str, int] = {}  # database -> max_db_connections (0 = no limit)
         self.max_user: dict[str, int] = {}  # user -> max_user_connections (0 = no limit)
 
     def get(self, database: str, user: str) -> Pool[Any, Any] | None:
         return self.pools.get((database, user))
 
-    def get_or_create(self, database: str, user: str, make: Callable[[], tuple[PoolLimits, str]]) -> Pool[Any, Any]:
-        pool = self.pools.get((database, user))
+    def get_or_create(self, database: str, user: str, make: Callable[[], tuple[PoolLimits, str]],
+                      host: Any = None, label: str = "") -> Pool[Any, Any]:
+        """The pool of (database, user), or with `host` (and its `label`, "addr:port") the pool of
+        that one host of a split database."""
+        key = (database, user) if host is None else (database, user, label)
+        pool = self.pools.get(key)
         if pool is None:
             limits, mode = make()
-            pool = self.pools[(database, user)] = Pool(database, user, limits, mode)
+            pool = self.pools[key] = Pool(database, user, limits, mode, host)
         return pool
 
     def __iter__(self) -> Iterator[Pool[Any, Any]]:

@@ -69,6 +69,10 @@ class LeastOutstanding:
         scored = [(outstanding.get(h, 0) / w, h) for h, w in _eligible(hosts, weights)]
         low = min(score for score, _ in scored)
         tied = [h for score, h in scored if score == low]
+        if len(tied) == 1:
+            return tied[0]
+        # The turn moves only on ties: were it to move on every pick, ties that come every other pick
+        # (a steady load) would always meet the same parity and always go to the same host.
         self._turn += 1
         return tied[self._turn % len(tied)]
 

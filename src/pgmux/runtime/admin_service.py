@@ -232,6 +232,13 @@ class AdminService:
             return render.render_ok("RECONNECT")
         if v == "WAIT_CLOSE":
             return self._wait_or_ok(c, cmd, "WAIT_CLOSE")
+        if v in ("BAN", "UNBAN"):
+            assert cmd.arg is not None and cmd.value is not None
+            host, port = cmd.value.rsplit(":", 1)
+            err = app.routing.ban(cmd.arg, host, int(port), v == "BAN")
+            if err is not None:
+                return render.render_error(PgmuxError(err, sqlstate="08P01"))
+            return render.render_ok(v)
         if v == "SUSPEND":
             return render.render_error(PgmuxError("SUSPEND is not supported by pgmux (no online restart)",
                                                   sqlstate="0A000"))
@@ -317,7 +324,7 @@ class AdminService:
                 sv_active=states.count(ServerState.ACTIVE), sv_active_cancel=0, sv_being_canceled=0,
                 sv_idle=states.count(ServerState.IDLE), sv_used=0, sv_tested=states.count(ServerState.TESTED),
                 sv_login=states.count(ServerState.LOGIN), maxwait=int(wait), maxwait_us=int((wait % 1) * 1e6),
-                pool_mode=p.mode, load_balance_hosts=None))
+                pool_mode=p.mode, load_balance_hosts=None, **_host_role(self.app, p)))
         # PgBouncer lists its console as a pool of its own; exporters expect the row.
         admins = [c for c in self.app.clients.values() if c.is_admin and c.state is not ClientState.CLOSED]
         out.append(R.PoolRow(
@@ -350,7 +357,29 @@ class AdminService:
                         close_needed=int(obj.close_needed), ptr=_ptr(obj),
                         link=_ptr(link) if link is not None else "", remote_pid=obj.backend_pid, tls="",
                         application_name=link.params.get("application_name", "") if link is not None else "",
-                        prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id)
+                        prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id,
+                        role=obj.pool.hstate.role if obj.pool.hstate is not None else None)
+
+    def _show_hosts(self) -> tuple[list[Any], type]:
+        app = self.app
+        now = app.now()
+        out = []
+        for name, sp in app.routing.splits.items():
+            router = sp.router
+            lsns = sp.monitor.current_lsn if sp.monitor is not None else {}
+            for h in router.hosts:
+                lsn = lsns.get(h)
+                banned = h.banned(now)
+                out.append(R.HostRow(
+                    database=name, host=h.host.host or "unix", port=h.host.port, role=h.role,
+                    configured_role=h.configured_role, state=h.status(now), weight=f"{h.host.weight:g}",
+                    lag_bytes=h.lag_bytes if h.role == "replica" else None,
+                    lag_seconds=f"{h.lag_seconds:.3f}" if h.role == "replica" and h.lag_seconds is not None
+                    else None,
+                    replay_lsn=f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}" if lsn is not None else None,
+                    banned_until=app.routing.wall(h.banned_until) if banned and h.banned_until else None,
+                    reads=router.reads[h], writes=router.writes[h], reason=h.reason))
+        return out, R.HostRow
 
     def _show_clients(self) -> tuple[list[Any], type]:
         now_wall, now = time.time(), time.monotonic()
@@ -475,6 +504,13 @@ class AdminService:
         app = self.app
         return [R.MemRow("client", 0, len(app.clients), 0, 0), R.MemRow("server", 0, len(app.servers), 0, 0),
                 R.MemRow("pool", 0, len(app.registry.pools), 0, 0)], R.MemRow
+
+
+def _host_role(app: Any, pool: Any) -> dict[str, str | None]:
+    if pool.hstate is not None:
+        return {"host": f"{pool.host.host or 'unix'}:{pool.host.port}", "role": pool.hstate.role}
+    db = app.config.database(pool.database)
+    return {"host": db.host if db is not None else None, "role": None}
 
 
 def _changeable() -> set[str]:

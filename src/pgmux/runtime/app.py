@@ -16,7 +16,7 @@ from typing import Any
 
 from pgmux import __version__
 from pgmux.config import diff, load_config
-from pgmux.config.model import Config, DatabaseConfig
+from pgmux.config.model import Config, DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
 from pgmux.net import connector
 from pgmux.net.listen import start_listeners, unix_socket_path
@@ -24,6 +24,7 @@ from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
+from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
 from pgmux.session.params import startup_params
@@ -68,6 +69,7 @@ class App:
         self._random = b""
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
+        self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -82,6 +84,10 @@ class App:
         self.listeners = await start_listeners(self, s.listen_addr, s.listen_port, s.unix_socket_dir,
                                                getattr(s, "unix_socket_mode", 0o777))
         self._janitor = asyncio.get_running_loop().create_task(self._janitor_loop())
+        for db in self.config.databases.values():
+            if db.user and db.name != "*" and is_split(db):  # checks as the forced user, from the start
+                self.routing.split_for(db, db.user, db.password if db.password is not None
+                                       else self.config.userlist.get(db.user))
         for w in self.config.warnings:
             log.warning("%s", w)
         log.info("listening on %s port %d%s", ",".join(s.listen_addr) or "(no tcp)", s.listen_port,
@@ -107,6 +113,7 @@ class App:
             c.fail(PgmuxError("pgmux is shutting down", sqlstate="57P01", severity="FATAL"))
         for srv in list(self.servers.values()):
             self.close_server(srv, "pgmux shutdown")
+        self.routing.stop()
         if self._janitor is not None:
             self._janitor.cancel()
         unix_dir = self.config.settings.unix_socket_dir
@@ -157,7 +164,11 @@ class App:
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
                              hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line")
         server_user = db.user or user
-        pool = self.registry.get_or_create(dbname, server_user, lambda: self._pool_setup(db, server_user))
+        if is_split(db):  # one pool per host; each transaction is routed (runtime/routing.py)
+            password = db.password if db.user else cfg.userlist.get(server_user)
+            pool = self.routing.login_pool(c, db, server_user, password)
+        else:
+            pool = self.registry.get_or_create(dbname, server_user, lambda: self._pool_setup(db, server_user))
         if pool.disabled:
             raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03",  # PgBouncer's words
                              severity="FATAL")
@@ -229,6 +240,10 @@ class App:
         pool = c.pool
         if now is None:
             now = self.now()
+        if c.route is not None:  # read/write split: this transaction's host, or wait for one
+            pool = self.routing.route(c, now)
+            if pool is None:
+                return
         server = None if self.paused else pool.take_idle()
         if server is not None:
             server.move(ServerState.ACTIVE)
@@ -266,6 +281,9 @@ class App:
             return
         if c.unsynced or c.pinned:  # pinned: LISTEN, temp tables... live on this server only
             return
+        if c.lsn_wanted:  # read-your-writes: the commit's WAL position first (runtime/routing.py)
+            self.routing.capture_lsn(c, server)
+            return
         c.detach()
         self.return_server(server, now=now)
 
@@ -280,6 +298,8 @@ class App:
         if self.config.settings.log_disconnections:
             log.info("%s closing because: %s (age=%.0fs)", c.prefix, reason, self.now() - c.connect_time)
         pool = c.pool
+        if c.route is not None:
+            self.routing.forget(c)
         if pool is not None:
             if was is ClientState.WAITING:
                 pool.remove_waiter(c)
@@ -355,6 +375,9 @@ class App:
         server.swallow_error = None
         if err is not None:
             log.warning("%s internal query failed: %s", server.prefix, err.get("M"))
+        if server.want_lsn:
+            self.routing.lsn_done(server, err)
+            return
         if server.state is ServerState.TESTED:
             if err is not None or server.close_needed:
                 self.close_server(server, "server reset or check query failed")
@@ -378,10 +401,14 @@ class App:
             return
         sid = self.next_id
         self.next_id += 1
-        # host=a,b,c: PgBouncer's load_balance_hosts=round-robin, one step per new connection.
-        turn = self.host_turn.get((pool.database, pool.user), 0)
-        self.host_turn[(pool.database, pool.user)] = turn + 1
-        server = ServerSession(sid, self, pool, self._target(db, pool.user, turn), self.now())
+        if pool.host is not None:  # one host's pool of a split database
+            target = self._target(db, pool.user, host=pool.host)
+        else:
+            # host=a,b,c: PgBouncer's load_balance_hosts=round-robin, one step per new connection.
+            turn = self.host_turn.get((pool.database, pool.user), 0)
+            self.host_turn[(pool.database, pool.user)] = turn + 1
+            target = self._target(db, pool.user, turn)
+        server = ServerSession(sid, self, pool, target, self.now())
         self.servers[sid] = server
         pool.add_server(server)
         pool.connecting += 1
@@ -397,11 +424,16 @@ class App:
                 f"pgmux cannot connect to server {server.target.label}: {why}", sqlstate="57P03",
                 severity="FATAL"))
 
-    def _target(self, db: DatabaseConfig, user: str, turn: int = 0) -> ServerTarget:
-        host = db.hosts[turn % len(db.hosts)] if db.hosts else None
+    def _target(self, db: DatabaseConfig, user: str, turn: int = 0, *,
+                host: HostConfig | None = None) -> ServerTarget:
+        port = db.port
+        if host is not None:
+            hostname, port = host.host, host.port
+        else:
+            hostname = db.hosts[turn % len(db.hosts)] if db.hosts else None
         unix_path = None
-        if host is None or host.startswith("/"):
-            unix_path = os.path.join(host or default_unix_dir(), f".s.PGSQL.{db.port}")
+        if hostname is None or hostname.startswith("/"):
+            unix_path = os.path.join(hostname or default_unix_dir(), f".s.PGSQL.{port}")
         password = db.password if db.user else None
         if password is None:
             password = self.config.userlist.get(user)
@@ -411,7 +443,7 @@ class App:
             value = getattr(db, key)
             if value:
                 startup[pname] = value
-        return ServerTarget(host=host, port=db.port, unix_path=unix_path, dbname=db.target_dbname, user=user,
+        return ServerTarget(host=hostname, port=port, unix_path=unix_path, dbname=db.target_dbname, user=user,
                             password=password, startup=startup, connect_query=db.connect_query,
                             scram_keys=None if db.user else self.scram_keys.get(user))
 
@@ -437,6 +469,8 @@ class App:
         pool.last_login_failure = self.now()
         log.warning("%s server login failed: %s", server.prefix, err.message)
         self._drop_server(server, f"server login failed: {err.message}")
+        if pool.hstate is not None and self.routing.login_failed(pool, err):
+            return  # a host of a split database is down: its clients were routed elsewhere
         waiters, pool.login_waiters = pool.login_waiters, []
         for c in waiters:
             c.fail(err, close=True)  # still logging in: an ERROR must end the connection too
@@ -467,6 +501,8 @@ class App:
         if client is not None:
             client.detach()
             client.fail(PgmuxError("server conn crashed?", sqlstate="08006", severity="FATAL"))
+        if server.pool.hstate is not None:  # a host of a split database: is it going away?
+            self.routing.suspect(server.pool)
         self.launch(server.pool)
 
     def close_server(self, server: ServerSession, reason: str) -> None:
@@ -573,6 +609,9 @@ class App:
             new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))
         self.config = new
         stale = set(plan.databases_reconnect) | set(plan.databases_removed)
+        for name in sorted(stale & set(self.routing.splits)):
+            log.warning("database %s: changes to a read/write-split database (hosts, roles, routing keys) "
+                        "apply at the next restart", name)
         for pool in self.registry:
             if pool.database in stale or (new.database(pool.database) is None):
                 for srv in list(pool.servers):
@@ -599,6 +638,8 @@ class App:
 
     def tick(self, now: float) -> None:
         check_timeouts(self, now)
+        if self.routing.splits:
+            self.routing.tick(now)
         if self.shutting_down:
             self._after_change()
         for hook in self.tick_hooks:

@@ -40,7 +40,8 @@ class ClientSession:
                  "request_time", "wait_since", "prefix", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
-                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "__weakref__")
+                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
+                 "ryw_lsn", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
         self.id = cid
@@ -94,6 +95,12 @@ class ClientSession:
         self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
         self.sql: dict[str, str] = {}  # SQL-level prepared statements: name -> PREPARE (session/sqlprepared.py)
         self.q_sql = 0  # PREPAREs/DEALLOCATEs the watched Query in flight has run so far
+        # Read/write split (runtime/routing.py): the database's Split (router, checks), None when the
+        # database is not split; whether the primary must tell this transaction's WAL position when it ends
+        # (read-your-writes), and the last such position: later reads need a replica that far.
+        self.route: Any = None
+        self.lsn_wanted = False
+        self.ryw_lsn = 0
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport

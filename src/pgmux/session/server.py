@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G = ord("G")  # CopyInResponse
 _NOTED = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
+_D = ord("D")  # DataRow
 _I32 = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
 _STATUS = {c: bytes((c,)) for c in range(256)}
@@ -60,7 +61,7 @@ class ServerSession:
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
-                 "queue", "stmts", "unnamed_owner", "unnamed", "sql", "__weakref__")
+                 "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn", "__weakref__")
 
     def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -100,6 +101,8 @@ class ServerSession:
         self.unnamed_owner = 0  # id of the client whose unnamed statement this server may hold
         self.unnamed: bytes | None = None  # the Parse of the unnamed statement it holds, when known
         self.sql: dict[str, str] = {}  # SQL-level prepared statements held here, any client's: name -> PREPARE
+        self.want_lsn = False  # read-your-writes: pgmux's own query reads the WAL position (runtime/routing.py)
+        self.lsn: str | None = None  # ... and what it read
 
     # -- state ---------------------------------------------------------------------------------
     def move(self, new: ServerState) -> None:
@@ -283,6 +286,8 @@ class ServerSession:
                 self.swallow_error = m.parse_error_fields(memoryview(data)[start + 5:start + total])
                 if self.swallow_error.get("S") in ("FATAL", "PANIC"):
                     self.close_needed = True
+            elif t == _D and self.want_lsn:
+                self.lsn = _first_value(data, start, total)
         return -1
 
     def _param(self, data: bytes, start: int, total: int) -> tuple[str, str]:
@@ -305,6 +310,8 @@ class ServerSession:
         fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
         if fields.get("S") in ("FATAL", "PANIC") or fields.get("C", "").startswith("08"):
             self.close_needed = True
+            if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
+                self.hub.routing.server_error(self, fields)
 
     # -- login ---------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:
@@ -346,3 +353,13 @@ class ServerSession:
                 continue
             else:
                 raise ProtocolViolation(f"unexpected message {chr(t)!r} from server during login")
+
+
+def _first_value(data: bytes, start: int, total: int) -> str | None:
+    """The first column of a DataRow, as text (None for NULL or no column)."""
+    if total < 11 or data[start + 5:start + 7] == b"\x00\x00":
+        return None
+    (size,) = _I32.unpack_from(data, start + 7)
+    if size < 0:
+        return None
+    return bytes(data[start + 11:start + 11 + size]).decode(errors="replace")
