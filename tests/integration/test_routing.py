@@ -212,6 +212,47 @@ def test_asyncpg_prepared_statements_run_on_every_host(cluster: PgCluster, pgmux
         asyncio.run(asyncio.wait_for(main(), 30))
 
 
+def test_a_write_pipelined_behind_a_read_is_routed_on_its_own(cluster: PgCluster, pgmux_factory: PgmuxStarter) -> None:
+    """libpq pipeline mode: a read (a replica, still busy) then a write sent before the read's reply.
+    The write waits for the replica to finish and then goes to the primary; sent to the replica it
+    would fail with 25006 (read-only transaction)."""
+    from psycopg import pq
+
+    mux = start(pgmux_factory, cluster)
+    with connect(mux) as conn, guard(mux):
+        wait_usable(mux, 3)
+        pg = conn.pgconn
+        pg.enter_pipeline_mode()
+        pg.send_query_params(b"SELECT inet_server_port(), pg_is_in_recovery() FROM pg_sleep(0.3)", None)
+        pg.pipeline_sync()
+        while pg.flush():
+            pass
+        time.sleep(0.1)  # the read is on its replica now
+        pg.send_query_params(b"INSERT INTO marks (at) VALUES ('pipelined') RETURNING inet_server_port()", None)
+        pg.send_query_params(b"SELECT inet_server_port(), pg_is_in_recovery()", None)
+        pg.pipeline_sync()
+        while pg.flush():
+            pass
+        rows: list[tuple[Any, ...]] = []
+        deadline = time.monotonic() + 10
+        syncs = 0
+        while syncs < 2 and time.monotonic() < deadline:
+            res = pg.get_result()
+            if res is None:
+                continue
+            if res.status == pq.ExecStatus.PIPELINE_SYNC:
+                syncs += 1
+            else:
+                assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+                rows.append(tuple(res.get_value(0, i) for i in range(res.nfields)))
+        pg.exit_pipeline_mode()
+        replica_port, in_recovery = int(rows[0][0]), rows[0][1]
+        assert in_recovery == b"t" and replica_port in {n.port for n in cluster.replicas}
+        assert rows[1] == (str(cluster.primary.port).encode(),)  # the write: on the primary
+        assert rows[2] == (str(cluster.primary.port).encode(), b"f")  # routed with it, behind it
+        assert syncs == 2
+
+
 # -- health ----------------------------------------------------------------------------------------
 
 def test_stopping_a_replica_costs_only_its_transactions_in_flight(cluster: PgCluster,

@@ -216,3 +216,46 @@ def test_a_waiting_write_goes_to_the_primary_once_it_is_usable_again(tmp_path: P
     assert up.take() == m.query("INSERT INTO t VALUES (1)")
     up.send(INSERT_OK)
     assert frames(client.take()) == frames(INSERT_OK)
+
+
+def test_a_write_pipelined_behind_a_read_waits_for_the_replica_then_goes_to_the_primary(tmp_path: Path) -> None:
+    rig = rig_with(tmp_path)
+    client = rig.login(database="split")
+    run(rig, client, "INSERT INTO t VALUES (0)", INSERT_OK)  # the primary's pool has a logged-in server
+    client.take()
+    before = len(rig.servers)
+    client.send(m.query("SELECT 1"))
+    for s in rig.servers[before:]:
+        rig.server_login(s)
+    replica = next(p for p in rig.servers if p.session is client.session.server)
+    assert port_of(replica) in (5433, 5434) and replica.take().endswith(m.query("SELECT 1"))
+    client.send(m.query("INSERT INTO t VALUES (1)") + m.query("SELECT 2"))  # pipelined: the replica still owes
+    assert replica.take() == b""  # held back, not sent to the replica
+    replica.send(SELECT_OK)
+    assert frames(client.take()) == frames(SELECT_OK)
+    primary = next(p for p in rig.servers if p.session is client.session.server)
+    assert port_of(primary) == 5432
+    assert primary.take().endswith(m.query("INSERT INTO t VALUES (1)") + m.query("SELECT 2"))
+    primary.send(INSERT_OK + SELECT_OK)
+    assert frames(client.take()) == frames(INSERT_OK + SELECT_OK)
+    assert client.session.server is None and replica.state is ServerState.IDLE
+
+
+def test_inside_a_read_only_transaction_a_pipelined_write_stays_on_the_replica(tmp_path: Path) -> None:
+    rig = rig_with(tmp_path)
+    client = rig.login(database="split")
+    before = len(rig.servers)
+    client.send(m.query("BEGIN READ ONLY"))
+    for s in rig.servers[before:]:
+        rig.server_login(s)
+    replica = next(p for p in rig.servers if p.session is client.session.server)
+    assert port_of(replica) in (5433, 5434) and replica.take().endswith(m.query("BEGIN READ ONLY"))
+    client.send(m.query("INSERT INTO t VALUES (1)"))  # held while BEGIN is answered...
+    assert replica.take() == b""
+    replica.send(reply(m.command_complete("BEGIN"), status=b"T"))
+    assert replica.take() == m.query("INSERT INTO t VALUES (1)")  # ...then it is the transaction's
+    refused = reply(m.error_response("ERROR", "25006", "cannot execute INSERT in a read-only transaction"),
+                    status=b"E")
+    replica.send(refused)
+    assert frames(client.take()) == frames(reply(m.command_complete("BEGIN"), status=b"T") + refused)
+    assert client.session.server is replica.session

@@ -272,6 +272,14 @@ class App:
         mode = pool.mode
         if mode == "session":
             return
+        if c.pending and (idle or mode != "statement"):  # held back from a replica (runtime/routing.py)
+            if idle and not c.unsynced and not c.pinned:
+                c.detach()
+                self.return_server(server, now=now)
+                self.acquire(c, now)  # routed on its own: a write goes to the primary
+            else:
+                c.send_pending(server, now)  # inside the replica's transaction: it is answered there
+            return
         if not idle:
             if mode == "statement":
                 err = PgmuxError("transaction blocks not allowed in statement pooling mode", sqlstate="08P01",

@@ -155,14 +155,8 @@ class Routing:
         elif c.params.get("pgmux.route", "").lower() == "primary":
             kind, why = "write", "session setting pgmux.route"
         else:
-            stmts = c.stmts
-
-            def text(name: str) -> str | None:
-                st = stmts.lookup(name) if stmts is not None else None
-                return st.query if st is not None else None
-
             data = c.pending[0] if len(c.pending) == 1 else b"".join(c.pending)
-            kind, why = transaction_kind(router.classifier, bytes(data), text)
+            kind, why = self._kind(c, data)
         # No monitor, no replay positions known: reads after a write go to the primary.
         lsns = sp.monitor.current_lsn if sp.monitor is not None else {}
         state = router.pick(kind, now, self._outstanding(sp), c.ryw_lsn if router.read_your_writes else 0, lsns)
@@ -175,6 +169,29 @@ class Routing:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s (%s) -> %s %s", c.prefix, kind, why, state.role, label(state.host))
         return pool
+
+    @staticmethod
+    def _kind(c: ClientSession, data: bytes | memoryview) -> tuple[Kind, str]:
+        stmts = c.stmts
+
+        def text(name: str) -> str | None:
+            st = stmts.lookup(name) if stmts is not None else None
+            return st.query if st is not None else None
+
+        return transaction_kind(c.route.router.classifier, bytes(data), text)
+
+    def hold(self, c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -> bool:
+        """Whether what a client pipelines while its replica still owes replies must wait: a write, or a
+        transaction not declared read only, is queued until the replica is done and then routed on its
+        own, to the primary (ClientSession._relay queues it, App.server_ready routes it). Inside an
+        unfinished extended-protocol batch, or when the replica's transaction stays open, it goes to
+        the replica after all, where PostgreSQL answers it as it would on any read-only server."""
+        if c.pending:
+            return True  # something is queued already: keep the order
+        st = server.pool.hstate
+        if st is None or st.role == "primary" or not server.owed or c.unsynced:
+            return False
+        return self._kind(c, chunk)[0] == "write"
 
     def _park(self, sp: Split, c: ClientSession, now: float, kind: Kind) -> None:
         if c.state is not ClientState.WAITING:  # not a retry: the wait starts now

@@ -311,9 +311,11 @@ class ClientSession:
             now = self.request_time = self.hub.now()
             self.pool.stats.bytes_received += pos
             chunk: bytes | memoryview = data if pos == n else memoryview(data)[:pos]
+            server = self.server
+            if server is not None and self.route is not None and self.hub.routing.hold(self, server, chunk):
+                server = None  # queued: routed on its own once this replica is done (runtime/routing.py)
             self.unsynced = unsynced
             self.copy_syncs = copy_syncs
-            server = self.server
             track = track or (ext and (self.stmts is not None or self.watch))
             if server is not None:
                 if syncs and not server.owed:
@@ -363,6 +365,11 @@ class ClientSession:
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
             server.unnamed = None
             server.unnamed_owner = self.id
+        self.send_pending(server, now, out)
+
+    def send_pending(self, server: ServerSession, now: float, out: list[bytes | memoryview] | None = None) -> None:
+        """What we queued (after `out`, pgmux's own first messages), to `server`, which is ours."""
+        out = [] if out is None else out
         pending = self.pending
         if pending:
             if self.pending_ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
