@@ -177,15 +177,7 @@ class ServerSession:
                 self.copy_in = False
         else:
             for t, start, total in items:
-                if t == _Z:
-                    self.owed -= 1
-                    self.copy_in = False
-                elif t == _S:
-                    self._param(data, start, total)
-                elif t == _E:
-                    self._error(data, start, total)
-                else:
-                    self.copy_in = True
+                self._note(data, t, start, total)
         if pos < n:
             buf.keep(data, pos)
         if pos == 0:
@@ -200,6 +192,19 @@ class ServerSession:
             if self.owed <= 0:
                 self.owed = 0
                 self.hub.server_ready(client, self)
+
+    def _note(self, data: bytes, t: int, start: int, total: int) -> None:
+        """What both relays read in a reply they forward: ReadyForQuery settles one owed reply,
+        ParameterStatus and ErrorResponse are decoded, CopyInResponse marks a COPY FROM STDIN."""
+        if t == _Z:
+            self.owed -= 1
+            self.copy_in = False
+        elif t == _S:
+            self._param(data, start, total)
+        elif t == _E:
+            self._error(data, start, total)
+        elif t == _G:
+            self.copy_in = True
 
     def _relay_slow(self, data: bytes) -> None:
         """Replies while pgmux's own query is being swallowed, while no client is linked, or while
@@ -224,14 +229,7 @@ class ServerSession:
             if t == _Z:
                 z = data[start + 5]
                 zpos = start
-                self.owed -= 1
-                self.copy_in = False
-            elif t == _S:
-                self._param(data, start, total)
-            elif t == _E:
-                self._error(data, start, total)
-            elif t == _G:
-                self.copy_in = True
+            self._note(data, t, start, total)
         if client is None:
             if self.state is not ServerState.CLOSED:
                 # Between clients a server may still send a notice or a ParameterStatus; anything
