@@ -54,6 +54,17 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(tmp_path)
 
 
+def with_s1(rig: Rig) -> tuple[Peer, Peer]:
+    """A client that has prepared "s1" (SQL) on its one server, the replies taken."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + SYNC)
+    s.take()
+    s.send(PC + RFQ)
+    c.take()
+    return c, s
+
+
 def two_servers(rig: Rig) -> tuple[Peer, Peer, Peer]:
     """A client, and two logged-in idle servers: the one it used first, and a second."""
     c = rig.login()
@@ -105,12 +116,7 @@ def test_parse_of_a_statement_the_server_has_is_answered_by_pgmux(rig: Rig) -> N
 
 
 def test_synthesized_parse_complete_waits_for_earlier_replies(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(parse("select 2") + bind() + execute() + parse("select 3", name="s2") + parse(name="again") + SYNC)
     assert s.take() == parse("select 2") + bind() + execute() + parse("select 3", name="pgmux_2") + SYNC
     s.send(PC + BC)
@@ -153,12 +159,7 @@ def test_describe_statement_is_renamed_and_prepared_where_missing(rig: Rig) -> N
 
 
 def test_close_statement_is_answered_locally(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(close("s1") + SYNC)
     assert s.take() == SYNC
     assert c.take() == CC
@@ -219,12 +220,7 @@ def test_error_in_an_injected_parse_reaches_the_client_and_skips_to_sync(rig: Ri
 
 
 def test_duplicate_name_gets_postgresql_error(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(parse(name="s1") + bind("s1") + execute() + SYNC)
     assert s.take() == FAIL_PARSE + SYNC
     out = c.take()
@@ -257,12 +253,7 @@ def test_pgmux_error_inside_a_transaction_block_fails_the_transaction(rig: Rig) 
 
 def test_eviction_closes_the_oldest_and_swallows_its_close_complete(tmp_path: Path) -> None:
     rig = Rig(tmp_path, settings="max_prepared_statements = 1")
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(parse("select 2", name="s2") + bind("s2") + execute() + SYNC)
     assert s.take() == (m.message(m.CLOSE, b"Spgmux_1\x00") + parse("select 2", name="pgmux_2")
                         + bind("pgmux_2") + execute() + SYNC)
@@ -336,12 +327,7 @@ def test_pipelined_batch_queued_before_a_server_is_rewritten_on_attach(rig: Rig)
 
 
 def test_replies_split_anywhere_keep_their_order(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     d = rig.login()
     d.send(m.query("select 1") + parse(name="x") + bind("x") + execute() + SYNC)
     assert d.take() == b""  # the query's reply is owed first: the ParseComplete waits
@@ -369,12 +355,7 @@ def test_session_mode_forwards_names_unchanged(tmp_path: Path) -> None:
 
 
 def test_client_leaving_releases_its_statements(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(m.terminate())
     assert len(rig.app.prepared) == 1  # the server still holds it
     rig.app.close_server(s.session, "test")
@@ -382,24 +363,14 @@ def test_client_leaving_releases_its_statements(rig: Rig) -> None:
 
 
 def test_malformed_bind_ends_the_connection(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(m.message(m.BIND, b"\x00s1") + SYNC)  # the statement name never ends
     out = c.take()
     assert b"08P01" in out and c.session.state.value == "closed"
 
 
 def test_prepared_steady_state_uses_the_header_only_reply_path(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(bind("s1") + execute() + SYNC)
     assert s.take() == bind("pgmux_1") + execute() + SYNC
     assert not s.session.queue  # nothing to swallow or add: replies relayed by headers only
@@ -438,12 +409,7 @@ def test_rebound_fast_path_counts_each_bind_once_and_falls_back_whole(rig: Rig) 
 
 
 def test_rebound_fast_path_needs_a_sync_last(rig: Rig) -> None:
-    c = rig.login()
-    (s,) = rig.servers
-    c.send(parse(name="s1") + SYNC)
-    s.take()
-    s.send(PC + RFQ)
-    c.take()
+    c, s = with_s1(rig)
     c.send(bind("s1") + execute() + FLUSH)  # no Sync: the replies stay queued ahead of what pgmux answers
     assert s.take() == bind("pgmux_1") + execute() + FLUSH
     assert s.session.queue
