@@ -37,7 +37,10 @@ def monitor(hosts: list[HostState[HostConfig]], changes: list[tuple[str, str]] |
         if changes is not None:
             changes.append((state.role, state.status(time.monotonic())))
 
-    return HealthMonitor(hosts, PERIOD, 1.0, user, password, "postgres", on_change, ban_time=ban_time)
+    # A check may take a fresh backend fork and a SCRAM login: on a loaded 2-core machine that has
+    # taken over a second, which failed a first check and left a role "auto". Stopped hosts refuse at
+    # once, so the bans and the promotion below do not wait for this timeout.
+    return HealthMonitor(hosts, PERIOD, 3.0, user, password, "postgres", on_change, ban_time=ban_time)
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from pgmux.net.protocols import ServerProtocol
 from pgmux.protocol import messages as m
 from pgmux.session.server import ServerSession
+
+
+def default_unix_dir() -> str:
+    """Where PostgreSQL's Unix socket is, for a host given as no host at all: Debian's place, else /tmp."""
+    return "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
 
 
 async def open_server(session: ServerSession, timeout: float) -> None:

@@ -157,3 +157,13 @@ def choose(hosts: Iterable[HostState[H]], kind: Literal["read", "write"], now: f
     if include_primary and primary is not None:
         return [*replicas, primary]
     return replicas or ([primary] if primary is not None else [])
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> the 64-bit WAL position PostgreSQL prints as two hex halves."""
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

@@ -19,6 +19,7 @@ from pgmux.config import diff, load_config
 from pgmux.config.model import Config, DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
 from pgmux.net import connector
+from pgmux.net.connector import default_unix_dir
 from pgmux.net.listen import start_listeners, unix_socket_path
 from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
@@ -37,10 +38,6 @@ log = logging.getLogger("pgmux")
 
 ADMIN_DATABASES = ("pgbouncer", "pgmux")
 TICK = 0.2
-
-
-def default_unix_dir() -> str:
-    return "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
 
 
 class App:

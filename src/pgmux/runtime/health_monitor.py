@@ -1,6 +1,6 @@
 """Health checks for the hosts of a logical database: the I/O half of routing.health.
 
-One asyncio task per host keeps a small connection of its own (logged in with pgmux's own protocol
+One asyncio task per host keeps a small connection of its own (net/probe.py: pgmux's own protocol
 code, no driver) and, every `period`, runs CHECK_QUERY on it. The answer goes to
 `HostState.record_check`, which decides the role (promotion, demotion) and the lag verdict; the
 monitor only measures. A check that cannot connect, fails, or takes longer than `timeout` marks the
@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from pgmux.protocol import messages as m
-from pgmux.protocol.auth import ServerAuthenticator
-from pgmux.routing.health import HostState
+from pgmux.net.connector import default_unix_dir
+from pgmux.net.probe import CheckFailed, Probe
+from pgmux.routing.health import HostState, format_lsn, parse_lsn
 
 __all__ = ["CHECK_QUERY", "CheckResult", "HealthMonitor", "format_lsn", "parse_lsn"]
 
@@ -55,23 +53,6 @@ CHECK_QUERY = (
     "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END, "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text"
 )
-MAX_MESSAGE = 1 << 20  # a check's replies are tiny; anything bigger is not a PostgreSQL we understand
-_HDR = struct.Struct("!ci")
-_I32 = struct.Struct("!i")
-
-
-class Address(Protocol):
-    """What the monitor needs from `HostState.host`: config.HostConfig has it."""
-
-    @property
-    def host(self) -> str | None: ...
-
-    @property
-    def port(self) -> int: ...
-
-
-class CheckFailed(Exception):
-    """The host answered, but not as a healthy server does (an ErrorResponse, a broken reply)."""
 
 
 class CheckResult:
@@ -80,111 +61,6 @@ class CheckResult:
     def __init__(self, in_recovery: bool, lag_bytes: int | None, lag_seconds: float | None,
                  lsn: int | None) -> None:
         self.in_recovery, self.lag_bytes, self.lag_seconds, self.lsn = in_recovery, lag_bytes, lag_seconds, lsn
-
-
-def parse_lsn(text: str) -> int:
-    """'16/B374D848' -> the 64-bit WAL position PostgreSQL prints as two hex halves."""
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def _default_unix_dir() -> str:
-    return "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
-
-
-class _Conn:
-    """One logged-in check connection: just enough of the protocol to log in and run one query."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, address: Address, user: str, password: str | None, dbname: str,
-                   unix_dir: str) -> _Conn:
-        host = address.host
-        if host is None or host.startswith("/"):
-            path = os.path.join(host or unix_dir, f".s.PGSQL.{address.port}")
-            reader, writer = await asyncio.open_unix_connection(path)
-        else:
-            reader, writer = await asyncio.open_connection(host, address.port)
-        conn = cls(reader, writer)
-        try:
-            await conn._login(user, password, dbname)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    async def _read(self) -> tuple[bytes, bytes]:
-        mtype, length = _HDR.unpack(await self.reader.readexactly(5))
-        if length < 4 or length > MAX_MESSAGE:
-            raise CheckFailed(f"invalid message length {length}")
-        return mtype, await self.reader.readexactly(length - 4)
-
-    async def _login(self, user: str, password: str | None, dbname: str) -> None:
-        self.writer.write(m.startup_message({"user": user, "database": dbname,
-                                             "application_name": "pgmux health check"}))
-        auth = ServerAuthenticator(user, password)
-        while True:
-            mtype, body = await self._read()
-            if mtype == m.AUTHENTICATION:
-                reply = auth.feed(_I32.unpack_from(body)[0], body[4:])
-                if reply is not None:
-                    self.writer.write(reply)
-            elif mtype == m.ERROR_RESPONSE:
-                raise CheckFailed(_error_text(body))
-            elif mtype == m.READY_FOR_QUERY:
-                return
-            # ParameterStatus, BackendKeyData, notices, NegotiateProtocolVersion: not needed here.
-
-    async def query_row(self, sql: str) -> list[str | None]:
-        self.writer.write(m.query(sql))
-        row: list[str | None] | None = None
-        error: str | None = None
-        while True:
-            mtype, body = await self._read()
-            if mtype == m.DATA_ROW:
-                row = _decode_row(body)
-            elif mtype == m.ERROR_RESPONSE:
-                error = _error_text(body)
-            elif mtype == m.READY_FOR_QUERY:
-                break
-        if error is not None:
-            raise CheckFailed(error)
-        if row is None:
-            raise CheckFailed("the check query returned no row")
-        return row
-
-    def close(self) -> None:
-        try:
-            if not self.writer.is_closing():
-                self.writer.write(m.terminate())
-            self.writer.close()
-        except Exception:  # noqa: BLE001  # closing a broken socket may fail; it is gone either way
-            pass
-
-
-def _error_text(body: bytes) -> str:
-    fields = m.parse_error_fields(body)
-    return f"{fields.get('C', '?????')} {fields.get('M', 'error')}"
-
-
-def _decode_row(body: bytes) -> list[str | None]:
-    (count,) = struct.unpack_from("!h", body)
-    pos, out = 2, list[str | None]()
-    for _ in range(count):
-        (size,) = _I32.unpack_from(body, pos)
-        pos += 4
-        if size < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + size].decode())
-            pos += size
-    return out
 
 
 def _parse_result(row: Sequence[str | None]) -> CheckResult:
@@ -218,10 +94,10 @@ class HealthMonitor:
         self.user, self.password, self.dbname = user, password, dbname
         self.on_change = on_change
         self.clock = clock
-        self.unix_dir = unix_dir or _default_unix_dir()
+        self.unix_dir = unix_dir or default_unix_dir()
         self.current_lsn: dict[HostState[Any], int] = {}  # last replay (replica) or write (primary) LSN
         self.checks = 0  # completed checks, ok or not: lets tests and SHOW wait for "one more round"
-        self._conns: dict[HostState[Any], _Conn] = {}
+        self._conns: dict[HostState[Any], Probe] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._locks: dict[HostState[Any], asyncio.Lock] = {}
 
@@ -293,7 +169,8 @@ class HealthMonitor:
     async def _measure(self, state: HostState[Any]) -> CheckResult:
         conn = self._conns.get(state)
         if conn is None:
-            conn = await _Conn.open(state.host, self.user, self.password, self.dbname, self.unix_dir)
+            conn = await Probe.open(state.host.host, state.host.port, self.user, self.password, self.dbname,
+                                    self.unix_dir)
             self._conns[state] = conn
         return _parse_result(await conn.query_row(CHECK_QUERY))
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from pgmux.config.model import DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
 from pgmux.routing.classify import Classifier
-from pgmux.routing.health import HostState
+from pgmux.routing.health import HostState, parse_lsn
 from pgmux.routing.router import Kind, Router, transaction_kind
 from pgmux.session.states import ClientState, ServerState
 
@@ -61,11 +61,6 @@ def is_split(db: DatabaseConfig) -> bool:
 
 def label(host: HostConfig) -> str:
     return f"{host.host or 'unix'}:{host.port}"
-
-
-def parse_lsn(text: str) -> int:
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 class Split:

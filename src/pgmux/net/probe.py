@@ -1,0 +1,113 @@
+"""A one-shot PostgreSQL client connection of pgmux's own: log in, run a query, read its row.
+
+The health monitor (runtime/health_monitor.py) keeps one per host for its checks. It lives in net/
+because net/ is the only package that opens sockets (DESIGN); it speaks just enough of the protocol,
+with pgmux's own codec and authenticator, and no driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+
+from pgmux.protocol import messages as m
+from pgmux.protocol.auth import ServerAuthenticator
+
+MAX_MESSAGE = 1 << 20  # a check's replies are tiny; anything bigger is not a PostgreSQL we understand
+_HDR = struct.Struct("!ci")
+_I32 = struct.Struct("!i")
+
+
+class CheckFailed(Exception):
+    """The host answered, but not as a healthy server does (an ErrorResponse, a broken reply)."""
+
+
+class Probe:
+    """One logged-in check connection: just enough of the protocol to log in and run one query."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str | None, port: int, user: str, password: str | None, dbname: str,
+                   unix_dir: str) -> Probe:
+        if host is None or host.startswith("/"):
+            path = os.path.join(host or unix_dir, f".s.PGSQL.{port}")
+            reader, writer = await asyncio.open_unix_connection(path)
+        else:
+            reader, writer = await asyncio.open_connection(host, port)
+        conn = cls(reader, writer)
+        try:
+            await conn._login(user, password, dbname)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _read(self) -> tuple[bytes, bytes]:
+        mtype, length = _HDR.unpack(await self.reader.readexactly(5))
+        if length < 4 or length > MAX_MESSAGE:
+            raise CheckFailed(f"invalid message length {length}")
+        return mtype, await self.reader.readexactly(length - 4)
+
+    async def _login(self, user: str, password: str | None, dbname: str) -> None:
+        self.writer.write(m.startup_message({"user": user, "database": dbname,
+                                             "application_name": "pgmux health check"}))
+        auth = ServerAuthenticator(user, password)
+        while True:
+            mtype, body = await self._read()
+            if mtype == m.AUTHENTICATION:
+                reply = auth.feed(_I32.unpack_from(body)[0], body[4:])
+                if reply is not None:
+                    self.writer.write(reply)
+            elif mtype == m.ERROR_RESPONSE:
+                raise CheckFailed(_error_text(body))
+            elif mtype == m.READY_FOR_QUERY:
+                return
+            # ParameterStatus, BackendKeyData, notices, NegotiateProtocolVersion: not needed here.
+
+    async def query_row(self, sql: str) -> list[str | None]:
+        self.writer.write(m.query(sql))
+        row: list[str | None] | None = None
+        error: str | None = None
+        while True:
+            mtype, body = await self._read()
+            if mtype == m.DATA_ROW:
+                row = _decode_row(body)
+            elif mtype == m.ERROR_RESPONSE:
+                error = _error_text(body)
+            elif mtype == m.READY_FOR_QUERY:
+                break
+        if error is not None:
+            raise CheckFailed(error)
+        if row is None:
+            raise CheckFailed("the check query returned no row")
+        return row
+
+    def close(self) -> None:
+        try:
+            if not self.writer.is_closing():
+                self.writer.write(m.terminate())
+            self.writer.close()
+        except Exception:  # noqa: BLE001  # closing a broken socket may fail; it is gone either way
+            pass
+
+
+def _error_text(body: bytes) -> str:
+    fields = m.parse_error_fields(body)
+    return f"{fields.get('C', '?????')} {fields.get('M', 'error')}"
+
+
+def _decode_row(body: bytes) -> list[str | None]:
+    (count,) = struct.unpack_from("!h", body)
+    pos, out = 2, list[str | None]()
+    for _ in range(count):
+        (size,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if size < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + size].decode())
+            pos += size
+    return out
