@@ -164,11 +164,28 @@ def test_close_statement_is_answered_locally(rig: Rig) -> None:
     assert c.take() == RFQ
     assert c.session.stmts.prepared_statements == 0
     assert s.session.stmts.prepared_statements == 1  # others may still use it on this server
-    c.send(bind("s1") + execute() + SYNC)  # gone for this client: PostgreSQL's error, then skip to Sync
+    c.send(bind("s1") + execute() + SYNC)  # gone for this client: the server says so itself
+    assert s.take() == bind("s1") + execute() + SYNC
+    err = m.error_response("ERROR", "26000", 'prepared statement "s1" does not exist')
+    s.send(err + RFQ)
+    assert c.take() == err + RFQ
+
+
+def test_unknown_statement_names_go_to_the_server_as_sent(rig: Rig) -> None:
+    """PostgreSQL answers for a name the client never prepared, with every field of its ErrorResponse
+    (file, line, routine), and skips to Sync: what follows in the pipeline is undone as after any error."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(describe("nope") + parse(name="s1") + bind("s1") + execute() + SYNC)
+    assert s.take() == describe("nope") + parse(name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    err = m.error_response("ERROR", "26000", 'prepared statement "nope" does not exist')
+    s.send(err + RFQ)
+    assert c.take() == err + RFQ
+    assert c.session.stmts.prepared_statements == 0 and s.session.stmts.prepared_statements == 0
+    c.send(bind("pgmux_1") + execute() + SYNC)  # pgmux's own names may exist there for others: answered here
     assert s.take() == SYNC
     out = c.take()
-    assert [t for t, _ in frames(out)] == ["E"]
-    assert b"26000" in out
+    assert [t for t, _ in frames(out)] == ["E"] and b"26000" in out
     s.send(RFQ)
     assert c.take() == RFQ
 

@@ -37,7 +37,7 @@ from pgmux.protocol.extended import (
     rename_parse,
     rename_target,
 )
-from pgmux.session.prepared import ServerStatements, Statement
+from pgmux.session.prepared import NAME_PREFIX, MissingPreparedStatement, ServerStatements, Statement
 from pgmux.session.statements import Effect
 from pgmux.session.tracking import executed, query_done, query_effects, screen
 
@@ -181,11 +181,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 if ne == pe + 1:
                     new = ensure_unnamed(mv[s:s + total])
                 else:
-                    stmt = stmts.bind(raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
-                    new = ensure(stmt, sst)
-                    head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
-                    new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
-                    new.append(mv[ne + 1:s + total])
+                    stmt = _known(stmts.bind, raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
+                    if stmt is not None:
+                        new = ensure(stmt, sst)
+                        head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
+                        new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
+                        new.append(mv[ne + 1:s + total])
             elif t == _D:
                 kind = DESCRIBE
                 if body[0] == _S:  # a statement, not a portal
@@ -193,9 +194,10 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                         new = ensure_unnamed(mv[s:s + total])
                     else:
                         target = read_target(body)
-                        stmt = stmts.resolve(target.name)
-                        new = ensure(stmt, sst)
-                        new.append(rename_target(m.DESCRIBE, body, stmt.name))
+                        stmt = _known(stmts.resolve, target.name)
+                        if stmt is not None:
+                            new = ensure(stmt, sst)
+                            new.append(rename_target(m.DESCRIBE, body, stmt.name))
             elif t == _C:
                 if body[0] == _S and body[1] != 0:
                     stmts.close(read_target(body, "Close").name)  # others may use the server's: it stays
@@ -244,6 +246,19 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _known(lookup: Callable[[str], Statement], name: str) -> Statement | None:
+    """The client's statement `name`, or None when it has none by that name: its Bind or Describe then
+    goes to the server as the client sent it, and PostgreSQL itself answers that the statement does
+    not exist (every field of its ErrorResponse, then the skip to Sync). Names in pgmux's own namespace
+    could exist on the server for another client: for those pgmux answers in PostgreSQL's words."""
+    try:
+        return lookup(name)
+    except MissingPreparedStatement:
+        if name.startswith(NAME_PREFIX):
+            raise
+        return None
 
 
 def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -> bool:
