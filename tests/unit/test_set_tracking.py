@@ -127,6 +127,35 @@ def test_reported_parameter_follows_parameter_status(rig: Rig) -> None:
     assert s.take() == m.query("SET TimeZone = 'UTC'") + m.query("select 1")
 
 
+def test_reset_of_a_reported_parameter_shows_the_clients_startup_value(rig: Rig) -> None:
+    """RESET goes back to the session default: directly the client's startup value, on a pooled server
+    that server's own. The client sees its own in the ParameterStatus (or none if it had it already),
+    and gets it back on the server by the parameter sync."""
+    a = rig.login(application_name="app_a")
+    (s,) = rig.servers
+    a.send(m.query("select 1"))
+    assert s.take() == m.query("SET application_name = 'app_a'") + m.query("select 1")
+    s.send(reply(m.command_complete("SET"), m.parameter_status("application_name", "app_a")) + reply())
+    assert a.take() == reply()
+    changed = m.parameter_status("application_name", "other")
+    run(a, s, "SET application_name = other", reply(m.command_complete("SET"), changed))
+    out = run(a, s, "RESET ALL", reply(m.command_complete("RESET"), m.parameter_status("application_name", "")))
+    assert out == reply(m.command_complete("RESET"), m.parameter_status("application_name", "app_a"))
+    assert a.session.params["application_name"] == "app_a"
+    a.send(m.query("select 2"))  # its value comes back on the server
+    assert s.take() == m.query("SET application_name = 'app_a'") + m.query("select 2")
+    s.send(reply(m.command_complete("SET"), m.parameter_status("application_name", "app_a")) + reply())
+    assert a.take() == reply()
+    # A RESET of what the client already has: PostgreSQL reports nothing, so the client sees nothing.
+    out = run(a, s, "RESET application_name",
+              reply(m.command_complete("RESET"), m.parameter_status("application_name", "")))
+    assert out == reply(m.command_complete("RESET"))
+    # Other reports during the statement pass as they are.
+    out = run(a, s, "SET application_name = x; RESET TimeZone",
+              reply(m.command_complete("SET"), m.parameter_status("application_name", "x")))
+    assert out == reply(m.command_complete("SET"), m.parameter_status("application_name", "x"))
+
+
 def test_plain_queries_stay_on_the_header_only_path(rig: Rig) -> None:
     a = rig.login()
     (s,) = rig.servers

@@ -37,8 +37,9 @@ from pgmux.protocol.extended import (
     rename_parse,
     rename_target,
 )
+from pgmux.session.params import canon
 from pgmux.session.prepared import NAME_PREFIX, MissingPreparedStatement, ServerStatements, Statement
-from pgmux.session.statements import Effect
+from pgmux.session.statements import DiscardAll, Effect, ResetAll, ResetParam
 from pgmux.session.tracking import executed, query_done, query_effects, screen
 
 if TYPE_CHECKING:
@@ -348,6 +349,28 @@ def _undo_parse(c: ClientSession, client_name: str, sst: ServerStatements | None
     return undo
 
 
+def _reset_status(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], data: bytes, s: int,
+                  total: int) -> bytes | None:
+    """A ParameterStatus while a statement with session effects runs. RESET, RESET ALL and DISCARD ALL
+    bring a reported parameter back to the session's default, which is the client's startup value
+    directly but the pooled server's own default here: when the server reports its default for a
+    parameter the client started with another value, the client must see its own (or nothing, if
+    that is what it had). Returns the message to send instead (b"" for none), or None for as is.
+    The server keeps its value; the parameter sync sets the client's on the next server it gets."""
+    before = c.params.get(canon(bytes(data[s + 5:data.index(b"\x00", s + 5)]).decode(errors="replace")))
+    name, value = server._param(data, s, total)
+    initial = c.initial.get(name)
+    default = (c.pool.server_params or {}).get(name) if c.pool is not None else None
+    if initial is None or value == initial or value != default:
+        return None
+    if not any(isinstance(e, (ResetAll, DiscardAll)) or (isinstance(e, ResetParam) and e.name == name)
+               for e in done):
+        return None
+    c.params[name] = initial
+    c.sig = None
+    return b"" if before == initial else m.parameter_status(name, initial)
+
+
 def _drop_last_syncs(q: deque[Entry], n: int) -> None:
     for i in range(len(q) - 1, -1, -1):
         if n == 0:
@@ -370,6 +393,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
     parts: list[bytes | memoryview] = []
     run = first
     z = zpos = 0
+    instead: bytes | None = None
     for t, s, total in msgs:
         if s < first:
             continue
@@ -388,7 +412,12 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
                 if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
                     e[3]()
         elif t == _PSTATUS:
-            server._param(data, s, total)
+            if q and q[0][2] and q[0][0] in (QUERY, EXECUTE):  # a watched statement: it may RESET
+                instead = _reset_status(c, server, q[0][2], data, s, total)
+                if instead is not None:
+                    swallow = True
+            else:
+                server._param(data, s, total)
         elif t == _ERR:
             server._error(data, s, total)
             if (q and q[0][0] == QUERY and q[0][2] is not None) or c.tx_effects:
@@ -413,6 +442,9 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             if run < s:
                 parts.append(mv[run:s])
             run = s + total
+            if instead:
+                parts.append(instead)
+                instead = None
         if q and q[0][0] == SYNTH:
             if run < s + total:
                 parts.append(mv[run:s + total])
