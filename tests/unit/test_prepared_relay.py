@@ -171,6 +171,32 @@ def test_close_statement_is_answered_locally(rig: Rig) -> None:
     assert c.take() == err + RFQ
 
 
+def test_parse_in_a_failed_transaction_goes_to_the_server_even_if_it_has_the_statement(rig: Rig) -> None:
+    """PostgreSQL refuses a Parse in a failed transaction (25P02) before it looks at the name: pgmux must
+    not answer ParseComplete for a statement the server already has, nor keep the client's name."""
+    c, a, b = two_servers(rig)
+    other = rig.login(user="alice")
+    other.send(parse(name="o1") + parse("rollback", name="o2") + SYNC)  # the same texts, on the server c gets
+    (s, t) = (a, b) if a.take() else (b, a)
+    s.send(PC + PC + RFQ)
+    other.take()
+    c.send(m.query("begin;select 1/0"))
+    sent = s.take()
+    err = m.error_response("ERROR", "22012", "division by zero")
+    s.send(reply(m.command_complete("BEGIN"))[:-6] + err + m.ready_for_query(b"E"))
+    c.take()
+    assert sent.endswith(m.query("begin;select 1/0"))
+    c.send(parse(name="s1") + SYNC)
+    assert s.take() == parse(name="pgmux_1") + SYNC
+    aborted = m.error_response("ERROR", "25P02", "current transaction is aborted")
+    s.send(aborted + m.ready_for_query(b"E"))
+    assert c.take() == aborted + m.ready_for_query(b"E")
+    assert c.session.stmts.prepared_statements == 0 and s.session.stmts.prepared_statements == 2
+    c.send(parse("rollback", name="r1") + SYNC)  # a statement that ends it is parsed, as PostgreSQL does
+    assert s.take() == SYNC
+    assert c.take() == PC
+
+
 def test_unknown_statement_names_go_to_the_server_as_sent(rig: Rig) -> None:
     """PostgreSQL answers for a name the client never prepared, with every field of its ErrorResponse
     (file, line, routine), and skips to Sync: what follows in the pipeline is undone as after any error."""

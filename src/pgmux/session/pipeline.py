@@ -39,7 +39,15 @@ from pgmux.protocol.extended import (
 )
 from pgmux.session.params import canon
 from pgmux.session.prepared import NAME_PREFIX, MissingPreparedStatement, ServerStatements, Statement
-from pgmux.session.statements import DiscardAll, Effect, ResetAll, ResetParam
+from pgmux.session.statements import (
+    DiscardAll,
+    Effect,
+    ResetAll,
+    ResetParam,
+    RollbackToSavepoint,
+    TxEnd,
+    effects,
+)
 from pgmux.session.tracking import executed, query_done, query_effects, screen
 
 if TYPE_CHECKING:
@@ -169,6 +177,11 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     if need:
                         new.append(rename_parse(body, sname))
                         q.append((PARSE, False, None, _undo_parse(c, p.name, sst, sname)))
+                    elif server.tx_status == b"E" and not _ends_transaction(p.query):
+                        # In a failed transaction PostgreSQL refuses the Parse (25P02): the server says
+                        # so, the name already there only comes second.
+                        new.append(rename_parse(body, sname))
+                        q.append((PARSE, False, None, _undo_parse(c, p.name, None, sname)))
                     else:
                         synth(_PARSE_COMPLETE, _undo_parse(c, p.name, None, sname))
             elif t == _B:
@@ -247,6 +260,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _ends_transaction(query: str) -> bool:
+    """COMMIT, ROLLBACK [TO SAVEPOINT] and PREPARE TRANSACTION: what PostgreSQL still parses in a failed
+    transaction (IsTransactionExitStmt)."""
+    return any(isinstance(e, (TxEnd, RollbackToSavepoint)) for e in effects(query))
 
 
 def _known(lookup: Callable[[str], Statement], name: str) -> Statement | None:
