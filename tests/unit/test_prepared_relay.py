@@ -187,7 +187,7 @@ def test_parse_in_a_failed_transaction_goes_to_the_server_even_if_it_has_the_sta
     c.take()
     assert sent.endswith(m.query("begin;select 1/0"))
     c.send(parse(name="s1") + SYNC)
-    assert s.take() == parse(name="pgmux_1") + SYNC
+    assert s.take() == parse(name="s1") + SYNC  # refused whatever its name: sent as it is
     aborted = m.error_response("ERROR", "25P02", "current transaction is aborted")
     s.send(aborted + m.ready_for_query(b"E"))
     assert c.take() == aborted + m.ready_for_query(b"E")
@@ -195,6 +195,17 @@ def test_parse_in_a_failed_transaction_goes_to_the_server_even_if_it_has_the_sta
     c.send(parse("rollback", name="r1") + SYNC)  # a statement that ends it is parsed, as PostgreSQL does
     assert s.take() == SYNC
     assert c.take() == PC
+    s.send(m.ready_for_query(b"E"))
+    assert c.take() == m.ready_for_query(b"E")
+    c.send(parse(name="r1") + SYNC)  # a duplicate name too: 25P02 comes first
+    assert s.take() == parse(name="r1") + SYNC
+    s.send(aborted + m.ready_for_query(b"E"))
+    assert c.take() == aborted + m.ready_for_query(b"E")
+    c.send(m.query("rollback") + parse(name="s1") + SYNC)  # the transaction ends before the Parse
+    assert s.take() == m.query("rollback") + SYNC
+    s.send(reply(m.command_complete("ROLLBACK")))
+    assert c.take() == reply(m.command_complete("ROLLBACK")) + PC
+    assert c.session.stmts.lookup("s1") is not None
 
 
 def test_unknown_statement_names_go_to_the_server_as_sent(rig: Rig) -> None:

@@ -166,6 +166,10 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     # so a later Bind("") fails there as it would have anyway.
                     c.unnamed = server.unnamed = bytes(mv[s:s + total])
                     kind = PARSE
+                elif server.tx_status == b"E" and _still_failed(q) and not _ends_transaction(read_parse(body).query):
+                    # PostgreSQL refuses a Parse in a failed transaction (25P02) before it looks at the
+                    # name: the server says so, and nothing is prepared anywhere.
+                    kind = PARSE
                 else:
                     p = read_parse(body)
                     sname = stmts.parse(p.name, p.query, p.param_types)
@@ -177,11 +181,6 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     if need:
                         new.append(rename_parse(body, sname))
                         q.append((PARSE, False, None, _undo_parse(c, p.name, sst, sname)))
-                    elif server.tx_status == b"E" and not _ends_transaction(p.query):
-                        # In a failed transaction PostgreSQL refuses the Parse (25P02): the server says
-                        # so, the name already there only comes second.
-                        new.append(rename_parse(body, sname))
-                        q.append((PARSE, False, None, _undo_parse(c, p.name, None, sname)))
                     else:
                         synth(_PARSE_COMPLETE, _undo_parse(c, p.name, None, sname))
             elif t == _B:
@@ -260,6 +259,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _still_failed(q: deque[Entry]) -> bool:
+    """With the server's last ReadyForQuery saying 'E': whether it still is in that failed transaction
+    when it reads the next message. Only a Sync or a Query in flight can end it."""
+    return not any(e[0] in _AT_Z for e in q)
 
 
 def _ends_transaction(query: str) -> bool:
