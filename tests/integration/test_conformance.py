@@ -242,6 +242,8 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
             q("SELECT 1 / 0"),
             x(parse(GET, "s_get2", (23, 23)) + sync()),  # another client has it on this server
             x(parse(f"SELECT 'aborted {k}'", "s_aborted") + sync()),
+            x(parse("SELECT 'a duplicate name'", "s_get") + sync()),
+            x(parse("ROLLBACK", "s_rollback") + sync()),
             x(bind("s_get", (i4(k), b"0")) + execute() + sync()),
             x(describe("S", "s_get") + sync()),
             x(close("S", "s_tx") + sync()),
@@ -249,6 +251,7 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
             x(bind("s_get2", (i4(k), b"0")) + execute() + sync()),
             x(bind("s_aborted") + execute() + sync()),
             x(bind("s_tx") + execute() + sync()),
+            x(bind("s_rollback") + execute() + sync()),
         ]),
         ("empty queries", [
             q(""),
@@ -351,14 +354,10 @@ def step_pids(t: Transcript) -> list[tuple[str, int]]:
     return out
 
 
-def moves(transcripts: dict[int, Transcript]) -> tuple[int, int]:
+def moves(t: Transcript) -> tuple[int, int]:
     """(pid-tagged exchanges that ran on another server than the client's previous one, such exchanges)."""
-    moved = total = 0
-    for t in transcripts.values():
-        pids = [pid for _, pid in step_pids(t)]
-        total += len(pids) - 1
-        moved += sum(a != b for a, b in zip(pids, pids[1:], strict=False))
-    return moved, total
+    pids = [pid for _, pid in step_pids(t)]
+    return sum(a != b for a, b in zip(pids, pids[1:], strict=False)), len(pids) - 1
 
 
 def known_difference(d: Difference) -> bool:
@@ -391,9 +390,12 @@ def test_raw_protocol_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmu
     assert len(diffs) == N_CLIENTS and {d.label for d in diffs} == {"step 27 (close and duplicate names) exchange 3"}
     # Directly each client has one backend; through pgmux the clients must really have moved around.
     assert all(len({pid for _, pid in step_pids(t)}) == 1 for t in direct.values())
-    moved, total = moves(pooled)
-    print(f"pid-tagged exchanges on another server than the previous one: {moved} of {total}")
-    assert moved >= total // 2, f"only {moved} of {total} pid-tagged exchanges ran on another server"
+    # Which server a client gets depends on timing; random choice among 3 would move 2 in 3 exchanges.
+    per_client = [moves(t) for t in pooled.values()]
+    moved, total = sum(a for a, _ in per_client), sum(b for _, b in per_client)
+    print(f"pid-tagged exchanges on another server than the client's previous one: {moved} of {total}")
+    assert moved >= total // 4, f"only {moved} of {total} pid-tagged exchanges ran on another server"
+    assert all(a > 0 for a, _ in per_client), f"a client never changed servers: {per_client}"
 
 
 def test_comparator_fails_on_an_altered_transcript(pg: PgCluster, confdb: str) -> None:
