@@ -435,3 +435,23 @@ def test_prepared_steady_state_uses_the_header_only_reply_path(rig: Rig) -> None
     assert not s.session.queue  # nothing to swallow or add: replies relayed by headers only
     c.send(parse() + bind() + execute() + SYNC)  # unnamed, as psycopg sends queries with parameters
     assert s.take() == parse() + bind() + execute() + SYNC and not s.session.queue
+
+
+@pytest.mark.parametrize("sql", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_deallocate_all_through_the_extended_protocol_forgets_the_servers_statements(rig: Rig, sql: str) -> None:
+    """psycopg with prepare_threshold=0 sends DEALLOCATE ALL as a named statement of its own: the server's
+    statements are gone, so the next Bind must prepare again, for this client and every other."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + bind("s1") + execute() + SYNC)
+    s.take()
+    s.send(PC + BC + ROW + RFQ)
+    c.take()
+    c.send(parse(sql, name="d") + bind("d") + execute() + SYNC)
+    assert s.take() == parse(sql, name="pgmux_2") + bind("pgmux_2") + execute() + SYNC
+    s.send(PC + BC + m.command_complete(sql) + RFQ)
+    assert c.take() == PC + BC + m.command_complete(sql) + RFQ
+    assert s.session.stmts.prepared_statements == 0 and c.session.stmts.prepared_statements == 0
+    other = rig.login()
+    other.send(parse(name="o1") + bind("o1") + execute() + SYNC)
+    assert s.take() == parse(name="pgmux_3") + bind("pgmux_3") + execute() + SYNC

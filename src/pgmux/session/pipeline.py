@@ -461,7 +461,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
                 q.popleft()
                 swallow = e[1]
                 if e[0] == EXECUTE and e[2] is not None and t == _CC:
-                    executed(c, e[2])
+                    executed(c, server, e[2])
         if swallow:
             if run < s:
                 parts.append(mv[run:s])

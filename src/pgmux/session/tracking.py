@@ -99,10 +99,7 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
     for e in done:
         if isinstance(e, (DiscardAll, Deallocate)) and (isinstance(e, DiscardAll) or e.name is None):
             # Not transactional: the server's statements are gone now, and so are the client's.
-            if server.stmts is not None:
-                server.stmts.forget_all()
-            if c.stmts is not None:
-                c.stmts.clear()
+            forget_statements(c, server)
     if done:
         c.tx_effects = c.tx_effects + [e for e in done if not isinstance(e, Deallocate)]
     if status == b"I" and c.tx_effects:
@@ -110,14 +107,26 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
         c.tx_effects = []
 
 
-def executed(c: ClientSession, done: tuple[Effect, ...]) -> None:
+def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) -> None:
     """An Execute of a statement with session effects completed (CommandComplete): they count once
-    its transaction commits, as a Query's do; locks and LOAD at once."""
+    its transaction commits, as a Query's do; locks and LOAD at once, and so do DEALLOCATE ALL and
+    DISCARD ALL for prepared statements (not transactional: the server's are gone now)."""
     for e in done:
         if isinstance(e, _AT_ONCE):
             pin(c, e)
-        else:
+            continue
+        if isinstance(e, DiscardAll) or (isinstance(e, Deallocate) and e.name is None):
+            forget_statements(c, server)
+        if not isinstance(e, Deallocate):
             c.tx_effects.append(e)
+
+
+def forget_statements(c: ClientSession, server: ServerSession) -> None:
+    """DEALLOCATE ALL or DISCARD ALL ran: neither the server nor the client has statements any more."""
+    if server.stmts is not None:
+        server.stmts.forget_all()
+    if c.stmts is not None:
+        c.stmts.clear()
 
 
 def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
