@@ -156,6 +156,21 @@ def test_reset_of_a_reported_parameter_shows_the_clients_startup_value(rig: Rig)
     assert out == reply(m.command_complete("SET"), m.parameter_status("application_name", "x"))
 
 
+def test_reset_all_through_the_extended_protocol_shows_the_startup_value(rig: Rig) -> None:
+    """PostgreSQL reports the changed parameters just before ReadyForQuery, after the Execute's
+    CommandComplete."""
+    a = rig.login(application_name="app_a")
+    (s,) = rig.servers
+    changed = reply(m.command_complete("SET"), m.parameter_status("application_name", "other"))
+    assert run(a, s, "SET application_name = other", changed) == changed
+    a.send(_ext("RESET ALL", b"r"))
+    s.take()
+    done = m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.command_complete("RESET")
+    s.send(done + m.parameter_status("application_name", "") + RFQ)
+    assert a.take() == done + m.parameter_status("application_name", "app_a") + RFQ
+    assert a.session.params["application_name"] == "app_a"
+
+
 def test_plain_queries_stay_on_the_header_only_path(rig: Rig) -> None:
     a = rig.login()
     (s,) = rig.servers

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgmux.errors import PgmuxError, ProtocolViolation
@@ -373,7 +373,7 @@ def _undo_parse(c: ClientSession, client_name: str, sst: ServerStatements | None
     return undo
 
 
-def _reset_status(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], data: bytes, s: int,
+def _reset_status(c: ClientSession, server: ServerSession, done: Sequence[Effect], data: bytes, s: int,
                   total: int) -> bytes | None:
     """A ParameterStatus while a statement with session effects runs. RESET, RESET ALL and DISCARD ALL
     bring a reported parameter back to the session's default, which is the client's startup value
@@ -436,8 +436,11 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
                 if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
                     e[3]()
         elif t == _PSTATUS:
-            if q and q[0][2] and q[0][0] in (QUERY, EXECUTE):  # a watched statement: it may RESET
-                instead = _reset_status(c, server, q[0][2], data, s, total)
+            # After a watched statement that may RESET. PostgreSQL reports changed parameters just
+            # before ReadyForQuery: after an Execute, its effects wait in tx_effects by then.
+            fx = q[0][2] if q and q[0][2] and q[0][0] in (QUERY, EXECUTE) else c.tx_effects
+            if fx:
+                instead = _reset_status(c, server, fx, data, s, total)
                 if instead is not None:
                     swallow = True
             else:
