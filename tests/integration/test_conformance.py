@@ -16,9 +16,10 @@ and writes only its own rows, so that what it sees does not depend on how the cl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from conformance import (
     Difference,
@@ -34,9 +35,12 @@ from conformance import (
     copy_done,
     copy_fail,
     describe,
+    driver_pids,
     execute,
     flush,
     interleave,
+    mask_pids,
+    outcome_of_error,
     parse,
     pids_in,
     run,
@@ -213,6 +217,9 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
         ("after RESET ALL: the startup values", [
             q("SHOW search_path; SHOW TimeZone; SHOW myapp.tag; SHOW application_name; SHOW DateStyle; "
               "SHOW statement_timeout; SHOW IntervalStyle"),
+            x(run(f"SET application_name = 'ext{k}'", name="s_set") + sync()),
+            x(run("RESET ALL", name="s_reset") + sync()),
+            q("SHOW application_name; SHOW myapp.tag"),
         ]),
         ("transaction blocks with errors", [
             q("BEGIN"),
@@ -292,6 +299,13 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
             q("DEALLOCATE ALL"),
             x(bind("s_get", (i4(k), b"1")) + execute() + sync()),
             x(parse(GET, "s_get", (23, 23)) + bind("s_get", (i4(k), b"4")) + execute() + sync()),
+            x(run("DEALLOCATE ALL", name="s_deallocate") + sync()),
+            x(bind("s_get", (i4(k), b"1")) + execute() + sync()),
+            x(bind("s_deallocate") + execute() + sync()),
+            x(parse(GET, "s_get", (23, 23)) + bind("s_get", (i4(k), b"3")) + execute() + sync()),
+        ]),
+        ("statements after DEALLOCATE ALL, maybe on another server", [
+            x(bind("s_get", (i4(k), b"2")) + execute() + sync()),
         ]),
         ("DISCARD ALL", [
             q("DISCARD ALL"),
@@ -429,3 +443,223 @@ def test_comparator_fails_on_an_altered_transcript(pg: PgCluster, confdb: str) -
     assert compare(base, altered(0, 0, lambda ms: ms[:1] + ms[1:-2][::-1] + ms[-2:])) == []
     assert compare(base, altered(0, 0, lambda ms: [(t, b"\x00" * len(b)) if t == m.BACKEND_KEY_DATA else (t, b)
                                                    for t, b in ms])) == []
+
+
+# -- driver sessions -------------------------------------------------------------------------------------
+Record = list[tuple[Any, ...]]
+DriverStep = tuple[str, Callable[[Any, int, Callable[..., Awaitable[None]]], Awaitable[None]]]
+
+
+async def run_driver(connect: Callable[[int], Awaitable[Any]], close_conn: Callable[[Any], Awaitable[None]],
+                     script: list[DriverStep], notices: Callable[[Any], list[tuple[Any, ...]]],
+                     n: int = N_CLIENTS) -> dict[int, Record]:
+    """Each client's outcomes, one per operation: ("ok", result) or ("error", class, SQLSTATE, message),
+    followed by the notices the operation brought."""
+    records: dict[int, Record] = {k: [] for k in range(n)}
+    conns: dict[int, Any] = {}
+
+    async def open_one(k: int) -> None:
+        conns[k] = await connect(k)
+
+    async def step(k: int, i: int, sent: asyncio.Event) -> None:
+        name, fn = script[i]
+        conn = conns[k]
+
+        async def op(label: str, call: Callable[[], Awaitable[Any]]) -> None:
+            try:
+                async with asyncio.timeout(15):
+                    result: tuple[Any, ...] = ("ok", await call())
+            except TimeoutError:
+                raise AssertionError(f"client {k} step {i} ({name}) {label}: no answer in 15 s") from None
+            except Exception as e:  # noqa: BLE001 - what the application sees is the outcome compared
+                result = outcome_of_error(e)
+            records[k].append((f"step {i} ({name}) {label}", *result, tuple(notices(conn))))
+
+        sent.set()  # the driver writes before its first await: the next client starts after it
+        await fn(conn, k, op)
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(open_one(k) for k in range(n)))
+            await interleave(n, len(script), step)
+        finally:
+            await asyncio.gather(*(close_conn(c) for c in conns.values()), return_exceptions=True)
+
+    await asyncio.wait_for(main(), TIMEOUT)
+    return records
+
+
+def compare_records(direct: dict[int, Record], pooled: dict[int, Record]) -> list[str]:
+    out = []
+    for k in sorted(direct):
+        a, b = direct[k], pooled[k]
+        if len(a) != len(b):
+            out.append(f"client {k}: {len(a)} operations directly, {len(b)} through pgmux")
+        for ra, rb in zip(a, b, strict=False):
+            if mask_pids(ra) != mask_pids(rb):
+                out.append(f"client {k} {ra[0]}:\n    direct: {ra[1:]}\n    pgmux:  {rb[1:]}")
+    return out
+
+
+def record_moves(records: dict[int, Record]) -> tuple[int, int]:
+    moved = total = 0
+    for rec in records.values():
+        pids = [p for r in rec for p in set(driver_pids(r[1:]))]
+        total += len(pids) - 1
+        moved += sum(a != b for a, b in zip(pids, pids[1:], strict=False))
+    return moved, total
+
+
+def check_drivers(pg: PgCluster, pgmux_factory: PgmuxStarter, run: Callable[[str], Awaitable[dict[int, Record]]],
+                  dsn: Callable[[str, int], str]) -> None:
+    reset(pg)
+    p = pg.primary
+    direct = asyncio.run(run(dsn(p.host, p.port)))
+    reset(pg)
+    mux = start_pgmux(pgmux_factory, pg)
+    pooled = asyncio.run(run(dsn(mux.host, mux.port)))
+    problems = compare_records(direct, pooled)
+    assert not problems, summarise(problems, 60)
+    assert all(len({p for r in rec for p in driver_pids(r[1:])}) == 1 for rec in direct.values())
+    moved, total = record_moves(pooled)
+    print(f"pid-tagged operations on another server than the client's previous one: {moved} of {total}")
+    assert moved >= total // 4, f"only {moved} of {total} pid-tagged operations ran on another server"
+
+
+def url(host: str, port: int) -> str:
+    return f"postgresql://postgres@{host}:{port}/{DB}"
+
+
+# psycopg 3, every statement prepared (prepare_threshold=0), autocommit as most applications run it.
+async def pg_rows(conn: Any, sql: str, params: Any = None) -> Any:
+    cur = await conn.execute(sql, params)
+    return await cur.fetchall() if cur.description else cur.statusmessage
+
+
+def psycopg_script() -> list[DriverStep]:
+    sel = "SELECT id, val, 'pid:' || pg_backend_pid() FROM conf_items WHERE owner = %s AND id > %s ORDER BY id"
+
+    async def first(conn: Any, k: int, op: Any) -> None:
+        await op("select", lambda: pg_rows(conn, sel, (k, 0)))
+        await op("typed", lambda: pg_rows(conn, "SELECT %s::int * 2, %s::text, %s::numeric", (k, f"t{k}", 1.5)))
+
+    async def again(conn: Any, k: int, op: Any) -> None:
+        await op("select again", lambda: pg_rows(conn, sel, (k, 2)))
+        await op("typed again", lambda: pg_rows(conn, "SELECT %s::int * 2, %s::text, %s::numeric", (k, "u", 2)))
+
+    async def many(conn: Any, k: int, op: Any) -> None:
+        async def go() -> Any:
+            async with conn.cursor() as cur:
+                await cur.executemany("UPDATE conf_items SET val = val || %s WHERE owner = %s AND id = %s",
+                                      [(f"+{i}", k, i) for i in range(1, 5)])
+            return await pg_rows(conn, sel, (k, 0))
+        await op("executemany (a pipeline)", go)
+
+    async def pipeline_error(conn: Any, k: int, op: Any) -> None:
+        async def go() -> Any:
+            async with conn.pipeline():
+                c1 = await conn.execute(sel, (k, 3))
+                await conn.execute("SELECT 10 / %s::int", (0,))
+                await conn.execute("UPDATE conf_items SET val = 'skipped' WHERE owner = %s", (k,))
+            return await c1.fetchall()
+        await op("pipeline with an error", go)
+        await op("after it", lambda: pg_rows(conn, sel, (k, 0)))
+
+    async def transaction(conn: Any, k: int, op: Any) -> None:
+        async def failed() -> Any:
+            async with conn.transaction():
+                await conn.execute("UPDATE conf_items SET val = 'rolled back' WHERE owner = %s", (k,))
+                await conn.execute("SELECT 1 / %s::int", (0,))
+        await op("failed transaction", failed)
+
+        async def savepoint() -> Any:
+            async with conn.transaction():
+                await conn.execute("UPDATE conf_items SET val = 'kept' WHERE owner = %s AND id = 1", (k,))
+                try:
+                    async with conn.transaction():
+                        await conn.execute("SELECT no_such_column FROM conf_items")
+                except psycopg.errors.UndefinedColumn as e:
+                    caught = outcome_of_error(e)
+                return caught, await pg_rows(conn, sel, (k, 0))
+        await op("savepoint rolled back", savepoint)
+
+    async def copy(conn: Any, k: int, op: Any) -> None:
+        async def copy_in() -> Any:
+            async with conn.cursor() as cur:
+                async with cur.copy("COPY conf_copy (owner, n, t) FROM STDIN") as cp:
+                    for i in range(3):
+                        await cp.write_row((k, i, f"row {i}" if i else None))
+                return cur.rowcount
+        await op("copy in", copy_in)
+
+        async def copy_out() -> Any:
+            async with conn.cursor() as cur:
+                async with cur.copy("COPY (SELECT n, t FROM conf_copy WHERE owner = %s ORDER BY n) TO STDOUT",
+                                    (k,)) as cp:
+                    return [row async for row in cp.rows()]
+        await op("copy out", copy_out)
+
+        async def copy_bad() -> Any:
+            async with conn.cursor() as cur:
+                async with cur.copy("COPY conf_copy (owner, n, t) FROM STDIN") as cp:
+                    await cp.write(f"{k}\tnot a number\tx\n")
+        await op("copy in, bad data", copy_bad)
+
+    async def set_params(conn: Any, k: int, op: Any) -> None:
+        await op("set search_path", lambda: pg_rows(conn, f"SET search_path = s{k}, public"))
+        await op("set TimeZone", lambda: pg_rows(conn, f"SET TimeZone = 'Etc/GMT-{k % 12}'"))
+        await op("set_config", lambda: pg_rows(conn, "SELECT set_config('myapp.tag', %s, false)", (f"d{k}",)))
+
+    async def show(conn: Any, k: int, op: Any) -> None:
+        await op("show", lambda: pg_rows(conn, "SELECT current_setting('search_path'), "
+                                               "current_setting('myapp.tag'), '2024-01-02 03:04:05+00'::timestamptz"))
+        await op("TimeZone reported", lambda: asyncio.sleep(0, conn.info.parameter_status("TimeZone")))
+        await op("reset all", lambda: pg_rows(conn, "RESET ALL"))
+
+    async def after_reset(conn: Any, k: int, op: Any) -> None:
+        await op("show after reset", lambda: pg_rows(conn, "SELECT current_setting('search_path'), "
+                                                         "current_setting('myapp.tag', true), "
+                                                         "current_setting('application_name')"))
+
+    async def misc(conn: Any, k: int, op: Any) -> None:
+        await op("notice", lambda: pg_rows(conn, f"DO $$BEGIN RAISE NOTICE 'hi %', {k}; END$$"))
+        await op("two statements", lambda: pg_rows(conn, "SELECT 1; SELECT 2"))
+        await op("empty", lambda: pg_rows(conn, ""))
+        await op("syntax error", lambda: pg_rows(conn, "SELEC 1"))
+        await op("division by zero", lambda: pg_rows(conn, "SELECT 1 / %s::int", (0,)))
+        await op("select after errors", lambda: pg_rows(conn, sel, (k, 4)))
+
+    async def deallocate(conn: Any, k: int, op: Any) -> None:
+        await op("deallocate all", lambda: pg_rows(conn, "DEALLOCATE ALL"))
+        await op("select after deallocate", lambda: pg_rows(conn, sel, (k, 1)))
+        await op("discard all", lambda: pg_rows(conn, "DISCARD ALL"))
+        await op("select after discard", lambda: pg_rows(conn, sel, (k, 2)))
+
+    return [("first queries", first), ("the same, maybe on another server", again), ("executemany", many),
+            ("pipeline", pipeline_error), ("transactions", transaction), ("COPY", copy), ("SET", set_params),
+            ("SHOW", show), ("after RESET ALL", after_reset), ("misc", misc), ("deallocate", deallocate),
+            ("once more", again)]
+
+
+async def run_psycopg(dsn: str) -> dict[int, Record]:
+    script = psycopg_script()
+
+    async def connect(k: int) -> Any:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=0,
+                                                     application_name=f"psycopg{k}", connect_timeout=10)
+        conn.pgmux_notices = []  # type: ignore[attr-defined]
+        conn.add_notice_handler(lambda d: conn.pgmux_notices.append((d.severity, d.sqlstate, d.message_primary)))
+        return conn
+
+    def notices(conn: Any) -> list[tuple[Any, ...]]:
+        out, conn.pgmux_notices = conn.pgmux_notices, []
+        return out
+
+    async def close_conn(conn: Any) -> None:
+        await conn.close()
+
+    return await run_driver(connect, close_conn, script, notices)
+
+
+def test_psycopg_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmux_factory: PgmuxStarter) -> None:
+    check_drivers(pg, pgmux_factory, run_psycopg, url)
