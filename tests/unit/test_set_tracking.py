@@ -238,6 +238,33 @@ def test_extended_set_followed_by_an_error_in_the_same_batch_is_dropped(rig: Rig
     assert "work_mem" not in a.session.params and a.session.tx_effects == []
 
 
+def test_set_config_with_parameters_is_recorded_with_the_bound_values(rig: Rig) -> None:
+    """psycopg and asyncpg send `set_config('app.tag', $1, false)` with the value in the Bind."""
+    a = rig.login()
+    (s,) = rig.servers
+    parse = m.message(m.PARSE, b"sc\x00select set_config('app.tag', $1, false)\x00\x00\x00")
+
+    def bind(value: bytes, fmt: bytes = b"\x00\x00") -> bytes:
+        return m.message(m.BIND, b"\x00sc\x00" + fmt + b"\x00\x01" + len(value).to_bytes(4, "big") + value
+                         + b"\x00\x00")
+
+    run_sc = m.message(m.EXECUTE, b"\x00\x00\x00\x00\x00") + m.message(m.SYNC)
+    a.send(parse + bind(b"v1") + run_sc)
+    s.take()
+    s.send(m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.data_row(["v1"])
+           + m.command_complete("SELECT 1") + RFQ)
+    a.take()
+    assert a.session.params["app.tag"] == "v1" and "app.tag" in s.session.extra
+    a.send(bind(b"v2", fmt=b"\x00\x01\x00\x01") + run_sc)  # binary format: the same bytes for text
+    s.take()
+    s.send(m.message(m.BIND_COMPLETE) + m.data_row(["v2"]) + m.command_complete("SELECT 1") + RFQ)
+    a.take()
+    assert a.session.params["app.tag"] == "v2"
+    b = rig.login()
+    b.send(m.query("select 1"))  # another client does not get it
+    assert s.take() == m.query("RESET app.tag") + m.query("select 1")
+
+
 def test_named_advisory_lock_statement_pins(rig: Rig) -> None:
     a = rig.login()
     (s,) = rig.servers

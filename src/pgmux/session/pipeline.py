@@ -45,7 +45,9 @@ from pgmux.session.statements import (
     ResetAll,
     ResetParam,
     RollbackToSavepoint,
+    SetConfigBound,
     TxEnd,
+    Unknown,
     effects,
 )
 from pgmux.session.tracking import executed, query_done, query_effects, screen
@@ -72,6 +74,7 @@ _PLACEHOLDER: Entry = (QUERY, False, None, None)
 _P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
 _Z, _ERR, _PSTATUS, _G, _CC = (ord(c) for c in "ZESGC")
 _LEN = struct.Struct("!i")
+_I16 = struct.Struct("!h")
 _BIND_HDR = struct.Struct("!Bi")
 _PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _Q: QUERY, _F: QUERY}
 _ROLLBACK = b"ROLLBACK\x00"
@@ -339,6 +342,8 @@ def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> 
         ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
         if ne >= 0:
             bound = c.stmt_fx.get(raw[pe + 1:ne])
+            if bound and any(isinstance(e, SetConfigBound) for e in bound):
+                bound = _with_values(bound, raw, ne + 1, end)
             if bound:
                 c.portal_fx[raw[s + 5:pe]] = bound
             else:
@@ -347,6 +352,29 @@ def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> 
         pe = raw.find(b"\x00", s + 5, end)
         return c.portal_fx.get(raw[s + 5:pe]) if pe >= 0 else None
     return None
+
+
+def _with_values(bound: tuple[Effect, ...], raw: bytes, pos: int, end: int) -> tuple[Effect, ...]:
+    """A statement's effects with its parameterised set_config calls resolved by this Bind's values
+    (read as text: a text parameter's binary format is the same bytes). Those set_config calls that
+    stay unreadable, or are local to their transaction, are left out, as for a Query."""
+    values: list[str | None] = []
+    try:
+        (nfmt,) = _I16.unpack_from(raw, pos)
+        pos += 2 + 2 * nfmt
+        (count,) = _I16.unpack_from(raw, pos)
+        pos += 2
+        for _ in range(count):
+            (size,) = _LEN.unpack_from(raw, pos)
+            pos += 4
+            values.append(None if size < 0 else raw[pos:pos + size].decode("utf-8", "surrogateescape"))
+            pos += max(size, 0)
+    except struct.error:
+        values = []
+    if pos > end:
+        values = []
+    out = [e.resolve(values) if isinstance(e, SetConfigBound) else e for e in bound]
+    return tuple(e for e in out if not isinstance(e, Unknown) and not getattr(e, "local", False))
 
 
 def _unset_unnamed(server: ServerSession) -> Callable[[], None]:

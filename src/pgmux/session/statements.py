@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pglast
@@ -174,6 +174,35 @@ class RollbackToSavepoint:
     name: str
 
 
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class SetConfigBound:
+    """`set_config(name, value, is_local)` with parameters among its arguments, as drivers send it
+    through the extended protocol (`set_config('app.user', $1, false)`). Each argument is its constant,
+    or the number of the parameter ($n) whose value a Bind gives: `resolve` then makes the effect."""
+
+    name_arg: str | int
+    value_arg: str | int | None
+    local_arg: bool | int
+
+    def resolve(self, params: Sequence[str | None]) -> Effect:
+        """The effect, given the Bind's parameter values as text (None for NULL)."""
+        def arg(v: object) -> object:
+            if _is_param(v):
+                assert isinstance(v, int)
+                return params[v - 1] if 0 < v <= len(params) else _MISSING
+            return v
+        name, value, is_local = arg(self.name_arg), arg(self.value_arg), arg(self.local_arg)
+        local = False if is_local is None else _pg_bool(is_local)
+        if not isinstance(name, str) or local is None or value is _MISSING:
+            return Unknown("set_config with unreadable parameters")
+        if value is None:
+            return ResetParam(canon(name), local)
+        return SetParam(canon(name), str(value), local)
+
+
 @dataclass(frozen=True, slots=True)
 class Unknown:
     """Something that may change the session in a way not tracked here; the caller chooses to pin."""
@@ -182,8 +211,8 @@ class Unknown:
 
 
 Effect = (SetParam | ResetParam | ResetAll | DiscardAll | DiscardPlans | DiscardTemp | DiscardSequences
-          | Prepare | Execute | Deallocate | Listen | Unlisten | CreateTemp | AdvisoryLock | AdvisoryUnlock
-          | DeclareHold | CloseCursor | Load | TxBegin | TxEnd | Savepoint | ReleaseSavepoint
+          | SetConfigBound | Prepare | Execute | Deallocate | Listen | Unlisten | CreateTemp | AdvisoryLock
+          | AdvisoryUnlock | DeclareHold | CloseCursor | Load | TxBegin | TxEnd | Savepoint | ReleaseSavepoint
           | RollbackToSavepoint | Unknown)
 
 _PIN_REASONS: dict[type, str] = {
@@ -292,6 +321,20 @@ def _const(node: object) -> tuple[bool, object]:
     if isinstance(val, ast.Boolean):
         return True, bool(val.boolval)
     return False, None
+
+
+def _const_or_param(node: object) -> tuple[bool, object]:
+    """As _const, and a parameter reference ($n, cast or not) as (True, n)."""
+    inner = node
+    while isinstance(inner, ast.TypeCast):
+        inner = inner.arg
+    if isinstance(inner, ast.ParamRef):
+        return True, int(inner.number)
+    return _const(node)
+
+
+def _is_param(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pg_bool(value: object) -> bool | None:
@@ -528,7 +571,14 @@ def _call(node: ast.FuncCall, out: list[Effect]) -> None:
 
 
 def _set_config(node: ast.FuncCall) -> Effect:
-    args = [_const(a) for a in node.args or ()]
+    args = [_const_or_param(a) for a in node.args or ()]
+    if len(args) == 3 and all(ok for ok, _ in args) and any(_is_param(v) for _, v in args):
+        (_, name), (_, value), (_, is_local) = args
+        if (isinstance(name, str) or _is_param(name)) and not isinstance(value, bool):
+            local = is_local if _is_param(is_local) else False if is_local is None else _pg_bool(is_local)
+            if local is not None:
+                return SetConfigBound(canon(name) if isinstance(name, str) else name, value, local)
+        return Unknown("set_config with non-constant arguments")
     if len(args) != 3 or not all(ok for ok, _ in args) or not isinstance(args[0][1], str):
         return Unknown("set_config with non-constant arguments")
     (_, name), (_, value), (_, is_local) = args

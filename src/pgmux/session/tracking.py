@@ -35,6 +35,7 @@ from pgmux.session.statements import (
     Load,
     ResetAll,
     ResetParam,
+    SetConfigBound,
     SetParam,
     Unlisten,
     effects,
@@ -55,7 +56,7 @@ _FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b
           b"/*", b"--", b"do", b"execute", b"explain")
 _PINS = (Listen, Unlisten, CreateTemp, DiscardTemp, AdvisoryLock, AdvisoryUnlock, DeclareHold, CloseCursor, Load)
 _AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin as soon as they ran
-_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate) + _PINS
+_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate, SetConfigBound) + _PINS
 
 
 def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
