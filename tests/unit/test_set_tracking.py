@@ -260,6 +260,13 @@ def test_set_config_with_parameters_is_recorded_with_the_bound_values(rig: Rig) 
     s.send(m.message(m.BIND_COMPLETE) + m.data_row(["v2"]) + m.command_complete("SELECT 1") + RFQ)
     a.take()
     assert a.session.params["app.tag"] == "v2"
+    # asyncpg's fetchval() executes with a row limit of 1: the portal is suspended, and has run.
+    a.send(bind(b"v3", fmt=b"\x00\x01\x00\x01") + m.message(m.EXECUTE, b"\x00\x00\x00\x00\x01")
+           + m.message(m.SYNC))
+    s.take()
+    s.send(m.message(m.BIND_COMPLETE) + m.data_row(["v3"]) + m.message(m.PORTAL_SUSPENDED) + RFQ)
+    a.take()
+    assert a.session.params["app.tag"] == "v3"
     b = rig.login()
     b.send(m.query("select 1"))  # another client does not get it
     assert s.take() == m.query("RESET app.tag") + m.query("select 1")

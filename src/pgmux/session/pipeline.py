@@ -72,7 +72,7 @@ Entry = tuple[int, bool, Any, Undo]
 _PLACEHOLDER: Entry = (QUERY, False, None, None)
 
 _P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
-_Z, _ERR, _PSTATUS, _G, _CC = (ord(c) for c in "ZESGC")
+_Z, _ERR, _PSTATUS, _G, _CC, _EMPTY = (ord(c) for c in "ZESGCI")
 _LEN = struct.Struct("!i")
 _I16 = struct.Struct("!h")
 _BIND_HDR = struct.Struct("!Bi")
@@ -491,7 +491,9 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             if ends is not None and t in ends:
                 q.popleft()
                 swallow = e[1]
-                if e[0] == EXECUTE and e[2] is not None and t == _CC:
+                # A portal suspended by the Execute's row limit has run its effects for the rows it
+                # returned: asyncpg's fetchval() executes `SELECT set_config(...)` with a limit of 1.
+                if e[0] == EXECUTE and e[2] is not None and t != _EMPTY:
                     executed(c, server, e[2])
         if swallow:
             if run < s:
