@@ -29,6 +29,7 @@ _Q, _S, _F, _X, _P = (ord(c) for c in "QSFXP")
 _EXTENDED = frozenset(ord(c) for c in "PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
 _EXECUTE = ord("E")
 _COPY_END = frozenset(ord(c) for c in "cf")  # CopyDone, CopyFail
+_COPY_MSGS = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
 
@@ -310,6 +311,10 @@ class ClientSession:
                 else:
                     server.owed += syncs - ignored
                     server.transport.write(chunk)
+            elif not self.pending and data[0] in _COPY_MSGS and _only_copy(chunk):
+                # The rest of a COPY FROM STDIN that has already failed (asyncpg sends its CopyDone after
+                # the error): PostgreSQL ignores it, and taking a server for it would hold that server.
+                pass
             else:
                 self.pending.append(bytes(chunk))
                 self.pending_syncs += syncs
@@ -389,6 +394,16 @@ class ClientSession:
                 self.hub.client_closed(self, "client close request")
                 return
             self.hub.admin_message(self, t, body)
+
+
+def _only_copy(chunk: bytes | memoryview) -> bool:
+    """Whether the complete messages in `chunk` are all CopyData, CopyDone or CopyFail."""
+    pos, n = 0, len(chunk)
+    while pos < n:
+        if chunk[pos] not in _COPY_MSGS:
+            return False
+        pos += 1 + unpack_len(chunk, pos + 1)[0]
+    return True
 
 
 def _same_setting(a: str, b: str) -> bool:
