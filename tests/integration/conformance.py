@@ -305,6 +305,15 @@ def outcome_of_error(e: BaseException) -> tuple[Any, ...]:
     return ("error", type(e).__name__, sqlstate, text)
 
 
+def plain(value: Any) -> Any:
+    """Driver results as plain data: an asyncpg Record becomes a tuple of (column, value) pairs."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if hasattr(value, "items") and not isinstance(value, dict):
+        return tuple((k, plain(v)) for k, v in value.items())
+    return value
+
+
 def mask_pids(value: Any) -> Any:
     """Driver results with `pid:<n>` texts replaced by `pid:*` (the rule of `normalise`)."""
     if isinstance(value, str) and value.startswith("pid:"):

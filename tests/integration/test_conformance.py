@@ -16,9 +16,11 @@ and writes only its own rows, so that what it sees does not depend on how the cl
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from conformance import (
@@ -43,6 +45,7 @@ from conformance import (
     outcome_of_error,
     parse,
     pids_in,
+    plain,
     run,
     summarise,
     sync,
@@ -468,7 +471,7 @@ async def run_driver(connect: Callable[[int], Awaitable[Any]], close_conn: Calla
         async def op(label: str, call: Callable[[], Awaitable[Any]]) -> None:
             try:
                 async with asyncio.timeout(15):
-                    result: tuple[Any, ...] = ("ok", await call())
+                    result: tuple[Any, ...] = ("ok", plain(await call()))
             except TimeoutError:
                 raise AssertionError(f"client {k} step {i} ({name}) {label}: no answer in 15 s") from None
             except Exception as e:  # noqa: BLE001 - what the application sees is the outcome compared
@@ -644,15 +647,18 @@ def psycopg_script() -> list[DriverStep]:
 async def run_psycopg(dsn: str) -> dict[int, Record]:
     script = psycopg_script()
 
+    box: dict[int, list[tuple[Any, ...]]] = {}
+
     async def connect(k: int) -> Any:
         conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=0,
                                                      application_name=f"psycopg{k}", connect_timeout=10)
-        conn.pgmux_notices = []  # type: ignore[attr-defined]
-        conn.add_notice_handler(lambda d: conn.pgmux_notices.append((d.severity, d.sqlstate, d.message_primary)))
+        notices = box[id(conn)] = []
+        conn.add_notice_handler(lambda d: notices.append((d.severity, d.sqlstate, d.message_primary)))
         return conn
 
     def notices(conn: Any) -> list[tuple[Any, ...]]:
-        out, conn.pgmux_notices = conn.pgmux_notices, []
+        out = list(box[id(conn)])
+        box[id(conn)].clear()
         return out
 
     async def close_conn(conn: Any) -> None:
@@ -663,3 +669,124 @@ async def run_psycopg(dsn: str) -> dict[int, Record]:
 
 def test_psycopg_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmux_factory: PgmuxStarter) -> None:
     check_drivers(pg, pgmux_factory, run_psycopg, url)
+
+
+# asyncpg at its default statement cache: every query a named statement, prepared once per connection.
+def asyncpg_script() -> list[DriverStep]:
+    sel = "SELECT id, val, 'pid:' || pg_backend_pid() FROM conf_items WHERE owner = $1 AND id > $2 ORDER BY id"
+    shout = "SELECT $1::text || '!' AS shout, 'pid:' || pg_backend_pid() AS backend_pid"
+
+    def rows(records: Any) -> Any:
+        return [tuple(r) for r in records]
+
+    async def prepared(conn: Any, arg: str) -> Any:
+        # prepare() leaves its Parse/Describe unsynced (asyncpg sends Flush, not Sync): the server stays
+        # in the implicit transaction, and with the client, until the next request. Use it at once.
+        stmt = await conn.prepare(shout)
+        return rows(await stmt.fetch(arg)), [a.name for a in stmt.get_attributes()], stmt.get_parameters()[0].name
+
+    async def first(conn: Any, k: int, op: Any) -> None:
+        await op("fetch", lambda: conn.fetch(sel, k, 0))
+        await op("fetchval", lambda: conn.fetchval("SELECT $1::int * 2", k))
+        await op("prepared statement object", lambda: prepared(conn, f"c{k}"))
+
+    async def again(conn: Any, k: int, op: Any) -> None:
+        await op("fetch again", lambda: conn.fetch(sel, k, 2))
+        await op("fetchval again", lambda: conn.fetchval("SELECT $1::int * 2", k + 1))
+        await op("prepared statement object again", lambda: prepared(conn, f"d{k}"))
+
+    async def many(conn: Any, k: int, op: Any) -> None:
+        await op("executemany", lambda: conn.executemany(
+            "UPDATE conf_items SET val = val || $1 WHERE owner = $2 AND id = $3", [(f"+{i}", k, i) for i in (1, 2, 3)]))
+        await op("executemany with an error", lambda: conn.executemany(
+            "UPDATE conf_items SET val = val || $1 WHERE owner = $2 AND id = 10 / $3", [("x", k, 1), ("y", k, 0)]))
+        await op("after", lambda: conn.fetch(sel, k, 0))
+
+    async def transaction(conn: Any, k: int, op: Any) -> None:
+        async def failed() -> Any:
+            async with conn.transaction():
+                await conn.execute("UPDATE conf_items SET val = 'rolled back' WHERE owner = $1", k)
+                await conn.fetchval("SELECT 1 / $1::int", 0)
+        await op("failed transaction", failed)
+
+        async def nested() -> Any:
+            async with conn.transaction():
+                await conn.execute("UPDATE conf_items SET val = 'kept' WHERE owner = $1 AND id = 1", k)
+                try:
+                    async with conn.transaction():
+                        await conn.execute("SELECT no_such_column FROM conf_items")
+                except asyncpg.PostgresError as e:
+                    caught = outcome_of_error(e)
+                return caught, rows(await conn.fetch(sel, k, 0))
+        await op("savepoint rolled back", nested)
+
+    async def copy(conn: Any, k: int, op: Any) -> None:
+        await op("copy records in", lambda: conn.copy_records_to_table(
+            "conf_copy", records=[(k, i, f"r{i}" if i else None) for i in range(3)], columns=["owner", "n", "t"]))
+
+        async def copy_out() -> Any:
+            buf = io.BytesIO()
+            status = await conn.copy_from_query("SELECT n, t FROM conf_copy WHERE owner = $1 ORDER BY n", k,
+                                                output=buf)
+            return status, buf.getvalue()
+        await op("copy out", copy_out)
+        await op("copy in, bad data", lambda: conn.copy_to_table(
+            "conf_copy", source=io.BytesIO(f"{k}\tnot a number\tx\n".encode()), columns=["owner", "n", "t"]))
+
+    async def set_params(conn: Any, k: int, op: Any) -> None:
+        await op("set search_path", lambda: conn.execute(f"SET search_path = a{k}, public"))
+        await op("set TimeZone", lambda: conn.execute(f"SET TimeZone = 'Etc/GMT+{k % 12}'"))
+        await op("set_config", lambda: conn.fetchval("SELECT set_config('myapp.tag', $1, false)", f"a{k}"))
+        await op("set_config local", lambda: conn.fetchval("SELECT set_config('myapp.other', $1, true)", "local"))
+
+    async def show(conn: Any, k: int, op: Any) -> None:
+        await op("show", lambda: conn.fetchrow(
+            "SELECT current_setting('search_path'), current_setting('myapp.tag'), "
+            "current_setting('myapp.other', true), '2024-01-02 03:04:05+00'::timestamptz::text"))
+        await op("TimeZone reported", lambda: asyncio.sleep(0, conn.get_settings().TimeZone))
+        await op("reset", lambda: conn.execute("RESET search_path; RESET myapp.tag"))
+        await op("show after reset", lambda: conn.fetchrow(
+            "SELECT current_setting('search_path'), current_setting('myapp.tag', true)"))
+
+    async def misc(conn: Any, k: int, op: Any) -> None:
+        await op("notice", lambda: conn.execute(f"DO $$BEGIN RAISE NOTICE 'hi %', {k}; END$$"))
+        await op("two statements", lambda: conn.execute("SELECT 1; SELECT 2"))
+        await op("empty", lambda: conn.execute(""))
+        await op("syntax error", lambda: conn.fetch("SELEC 1"))
+        await op("division by zero", lambda: conn.fetchval("SELECT 1 / $1::int", 0))
+        await op("fetch after errors", lambda: conn.fetch(sel, k, 4))
+
+    async def cursor(conn: Any, k: int, op: Any) -> None:
+        async def fetch_in_chunks() -> Any:
+            async with conn.transaction():
+                cur = await conn.cursor(sel, k, 0)
+                return rows(await cur.fetch(2)), rows(await cur.fetch(10))
+        await op("cursor", fetch_in_chunks)
+
+    return [("first queries", first), ("the same, maybe on another server", again), ("executemany", many),
+            ("transactions", transaction), ("COPY", copy), ("SET", set_params), ("SHOW", show), ("misc", misc),
+            ("cursor", cursor), ("once more", again)]
+
+
+async def run_asyncpg(dsn: str) -> dict[int, Record]:
+    script = asyncpg_script()
+    box: dict[int, list[tuple[Any, ...]]] = {}
+
+    async def connect(k: int) -> Any:
+        conn = await asyncpg.connect(dsn, timeout=10, server_settings={"application_name": f"asyncpg{k}"})
+        box[id(conn)] = []
+        conn.add_log_listener(lambda c, msg: box[id(c)].append((msg.severity, msg.sqlstate, msg.message)))
+        return conn
+
+    def notices(conn: Any) -> list[tuple[Any, ...]]:
+        out, box[id(conn)] = box[id(conn)], []
+        return out
+
+    async def close_conn(conn: Any) -> None:
+        await asyncio.wait_for(conn.close(), 10)
+
+    return await run_driver(connect, close_conn, script, notices)
+
+
+def test_asyncpg_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmux_factory: PgmuxStarter) -> None:
+    check_drivers(pg, pgmux_factory, run_asyncpg, url)
