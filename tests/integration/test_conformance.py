@@ -51,6 +51,7 @@ from conformance import (
     sync,
 )
 from conftest import PgmuxProc, PgmuxStarter
+from helpers import servers
 
 from pgmux.protocol import messages as m
 from pgmux.runtime.cluster import PgCluster
@@ -70,7 +71,7 @@ INSERT INTO conf_items SELECT o, i, 'v' || i FROM generate_series(0, {N_CLIENTS 
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def confdb(pg: PgCluster) -> Iterator[str]:
     pg.primary.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     pg.primary.psql(f"CREATE DATABASE {DB}")
@@ -413,6 +414,10 @@ def test_raw_protocol_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmu
     print(f"pid-tagged exchanges on another server than the client's previous one: {moved} of {total}")
     assert moved >= total // 4, f"only {moved} of {total} pid-tagged exchanges ran on another server"
     assert all(a > 0 for a, _ in per_client), f"a client never changed servers: {per_client}"
+    # ... on the pool's few servers, where statements were prepared again (and again).
+    assert 1 < len(servers(mux, DB)) <= POOL_SIZE
+    stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}[DB]
+    assert stats["total_server_parse_count"] > stats["total_client_parse_count"] // N_CLIENTS
 
 
 def test_comparator_fails_on_an_altered_transcript(pg: PgCluster, confdb: str) -> None:
