@@ -455,3 +455,22 @@ def test_deallocate_all_through_the_extended_protocol_forgets_the_servers_statem
     other = rig.login()
     other.send(parse(name="o1") + bind("o1") + execute() + SYNC)
     assert s.take() == parse(name="pgmux_3") + bind("pgmux_3") + execute() + SYNC
+
+
+def test_a_statement_whose_result_type_changed_does_not_stay_on_the_server(rig: Rig) -> None:
+    """After a DDL changed a statement's result type, the server refuses it (0A000) for every client
+    that shares it, including those that prepared it after the DDL: the server is closed, not reused."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse("select * from t", name="s1") + bind("s1") + execute() + SYNC)
+    s.take()
+    s.send(PC + BC + ROW + RFQ)
+    c.take()
+    later = rig.login()
+    later.send(parse("select * from t", name="l1") + bind("l1") + execute() + SYNC)
+    assert s.take() == bind("pgmux_1") + execute() + SYNC
+    err = m.message(m.ERROR_RESPONSE, b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00"
+                    b"Fplancache.c\x00L722\x00RRevalidateCachedQuery\x00\x00")
+    s.send(err + RFQ)
+    assert later.take() == PC + err + RFQ
+    assert s.session.state is ServerState.CLOSED

@@ -304,6 +304,11 @@ class ServerSession:
         fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
         if fields.get("S") in ("FATAL", "PANIC") or fields.get("C", "").startswith("08"):
             self.close_needed = True
+        elif self.stmts is not None and fields.get("R") == "RevalidateCachedQuery" and fields.get("C") == "0A000":
+            # "cached plan must not change result type": a statement prepared here before a DDL changed
+            # its result type. Clients share it, and each would get this error here for a statement
+            # it prepared after the DDL: let the server go, and its statements with it.
+            self.close_needed = True
 
     # -- login ---------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:
