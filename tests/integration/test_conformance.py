@@ -836,3 +836,37 @@ async def run_asyncpg(dsn: str) -> dict[int, Record]:
 
 def test_asyncpg_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmux_factory: PgmuxStarter) -> None:
     check_drivers(pg, pgmux_factory, run_asyncpg, url)
+
+
+def test_a_ddl_that_changes_a_result_type_does_not_poison_other_clients(pg: PgCluster, confdb: str,
+                                                                          pgmux_factory: PgmuxStarter) -> None:
+    """Statements are shared by text: one prepared on every server before a committed DDL changed its
+    result type is refused there (0A000) for every client, those that prepare it after the DDL too.
+    Directly, those would all succeed; through pgmux each stale server may refuse it once, then goes."""
+    pg.primary.psql("DROP TABLE IF EXISTS conf_ddl; CREATE TABLE conf_ddl (id int); INSERT INTO conf_ddl VALUES (1)",
+                    db=DB)
+    mux = start_pgmux(pgmux_factory, pg)
+    star = parse("SELECT * FROM conf_ddl", "s") + bind("s") + execute() + sync()
+
+    async def clients(n: int) -> list[RawClient]:
+        return [c for c, _ in await asyncio.gather(*(RawClient.connect(mux.host, mux.port, startup(k))
+                                                     for k in range(n)))]
+
+    def sqlstates(replies: list[list[Msg]]) -> list[str]:
+        return [m.parse_error_fields(b).get("C", "") for msgs in replies for t, b in msgs if t == m.ERROR_RESPONSE]
+
+    async def main() -> tuple[list[str], list[str]]:
+        first = await clients(POOL_SIZE)  # the statement on every server, in transactions held at once
+        await asyncio.gather(*(c.exchange(q("BEGIN")) for c in first))
+        assert sqlstates(await asyncio.gather(*(c.exchange(x(star)) for c in first))) == []
+        await asyncio.gather(*(c.exchange(q("COMMIT")) for c in first))
+        pg.primary.psql("ALTER TABLE conf_ddl ADD COLUMN extra int", db=DB)
+        later = await clients(N_CLIENTS)
+        after_ddl = sqlstates(await asyncio.gather(*(c.exchange(x(star)) for c in later)))
+        again = sqlstates(await asyncio.gather(*(c.exchange(x(bind("s") + execute() + sync())) for c in later)))
+        await asyncio.gather(*(c.close() for c in first + later))
+        return after_ddl, again
+
+    after_ddl, again = asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    assert set(after_ddl) <= {"0A000"} and len(after_ddl) <= POOL_SIZE, after_ddl
+    assert again == []
