@@ -281,3 +281,46 @@ def test_named_advisory_lock_statement_pins(rig: Rig) -> None:
            + m.command_complete("SELECT 1") + RFQ)
     a.take()
     assert a.session.pinned == "advisory lock" and a.session.server is s.session
+
+
+def test_rollback_to_savepoint_drops_only_what_came_after_it(rig: Rig) -> None:
+    a = rig.login()
+    (s,) = rig.servers
+    run(a, s, "BEGIN; SET search_path = kept; SAVEPOINT a; SET search_path = undone",
+        reply(m.command_complete("BEGIN"), m.command_complete("SET"), m.command_complete("SAVEPOINT"),
+              m.command_complete("SET"), status=b"T"))
+    run(a, s, "ROLLBACK TO SAVEPOINT a", reply(m.command_complete("ROLLBACK"), status=b"T"))
+    run(a, s, "SAVEPOINT b; SET work_mem = '9MB'; RELEASE SAVEPOINT b",
+        reply(m.command_complete("SAVEPOINT"), m.command_complete("SET"), m.command_complete("RELEASE"),
+              status=b"T"))
+    run(a, s, "COMMIT", reply(m.command_complete("COMMIT")))
+    assert a.session.params["search_path"] == "kept" and a.session.params["work_mem"] == "9MB"
+    assert {"search_path", "work_mem"} <= s.session.extra  # another client gets them RESET
+
+
+def test_a_failed_query_leaves_what_it_touched_to_be_set_again(rig: Rig) -> None:
+    """Some statements of a failed query string may have run, and may outlive the error (here a
+    ROLLBACK TO a savepoint taken after the SET): the next client must not inherit them."""
+    a = rig.login()
+    (s,) = rig.servers
+    run(a, s, "BEGIN", reply(m.command_complete("BEGIN"), status=b"T"))
+    err = m.error_response("ERROR", "22012", "division by zero")
+    run(a, s, "SET search_path = maybe; SAVEPOINT a; SELECT 1/0",
+        reply(m.command_complete("SET"), m.command_complete("SAVEPOINT"), err, status=b"E"))
+    run(a, s, "ROLLBACK TO SAVEPOINT a", reply(m.command_complete("ROLLBACK"), status=b"T"))
+    run(a, s, "COMMIT", reply(m.command_complete("COMMIT")))
+    assert "search_path" not in a.session.params
+    b = rig.login()
+    b.send(m.query("select 1"))
+    assert s.take() == m.query("RESET search_path") + m.query("select 1")
+
+
+def test_commit_of_a_failed_transaction_drops_its_effects(rig: Rig) -> None:
+    a = rig.login()
+    (s,) = rig.servers
+    run(a, s, "BEGIN; SET search_path = x", reply(m.command_complete("BEGIN"), m.command_complete("SET"),
+                                                  status=b"T"))
+    err = m.error_response("ERROR", "22012", "division by zero")
+    run(a, s, "SELECT 1/0", err + m.ready_for_query(b"E"))
+    run(a, s, "COMMIT", reply(m.command_complete("ROLLBACK")))
+    assert "search_path" not in a.session.params and "search_path" not in s.session.extra

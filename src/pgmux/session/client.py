@@ -39,7 +39,7 @@ class ClientSession:
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
-                 "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
+                 "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "__weakref__")
 
     def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
@@ -86,7 +86,7 @@ class ClientSession:
         self.initial: dict[str, str] = {}  # params after login: what RESET goes back to
         self.tx_effects: list[Any] = []  # effects waiting for their transaction to commit
         self.q_error = False  # the watched Query in flight got an ErrorResponse
-        self.q_rollback = False  # ... or a CommandComplete tagged ROLLBACK
+        self.q_ends: list[bool] = []  # ... and its COMMIT (False) and ROLLBACK (True) tags
         self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
         self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing

@@ -78,6 +78,7 @@ _I16 = struct.Struct("!h")
 _BIND_HDR = struct.Struct("!Bi")
 _PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _Q: QUERY, _F: QUERY}
 _ROLLBACK = b"ROLLBACK\x00"
+_COMMIT = b"COMMIT\x00"
 _PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
 _CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
 
@@ -485,8 +486,10 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server.copy_in = True
         elif q:
             e = q[0]
-            if t == _CC and (c.tx_effects or e[2] is not None) and mv[s + 5:s + total] == _ROLLBACK:
-                c.q_rollback = True
+            if t == _CC and (c.tx_effects or e[2] is not None):
+                tag = mv[s + 5:s + total]
+                if tag == _ROLLBACK or tag == _COMMIT:  # what a transaction-ending statement did
+                    c.q_ends.append(tag == _ROLLBACK)
             ends = _ENDS.get(e[0])
             if ends is not None and t in ends:
                 q.popleft()

@@ -11,14 +11,17 @@ RESETs them for a client that did not ask for them.
 Reported parameters (TimeZone, application_name...) need no parsing: the server's ParameterStatus
 says what they are after every change, commit and rollback included (ServerSession._param).
 
-Transactions: effects wait in `client.tx_effects` until ReadyForQuery says idle; a CommandComplete
-tagged ROLLBACK (ROLLBACK, ABORT, COMMIT of a failed transaction) drops them. ROLLBACK TO SAVEPOINT
-has the same tag and drops them too: the client then keeps the session's older value on its next
-server instead of a value nobody should see.
+Transactions: effects wait in `client.tx_effects` until their transaction commits (ReadyForQuery
+says idle, or a COMMIT in the middle of a query string); ROLLBACK drops them, and so does a COMMIT of
+a failed transaction (PostgreSQL tags it ROLLBACK). Savepoints are kept among them as markers:
+ROLLBACK TO SAVEPOINT drops what came after its savepoint, RELEASE keeps it (`run_effects`). A query
+that fails leaves its effects unknown (some of its statements may have run): the server's values of
+what they touch are forgotten, so that the next parameter sync sets them again (`suspect`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pgmux.session.statements import (
@@ -33,10 +36,14 @@ from pgmux.session.statements import (
     Effect,
     Listen,
     Load,
+    ReleaseSavepoint,
     ResetAll,
     ResetParam,
+    RollbackToSavepoint,
+    Savepoint,
     SetConfigBound,
     SetParam,
+    TxEnd,
     Unlisten,
     effects,
     undone_by_rollback,
@@ -51,12 +58,13 @@ if TYPE_CHECKING:
 # 0.1 us, so the words that only matter as a statement's first word are tested there only, and the
 # rest behind one-byte tests (memchr) where they can be.
 _SCREEN = (b"set", b"discard", b"deallocate", b"listen", b"temp", b"advisory", b"hold", b"load", b"close",
-           b"u&")
+           b"u&", b"savepoint", b"rollback", b"release")
 _FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b"load", b"close", b"declare",
-          b"/*", b"--", b"do", b"execute", b"explain")
+          b"/*", b"--", b"do", b"execute", b"explain", b"savepoint", b"rollback", b"release")
 _PINS = (Listen, Unlisten, CreateTemp, DiscardTemp, AdvisoryLock, AdvisoryUnlock, DeclareHold, CloseCursor, Load)
 _AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin as soon as they ran
-_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate, SetConfigBound) + _PINS
+_TX = (TxEnd, Savepoint, ReleaseSavepoint, RollbackToSavepoint)  # what decides which effects count
+_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, Deallocate, SetConfigBound) + _PINS + _TX
 
 
 def screen(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
@@ -85,41 +93,106 @@ def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
 
 def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
     """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
-    failed, rolled_back = c.q_error, c.q_rollback
-    c.q_error = c.q_rollback = False
+    failed, ends = c.q_error, c.q_ends
+    c.q_error = False
+    c.q_ends = []
     for e in done:
         # Session advisory locks and LOAD outlive a rollback; a lock taken before an error in the
         # same query string is still held, so a failed query pins too (unlocks count only on success).
         if isinstance(e, (AdvisoryLock, Load)) or (isinstance(e, AdvisoryUnlock) and not failed):
             assert not undone_by_rollback(e)
             pin(c, e)
-    if failed or rolled_back:
-        if rolled_back or status == b"I":
+    if failed:
+        # Which of its statements ran is not known: what they set may outlive the error (a COMMIT or
+        # a ROLLBACK TO SAVEPOINT in the same string, or later): the server's values are not known
+        # either, so the parameter sync sets them again for whoever gets it next. Its savepoints
+        # stay, for a ROLLBACK TO.
+        suspect(c, server, [e for e in done if not isinstance(e, _TX)])
+        if status == b"I" or any(ends):
+            suspect(c, server, c.tx_effects)
             c.tx_effects = []
+        else:
+            c.tx_effects = c.tx_effects + [e for e in done if isinstance(e, Savepoint)]
         return
-    for e in done:
-        if isinstance(e, (DiscardAll, Deallocate)) and (isinstance(e, DiscardAll) or e.name is None):
-            # Not transactional: the server's statements are gone now, and so are the client's.
-            forget_statements(c, server)
-    if done:
-        c.tx_effects = c.tx_effects + [e for e in done if not isinstance(e, Deallocate)]
-    if status == b"I" and c.tx_effects:
-        apply(c, server, c.tx_effects)
+    c.tx_effects = run_effects(c, server, c.tx_effects, done, ends)
+    if status == b"I":
+        if c.tx_effects and not any(ends):  # (a COMMIT of a failed transaction says ROLLBACK)
+            apply(c, server, [e for e in c.tx_effects if not isinstance(e, _TX)])
         c.tx_effects = []
+
+
+def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect],
+                ends: list[bool]) -> list[Effect]:
+    """The effects of a transaction so far (`pending`, with its savepoints) after statements that
+    succeeded did `done`, in order. `ends` are the COMMIT (False) and ROLLBACK (True) tags their
+    transaction-ending statements answered, consumed here in order: a COMMIT of a failed transaction
+    and ROLLBACK TO SAVEPOINT both say ROLLBACK."""
+    cur = list(pending)
+    for e in done:
+        if isinstance(e, TxEnd):
+            rolled_back = ends.pop(0) if ends else not e.commit
+            if e.commit and not rolled_back and cur:
+                apply(c, server, [x for x in cur if not isinstance(x, _TX)])
+            cur = []
+        elif isinstance(e, RollbackToSavepoint):
+            if ends:
+                ends.pop(0)
+            i = _last_savepoint(cur, e.name)
+            del cur[i + 1:]  # (-1: a savepoint older than every effect: all of them are undone)
+        elif isinstance(e, ReleaseSavepoint):
+            i = _last_savepoint(cur, e.name)
+            if i >= 0:  # the savepoint and those after it go; what they kept stays
+                cur = cur[:i] + [x for x in cur[i + 1:] if not isinstance(x, Savepoint)]
+        elif isinstance(e, (DiscardAll, Deallocate)):
+            if isinstance(e, DiscardAll) or e.name is None:
+                # Not transactional: the server's statements are gone now, and so are the client's.
+                forget_statements(c, server)
+            if isinstance(e, DiscardAll):
+                cur.append(e)
+        else:
+            cur.append(e)
+    return cur
+
+
+def _last_savepoint(effects: list[Effect], name: str) -> int:
+    for i in range(len(effects) - 1, -1, -1):
+        e = effects[i]
+        if isinstance(e, Savepoint) and e.name == name:
+            return i
+    return -1
+
+
+def suspect(c: ClientSession, server: ServerSession, effects: Sequence[Effect]) -> None:
+    """Effects that may or may not have stayed on the server: forget the server's values of what they
+    touch (keeping the names in `extra`), so the next parameter sync sets or RESETs them."""
+    reported = (c.pool.server_params or {}) if c.pool is not None else {}
+    names: list[str] = []
+    for e in effects:
+        if isinstance(e, (SetParam, ResetParam)):
+            names.append(e.name)
+        elif isinstance(e, (ResetAll, DiscardAll)):
+            names.extend(server.extra)
+    names = [n for n in names if n not in reported]
+    if names:
+        for n in names:
+            server.params.pop(n, None)
+        server.extra.update(names)
+        server.sig = None
+        c.sig = None
 
 
 def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) -> None:
     """An Execute of a statement with session effects completed (CommandComplete): they count once
     its transaction commits, as a Query's do; locks and LOAD at once, and so do DEALLOCATE ALL and
     DISCARD ALL for prepared statements (not transactional: the server's are gone now)."""
+    rest = []
     for e in done:
         if isinstance(e, _AT_ONCE):
             pin(c, e)
-            continue
-        if isinstance(e, DiscardAll) or (isinstance(e, Deallocate) and e.name is None):
-            forget_statements(c, server)
-        if not isinstance(e, Deallocate):
-            c.tx_effects.append(e)
+        else:
+            rest.append(e)
+    if rest:
+        c.tx_effects = run_effects(c, server, c.tx_effects, rest, c.q_ends)
 
 
 def forget_statements(c: ClientSession, server: ServerSession) -> None:
