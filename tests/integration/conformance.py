@@ -14,6 +14,7 @@ What may differ, and the only things normalised (`normalise`):
   same (name, value) pairs, in any order (they are compared as a sorted list, duplicates kept).
 - Values a script tags as backend pids: a text value `pid:<n>` becomes `pid:*`. Through pgmux the
   pid changes with the server; the tag is what lets the tests check that it did.
+- The pid of the notifying backend in a NotificationResponse (its first four bytes).
 Everything else, bodies included, must be equal.
 """
 
@@ -215,6 +216,8 @@ def normalise(label: str, msgs: list[Msg]) -> list[Msg]:
     for t, body in msgs:
         if t == m.BACKEND_KEY_DATA:
             body = b"<pid and key>"
+        elif t == m.NOTIFICATION_RESPONSE:
+            body = b"<pid>" + body[4:]
         elif t == m.DATA_ROW and PID_TAG in body:
             vals = row_values(body)
             body = _data_row([PID_TAG + b"*" if v is not None and v.startswith(PID_TAG) else v for v in vals])
@@ -240,7 +243,8 @@ _NAMES = {
     m.CLOSE_COMPLETE: "CloseComplete", m.COMMAND_COMPLETE: "CommandComplete", m.COPY_DATA: "CopyData",
     m.COPY_DONE: "CopyDone", m.COPY_IN_RESPONSE: "CopyInResponse", m.COPY_OUT_RESPONSE: "CopyOutResponse",
     m.DATA_ROW: "DataRow", m.EMPTY_QUERY_RESPONSE: "EmptyQueryResponse", m.ERROR_RESPONSE: "ErrorResponse",
-    m.NO_DATA: "NoData", m.NOTICE_RESPONSE: "NoticeResponse", m.PARAMETER_DESCRIPTION: "ParameterDescription",
+    m.NO_DATA: "NoData", m.NOTICE_RESPONSE: "NoticeResponse",
+    m.NOTIFICATION_RESPONSE: "NotificationResponse", m.PARAMETER_DESCRIPTION: "ParameterDescription",
     m.PARAMETER_STATUS: "ParameterStatus", m.PARSE_COMPLETE: "ParseComplete", m.PORTAL_SUSPENDED: "PortalSuspended",
     m.READY_FOR_QUERY: "ReadyForQuery", m.ROW_DESCRIPTION: "RowDescription",
 }

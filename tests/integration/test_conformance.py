@@ -288,6 +288,21 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
                       f"WHERE owner = {k}") + copy_data(f"{k}\t7\tseven\n".encode()) + copy_done()),
             q(f"SELECT 1; COPY (SELECT n FROM conf_copy WHERE owner = {k} ORDER BY n) TO STDOUT; SELECT 2"),
         ]),
+        ("state that pins the client to its server, and its end", [
+            q(f"LISTEN conf_ch_{k}"),
+            q(f"NOTIFY conf_ch_{k}, 'hello {k}'"),
+            q("UNLISTEN *"),
+            q(f"CREATE TEMP TABLE conf_tmp_{k} (a int)"),
+            q(f"INSERT INTO conf_tmp_{k} VALUES ({k})"),
+            q(f"SELECT a + 0 AS a FROM conf_tmp_{k}"),
+            q("DISCARD TEMP"),
+            q(f"SELECT pg_advisory_lock({1000 + k})"),
+            q(f"SELECT pg_advisory_unlock({1000 + k})"),
+        ]),
+        ("after the pins, maybe on another server", [
+            q(f"SELECT a FROM pg_temp.conf_tmp_{k}"),
+            q(f"NOTIFY conf_ch_{k}, 'nobody listens'"),
+        ]),
         ("empty queries", [
             q(""),
             q(";"),
@@ -510,7 +525,14 @@ def test_comparator_fails_on_an_altered_transcript(pg: PgCluster, confdb: str) -
                         (0, other_timezone), (0, lambda ms: ms[:1] + ms[2:]), (5, lambda ms: [status] + ms)):
         problems = compare(base, altered(1, entry, edit))
         assert len(problems) == 1 and problems[0].client == 1 and not known_difference(problems[0]), problems
-    # ... while what the rules normalise does not: the login's ParameterStatus order, and backend keys.
+    notification = (m.NOTIFICATION_RESPONSE, struct.pack("!i", 4242) + b"ch\x00hello\x00")
+    other_payload = (m.NOTIFICATION_RESPONSE, struct.pack("!i", 4242) + b"ch\x00bye\x00")
+    problems = compare(altered(1, 5, lambda ms: [notification] + ms), altered(1, 5, lambda ms: [other_payload] + ms))
+    assert len(problems) == 1 and problems[0].client == 1, problems
+    # ... while what the rules normalise does not: the login's ParameterStatus order, backend keys, and
+    # the pid of a notifying backend.
+    other_pid = (m.NOTIFICATION_RESPONSE, struct.pack("!i", 99) + b"ch\x00hello\x00")
+    assert compare(altered(1, 5, lambda ms: [notification] + ms), altered(1, 5, lambda ms: [other_pid] + ms)) == []
     assert compare(base, altered(0, 0, lambda ms: ms[:1] + ms[1:-2][::-1] + ms[-2:])) == []
     assert compare(base, altered(0, 0, lambda ms: [(t, b"\x00" * len(b)) if t == m.BACKEND_KEY_DATA else (t, b)
                                                    for t, b in ms])) == []
