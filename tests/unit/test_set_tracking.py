@@ -298,9 +298,9 @@ def test_rollback_to_savepoint_drops_only_what_came_after_it(rig: Rig) -> None:
     assert {"search_path", "work_mem"} <= s.session.extra  # another client gets them RESET
 
 
-def test_a_failed_query_leaves_what_it_touched_to_be_set_again(rig: Rig) -> None:
-    """Some statements of a failed query string may have run, and may outlive the error (here a
-    ROLLBACK TO a savepoint taken after the SET): the next client must not inherit them."""
+def test_what_ran_before_an_error_can_outlive_it(rig: Rig) -> None:
+    """Statements of a failed query string that ran before the error can outlive it (here through a
+    ROLLBACK TO a savepoint taken after the SET): the client keeps them, the next client does not."""
     a = rig.login()
     (s,) = rig.servers
     run(a, s, "BEGIN", reply(m.command_complete("BEGIN"), status=b"T"))
@@ -309,7 +309,7 @@ def test_a_failed_query_leaves_what_it_touched_to_be_set_again(rig: Rig) -> None
         reply(m.command_complete("SET"), m.command_complete("SAVEPOINT"), err, status=b"E"))
     run(a, s, "ROLLBACK TO SAVEPOINT a", reply(m.command_complete("ROLLBACK"), status=b"T"))
     run(a, s, "COMMIT", reply(m.command_complete("COMMIT")))
-    assert "search_path" not in a.session.params
+    assert a.session.params["search_path"] == "maybe"
     b = rig.login()
     b.send(m.query("select 1"))
     assert s.take() == m.query("RESET search_path") + m.query("select 1")
@@ -324,3 +324,14 @@ def test_commit_of_a_failed_transaction_drops_its_effects(rig: Rig) -> None:
     run(a, s, "SELECT 1/0", err + m.ready_for_query(b"E"))
     run(a, s, "COMMIT", reply(m.command_complete("ROLLBACK")))
     assert "search_path" not in a.session.params and "search_path" not in s.session.extra
+
+
+def test_a_commit_before_an_error_in_the_same_query_string_counts(rig: Rig) -> None:
+    a = rig.login()
+    (s,) = rig.servers
+    err = m.error_response("ERROR", "22012", "division by zero")
+    run(a, s, "BEGIN; SET search_path = committed; COMMIT; SET work_mem = '9MB'; SELECT 1/0",
+        reply(m.command_complete("BEGIN"), m.command_complete("SET"), m.command_complete("COMMIT"),
+              m.command_complete("SET"), err))
+    assert a.session.params["search_path"] == "committed" and "work_mem" not in a.session.params
+    assert a.session.tx_effects == []

@@ -103,16 +103,19 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
             assert not undone_by_rollback(e)
             pin(c, e)
     if failed:
-        # Which of its statements ran is not known: what they set may outlive the error (a COMMIT or
-        # a ROLLBACK TO SAVEPOINT in the same string, or later): the server's values are not known
-        # either, so the parameter sync sets them again for whoever gets it next. Its savepoints
-        # stay, for a ROLLBACK TO.
+        # Its COMMITs and ROLLBACKs that answered ran (their tags say so), and so did what came before
+        # them. The rest stays pending with the failed transaction, as if it had run: a statement
+        # after the error did not, but then neither did a savepoint after it, so only a ROLLBACK
+        # (or a ROLLBACK TO an older savepoint, which drops it) can follow. Which of them ran is not
+        # known, though: the server's values of all they touch are forgotten, for the next parameter
+        # sync to set them again.
+        cur, rest = _run(c, server, c.tx_effects, done, ends, until_untagged=True)
         suspect(c, server, [e for e in done if not isinstance(e, _TX)])
-        if status == b"I" or any(ends):
-            suspect(c, server, c.tx_effects)
+        if status == b"I":  # the failed statement's transaction is over, rolled back
+            suspect(c, server, cur)
             c.tx_effects = []
         else:
-            c.tx_effects = c.tx_effects + [e for e in done if isinstance(e, Savepoint)]
+            c.tx_effects = cur + [e for e in rest if isinstance(e, Savepoint)]
         return
     c.tx_effects = run_effects(c, server, c.tx_effects, done, ends)
     if status == b"I":
@@ -127,8 +130,17 @@ def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect], 
     succeeded did `done`, in order. `ends` are the COMMIT (False) and ROLLBACK (True) tags their
     transaction-ending statements answered, consumed here in order: a COMMIT of a failed transaction
     and ROLLBACK TO SAVEPOINT both say ROLLBACK."""
+    return _run(c, server, pending, done, ends)[0]
+
+
+def _run(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect], ends: list[bool],
+         until_untagged: bool = False) -> tuple[list[Effect], Sequence[Effect]]:
+    """run_effects; with `until_untagged`, stop at the first transaction-ending statement without a
+    tag (it did not complete) and return the effects from there on too."""
     cur = list(pending)
-    for e in done:
+    for n, e in enumerate(done):
+        if until_untagged and not ends and isinstance(e, (TxEnd, RollbackToSavepoint)):
+            return cur, done[n:]
         if isinstance(e, TxEnd):
             rolled_back = ends.pop(0) if ends else not e.commit
             if e.commit and not rolled_back and cur:
@@ -151,7 +163,7 @@ def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect], 
                 cur.append(e)
         else:
             cur.append(e)
-    return cur
+    return cur, ()
 
 
 def _last_savepoint(effects: list[Effect], name: str) -> int:
