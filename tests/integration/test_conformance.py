@@ -277,6 +277,12 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
         ("after the savepoints, maybe on another server", [
             q("SHOW search_path; SHOW myapp.tag"),
         ]),
+        ("a SET committed before an error in the same query string", [
+            q(f"BEGIN; SET search_path = committed{k}; COMMIT; SELECT 1 / 0"),
+        ]),
+        ("after it, maybe on another server", [
+            q("SHOW search_path"),
+        ]),
         ("large messages, and a function call", [
             x(run("SELECT length($1::text), md5($1::text), repeat('y', 200000)", b"x" * 300_000) + sync()),
             q("SELECT repeat('z', 100000) FROM generate_series(1, 3)"),
