@@ -709,9 +709,26 @@ def psycopg_script() -> list[DriverStep]:
         await op("set TimeZone", lambda: pg_rows(conn, f"SET TimeZone = 'Etc/GMT-{k % 12}'"))
         await op("set_config", lambda: pg_rows(conn, "SELECT set_config('myapp.tag', %s, false)", (f"d{k}",)))
 
+        async def rolled_back() -> Any:
+            async with conn.transaction():
+                await conn.execute("SET search_path = rolled_back")
+                raise psycopg.Rollback()
+        await op("SET in a rolled back transaction", rolled_back)
+
+        async def savepoints() -> Any:
+            async with conn.transaction():
+                await conn.execute(f"SET myapp.other = 'outer{k}'")
+                async with conn.transaction():  # a savepoint, rolled back
+                    await conn.execute("SET myapp.other = 'inner'")
+                    raise psycopg.Rollback()
+                async with conn.transaction():  # a savepoint, released
+                    await conn.execute(f"SET myapp.third = 'released{k}'")
+        await op("SET around savepoints", savepoints)
+
     async def show(conn: Any, k: int, op: Any) -> None:
         await op("show", lambda: pg_rows(conn, "SELECT current_setting('search_path'), "
-                                               "current_setting('myapp.tag'), '2024-01-02 03:04:05+00'::timestamptz"))
+                                               "current_setting('myapp.tag'), '2024-01-02 03:04:05+00'::timestamptz, "
+                                               "current_setting('myapp.other'), current_setting('myapp.third')"))
         await op("TimeZone reported", lambda: asyncio.sleep(0, conn.info.parameter_status("TimeZone")))
         await op("reset all", lambda: pg_rows(conn, "RESET ALL"))
 
@@ -835,10 +852,22 @@ def asyncpg_script() -> list[DriverStep]:
         await op("set_config", lambda: conn.fetchval("SELECT set_config('myapp.tag', $1, false)", f"a{k}"))
         await op("set_config local", lambda: conn.fetchval("SELECT set_config('myapp.other', $1, true)", "local"))
 
+        async def savepoints() -> Any:
+            async with conn.transaction():
+                await conn.execute(f"SET myapp.outside = 'outside{k}'")
+                try:
+                    async with conn.transaction():  # a savepoint, rolled back
+                        await conn.execute("SET myapp.outside = 'inside'")
+                        raise LookupError("roll back to the savepoint")
+                except LookupError:
+                    pass
+        await op("SET around savepoints", savepoints)
+
     async def show(conn: Any, k: int, op: Any) -> None:
         await op("show", lambda: conn.fetchrow(
             "SELECT current_setting('search_path'), current_setting('myapp.tag'), "
-            "current_setting('myapp.other', true), '2024-01-02 03:04:05+00'::timestamptz::text"))
+            "current_setting('myapp.other', true), '2024-01-02 03:04:05+00'::timestamptz::text, "
+            "current_setting('myapp.outside')"))
         await op("TimeZone reported", lambda: asyncio.sleep(0, conn.get_settings().TimeZone))
         await op("reset", lambda: conn.execute("RESET search_path; RESET myapp.tag"))
         await op("show after reset", lambda: conn.fetchrow(
