@@ -144,6 +144,12 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
             x(bind("s_mine", (b"after the error",)) + execute() + sync()),
             x(parse("SELEC 1", "s_syntax") + bind("s_mine", (b"skipped too",)) + execute() + sync()),
         ]),
+        ("an error before a Flush, then the rest of the batch", [
+            x(parse("SELEC 'flushed'", "s_flushed") + flush(), until=m.ERROR_RESPONSE),
+            x(bind("s_mine", (b"skipped after the flush",)) + execute() + parse("SELECT 1", "s_after") + sync()),
+            x(bind("s_flushed") + execute() + sync()),
+            x(bind("s_after") + execute() + sync()),
+        ]),
         ("statements a failed pipeline skipped do not exist", [
             x(bind("s_skipped") + execute() + sync()),
             x(bind("s_syntax") + execute() + sync()),
@@ -949,3 +955,17 @@ def test_a_ddl_that_changes_a_result_type_does_not_poison_other_clients(pg: PgCl
     after_ddl, again = asyncio.run(asyncio.wait_for(main(), TIMEOUT))
     assert set(after_ddl) <= {"0A000"} and len(after_ddl) <= POOL_SIZE, after_ddl
     assert again == []
+
+
+def test_driver_comparator_fails_on_an_altered_record() -> None:
+    """compare_records sees a changed value, error, notice or a missing operation; a pid does not count."""
+    rec: Record = [("step 0 (x) select", "ok", [(1, "a", "pid:11")], ()),
+                   ("step 1 (x) fail", "error", "DivisionByZero", "22012", "division by zero", ()),
+                   ("step 2 (x) notice", "ok", "DO", (("NOTICE", "00000", "hi"),))]
+    assert compare_records({0: rec}, {0: rec}) == []
+    assert compare_records({0: rec}, {0: [("step 0 (x) select", "ok", [(1, "a", "pid:12")], ())] + rec[1:]}) == []
+    for other in ([("step 0 (x) select", "ok", [(1, "b", "pid:11")], ())] + rec[1:],
+                  rec[:1] + [("step 1 (x) fail", "error", "DivisionByZero", "22012", "division by 0", ())] + rec[2:],
+                  rec[:2] + [("step 2 (x) notice", "ok", "DO", ())],
+                  rec[:2]):
+        assert len(compare_records({0: rec}, {0: other})) == 1, other
