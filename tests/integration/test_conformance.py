@@ -466,7 +466,7 @@ def test_raw_protocol_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmu
     moved, total = sum(a for a, _ in per_client), sum(b for _, b in per_client)
     print(f"pid-tagged exchanges on another server than the client's previous one: {moved} of {total}")
     assert moved >= total // 4, f"only {moved} of {total} pid-tagged exchanges ran on another server"
-    assert all(a > 0 for a, _ in per_client), f"a client never changed servers: {per_client}"
+    assert sum(a > 0 for a, _ in per_client) >= N_CLIENTS * 3 // 4, f"clients that stayed put: {per_client}"
     # ... on the pool's few servers, where statements were prepared again (and again).
     assert 1 < len(servers(mux, DB)) <= POOL_SIZE
     stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}[DB]
