@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import Peer, Rig, frames, reply
+from fakes import SERVER_PARAMS, Peer, Rig, frames, reply
 
 from pgmux.protocol import messages as m
 
@@ -335,3 +335,19 @@ def test_a_commit_before_an_error_in_the_same_query_string_counts(rig: Rig) -> N
               m.command_complete("SET"), err))
     assert a.session.params["search_path"] == "committed" and "work_mem" not in a.session.params
     assert a.session.tx_effects == []
+
+
+def test_default_transaction_read_only_is_followed_and_never_leaks(tmp_path: Path) -> None:
+    """PostgreSQL 14+ reports default_transaction_read_only: like TimeZone, pgmux follows it through
+    ParameterStatus, so a client's read-only default goes with it and never to another client."""
+    rig = Rig(tmp_path)
+    a = rig.connect()
+    (s,) = rig.servers
+    rig.server_login(s, {**SERVER_PARAMS, "default_transaction_read_only": "off"})
+    a.take()
+    changed = reply(m.command_complete("SET"), m.parameter_status("default_transaction_read_only", "on"))
+    assert run(a, s, "SET default_transaction_read_only = on", changed) == changed
+    assert a.session.params["default_transaction_read_only"] == "on"
+    b = rig.login()
+    b.send(m.query("update t set x = 1"))
+    assert s.take() == m.query("SET default_transaction_read_only = 'off'") + m.query("update t set x = 1")
