@@ -207,6 +207,14 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
               "current_setting('DateStyle')"),
             x(run("SELECT current_setting('search_path'), current_setting('myapp.tag')") + sync()),
         ]),
+        ("a reported parameter not in the welcome list", [
+            q("SET default_transaction_read_only = on" if k % 2 else "SHOW default_transaction_read_only"),
+        ]),
+        ("...seen by its client only", [
+            q("SHOW default_transaction_read_only"),
+            q(f"UPDATE conf_items SET val = val WHERE owner = {k} AND id = 1"),
+            q("SET default_transaction_read_only = off" if k % 2 else "SELECT 1"),
+        ]),
         ("SET LOCAL and a rolled back SET stay in their transaction", [
             q("BEGIN"),
             q(f"SET LOCAL search_path = local{k}"),
