@@ -329,7 +329,7 @@ def _const_or_param(node: object) -> tuple[bool, object]:
     while isinstance(inner, ast.TypeCast):
         inner = inner.arg
     if isinstance(inner, ast.ParamRef):
-        return True, int(inner.number)
+        return True, int(inner.number or 0)
     return _const(node)
 
 
@@ -574,10 +574,10 @@ def _set_config(node: ast.FuncCall) -> Effect:
     args = [_const_or_param(a) for a in node.args or ()]
     if len(args) == 3 and all(ok for ok, _ in args) and any(_is_param(v) for _, v in args):
         (_, name), (_, value), (_, is_local) = args
-        if (isinstance(name, str) or _is_param(name)) and not isinstance(value, bool):
-            local = is_local if _is_param(is_local) else False if is_local is None else _pg_bool(is_local)
-            if local is not None:
-                return SetConfigBound(canon(name) if isinstance(name, str) else name, value, local)
+        local = is_local if _is_param(is_local) else False if is_local is None else _pg_bool(is_local)
+        if (isinstance(name, (str, int)) and not isinstance(name, bool) and isinstance(value, (str, int, type(None)))
+                and not isinstance(value, bool) and isinstance(local, (bool, int))):
+            return SetConfigBound(canon(name) if isinstance(name, str) else name, value, local)
         return Unknown("set_config with non-constant arguments")
     if len(args) != 3 or not all(ok for ok, _ in args) or not isinstance(args[0][1], str):
         return Unknown("set_config with non-constant arguments")
