@@ -351,3 +351,20 @@ def test_default_transaction_read_only_is_followed_and_never_leaks(tmp_path: Pat
     b = rig.login()
     b.send(m.query("update t set x = 1"))
     assert s.take() == m.query("SET default_transaction_read_only = 'off'") + m.query("update t set x = 1")
+
+
+def test_session_authorization_is_followed_and_never_leaks(tmp_path: Path) -> None:
+    """SET SESSION AUTHORIZATION (a superuser pool allows it) changes the reported session_authorization:
+    the next client must get the pool's own back, not run as that role."""
+    rig = Rig(tmp_path)
+    a = rig.connect()
+    (s,) = rig.servers
+    rig.server_login(s, {**SERVER_PARAMS, "session_authorization": "alice", "is_superuser": "on"})
+    a.take()
+    changed = reply(m.command_complete("SET"), m.parameter_status("session_authorization", "bob"),
+                    m.parameter_status("is_superuser", "off"))
+    assert run(a, s, "SET SESSION AUTHORIZATION bob", changed) == changed
+    assert a.session.params["session_authorization"] == "bob"
+    b = rig.login()
+    b.send(m.query("select current_user"))
+    assert s.take() == m.query("SET session_authorization = 'alice'") + m.query("select current_user")

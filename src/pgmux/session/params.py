@@ -48,10 +48,11 @@ def parse_options(options: str) -> dict[str, str]:
 # did not ask for one gets the pool's default, so that a value another client set on a shared server
 # is put back instead of leaking (PgBouncer's varcache does the same). Every reported parameter a
 # client can SET must be here: pgmux follows those through ParameterStatus only, not through its
-# SET tracking. (PostgreSQL 14+ reports default_transaction_read_only; the other reported ones,
+# SET tracking. (PostgreSQL 14+ reports default_transaction_read_only; session_authorization changes
+# with SET SESSION AUTHORIZATION, which a superuser pool allows; the other reported ones,
 # server_version, is_superuser, in_hot_standby..., cannot be SET.)
 TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
-           "application_name", "default_transaction_read_only")
+           "application_name", "default_transaction_read_only", "session_authorization")
 
 # A GUC name as PostgreSQL accepts it, custom ones ("myext.setting") included. Anything else is
 # refused at login: names go into SET statements, so they must never carry SQL.
