@@ -215,6 +215,13 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
             q(f"UPDATE conf_items SET val = val WHERE owner = {k} AND id = 1"),
             q("SET default_transaction_read_only = off" if k % 2 else "SELECT 1"),
         ]),
+        ("SET SESSION AUTHORIZATION", [
+            q("SET SESSION AUTHORIZATION md5user" if k % 2 else "SELECT current_user"),
+        ]),
+        ("...seen by its client only", [
+            q("SELECT current_user, session_user"),
+            q("RESET SESSION AUTHORIZATION" if k % 2 else "SELECT 1"),
+        ]),
         ("SET LOCAL and a rolled back SET stay in their transaction", [
             q("BEGIN"),
             q(f"SET LOCAL search_path = local{k}"),
