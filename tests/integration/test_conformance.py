@@ -215,12 +215,15 @@ def raw_script(k: int) -> list[tuple[str, Step]]:
             q(f"UPDATE conf_items SET val = val WHERE owner = {k} AND id = 1"),
             q("SET default_transaction_read_only = off" if k % 2 else "SELECT 1"),
         ]),
-        ("SET SESSION AUTHORIZATION", [
+        ("SET SESSION AUTHORIZATION, SET ROLE, session characteristics", [
             q("SET SESSION AUTHORIZATION md5user" if k % 2 else "SELECT current_user"),
+            q("SET ROLE scramuser" if k % 3 == 0 else "SELECT 1"),
+            q("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE" if k % 5 == 0 else "SELECT 2"),
         ]),
-        ("...seen by its client only", [
-            q("SELECT current_user, session_user"),
+        ("...seen by their client only", [
+            q("SELECT current_user, session_user; SHOW default_transaction_isolation"),
             q("RESET SESSION AUTHORIZATION" if k % 2 else "SELECT 1"),
+            q("RESET ROLE; RESET default_transaction_isolation"),
         ]),
         ("SET LOCAL and a rolled back SET stay in their transaction", [
             q("BEGIN"),
