@@ -345,3 +345,28 @@ def reset_script(k: int) -> list[tuple[str, Step]]:
         ("RESET ALL and SHOW in one query string", [q("RESET ALL; SHOW application_name")]),
         ("after it", [q("SHOW application_name")]),
     ]
+
+
+def sql_prepared_script(k: int) -> list[tuple[str, Step]]:
+    """SQL-level PREPARE / EXECUTE / DEALLOCATE (session/sqlprepared.py). Every client prepares `p` with a
+    text of its own, so the servers it moves to hold other clients' `p` and must be brought to its own;
+    `shared` has the same text for all."""
+    mine = f"SELECT $1 + {k} AS v, 'pid:' || pg_backend_pid() AS backend_pid"
+    return [
+        ("prepare", [q(f"PREPARE p (int) AS {mine}"), q("PREPARE shared AS SELECT 42 AS answer")]),
+        ("execute, maybe on another server", [q("EXECUTE p(1)")]),
+        ("two in one query string", [q("EXECUTE p(2); EXECUTE shared")]),
+        ("through the extended protocol", [x(parse("EXECUTE p(3)") + bind() + execute() + sync())]),
+        ("explain it", [q("EXPLAIN (COSTS OFF) EXECUTE p(4)")]),
+        ("a PREPARE in a rolled-back transaction stays", [
+            q("BEGIN"), q(f"PREPARE t AS SELECT {k} AS t, 'pid:' || pg_backend_pid() AS backend_pid"),
+            q("ROLLBACK"), q("EXECUTE t")]),
+        ("a PREPARE after an error in its query string never ran", [
+            q("SELECT 1/0; PREPARE z AS SELECT 1"), q("EXECUTE z")]),
+        ("a PREPARE that fails", [q("PREPARE bad AS SELECT no_such_column"), q("EXECUTE bad")]),
+        ("a name already taken", [q("PREPARE shared AS SELECT 43")]),
+        ("DEALLOCATE one", [q("DEALLOCATE p"), q("EXECUTE p(5)"), q("EXECUTE shared")]),
+        ("the same name, another text", [q(f"PREPARE p AS SELECT {k} * 10 AS v"), q("EXECUTE p")]),
+        ("DEALLOCATE ALL", [q("DEALLOCATE ALL"), q("EXECUTE shared"), q("EXECUTE t")]),
+        ("prepare again afterwards", [q(f"PREPARE p AS {mine.replace('$1', '1')}"), q("EXECUTE p")]),
+    ]

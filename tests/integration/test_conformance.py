@@ -39,7 +39,7 @@ from conformance import (
     sync,
 )
 from conformance_drivers import Record, compare_records, record_moves, run_asyncpg, run_psycopg
-from conformance_raw import DB, ddl_script, q, raw_script, reset_script, startup, x
+from conformance_raw import DB, ddl_script, q, raw_script, reset_script, sql_prepared_script, startup, x
 from conftest import PgmuxProc, PgmuxStarter
 from helpers import servers
 
@@ -180,6 +180,25 @@ def test_raw_protocol_sessions_match_postgresql(pg: PgCluster, confdb: str, pgmu
     assert 1 < len(servers(mux, DB)) <= POOL_SIZE
     stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}[DB]
     assert stats["total_server_parse_count"] > stats["total_client_parse_count"] // N_CLIENTS
+
+
+def test_sql_prepared_statements_match_postgresql(pg: PgCluster, confdb: str, pgmux_factory: PgmuxStarter) -> None:
+    """SQL-level PREPARE/EXECUTE/DEALLOCATE while the clients' transactions move between servers, each
+    holding other clients' statements under the same names."""
+    reset(pg)
+    p = pg.primary
+    direct = asyncio.run(run_raw(p.host, p.port, script=sql_prepared_script))
+    reset(pg)
+    mux = start_pgmux(pgmux_factory, pg)
+    pooled = asyncio.run(run_raw(mux.host, mux.port, script=sql_prepared_script))
+    problems = compare(direct, pooled)
+    assert not problems, summarise(problems, 100)
+    assert all(len({pid for _, pid in step_pids(t)}) == 1 for t in direct.values())
+    per_client = [moves(t) for t in pooled.values()]
+    moved, total = sum(a for a, _ in per_client), sum(b for _, b in per_client)
+    print(f"pid-tagged exchanges on another server than the client's previous one: {moved} of {total}")
+    assert moved >= total // 4, f"only {moved} of {total} pid-tagged exchanges ran on another server"
+    assert 1 < len(servers(mux, DB)) <= POOL_SIZE
 
 
 
