@@ -48,9 +48,9 @@ static int starts_with(const unsigned char *p, Py_ssize_t n, const char *word)
 /* The same word lists as session/tracking.py (_FIRST and _SCREEN). */
 static const char *const FIRST[] = {"set", "reset", "discard", "deallocate", "listen", "unlisten", "load",
                                     "close", "declare", "/*", "--", "do", "execute", "explain", "prepare", "drop",
-                                    "create", NULL};
+                                    "create", "savepoint", "rollback", "release", NULL};
 static const char *const ANYWHERE[] = {"set", "discard", "deallocate", "listen", "temp", "advisory", "hold",
-                                       "load", "close", "u&", NULL};
+                                       "load", "close", "u&", "savepoint", "rollback", "release", NULL};
 
 static int screen_bytes(const unsigned char *p, Py_ssize_t n)
 {

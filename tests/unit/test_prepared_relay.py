@@ -167,11 +167,65 @@ def test_close_statement_is_answered_locally(rig: Rig) -> None:
     assert c.take() == RFQ
     assert c.session.stmts.prepared_statements == 0
     assert s.session.stmts.prepared_statements == 1  # others may still use it on this server
-    c.send(bind("s1") + execute() + SYNC)  # gone for this client: PostgreSQL's error, then skip to Sync
-    assert s.take() == FAIL_PARSE + SYNC  # the server fails too, so its ReadyForQuery is PostgreSQL's
+    c.send(bind("s1") + execute() + SYNC)  # gone for this client: the server says so itself
+    assert s.take() == bind("s1") + execute() + SYNC
+    err = m.error_response("ERROR", "26000", 'prepared statement "s1" does not exist')
+    s.send(err + RFQ)
+    assert c.take() == err + RFQ
+
+
+def test_parse_in_a_failed_transaction_goes_to_the_server_even_if_it_has_the_statement(rig: Rig) -> None:
+    """PostgreSQL refuses a Parse in a failed transaction (25P02) before it looks at the name: pgmux must
+    not answer ParseComplete for a statement the server already has, nor keep the client's name."""
+    c, a, b = two_servers(rig)
+    other = rig.login(user="alice")
+    other.send(parse(name="o1") + parse("rollback", name="o2") + SYNC)  # the same texts, on the server c gets
+    (s, t) = (a, b) if a.take() else (b, a)
+    s.send(PC + PC + RFQ)
+    other.take()
+    c.send(m.query("begin;select 1/0"))
+    sent = s.take()
+    err = m.error_response("ERROR", "22012", "division by zero")
+    s.send(reply(m.command_complete("BEGIN"))[:-6] + err + m.ready_for_query(b"E"))
+    c.take()
+    assert sent.endswith(m.query("begin;select 1/0"))
+    c.send(parse(name="s1") + SYNC)
+    assert s.take() == parse(name="s1") + SYNC  # refused whatever its name: sent as it is
+    aborted = m.error_response("ERROR", "25P02", "current transaction is aborted")
+    s.send(aborted + m.ready_for_query(b"E"))
+    assert c.take() == aborted + m.ready_for_query(b"E")
+    assert c.session.stmts.prepared_statements == 0 and s.session.stmts.prepared_statements == 2
+    c.send(parse("rollback", name="r1") + SYNC)  # a statement that ends it is parsed, as PostgreSQL does
+    assert s.take() == SYNC
+    assert c.take() == PC
+    s.send(m.ready_for_query(b"E"))
+    assert c.take() == m.ready_for_query(b"E")
+    c.send(parse(name="r1") + SYNC)  # a duplicate name too: 25P02 comes first
+    assert s.take() == parse(name="r1") + SYNC
+    s.send(aborted + m.ready_for_query(b"E"))
+    assert c.take() == aborted + m.ready_for_query(b"E")
+    c.send(m.query("rollback") + parse(name="s1") + SYNC)  # the transaction ends before the Parse
+    assert s.take() == m.query("rollback") + SYNC
+    s.send(reply(m.command_complete("ROLLBACK")))
+    assert c.take() == reply(m.command_complete("ROLLBACK")) + PC
+    assert c.session.stmts.lookup("s1") is not None
+
+
+def test_unknown_statement_names_go_to_the_server_as_sent(rig: Rig) -> None:
+    """PostgreSQL answers for a name the client never prepared, with every field of its ErrorResponse
+    (file, line, routine), and skips to Sync: what follows in the pipeline is undone as after any error."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(describe("nope") + parse(name="s1") + bind("s1") + execute() + SYNC)
+    assert s.take() == describe("nope") + parse(name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    err = m.error_response("ERROR", "26000", 'prepared statement "nope" does not exist')
+    s.send(err + RFQ)
+    assert c.take() == err + RFQ
+    assert c.session.stmts.prepared_statements == 0 and s.session.stmts.prepared_statements == 0
+    c.send(bind("pgmux_1") + execute() + SYNC)  # pgmux's own names may exist there for others: answered here
+    assert s.take() == FAIL_PARSE + SYNC  # and the server fails too, so its ReadyForQuery is PostgreSQL's
     out = c.take()
-    assert [t for t, _ in frames(out)] == ["E"]
-    assert b"26000" in out
+    assert [t for t, _ in frames(out)] == ["E"] and b"26000" in out
     s.send(FAIL_ERR + RFQ)
     assert c.take() == RFQ
 
@@ -238,7 +292,7 @@ def test_pgmux_error_inside_a_transaction_block_fails_the_transaction(rig: Rig) 
     s.take()
     s.send(m.command_complete("BEGIN") + m.ready_for_query(b"T"))
     c.take()
-    c.send(bind("nope") + execute() + SYNC)
+    c.send(bind("pgmux_7") + execute() + SYNC)  # a name of pgmux's own: pgmux answers (others go as sent)
     assert s.take() == FAIL_PARSE + SYNC
     out = c.take()
     assert b"26000" in out and [t for t, _ in frames(out)] == ["E"]
@@ -420,3 +474,42 @@ def test_rebound_fast_path_needs_a_sync_last(rig: Rig) -> None:
     assert c.take() == BC + ROW + PC
     s.send(RFQ)
     assert c.take() == RFQ
+
+
+@pytest.mark.parametrize("sql", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_deallocate_all_through_the_extended_protocol_forgets_the_servers_statements(rig: Rig, sql: str) -> None:
+    """psycopg with prepare_threshold=0 sends DEALLOCATE ALL as a named statement of its own: the server's
+    statements are gone, so the next Bind must prepare again, for this client and every other."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse(name="s1") + bind("s1") + execute() + SYNC)
+    s.take()
+    s.send(PC + BC + ROW + RFQ)
+    c.take()
+    c.send(parse(sql, name="d") + bind("d") + execute() + SYNC)
+    assert s.take() == parse(sql, name="pgmux_2") + bind("pgmux_2") + execute() + SYNC
+    s.send(PC + BC + m.command_complete(sql) + RFQ)
+    assert c.take() == PC + BC + m.command_complete(sql) + RFQ
+    assert s.session.stmts.prepared_statements == 0 and c.session.stmts.prepared_statements == 0
+    other = rig.login()
+    other.send(parse(name="o1") + bind("o1") + execute() + SYNC)
+    assert s.take() == parse(name="pgmux_3") + bind("pgmux_3") + execute() + SYNC
+
+
+def test_a_statement_whose_result_type_changed_does_not_stay_on_the_server(rig: Rig) -> None:
+    """After a DDL changed a statement's result type, the server refuses it (0A000) for every client
+    that shares it, including those that prepared it after the DDL: the server is closed, not reused."""
+    c = rig.login()
+    (s,) = rig.servers
+    c.send(parse("select * from t", name="s1") + bind("s1") + execute() + SYNC)
+    s.take()
+    s.send(PC + BC + ROW + RFQ)
+    c.take()
+    later = rig.login()
+    later.send(parse("select * from t", name="l1") + bind("l1") + execute() + SYNC)
+    assert s.take() == bind("pgmux_1") + execute() + SYNC
+    err = m.message(m.ERROR_RESPONSE, b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00"
+                    b"Fplancache.c\x00L722\x00RRevalidateCachedQuery\x00\x00")
+    s.send(err + RFQ)
+    assert later.take() == PC + err + RFQ
+    assert s.session.state is ServerState.CLOSED

@@ -733,3 +733,37 @@ def test_idle_server_eof_leaves_the_pool(tmp_path: Path) -> None:
     assert server.session.closed_reason == "server closed the connection unexpectedly"
     assert client.state is ClientState.IDLE and not client.transport.closed
     assert len(rig.servers) == 2  # min_pool_size: a replacement is on its way
+
+
+def test_copy_messages_after_a_failed_copy_take_no_server(tmp_path: Path) -> None:
+    """PostgreSQL ignores CopyData/CopyDone that arrive after a COPY FROM STDIN failed (asyncpg sends its
+    CopyDone after the error). In transaction mode the server is back in the pool by then: taking one
+    for them would hold it until the client's next query, as no ReadyForQuery comes."""
+    rig = Rig(tmp_path, settings="default_pool_size = 1")
+    c = rig.login()
+    (s,) = rig.servers
+    copy_data, copy_done = m.message(m.COPY_DATA, b"x\n"), m.message(m.COPY_DONE)
+    c.send(m.query("copy t from stdin"))
+    s.take()
+    s.send(m.message(m.COPY_IN_RESPONSE, b"\x00\x00\x01\x00\x00"))
+    c.take()
+    c.send(copy_data)
+    assert s.take() == copy_data
+    err = m.error_response("ERROR", "22P02", "invalid input syntax")
+    s.send(err + m.ready_for_query(b"I"))
+    assert c.take() == err + m.ready_for_query(b"I")
+    c.send(copy_data + copy_done)
+    assert c.session.server is None and s.take() == b""
+    other = rig.login()  # the server is free for others
+    other.send(m.query("begin"))
+    assert s.take() == m.query("begin")
+    s.send(reply(m.command_complete("BEGIN"), status=b"T"))
+    other.take()
+    c.send(m.query("copy t from stdin"))  # waits for the server; its data, sent meanwhile, is kept
+    c.send(copy_data + copy_done)
+    assert c.session.server is None
+    other.send(m.query("commit"))
+    s.take()
+    s.send(reply(m.command_complete("COMMIT")))
+    assert c.session.server is s.session
+    assert s.take() == m.query("copy t from stdin") + copy_data + copy_done

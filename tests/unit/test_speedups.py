@@ -31,7 +31,8 @@ STATEMENTS = [
     "insert into t values (1); commit", "select 'hold'", "select 1; listen x", "", ";", " ", "select_1",
     "update t set x = 1", "select '&' ", "UPDATE t SET x = 1; select 1", "\x0b\x0cset x=1",
     "select 'é' from t", "SELECT * FROM \"Temp\"", "PREPARE p AS select 1", "drop table t", "CREATE TABLE t()",
-    "createdb", " Drop x",
+    "createdb", " Drop x", "SAVEPOINT a", "rollback to a", "Release a", "select 1; ROLLBACK TO s",
+    "select 1; release s", "select 1; savepoint s", "rollbacks", "select 1; commit",
 ]
 
 
@@ -62,7 +63,8 @@ def test_c_scan_bounds() -> None:
 
 _WORDS = st.sampled_from(["set", "SET", "temp", "TeMp", "advisory", "set_config", "u&", "U&", "&", "_", ";", " ",
                           "\t", "\x00", "hold", "load", "close", "declare", "--", "/*", "do", "execute", "reset",
-                          "select", "x", "é", "\x0b", "prepare", "DROP", "create"])
+                          "select", "x", "é", "\x0b", "prepare", "DROP", "create", "savepoint", "ROLLBACK",
+                          "release"])
 
 
 @settings(max_examples=400, deadline=None)

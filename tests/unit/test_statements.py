@@ -31,7 +31,7 @@ from pgmux.session.statements import (
     ResetParam,
     RollbackToSavepoint,
     Savepoint,
-    SetConfigArgs,
+    SetConfigBound,
     SetParam,
     TxBegin,
     TxEnd,
@@ -111,10 +111,13 @@ TABLE: list[tuple[str, tuple[Effect, ...]]] = [
     ("SELECT set_config('app.x', NULL, false)", (ResetParam("app.x"),)),
     ("SELECT set_config('app.x', 'y', NULL)", (SetParam("app.x", "y"),)),
     ("SELECT set_config('app.user', current_user, false)", (NONCONST,)),
-    # bound parameters: resolved at each Bind (tracking.bound_effects)
-    ("SELECT set_config('app.user', $1, false)",
-     (SetConfigArgs((("const", "app.user"), ("param", 1), ("const", False))),)),
-    ("SELECT set_config($1::text, $2, $3)", (SetConfigArgs((("param", 1), ("param", 2), ("param", 3))),)),
+    # ... with parameters, as drivers send it: resolved when a Bind gives the values
+    ("SELECT set_config('app.user', $1, false)", (SetConfigBound("app.user", 1, False),)),
+    ("SELECT set_config('app.user', 'x', $1)", (SetConfigBound("app.user", "x", 1),)),
+    ("SELECT set_config($1::text, $2::text, false)", (SetConfigBound(1, 2, False),)),
+    ("SELECT set_config($1::text, $2, $3)", (SetConfigBound(1, 2, 3),)),
+    ("SELECT set_config('TimeZone', $1, 'on')", (SetConfigBound("TimeZone", 1, True),)),
+    ("SELECT set_config('app.user', current_user || $1, false)", (NONCONST,)),
     ("SELECT set_config($1, lower($2), false)", (NONCONST,)),
     ("SELECT myschema.set_config('a', 'b', false)", ()),  # someone else's function
     ("SELECT 'set_config(''a'', ''b'', false)'", ()),  # only a string
@@ -320,3 +323,15 @@ def test_prefilter_is_sound(sql: str) -> None:
     assert isinstance(EffectCache().effects(sql), tuple)
     if not might_change_session(sql):
         assert all(isinstance(e, Unknown) and e.reason.startswith("cannot parse") for e in parsed), parsed
+
+
+def test_set_config_with_parameters_resolves_with_the_bind_values() -> None:
+    assert SetConfigBound("app.user", 1, False).resolve(["bob"]) == SetParam("app.user", "bob")
+    assert SetConfigBound(1, 2, 3).resolve(["TimeZone", "UTC", "true"]) == SetParam("TimeZone", "UTC", local=True)
+    assert SetConfigBound("app.user", 1, False).resolve([None]) == ResetParam("app.user")
+    assert SetConfigBound("app.user", "x", 1).resolve([None]) == SetParam("app.user", "x")
+    assert isinstance(SetConfigBound("app.user", 2, False).resolve(["only one"]), Unknown)
+    assert isinstance(SetConfigBound(1, "x", False).resolve([None]), Unknown)
+    # a boolean bound in binary format (psycopg and asyncpg may send one): one byte, 1 or 0
+    assert SetConfigBound("a.b", "x", 1).resolve(["\x01"]) == SetParam("a.b", "x", local=True)
+    assert SetConfigBound("a.b", "x", 1).resolve(["\x00"]) == SetParam("a.b", "x")

@@ -30,6 +30,7 @@ _EXTENDED = frozenset(ord(c) for c in "PBDECH")  # Parse, Bind, Describe, Execut
 _EXECUTE = ord("E")
 _COPY_END = frozenset(ord(c) for c in "cf")  # CopyDone, CopyFail
 _NOT_COPY_DATA = noted_table("".join(chr(c) for c in range(256) if c != ord("d")))
+_COPY_MSGS = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
 
@@ -39,7 +40,7 @@ class ClientSession:
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
                  "request_time", "wait_since", "prefix", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
-                 "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_rollback",
+                 "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
                  "ryw_lsn", "__weakref__")
 
@@ -87,7 +88,7 @@ class ClientSession:
         self.initial: dict[str, str] = {}  # params after login: what RESET goes back to
         self.tx_effects: list[Any] = []  # effects waiting for their transaction to commit
         self.q_error = False  # the watched Query in flight got an ErrorResponse
-        self.q_rollback = False  # ... or a CommandComplete tagged ROLLBACK
+        self.q_ends: list[bool] = []  # ... and its COMMIT (False) and ROLLBACK (True) tags
         self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
         self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
@@ -329,6 +330,11 @@ class ClientSession:
                 else:
                     server.owed += syncs - ignored
                     server.transport.write(chunk)
+            elif not syncs and not self.pending and data[0] in _COPY_MSGS and _only_copy(chunk):
+                # The rest of a COPY FROM STDIN that has already failed (asyncpg sends its CopyDone after
+                # the error): PostgreSQL ignores it, and taking a server for it would hold that server.
+                # (`syncs` first: a Query, the usual read here, is never that.)
+                pass
             else:
                 self.pending.append(bytes(chunk))
                 self.pending_syncs += syncs
@@ -413,6 +419,16 @@ class ClientSession:
                 self.hub.client_closed(self, "client close request")
                 return
             self.hub.admin_message(self, t, body)
+
+
+def _only_copy(chunk: bytes | memoryview) -> bool:
+    """Whether the complete messages in `chunk` are all CopyData, CopyDone or CopyFail."""
+    pos, n = 0, len(chunk)
+    while pos < n:
+        if chunk[pos] not in _COPY_MSGS:
+            return False
+        pos += 1 + unpack_len(chunk, pos + 1)[0]
+    return True
 
 
 def _same_setting(a: str, b: str) -> bool:

@@ -46,9 +46,13 @@ def parse_options(options: str) -> dict[str, str]:
 
 # Parameters PostgreSQL reports with ParameterStatus that every client has a value for. A client that
 # did not ask for one gets the pool's default, so that a value another client set on a shared server
-# is put back instead of leaking (PgBouncer's varcache does the same).
+# is put back instead of leaking (PgBouncer's varcache does the same). Every reported parameter a
+# client can SET must be here: pgmux follows those through ParameterStatus only, not through its
+# SET tracking. (PostgreSQL 14+ reports default_transaction_read_only; session_authorization changes
+# with SET SESSION AUTHORIZATION, which a superuser pool allows; the other reported ones,
+# server_version, is_superuser, in_hot_standby..., cannot be SET.)
 TRACKED = ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "standard_conforming_strings",
-           "application_name")
+           "application_name", "default_transaction_read_only", "session_authorization")
 
 # A GUC name as PostgreSQL accepts it, custom ones ("myext.setting") included. Anything else is
 # refused at login: names go into SET statements, so they must never carry SQL.
@@ -88,7 +92,6 @@ def quote_literal(value: str) -> str:
 # SHOW prints it, or as a startup option gives it) goes through set_config, which reads it as a list.
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "session_preload_libraries",
                          "local_preload_libraries"})
-LIST_GUCS = _LIST_QUOTE
 
 
 def _set(name: str, value: str) -> str:

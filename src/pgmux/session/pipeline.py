@@ -21,10 +21,9 @@ leaves no statement, on the server or for the client).
 
 from __future__ import annotations
 
-import re
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pgmux.errors import PgmuxError, ProtocolViolation
@@ -40,19 +39,26 @@ from pgmux.protocol.extended import (
     rename_target,
 )
 from pgmux.session import sqlprepared
-from pgmux.session.params import LIST_GUCS as _LIST_GUCS
-from pgmux.session.params import quote_literal
-from pgmux.session.prepared import ClientStatements, ServerStatements, Statement
-from pgmux.session.statements import Effect, SetConfigArgs
-from pgmux.session.tracking import (
-    bound_effects,
-    executed,
-    pin_refused,
-    query_done,
-    query_effects,
-    screen,
-    to_savepoint,
+from pgmux.session.params import canon
+from pgmux.session.prepared import (
+    NAME_PREFIX,
+    ClientStatements,
+    MissingPreparedStatement,
+    ServerStatements,
+    Statement,
 )
+from pgmux.session.statements import (
+    DiscardAll,
+    Effect,
+    ResetAll,
+    ResetParam,
+    RollbackToSavepoint,
+    SetConfigBound,
+    TxEnd,
+    Unknown,
+    effects,
+)
+from pgmux.session.tracking import executed, pin_refused, query_done, query_effects, screen
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -74,11 +80,13 @@ Entry = tuple[int, bool, Any, Undo]
 _PLACEHOLDER: Entry = (QUERY, False, None, None)
 
 _P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
-_Z, _ERR, _PSTATUS, _G, _CC = (ord(c) for c in "ZESGC")
+_Z, _ERR, _PSTATUS, _G, _CC, _EMPTY = (ord(c) for c in "ZESGCI")
 _LEN = struct.Struct("!i")
+_I16 = struct.Struct("!h")
 _BIND_HDR = struct.Struct("!Bi")
 _PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _Q: QUERY, _F: QUERY}
 _ROLLBACK = b"ROLLBACK\x00"
+_COMMIT = b"COMMIT\x00"
 _PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
 _CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
 _SQL_TAGS = (b"PREPARE\x00", b"DEALLOCATE\x00", b"DEALLOCATE ALL\x00")  # session/sqlprepared.py
@@ -100,8 +108,6 @@ _FAIL: Any = ("fail",)
 _FAIL_SQL = "pgmux: failing on purpose, the client got an error from pgmux for its statement"
 _FAIL_PARSE = build_parse(sqlprepared.HELPER, _FAIL_SQL)
 _FAIL_QUERY = m.query(_FAIL_SQL)
-_LIST_TEXT = re.compile(r'[\w$", ]+\Z')
-_CLOSE_FAILS: tuple[Entry, ...] = ((CLOSE, True, _FAIL, None), (CLOSE, True, _FAIL, None))
 
 
 def server_statements(server: ServerSession) -> ServerStatements:
@@ -203,6 +209,10 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     kind = PARSE
                     if pre:
                         new = [*pre, mv[s:s + total]]
+                elif server.tx_status == b"E" and _still_failed(q) and not _ends_transaction(read_parse(body).query):
+                    # PostgreSQL refuses a Parse in a failed transaction (25P02) before it looks at the
+                    # name: the server says so, and nothing is prepared anywhere.
+                    kind = PARSE
                 else:
                     p = read_parse(body)
                     sname = stmts.parse(p.name, p.query, p.param_types)
@@ -230,11 +240,14 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     if pre:
                         new = [*pre, *(new or [mv[s:s + total]])]
                 else:
-                    stmt = stmts.bind(raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
-                    new = (pre or []) + ensure(stmt, sst)
-                    head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
-                    new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
-                    new.append(mv[ne + 1:s + total])
+                    stmt = _known(stmts.bind, raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
+                    if stmt is not None:
+                        new = (pre or []) + ensure(stmt, sst)
+                        head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
+                        new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
+                        new.append(mv[ne + 1:s + total])
+                    elif pre:
+                        new = [*pre, mv[s:s + total]]
             elif t == _D:
                 kind = DESCRIBE
                 if body[0] == _S:  # a statement, not a portal
@@ -245,9 +258,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                             new = [*pre, *(new or [mv[s:s + total]])]
                     else:
                         target = read_target(body)
-                        stmt = stmts.resolve(target.name)
-                        new = (pre or []) + ensure(stmt, sst)
-                        new.append(rename_target(m.DESCRIBE, body, stmt.name))
+                        stmt = _known(stmts.resolve, target.name)
+                        if stmt is not None:
+                            new = (pre or []) + ensure(stmt, sst)
+                            new.append(rename_target(m.DESCRIBE, body, stmt.name))
+                        elif pre:
+                            new = [*pre, mv[s:s + total]]
             elif t == _C:
                 if body[0] == _S and body[1] != 0:
                     stmts.close(read_target(body, "Close").name)  # others may use the server's: it stays
@@ -298,6 +314,31 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _still_failed(q: deque[Entry]) -> bool:
+    """With the server's last ReadyForQuery saying 'E': whether it still is in that failed transaction
+    when it reads the next message. Only a Sync or a Query in flight can end it."""
+    return not any(e[0] in _AT_Z for e in q)
+
+
+def _ends_transaction(query: str) -> bool:
+    """COMMIT, ROLLBACK [TO SAVEPOINT] and PREPARE TRANSACTION: what PostgreSQL still parses in a failed
+    transaction (IsTransactionExitStmt)."""
+    return any(isinstance(e, (TxEnd, RollbackToSavepoint)) for e in effects(query))
+
+
+def _known(lookup: Callable[[str], Statement], name: str) -> Statement | None:
+    """The client's statement `name`, or None when it has none by that name: its Bind or Describe then
+    goes to the server as the client sent it, and PostgreSQL itself answers that the statement does
+    not exist (every field of its ErrorResponse, then the skip to Sync). Names in pgmux's own namespace
+    could exist on the server for another client: for those pgmux answers in PostgreSQL's words."""
+    try:
+        return lookup(name)
+    except MissingPreparedStatement:
+        if name.startswith(NAME_PREFIX):
+            raise
+        return None
 
 
 def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -> bool:
@@ -409,8 +450,8 @@ def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> 
         ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
         if ne >= 0:
             bound = c.stmt_fx.get(raw[pe + 1:ne])
-            if bound and any(isinstance(e, SetConfigArgs) for e in bound):
-                bound = bound_effects(bound, _bind_params(raw, ne + 1, end))
+            if bound and any(isinstance(e, SetConfigBound) for e in bound):
+                bound = _with_values(bound, raw, ne + 1, end)
             if bound:
                 c.portal_fx[raw[s + 5:pe]] = bound
             else:
@@ -427,7 +468,7 @@ def _watched_query(c: ClientSession, server: ServerSession, q: deque[Entry], who
     prepared statements it names brought to this server first, or, when pinning is refused, the
     client's error in its place. Returns (the kind to queue for it, or -1 if queued here; what to
     send instead of it, or None)."""
-    done = query_effects(body, bool(c.tx_effects))
+    done = query_effects(body)
     if not done and not c.tx_effects:
         return QUERY, None
     if c.pool.refuse_pins:
@@ -495,36 +536,6 @@ def _prelude(c: ClientSession, server: ServerSession, q: deque[Entry], done: tup
     return out
 
 
-def _restore(c: ClientSession, server: ServerSession, values: dict[str, str]) -> None:
-    """After a RESET [ALL] or DISCARD ALL committed: set the client's own defaults (its startup values)
-    again on this server at once, while nothing else is in flight; their ParameterStatus reach the
-    client, the rest of the replies (errors included) are swallowed. With requests in flight the
-    next server sync brings them instead (c.sig and server.sig were cleared)."""
-    q = server.queue
-    if q or server.owed > 0 or server.transport is None:
-        return
-    out = [_CLOSE_HELPER]
-    q.extend(_CLOSE_FAILS)
-    reported = c.pool.server_params or {}
-    for k, v in values.items():
-        if k.lower() in _LIST_GUCS:  # a list: its stored text is the SET syntax (session/params.py)
-            if not _LIST_TEXT.match(v):
-                continue  # left to the next server sync
-            sql = f"SET {k} = {v}"
-        else:
-            sql = f"SET {k} = {quote_literal(v)}"
-        out += [build_parse(sqlprepared.HELPER, sql), _BIND_HELPER, _EXECUTE_HELPER, _CLOSE_HELPER]
-        q.extend(((PARSE, True, _FAIL, None), (BIND, True, _FAIL, None), (EXECUTE, True, _FAIL, None)))
-        q.extend(_CLOSE_FAILS)
-        server.params[k] = v
-        if k not in reported:
-            server.extra.add(k)
-    out.append(_SYNC)
-    q.append((SYNC, True, _FAIL, None))
-    server.owed += 1
-    server.transport.write(b"".join(out))
-
-
 def _undo_step(held: dict[str, str], step: sqlprepared.Step) -> Callable[[], None]:
     return lambda: sqlprepared.undo(held, step)
 
@@ -538,26 +549,27 @@ def _refuse_parse(c: ClientSession, raw: bytes, s: int, total: int) -> None:
         raise err
 
 
-def _bind_params(raw: bytes, pos: int, end: int) -> list[tuple[bytes | None, int]]:
-    """A Bind's parameters from just after its statement name: (value, or None for NULL; format)."""
+def _with_values(bound: tuple[Effect, ...], raw: bytes, pos: int, end: int) -> tuple[Effect, ...]:
+    """A statement's effects with its parameterised set_config calls resolved by this Bind's values
+    (read as text: a text parameter's binary format is the same bytes). Those set_config calls that
+    stay unreadable, or are local to their transaction, are left out, as for a Query."""
+    values: list[str | None] = []
     try:
-        (nfmt,) = struct.unpack_from("!h", raw, pos)
-        fmts = struct.unpack_from(f"!{nfmt}h", raw, pos + 2)
+        (nfmt,) = _I16.unpack_from(raw, pos)
         pos += 2 + 2 * nfmt
-        (n,) = struct.unpack_from("!h", raw, pos)
+        (count,) = _I16.unpack_from(raw, pos)
         pos += 2
-        out: list[tuple[bytes | None, int]] = []
-        for i in range(n):
-            (length,) = _LEN.unpack_from(raw, pos)
+        for _ in range(count):
+            (size,) = _LEN.unpack_from(raw, pos)
             pos += 4
-            value = None if length < 0 else raw[pos:pos + length]
-            pos += max(length, 0)
-            out.append((value, fmts[i] if nfmt > 1 else (fmts[0] if nfmt == 1 else 0)))
-        if pos > end:
-            return []
-        return out
-    except (struct.error, IndexError):
-        return []  # PostgreSQL rejects a malformed Bind; nothing to record
+            values.append(None if size < 0 else raw[pos:pos + size].decode("utf-8", "surrogateescape"))
+            pos += max(size, 0)
+    except struct.error:
+        values = []
+    if pos > end:
+        values = []
+    out = [e.resolve(values) if isinstance(e, SetConfigBound) else e for e in bound]
+    return tuple(e for e in out if not isinstance(e, Unknown) and not getattr(e, "local", False))
 
 
 def _unset_unnamed(server: ServerSession) -> Callable[[], None]:
@@ -584,6 +596,28 @@ def _undo_parse(c: ClientSession, client_name: str, sst: ServerStatements | None
     return undo
 
 
+def _reset_status(c: ClientSession, server: ServerSession, done: Sequence[Effect], data: bytes, s: int,
+                  total: int) -> bytes | None:
+    """A ParameterStatus while a statement with session effects runs. RESET, RESET ALL and DISCARD ALL
+    bring a reported parameter back to the session's default, which is the client's startup value
+    directly but the pooled server's own default here: when the server reports its default for a
+    parameter the client started with another value, the client must see its own (or nothing, if
+    that is what it had). Returns the message to send instead (b"" for none), or None for as is.
+    The server keeps its value; the parameter sync sets the client's on the next server it gets."""
+    before = c.params.get(canon(bytes(data[s + 5:data.index(b"\x00", s + 5)]).decode(errors="replace")))
+    name, value = server._param(data, s, total)
+    initial = c.initial.get(name)
+    default = (c.pool.server_params or {}).get(name) if c.pool is not None else None
+    if initial is None or value == initial or value != default:
+        return None
+    if not any(isinstance(e, (ResetAll, DiscardAll)) or (isinstance(e, ResetParam) and e.name == name)
+               for e in done):
+        return None
+    c.params[name] = initial
+    c.sig = None
+    return b"" if before == initial else m.parameter_status(name, initial)
+
+
 def _drop_last_syncs(q: deque[Entry], n: int) -> None:
     for i in range(len(q) - 1, -1, -1):
         if n == 0:
@@ -606,6 +640,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
     parts: list[bytes | memoryview] = []
     run = first
     z = zpos = 0
+    instead: bytes | None = None
     for t, s, total in msgs:
         if s < first:
             continue
@@ -620,17 +655,22 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
                 if e[0] in _AT_Z:
                     if e[1]:  # the Sync that ended pgmux's own PREPAREs (see _prelude)
                         swallow = True
-                        c.q_error = c.q_rollback = False
+                        c.q_error = False
                     elif e[2] is not None or c.tx_effects:  # a watched Query, or the end of a transaction
-                        restore = query_done(c, server, e[2] if e[2] is not None and e[2] is not _FAIL else (),
-                                             bytes((z,)))
-                        if restore:
-                            _restore(c, server, restore)
+                        query_done(c, server, e[2] if e[2] is not None and e[2] is not _FAIL else (), bytes((z,)))
                     break
                 if e[3] is not None:  # unanswered before ReadyForQuery: the server skipped it
                     e[3]()
         elif t == _PSTATUS:
-            server._param(data, s, total)
+            # After a watched statement that may RESET. PostgreSQL reports changed parameters just
+            # before ReadyForQuery: after an Execute, its effects wait in tx_effects by then.
+            fx = q[0][2] if q and q[0][2] and q[0][0] in (QUERY, EXECUTE) and q[0][2] is not _FAIL else c.tx_effects
+            if fx:
+                instead = _reset_status(c, server, fx, data, s, total)
+                if instead is not None:
+                    swallow = True
+            else:
+                server._param(data, s, total)
         elif t == _ERR:
             server._error(data, s, total)
             swallow = bool(q) and q[0][2] is _FAIL  # pgmux gave the client its own error already
@@ -644,21 +684,27 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server.copy_in = True
         elif q:
             e = q[0]
-            if t == _CC and e[2] is not None and e[0] == QUERY and mv[s + 5:s + total] in _SQL_TAGS:
-                c.q_sql += 1  # a PREPARE or DEALLOCATE ran: recorded at the query's end (tracking.py)
-            elif (t == _CC and (c.tx_effects or e[2] is not None) and mv[s + 5:s + total] == _ROLLBACK
-                    and not to_savepoint(e[2])):
-                c.q_rollback = True
+            if t == _CC and (c.tx_effects or e[2] is not None):
+                tag = mv[s + 5:s + total]
+                if tag == _ROLLBACK or tag == _COMMIT:  # what a transaction-ending statement did
+                    c.q_ends.append(tag == _ROLLBACK)
+                elif e[0] == QUERY and e[2] is not None and tag in _SQL_TAGS:
+                    c.q_sql += 1  # a PREPARE or DEALLOCATE ran: recorded at the query's end (tracking.py)
             ends = _ENDS.get(e[0])
             if ends is not None and t in ends:
                 q.popleft()
                 swallow = e[1]
-                if e[0] == EXECUTE and e[2] is not None and e[2] is not _FAIL and t == _CC:
+                # A portal suspended by the Execute's row limit has run its effects for the rows it
+                # returned: asyncpg's fetchval() executes `SELECT set_config(...)` with a limit of 1.
+                if e[0] == EXECUTE and e[2] is not None and e[2] is not _FAIL and t != _EMPTY:
                     executed(c, server, e[2])
         if swallow:
             if run < s:
                 parts.append(mv[run:s])
             run = s + total
+            if instead:
+                parts.append(instead)
+                instead = None
         if q and q[0][0] == SYNTH:
             if run < s + total:
                 parts.append(mv[run:s + total])

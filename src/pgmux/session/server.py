@@ -310,6 +310,11 @@ class ServerSession:
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
                 self.hub.routing.server_error(self, fields)
+        elif self.stmts is not None and fields.get("R") == "RevalidateCachedQuery" and fields.get("C") == "0A000":
+            # "cached plan must not change result type": a statement prepared here before a DDL changed
+            # its result type. Clients share it, and each would get this error here for a statement
+            # it prepared after the DDL: let the server go, and its statements with it.
+            self.close_needed = True
 
     # -- login ---------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:

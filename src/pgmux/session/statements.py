@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pglast
@@ -130,14 +130,6 @@ class DropTemp:
 
 
 @dataclass(frozen=True, slots=True)
-class SetConfigArgs:
-    """`set_config(...)` whose arguments include bound parameters ($n): each argument is
-    ("const", value) or ("param", n), resolved against a Bind's values (see tracking.bound_effects)."""
-
-    args: tuple[tuple[str, object], tuple[str, object], tuple[str, object]]
-
-
-@dataclass(frozen=True, slots=True)
 class AdvisoryLock:
     function: str  # a session-level lock function; the _xact_ ones end with the transaction
 
@@ -191,6 +183,38 @@ class RollbackToSavepoint:
     name: str
 
 
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class SetConfigBound:
+    """`set_config(name, value, is_local)` with parameters among its arguments, as drivers send it
+    through the extended protocol (`set_config('app.user', $1, false)`). Each argument is its constant,
+    or the number of the parameter ($n) whose value a Bind gives: `resolve` then makes the effect."""
+
+    name_arg: str | int
+    value_arg: str | int | None
+    local_arg: bool | int
+
+    def resolve(self, params: Sequence[str | None]) -> Effect:
+        """The effect, given the Bind's parameter values as text (None for NULL; a text parameter's
+        binary format is the same bytes, and a binary boolean is one byte, 0 or 1)."""
+        def arg(v: object) -> object:
+            if _is_param(v):
+                assert isinstance(v, int)
+                return params[v - 1] if 0 < v <= len(params) else _MISSING
+            return v
+        name, value, is_local = arg(self.name_arg), arg(self.value_arg), arg(self.local_arg)
+        if is_local in ("\x00", "\x01"):  # a boolean in binary format (as text PostgreSQL refuses it)
+            is_local = is_local == "\x01"
+        local = False if is_local is None else _pg_bool(is_local)
+        if not isinstance(name, str) or local is None or value is _MISSING:
+            return Unknown("set_config with unreadable parameters")
+        if value is None:
+            return ResetParam(canon(name), local)
+        return SetParam(canon(name), str(value), local)
+
+
 @dataclass(frozen=True, slots=True)
 class Unknown:
     """Something that may change the session in a way not tracked here; the caller chooses to pin."""
@@ -199,10 +223,9 @@ class Unknown:
 
 
 Effect = (SetParam | ResetParam | ResetAll | DiscardAll | DiscardPlans | DiscardTemp | DiscardSequences
-          | Prepare | Execute | Deallocate | Listen | Unlisten | CreateTemp | DropTemp | SetConfigArgs
-          | AdvisoryLock | AdvisoryUnlock
-          | DeclareHold | CloseCursor | Load | TxBegin | TxEnd | Savepoint | ReleaseSavepoint
-          | RollbackToSavepoint | Unknown)
+          | SetConfigBound | Prepare | Execute | Deallocate | Listen | Unlisten | CreateTemp | DropTemp
+          | AdvisoryLock | AdvisoryUnlock | DeclareHold | CloseCursor | Load | TxBegin | TxEnd | Savepoint
+          | ReleaseSavepoint | RollbackToSavepoint | Unknown)
 
 _PIN_REASONS: dict[type, str] = {
     Listen: "listen", CreateTemp: "temp table", AdvisoryLock: "advisory lock",
@@ -212,7 +235,7 @@ _PIN_REASONS: dict[type, str] = {
 # Undone when their transaction rolls back (GUCs, LISTEN, DDL, cursors). PREPARE/DEALLOCATE, session
 # advisory locks and LOAD are not transactional.
 _TRANSACTIONAL = frozenset({SetParam, ResetParam, ResetAll, Listen, Unlisten, CreateTemp, DeclareHold,
-                            DiscardTemp, DropTemp, SetConfigArgs})
+                            DiscardTemp, DropTemp})
 
 
 def pin_reason(effect: Effect) -> str | None:
@@ -310,6 +333,20 @@ def _const(node: object) -> tuple[bool, object]:
     if isinstance(val, ast.Boolean):
         return True, bool(val.boolval)
     return False, None
+
+
+def _const_or_param(node: object) -> tuple[bool, object]:
+    """As _const, and a parameter reference ($n, cast or not) as (True, n)."""
+    inner = node
+    while isinstance(inner, ast.TypeCast):
+        inner = inner.arg
+    if isinstance(inner, ast.ParamRef):
+        return True, int(inner.number or 0)
+    return _const(node)
+
+
+def _is_param(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pg_bool(value: object) -> bool | None:
@@ -546,17 +583,14 @@ def _call(node: ast.FuncCall, out: list[Effect]) -> None:
 
 
 def _set_config(node: ast.FuncCall) -> Effect:
-    args = [_const(a) for a in node.args or ()]
-    raw = [_uncast(a) for a in node.args or ()]
-    if len(args) == 3 and any(isinstance(a, ast.ParamRef) for a in raw):
-        refs: list[tuple[str, object]] = []
-        for a, (ok, value) in zip(raw, args, strict=True):
-            if isinstance(a, ast.ParamRef):
-                refs.append(("param", a.number))
-            elif ok:
-                refs.append(("const", value))
-        if len(refs) == 3:  # $n or constants only: values known once a Bind gives the parameters
-            return SetConfigArgs((refs[0], refs[1], refs[2]))
+    args = [_const_or_param(a) for a in node.args or ()]
+    if len(args) == 3 and all(ok for ok, _ in args) and any(_is_param(v) for _, v in args):
+        (_, name), (_, value), (_, is_local) = args
+        local = is_local if _is_param(is_local) else False if is_local is None else _pg_bool(is_local)
+        if (isinstance(name, (str, int)) and not isinstance(name, bool) and isinstance(value, (str, int, type(None)))
+                and not isinstance(value, bool) and isinstance(local, (bool, int))):
+            return SetConfigBound(canon(name) if isinstance(name, str) else name, value, local)
+        return Unknown("set_config with non-constant arguments")
     if len(args) != 3 or not all(ok for ok, _ in args) or not isinstance(args[0][1], str):
         return Unknown("set_config with non-constant arguments")
     (_, name), (_, value), (_, is_local) = args
@@ -564,23 +598,6 @@ def _set_config(node: ast.FuncCall) -> Effect:
     if local is None or isinstance(value, bool) or not isinstance(name, str):
         return Unknown("set_config with non-constant arguments")
     if value is None:  # a NULL value resets
-        return ResetParam(canon(name), local)
-    return SetParam(canon(name), str(value), local)
-
-
-def _uncast(node: object) -> object:
-    while isinstance(node, ast.TypeCast):
-        node = node.arg
-    return node
-
-
-def set_config_effect(name: object, value: object, is_local: object) -> Effect:
-    """The effect of set_config(name, value, is_local) with these values (text, None for NULL, or
-    bool for is_local), as `_set_config` reads constants."""
-    local = False if is_local is None else _pg_bool(is_local)
-    if local is None or not isinstance(name, str) or isinstance(value, bool):
-        return Unknown("set_config with unusable arguments")
-    if value is None:
         return ResetParam(canon(name), local)
     return SetParam(canon(name), str(value), local)
 

@@ -11,11 +11,17 @@ RESETs them for a client that did not ask for them.
 Reported parameters (TimeZone, application_name...) need no parsing: the server's ParameterStatus
 says what they are after every change, commit and rollback included (ServerSession._param).
 
-Transactions: effects wait in `client.tx_effects` until ReadyForQuery says idle; a CommandComplete
-tagged ROLLBACK (ROLLBACK, ABORT, COMMIT of a failed transaction) drops them. While effects wait, the
-statements that end savepoints are parsed too: a SAVEPOINT leaves a mark among them, ROLLBACK TO
-drops what came after its mark (everything, when the savepoint predates every waiting effect, which
-is why a SAVEPOINT needs no mark while none waits), RELEASE drops the mark and keeps the effects.
+Transactions: effects wait in `client.tx_effects` until their transaction commits (ReadyForQuery
+says idle, or a COMMIT in the middle of a query string); ROLLBACK drops them, and so does a COMMIT of
+a failed transaction (PostgreSQL tags it ROLLBACK). Savepoints are kept among them as markers:
+ROLLBACK TO SAVEPOINT drops what came after its savepoint (everything, when the savepoint predates
+every waiting effect), RELEASE keeps it (`run_effects`). A query that fails leaves its effects unknown
+(some of its statements may have run): the server's values of what they touch are forgotten, so that
+the next parameter sync sets them again (`suspect`).
+
+RESET, RESET ALL and DISCARD ALL go back to the session's defaults, which for the parameters a client
+gave at startup are its own values: `apply` records those for the parameter sync, and the relay shows
+the client its own value in the ParameterStatus of a reported one (pipeline._reset_status).
 
 SQL-level PREPARE and DEALLOCATE are not transactional: they count as soon as their CommandComplete
 comes (`client.q_sql` counts those of the Query in flight), see session/sqlprepared.py.
@@ -26,6 +32,7 @@ naming the reason and the setting (`pin_refused`), and its server stays clean.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pgmux.errors import PgmuxError
@@ -50,13 +57,12 @@ from pgmux.session.statements import (
     ResetParam,
     RollbackToSavepoint,
     Savepoint,
-    SetConfigArgs,
+    SetConfigBound,
     SetParam,
     TxEnd,
     Unlisten,
     effects,
     pin_reason,
-    set_config_effect,
     undone_by_rollback,
 )
 
@@ -69,18 +75,17 @@ if TYPE_CHECKING:
 # 50 ns as bytes.find (`in` costs twice that on bytes), so the words that only matter as a statement's
 # first word are tested there only, and the rest behind one-byte tests (memchr) where they can be.
 _SCREEN = (b"set", b"discard", b"deallocate", b"listen", b"temp", b"advisory", b"hold", b"load", b"close",
-           b"u&")
+           b"u&", b"savepoint", b"rollback", b"release")
 _FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b"load", b"close", b"declare",
-          b"/*", b"--", b"do", b"execute", b"explain", b"prepare", b"drop", b"create")
+          b"/*", b"--", b"do", b"execute", b"explain", b"prepare", b"drop", b"create", b"savepoint",
+          b"rollback", b"release")
 _PINS = (Listen, Unlisten, CreateTemp, DiscardTemp, DropTemp, AdvisoryLock, AdvisoryUnlock, DeclareHold,
          CloseCursor, Load)
 _AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin as soon as they ran
-_SAVEPOINTS = (Savepoint, ReleaseSavepoint, RollbackToSavepoint)
+_TX = (TxEnd, Savepoint, ReleaseSavepoint, RollbackToSavepoint)  # what decides which effects count
 _SQL_PREPARED = (Prepare, Execute, Deallocate)  # session/sqlprepared.py; not transactional
-_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, SetConfigArgs, TxEnd) + _SQL_PREPARED + _PINS + _SAVEPOINTS
-_NOT_WAITING = _SQL_PREPARED + (TxEnd, SetConfigArgs)  # never among the effects waiting for a commit
+_KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, SetConfigBound) + _SQL_PREPARED + _PINS + _TX
 _PINNING = (Listen, CreateTemp, AdvisoryLock, DeclareHold, Load)
-_TX_WORDS = (b"savepoint", b"release", b"rollback")
 
 
 def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
@@ -107,22 +112,20 @@ except ImportError:  # not compiled here (setup.py builds it where a C compiler 
     screen = screen_py
 
 
-def query_effects(body: bytes | memoryview, in_tx: bool = True) -> tuple[Effect, ...]:
-    """The tracked effects of a Query body (NUL-terminated text). `in_tx`: effects wait for their
-    transaction, so statements that end savepoints count too."""
+def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
+    """The tracked effects of a Query body (NUL-terminated text)."""
     raw = bytes(body)
-    if not screen(raw, 0, len(raw)) and not (in_tx and raw.lstrip()[:9].lower().startswith(_TX_WORDS)):
+    if not screen(raw, 0, len(raw)):
         return ()
     sql = raw.rstrip(b"\x00").decode("utf-8", "surrogateescape")
     return tuple(e for e in effects(sql) if isinstance(e, _KEPT) and not getattr(e, "local", False))
 
 
-def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...],
-               status: bytes) -> dict[str, str] | None:
-    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery.
-    Returns what `apply` says a reset must bring back, if anything."""
-    failed, rolled_back, ran = c.q_error, c.q_rollback, c.q_sql
-    c.q_error = c.q_rollback = False
+def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
+    """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
+    failed, ends, ran = c.q_error, c.q_ends, c.q_sql
+    c.q_error = False
+    c.q_ends = []
     if ran:  # the first `ran` PREPAREs and DEALLOCATEs of the query string ran, whatever came after
         c.q_sql = 0
         for e in done:
@@ -135,103 +138,122 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
         if isinstance(e, (AdvisoryLock, Load)) or (isinstance(e, AdvisoryUnlock) and not failed):
             assert not undone_by_rollback(e)
             pin(c, e)
-    if failed or rolled_back:
-        if rolled_back or status == b"I":
+    if failed:
+        # Its COMMITs and ROLLBACKs that answered ran (their tags say so), and so did what came before
+        # them. The rest stays pending with the failed transaction, as if it had run: a statement
+        # after the error did not, but then neither did a savepoint after it, so only a ROLLBACK
+        # (or a ROLLBACK TO an older savepoint, which drops it) can follow. Which of them ran is not
+        # known, though: the server's values of all they touch are forgotten, for the next parameter
+        # sync to set them again.
+        cur, rest = _run(c, server, c.tx_effects, done, ends, until_untagged=True)
+        suspect(c, server, [e for e in done if not isinstance(e, _TX)])
+        if status == b"I":  # the failed statement's transaction is over, rolled back
+            suspect(c, server, cur)
             c.tx_effects = []
-        return None
-    for e in done:
-        if isinstance(e, (DiscardAll, Deallocate)) and (isinstance(e, DiscardAll) or e.name is None):
-            # Not transactional: the server's statements are gone now, and so are the client's.
-            if server.stmts is not None:
-                server.stmts.forget_all()
-            if c.stmts is not None:
-                c.stmts.clear()
-            c.sql.clear()
-            server.sql.clear()
-    if done:
-        _wait(c, done)
-    if status == b"I" and c.tx_effects:
-        restore = apply(c, server, c.tx_effects)
-        c.tx_effects = []
-        return restore
-    return None
-
-
-def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) -> None:
-    """An Execute of a statement with session effects completed (CommandComplete): they count once
-    its transaction commits, as a Query's do; locks, LOAD, PREPARE and DEALLOCATE at once."""
-    for e in done:
-        if isinstance(e, _AT_ONCE):
-            pin(c, e)
-        elif isinstance(e, (Prepare, Deallocate)):
-            sqlprepared.record(c.sql, server.sql, e)
         else:
-            _wait(c, (e,))
+            c.tx_effects = cur + [e for e in rest if isinstance(e, Savepoint)]
+        return
+    c.tx_effects = run_effects(c, server, c.tx_effects, done, ends)
+    if status == b"I":
+        if c.tx_effects and not any(ends):  # (a COMMIT of a failed transaction says ROLLBACK)
+            apply(c, server, [e for e in c.tx_effects if not isinstance(e, _TX)])
+        c.tx_effects = []
 
 
-def _wait(c: ClientSession, done: tuple[Effect, ...]) -> None:
-    """Effects that ran in the client's transaction join those waiting for it to commit, savepoints
-    kept as marks (see the module's note)."""
-    fx = list(c.tx_effects)
-    for e in done:
-        if isinstance(e, _SAVEPOINTS):
-            mark = _last_mark(fx, e.name)
-            if isinstance(e, Savepoint):
-                if fx:  # a savepoint older than every waiting effect needs no mark
-                    fx.append(e)
-            elif isinstance(e, RollbackToSavepoint):
-                fx = fx[:mark + 1] if mark >= 0 else []
-            elif mark >= 0:  # RELEASE: this savepoint and the ones after it go, their effects stay
-                fx = fx[:mark] + [x for x in fx[mark + 1:] if not isinstance(x, Savepoint)]
-        elif not isinstance(e, _NOT_WAITING):
-            fx.append(e)
-    c.tx_effects = fx
+def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect],
+                ends: list[bool]) -> list[Effect]:
+    """The effects of a transaction so far (`pending`, with its savepoints) after statements that
+    succeeded did `done`, in order. `ends` are the COMMIT (False) and ROLLBACK (True) tags their
+    transaction-ending statements answered, consumed here in order: a COMMIT of a failed transaction
+    and ROLLBACK TO SAVEPOINT both say ROLLBACK."""
+    return _run(c, server, pending, done, ends)[0]
 
 
-def _last_mark(fx: list[Effect], name: str) -> int:
-    for i in range(len(fx) - 1, -1, -1):
-        e = fx[i]
+def _run(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect], ends: list[bool],
+         until_untagged: bool = False) -> tuple[list[Effect], Sequence[Effect]]:
+    """run_effects; with `until_untagged`, stop at the first transaction-ending statement without a
+    tag (it did not complete) and return the effects from there on too."""
+    cur = list(pending)
+    for n, e in enumerate(done):
+        if until_untagged and not ends and isinstance(e, (TxEnd, RollbackToSavepoint)):
+            return cur, done[n:]
+        if isinstance(e, TxEnd):
+            rolled_back = ends.pop(0) if ends else not e.commit
+            if e.commit and not rolled_back and cur:
+                apply(c, server, [x for x in cur if not isinstance(x, _TX)])
+            cur = []
+        elif isinstance(e, RollbackToSavepoint):
+            if ends:
+                ends.pop(0)
+            i = _last_savepoint(cur, e.name)
+            del cur[i + 1:]  # (-1: a savepoint older than every effect: all of them are undone)
+        elif isinstance(e, ReleaseSavepoint):
+            i = _last_savepoint(cur, e.name)
+            if i >= 0:  # the savepoint and those after it go; what they kept stays
+                cur = cur[:i] + [x for x in cur[i + 1:] if not isinstance(x, Savepoint)]
+        elif isinstance(e, _SQL_PREPARED):  # not transactional: recorded when their tags came
+            if isinstance(e, Deallocate) and e.name is None:
+                forget_statements(c, server)
+        elif isinstance(e, DiscardAll):
+            forget_statements(c, server)
+            cur.append(e)
+        else:
+            cur.append(e)
+    return cur, ()
+
+
+def _last_savepoint(effects: list[Effect], name: str) -> int:
+    for i in range(len(effects) - 1, -1, -1):
+        e = effects[i]
         if isinstance(e, Savepoint) and e.name == name:
             return i
     return -1
 
 
-def to_savepoint(payload: object) -> bool:
-    """Whether a ROLLBACK tag belongs to ROLLBACK TO SAVEPOINT (the statement's effects say so), which
-    ends no transaction."""
-    return (isinstance(payload, tuple) and any(isinstance(e, RollbackToSavepoint) for e in payload)
-            and not any(isinstance(e, TxEnd) for e in payload))
+def suspect(c: ClientSession, server: ServerSession, effects: Sequence[Effect]) -> None:
+    """Effects that may or may not have stayed on the server: forget the server's values of what they
+    touch (keeping the names in `extra`), so the next parameter sync sets or RESETs them."""
+    reported = (c.pool.server_params or {}) if c.pool is not None else {}
+    names: list[str] = []
+    for e in effects:
+        if isinstance(e, (SetParam, ResetParam)):
+            names.append(e.name)
+        elif isinstance(e, (ResetAll, DiscardAll)):
+            names.extend(server.extra)
+    names = [n for n in names if n not in reported]
+    if names:
+        for n in names:
+            server.params.pop(n, None)
+        server.extra.update(names)
+        server.sig = None
+        c.sig = None
 
 
-def bound_effects(done: tuple[Effect, ...], params: list[tuple[bytes | None, int]]) -> tuple[Effect, ...]:
-    """A statement's effects for one Bind: `set_config($1, $2, false)` becomes the SET it does with
-    these parameter values ((value or None for NULL, format code) per parameter)."""
-    out: list[Effect] = []
+def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) -> None:
+    """An Execute of a statement with session effects completed (CommandComplete): they count once
+    its transaction commits, as a Query's do; locks, LOAD, PREPARE and DEALLOCATE at once, and so does
+    DISCARD ALL for prepared statements (not transactional: the server's are gone now)."""
+    rest = []
     for e in done:
-        if not isinstance(e, SetConfigArgs):
-            out.append(e)
+        if isinstance(e, _AT_ONCE):
+            pin(c, e)
             continue
-        values: list[object] = []
-        for kind, ref in e.args:
-            if kind == "const":
-                values.append(ref)
-                continue
-            i = int(ref) - 1  # type: ignore[call-overload]
-            if not 0 <= i < len(params):
-                values = []
-                break
-            raw, fmt = params[i]
-            if raw is None:
-                values.append(None)
-            elif fmt == 1 and len(raw) == 1 and raw[0] in (0, 1) and len(values) == 2:
-                values.append(bool(raw[0]))  # a binary boolean is_local
-            else:
-                values.append(raw.decode("utf-8", "surrogateescape"))
-        if len(values) == 3:
-            eff = set_config_effect(*values)
-            if isinstance(eff, (SetParam, ResetParam)) and not eff.local:
-                out.append(eff)
-    return tuple(out)
+        if isinstance(e, (Prepare, Deallocate)):
+            sqlprepared.record(c.sql, server.sql, e)
+        rest.append(e)
+    if rest:
+        c.tx_effects = run_effects(c, server, c.tx_effects, rest, c.q_ends)
+
+
+def forget_statements(c: ClientSession, server: ServerSession) -> None:
+    """DEALLOCATE ALL or DISCARD ALL ran: neither the server nor the client has statements any more,
+    protocol-level or SQL-level."""
+    if server.stmts is not None:
+        server.stmts.forget_all()
+    if c.stmts is not None:
+        c.stmts.clear()
+    c.sql.clear()
+    server.sql.clear()
 
 
 _REFUSED_WHAT = {"listen": "LISTEN", "temp table": "a temporary table", "advisory lock": "a session-level "
@@ -252,12 +274,8 @@ def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None
     return None
 
 
-def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> dict[str, str]:
-    """Record committed effects. Returns the values a reset must bring back on this server: RESET
-    goes back to the session's default, which for the parameters a client gave at startup is its
-    own value; the server's RESET went back to the server's default (and its ParameterStatus said so)."""
+def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
     reported = c.pool.server_params or {}
-    restore: dict[str, str] = {}
     for e in done:
         if isinstance(e, _PINS) or isinstance(e, DiscardAll):
             if not isinstance(e, _AT_ONCE):  # those were counted when their query ended
@@ -265,16 +283,10 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> dict[s
             if not isinstance(e, DiscardAll):
                 continue
         if isinstance(e, SetParam):
-            restore.pop(e.name, None)
             if e.name not in reported:
                 c.params[e.name] = server.params[e.name] = e.value
                 server.extra.add(e.name)
         elif isinstance(e, ResetParam):
-            restore.pop(e.name, None)
-            if e.name in c.initial:
-                restore[e.name] = c.initial[e.name]
-                if e.name in reported:
-                    c.params[e.name] = c.initial[e.name]
             if e.name not in reported:
                 default = c.initial.get(e.name)
                 if default is None:
@@ -286,14 +298,12 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> dict[s
         elif isinstance(e, (ResetAll, DiscardAll)):
             for k in [k for k in c.params if k not in reported]:
                 del c.params[k]
-            c.params.update(c.initial)
-            restore = dict(c.initial)
+            c.params.update((k, v) for k, v in c.initial.items() if k not in reported)
             for k in server.extra:
                 server.params.pop(k, None)
             server.extra.clear()
     c.sig = None
     server.sig = None
-    return {k: v for k, v in restore.items() if server.params.get(k) != v}
 
 
 class Pins:
