@@ -188,19 +188,7 @@ def pids_in(msgs: list[Msg]) -> list[int]:
     return out
 
 
-def row_values(body: bytes) -> list[bytes | None]:
-    (n,) = struct.unpack_from("!h", body, 0)
-    pos = 2
-    out: list[bytes | None] = []
-    for _ in range(n):
-        (size,) = struct.unpack_from("!i", body, pos)
-        pos += 4
-        if size < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + size])
-            pos += size
-    return out
+row_values = m.data_row_values
 
 
 def _data_row(values: list[bytes | None]) -> bytes:

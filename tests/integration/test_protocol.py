@@ -107,19 +107,7 @@ def error_fields(msg: Msg) -> dict[str, str]:
     return m.parse_error_fields(msg[1])
 
 
-def row_values(body: bytes) -> list[bytes | None]:
-    (n,) = struct.unpack_from("!h", body, 0)
-    pos = 2
-    out: list[bytes | None] = []
-    for _ in range(n):
-        (size,) = struct.unpack_from("!i", body, pos)
-        pos += 4
-        if size < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + size])
-            pos += size
-    return out
+row_values = m.data_row_values
 
 
 def rows(msgs: list[Msg]) -> list[list[bytes | None]]:

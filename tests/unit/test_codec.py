@@ -341,3 +341,10 @@ def test_builders_frame_correctly() -> None:
     assert m.cancel_request(1, 2) == struct.pack("!iiii", 16, 80877102, 1, 2)
     assert m.startup_message({"user": "a"}) == b"\x00\x00\x00\x10\x00\x03\x00\x00user\x00a\x00\x00"
     assert m.query("select 1") == b"Q\x00\x00\x00\rselect 1\x00"
+
+
+def test_data_row_values_round_trip() -> None:
+    body = m.data_row([1, None, "é", b""])[5:]
+    assert m.data_row_values(body) == [b"1", None, "é".encode(), b""]
+    assert m.data_row_values(memoryview(body)) == [b"1", None, "é".encode(), b""]
+    assert m.data_row_values(m.data_row([])[5:]) == []

@@ -100,14 +100,4 @@ def _error_text(body: bytes) -> str:
 
 
 def _decode_row(body: bytes) -> list[str | None]:
-    (count,) = struct.unpack_from("!h", body)
-    pos, out = 2, list[str | None]()
-    for _ in range(count):
-        (size,) = _I32.unpack_from(body, pos)
-        pos += 4
-        if size < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + size].decode())
-            pos += size
-    return out
+    return [None if v is None else v.decode() for v in m.data_row_values(body)]

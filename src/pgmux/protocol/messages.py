@@ -144,6 +144,22 @@ def row_description(columns: Iterable[tuple[str, int]]) -> bytes:
     return message(ROW_DESCRIPTION, b"".join(parts))
 
 
+def data_row_values(body: bytes | memoryview) -> list[bytes | None]:
+    """The column values of a DataRow body, as bytes (None for SQL NULL)."""
+    (n,) = struct.unpack_from("!h", body, 0)
+    pos = 2
+    out: list[bytes | None] = []
+    for _ in range(n):
+        (size,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if size < 0:
+            out.append(None)
+        else:
+            out.append(bytes(body[pos:pos + size]))
+            pos += size
+    return out
+
+
 def data_row(values: Iterable[object]) -> bytes:
     """Text-format row; None is SQL NULL; bool as PostgreSQL prints it is up to the caller."""
     vals = list(values)
