@@ -26,17 +26,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from helpers import execute, parse
+
 from pgmux.protocol import messages as m
 
 Msg = tuple[bytes, bytes]  # (type byte, body)
 
 
 # -- frontend messages pgmux does not build itself ----------------------------------------------------
-def parse(sql: str, name: str = "", param_types: Sequence[int] = ()) -> bytes:
-    body = m.cstr(name) + m.cstr(sql) + struct.pack("!h", len(param_types))
-    return m.message(m.PARSE, body + b"".join(struct.pack("!i", oid) for oid in param_types))
-
-
 def bind(stmt: str = "", params: Sequence[bytes | None] = (), portal: str = "") -> bytes:
     body = m.cstr(portal) + m.cstr(stmt) + struct.pack("!h", 0) + struct.pack("!h", len(params))
     for p in params:
@@ -50,26 +47,6 @@ def describe(kind: str, name: str = "") -> bytes:
 
 def close(kind: str, name: str = "") -> bytes:
     return m.message(m.CLOSE, kind.encode() + m.cstr(name))
-
-
-def execute(portal: str = "", max_rows: int = 0) -> bytes:
-    return m.message(m.EXECUTE, m.cstr(portal) + struct.pack("!i", max_rows))
-
-
-def sync() -> bytes:
-    return m.message(m.SYNC)
-
-
-def flush() -> bytes:
-    return m.message(m.FLUSH)
-
-
-def copy_data(data: bytes) -> bytes:
-    return m.message(m.COPY_DATA, data)
-
-
-def copy_done() -> bytes:
-    return m.message(m.COPY_DONE)
 
 
 def copy_fail(why: str) -> bytes:

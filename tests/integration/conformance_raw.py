@@ -12,16 +12,11 @@ from conformance import (
     Step,
     bind,
     close,
-    copy_data,
-    copy_done,
     copy_fail,
     describe,
-    execute,
-    flush,
-    parse,
     run,
-    sync,
 )
+from helpers import copy_data, copy_done, execute, flush, parse, sync
 
 from pgmux.protocol import messages as m
 

@@ -1,13 +1,17 @@
-"""Small helpers the integration tests share: bounded waits and reads of the admin console."""
+"""Small helpers the integration tests share: bounded waits, reads of the admin console, and the
+frames raw-protocol tests send."""
 
 from __future__ import annotations
 
+import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+
+from pgmux.protocol import messages as m
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
@@ -47,3 +51,30 @@ def guard(proc: Any) -> Iterator[None]:
     except BaseException:
         proc.stop()
         raise
+
+
+# -- frontend messages for raw-protocol tests -------------------------------------------------------
+
+def parse(sql: str, name: str = "", param_types: Sequence[int] = ()) -> bytes:
+    body = m.cstr(name) + m.cstr(sql) + struct.pack("!h", len(param_types))
+    return m.message(m.PARSE, body + b"".join(struct.pack("!i", oid) for oid in param_types))
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return m.message(m.EXECUTE, m.cstr(portal) + struct.pack("!i", max_rows))
+
+
+def sync() -> bytes:
+    return m.message(m.SYNC)
+
+
+def flush() -> bytes:
+    return m.message(m.FLUSH)
+
+
+def copy_data(data: bytes) -> bytes:
+    return m.message(m.COPY_DATA, data)
+
+
+def copy_done() -> bytes:
+    return m.message(m.COPY_DONE)

@@ -31,17 +31,14 @@ from conformance import (
     bind,
     compare,
     driver_pids,
-    execute,
     interleave,
-    parse,
     pids_in,
     summarise,
-    sync,
 )
 from conformance_drivers import Record, compare_records, record_moves, run_asyncpg, run_psycopg
 from conformance_raw import DB, ddl_script, q, raw_script, reset_script, sql_prepared_script, startup, x
 from conftest import PgmuxProc, PgmuxStarter
-from helpers import servers
+from helpers import execute, parse, servers, sync
 
 from pgmux.protocol import messages as m
 from pgmux.runtime.cluster import PgCluster

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import PgmuxProc, PgmuxStarter
+from helpers import copy_data, copy_done, execute, flush, parse, sync
 
 from pgmux.protocol import messages as m
 from pgmux.runtime.cluster import PgCluster
@@ -115,29 +116,11 @@ def rows(msgs: list[Msg]) -> list[list[bytes | None]]:
 
 
 # -- extended-protocol builders (pgmux never writes these, so messages.py does not have them) --------
-def parse(sql: str, name: str = "", param_types: tuple[int, ...] = ()) -> bytes:
-    body = m.cstr(name) + m.cstr(sql) + struct.pack("!h", len(param_types))
-    body += b"".join(struct.pack("!i", oid) for oid in param_types)
-    return m.message(m.PARSE, body)
-
-
 def bind(params: tuple[bytes | None, ...] = (), portal: str = "", stmt: str = "") -> bytes:
     body = m.cstr(portal) + m.cstr(stmt) + struct.pack("!h", 0) + struct.pack("!h", len(params))
     for p in params:
         body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
     return m.message(m.BIND, body + struct.pack("!h", 0))
-
-
-def execute(portal: str = "", max_rows: int = 0) -> bytes:
-    return m.message(m.EXECUTE, m.cstr(portal) + struct.pack("!i", max_rows))
-
-
-def sync() -> bytes:
-    return m.message(m.SYNC)
-
-
-def flush() -> bytes:
-    return m.message(m.FLUSH)
 
 
 def function_call(oid: int, args: tuple[bytes, ...]) -> bytes:
@@ -513,14 +496,6 @@ def test_queued_client_that_leaves_never_runs_its_query(pgmux_factory: PgmuxStar
 
 
 # -- COPY through the extended protocol ----------------------------------------------------------
-def copy_data(data: bytes) -> bytes:
-    return m.message(m.COPY_DATA, data)
-
-
-def copy_done() -> bytes:
-    return m.message(m.COPY_DONE)
-
-
 def copy_fail(why: str) -> bytes:
     return m.message(m.COPY_FAIL, m.cstr(why))
 
