@@ -175,3 +175,58 @@ def test_asyncpg_pool_with_its_reset_query(pgmux_factory: PgmuxStarter, pg: PgCl
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert [c["pin"] for c in mux.admin_dicts("SHOW CLIENTS") if c["database"] == "testdb"] == []
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_50_clients_pool_5_mixed_workload(pgmux_factory: PgmuxStarter, pg: PgCluster, driver: str) -> None:
+    """Issue 3's bar for the drivers themselves: 50 concurrent clients on a pool of 5, reads and
+    writes mixed, asyncpg at its default statement cache and psycopg with prepare_threshold=0 (every
+    statement prepared), zero errors and every result exact."""
+    table = f"ps50_{driver}"
+    fresh_table(pg, table, "id int PRIMARY KEY, n int NOT NULL")
+    mux = start(pgmux_factory, pg, pool_size=5, max_client_conn=200)
+    rounds = 12
+
+    async def asyncpg_client(k: int) -> int:
+        conn = await asyncpg.connect(mux.dsn(), timeout=20)
+        try:
+            for i in range(rounds):
+                if (k + i) % 2:
+                    async with conn.transaction():
+                        await conn.execute(f"INSERT INTO {table} VALUES ($1, $2)", k * 100 + i, i)
+                        assert await conn.fetchval(f"SELECT n FROM {table} WHERE id = $1", k * 100 + i) == i
+                else:
+                    assert await conn.fetchval("SELECT $1::int * 3", k + i) == (k + i) * 3
+        finally:
+            await asyncio.wait_for(conn.close(), 10)
+        return k
+
+    async def psycopg_client(k: int) -> int:
+        conn = await psycopg.AsyncConnection.connect(mux.dsn(), prepare_threshold=0, autocommit=True,
+                                                     connect_timeout=20)
+        try:
+            for i in range(rounds):
+                if (k + i) % 2:
+                    async with conn.transaction():
+                        await conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (k * 100 + i, i))
+                        cur = await conn.execute(f"SELECT n FROM {table} WHERE id = %s", (k * 100 + i,))
+                        assert await cur.fetchone() == (i,)
+                else:
+                    cur = await conn.execute("SELECT %s::int * 3", (k + i,))
+                    assert await cur.fetchone() == ((k + i) * 3,)
+        finally:
+            await asyncio.wait_for(conn.close(), 10)
+        return k
+
+    client = asyncpg_client if driver == "asyncpg" else psycopg_client
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(client(k) for k in range(50)))
+
+    assert sorted(asyncio.run(asyncio.wait_for(main(), 120))) == list(range(50))
+    assert pg.primary.psql(f"SELECT count(*) FROM {table}", db="testdb") == str(50 * rounds // 2)
+    servers = [s for s in mux.admin_dicts("SHOW SERVERS") if s["database"] == "testdb"]
+    assert 1 <= len(servers) <= 5
+    stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}["testdb"]
+    assert stats["total_bind_count"] >= 50 * rounds  # named statements, bound on whichever server came
+    assert stats["total_server_parse_count"] < stats["total_client_parse_count"]  # shared across clients
