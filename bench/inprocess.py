@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""pgmux's own work per pgbench-like transaction, in process: no sockets, no PostgreSQL, no kernel.
+
+The real App and sessions (tests/unit/fakes.py's Rig) with transports that only remember the last
+write: 5 clients share 2 servers (most clients wait for a server, as at `pgbench -c 50` on a pool of
+20) and each sends the pgbench -S transaction of the chosen protocol mode; the fake servers answer.
+What it measures is the Python (and pgmux._speedups) work of the relay and the hand-off, which is
+what separates pgmux from PgBouncer once the syscalls are equal (see README, Benchmark).
+
+    python3 bench/inprocess.py [--mode simple|extended|prepared] [--count N]
+    python3 bench/inprocess.py --instructions     # with valgrind: instructions per transaction,
+                                                   # repeatable whatever else the machine does
+
+Wall-clock figures include the harness and vary with the machine; compare instruction counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
+
+from fakes import Rig  # noqa: E402
+
+from pgmux.protocol import messages as m  # noqa: E402
+
+SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
+
+
+class LastWrite:
+    """A transport that keeps only what was written last (the fake server looks at it)."""
+
+    last: bytes | memoryview = b""
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.last = data
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def _bind(i: int, statement: bytes) -> bytes:
+    v = str(i).encode()
+    return m.message(m.BIND, b"\x00" + statement + b"\x00\x00\x00\x00\x01" + struct.pack("!i", len(v)) + v
+                     + b"\x00\x00")
+
+
+class Workload:
+    def __init__(self, mode: str) -> None:
+        rig = Rig(Path(tempfile.mkdtemp()), settings="default_pool_size = 2")
+        clients = [rig.login() for _ in range(5)]
+        first = m.row_description([("a", 23)]) + m.data_row([1]) + m.command_complete("SELECT 1")
+        clients[0].send(m.query("SELECT 1"))
+        clients[1].send(m.query("SELECT 1"))
+        for s in rig.servers[1:]:
+            rig.server_login(s)
+        for s in rig.servers:
+            s.send(first + m.ready_for_query(b"I"))
+        assert len(rig.servers) == 2
+        reply = (m.row_description([("abalance", 23)]) + m.data_row([1]) + m.command_complete("SELECT 1")
+                 + m.ready_for_query(b"I"))
+        describe_execute_sync = (m.message(m.DESCRIBE, b"P\x00") + m.message(m.EXECUTE, b"\x00\x00\x00\x00\x00")
+                                 + m.message(m.SYNC))
+        if mode == "prepared":  # pgbench -M prepared: Parse once per client, then Bind/Describe/Execute/Sync
+            parse = m.message(m.PARSE, b"P0_1\x00" + SQL.encode() + b"\x00\x00\x00")
+            for c in clients:
+                c.send(parse + m.message(m.SYNC))
+                for s in rig.servers:
+                    if s.session.client is not None:
+                        s.take()
+                        s.send(PARSE_COMPLETE + m.ready_for_query(b"I"))
+                c.take()
+            self.queries = [_bind(i, b"P0_1") + describe_execute_sync for i in range(5)]
+            self.reply = m.message(m.BIND_COMPLETE) + reply
+        elif mode == "extended":  # pgbench -M extended: unnamed Parse/Bind/Describe/Execute/Sync
+            parse = m.message(m.PARSE, b"\x00" + SQL.encode() + b"\x00\x00\x00")
+            self.queries = [parse + _bind(i, b"") + describe_execute_sync for i in range(5)]
+            self.reply = PARSE_COMPLETE + m.message(m.BIND_COMPLETE) + reply
+        else:
+            self.queries = [m.query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {i};") for i in range(5)]
+            self.reply = reply
+        self.clients = [c.session for c in clients]
+        self.servers = [s.session for s in rig.servers]
+        for session in self.clients + self.servers:
+            session.transport = LastWrite()
+
+    def run(self, n: int) -> int:
+        """Every client sends; the servers answer until none is linked; again, until n transactions."""
+        done = 0
+        while done < n:
+            for c, q in zip(self.clients, self.queries, strict=True):
+                c.data_received(q)
+            while True:
+                busy = [s for s in self.servers if s.client is not None]
+                if not busy:
+                    break
+                for s in busy:
+                    # A Parse pgmux put first (a statement this server lacked) gets its ParseComplete.
+                    prepared_here = bytes(s.transport.last[:1]) == b"P"
+                    s.data_received(PARSE_COMPLETE + self.reply if prepared_here else self.reply)
+                    done += 1
+        return done
+
+
+def instructions(mode: str) -> None:
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+
+    def count(n: int) -> int:
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                              __file__, "--mode", mode, "--count", str(n), "--warm", "200"],
+                             capture_output=True, text=True, check=True)
+        for line in out.stderr.splitlines():
+            if "Collected :" in line:
+                return int(line.split(":")[-1])
+        raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
+
+    small, large = count(2000), count(12000)  # the difference leaves out start-up and imports
+    print(f"{mode}: {(large - small) / 10000:.0f} instructions per transaction")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple")
+    ap.add_argument("--count", type=int, default=100_000, help="transactions to time")
+    ap.add_argument("--warm", type=int, default=1000, help="transactions before timing")
+    ap.add_argument("--instructions", action="store_true", help="count instructions with valgrind instead")
+    args = ap.parse_args()
+    if args.instructions:
+        instructions(args.mode)
+        return
+    w = Workload(args.mode)
+    w.run(args.warm)
+    t0 = time.perf_counter()
+    k = w.run(args.count)
+    dt = time.perf_counter() - t0
+    print(f"{args.mode}: {dt / k * 1e6:.2f} us per transaction in process (harness included)")
+
+
+if __name__ == "__main__":
+    main()
