@@ -22,6 +22,7 @@ import asyncpg
 import psycopg
 import pytest
 from conftest import PgmuxProc, PgmuxStarter
+from helpers import wait_for
 from psycopg import errors as pgerr
 from psycopg import pq
 
@@ -56,17 +57,6 @@ def psql(mux: PgmuxProc, *args: str, db: str = "testdb", check: bool = True, inp
 def fresh_table(pg: PgCluster, name: str, columns: str = "id int PRIMARY KEY, name text") -> None:
     pg.primary.psql(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} ({columns}); "
                     f"GRANT ALL ON {name} TO PUBLIC", db="testdb")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class Background:
@@ -107,7 +97,7 @@ def wait_active_query(pg: PgCluster, text: str, timeout: float = 10) -> int:
             row = conn.execute("SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = %s",
                                (text,)).fetchone()
             return row[0] if row else None
-        return int(wait_for(find, timeout, f"{text!r} running on the primary"))
+        return int(wait_for(find, f"{text!r} running on the primary", timeout))
 
 
 def live_backend_pids(pg: PgCluster) -> set[int]:

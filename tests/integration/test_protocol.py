@@ -12,13 +12,12 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 from conftest import PgmuxProc, PgmuxStarter
-from helpers import copy_data, copy_done, execute, flush, parse, sync
+from helpers import copy_data, copy_done, execute, flush, parse, sync, wait_for
 
 from pgmux.protocol import messages as m
 from pgmux.runtime.cluster import PgCluster
@@ -128,17 +127,6 @@ def function_call(oid: int, args: tuple[bytes, ...]) -> bytes:
     body = struct.pack("!ih", oid, 1) + struct.pack("!h", 0) + struct.pack("!h", len(args))
     body += b"".join(struct.pack("!i", len(a)) + a for a in args)
     return m.message(m.FUNCTION_CALL, body + struct.pack("!h", 0))
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 # -- fixtures ------------------------------------------------------------------------------------
