@@ -146,10 +146,12 @@ class Pool(Generic[S, C]):
 
 
 class PoolStats:
-    """Cumulative counters, PgBouncer's SHOW STATS names."""
+    """Cumulative counters, PgBouncer's SHOW STATS names. The times add up in seconds, as floats (the
+    per-transaction path adds a difference of two clock readings, nothing more), and read as whole
+    microseconds, as PgBouncer shows them."""
 
-    __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_time", "query_time",
-                 "wait_time", "server_assignment_count", "client_parse_count", "server_parse_count",
+    __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_secs", "query_secs",
+                 "wait_secs", "server_assignment_count", "client_parse_count", "server_parse_count",
                  "bind_count", "pin_count")
     client_parse_count: int  # protocol-level prepared statements (session/prepared.py counts them)
     server_parse_count: int
@@ -159,3 +161,15 @@ class PoolStats:
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)
+
+    @property
+    def xact_time(self) -> int:
+        return int(self.xact_secs * 1e6)
+
+    @property
+    def query_time(self) -> int:
+        return int(self.query_secs * 1e6)
+
+    @property
+    def wait_time(self) -> int:
+        return int(self.wait_secs * 1e6)

@@ -32,7 +32,7 @@ from pgmux.session.params import startup_params
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.prepared import Registry as StatementRegistry
 from pgmux.session.server import ServerSession, ServerTarget
-from pgmux.session.states import ClientState, ServerState
+from pgmux.session.states import C_ACTIVE, C_IDLE, C_WAITING, S_ACTIVE, S_IDLE, ClientState, ServerState
 
 log = logging.getLogger("pgmux")
 
@@ -67,6 +67,7 @@ class App:
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
+        self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -241,30 +242,61 @@ class App:
             pool = self.routing.route(c, now)
             if pool is None:
                 return
-        server = None if self.paused else pool.take_idle()
-        if server is not None:
-            server.move(ServerState.ACTIVE)
+        idle = pool.idle
+        if idle and not self.paused and not pool.paused:  # Pool.take_idle(), inline
+            server = idle.pop()
+            server.move(S_ACTIVE)
             pool.stats.server_assignment_count += 1
             c.attach(server, now)
             return
-        c.state = ClientState.WAITING
-        pool.add_waiter(c, now)
+        c.state = C_WAITING
+        c.wait_since = now  # Pool.add_waiter(), inline
+        pool.waiters.append(c)
         # A full pool (the usual case under load) opens nothing: skip the arithmetic of launch().
         if not self.paused and len(pool.servers) < pool.limits.pool_size + pool.limits.reserve_pool_size:
             self.launch(pool)
 
     def server_ready(self, c: ClientSession, server: ServerSession) -> None:
         """The linked server sent ReadyForQuery and owes nothing: count it, and in transaction or
-        statement mode give the server back when the transaction is over."""
+        statement mode give the server back when the transaction is over.
+
+        This runs once per transaction. The usual case (the transaction is over, nothing is queued,
+        held or pinned) hands the server on here with detach() and return_server() inline; everything
+        else goes through _ready_other()."""
         pool = server.pool
         st = pool.stats
         now = self.now()
         st.query_count += 1
-        st.query_time += int((now - server.query_start) * 1e6)
+        st.query_secs += now - server.query_start
+        if (server.tx_status != b"I" or pool.mode == "session" or c.pending or c.unsynced or c.pinned
+                or c.lsn_wanted):
+            self._ready_other(c, server, now)
+            return
+        st.xact_count += 1
+        st.xact_secs += now - c.xact_start
+        c.xact_start = 0.0
+        c.server = None
+        server.client = None
+        if c.state is C_ACTIVE:
+            c.state = C_IDLE
+        if server.paused:
+            server.resume_reading()
+        lifetime = pool.limits.server_lifetime
+        if (server.close_needed or self.shutting_down or self.config.settings.server_reset_query_always
+                or lifetime > 0 and now - server.created_at >= lifetime):
+            self.return_server(server, now=now)
+        else:
+            self.give(server, now)
+
+    def _ready_other(self, c: ClientSession, server: ServerSession, now: float) -> None:
+        """server_ready() for a transaction still open, session mode, and a client with something
+        queued, half-sent, pinned or a WAL position to capture."""
+        pool = server.pool
         idle = server.tx_status == b"I"
         if idle:
+            st = pool.stats
             st.xact_count += 1
-            st.xact_time += int((now - c.xact_start) * 1e6)
+            st.xact_secs += now - c.xact_start
             c.xact_start = 0.0
         mode = pool.mode
         if mode == "session":
@@ -363,14 +395,18 @@ class App:
             # PAUSE: servers are let go as their transactions finish; PAUSE returns once none is left.
             self.close_server(server, "pause requested")
             return
-        waiter = pool.put(server, now)
-        if waiter is not None:
-            server.move(ServerState.ACTIVE)
-            pool.stats.server_assignment_count += 1
-            pool.stats.wait_time += int((now - waiter.wait_since) * 1e6)
+        waiters = pool.waiters
+        if waiters:  # Pool.put(), inline: this runs for most transactions under load
+            waiter = waiters.popleft()
+            if server.state is not S_ACTIVE:  # (ACTIVE to ACTIVE, the usual case, is legal)
+                server.move(S_ACTIVE)
+            st = pool.stats
+            st.server_assignment_count += 1
+            st.wait_secs += now - waiter.wait_since
             waiter.attach(server, now)
             return
-        server.move(ServerState.IDLE)
+        pool.put(server, now)
+        server.move(S_IDLE)
         if self.waiting_admin or self.shutting_down:
             self._after_change()
 

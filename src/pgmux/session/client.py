@@ -19,7 +19,7 @@ from pgmux.protocol.codec import Buffer, noted_table, read_startup, scan, unpack
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
-from pgmux.session.states import ClientState
+from pgmux.session.states import C_ACTIVE, C_IDLE, ClientState
 from pgmux.session.tracking import Pins, screen
 
 if TYPE_CHECKING:
@@ -258,54 +258,65 @@ class ClientSession:
             if not data:
                 return
         n = len(data)
+        if n > 5 and data[0] == _Q and unpack_len(data, 1)[0] == n - 1 and n <= self.max_packet:
+            # One whole Query, the usual read of a simple-protocol client: no walk, and between
+            # transactions (the usual case) queued and a server asked for right here.
+            self.unsynced = False
+            self.copy_syncs = 0
+            now = self.request_time = self.hub.now()
+            self.pool.stats.bytes_received += n
+            track = self.watch and screen(data, 5, n)
+            server = self.server
+            if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
+                self.pending.append(data)
+                self.pending_syncs += 1
+                if track:
+                    self.pending_ext = True
+                if self.state is C_IDLE:
+                    self.hub.acquire(self, now)
+            else:
+                self._send(server, data, now, 1, 0, track)
+            return
+        # Everything else: codec.walk (in C where built) finds the complete messages and lists all
+        # but CopyData, which needs nothing here.
+        try:
+            pos, _, _, _, items = walk(data, self.max_packet, _NOT_COPY_DATA)
+        except ValueError as e:
+            raise ProtocolViolation(f"invalid message length {e.args[1]} for message type {chr(e.args[0])!r}") \
+                from None
         ignored = 0
         terminate = False
         ext = False
-        if n > 5 and data[0] == _Q and unpack_len(data, 1)[0] == n - 1 and n <= self.max_packet:
-            # One whole Query, the usual read of a simple-protocol client: no walk.
-            pos = n
-            syncs = 1
-            copy_syncs = 0
-            unsynced = False
-            track = self.watch and screen(data, 5, n)
-        else:
-            # Everything else: codec.walk (in C where built) finds the complete messages and lists all
-            # but CopyData, which needs nothing here.
-            try:
-                pos, _, _, _, items = walk(data, self.max_packet, _NOT_COPY_DATA)
-            except ValueError as e:
-                raise ProtocolViolation(f"invalid message length {e.args[1]} for message type {chr(e.args[0])!r}") \
-                    from None
-            syncs = 0
-            copy_syncs = self.copy_syncs
-            unsynced = self.unsynced
-            track = False  # a Query that may change session state: its reply is watched
-            watch = self.watch
-            for t, start, total in items or ():
-                if t == _Q or t == _S or t == _F:
-                    syncs += 1
-                    unsynced = False
-                    copy_syncs = copy_syncs + 1 if t == _S else 0
-                    if t == _Q and watch and screen(data, start + 5, start + total):
-                        track = True
-                elif t == _X:
-                    terminate = True
-                    pos = start
-                    break
-                elif t in _EXTENDED:
-                    unsynced = True
-                    ext = True
-                    if t == _EXECUTE:
-                        copy_syncs = 0
-                elif t in _COPY_END:
-                    # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
-                    # after the Execute and another after CopyDone. The backend reads the first in
-                    # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
-                    server = self.server
-                    if copy_syncs and server is not None and server.copy_in:
-                        ignored += copy_syncs
-                        server.copy_in = False
+        syncs = 0
+        copy_syncs = self.copy_syncs
+        unsynced = self.unsynced
+        track = False  # a Query that may change session state: its reply is watched
+        watch = self.watch
+        for t, start, total in items or ():
+            if t == _Q or t == _S or t == _F:
+                syncs += 1
+                unsynced = False
+                copy_syncs = copy_syncs + 1 if t == _S else 0
+                if t == _Q and watch and screen(data, start + 5, start + total):
+                    track = True
+            elif t == _X:
+                terminate = True
+                pos = start
+                break
+            elif t in _EXTENDED:
+                unsynced = True
+                ext = True
+                if t == _EXECUTE:
                     copy_syncs = 0
+            elif t in _COPY_END:
+                # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
+                # after the Execute and another after CopyDone. The backend reads the first in
+                # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
+                server = self.server
+                if copy_syncs and server is not None and server.copy_in:
+                    ignored += copy_syncs
+                    server.copy_in = False
+                copy_syncs = 0
         if pos < n and not terminate:
             buf.keep(data, pos)
         if pos > 0:
@@ -319,17 +330,7 @@ class ClientSession:
             self.copy_syncs = copy_syncs
             track = track or (ext and (self.stmts is not None or self.watch))
             if server is not None:
-                if syncs and not server.owed:
-                    server.query_start = now
-                if track or server.queue or self.tx_effects:
-                    # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
-                    out = b"".join(to_server(self, server, chunk, ignored))
-                    server.owed += syncs - ignored
-                    if out:
-                        server.transport.write(out)
-                else:
-                    server.owed += syncs - ignored
-                    server.transport.write(chunk)
+                self._send(server, chunk, now, syncs, ignored, track)
             elif not syncs and not self.pending and data[0] in _COPY_MSGS and _only_copy(chunk):
                 # The rest of a COPY FROM STDIN that has already failed (asyncpg sends its CopyDone after
                 # the error): PostgreSQL ignores it, and taking a server for it would hold that server.
@@ -339,31 +340,51 @@ class ClientSession:
                 self.pending.append(bytes(chunk))
                 self.pending_syncs += syncs
                 self.pending_ext = self.pending_ext or track
-                if self.state is ClientState.IDLE:
+                if self.state is C_IDLE:
                     self.hub.acquire(self, now)
         if terminate:
             self.hub.client_closed(self, "client close request")
+
+    def _send(self, server: ServerSession, chunk: bytes | memoryview, now: float, syncs: int, ignored: int,
+              track: Any) -> None:
+        """Complete messages to the server this client holds; `syncs` replies owed for them, less
+        `ignored` (Syncs the server reads in copy-in mode and does not answer)."""
+        if syncs and not server.owed:
+            server.query_start = now
+        if track or server.queue or self.tx_effects:
+            # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
+            out = b"".join(to_server(self, server, chunk, ignored))
+            server.owed += syncs - ignored
+            if out:
+                server.transport.write(out)
+        else:
+            server.owed += syncs - ignored
+            server.transport.write(chunk)
 
     def attach(self, server: ServerSession, now: float) -> None:
         """The pool lends us `server`: bring its parameters to ours, then send what we queued."""
         self.server = server
         server.client = self
-        self.state = ClientState.ACTIVE
+        self.state = C_ACTIVE
         server.link_time = now
         if self.xact_start == 0.0:
             self.xact_start = now
-        out: list[bytes | memoryview] = []
-        # Clients of one pool mostly ask for the same parameters: when this server was last brought
-        # to an equal set and nothing changed it since, skip the comparison (tuples compare in C).
+        # Clients of one pool mostly ask for the same parameters. Equal sets share one tuple (App.sigs),
+        # so when this server was last brought to ours and nothing changed either since, `is` says so.
         sig = self.sig
         if sig is None:
-            sig = self.sig = tuple(self.params.items())
-        if server.sig != sig:
+            sigs = self.hub.sigs
+            if len(sigs) >= 1024:  # a bound, against clients that SET ever new values
+                sigs.clear()
+            sig = tuple(self.params.items())
+            sig = self.sig = sigs.setdefault(sig, sig)
+        out: list[bytes | memoryview] | None = None
+        if server.sig is not sig and server.sig != sig:
             sql = sync_sql(self.params, server.params, server.extra)
             if sql is not None:
                 server.swallow += 1
                 server.swallow_error = None
-                out.append(m.query(sql))
+                out = [m.query(sql)]
                 server.params.update(self.params)
                 reported = self.pool.server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
@@ -371,6 +392,15 @@ class ClientSession:
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
             server.unnamed = None
             server.unnamed_owner = self.id
+        pending = self.pending
+        if out is None and len(pending) == 1 and not self.pending_ext:
+            # send_pending() for the usual case, inline: one queued query, nothing to sync first.
+            if self.pending_syncs:
+                server.query_start = now
+                server.owed += self.pending_syncs
+                self.pending_syncs = 0
+            server.transport.write(pending.pop())
+            return
         self.send_pending(server, now, out)
 
     def send_pending(self, server: ServerSession, now: float, out: list[bytes | memoryview] | None = None) -> None:
@@ -403,8 +433,8 @@ class ClientSession:
             server.client = None
             if server.paused:
                 server.resume_reading()
-        if self.state is ClientState.ACTIVE:
-            self.state = ClientState.IDLE
+        if self.state is C_ACTIVE:
+            self.state = C_IDLE
         return server
 
     # -- server -> client ------------------------------------------------------------------------

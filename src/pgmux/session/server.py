@@ -20,7 +20,7 @@ from pgmux.protocol.codec import Buffer, noted_table, scan, walk
 from pgmux.session.params import canon
 from pgmux.session.pipeline import Entry, to_client
 from pgmux.session.prepared import ServerStatements
-from pgmux.session.states import SERVER_MOVES, IllegalTransition, ServerState
+from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -146,7 +146,7 @@ class ServerSession:
 
     def data_received(self, data: bytes) -> None:
         try:
-            if self.state is ServerState.LOGIN:
+            if self.state is S_LOGIN:
                 self._login_data(data)
             else:
                 self._relay(data)

@@ -31,6 +31,12 @@ _CLIENT_SHOW = {
 }
 
 
+# Reading a member off an Enum class (ClientState.IDLE) goes through EnumType.__getattr__ in Python
+# 3.11, four times the cost of a plain class attribute; the per-transaction path uses these module
+# constants (the same members) instead.
+C_IDLE, C_WAITING, C_ACTIVE = ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE
+
+
 class ServerState(enum.Enum):
     LOGIN = "login"  # connecting and authenticating
     IDLE = "idle"  # in the pool, clean
@@ -44,6 +50,8 @@ class ServerState(enum.Enum):
     def show(self) -> str:
         return self.value
 
+
+S_LOGIN, S_IDLE, S_ACTIVE = ServerState.LOGIN, ServerState.IDLE, ServerState.ACTIVE
 
 # Legal moves, checked on every change so that a wrong move fails loudly in tests instead of leaking.
 SERVER_MOVES: dict[ServerState, frozenset[ServerState]] = {
