@@ -10,6 +10,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 static inline unsigned char lower(unsigned char c)
@@ -103,6 +104,37 @@ static PyObject *screen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int r = end > start ? screen_bytes((const unsigned char *)view.buf + start, end - start) : 0;
     PyBuffer_Release(&view);
     return PyBool_FromLong(r);
+}
+
+/*
+ * query(data, limit) -> 0, 1 or 2
+ *
+ * The first test of ClientSession._relay on every read: 0 when `data` is not exactly one whole Query
+ * message of at most `limit` bytes (the caller walks it then); otherwise 2 when screen() says its
+ * text may change tracked session state, else 1. pgmux.session.tracking.query_py is the definition.
+ */
+static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "query(data, limit) takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)view.buf;
+    Py_ssize_t n = view.len;
+    long r = 0;
+    if (n > 5 && n <= limit && p[0] == 'Q') {
+        uint32_t len = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | (uint32_t)p[4];
+        if ((Py_ssize_t)len == n - 1)
+            r = screen_bytes(p + 5, n - 5) ? 2 : 1;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(r);
 }
 
 /*
@@ -200,6 +232,9 @@ done:
 static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(data, limit, noted) -> (end, nz, z, zpos, items): the header walk of the server relay."},
+    {"query", (PyCFunction)(void (*)(void))query, METH_FASTCALL,
+     "query(data, limit) -> 0 (not one whole Query of at most limit bytes), 1 (one, changing nothing "
+     "tracked) or 2 (one that may change tracked session state)."},
     {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL,
      "screen(data, start, end) -> bool: False when the Query text data[start:end] certainly changes no "
      "session state pgmux tracks (see pgmux.session.tracking)."},

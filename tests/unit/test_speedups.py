@@ -1,4 +1,4 @@
-"""pgmux._speedups against its definitions: session.tracking.screen_py and protocol.codec.walk_py.
+"""pgmux._speedups against its definitions: session.tracking.screen_py and query_py, protocol.codec.walk_py.
 
 The C module is built by `pip install` (setup.py); on this project's machines a C compiler is always
 present, so a missing module is a failure here, not a skip: the forwarding path would silently run
@@ -74,6 +74,38 @@ def test_c_scan_agrees_on_random_text(words: list[str], noise: bytes) -> None:
     for start in (0, 1, 3):
         c, py = both(text, start)
         assert c == py
+
+
+# -- query: the client relay's first test on every read ----------------------------------------------------
+
+
+def test_the_client_relay_uses_the_c_query_test() -> None:
+    assert tracking.query is speedups.query
+
+
+def _query_cases() -> list[tuple[bytes, int]]:
+    cases = []
+    for sql in STATEMENTS:
+        q = m.query(sql)
+        cases += [(q, 1 << 20), (q, len(q)), (q, len(q) - 1), (q + m.message(m.SYNC), 1 << 20), (q[:-1], 1 << 20),
+                  (m.message(b"P", q[5:]), 1 << 20)]
+    return cases + [(b"", 100), (b"Q", 100), (b"Q\x00\x00\x00\x04", 100), (b"Q\x00\x00\x00\x05\x00", 100),
+                    (b"Q\xff\xff\xff\xff\x00", 100)]
+
+
+@pytest.mark.parametrize("data,limit", _query_cases())
+def test_c_query_test_agrees(data: bytes, limit: int) -> None:
+    py = tracking.query_py(data, limit)
+    assert speedups.query(data, limit) == py
+    assert speedups.query(memoryview(data), limit) == py
+    assert speedups.query(bytearray(data), limit) == py
+
+
+def test_query_results() -> None:
+    assert tracking.query_py(m.query("select 1"), 100) == 1
+    assert tracking.query_py(m.query("SET x = 1"), 100) == 2
+    assert tracking.query_py(m.query("select 1") + m.query("select 1"), 100) == 0  # two: walked instead
+    assert tracking.query_py(m.query("select 1"), 5) == 0  # over max_packet_size: walked, and refused there
 
 
 # -- walk: the server relay's header walk ---------------------------------------------------------------

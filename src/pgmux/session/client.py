@@ -20,7 +20,7 @@ from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import C_ACTIVE, C_IDLE, ClientState
-from pgmux.session.tracking import Pins, screen
+from pgmux.session.tracking import Pins, query, screen
 
 if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
@@ -115,14 +115,41 @@ class ClientSession:
 
     # -- I/O events ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        """Every read from the client. After login, a read of exactly one Query (the usual read of a
+        simple-protocol client) is relayed right here, with no walk; _relay() takes every other."""
         try:
             if self.state in _LOGGED_IN:
                 if self.sbuf:  # bytes pipelined behind the login are not relayed yet: keep their order
                     self.sbuf += data
-                elif self.is_admin:
+                    return
+                if self.is_admin:
                     self._admin_data(data)
-                else:
+                    return
+                buf = self.buf
+                if buf.pending:
+                    data = buf.feed(data)
+                    if not data:
+                        return
+                kind = query(data, self.max_packet)  # (in C where built: session/tracking.py)
+                if not kind:
                     self._relay(data)
+                    return
+                # Between transactions (the usual case) it is queued and a server asked for here.
+                self.unsynced = False
+                self.copy_syncs = 0
+                now = self.request_time = self.hub.now()
+                self.pool.stats.bytes_received += len(data)
+                track = kind == 2 and self.watch
+                server = self.server
+                if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
+                    self.pending.append(data)
+                    self.pending_syncs += 1
+                    if track:
+                        self.pending_ext = True
+                    if self.state is C_IDLE:
+                        self.hub.acquire(self, now)
+                else:
+                    self._send(server, data, now, 1, 0, track)
             elif self.state is not ClientState.CLOSED:
                 self._startup_data(data)
         except PgmuxError as e:
@@ -250,35 +277,12 @@ class ClientSession:
 
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
-        # The per-query path, for every read of every client: a read of exactly one Query is taken
-        # as it is, with no walk.
+        """Every read but one whole Query (data_received relays that): complete messages only, the
+        rest kept in self.buf for the next read."""
         buf = self.buf
-        if buf.pending:
-            data = buf.feed(data)
-            if not data:
-                return
+        # codec.walk (in C where built) finds the complete messages and lists all but CopyData, which
+        # needs nothing here.
         n = len(data)
-        if n > 5 and data[0] == _Q and unpack_len(data, 1)[0] == n - 1 and n <= self.max_packet:
-            # One whole Query, the usual read of a simple-protocol client: no walk, and between
-            # transactions (the usual case) queued and a server asked for right here.
-            self.unsynced = False
-            self.copy_syncs = 0
-            now = self.request_time = self.hub.now()
-            self.pool.stats.bytes_received += n
-            track = self.watch and screen(data, 5, n)
-            server = self.server
-            if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
-                self.pending.append(data)
-                self.pending_syncs += 1
-                if track:
-                    self.pending_ext = True
-                if self.state is C_IDLE:
-                    self.hub.acquire(self, now)
-            else:
-                self._send(server, data, now, 1, 0, track)
-            return
-        # Everything else: codec.walk (in C where built) finds the complete messages and lists all
-        # but CopyData, which needs nothing here.
         try:
             pos, _, _, _, items = walk(data, self.max_packet, _NOT_COPY_DATA)
         except ValueError as e:

@@ -145,54 +145,53 @@ class ServerSession:
         self.transport.write(m.query(sql))
 
     def data_received(self, data: bytes) -> None:
+        """Every read from the server. After login this is the relay, inline (one call per reply)."""
         try:
             if self.state is S_LOGIN:
                 self._login_data(data)
+                return
+            buf = self.buf
+            if buf.pending:
+                data = buf.feed(data)
+                if not data:
+                    return
+            if self.swallow or self.client is None or self.queue:
+                self._relay_slow(data)
+                return
+            # The per-reply path: codec.walk (in C where built) finds the end, the ReadyForQuery
+            # messages, and the few other types the relay must look at; usually there are none, and
+            # no loop here.
+            n = len(data)
+            try:
+                pos, nz, z, zpos, items = walk(data, MAX_SERVER_MESSAGE, _NOTED)
+            except ValueError as e:
+                raise ProtocolViolation(f"invalid message length {e.args[1]} for message type "
+                                        f"{chr(e.args[0])!r}") from None
+            if items is None:
+                if nz:
+                    self.owed -= nz
+                    self.copy_in = False
             else:
-                self._relay(data)
+                for t, start, total in items:
+                    self._note(data, t, start, total)
+            if pos < n:
+                buf.keep(data, pos)
+            if pos == 0:
+                return
+            client = self.client
+            if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
+                pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
+            client.transport.write(data if pos == n else memoryview(data)[:pos])
+            self.pool.stats.bytes_sent += pos
+            if z:
+                self.tx_status = _STATUS[z]
+                if self.owed <= 0:
+                    self.owed = 0
+                    self.hub.server_ready(client, self)
         except PgmuxError as e:
             self.hub.server_failed(self, e)
 
     # -- relay ---------------------------------------------------------------------------------
-    def _relay(self, data: bytes) -> None:
-        buf = self.buf
-        if buf.pending:
-            data = buf.feed(data)
-            if not data:
-                return
-        if self.swallow or self.client is None or self.queue:
-            self._relay_slow(data)
-            return
-        # The per-reply path: codec.walk (in C where built) finds the end, the ReadyForQuery messages,
-        # and the few other types the relay must look at; usually there are none, and no loop here.
-        n = len(data)
-        try:
-            pos, nz, z, zpos, items = walk(data, MAX_SERVER_MESSAGE, _NOTED)
-        except ValueError as e:
-            raise ProtocolViolation(f"invalid message length {e.args[1]} for message type {chr(e.args[0])!r}") \
-                from None
-        if items is None:
-            if nz:
-                self.owed -= nz
-                self.copy_in = False
-        else:
-            for t, start, total in items:
-                self._note(data, t, start, total)
-        if pos < n:
-            buf.keep(data, pos)
-        if pos == 0:
-            return
-        client = self.client
-        if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
-            pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
-        client.transport.write(data if pos == n else memoryview(data)[:pos])
-        self.pool.stats.bytes_sent += pos
-        if z:
-            self.tx_status = _STATUS[z]
-            if self.owed <= 0:
-                self.owed = 0
-                self.hub.server_ready(client, self)
-
     def _note(self, data: bytes, t: int, start: int, total: int) -> None:
         """What both relays read in a reply they forward: ReadyForQuery settles one owed reply,
         ParameterStatus and ErrorResponse are decoded, CopyInResponse marks a COPY FROM STDIN."""

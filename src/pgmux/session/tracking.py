@@ -106,10 +106,21 @@ def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> boo
     return False
 
 
+def query_py(data: bytes | bytearray | memoryview, limit: int) -> int:
+    """The first test of ClientSession._relay on every read: 0 when `data` is not exactly one whole
+    Query message of at most `limit` bytes, else 2 when screen() says its text may change tracked
+    session state, else 1. pgmux._speedups.query is the same in C."""
+    n = len(data)
+    if n > 5 and n <= limit and data[0] == 81 and int.from_bytes(data[1:5], "big") == n - 1:
+        return 2 if screen(data, 5, n) else 1
+    return 0
+
+
 try:
-    from pgmux._speedups import screen
+    from pgmux._speedups import query, screen
 except ImportError:  # not compiled here (setup.py builds it where a C compiler is present)
     screen = screen_py
+    query = query_py
 
 
 def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
