@@ -18,53 +18,78 @@ static inline unsigned char lower(unsigned char c)
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
 }
 
-/* Whether the lower-case ASCII `word` occurs in p[0:n], ignoring ASCII case (as bytes.lower() does). */
-static int contains(const unsigned char *p, Py_ssize_t n, const char *word)
-{
-    Py_ssize_t m = (Py_ssize_t)strlen(word);
-    unsigned char first = (unsigned char)word[0];
-    for (Py_ssize_t i = 0; i + m <= n; i++) {
-        if (lower(p[i]) != first)
-            continue;
-        Py_ssize_t j = 1;
-        while (j < m && lower(p[i + j]) == (unsigned char)word[j])
-            j++;
-        if (j == m)
-            return 1;
-    }
-    return 0;
-}
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Word;
+#define W(lit) {lit, (Py_ssize_t)sizeof(lit) - 1}
 
-static int starts_with(const unsigned char *p, Py_ssize_t n, const char *word)
+/* Whether the lower-case ASCII word w occurs at p[i:], ignoring ASCII case (as bytes.lower() does). */
+static inline int at(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, Word w)
 {
-    Py_ssize_t m = (Py_ssize_t)strlen(word);
-    if (m > n)
+    if (i + w.n > n)
         return 0;
-    for (Py_ssize_t j = 0; j < m; j++)
-        if (lower(p[j]) != (unsigned char)word[j])
+    for (Py_ssize_t j = 0; j < w.n; j++)
+        if (lower(p[i + j]) != (unsigned char)w.s[j])
             return 0;
     return 1;
 }
 
+static int contains(const unsigned char *p, Py_ssize_t n, Word w)
+{
+    for (Py_ssize_t i = 0; i + w.n <= n; i++)
+        if (lower(p[i]) == (unsigned char)w.s[0] && at(p, n, i, w))
+            return 1;
+    return 0;
+}
+
 /* The same word lists as session/tracking.py (_FIRST and _SCREEN). */
-static const char *const FIRST[] = {"set", "reset", "discard", "deallocate", "listen", "unlisten", "load",
-                                    "close", "declare", "/*", "--", "do", "execute", "explain", "prepare", "drop",
-                                    "create", "savepoint", "rollback", "release", NULL};
-static const char *const ANYWHERE[] = {"set", "discard", "deallocate", "listen", "temp", "advisory", "hold",
-                                       "load", "close", "u&", "savepoint", "rollback", "release", NULL};
+static const Word FIRST[] = {W("set"), W("reset"), W("discard"), W("deallocate"), W("listen"), W("unlisten"),
+                             W("load"), W("close"), W("declare"), W("/*"), W("--"), W("do"), W("execute"),
+                             W("explain"), W("prepare"), W("drop"), W("create"), W("savepoint"), W("rollback"),
+                             W("release"), {NULL, 0}};
+static const Word ANYWHERE[] = {W("set"), W("discard"), W("deallocate"), W("listen"), W("temp"), W("advisory"),
+                                W("hold"), W("load"), W("close"), W("u&"), W("savepoint"), W("rollback"),
+                                W("release"), {NULL, 0}};
+static const Word ADVISORY = W("advisory"), SET_CONFIG = W("set_config"), TEMP = W("temp"), U_AMP = W("u&");
 
 static int screen_bytes(const unsigned char *p, Py_ssize_t n)
 {
-    if (memchr(p, '_', (size_t)n) && (contains(p, n, "advisory") || contains(p, n, "set_config")))
-        return 1;
-    if (contains(p, n, "temp") || (memchr(p, '&', (size_t)n) && contains(p, n, "u&")))
+    /* One pass for the words that count anywhere in the text: "advisory" and "set_config" (with a
+     * '_' somewhere, as in every function of theirs), "temp", and "u&". */
+    int underscore = 0, advisory = 0, set_config = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        switch (lower(p[i])) {
+        case '_':
+            underscore = 1;
+            break;
+        case 'a':
+            advisory = advisory || at(p, n, i, ADVISORY);
+            break;
+        case 's':
+            set_config = set_config || at(p, n, i, SET_CONFIG);
+            break;
+        case 't':
+            if (at(p, n, i, TEMP))
+                return 1;
+            break;
+        case 'u':
+            if (at(p, n, i, U_AMP))
+                return 1;
+            break;
+        }
+    }
+    if (underscore && (advisory || set_config))
         return 1;
     Py_ssize_t s = 0;  /* bytes.lstrip(): ASCII whitespace */
     while (s < n && (p[s] == ' ' || p[s] == '\t' || p[s] == '\n' || p[s] == '\r' || p[s] == '\v' || p[s] == '\f'))
         s++;
-    for (int k = 0; FIRST[k]; k++)
-        if (starts_with(p + s, n - s, FIRST[k]))
-            return 1;
+    if (s < n) {
+        unsigned char c0 = lower(p[s]);
+        for (int k = 0; FIRST[k].s; k++)
+            if ((unsigned char)FIRST[k].s[0] == c0 && at(p, n, s, FIRST[k]))
+                return 1;
+    }
     const unsigned char *semi = memchr(p, ';', (size_t)n);
     if (semi == NULL)
         return 0;
@@ -77,7 +102,7 @@ static int screen_bytes(const unsigned char *p, Py_ssize_t n)
     }
     if (!more)
         return 0;
-    for (int k = 0; ANYWHERE[k]; k++)
+    for (int k = 0; ANYWHERE[k].s; k++)
         if (contains(p, n, ANYWHERE[k]))
             return 1;
     return 0;

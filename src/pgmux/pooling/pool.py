@@ -153,6 +153,9 @@ class PoolStats:
     __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_secs", "query_secs",
                  "wait_secs", "server_assignment_count", "client_parse_count", "server_parse_count",
                  "bind_count", "pin_count")
+    xact_secs: float
+    query_secs: float
+    wait_secs: float
     client_parse_count: int  # protocol-level prepared statements (session/prepared.py counts them)
     server_parse_count: int
     bind_count: int

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pgmux.errors import PgmuxError, ProtocolViolation
@@ -60,7 +61,9 @@ class ClientSession:
         self.admin_level = ""  # "admin" or "stats" for console users
         self.auth: Any = None
         self.server: ServerSession | None = None
-        self.pending: list[bytes | memoryview] = []  # complete messages waiting for a server
+        # Complete messages waiting for a server (a deque: filled and emptied once per transaction,
+        # which a list pays for with a reallocation each time).
+        self.pending: deque[bytes | memoryview] = deque()
         self.pending_syncs = 0
         self.unsynced = False  # an extended-protocol batch without its Sync yet
         self.auth_ok = b""  # the authenticator's last bytes (AuthenticationOk), sent with the welcome
@@ -413,7 +416,9 @@ class ClientSession:
         pending = self.pending
         if pending:
             if self.pending_ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
-                pending[:] = to_server(self, server, b"".join(pending))
+                rewritten = to_server(self, server, b"".join(pending))
+                pending.clear()
+                pending.extend(rewritten)
                 self.pending_ext = False
             if self.pending_syncs:
                 server.query_start = now
