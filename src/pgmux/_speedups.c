@@ -254,9 +254,100 @@ done:
     return result;
 }
 
+/*
+ * steps(data, limit, copy_syncs, unsynced, watch) -> (end, syncs, copy_syncs, unsynced, ext, track) or None
+ *
+ * ClientSession._relay's walk over a read that is not one whole Query, in one call: over the complete
+ * messages at the start of `data` (lengths checked as walk() checks them), count Query, Sync and
+ * FunctionCall (each ends in one ReadyForQuery), follow the extended-protocol batch and libpq's COPY
+ * Sync count, and screen each Query's text when `watch`. None when the read holds a Terminate, a
+ * CopyDone or a CopyFail: the caller's own loop handles those. pgmux.session.tracking.steps_py is
+ * the definition.
+ */
+static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "steps(data, limit, copy_syncs, unsynced, watch) takes 5 arguments");
+        return NULL;
+    }
+    long long limit = PyLong_AsLongLong(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t copy_syncs = PyLong_AsSsize_t(args[2]);
+    if (copy_syncs == -1 && PyErr_Occurred())
+        return NULL;
+    int unsynced = PyObject_IsTrue(args[3]);
+    int watch = PyObject_IsTrue(args[4]);
+    if (unsynced < 0 || watch < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = view.buf;
+    Py_ssize_t n = view.len, pos = 0, syncs = 0;
+    int ext = 0, track = 0;
+    PyObject *result = NULL;
+    while (n - pos >= 5) {
+        unsigned char t = p[pos];
+        long long len = ((long long)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
+        if (p[pos + 1] & 0x80)
+            len -= 1LL << 32;
+        if (len < 4 || len > limit || (t == 'Z' && len != 5)) {
+            PyObject *err = Py_BuildValue("(iL)", (int)t, len);
+            if (err) {
+                PyErr_SetObject(PyExc_ValueError, err);
+                Py_DECREF(err);
+            }
+            goto done;
+        }
+        Py_ssize_t end = pos + 1 + (Py_ssize_t)len;
+        if (end > n)
+            break;
+        switch (t) {
+        case 'Q':
+        case 'S':
+        case 'F':
+            syncs++;
+            unsynced = 0;
+            copy_syncs = t == 'S' ? copy_syncs + 1 : 0;
+            if (t == 'Q' && watch && !track && screen_bytes(p + pos + 5, end - pos - 5))
+                track = 1;
+            break;
+        case 'P':
+        case 'B':
+        case 'D':
+        case 'C':
+        case 'H':
+            unsynced = 1;
+            ext = 1;
+            break;
+        case 'E':
+            unsynced = 1;
+            ext = 1;
+            copy_syncs = 0;
+            break;
+        case 'X':
+        case 'c':
+        case 'f':
+            Py_INCREF(Py_None);
+            result = Py_None;
+            goto done;
+        }
+        pos = end;
+    }
+    result = Py_BuildValue("(nnnOOO)", pos, syncs, copy_syncs, unsynced ? Py_True : Py_False,
+                           ext ? Py_True : Py_False, track ? Py_True : Py_False);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(data, limit, noted) -> (end, nz, z, zpos, items): the header walk of the server relay."},
+    {"steps", (PyCFunction)(void (*)(void))steps, METH_FASTCALL,
+     "steps(data, limit, copy_syncs, unsynced, watch) -> (end, syncs, copy_syncs, unsynced, ext, track) or "
+     "None: the client relay's walk over a read (None when it holds Terminate, CopyDone or CopyFail)."},
     {"query", (PyCFunction)(void (*)(void))query, METH_FASTCALL,
      "query(data, limit) -> 0 (not one whole Query of at most limit bytes), 1 (one, changing nothing "
      "tracked) or 2 (one that may change tracked session state)."},

@@ -153,3 +153,57 @@ def test_walk_results() -> None:
     assert speedups.walk(ps + z + b"D\x00", 1 << 30, NOTED) == (
         len(ps) + 6, 1, ord("T"), len(ps), [(ord("S"), 0, len(ps)), (ord("Z"), len(ps), 6)])
     assert speedups.walk(b"", 1 << 30, NOTED) == (0, 0, 0, 0, None)
+
+
+# -- steps: the client relay's walk over everything but one whole Query --------------------------------------
+
+CLIENT_PARTS = [
+    m.message(b"P", b"\x00select 1\x00\x00\x00"), m.message(b"P", b"s1\x00SET x = 1\x00\x00\x00"),
+    m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00"), m.message(b"D", b"P\x00"),
+    m.message(b"E", b"\x00\x00\x00\x00\x00"),
+    m.message(b"C", b"Ss1\x00"), m.message(b"H"), m.message(m.SYNC), m.query("select 1"), m.query("set x = 1"),
+    m.message(b"F", b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"), m.message(b"d", b"1\t2\n"), m.message(b"c"),
+    m.message(b"f", b"no\x00"), m.message(b"X"), m.message(b"?", b"odd"),
+]
+
+
+def test_the_client_relay_uses_the_c_steps() -> None:
+    assert tracking.steps is speedups.steps
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(CLIENT_PARTS), max_size=10), st.integers(0, 40), st.integers(0, 3), st.booleans(),
+       st.booleans())
+def test_c_steps_agree_on_reads_cut_anywhere(parts: list[bytes], cut: int, copy_syncs: int, unsynced: bool,
+                                             watch: bool) -> None:
+    data = b"".join(parts)
+    for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data)[:max(0, len(data) - cut)]):
+        assert (speedups.steps(chunk, 1 << 30, copy_syncs, unsynced, watch)
+                == tracking.steps_py(chunk, 1 << 30, copy_syncs, unsynced, watch))
+
+
+@pytest.mark.parametrize("bad", [
+    b"B\x00\x00\x00\x03", b"S\xff\xff\xff\xff", b"Q\x00\x00\x10\x00", b"Z\x00\x00\x00\x06II",
+])
+def test_c_steps_refuse_the_same_lengths(bad: bytes) -> None:
+    data = m.message(m.SYNC) + bad
+    with pytest.raises(ValueError) as c_err:
+        speedups.steps(data, 1000, 0, False, True)
+    with pytest.raises(ValueError) as py_err:
+        tracking.steps_py(data, 1000, 0, False, True)
+    assert c_err.value.args == py_err.value.args == (bad[0], int.from_bytes(bad[1:5], "big", signed=True))
+
+
+def test_steps_results() -> None:
+    parse, sync = m.message(b"P", b"\x00select 1\x00\x00\x00"), m.message(m.SYNC)
+    execute = m.message(b"E", b"\x00\x00\x00\x00\x00")
+    assert tracking.steps_py(parse + execute + sync, 1 << 30, 2, False, True) == (
+        len(parse + execute + sync), 1, 1, False, True, False)
+    assert tracking.steps_py(parse + execute, 1 << 30, 0, False, True) == (
+        len(parse + execute), 0, 0, True, True, False)
+    two = m.query("select 1") + m.query("SET x = 1")
+    assert tracking.steps_py(two, 1 << 30, 0, False, True) == (len(two), 2, 0, False, False, True)
+    unwatched = tracking.steps_py(two, 1 << 30, 0, False, False)
+    assert unwatched is not None and unwatched[5] is False  # not watched: not screened
+    assert tracking.steps_py(sync + m.message(b"X"), 1 << 30, 0, False, True) is None
+    assert tracking.steps_py(sync + sync[:3], 1 << 30, 0, False, True) == (len(sync), 1, 1, False, False, False)

@@ -21,7 +21,7 @@ from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import C_ACTIVE, C_IDLE, ClientState
-from pgmux.session.tracking import Pins, query, screen
+from pgmux.session.tracking import Pins, query, screen, steps
 
 if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
@@ -283,47 +283,53 @@ class ClientSession:
         """Every read but one whole Query (data_received relays that): complete messages only, the
         rest kept in self.buf for the next read."""
         buf = self.buf
-        # codec.walk (in C where built) finds the complete messages and lists all but CopyData, which
-        # needs nothing here.
         n = len(data)
+        ignored = 0
+        terminate = False
         try:
-            pos, _, _, _, items = walk(data, self.max_packet, _NOT_COPY_DATA)
+            # The usual read (an extended-protocol batch, a pipeline) in one call (in C where built:
+            # session/tracking.py); a Terminate, CopyDone or CopyFail takes the loop below.
+            r = steps(data, self.max_packet, self.copy_syncs, self.unsynced, self.watch)
+            if r is None:
+                # codec.walk lists the complete messages but CopyData, which needs nothing here.
+                pos, _, _, _, items = walk(data, self.max_packet, _NOT_COPY_DATA)
         except ValueError as e:
             raise ProtocolViolation(f"invalid message length {e.args[1]} for message type {chr(e.args[0])!r}") \
                 from None
-        ignored = 0
-        terminate = False
-        ext = False
-        syncs = 0
-        copy_syncs = self.copy_syncs
-        unsynced = self.unsynced
-        track = False  # a Query that may change session state: its reply is watched
-        watch = self.watch
-        for t, start, total in items or ():
-            if t == _Q or t == _S or t == _F:
-                syncs += 1
-                unsynced = False
-                copy_syncs = copy_syncs + 1 if t == _S else 0
-                if t == _Q and watch and screen(data, start + 5, start + total):
-                    track = True
-            elif t == _X:
-                terminate = True
-                pos = start
-                break
-            elif t in _EXTENDED:
-                unsynced = True
-                ext = True
-                if t == _EXECUTE:
+        if r is not None:
+            pos, syncs, copy_syncs, unsynced, ext, track = r
+        else:
+            ext = False
+            syncs = 0
+            copy_syncs = self.copy_syncs
+            unsynced = self.unsynced
+            track = False  # a Query that may change session state: its reply is watched
+            watch = self.watch
+            for t, start, total in items or ():
+                if t == _Q or t == _S or t == _F:
+                    syncs += 1
+                    unsynced = False
+                    copy_syncs = copy_syncs + 1 if t == _S else 0
+                    if t == _Q and watch and screen(data, start + 5, start + total):
+                        track = True
+                elif t == _X:
+                    terminate = True
+                    pos = start
+                    break
+                elif t in _EXTENDED:
+                    unsynced = True
+                    ext = True
+                    if t == _EXECUTE:
+                        copy_syncs = 0
+                elif t in _COPY_END:
+                    # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
+                    # after the Execute and another after CopyDone. The backend reads the first in
+                    # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
+                    server = self.server
+                    if copy_syncs and server is not None and server.copy_in:
+                        ignored += copy_syncs
+                        server.copy_in = False
                     copy_syncs = 0
-            elif t in _COPY_END:
-                # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
-                # after the Execute and another after CopyDone. The backend reads the first in
-                # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
-                server = self.server
-                if copy_syncs and server is not None and server.copy_in:
-                    ignored += copy_syncs
-                    server.copy_in = False
-                copy_syncs = 0
         if pos < n and not terminate:
             buf.keep(data, pos)
         if pos > 0:

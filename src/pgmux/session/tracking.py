@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pgmux.errors import PgmuxError
+from pgmux.protocol.codec import noted_table, walk
 from pgmux.session import sqlprepared
 from pgmux.session.statements import (
     AdvisoryLock,
@@ -116,11 +117,45 @@ def query_py(data: bytes | bytearray | memoryview, limit: int) -> int:
     return 0
 
 
+def steps_py(data: bytes | bytearray | memoryview, limit: int, copy_syncs: int, unsynced: bool,
+             watch: bool) -> tuple[int, int, int, bool, bool, bool] | None:
+    """ClientSession._relay's walk over a read that is not one whole Query: (end, syncs, copy_syncs,
+    unsynced, ext, track) for the complete messages at the start of `data`, or None when the read
+    holds a Terminate, a CopyDone or a CopyFail (the relay's own loop handles those). syncs counts
+    Query, Sync and FunctionCall; copy_syncs counts the Syncs since the last Execute (libpq's COPY sends
+    one more than PostgreSQL answers); unsynced says an extended-protocol batch waits for its Sync; ext
+    that the read holds an extended-protocol message; track that `watch` is on and a Query's text may
+    change tracked session state. Lengths are checked as walk() checks them (ValueError(type, length)).
+    pgmux._speedups.steps does the same in C."""
+    pos, _, _, _, items = walk(data, limit, _NOT_COPY_DATA)
+    syncs = 0
+    ext = track = False
+    for t, start, total in items or ():
+        if t == 81 or t == 83 or t == 70:  # Query, Sync, FunctionCall
+            syncs += 1
+            unsynced = False
+            copy_syncs = copy_syncs + 1 if t == 83 else 0
+            if t == 81 and watch and screen(data, start + 5, start + total):
+                track = True
+        elif t in _EXTENDED:
+            unsynced = ext = True
+            if t == 69:  # Execute
+                copy_syncs = 0
+        elif t in _STOP:
+            return None
+    return pos, syncs, copy_syncs, unsynced, ext, track
+
+
+_NOT_COPY_DATA = noted_table("".join(chr(c) for c in range(256) if c != ord("d")))
+_EXTENDED = frozenset(b"PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
+_STOP = frozenset(b"Xcf")  # Terminate, CopyDone, CopyFail
+
 try:
-    from pgmux._speedups import query, screen
+    from pgmux._speedups import query, screen, steps
 except ImportError:  # not compiled here (setup.py builds it where a C compiler is present)
     screen = screen_py
     query = query_py
+    steps = steps_py
 
 
 def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
