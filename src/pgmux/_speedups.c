@@ -342,9 +342,183 @@ done:
     return result;
 }
 
+/*
+ * shape(chunk) -> (flags, start, end)
+ *
+ * What session/pipeline.py's _as_is needs to know of a client's complete messages, in one pass:
+ * `flags` is an OR of the SHAPE_* bits below, and data[start:end] is the last Parse of the unnamed
+ * statement (start -1 when there is none). pgmux.session.tracking.shape_py is the definition.
+ */
+enum {
+    SHAPE_PARSE_NAMED = 1,       /* a Parse of a named statement */
+    SHAPE_SCREEN_NAMED = 2,      /* ... whose text screen() flags */
+    SHAPE_PARSE_UNNAMED = 4,     /* a Parse of the unnamed statement */
+    SHAPE_SCREEN_UNNAMED = 8,    /* ... whose text screen() flags */
+    SHAPE_BIND = 16,             /* a Bind */
+    SHAPE_BIND_NAMED = 32,       /* ... naming a portal or a statement */
+    SHAPE_UNNAMED_EARLY = 64,    /* a Bind or Describe of the unnamed statement before any Parse of it here */
+    SHAPE_DESCRIBE_NAMED = 128,  /* a Describe of a named statement */
+    SHAPE_CLOSE_STATEMENT = 256, /* a Close of a statement */
+    SHAPE_EXECUTE = 512,         /* an Execute */
+    SHAPE_OTHER = 1024,          /* a Query, a FunctionCall, or a message too short for its kind */
+};
+
+static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "shape(chunk) takes 1 argument");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = view.buf;
+    Py_ssize_t n = view.len, pos = 0, ustart = -1, uend = -1;
+    long flags = 0;
+    while (n - pos >= 5) {
+        unsigned char t = p[pos];
+        Py_ssize_t len = ((Py_ssize_t)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
+        Py_ssize_t end = pos + 1 + len;
+        if (len < 4 || end > n) {
+            flags |= SHAPE_OTHER;
+            break;
+        }
+        Py_ssize_t body = len - 4; /* bytes after the header */
+        switch (t) {
+        case 'P':
+            if (body < 1) {
+                flags |= SHAPE_OTHER;
+            } else if (p[pos + 5] != 0) {
+                flags |= SHAPE_PARSE_NAMED;
+                const unsigned char *nul = memchr(p + pos + 5, 0, (size_t)body);
+                Py_ssize_t from = nul ? (Py_ssize_t)(nul - p) + 1 : pos + 5;
+                if (screen_bytes(p + from, end - from))
+                    flags |= SHAPE_SCREEN_NAMED;
+            } else {
+                flags |= SHAPE_PARSE_UNNAMED;
+                if (screen_bytes(p + pos + 6, end - pos - 6))
+                    flags |= SHAPE_SCREEN_UNNAMED;
+                ustart = pos;
+                uend = end;
+            }
+            break;
+        case 'B':
+            if (body < 2) {
+                flags |= SHAPE_OTHER;
+                break;
+            }
+            flags |= SHAPE_BIND;
+            if (p[pos + 5] != 0 || p[pos + 6] != 0)
+                flags |= SHAPE_BIND_NAMED;
+            else if (ustart < 0)
+                flags |= SHAPE_UNNAMED_EARLY;
+            break;
+        case 'D':
+            if (body < 2) {
+                flags |= SHAPE_OTHER;
+            } else if (p[pos + 5] == 'S') {
+                if (p[pos + 6] != 0)
+                    flags |= SHAPE_DESCRIBE_NAMED;
+                else if (ustart < 0)
+                    flags |= SHAPE_UNNAMED_EARLY;
+            }
+            break;
+        case 'C':
+            if (body < 1)
+                flags |= SHAPE_OTHER;
+            else if (p[pos + 5] == 'S')
+                flags |= SHAPE_CLOSE_STATEMENT;
+            break;
+        case 'E':
+            flags |= SHAPE_EXECUTE;
+            break;
+        case 'Q':
+        case 'F':
+            flags |= SHAPE_OTHER;
+            break;
+        }
+        pos = end;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(lnn)", flags, ustart, uend);
+}
+
+/*
+ * binds(chunk) -> [(start, portal_end, name_end, end), ...] or None
+ *
+ * The walk of session/pipeline.py's _rebound: when the complete messages in `chunk` are only Binds of
+ * named statements, Describes of portals, Executes and Syncs, and a Sync comes last, the Binds' offsets:
+ * where each starts, ends, and where the NUL after its portal name and after its statement name are.
+ * None for anything else. pgmux.session.tracking.binds_py is the definition.
+ */
+static PyObject *binds(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "binds(chunk) takes 1 argument");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *p = view.buf;
+    Py_ssize_t n = view.len, pos = 0;
+    unsigned char last = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    while (pos < n) {
+        if (n - pos < 5)
+            goto none;
+        unsigned char t = p[pos];
+        Py_ssize_t len = ((Py_ssize_t)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
+        Py_ssize_t end = pos + 1 + len;
+        if (len < 4 || end > n)
+            goto none;
+        if (t == 'B') {
+            const unsigned char *pe = memchr(p + pos + 5, 0, (size_t)(end - pos - 5));
+            if (pe == NULL)
+                goto none;
+            const unsigned char *ne = memchr(pe + 1, 0, (size_t)(p + end - pe - 1));
+            if (ne == NULL || ne == pe + 1)  /* malformed, or the unnamed statement */
+                goto none;
+            PyObject *item = Py_BuildValue("(nnnn)", pos, (Py_ssize_t)(pe - p), (Py_ssize_t)(ne - p), end);
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                goto fail;
+            }
+            Py_DECREF(item);
+        } else if (t == 'D') {
+            if (len < 5 || p[pos + 5] == 'S')  /* a statement's description may need it prepared first */
+                goto none;
+        } else if (t != 'E' && t != 'S') {
+            goto none;
+        }
+        last = t;
+        pos = end;
+    }
+    if (last != 'S')  /* replies not ended by a ReadyForQuery stay queued, ahead of what pgmux answers */
+        goto none;
+    PyBuffer_Release(&view);
+    return out;
+none:
+    PyBuffer_Release(&view);
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(data, limit, noted) -> (end, nz, z, zpos, items): the header walk of the server relay."},
+    {"binds", (PyCFunction)(void (*)(void))binds, METH_FASTCALL,
+     "binds(chunk) -> [(start, portal_end, name_end, end), ...] or None: the Binds of a chunk of only Binds "
+     "of named statements, Describes of portals, Executes and Syncs, ending in a Sync."},
+    {"shape", (PyCFunction)(void (*)(void))shape, METH_FASTCALL,
+     "shape(chunk) -> (flags, start, end): what the extended-protocol fast path needs to know of a "
+     "client's complete messages (see pgmux.session.tracking.shape_py)."},
     {"steps", (PyCFunction)(void (*)(void))steps, METH_FASTCALL,
      "steps(data, limit, copy_syncs, unsynced, watch) -> (end, syncs, copy_syncs, unsynced, ext, track) or "
      "None: the client relay's walk over a read (None when it holds Terminate, CopyDone or CopyFail)."},

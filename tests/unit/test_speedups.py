@@ -207,3 +207,83 @@ def test_steps_results() -> None:
     assert unwatched is not None and unwatched[5] is False  # not watched: not screened
     assert tracking.steps_py(sync + m.message(b"X"), 1 << 30, 0, False, True) is None
     assert tracking.steps_py(sync + sync[:3], 1 << 30, 0, False, True) == (len(sync), 1, 1, False, False, False)
+
+
+# -- shape: what the extended-protocol fast path (session/pipeline.py's _as_is) reads of a chunk ---------------
+
+SHAPE_PARTS = [
+    m.message(b"P", b"\x00select 1\x00\x00\x00"), m.message(b"P", b"\x00SET x = 1\x00\x00\x00"),
+    m.message(b"P", b"s1\x00select 1\x00\x00\x00"), m.message(b"P", b"s1\x00create temp table t()\x00\x00\x00"),
+    m.message(b"P", b"noname"), m.message(b"P"), m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00"),
+    m.message(b"B", b"p\x00\x00\x00\x00\x00\x00\x00\x00"), m.message(b"B", b"\x00s1\x00\x00\x00\x00\x00\x00\x00"),
+    m.message(b"B", b"\x00"), m.message(b"D", b"P\x00"), m.message(b"D", b"S\x00"), m.message(b"D", b"Ss1\x00"),
+    m.message(b"D", b"S"), m.message(b"C", b"Ss1\x00"), m.message(b"C", b"P\x00"), m.message(b"C"),
+    m.message(b"E", b"\x00\x00\x00\x00\x00"), m.message(b"H"), m.message(m.SYNC), m.query("select 1"),
+    m.message(b"F", b"\x00\x00\x00\x01"), m.message(b"d", b"x"),
+]
+
+
+def test_the_extended_fast_path_uses_the_c_shape() -> None:
+    from pgmux.session import pipeline
+
+    assert tracking.shape is speedups.shape
+    assert pipeline.shape is speedups.shape
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(SHAPE_PARTS), max_size=8), st.integers(0, 30))
+def test_c_shape_agrees(parts: list[bytes], cut: int) -> None:
+    data = b"".join(parts)
+    for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data), bytearray(data)):
+        assert speedups.shape(chunk) == tracking.shape_py(chunk)
+
+
+def test_shape_results() -> None:
+    parse = m.message(b"P", b"\x00select 1\x00\x00\x00")
+    bind = m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00")
+    rest = m.message(b"D", b"P\x00") + m.message(b"E", b"\x00\x00\x00\x00\x00") + m.message(m.SYNC)
+    t = tracking
+    assert t.shape_py(parse + bind + rest) == (t.SHAPE_PARSE_UNNAMED | t.SHAPE_BIND | t.SHAPE_EXECUTE, 0, len(parse))
+    assert t.shape_py(bind + rest) == (t.SHAPE_BIND | t.SHAPE_UNNAMED_EARLY | t.SHAPE_EXECUTE, -1, -1)
+    named = m.message(b"P", b"s1\x00SET x = 1\x00\x00\x00")
+    assert t.shape_py(named)[0] == t.SHAPE_PARSE_NAMED | t.SHAPE_SCREEN_NAMED
+    assert t.shape_py(m.query("select 1"))[0] == t.SHAPE_OTHER
+    assert t.shape_py(parse[:-1])[0] == t.SHAPE_OTHER  # cut short: not for the fast path
+
+
+# -- binds: the walk of named prepared statements' steady state (session/pipeline.py's _rebound) -------------
+
+BIND_PARTS = [
+    m.message(b"B", b"\x00s1\x00\x00\x00\x00\x01\x00\x00\x00\x015\x00\x00"),
+    m.message(b"B", b"p\x00s2\x00\x00\x00\x00\x00\x00\x00"),
+    m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00"), m.message(b"B", b"nonul"), m.message(b"B", b"p\x00nonul"),
+    m.message(b"D", b"P\x00"), m.message(b"D", b"Ss1\x00"), m.message(b"D"), m.message(b"E", b"\x00\x00\x00\x00\x00"),
+    m.message(m.SYNC), m.message(b"H"), m.message(b"P", b"s1\x00select 1\x00\x00\x00"), m.query("select 1"),
+]
+
+
+def test_the_prepared_fast_path_uses_the_c_binds() -> None:
+    from pgmux.session import pipeline
+
+    assert tracking.binds is speedups.binds
+    assert pipeline.binds is speedups.binds
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(BIND_PARTS), max_size=8), st.integers(0, 30))
+def test_c_binds_agree(parts: list[bytes], cut: int) -> None:
+    data = b"".join(parts)
+    for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data), bytearray(data)):
+        assert speedups.binds(chunk) == tracking.binds_py(chunk)
+
+
+def test_binds_results() -> None:
+    bind = m.message(b"B", b"\x00s1\x00\x00\x00\x00\x00\x00\x00")
+    rest = m.message(b"D", b"P\x00") + m.message(b"E", b"\x00\x00\x00\x00\x00") + m.message(m.SYNC)
+    assert tracking.binds_py(bind + rest) == [(0, 5, 8, len(bind))]
+    assert tracking.binds_py(bind + rest + bind + rest) == [(0, 5, 8, len(bind)),
+                                                            (len(bind + rest), len(bind + rest) + 5,
+                                                             len(bind + rest) + 8, len(bind + rest + bind))]
+    assert tracking.binds_py(bind + m.message(b"E", b"\x00\x00\x00\x00\x00")) is None  # no Sync last
+    assert tracking.binds_py(m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + rest) is None  # unnamed
+    assert tracking.binds_py(m.message(m.SYNC)) == []

@@ -58,7 +58,25 @@ from pgmux.session.statements import (
     Unknown,
     effects,
 )
-from pgmux.session.tracking import executed, pin_refused, query_done, query_effects, screen
+from pgmux.session.tracking import (
+    SHAPE_BIND,
+    SHAPE_BIND_NAMED,
+    SHAPE_CLOSE_STATEMENT,
+    SHAPE_DESCRIBE_NAMED,
+    SHAPE_EXECUTE,
+    SHAPE_OTHER,
+    SHAPE_PARSE_NAMED,
+    SHAPE_PARSE_UNNAMED,
+    SHAPE_SCREEN_NAMED,
+    SHAPE_SCREEN_UNNAMED,
+    SHAPE_UNNAMED_EARLY,
+    binds,
+    executed,
+    pin_refused,
+    query_done,
+    query_effects,
+    shape,
+)
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -347,39 +365,29 @@ def _as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) -
     without named statements (pgbench -M extended, psycopg with parameters) stays this cheap; it
     records the unnamed Parse on the way. Anything else is left to the full walk of to_server.
     Without protocol-level statement tracking (max_prepared_statements = 0) named statements go as
-    they are too, unless their text may change session state."""
-    n = len(chunk)
-    pos = 0
+    they are too, unless their text may change session state. tracking.shape (in C where built) reads
+    the messages; this decides."""
+    flags, start, end = shape(chunk)
+    if flags & SHAPE_OTHER:
+        return False
     tracked = c.stmts is not None
-    while pos < n:
-        t = chunk[pos]
-        (length,) = _LEN.unpack_from(chunk, pos + 1)
-        end = pos + 1 + length
-        if t == _P:
-            if chunk[pos + 5] != 0:  # named
-                if tracked:
-                    return False
-                head = bytes(chunk[pos + 5:end])
-                if c.watch and (c.stmt_fx or c.tx_effects or screen(head, head.find(b"\x00") + 1, len(head))):
-                    return False
-            else:  # (the screen reads the text after the empty name)
-                if c.watch and (c.stmt_fx or c.tx_effects or screen(chunk, pos + 6, end)):
-                    return False
-                c.unnamed = server.unnamed = bytes(chunk[pos:end])
-        elif t == _B:
-            if c.stmt_fx or (tracked and (chunk[pos + 5] != 0 or chunk[pos + 6] != 0 or (
-                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed))):
-                return False
-        elif t == _D:
-            if tracked and chunk[pos + 5] == _S and (chunk[pos + 6] != 0 or (
-                    c.unnamed is not None and server.unnamed is not c.unnamed and server.unnamed != c.unnamed)):
-                return False
-        elif t == _C:
-            if tracked and chunk[pos + 5] == _S:
-                return False
-        elif t == _Q or t == _F or (t == _E and c.portal_fx):
+    effects = c.watch and (c.stmt_fx or c.tx_effects)
+    if flags & SHAPE_PARSE_NAMED and (tracked or effects or c.watch and flags & SHAPE_SCREEN_NAMED):
+        return False
+    if flags & SHAPE_PARSE_UNNAMED and (effects or c.watch and flags & SHAPE_SCREEN_UNNAMED):
+        return False
+    if flags & SHAPE_BIND and c.stmt_fx:
+        return False
+    if tracked:
+        if flags & (SHAPE_BIND_NAMED | SHAPE_DESCRIBE_NAMED | SHAPE_CLOSE_STATEMENT):
             return False
-        pos = end
+        if flags & SHAPE_UNNAMED_EARLY and c.unnamed is not None and server.unnamed is not c.unnamed \
+                and server.unnamed != c.unnamed:
+            return False
+    if flags & SHAPE_EXECUTE and c.portal_fx:
+        return False
+    if start >= 0:
+        c.unnamed = server.unnamed = bytes(chunk[start:end])
     return True
 
 
@@ -389,42 +397,28 @@ def _rebound(stmts: ClientStatements, sst: ServerStatements,
     prepares): Binds of statements this server already holds, Describes of portals, Executes, and a
     Sync last. Only each Bind's statement name changes and nothing is queued, so the replies take the
     header-only relay. None for anything else, which the full walk of to_server handles."""
+    spans = binds(chunk)  # (in C where built: session/tracking.py)
+    if spans is None:
+        return None
     raw = chunk if isinstance(chunk, bytes) else bytes(chunk)
-    n = len(raw)
-    pos = run = 0
-    t = 0
+    run = 0
     out: list[bytes | memoryview] = []
     bound: list[str] = []
-    while pos < n:
-        t = raw[pos]
-        (length,) = _LEN.unpack_from(raw, pos + 1)
-        end = pos + 1 + length
-        if t == _B:
-            pe = raw.find(b"\x00", pos + 5, end)
-            ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
-            if ne <= pe + 1:  # the unnamed statement, or malformed: the full walk decides
-                return None
-            name = raw[pe + 1:ne].decode("utf-8", "surrogateescape")
-            stmt = stmts.lookup(name)
-            if stmt is None or not sst.touch(stmt.name):
-                return None
-            bound.append(name)
-            head = raw[pos + 5:pe + 1] + stmt.name.encode() + b"\x00"
-            if run < pos:
-                out.append(raw[run:pos])
-            out.append(_BIND_HDR.pack(_B, 4 + len(head) + end - ne - 1) + head)
-            out.append(memoryview(raw)[ne + 1:end])
-            run = end
-        elif t == _D:
-            if raw[pos + 5] == _S:  # a statement's description may need it prepared first
-                return None
-        elif t != _E and t != _S:
+    for pos, pe, ne, end in spans:
+        name = raw[pe + 1:ne].decode("utf-8", "surrogateescape")
+        stmt = stmts.lookup(name)
+        if stmt is None or not sst.touch(stmt.name):
             return None
-        pos = end
-    if t != _S:  # replies not ended by a ReadyForQuery must stay queued, ahead of anything pgmux answers
-        return None
+        bound.append(name)
+        head = raw[pos + 5:pe + 1] + stmt.name.encode() + b"\x00"
+        if run < pos:
+            out.append(raw[run:pos])
+        out.append(_BIND_HDR.pack(_B, 4 + len(head) + end - ne - 1) + head)
+        out.append(memoryview(raw)[ne + 1:end])
+        run = end
     for name in bound:
         stmts.bind(name)  # counted once the whole chunk is known to take this path
+    n = len(raw)
     if run < n:
         out.append(memoryview(raw)[run:n])
     return out

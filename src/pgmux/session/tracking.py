@@ -146,16 +146,125 @@ def steps_py(data: bytes | bytearray | memoryview, limit: int, copy_syncs: int, 
     return pos, syncs, copy_syncs, unsynced, ext, track
 
 
+# shape() flags: what session/pipeline.py's _as_is needs to know of a client's complete messages.
+SHAPE_PARSE_NAMED = 1  # a Parse of a named statement
+SHAPE_SCREEN_NAMED = 2  # ... whose text screen() flags
+SHAPE_PARSE_UNNAMED = 4  # a Parse of the unnamed statement
+SHAPE_SCREEN_UNNAMED = 8  # ... whose text screen() flags
+SHAPE_BIND = 16  # a Bind
+SHAPE_BIND_NAMED = 32  # ... naming a portal or a statement
+SHAPE_UNNAMED_EARLY = 64  # a Bind or Describe of the unnamed statement before any Parse of it here
+SHAPE_DESCRIBE_NAMED = 128  # a Describe of a named statement
+SHAPE_CLOSE_STATEMENT = 256  # a Close of a statement
+SHAPE_EXECUTE = 512  # an Execute
+SHAPE_OTHER = 1024  # a Query, a FunctionCall, or a message too short for its kind
+
+
+def shape_py(chunk: bytes | bytearray | memoryview) -> tuple[int, int, int]:
+    """(flags, start, end) for a client's complete messages: flags ORs the SHAPE_* bits of every
+    message, and chunk[start:end] is the last Parse of the unnamed statement (start -1 if none).
+    pgmux._speedups.shape does the same in C."""
+    n = len(chunk)
+    pos = 0
+    flags = 0
+    ustart = uend = -1
+    while n - pos >= 5:
+        t = chunk[pos]
+        length = int.from_bytes(chunk[pos + 1:pos + 5], "big")
+        end = pos + 1 + length
+        if length < 4 or end > n:
+            flags |= SHAPE_OTHER
+            break
+        body = length - 4
+        if t == 80:  # Parse
+            if body < 1:
+                flags |= SHAPE_OTHER
+            elif chunk[pos + 5] != 0:
+                flags |= SHAPE_PARSE_NAMED
+                nul = bytes(chunk[pos + 5:end]).find(b"\x00")
+                if screen(chunk, pos + 5 + nul + 1 if nul >= 0 else pos + 5, end):
+                    flags |= SHAPE_SCREEN_NAMED
+            else:
+                flags |= SHAPE_PARSE_UNNAMED
+                if screen(chunk, pos + 6, end):
+                    flags |= SHAPE_SCREEN_UNNAMED
+                ustart, uend = pos, end
+        elif t == 66:  # Bind
+            if body < 2:
+                flags |= SHAPE_OTHER
+            else:
+                flags |= SHAPE_BIND
+                if chunk[pos + 5] != 0 or chunk[pos + 6] != 0:
+                    flags |= SHAPE_BIND_NAMED
+                elif ustart < 0:
+                    flags |= SHAPE_UNNAMED_EARLY
+        elif t == 68:  # Describe
+            if body < 2:
+                flags |= SHAPE_OTHER
+            elif chunk[pos + 5] == 83:  # a statement
+                if chunk[pos + 6] != 0:
+                    flags |= SHAPE_DESCRIBE_NAMED
+                elif ustart < 0:
+                    flags |= SHAPE_UNNAMED_EARLY
+        elif t == 67:  # Close
+            if body < 1:
+                flags |= SHAPE_OTHER
+            elif chunk[pos + 5] == 83:
+                flags |= SHAPE_CLOSE_STATEMENT
+        elif t == 69:  # Execute
+            flags |= SHAPE_EXECUTE
+        elif t == 81 or t == 70:  # Query, FunctionCall
+            flags |= SHAPE_OTHER
+        pos = end
+    return flags, ustart, uend
+
+
+def binds_py(chunk: bytes | bytearray | memoryview) -> list[tuple[int, int, int, int]] | None:
+    """When the complete messages in `chunk` are only Binds of named statements, Describes of portals,
+    Executes and Syncs, and a Sync comes last (the steady state of named prepared statements, see
+    session/pipeline.py's _rebound): each Bind's (start, portal_end, name_end, end), where the two
+    middle ones are the offsets of the NUL after its portal name and after its statement name. None
+    for anything else. pgmux._speedups.binds does the same in C."""
+    raw = bytes(chunk)
+    n = len(raw)
+    pos = last = 0
+    out: list[tuple[int, int, int, int]] = []
+    while pos < n:
+        if n - pos < 5:
+            return None
+        t = raw[pos]
+        length = int.from_bytes(raw[pos + 1:pos + 5], "big")
+        end = pos + 1 + length
+        if length < 4 or end > n:
+            return None
+        if t == 66:  # Bind
+            pe = raw.find(b"\x00", pos + 5, end)
+            ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
+            if ne <= pe + 1:  # malformed, or the unnamed statement
+                return None
+            out.append((pos, pe, ne, end))
+        elif t == 68:  # Describe
+            if length < 5 or raw[pos + 5] == 83:  # a statement's description may need it prepared first
+                return None
+        elif t != 69 and t != 83:  # Execute, Sync
+            return None
+        last = t
+        pos = end
+    return out if last == 83 else None
+
+
 _NOT_COPY_DATA = noted_table("".join(chr(c) for c in range(256) if c != ord("d")))
 _EXTENDED = frozenset(b"PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
 _STOP = frozenset(b"Xcf")  # Terminate, CopyDone, CopyFail
 
 try:
-    from pgmux._speedups import query, screen, steps
+    from pgmux._speedups import binds, query, screen, shape, steps
 except ImportError:  # not compiled here (setup.py builds it where a C compiler is present)
+    binds = binds_py
     screen = screen_py
     query = query_py
     steps = steps_py
+    shape = shape_py
 
 
 def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
