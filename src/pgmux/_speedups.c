@@ -1,12 +1,18 @@
 /*
- * pgmux._speedups: the one per-query text scan of the forwarding path, in C.
+ * pgmux._speedups: the byte scans of the forwarding path, in C.
  *
- * session/tracking.py's screen() decides, for every Query a client sends in transaction mode,
- * whether the text may change session state pgmux tracks (SET, advisory locks, temp tables, ...).
- * Its pure-Python version costs about 0.7 us per query, a fifth of pgmux's own work on a pgbench
- * transaction; this one does the same test in one pass over the bytes. The Python version stays the
- * definition: tests/unit/test_speedups.py checks both agree, and pgmux falls back to it when this
- * module was not built.
+ * Every read a pooler relays needs its message headers walked and, in transaction mode, the text of
+ * each Query screened for statements that change session state pgmux tracks (SET, advisory locks,
+ * temp tables, ...). In Python those loops were most of pgmux's own work per transaction; here each
+ * is one call:
+ *   screen  the session-state screen of a Query's text (session/tracking.py)
+ *   query   whether a client's read is exactly one whole Query, and its screen
+ *   steps   the client relay's walk over any other read (Syncs, extended batch, COPY Syncs)
+ *   walk    the server relay's walk over a reply (ReadyForQuery and the messages it must see)
+ *   shape   what the unnamed statement's fast path needs to know of a client's messages
+ *   binds   the Binds of a named prepared statement's steady state
+ * Each keeps a Python definition (session/tracking.py, protocol/codec.py): tests/unit/test_speedups.py
+ * checks both agree, and pgmux falls back to the Python where this module was not built.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -163,6 +169,33 @@ static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /*
+ * The header of the message at p[pos:]: its type in *t and its end in *end. Returns 1 for a whole
+ * message, 0 when the data ends inside it, and -1 with ValueError(type, length) set for an impossible
+ * length: below 4, above limit, or a ReadyForQuery not of 5 (the length read as a signed int32, as
+ * struct "!i" reads it).
+ */
+static int header(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos, long long limit, unsigned char *t,
+                  Py_ssize_t *end)
+{
+    if (n - pos < 5)
+        return 0;
+    *t = p[pos];
+    long long len = ((long long)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
+    if (p[pos + 1] & 0x80)
+        len -= 1LL << 32;
+    if (len < 4 || len > limit || (*t == 'Z' && len != 5)) {
+        PyObject *err = Py_BuildValue("(iL)", (int)*t, len);
+        if (err) {
+            PyErr_SetObject(PyExc_ValueError, err);
+            Py_DECREF(err);
+        }
+        return -1;
+    }
+    *end = pos + 1 + (Py_ssize_t)len;
+    return *end <= n;
+}
+
+/*
  * walk(data, limit, noted) -> (end, nz, z, zpos, items)
  *
  * The header walk of ServerSession._relay: over the complete messages at the start of `data`
@@ -199,21 +232,13 @@ static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = view.len, pos = 0, zpos = 0, nz = 0, nnoted = 0;
     int z = 0;
     /* First pass: find the end, count ReadyForQuery and noted messages. */
-    while (n - pos >= 5) {
-        unsigned char t = p[pos];
-        long long len = ((long long)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
-        if (p[pos + 1] & 0x80)
-            len -= 1LL << 32;  /* a signed int32, as struct "!i" reads it */
-        if (len < 4 || len > limit || (t == 'Z' && len != 5)) {
-            PyObject *err = Py_BuildValue("(iL)", (int)t, len);
-            if (err) {
-                PyErr_SetObject(PyExc_ValueError, err);
-                Py_DECREF(err);
-            }
+    for (;;) {
+        unsigned char t;
+        Py_ssize_t end;
+        int whole = header(p, n, pos, limit, &t, &end);
+        if (whole < 0)
             goto done;
-        }
-        Py_ssize_t end = pos + 1 + (Py_ssize_t)len;
-        if (end > n)
+        if (!whole)
             break;
         if (t == 'Z') {
             nz++;
@@ -287,21 +312,13 @@ static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = view.len, pos = 0, syncs = 0;
     int ext = 0, track = 0;
     PyObject *result = NULL;
-    while (n - pos >= 5) {
-        unsigned char t = p[pos];
-        long long len = ((long long)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
-        if (p[pos + 1] & 0x80)
-            len -= 1LL << 32;
-        if (len < 4 || len > limit || (t == 'Z' && len != 5)) {
-            PyObject *err = Py_BuildValue("(iL)", (int)t, len);
-            if (err) {
-                PyErr_SetObject(PyExc_ValueError, err);
-                Py_DECREF(err);
-            }
+    for (;;) {
+        unsigned char t;
+        Py_ssize_t end;
+        int whole = header(p, n, pos, limit, &t, &end);
+        if (whole < 0)
             goto done;
-        }
-        Py_ssize_t end = pos + 1 + (Py_ssize_t)len;
-        if (end > n)
+        if (!whole)
             break;
         switch (t) {
         case 'Q':
