@@ -7,7 +7,7 @@
  * is one call:
  *   screen  the session-state screen of a Query's text (session/tracking.py)
  *   query   whether a client's read is exactly one whole Query, and its screen
- *   steps   the client relay's walk over any other read (Syncs, extended batch, COPY Syncs)
+ *   steps   the client relay's walk over any other read (Syncs, extended batch, COPY, Terminate)
  *   walk    the server relay's walk over a reply (ReadyForQuery and the messages it must see)
  *   shape   what the unnamed statement's fast path needs to know of a client's messages
  *   binds   the Binds of a named prepared statement's steady state
@@ -280,19 +280,21 @@ done:
 }
 
 /*
- * steps(data, limit, copy_syncs, unsynced, watch) -> (end, syncs, copy_syncs, unsynced, ext, track) or None
+ * steps(data, limit, copy_syncs, unsynced, watch, copy_in)
+ *     -> (end, syncs, copy_syncs, unsynced, ext, track, ignored, copy_in, terminate)
  *
  * ClientSession._relay's walk over a read that is not one whole Query, in one call: over the complete
  * messages at the start of `data` (lengths checked as walk() checks them), count Query, Sync and
- * FunctionCall (each ends in one ReadyForQuery), follow the extended-protocol batch and libpq's COPY
- * Sync count, and screen each Query's text when `watch`. None when the read holds a Terminate, a
- * CopyDone or a CopyFail: the caller's own loop handles those. pgmux.session.tracking.steps_py is
- * the definition.
+ * FunctionCall (each ends in one ReadyForQuery), follow the extended-protocol batch, screen each
+ * Query's text when `watch`, and stop at a Terminate (`end` is then where it starts). `copy_in` says
+ * the server is in a COPY FROM STDIN started by Execute: at its CopyDone or CopyFail, the Syncs sent
+ * since the Execute, but one, get no reply (`ignored`), and copy_in ends. pgmux.session.tracking.steps_py
+ * is the definition.
  */
 static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "steps(data, limit, copy_syncs, unsynced, watch) takes 5 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "steps(data, limit, copy_syncs, unsynced, watch, copy_in) takes 6 arguments");
         return NULL;
     }
     long long limit = PyLong_AsLongLong(args[1]);
@@ -303,14 +305,15 @@ static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     int unsynced = PyObject_IsTrue(args[3]);
     int watch = PyObject_IsTrue(args[4]);
-    if (unsynced < 0 || watch < 0)
+    int copy_in = PyObject_IsTrue(args[5]);
+    if (unsynced < 0 || watch < 0 || copy_in < 0)
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     const unsigned char *p = view.buf;
-    Py_ssize_t n = view.len, pos = 0, syncs = 0;
-    int ext = 0, track = 0;
+    Py_ssize_t n = view.len, pos = 0, syncs = 0, ignored = 0;
+    int ext = 0, track = 0, terminate = 0;
     PyObject *result = NULL;
     for (;;) {
         unsigned char t;
@@ -343,17 +346,25 @@ static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             ext = 1;
             copy_syncs = 0;
             break;
-        case 'X':
         case 'c':
         case 'f':
-            Py_INCREF(Py_None);
-            result = Py_None;
-            goto done;
+            if (copy_syncs && copy_in) {
+                ignored += copy_syncs;
+                copy_in = 0;
+            }
+            copy_syncs = 0;
+            break;
+        case 'X':
+            terminate = 1;
+            break;
         }
+        if (terminate)
+            break;
         pos = end;
     }
-    result = Py_BuildValue("(nnnOOO)", pos, syncs, copy_syncs, unsynced ? Py_True : Py_False,
-                           ext ? Py_True : Py_False, track ? Py_True : Py_False);
+    result = Py_BuildValue("(nnnOOOnOO)", pos, syncs, copy_syncs, unsynced ? Py_True : Py_False,
+                           ext ? Py_True : Py_False, track ? Py_True : Py_False, ignored,
+                           copy_in ? Py_True : Py_False, terminate ? Py_True : Py_False);
 done:
     PyBuffer_Release(&view);
     return result;
@@ -537,8 +548,8 @@ static PyMethodDef methods[] = {
      "shape(chunk) -> (flags, start, end): what the extended-protocol fast path needs to know of a "
      "client's complete messages (see pgmux.session.tracking.shape_py)."},
     {"steps", (PyCFunction)(void (*)(void))steps, METH_FASTCALL,
-     "steps(data, limit, copy_syncs, unsynced, watch) -> (end, syncs, copy_syncs, unsynced, ext, track) or "
-     "None: the client relay's walk over a read (None when it holds Terminate, CopyDone or CopyFail)."},
+     "steps(data, limit, copy_syncs, unsynced, watch, copy_in) -> (end, syncs, copy_syncs, unsynced, ext, track, "
+     "ignored, copy_in, terminate): the client relay's walk over a read (see pgmux.session.tracking.steps_py)."},
     {"query", (PyCFunction)(void (*)(void))query, METH_FASTCALL,
      "query(data, limit) -> 0 (not one whole Query of at most limit bytes), 1 (one, changing nothing "
      "tracked) or 2 (one that may change tracked session state)."},

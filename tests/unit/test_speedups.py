@@ -173,13 +173,13 @@ def test_the_client_relay_uses_the_c_steps() -> None:
 
 @settings(max_examples=600, deadline=None)
 @given(st.lists(st.sampled_from(CLIENT_PARTS), max_size=10), st.integers(0, 40), st.integers(0, 3), st.booleans(),
-       st.booleans())
+       st.booleans(), st.booleans())
 def test_c_steps_agree_on_reads_cut_anywhere(parts: list[bytes], cut: int, copy_syncs: int, unsynced: bool,
-                                             watch: bool) -> None:
+                                             watch: bool, copy_in: bool) -> None:
     data = b"".join(parts)
     for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data)[:max(0, len(data) - cut)]):
-        assert (speedups.steps(chunk, 1 << 30, copy_syncs, unsynced, watch)
-                == tracking.steps_py(chunk, 1 << 30, copy_syncs, unsynced, watch))
+        assert (speedups.steps(chunk, 1 << 30, copy_syncs, unsynced, watch, copy_in)
+                == tracking.steps_py(chunk, 1 << 30, copy_syncs, unsynced, watch, copy_in))
 
 
 @pytest.mark.parametrize("bad", [
@@ -188,25 +188,33 @@ def test_c_steps_agree_on_reads_cut_anywhere(parts: list[bytes], cut: int, copy_
 def test_c_steps_refuse_the_same_lengths(bad: bytes) -> None:
     data = m.message(m.SYNC) + bad
     with pytest.raises(ValueError) as c_err:
-        speedups.steps(data, 1000, 0, False, True)
+        speedups.steps(data, 1000, 0, False, True, False)
     with pytest.raises(ValueError) as py_err:
-        tracking.steps_py(data, 1000, 0, False, True)
+        tracking.steps_py(data, 1000, 0, False, True, False)
     assert c_err.value.args == py_err.value.args == (bad[0], int.from_bytes(bad[1:5], "big", signed=True))
 
 
 def test_steps_results() -> None:
     parse, sync = m.message(b"P", b"\x00select 1\x00\x00\x00"), m.message(m.SYNC)
     execute = m.message(b"E", b"\x00\x00\x00\x00\x00")
-    assert tracking.steps_py(parse + execute + sync, 1 << 30, 2, False, True) == (
-        len(parse + execute + sync), 1, 1, False, True, False)
-    assert tracking.steps_py(parse + execute, 1 << 30, 0, False, True) == (
-        len(parse + execute), 0, 0, True, True, False)
+    steps = tracking.steps_py
+    assert steps(parse + execute + sync, 1 << 30, 2, False, True, False) == (
+        len(parse + execute + sync), 1, 1, False, True, False, 0, False, False)
+    assert steps(parse + execute, 1 << 30, 0, False, True, False) == (
+        len(parse + execute), 0, 0, True, True, False, 0, False, False)
     two = m.query("select 1") + m.query("SET x = 1")
-    assert tracking.steps_py(two, 1 << 30, 0, False, True) == (len(two), 2, 0, False, False, True)
-    unwatched = tracking.steps_py(two, 1 << 30, 0, False, False)
-    assert unwatched is not None and unwatched[5] is False  # not watched: not screened
-    assert tracking.steps_py(sync + m.message(b"X"), 1 << 30, 0, False, True) is None
-    assert tracking.steps_py(sync + sync[:3], 1 << 30, 0, False, True) == (len(sync), 1, 1, False, False, False)
+    assert steps(two, 1 << 30, 0, False, True, False)[:6] == (len(two), 2, 0, False, False, True)
+    assert steps(two, 1 << 30, 0, False, False, False)[5] is False  # not watched: not screened
+    assert steps(sync + sync[:3], 1 << 30, 0, False, True, False)[:3] == (len(sync), 1, 1)
+    # A Terminate ends the walk where it starts, whatever follows.
+    assert steps(sync + m.message(b"X") + b"junk!", 1 << 30, 0, False, True, False) == (
+        len(sync), 1, 1, False, False, False, 0, False, True)
+    # libpq's extended-protocol COPY FROM STDIN: Execute, Sync, CopyData, CopyDone, Sync. PostgreSQL
+    # reads the first Sync in copy-in mode and does not answer it.
+    copy = m.message(b"d", b"1\n") + m.message(b"c")
+    assert steps(copy + sync, 1 << 30, 1, False, True, True) == (
+        len(copy + sync), 1, 1, False, False, False, 1, False, False)
+    assert steps(copy + sync, 1 << 30, 1, False, True, False)[6:8] == (0, False)  # not in copy-in: all answered
 
 
 # -- shape: what the extended-protocol fast path (session/pipeline.py's _as_is) reads of a chunk ---------------

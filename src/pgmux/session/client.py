@@ -16,21 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import Buffer, noted_table, read_startup, scan, unpack_len, walk
+from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import C_ACTIVE, C_IDLE, ClientState
-from pgmux.session.tracking import Pins, query, screen, steps
+from pgmux.session.tracking import Pins, query, steps
 
 if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
 
-_Q, _S, _F, _X, _P = (ord(c) for c in "QSFXP")
-_EXTENDED = frozenset(ord(c) for c in "PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
-_EXECUTE = ord("E")
-_COPY_END = frozenset(ord(c) for c in "cf")  # CopyDone, CopyFail
-_NOT_COPY_DATA = noted_table("".join(chr(c) for c in range(256) if c != ord("d")))
+_X = ord("X")
 _COPY_MSGS = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
@@ -284,52 +280,17 @@ class ClientSession:
         rest kept in self.buf for the next read."""
         buf = self.buf
         n = len(data)
-        ignored = 0
-        terminate = False
+        server = self.server
+        copy_in = server is not None and server.copy_in
         try:
-            # The usual read (an extended-protocol batch, a pipeline) in one call (in C where built:
-            # session/tracking.py); a Terminate, CopyDone or CopyFail takes the loop below.
-            r = steps(data, self.max_packet, self.copy_syncs, self.unsynced, self.watch)
-            if r is None:
-                # codec.walk lists the complete messages but CopyData, which needs nothing here.
-                pos, _, _, _, items = walk(data, self.max_packet, _NOT_COPY_DATA)
+            # One call (in C where built: session/tracking.py) walks the complete messages.
+            pos, syncs, copy_syncs, unsynced, ext, track, ignored, copy_in, terminate = steps(
+                data, self.max_packet, self.copy_syncs, self.unsynced, self.watch, copy_in)
         except ValueError as e:
             raise ProtocolViolation(f"invalid message length {e.args[1]} for message type {chr(e.args[0])!r}") \
                 from None
-        if r is not None:
-            pos, syncs, copy_syncs, unsynced, ext, track = r
-        else:
-            ext = False
-            syncs = 0
-            copy_syncs = self.copy_syncs
-            unsynced = self.unsynced
-            track = False  # a Query that may change session state: its reply is watched
-            watch = self.watch
-            for t, start, total in items or ():
-                if t == _Q or t == _S or t == _F:
-                    syncs += 1
-                    unsynced = False
-                    copy_syncs = copy_syncs + 1 if t == _S else 0
-                    if t == _Q and watch and screen(data, start + 5, start + total):
-                        track = True
-                elif t == _X:
-                    terminate = True
-                    pos = start
-                    break
-                elif t in _EXTENDED:
-                    unsynced = True
-                    ext = True
-                    if t == _EXECUTE:
-                        copy_syncs = 0
-                elif t in _COPY_END:
-                    # A COPY FROM STDIN started by Execute: libpq (PQexecParams) and others send a Sync
-                    # after the Execute and another after CopyDone. The backend reads the first in
-                    # copy-in mode and ignores it, so only one ReadyForQuery comes for the two.
-                    server = self.server
-                    if copy_syncs and server is not None and server.copy_in:
-                        ignored += copy_syncs
-                        server.copy_in = False
-                    copy_syncs = 0
+        if server is not None and server.copy_in and not copy_in:
+            server.copy_in = False  # its CopyDone (or CopyFail) is in this read
         if pos < n and not terminate:
             buf.keep(data, pos)
         if pos > 0:
@@ -452,7 +413,6 @@ class ClientSession:
             self.state = C_IDLE
         return server
 
-    # -- server -> client ------------------------------------------------------------------------
     # -- admin console -------------------------------------------------------------------------
     def _admin_data(self, data: bytes) -> None:
         data = self.buf.feed(data)

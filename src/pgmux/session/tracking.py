@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pgmux.errors import PgmuxError
-from pgmux.protocol.codec import noted_table, walk
 from pgmux.session import sqlprepared
 from pgmux.session.statements import (
     AdvisoryLock,
@@ -117,33 +116,54 @@ def query_py(data: bytes | bytearray | memoryview, limit: int) -> int:
     return 0
 
 
-def steps_py(data: bytes | bytearray | memoryview, limit: int, copy_syncs: int, unsynced: bool,
-             watch: bool) -> tuple[int, int, int, bool, bool, bool] | None:
+def steps_py(data: bytes | bytearray | memoryview, limit: int, copy_syncs: int, unsynced: bool, watch: bool,
+             copy_in: bool) -> tuple[int, int, int, bool, bool, bool, int, bool, bool]:
     """ClientSession._relay's walk over a read that is not one whole Query: (end, syncs, copy_syncs,
-    unsynced, ext, track) for the complete messages at the start of `data`, or None when the read
-    holds a Terminate, a CopyDone or a CopyFail (the relay's own loop handles those). syncs counts
-    Query, Sync and FunctionCall; copy_syncs counts the Syncs since the last Execute (libpq's COPY sends
-    one more than PostgreSQL answers); unsynced says an extended-protocol batch waits for its Sync; ext
-    that the read holds an extended-protocol message; track that `watch` is on and a Query's text may
-    change tracked session state. Lengths are checked as walk() checks them (ValueError(type, length)).
-    pgmux._speedups.steps does the same in C."""
-    pos, _, _, _, items = walk(data, limit, _NOT_COPY_DATA)
-    syncs = 0
-    ext = track = False
-    for t, start, total in items or ():
+    unsynced, ext, track, ignored, copy_in, terminate) for the complete messages at the start of `data`.
+    - syncs counts Query, Sync and FunctionCall, each of which ends in one ReadyForQuery;
+    - unsynced says an extended-protocol batch waits for its Sync, ext that the read holds one of its
+      messages, track that `watch` is on and a Query's text may change tracked session state;
+    - copy_syncs counts the Syncs since the last Execute. libpq (PQexecParams) and others send a Sync
+      after an Execute that starts COPY FROM STDIN and another after CopyDone; the backend reads the
+      first in copy-in mode and ignores it. So when `copy_in` (the server is in such a COPY) meets a
+      CopyDone or CopyFail, those Syncs get no reply (`ignored`) and copy_in ends;
+    - a Terminate stops the walk: terminate, and `end` is where it starts.
+    Lengths are checked in order as walk() checks them (ValueError(type, length)). pgmux._speedups.steps
+    does the same in C."""
+    n = len(data)
+    pos = syncs = ignored = 0
+    ext = track = terminate = False
+    while n - pos >= 5:
+        t = data[pos]
+        length = int.from_bytes(data[pos + 1:pos + 5], "big", signed=True)
+        if length < 4 or length > limit or (t == 90 and length != 5):
+            raise ValueError(t, length)
+        end = pos + 1 + length
+        if end > n:
+            break
         if t == 81 or t == 83 or t == 70:  # Query, Sync, FunctionCall
             syncs += 1
             unsynced = False
             copy_syncs = copy_syncs + 1 if t == 83 else 0
-            if t == 81 and watch and screen(data, start + 5, start + total):
+            if t == 81 and watch and not track and screen(data, pos + 5, end):
                 track = True
         elif t in _EXTENDED:
             unsynced = ext = True
             if t == 69:  # Execute
                 copy_syncs = 0
-        elif t in _STOP:
-            return None
-    return pos, syncs, copy_syncs, unsynced, ext, track
+        elif t == 99 or t == 102:  # CopyDone, CopyFail
+            if copy_syncs and copy_in:
+                ignored += copy_syncs
+                copy_in = False
+            copy_syncs = 0
+        elif t == 88:  # Terminate
+            terminate = True
+            break
+        pos = end
+    return pos, syncs, copy_syncs, unsynced, ext, track, ignored, copy_in, terminate
+
+
+_EXTENDED = frozenset(b"PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
 
 
 # shape() flags: what session/pipeline.py's _as_is needs to know of a client's complete messages.
@@ -252,10 +272,6 @@ def binds_py(chunk: bytes | bytearray | memoryview) -> list[tuple[int, int, int,
         pos = end
     return out if last == 83 else None
 
-
-_NOT_COPY_DATA = noted_table("".join(chr(c) for c in range(256) if c != ord("d")))
-_EXTENDED = frozenset(b"PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
-_STOP = frozenset(b"Xcf")  # Terminate, CopyDone, CopyFail
 
 try:
     from pgmux._speedups import binds, query, screen, shape, steps
