@@ -242,16 +242,14 @@ class App:
             pool = self.routing.route(c, now)
             if pool is None:
                 return
-        idle = pool.idle
-        if idle and not self.paused and not pool.paused:  # Pool.take_idle(), inline
-            server = idle.pop()
+        server = None if self.paused else pool.take_idle()
+        if server is not None:
             server.move(S_ACTIVE)
             pool.stats.server_assignment_count += 1
             c.attach(server, now)
             return
         c.state = C_WAITING
-        c.wait_since = now  # Pool.add_waiter(), inline
-        pool.waiters.append(c)
+        pool.add_waiter(c, now)
         # A full pool (the usual case under load) opens nothing: skip the arithmetic of launch().
         if not self.paused and len(pool.servers) < pool.limits.pool_size + pool.limits.reserve_pool_size:
             self.launch(pool)
@@ -395,9 +393,8 @@ class App:
             # PAUSE: servers are let go as their transactions finish; PAUSE returns once none is left.
             self.close_server(server, "pause requested")
             return
-        waiters = pool.waiters
-        if waiters:  # Pool.put(), inline: this runs for most transactions under load
-            waiter = waiters.popleft()
+        waiter = pool.put(server, now)
+        if waiter is not None:
             if server.state is not S_ACTIVE:  # (ACTIVE to ACTIVE, the usual case, is legal)
                 server.move(S_ACTIVE)
             st = pool.stats
@@ -405,7 +402,6 @@ class App:
             st.wait_secs += now - waiter.wait_since
             waiter.attach(server, now)
             return
-        pool.put(server, now)
         server.move(S_IDLE)
         if self.waiting_admin or self.shutting_down:
             self._after_change()
