@@ -1,10 +1,31 @@
-"""Only the optional C part of pgmux lives here; everything else is in pyproject.toml.
+"""Only the compiled parts of pgmux live here; everything else is in pyproject.toml.
 
-pgmux._speedups does the per-query text scan of the forwarding path in C (see its header). It is
-optional: where it cannot be compiled, pgmux runs the pure-Python version of the same scan, and
-tests/unit/test_speedups.py fails, so a machine that should have it notices.
+- pgmux._speedups does the per-query text scans of the forwarding path in C (see its header). It is
+  optional: where it cannot be compiled, pgmux runs the pure-Python version of the same scans, and
+  tests/unit/test_speedups.py fails, so a machine that should have it notices.
+- COMPILED below are the modules every transaction runs through: the two sessions, the App that
+  hands servers out, and the pool core. mypyc compiles them, from the same Python source, to C
+  extension modules; their type annotations become C fields and direct calls. The .py files stay the
+  definition: `PGMUX_PURE=1` at install time skips this step, and tests/conftest.py refuses to run
+  when a compiled module is older than its source (rebuild with `python3 setup.py build_ext --inplace`).
 """
+
+import os
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True)])
+COMPILED = [
+    "src/pgmux/session/client.py",
+    "src/pgmux/session/server.py",
+    "src/pgmux/runtime/app.py",
+    "src/pgmux/pooling/pool.py",
+]
+
+ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True)]
+if os.environ.get("PGMUX_PURE", "") in ("", "0"):
+    from mypyc.build import mypycify
+
+    # One group, its shared library inside the package (pgmux/_native__mypyc*.so), not at top level.
+    ext_modules += mypycify(COMPILED, opt_level="3", group_name="pgmux._native")
+
+setup(ext_modules=ext_modules)

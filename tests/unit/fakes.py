@@ -128,27 +128,21 @@ class Rig:
         path.write_text(ini)
         self.clock = Clock()
         self.app = App(load_config(str(path)), str(path))
-        self.app.now = self.clock  # type: ignore[method-assign]
-        self.app.spawn = self._spawn  # type: ignore[method-assign]
-        self.spawned: list[tuple[str, dict[str, Any]]] = []  # background tasks the App asked for
+        self.app.now = self.clock
+        self.app.spawn = self._spawn
+        self.spawned: list[tuple[str, tuple[Any, ...]]] = []  # background work the App asked for
         self.servers: list[Peer] = []  # every server connection opened, in order
-        real_open = self.app._open_server
 
-        def open_server(pool: Any) -> None:
-            before = set(self.app.servers)
-            real_open(pool)
-            for sid in sorted(set(self.app.servers) - before):
-                session = self.app.servers[sid]
-                transport = FakeTransport()
-                session.connection_made(transport)
-                self.servers.append(Peer(session, transport))
-
-        self.app._open_server = open_server  # type: ignore[method-assign]
-
-    def _spawn(self, coro: Any) -> None:
-        # Note what the App wanted to run, then drop it: connects are done by open_server above.
-        self.spawned.append((coro.cr_code.co_name, dict(coro.cr_frame.f_locals)))
-        coro.close()
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        """Note what the App wanted to run in the background, and run none of it. A server connect is
+        done here instead: the new server gets a fake transport at once."""
+        name = fn.__name__.rpartition(".")[2]  # a method compiled by mypyc names its class too
+        self.spawned.append((name, args))
+        if name == "_connect":
+            session = args[0]
+            transport = FakeTransport()
+            session.connection_made(transport)
+            self.servers.append(Peer(session, transport))
 
     def connect(self, user: str = "alice", database: str = "app", **params: str) -> Peer:
         """A client that has sent its StartupMessage."""

@@ -24,6 +24,7 @@ from fakes import (
 )
 
 from pgmux.protocol import messages as m
+from pgmux.session import client as client_module
 from pgmux.session.states import ClientState, ServerState
 
 Q1 = m.query("select 1")
@@ -626,7 +627,7 @@ def test_cancel_reaches_the_server_the_client_is_linked_to(rig: Rig) -> None:
     other.send(m.cancel_request(c.cancel_pid, c.cancel_key))
     assert other.transport.closed and other.take() == b""
     (name, args), = [s for s in rig.spawned if s[0] == "_send_cancel"]
-    assert (args["pid"], args["key"]) == (SERVER_PID, SERVER_KEY)
+    assert args[1:] == (SERVER_PID, SERVER_KEY)
 
 
 def test_cancel_with_a_wrong_key_is_ignored(rig: Rig) -> None:
@@ -671,10 +672,10 @@ def test_internal_error_answers_in_postgresql_words(rig: Rig, monkeypatch: pytes
                                                     caplog: pytest.LogCaptureFixture) -> None:
     client = rig.login()
 
-    def broken(c: object, now: float | None = None) -> None:
+    def broken(data: bytes, limit: int) -> int:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(rig.app, "acquire", broken)
+    monkeypatch.setattr(client_module, "query", broken)  # the first thing the relay calls
     client.send(Q1)
     fields = error_fields(client.take())
     assert (fields["S"], fields["C"]) == ("FATAL", "XX000")

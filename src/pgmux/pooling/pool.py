@@ -153,17 +153,20 @@ class PoolStats:
     __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_secs", "query_secs",
                  "wait_secs", "server_assignment_count", "client_parse_count", "server_parse_count",
                  "bind_count", "pin_count")
-    xact_secs: float
-    query_secs: float
-    wait_secs: float
-    client_parse_count: int  # protocol-level prepared statements (session/prepared.py counts them)
-    server_parse_count: int
-    bind_count: int
-    pin_count: int  # clients that became pinned to a server (SHOW STATS total_pinned_count, pgmux's own)
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.xact_count = 0
+        self.query_count = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.xact_secs = 0.0
+        self.query_secs = 0.0
+        self.wait_secs = 0.0
+        self.server_assignment_count = 0
+        self.client_parse_count = 0  # protocol-level prepared statements (session/prepared.py counts them)
+        self.server_parse_count = 0
+        self.bind_count = 0
+        self.pin_count = 0  # clients that became pinned to a server (SHOW STATS total_pinned_count, pgmux's own)
 
     @property
     def xact_time(self) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import struct
 import time
-import weakref
 from typing import Any
 
 from pgmux.admin import derive, render
@@ -108,8 +107,6 @@ class AdminService:
         self.prev: dict[str, tuple[int, ...]] = {}
         self.avgs: dict[str, tuple[int, ...]] = {}
         self.sampled_at = time.monotonic()
-        # Extended-protocol state per console client, until its Sync (gone with the client).
-        self.ext: weakref.WeakKeyDictionary[Any, _ExtState] = weakref.WeakKeyDictionary()
 
     # -- wire ------------------------------------------------------------------------------------
     def message(self, c: Any, mtype: int, body: bytes) -> None:
@@ -126,9 +123,11 @@ class AdminService:
         server-side binding): Parse, Bind, Describe, Execute, Close, Flush, Sync. A statement is the
         console command text; Describe answers with the command's RowDescription (SHOW) or NoData,
         Execute with its rows. After an error, everything up to Sync is skipped, as PostgreSQL does."""
-        st = self.ext.setdefault(c, _ExtState())
+        st = c.admin_ext  # the batch's state, until its Sync, kept on the client (gone with it)
+        if st is None:
+            st = c.admin_ext = _ExtState()
         if ch == "S":
-            self.ext.pop(c, None)
+            c.admin_ext = None
             c.transport.write(m.ready_for_query(b"I"))
             return
         if st.failed or ch == "H":

@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pgmux import __version__
@@ -68,11 +69,13 @@ class App:
         self.prepared = StatementRegistry()
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
+        # The two ways out of the synchronous core, as attributes so that tests drive it without a loop
+        # or a clock (tests/unit/fakes.py): the clock, and "run this coroutine function in the background".
+        self.now: Callable[[], float] = time.monotonic
+        self.spawn: Callable[..., None] = self._start_task
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    now = staticmethod(time.monotonic)
-
     async def start(self) -> None:
         from pgmux.runtime.admin_service import AdminService
 
@@ -123,8 +126,8 @@ class App:
         if self.stopped is not None and not self.stopped.done():
             self.stopped.set_result(None)
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _start_task(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        task = asyncio.get_running_loop().create_task(fn(*args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -228,6 +231,7 @@ class App:
         if auth is not None and auth.client_key is not None and auth.server_key is not None:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
         pool = c.pool
+        assert pool is not None  # found at login, before this
         if pool.server_params is not None:
             c.send_welcome(pool.server_params)
         else:
@@ -236,12 +240,14 @@ class App:
 
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.pool
+        assert pool is not None  # a logged-in client has its pool
         if now is None:
             now = self.now()
         if c.route is not None:  # read/write split: this transaction's host, or wait for one
-            pool = self.routing.route(c, now)
-            if pool is None:
+            routed = self.routing.route(c, now)
+            if routed is None:
                 return
+            pool = routed
         server = None if self.paused else pool.take_idle()
         if server is not None:
             server.move(S_ACTIVE)
@@ -450,7 +456,7 @@ class App:
         pool.add_server(server)
         pool.connecting += 1
         timeout = self.config.settings.server_connect_timeout
-        self.spawn(self._connect(server, timeout))
+        self.spawn(self._connect, server, timeout)
 
     async def _connect(self, server: ServerSession, timeout: float) -> None:
         try:
@@ -587,7 +593,7 @@ class App:
             return  # nothing running for this client now; PostgreSQL would ignore it too
         t = server.target
         log.info("%s sending cancel request to %s", c.prefix, server.prefix)
-        self.spawn(self._send_cancel(t, server.backend_pid, server.backend_key))
+        self.spawn(self._send_cancel, t, server.backend_pid, server.backend_key)
 
     async def _send_cancel(self, t: ServerTarget, pid: int, key: int) -> None:
         try:

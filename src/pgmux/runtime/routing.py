@@ -107,7 +107,7 @@ class Routing:
     def stop(self) -> None:
         for sp in self.splits.values():
             if sp.monitor is not None:
-                self.app.spawn(sp.monitor.stop())
+                self.app.spawn(sp.monitor.stop)
 
     def host_pool(self, sp: Split, state: HostState[Any], user: str) -> Pool[Any, Any]:
         host = state.host
@@ -144,6 +144,7 @@ class Routing:
         sp: Split = c.route
         router = sp.router
         pool = c.pool
+        assert pool is not None  # logged in
         kind: Kind
         if pool.mode == "session":
             kind, why = "write", "session pooling"  # the whole session on one server: the primary
@@ -202,7 +203,7 @@ class Routing:
         """Check every host now instead of at the next period (at most twice a second)."""
         if sp.monitor is not None and now - sp.kicked >= 0.5:
             sp.kicked = now
-            self.app.spawn(sp.monitor.check_all())
+            self.app.spawn(sp.monitor.check_all)
 
     def forget(self, c: ClientSession) -> None:
         sp: Split = c.route
@@ -321,7 +322,7 @@ class Routing:
         """A server of this host closed or sent a FATAL: check the host now."""
         sp = self.splits.get(pool.database)
         if sp is not None and sp.monitor is not None and pool.hstate is not None:
-            self.app.spawn(sp.monitor.check(pool.hstate))
+            self.app.spawn(sp.monitor.check, pool.hstate)
 
     def tick(self, now: float) -> None:
         """Janitor: parked clients retry (bans expire without a monitor event) or give up."""

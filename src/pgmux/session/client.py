@@ -24,6 +24,8 @@ from pgmux.session.states import C_ACTIVE, C_IDLE, ClientState
 from pgmux.session.tracking import Pins, query, steps
 
 if TYPE_CHECKING:
+    from pgmux.pooling.pool import Pool
+    from pgmux.runtime.app import App
     from pgmux.session.server import ServerSession
 
 _X = ord("X")
@@ -39,9 +41,9 @@ class ClientSession:
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
-                 "ryw_lsn", "__weakref__")
+                 "ryw_lsn", "admin_ext")
 
-    def __init__(self, cid: int, hub: Any, now: float, max_packet: int) -> None:
+    def __init__(self, cid: int, hub: App, now: float, max_packet: int) -> None:
         self.id = cid
         self.hub = hub
         self.transport: Any = None
@@ -52,7 +54,7 @@ class ClientSession:
         self.state = ClientState.STARTUP
         self.user = ""
         self.database = ""
-        self.pool: Any = None
+        self.pool: Pool[Any, Any] | None = None
         self.is_admin = False
         self.admin_level = ""  # "admin" or "stats" for console users
         self.auth: Any = None
@@ -101,6 +103,7 @@ class ClientSession:
         self.route: Any = None
         self.lsn_wanted = False
         self.ryw_lsn = 0
+        self.admin_ext: Any = None  # a console client's extended-protocol batch until Sync (admin_service.py)
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
@@ -137,7 +140,9 @@ class ClientSession:
                 self.unsynced = False
                 self.copy_syncs = 0
                 now = self.request_time = self.hub.now()
-                self.pool.stats.bytes_received += len(data)
+                pool = self.pool
+                assert pool is not None  # logged in
+                pool.stats.bytes_received += len(data)
                 track = kind == 2 and self.watch
                 server = self.server
                 if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
@@ -295,7 +300,9 @@ class ClientSession:
             buf.keep(data, pos)
         if pos > 0:
             now = self.request_time = self.hub.now()
-            self.pool.stats.bytes_received += pos
+            pool = self.pool
+            assert pool is not None  # logged in
+            pool.stats.bytes_received += pos
             chunk: bytes | memoryview = data if pos == n else memoryview(data)[:pos]
             server = self.server
             if server is not None and self.route is not None and self.hub.routing.hold(self, server, chunk):
@@ -360,7 +367,9 @@ class ClientSession:
                 server.swallow_error = None
                 out = [m.query(sql)]
                 server.params.update(self.params)
-                reported = self.pool.server_params or {}
+                pool = self.pool
+                assert pool is not None  # logged in
+                reported = pool.server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it

@@ -23,6 +23,8 @@ from pgmux.session.prepared import ServerStatements
 from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
 
 if TYPE_CHECKING:
+    from pgmux.pooling.pool import Pool
+    from pgmux.runtime.app import App
     from pgmux.session.client import ClientSession
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
@@ -61,9 +63,9 @@ class ServerSession:
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
-                 "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn", "__weakref__")
+                 "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn")
 
-    def __init__(self, sid: int, hub: Any, pool: Any, target: ServerTarget, now: float) -> None:
+    def __init__(self, sid: int, hub: App, pool: Pool[Any, Any], target: ServerTarget, now: float) -> None:
         self.id = sid
         self.hub = hub
         self.pool = pool

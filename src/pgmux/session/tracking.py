@@ -433,6 +433,7 @@ _REFUSED_WHAT = {"listen": "LISTEN", "temp table": "a temporary table", "advisor
 
 def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None:
     """pin_mode = refuse: the error for a statement that would pin its client, else None."""
+    assert c.pool is not None  # logged in
     for e in done:
         if isinstance(e, _PINNING):
             why = pin_reason(e) or "session state"
@@ -446,6 +447,7 @@ def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None
 
 
 def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
+    assert c.pool is not None  # logged in
     reported = c.pool.server_params or {}
     for e in done:
         if isinstance(e, _PINS) or isinstance(e, DiscardAll):
