@@ -50,3 +50,13 @@ class ConfigError(PgmuxError):
         self.file = file
         self.line = line
         self.key = key
+
+
+# The errors of session/prepared.py. They live here, with the rest of the tree, because that module is
+# compiled (setup.py), and a compiled subclass does not override a class attribute like sqlstate.
+class DuplicatePreparedStatement(PgmuxError):
+    sqlstate = "42P05"  # duplicate_prepared_statement, as PostgreSQL reports it
+
+
+class MissingPreparedStatement(PgmuxError):
+    sqlstate = "26000"  # invalid_sql_statement_name, as PostgreSQL reports it

@@ -12,7 +12,8 @@ import pytest
 
 from staleness import stale_compiled_modules
 
-HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgmux.pooling.pool"]
+HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgmux.pooling.pool",
+       "pgmux.session.states", "pgmux.protocol.codec"]
 
 
 @pytest.mark.parametrize("name", HOT)

@@ -9,14 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgmux.errors import ProtocolViolation
+from pgmux.errors import DuplicatePreparedStatement, MissingPreparedStatement, ProtocolViolation
 from pgmux.protocol import extended as x
 from pgmux.protocol.messages import BIND, CLOSE, DESCRIBE, PARSE, message
 from pgmux.session.prepared import (
     DEFAULT_MAX_PREPARED_STATEMENTS,
     ClientStatements,
-    DuplicatePreparedStatement,
-    MissingPreparedStatement,
     PreparedStats,
     Registry,
     ServerStatements,

@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from pgmux import __version__
 from pgmux.config import diff, load_config
@@ -37,8 +37,8 @@ from pgmux.session.states import C_ACTIVE, C_IDLE, C_WAITING, S_ACTIVE, S_IDLE, 
 
 log = logging.getLogger("pgmux")
 
-ADMIN_DATABASES = ("pgbouncer", "pgmux")
-TICK = 0.2
+ADMIN_DATABASES: Final = ("pgbouncer", "pgmux")
+TICK: Final = 0.2
 
 
 class App:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from pgmux.runtime.app import App
     from pgmux.session.server import ServerSession
 
-_X = ord("X")
-_COPY_MSGS = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
-_LOGGED_IN = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
+_X: Final = ord("X")
+_COPY_MSGS: Final = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
+_LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
 
 class ClientSession:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgmux.errors import PgmuxError, ProtocolViolation
+from pgmux.errors import MissingPreparedStatement, PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import scan
 from pgmux.protocol.extended import (
@@ -43,7 +43,6 @@ from pgmux.session.params import canon
 from pgmux.session.prepared import (
     NAME_PREFIX,
     ClientStatements,
-    MissingPreparedStatement,
     ServerStatements,
     Statement,
 )

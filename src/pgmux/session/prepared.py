@@ -33,20 +33,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from pgmux.errors import PgmuxError
+from pgmux.errors import DuplicatePreparedStatement, MissingPreparedStatement
 
 DEFAULT_MAX_PREPARED_STATEMENTS = 200  # PgBouncer's default; 0 turns tracking off (build none of this)
 NAME_PREFIX = "pgmux_"
 
 Key = tuple[str, tuple[int, ...]]
-
-
-class DuplicatePreparedStatement(PgmuxError):
-    sqlstate = "42P05"  # duplicate_prepared_statement, as PostgreSQL reports it
-
-
-class MissingPreparedStatement(PgmuxError):
-    sqlstate = "26000"  # invalid_sql_statement_name, as PostgreSQL reports it
 
 
 @dataclass(frozen=True, slots=True)

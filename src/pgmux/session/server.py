@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
@@ -28,15 +28,15 @@ if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
-_G = ord("G")  # CopyInResponse
-_NOTED = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
-_D = ord("D")  # DataRow
-_I32 = struct.Struct("!i")
+_G: Final = ord("G")  # CopyInResponse
+_NOTED: Final = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
+_D: Final = ord("D")  # DataRow
+_I32: Final = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
-_STATUS = {c: bytes((c,)) for c in range(256)}
+_STATUS: Final = {c: bytes((c,)) for c in range(256)}
 
 # Replies are small; a server that claims a 1 GiB message is either broken or hostile.
-MAX_SERVER_MESSAGE = 1 << 30
+MAX_SERVER_MESSAGE: Final = 1 << 30
 
 
 @dataclass

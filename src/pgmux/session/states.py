@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class ClientState(enum.Enum):
@@ -34,7 +35,11 @@ _CLIENT_SHOW = {
 # Reading a member off an Enum class (ClientState.IDLE) goes through EnumType.__getattr__ in Python
 # 3.11, four times the cost of a plain class attribute; the per-transaction path uses these module
 # constants (the same members) instead.
-C_IDLE, C_WAITING, C_ACTIVE = ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE
+# The members the per-transaction code compares with. Final: compiled (setup.py), the sessions read them
+# as C globals, not from this module's dict.
+C_IDLE: Final = ClientState.IDLE
+C_WAITING: Final = ClientState.WAITING
+C_ACTIVE: Final = ClientState.ACTIVE
 
 
 class ServerState(enum.Enum):
@@ -51,7 +56,9 @@ class ServerState(enum.Enum):
         return self.value
 
 
-S_LOGIN, S_IDLE, S_ACTIVE = ServerState.LOGIN, ServerState.IDLE, ServerState.ACTIVE
+S_LOGIN: Final = ServerState.LOGIN
+S_IDLE: Final = ServerState.IDLE
+S_ACTIVE: Final = ServerState.ACTIVE
 
 # Legal moves, checked on every change so that a wrong move fails loudly in tests instead of leaking.
 SERVER_MOVES: dict[ServerState, frozenset[ServerState]] = {
@@ -63,5 +70,6 @@ SERVER_MOVES: dict[ServerState, frozenset[ServerState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
-    pass
+class IllegalTransition(Exception):
+    """A state change the tables above do not allow: a bug in pgmux, logged as an internal error.
+    (An Exception, not a RuntimeError: mypyc compiles subclasses of Exception only.)"""
