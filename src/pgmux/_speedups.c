@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -174,6 +175,40 @@ static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * length: below 4, above limit, or a ReadyForQuery not of 5 (the length read as a signed int32, as
  * struct "!i" reads it).
  */
+/* The result tuples of the functions below, built directly: Py_BuildValue parses its format string on
+   every call, which cost more than some of the walks themselves. `kinds` has one letter per item:
+   'n' a Py_ssize_t, 'b' an int read as a bool, 'O' an object reference the tuple takes over. */
+static PyObject *pack(const char *kinds, ...)
+{
+    Py_ssize_t n = (Py_ssize_t)strlen(kinds);
+    PyObject *t = PyTuple_New(n);
+    va_list ap;
+    va_start(ap, kinds);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item;
+        if (kinds[i] == 'n')
+            item = PyLong_FromSsize_t(va_arg(ap, Py_ssize_t));
+        else if (kinds[i] == 'b')
+            item = Py_NewRef(va_arg(ap, int) ? Py_True : Py_False);
+        else
+            item = va_arg(ap, PyObject *);
+        if (t == NULL || item == NULL) {  /* still take every 'O' over, so none leaks */
+            Py_XDECREF(item);
+            continue;
+        }
+        PyTuple_SET_ITEM(t, i, item);
+    }
+    va_end(ap);
+    if (t != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (PyTuple_GET_ITEM(t, i) == NULL) {
+                Py_DECREF(t);
+                return NULL;
+            }
+    }
+    return t;
+}
+
 static int header(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos, long long limit, unsigned char *t,
                   Py_ssize_t *end)
 {
@@ -261,7 +296,7 @@ static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             unsigned char t = p[q];
             Py_ssize_t total = 1 + (((Py_ssize_t)p[q + 1] << 24) | (p[q + 2] << 16) | (p[q + 3] << 8) | p[q + 4]);
             if (t == 'Z' || noted[t]) {
-                PyObject *item = Py_BuildValue("(inn)", (int)t, q, total);
+                PyObject *item = pack("nnn", (Py_ssize_t)t, q, total);
                 if (item == NULL || PyList_Append(items, item) < 0) {
                     Py_XDECREF(item);
                     Py_DECREF(items);
@@ -272,7 +307,7 @@ static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             q += total;
         }
     }
-    result = Py_BuildValue("(nninN)", pos, nz, z, zpos, items);
+    result = pack("nnnnO", pos, nz, (Py_ssize_t)z, zpos, items);
 done:
     PyBuffer_Release(&table);
     PyBuffer_Release(&view);
@@ -362,9 +397,8 @@ static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             break;
         pos = end;
     }
-    result = Py_BuildValue("(nnnOOOnOO)", pos, syncs, copy_syncs, unsynced ? Py_True : Py_False,
-                           ext ? Py_True : Py_False, track ? Py_True : Py_False, ignored,
-                           copy_in ? Py_True : Py_False, terminate ? Py_True : Py_False);
+    result = pack("nnnbbbnbb", pos, syncs, copy_syncs, (int)unsynced, (int)ext, (int)track, ignored,
+                  (int)copy_in, (int)terminate);
 done:
     PyBuffer_Release(&view);
     return result;
@@ -468,7 +502,7 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pos = end;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(lnn)", flags, ustart, uend);
+    return pack("nnn", (Py_ssize_t)flags, ustart, uend);
 }
 
 /*
@@ -509,7 +543,7 @@ static PyObject *binds(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             const unsigned char *ne = memchr(pe + 1, 0, (size_t)(p + end - pe - 1));
             if (ne == NULL || ne == pe + 1)  /* malformed, or the unnamed statement */
                 goto none;
-            PyObject *item = Py_BuildValue("(nnnn)", pos, (Py_ssize_t)(pe - p), (Py_ssize_t)(ne - p), end);
+            PyObject *item = pack("nnnn", pos, (Py_ssize_t)(pe - p), (Py_ssize_t)(ne - p), end);
             if (item == NULL || PyList_Append(out, item) < 0) {
                 Py_XDECREF(item);
                 goto fail;

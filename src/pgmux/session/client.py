@@ -334,8 +334,9 @@ class ClientSession:
             server.query_start = now
         if track or server.queue or self.tx_effects:
             # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
-            out = b"".join(to_server(self, server, chunk, ignored))
+            parts = to_server(self, server, chunk, ignored)
             server.owed += syncs - ignored
+            out = parts[0] if len(parts) == 1 else b"".join(parts)  # one part: the chunk as it came, usually
             if out:
                 server.transport.write(out)
         else:
