@@ -230,8 +230,7 @@ class App:
         auth = c.auth
         if auth is not None and auth.client_key is not None and auth.server_key is not None:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
-        pool = c.pool
-        assert pool is not None  # found at login, before this
+        pool = c.logged_in_pool()
         if pool.server_params is not None:
             c.send_welcome(pool.server_params)
         else:
@@ -239,8 +238,7 @@ class App:
             self.launch(pool)
 
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
-        pool = c.pool
-        assert pool is not None  # a logged-in client has its pool
+        pool = c.logged_in_pool()
         if now is None:
             now = self.now()
         if c.route is not None:  # read/write split: this transaction's host, or wait for one

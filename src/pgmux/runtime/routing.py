@@ -143,8 +143,7 @@ class Routing:
         usable host (it is then parked, state WAITING)."""
         sp: Split = c.route
         router = sp.router
-        pool = c.pool
-        assert pool is not None  # logged in
+        pool = c.logged_in_pool()
         kind: Kind
         if pool.mode == "session":
             kind, why = "write", "session pooling"  # the whole session on one server: the primary

@@ -105,6 +105,12 @@ class ClientSession:
         self.ryw_lsn = 0
         self.admin_ext: Any = None  # a console client's extended-protocol batch until Sync (admin_service.py)
 
+    def logged_in_pool(self) -> Pool[Any, Any]:
+        """The pool of a client past login (found then, for its database and user)."""
+        pool = self.pool
+        assert pool is not None, "a client past login has its pool"
+        return pool
+
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
         self.addr, self.port, self.is_unix, self.peer_uid = addr, port, is_unix, peer_uid
@@ -140,9 +146,7 @@ class ClientSession:
                 self.unsynced = False
                 self.copy_syncs = 0
                 now = self.request_time = self.hub.now()
-                pool = self.pool
-                assert pool is not None  # logged in
-                pool.stats.bytes_received += len(data)
+                self.logged_in_pool().stats.bytes_received += len(data)
                 track = kind == 2 and self.watch
                 server = self.server
                 if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
@@ -300,9 +304,7 @@ class ClientSession:
             buf.keep(data, pos)
         if pos > 0:
             now = self.request_time = self.hub.now()
-            pool = self.pool
-            assert pool is not None  # logged in
-            pool.stats.bytes_received += pos
+            self.logged_in_pool().stats.bytes_received += pos
             chunk: bytes | memoryview = data if pos == n else memoryview(data)[:pos]
             server = self.server
             if server is not None and self.route is not None and self.hub.routing.hold(self, server, chunk):
@@ -368,9 +370,7 @@ class ClientSession:
                 server.swallow_error = None
                 out = [m.query(sql)]
                 server.params.update(self.params)
-                pool = self.pool
-                assert pool is not None  # logged in
-                reported = pool.server_params or {}
+                reported = self.logged_in_pool().server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it

@@ -204,7 +204,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         new: list[bytes | memoryview] | None = None
         fx = _note_extended(c, t, raw, s, total) if c.watch and (t == _P or t == _B or t == _E) else None
         try:
-            if t == _P and c.stmt_fx and c.watch and c.pool is not None and c.pool.refuse_pins:
+            if t == _P and c.stmt_fx and c.watch and c.logged_in_pool().refuse_pins:
                 _refuse_parse(c, raw, s, total)
             if stmts is None or sst is None:  # statements not tracked: forwarded, replies still counted
                 kind = _PLAIN.get(t, -1)
@@ -464,7 +464,7 @@ def _watched_query(c: ClientSession, server: ServerSession, q: deque[Entry], who
     done = query_effects(body)
     if not done and not c.tx_effects:
         return QUERY, None
-    if c.pool is not None and c.pool.refuse_pins:
+    if c.logged_in_pool().refuse_pins:
         err = pin_refused(c, done)
         if err is not None:
             # The whole query string is refused before any of it runs. The server runs a query that

@@ -433,13 +433,13 @@ _REFUSED_WHAT = {"listen": "LISTEN", "temp table": "a temporary table", "advisor
 
 def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None:
     """pin_mode = refuse: the error for a statement that would pin its client, else None."""
-    assert c.pool is not None  # logged in
     for e in done:
         if isinstance(e, _PINNING):
             why = pin_reason(e) or "session state"
             return PgmuxError(
                 f"{_REFUSED_WHAT.get(why, why)} would pin this client to one server connection, and "
-                f"database \"{c.database}\" refuses that in {c.pool.mode} pooling (pgmux pin_mode = refuse)",
+                f"database \"{c.database}\" refuses that in {c.logged_in_pool().mode} pooling "
+                "(pgmux pin_mode = refuse)",
                 sqlstate="0A000",
                 hint="use session pooling for this client, or set pin_mode = pin for the database "
                      "(pgmux_pin_mode=pin on its pgbouncer.ini line)")
@@ -447,8 +447,7 @@ def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None
 
 
 def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
-    assert c.pool is not None  # logged in
-    reported = c.pool.server_params or {}
+    reported = c.logged_in_pool().server_params or {}
     for e in done:
         if isinstance(e, _PINS) or isinstance(e, DiscardAll):
             if not isinstance(e, _AT_ONCE):  # those were counted when their query ended
