@@ -23,6 +23,9 @@ COMPILED = [
     "src/pgmux/protocol/codec.py",  # the read buffer both relays check on every read
     "src/pgmux/session/pipeline.py",  # extended-protocol batches: statements renamed, replies counted
     "src/pgmux/session/prepared.py",  # the statement names of each client and server
+    "src/pgmux/protocol/messages.py",  # the messages pgmux builds itself (login, errors, its own queries)
+    "src/pgmux/session/params.py",  # a client's startup parameters, brought to each server
+    "src/pgmux/protocol/auth.py",  # the login exchanges, both ways
 ]
 
 ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True)]
