@@ -3,11 +3,11 @@
 - pgmux._speedups does the per-query text scans of the forwarding path in C (see its header). It is
   optional: where it cannot be compiled, pgmux runs the pure-Python version of the same scans, and
   tests/unit/test_speedups.py fails, so a machine that should have it notices.
-- COMPILED below are the modules every transaction runs through: the two sessions, the App that
-  hands servers out, the pool core, the states and the read buffer. mypyc compiles them, from the same Python source, to C
-  extension modules; their type annotations become C fields and direct calls. The .py files stay the
-  definition: `PGMUX_PURE=1` at install time skips this step, and tests/conftest.py refuses to run
-  when a compiled module is older than its source (rebuild with `python3 setup.py build_ext --inplace`).
+- COMPILED below are the modules every transaction and every login runs through. mypyc compiles
+  them, from the same Python source, to C extension modules; their type annotations become C fields
+  and direct calls. The .py files stay the definition: `PGMUX_PURE=1` at install time skips this
+  step, and tests/conftest.py refuses to run when a compiled module is older than its source
+  (rebuild with `python3 setup.py build_ext --inplace`).
 """
 
 import os
@@ -15,10 +15,10 @@ import os
 from setuptools import Extension, setup
 
 COMPILED = [
-    "src/pgmux/session/client.py",
+    "src/pgmux/session/client.py",  # the two relays
     "src/pgmux/session/server.py",
-    "src/pgmux/runtime/app.py",
-    "src/pgmux/pooling/pool.py",
+    "src/pgmux/runtime/app.py",  # the hand-off of servers
+    "src/pgmux/pooling/pool.py",  # the pool core
     "src/pgmux/session/states.py",  # the states they compare with, as C globals
     "src/pgmux/protocol/codec.py",  # the read buffer both relays check on every read
     "src/pgmux/session/pipeline.py",  # extended-protocol batches: statements renamed, replies counted
