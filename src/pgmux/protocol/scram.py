@@ -19,7 +19,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from scramp.utils import saslprep  # type: ignore[import-untyped]
+from scramp.utils import saslprep
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 
