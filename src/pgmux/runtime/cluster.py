@@ -540,6 +540,9 @@ class PgCluster:
         if password is not None:
             sql += f" PASSWORD {quote_literal(password)}"
         self.primary.psql(sql)
+        # A replica that has not replayed the CREATE ROLE yet refuses the role's logins as if its
+        # password were wrong (a health check that ran then saw the replica down, once, under load).
+        self.wait_for_replay()
         self.role_hba.append(f"host all {quote_ident(name)} {HOST}/32 {method}")
         self.reload_hba()
         # pg_reload_conf() only signals the postmaster: wait until a password-less login is refused.
