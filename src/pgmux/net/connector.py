@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from pgmux.net.protocols import ServerProtocol
+from pgmux.net.tls import connect_server
 from pgmux.protocol import messages as m
 from pgmux.session.server import ServerSession
 
@@ -16,12 +17,17 @@ def default_unix_dir() -> str:
     return "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
 
 
-async def open_server(session: ServerSession, timeout: float) -> None:
-    """Connect; the session takes over from connection_made. Raises OSError/TimeoutError."""
+async def open_server(session: ServerSession, timeout: float, tls: Any = None) -> None:
+    """Connect; the session takes over from connection_made. Raises OSError/TimeoutError.
+    Over TCP with server TLS on (`tls`: net/tls.Contexts), SSLRequest goes first."""
     loop = asyncio.get_running_loop()
     t = session.target
     coro: Any
-    if t.unix_path:
+    if tls is not None and tls.server is not None and not t.unix_path:
+        assert t.host is not None
+        coro = connect_server(ServerProtocol(session), t.host, t.port, tls.server, tls.server_mode,
+                              timeout if timeout > 0 else None)
+    elif t.unix_path:
         coro = loop.create_unix_connection(lambda: ServerProtocol(session), t.unix_path)
     else:
         assert t.host is not None  # a target without a Unix socket path has a TCP host

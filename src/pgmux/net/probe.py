@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+from typing import Any
 
+from pgmux.net.tls import upgrade_stream
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
 
@@ -31,7 +33,8 @@ class Probe:
 
     @classmethod
     async def open(cls, host: str | None, port: int, user: str, password: str | None, dbname: str,
-                   unix_dir: str) -> Probe:
+                   unix_dir: str, tls: Any = None) -> Probe:
+        """`tls`: net/tls.Contexts; over TCP, the check connection speaks TLS as pooled servers do."""
         if host is None or host.startswith("/"):
             path = os.path.join(host or unix_dir, f".s.PGSQL.{port}")
             reader, writer = await asyncio.open_unix_connection(path)
@@ -39,6 +42,8 @@ class Probe:
             reader, writer = await asyncio.open_connection(host, port)
         conn = cls(reader, writer)
         try:
+            if tls is not None and host is not None and not host.startswith("/"):
+                await upgrade_stream(reader, writer, host, tls.server, tls.server_mode)
             await conn._login(user, password, dbname)
         except BaseException:
             conn.close()

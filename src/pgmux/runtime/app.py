@@ -22,6 +22,7 @@ from pgmux.errors import PgmuxError
 from pgmux.net import connector
 from pgmux.net.connector import default_unix_dir
 from pgmux.net.listen import start_listeners, unix_socket_path
+from pgmux.net.tls import Contexts, TlsConfigError, accept_client_tls, client_tls_missing
 from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
@@ -67,6 +68,7 @@ class App:
         self._random = b""
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
+        self.tls: Contexts = Contexts(config.settings)  # client and server TLS contexts (net/tls.py)
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
         # The two ways out of the synchronous core, as attributes so that tests drive it without a loop
@@ -143,6 +145,10 @@ class App:
         self.clients[cid] = c
         return c
 
+    def start_tls(self, c: ClientSession) -> bool:
+        """SSLRequest: True when a TLS handshake now runs on the client's connection (net/tls.py)."""
+        return accept_client_tls(self, c)
+
     def login(self, c: ClientSession, params: dict[str, str]) -> None:
         cfg = self.config
         s = cfg.settings
@@ -154,6 +160,9 @@ class App:
         c.set_identity(dbname, user)
         if self.shutting_down:
             raise PgmuxError("pgmux is shutting down", sqlstate="57P03", severity="FATAL")
+        if client_tls_missing(self, c):
+            raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
+                             hint=f"client_tls_sslmode = {self.tls.client_mode}: connect with sslmode=require")
         if len(self.clients) > s.max_client_conn:
             raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
         self._new_cancel_key(c)
@@ -458,7 +467,7 @@ class App:
 
     async def _connect(self, server: ServerSession, timeout: float) -> None:
         try:
-            await connector.open_server(server, timeout)
+            await connector.open_server(server, timeout, self.tls)
         except (TimeoutError, OSError) as e:
             why = "timeout" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
             self._login_failed(server, PgmuxError(
@@ -645,6 +654,10 @@ class App:
 
         new = load_config(self.config_path)
         plan = diff(self.config, new)
+        try:  # new certificates and keys for new connections; connected clients keep their sessions
+            self.tls = Contexts(new.settings)
+        except TlsConfigError as e:
+            log.error("TLS configuration not reloaded, keeping the previous one: %s", e)
         if plan.needs_restart:
             kept = {k: getattr(self.config.settings, k) for k in plan.needs_restart}
             new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))

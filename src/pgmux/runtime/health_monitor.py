@@ -86,7 +86,7 @@ class HealthMonitor:
                  password: str | None, dbname: str,
                  on_change: Callable[[HostState[Any]], None] | None = None, *,
                  ban_time: float = 300.0, clock: Callable[[], float] = time.monotonic,
-                 unix_dir: str | None = None) -> None:
+                 unix_dir: str | None = None, tls: Callable[[], Any] | None = None) -> None:
         if period <= 0 or timeout <= 0:
             raise ValueError("health check period and timeout must be above 0")
         self.hosts = list(hosts)
@@ -95,6 +95,7 @@ class HealthMonitor:
         self.on_change = on_change
         self.clock = clock
         self.unix_dir = unix_dir or default_unix_dir()
+        self.tls = tls  # () -> net/tls.Contexts, read at each connect so that a reload applies
         self.current_lsn: dict[HostState[Any], int] = {}  # last replay (replica) or write (primary) LSN
         self.checks = 0  # completed checks, ok or not: lets tests and SHOW wait for "one more round"
         self._conns: dict[HostState[Any], Probe] = {}
@@ -170,7 +171,7 @@ class HealthMonitor:
         conn = self._conns.get(state)
         if conn is None:
             conn = await Probe.open(state.host.host, state.host.port, self.user, self.password, self.dbname,
-                                    self.unix_dir)
+                                    self.unix_dir, self.tls() if self.tls is not None else None)
             self._conns[state] = conn
         return _parse_result(await conn.query_row(CHECK_QUERY))
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.config.model import Config
 from pgmux.runtime.app import App
 
@@ -87,6 +88,11 @@ def write_pidfile(path: str) -> None:
 
 
 def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool = False, verbose: int = 0) -> int:
+    try:  # certificates and keys are read now, so a bad one stops start-up here, before any fork
+        Contexts(config.settings)
+    except TlsConfigError as e:
+        print(f"pgmux: {config_path}: {e}", file=sys.stderr)
+        return 1
     if daemon:
         if not config.settings.logfile:
             print("pgmux: daemon mode needs logfile set in the configuration", file=sys.stderr)

@@ -101,7 +101,7 @@ class Routing:
 
         sp.monitor = HealthMonitor(sp.router.hosts, s.health_check_period, s.health_check_timeout, user, password,
                                    sp.db.target_dbname, lambda st: self._changed(sp, st), ban_time=s.ban_time,
-                                   clock=self.app.now)
+                                   clock=self.app.now, tls=lambda: self.app.tls)
         sp.monitor.start()
 
     def stop(self) -> None:

@@ -208,8 +208,14 @@ class ClientSession:
                 if res is None:
                     return
                 self.sbuf = self.sbuf[used:]
-                if res.code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
-                    self.transport.write(b"N")  # TLS comes later; libpq then continues in plain text
+                if res.code == m.SSL_REQUEST_CODE:
+                    if self.sbuf:  # sent before our answer, so not encrypted: PostgreSQL refuses it too
+                        raise ProtocolViolation("received unencrypted data after SSL request")
+                    if self.hub.start_tls(self):  # answered S; the startup packet comes encrypted
+                        return
+                    self.transport.write(b"N")  # client TLS off (or the Unix socket): go on in plain text
+                elif res.code == m.GSSENC_REQUEST_CODE:
+                    self.transport.write(b"N")
                 elif res.code == m.CANCEL_REQUEST_CODE:
                     self.hub.cancel_request(res.key_pid, res.key_secret)
                     self.hub.client_closed(self, "cancel request")
