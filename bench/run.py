@@ -31,6 +31,7 @@ from pgmux.runtime.cluster import (
     stop_process,
     wait_listening,
 )
+from pgmux.testing.certs import Certs, make_certs
 
 DB = "bench"
 TARGETS = ("direct", "pgbouncer", "pgmux")
@@ -46,6 +47,8 @@ SCENARIOS: dict[str, list[str]] = {
     # Named prepared statements across server connections (transaction mode): PgBouncer 1.18 aborts
     # its clients here ("prepared statement does not exist"); pgmux tracks them.
     "select-prepared-c50": ["-S", "-M", "prepared", "-c", "50"],
+    # The TLS bar (run with --tls client or --tls both): -S at 20 clients, and -C, where handshakes dominate.
+    "select-simple-c20": ["-S", "-M", "simple", "-c", "20"],
 }
 
 POOLER_SETTINGS: dict[str, Any] = {
@@ -124,24 +127,30 @@ def find_pgbouncer() -> str:
     return found
 
 
-def pooler_ini(cluster: PgCluster, port: int, userlist_path: str) -> str:
-    settings = {
+def pooler_ini(cluster: PgCluster, port: int, userlist_path: str, tls: str, certs: Certs | None) -> str:
+    settings: dict[str, Any] = {
         **POOLER_SETTINGS,
         "listen_port": port,
         "unix_socket_dir": cluster.base_dir,
         "auth_file": userlist_path,
         "admin_users": cluster.superuser,
+        # Stated for both poolers, so that neither negotiates TLS with PostgreSQL unless asked to.
+        "server_tls_sslmode": "require" if tls == "both" else "disable",
     }
+    if certs is not None:
+        settings.update(client_tls_sslmode="require", client_tls_cert_file=certs.path("server.crt"),
+                        client_tls_key_file=certs.path("server.key"))
     primary = cluster.primary
     return render_ini({DB: f"host={primary.host} port={primary.port} dbname={DB}"}, settings)
 
 
-def start_pooler(name: str, cmd: list[str], cluster: PgCluster, popen_kwargs: dict[str, Any]) -> Target:
+def start_pooler(name: str, cmd: list[str], cluster: PgCluster, popen_kwargs: dict[str, Any], tls: str,
+                 certs: Certs | None) -> Target:
     port = free_port()
     userlist = os.path.join(cluster.base_dir, "userlist.txt")
     ini = os.path.join(cluster.base_dir, f"{name}.ini")
     cluster.write_owned(userlist, render_userlist({cluster.superuser: ""}), mode=0o644)
-    cluster.write_owned(ini, pooler_ini(cluster, port, userlist), mode=0o644)
+    cluster.write_owned(ini, pooler_ini(cluster, port, userlist, tls, certs), mode=0o644)
     target = Target(name, port, log_path=os.path.join(cluster.base_dir, f"{name}.log"))
     with open(target.log_path, "ab") as out:
         target.proc = subprocess.Popen(die_with_parent([*cmd, ini]), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
@@ -214,10 +223,13 @@ def parse_pgbench(stdout: str, stderr: str) -> RunResult:
     )
 
 
-def run_pgbench(pgbench: str, target: Target, args: list[str], duration: int, user: str) -> RunResult:
+def run_pgbench(pgbench: str, target: Target, args: list[str], duration: int, user: str,
+                tls: str = "off") -> RunResult:
     cmd = [pgbench, "-n", "-j", "2", "-T", str(duration), *args, "-h", HOST, "-p", str(target.port),
            "-U", user, DB]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # Direct PostgreSQL speaks TLS only when it has it (--tls both); the poolers whenever --tls is on.
+    env["PGSSLMODE"] = "require" if tls == "both" or (tls == "client" and target.proc) else "disable"
     cpu_before = cpu_seconds(target.proc.pid) if target.proc else 0.0
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, env=env,
@@ -278,6 +290,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, ini, logs)")
+    p.add_argument("--tls", choices=("off", "client", "both"), default="off",
+                   help="client: pgbench speaks TLS to the poolers; both: and the poolers (and direct "
+                        "pgbench) to a PostgreSQL with ssl = on (default off)")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -292,7 +307,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def start_targets(names: list[str], cluster: PgCluster, pgbouncer: str) -> list[Target]:
+def start_targets(names: list[str], cluster: PgCluster, pgbouncer: str, tls: str,
+                  certs: Certs | None) -> list[Target]:
     targets: list[Target] = []
     for name in names:
         if name == "direct":
@@ -302,9 +318,9 @@ def start_targets(names: list[str], cluster: PgCluster, pgbouncer: str) -> list[
             osuser = cluster.os_user
             assert osuser is not None
             run_as = {**osuser.popen_kwargs(), "env": osuser.env()}
-            targets.append(start_pooler(name, [pgbouncer], cluster, run_as))
+            targets.append(start_pooler(name, [pgbouncer], cluster, run_as, tls, certs))
         else:
-            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux"], cluster, {}))
+            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux"], cluster, {}, tls, certs))
     return targets
 
 
@@ -313,7 +329,7 @@ def run_rounds(args: argparse.Namespace, targets: list[Target], pgbench: str,
     # Warm up: fill the pools and the page cache; not counted.
     for t in targets:
         if not t.dead:
-            run_pgbench(pgbench, t, ["-S", "-c", "20"], 2, user)
+            run_pgbench(pgbench, t, ["-S", "-c", "20"], 2, user, args.tls)
     results = {s: {t.name: Cell() for t in targets} for s in args.scenarios}
     total, n = len(args.scenarios) * args.rounds * len(targets), 0
     for scenario in args.scenarios:
@@ -322,7 +338,7 @@ def run_rounds(args: argparse.Namespace, targets: list[Target], pgbench: str,
                 n += 1
                 if t.dead:
                     continue
-                r = run_pgbench(pgbench, t, SCENARIOS[scenario], args.duration, user)
+                r = run_pgbench(pgbench, t, SCENARIOS[scenario], args.duration, user, args.tls)
                 results[scenario][t.name].runs.append(r)
                 cpu = f", {r.cpu_us_per_txn:.1f} us/txn" if r.cpu_us_per_txn is not None else ""
                 log(f"[{n}/{total}] {scenario} round {rnd} {t.name}: {fmt(r.tps)} tps{cpu}, "
@@ -348,7 +364,10 @@ def write_json(path: str, args: argparse.Namespace, results: dict[str, dict[str,
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     pgbouncer = find_pgbouncer() if "pgbouncer" in args.targets else ""
-    conf = {"max_connections": 300, "shared_buffers": "256MB"}
+    conf: dict[str, Any] = {"max_connections": 300, "shared_buffers": "256MB"}
+    certs = make_certs() if args.tls != "off" else None
+    if certs is not None and args.tls == "both":
+        conf.update(ssl="on", ssl_cert_file=certs.path("server.crt"), ssl_key_file=certs.server_key_for_postgres())
     with PgCluster(replicas=0, conf_extra=conf, keep=args.keep) as cluster:
         primary, user = cluster.primary, cluster.superuser
         pgbench = cluster.bin("pgbench")
@@ -361,15 +380,17 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"pgbench -i failed:\n{init.stderr}")
         targets: list[Target] = []
         try:
-            targets = start_targets(args.targets, cluster, pgbouncer)
+            targets = start_targets(args.targets, cluster, pgbouncer, args.tls, certs)
             results = run_rounds(args, targets, pgbench, user)
         finally:
             for t in targets:
                 if t.proc is not None:
                     stop_process(t.proc, timeout=10)
+            if certs is not None:
+                certs.cleanup()
     print()
     print(f"pgbench -j 2 -T {args.duration}, {args.rounds} rounds, median TPS; scale {args.scale}; "
-          f"poolers: transaction mode, default_pool_size={POOLER_SETTINGS['default_pool_size']}")
+          f"poolers: transaction mode, default_pool_size={POOLER_SETTINGS['default_pool_size']}; tls {args.tls}")
     print(table(results, [t.name for t in targets]))
     for t in targets:
         if t.dead:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,11 @@ import asyncpg
 import psycopg
 import pytest
 
+from conftest import PgmuxStarter
 from pgmux.net.probe import Probe
 from pgmux.net.tls import Contexts
-from pgmux.runtime.cluster import HOST, PgCluster, free_port, render_ini, server_os_user
-
-from conftest import PgmuxStarter
-from tls_certs import Certs, make_certs
+from pgmux.runtime.cluster import HOST, PgCluster, free_port, render_ini
+from pgmux.testing.certs import Certs, make_certs
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +42,10 @@ def certs() -> Iterator[Certs]:
 @pytest.fixture(scope="module")
 def tls_pg(certs: Certs) -> Iterator[PgCluster]:
     """A primary with ssl = on whose pg_hba.conf rejects plain TCP: only TLS gets in over TCP."""
-    keydir = tempfile.mkdtemp(prefix="pgmux-pgkey-")
-    os.chmod(keydir, 0o755)
-    key = os.path.join(keydir, "server.key")
-    shutil.copy(certs.path("server.key"), key)
-    os.chmod(key, 0o600)  # PostgreSQL refuses a key others can read
-    server_os_user().chown(key)
-    conf = {"ssl": "on", "ssl_cert_file": certs.path("server.crt"), "ssl_key_file": key}
-    try:
-        with PgCluster(replicas=0, conf_extra=conf, hba_extra=[f"hostnossl all all {HOST}/32 reject"]) as c:
-            c.primary.psql("CREATE DATABASE testdb")
-            yield c
-    finally:
-        shutil.rmtree(keydir, ignore_errors=True)
+    conf = {"ssl": "on", "ssl_cert_file": certs.path("server.crt"), "ssl_key_file": certs.server_key_for_postgres()}
+    with PgCluster(replicas=0, conf_extra=conf, hba_extra=[f"hostnossl all all {HOST}/32 reject"]) as c:
+        c.primary.psql("CREATE DATABASE testdb")
+        yield c
 
 
 def _db(pg: PgCluster) -> dict[str, str]:
@@ -217,11 +205,16 @@ def test_health_check_probe_speaks_tls(tls_pg: PgCluster, certs: Certs) -> None:
 
     async def check(tls: Any) -> list[str | None]:
         p = tls_pg.primary
-        conn = await Probe.open(p.host, p.port, "postgres", None, "postgres", "/tmp", tls)
+        try:
+            conn = await Probe.open(p.host, p.port, "postgres", None, "postgres", "/tmp", tls)
+        except Exception:
+            await asyncio.sleep(0.2)  # the probe closed its transport: let the loop finish that
+            raise
         try:
             return await conn.query_row("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         finally:
             conn.close()
+            await asyncio.sleep(0.2)
 
     assert asyncio.run(asyncio.wait_for(check(Contexts(S())), 30)) == ["true"]
     with pytest.raises(Exception, match="pg_hba|reject"):

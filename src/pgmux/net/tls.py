@@ -205,7 +205,7 @@ async def _client_handshake(app: Any, c: Any, ctx: ssl.SSLContext) -> None:
     timeout = app.config.settings.client_login_timeout or 60.0
     try:
         tls = await loop.start_tls(raw, raw.get_protocol(), ctx, server_side=True, ssl_handshake_timeout=timeout)
-    except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
         log.info("%s TLS handshake failed: %s", c.prefix, e or type(e).__name__)
         raw.close()
         app.client_closed(c, "TLS handshake failed")
@@ -270,7 +270,7 @@ async def connect_server(protocol: asyncio.Protocol, host: str, port: int, ctx: 
     except ssl.SSLCertVerificationError as e:
         transport.close()
         raise OSError(f"TLS: {e.verify_message or e.reason}") from e
-    except (ssl.SSLError, asyncio.CancelledError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, ssl.SSLError, asyncio.CancelledError, OSError):
         transport.close()
         raise
 

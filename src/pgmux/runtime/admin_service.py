@@ -344,7 +344,8 @@ class AdminService:
                             connect_time=now_wall - (now - obj.connect_time),
                             request_time=now_wall - (now - obj.request_time), wait=int(wait),
                             wait_us=int((wait % 1) * 1e6), close_needed=0, ptr=_ptr(obj),
-                            link=_ptr(link) if link is not None else "", remote_pid=obj.cancel_pid, tls=describe(obj.transport),
+                            link=_ptr(link) if link is not None else "", remote_pid=obj.cancel_pid,
+                            tls=describe(obj.transport),
                             application_name=obj.params.get("application_name", ""),
                             prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id,
                             pin=obj.pinned)
@@ -355,7 +356,8 @@ class AdminService:
                         local_port=obj.local_port, connect_time=now_wall - (now - obj.created_at),
                         request_time=now_wall - (now - (obj.link_time or obj.created_at)), wait=0, wait_us=0,
                         close_needed=int(obj.close_needed), ptr=_ptr(obj),
-                        link=_ptr(link) if link is not None else "", remote_pid=obj.backend_pid, tls=describe(obj.transport),
+                        link=_ptr(link) if link is not None else "", remote_pid=obj.backend_pid,
+                            tls=describe(obj.transport),
                         application_name=link.params.get("application_name", "") if link is not None else "",
                         prepared_statements=obj.stmts.prepared_statements if obj.stmts else 0, id=obj.id,
                         role=obj.pool.hstate.role if obj.pool.hstate is not None else None)

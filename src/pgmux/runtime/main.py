@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 
-from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.config.model import Config
+from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.app import App
 
 log = logging.getLogger("pgmux")

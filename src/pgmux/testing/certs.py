@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgmux.runtime.cluster import server_os_user
+
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
@@ -37,6 +39,14 @@ class Certs:
                  "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.crt", cwd=self.dir)
         for suffix in (".key", ".crt"):
             os.chmod(self.dir / f"{name}{suffix}", 0o644)
+
+    def server_key_for_postgres(self) -> str:
+        """server.key as PostgreSQL wants it: mode 0600, owned by the OS user the servers run as."""
+        key = self.dir / "server-pg.key"
+        shutil.copy(self.dir / "server.key", key)
+        os.chmod(key, 0o600)
+        server_os_user().chown(str(key))
+        return str(key)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
