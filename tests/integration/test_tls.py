@@ -242,3 +242,24 @@ def test_tls_settings_that_cannot_be_honoured_stop_start_up(tmp_path: Path, cert
     assert proc.returncode != 0
     assert words in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_scram_channel_binding_required_by_the_client(tls_pg: PgCluster, certs: Certs,
+                                                      pgmux_factory: PgmuxStarter) -> None:
+    p = tls_pg.primary
+    proc = pgmux_factory(databases={"testdb": f"host={p.host} port={p.port} dbname=testdb user=postgres"},
+                         settings={**_client_tls(certs, "prefer"), "server_tls_sslmode": "require",
+                                   "auth_type": "scram-sha-256"})
+    dsn = proc.dsn(user="scramuser", password="scrampass")
+    assert _query(dsn, sslmode="require", channel_binding="require") == 1
+    # psql (libpq 15) too, with the CA checked: the binding is to the certificate it verified.
+    env = {**os.environ, "PGSSLMODE": "verify-full", "PGSSLROOTCERT": certs.path("ca.crt"),
+           "PGCHANNELBINDING": "require"}
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-c", "SELECT 1", dsn], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+    # Without TLS there is nothing to bind to: -PLUS is not offered, and libpq refuses to go on.
+    assert "channel binding" in _refused(dsn, sslmode="disable", channel_binding="require")
+    assert _query(dsn, sslmode="disable") == 1  # plain SCRAM still works where binding is not asked for
+    assert "password authentication failed" in _refused(proc.dsn(user="scramuser", password="wrong"),
+                                                         sslmode="require", channel_binding="require")

@@ -20,6 +20,7 @@ PgBouncer's words, mapped onto OpenSSL through Python's ssl module:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 import struct
@@ -159,16 +160,66 @@ def server_context(s: Any) -> ssl.SSLContext | None:
     return ctx
 
 
-class Contexts:
-    """Both sides' contexts, replaced whole on reload."""
+# Signature algorithm OIDs (DER-encoded content) -> the hash tls-server-end-point uses (RFC 5929 4.1:
+# the certificate's own signature hash, SHA-256 in place of MD5 and SHA-1).
+_SIG_HASH = {
+    bytes.fromhex("2a864886f70d010104"): "sha256",  # md5WithRSAEncryption
+    bytes.fromhex("2a864886f70d010105"): "sha256",  # sha1WithRSAEncryption
+    bytes.fromhex("2a864886f70d01010b"): "sha256",  # sha256WithRSAEncryption
+    bytes.fromhex("2a864886f70d01010c"): "sha384",
+    bytes.fromhex("2a864886f70d01010d"): "sha512",
+    bytes.fromhex("2a8648ce3d040302"): "sha256",  # ecdsa-with-SHA256
+    bytes.fromhex("2a8648ce3d040303"): "sha384",
+    bytes.fromhex("2a8648ce3d040304"): "sha512",
+}
 
-    __slots__ = ("client", "server", "client_mode", "server_mode")
+
+def _der_tlv(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at `pos`."""
+    tag, n = der[pos], der[pos + 1]
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(der[pos:pos + k], "big")
+        pos += k
+    return tag, pos, pos + n
+
+
+def end_point_hash(cert_file: str) -> bytes | None:
+    """tls-server-end-point channel-binding data for the first certificate in `cert_file`, or None
+    when its signature algorithm is one RFC 5929 gives no hash for (then -PLUS is not offered)."""
+    with open(cert_file) as f:
+        pem = f.read()
+    end = pem.find("-----END CERTIFICATE-----")
+    if end < 0:
+        return None
+    der = ssl.PEM_cert_to_DER_cert(pem[:end + len("-----END CERTIFICATE-----")])
+    _, body, _ = _der_tlv(der, 0)  # Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, ... }
+    _, _, tbs_end = _der_tlv(der, body)
+    _, alg, _ = _der_tlv(der, tbs_end)
+    tag, oid, oid_end = _der_tlv(der, alg)
+    algo = _SIG_HASH.get(der[oid:oid_end]) if tag == 0x06 else None
+    return hashlib.new(algo, der).digest() if algo else None
+
+
+class Contexts:
+    """Both sides' contexts, replaced whole on reload, and the channel-binding data of pgmux's own
+    certificate (SCRAM-SHA-256-PLUS towards TLS clients)."""
+
+    __slots__ = ("client", "server", "client_mode", "server_mode", "cbind")
 
     def __init__(self, s: Any) -> None:
         self.client = client_context(s)
         self.server = server_context(s)
         self.client_mode: str = s.client_tls_sslmode
         self.server_mode: str = s.server_tls_sslmode
+        self.cbind = end_point_hash(s.client_tls_cert_file) if self.client is not None else None
+
+    def cbind_for(self, transport: Any) -> bytes | None:
+        """The channel-binding data for a client on `transport`: only over TLS."""
+        if self.cbind is None or transport.get_extra_info("ssl_object") is None:
+            return None
+        return self.cbind
 
 
 def describe(transport: Any) -> str:

@@ -116,7 +116,9 @@ class ClientAuthenticator:
     the stored secret unusable for the method.
     """
 
-    def __init__(self, auth_type: str, user: str, secret: str | None) -> None:
+    def __init__(self, auth_type: str, user: str, secret: str | None, cbind_data: bytes | None = None) -> None:
+        """`cbind_data`: the client is on TLS and this is the tls-server-end-point hash of pgmux's
+        certificate; SCRAM then offers SCRAM-SHA-256-PLUS first."""
         if auth_type not in AUTH_TYPES:
             raise ValueError(f"unsupported auth_type {auth_type!r}")
         self.auth_type = auth_type
@@ -132,6 +134,7 @@ class ClientAuthenticator:
         self._salt = b""
         self._scram: scram.ServerExchange | None = None
         self._doomed = False
+        self._cbind_data = cbind_data
 
     # -- the first request ------------------------------------------------------------------
 
@@ -174,8 +177,10 @@ class ClientAuthenticator:
                                    "auth_file has an md5 hash for this user, which cannot answer "
                                    "SCRAM-SHA-256; store the plain-text password or a SCRAM secret")
                 verifier = scram.make_verifier(secrets.token_hex(16), salt)
-        self._scram = scram.ServerExchange(verifier)
+        self._scram = scram.ServerExchange(verifier, self._cbind_data)
         self._state = _State.SASL_INITIAL
+        if self._cbind_data is not None:
+            return auth_sasl([scram.MECHANISM_PLUS, scram.MECHANISM])
         return auth_sasl([scram.MECHANISM])
 
     # -- the client's answers ---------------------------------------------------------------
@@ -232,13 +237,16 @@ class ClientAuthenticator:
         mech_end = body.find(b"\x00")
         if mech_end < 0 or len(body) < mech_end + 5:
             raise ProtocolViolation("invalid SASLInitialResponse packet")
-        if body[:mech_end] != scram.MECHANISM.encode():
+        mech = body[:mech_end]
+        plus = mech == scram.MECHANISM_PLUS.encode() and self._cbind_data is not None
+        if mech != scram.MECHANISM.encode() and not plus:
             raise ProtocolViolation("client selected an invalid SASL authentication mechanism")
         (length,) = struct.unpack_from("!i", body, mech_end + 1)
         data = body[mech_end + 5:]
         if length != len(data):
             raise ProtocolViolation("invalid SASLInitialResponse length")
         assert self._scram is not None
+        self._scram.plus = plus
         server_first = self._scram.first(data)
         self._state = _State.SASL_FINAL
         return auth_request(AUTH_SASL_CONTINUE, server_first)

@@ -1,4 +1,6 @@
-"""SCRAM-SHA-256 as PostgreSQL speaks it (RFC 5802 / RFC 7677, no channel binding), sans-IO.
+"""SCRAM-SHA-256 as PostgreSQL speaks it (RFC 5802 / RFC 7677), sans-IO; towards clients over TLS also
+SCRAM-SHA-256-PLUS with channel binding `tls-server-end-point` (RFC 5929: the hash of pgmux's own
+certificate, which a man in the middle presenting another certificate cannot match).
 
 Why the exchange is written here rather than driven through scramp's ScramServer/ScramClient:
 PgBouncer's trick of logging in to PostgreSQL with only a SCRAM verifier needs the ClientKey a
@@ -24,6 +26,8 @@ from scramp.utils import saslprep
 from pgmux.errors import PgmuxError, ProtocolViolation
 
 MECHANISM = "SCRAM-SHA-256"
+MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
+CBIND_TYPE = b"tls-server-end-point"
 DEFAULT_ITERATIONS = 4096
 SALT_LEN = 16  # PostgreSQL's SCRAM_DEFAULT_SALT_LEN
 _RAW_NONCE_LEN = 18  # PostgreSQL's SCRAM_RAW_NONCE_LEN; base64 of it has no ',' and no padding
@@ -121,9 +125,13 @@ class ServerExchange:
     use): it still runs to the end against a mock verifier so the client can't tell why it failed.
     """
 
-    def __init__(self, verifier: ScramVerifier) -> None:
+    def __init__(self, verifier: ScramVerifier, cbind_data: bytes | None = None) -> None:
+        """`cbind_data`: the tls-server-end-point hash when the client is on TLS and -PLUS was offered."""
         self._v = verifier
+        self._cbind_data = cbind_data
+        self.plus = False  # the client chose SCRAM-SHA-256-PLUS (set by the caller from the mechanism)
         self._gs2 = b""
+        self._expected_cbind = b""
         self._auth_prefix = b""  # client-first-bare "," server-first
         self._nonce = b""
 
@@ -134,9 +142,17 @@ class ServerExchange:
             raise _malformed("client-first-message needs a GS2 header")
         flag, authzid, bare = parts
         if flag.startswith(b"p="):
-            # Only SCRAM-SHA-256 was offered, so a client insisting on binding is confused or downgraded.
-            raise ProtocolViolation("client requires SCRAM channel binding, but it was not offered")
-        if flag not in (b"n", b"y"):  # "y": client could bind, thinks we can't; true, we never offer -PLUS
+            if not self.plus or self._cbind_data is None:
+                # -PLUS was not offered (no TLS) or not chosen: a client insisting on binding is confused.
+                raise ProtocolViolation("client requires SCRAM channel binding, but it was not offered")
+            if flag[2:] != CBIND_TYPE:
+                raise ProtocolViolation(f"unsupported SCRAM channel-binding type {flag[2:]!r}")
+        elif self.plus:
+            raise ProtocolViolation("client selected SCRAM-SHA-256-PLUS without channel binding")
+        elif flag == b"y" and self._cbind_data is not None:
+            # The client could bind and believes we cannot, yet we offered -PLUS: a downgrade (RFC 5802).
+            raise ProtocolViolation("SCRAM channel binding negotiation error")
+        elif flag not in (b"n", b"y"):
             raise _malformed("unexpected channel-binding flag")
         if authzid:
             raise ProtocolViolation("client uses authorization identity, but it is not supported")
@@ -148,6 +164,7 @@ class ServerExchange:
         if not _printable_nonce(c_nonce):
             raise _malformed("invalid client nonce")
         self._gs2 = flag + b",,"
+        self._expected_cbind = self._gs2 + (self._cbind_data or b"") if self.plus else self._gs2
         self._nonce = c_nonce + _new_nonce()
         server_first = (b"r=" + self._nonce + b",s=" + base64.b64encode(self._v.salt)
                         + b",i=" + str(self._v.iterations).encode())
@@ -165,7 +182,7 @@ class ServerExchange:
             cbind, proof = _b64d(attrs[0][2:]), _b64d(attrs[-1][2:])
         except binascii.Error:
             raise _malformed("bad base64 in client-final-message") from None
-        if cbind != self._gs2:
+        if not hmac.compare_digest(cbind, self._expected_cbind):
             raise ProtocolViolation("SCRAM channel binding check failed")
         if attrs[1][2:] != self._nonce:
             raise ProtocolViolation("SCRAM nonce mismatch")

@@ -188,7 +188,7 @@ class App:
         if auth_type in ("hba", "cert", "pam", "ldap"):
             raise PgmuxError(f"auth_type {auth_type} is not supported by pgmux yet", sqlstate="28000",
                              severity="FATAL")
-        c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user))
+        c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), self.tls.cbind_for(c.transport))
         try:
             c.params = startup_params(params, s.ignore_startup_parameters)
         except ValueError as e:
@@ -212,7 +212,7 @@ class App:
             raise PgmuxError(f'not allowed: user "{user}" is in neither admin_users nor stats_users',
                              sqlstate="28000", severity="FATAL")
         c.auth = ClientAuthenticator(s.auth_type if s.auth_type in ("trust", "any", "plain", "md5", "scram-sha-256")
-                                     else "md5", user, self.config.userlist.get(user))
+                                     else "md5", user, self.config.userlist.get(user), self.tls.cbind_for(c.transport))
 
     def _new_cancel_key(self, c: ClientSession) -> None:
         # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.
