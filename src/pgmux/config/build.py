@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from pgmux.config import values as v
+from pgmux.config.hba import HbaRule, load_hba
 from pgmux.config.model import Config, DatabaseConfig, UserConfig
 from pgmux.config.settings import SETTINGS_INFO, Settings
 from pgmux.config.userlist import load_userlist
@@ -204,6 +205,18 @@ def finish(settings: Settings, databases: Iterable[DatabaseConfig], users: Itera
         warnings.append(f"auth_type = {settings.auth_type} is not supported by pgmux; "
                         "every password login will be refused")
     dbs = {db.name: db for db in databases}
+    hba: tuple[HbaRule, ...] = ()
+    if settings.auth_type == "hba":
+        if not settings.auth_hba_file:
+            raise ConfigError("auth_type = hba needs auth_hba_file", file=source, key="auth_hba_file")
+        hba = load_hba(settings.auth_hba_file)
+        if any(r.method == "cert" for r in hba) and settings.client_tls_sslmode not in ("verify-ca", "verify-full"):
+            raise ConfigError("auth_hba_file has cert lines, which need client certificates: set "
+                              "client_tls_sslmode = verify-ca or verify-full (and client_tls_ca_file)",
+                              file=source, key="client_tls_sslmode")
+    if settings.auth_type == "cert" and settings.client_tls_sslmode not in ("verify-ca", "verify-full"):
+        raise ConfigError("auth_type = cert needs client certificates: set client_tls_sslmode = verify-ca or "
+                          "verify-full (and client_tls_ca_file)", file=source, key="auth_type")
     return Config(
         settings=settings,
         databases=MappingProxyType(dbs),
@@ -211,4 +224,5 @@ def finish(settings: Settings, databases: Iterable[DatabaseConfig], users: Itera
         userlist=MappingProxyType(dict(userlist)),
         source=source,
         warnings=tuple(warnings),
+        hba=hba,
     )

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from pgmux.config.hba import HbaRule
 from pgmux.config.settings import Settings
 
 __all__ = ["Config", "DatabaseConfig", "HostConfig", "Settings", "UserConfig"]
@@ -136,6 +137,7 @@ class Config:
     userlist: Mapping[str, str]  # user -> plain password, "md5<32 hex>" or a SCRAM-SHA-256 secret
     source: str  # path of the main file
     warnings: tuple[str, ...] = ()
+    hba: tuple[HbaRule, ...] = ()  # auth_type = hba: the rules of auth_hba_file, first match wins
 
     def database(self, name: str) -> DatabaseConfig | None:
         """The entry for `name`: exact, else the "*" fallback made concrete for it, else None."""

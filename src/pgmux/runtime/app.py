@@ -27,6 +27,7 @@ from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
+from pgmux.runtime import client_auth
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
@@ -184,10 +185,7 @@ class App:
                              severity="FATAL")
         c.pool = pool
         pool.refuse_pins = db.pin_mode == "refuse"
-        auth_type = s.auth_type
-        if auth_type in ("hba", "cert", "pam", "ldap"):
-            raise PgmuxError(f"auth_type {auth_type} is not supported by pgmux yet", sqlstate="28000",
-                             severity="FATAL")
+        auth_type = client_auth.choose(self, c, dbname, user)  # auth_type, or the auth_hba_file line
         c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), self.tls.cbind_for(c.transport))
         try:
             c.params = startup_params(params, s.ignore_startup_parameters)
@@ -211,8 +209,8 @@ class App:
         else:
             raise PgmuxError(f'not allowed: user "{user}" is in neither admin_users nor stats_users',
                              sqlstate="28000", severity="FATAL")
-        c.auth = ClientAuthenticator(s.auth_type if s.auth_type in ("trust", "any", "plain", "md5", "scram-sha-256")
-                                     else "md5", user, self.config.userlist.get(user), self.tls.cbind_for(c.transport))
+        c.auth = ClientAuthenticator(client_auth.choose(self, c, c.database, user), user,
+                                     self.config.userlist.get(user), self.tls.cbind_for(c.transport))
 
     def _new_cancel_key(self, c: ClientSession) -> None:
         # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.
