@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 
+from conftest import PgmuxProc, PgmuxStarter
 from pgmux.runtime.cluster import PgCluster
 from pgmux.testing.certs import Certs, make_certs
 
