@@ -206,9 +206,7 @@ def finish(settings: Settings, databases: Iterable[DatabaseConfig], users: Itera
                         "every password login will be refused")
     dbs = {db.name: db for db in databases}
     hba: tuple[HbaRule, ...] = ()
-    if settings.auth_type == "hba":
-        if not settings.auth_hba_file:
-            raise ConfigError("auth_type = hba needs auth_hba_file", file=source, key="auth_hba_file")
+    if settings.auth_type == "hba" and settings.auth_hba_file:  # build_settings insists on the file
         hba = load_hba(settings.auth_hba_file)
         if any(r.method == "cert" for r in hba) and settings.client_tls_sslmode not in ("verify-ca", "verify-full"):
             raise ConfigError("auth_hba_file has cert lines, which need client certificates: set "

@@ -33,7 +33,7 @@ class Probe:
 
     @classmethod
     async def open(cls, host: str | None, port: int, user: str, password: str | None, dbname: str,
-                   unix_dir: str, tls: Any = None) -> Probe:
+                   unix_dir: str, tls: Any = None, application_name: str = "pgmux health check") -> Probe:
         """`tls`: net/tls.Contexts; over TCP, the check connection speaks TLS as pooled servers do."""
         if host is None or host.startswith("/"):
             path = os.path.join(host or unix_dir, f".s.PGSQL.{port}")
@@ -44,7 +44,7 @@ class Probe:
         try:
             if tls is not None and host is not None and not host.startswith("/"):
                 await upgrade_stream(reader, writer, host, tls.server, tls.server_mode)
-            await conn._login(user, password, dbname)
+            await conn._login(user, password, dbname, application_name)
         except BaseException:
             conn.close()
             raise
@@ -56,9 +56,9 @@ class Probe:
             raise CheckFailed(f"invalid message length {length}")
         return mtype, await self.reader.readexactly(length - 4)
 
-    async def _login(self, user: str, password: str | None, dbname: str) -> None:
+    async def _login(self, user: str, password: str | None, dbname: str, application_name: str) -> None:
         self.writer.write(m.startup_message({"user": user, "database": dbname,
-                                             "application_name": "pgmux health check"}))
+                                             "application_name": application_name}))
         auth = ServerAuthenticator(user, password)
         while True:
             mtype, body = await self._read()
@@ -89,6 +89,29 @@ class Probe:
         if row is None:
             raise CheckFailed("the check query returned no row")
         return row
+
+    async def query_params(self, sql: str, params: list[str]) -> list[list[str | None]]:
+        """`sql` with $1.. bound to `params` (text), through the extended protocol: no quoting of
+        values into SQL. Returns the rows; raises CheckFailed on an ErrorResponse."""
+        enc = [p.encode("utf-8") for p in params]
+        bind = (b"\x00\x00" + struct.pack("!hh", 0, len(enc))
+                + b"".join(struct.pack("!i", len(p)) + p for p in enc) + struct.pack("!h", 0))
+        parse = b"\x00" + sql.encode("utf-8") + b"\x00" + struct.pack("!h", 0)
+        self.writer.write(m.message(b"P", parse) + m.message(b"B", bind) + m.message(b"E", b"\x00\x00\x00\x00\x00")
+                          + m.message(b"S", b""))
+        rows: list[list[str | None]] = []
+        error: str | None = None
+        while True:
+            mtype, body = await self._read()
+            if mtype == m.DATA_ROW:
+                rows.append(_decode_row(body))
+            elif mtype == m.ERROR_RESPONSE:
+                error = _error_text(body)
+            elif mtype == m.READY_FOR_QUERY:
+                break
+        if error is not None:
+            raise CheckFailed(error)
+        return rows
 
     def close(self) -> None:
         try:

@@ -28,6 +28,7 @@ from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.runtime import client_auth
+from pgmux.runtime.auth_query import AuthQuery
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
@@ -70,6 +71,8 @@ class App:
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
         self.tls: Contexts = Contexts(config.settings)  # client and server TLS contexts (net/tls.py)
+        self.auth_query: Any = AuthQuery(self)  # users not in auth_file, looked up as auth_user
+        self.auth_secrets: dict[str, str] = {}  # secrets auth_query found for users who then logged in
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
         # The two ways out of the synchronous core, as attributes so that tests drive it without a loop
@@ -118,6 +121,7 @@ class App:
         for srv in list(self.servers.values()):
             self.close_server(srv, "pgmux shutdown")
         self.routing.stop()
+        self.auth_query.close()
         if self._janitor is not None:
             self._janitor.cancel()
         unix_dir = self.config.settings.unix_socket_dir
@@ -186,7 +190,11 @@ class App:
         c.pool = pool
         pool.refuse_pins = db.pin_mode == "refuse"
         auth_type = client_auth.choose(self, c, dbname, user)  # auth_type, or the auth_hba_file line
-        c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), self.tls.cbind_for(c.transport))
+        if auth_type != "any" and self.auth_query.wanted(db, user):
+            c.auth = None  # the session waits; _look_up gives it its authenticator
+            self.spawn(self._look_up, c, db, user, auth_type)
+        else:
+            c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), self.tls.cbind_for(c.transport))
         try:
             c.params = startup_params(params, s.ignore_startup_parameters)
         except ValueError as e:
@@ -194,6 +202,19 @@ class App:
         c.watch = pool.mode != "session"
         if pool.mode != "session" and s.max_prepared_statements > 0:
             c.stmts = ClientStatements(self.prepared, pool.stats)
+
+    async def _look_up(self, c: ClientSession, db: DatabaseConfig, user: str, auth_type: str) -> None:
+        secret = await self.auth_query.lookup(db, user)
+        if c.state is not ClientState.AUTH:
+            return  # the client left (or timed out) meanwhile
+        c.auth = ClientAuthenticator(auth_type, user, secret, self.tls.cbind_for(c.transport))
+        try:
+            c.begin_auth()
+        except PgmuxError as e:
+            c.fail(e)
+        except Exception as e:  # noqa: BLE001 - never a traceback to the client
+            self.log_exception(c.prefix, e)
+            c.fail(PgmuxError(f"internal error in pgmux: {type(e).__name__}", sqlstate="XX000", severity="FATAL"))
 
     def _admin_login(self, c: ClientSession, user: str) -> None:
         s = self.config.settings
@@ -237,6 +258,8 @@ class App:
         auth = c.auth
         if auth is not None and auth.client_key is not None and auth.server_key is not None:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
+        if auth is not None and auth.secret is not None and c.user not in self.config.userlist:
+            self.auth_secrets[c.user] = auth.secret  # from auth_query: the server logins of its pool need it
         pool = c.logged_in_pool()
         if pool.server_params is not None:
             c.send_welcome(pool.server_params)
@@ -484,7 +507,7 @@ class App:
             unix_path = os.path.join(hostname or default_unix_dir(), f".s.PGSQL.{port}")
         password = db.password if db.user else None
         if password is None:
-            password = self.config.userlist.get(user)
+            password = self.config.userlist.get(user) or self.auth_secrets.get(user)
         startup: dict[str, str] = {}
         for key, pname in (("application_name", "application_name"), ("client_encoding", "client_encoding"),
                            ("datestyle", "DateStyle"), ("timezone", "TimeZone")):

@@ -234,6 +234,8 @@ class ClientSession:
                 self.sbuf = self.sbuf[start + total:]
                 if mtype != ord("p"):  # PasswordMessage/SASL responses are lower-case 'p'
                     raise ProtocolViolation(f"expected password response, got message type {chr(mtype)!r}")
+                if self.auth is None:  # still looking the user up: nothing was asked yet
+                    raise ProtocolViolation("unexpected password message before an authentication request")
                 reply = self.auth.feed(b"p", body)
                 if self.auth.done:
                     self.auth_ok = reply  # goes out with the welcome, in one write
@@ -252,6 +254,11 @@ class ClientSession:
         self.startup = params
         self.state = ClientState.AUTH
         self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
+        if self.state is ClientState.AUTH and self.auth is not None:  # None: auth_query looks the user up
+            self.begin_auth()
+
+    def begin_auth(self) -> None:
+        """Send the first authentication request (or log in at once, for trust and the like)."""
         if self.state is ClientState.AUTH:
             first = self.auth.start()
             if self.auth.done:  # trust: AuthenticationOk goes out with the welcome, in one write
