@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 
+from conftest import PgmuxProc, PgmuxStarter
 from pgmux.runtime.cluster import PgCluster
 
 
