@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
+from helpers import wait_for
 
 from conftest import PgmuxStarter
 from pgmux.net.probe import Probe
@@ -162,7 +163,7 @@ def test_certificates_reload_without_dropping_clients(tls_pg: PgCluster, certs: 
     proc.rewrite(settings={"client_tls_cert_file": certs.path("missing.crt")})
     proc.admin("RELOAD")
     assert _server_cert_serial(proc.port) == after
-    assert "TLS configuration not reloaded" in proc.log()
+    wait_for(lambda: "TLS configuration not reloaded" in proc.log(), "the reload error in the log")
 
 
 @pytest.mark.parametrize("mode, ca, works", [
@@ -263,3 +264,27 @@ def test_scram_channel_binding_required_by_the_client(tls_pg: PgCluster, certs: 
     assert _query(dsn, sslmode="disable") == 1  # plain SCRAM still works where binding is not asked for
     assert "password authentication failed" in _refused(proc.dsn(user="scramuser", password="wrong"),
                                                          sslmode="require", channel_binding="require")
+
+
+def test_direct_tls_of_postgresql_17_clients(tls_pg: PgCluster, certs: Certs, pgmux_factory: PgmuxStarter) -> None:
+    """sslnegotiation=direct: the client opens with its TLS hello (ALPN postgresql), no SSLRequest."""
+    proc = pgmux_factory(databases=_db(tls_pg), settings={**_client_tls(certs), "server_tls_sslmode": "require"})
+    for _ in range(5):  # each one a fresh handshake on a hello read before TLS took the socket over
+        assert _query(proc.dsn(), sslmode="verify-full", sslrootcert=certs.path("ca.crt"),
+                      sslnegotiation="direct") == 1
+    with psycopg.connect(proc.dsn(), sslmode="require", sslnegotiation="direct", connect_timeout=10) as conn:
+        conn.execute("SELECT 1")
+        mine = [r for r in proc.admin_dicts("SHOW CLIENTS") if r["database"] == "testdb"]
+        assert len(mine) == 1 and mine[0]["tls"].startswith("TLSv1.3"), mine
+    # Without ALPN (a plain TLS client, not PostgreSQL's) the connection is refused, as PostgreSQL 17 does.
+    ctx = ssl.create_default_context(cafile=certs.path("ca.crt"))
+    with socket.create_connection((HOST, proc.port), timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with ctx.wrap_socket(raw, server_hostname=HOST) as tls:
+                tls.sendall(struct.pack("!ii", 8, 196608))
+                if not tls.recv(1):
+                    raise ConnectionError("closed")
+    wait_for(lambda: "direct TLS without ALPN" in proc.log(), "the refusal in the log")
+    # pgmux without client TLS refuses a direct-TLS client rather than hang.
+    plain = pgmux_factory(databases=_db(tls_pg), settings={"server_tls_sslmode": "require"})
+    _refused(plain.dsn(), sslmode="require", sslnegotiation="direct")

@@ -235,36 +235,92 @@ def describe(transport: Any) -> str:
 
 # -- the handshakes -------------------------------------------------------------------------------
 
-def accept_client_tls(app: Any, c: Any) -> bool:
-    """A client sent SSLRequest. With client TLS on (and a TCP client: the Unix socket never does
-    TLS, as in PostgreSQL and PgBouncer), answer `S` and run the handshake on the same connection;
-    the startup packet then comes encrypted. False: the caller answers `N`."""
+def accept_client_tls(app: Any, c: Any, hello: bytes = b"") -> bool:
+    """A client sent SSLRequest, or (`hello`) opened with a TLS ClientHello: PostgreSQL 17's direct
+    TLS, `sslnegotiation=direct`. With client TLS on (and a TCP client: the Unix socket never does
+    TLS, as in PostgreSQL and PgBouncer), run the handshake on the same connection (after answering
+    `S` to an SSLRequest); the startup packet then comes encrypted. False: TLS is off for it."""
     ctx = app.tls.client
     if ctx is None or c.is_unix:
         return False
-    c.transport.write(b"S")
+    if not hello:
+        c.transport.write(b"S")
     # Nothing more may reach the session in plain text: start_tls takes the socket over from the next
     # loop iteration on, and a read before that would be the client's TLS hello.
     c.transport.pause_reading()
-    app.spawn(_client_handshake, app, c, ctx)
+    app.spawn(_client_handshake, app, c, ctx, hello)
     return True
 
 
-async def _client_handshake(app: Any, c: Any, ctx: ssl.SSLContext) -> None:
+def _feed(protocol: Any, data: bytes) -> None:
+    """Hand bytes already read off the socket to the TLS protocol that now owns it."""
+    while data:
+        if not hasattr(protocol, "get_buffer"):
+            protocol.data_received(data)
+            return
+        buf = protocol.get_buffer(len(data))
+        n = min(len(buf), len(data))
+        buf[:n] = data[:n]
+        protocol.buffer_updated(n)
+        data = data[n:]
+
+
+class _Hold(asyncio.Protocol):
+    """The TLS connection's protocol until the session has its new transport: with TLS 1.3 a client's
+    first message may come in the same read as its Finished, before start_tls returns, and the session
+    must not answer it on the raw socket."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+async def _client_handshake(app: Any, c: Any, ctx: ssl.SSLContext, hello: bytes) -> None:
     loop = asyncio.get_running_loop()
     raw = c.transport
+    session_protocol = raw.get_protocol()
+    hold = _Hold()
     timeout = app.config.settings.client_login_timeout or 60.0
     try:
-        tls = await loop.start_tls(raw, raw.get_protocol(), ctx, server_side=True, ssl_handshake_timeout=timeout)
+        task = asyncio.ensure_future(loop.start_tls(raw, hold, ctx, server_side=True,
+                                                    ssl_handshake_timeout=timeout))
+        if hello:
+            # The ClientHello was read before TLS took the socket over. start_tls swaps the socket's
+            # protocol for its TLS one in its first step and schedules that protocol's connection_made
+            # (and resume_reading) for the step after; the hello goes in right behind them, before the
+            # loop polls the socket again (the client sends nothing more until the server's hello).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if task.done():
+                task.result()
+            _feed(raw.get_protocol(), hello)
+        tls = await task
+        if hello and tls is not None:
+            obj = tls.get_extra_info("ssl_object")
+            if obj is None or obj.selected_alpn_protocol() != ALPN:
+                # PostgreSQL 17 demands the ALPN protocol on direct TLS, against cross-protocol attacks.
+                log.info("%s direct TLS without ALPN %r refused", c.prefix, ALPN)
+                tls.close()
+                app.client_closed(c, "direct TLS without ALPN postgresql")
+                return
     except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
         log.info("%s TLS handshake failed: %s", c.prefix, e or type(e).__name__)
         raw.close()
         app.client_closed(c, "TLS handshake failed")
         return
-    if tls is None:  # the client went away during the handshake
+    if tls is None or hold.lost:  # the client went away during the handshake
         app.client_closed(c, "client closed during TLS handshake")
         return
     c.transport = tls
+    tls.set_protocol(session_protocol)
+    if hold.data:
+        session_protocol.data_received(b"".join(hold.data))
 
 
 def client_tls_missing(app: Any, c: Any) -> bool:

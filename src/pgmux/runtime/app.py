@@ -150,9 +150,10 @@ class App:
         self.clients[cid] = c
         return c
 
-    def start_tls(self, c: ClientSession) -> bool:
-        """SSLRequest: True when a TLS handshake now runs on the client's connection (net/tls.py)."""
-        return accept_client_tls(self, c)
+    def start_tls(self, c: ClientSession, hello: bytes = b"") -> bool:
+        """SSLRequest (or a ClientHello first: `hello`): True when a TLS handshake now runs on the
+        client's connection (net/tls.py)."""
+        return accept_client_tls(self, c, hello)
 
     def login(self, c: ClientSession, params: dict[str, str]) -> None:
         cfg = self.config

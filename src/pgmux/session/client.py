@@ -201,6 +201,9 @@ class ClientSession:
 
     # -- startup and authentication ------------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
+        if not self.sbuf and data[:1] == b"\x16" and self.state is ClientState.STARTUP and \
+                self.hub.start_tls(self, data):
+            return  # a TLS ClientHello first: direct TLS (PostgreSQL 17), the hub took the connection over
         self.sbuf += data
         while self.sbuf and self.state in (ClientState.STARTUP, ClientState.AUTH):
             if self.state is ClientState.STARTUP:
