@@ -1,14 +1,28 @@
 """The [pgbouncer] section: one attribute per PgBouncer 1.25 setting, named and defaulted as PgBouncer does.
 
-Every default is written once, here, next to its parser and two flags (the schema PgBouncer keeps in
-`bouncer_params[]`): `restart` marks PgBouncer's CF_NO_RELOAD keys, which a reload cannot change, and
-`unimplemented` marks keys pgmux accepts so a pgbouncer.ini loads, but ignores (the loader warns once,
-naming those that are set to something other than their default). Remove the flag as a feature lands.
+Every default is written once, here, next to its parser and its flags (the schema PgBouncer keeps in
+`bouncer_params[]`): `restart` marks PgBouncer's CF_NO_RELOAD keys, which a reload cannot change.
+
+Every setting is in one of three states, and README.md's settings table is generated from this file
+(`python3 -m pgmux.config.table`; a unit test compares the two):
+
+- works: implemented and tested.
+- warned (`**_NI`): accepted so a pgbouncer.ini loads, but ignored; the loader warns once, naming those
+  set to something other than their default. Remove the mark as the feature lands.
+- refused (`refuse=Gate(...)`): pgmux will not start (nor reload) with these values, because running
+  without what they ask for would be unsafe: TLS, and authentication methods pgmux does not have yet.
+  A config that asks for TLS must not run in plain text, one that asks for an auth method must not run
+  with a weaker check. `Gate(values)` names the refused values of a choice; `Gate(None)` refuses any
+  value other than the default.
+
+`warn=Gate(...)` warns about values given explicitly that pgmux accepts but treats differently from
+PgBouncer (server_tls_sslmode = prefer: pgmux connects in plain text, which prefer permits).
 Times are float seconds. "Not set" is None.
 """
 
 from __future__ import annotations
 
+import grp
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -23,13 +37,51 @@ DEFAULT_AUTH_QUERY = (
 )
 
 
-def _s(default: object, parse: v.Parser, *, restart: bool = False, unimplemented: bool = False) -> Any:
-    meta = {"parse": parse, "restart": restart, "unimplemented": unimplemented}
+@dataclass(frozen=True)
+class Gate:
+    """Values of one setting that pgmux refuses (or warns about), and why.
+
+    `values`: the values concerned (canonical spellings of a choice); None means any value other than
+    the setting's default. `reason` completes "<key> = <value>: ..." in the error or warning."""
+
+    values: tuple[str, ...] | None
+    reason: str
+    label: str = ""  # the README table's note: why, in a few words
+
+    def hit(self, value: object, default: object) -> bool:
+        return value != default if self.values is None else value in self.values
+
+
+def _s(default: object, parse: v.Parser, *, restart: bool = False, unimplemented: bool = False,
+       refuse: Gate | None = None, warn: Gate | None = None, note: str = "") -> Any:
+    meta = {"parse": parse, "restart": restart, "unimplemented": unimplemented, "refuse": refuse,
+            "warn": warn, "note": note}
     return field(default=default, metadata=meta)
 
 
+def group_name(value: object) -> str | None:
+    """unix_socket_group: a group that exists on this machine (PgBouncer fails at start-up otherwise)."""
+    name = v.optional_text(value)
+    if name is not None:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            if not name.isdigit():
+                raise ValueError(f"no such group: {name}") from None
+    return name
+
+
 _OPT = v.optional_text
-_NI = {"unimplemented": True}
+_NI: dict[str, Any] = {"unimplemented": True}
+# Until TLS is implemented (its own issue): asking for it stops start-up instead of running in plain text.
+_TLS = "TLS is not implemented in pgmux yet, and pgmux will not run in plain text where TLS is asked for"
+_TLS_LABEL = "until TLS is implemented"
+_TUNES_TLS = "tunes TLS, which pgmux does not have yet"
+_NO_TLS = Gate(None, _TLS, _TLS_LABEL)
+# Until auth_query, HBA and the other methods are implemented: no start-up with a weaker check.
+_AUTH = "is not implemented in pgmux yet, and pgmux will not start with a weaker check in its place"
+_AUTH_LABEL = "until this authentication is implemented"
+_NO_AUTH = Gate(None, "this authentication setting " + _AUTH, _AUTH_LABEL)
 
 
 @dataclass(frozen=True)
@@ -37,25 +89,28 @@ class Settings:
     # -- where to listen; none of these change on reload
     listen_addr: tuple[str, ...] = _s((), v.name_list, restart=True)  # "*" = all; empty = no TCP
     listen_port: int = _s(6432, v.port, restart=True)
-    listen_backlog: int = _s(128, v.integer(1), restart=True)
+    listen_backlog: int = _s(128, v.integer(1), restart=True, **_NI)
     unix_socket_dir: str = _s("/tmp", v.text, restart=True)  # "" disables the unix socket
     unix_socket_mode: int = _s(0o777, v.integer(0, 0o7777), restart=True)
-    unix_socket_group: str | None = _s(None, _OPT, restart=True)
+    unix_socket_group: str | None = _s(None, group_name, restart=True, **_NI)
     user: str | None = _s(None, _OPT, restart=True)
     pidfile: str | None = _s(None, _OPT, restart=True)
     logfile: str | None = _s(None, _OPT)
-    conffile: str | None = _s(None, _OPT, **_NI)
+    conffile: str | None = _s(None, _OPT, **_NI, note="the file is the one given on the command line")
     # -- authentication
-    auth_type: str = _s("md5", v.auth_type)
+    auth_type: str = _s("md5", v.auth_type,
+                        refuse=Gate(("cert", "hba", "ldap", "pam"), "this auth_type " + _AUTH, _AUTH_LABEL))
     auth_file: str | None = _s(None, _OPT)
-    auth_hba_file: str | None = _s(None, _OPT)
-    auth_ident_file: str | None = _s(None, _OPT, **_NI)
-    auth_query: str = _s(DEFAULT_AUTH_QUERY, v.text)
-    auth_user: str | None = _s(None, _OPT)
-    auth_dbname: str | None = _s(None, _OPT)
-    auth_ldap_options: str | None = _s(None, _OPT, **_NI)
-    auth_pam_confdir: str | None = _s(None, _OPT, **_NI)
-    scram_iterations: int = _s(4096, v.integer(1))
+    auth_hba_file: str | None = _s(None, _OPT, refuse=_NO_AUTH)
+    auth_ident_file: str | None = _s(None, _OPT, refuse=_NO_AUTH)
+    auth_query: str = _s(DEFAULT_AUTH_QUERY, v.text, **_NI, note="used only with auth_user, which is refused")
+    auth_user: str | None = _s(None, _OPT,
+                                  refuse=Gate(None, "auth_user needs auth_query, which " + _AUTH,
+                                              "until auth_query is implemented"))
+    auth_dbname: str | None = _s(None, _OPT, **_NI, note="used only with auth_user, which is refused")
+    auth_ldap_options: str | None = _s(None, _OPT, **_NI, note="used only with auth_type ldap, which is refused")
+    auth_pam_confdir: str | None = _s(None, _OPT, **_NI, note="used only with auth_type pam, which is refused")
+    scram_iterations: int = _s(4096, v.integer(1), **_NI)
     admin_users: tuple[str, ...] = _s((), v.name_list)
     stats_users: tuple[str, ...] = _s((), v.name_list)
     # -- pooling
@@ -66,15 +121,16 @@ class Settings:
     reserve_pool_size: int = _s(0, v.count)
     reserve_pool_timeout: float = _s(5.0, v.seconds)
     max_db_connections: int = _s(0, v.count)
-    max_db_client_connections: int = _s(0, v.count)
+    max_db_client_connections: int = _s(0, v.count, **_NI)
     max_user_connections: int = _s(0, v.count)
-    max_user_client_connections: int = _s(0, v.count)
-    server_round_robin: bool = _s(False, v.boolean)
+    max_user_client_connections: int = _s(0, v.count, **_NI)
+    server_round_robin: bool = _s(False, v.boolean, **_NI)
     max_prepared_statements: int = _s(200, v.count)
-    track_extra_parameters: tuple[str, ...] = _s(("IntervalStyle",), v.name_list, restart=True)
+    track_extra_parameters: tuple[str, ...] = _s(("IntervalStyle",), v.name_list, restart=True, **_NI,
+                                                 note="IntervalStyle is always tracked")
     ignore_startup_parameters: tuple[str, ...] = _s((), v.name_list)
-    application_name_add_host: bool = _s(False, v.boolean)
-    disable_pqexec: bool = _s(False, v.boolean, restart=True, **_NI)
+    application_name_add_host: bool = _s(False, v.boolean, **_NI)
+    disable_pqexec: bool = _s(False, v.boolean, restart=True, **_NI, note="the simple query protocol stays on")
     # -- server connection sanity and lifetimes
     server_reset_query: str = _s("DISCARD ALL", v.text)
     server_reset_query_always: bool = _s(False, v.boolean)
@@ -82,71 +138,77 @@ class Settings:
     # an empty query. Older samples say "select 1".
     server_check_query: str = _s("<empty>", v.text)
     server_check_delay: float = _s(30.0, v.seconds)
-    server_fast_close: bool = _s(False, v.boolean)
+    server_fast_close: bool = _s(False, v.boolean, **_NI)
     server_lifetime: float = _s(3600.0, v.seconds)
     server_idle_timeout: float = _s(600.0, v.seconds)
     server_connect_timeout: float = _s(15.0, v.seconds)
     server_login_retry: float = _s(15.0, v.seconds)
     client_login_timeout: float = _s(60.0, v.seconds)
-    autodb_idle_timeout: float = _s(3600.0, v.seconds)
-    pool_idle_timeout: float = _s(0.0, v.seconds)
+    autodb_idle_timeout: float = _s(3600.0, v.seconds, **_NI)
+    pool_idle_timeout: float = _s(0.0, v.seconds, **_NI)
     # -- dangerous timeouts (0 disables)
     query_timeout: float = _s(0.0, v.seconds)
     query_wait_timeout: float = _s(120.0, v.seconds)
-    query_wait_notify: float = _s(5.0, v.seconds)
-    cancel_wait_timeout: float = _s(10.0, v.seconds)
+    query_wait_notify: float = _s(5.0, v.seconds, **_NI)
+    cancel_wait_timeout: float = _s(10.0, v.seconds, **_NI)
     client_idle_timeout: float = _s(0.0, v.seconds)
     idle_transaction_timeout: float = _s(0.0, v.seconds)
-    transaction_timeout: float = _s(0.0, v.seconds)
-    suspend_timeout: float = _s(10.0, v.seconds, **_NI)
-    login_notify_message: str | None = _s(None, _OPT)
+    transaction_timeout: float = _s(0.0, v.seconds, **_NI)
+    suspend_timeout: float = _s(10.0, v.seconds, **_NI, note="no SUSPEND or online restart")
+    login_notify_message: str | None = _s(None, _OPT, **_NI)
     # -- logging and stats
     log_connections: bool = _s(True, v.boolean)
     log_disconnections: bool = _s(True, v.boolean)
-    log_pooler_errors: bool = _s(True, v.boolean)
-    log_stats: bool = _s(True, v.boolean)
-    stats_period: float = _s(60.0, v.seconds)
+    log_pooler_errors: bool = _s(True, v.boolean, **_NI)
+    log_stats: bool = _s(True, v.boolean, **_NI)
+    stats_period: float = _s(60.0, v.seconds, **_NI)
     verbose: int = _s(0, v.count)
-    syslog: bool = _s(False, v.boolean, **_NI)
-    syslog_ident: str = _s("pgbouncer", v.text, **_NI)
-    syslog_facility: str = _s("daemon", v.text, **_NI)
+    syslog: bool = _s(False, v.boolean, **_NI, note="logs go to stderr and logfile")
+    syslog_ident: str = _s("pgbouncer", v.text, **_NI, note="no syslog")
+    syslog_facility: str = _s("daemon", v.text, **_NI, note="no syslog")
     # -- low-level network
-    pkt_buf: int = _s(4096, v.integer(1), restart=True)
+    pkt_buf: int = _s(4096, v.integer(1), restart=True, **_NI)
     max_packet_size: int = _s(2147483647, v.integer(1, 2**32 - 1))
-    sbuf_loopcnt: int = _s(5, v.count, **_NI)
+    sbuf_loopcnt: int = _s(5, v.count, **_NI, note="each read is relayed whole")
     so_reuseport: bool = _s(False, v.boolean, restart=True, **_NI)
     tcp_defer_accept: bool = _s(sys.platform.startswith("linux"), v.boolean, **_NI)
     tcp_socket_buffer: int = _s(0, v.count, **_NI)
-    tcp_keepalive: bool = _s(True, v.boolean)
-    tcp_keepcnt: int = _s(0, v.count)
-    tcp_keepidle: int = _s(0, v.count)  # seconds, as the socket option takes them
-    tcp_keepintvl: int = _s(0, v.count)
-    tcp_user_timeout: int = _s(0, v.count)  # milliseconds, as the socket option takes them
+    tcp_keepalive: bool = _s(True, v.boolean, **_NI)
+    tcp_keepcnt: int = _s(0, v.count, **_NI)
+    tcp_keepidle: int = _s(0, v.count, **_NI)  # seconds, as the socket option takes them
+    tcp_keepintvl: int = _s(0, v.count, **_NI)
+    tcp_user_timeout: int = _s(0, v.count, **_NI)  # milliseconds, as the socket option takes them
     # -- DNS, peering, service names: PgBouncer machinery pgmux does not have
-    dns_max_ttl: float = _s(15.0, v.seconds, **_NI)
-    dns_nxdomain_ttl: float = _s(15.0, v.seconds, **_NI)
-    dns_zone_check_period: float = _s(0.0, v.seconds, **_NI)
-    resolv_conf: str | None = _s(None, _OPT, restart=True, **_NI)
-    peer_id: int = _s(0, v.integer(0, 16383), **_NI)
-    job_name: str = _s("pgbouncer", v.text, restart=True, **_NI)
-    service_name: str | None = _s(None, _OPT, restart=True, **_NI)
-    # -- TLS
-    client_tls_sslmode: str = _s("disable", v.ssl_mode, **_NI)
-    client_tls_key_file: str | None = _s(None, _OPT, **_NI)
-    client_tls_cert_file: str | None = _s(None, _OPT, **_NI)
-    client_tls_ca_file: str | None = _s(None, _OPT, **_NI)
-    client_tls_protocols: str = _s("secure", v.text, **_NI)
-    client_tls_ciphers: str = _s("default", v.text, **_NI)
-    client_tls13_ciphers: str | None = _s(None, _OPT, **_NI)
-    client_tls_dheparams: str = _s("auto", v.text, **_NI)
-    client_tls_ecdhcurve: str = _s("auto", v.text, **_NI)
-    server_tls_sslmode: str = _s("prefer", v.ssl_mode, **_NI)
-    server_tls_key_file: str | None = _s(None, _OPT, **_NI)
-    server_tls_cert_file: str | None = _s(None, _OPT, **_NI)
-    server_tls_ca_file: str | None = _s(None, _OPT, **_NI)
-    server_tls_protocols: str = _s("secure", v.text, **_NI)
-    server_tls_ciphers: str = _s("default", v.text, **_NI)
-    server_tls13_ciphers: str | None = _s(None, _OPT, **_NI)
+    dns_max_ttl: float = _s(15.0, v.seconds, **_NI, note="no DNS cache: names resolve at each new server connection")
+    dns_nxdomain_ttl: float = _s(15.0, v.seconds, **_NI, note="no DNS cache")
+    dns_zone_check_period: float = _s(0.0, v.seconds, **_NI, note="no DNS cache")
+    resolv_conf: str | None = _s(None, _OPT, restart=True, **_NI, note="the system's resolver is used")
+    peer_id: int = _s(0, v.integer(0, 16383), **_NI, note="no peering")
+    job_name: str = _s("pgbouncer", v.text, restart=True, **_NI, note="Windows service name")
+    service_name: str | None = _s(None, _OPT, restart=True, **_NI, note="Windows service name")
+    # -- TLS (its own issue). Files and modes that ask for TLS are refused; the rest only tune TLS.
+    client_tls_sslmode: str = _s("disable", v.ssl_mode, refuse=_NO_TLS)
+    client_tls_key_file: str | None = _s(None, _OPT, refuse=_NO_TLS)
+    client_tls_cert_file: str | None = _s(None, _OPT, refuse=_NO_TLS)
+    client_tls_ca_file: str | None = _s(None, _OPT, refuse=_NO_TLS)
+    client_tls_protocols: str = _s("secure", v.text, **_NI, note=_TUNES_TLS)
+    client_tls_ciphers: str = _s("default", v.text, **_NI, note=_TUNES_TLS)
+    client_tls13_ciphers: str | None = _s(None, _OPT, **_NI, note=_TUNES_TLS)
+    client_tls_dheparams: str = _s("auto", v.text, **_NI, note=_TUNES_TLS)
+    client_tls_ecdhcurve: str = _s("auto", v.text, **_NI, note=_TUNES_TLS)
+    # PgBouncer's default, prefer, tries TLS first; pgmux connects in plain text, which prefer (and allow)
+    # permit: a warning when the file says so, a refusal for the modes that demand TLS.
+    server_tls_sslmode: str = _s("prefer", v.ssl_mode,
+                                 refuse=Gate(("require", "verify-ca", "verify-full"), _TLS, _TLS_LABEL),
+                                 warn=Gate(("allow", "prefer"), "pgmux connects to servers in plain text (TLS is "
+                                           "not implemented yet), which this mode permits",
+                                           "pgmux connects in plain text"))
+    server_tls_key_file: str | None = _s(None, _OPT, refuse=_NO_TLS)
+    server_tls_cert_file: str | None = _s(None, _OPT, refuse=_NO_TLS)
+    server_tls_ca_file: str | None = _s(None, _OPT, refuse=_NO_TLS)
+    server_tls_protocols: str = _s("secure", v.text, **_NI, note=_TUNES_TLS)
+    server_tls_ciphers: str = _s("default", v.text, **_NI, note=_TUNES_TLS)
+    server_tls13_ciphers: str | None = _s(None, _OPT, **_NI, note=_TUNES_TLS)
     # -- pgmux only: health checks and failover for host lists (issue 4). PgBouncer has none of these.
     # Every period each host gets one small query on a connection of its own (0 disables the checks).
     health_check_period: float = _s(1.0, v.seconds)
@@ -163,18 +225,22 @@ class Settings:
 
 @dataclass(frozen=True)
 class SettingInfo:
-    """What SHOW CONFIG and the reload planner need to know about one setting."""
+    """What SHOW CONFIG, the reload planner, the loader and the README table know about one setting."""
 
     name: str
     default: object
     parse: v.Parser
     reloadable: bool
     implemented: bool
+    refuse: Gate | None = None
+    warn: Gate | None = None
+    note: str = ""
 
 
 SETTINGS_INFO: Mapping[str, SettingInfo] = MappingProxyType({
     f.name: SettingInfo(f.name, f.default, f.metadata["parse"], not f.metadata["restart"],
-                        not f.metadata["unimplemented"])
+                        not f.metadata["unimplemented"], f.metadata["refuse"], f.metadata["warn"],
+                        f.metadata["note"])
     for f in fields(Settings)
 })
 
