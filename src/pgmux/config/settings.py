@@ -89,10 +89,10 @@ class Settings:
     # -- where to listen; none of these change on reload
     listen_addr: tuple[str, ...] = _s((), v.name_list, restart=True)  # "*" = all; empty = no TCP
     listen_port: int = _s(6432, v.port, restart=True)
-    listen_backlog: int = _s(128, v.integer(1), restart=True, **_NI)
+    listen_backlog: int = _s(128, v.integer(1), restart=True)
     unix_socket_dir: str = _s("/tmp", v.text, restart=True)  # "" disables the unix socket
     unix_socket_mode: int = _s(0o777, v.integer(0, 0o7777), restart=True)
-    unix_socket_group: str | None = _s(None, group_name, restart=True, **_NI)
+    unix_socket_group: str | None = _s(None, group_name, restart=True)
     user: str | None = _s(None, _OPT, restart=True)
     pidfile: str | None = _s(None, _OPT, restart=True)
     logfile: str | None = _s(None, _OPT)
@@ -170,14 +170,17 @@ class Settings:
     pkt_buf: int = _s(4096, v.integer(1), restart=True, **_NI)
     max_packet_size: int = _s(2147483647, v.integer(1, 2**32 - 1))
     sbuf_loopcnt: int = _s(5, v.count, **_NI, note="each read is relayed whole")
-    so_reuseport: bool = _s(False, v.boolean, restart=True, **_NI)
-    tcp_defer_accept: bool = _s(sys.platform.startswith("linux"), v.boolean, **_NI)
-    tcp_socket_buffer: int = _s(0, v.count, **_NI)
-    tcp_keepalive: bool = _s(True, v.boolean, **_NI)
-    tcp_keepcnt: int = _s(0, v.count, **_NI)
-    tcp_keepidle: int = _s(0, v.count, **_NI)  # seconds, as the socket option takes them
-    tcp_keepintvl: int = _s(0, v.count, **_NI)
-    tcp_user_timeout: int = _s(0, v.count, **_NI)  # milliseconds, as the socket option takes them
+    so_reuseport: bool = _s(False, v.boolean, restart=True,
+                            note="no peering: a cancel reaches only the process its client is on")
+    tcp_defer_accept: bool = _s(sys.platform.startswith("linux"), v.boolean)
+    tcp_socket_buffer: int = _s(0, v.integer(0, 2**31 - 1))
+    tcp_keepalive: bool = _s(True, v.boolean)
+    # Linux takes at most 127 probes and 32767 seconds; larger values stop start-up instead of failing
+    # on every connection.
+    tcp_keepcnt: int = _s(0, v.integer(0, 127))
+    tcp_keepidle: int = _s(0, v.integer(0, 32767))  # seconds, as the socket option takes them
+    tcp_keepintvl: int = _s(0, v.integer(0, 32767))
+    tcp_user_timeout: int = _s(0, v.integer(0, 2**31 - 1))  # milliseconds, as the socket option takes them
     # -- DNS, peering, service names: PgBouncer machinery pgmux does not have
     dns_max_ttl: float = _s(15.0, v.seconds, **_NI, note="no DNS cache: names resolve at each new server connection")
     dns_nxdomain_ttl: float = _s(15.0, v.seconds, **_NI, note="no DNS cache")

@@ -1,7 +1,7 @@
 """README.md's settings table, generated from the code that decides each setting's state.
 
-`python3 -m pgmux.config.table` prints it; README.md holds a copy between the two marker comments
-below, and tests/unit/test_settings_table.py fails when the copy differs from what this prints, so the
+`python3 -m pgmux.config.table` prints it (`--write README.md` puts it in place); README.md holds a
+copy between the two marker comments below, and tests/unit/test_settings_table.py fails when the copy differs from what this prints, so the
 README cannot drift from what the loader does. The states come from settings.py (`_NI`, `refuse=`,
 `warn=`) for [pgbouncer] and from build.py (DB_KEYS_NI, DB_KEYS_IGNORED, DB_KEYS_REFUSED, USER_KEYS_NI)
 for [databases] and [users]: the same marks the loader acts on.
@@ -96,5 +96,24 @@ def readme_table(text: str) -> str:
     return text[start:end + len(END)] + "\n"
 
 
+def rewrite(path: str) -> bool:
+    """Replace the table in the file at `path` (README.md) with the generated one; True if it changed."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    old = readme_table(text)
+    if not old:
+        raise SystemExit(f"{path}: no settings table markers ({BEGIN} ... {END})")
+    new_text = text.replace(old.rstrip("\n"), markdown().rstrip("\n"), 1)
+    if new_text != text:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(new_text)
+    return new_text != text
+
+
 if __name__ == "__main__":
-    print(markdown(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--write"] and len(sys.argv) == 3:
+        print(f"{sys.argv[2]}: {'updated' if rewrite(sys.argv[2]) else 'already up to date'}")
+    else:
+        print(markdown(), end="")

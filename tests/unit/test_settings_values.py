@@ -1,0 +1,64 @@
+"""The settings this issue implemented: their values parse, bad ones stop start-up with file:line: key, and
+the pure parts of their behaviour (socket options, application_name, the stats line) are what PgBouncer does."""
+
+from __future__ import annotations
+
+import grp
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from pgmux.config import Settings, load_config
+from pgmux.errors import ConfigError
+from pgmux.net.sockopts import tcp_options
+
+
+def load(tmp_path: Path, text: str) -> Settings:
+    path = tmp_path / "pgbouncer.ini"
+    path.write_text(text)
+    return load_config(str(path)).settings
+
+
+GOOD = [
+    ("tcp_keepalive", "0", False), ("tcp_keepalive", "yes", True), ("tcp_keepcnt", "5", 5),
+    ("tcp_keepidle", "600", 600), ("tcp_keepintvl", "0x10", 16), ("tcp_user_timeout", "30000", 30000),
+    ("tcp_socket_buffer", "65536", 65536), ("tcp_defer_accept", "0", False), ("so_reuseport", "1", True),
+    ("listen_backlog", "4096", 4096), ("unix_socket_group", grp.getgrgid(os.getgid()).gr_name,
+                                        grp.getgrgid(os.getgid()).gr_name),
+]
+BAD = [
+    ("tcp_keepalive", "maybe", "boolean"), ("tcp_keepcnt", "-1", "at least 0"), ("tcp_keepcnt", "128", "at most 127"),
+    ("tcp_keepidle", "1h", "expected an integer"), ("tcp_keepidle", "40000", "at most 32767"),
+    ("tcp_keepintvl", "-3", "at least 0"), ("tcp_user_timeout", "1.5", "expected an integer"),
+    ("tcp_user_timeout", "-1", "at least 0"), ("tcp_socket_buffer", "big", "expected an integer"),
+    ("tcp_defer_accept", "2", "boolean"), ("so_reuseport", "sure", "boolean"),
+    ("listen_backlog", "0", "at least 1"), ("listen_backlog", "many", "expected an integer"),
+    ("unix_socket_group", "no-such-group-pgmux", "no such group"),
+]
+
+
+@pytest.mark.parametrize(("key", "text", "value"), GOOD)
+def test_good_values(tmp_path: Path, key: str, text: str, value: object) -> None:
+    settings = load(tmp_path, f"[pgbouncer]\n{key} = {text}\n")
+    assert getattr(settings, key) == value
+    assert load_config(str(tmp_path / "pgbouncer.ini")).warnings == ()  # implemented: no warning
+
+
+@pytest.mark.parametrize(("key", "text", "message"), BAD)
+def test_bad_values_name_file_line_and_key(tmp_path: Path, key: str, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load(tmp_path, f"[pgbouncer]\nlisten_port = 7000\n{key} = {text}\n")
+    assert str(err.value).startswith(f"{tmp_path / 'pgbouncer.ini'}:3: {key}: invalid value")
+
+
+def test_tcp_options_follow_pgbouncer() -> None:
+    ka, tcp, sol = socket.SO_KEEPALIVE, socket.IPPROTO_TCP, socket.SOL_SOCKET
+    assert tcp_options(Settings()) == [(sol, ka, 1)]  # keepalive on with the OS's timings, nothing else
+    full = Settings(tcp_keepcnt=3, tcp_keepidle=60, tcp_keepintvl=5, tcp_user_timeout=9000, tcp_socket_buffer=4096)
+    assert tcp_options(full) == [
+        (sol, ka, 1), (tcp, socket.TCP_KEEPCNT, 3), (tcp, socket.TCP_KEEPIDLE, 60), (tcp, socket.TCP_KEEPINTVL, 5),
+        (tcp, socket.TCP_USER_TIMEOUT, 9000), (sol, socket.SO_SNDBUF, 4096), (sol, socket.SO_RCVBUF, 4096)]
+    off = Settings(tcp_keepalive=False, tcp_keepcnt=3, tcp_user_timeout=9000)
+    assert tcp_options(off) == [(sol, ka, 0), (tcp, socket.TCP_USER_TIMEOUT, 9000)]
