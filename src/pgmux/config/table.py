@@ -2,9 +2,9 @@
 
 `python3 -m pgmux.config.table` prints it (`--write README.md` puts it in place); README.md holds a
 copy between the two marker comments below, and tests/unit/test_settings_table.py fails when the copy
-differs from what this prints, so the README cannot drift from what the loader does. The states
-come from settings.py (`_NI`, `refuse=`, `warn=`) for [pgbouncer] and from build.py (DB_KEYS_NI, DB_KEYS_IGNORED, DB_KEYS_REFUSED, USER_KEYS_NI)
-for [databases] and [users]: the same marks the loader acts on.
+differs from what this prints, so the README cannot drift from what the loader does. The states come
+from the marks the loader acts on: settings.py (`_NI`, `refuse=`, `warn=`) for [pgbouncer], build.py
+(DB_KEYS_NI, DB_KEYS_IGNORED, DB_KEYS_REFUSED, USER_KEYS_NI) for [databases] and [users].
 """
 
 from __future__ import annotations
