@@ -159,9 +159,9 @@ class Settings:
     # -- logging and stats
     log_connections: bool = _s(True, v.boolean)
     log_disconnections: bool = _s(True, v.boolean)
-    log_pooler_errors: bool = _s(True, v.boolean, **_NI)
-    log_stats: bool = _s(True, v.boolean, **_NI)
-    stats_period: float = _s(60.0, v.seconds, **_NI)
+    log_pooler_errors: bool = _s(True, v.boolean)
+    log_stats: bool = _s(True, v.boolean)
+    stats_period: float = _s(60.0, v.seconds)
     verbose: int = _s(0, v.count)
     syslog: bool = _s(False, v.boolean, **_NI, note="logs go to stderr and logfile")
     syslog_ident: str = _s("pgbouncer", v.text, **_NI, note="no syslog")
