@@ -13,12 +13,17 @@ import pytest
 from pgmux.config import Settings, load_config
 from pgmux.errors import ConfigError
 from pgmux.net.sockopts import tcp_options
+from pgmux.session.params import with_client_host
+
+
+def write_ini(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "pgbouncer.ini"
+    path.write_text(text)
+    return str(path)
 
 
 def load(tmp_path: Path, text: str) -> Settings:
-    path = tmp_path / "pgbouncer.ini"
-    path.write_text(text)
-    return load_config(str(path)).settings
+    return load_config(write_ini(tmp_path, text)).settings
 
 
 GOOD = [
@@ -62,3 +67,37 @@ def test_tcp_options_follow_pgbouncer() -> None:
         (tcp, socket.TCP_USER_TIMEOUT, 9000), (sol, socket.SO_SNDBUF, 4096), (sol, socket.SO_RCVBUF, 4096)]
     off = Settings(tcp_keepalive=False, tcp_keepcnt=3, tcp_user_timeout=9000)
     assert tcp_options(off) == [(sol, ka, 0), (tcp, socket.TCP_USER_TIMEOUT, 9000)]
+
+
+@pytest.mark.parametrize(("name", "addr", "port", "unix", "expected"), [
+    ("billing", "10.0.0.5", 51012, False, "billing - 10.0.0.5:51012"),
+    (None, "10.0.0.5", 51012, False, "app - 10.0.0.5:51012"),  # PgBouncer's name for a client without one
+    ("", "10.0.0.5", 51012, False, "app - 10.0.0.5:51012"),
+    ("x", "::1", 40000, False, "x - [::1]:40000"),
+    ("psql", "unix", 0, True, "psql - unix:6432"),
+])
+def test_application_name_add_host(name: str | None, addr: str, port: int, unix: bool, expected: str) -> None:
+    assert with_client_host(name, addr, port, unix, 6432) == expected
+
+
+MORE_BAD = [
+    ("scram_iterations", "0", "at least 1"), ("scram_iterations", "many", "expected an integer"),
+    ("log_stats", "perhaps", "boolean"), ("stats_period", "-1", "0 or more"), ("stats_period", "1m", "seconds"),
+    ("log_pooler_errors", "2", "boolean"), ("application_name_add_host", "yes please", "boolean"),
+    ("pkt_buf", "0", "at least 1"),
+]
+
+
+@pytest.mark.parametrize(("key", "text", "message"), MORE_BAD)
+def test_more_bad_values(tmp_path: Path, key: str, text: str, message: str) -> None:
+    test_bad_values_name_file_line_and_key(tmp_path, key, text, message)
+
+
+def test_more_good_values(tmp_path: Path) -> None:
+    s = load(tmp_path, "[pgbouncer]\nscram_iterations = 10000\nlog_stats = 0\nstats_period = 15\n"
+                       "log_pooler_errors = off\napplication_name_add_host = 1\nlogin_notify_message = hi there\n")
+    assert (s.scram_iterations, s.log_stats, s.stats_period, s.log_pooler_errors) == (10000, False, 15.0, False)
+    assert (s.application_name_add_host, s.login_notify_message) == (True, "hi there")
+    assert load_config(str(tmp_path / "pgbouncer.ini")).warnings == ()
+    (warning,) = load_config(write_ini(tmp_path, "[pgbouncer]\npkt_buf = 8192\n")).warnings
+    assert "pkt_buf" in warning  # pkt_buf: ignored, and said so

@@ -110,7 +110,7 @@ class Settings:
     auth_dbname: str | None = _s(None, _OPT, **_NI, note="used only with auth_user, which is refused")
     auth_ldap_options: str | None = _s(None, _OPT, **_NI, note="used only with auth_type ldap, which is refused")
     auth_pam_confdir: str | None = _s(None, _OPT, **_NI, note="used only with auth_type pam, which is refused")
-    scram_iterations: int = _s(4096, v.integer(1), **_NI)
+    scram_iterations: int = _s(4096, v.integer(1))
     admin_users: tuple[str, ...] = _s((), v.name_list)
     stats_users: tuple[str, ...] = _s((), v.name_list)
     # -- pooling
@@ -129,7 +129,7 @@ class Settings:
     track_extra_parameters: tuple[str, ...] = _s(("IntervalStyle",), v.name_list, restart=True, **_NI,
                                                  note="IntervalStyle is always tracked")
     ignore_startup_parameters: tuple[str, ...] = _s((), v.name_list)
-    application_name_add_host: bool = _s(False, v.boolean, **_NI)
+    application_name_add_host: bool = _s(False, v.boolean)
     disable_pqexec: bool = _s(False, v.boolean, restart=True, **_NI, note="the simple query protocol stays on")
     # -- server connection sanity and lifetimes
     server_reset_query: str = _s("DISCARD ALL", v.text)
@@ -155,7 +155,7 @@ class Settings:
     idle_transaction_timeout: float = _s(0.0, v.seconds)
     transaction_timeout: float = _s(0.0, v.seconds, **_NI)
     suspend_timeout: float = _s(10.0, v.seconds, **_NI, note="no SUSPEND or online restart")
-    login_notify_message: str | None = _s(None, _OPT, **_NI)
+    login_notify_message: str | None = _s(None, _OPT)
     # -- logging and stats
     log_connections: bool = _s(True, v.boolean)
     log_disconnections: bool = _s(True, v.boolean)
@@ -167,7 +167,11 @@ class Settings:
     syslog_ident: str = _s("pgbouncer", v.text, **_NI, note="no syslog")
     syslog_facility: str = _s("daemon", v.text, **_NI, note="no syslog")
     # -- low-level network
-    pkt_buf: int = _s(4096, v.integer(1), restart=True, **_NI)
+    # pkt_buf is PgBouncer's read buffer. pgmux's reads are the event loop's (uvloop: up to 256 KB at a time),
+    # and fewer, larger reads are what keeps its system time per transaction near PgBouncer's; a read of at
+    # most pkt_buf would need a BufferedProtocol copy per read and more syscalls. So it is ignored, warned.
+    pkt_buf: int = _s(4096, v.integer(1), restart=True, **_NI,
+                      note="ignored: pgmux reads up to 256 KB at a time (the event loop's buffer)")
     max_packet_size: int = _s(2147483647, v.integer(1, 2**32 - 1))
     sbuf_loopcnt: int = _s(5, v.count, **_NI, note="each read is relayed whole")
     so_reuseport: bool = _s(False, v.boolean, restart=True,

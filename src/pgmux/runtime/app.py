@@ -29,7 +29,7 @@ from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
-from pgmux.session.params import startup_params
+from pgmux.session.params import startup_params, with_client_host
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.prepared import Registry as StatementRegistry
 from pgmux.session.server import ServerSession, ServerTarget
@@ -179,11 +179,14 @@ class App:
         if auth_type in ("hba", "cert", "pam", "ldap"):
             raise PgmuxError(f"auth_type {auth_type} is not supported by pgmux yet", sqlstate="28000",
                              severity="FATAL")
-        c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user))
+        c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), s.scram_iterations)
         try:
             c.params = startup_params(params, s.ignore_startup_parameters)
         except ValueError as e:
             raise PgmuxError(f"unsupported startup parameter: {e}", sqlstate="08P01", severity="FATAL") from e
+        if s.application_name_add_host:
+            c.params["application_name"] = with_client_host(c.params.get("application_name"), c.addr, c.port,
+                                                            c.is_unix, s.listen_port)
         c.watch = pool.mode != "session"
         if pool.mode != "session" and s.max_prepared_statements > 0:
             c.stmts = ClientStatements(self.prepared, pool.stats)
@@ -203,7 +206,7 @@ class App:
             raise PgmuxError(f'not allowed: user "{user}" is in neither admin_users nor stats_users',
                              sqlstate="28000", severity="FATAL")
         c.auth = ClientAuthenticator(s.auth_type if s.auth_type in ("trust", "any", "plain", "md5", "scram-sha-256")
-                                     else "md5", user, self.config.userlist.get(user))
+                                     else "md5", user, self.config.userlist.get(user), s.scram_iterations)
 
     def _new_cancel_key(self, c: ClientSession) -> None:
         # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.

@@ -282,6 +282,9 @@ class ClientSession:
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
+        notify = self.hub.config.settings.login_notify_message
+        if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
+            out.append(m.notice_response(notify))
         out.append(m.ready_for_query(b"I"))
         self.transport.write(b"".join(out))
         self.state = ClientState.IDLE
