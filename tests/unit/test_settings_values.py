@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pgmux.admin.stats_line import FIELDS, averages, stats_line
 from pgmux.config import Settings, load_config
 from pgmux.errors import ConfigError
 from pgmux.net.sockopts import tcp_options
@@ -101,3 +102,20 @@ def test_more_good_values(tmp_path: Path) -> None:
     assert load_config(str(tmp_path / "pgbouncer.ini")).warnings == ()
     (warning,) = load_config(write_ini(tmp_path, "[pgbouncer]\npkt_buf = 8192\n")).warnings
     assert "pkt_buf" in warning  # pkt_buf: ignored, and said so
+
+
+def test_stats_line_is_pgbouncers() -> None:
+    old = dict.fromkeys(FIELDS, 0)
+    cur = {**old, "xact_count": 120, "query_count": 300, "client_parse_count": 6, "server_parse_count": 3,
+           "bind_count": 60, "bytes_received": 6000, "bytes_sent": 24000, "xact_time": 240000,
+           "query_time": 150000, "wait_time": 1200}
+    avg = averages(cur, old, 60.0)
+    assert stats_line(avg) == (
+        "stats: 2 xacts/s, 5 queries/s, 0 client parses/s, 0 server parses/s, 1 binds/s, in 100 B/s, "
+        "out 400 B/s, xact 2000 us, query 500 us, wait 10 us")
+    assert stats_line(avg, "app").startswith("stats for database app: 2 xacts/s, 5 queries/s, ")
+    # An idle period: zeros, no division by zero; times are per transaction/query of the period only.
+    assert stats_line(averages(cur, cur, 60.0)).startswith("stats: 0 xacts/s, 0 queries/s")
+    later = {**cur, "xact_count": 121, "xact_time": 240000 + 7000, "query_count": 301, "query_time": 150000 + 5000}
+    again = averages(later, cur, 60.0)
+    assert (again["xact_count"], again["xact_time"], again["query_time"]) == (0, 7000, 5000)
