@@ -284,6 +284,19 @@ def test_scramp_client_logs_in(auth_type: str, secret: str) -> None:
     assert auth.done
 
 
+def test_scram_iterations_for_plain_secrets() -> None:
+    """scram_iterations: the verifier pgmux makes from a plain-text secret (or for an unknown user, so
+    that both look alike) uses it; a stored SCRAM secret keeps its own count."""
+    auth = ClientAuthenticator("scram-sha-256", USER, PW, 10000)
+    assert _server_first(auth)["i"] == "10000"
+    auth = ClientAuthenticator("scram-sha-256", USER, PW, 5000)
+    scramp_login(auth, PW)
+    assert auth.done
+    assert _server_first(ClientAuthenticator("scram-sha-256", "ghost", None, 5000))["i"] == "5000"
+    assert _server_first(ClientAuthenticator("scram-sha-256", USER, PG_ALICE, 5000))["i"] == \
+        PG_ALICE.split("$")[1].split(":")[0]
+
+
 @pytest.mark.parametrize("user,pw,secret", [("carol", "pen\u00adcil", PG_CAROL),
                                             ("dave", "\u00e9\x07x", PG_DAVE)])
 def test_postgresql_verifiers_with_saslprep(user: str, pw: str, secret: str) -> None:

@@ -172,7 +172,7 @@ def test_include_loop_and_missing_file(tmp_path: Path) -> None:
     ("[databases]\npgbouncer = host=a\n", "pgbouncer", 2, "reserved"),
     ("[users]\nbob = pool_mode=fast\n", "users.bob.pool_mode", 2, "must be one of"),
     ("[users]\nbob = pool_siz=1\n", "users.bob.pool_siz", 2, "unknown user option"),
-    ("[pgbouncer]\nauth_type = hba\n", "auth_type", 2, "auth_hba_file"),
+    ("[pgbouncer]\nauth_type = hba\n", "auth_type", 2, "hba is refused"),
     ("[server]\n", "server", 1, "unknown section"),
     ("listen_port = 1\n", "listen_port", 1, "outside of any"),
     ("[pgbouncer]\nconffile\n", None, 2, "syntax error"),
@@ -189,26 +189,77 @@ def test_errors_name_file_line_and_key(tmp_path: Path, text: str, key: str | Non
 def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
     config = load(tmp_path, """
         [databases]
-        app = host=a load_balance_hosts=disable
+        app = host=a load_balance_hosts=disable auth_dbname=x
+        [users]
+        bob = query_timeout=5
         [peers]
         1 = host=/tmp/p1
         [pgbouncer]
-        client_tls_sslmode = require
+        client_tls_sslmode = disable
+        client_tls_ciphers = HIGH
         dns_max_ttl = 30
-        server_tls_sslmode = prefer
+        server_tls_sslmode = disable
         peer_id = 1
     """)
     (warning,) = config.warnings
-    for name in ("client_tls_sslmode", "dns_max_ttl", "peer_id", "databases.app.load_balance_hosts",
-                 "[peers]"):
+    for name in ("client_tls_ciphers", "dns_max_ttl", "peer_id", "databases.app.load_balance_hosts",
+                 "databases.app.auth_dbname", "users.bob.query_timeout", "[peers]"):
         assert name in warning
-    assert "server_tls_sslmode" not in warning  # set to its default: nothing is lost by ignoring it
-    assert config.settings.client_tls_sslmode == "require"
+    assert "client_tls_sslmode" not in warning  # set to its default: nothing is lost by ignoring it
+    assert "server_tls_sslmode" not in warning  # disable: exactly what pgmux does
+    assert config.settings.client_tls_ciphers == "HIGH"
 
 
-def test_pam_auth_warns(tmp_path: Path) -> None:
-    (warning,) = load(tmp_path, "[pgbouncer]\nauth_type = PAM\n").warnings
-    assert "pam" in warning and "not supported" in warning
+@pytest.mark.parametrize("mode", ["allow", "prefer", "PREFER"])
+def test_server_tls_modes_that_permit_plain_text_warn_once(tmp_path: Path, mode: str) -> None:
+    (warning,) = load(tmp_path, f"[pgbouncer]\nserver_tls_sslmode = {mode}\n").warnings
+    assert warning.startswith(f"server_tls_sslmode = {mode.lower()}: pgmux connects to servers in plain text")
+    assert load(tmp_path, "[pgbouncer]\n").warnings == ()  # the default, not written: nothing to say
+
+
+# Settings that ask for TLS or for authentication pgmux does not have: start-up stops, naming file:line: key.
+REFUSED = [
+    ("client_tls_sslmode = require", "client_tls_sslmode", "TLS is not implemented"),
+    ("client_tls_sslmode = allow", "client_tls_sslmode", "TLS is not implemented"),
+    ("client_tls_sslmode = verify-full", "client_tls_sslmode", "TLS is not implemented"),
+    ("client_tls_key_file = /etc/k.pem", "client_tls_key_file", "TLS is not implemented"),
+    ("client_tls_cert_file = /etc/c.pem", "client_tls_cert_file", "TLS is not implemented"),
+    ("client_tls_ca_file = /etc/ca.pem", "client_tls_ca_file", "TLS is not implemented"),
+    ("server_tls_sslmode = require", "server_tls_sslmode", "TLS is not implemented"),
+    ("server_tls_sslmode = verify-ca", "server_tls_sslmode", "TLS is not implemented"),
+    ("server_tls_sslmode = verify-full", "server_tls_sslmode", "TLS is not implemented"),
+    ("server_tls_key_file = /etc/k.pem", "server_tls_key_file", "TLS is not implemented"),
+    ("server_tls_cert_file = /etc/c.pem", "server_tls_cert_file", "TLS is not implemented"),
+    ("server_tls_ca_file = /etc/ca.pem", "server_tls_ca_file", "TLS is not implemented"),
+    ("auth_type = hba", "auth_type", "weaker check"),
+    ("auth_type = cert", "auth_type", "weaker check"),
+    ("auth_type = pam", "auth_type", "weaker check"),
+    ("auth_type = ldap", "auth_type", "weaker check"),
+    ("auth_hba_file = /etc/hba.conf", "auth_hba_file", "weaker check"),
+    ("auth_ident_file = /etc/ident.conf", "auth_ident_file", "weaker check"),
+    ("auth_user = pgbouncer", "auth_user", "needs auth_query"),
+]
+
+
+@pytest.mark.parametrize(("line", "key", "message"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_refused_settings_stop_start_up(tmp_path: Path, line: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load(tmp_path, f"[pgbouncer]\nlisten_port = 7000\n{line}\n")
+    path = str(tmp_path / "pgbouncer.ini")
+    assert str(err.value).startswith(f"{path}:3: {key}: {line.split(' = ')[1]} is refused: ")
+
+
+def test_refused_database_auth_user(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="auth_user needs auth_query") as err:
+        load(tmp_path, "[databases]\nok = host=a\napp = host=a auth_user=pgb auth_query='SELECT 1'\n")
+    assert (err.value.line, err.value.key) == (3, "databases.app.auth_user")
+
+
+def test_refused_in_toml_too(tmp_path: Path) -> None:
+    path = write(tmp_path, "pgmux.toml", '[pgmux]\nlisten_port = 7000\nclient_tls_sslmode = "require"\n')
+    with pytest.raises(ConfigError, match="TLS is not implemented") as err:
+        load_config(path)
+    assert (err.value.line, err.value.key) == (3, "pgmux.client_tls_sslmode")
 
 
 @given(st.lists(st.tuples(st.from_regex(r"[a-z_]{1,10}", fullmatch=True),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgmux.config import load_config
+from pgmux.errors import ConfigError
 
 FIXTURE = Path(__file__).parent / "data" / "config" / "pgbouncer-sample.ini"
 INSTALLED = [Path("/etc/pgbouncer/pgbouncer.ini"), Path("/usr/share/doc/pgbouncer/pgbouncer-minimal.ini")]
@@ -32,20 +33,39 @@ def test_sample_loads_as_shipped(sample: Path) -> None:
     assert config.settings.listen_port == 6432
 
 
+# Lines of the sample that ask for TLS or auth_query: pgmux refuses to start with them (settings.py).
+_REFUSED = re.compile(r"^(client_tls_ca_file|server_tls_ca_file|foodb = auth_user)\b", re.M)
+
+
 @pytest.mark.parametrize("sample", SAMPLES, ids=str)
-def test_sample_loads_with_every_setting_on(sample: Path, tmp_path: Path) -> None:
+def test_sample_with_every_setting_on_is_refused_for_tls(sample: Path, tmp_path: Path) -> None:
     path = tmp_path / "pgbouncer.ini"
     text = uncomment(sample.read_text())
     path.write_text(text)
+    if not _REFUSED.search(text):
+        assert load_config(str(path)).settings.listen_port == 6432
+        return
+    with pytest.raises(ConfigError, match="is refused") as err:
+        load_config(str(path))
+    assert err.value.key in ("client_tls_ca_file", "server_tls_ca_file", "databases.foodb.auth_user")
+
+
+def uncomment_safe(text: str) -> str:
+    """Every setting on, except those that ask for TLS or auth_query."""
+    return "\n".join(line for line in uncomment(text).splitlines() if not _REFUSED.match(line)) + "\n"
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=str)
+def test_sample_loads_with_every_other_setting_on(sample: Path, tmp_path: Path) -> None:
+    path = tmp_path / "pgbouncer.ini"
+    path.write_text(uncomment_safe(sample.read_text()))
     config = load_config(str(path))
     assert config.settings.listen_port == 6432
-    if "client_tls_ca_file = <system default>" in text:  # TLS is set up, and pgmux says it ignores it
-        assert any("client_tls_ca_file" in w for w in config.warnings)
 
 
 def test_upstream_sample_values(tmp_path: Path) -> None:
     path = tmp_path / "pgbouncer.ini"
-    path.write_text(uncomment(FIXTURE.read_text()))
+    path.write_text(uncomment_safe(FIXTURE.read_text()))
     config = load_config(str(path))
     s = config.settings
     assert (s.logfile, s.pidfile, s.listen_addr) == (
@@ -56,8 +76,7 @@ def test_upstream_sample_values(tmp_path: Path) -> None:
     assert s.unix_socket_group is None and s.auth_query.endswith("WHERE rolname=$1 AND rolcanlogin")
     dbs = config.databases
     assert list(dbs) == ["foodb", "bardb", "forcedb", "nondefaultdb", "*"]
-    # a later line for the same database replaces the earlier one, as in PgBouncer
-    assert dbs["foodb"].auth_user == "bar" and dbs["foodb"].host is None
+    assert dbs["foodb"].host is None
     assert (dbs["bardb"].auth_dbname, dbs["bardb"].max_db_client_connections) == ("foo", 10)
     assert (dbs["forcedb"].port, dbs["forcedb"].client_encoding, dbs["forcedb"].connect_query) == (
         300, "UNICODE", "SELECT 1")
@@ -66,6 +85,7 @@ def test_upstream_sample_values(tmp_path: Path) -> None:
     assert (user1.pool_size, user1.reserve_pool_size, user1.pool_mode) == (5, 2, "transaction")
     assert (user1.max_user_connections, user1.max_user_client_connections) == (10, 20)
     ignored = next(w for w in config.warnings if w.startswith("accepted for PgBouncer compatibility"))
-    for name in ("client_tls_ca_file", "server_tls_ca_file", "resolv_conf", "service_name"):
+    for name in ("auth_query", "databases.bardb.auth_dbname", "resolv_conf", "service_name"):
         assert name in ignored
     assert "client_tls_sslmode" not in ignored  # set, but to its default
+    assert any(w.startswith("server_tls_sslmode = prefer: ") for w in config.warnings)

@@ -88,6 +88,11 @@ DB_KEYS_IGNORED: Mapping[str, v.Parser] = {
     "load_balance_hosts": v.choice("disable", "round-robin"),
     "target_session_attrs": v.choice("any", "read-write", "read-only", "primary", "standby"),
 }
+# Keys of DB_KEYS that load into the model but that nothing acts on yet: a line that sets one loads with a
+# warning naming it (remove a key here as its feature lands; the README table follows).
+DB_KEYS_NI: frozenset[str] = frozenset({"max_db_client_connections", "query_wait_timeout"})
+# Keys pgmux refuses to start with, and why (see settings.py: running without them would be unsafe).
+DB_KEYS_REFUSED: Mapping[str, str] = {}
 USER_KEYS: Mapping[str, v.Parser] = {
     "pool_mode": v.pool_mode, "pool_size": v.count, "reserve_pool_size": v.count,
     "max_user_connections": v.count, "max_user_client_connections": v.count,
@@ -95,23 +100,33 @@ USER_KEYS: Mapping[str, v.Parser] = {
     "idle_transaction_timeout": _seconds_or_unset, "transaction_timeout": _seconds_or_unset,
     "client_idle_timeout": _seconds_or_unset,
 }
+USER_KEYS_NI: frozenset[str] = frozenset({"max_user_client_connections", "query_timeout", "query_wait_timeout",
+                                          "idle_transaction_timeout", "transaction_timeout",
+                                          "client_idle_timeout"})
 
 
-def build_settings(raw: Mapping[str, Raw], ignored: list[str]) -> Settings:
-    """Validate the [pgbouncer] keys; append to `ignored` the unimplemented ones set to a non-default."""
+def build_settings(raw: Mapping[str, Raw], ignored: list[str], warnings: list[str] | None = None) -> Settings:
+    """Validate the [pgbouncer] keys; append to `ignored` the unimplemented ones set to a non-default,
+    and to `warnings` what a `warn` gate says about a value given explicitly. Raises ConfigError for a
+    value a `refuse` gate names (settings.py: running without it would be unsafe)."""
     parsed: dict[str, object] = {}
     for name, entry in raw.items():
         info = SETTINGS_INFO.get(name)
         if info is None:
             raise _unknown(entry, "setting", name, SETTINGS_INFO)
-        parsed[name] = _parse(entry, info.parse)
-        if not info.implemented and parsed[name] != info.default:
+        value = parsed[name] = _parse(entry, info.parse)
+        if info.refuse is not None and info.refuse.hit(value, info.default):
+            raise entry.error(f"{entry.value} is refused: {info.refuse.reason} "
+                              f"(remove it{_or_default(info.default)})")
+        if info.warn is not None and info.warn.hit(value, info.default) and warnings is not None:
+            warnings.append(f"{name} = {value}: {info.warn.reason}")
+        if not info.implemented and value != info.default:
             ignored.append(name)
-    settings = Settings(**parsed)  # type: ignore[arg-type]  # keys and types are checked above
-    if settings.auth_type == "hba" and not settings.auth_hba_file:
-        where = raw.get("auth_type") or Raw(None, None, None, "auth_type")
-        raise where.error("auth_type = hba needs auth_hba_file")
-    return settings
+    return Settings(**parsed)  # type: ignore[arg-type]  # keys and types are checked above
+
+
+def _or_default(default: object) -> str:
+    return f", or set it to {default}" if isinstance(default, str) else ""
 
 
 def build_database(name: str, items: Mapping[str, Raw], file: str | None, line: int | None,
@@ -130,6 +145,10 @@ def build_database(name: str, items: Mapping[str, Raw], file: str | None, line: 
             raise _unknown(entry, "database option", key, [*DB_KEYS, *DB_KEYS_IGNORED])
         field_name, parser = DB_KEYS[key]
         fields[field_name] = _parse(entry, parser)  # later keys win, as in PgBouncer
+        if key in DB_KEYS_REFUSED:
+            raise entry.error(f"{entry.value} is refused: {DB_KEYS_REFUSED[key]} (remove it)")
+        if key in DB_KEYS_NI:
+            ignored.append(entry.key)
         where[field_name] = entry
     _topology(fields, where)
     return DatabaseConfig(name=name, file=file, line=line, **fields)  # type: ignore[arg-type]
@@ -170,12 +189,15 @@ def _topology(fields: dict[str, object], where: Mapping[str, Raw]) -> None:
             fields["weights"] = ()
 
 
-def build_user(name: str, items: Mapping[str, Raw], file: str | None, line: int | None) -> UserConfig:
+def build_user(name: str, items: Mapping[str, Raw], file: str | None, line: int | None,
+               ignored: list[str] | None = None) -> UserConfig:
     fields: dict[str, object] = {}
     for key, entry in items.items():
         if key not in USER_KEYS:
             raise _unknown(entry, "user option", key, USER_KEYS)
         fields[key] = _parse(entry, USER_KEYS[key])
+        if key in USER_KEYS_NI and ignored is not None:
+            ignored.append(entry.key)
     return UserConfig(name=name, file=file, line=line, **fields)  # type: ignore[arg-type]
 
 
@@ -201,9 +223,6 @@ def finish(settings: Settings, databases: Iterable[DatabaseConfig], users: Itera
     if ignored:
         warnings.insert(0, "accepted for PgBouncer compatibility but not implemented, ignored: "
                            + ", ".join(dict.fromkeys(ignored)))
-    if settings.auth_type in ("pam", "ldap"):
-        warnings.append(f"auth_type = {settings.auth_type} is not supported by pgmux; "
-                        "every password login will be refused")
     dbs = {db.name: db for db in databases}
     hba: tuple[HbaRule, ...] = ()
     if settings.auth_type == "hba" and settings.auth_hba_file:  # build_settings insists on the file

@@ -191,13 +191,13 @@ def load_ini(path: str) -> Config:
     warnings: list[str] = []
     ignored: list[str] = []
     raw = {e.key: Raw(e.value, e.file, e.line, e.key) for e in sections["pgbouncer"]}
-    settings = build_settings(raw, ignored)
+    settings = build_settings(raw, ignored, warnings)
     databases: list[DatabaseConfig] = [
         build_database(e.key, _line_items(e, "databases"), e.file, e.line, ignored)
         for e in sections["databases"]
     ]
     users: list[UserConfig] = [
-        build_user(e.key, _line_items(e, "users"), e.file, e.line) for e in sections["users"]
+        build_user(e.key, _line_items(e, "users"), e.file, e.line, ignored) for e in sections["users"]
     ]
     if sections["peers"]:
         ignored.append("[peers]")

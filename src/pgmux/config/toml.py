@@ -145,7 +145,7 @@ def load_toml(path: str) -> Config:
     ignored: list[str] = []
     pgmux = _table(doc.get("pgmux", {}), "pgmux", path, lines.find(("pgmux",)))
     raw = {k: Raw(val, path, lines.find(("pgmux",), k), f"pgmux.{k}") for k, val in pgmux.items()}
-    settings = build_settings(raw, ignored)
+    settings = build_settings(raw, ignored, warnings)
     databases = [
         build_database(name, _entries(name, value, "databases", path, lines), path,
                        lines.find(("databases", name)) or lines.find(("databases",), name), ignored)
@@ -153,7 +153,7 @@ def load_toml(path: str) -> Config:
     ]
     users = [
         build_user(name, _entries(name, value, "users", path, lines), path,
-                   lines.find(("users", name)) or lines.find(("users",), name))
+                   lines.find(("users", name)) or lines.find(("users",), name), ignored)
         for name, value in _table(doc.get("users", {}), "users", path, None).items()
     ]
     userlist = _userlist(doc, path, lines)

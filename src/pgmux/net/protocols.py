@@ -12,6 +12,7 @@ import socket
 import struct
 from typing import Any
 
+from pgmux.net.sockopts import tune_tcp
 from pgmux.session.server import ServerSession
 
 
@@ -29,6 +30,9 @@ class ClientProtocol(asyncio.Protocol):
         peer_uid = None
         if isinstance(peer, tuple):
             addr, port, is_unix = peer[0], peer[1], False
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                tune_tcp(sock, self.session.hub.config.settings)
         else:
             addr, port, is_unix = "unix", 0, True
             sock = transport.get_extra_info("socket")
@@ -62,6 +66,7 @@ class ServerProtocol(asyncio.Protocol):
                 self.session.local_port = sock.getsockname()[1]
             except OSError:
                 pass
+            tune_tcp(sock, self.session.hub.config.settings)
         self.session.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

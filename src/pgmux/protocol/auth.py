@@ -116,12 +116,15 @@ class ClientAuthenticator:
     the stored secret unusable for the method.
     """
 
-    def __init__(self, auth_type: str, user: str, secret: str | None, cbind_data: bytes | None = None) -> None:
+    def __init__(self, auth_type: str, user: str, secret: str | None,
+                 iterations: int = scram.DEFAULT_ITERATIONS, cbind_data: bytes | None = None) -> None:
         """`cbind_data`: the client is on TLS and this is the tls-server-end-point hash of pgmux's
         certificate; SCRAM then offers SCRAM-SHA-256-PLUS first."""
         if auth_type not in AUTH_TYPES:
             raise ValueError(f"unsupported auth_type {auth_type!r}")
         self.auth_type = auth_type
+        # scram_iterations: for the verifier made from a plain-text secret (a stored one keeps its own).
+        self.iterations = iterations
         self.user = user
         self.secret = secret
         self.done = False
@@ -170,13 +173,13 @@ class ClientAuthenticator:
             if kind == "plain":
                 assert secret is not None
                 self.password = secret
-                verifier = scram.make_verifier(secret, salt)
+                verifier = scram.make_verifier(secret, salt, self.iterations)
             else:
                 self._doomed = True
                 self.log_detail = ("no such user in auth_file" if secret is None else
                                    "auth_file has an md5 hash for this user, which cannot answer "
                                    "SCRAM-SHA-256; store the plain-text password or a SCRAM secret")
-                verifier = scram.make_verifier(secrets.token_hex(16), salt)
+                verifier = scram.make_verifier(secrets.token_hex(16), salt, self.iterations)
         self._scram = scram.ServerExchange(verifier, self._cbind_data)
         self._state = _State.SASL_INITIAL
         if self._cbind_data is not None:

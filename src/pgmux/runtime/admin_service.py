@@ -108,6 +108,10 @@ class AdminService:
         self.prev: dict[str, tuple[int, ...]] = {}
         self.avgs: dict[str, tuple[int, ...]] = {}
         self.sampled_at = time.monotonic()
+        # stats_period and log_stats: the averages above, and the stats lines in the log, every period.
+        from pgmux.runtime.stats_log import StatsLog
+
+        app.tick_hooks.append(StatsLog(app, self).tick)
 
     # -- wire ------------------------------------------------------------------------------------
     def message(self, c: Any, mtype: int, body: bytes) -> None:

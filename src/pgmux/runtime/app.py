@@ -32,7 +32,7 @@ from pgmux.runtime.auth_query import AuthQuery
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
-from pgmux.session.params import startup_params
+from pgmux.session.params import startup_params, with_client_host
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.prepared import Registry as StatementRegistry
 from pgmux.session.server import ServerSession, ServerTarget
@@ -195,11 +195,15 @@ class App:
             c.auth = None  # the session waits; _look_up gives it its authenticator
             self.spawn(self._look_up, c, db, user, auth_type)
         else:
-            c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), self.tls.cbind_for(c.transport))
+            c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), s.scram_iterations,
+                                         self.tls.cbind_for(c.transport))
         try:
             c.params = startup_params(params, s.ignore_startup_parameters)
         except ValueError as e:
             raise PgmuxError(f"unsupported startup parameter: {e}", sqlstate="08P01", severity="FATAL") from e
+        if s.application_name_add_host:
+            c.params["application_name"] = with_client_host(c.params.get("application_name"), c.addr, c.port,
+                                                            c.is_unix, s.listen_port)
         c.watch = pool.mode != "session"
         if pool.mode != "session" and s.max_prepared_statements > 0:
             c.stmts = ClientStatements(self.prepared, pool.stats)
@@ -208,7 +212,8 @@ class App:
         secret = await self.auth_query.lookup(db, user)
         if c.state is not ClientState.AUTH:
             return  # the client left (or timed out) meanwhile
-        c.auth = ClientAuthenticator(auth_type, user, secret, self.tls.cbind_for(c.transport))
+        c.auth = ClientAuthenticator(auth_type, user, secret, self.config.settings.scram_iterations,
+                                     self.tls.cbind_for(c.transport))
         try:
             c.begin_auth()
         except PgmuxError as e:
@@ -232,7 +237,8 @@ class App:
             raise PgmuxError(f'not allowed: user "{user}" is in neither admin_users nor stats_users',
                              sqlstate="28000", severity="FATAL")
         c.auth = ClientAuthenticator(client_auth.choose(self, c, c.database, user), user,
-                                     self.config.userlist.get(user), self.tls.cbind_for(c.transport))
+                                     self.config.userlist.get(user), s.scram_iterations,
+                                     self.tls.cbind_for(c.transport))
 
     def _new_cancel_key(self, c: ClientSession) -> None:
         # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.

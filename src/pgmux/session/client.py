@@ -10,6 +10,7 @@ Everything else is forwarded as byte ranges, one write per read.
 from __future__ import annotations
 
 import functools
+import logging
 import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from pgmux.runtime.app import App
     from pgmux.session.server import ServerSession
 
+_log = logging.getLogger("pgmux")
 _X: Final = ord("X")
 _COPY_MSGS: Final = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
@@ -181,10 +183,16 @@ class ClientSession:
 
     # -- errors and closing --------------------------------------------------------------------
     def send_error(self, err: PgmuxError, ready: bool = False) -> None:
+        self.pooler_error(err)
         out = m.error_response(err.severity, err.sqlstate, err.message, detail=err.detail, hint=err.hint)
         if ready:
             out += m.ready_for_query(b"I")
         self.transport.write(out)
+
+    def pooler_error(self, err: PgmuxError) -> None:
+        """An error pgmux itself answers this client with: logged with log_pooler_errors, as PgBouncer does."""
+        if self.hub.config.settings.log_pooler_errors:
+            _log.warning("%s pooler error: %s", self.prefix, err.message)
 
     def fail(self, err: PgmuxError, close: bool | None = None) -> None:
         """Answer with an ErrorResponse; close the connection for FATAL (or when asked: PgBouncer
@@ -290,6 +298,9 @@ class ClientSession:
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
+        notify = self.hub.config.settings.login_notify_message
+        if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
+            out.append(m.notice_response(notify))
         out.append(m.ready_for_query(b"I"))
         self.transport.write(b"".join(out))
         self.state = ClientState.IDLE

@@ -112,3 +112,16 @@ def sync_sql(wanted: dict[str, str], current: dict[str, str], extra: set[str] | 
             extra.discard(k)
             current.pop(k, None)
     return ";".join(sets) if sets else None
+
+
+def with_client_host(app_name: str | None, addr: str, port: int, is_unix: bool, listen_port: int) -> str:
+    """application_name_add_host: ` - host:port` of the client appended, as PgBouncer's set_appname() and
+    pga_details() write it ("app" when the client gave no name; IPv6 in brackets; a Unix socket client
+    as `unix:<listen_port>`)."""
+    if is_unix:
+        where = f"unix:{listen_port}"
+    elif ":" in addr:
+        where = f"[{addr}]:{port}"
+    else:
+        where = f"{addr}:{port}"
+    return f"{app_name or 'app'} - {where}"

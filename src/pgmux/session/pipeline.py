@@ -306,6 +306,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         except ProtocolViolation:
             raise  # a malformed message ends the connection, as in PostgreSQL
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
+            c.pooler_error(e)
             synth(m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
             c.skip = True
             # The server fails as PostgreSQL would have (see _FAIL). The entry stands for the Sync to
@@ -470,6 +471,7 @@ def _watched_query(c: ClientSession, server: ServerSession, q: deque[Entry], who
             # The whole query string is refused before any of it runs. The server runs a query that
             # fails, so that its ReadyForQuery (and a transaction block's state) is what PostgreSQL
             # would have given; its own error is swallowed.
+            c.pooler_error(err)
             synth(m.error_response("ERROR", err.sqlstate, err.message, detail=err.detail, hint=err.hint))
             q.append((QUERY, False, _FAIL, None))
             return -1, [_FAIL_QUERY]

@@ -1,0 +1,54 @@
+"""Settings pgmux refuses stop the process at start-up with file:line: key and a non-zero exit, and a
+reload that asks for them is refused while the running configuration keeps serving. Settings it
+ignores are named in one warning at start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import PgmuxStarter
+from helpers import wait_for
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("client_tls_sslmode = require", "client_tls_sslmode"),
+    ("server_tls_sslmode = verify-full", "server_tls_sslmode"),
+    ("client_tls_key_file = /etc/ssl/private/pgbouncer.key", "client_tls_key_file"),
+    ("auth_type = hba", "auth_type"),
+    ("auth_user = pgbouncer", "auth_user"),
+])
+def test_start_up_refused(tmp_path: Path, line: str, key: str) -> None:
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(f"[databases]\napp = host=127.0.0.1\n[pgbouncer]\nlisten_addr = 127.0.0.1\n{line}\n")
+    out = subprocess.run([sys.executable, "-m", "pgmux", str(ini)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"pgmux: configuration error: {ini}:5: {key}: {line.split(' = ')[1]} is refused: ")
+
+
+def test_reload_that_asks_for_tls_is_refused(pgmux_factory: PgmuxStarter) -> None:
+    proc = pgmux_factory()
+    proc.rewrite(settings={"client_tls_sslmode": "require"})
+    proc.reload()
+    wait_for(lambda: "reload failed, keeping the old configuration" in proc.log(), "the refused reload")
+    assert "client_tls_sslmode: require is refused" in proc.log()
+    with psycopg.connect(proc.dsn()) as conn:  # still serving, in plain text as before
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert proc.admin_dicts("SHOW CONFIG") and any(
+        r["key"] == "client_tls_sslmode" and r["value"] == "disable" for r in proc.admin_dicts("SHOW CONFIG"))
+
+
+def test_ignored_settings_are_named_at_start_up(pgmux_factory: PgmuxStarter) -> None:
+    proc = pgmux_factory(settings={"transaction_timeout": 30, "dns_max_ttl": 60, "server_tls_sslmode": "prefer"},
+                         users={"postgres": "query_timeout=10"})
+    wait_for(lambda: "accepted for PgBouncer compatibility" in proc.log(), "the start-up warning")
+    (line,) = [ln for ln in proc.log().splitlines() if "accepted for PgBouncer compatibility" in ln]
+    assert " WARNING " in line
+    for name in ("transaction_timeout", "dns_max_ttl", "users.postgres.query_timeout"):
+        assert name in line
+    assert "WARNING server_tls_sslmode = prefer: pgmux connects to servers in plain text" in proc.log()
+    with psycopg.connect(proc.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
