@@ -172,7 +172,7 @@ def test_include_loop_and_missing_file(tmp_path: Path) -> None:
     ("[databases]\npgbouncer = host=a\n", "pgbouncer", 2, "reserved"),
     ("[users]\nbob = pool_mode=fast\n", "users.bob.pool_mode", 2, "must be one of"),
     ("[users]\nbob = pool_siz=1\n", "users.bob.pool_siz", 2, "unknown user option"),
-    ("[pgbouncer]\nauth_type = hba\n", "auth_type", 2, "hba is refused"),
+    ("[pgbouncer]\nauth_type = pam\n", "auth_type", 2, "pam is refused"),
     ("[server]\n", "server", 1, "unknown section"),
     ("listen_port = 1\n", "listen_port", 1, "outside of any"),
     ("[pgbouncer]\nconffile\n", None, 2, "syntax error"),
@@ -202,42 +202,43 @@ def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
         peer_id = 1
     """)
     (warning,) = config.warnings
-    for name in ("client_tls_ciphers", "dns_max_ttl", "peer_id", "databases.app.load_balance_hosts",
-                 "databases.app.auth_dbname", "users.bob.query_timeout", "[peers]"):
+    for name in ("dns_max_ttl", "peer_id", "databases.app.load_balance_hosts",
+                 "users.bob.query_timeout", "[peers]"):
         assert name in warning
-    assert "client_tls_sslmode" not in warning  # set to its default: nothing is lost by ignoring it
-    assert "server_tls_sslmode" not in warning  # disable: exactly what pgmux does
+    for name in ("client_tls_sslmode", "client_tls_ciphers", "server_tls_sslmode", "auth_dbname"):
+        assert name not in warning  # TLS and auth_query work
     assert config.settings.client_tls_ciphers == "HIGH"
 
 
-@pytest.mark.parametrize("mode", ["allow", "prefer", "PREFER"])
-def test_server_tls_modes_that_permit_plain_text_warn_once(tmp_path: Path, mode: str) -> None:
-    (warning,) = load(tmp_path, f"[pgbouncer]\nserver_tls_sslmode = {mode}\n").warnings
-    assert warning.startswith(f"server_tls_sslmode = {mode.lower()}: pgmux connects to servers in plain text")
-    assert load(tmp_path, "[pgbouncer]\n").warnings == ()  # the default, not written: nothing to say
+def test_tls_and_auth_settings_load(tmp_path: Path) -> None:
+    config = load(tmp_path, """
+        [databases]
+        app = host=a auth_user=pgb auth_dbname=x auth_query='SELECT usename, passwd FROM pg_shadow WHERE usename=$1'
+        [pgbouncer]
+        client_tls_sslmode = verify-full
+        client_tls_ca_file = /etc/ca.pem
+        server_tls_sslmode = verify-ca
+        auth_user = pgbouncer
+        auth_type = cert
+    """)
+    assert config.warnings == ()
+    assert (config.settings.client_tls_sslmode, config.settings.server_tls_sslmode) == ("verify-full", "verify-ca")
+    assert config.databases["app"].auth_user == "pgb"
 
 
-# Settings that ask for TLS or for authentication pgmux does not have: start-up stops, naming file:line: key.
+def test_auth_type_cert_needs_client_certificates(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="auth_type = cert needs client certificates"):
+        load(tmp_path, "[pgbouncer]\nauth_type = cert\nclient_tls_sslmode = require\n")
+
+
+# Settings that ask for what pgmux does not have: start-up stops, naming file:line: key.
 REFUSED = [
-    ("client_tls_sslmode = require", "client_tls_sslmode", "TLS is not implemented"),
-    ("client_tls_sslmode = allow", "client_tls_sslmode", "TLS is not implemented"),
-    ("client_tls_sslmode = verify-full", "client_tls_sslmode", "TLS is not implemented"),
-    ("client_tls_key_file = /etc/k.pem", "client_tls_key_file", "TLS is not implemented"),
-    ("client_tls_cert_file = /etc/c.pem", "client_tls_cert_file", "TLS is not implemented"),
-    ("client_tls_ca_file = /etc/ca.pem", "client_tls_ca_file", "TLS is not implemented"),
-    ("server_tls_sslmode = require", "server_tls_sslmode", "TLS is not implemented"),
-    ("server_tls_sslmode = verify-ca", "server_tls_sslmode", "TLS is not implemented"),
-    ("server_tls_sslmode = verify-full", "server_tls_sslmode", "TLS is not implemented"),
-    ("server_tls_key_file = /etc/k.pem", "server_tls_key_file", "TLS is not implemented"),
-    ("server_tls_cert_file = /etc/c.pem", "server_tls_cert_file", "TLS is not implemented"),
-    ("server_tls_ca_file = /etc/ca.pem", "server_tls_ca_file", "TLS is not implemented"),
-    ("auth_type = hba", "auth_type", "weaker check"),
-    ("auth_type = cert", "auth_type", "weaker check"),
     ("auth_type = pam", "auth_type", "weaker check"),
     ("auth_type = ldap", "auth_type", "weaker check"),
-    ("auth_hba_file = /etc/hba.conf", "auth_hba_file", "weaker check"),
-    ("auth_ident_file = /etc/ident.conf", "auth_ident_file", "weaker check"),
-    ("auth_user = pgbouncer", "auth_user", "needs auth_query"),
+    ("auth_ident_file = /etc/ident.conf", "auth_ident_file", "not implemented"),
+    ("client_tls13_ciphers = TLS_AES_128_GCM_SHA256", "client_tls13_ciphers", "TLS 1.3 cipher suites"),
+    ("server_tls13_ciphers = TLS_AES_128_GCM_SHA256", "server_tls13_ciphers", "TLS 1.3 cipher suites"),
+    ("client_tls_dheparams = legacy", "client_tls_dheparams", "1024-bit DH is weak"),
 ]
 
 
@@ -249,17 +250,11 @@ def test_refused_settings_stop_start_up(tmp_path: Path, line: str, key: str, mes
     assert str(err.value).startswith(f"{path}:3: {key}: {line.split(' = ')[1]} is refused: ")
 
 
-def test_refused_database_auth_user(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="auth_user needs auth_query") as err:
-        load(tmp_path, "[databases]\nok = host=a\napp = host=a auth_user=pgb auth_query='SELECT 1'\n")
-    assert (err.value.line, err.value.key) == (3, "databases.app.auth_user")
-
-
 def test_refused_in_toml_too(tmp_path: Path) -> None:
-    path = write(tmp_path, "pgmux.toml", '[pgmux]\nlisten_port = 7000\nclient_tls_sslmode = "require"\n')
-    with pytest.raises(ConfigError, match="TLS is not implemented") as err:
+    path = write(tmp_path, "pgmux.toml", '[pgmux]\nlisten_port = 7000\nauth_type = "pam"\n')
+    with pytest.raises(ConfigError, match="weaker check") as err:
         load_config(path)
-    assert (err.value.line, err.value.key) == (3, "pgmux.client_tls_sslmode")
+    assert (err.value.line, err.value.key) == (3, "pgmux.auth_type")
 
 
 @given(st.lists(st.tuples(st.from_regex(r"[a-z_]{1,10}", fullmatch=True),

@@ -48,29 +48,29 @@ def _login(auth: ClientAuthenticator, mech: str, client: scramp.ScramClient) -> 
 
 
 def test_plus_is_offered_first_over_tls_only() -> None:
-    assert _requests(ClientAuthenticator("scram-sha-256", USER, PW, CBIND).start()) == \
+    assert _requests(ClientAuthenticator("scram-sha-256", USER, PW, cbind_data=CBIND).start()) == \
         [(AUTH_SASL, b"SCRAM-SHA-256-PLUS\x00SCRAM-SHA-256\x00\x00")]
     assert _requests(ClientAuthenticator("scram-sha-256", USER, PW).start()) == [(AUTH_SASL, b"SCRAM-SHA-256\x00\x00")]
 
 
 def test_binding_to_our_certificate_logs_in() -> None:
     client = scramp.ScramClient(["SCRAM-SHA-256-PLUS"], USER, PW, channel_binding=("tls-server-end-point", CBIND))
-    _login(ClientAuthenticator("scram-sha-256", USER, PW, CBIND), "SCRAM-SHA-256-PLUS", client)
+    _login(ClientAuthenticator("scram-sha-256", USER, PW, cbind_data=CBIND), "SCRAM-SHA-256-PLUS", client)
 
 
 def test_a_client_bound_to_another_certificate_is_refused() -> None:
     other = hashlib.sha256(b"a man in the middle's certificate").digest()
     client = scramp.ScramClient(["SCRAM-SHA-256-PLUS"], USER, PW, channel_binding=("tls-server-end-point", other))
     with pytest.raises(ProtocolViolation, match="channel binding check failed"):
-        _login(ClientAuthenticator("scram-sha-256", USER, PW, CBIND), "SCRAM-SHA-256-PLUS", client)
+        _login(ClientAuthenticator("scram-sha-256", USER, PW, cbind_data=CBIND), "SCRAM-SHA-256-PLUS", client)
 
 
 def test_plain_scram_still_works_over_tls_and_wrong_passwords_still_fail() -> None:
-    _login(ClientAuthenticator("scram-sha-256", USER, PW, CBIND), "SCRAM-SHA-256",
+    _login(ClientAuthenticator("scram-sha-256", USER, PW, cbind_data=CBIND), "SCRAM-SHA-256",
            scramp.ScramClient(["SCRAM-SHA-256"], USER, PW))
     client = scramp.ScramClient(["SCRAM-SHA-256-PLUS"], USER, "wrong", channel_binding=("tls-server-end-point", CBIND))
     with pytest.raises(AuthFailed):
-        _login(ClientAuthenticator("scram-sha-256", USER, PW, CBIND), "SCRAM-SHA-256-PLUS", client)
+        _login(ClientAuthenticator("scram-sha-256", USER, PW, cbind_data=CBIND), "SCRAM-SHA-256-PLUS", client)
 
 
 @pytest.mark.parametrize("mech, gs2, cbind, words", [
@@ -82,7 +82,7 @@ def test_plain_scram_still_works_over_tls_and_wrong_passwords_still_fail() -> No
 ])
 def test_inconsistent_choices_are_protocol_violations(mech: str, gs2: bytes, cbind: bytes | None,
                                                       words: str) -> None:
-    auth = ClientAuthenticator("scram-sha-256", USER, PW, cbind)
+    auth = ClientAuthenticator("scram-sha-256", USER, PW, cbind_data=cbind)
     auth.start()
     with pytest.raises(ProtocolViolation, match=words):
         auth.feed(b"p", _initial(mech, gs2 + b"n=,r=abcdefghijklmnop"))

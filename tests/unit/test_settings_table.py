@@ -76,6 +76,8 @@ def test_states_follow_the_marks() -> None:
             assert state == "warned", name
         else:
             assert state.startswith("works"), name
-    assert states[("[pgbouncer]", "auth_type")] == "works; refused: cert, hba, ldap, pam"
-    assert states[("[databases]", "auth_user")] == "refused"
+    assert states[("[pgbouncer]", "auth_type")] == "works; refused: ldap, pam"
+    assert states[("[pgbouncer]", "client_tls_sslmode")] == "works"
+    assert states[("[pgbouncer]", "client_tls13_ciphers")] == "refused"
+    assert states[("[databases]", "auth_user")] == "works"
     assert set(s.split(";")[0] for s in states.values()) == {"works", "warned", "refused"}
