@@ -189,7 +189,7 @@ def test_errors_name_file_line_and_key(tmp_path: Path, text: str, key: str | Non
 def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
     config = load(tmp_path, """
         [databases]
-        app = host=a load_balance_hosts=disable
+        app = host=a target_session_attrs=read-write
         [peers]
         1 = host=/tmp/p1
         [pgbouncer]
@@ -199,7 +199,7 @@ def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
         peer_id = 1
     """)
     (warning,) = config.warnings
-    for name in ("client_tls_sslmode", "dns_max_ttl", "peer_id", "databases.app.load_balance_hosts",
+    for name in ("client_tls_sslmode", "dns_max_ttl", "peer_id", "databases.app.target_session_attrs",
                  "[peers]"):
         assert name in warning
     assert "server_tls_sslmode" not in warning  # set to its default: nothing is lost by ignoring it

@@ -67,6 +67,7 @@ DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
     "max_db_client_connections": ("max_db_client_connections", v.count),
     "server_lifetime": ("server_lifetime", v.seconds),
     "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
+    "load_balance_hosts": ("load_balance_hosts", v.choice("disable", "round-robin")),
     "connect_query": ("connect_query", _OPT), "application_name": ("application_name", _OPT),
     "client_encoding": ("client_encoding", _OPT), "datestyle": ("datestyle", _OPT),
     "timezone": ("timezone", _OPT),
@@ -84,7 +85,6 @@ DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
 }
 # Database options PgBouncer 1.25 knows that pgmux validates but does not act on (yet).
 DB_KEYS_IGNORED: Mapping[str, v.Parser] = {
-    "load_balance_hosts": v.choice("disable", "round-robin"),
     "target_session_attrs": v.choice("any", "read-write", "read-only", "primary", "standby"),
 }
 USER_KEYS: Mapping[str, v.Parser] = {

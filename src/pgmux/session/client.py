@@ -334,6 +334,8 @@ class ClientSession:
         `ignored` (Syncs the server reads in copy-in mode and does not answer)."""
         if syncs and not server.owed:
             server.query_start = now
+            if self.xact_start == 0.0:  # a transaction starts on a server we keep (session mode, pinned)
+                self.xact_start = now
         if track or server.queue or self.tx_effects:
             # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
             parts = to_server(self, server, chunk, ignored)
