@@ -277,3 +277,14 @@ def test_idle_server_of_another_pool_is_evicted_for_a_waiting_client(tmp_path: P
     bob.send(Q1)
     assert b_srv.take() == Q1
     assert len(rig.app.registry.get("app", "alice").servers) == 0
+
+
+def test_client_idle_timeout_per_user(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, databases="[users]\nalice = client_idle_timeout=5\n")
+    alice, bob = rig.login("alice"), rig.login("bob")
+    rig.clock.advance(6)
+    rig.app.tick(rig.clock())
+    fields = error_fields(alice.take())
+    assert (fields["S"], fields["M"]) == ("FATAL", "client_idle_timeout")
+    assert alice.state is ClientState.CLOSED
+    assert bob.state is not ClientState.CLOSED  # no global client_idle_timeout

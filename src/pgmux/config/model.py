@@ -216,6 +216,12 @@ class Config:
         return any(u.query_timeout or u.idle_transaction_timeout or u.transaction_timeout or u.client_idle_timeout
                    for u in self.users.values())
 
+    @cached_property
+    def any_user_query_wait_timeout(self) -> bool:
+        """Whether some [users] entry sets query_wait_timeout: then waiting clients of one pool may have
+        different ones (a database with a forced user)."""
+        return any(u.query_wait_timeout is not None for u in self.users.values())
+
 def _first(*candidates: _T | None) -> _T:
     for value in candidates:
         if value is not None:

@@ -66,7 +66,7 @@ def _waiters(app: Any, pool: Any, now: float) -> None:
     if not pool.waiters:
         return
     db = cfg.database(pool.database)
-    per_client = db is not None and any(u.query_wait_timeout is not None for u in cfg.users.values())
+    per_client = db is not None and cfg.any_user_query_wait_timeout
     wait = cfg.query_wait_timeout_for(db, "") if db is not None else cfg.settings.query_wait_timeout
     query = cfg.settings.query_timeout
     if per_client:
