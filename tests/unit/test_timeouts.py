@@ -4,11 +4,14 @@ precedence, server_check_delay = 0, server_fast_close, and eviction under max_db
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
-from fakes import Peer, Rig, error_fields, reply, select_one_reply
+from fakes import SERVER_KEY, SERVER_PID, Peer, Rig, error_fields, reply, select_one_reply
 
 from pgmux.config import Config, DatabaseConfig, Settings, UserConfig
+from pgmux.net import connector
 from pgmux.protocol import messages as m
 from pgmux.session.states import ClientState, ServerState
 
@@ -288,3 +291,42 @@ def test_client_idle_timeout_per_user(tmp_path: Path) -> None:
     assert (fields["S"], fields["M"]) == ("FATAL", "client_idle_timeout")
     assert alice.state is ClientState.CLOSED
     assert bob.state is not ClientState.CLOSED  # no global client_idle_timeout
+
+
+# -- cancel_wait_timeout ------------------------------------------------------------------------------
+
+def _cancel(rig: Rig) -> tuple[Peer, tuple[object, ...]]:
+    client = rig.login()
+    client.send(m.query("select pg_sleep(10)"))
+    c = client.session
+    requester = rig.new_client()
+    requester.send(m.cancel_request(c.cancel_pid, c.cancel_key))
+    ((_, args),) = [s for s in rig.spawned if s[0] == "_send_cancel"]
+    return requester, args
+
+
+def test_cancel_connection_ends_when_the_cancel_is_sent(tmp_path: Path, monkeypatch: Any) -> None:
+    rig = Rig(tmp_path, settings="cancel_wait_timeout = 3")
+    requester, args = _cancel(rig)
+    sent: list[tuple[object, ...]] = []
+
+    async def fake_send(*a: object) -> None:
+        assert not requester.transport.closed  # still waiting while the cancel is on its way
+        sent.append(a)
+
+    monkeypatch.setattr(connector, "send_cancel", fake_send)
+    asyncio.run(rig.app._send_cancel(*args))
+    assert sent and sent[0][3:] == (SERVER_PID, SERVER_KEY, 3.0)  # bounded by cancel_wait_timeout
+    assert requester.transport.closed and requester.take() == b""
+
+
+def test_cancel_connection_ends_after_cancel_wait_timeout(tmp_path: Path, monkeypatch: Any) -> None:
+    rig = Rig(tmp_path, settings="cancel_wait_timeout = 0.1")
+    requester, args = _cancel(rig)
+
+    async def never(*a: object) -> None:
+        await asyncio.wait_for(asyncio.sleep(60), float(a[-1]))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(connector, "send_cancel", never)
+    asyncio.run(rig.app._send_cancel(*args))  # returns: the timeout is caught and logged
+    assert requester.transport.closed

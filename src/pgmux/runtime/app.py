@@ -617,30 +617,38 @@ class App:
         self._after_change()
 
     # -- cancel ----------------------------------------------------------------------------------
-    def cancel_request(self, pid: int, key: int) -> None:
+    def cancel_request(self, requester: ClientSession, pid: int, key: int) -> None:
+        """A CancelRequest arrived on `requester`'s connection (already CLOSED as a session: it carries
+        nothing else). Its connection ends when the cancel has reached the server, or at once when
+        there is nothing to cancel."""
+        self.clients.pop(requester.id, None)
         c = self.by_cancel.get(pid)
         # Keys are random 31-bit numbers; compare in constant time so a probe learns nothing.
         if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big", signed=True),
                                                    key.to_bytes(4, "big", signed=True)):
             log.info("cancel request for unknown or mismatched key ignored")
+            requester.transport.close()
             return
         server = c.server
         if server is None:
+            requester.transport.close()
             return  # nothing running for this client now; PostgreSQL would ignore it too
         t = server.target
         log.info("%s sending cancel request to %s", c.prefix, server.prefix)
-        self.spawn(self._send_cancel, t, server.backend_pid, server.backend_key)
+        self.spawn(self._send_cancel, requester, t, server.backend_pid, server.backend_key)
 
-    async def _send_cancel(self, t: ServerTarget, pid: int, key: int) -> None:
+    async def _send_cancel(self, requester: ClientSession, t: ServerTarget, pid: int, key: int) -> None:
+        wait = self.config.settings.cancel_wait_timeout
         try:
-            # cancel_wait_timeout bounds how long the cancel may take to reach the server (0: no bound).
-            await connector.send_cancel(t.host, t.port, t.unix_path, pid, key,
-                                        self.config.settings.cancel_wait_timeout)
+            # cancel_wait_timeout bounds how long the cancel may take to reach the server (0: no bound);
+            # then the requester is disconnected, as PgBouncer does.
+            await connector.send_cancel(t.host, t.port, t.unix_path, pid, key, wait)
         except TimeoutError:
-            log.warning("cancel request to %s failed: not sent within cancel_wait_timeout (%gs)", t.label,
-                        self.config.settings.cancel_wait_timeout)
+            log.warning("cancel request to %s failed: not sent within cancel_wait_timeout (%gs)", t.label, wait)
         except OSError as e:
             log.warning("cancel request to %s failed: %s", t.label, e)
+        finally:
+            requester.transport.close()
 
     # -- admin -----------------------------------------------------------------------------------
     def admin_message(self, c: ClientSession, mtype: int, body: bytes) -> None:

@@ -211,8 +211,12 @@ class ClientSession:
                 if res.code in (m.SSL_REQUEST_CODE, m.GSSENC_REQUEST_CODE):
                     self.transport.write(b"N")  # TLS comes later; libpq then continues in plain text
                 elif res.code == m.CANCEL_REQUEST_CODE:
-                    self.hub.cancel_request(res.key_pid, res.key_secret)
-                    self.hub.client_closed(self, "cancel request")
+                    # Not a client: a connection that carries one cancel, read no further. The hub
+                    # closes it once the cancel is passed on (or cancel_wait_timeout passed), as
+                    # PgBouncer does: its end tells the client the cancel was delivered.
+                    self.state = ClientState.CLOSED
+                    self.sbuf = b""
+                    self.hub.cancel_request(self, res.key_pid, res.key_secret)
                     return
                 elif res.major != 3:
                     raise ProtocolViolation(f"unsupported frontend protocol {res.major}.{res.minor}: "
