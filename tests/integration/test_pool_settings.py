@@ -105,14 +105,19 @@ def test_server_check_delay_zero_checks_before_reuse(pg: PgCluster, pgmux_factor
             assert backend_pid(conn) != pid
 
 
-def test_server_fast_close_ends_sessions_after_reconnect(pg: PgCluster, pgmux_factory: Any) -> None:
+@pytest.mark.parametrize("how", ["RECONNECT", "RELOAD of a changed database line"])
+def test_server_fast_close_ends_sessions(pg: PgCluster, pgmux_factory: Any, how: str) -> None:
     databases, marker = marked(pg)
     proc = pgmux_factory(databases=databases, settings={"pool_mode": "session", "server_fast_close": 1})
     with connect(proc) as idle, connect(proc) as busy, guard(proc):
         idle_pid = backend_pid(idle)
         busy.execute("BEGIN")
         busy.execute("SELECT 1")
-        proc.admin("RECONNECT testdb")
+        if how == "RECONNECT":
+            proc.admin("RECONNECT testdb")
+        else:  # a connection parameter changed: the servers made from the old line are stale
+            proc.rewrite(databases={"testdb": databases["testdb"] + " connect_query='SELECT 1'"})
+            proc.admin("RELOAD")
         # The idle session's server goes at once (its client with it); the transaction is not interrupted.
         wait_for(lambda: in_pg(pg, marker, f"AND pid = {idle_pid}") == 0, "the idle session's server to close",
                  timeout=10)
