@@ -189,9 +189,7 @@ def test_errors_name_file_line_and_key(tmp_path: Path, text: str, key: str | Non
 def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
     config = load(tmp_path, """
         [databases]
-        app = host=a load_balance_hosts=disable auth_dbname=x
-        [users]
-        bob = query_timeout=5
+        app = host=a target_session_attrs=read-write auth_dbname=x
         [peers]
         1 = host=/tmp/p1
         [pgbouncer]
@@ -202,8 +200,7 @@ def test_unimplemented_settings_give_one_warning(tmp_path: Path) -> None:
         peer_id = 1
     """)
     (warning,) = config.warnings
-    for name in ("dns_max_ttl", "peer_id", "databases.app.load_balance_hosts",
-                 "users.bob.query_timeout", "[peers]"):
+    for name in ("dns_max_ttl", "peer_id", "databases.app.target_session_attrs", "[peers]"):
         assert name in warning
     for name in ("client_tls_sslmode", "client_tls_ciphers", "server_tls_sslmode", "auth_dbname"):
         assert name not in warning  # TLS and auth_query work

@@ -625,18 +625,22 @@ def test_cancel_reaches_the_server_the_client_is_linked_to(rig: Rig) -> None:
     c = client.session
     other = rig.new_client()
     other.send(m.cancel_request(c.cancel_pid, c.cancel_key))
-    assert other.transport.closed and other.take() == b""
+    # Open until the cancel has been passed on (runtime: _send_cancel closes it), and never a reply.
+    assert not other.transport.closed and other.take() == b""
+    assert other.session.id not in rig.app.clients  # not a client: SHOW CLIENTS, max_client_conn
     (name, args), = [s for s in rig.spawned if s[0] == "_send_cancel"]
-    assert args[1:] == (SERVER_PID, SERVER_KEY)
+    assert args[0] is other.session and args[2:] == (SERVER_PID, SERVER_KEY)
 
 
 def test_cancel_with_a_wrong_key_is_ignored(rig: Rig) -> None:
     client = rig.login()
     client.send(Q1)
     c = client.session
-    rig.new_client().send(m.cancel_request(c.cancel_pid, c.cancel_key ^ 1))
-    rig.new_client().send(m.cancel_request(c.cancel_pid ^ 1, c.cancel_key))
+    probes = [rig.new_client(), rig.new_client()]
+    probes[0].send(m.cancel_request(c.cancel_pid, c.cancel_key ^ 1))
+    probes[1].send(m.cancel_request(c.cancel_pid ^ 1, c.cancel_key))
     assert [s for s in rig.spawned if s[0] == "_send_cancel"] == []
+    assert all(p.transport.closed and p.take() == b"" for p in probes)  # closed at once, no reply
 
 
 # -- login extras, flow control, state machine ------------------------------------------------------

@@ -68,6 +68,7 @@ DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
     "max_db_client_connections": ("max_db_client_connections", v.count),
     "server_lifetime": ("server_lifetime", v.seconds),
     "query_wait_timeout": ("query_wait_timeout", _seconds_or_unset),
+    "load_balance_hosts": ("load_balance_hosts", v.choice("disable", "round-robin")),
     "connect_query": ("connect_query", _OPT), "application_name": ("application_name", _OPT),
     "client_encoding": ("client_encoding", _OPT), "datestyle": ("datestyle", _OPT),
     "timezone": ("timezone", _OPT),
@@ -85,12 +86,11 @@ DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
 }
 # Database options PgBouncer 1.25 knows that pgmux validates but does not act on (yet).
 DB_KEYS_IGNORED: Mapping[str, v.Parser] = {
-    "load_balance_hosts": v.choice("disable", "round-robin"),
     "target_session_attrs": v.choice("any", "read-write", "read-only", "primary", "standby"),
 }
 # Keys of DB_KEYS that load into the model but that nothing acts on yet: a line that sets one loads with a
 # warning naming it (remove a key here as its feature lands; the README table follows).
-DB_KEYS_NI: frozenset[str] = frozenset({"max_db_client_connections", "query_wait_timeout"})
+DB_KEYS_NI: frozenset[str] = frozenset({"max_db_client_connections"})
 # Keys pgmux refuses to start with, and why (see settings.py: running without them would be unsafe).
 DB_KEYS_REFUSED: Mapping[str, str] = {}
 USER_KEYS: Mapping[str, v.Parser] = {
@@ -100,9 +100,7 @@ USER_KEYS: Mapping[str, v.Parser] = {
     "idle_transaction_timeout": _seconds_or_unset, "transaction_timeout": _seconds_or_unset,
     "client_idle_timeout": _seconds_or_unset,
 }
-USER_KEYS_NI: frozenset[str] = frozenset({"max_user_client_connections", "query_timeout", "query_wait_timeout",
-                                          "idle_transaction_timeout", "transaction_timeout",
-                                          "client_idle_timeout"})
+USER_KEYS_NI: frozenset[str] = frozenset({"max_user_client_connections"})
 
 
 def build_settings(raw: Mapping[str, Raw], ignored: list[str], warnings: list[str] | None = None) -> Settings:

@@ -4,14 +4,15 @@ The `*_for` methods answer "which value applies to this pool" with PgBouncer's p
 1.25): a [users] entry beats a [databases] entry beats the [pgbouncer] default for pool_mode, pool_size and
 reserve_pool_size; min_pool_size and server_lifetime come from the database, else the default; per-database
 and per-user connection limits apply when above 0, else the global limit. The user that counts is the one
-the pool logs in as: the database's forced `user=` if it has one, else the client's user name. Client
-timeouts (query_wait_timeout, query_timeout, ...) follow the client's own user name.
+the pool logs in as: the database's forced `user=` if it has one, else the client's user name. For the
+timeouts, see the comment above query_wait_timeout_for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TypeVar
 
 from pgmux.config.hba import HbaRule
@@ -58,6 +59,9 @@ class DatabaseConfig:
     max_db_client_connections: int | None = None
     server_lifetime: float | None = None
     query_wait_timeout: float | None = None
+    # host=a,b,c: "round-robin" takes the next host for each new connection; "disable" stays on one
+    # until a connection to it fails (PgBouncer 1.25's key).
+    load_balance_hosts: str = "round-robin"
     connect_query: str | None = None
     application_name: str | None = None
     client_encoding: str | None = None
@@ -185,22 +189,40 @@ class Config:
         return _positive(self._user(None, user).max_user_client_connections,
                          self.settings.max_user_client_connections)
 
+    # The timeouts follow PgBouncer 1.25's janitor.c. query_wait_timeout: the client's [users] entry if
+    # set (0 included: it disables), else its [databases] entry if set, else the global value. The others
+    # have no [databases] key in PgBouncer; a [users] value above 0 overrides the global one (0 there
+    # means "not set"). query_timeout, idle_transaction_timeout and transaction_timeout are the server
+    # side's: they follow the user the pool logs in as (pass the pool's user); client_idle_timeout and
+    # query_wait_timeout follow the client's own user name.
     def query_wait_timeout_for(self, db: DatabaseConfig, user: str) -> float:
         return _first(self._user(None, user).query_wait_timeout, db.query_wait_timeout,
                       self.settings.query_wait_timeout)
 
     def query_timeout_for(self, user: str) -> float:
-        return _first(self._user(None, user).query_timeout, self.settings.query_timeout)
+        return _above_zero(self._user(None, user).query_timeout, self.settings.query_timeout)
 
     def idle_transaction_timeout_for(self, user: str) -> float:
-        return _first(self._user(None, user).idle_transaction_timeout, self.settings.idle_transaction_timeout)
+        return _above_zero(self._user(None, user).idle_transaction_timeout, self.settings.idle_transaction_timeout)
 
     def transaction_timeout_for(self, user: str) -> float:
-        return _first(self._user(None, user).transaction_timeout, self.settings.transaction_timeout)
+        return _above_zero(self._user(None, user).transaction_timeout, self.settings.transaction_timeout)
 
     def client_idle_timeout_for(self, user: str) -> float:
-        return _first(self._user(None, user).client_idle_timeout, self.settings.client_idle_timeout)
+        return _above_zero(self._user(None, user).client_idle_timeout, self.settings.client_idle_timeout)
 
+    @cached_property
+    def any_user_timeouts(self) -> bool:
+        """Whether some [users] entry sets a client or server timeout (the janitor skips its pass over
+        the clients when neither they nor the globals set one). Computed once per loaded config."""
+        return any(u.query_timeout or u.idle_transaction_timeout or u.transaction_timeout or u.client_idle_timeout
+                   for u in self.users.values())
+
+    @cached_property
+    def any_user_query_wait_timeout(self) -> bool:
+        """Whether some [users] entry sets query_wait_timeout: then waiting clients of one pool may have
+        different ones (a database with a forced user)."""
+        return any(u.query_wait_timeout is not None for u in self.users.values())
 
 def _first(*candidates: _T | None) -> _T:
     for value in candidates:
@@ -210,4 +232,8 @@ def _first(*candidates: _T | None) -> _T:
 
 
 def _positive(local: int | None, default: int) -> int:
+    return local if local is not None and local > 0 else default
+
+
+def _above_zero(local: float | None, default: float) -> float:
     return local if local is not None and local > 0 else default

@@ -118,7 +118,7 @@ class Settings:
     max_db_client_connections: int = _s(0, v.count, **_NI)
     max_user_connections: int = _s(0, v.count)
     max_user_client_connections: int = _s(0, v.count, **_NI)
-    server_round_robin: bool = _s(False, v.boolean, **_NI)
+    server_round_robin: bool = _s(False, v.boolean)
     max_prepared_statements: int = _s(200, v.count)
     track_extra_parameters: tuple[str, ...] = _s(("IntervalStyle",), v.name_list, restart=True, **_NI,
                                                  note="IntervalStyle is always tracked")
@@ -132,7 +132,7 @@ class Settings:
     # an empty query. Older samples say "select 1".
     server_check_query: str = _s("<empty>", v.text)
     server_check_delay: float = _s(30.0, v.seconds)
-    server_fast_close: bool = _s(False, v.boolean, **_NI)
+    server_fast_close: bool = _s(False, v.boolean)
     server_lifetime: float = _s(3600.0, v.seconds)
     server_idle_timeout: float = _s(600.0, v.seconds)
     server_connect_timeout: float = _s(15.0, v.seconds)
@@ -144,10 +144,10 @@ class Settings:
     query_timeout: float = _s(0.0, v.seconds)
     query_wait_timeout: float = _s(120.0, v.seconds)
     query_wait_notify: float = _s(5.0, v.seconds, **_NI)
-    cancel_wait_timeout: float = _s(10.0, v.seconds, **_NI)
+    cancel_wait_timeout: float = _s(10.0, v.seconds)
     client_idle_timeout: float = _s(0.0, v.seconds)
     idle_transaction_timeout: float = _s(0.0, v.seconds)
-    transaction_timeout: float = _s(0.0, v.seconds, **_NI)
+    transaction_timeout: float = _s(0.0, v.seconds)
     suspend_timeout: float = _s(10.0, v.seconds, **_NI, note="no SUSPEND or online restart")
     login_notify_message: str | None = _s(None, _OPT)
     # -- logging and stats

@@ -51,4 +51,7 @@ async def send_cancel(host: str | None, port: int, unix_path: str | None, pid: i
         await reader.read()  # the server closes when done
         writer.close()
 
-    await asyncio.wait_for(run(), timeout if timeout > 0 else 15.0)
+    if timeout > 0:  # cancel_wait_timeout; 0: wait as long as it takes, as PgBouncer does
+        await asyncio.wait_for(run(), timeout)
+    else:
+        await run()

@@ -36,6 +36,13 @@ class PoolLimits:
     reserve_pool_timeout: float = 5.0
     server_login_retry: float = 15.0
     server_lifetime: float = 3600.0
+    # server_round_robin: hand out the least recently used idle server (FIFO) instead of the most
+    # recently used one (LIFO), so that every server, and every host behind a round-robin address, gets
+    # its share of the load.
+    round_robin: bool = False
+    # server_check_delay, when server_check_query is set: an idle server that waited at least this long
+    # runs the check before a client gets it; 0 checks before every reuse. Negative: no check.
+    check_delay: float = -1.0
 
 
 class Pool(Generic[S, C]):
@@ -66,7 +73,37 @@ class Pool(Generic[S, C]):
     def take_idle(self) -> S | None:
         if self.paused or not self.idle:
             return None
+        if self.limits.round_robin:
+            return self.idle.pop(0)
         return self.idle.pop()
+
+    def needs_check(self, server: S, now: float) -> bool:
+        """Whether an idle server just taken must run server_check_query before a client gets it."""
+        delay = self.limits.check_delay
+        return delay == 0.0 or 0.0 < delay < now - server.idle_since
+
+    def over_size(self) -> bool:
+        """More servers than pool_size + reserve_pool_size (a reload lowered them): a server that comes
+        back is closed instead of reused, as PgBouncer's check_pool_size closes the surplus."""
+        lim = self.limits
+        return lim.pool_size > 0 and len(self.servers) > lim.pool_size + lim.reserve_pool_size
+
+    def excess_idle(self) -> list[S]:
+        """The idle servers to close so that the pool gets back to pool_size + reserve_pool_size (the
+        least recently used first)."""
+        lim = self.limits
+        many = len(self.servers) - (lim.pool_size + lim.reserve_pool_size)
+        if lim.pool_size <= 0 or many <= 0:
+            return []
+        return self.idle[:many]
+
+    def queued_demand(self, now: float) -> int:
+        """New connections that waiting clients need, within this pool's own size (min_pool_size not
+        counted): what may evict idle servers of other pools under max_db/max_user_connections."""
+        demand = len(self.waiters) - self.connecting
+        if self.server_params is None and self.login_waiters and not self.servers:
+            demand = max(demand, 1)
+        return max(0, min(demand, self.limit(now) - len(self.servers)))
 
     def put(self, server: S, now: float) -> C | None:
         """A clean server comes back. Returns the waiter that gets it, or None if it was parked."""

@@ -2,7 +2,10 @@
 read/write-split database, and the limits they share.
 
 max_db_connections and max_user_connections bound the sum over several pools, so no pool can
-decide alone; the registry turns them into `headroom` for Pool.wanted.
+decide alone; the registry turns them into `headroom` for Pool.wanted. When idle servers of other pools
+fill such a limit while clients of this pool wait, `evictable` names the idle servers to close to make
+room (PgBouncer's evict_connection / evict_user_connection), instead of leaving the clients to wait
+until query_wait_timeout.
 """
 
 from __future__ import annotations
@@ -50,3 +53,37 @@ class Registry:
             used = sum(len(p.servers) for p in self.pools.values() if p.user == pool.user)
             room = min(room, lim - used)
         return room
+
+    def evictable(self, pool: Pool[Any, Any], need: int) -> list[Any]:
+        """Idle servers of other pools to close so that `pool` can open `need` more connections under
+        max_db_connections and max_user_connections: the longest idle first, and none at all when
+        closing every candidate would still not make room for one."""
+        db_lim = self.max_db.get(pool.database, 0)
+        user_lim = self.max_user.get(pool.user, 0)
+        db_used = user_used = 0
+        candidates: list[tuple[float, int, Pool[Any, Any], Any]] = []
+        for p in self.pools.values():
+            same_db, same_user = p.database == pool.database, p.user == pool.user
+            if same_db:
+                db_used += len(p.servers)
+            if same_user:
+                user_used += len(p.servers)
+            if p is not pool and (db_lim > 0 and same_db or user_lim > 0 and same_user):
+                candidates.extend((s.idle_since, len(candidates), p, s) for s in p.idle)
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        out: list[Any] = []
+        for _, _, p, s in candidates:
+            db_short = db_lim > 0 and db_lim - db_used < need
+            user_short = user_lim > 0 and user_lim - user_used < need
+            if not (db_short or user_short):
+                break
+            if db_short and p.database != pool.database or user_short and p.user != pool.user:
+                continue  # frees the wrong limit
+            out.append(s)
+            if p.database == pool.database:
+                db_used -= 1
+            if p.user == pool.user:
+                user_used -= 1
+        if (db_lim > 0 and db_lim - db_used < 1) or (user_lim > 0 and user_lim - user_used < 1):
+            return []
+        return out

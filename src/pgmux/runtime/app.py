@@ -30,7 +30,7 @@ from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.runtime import client_auth
 from pgmux.runtime.auth_query import AuthQuery
 from pgmux.runtime.routing import Routing, is_split
-from pgmux.runtime.timeouts import check_timeouts
+from pgmux.runtime.timeouts import check_timeouts, fast_close
 from pgmux.session.client import ClientSession
 from pgmux.session.params import startup_params, with_client_host
 from pgmux.session.prepared import ClientStatements
@@ -284,6 +284,13 @@ class App:
                 return
             pool = routed
         server = None if self.paused else pool.take_idle()
+        if server is not None and pool.needs_check(server, now):
+            # server_check_delay: the server waited long enough (0: any time) to run the check query
+            # first; internal_done() gives it to the oldest waiter, this client, or closes it.
+            c.state = C_WAITING
+            pool.add_waiter(c, now)
+            self._check(server)
+            return
         if server is not None:
             server.move(S_ACTIVE)
             pool.stats.server_assignment_count += 1
@@ -339,6 +346,8 @@ class App:
             c.xact_start = 0.0
         mode = pool.mode
         if mode == "session":
+            if idle and server.close_needed and self.config.settings.server_fast_close and server.clean:
+                fast_close(self, server)
             return
         if c.pending and (idle or mode != "statement"):  # held back from a replica (runtime/routing.py)
             if idle and not c.unsynced and not c.pinned:
@@ -434,6 +443,9 @@ class App:
             # PAUSE: servers are let go as their transactions finish; PAUSE returns once none is left.
             self.close_server(server, "pause requested")
             return
+        if pool.over_size():  # a reload lowered pool_size: no reuse beyond it
+            self.close_server(server, "too many servers in the pool")
+            return
         waiter = pool.put(server, now)
         if waiter is not None:
             if server.state is not S_ACTIVE:  # (ACTIVE to ACTIVE, the usual case, is legal)
@@ -469,9 +481,26 @@ class App:
     def launch(self, pool: Pool[Any, Any]) -> None:
         if self.shutting_down or self.paused or pool.paused:
             return
-        n = pool.wanted(self.now(), self.registry.headroom(pool))
+        now = self.now()
+        headroom = self.registry.headroom(pool)
+        if headroom < 1 << 20 and (pool.waiters or pool.login_waiters):  # a shared limit, clients waiting
+            need = pool.queued_demand(now)
+            if need > headroom:
+                for victim in self.registry.evictable(pool, need):
+                    self.close_server(victim, "evicted: another pool of the database or user needs "
+                                              "the connection (max_db_connections/max_user_connections)",
+                                      relaunch=False)
+                headroom = self.registry.headroom(pool)
+        n = pool.wanted(now, headroom)
         for _ in range(n):
             self._open_server(pool)
+
+    def _check(self, server: ServerSession) -> None:
+        """Run server_check_query on an idle server taken from its pool (state TESTED until it answers)."""
+        q = self.config.settings.server_check_query
+        server.move(ServerState.TESTED)
+        # PgBouncer's "<empty>" means an empty query: the cheapest round trip there is.
+        server.send_internal("" if q == "<empty>" else q)
 
     def _open_server(self, pool: Pool[Any, Any]) -> None:
         db = self.config.database(pool.database)
@@ -482,9 +511,11 @@ class App:
         if pool.host is not None:  # one host's pool of a split database
             target = self._target(db, pool.user, host=pool.host)
         else:
-            # host=a,b,c: PgBouncer's load_balance_hosts=round-robin, one step per new connection.
+            # host=a,b,c: load_balance_hosts=round-robin (the default) takes one step per new
+            # connection; =disable stays on a host until a connection to it fails (_login_failed).
             turn = self.host_turn.get((pool.database, pool.user), 0)
-            self.host_turn[(pool.database, pool.user)] = turn + 1
+            if db.load_balance_hosts != "disable":
+                self.host_turn[(pool.database, pool.user)] = turn + 1
             target = self._target(db, pool.user, turn)
         server = ServerSession(sid, self, pool, target, self.now())
         self.servers[sid] = server
@@ -509,6 +540,8 @@ class App:
             hostname, port = host.host, host.port
         else:
             hostname = db.hosts[turn % len(db.hosts)] if db.hosts else None
+            if db.ports and db.hosts:  # one port per host
+                port = db.ports[turn % len(db.ports)]
         unix_path = None
         if hostname is None or hostname.startswith("/"):
             unix_path = os.path.join(hostname or default_unix_dir(), f".s.PGSQL.{port}")
@@ -546,6 +579,10 @@ class App:
             pool.connecting -= 1
         pool.last_login_failure = self.now()
         log.warning("%s server login failed: %s", server.prefix, err.message)
+        db = self.config.database(pool.database)
+        if db is not None and db.load_balance_hosts == "disable" and pool.host is None:
+            key = (pool.database, pool.user)  # the next connection tries the next host of the list
+            self.host_turn[key] = self.host_turn.get(key, 0) + 1
         self._drop_server(server, f"server login failed: {err.message}")
         if pool.hstate is not None and self.routing.login_failed(pool, err):
             return  # a host of a split database is down: its clients were routed elsewhere
@@ -583,7 +620,7 @@ class App:
             self.routing.suspect(server.pool)
         self.launch(server.pool)
 
-    def close_server(self, server: ServerSession, reason: str) -> None:
+    def close_server(self, server: ServerSession, reason: str, relaunch: bool = True) -> None:
         if server.state is ServerState.CLOSED:
             return
         if server.state is ServerState.LOGIN:
@@ -595,7 +632,8 @@ class App:
                 pass
             server.transport.close()
         self._drop_server(server, reason)
-        self.launch(server.pool)
+        if relaunch:
+            self.launch(server.pool)
 
     def _drop_server(self, server: ServerSession, reason: str) -> None:
         if server.state is ServerState.CLOSED:
@@ -616,26 +654,38 @@ class App:
         self._after_change()
 
     # -- cancel ----------------------------------------------------------------------------------
-    def cancel_request(self, pid: int, key: int) -> None:
+    def cancel_request(self, requester: ClientSession, pid: int, key: int) -> None:
+        """A CancelRequest arrived on `requester`'s connection (already CLOSED as a session: it carries
+        nothing else). Its connection ends when the cancel has reached the server, or at once when
+        there is nothing to cancel."""
+        self.clients.pop(requester.id, None)
         c = self.by_cancel.get(pid)
         # Keys are random 31-bit numbers; compare in constant time so a probe learns nothing.
         if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big", signed=True),
                                                    key.to_bytes(4, "big", signed=True)):
             log.info("cancel request for unknown or mismatched key ignored")
+            requester.transport.close()
             return
         server = c.server
         if server is None:
+            requester.transport.close()
             return  # nothing running for this client now; PostgreSQL would ignore it too
         t = server.target
         log.info("%s sending cancel request to %s", c.prefix, server.prefix)
-        self.spawn(self._send_cancel, t, server.backend_pid, server.backend_key)
+        self.spawn(self._send_cancel, requester, t, server.backend_pid, server.backend_key)
 
-    async def _send_cancel(self, t: ServerTarget, pid: int, key: int) -> None:
+    async def _send_cancel(self, requester: ClientSession, t: ServerTarget, pid: int, key: int) -> None:
+        wait = self.config.settings.cancel_wait_timeout
         try:
-            await connector.send_cancel(t.host, t.port, t.unix_path, pid, key,
-                                        self.config.settings.server_connect_timeout)
-        except (TimeoutError, OSError) as e:
+            # cancel_wait_timeout bounds how long the cancel may take to reach the server (0: no bound);
+            # then the requester is disconnected, as PgBouncer does.
+            await connector.send_cancel(t.host, t.port, t.unix_path, pid, key, wait)
+        except TimeoutError:
+            log.warning("cancel request to %s failed: not sent within cancel_wait_timeout (%gs)", t.label, wait)
+        except OSError as e:
             log.warning("cancel request to %s failed: %s", t.label, e)
+        finally:
+            requester.transport.close()
 
     # -- admin -----------------------------------------------------------------------------------
     def admin_message(self, c: ClientSession, mtype: int, body: bytes) -> None:
@@ -648,7 +698,8 @@ class App:
         limits = PoolLimits(pool_size=cfg.pool_size_for(db, user), min_pool_size=cfg.min_pool_size_for(db),
                             reserve_pool_size=cfg.reserve_pool_size_for(db, user),
                             reserve_pool_timeout=s.reserve_pool_timeout, server_login_retry=s.server_login_retry,
-                            server_lifetime=cfg.server_lifetime_for(db))
+                            server_lifetime=cfg.server_lifetime_for(db), round_robin=s.server_round_robin,
+                            check_delay=s.server_check_delay if s.server_check_query else -1.0)
         self.registry.max_db[db.name] = cfg.max_db_connections_for(db)
         self.registry.max_user[user] = cfg.max_user_connections_for(user)
         return limits, cfg.pool_mode_for(db, user)

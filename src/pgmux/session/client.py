@@ -228,8 +228,12 @@ class ClientSession:
                 elif res.code == m.GSSENC_REQUEST_CODE:
                     self.transport.write(b"N")
                 elif res.code == m.CANCEL_REQUEST_CODE:
-                    self.hub.cancel_request(res.key_pid, res.key_secret)
-                    self.hub.client_closed(self, "cancel request")
+                    # Not a client: a connection that carries one cancel, read no further. The hub
+                    # closes it once the cancel is passed on (or cancel_wait_timeout passed), as
+                    # PgBouncer does: its end tells the client the cancel was delivered.
+                    self.state = ClientState.CLOSED
+                    self.sbuf = b""
+                    self.hub.cancel_request(self, res.key_pid, res.key_secret)
                     return
                 elif res.major != 3:
                     raise ProtocolViolation(f"unsupported frontend protocol {res.major}.{res.minor}: "
@@ -361,6 +365,8 @@ class ClientSession:
         `ignored` (Syncs the server reads in copy-in mode and does not answer)."""
         if syncs and not server.owed:
             server.query_start = now
+            if self.xact_start == 0.0:  # a transaction starts on a server we keep (session mode, pinned)
+                self.xact_start = now
         if track or server.queue or self.tx_effects:
             # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
             parts = to_server(self, server, chunk, ignored)
