@@ -283,3 +283,16 @@ def test_backoff_policy() -> None:
     assert backoff.retry_delay(backoff.REFUSED, 3, 1.0) == 1.0  # never more often than... less than asked
     assert backoff.retry_delay(backoff.TRANSIENT, 1000, 15.0) == 15.0
     assert backoff.retry_delay(backoff.REJECTED, 1, 0.0) == 0.0
+
+
+def test_pools_of_a_removed_database_are_freed_once_empty(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, databases="old = host=127.0.0.1 dbname=appdb\n", settings="server_idle_timeout = 1")
+    client = rig.login("alice", "old")
+    path = Path(rig.app.config_path)
+    path.write_text(path.read_text().replace("old = host=127.0.0.1 dbname=appdb\n", ""))
+    rig.app.reload()
+    run_janitor(rig, 5)
+    assert ("old", "alice") in rig.app.registry.pools  # its client is still there
+    client.session.connection_lost(None)
+    run_janitor(rig, 5)
+    assert ("old", "alice") not in rig.app.registry.pools

@@ -80,28 +80,33 @@ class Admission:
     def free_idle_pools(self, now: float) -> int:
         """Free the pools that have had no client, no server and no waiter for pool_idle_timeout, or,
         for databases made from the "*" fallback, autodb_idle_timeout (PgBouncer frees the whole
-        auto-database; here each of its pools goes). A paused or disabled pool stays: it holds an
-        admin's decision. Per-host pools of split databases stay (routing keeps them). Runs every
-        SWEEP_EVERY seconds; returns how many pools went."""
+        auto-database; here each of its pools goes), and at once those of a database a reload removed.
+        A paused or disabled pool stays: it holds an admin's decision. Per-host pools of split
+        databases stay (routing keeps them). Runs every SWEEP_EVERY seconds, in time proportional to
+        the pools and clients there are; returns how many pools went."""
         if now < self.next_sweep:
             return 0
         self.next_sweep = now + SWEEP_EVERY
         app = self.app
         cfg = app.config
         s = cfg.settings
-        if s.pool_idle_timeout <= 0 and (s.autodb_idle_timeout <= 0 or "*" not in cfg.databases):
-            return 0
         registry = app.registry
         used = {id(c.pool) for c in app.clients.values() if c.pool is not None}
         since = registry.empty_since
         gone: list[Pool[Any, Any]] = []
+        fallback = "*" in cfg.databases
         for key, pool in list(registry.pools.items()):
             if (id(pool) in used or pool.servers or pool.waiters or pool.login_waiters or pool.connecting
-                    or pool.paused or pool.disabled or pool.host is not None):
+                    or pool.paused or pool.host is not None):
                 since.pop(key, None)
                 continue
-            timeout = _idle_timeout(s.pool_idle_timeout,
-                                    s.autodb_idle_timeout if pool.database not in cfg.databases else 0.0)
+            auto = pool.database not in cfg.databases
+            if auto and not fallback:  # a reload removed its database: nothing to keep
+                gone.append(pool)
+                continue
+            if pool.disabled:
+                continue
+            timeout = _idle_timeout(s.pool_idle_timeout, s.autodb_idle_timeout if auto else 0.0)
             if timeout <= 0:
                 continue
             if now - since.setdefault(key, now) >= timeout:
