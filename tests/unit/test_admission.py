@@ -296,3 +296,22 @@ def test_pools_of_a_removed_database_are_freed_once_empty(tmp_path: Path) -> Non
     client.session.connection_lost(None)
     run_janitor(rig, 5)
     assert ("old", "alice") not in rig.app.registry.pools
+
+
+def test_a_server_that_starts_answering_is_asked_again_soon(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    client = rig.login()
+    rig.servers[0].session.connection_lost(None)
+    client.send(Q1)
+    pool = client.session.pool
+    for _ in range(6):  # refused for a while: every 2 s by now
+        refuse(rig, rig.servers[-1])
+        count = len(rig.servers)
+        while len(rig.servers) == count:
+            rig.clock.advance(0.1)
+            rig.app.tick(rig.clock.t)
+    assert pool.retry_delay == 2.0
+    server = rig.servers[-1]
+    server.take()
+    server.send(m.error_response("FATAL", "57P03", "the database system is starting up"))
+    assert pool.retry_delay == 0.5  # not 15 s: the count starts over for the new kind of failure

@@ -12,7 +12,9 @@ server came back from a restart, while its clients wait. pgmux tells three kinds
 - the server refused the login (a wrong password, a missing database or role, too many connections
   for a role...): retrying soon would not help and would fill its log. Wait server_login_retry.
 
-A success resets the count (App.server_login_done).
+The backoff counts failures of one kind in a row: a server that stops refusing connections and
+answers "starting up" is on its way, and is asked again after 0.5 s. A success resets the count
+(App.server_login_done).
 """
 
 from __future__ import annotations

@@ -57,9 +57,11 @@ class Pool(Generic[S, C]):
         self.last_login_failure: float | None = None
         # After a failed server login no new one starts for retry_delay seconds: server_login_retry, or
         # less while the server is merely not up yet (pooling/backoff.py). login_failures counts the
-        # failures in a row; login_error is the last one's message, for the clients left waiting.
+        # failures of the kind login_failure_kind in a row; login_error is the last one's message, for
+        # the clients left waiting.
         self.retry_delay = limits.server_login_retry
         self.login_failures = 0
+        self.login_failure_kind = ""
         self.login_error = ""
         self.server_params: dict[str, str] | None = None  # from the first server login: the welcome
         self.paused = False

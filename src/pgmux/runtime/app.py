@@ -521,6 +521,7 @@ class App:
         pool.connecting -= 1
         pool.last_login_failure = None
         pool.login_failures = 0
+        pool.login_failure_kind = ""
         pool.login_error = ""
         log.info("%s new connection to server (pid %d)", server.prefix, server.backend_pid)
         if server.swallow_error is not None:  # connect_query failed: say so, and don't blame a later query
@@ -538,6 +539,9 @@ class App:
         if server.state is ServerState.LOGIN:
             pool.connecting -= 1
         kind = backoff.kind_of(err.sqlstate, refused)
+        if kind != pool.login_failure_kind:  # e.g. refused, then "starting up": it is coming, start over
+            pool.login_failure_kind = kind
+            pool.login_failures = 0
         pool.login_failures += 1
         pool.retry_delay = backoff.retry_delay(kind, pool.login_failures, pool.limits.server_login_retry)
         pool.last_login_failure = self.now()
