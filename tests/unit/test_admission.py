@@ -315,3 +315,32 @@ def test_a_server_that_starts_answering_is_asked_again_soon(tmp_path: Path) -> N
     server.take()
     server.send(m.error_response("FATAL", "57P03", "the database system is starting up"))
     assert pool.retry_delay == 0.5  # not 15 s: the count starts over for the new kind of failure
+
+
+def test_query_wait_notify_in_a_full_pool(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="default_pool_size = 1\nquery_wait_notify = 2")
+    holder = rig.login("alice")
+    holder.send(m.query("begin"))
+    rig.servers[0].take()
+    rig.servers[0].send(m.command_complete("BEGIN") + m.ready_for_query(b"T"))
+    holder.take()
+    waiter = rig.login("alice")
+    waiter.send(Q1)
+    assert waiter.state is ClientState.WAITING
+    run_janitor(rig, 1.8, 0.2)
+    assert waiter.take() == b""
+    run_janitor(rig, 3, 0.2)
+    notices = [m.parse_error_fields(body) for kind, body in frames(waiter.take()) if kind == "N"]
+    assert [(n["S"], n["M"]) for n in notices] == [
+        ("NOTICE", "No server connection available in postgres backend, client being queued")]  # PgBouncer's
+
+
+def test_query_wait_notify_zero_is_silent(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="query_wait_notify = 0")
+    client = rig.login()
+    rig.servers[0].session.connection_lost(None)
+    client.send(Q1)
+    refuse(rig, rig.servers[-1])
+    run_janitor(rig, 10, 0.5)
+    assert not [kind for kind, _ in frames(client.take()) if kind == "N"]
+    assert client.state is ClientState.WAITING
