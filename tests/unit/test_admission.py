@@ -344,3 +344,14 @@ def test_query_wait_notify_zero_is_silent(tmp_path: Path) -> None:
     run_janitor(rig, 10, 0.5)
     assert not [kind for kind, _ in frames(client.take()) if kind == "N"]
     assert client.state is ClientState.WAITING
+
+
+def test_auth_type_any_needs_a_forced_user(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="auth_type = any",
+              databases="forced = host=127.0.0.1 dbname=appdb user=alice\n")
+    fields = error_fields(rig.connect("whoever", "app").take())
+    assert fields["C"] == "28000" and "needs a forced user" in fields["M"]
+    assert nothing_held(rig)
+    for i in range(5):  # any name gets in, all into the forced user's one pool
+        rig.login(f"name{i}", "forced")
+    assert list(rig.app.registry.pools) == [("forced", "alice")]

@@ -176,6 +176,11 @@ class App:
         if auth_type in ("hba", "cert", "pam", "ldap"):
             raise PgmuxError(f"auth_type {auth_type} is not supported by pgmux yet", sqlstate="28000",
                              severity="FATAL")
+        if auth_type == "any" and not db.user:
+            # As PgBouncer: unchecked names must not each get a pool (and a server login) of their own.
+            raise PgmuxError(f'auth_type "any" needs a forced user, and database "{dbname}" has none',
+                             sqlstate="28000", severity="FATAL",
+                             hint=f"add user=NAME to the line of {dbname} in [databases]")
         c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user))
         try:
             c.params = startup_params(params, s.ignore_startup_parameters)
