@@ -90,7 +90,7 @@ DB_KEYS_IGNORED: Mapping[str, v.Parser] = {
 }
 # Keys of DB_KEYS that load into the model but that nothing acts on yet: a line that sets one loads with a
 # warning naming it (remove a key here as its feature lands; the README table follows).
-DB_KEYS_NI: frozenset[str] = frozenset({"max_db_client_connections"})
+DB_KEYS_NI: frozenset[str] = frozenset()
 # Keys pgmux refuses to start with, and why (see settings.py: running without them would be unsafe).
 DB_KEYS_REFUSED: Mapping[str, str] = {}
 USER_KEYS: Mapping[str, v.Parser] = {
@@ -100,7 +100,7 @@ USER_KEYS: Mapping[str, v.Parser] = {
     "idle_transaction_timeout": _seconds_or_unset, "transaction_timeout": _seconds_or_unset,
     "client_idle_timeout": _seconds_or_unset,
 }
-USER_KEYS_NI: frozenset[str] = frozenset({"max_user_client_connections"})
+USER_KEYS_NI: frozenset[str] = frozenset()
 
 
 def build_settings(raw: Mapping[str, Raw], ignored: list[str], warnings: list[str] | None = None) -> Settings:

@@ -62,6 +62,14 @@ class Pool(Generic[S, C]):
         self.login_waiters: list[C] = []  # clients waiting for the first server's parameters
         self.connecting = 0
         self.last_login_failure: float | None = None
+        # After a failed server login no new one starts for retry_delay seconds: server_login_retry, or
+        # less while the server is merely not up yet (pooling/backoff.py). login_failures counts the
+        # failures of the kind login_failure_kind in a row; login_error is the last one's message, for
+        # the clients left waiting.
+        self.retry_delay = limits.server_login_retry
+        self.login_failures = 0
+        self.login_failure_kind = ""
+        self.login_error = ""
         self.server_params: dict[str, str] | None = None  # from the first server login: the welcome
         self.paused = False
         self.disabled = False
@@ -144,7 +152,7 @@ class Pool(Generic[S, C]):
         """How many new server connections to start now. headroom: what shared limits still allow."""
         if self.disabled or headroom <= 0:
             return 0
-        if self.last_login_failure is not None and now - self.last_login_failure < self.limits.server_login_retry:
+        if self.last_login_failure is not None and now - self.last_login_failure < self.retry_delay:
             return 0
         demand = len(self.waiters) - self.connecting
         if self.server_params is None and self.login_waiters and not self.servers:

@@ -6,6 +6,10 @@ decide alone; the registry turns them into `headroom` for Pool.wanted. When idle
 fill such a limit while clients of this pool wait, `evictable` names the idle servers to close to make
 room (PgBouncer's evict_connection / evict_user_connection), instead of leaving the clients to wait
 until query_wait_timeout.
+
+Pools come into being only for authenticated clients (App.client_authenticated) and leave again once
+empty and unused for autodb_idle_timeout / pool_idle_timeout (runtime/admission.py): so the registry,
+and the janitor's pass over it, stay as large as what is in use, not as what was ever asked for.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Registry:
         self.pools: dict[tuple[str, ...], Pool[Any, Any]] = {}
         self.max_db: dict[str, int] = {}  # database -> max_db_connections (0 = no limit)
         self.max_user: dict[str, int] = {}  # user -> max_user_connections (0 = no limit)
+        self.empty_since: dict[tuple[str, ...], float] = {}  # pools seen empty, since when
 
     def get(self, database: str, user: str) -> Pool[Any, Any] | None:
         return self.pools.get((database, user))
@@ -35,6 +40,24 @@ class Registry:
             limits, mode = make()
             pool = self.pools[key] = Pool(database, user, limits, mode, host)
         return pool
+
+    def remove(self, pools: list[Pool[Any, Any]]) -> None:
+        """Forget these empty pools of (database, user), and the shared limits of a database or user
+        no pool is left for. One pass over the rest, however many go."""
+        for pool in pools:
+            key = (pool.database, pool.user)
+            if self.pools.get(key) is pool:
+                del self.pools[key]
+                self.empty_since.pop(key, None)
+        dbs = {p.database for p in self.pools.values()}
+        users = {p.user for p in self.pools.values()}
+        for name in [d for d in self.max_db if d not in dbs]:
+            del self.max_db[name]
+        for name in [u for u in self.max_user if u not in users]:
+            del self.max_user[name]
+
+    def __len__(self) -> int:
+        return len(self.pools)
 
     def __iter__(self) -> Iterator[Pool[Any, Any]]:
         return iter(list(self.pools.values()))

@@ -8,6 +8,7 @@ Timeouts are checked by a janitor tick, as PgBouncer does, instead of a timer pe
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -23,11 +24,13 @@ from pgmux.net import connector
 from pgmux.net.connector import default_unix_dir
 from pgmux.net.listen import start_listeners, unix_socket_path
 from pgmux.net.tls import Contexts, TlsConfigError, accept_client_tls, client_tls_missing
+from pgmux.pooling import backoff
 from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.runtime import client_auth
+from pgmux.runtime.admission import Admission
 from pgmux.runtime.auth_query import AuthQuery
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts, fast_close
@@ -74,6 +77,8 @@ class App:
         self.auth_query: Any = AuthQuery(self)  # users not in auth_file, looked up as auth_user
         self.auth_secrets: dict[str, str] = {}  # secrets auth_query found for users who then logged in
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
+        self.admission = Admission(self)  # client limits, the console past max_client_conn, idle pools
+        self.last_tick = 0.0  # when the janitor last ran (query_wait_notify: who crossed the mark since)
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
         # The two ways out of the synchronous core, as attributes so that tests drive it without a loop
         # or a clock (tests/unit/fakes.py): the clock, and "run this coroutine function in the background".
@@ -156,6 +161,9 @@ class App:
         return accept_client_tls(self, c, hello)
 
     def login(self, c: ClientSession, params: dict[str, str]) -> None:
+        """The StartupMessage: decide whether and how this client may authenticate. Nothing that
+        outlives the client is made here (no pool, no count, no cancel key): a client that never
+        authenticates leaves nothing behind. client_authenticated() does the rest."""
         cfg = self.config
         s = cfg.settings
         user = params.get("user", "")
@@ -169,27 +177,21 @@ class App:
         if client_tls_missing(self, c):
             raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
                              hint=f"client_tls_sslmode = {self.tls.client_mode}: connect with sslmode=require")
-        if len(self.clients) > s.max_client_conn:
+        console = dbname in ADMIN_DATABASES
+        if len(self.clients) > s.max_client_conn and not (console and self.admission.console_may_exceed(c, user)):
             raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
-        self._new_cancel_key(c)
-        if dbname in ADMIN_DATABASES:
+        if console:
             self._admin_login(c, user)
             return
         db = cfg.database(dbname)
         if db is None:
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
                              hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line")
-        server_user = db.user or user
-        if is_split(db):  # one pool per host; each transaction is routed (runtime/routing.py)
-            password = db.password if db.user else cfg.userlist.get(server_user)
-            pool = self.routing.login_pool(c, db, server_user, password)
-        else:
-            pool = self.registry.get_or_create(dbname, server_user, lambda: self._pool_setup(db, server_user))
-        if pool.disabled:
-            raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03",  # PgBouncer's words
-                             severity="FATAL")
-        c.pool = pool
-        pool.refuse_pins = db.pin_mode == "refuse"
+        if s.auth_type == "any" and not db.user:
+            # As PgBouncer: unchecked names must not each get a pool (and a server login) of their own.
+            raise PgmuxError(f'auth_type "any" needs a forced user, and database "{dbname}" has none',
+                             sqlstate="28000", severity="FATAL",
+                             hint=f"add user=NAME to the line of {dbname} in [databases]")
         auth_type = client_auth.choose(self, c, dbname, user)  # auth_type, or the auth_hba_file line
         if auth_type != "any" and self.auth_query.wanted(db, user):
             c.auth = None  # the session waits; _look_up gives it its authenticator
@@ -204,9 +206,6 @@ class App:
         if s.application_name_add_host:
             c.params["application_name"] = with_client_host(c.params.get("application_name"), c.addr, c.port,
                                                             c.is_unix, s.listen_port)
-        c.watch = pool.mode != "session"
-        if pool.mode != "session" and s.max_prepared_statements > 0:
-            c.stmts = ClientStatements(self.prepared, pool.stats)
 
     async def _look_up(self, c: ClientSession, db: DatabaseConfig, user: str, auth_type: str) -> None:
         secret = await self.auth_query.lookup(db, user)
@@ -256,23 +255,53 @@ class App:
     def client_authenticated(self, c: ClientSession) -> None:
         if self.config.settings.log_connections:
             log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
+        self._new_cancel_key(c)
         if c.is_admin:
             c.send_welcome({"server_version": f"{__version__}/pgmux", "server_encoding": "UTF8",
                             "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
                             "integer_datetimes": "on", "standard_conforming_strings": "on",
                             "application_name": c.startup.get("application_name", "")})
             return
+        pool = self._join_pool(c)
         auth = c.auth
         if auth is not None and auth.client_key is not None and auth.server_key is not None:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
         if auth is not None and auth.secret is not None and c.user not in self.config.userlist:
             self.auth_secrets[c.user] = auth.secret  # from auth_query: the server logins of its pool need it
-        pool = c.logged_in_pool()
         if pool.server_params is not None:
             c.send_welcome(pool.server_params)
         else:
             pool.login_waiters.append(c)
             self.launch(pool)
+
+    def _join_pool(self, c: ClientSession) -> Pool[Any, Any]:
+        """An authenticated client: count it (max_db/user_client_connections) and give it its pool,
+        made now if it is the first of its (database, user)."""
+        cfg = self.config
+        dbname = c.database
+        db = cfg.database(dbname)
+        if db is None:  # a reload removed it while the client logged in
+            raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL")
+        server_user = db.user or c.user
+        known = self.registry.get(dbname, server_user)
+        if known is not None and known.disabled:
+            raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03",  # PgBouncer's words
+                             severity="FATAL")
+        self.admission.admit(c, db)
+        if is_split(db):  # one pool per host; each transaction is routed (runtime/routing.py)
+            password = db.password if db.user else cfg.userlist.get(server_user)
+            pool = self.routing.login_pool(c, db, server_user, password)
+        else:
+            pool = known or self.registry.get_or_create(dbname, server_user,
+                                                        lambda: self._pool_setup(db, server_user))
+        if pool.disabled:
+            raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03", severity="FATAL")
+        c.pool = pool
+        pool.refuse_pins = db.pin_mode == "refuse"
+        c.watch = pool.mode != "session"
+        if pool.mode != "session" and cfg.settings.max_prepared_statements > 0:
+            c.stmts = ClientStatements(self.prepared, pool.stats)
+        return pool
 
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.logged_in_pool()
@@ -380,6 +409,7 @@ class App:
         self.clients.pop(c.id, None)
         if self.by_cancel.get(c.cancel_pid) is c:
             del self.by_cancel[c.cancel_pid]
+        self.admission.release(c)
         if self.config.settings.log_disconnections:
             log.info("%s closing because: %s (age=%.0fs)", c.prefix, reason, self.now() - c.connect_time)
         pool = c.pool
@@ -529,9 +559,12 @@ class App:
             await connector.open_server(server, timeout, self.tls)
         except (TimeoutError, OSError) as e:
             why = "timeout" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
+            # Nothing listening (refused, or no socket file): cheap to ask again soon (pooling/backoff.py).
+            refused = isinstance(e, (ConnectionRefusedError, FileNotFoundError)) or \
+                getattr(e, "errno", None) in (errno.ECONNREFUSED, errno.ENOENT)
             self._login_failed(server, PgmuxError(
                 f"pgmux cannot connect to server {server.target.label}: {why}", sqlstate="57P03",
-                severity="FATAL"))
+                severity="FATAL"), refused)
 
     def _target(self, db: DatabaseConfig, user: str, turn: int = 0, *,
                 host: HostConfig | None = None) -> ServerTarget:
@@ -562,6 +595,9 @@ class App:
         pool = server.pool
         pool.connecting -= 1
         pool.last_login_failure = None
+        pool.login_failures = 0
+        pool.login_failure_kind = ""
+        pool.login_error = ""
         log.info("%s new connection to server (pid %d)", server.prefix, server.backend_pid)
         if server.swallow_error is not None:  # connect_query failed: say so, and don't blame a later query
             log.warning("%s connect_query failed: %s", server.prefix, server.swallow_error.get("M"))
@@ -573,12 +609,20 @@ class App:
             c.send_welcome(pool.server_params)
         self.give(server)
 
-    def _login_failed(self, server: ServerSession, err: PgmuxError) -> None:
+    def _login_failed(self, server: ServerSession, err: PgmuxError, refused: bool = False) -> None:
         pool = server.pool
         if server.state is ServerState.LOGIN:
             pool.connecting -= 1
+        kind = backoff.kind_of(err.sqlstate, refused)
+        if kind != pool.login_failure_kind:  # e.g. refused, then "starting up": it is coming, start over
+            pool.login_failure_kind = kind
+            pool.login_failures = 0
+        pool.login_failures += 1
+        pool.retry_delay = backoff.retry_delay(kind, pool.login_failures, pool.limits.server_login_retry)
         pool.last_login_failure = self.now()
-        log.warning("%s server login failed: %s", server.prefix, err.message)
+        pool.login_error = err.message
+        log.warning("%s server login failed: %s (next attempt in %.1fs at the earliest)", server.prefix,
+                    err.message, pool.retry_delay)
         db = self.config.database(pool.database)
         if db is not None and db.load_balance_hosts == "disable" and pool.host is None:
             key = (pool.database, pool.user)  # the next connection tries the next host of the list
@@ -589,9 +633,11 @@ class App:
         waiters, pool.login_waiters = pool.login_waiters, []
         for c in waiters:
             c.fail(err, close=True)  # still logging in: an ERROR must end the connection too
-        if not pool.servers:
-            # Nothing can serve the queued queries until server_login_retry passes: say so now
-            # instead of letting them hang until query_wait_timeout.
+        if not pool.servers and kind == backoff.REJECTED:
+            # The server refused us (a password, a database...): nothing can serve the queued queries
+            # until that changes; say so now instead of letting them hang until query_wait_timeout.
+            # A server that is down or restarting is retried soon, and its queue waits (told so after
+            # query_wait_notify, failed after query_wait_timeout: runtime/timeouts.py).
             for c in list(pool.waiters):
                 pool.remove_waiter(c)
                 c.fail(PgmuxError(err.message, sqlstate=err.sqlstate, severity="FATAL"))
@@ -771,6 +817,8 @@ class App:
 
     def tick(self, now: float) -> None:
         check_timeouts(self, now)
+        self.last_tick = now
+        self.admission.free_idle_pools(now)
         if self.routing.splits:
             self.routing.tick(now)
         if self.shutting_down:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgmux.errors import PgmuxError
+from pgmux.protocol import messages as m
 from pgmux.session.states import ClientState, ServerState
 
 _LOGIN = (ClientState.STARTUP, ClientState.AUTH, ClientState.LOGIN_WAIT)
@@ -21,10 +22,39 @@ def _timeout(message: str) -> PgmuxError:
     return PgmuxError(message, sqlstate="08P01", severity="FATAL")
 
 
+def _wait_timeout(pool: Any) -> PgmuxError:
+    err = _timeout("query_wait_timeout")
+    if pool.last_login_failure is not None and pool.login_error:
+        err.detail = f"no server login succeeded while the query waited; the last attempt: {pool.login_error}"
+    return err
+
+
+def notify_waiters(pool: Any, last: float, now: float, after: float) -> None:
+    """query_wait_notify: a NOTICE to each client that has now waited longer than `after` seconds and had
+    not at the janitor's last pass (`last`), so once per wait. PgBouncer's words, and, when the pool's
+    server logins are failing, why and what pgmux does about it."""
+    notice = b""
+    for c in pool.waiters:  # FIFO: the longest waiting first
+        if now - c.wait_since <= after:
+            break
+        if last - c.wait_since > after:
+            continue  # told at an earlier pass
+        if not notice:
+            text = "No server connection available in postgres backend, client being queued"
+            if pool.last_login_failure is not None and pool.login_error:
+                text += (f"; pgmux cannot log in to the server ({pool.login_error}) and keeps trying: the "
+                         "query runs as soon as a login succeeds, or fails after query_wait_timeout")
+            notice = m.notice_response(text)
+        c.transport.write(notice)
+
+
 def check_timeouts(app: Any, now: float) -> None:
     s = app.config.settings
+    notify = s.query_wait_notify
     for pool in app.registry:
         _waiters(app, pool, now)
+        if notify > 0 and pool.waiters:
+            notify_waiters(pool, app.last_tick, now, notify)
         for srv in pool.expired(now, s.server_idle_timeout, pool.limits.server_lifetime):
             if srv in pool.idle:
                 pool.idle.remove(srv)
@@ -87,7 +117,7 @@ def _waiters(app: Any, pool: Any, now: float) -> None:
             late += [(c, "query_timeout") for c in pool.timed_out_waiters(now, query) if id(c) not in seen]
     for c, why in late:
         pool.remove_waiter(c)
-        c.fail(_timeout(why), close=True)
+        c.fail(_wait_timeout(pool) if why == "query_wait_timeout" else _timeout(why), close=True)
 
 
 def _clients(app: Any, now: float) -> None:
