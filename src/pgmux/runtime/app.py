@@ -29,7 +29,7 @@ from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
-from pgmux.session.params import startup_params
+from pgmux.session.params import MAX_KNOWN, TRACKED, canon, probe_pairs, probe_sql, startup_params
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.prepared import Registry as StatementRegistry
 from pgmux.session.server import ServerSession, ServerTarget
@@ -69,6 +69,13 @@ class App:
         self.prepared = StatementRegistry()
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
+        # Reported parameters every client has a value for (the pool's default unless it asked for its
+        # own): pgmux's set, plus track_extra_parameters (PgBouncer's name; a restart setting).
+        extra = tuple(canon(n) for n in config.settings.track_extra_parameters)
+        self.tracked_extra = tuple(n for n in dict.fromkeys(extra) if n not in TRACKED)
+        self.tracked = TRACKED + self.tracked_extra
+        # Clients whose startup parameters a server is applying before their welcome: id -> what (App.probe).
+        self.probing: dict[int, list[tuple[str, str]]] = {}
         # The two ways out of the synchronous core, as attributes so that tests drive it without a loop
         # or a clock (tests/unit/fakes.py): the clock, and "run this coroutine function in the background".
         self.now: Callable[[], float] = time.monotonic
@@ -232,10 +239,71 @@ class App:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
         pool = c.logged_in_pool()
         if pool.server_params is not None:
-            c.send_welcome(pool.server_params)
+            self.welcome(c)
         else:
             pool.login_waiters.append(c)
             self.launch(pool)
+
+    def welcome(self, c: ClientSession, launch: bool = True) -> None:
+        """Welcome a client of a pool whose servers' parameters are known. The ParameterStatus values
+        must be PostgreSQL's: a reported parameter the client asked for in a spelling not learnt yet is
+        applied on a server first (probe), and the server's report is what the client is shown."""
+        pool = c.logged_in_pool()
+        shown = pool.server_params
+        assert shown is not None, "welcome() runs once the pool's parameters are known"
+        pairs = probe_pairs(c.params, shown, pool.known)
+        if not pairs:
+            c.send_welcome(shown, self.tracked)
+            return
+        self.probing[c.id] = pairs
+        now = self.now()
+        server = None if self.paused else pool.take_idle()
+        if server is not None:
+            server.move(S_ACTIVE)
+            self.probe(c, server, now)
+            return
+        pool.add_waiter(c, now)  # (state LOGIN_WAIT: ClientSession.attach calls probe())
+        if launch:
+            self.launch(pool)
+
+    def probe(self, c: ClientSession, server: ServerSession, now: float) -> None:
+        """`server` (ACTIVE) is lent to client `c` to apply its startup parameters before its welcome."""
+        pool = c.logged_in_pool()
+        shown = pool.server_params or {}
+        pairs = probe_pairs(c.params, shown, pool.known)  # another client may have taught them meanwhile
+        if not pairs:
+            self.probing.pop(c.id, None)
+            self.give(server, now)
+            c.send_welcome(shown, self.tracked)
+            return
+        self.probing[c.id] = pairs
+        c.server = server
+        server.client = c
+        server.link_time = now
+        server.swallow_error = None
+        server.send_internal(probe_sql(pairs))
+
+    def _probe_done(self, c: ClientSession, server: ServerSession, err: dict[str, str] | None) -> None:
+        pairs = self.probing.pop(c.id, [])
+        c.server = None
+        server.client = None
+        pool = c.logged_in_pool()
+        if err is None:
+            known = pool.known
+            if len(known) >= MAX_KNOWN:
+                known.clear()
+            for k, v in pairs:
+                spelt = server.params.get(k, v)  # reported when it changed, else what the server had already
+                known[(k, v)] = spelt
+                c.params[k] = spelt
+        self.return_server(server)
+        if err is not None:  # as PostgreSQL refuses a bad startup parameter: after AuthenticationOk, FATAL
+            c.transport.write(c.auth_ok)
+            c.auth_ok = b""
+            c.fail(PgmuxError(err.get("M", "invalid startup parameter"), sqlstate=err.get("C", "22023"),
+                              severity="FATAL", detail=err.get("D"), hint=err.get("H")))
+            return
+        c.send_welcome(pool.server_params or {}, self.tracked)
 
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.logged_in_pool()
@@ -342,8 +410,12 @@ class App:
         if pool is not None:
             if was is ClientState.WAITING:
                 pool.remove_waiter(c)
-            elif was is ClientState.LOGIN_WAIT and c in pool.login_waiters:
-                pool.login_waiters.remove(c)
+            elif was is ClientState.LOGIN_WAIT:
+                if c in pool.login_waiters:
+                    pool.login_waiters.remove(c)
+                else:
+                    pool.remove_waiter(c)  # waiting for a server to apply its parameters (probe())
+                self.probing.pop(c.id, None)
         if c.stmts is not None:
             c.stmts.clear()
         unsynced = c.unsynced  # read before detach(): server.clean no longer sees the client after it
@@ -414,6 +486,10 @@ class App:
         """pgmux's own query on this server finished (reset, check, or parameter sync)."""
         err = server.swallow_error
         server.swallow_error = None
+        c = server.client
+        if c is not None and c.state is ClientState.LOGIN_WAIT:  # a client's startup parameters (probe())
+            self._probe_done(c, server, err)
+            return
         if err is not None:
             log.warning("%s internal query failed: %s", server.prefix, err.get("M"))
         if server.want_lsn:
@@ -498,10 +574,17 @@ class App:
             server.swallow_error = None
         if pool.server_params is None:
             pool.server_params = dict(server.params)
+            for name in self.tracked_extra:
+                if name not in pool.server_params:
+                    log.warning("%s track_extra_parameters: the server does not report %s (no ParameterStatus), "
+                                "so it cannot be tracked that way; SET %s is followed as SQL instead",
+                                server.prefix, name, name)
         waiters, pool.login_waiters = pool.login_waiters, []
         for c in waiters:
-            c.send_welcome(pool.server_params)
+            self.welcome(c, launch=False)  # (a probe waits for this server, given next)
         self.give(server)
+        if pool.waiters:
+            self.launch(pool)
 
     def _login_failed(self, server: ServerSession, err: PgmuxError) -> None:
         pool = server.pool

@@ -20,7 +20,7 @@ from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
-from pgmux.session.states import C_ACTIVE, C_IDLE, ClientState
+from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, ClientState
 from pgmux.session.tracking import Pins, query, steps
 
 if TYPE_CHECKING:
@@ -255,17 +255,15 @@ class ClientSession:
             elif first:
                 self.transport.write(first)
 
-    def send_welcome(self, server_params: dict[str, str]) -> None:
-        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it."""
+    def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED) -> None:
+        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it. The client's
+        own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
         shown = dict(server_params)
         params = self.params
-        for k, v in list(params.items()):  # the client's own: compared with the pool's
+        for k, v in params.items():
             if k in shown:
-                if _same_setting(v, shown[k]):
-                    params[k] = shown[k]  # the server's spelling: later syncs then compare equal
-                else:
-                    shown[k] = v
-        for k in TRACKED:
+                shown[k] = v
+        for k in tracked:
             if k not in params and k in shown:
                 params[k] = shown[k]  # the pool's default, restored if another client changed it
         self.sig = None
@@ -347,6 +345,9 @@ class ClientSession:
 
     def attach(self, server: ServerSession, now: float) -> None:
         """The pool lends us `server`: bring its parameters to ours, then send what we queued."""
+        if self.state is C_LOGIN_WAIT:  # still logging in: the server is to tell how it spells our parameters
+            self.hub.probe(self, server, now)
+            return
         self.server = server
         server.client = self
         self.state = C_ACTIVE
@@ -444,11 +445,6 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
             return False
         pos += 1 + unpack_len(chunk, pos + 1)[0]
     return True
-
-
-def _same_setting(a: str, b: str) -> bool:
-    """'utf-8' and 'UTF8', 'iso, mdy' and 'ISO, MDY': the same setting spelled differently."""
-    return a.lower().replace("-", "").replace("_", "") == b.lower().replace("-", "").replace("_", "")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -40,6 +40,7 @@ _CLIENT_SHOW = {
 C_IDLE: Final = ClientState.IDLE
 C_WAITING: Final = ClientState.WAITING
 C_ACTIVE: Final = ClientState.ACTIVE
+C_LOGIN_WAIT: Final = ClientState.LOGIN_WAIT
 
 
 class ServerState(enum.Enum):
