@@ -12,6 +12,7 @@ import socket
 import struct
 from typing import Any
 
+from pgmux.session.replication import ReplicationServer
 from pgmux.session.server import ServerSession
 
 
@@ -50,7 +51,9 @@ class ClientProtocol(asyncio.Protocol):
 
 
 class ServerProtocol(asyncio.Protocol):
-    def __init__(self, session: ServerSession) -> None:
+    """For a pooled server (ServerSession) and a replication client's own (session/replication.py)."""
+
+    def __init__(self, session: ServerSession | ReplicationServer) -> None:
         self.session = session
         self.data_received = session.data_received  # type: ignore[method-assign]
 

@@ -26,12 +26,14 @@ from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
+from pgmux.runtime.replication import Replication
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
 from pgmux.session.params import MAX_KNOWN, TRACKED, canon, probe_pairs, probe_sql, startup_params
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.prepared import Registry as StatementRegistry
+from pgmux.session.replication import replication_mode
 from pgmux.session.server import ServerSession, ServerTarget
 from pgmux.session.states import C_ACTIVE, C_IDLE, C_WAITING, S_ACTIVE, S_IDLE, ClientState, ServerState
 
@@ -68,6 +70,7 @@ class App:
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
+        self.replication = Replication(self)  # replication clients, each with a server of its own
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
         # Reported parameters every client has a value for (the pool's default unless it asked for its
         # own): pgmux's set, plus track_extra_parameters (PgBouncer's name; a restart setting).
@@ -164,13 +167,17 @@ class App:
         if len(self.clients) > s.max_client_conn:
             raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
         self._new_cancel_key(c)
+        if "replication" in params:
+            self._replication_login(c, params["replication"], dbname)
         if dbname in ADMIN_DATABASES:
             self._admin_login(c, user)
             return
         db = cfg.database(dbname)
         if db is None:
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
-                             hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line")
+                             hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line"
+                             + ("; physical replication clients (pg_basebackup, pg_receivewal) ask for database "
+                                "\"replication\"" if c.replication == "physical" else ""))
         server_user = db.user or user
         if is_split(db):  # one pool per host; each transaction is routed (runtime/routing.py)
             password = db.password if db.user else cfg.userlist.get(server_user)
@@ -194,6 +201,18 @@ class App:
         c.watch = pool.mode != "session"
         if pool.mode != "session" and s.max_prepared_statements > 0:
             c.stmts = ClientStatements(self.prepared, pool.stats)
+
+    def _replication_login(self, c: ClientSession, value: str, dbname: str) -> None:
+        """`replication=...` in the startup packet, read as PostgreSQL reads it (runtime/replication.py
+        serves the connection once the client has authenticated)."""
+        try:
+            c.replication = replication_mode(value)
+        except ValueError:
+            raise PgmuxError(f'invalid value for parameter "replication": "{value}"', sqlstate="22023",
+                             severity="FATAL", hint='Valid values are: "false", 0, "true", 1, "database".') from None
+        if c.replication and dbname in ADMIN_DATABASES:
+            raise PgmuxError("replication connections to the pgmux admin console are not supported",
+                             sqlstate="08P01", severity="FATAL")
 
     def _admin_login(self, c: ClientSession, user: str) -> None:
         s = self.config.settings
@@ -237,6 +256,9 @@ class App:
         auth = c.auth
         if auth is not None and auth.client_key is not None and auth.server_key is not None:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
+        if c.replication:  # a server of its own, not from the pool (runtime/replication.py)
+            self.replication.start(c)
+            return
         pool = c.logged_in_pool()
         if pool.server_params is not None:
             self.welcome(c)
@@ -407,6 +429,8 @@ class App:
         pool = c.pool
         if c.route is not None:
             self.routing.forget(c)
+        if c.replication:
+            self.replication.client_gone(c)
         if pool is not None:
             if was is ClientState.WAITING:
                 pool.remove_waiter(c)
@@ -671,6 +695,10 @@ class App:
             return
         server = c.server
         if server is None:
+            if c.replication:  # its own server (runtime/replication.py)
+                found = self.replication.cancel_target(c)
+                if found is not None:
+                    self.spawn(self._send_cancel, *found)
             return  # nothing running for this client now; PostgreSQL would ignore it too
         t = server.target
         log.info("%s sending cancel request to %s", c.prefix, server.prefix)
@@ -762,6 +790,8 @@ class App:
 
     def tick(self, now: float) -> None:
         check_timeouts(self, now)
+        if self.replication.waiting:
+            self.replication.tick(now)
         if self.routing.splits:
             self.routing.tick(now)
         if self.shutting_down:

@@ -45,6 +45,8 @@ def check_timeouts(app: Any, now: float) -> None:
         return
     for c in list(app.clients.values()):
         srv = c.server
+        if c.state is ClientState.REPLICATION:
+            continue  # its own server, streaming or waiting for room (runtime/replication.py)
         if c.state in _LOGIN:
             if s.client_login_timeout and now - c.connect_time > s.client_login_timeout:
                 c.fail(PgmuxError("client_login_timeout", sqlstate="08P01", severity="FATAL"))

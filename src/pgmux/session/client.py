@@ -41,7 +41,7 @@ class ClientSession:
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
-                 "ryw_lsn", "admin_ext")
+                 "ryw_lsn", "admin_ext", "replication", "repl")
 
     def __init__(self, cid: int, hub: App, now: float, max_packet: int) -> None:
         self.id = cid
@@ -104,6 +104,10 @@ class ClientSession:
         self.lsn_wanted = False
         self.ryw_lsn = 0
         self.admin_ext: Any = None  # a console client's extended-protocol batch until Sync (admin_service.py)
+        # A replication connection (startup `replication=...`): "physical" or "logical", and its own
+        # server (session/replication.py), which no one else uses. "" and None for every other client.
+        self.replication = ""
+        self.repl: Any = None
 
     def logged_in_pool(self) -> Pool[Any, Any]:
         """The pool of a client past login (found then, for its database and user)."""
@@ -174,10 +178,14 @@ class ClientSession:
     def pause_writing(self) -> None:
         if self.server is not None:
             self.server.pause_reading()
+        elif self.repl is not None:
+            self.repl.pause_reading()
 
     def resume_writing(self) -> None:
         if self.server is not None:
             self.server.resume_reading()
+        elif self.repl is not None:
+            self.repl.resume_reading()
 
     # -- errors and closing --------------------------------------------------------------------
     def send_error(self, err: PgmuxError, ready: bool = False) -> None:
@@ -201,6 +209,9 @@ class ClientSession:
 
     # -- startup and authentication ------------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
+        if self.state is ClientState.REPLICATION:  # not startup: a replication client's bytes, as they come
+            self.hub.replication.client_data(self, data)
+            return
         self.sbuf += data
         while self.sbuf and self.state in (ClientState.STARTUP, ClientState.AUTH):
             if self.state is ClientState.STARTUP:
