@@ -207,7 +207,8 @@ def test_pg_receivewal_through_pgmux_writes_the_same_segment(logical: PgCluster,
         # Through pgmux: a replication client and its own server, apart from the pool.
         clients = [c for c in show(mux, "CLIENTS") if c["replication"] != "none"]
         servers = [s for s in show(mux, "SERVERS") if s["replication"] != "none"]
-        assert [(c["replication"], c["state"], c["database"]) for c in clients] == [("physical", "active", "replication")]
+        assert [(c["replication"], c["state"], c["database"]) for c in clients] == [
+            ("physical", "active", "replication")]
         assert [(s["replication"], s["state"]) for s in servers] == [("physical", "active")]
         assert servers[0]["link"] == clients[0]["ptr"] and clients[0]["link"] == servers[0]["ptr"]
         # ... while the pool of one serves ordinary clients as before, its server idle in between.

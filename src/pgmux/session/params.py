@@ -104,7 +104,8 @@ def _set(name: str, value: str) -> str:
 MAX_KNOWN = 4096
 
 
-def probe_pairs(params: dict[str, str], shown: dict[str, str], known: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+def probe_pairs(params: dict[str, str], shown: dict[str, str],
+                known: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
     """The reported parameters of a client's startup packet whose value as PostgreSQL would report it
     (its ParameterStatus) is not known yet: a server must apply them first (`probe_sql`).
 
