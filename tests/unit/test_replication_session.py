@@ -129,3 +129,26 @@ def test_max_db_connections_makes_a_replication_client_wait(tmp_path: Path) -> N
     assert third.state is ClientState.CLOSED
     assert error_fields(third.take())["M"] == "query_wait_timeout"
     assert srv.transport.closed and srv.state is ServerState.CLOSED  # the first client's, gone with it
+
+
+def test_a_server_login_that_never_ends_times_out(rig: Rig) -> None:
+    before = len(rig.servers)
+    client = rig.connect(replication="true")
+    srv = repl_server(rig, before)
+    client.send(m.query("IDENTIFY_SYSTEM"))  # pipelined before the welcome: kept for the server
+    rig.clock.advance(rig.app.config.settings.server_connect_timeout + 1)
+    rig.app.tick(rig.clock())
+    err = error_fields(client.take())
+    assert (err["S"], err["C"]) == ("FATAL", "57P03") and "server connect timeout" in err["M"]
+    assert client.state is ClientState.CLOSED and srv.transport.closed
+
+
+def test_what_a_client_pipelines_before_its_welcome_reaches_the_server_after_the_login(rig: Rig) -> None:
+    before = len(rig.servers)
+    client = rig.connect(replication="true")
+    srv = repl_server(rig, before)
+    srv.take()
+    client.send(m.query("IDENTIFY_SYSTEM"))
+    assert srv.take() == b""
+    srv.send(m.auth_ok() + m.backend_key_data(1, 2) + m.ready_for_query(b"I"))
+    assert srv.take() == m.query("IDENTIFY_SYSTEM")

@@ -790,7 +790,7 @@ class App:
 
     def tick(self, now: float) -> None:
         check_timeouts(self, now)
-        if self.replication.waiting:
+        if self.replication.waiting or self.replication.servers:
             self.replication.tick(now)
         if self.routing.splits:
             self.routing.tick(now)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgmux")
 
+_EARLY_MAX = 1 << 20  # bytes a replication client may send before its server is ready
+
 
 class Replication:
     def __init__(self, app: App) -> None:
@@ -139,9 +141,17 @@ class Replication:
     def client_data(self, c: ClientSession, data: bytes) -> None:
         srv = c.repl
         c.request_time = self.app.now()
-        if srv is not None:
+        if srv is not None and srv.state is ServerState.ACTIVE:
             srv.forward(data)
-        # (while waiting for room, a client has not had its welcome and sends nothing)
+            return
+        # Before its welcome a client has little to say; what it pipelines is kept, within a bound.
+        if len(c.sbuf) + len(data) + sum(len(d) for d in (srv.early if srv is not None else ())) > _EARLY_MAX:
+            c.fail(PgmuxError("replication client sent too much before its connection was ready",
+                              sqlstate="08P01", severity="FATAL"))
+        elif srv is not None:
+            srv.forward(data)
+        else:
+            c.sbuf += data
 
     def client_gone(self, c: ClientSession) -> None:
         """The client closed (client_closed): its server goes with it."""
@@ -207,8 +217,13 @@ class Replication:
                 self.app.launch(pool)
 
     def tick(self, now: float) -> None:
-        """query_wait_timeout for clients still waiting for room (the janitor's pass)."""
-        timeout = self.app.config.settings.query_wait_timeout
+        """The janitor's pass: query_wait_timeout for clients still waiting for room, and
+        server_connect_timeout for a server login that does not end."""
+        s = self.app.config.settings
+        for srv in list(self.servers.values()):
+            if srv.state is ServerState.LOGIN and 0 < s.server_connect_timeout < now - srv.connect_started:
+                self.login_failed(srv, None, f"server connect timeout ({srv.target.label})", "57P03")
+        timeout = s.query_wait_timeout
         if self.waiting:
             self.retry()
         for c in list(self.waiting):
