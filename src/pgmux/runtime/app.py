@@ -27,10 +27,11 @@ from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.runtime.replication import Replication
+from pgmux.runtime import welcome
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts
 from pgmux.session.client import ClientSession
-from pgmux.session.params import MAX_KNOWN, TRACKED, canon, probe_pairs, probe_sql, startup_params
+from pgmux.session.params import TRACKED, canon, startup_params
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.prepared import Registry as StatementRegistry
 from pgmux.session.replication import replication_mode
@@ -267,65 +268,13 @@ class App:
             self.launch(pool)
 
     def welcome(self, c: ClientSession, launch: bool = True) -> None:
-        """Welcome a client of a pool whose servers' parameters are known. The ParameterStatus values
-        must be PostgreSQL's: a reported parameter the client asked for in a spelling not learnt yet is
-        applied on a server first (probe), and the server's report is what the client is shown."""
-        pool = c.logged_in_pool()
-        shown = pool.server_params
-        assert shown is not None, "welcome() runs once the pool's parameters are known"
-        pairs = probe_pairs(c.params, shown, pool.known)
-        if not pairs:
-            c.send_welcome(shown, self.tracked)
-            return
-        self.probing[c.id] = pairs
-        now = self.now()
-        server = None if self.paused else pool.take_idle()
-        if server is not None:
-            server.move(S_ACTIVE)
-            self.probe(c, server, now)
-            return
-        pool.add_waiter(c, now)  # (state LOGIN_WAIT: ClientSession.attach calls probe())
-        if launch:
-            self.launch(pool)
+        """Welcome a client of a pool whose servers' parameters are known, in PostgreSQL's spelling of its
+        own (runtime/welcome.py: a server may have to apply them first)."""
+        welcome.welcome(self, c, launch)
 
     def probe(self, c: ClientSession, server: ServerSession, now: float) -> None:
-        """`server` (ACTIVE) is lent to client `c` to apply its startup parameters before its welcome."""
-        pool = c.logged_in_pool()
-        shown = pool.server_params or {}
-        pairs = probe_pairs(c.params, shown, pool.known)  # another client may have taught them meanwhile
-        if not pairs:
-            self.probing.pop(c.id, None)
-            self.give(server, now)
-            c.send_welcome(shown, self.tracked)
-            return
-        self.probing[c.id] = pairs
-        c.server = server
-        server.client = c
-        server.link_time = now
-        server.swallow_error = None
-        server.send_internal(probe_sql(pairs))
-
-    def _probe_done(self, c: ClientSession, server: ServerSession, err: dict[str, str] | None) -> None:
-        pairs = self.probing.pop(c.id, [])
-        c.server = None
-        server.client = None
-        pool = c.logged_in_pool()
-        if err is None:
-            known = pool.known
-            if len(known) >= MAX_KNOWN:
-                known.clear()
-            for k, v in pairs:
-                spelt = server.params.get(k, v)  # reported when it changed, else what the server had already
-                known[(k, v)] = spelt
-                c.params[k] = spelt
-        self.return_server(server)
-        if err is not None:  # as PostgreSQL refuses a bad startup parameter: after AuthenticationOk, FATAL
-            c.transport.write(c.auth_ok)
-            c.auth_ok = b""
-            c.fail(PgmuxError(err.get("M", "invalid startup parameter"), sqlstate=err.get("C", "22023"),
-                              severity="FATAL", detail=err.get("D"), hint=err.get("H")))
-            return
-        c.send_welcome(pool.server_params or {}, self.tracked)
+        """ClientSession.attach for a client still logging in: the server applies its parameters first."""
+        welcome.probe(self, c, server, now)
 
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.logged_in_pool()
@@ -512,7 +461,7 @@ class App:
         server.swallow_error = None
         c = server.client
         if c is not None and c.state is ClientState.LOGIN_WAIT:  # a client's startup parameters (probe())
-            self._probe_done(c, server, err)
+            welcome.probe_done(self, c, server, err)
             return
         if err is not None:
             log.warning("%s internal query failed: %s", server.prefix, err.get("M"))
