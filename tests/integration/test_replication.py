@@ -220,7 +220,13 @@ def test_pg_receivewal_through_pgmux_writes_the_same_segment(logical: PgCluster,
         segment = sql(logical, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
         sql(logical, "SELECT pg_switch_wal()")
         sql(logical, "INSERT INTO t VALUES (99999, 'after switch') ON CONFLICT DO NOTHING")
-        wait_for(f"{segment} complete in both", lambda: all((d / segment).exists() for d in dirs.values()))
+        try:
+            wait_for(f"{segment} complete in both", lambda: all((d / segment).exists() for d in dirs.values()),
+                     2 * TIMEOUT)
+        except AssertionError as e:
+            seen = {name: sorted(f.name for f in d.iterdir()) for name, d in dirs.items()}
+            logs = {name: (tmp_path / f"{name}.log").read_text(errors="replace")[-2000:] for name in dirs}
+            raise AssertionError(f"{e}; files {seen}; senders {wal_senders(logical)}; logs {logs}") from None
     finally:
         for proc in procs.values():
             _stop(proc)
