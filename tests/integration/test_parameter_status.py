@@ -41,8 +41,8 @@ REFUSED: list[dict[str, str]] = [
 ]
 
 
-def start(pgmux_factory: PgmuxStarter) -> PgmuxProc:
-    return pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 2})
+def start(pgmux_factory: PgmuxStarter, mode: str = "transaction") -> PgmuxProc:
+    return pgmux_factory(settings={"pool_mode": mode, "default_pool_size": 2})
 
 
 async def login(host: str, port: int, params: dict[str, str]) -> list[Msg]:
@@ -87,13 +87,14 @@ async def logins(host: str, port: int, startups: list[dict[str, str]]) -> list[l
     return [outline(msgs) for msgs in await asyncio.gather(*(login(host, port, p) for p in startups))]
 
 
-def test_raw_logins_see_postgresqls_parameter_status(pg: PgCluster, pgmux_factory: PgmuxStarter) -> None:
+@pytest.mark.parametrize("mode", ["transaction", "session", "statement"])
+def test_raw_logins_see_postgresqls_parameter_status(pg: PgCluster, pgmux_factory: PgmuxStarter, mode: str) -> None:
     p = pg.primary
     direct = asyncio.run(logins(p.host, p.port, STARTUPS))
     for row, params in zip(direct, STARTUPS, strict=True):  # the cases do differ from the server's defaults
         assert row[-1] == m.READY_FOR_QUERY, (params, row)
     assert dict(direct[0][0])["client_encoding"] == "LATIN1" and dict(direct[1][0])["client_encoding"] == "EUC_JP"
-    mux = start(pgmux_factory)
+    mux = start(pgmux_factory, mode)
     # All at once on a pool of 2 (the probes queue for its servers), then again (spellings known by then),
     # then one by one.
     first = asyncio.run(logins(mux.host, mux.port, STARTUPS))

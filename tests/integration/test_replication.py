@@ -211,6 +211,8 @@ def test_pg_receivewal_through_pgmux_writes_the_same_segment(logical: PgCluster,
             ("physical", "active", "replication")]
         assert [(s["replication"], s["state"]) for s in servers] == [("physical", "active")]
         assert servers[0]["link"] == clients[0]["ptr"] and clients[0]["link"] == servers[0]["ptr"]
+        pools = {r["database"]: r for r in show(mux, "POOLS")}
+        assert (pools["replication"]["cl_active"], pools["replication"]["sv_active"]) == (1, 1)
         # ... while the pool of one serves ordinary clients as before, its server idle in between.
         for _ in range(3):
             with psycopg.connect(mux.dsn("repldb"), autocommit=True, connect_timeout=15) as conn:
