@@ -33,7 +33,9 @@ TIMEOUT = 60.0
 def logical() -> Iterator[PgCluster]:
     """A primary of our own: logical decoding needs wal_level=logical, and slots are left behind."""
     with PgCluster(replicas=0, conf_extra={"wal_level": "logical", "max_replication_slots": 10,
-                                           "max_wal_senders": 10}) as cluster:
+                                           "max_wal_senders": 10},
+                   hba_extra=[f"host replication repluser {HOST}/32 scram-sha-256"]) as cluster:
+        cluster.primary.psql("CREATE ROLE repluser LOGIN REPLICATION PASSWORD 'replpass'")
         cluster.primary.psql("CREATE DATABASE repldb")
         cluster.primary.psql("CREATE TABLE t (id int PRIMARY KEY, v text)", db="repldb")
         yield cluster
@@ -333,3 +335,26 @@ def test_a_refused_replication_login_reaches_the_client(logical: PgCluster, pgmu
                "-c", "IDENTIFY_SYSTEM"])
     assert res.returncode != 0 and 'database "nosuchdb" does not exist' in res.stderr, res.stderr
     assert show(mux, "SERVERS") == []
+
+
+@pytest.mark.parametrize("secret", ["plain", "verifier"])
+def test_a_replication_login_with_scram_on_both_sides(logical: PgCluster, pgmux_factory: PgmuxStarter,
+                                                       secret: str) -> None:
+    """pgmux logs in to the server for a replication client as for a pooled one: with the password from
+    auth_file, or with the keys of the client's own SCRAM login when auth_file holds the verifier."""
+    stored = "replpass" if secret == "plain" else \
+        sql(logical, "SELECT rolpassword FROM pg_authid WHERE rolname = 'repluser'", db="postgres")[0][0]
+    p = logical.primary
+    mux = pgmux_factory(databases={"replication": f"host={p.host} port={p.port} dbname=postgres"},
+                        settings={"auth_type": "scram-sha-256"}, userlist={"repluser": stored})
+
+    def identify_as(password: str) -> subprocess.CompletedProcess[str]:
+        return run(["psql", "-X", "-At", "-d", conninfo(mux.host, mux.port, "replication", user="repluser",
+                                                       password=password, replication="true"),
+                    "-c", "IDENTIFY_SYSTEM"])
+
+    res = identify_as("replpass")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("|")[0] == sql(logical, "SELECT system_identifier::text FROM pg_control_system()")[0][0]
+    res = identify_as("wrong")
+    assert res.returncode != 0 and 'password authentication failed for user "repluser"' in res.stderr, res.stderr
