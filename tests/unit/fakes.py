@@ -8,6 +8,7 @@ bytes to the ServerSession and reads what pgmux wrote back.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pgmux.config import load_config
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import scan
 from pgmux.runtime.app import App
+from pgmux.session.states import ClientState
 
 # What a PostgreSQL 16 server reports at login (a subset, in its order).
 SERVER_PARAMS = {
@@ -165,10 +167,30 @@ class Rig:
                     + m.backend_key_data(pid, key) + m.ready_for_query(b"I"))
 
     def login(self, user: str = "alice", database: str = "app", **params: str) -> Peer:
-        """A logged-in client, its welcome taken. Logs a server in first if the pool has to open one."""
+        """A logged-in client, its welcome taken. Logs a server in first if the pool has to open one, and
+        answers the query that applies the client's reported parameters first, when pgmux sends one."""
         before = len(self.servers)
         client = self.connect(user, database, **params)
         for server in self.servers[before:]:
             self.server_login(server)
+        if client.state is ClientState.LOGIN_WAIT:
+            for server in self.servers:
+                if server.session.client is client.session:
+                    self.answer_probe(server)
         client.take()
         return client
+
+    @staticmethod
+    def answer_probe(server: Peer, spelling: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+        """Play PostgreSQL's side of the query that applies a client's startup parameters (`RESET k;SET k
+        = 'v'` for each): each is reported back, in `spelling` when given. Returns the (k, v) pairs."""
+        sql = server.take()[5:-1].decode()
+        pairs = re.findall(r"RESET (\w+);SET \w+ = '((?:[^']|'')*)'", sql)
+        assert pairs and sql.startswith("RESET "), sql
+        out = []
+        for k, v in pairs:
+            v = v.replace("''", "'")
+            out.append(m.command_complete("RESET") + m.command_complete("SET"))
+            out.append(m.parameter_status(k, (spelling or {}).get(k, v)))
+        server.send(b"".join(out) + m.ready_for_query(b"I"))
+        return [(k, v.replace("''", "'")) for k, v in pairs]

@@ -120,8 +120,7 @@ class Settings:
     max_user_client_connections: int = _s(0, v.count)
     server_round_robin: bool = _s(False, v.boolean)
     max_prepared_statements: int = _s(200, v.count)
-    track_extra_parameters: tuple[str, ...] = _s(("IntervalStyle",), v.name_list, restart=True, **_NI,
-                                                 note="IntervalStyle is always tracked")
+    track_extra_parameters: tuple[str, ...] = _s(("IntervalStyle",), v.name_list, restart=True)
     ignore_startup_parameters: tuple[str, ...] = _s((), v.name_list)
     application_name_add_host: bool = _s(False, v.boolean)
     disable_pqexec: bool = _s(False, v.boolean, restart=True, **_NI, note="the simple query protocol stays on")

@@ -9,7 +9,6 @@ from typing import Any
 from pgmux.net.protocols import ServerProtocol
 from pgmux.net.tls import connect_server
 from pgmux.protocol import messages as m
-from pgmux.session.server import ServerSession
 
 
 def default_unix_dir() -> str:
@@ -17,7 +16,7 @@ def default_unix_dir() -> str:
     return "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "/tmp"
 
 
-async def open_server(session: ServerSession, timeout: float, tls: Any = None) -> None:
+async def open_server(session: Any, timeout: float, tls: Any = None, settings: Any = None) -> None:
     """Connect; the session takes over from connection_made. Raises OSError/TimeoutError.
     Over TCP with server TLS on (`tls`: net/tls.Contexts), SSLRequest goes first."""
     loop = asyncio.get_running_loop()
@@ -25,13 +24,13 @@ async def open_server(session: ServerSession, timeout: float, tls: Any = None) -
     coro: Any
     if tls is not None and tls.server is not None and not t.unix_path:
         assert t.host is not None
-        coro = connect_server(ServerProtocol(session), t.host, t.port, tls.server, tls.server_mode,
+        coro = connect_server(ServerProtocol(session, settings), t.host, t.port, tls.server, tls.server_mode,
                               timeout if timeout > 0 else None)
     elif t.unix_path:
-        coro = loop.create_unix_connection(lambda: ServerProtocol(session), t.unix_path)
+        coro = loop.create_unix_connection(lambda: ServerProtocol(session, settings), t.unix_path)
     else:
         assert t.host is not None  # a target without a Unix socket path has a TCP host
-        coro = loop.create_connection(lambda: ServerProtocol(session), t.host, t.port)
+        coro = loop.create_connection(lambda: ServerProtocol(session, settings), t.host, t.port)
     if timeout > 0:
         await asyncio.wait_for(coro, timeout)
     else:

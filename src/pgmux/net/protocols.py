@@ -13,6 +13,7 @@ import struct
 from typing import Any
 
 from pgmux.net.sockopts import tune_tcp
+from pgmux.session.replication import ReplicationServer
 from pgmux.session.server import ServerSession
 
 
@@ -54,8 +55,14 @@ class ClientProtocol(asyncio.Protocol):
 
 
 class ServerProtocol(asyncio.Protocol):
-    def __init__(self, session: ServerSession) -> None:
+    """For a pooled server (ServerSession) and a replication client's own (session/replication.py)."""
+
+    def __init__(self, session: ServerSession | ReplicationServer, settings: Any = None) -> None:
         self.session = session
+        if settings is None:  # tcp_* socket options; a pooled server's session knows them through its hub
+            assert isinstance(session, ServerSession), "a replication server is given its settings"
+            settings = session.hub.config.settings
+        self.settings = settings
         self.data_received = session.data_received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -66,7 +73,7 @@ class ServerProtocol(asyncio.Protocol):
                 self.session.local_port = sock.getsockname()[1]
             except OSError:
                 pass
-            tune_tcp(sock, self.session.hub.config.settings)
+            tune_tcp(sock, self.settings)
         self.session.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

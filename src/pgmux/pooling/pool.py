@@ -71,6 +71,9 @@ class Pool(Generic[S, C]):
         self.login_failure_kind = ""
         self.login_error = ""
         self.server_params: dict[str, str] | None = None  # from the first server login: the welcome
+        # Reported parameters as PostgreSQL spells them, by (name, the client's spelling), learnt from
+        # the servers (session/params.py probe_pairs): what the welcome shows a client that asks for one.
+        self.known: dict[tuple[str, str], str] = {}
         self.paused = False
         self.disabled = False
         self.refuse_pins = False  # pin_mode = refuse: statements that would pin a client fail instead

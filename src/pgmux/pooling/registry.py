@@ -26,6 +26,9 @@ class Registry:
         self.max_db: dict[str, int] = {}  # database -> max_db_connections (0 = no limit)
         self.max_user: dict[str, int] = {}  # user -> max_user_connections (0 = no limit)
         self.empty_since: dict[tuple[str, ...], float] = {}  # pools seen empty, since when
+        # Server connections outside every pool (replication connections, runtime/replication.py) that
+        # still count towards those two limits: (database, user) -> how many.
+        self.unpooled: dict[tuple[str, str], int] = {}
 
     def get(self, database: str, user: str) -> Pool[Any, Any] | None:
         return self.pools.get((database, user))
@@ -70,10 +73,12 @@ class Registry:
         lim = self.max_db.get(pool.database, 0)
         if lim > 0:
             used = sum(len(p.servers) for p in self.pools.values() if p.database == pool.database)
+            used += sum(n for (db, _), n in self.unpooled.items() if db == pool.database)
             room = min(room, lim - used)
         lim = self.max_user.get(pool.user, 0)
         if lim > 0:
             used = sum(len(p.servers) for p in self.pools.values() if p.user == pool.user)
+            used += sum(n for (_, user), n in self.unpooled.items() if user == pool.user)
             room = min(room, lim - used)
         return room
 

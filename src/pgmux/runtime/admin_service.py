@@ -319,11 +319,14 @@ class AdminService:
         for p in self.app.registry:
             cl = [c for c in self.app.clients.values() if c.pool is p]
             states = [s.state for s in p.servers]
+            states += [s.state for s in self.app.replication.servers.values() if s.pool is p]
             wait = p.max_wait(now)
             out.append(R.PoolRow(
                 database=p.database, user=p.user,
-                cl_active=sum(1 for c in cl if c.state in (ClientState.IDLE, ClientState.ACTIVE)),
-                cl_waiting=sum(1 for c in cl if c.state in (ClientState.WAITING, ClientState.LOGIN_WAIT)),
+                cl_active=sum(1 for c in cl if c.state in (ClientState.IDLE, ClientState.ACTIVE)
+                              or c.state is ClientState.REPLICATION and c.repl is not None),
+                cl_waiting=sum(1 for c in cl if c.state in (ClientState.WAITING, ClientState.LOGIN_WAIT)
+                               or c.state is ClientState.REPLICATION and c.repl is None),
                 cl_active_cancel_req=0, cl_waiting_cancel_req=0,
                 sv_active=states.count(ServerState.ACTIVE), sv_active_cancel=0, sv_being_canceled=0,
                 sv_idle=states.count(ServerState.IDLE), sv_used=0, sv_tested=states.count(ServerState.TESTED),
@@ -339,10 +342,14 @@ class AdminService:
 
     def _conn_row(self, row_type: type, kind: str, obj: Any, now_wall: float, now: float) -> Any:
         if kind == "C":
-            link = obj.server
+            link = obj.server if obj.repl is None else obj.repl
             state = obj.state.show if obj.state is not ClientState.IDLE else "idle"
-            wait = now - obj.wait_since if obj.state is ClientState.WAITING else 0.0
-            return row_type(type="C", user=obj.user, database=obj.database, replication="none", state=state,
+            waiting = obj.state is ClientState.WAITING or obj.state is ClientState.REPLICATION and obj.repl is None
+            if waiting:  # (a replication client waiting for room under the limits, too)
+                state = "waiting"
+            wait = now - obj.wait_since if waiting else 0.0
+            return row_type(type="C", user=obj.user, database=obj.database, replication=obj.replication or "none",
+                            state=state,
                             addr=obj.addr, port=obj.port, local_addr="",
                             local_port=self.app.config.settings.listen_port,
                             connect_time=now_wall - (now - obj.connect_time),
@@ -355,7 +362,8 @@ class AdminService:
                             pin=obj.pinned)
         link = obj.client
         t = obj.target
-        return row_type(type="S", user=obj.pool.user, database=obj.pool.database, replication="none",
+        return row_type(type="S", user=obj.pool.user, database=obj.pool.database,
+                        replication=getattr(obj, "mode", "none"),
                         state=obj.state.show, addr=t.host or "unix", port=t.port, local_addr="127.0.0.1",
                         local_port=obj.local_port, connect_time=now_wall - (now - obj.created_at),
                         request_time=now_wall - (now - (obj.link_time or obj.created_at)), wait=0, wait_us=0,
@@ -394,7 +402,8 @@ class AdminService:
 
     def _show_servers(self) -> tuple[list[Any], type]:
         now_wall, now = time.time(), time.monotonic()
-        return [self._conn_row(R.ServerRow, "S", s, now_wall, now) for s in self.app.servers.values()], R.ServerRow
+        servers = [*self.app.servers.values(), *self.app.replication.servers.values()]
+        return [self._conn_row(R.ServerRow, "S", s, now_wall, now) for s in servers], R.ServerRow
 
     def _show_databases(self) -> tuple[list[Any], type]:
         cfg = self.app.config

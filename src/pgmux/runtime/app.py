@@ -29,15 +29,17 @@ from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ClientAuthenticator
-from pgmux.runtime import client_auth
+from pgmux.runtime import client_auth, welcome
 from pgmux.runtime.admission import Admission
 from pgmux.runtime.auth_query import AuthQuery
+from pgmux.runtime.replication import Replication
 from pgmux.runtime.routing import Routing, is_split
 from pgmux.runtime.timeouts import check_timeouts, fast_close
 from pgmux.session.client import ClientSession
-from pgmux.session.params import startup_params, with_client_host
+from pgmux.session.params import TRACKED, canon, startup_params, with_client_host
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.prepared import Registry as StatementRegistry
+from pgmux.session.replication import replication_mode
 from pgmux.session.server import ServerSession, ServerTarget
 from pgmux.session.states import C_ACTIVE, C_IDLE, C_WAITING, S_ACTIVE, S_IDLE, ClientState, ServerState
 
@@ -79,7 +81,15 @@ class App:
         self.routing = Routing(self)  # read/write split databases: per-host pools, health, failover
         self.admission = Admission(self)  # client limits, the console past max_client_conn, idle pools
         self.last_tick = 0.0  # when the janitor last ran (query_wait_notify: who crossed the mark since)
+        self.replication = Replication(self)  # replication clients, each with a server of its own
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach
+        # Reported parameters every client has a value for (the pool's default unless it asked for its
+        # own): pgmux's set, plus track_extra_parameters (PgBouncer's name; a restart setting).
+        extra = tuple(canon(n) for n in config.settings.track_extra_parameters)
+        self.tracked_extra = tuple(n for n in dict.fromkeys(extra) if n not in TRACKED)
+        self.tracked = TRACKED + self.tracked_extra
+        # Clients whose startup parameters a server is applying before their welcome: id -> what (App.probe).
+        self.probing: dict[int, list[tuple[str, str]]] = {}
         # The two ways out of the synchronous core, as attributes so that tests drive it without a loop
         # or a clock (tests/unit/fakes.py): the clock, and "run this coroutine function in the background".
         self.now: Callable[[], float] = time.monotonic
@@ -180,19 +190,23 @@ class App:
         console = dbname in ADMIN_DATABASES
         if len(self.clients) > s.max_client_conn and not (console and self.admission.console_may_exceed(c, user)):
             raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
+        if "replication" in params:
+            self._replication_login(c, params["replication"], dbname)
         if console:
             self._admin_login(c, user)
             return
         db = cfg.database(dbname)
         if db is None:
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
-                             hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line")
+                             hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line"
+                             + ("; physical replication clients (pg_basebackup, pg_receivewal) ask for database "
+                                "\"replication\"" if c.replication == "physical" else ""))
         if s.auth_type == "any" and not db.user:
             # As PgBouncer: unchecked names must not each get a pool (and a server login) of their own.
             raise PgmuxError(f'auth_type "any" needs a forced user, and database "{dbname}" has none',
                              sqlstate="28000", severity="FATAL",
                              hint=f"add user=NAME to the line of {dbname} in [databases]")
-        auth_type = client_auth.choose(self, c, dbname, user)  # auth_type, or the auth_hba_file line
+        auth_type = client_auth.choose(self, c, dbname, user, bool(c.replication))  # or the auth_hba_file line
         if auth_type != "any" and self.auth_query.wanted(db, user):
             c.auth = None  # the session waits; _look_up gives it its authenticator
             self.spawn(self._look_up, c, db, user, auth_type)
@@ -220,6 +234,18 @@ class App:
         except Exception as e:  # noqa: BLE001 - never a traceback to the client
             self.log_exception(c.prefix, e)
             c.fail(PgmuxError(f"internal error in pgmux: {type(e).__name__}", sqlstate="XX000", severity="FATAL"))
+
+    def _replication_login(self, c: ClientSession, value: str, dbname: str) -> None:
+        """`replication=...` in the startup packet, read as PostgreSQL reads it (runtime/replication.py
+        serves the connection once the client has authenticated)."""
+        try:
+            c.replication = replication_mode(value)
+        except ValueError:
+            raise PgmuxError(f'invalid value for parameter "replication": "{value}"', sqlstate="22023",
+                             severity="FATAL", hint='Valid values are: "false", 0, "true", 1, "database".') from None
+        if c.replication and dbname in ADMIN_DATABASES:
+            raise PgmuxError("replication connections to the pgmux admin console are not supported",
+                             sqlstate="08P01", severity="FATAL")
 
     def _admin_login(self, c: ClientSession, user: str) -> None:
         s = self.config.settings
@@ -268,8 +294,11 @@ class App:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
         if auth is not None and auth.secret is not None and c.user not in self.config.userlist:
             self.auth_secrets[c.user] = auth.secret  # from auth_query: the server logins of its pool need it
+        if c.replication:  # a server of its own, not from the pool (runtime/replication.py)
+            self.replication.start(c)
+            return
         if pool.server_params is not None:
-            c.send_welcome(pool.server_params)
+            self.welcome(c)
         else:
             pool.login_waiters.append(c)
             self.launch(pool)
@@ -302,6 +331,14 @@ class App:
         if pool.mode != "session" and cfg.settings.max_prepared_statements > 0:
             c.stmts = ClientStatements(self.prepared, pool.stats)
         return pool
+    def welcome(self, c: ClientSession, launch: bool = True) -> None:
+        """Welcome a client of a pool whose servers' parameters are known, in PostgreSQL's spelling of its
+        own (runtime/welcome.py: a server may have to apply them first)."""
+        welcome.welcome(self, c, launch)
+
+    def probe(self, c: ClientSession, server: ServerSession, now: float) -> None:
+        """ClientSession.attach for a client still logging in: the server applies its parameters first."""
+        welcome.probe(self, c, server, now)
 
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.logged_in_pool()
@@ -415,11 +452,17 @@ class App:
         pool = c.pool
         if c.route is not None:
             self.routing.forget(c)
+        if c.replication:
+            self.replication.client_gone(c)
         if pool is not None:
             if was is ClientState.WAITING:
                 pool.remove_waiter(c)
-            elif was is ClientState.LOGIN_WAIT and c in pool.login_waiters:
-                pool.login_waiters.remove(c)
+            elif was is ClientState.LOGIN_WAIT:
+                if c in pool.login_waiters:
+                    pool.login_waiters.remove(c)
+                else:
+                    pool.remove_waiter(c)  # waiting for a server to apply its parameters (probe())
+                self.probing.pop(c.id, None)
         if c.stmts is not None:
             c.stmts.clear()
         unsynced = c.unsynced  # read before detach(): server.clean no longer sees the client after it
@@ -493,6 +536,10 @@ class App:
         """pgmux's own query on this server finished (reset, check, or parameter sync)."""
         err = server.swallow_error
         server.swallow_error = None
+        c = server.client
+        if c is not None and c.state is ClientState.LOGIN_WAIT:  # a client's startup parameters (probe())
+            welcome.probe_done(self, c, server, err)
+            return
         if err is not None:
             log.warning("%s internal query failed: %s", server.prefix, err.get("M"))
         if server.want_lsn:
@@ -604,10 +651,17 @@ class App:
             server.swallow_error = None
         if pool.server_params is None:
             pool.server_params = dict(server.params)
+            for name in self.tracked_extra:
+                if name not in pool.server_params:
+                    log.warning("%s track_extra_parameters: the server does not report %s (no ParameterStatus), "
+                                "so it cannot be tracked that way; SET %s is followed as SQL instead",
+                                server.prefix, name, name)
         waiters, pool.login_waiters = pool.login_waiters, []
         for c in waiters:
-            c.send_welcome(pool.server_params)
+            self.welcome(c, launch=False)  # (a probe waits for this server, given next)
         self.give(server)
+        if pool.waiters:
+            self.launch(pool)
 
     def _login_failed(self, server: ServerSession, err: PgmuxError, refused: bool = False) -> None:
         pool = server.pool
@@ -714,6 +768,11 @@ class App:
             return
         server = c.server
         if server is None:
+            if c.replication:  # its own server (runtime/replication.py)
+                found = self.replication.cancel_target(c)
+                if found is not None:
+                    self.spawn(self._send_cancel, requester, *found)
+                    return
             requester.transport.close()
             return  # nothing running for this client now; PostgreSQL would ignore it too
         t = server.target
@@ -819,6 +878,8 @@ class App:
         check_timeouts(self, now)
         self.last_tick = now
         self.admission.free_idle_pools(now)
+        if self.replication.waiting or self.replication.servers:
+            self.replication.tick(now)
         if self.routing.splits:
             self.routing.tick(now)
         if self.shutting_down:

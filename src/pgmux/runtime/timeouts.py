@@ -128,6 +128,8 @@ def _clients(app: Any, now: float) -> None:
         return
     cache: dict[tuple[str, str], tuple[float, float, float, float]] = {}
     for c in list(app.clients.values()):
+        if c.state is ClientState.REPLICATION:
+            continue  # its own server, streaming or waiting for room (runtime/replication.py)
         if c.state in _LOGIN:
             if s.client_login_timeout and now - c.connect_time > s.client_login_timeout:
                 c.fail(PgmuxError("client_login_timeout", sqlstate="08P01", severity="FATAL"))

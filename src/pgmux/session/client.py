@@ -21,7 +21,7 @@ from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
-from pgmux.session.states import C_ACTIVE, C_IDLE, ClientState
+from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, ClientState
 from pgmux.session.tracking import Pins, query, steps
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class ClientSession:
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
-                 "ryw_lsn", "admin_ext")
+                 "ryw_lsn", "admin_ext", "replication", "repl")
 
     def __init__(self, cid: int, hub: App, now: float, max_packet: int) -> None:
         self.id = cid
@@ -106,6 +106,10 @@ class ClientSession:
         self.lsn_wanted = False
         self.ryw_lsn = 0
         self.admin_ext: Any = None  # a console client's extended-protocol batch until Sync (admin_service.py)
+        # A replication connection (startup `replication=...`): "physical" or "logical", and its own
+        # server (session/replication.py), which no one else uses. "" and None for every other client.
+        self.replication = ""
+        self.repl: Any = None
 
     def logged_in_pool(self) -> Pool[Any, Any]:
         """The pool of a client past login (found then, for its database and user)."""
@@ -176,10 +180,14 @@ class ClientSession:
     def pause_writing(self) -> None:
         if self.server is not None:
             self.server.pause_reading()
+        elif self.repl is not None:
+            self.repl.pause_reading()
 
     def resume_writing(self) -> None:
         if self.server is not None:
             self.server.resume_reading()
+        elif self.repl is not None:
+            self.repl.resume_reading()
 
     # -- errors and closing --------------------------------------------------------------------
     def send_error(self, err: PgmuxError, ready: bool = False) -> None:
@@ -209,6 +217,9 @@ class ClientSession:
 
     # -- startup and authentication ------------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
+        if self.state is ClientState.REPLICATION:  # not startup: a replication client's bytes, as they come
+            self.hub.replication.client_data(self, data)
+            return
         if not self.sbuf and data[:1] == b"\x16" and self.state is ClientState.STARTUP and \
                 self.hub.start_tls(self, data):
             return  # a TLS ClientHello first: direct TLS (PostgreSQL 17), the hub took the connection over
@@ -283,17 +294,15 @@ class ClientSession:
             elif first:
                 self.transport.write(first)
 
-    def send_welcome(self, server_params: dict[str, str]) -> None:
-        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it."""
+    def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED) -> None:
+        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it. The client's
+        own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
         shown = dict(server_params)
         params = self.params
-        for k, v in list(params.items()):  # the client's own: compared with the pool's
+        for k, v in params.items():
             if k in shown:
-                if _same_setting(v, shown[k]):
-                    params[k] = shown[k]  # the server's spelling: later syncs then compare equal
-                else:
-                    shown[k] = v
-        for k in TRACKED:
+                shown[k] = v
+        for k in tracked:
             if k not in params and k in shown:
                 params[k] = shown[k]  # the pool's default, restored if another client changed it
         self.sig = None
@@ -380,6 +389,9 @@ class ClientSession:
 
     def attach(self, server: ServerSession, now: float) -> None:
         """The pool lends us `server`: bring its parameters to ours, then send what we queued."""
+        if self.state is C_LOGIN_WAIT:  # still logging in: the server is to tell how it spells our parameters
+            self.hub.probe(self, server, now)
+            return
         self.server = server
         server.client = self
         self.state = C_ACTIVE
@@ -477,11 +489,6 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
             return False
         pos += 1 + unpack_len(chunk, pos + 1)[0]
     return True
-
-
-def _same_setting(a: str, b: str) -> bool:
-    """'utf-8' and 'UTF8', 'iso, mdy' and 'ISO, MDY': the same setting spelled differently."""
-    return a.lower().replace("-", "").replace("_", "") == b.lower().replace("-", "").replace("_", "")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -100,6 +100,42 @@ def _set(name: str, value: str) -> str:
     return f"SET {name} = {quote_literal(value)}"
 
 
+# A pool's canonical spellings learnt from its servers are kept up to this many (then forgotten at once).
+MAX_KNOWN = 4096
+
+
+def probe_pairs(params: dict[str, str], shown: dict[str, str],
+                known: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+    """The reported parameters of a client's startup packet whose value as PostgreSQL would report it
+    (its ParameterStatus) is not known yet: a server must apply them first (`probe_sql`).
+
+    PostgreSQL reports its own spelling (`latin1` -> `LATIN1`, `utf-8` -> `UTF8`, `sql` -> `SQL, MDY`,
+    `europe/paris` -> `Europe/Paris`), and drivers compare it. Values the pool's servers already
+    taught us (`known`, by name and value as the client spelt it) are put in `params` in their
+    canonical form here; a value equal to the pool's own needs nothing, and neither does a printable
+    ASCII application_name (PostgreSQL keeps it as it is)."""
+    out: list[tuple[str, str]] = []
+    for k, v in params.items():
+        current = shown.get(k)
+        if current is None or v == current:
+            continue  # not reported (no ParameterStatus to get right), or the pool's value already
+        spelt = known.get((k, v))
+        if spelt is not None:
+            params[k] = spelt
+        elif k == "application_name" and v.isascii() and v.isprintable():
+            continue
+        else:
+            out.append((k, v))
+    return out
+
+
+def probe_sql(pairs: list[tuple[str, str]]) -> str:
+    """Apply `pairs` as a startup packet would: from the server's session defaults (RESET first: a
+    partial DateStyle such as `SQL` keeps the order of the value it starts from). One query string,
+    so one implicit transaction: a value PostgreSQL refuses leaves the server as it was."""
+    return ";".join(f"RESET {k};{_set(k, v)}" for k, v in pairs)
+
+
 def sync_sql(wanted: dict[str, str], current: dict[str, str], extra: set[str] | None = None) -> str | None:
     """The statements that bring a server to `wanted`, or None when nothing differs.
 

@@ -13,6 +13,7 @@ class ClientState(enum.Enum):
     IDLE = "idle"  # logged in, no query pending
     WAITING = "waiting"  # a query is queued for a server
     ACTIVE = "active"  # linked to a server
+    REPLICATION = "replication"  # a replication connection: its own server, bytes relayed as they come
     CLOSED = "closed"
 
     # Members are singletons: identity hashing is correct, and unlike Enum's own __hash__ (Python
@@ -28,7 +29,7 @@ class ClientState(enum.Enum):
 _CLIENT_SHOW = {
     ClientState.STARTUP: "login", ClientState.AUTH: "login", ClientState.LOGIN_WAIT: "waiting",
     ClientState.IDLE: "active", ClientState.WAITING: "waiting", ClientState.ACTIVE: "active",
-    ClientState.CLOSED: "closed",
+    ClientState.REPLICATION: "active", ClientState.CLOSED: "closed",
 }
 
 
@@ -40,6 +41,7 @@ _CLIENT_SHOW = {
 C_IDLE: Final = ClientState.IDLE
 C_WAITING: Final = ClientState.WAITING
 C_ACTIVE: Final = ClientState.ACTIVE
+C_LOGIN_WAIT: Final = ClientState.LOGIN_WAIT
 
 
 class ServerState(enum.Enum):
