@@ -668,6 +668,8 @@ class App:
             self.launch(pool)
         for note in plan.notes:
             log.warning("%s", note)
+        for w in new.warnings:  # what the new file sets that pgmux ignores, as at start-up
+            log.warning("%s", w)
         log.info("configuration reloaded from %s", self.config_path)
         return list(plan.notes)
 
