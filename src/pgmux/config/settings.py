@@ -149,7 +149,7 @@ class Settings:
     # -- dangerous timeouts (0 disables)
     query_timeout: float = _s(0.0, v.seconds)
     query_wait_timeout: float = _s(120.0, v.seconds)
-    query_wait_notify: float = _s(5.0, v.seconds, **_NI)
+    query_wait_notify: float = _s(5.0, v.seconds)
     cancel_wait_timeout: float = _s(10.0, v.seconds, **_NI)
     client_idle_timeout: float = _s(0.0, v.seconds)
     idle_transaction_timeout: float = _s(0.0, v.seconds)
