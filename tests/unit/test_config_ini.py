@@ -238,6 +238,7 @@ REFUSED = [
     ("auth_hba_file = /etc/hba.conf", "auth_hba_file", "weaker check"),
     ("auth_ident_file = /etc/ident.conf", "auth_ident_file", "weaker check"),
     ("auth_user = pgbouncer", "auth_user", "needs auth_query"),
+    ("disable_pqexec = 1", "disable_pqexec", "simple query protocol"),
 ]
 
 
