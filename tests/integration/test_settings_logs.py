@@ -7,6 +7,7 @@ import re
 import socket
 import struct
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -138,3 +139,39 @@ def test_scram_iterations(pgmux_factory: PgmuxStarter, iterations: int) -> None:
         assert w.read_until_ready()[-1] == (m.READY_FOR_QUERY, b"I")
     with psycopg.connect(proc.dsn(user="scramuser", password="scrampass")) as conn:  # libpq agrees
         assert conn.execute("SELECT current_user").fetchone() == ("scramuser",)
+
+
+@pytest.mark.parametrize("notify", [1, 0])
+def test_query_wait_notify(pgmux_factory: PgmuxStarter, notify: int) -> None:
+    """A client queued for a server longer than query_wait_notify gets PgBouncer's NOTICE, once."""
+    proc = pgmux_factory(settings={"query_wait_notify": notify, "pool_mode": "transaction",
+                                   "default_pool_size": 1})
+    with psycopg.connect(proc.dsn(), autocommit=True) as holder, \
+            psycopg.connect(proc.dsn(), autocommit=True) as waiter:
+        notices: list[str] = []
+        waiter.add_notice_handler(lambda diag: notices.append(f"{diag.severity} {diag.message_primary}"))
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")  # holds the only server until COMMIT
+        waiter.pgconn.send_query(b"SELECT 2")  # queued behind it
+        wait_for(lambda: any(r["cl_waiting"] for r in proc.admin_dicts("SHOW POOLS") if r["database"] == "testdb"),
+                 "the second client queued")
+
+        def told() -> bool:
+            waiter.pgconn.consume_input()
+            waiter.pgconn.is_busy()  # libpq parses what arrived: a NOTICE goes to the handler
+            return bool(notices)
+
+        if notify:
+            wait_for(told, "the queued client's NOTICE", timeout=15)
+            assert any(r["cl_waiting"] for r in proc.admin_dicts("SHOW POOLS") if r["database"] == "testdb")
+        else:
+            time.sleep(2.5)  # longer than a notify of 1 s would have taken: nothing may come
+            assert not told()
+        holder.execute("COMMIT")
+        result = waiter.pgconn.get_result()
+        assert result is not None and result.get_value(0, 0) == b"2"
+        while waiter.pgconn.get_result() is not None:
+            pass
+        waiter.execute("SELECT 3")  # notices are handed over as the connection reads
+    queued = "NOTICE No server connection available in postgres backend, client being queued"
+    assert notices == ([queued] if notify else [])

@@ -29,6 +29,7 @@ def test_start_up_refused(tmp_path: Path, line: str, key: str) -> None:
 
 def test_reload_that_asks_for_a_refused_setting_is_refused(pgmux_factory: PgmuxStarter) -> None:
     proc = pgmux_factory()
+    proc.admin("SHOW VERSION")  # served: pgmux is past start-up and handles SIGHUP (before, it would end it)
     proc.rewrite(settings={"auth_type": "pam"})
     proc.reload()
     wait_for(lambda: "reload failed, keeping the old configuration" in proc.log(), "the refused reload")
@@ -48,3 +49,14 @@ def test_ignored_settings_are_named_at_start_up(pgmux_factory: PgmuxStarter) -> 
         assert name in line
     with psycopg.connect(proc.dsn()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_reload_names_ignored_settings_too(pgmux_factory: PgmuxStarter) -> None:
+    proc = pgmux_factory()
+    proc.admin("SHOW VERSION")  # served: past start-up, SIGHUP is handled
+    assert "accepted for PgBouncer compatibility" not in proc.log()
+    proc.rewrite(settings={"cancel_wait_timeout": 3})
+    proc.reload()
+    wait_for(lambda: "configuration reloaded" in proc.log(), "the reload")
+    (line,) = [ln for ln in proc.log().splitlines() if "accepted for PgBouncer compatibility" in ln]
+    assert " WARNING " in line and "cancel_wait_timeout" in line

@@ -236,6 +236,7 @@ REFUSED = [
     ("client_tls13_ciphers = TLS_AES_128_GCM_SHA256", "client_tls13_ciphers", "TLS 1.3 cipher suites"),
     ("server_tls13_ciphers = TLS_AES_128_GCM_SHA256", "server_tls13_ciphers", "TLS 1.3 cipher suites"),
     ("client_tls_dheparams = legacy", "client_tls_dheparams", "1024-bit DH is weak"),
+    ("disable_pqexec = 1", "disable_pqexec", "simple query protocol"),
 ]
 
 

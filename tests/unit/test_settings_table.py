@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import re
 from pathlib import Path
 
 import pytest
 
-from pgmux.config import table
+from pgmux.config import load_config, table
 from pgmux.config.build import DB_KEYS, DB_KEYS_IGNORED, USER_KEYS
 from pgmux.config.settings import SETTINGS_INFO
+from pgmux.errors import ConfigError
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -81,3 +85,41 @@ def test_states_follow_the_marks() -> None:
     assert states[("[pgbouncer]", "client_tls13_ciphers")] == "refused"
     assert states[("[databases]", "auth_user")] == "works"
     assert set(s.split(";")[0] for s in states.values()) == {"works", "warned", "refused"}
+
+
+def _other_value(name: str) -> str:
+    """A valid value for setting `name` other than its default, as pgbouncer.ini text."""
+    info = SETTINGS_INFO[name]
+    default = info.default
+    candidates = ["1", "0", "2", "yes", "no", "x", "transaction", "trust", "allow", "require", "30",
+                  grp.getgrgid(os.getgid()).gr_name]
+    for text in candidates:
+        try:
+            value = info.parse(text)
+        except ValueError:
+            continue
+        if value != default:
+            return text
+    raise AssertionError(f"no other value found for {name}")
+
+
+@pytest.mark.parametrize("name", list(SETTINGS_INFO))
+def test_no_setting_is_a_silent_no_op(tmp_path: Path, name: str) -> None:
+    """Set to something other than its default, every setting either works (the table says so), or stops
+    start-up naming it, or loads with a warning naming it."""
+    state = {(r[0], r[1]): r[2] for r in table.rows()}[("[pgbouncer]", name)]
+    text = _other_value(name)
+    path = tmp_path / "pgbouncer.ini"
+    path.write_text(f"[pgbouncer]\n{name} = {text}\n")
+    try:
+        config = load_config(str(path))
+    except ConfigError as err:
+        assert err.key == name and "is refused" in str(err)
+        assert "refused" in state
+        return
+    named = [w for w in config.warnings if re.search(rf"\b{name}\b", w)]
+    ignored = [w for w in named if w.startswith("accepted for PgBouncer compatibility but not implemented")]
+    if state.startswith("works"):
+        assert ignored == [], config.warnings  # (auth_file = 1 warns that the file is missing: fine)
+    else:
+        assert state == "warned" and len(ignored) == 1, (state, config.warnings)

@@ -123,7 +123,12 @@ class Settings:
     track_extra_parameters: tuple[str, ...] = _s(("IntervalStyle",), v.name_list, restart=True)
     ignore_startup_parameters: tuple[str, ...] = _s((), v.name_list)
     application_name_add_host: bool = _s(False, v.boolean)
-    disable_pqexec: bool = _s(False, v.boolean, restart=True, **_NI, note="the simple query protocol stays on")
+    # A security setting (no multi-statement strings, against SQL injection): ignoring it would leave on what
+    # the operator turned off, so it is refused until implemented.
+    disable_pqexec: bool = _s(False, v.boolean, restart=True,
+                              refuse=Gate(None, "disabling the simple query protocol is not implemented in pgmux "
+                                          "yet, and pgmux will not start with it on where it was turned off",
+                                          "until implemented (pgmux would leave the simple protocol on)"))
     # -- server connection sanity and lifetimes
     server_reset_query: str = _s("DISCARD ALL", v.text)
     server_reset_query_always: bool = _s(False, v.boolean)

@@ -37,7 +37,10 @@ def _setting_state(info: SettingInfo) -> tuple[str, str]:
         note = _PGMUX_ONLY
     gate = info.refuse
     if gate is not None and gate.values is None:
-        when = "when set" if info.default is None else f"unless {info.default}"
+        if isinstance(info.default, bool):
+            when = "when off" if info.default else "when on"
+        else:
+            when = "when set" if info.default is None else f"unless {info.default}"
         return REFUSED, f"{when}, {gate.label}"
     if not info.implemented:
         return WARNED, note or _NOT_YET

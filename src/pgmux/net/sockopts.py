@@ -33,10 +33,16 @@ def tcp_options(s: Any) -> list[tuple[int, int, int]]:
     return opts
 
 
+_last: tuple[Any, list[tuple[int, int, int]]] = (None, [])
+
+
 def tune_tcp(sock: Any, s: Any) -> None:
     """Apply tcp_options() to a connected TCP socket. A refused option is logged once per kind (PgBouncer
     logs each failure); the connection goes on with the kernel's default for it."""
-    for level, opt, value in tcp_options(s):
+    global _last
+    if _last[0] is not s:  # the settings object changes only on reload: work the list out once per load
+        _last = (s, tcp_options(s))
+    for level, opt, value in _last[1]:
         try:
             sock.setsockopt(level, opt, value)
         except OSError as e:

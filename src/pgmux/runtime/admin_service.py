@@ -107,11 +107,7 @@ class AdminService:
         self.app = app
         self.prev: dict[str, tuple[int, ...]] = {}
         self.avgs: dict[str, tuple[int, ...]] = {}
-        self.sampled_at = time.monotonic()
-        # stats_period and log_stats: the averages above, and the stats lines in the log, every period.
-        from pgmux.runtime.stats_log import StatsLog
-
-        app.tick_hooks.append(StatsLog(app, self).tick)
+        self.sampled_at = time.monotonic()  # sample() is called every stats_period (runtime/stats_log.py)
 
     # -- wire ------------------------------------------------------------------------------------
     def message(self, c: Any, mtype: int, body: bytes) -> None:

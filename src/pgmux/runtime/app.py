@@ -99,8 +99,10 @@ class App:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         from pgmux.runtime.admin_service import AdminService
+        from pgmux.runtime.periodic import hooks
 
         self.admin = AdminService(self)
+        self.tick_hooks.extend(hooks(self))  # stats_period/log_stats, query_wait_notify
         s = self.config.settings
         self.stopped = asyncio.get_running_loop().create_future()
         self.listeners = await start_listeners(self, s.listen_addr, s.listen_port, s.unix_socket_dir,
@@ -862,6 +864,8 @@ class App:
             self.launch(pool)
         for note in plan.notes:
             log.warning("%s", note)
+        for w in new.warnings:  # what the new file sets that pgmux ignores, as at start-up
+            log.warning("%s", w)
         log.info("configuration reloaded from %s", self.config_path)
         return list(plan.notes)
 

@@ -1,7 +1,7 @@
 """Every stats_period: the averages SHOW STATS reports are taken, and with log_stats on, the stats lines
 are logged (PgBouncer's one line for all databases, then one per database, pgmux's own).
 
-Driven by the janitor's tick (App.tick_hooks), with the App's clock; registered by the AdminService.
+Driven by the janitor's tick (App.tick_hooks, see runtime/periodic.py), with the App's clock.
 """
 
 from __future__ import annotations
