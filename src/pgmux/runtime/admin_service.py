@@ -187,7 +187,7 @@ class AdminService:
         if v == "SHOW":
             return self.show(cmd)
         if v == "SET":
-            return render.render_set_ignored()
+            return self._set(cmd)
         if v == "RELOAD":
             try:
                 app.reload()
@@ -242,6 +242,28 @@ class AdminService:
             return render.render_error(PgmuxError("SUSPEND is not supported by pgmux (no online restart)",
                                                   sqlstate="0A000"))
         return render.render_error(PgmuxError(f"unknown command: {cmd.query}", sqlstate="08P01"))
+
+    def _set(self, cmd: AdminCommand) -> bytes:
+        """SET key = value: a changeable setting applies at once, as a RELOAD of a file with that value
+        would; it lasts until the next RELOAD re-reads the file (PgBouncer's behaviour)."""
+        if cmd.fake_param is not None:
+            return render.render_set_ignored()
+        import dataclasses
+
+        from pgmux.admin.set_setting import set_setting
+        from pgmux.config.build import read_auth_file
+
+        assert cmd.arg is not None and cmd.value is not None
+        cfg = self.app.config
+        settings, warnings = set_setting(cfg.settings, cmd.arg, cmd.value)
+        new = dataclasses.replace(cfg, settings=settings)
+        if settings.auth_file != cfg.settings.auth_file or settings.auth_type != cfg.settings.auth_type:
+            found: list[str] = []
+            new = dataclasses.replace(new, userlist=read_auth_file(settings, found))
+            warnings += found
+        self.app.reload(new)
+        log.info("SET %s = %r applied (until the next RELOAD)", cmd.arg.lower(), cmd.value)
+        return b"".join(render.render_notice(w, severity="WARNING") for w in warnings) + render.render_ok(cmd.tag)
 
     def _pools(self, db: str | None) -> list[Any]:
         if db is None:
@@ -497,7 +519,9 @@ class AdminService:
     def _show_config(self) -> tuple[list[Any], type]:
         from pgmux.admin.config_show import config_rows
 
-        return config_rows(self.app.config.settings, None, _changeable()), R.ConfigRow
+        from pgmux.admin.set_setting import changeable_settings
+
+        return config_rows(self.app.config.settings, None, changeable_settings()), R.ConfigRow
 
     def _show_mem(self) -> tuple[list[Any], type]:
         app = self.app
@@ -511,14 +535,3 @@ def _host_role(app: Any, pool: Any) -> dict[str, str | None]:
     db = app.config.database(pool.database)
     return {"host": db.host if db is not None else None, "role": None}
 
-
-def _changeable() -> set[str]:
-    try:
-        from pgmux.config.settings import RESTART_ONLY
-    except ImportError:
-        RESTART_ONLY = frozenset({"listen_addr", "listen_port", "unix_socket_dir", "user", "pidfile", "logfile"})
-    import dataclasses
-
-    from pgmux.config.settings import Settings
-
-    return {f.name for f in dataclasses.fields(Settings)} - set(RESTART_ONLY)

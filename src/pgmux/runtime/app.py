@@ -64,6 +64,7 @@ class App:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host_turn: dict[tuple[str, str], int] = {}
         self.tick_hooks: list[Any] = []  # called after each janitor pass (log flushing)
+        self.reload_hooks: list[Any] = []  # called after each reload or SET (reopen the logfile)
         self._random = b""
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
@@ -638,12 +639,14 @@ class App:
                    for c in self.clients.values())
 
     # -- reload ----------------------------------------------------------------------------------
-    def reload(self) -> list[str]:
+    def reload(self, new: Config | None = None) -> list[str]:
         """HUP or RELOAD: apply what can change live, keep restart-only settings as they are (and say
-        so), and let servers made from a changed database line be replaced as they come back."""
+        so), and let servers made from a changed database line be replaced as they come back. `new`:
+        a config to apply instead of re-reading the file (the console's SET)."""
         import dataclasses
 
-        new = load_config(self.config_path)
+        if new is None:
+            new = load_config(self.config_path)
         plan = diff(self.config, new)
         if plan.needs_restart:
             kept = {k: getattr(self.config.settings, k) for k in plan.needs_restart}
@@ -665,6 +668,8 @@ class App:
             self.launch(pool)
         for note in plan.notes:
             log.warning("%s", note)
+        for hook in self.reload_hooks:
+            hook()
         log.info("configuration reloaded from %s", self.config_path)
         return list(plan.notes)
 
