@@ -7,7 +7,7 @@ import os
 import pwd
 import sys
 
-from pgmux import __version__
+from pgmux import VERSION_STRING
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="do not log to stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("-u", "--user", help="switch to this OS user at start-up")
-    p.add_argument("-V", "--version", action="version", version=f"pgmux {__version__}")
+    p.add_argument("-V", "--version", action="version", version=VERSION_STRING)
     p.add_argument("config", help="pgbouncer.ini or pgmux.toml")
     return p
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from helpers import backend_pid, guard, pool_row, wait_for
 
-from pgmux import __version__
+from pgmux import VERSION_STRING, __version__
 from pgmux.runtime.cluster import PgCluster, free_port, port_accepts, render_ini, render_userlist
 
 CONNECT: dict[str, Any] = {"connect_timeout": 5, "autocommit": True, "prepare_threshold": None}
@@ -192,4 +192,5 @@ def test_version_flag() -> None:
     proc = subprocess.run([sys.executable, "-m", "pgmux", "--version"], capture_output=True, text=True, timeout=30,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0
-    assert proc.stdout.strip() == f"pgmux {__version__}"
+    # One string for `pgmux -V` and SHOW VERSION: PgBouncer's version first (monitoring parses it), ours after.
+    assert proc.stdout.strip() == VERSION_STRING == f"PgBouncer 1.25.0 (pgmux {__version__})"

@@ -223,6 +223,7 @@ class App:
         if self.config.settings.log_connections:
             log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
         if c.is_admin:
+            self.admin.stats.client_login_count += 1
             c.send_welcome({"server_version": f"{__version__}/pgmux", "server_encoding": "UTF8",
                             "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
                             "integer_datetimes": "on", "standard_conforming_strings": "on",
@@ -232,6 +233,7 @@ class App:
         if auth is not None and auth.client_key is not None and auth.server_key is not None:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
         pool = c.logged_in_pool()
+        pool.stats.client_login_count += 1
         if pool.server_params is not None:
             c.send_welcome(pool.server_params)
         else:
