@@ -304,7 +304,10 @@ def start_targets(names: list[str], cluster: PgCluster, pgbouncer: str) -> list[
             run_as = {**osuser.popen_kwargs(), "env": osuser.env()}
             targets.append(start_pooler(name, [pgbouncer], cluster, run_as))
         else:
-            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux"], cluster, {}))
+            # pgmux refuses root too: as root it switches itself (-u) to the cluster's OS user.
+            osuser = cluster.os_user
+            switch = ["-u", osuser.name] if osuser is not None and osuser.switch else []
+            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux", *switch], cluster, {}))
     return targets
 
 
