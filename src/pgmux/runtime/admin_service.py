@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from pgmux import VERSION_STRING
-from pgmux.admin import derive, errors, render
+from pgmux.admin import derive, render
 from pgmux.admin import rows as R
 from pgmux.admin.commands import AdminCommand, admin_command
 from pgmux.errors import PgmuxError
@@ -207,8 +207,6 @@ class AdminService(ShowRows):
             if cmd.arg is None:
                 app.shutdown("immediate")
                 return None  # PgBouncer sends no reply: the connection closes as the process exits
-            if app.shutting_down:
-                return render.render_error(errors.shutting_down())
             app.shutdown("servers" if cmd.arg == "WAIT_FOR_SERVERS" else "clients")
             return render.render_ok("SHUTDOWN")
         if v == "PAUSE":
