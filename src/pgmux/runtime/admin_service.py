@@ -15,7 +15,7 @@ from pgmux.admin.commands import AdminCommand, admin_command
 from pgmux.errors import PgmuxError
 from pgmux.pooling.pool import PoolStats
 from pgmux.protocol import messages as m
-from pgmux.runtime.admin_show import ShowRows, sockname
+from pgmux.runtime.admin_show import ShowRows, run_set, sockname
 from pgmux.session.states import ClientState, ServerState
 
 log = logging.getLogger("pgmux")
@@ -196,7 +196,7 @@ class AdminService(ShowRows):
         if v == "SHOW":
             return self.show(cmd)
         if v == "SET":
-            return self._set(cmd)
+            return run_set(self.app, cmd)
         if v == "RELOAD":
             try:
                 app.reload()
@@ -254,28 +254,6 @@ class AdminService(ShowRows):
             return render.render_error(PgmuxError("SUSPEND is not supported by pgmux (no online restart)",
                                                   sqlstate="0A000"))
         return render.render_error(PgmuxError(f"unknown command: {cmd.query}", sqlstate="08P01"))
-
-    def _set(self, cmd: AdminCommand) -> bytes:
-        """SET key = value: a changeable setting applies at once, as a RELOAD of a file with that value
-        would; it lasts until the next RELOAD re-reads the file (PgBouncer's behaviour)."""
-        if cmd.fake_param is not None:
-            return render.render_set_ignored()
-        import dataclasses
-
-        from pgmux.admin.set_setting import set_setting
-        from pgmux.config.build import read_auth_file
-
-        assert cmd.arg is not None and cmd.value is not None
-        cfg = self.app.config
-        settings, warnings = set_setting(cfg.settings, cmd.arg, cmd.value)
-        new = dataclasses.replace(cfg, settings=settings)
-        if settings.auth_file != cfg.settings.auth_file or settings.auth_type != cfg.settings.auth_type:
-            found: list[str] = []
-            new = dataclasses.replace(new, userlist=read_auth_file(settings, found))
-            warnings += found
-        self.app.reload(new)
-        log.info("SET %s = %r applied (until the next RELOAD)", cmd.arg.lower(), cmd.value)
-        return b"".join(render.render_notice(w, severity="WARNING") for w in warnings) + render.render_ok(cmd.tag)
 
     def _pools(self, db: str | None) -> list[Any]:
         if db is None:

@@ -1,5 +1,6 @@
 """SHOW results built from the live pooler beyond the per-pool ones in admin_service.py: TOTALS, SOCKETS,
-ACTIVE_SOCKETS, MEM, LISTS, DNS_HOSTS, DNS_ZONES, PEERS and PEER_POOLS, in PgBouncer 1.25's columns.
+ACTIVE_SOCKETS, MEM, LISTS, DNS_HOSTS, DNS_ZONES, PEERS and PEER_POOLS, in PgBouncer 1.25's columns; and
+the console's SET applied to the running pooler.
 
 What pgmux cannot know the way PgBouncer does is filled as documented on each builder (0, never a guess).
 """
@@ -7,15 +8,40 @@ What pgmux cannot know the way PgBouncer does is filled as documented on each bu
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from typing import Any
 
-from pgmux.admin import derive
+from pgmux.admin import derive, render
 from pgmux.admin import rows as R
+from pgmux.admin.commands import AdminCommand
+from pgmux.admin.set_setting import set_setting
+from pgmux.config.build import read_auth_file
 from pgmux.session.states import ClientState
 
+log = logging.getLogger("pgmux")
+
 _CONN_FIELDS = tuple(f.name for f in dataclasses.fields(R._ConnectionRow))
+
+
+def run_set(app: Any, cmd: AdminCommand) -> bytes:
+    """SET key = value: a changeable setting applies at once, as a RELOAD of a file with that value
+    would; it lasts until the next RELOAD re-reads the file (PgBouncer's behaviour). Refusals raise
+    PgmuxError (admin/set_setting.py), which the console answers with an ERROR."""
+    if cmd.fake_param is not None:
+        return render.render_set_ignored()
+    assert cmd.arg is not None and cmd.value is not None
+    cfg = app.config
+    settings, warnings = set_setting(cfg.settings, cmd.arg, cmd.value)
+    new = dataclasses.replace(cfg, settings=settings)
+    if settings.auth_file != cfg.settings.auth_file or settings.auth_type != cfg.settings.auth_type:
+        found: list[str] = []
+        new = dataclasses.replace(new, userlist=read_auth_file(settings, found))
+        warnings += found
+    app.reload(new)
+    log.info("SET %s = %r applied (until the next RELOAD)", cmd.arg.lower(), cmd.value)
+    return b"".join(render.render_notice(w, severity="WARNING") for w in warnings) + render.render_ok(cmd.tag)
 
 
 def sockname(transport: Any) -> tuple[str, int]:
