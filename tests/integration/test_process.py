@@ -223,7 +223,8 @@ def test_pidfile_of_a_running_instance_stops_a_second_one(pgmux_factory: Any, da
 
 # -- the log ---------------------------------------------------------------------------------------
 
-LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [A-Z][A-Za-z0-9+-]* \d+ [A-Z]+ ")
+# PgBouncer's prefix: time with milliseconds and zone, [pid], level (LOG, WARNING, ERROR...).
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [A-Z][A-Za-z0-9+-]* \[\d+\] (LOG|DEBUG|WARNING|ERROR|FATAL) ")
 
 
 def test_sighup_reopens_the_logfile_and_lines_carry_the_time_zone(pgmux_factory: Any) -> None:

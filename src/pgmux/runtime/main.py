@@ -37,16 +37,23 @@ class TickFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             pass
 
 
+_LEVELS = {"INFO": "LOG", "CRITICAL": "FATAL"}  # PgBouncer's names; DEBUG, WARNING and ERROR are the same
+
+
 class ZoneFormatter(logging.Formatter):
-    """Timestamps with milliseconds and the time zone, as PgBouncer's log prefix prints them:
-    `2026-12-02 19:40:09.123 UTC`."""
+    """PgBouncer's log prefix: `2026-12-02 19:40:09.123 UTC [4242] LOG ...`: milliseconds, the time zone,
+    the pid in brackets and its level names, so that tools reading PgBouncer's logs (pgbadger) read these."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         ct = self.converter(record.created)
         return f"{time.strftime('%Y-%m-%d %H:%M:%S', ct)}.{int(record.msecs):03d} {time.strftime('%Z', ct)}"
 
+    def format(self, record: logging.LogRecord) -> str:
+        record.pglevel = _LEVELS.get(record.levelname, record.levelname)
+        return super().format(record)
 
-_FORMAT = ZoneFormatter("%(asctime)s %(process)d %(levelname)s %(message)s")
+
+_FORMAT = ZoneFormatter("%(asctime)s [%(process)d] %(pglevel)s %(message)s")
 
 
 class LogFiles:
