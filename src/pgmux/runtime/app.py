@@ -666,7 +666,7 @@ class App:
     def _after_change(self) -> None:
         if self.waiting_admin:
             self.admin.check_waiting()
-        if self.shutting_down and (not self.servers if self.shedding else not self.clients):
+        if self.shutting_down and not self.finished and (not self.servers if self.shedding else not self.clients):
             log.info("%s, exiting", "server connections dropped" if self.shedding else "client connections dropped")
             self._finish_shutdown()
 
