@@ -132,3 +132,20 @@ def test_sockets_mem_lists_and_dns(pgmux_factory: Any) -> None:
         for what, cols in (("DNS_HOSTS", ["hostname", "ttl", "addrs"]), ("DNS_ZONES", ["zonename", "serial", "count"])):
             cur = admin.execute(f"SHOW {what}")
             assert [d.name for d in cur.description or []] == cols and cur.fetchall() == []
+
+
+def test_set_logfile_and_log_connections_take_effect(pgmux_factory: Any) -> None:
+    proc = pgmux_factory()
+    logfile = proc.workdir / "set.log"
+    proc.admin(f"SET logfile = '{logfile}'")
+    with connect(proc) as conn:
+        conn.execute("SELECT 1")
+    wait_for(lambda: logfile.exists() and "login attempt" in logfile.read_text(), "the login in the new logfile")
+    proc.admin("SET log_connections = 0")
+    assert config(proc)["log_connections"]["value"] == "0"
+    before = logfile.read_text().count("login attempt")
+    with connect(proc) as conn:
+        conn.execute("SELECT 2")
+    proc.admin("SHOW VERSION")  # a console login: would be logged too
+    wait_for(lambda: "SHOW VERSION" in logfile.read_text(), "the console command in the log")
+    assert logfile.read_text().count("login attempt") == before
