@@ -171,7 +171,8 @@ def run_demo(argv: list[str]) -> int:
     finally:
         print("stopping...", file=sys.stderr, flush=True)
         if child is not None:
-            stop_process(child, timeout=10)
+            # SIGINT: running transactions finish, idle sessions (a psql left open) do not hold it up.
+            stop_process(child, timeout=10, sig=signal.SIGINT)
         try:
             cluster.stop()
         except ClusterError as e:

@@ -195,9 +195,16 @@ class PgmuxProc:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10) -> int | None:
-        """SIGTERM by PID, SIGKILL after `timeout`. Returns the exit code."""
+        """SIGTERM by PID; if clients are still connected (SIGTERM waits for them, as in PgBouncer 1.23+),
+        a second SIGTERM after 2 s (exit now), SIGKILL after `timeout`. Returns the exit code."""
         if self.proc is None:
             return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                pass
         return stop_process(self.proc, timeout)
 
 
