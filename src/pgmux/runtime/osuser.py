@@ -18,11 +18,13 @@ import os
 import pkgutil
 import pwd
 import sys
+from typing import Any
 
-# Imported on first use by the standard library or the libraries pgmux uses: load them now.
+# Imported on first use by the standard library: load them now.
 _LAZY = ("encodings.idna", "encodings.utf_8_sig", "encodings.latin_1", "encodings.ascii", "stringprep",
-         "unicodedata", "concurrent.futures.thread", "uvloop", "pglast", "pglast.parser", "pglast.stream",
-         "pglast.printers", "scramp", "json", "warnings", "ssl", "logging.handlers")
+         "unicodedata", "concurrent.futures.thread", "json", "warnings", "ssl", "logging.handlers", "pprint")
+# Libraries that import parts of themselves on first use (pglast's printers and visitors): all of them.
+_PACKAGES = ("pgmux", "pglast", "scramp", "uvloop")
 _PR_SET_PDEATHSIG, _PR_GET_PDEATHSIG = 1, 2
 
 
@@ -30,17 +32,24 @@ class SwitchUserError(Exception):
     pass
 
 
-def preload() -> None:
-    import pgmux
+def _load(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # optional ones (uvloop on odd platforms)
+        return None
 
-    for info in pkgutil.walk_packages(pgmux.__path__, "pgmux."):
-        if info.name != "pgmux.__main__":  # that one runs the command line
-            importlib.import_module(info.name)
+
+def preload() -> None:
+    for top in _PACKAGES:
+        package = _load(top)
+        path = getattr(package, "__path__", None)
+        if path is None:
+            continue
+        for info in pkgutil.walk_packages(path, f"{top}."):
+            if not info.name.endswith(".__main__"):  # a package's __main__ runs its command line
+                _load(info.name)
     for name in _LAZY:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # optional ones (uvloop on odd platforms)
-            pass
+        _load(name)
 
 
 def _libc() -> ctypes.CDLL | None:
