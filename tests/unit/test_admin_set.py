@@ -85,3 +85,9 @@ def test_unimplemented_setting_warns() -> None:
     new, warnings = set_setting(Settings(), name, "42")
     assert getattr(new, name) == 42.0
     assert warnings and "not implemented" in warnings[0]
+
+
+def test_unsupported_auth_type_warns_as_the_loader_does() -> None:
+    new, warnings = set_setting(Settings(), "auth_type", "pam")
+    assert new.auth_type == "pam"
+    assert warnings and "not supported by pgmux" in warnings[0]

@@ -53,6 +53,8 @@ def set_setting(settings: Settings, key: str, value: str) -> tuple[Settings, lis
     if new.auth_type == "hba" and not new.auth_hba_file:
         raise PgmuxError("SET failed: auth_type = hba needs auth_hba_file", sqlstate=BAD_VALUE)
     warnings = []
+    if name == "auth_type" and parsed in ("pam", "ldap"):  # as the config loader says (config/build.py)
+        warnings.append(f"auth_type = {parsed} is not supported by pgmux; every password login will be refused")
     if not info.implemented and parsed != info.default:
         warnings.append(f"{name} is accepted for PgBouncer compatibility but not implemented by pgmux: "
                         "the value is stored (SHOW CONFIG) and has no effect")

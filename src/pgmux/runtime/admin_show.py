@@ -18,6 +18,7 @@ from pgmux.admin import rows as R
 from pgmux.admin.commands import AdminCommand
 from pgmux.admin.set_setting import set_setting
 from pgmux.config.build import read_auth_file
+from pgmux.errors import PgmuxError
 from pgmux.session.states import ClientState
 
 log = logging.getLogger("pgmux")
@@ -39,7 +40,11 @@ def run_set(app: Any, cmd: AdminCommand) -> bytes:
         found: list[str] = []
         new = dataclasses.replace(new, userlist=read_auth_file(settings, found))
         warnings += found
-    app.reload(new)
+    try:
+        app.reload(new)
+    except Exception as e:  # noqa: BLE001 - the old settings stay; say why, as RELOAD does
+        log.error("SET %s failed: %s", cmd.arg.lower(), e)
+        return render.render_error(PgmuxError(f"SET failed: {e}", sqlstate="F0000"))
     log.info("SET %s = %r applied (until the next RELOAD)", cmd.arg.lower(), cmd.value)
     return b"".join(render.render_notice(w, severity="WARNING") for w in warnings) + render.render_ok(cmd.tag)
 
