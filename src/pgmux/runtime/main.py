@@ -142,7 +142,10 @@ def check_pidfile(path: str) -> None:
     if old > 0 or not text:
         raise SystemExit(f"pgmux: pidfile {path} exists and names a running process ({old or 'unknown'}): "
                          "is another pgmux running? Stop it, or remove the file if it is not")
-    os.unlink(path)  # stale: its process is gone
+    try:
+        os.unlink(path)  # stale: its process is gone
+    except OSError as e:
+        raise SystemExit(f"pgmux: cannot remove stale pidfile {path}: {e.strerror}") from None
 
 
 def write_pidfile(path: str) -> None:
