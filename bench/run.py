@@ -320,7 +320,10 @@ def start_targets(names: list[str], cluster: PgCluster, pgbouncer: str, tls: str
             run_as = {**osuser.popen_kwargs(), "env": osuser.env()}
             targets.append(start_pooler(name, [pgbouncer], cluster, run_as, tls, certs))
         else:
-            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux"], cluster, {}, tls, certs))
+            # pgmux refuses root too: as root it switches itself (-u) to the cluster's OS user.
+            osuser = cluster.os_user
+            switch = ["-u", osuser.name] if osuser is not None and osuser.switch else []
+            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux", *switch], cluster, {}, tls, certs))
     return targets
 
 

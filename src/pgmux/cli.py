@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import sys
 
-from pgmux import __version__
+from pgmux import VERSION_STRING
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,8 +18,9 @@ def _parser() -> argparse.ArgumentParser:
                    "is not supported, pgmux starts normally")
     p.add_argument("-q", "--quiet", action="store_true", help="do not log to stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    p.add_argument("-u", "--user", help="switch to this OS user at start-up")
-    p.add_argument("-V", "--version", action="version", version=f"pgmux {__version__}")
+    p.add_argument("-u", "--user", help="switch to this OS user at start-up (needed when started as root: "
+                   "pgmux refuses to run as root)")
+    p.add_argument("-V", "--version", action="version", version=VERSION_STRING)
     p.add_argument("config", help="pgbouncer.ini or pgmux.toml")
     return p
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from pgmux.config import load_config
     from pgmux.errors import ConfigError
 
+    config_path = os.path.abspath(args.config)  # reloads read it again, whatever the current directory then
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -43,11 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"pgmux: cannot read configuration: {e}", file=sys.stderr)
         return 1
-    user = args.user or config.settings.user
-    if user and os.getuid() == 0:
-        pw = pwd.getpwnam(user)
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
+    from pgmux.runtime.osuser import SwitchUserError, refuse_root, switch_user
+
+    user = args.user or config.settings.user  # -u wins over `user =`, as in PgBouncer
+    if user:
+        try:
+            switch_user(user)
+        except SwitchUserError as e:
+            print(f"pgmux: {e}", file=sys.stderr)
+            return 1
+    refusal = refuse_root()
+    if refusal is not None:
+        print(f"pgmux: {refusal}", file=sys.stderr)
+        return 1
     from pgmux.runtime.main import run
 
-    return run(config, os.path.abspath(args.config), daemon=args.daemon, quiet=args.quiet, verbose=args.verbose)
+    return run(config, config_path, daemon=args.daemon, quiet=args.quiet, verbose=args.verbose)

@@ -1,8 +1,8 @@
 """`pgmux demo`: a throwaway primary (+ replicas) with pgmux in front, and the psql commands to try it.
 
 Everything lives in one temp dir and goes away on Ctrl-C or SIGTERM: pgmux (by PID), the PostgreSQL
-servers, the dir. As root, PostgreSQL runs as an unprivileged OS user (see runtime/cluster.py); pgmux
-itself runs as us.
+servers, the dir. As root, PostgreSQL runs as an unprivileged OS user (see runtime/cluster.py), and so
+does pgmux: it refuses root, so it is started with `-u` that user and switches to it itself.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pgmux.runtime.cluster import (
     port_accepts,
     render_ini,
     render_userlist,
+    server_os_user,
     stop_process,
     wait_listening,
 )
@@ -143,8 +144,12 @@ def run_demo(argv: list[str]) -> int:
         log_path = os.path.join(cluster.base_dir, "pgmux.log")
         with open(log_path, "ab") as log:
             # Its own session: Ctrl-C reaches us only, and we stop pgmux first, then PostgreSQL.
-            child = subprocess.Popen(die_with_parent([sys.executable, "-m", "pgmux", ini_path]), stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            # pgmux refuses root: as root it switches to the OS user PostgreSQL runs as (`-u`), which
+            # owns the temp dir (the Unix socket goes there, and reloads read the config from it).
+            osuser = server_os_user()
+            switch = ["-u", osuser.name] if osuser.switch else []
+            child = subprocess.Popen(die_with_parent([sys.executable, "-m", "pgmux", *switch, ini_path]), stdout=log,
+                                     stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_listening(child, HOST, port, timeout=20)
         except ClusterError as e:
@@ -166,7 +171,8 @@ def run_demo(argv: list[str]) -> int:
     finally:
         print("stopping...", file=sys.stderr, flush=True)
         if child is not None:
-            stop_process(child, timeout=10)
+            # SIGINT: running transactions finish, idle sessions (a psql left open) do not hold it up.
+            stop_process(child, timeout=10, sig=signal.SIGINT)
         try:
             cluster.stop()
         except ClusterError as e:

@@ -99,7 +99,7 @@ class PgmuxProc:
 
     def __init__(self, workdir: Path, suffix: str, databases: dict[str, str], settings: dict[str, Any],
                  userlist: dict[str, str], users: dict[str, str], command: list[str],
-                 popen_kwargs: dict[str, Any]) -> None:
+                 popen_kwargs: dict[str, Any], owner: tuple[int, int] | None = None) -> None:
         self.host = HOST
         self.workdir = workdir
         self.ini_path = workdir / f"pgbouncer{suffix}.ini"
@@ -112,6 +112,7 @@ class PgmuxProc:
         self.port = int(settings["listen_port"])
         self._command = command
         self._popen_kwargs = popen_kwargs
+        self.owner = owner  # (uid, gid) the pooler runs as, when not us: its files must be theirs
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -122,10 +123,9 @@ class PgmuxProc:
     def write_files(self) -> None:
         self.userlist_path.write_text(render_userlist(self.userlist))
         self.ini_path.write_text(render_ini(self.databases, self.settings, self.users))
-        uid = self._popen_kwargs.get("user")
-        if uid is not None:
+        if self.owner is not None:
             for p in (self.userlist_path, self.ini_path):
-                os.chown(p, uid, self._popen_kwargs["group"])
+                os.chown(p, *self.owner)
 
     def launch(self, timeout: float = 20) -> None:
         self.write_files()
@@ -195,29 +195,42 @@ class PgmuxProc:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10) -> int | None:
-        """SIGTERM by PID, SIGKILL after `timeout`. Returns the exit code."""
+        """SIGTERM by PID; if clients are still connected (SIGTERM waits for them, as in PgBouncer 1.23+),
+        a second SIGTERM after 2 s (exit now), SIGKILL after `timeout`. Returns the exit code."""
         if self.proc is None:
             return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                pass
         return stop_process(self.proc, timeout)
 
 
-def _pooler_command(workdir: Path) -> tuple[list[str], dict[str, Any], Path]:
-    """(argv prefix, Popen kwargs, dir for the files) for pgmux, or PgBouncer when asked for."""
+def _pooler_command(workdir: Path) -> tuple[list[str], dict[str, Any], Path, tuple[int, int] | None]:
+    """(argv prefix, Popen kwargs, dir for the files, (uid, gid) the pooler runs as if not us) for pgmux,
+    or PgBouncer when asked for. Neither runs as root: as root, pgmux is started with `-u` and switches
+    to the cluster's OS user itself (our Python may live where that user cannot start it from), and
+    PgBouncer is started as that user. Both then need a dir that user owns (pytest's tmp_path is
+    private to root) for the config, the log and the Unix socket."""
     choice = os.environ.get("PGMUX_TEST_POOLER", "pgmux")
-    if choice == "pgmux":
-        return [sys.executable, "-m", "pgmux"], {}, workdir
-    binary = shutil.which(choice) or shutil.which(choice, path="/usr/sbin")
-    if binary is None:
-        raise pytest.UsageError(f"PGMUX_TEST_POOLER={choice}: no such executable")
     osuser = server_os_user()
+    if choice == "pgmux":
+        command, kwargs = [sys.executable, "-m", "pgmux"], {}
+        if osuser.switch:
+            command += ["-u", osuser.name]
+    else:
+        binary = shutil.which(choice) or shutil.which(choice, path="/usr/sbin")
+        if binary is None:
+            raise pytest.UsageError(f"PGMUX_TEST_POOLER={choice}: no such executable")
+        command, kwargs = [binary], ({**osuser.popen_kwargs(), "env": osuser.env()} if osuser.switch else {})
     if not osuser.switch:
-        return [binary], {}, workdir
-    # PgBouncer refuses root: run it as the cluster's OS user, in a dir that user can reach
-    # (pytest's tmp_path is private to root).
+        return command, kwargs, workdir, None
     shared = Path(tempfile.mkdtemp(prefix="pgmux-it-"))
     os.chmod(shared, 0o755)
     osuser.chown(str(shared))
-    return [binary], {**osuser.popen_kwargs(), "env": osuser.env()}, shared
+    return command, kwargs, shared, (osuser.uid, osuser.gid)
 
 
 PgmuxStarter = Callable[..., PgmuxProc]
@@ -231,7 +244,7 @@ def pgmux_factory(pg: PgCluster, tmp_path: Path, request: pytest.FixtureRequest)
     listen_port, unix_socket_dir, auth_type trust, auth_file, admin_users postgres; `settings` override
     those (None removes a key). userlist defaults to postgres + the `pg` roles with their passwords.
     """
-    command, popen_kwargs, workdir = _pooler_command(tmp_path)
+    command, popen_kwargs, workdir, owner = _pooler_command(tmp_path)
     started: list[PgmuxProc] = []
     request.node.stash[_procs_key] = started
 
@@ -255,7 +268,7 @@ def pgmux_factory(pg: PgCluster, tmp_path: Path, request: pytest.FixtureRequest)
         merged.update(settings or {})
         proc = PgmuxProc(workdir, suffix, dict(databases), merged,
                          dict(DEFAULT_USERLIST if userlist is None else userlist), dict(users or {}),
-                         command, popen_kwargs)
+                         command, popen_kwargs, owner)
         started.append(proc)
         proc.launch()
         return proc

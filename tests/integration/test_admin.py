@@ -5,7 +5,9 @@ PAUSE/RESUME, DISABLE/ENABLE, KILL, RECONNECT, WAIT_CLOSE, RELOAD and SHUTDOWN.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -87,21 +89,35 @@ def test_admin_users_stats_users_and_strangers(pgmux_factory: Any) -> None:
 
 
 def test_unix_socket_same_os_user_needs_no_password(pgmux_factory: Any) -> None:
-    # A short private dir: the fixture's default may be too long for a socket path.
+    # A short dir: the fixture's default may be too long for a socket path. Open to all: the pooler may
+    # run as another OS user (as root the fixture starts it with -u, see conftest.py).
     sock_dir = tempfile.mkdtemp(prefix="pgmux-sock-")
+    os.chmod(sock_dir, 0o777)
     try:
         proc = pgmux_factory(settings={"auth_type": "md5", "unix_socket_dir": sock_dir},
                              userlist={"postgres": "pgpass"})
-        # "pgbouncer" is the name PgBouncer requires for this; pgmux takes it too.
-        with psycopg.connect(host=sock_dir, port=proc.port, dbname="pgbouncer", user="pgbouncer",
-                             cursor_factory=psycopg.ClientCursor, **CONNECT) as conn:
-            assert version(conn).startswith("PgBouncer")
-            conn.execute("PAUSE")  # full admin rights
-            conn.execute("RESUME")
+        # "pgbouncer" is the name PgBouncer requires for this; pgmux takes it too. The client must run as
+        # the pooler's OS user: as that user, psql over the socket.
+        out = _psql_as(proc.owner, ["-h", sock_dir, "-p", str(proc.port), "-U", "pgbouncer", "-d", "pgbouncer",
+                                    "-c", "SHOW VERSION", "-c", "PAUSE", "-c", "RESUME"])  # full admin rights
+        assert out.startswith("PgBouncer"), out
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(proc.dsn("pgbouncer", "pgbouncer", "guess"), **CONNECT).close()
+        if proc.owner is not None:  # another OS user over the same socket is not let in without a password
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(host=sock_dir, port=proc.port, dbname="pgbouncer", user="pgbouncer",
+                                **CONNECT).close()
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def _psql_as(owner: tuple[int, int] | None, args: list[str]) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    kwargs: dict[str, Any] = {} if owner is None else {"user": owner[0], "group": owner[1], "extra_groups": []}
+    proc = subprocess.run(["psql", "-X", "-A", "-t", "-w", *args], capture_output=True, text=True, timeout=30,
+                          env=env, stdin=subprocess.DEVNULL, cwd="/", **kwargs)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
 
 
 # -- SHOW ------------------------------------------------------------------------------------------

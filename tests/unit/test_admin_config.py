@@ -110,8 +110,10 @@ def test_stats_totals_and_averages_are_renamed_views() -> None:
         ("p0", s.total_server_assignment_count, s.total_received, s.total_sent, s.total_bind_count)
     assert (a.xact_time, a.bytes_received, a.avg_client_parse_count, a.avg_bind_count) == \
         (s.avg_xact_time, s.avg_recv, s.avg_client_parse_count, s.avg_bind_count)
-    assert list(dataclasses.astuple(t))[1:] == list(dataclasses.astuple(s))[1:12] + [s.total_pinned_count]
-    assert list(dataclasses.astuple(a))[1:] == list(dataclasses.astuple(s))[12:23] + [s.avg_pinned_count]
+    assert list(dataclasses.astuple(t))[1:] == list(dataclasses.astuple(s))[1:13] + [s.total_pinned_count]
+    assert list(dataclasses.astuple(a))[1:] == list(dataclasses.astuple(s))[13:25] + [s.avg_pinned_count]
+    assert (t.client_login_count, a.avg_client_login_count) == (s.total_client_login_count,
+                                                                 s.avg_client_login_count)
 
 
 def test_show_totals_names_are_pgbouncer_internal_ones() -> None:
@@ -121,14 +123,15 @@ def test_show_totals_names_are_pgbouncer_internal_ones() -> None:
         "total_server_assignment_count", "total_xact_count", "total_query_count",
         "total_client_bytes", "total_server_bytes", "total_xact_time", "total_query_time",
         "total_wait_time", "total_ps_client_parse_count", "total_ps_server_parse_count",
-        "total_ps_bind_count",
+        "total_ps_bind_count", "total_client_login_count",
         "avg_server_assignment_count", "avg_xact_count", "avg_query_count",
         "avg_client_bytes", "avg_server_bytes", "avg_xact_time", "avg_query_time",
         "avg_wait_time", "avg_ps_client_parse_count", "avg_ps_server_parse_count", "avg_ps_bind_count",
+        "avg_client_login_count",
         "total_pinned_count", "avg_pinned_count",  # pgmux's own, after PgBouncer's
     ]
     assert rows[3] == TotalsRow("total_client_bytes", s.total_received)
-    assert rows[15] == TotalsRow("avg_server_bytes", s.avg_sent)
+    assert rows[16] == TotalsRow("avg_server_bytes", s.avg_sent)
     assert [row.value for row in rows] == list(dataclasses.astuple(s))[1:]
 
 

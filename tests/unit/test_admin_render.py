@@ -51,16 +51,17 @@ EXPECTED: dict[type, tuple[str, str]] = {
                 "max_user_client_connections current_client_connections", "ssssiiii"),
     r.StatsRow: ("database total_server_assignment_count total_xact_count total_query_count total_received "
                  "total_sent total_xact_time total_query_time total_wait_time total_client_parse_count "
-                 "total_server_parse_count total_bind_count avg_server_assignment_count avg_xact_count "
+                 "total_server_parse_count total_bind_count total_client_login_count "
+                 "avg_server_assignment_count avg_xact_count "
                  "avg_query_count avg_recv avg_sent avg_xact_time avg_query_time avg_wait_time "
-                 "avg_client_parse_count avg_server_parse_count avg_bind_count "
-                 "total_pinned_count avg_pinned_count", "s" + "N" * 24),
+                 "avg_client_parse_count avg_server_parse_count avg_bind_count avg_client_login_count "
+                 "total_pinned_count avg_pinned_count", "s" + "N" * 26),
     r.StatsTotalsRow: ("database server_assignment_count xact_count query_count bytes_received bytes_sent "
                        "xact_time query_time wait_time client_parse_count server_parse_count bind_count "
-                       "pinned_count", "s" + "N" * 12),
+                       "client_login_count pinned_count", "s" + "N" * 13),
     r.StatsAveragesRow: ("database server_assignment_count xact_count query_count bytes_received bytes_sent "
                          "xact_time query_time wait_time avg_client_parse_count avg_server_parse_count "
-                         "avg_bind_count avg_pinned_count", "s" + "N" * 12),
+                         "avg_bind_count avg_client_login_count avg_pinned_count", "s" + "N" * 13),
     r.TotalsRow: ("name value", "sN"),
     r.ListsRow: ("list items", "si"),
     r.ConfigRow: ("key value default changeable", "ssss"),

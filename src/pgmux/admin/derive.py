@@ -33,6 +33,7 @@ _COUNTERS = (
     ("client_parse_count", "ps_client_parse_count"),
     ("server_parse_count", "ps_server_parse_count"),
     ("bind_count", "ps_bind_count"),
+    ("client_login_count", "client_login_count"),
 )
 # SHOW STATS spells two averages differently from their totals.
 _AVG_NAME = {"received": "recv", "sent": "sent"}
@@ -52,7 +53,8 @@ def stats_totals_row(s: StatsRow) -> StatsTotalsRow:
     return StatsTotalsRow(
         s.database, s.total_server_assignment_count, s.total_xact_count, s.total_query_count,
         s.total_received, s.total_sent, s.total_xact_time, s.total_query_time, s.total_wait_time,
-        s.total_client_parse_count, s.total_server_parse_count, s.total_bind_count, s.total_pinned_count,
+        s.total_client_parse_count, s.total_server_parse_count, s.total_bind_count, s.total_client_login_count,
+        s.total_pinned_count,
     )
 
 
@@ -60,7 +62,8 @@ def stats_averages_row(s: StatsRow) -> StatsAveragesRow:
     return StatsAveragesRow(
         s.database, s.avg_server_assignment_count, s.avg_xact_count, s.avg_query_count,
         s.avg_recv, s.avg_sent, s.avg_xact_time, s.avg_query_time, s.avg_wait_time,
-        s.avg_client_parse_count, s.avg_server_parse_count, s.avg_bind_count, s.avg_pinned_count,
+        s.avg_client_parse_count, s.avg_server_parse_count, s.avg_bind_count, s.avg_client_login_count,
+        s.avg_pinned_count,
     )
 
 

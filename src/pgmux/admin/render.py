@@ -40,7 +40,7 @@ from pgmux.protocol.messages import (
 )
 
 __all__ = [
-    "config_rows", "format_time", "render_error", "render_fake_show", "render_help", "render_ok",
+    "config_rows", "format_time", "render_error", "render_fake_show", "render_help", "render_notice", "render_ok",
     "render_rows", "render_set_ignored", "render_version", "row_columns",
 ]
 
@@ -160,12 +160,17 @@ def render_ok(tag: str) -> bytes:
     return command_complete(tag)
 
 
-def _notice(text: str, detail: str | None = None) -> bytes:
+def _notice(text: str, detail: str | None = None, severity: str = "NOTICE", code: str = "00000") -> bytes:
     # PgBouncer's notices carry only S, C, M (and D): built here to match them byte for byte.
-    body = b"S" + cstr("NOTICE") + b"C" + cstr("00000") + b"M" + cstr(text)
+    body = b"S" + cstr(severity) + b"C" + cstr(code) + b"M" + cstr(text)
     if detail is not None:
         body += b"D" + cstr(detail)
     return message(NOTICE_RESPONSE, body + b"\x00")
+
+
+def render_notice(text: str, severity: str = "NOTICE") -> bytes:
+    """A NoticeResponse ahead of a command's result (a WARNING gets SQLSTATE 01000, as in PostgreSQL)."""
+    return _notice(text, severity=severity, code="01000" if severity == "WARNING" else "00000")
 
 
 def render_help() -> bytes:

@@ -178,6 +178,7 @@ class StatsRow:
     total_client_parse_count: Numeric
     total_server_parse_count: Numeric
     total_bind_count: Numeric
+    total_client_login_count: Numeric  # PgBouncer 1.25: clients that logged in
     avg_server_assignment_count: Numeric
     avg_xact_count: Numeric
     avg_query_count: Numeric
@@ -189,6 +190,7 @@ class StatsRow:
     avg_client_parse_count: Numeric
     avg_server_parse_count: Numeric
     avg_bind_count: Numeric
+    avg_client_login_count: Numeric  # logins per second
     # pgmux's own, after every PgBouncer 1.25 column (exporters read PgBouncer's by position or name):
     # clients that became pinned to their server connection (LISTEN, temp tables, advisory locks...).
     total_pinned_count: Numeric
@@ -211,6 +213,7 @@ class StatsTotalsRow:
     client_parse_count: Numeric
     server_parse_count: Numeric
     bind_count: Numeric
+    client_login_count: Numeric
     pinned_count: Numeric  # pgmux's own, last
 
 
@@ -230,6 +233,7 @@ class StatsAveragesRow:
     avg_client_parse_count: Numeric
     avg_server_parse_count: Numeric
     avg_bind_count: Numeric
+    avg_client_login_count: Numeric
     avg_pinned_count: Numeric  # pgmux's own, last
 
 

@@ -71,3 +71,8 @@ def group_id(name: str) -> int:
 
 def unix_socket_path(unix_dir: str, port: int) -> str:
     return os.path.join(unix_dir, f".s.PGSQL.{port}")
+
+
+def is_unix_listener(srv: Any) -> bool:
+    """A listener on a Unix socket (kept open for the admin console during a graceful shutdown)."""
+    return any(sock.family == socket.AF_UNIX for sock in (getattr(srv, "sockets", None) or ()))

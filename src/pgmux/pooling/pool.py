@@ -200,7 +200,7 @@ class PoolStats:
 
     __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_secs", "query_secs",
                  "wait_secs", "server_assignment_count", "client_parse_count", "server_parse_count",
-                 "bind_count", "pin_count")
+                 "bind_count", "pin_count", "client_login_count")
 
     def __init__(self) -> None:
         self.xact_count = 0
@@ -215,6 +215,7 @@ class PoolStats:
         self.server_parse_count = 0
         self.bind_count = 0
         self.pin_count = 0  # clients that became pinned to a server (SHOW STATS total_pinned_count, pgmux's own)
+        self.client_login_count = 0  # clients that logged in (SHOW STATS total_client_login_count)
 
     @property
     def xact_time(self) -> int:

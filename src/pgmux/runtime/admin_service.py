@@ -8,19 +8,22 @@ import struct
 import time
 from typing import Any
 
+from pgmux import VERSION_STRING
 from pgmux.admin import derive, render
 from pgmux.admin import rows as R
 from pgmux.admin.commands import AdminCommand, admin_command
 from pgmux.errors import PgmuxError
 from pgmux.net.tls import describe
+from pgmux.pooling.pool import PoolStats
 from pgmux.protocol import messages as m
+from pgmux.runtime.admin_show import ShowRows, run_set, sockname
 from pgmux.session.states import ClientState, ServerState
 
 log = logging.getLogger("pgmux")
 
 _STAT_FIELDS = ("server_assignment_count", "xact_count", "query_count", "bytes_received", "bytes_sent",
                 "xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count",
-                "pin_count")
+                "pin_count", "client_login_count")
 _Q = ord("Q")
 
 
@@ -102,19 +105,25 @@ def _ptr(obj: Any) -> str:
     return f"0x{id(obj):x}"
 
 
-class AdminService:
+class AdminService(ShowRows):
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.stats = PoolStats()  # the admin database's own row in SHOW STATS ("pgbouncer")
         self.prev: dict[str, tuple[int, ...]] = {}
         self.avgs: dict[str, tuple[int, ...]] = {}
         self.sampled_at = time.monotonic()  # sample() is called every stats_period (runtime/stats_log.py)
 
     # -- wire ------------------------------------------------------------------------------------
     def message(self, c: Any, mtype: int, body: bytes) -> None:
+        st = self.stats
+        st.bytes_received += 5 + len(body)
         if mtype == _Q:
+            st.query_count += 1
+            st.xact_count += 1
             sql = body.rstrip(b"\x00").decode(errors="replace")
             out = self.run(c, sql)
             if out is not None:
+                st.bytes_sent += len(out) + 6
                 c.transport.write(out + m.ready_for_query(b"I"))
             return
         self._extended(c, chr(mtype), body)
@@ -188,7 +197,7 @@ class AdminService:
         if v == "SHOW":
             return self.show(cmd)
         if v == "SET":
-            return render.render_set_ignored()
+            return run_set(self.app, cmd)
         if v == "RELOAD":
             try:
                 app.reload()
@@ -196,8 +205,11 @@ class AdminService:
                 return render.render_error(PgmuxError(f"RELOAD failed: {e}", sqlstate="F0000"))
             return render.render_ok("RELOAD")
         if v == "SHUTDOWN":
-            app.shutdown()
-            return None  # PgBouncer sends no reply: the connection closes as the process exits
+            if cmd.arg is None:
+                app.shutdown("immediate")
+                return None  # PgBouncer sends no reply: the connection closes as the process exits
+            app.shutdown("servers" if cmd.arg == "WAIT_FOR_SERVERS" else "clients")
+            return render.render_ok("SHUTDOWN")
         if v == "PAUSE":
             self._pause(cmd.arg, True)
             return self._wait_or_ok(c, cmd, "PAUSE")
@@ -300,7 +312,7 @@ class AdminService:
         if what == "help":
             return render.render_help()
         if what == "version":
-            return render.render_version("PgBouncer 1.25.0")  # tools parse X.Y.Z; pgmux's own version is in the logs
+            return render.render_version(VERSION_STRING)
         if cmd.fake_param is not None:
             return render.render_fake_show(cmd.fake_param)
         build = getattr(self, f"_show_{what}", None)
@@ -337,6 +349,7 @@ class AdminService:
         return out, R.PoolRow
 
     def _conn_row(self, row_type: type, kind: str, obj: Any, now_wall: float, now: float) -> Any:
+        local = sockname(obj.transport)
         if kind == "C":
             link = obj.server if obj.repl is None else obj.repl
             state = obj.state.show if obj.state is not ClientState.IDLE else "idle"
@@ -345,9 +358,8 @@ class AdminService:
                 state = "waiting"
             wait = now - obj.wait_since if waiting else 0.0
             return row_type(type="C", user=obj.user, database=obj.database, replication=obj.replication or "none",
-                            state=state,
-                            addr=obj.addr, port=obj.port, local_addr="",
-                            local_port=self.app.config.settings.listen_port,
+                            state=state, addr=obj.addr, port=obj.port, local_addr=local[0],
+                            local_port=local[1] if local[0] != "unix" else self.app.config.settings.listen_port,
                             connect_time=now_wall - (now - obj.connect_time),
                             request_time=now_wall - (now - obj.request_time), wait=int(wait),
                             wait_us=int((wait % 1) * 1e6), close_needed=0, ptr=_ptr(obj),
@@ -360,7 +372,7 @@ class AdminService:
         t = obj.target
         return row_type(type="S", user=obj.pool.user, database=obj.pool.database,
                         replication=getattr(obj, "mode", "none"),
-                        state=obj.state.show, addr=t.host or "unix", port=t.port, local_addr="127.0.0.1",
+                        state=obj.state.show, addr=t.host or "unix", port=t.port, local_addr=local[0],
                         local_port=obj.local_port, connect_time=now_wall - (now - obj.created_at),
                         request_time=now_wall - (now - (obj.link_time or obj.created_at)), wait=0, wait_us=0,
                         close_needed=int(obj.close_needed), ptr=_ptr(obj),
@@ -446,6 +458,8 @@ class AdminService:
             acc = out.setdefault(p.database, [0] * len(_STAT_FIELDS))
             for i, f in enumerate(_STAT_FIELDS):
                 acc[i] += getattr(p.stats, f)
+        # PgBouncer lists its admin database too (exporters see its console traffic there).
+        out["pgbouncer"] = [getattr(self.stats, f) for f in _STAT_FIELDS]
         return {k: tuple(v) for k, v in out.items()}
 
     def sample(self, now: float) -> None:
@@ -470,11 +484,13 @@ class AdminService:
             total_received=d["bytes_received"], total_sent=d["bytes_sent"], total_xact_time=d["xact_time"],
             total_query_time=d["query_time"], total_wait_time=d["wait_time"],
             total_client_parse_count=d["client_parse_count"], total_server_parse_count=d["server_parse_count"],
-            total_bind_count=d["bind_count"], avg_server_assignment_count=av["server_assignment_count"],
+            total_bind_count=d["bind_count"], total_client_login_count=d["client_login_count"],
+            avg_server_assignment_count=av["server_assignment_count"],
             avg_xact_count=av["xact_count"], avg_query_count=av["query_count"], avg_recv=av["bytes_received"],
             avg_sent=av["bytes_sent"], avg_xact_time=av["xact_time"] // x, avg_query_time=av["query_time"] // q,
             avg_wait_time=av["wait_time"] // x, avg_client_parse_count=av["client_parse_count"],
             avg_server_parse_count=av["server_parse_count"], avg_bind_count=av["bind_count"],
+            avg_client_login_count=av["client_login_count"],
             total_pinned_count=d["pin_count"], avg_pinned_count=av["pin_count"])
 
     def _stats(self) -> list[R.StatsRow]:
@@ -490,31 +506,14 @@ class AdminService:
     def _show_stats_averages(self) -> tuple[list[Any], type]:
         return [derive.stats_averages_row(s) for s in self._stats()], R.StatsAveragesRow
 
-    def _show_lists(self) -> tuple[list[Any], type]:
-        app = self.app
-        clients = list(app.clients.values())
-        counts = {
-            "databases": len(app.config.databases), "users": len(app.config.users), "peers": 0,
-            "pools": len(app.registry.pools), "peer_pools": 0, "free_clients": 0,
-            "used_clients": sum(1 for c in clients if c.state not in (ClientState.STARTUP, ClientState.AUTH)),
-            "login_clients": sum(1 for c in clients if c.state in (ClientState.STARTUP, ClientState.AUTH)),
-            "free_servers": 0, "used_servers": len(app.servers), "dns_names": 0, "dns_zones": 0,
-            "dns_queries": 0, "dns_pending": 0,
-        }
-        return derive.lists_rows(counts), R.ListsRow
-
     def _show_state(self) -> tuple[list[Any], type]:
         return derive.state_rows(paused=self.app.paused, suspended=False), R.StateRow
 
     def _show_config(self) -> tuple[list[Any], type]:
         from pgmux.admin.config_show import config_rows
+        from pgmux.admin.set_setting import changeable_settings
 
-        return config_rows(self.app.config.settings, None, _changeable()), R.ConfigRow
-
-    def _show_mem(self) -> tuple[list[Any], type]:
-        app = self.app
-        return [R.MemRow("client", 0, len(app.clients), 0, 0), R.MemRow("server", 0, len(app.servers), 0, 0),
-                R.MemRow("pool", 0, len(app.registry.pools), 0, 0)], R.MemRow
+        return config_rows(self.app.config.settings, None, changeable_settings()), R.ConfigRow
 
 
 def _host_role(app: Any, pool: Any) -> dict[str, str | None]:
@@ -523,14 +522,3 @@ def _host_role(app: Any, pool: Any) -> dict[str, str | None]:
     db = app.config.database(pool.database)
     return {"host": db.host if db is not None else None, "role": None}
 
-
-def _changeable() -> set[str]:
-    try:
-        from pgmux.config.settings import RESTART_ONLY
-    except ImportError:
-        RESTART_ONLY = frozenset({"listen_addr", "listen_port", "unix_socket_dir", "user", "pidfile", "logfile"})
-    import dataclasses
-
-    from pgmux.config.settings import Settings
-
-    return {f.name for f in dataclasses.fields(Settings)} - set(RESTART_ONLY)

@@ -20,9 +20,9 @@ from pgmux import __version__
 from pgmux.config import diff, load_config
 from pgmux.config.model import Config, DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
-from pgmux.net import connector
+from pgmux.net import connector, sdnotify
 from pgmux.net.connector import default_unix_dir
-from pgmux.net.listen import start_listeners, unix_socket_path
+from pgmux.net.listen import is_unix_listener, start_listeners, unix_socket_path
 from pgmux.net.tls import Contexts, TlsConfigError, accept_client_tls, client_tls_missing
 from pgmux.pooling import backoff
 from pgmux.pooling.pool import Pool, PoolLimits
@@ -61,6 +61,11 @@ class App:
         self.listeners: list[asyncio.AbstractServer] = []
         self.paused = False
         self.shutting_down = False
+        # How: "servers" (SIGINT, SHUTDOWN WAIT_FOR_SERVERS), "clients" (SIGTERM, SHUTDOWN WAIT_FOR_CLIENTS),
+        # "immediate"; "" while running. `shedding`: "servers", no new transaction starts.
+        self.shutdown_mode = ""
+        self.shedding = False
+        self.finished = False
         self.stopped: asyncio.Future[None] | None = None
         self.start_time = time.time()
         self.admin: Any = None  # set by start(): the admin console service
@@ -72,6 +77,7 @@ class App:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host_turn: dict[tuple[str, str], int] = {}
         self.tick_hooks: list[Any] = []  # called after each janitor pass (log flushing)
+        self.reload_hooks: list[Any] = []  # called after each reload or SET (reopen the logfile)
         self._random = b""
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
@@ -121,18 +127,45 @@ class App:
         assert self.stopped is not None
         await self.stopped
 
-    def shutdown(self, immediate: bool = False) -> None:
-        """INT/TERM: stop accepting, let transactions finish, then exit. QUIT: exit now."""
-        if self.shutting_down and not immediate:
-            return
-        self.shutting_down = True
-        log.info("shutting down%s", " immediately" if immediate else " gracefully")
-        for srv in self.listeners:
-            srv.close()
-        if immediate:
+    def shutdown(self, mode: str = "servers") -> None:
+        """PgBouncer 1.25's three shutdowns. "servers" (SIGINT, SHUTDOWN WAIT_FOR_SERVERS): stop accepting,
+        start no new transaction (a client that asks for a server, or waits for one, is disconnected),
+        close each server as its transaction ends, exit when none is left. "clients" (SIGTERM, SHUTDOWN
+        WAIT_FOR_CLIENTS): stop accepting, serve the connected clients as usual, exit when the last one
+        has left. "immediate" (SIGQUIT, SHUTDOWN): exit now. The Unix socket stays open for the admin
+        console until the exit; other logins are refused."""
+        if not self.shutting_down:
+            sdnotify.notify("STOPPING=1")
+        if mode == "immediate":
+            log.info("shutting down immediately")
+            self.shutting_down, self.shutdown_mode, self.shedding = True, mode, True
             self._finish_shutdown()
+            return
+        if self.shutdown_mode in (mode, "servers", "immediate"):
+            return  # already on the way out, as fast or faster
+        self.shutting_down, self.shutdown_mode = True, mode
+        log.info("shutting down: %s", "waiting for server connections to be released" if mode == "servers"
+                 else "waiting for all clients to disconnect")
+        for srv in self.listeners:
+            if not is_unix_listener(srv):
+                srv.close()
+        if mode == "servers":
+            self.shedding = True
+            err = PgmuxError("pgmux is shutting down", sqlstate="57P01", severity="FATAL")
+            for pool in self.registry:
+                for c in list(pool.waiters) + list(pool.login_waiters):
+                    c.fail(err)
+                for server in list(pool.idle):
+                    pool.idle.remove(server)
+                    self.close_server(server, "pgmux shutdown")
+        self._after_change()
 
     def _finish_shutdown(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for listener in self.listeners:
+            listener.close()
         for c in list(self.clients.values()):
             c.fail(PgmuxError("pgmux is shutting down", sqlstate="57P01", severity="FATAL"))
         for srv in list(self.servers.values()):
@@ -184,7 +217,7 @@ class App:
                              severity="FATAL")
         dbname = params.get("database") or user
         c.set_identity(dbname, user)
-        if self.shutting_down:
+        if self.shutting_down and dbname not in ADMIN_DATABASES:  # the console still works
             raise PgmuxError("pgmux is shutting down", sqlstate="57P03", severity="FATAL")
         if client_tls_missing(self, c):
             raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
@@ -285,6 +318,7 @@ class App:
             log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
         self._new_cancel_key(c)
         if c.is_admin:
+            self.admin.stats.client_login_count += 1
             c.send_welcome({"server_version": f"{__version__}/pgmux", "server_encoding": "UTF8",
                             "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
                             "integer_datetimes": "on", "standard_conforming_strings": "on",
@@ -296,6 +330,7 @@ class App:
             self.scram_keys[c.user] = (auth.client_key, auth.server_key)
         if auth is not None and auth.secret is not None and c.user not in self.config.userlist:
             self.auth_secrets[c.user] = auth.secret  # from auth_query: the server logins of its pool need it
+        pool.stats.client_login_count += 1
         if c.replication:  # a server of its own, not from the pool (runtime/replication.py)
             self.replication.start(c)
             return
@@ -344,6 +379,9 @@ class App:
 
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.logged_in_pool()
+        if self.shedding:  # SHUTDOWN WAIT_FOR_SERVERS: no new transaction starts
+            c.fail(PgmuxError("pgmux is shutting down", sqlstate="57P01", severity="FATAL"))
+            return
         if now is None:
             now = self.now()
         if c.route is not None:  # read/write split: this transaction's host, or wait for one
@@ -396,7 +434,7 @@ class App:
         if server.paused:
             server.resume_reading()
         lifetime = pool.limits.server_lifetime
-        if (server.close_needed or self.shutting_down or self.config.settings.server_reset_query_always
+        if (server.close_needed or self.shedding or self.config.settings.server_reset_query_always
                 or lifetime > 0 and now - server.created_at >= lifetime):
             self.return_server(server, now=now)
         else:
@@ -487,7 +525,7 @@ class App:
         pool = server.pool
         if now is None:
             now = self.now()
-        if server.close_needed or self.shutting_down and not pool.waiters:
+        if server.close_needed or self.shedding:
             self.close_server(server, "server close needed" if server.close_needed else "pgmux shutdown")
             return
         lifetime = pool.limits.server_lifetime
@@ -514,9 +552,9 @@ class App:
         pool = server.pool
         if now is None:
             now = self.now()
-        if self.paused or pool.paused:
+        if self.paused or pool.paused or self.shedding:
             # PAUSE: servers are let go as their transactions finish; PAUSE returns once none is left.
-            self.close_server(server, "pause requested")
+            self.close_server(server, "pgmux shutdown" if self.shedding else "pause requested")
             return
         if pool.over_size():  # a reload lowered pool_size: no reuse beyond it
             self.close_server(server, "too many servers in the pool")
@@ -558,7 +596,7 @@ class App:
                 sqlstate=err.get("C", "01000")))
 
     def launch(self, pool: Pool[Any, Any]) -> None:
-        if self.shutting_down or self.paused or pool.paused:
+        if self.shedding or self.paused or pool.paused:
             return
         now = self.now()
         headroom = self.registry.headroom(pool)
@@ -823,22 +861,19 @@ class App:
     def _after_change(self) -> None:
         if self.waiting_admin:
             self.admin.check_waiting()
-        if self.shutting_down and not self.clients_busy():
+        if self.shutting_down and not self.finished and (not self.servers if self.shedding else not self.clients):
+            log.info("%s, exiting", "server connections dropped" if self.shedding else "client connections dropped")
             self._finish_shutdown()
 
-    def clients_busy(self) -> bool:
-        """A client is busy while it waits for a server or its server is inside a transaction;
-        graceful shutdown waits for those and no longer."""
-        return any(c.state is ClientState.WAITING or (c.server is not None and not c.server.clean)
-                   for c in self.clients.values())
-
     # -- reload ----------------------------------------------------------------------------------
-    def reload(self) -> list[str]:
+    def reload(self, new: Config | None = None) -> list[str]:
         """HUP or RELOAD: apply what can change live, keep restart-only settings as they are (and say
-        so), and let servers made from a changed database line be replaced as they come back."""
+        so), and let servers made from a changed database line be replaced as they come back. `new`:
+        a config to apply instead of re-reading the file (the console's SET)."""
         import dataclasses
 
-        new = load_config(self.config_path)
+        if new is None:
+            new = load_config(self.config_path)
         plan = diff(self.config, new)
         try:  # new certificates and keys for new connections; connected clients keep their sessions
             self.tls = Contexts(new.settings)
@@ -866,6 +901,8 @@ class App:
             log.warning("%s", note)
         for w in new.warnings:  # what the new file sets that pgmux ignores, as at start-up
             log.warning("%s", w)
+        for hook in self.reload_hooks:
+            hook()
         log.info("configuration reloaded from %s", self.config_path)
         return list(plan.notes)
 

@@ -1,4 +1,5 @@
-"""Process lifecycle: logging with identity prefixes, pidfile, daemon mode, signals, the event loop."""
+"""Process lifecycle: logging (time zone in every line, logfile reopened on reload), pidfile, daemon mode,
+signals as PgBouncer 1.25 handles them, systemd notifications, the event loop."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from pgmux.config.model import Config
+from pgmux.net import sdnotify
 from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.app import App
 
@@ -35,28 +38,73 @@ class TickFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             pass
 
 
-def setup_logging(config: Config, quiet: bool, verbose: int) -> list[TickFlushedHandler]:
-    s = config.settings
-    level = logging.DEBUG if verbose or getattr(s, "verbose", 0) else logging.INFO
-    # Nobody reads the caller's file/line or thread names in these logs: skip the work.
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logProcesses = True
-    logging.logMultiprocessing = False
-    fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(process)d %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    root = logging.getLogger("pgmux")
-    root.handlers.clear()
-    root.setLevel(level)
-    root.propagate = False
-    handlers = []
-    if s.logfile:
-        handlers.append(TickFlushedHandler(open(s.logfile, "a", buffering=1 << 16)))
-    if not quiet:
-        handlers.append(TickFlushedHandler(os.fdopen(os.dup(2), "w", buffering=1 << 16)))
-    for h in handlers:
-        h.setFormatter(fmt)
-        root.addHandler(h)
-    return handlers
+_LEVELS = {"INFO": "LOG", "CRITICAL": "FATAL"}  # PgBouncer's names; DEBUG, WARNING and ERROR are the same
+
+
+class ZoneFormatter(logging.Formatter):
+    """PgBouncer's log prefix: `2026-12-02 19:40:09.123 UTC [4242] LOG ...`: milliseconds, the time zone,
+    the pid in brackets and its level names, so that tools reading PgBouncer's logs (pgbadger) read these."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        ct = self.converter(record.created)
+        return f"{time.strftime('%Y-%m-%d %H:%M:%S', ct)}.{int(record.msecs):03d} {time.strftime('%Z', ct)}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.pglevel = _LEVELS.get(record.levelname, record.levelname)
+        return super().format(record)
+
+
+_FORMAT = ZoneFormatter("%(asctime)s [%(process)d] %(pglevel)s %(message)s")
+
+
+class LogFiles:
+    """The handlers of the pgmux logger: stderr (unless quiet) and the logfile (if set). `reopen()`
+    runs after every reload and SET: the logfile is opened again by name, so a file logrotate moved
+    away (its `create` mode) is replaced by a new one, and a changed `logfile` or `verbose` applies."""
+
+    def __init__(self, config: Config, quiet: bool, verbose: int) -> None:
+        self.verbose = verbose
+        self.config = config
+        self.file: TickFlushedHandler | None = None
+        # Nobody reads the caller's file/line or thread names in these logs: skip the work.
+        logging._srcfile = None  # type: ignore[attr-defined]
+        logging.logThreads = False
+        logging.logProcesses = True
+        logging.logMultiprocessing = False
+        self.root = logging.getLogger("pgmux")
+        self.root.handlers.clear()
+        self.root.propagate = False
+        self.handlers: list[TickFlushedHandler] = []
+        if not quiet:
+            self._add(TickFlushedHandler(os.fdopen(os.dup(2), "w", buffering=1 << 16)))
+        self.reopen(config)
+
+    def _add(self, h: TickFlushedHandler) -> None:
+        h.setFormatter(_FORMAT)
+        self.root.addHandler(h)
+        self.handlers.append(h)
+
+    def reopen(self, config: Config) -> None:
+        s = config.settings
+        self.root.setLevel(logging.DEBUG if self.verbose or s.verbose else logging.INFO)
+        old, self.file = self.file, None
+        if s.logfile:
+            try:
+                self.file = TickFlushedHandler(open(s.logfile, "a", buffering=1 << 16))
+            except OSError as e:
+                self.file = old  # keep logging where we could, and say why
+                log.error("cannot open logfile %s: %s; still logging to the old one", s.logfile, e.strerror)
+                return
+            self._add(self.file)
+        if old is not None:
+            old.tick()
+            self.root.removeHandler(old)
+            self.handlers.remove(old)
+            old.stream.close()
+
+    def tick(self) -> None:
+        for h in self.handlers:
+            h.tick()
 
 
 def daemonize() -> None:
@@ -71,19 +119,39 @@ def daemonize() -> None:
         os.dup2(devnull, fd)
 
 
-def write_pidfile(path: str) -> None:
-    if os.path.exists(path):
+def check_pidfile(path: str) -> None:
+    """Refuse to start when the pidfile names a running process (PgBouncer's check_pidfile); remove
+    a stale one. Runs before daemonizing, so `pgmux -d` itself exits non-zero."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise SystemExit(f"pgmux: cannot read pidfile {path}: {e.strerror}") from None
+    try:
+        old = int(text or 0)
+    except ValueError:
+        old = 0
+    if old > 0:
         try:
-            with open(path) as f:
-                old = int(f.read().strip() or 0)
-            if old > 0:
-                os.kill(old, 0)
-                raise SystemExit(f"pidfile {path} exists and process {old} is running")
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError as e:
-            raise SystemExit(f"pidfile {path} exists and its process may be running") from e
-    with open(path, "w") as f:
+            os.kill(old, 0)
+        except ProcessLookupError:
+            old = 0
+        except PermissionError:
+            pass  # it exists, as another user
+    if old > 0 or not text:
+        raise SystemExit(f"pgmux: pidfile {path} exists and names a running process ({old or 'unknown'}): "
+                         "is another pgmux running? Stop it, or remove the file if it is not")
+    try:
+        os.unlink(path)  # stale: its process is gone
+    except OSError as e:
+        raise SystemExit(f"pgmux: cannot remove stale pidfile {path}: {e.strerror}") from None
+
+
+def write_pidfile(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(f"{os.getpid()}\n")
 
 
@@ -93,16 +161,23 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
     except TlsConfigError as e:
         print(f"pgmux: {config_path}: {e}", file=sys.stderr)
         return 1
+    pidfile = config.settings.pidfile
+    if pidfile:
+        check_pidfile(pidfile)
     if daemon:
         if not config.settings.logfile:
             print("pgmux: daemon mode needs logfile set in the configuration", file=sys.stderr)
             return 1
         daemonize()
         quiet = True
-    handlers = setup_logging(config, quiet, verbose)
-    pidfile = config.settings.pidfile
+    logs = LogFiles(config, quiet, verbose)
     if pidfile:
-        write_pidfile(pidfile)
+        try:
+            write_pidfile(pidfile)
+        except OSError as e:
+            log.error("cannot write pidfile %s: %s", pidfile, e.strerror)
+            logs.tick()
+            return 1
     try:
         import uvloop
 
@@ -111,10 +186,9 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
         runner = asyncio.Runner()
     try:
         with runner:
-            return runner.run(_serve(config, config_path, handlers))
+            return runner.run(_serve(config, config_path, logs))
     finally:
-        for h in handlers:
-            h.tick()
+        logs.tick()
         if pidfile:
             try:
                 os.unlink(pidfile)
@@ -122,9 +196,10 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
                 pass
 
 
-async def _serve(config: Config, config_path: str, handlers: list[TickFlushedHandler]) -> int:
+async def _serve(config: Config, config_path: str, logs: LogFiles) -> int:
     app = App(config, config_path)
-    app.tick_hooks.extend(h.tick for h in handlers)
+    app.tick_hooks.append(logs.tick)
+    app.reload_hooks.append(lambda: logs.reopen(app.config))
     try:
         await app.start()
     except OSError as e:
@@ -133,17 +208,30 @@ async def _serve(config: Config, config_path: str, handlers: list[TickFlushedHan
     loop = asyncio.get_running_loop()
 
     def on_hup() -> None:
+        log.info("got SIGHUP, re-reading the configuration")
+        sdnotify.reloading()
         try:
             app.reload()
         except Exception as e:  # noqa: BLE001 - a bad file must not take the pooler down
             log.error("reload failed, keeping the old configuration: %s", e)
+            logs.reopen(app.config)  # the logfile is reopened all the same (logrotate sent the HUP)
+        sdnotify.notify("READY=1")
+
+    def on_stop(name: str, mode: str) -> None:
+        if app.shutting_down:  # a second signal: PgBouncer's "fast exit"
+            log.info("got %s while shutting down, exiting now", name)
+            app.shutdown("immediate")
+        else:
+            log.info("got %s", name)
+            app.shutdown(mode)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    loop.add_signal_handler(signal.SIGINT, app.shutdown)
-    loop.add_signal_handler(signal.SIGTERM, app.shutdown)
-    loop.add_signal_handler(signal.SIGQUIT, lambda: app.shutdown(immediate=True))
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT", "servers")
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM", "clients")
+    loop.add_signal_handler(signal.SIGQUIT, on_stop, "SIGQUIT", "immediate")
     loop.add_signal_handler(signal.SIGUSR1, app.admin.pause_all)
     loop.add_signal_handler(signal.SIGUSR2, app.admin.resume_all)
+    sdnotify.notify(f"READY=1\nSTATUS=listening on port {config.settings.listen_port}\nMAINPID={os.getpid()}")
     await app.wait_stopped()
     log.info("pgmux stopped")
     return 0
