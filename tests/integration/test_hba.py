@@ -5,6 +5,8 @@ its roles, peer over the Unix socket, cert logins by client-certificate CN, and 
 from __future__ import annotations
 
 import getpass
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,14 +40,26 @@ def _refused(proc: PgmuxProc, user: str, password: str | None = None, **kw: Any)
     return str(info.value)
 
 
-def _start(pgmux_factory: PgmuxStarter, tmp_path: Path, hba: str, **settings: Any) -> PgmuxProc:
-    path = tmp_path / "hba.conf"
-    path.write_text(hba)
+@pytest.fixture
+def conf_dir() -> Iterator[Path]:
+    """Where the HBA file goes: readable by pgmux, which as root runs as the cluster's OS user (-u)."""
+    d = Path(tempfile.mkdtemp(prefix="pgmux-hba-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
     path.chmod(0o644)
-    return pgmux_factory(settings={"auth_type": "hba", "auth_hba_file": str(path), **settings})
 
 
-def test_hba_first_match_methods_reject_and_reload(pg: PgCluster, pgmux_factory: PgmuxStarter, tmp_path: Path) -> None:
+def _start(pgmux_factory: PgmuxStarter, conf_dir: Path, hba: str, **settings: Any) -> PgmuxProc:
+    _write(conf_dir / "hba.conf", hba)
+    return pgmux_factory(settings={"auth_type": "hba", "auth_hba_file": str(conf_dir / "hba.conf"), **settings})
+
+
+def test_hba_first_match_methods_reject_and_reload(pg: PgCluster, pgmux_factory: PgmuxStarter, conf_dir: Path) -> None:
     hba = ("local all all peer\n"
            "host all rejectme 127.0.0.1/32 reject\n"
            "host testdb md5user 127.0.0.1/32 md5\n"
@@ -53,7 +67,7 @@ def test_hba_first_match_methods_reject_and_reload(pg: PgCluster, pgmux_factory:
            "host testdb passuser 127.0.0.1/32 password\n"
            "host testdb md5user 127.0.0.1/32 trust\n"  # never reached: the md5 line above wins
            "host pgbouncer postgres 127.0.0.1/32 trust\n")
-    proc = _start(pgmux_factory, tmp_path, hba)
+    proc = _start(pgmux_factory, conf_dir, hba)
     assert _connect(proc, "md5user", "md5pass") == "md5user"
     assert "password authentication failed" in _refused(proc, "md5user", "wrong")
     assert _connect(proc, "scramuser", "scrampass") == "scramuser"
@@ -68,16 +82,16 @@ def test_hba_first_match_methods_reject_and_reload(pg: PgCluster, pgmux_factory:
         assert "Peer authentication failed" in _refused(proc, "postgres" if me != "postgres" else "md5user",
                                                         unix=True)
     # RELOAD re-reads the file: now postgres may log in with trust.
-    (tmp_path / "hba.conf").write_text(hba + "host testdb postgres 127.0.0.1/32 trust\n")
+    _write(conf_dir / "hba.conf", hba + "host testdb postgres 127.0.0.1/32 trust\n")
     proc.admin("RELOAD")
     assert _connect(proc, "postgres") == "postgres"
 
 
-def test_peer_over_the_unix_socket(pg: PgCluster, pgmux_factory: PgmuxStarter, tmp_path: Path) -> None:
+def test_peer_over_the_unix_socket(pg: PgCluster, pgmux_factory: PgmuxStarter, conf_dir: Path) -> None:
     me = getpass.getuser()
     primary = pg.primary
-    path = tmp_path / "hba.conf"
-    path.write_text("local all all peer\n")
+    path = conf_dir / "hba.conf"
+    _write(path, "local all all peer\n")
     proc = pgmux_factory(
         databases={"testdb": f"host={primary.host} port={primary.port} dbname=testdb user=postgres"},
         settings={"auth_type": "hba", "auth_hba_file": str(path)}, userlist={me: "", "other": ""})
@@ -98,8 +112,8 @@ def _with_cert(name: str, certs: Certs) -> dict[str, Any]:
 
 
 def test_cert_lines_log_in_by_certificate_cn(pg: PgCluster, certs: Certs, pgmux_factory: PgmuxStarter,
-                                             tmp_path: Path) -> None:
-    proc = _start(pgmux_factory, tmp_path, "hostssl all all 127.0.0.1/32 cert\n", **_cert_settings(certs))
+                                             conf_dir: Path) -> None:
+    proc = _start(pgmux_factory, conf_dir, "hostssl all all 127.0.0.1/32 cert\n", **_cert_settings(certs))
     assert _connect(proc, "postgres", **_with_cert("client_postgres", certs)) == "postgres"
     assert "certificate authentication failed" in _refused(proc, "md5user", "md5pass",
                                                           **_with_cert("client_postgres", certs))

@@ -18,7 +18,6 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -29,7 +28,7 @@ from helpers import wait_for
 from conftest import PgmuxStarter
 from pgmux.net.probe import Probe
 from pgmux.net.tls import Contexts
-from pgmux.runtime.cluster import HOST, PgCluster, free_port, render_ini
+from pgmux.runtime.cluster import HOST, PgCluster, free_port, render_ini, server_os_user
 from pgmux.testing.certs import Certs, make_certs
 
 
@@ -231,15 +230,19 @@ def test_health_check_probe_speaks_tls(tls_pg: PgCluster, certs: Certs) -> None:
     ({"server_tls_sslmode": "require", "server_tls_ciphers": "NO-SUCH-CIPHER"}, "server_tls_ciphers"),
     ({"client_tls_sslmode": "allow", "client_tls_dheparams": "legacy"}, "client_tls_dheparams"),
 ])
-def test_tls_settings_that_cannot_be_honoured_stop_start_up(tmp_path: Path, certs: Certs,
-                                                             settings: dict[str, Any], words: str) -> None:
+def test_tls_settings_that_cannot_be_honoured_stop_start_up(certs: Certs, settings: dict[str, Any],
+                                                             words: str) -> None:
     if settings.get("client_tls_sslmode") == "allow":
         settings = {**_client_tls(certs, "allow"), **settings}
-    ini = tmp_path / "pgbouncer.ini"
+    ini = certs.dir / "pgbouncer.ini"  # readable by the OS user pgmux switches to as root (-u)
     ini.write_text(render_ini({"db": f"host={HOST} port=5432"},
                               {"listen_addr": HOST, "listen_port": free_port(), "unix_socket_dir": "",
                                "auth_type": "trust", **settings}))
-    proc = subprocess.run([sys.executable, "-m", "pgmux", str(ini)], capture_output=True, text=True, timeout=60)
+    ini.chmod(0o644)
+    user = server_os_user()
+    switch = ["-u", user.name] if user.switch else []
+    proc = subprocess.run([sys.executable, "-m", "pgmux", *switch, str(ini)], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode != 0
     assert words in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
