@@ -169,8 +169,11 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             now_to_client.append(msg)
 
     def ensure(stmt: Statement, sst: ServerStatements) -> list[bytes | memoryview]:
-        """Before a Bind/Describe of `stmt` (named): what to send first to evict and prepare."""
-        need, evict = sst.ensure(stmt.name)
+        """Before a Bind/Describe of `stmt` (named): what to send first to evict and prepare. A copy
+        older than the client's Parse is prepared again, unless the server is in a failed transaction,
+        where PostgreSQL refuses the Bind anyway and a Parse would fail in its place."""
+        since = 0 if server.tx_status == b"E" and _still_failed(q) else stmt.since
+        need, evict = sst.ensure(stmt.name, since)
         first: list[bytes | memoryview] = []
         for old in evict:
             first.append(build_close_statement(old))
@@ -233,7 +236,9 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 else:
                     p = read_parse(body)
                     sname = stmts.parse(p.name, p.query, p.param_types)
-                    need, evict = sst.ensure(sname)
+                    # Prepared anew, as on a fresh connection: a copy this server holds may predate a DDL
+                    # that changed the text's parameter types or result shape (session/prepared.py).
+                    need, evict = sst.ensure(sname, stmts.resolve(p.name).since)
                     new = pre or []
                     for old in evict:
                         new.append(build_close_statement(old))
@@ -406,7 +411,7 @@ def _rebound(stmts: ClientStatements, sst: ServerStatements,
     for pos, pe, ne, end in spans:
         name = raw[pe + 1:ne].decode("utf-8", "surrogateescape")
         stmt = stmts.lookup(name)
-        if stmt is None or not sst.touch(stmt.name):
+        if stmt is None or not sst.touch(stmt.name, stmt.since):
             return None
         bound.append(name)
         head = raw[pos + 5:pe + 1] + stmt.name.encode() + b"\x00"

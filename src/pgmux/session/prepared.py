@@ -22,6 +22,16 @@ so a server can never hold a stale statement under a name that now means another
 Client Close of a named statement only drops the client's mapping (PgBouncer and PgDog answer
 CloseComplete themselves): another client may be using the server-side statement.
 
+A server-side copy can be stale: PostgreSQL fixes a statement's parameter types and result shape at
+Parse, and a DDL since (made through pgmux or by anyone else) may have changed what the same text
+means. A client's own Parse must behave as on a fresh connection, so each client Parse takes a tick
+of the registry's clock (`Statement.since`) and is forwarded to the server, replacing that server's
+copy (Close, then Parse); each server copy remembers the tick it was prepared at, and a Bind or
+Describe on a server whose copy is older than the client's Parse prepares it again there first. So a
+statement is reused across servers and transactions only where its copy was prepared after the
+client's own Parse; the steady state (statements the client holds, on servers that prepared them
+since) compares two integers per Bind.
+
 Counters follow PgBouncer's SHOW STATS (`total_client_parse_count`, `total_server_parse_count`,
 `total_bind_count`) and count named statements only; `PreparedStats` is meant to be one per pool.
 """
@@ -30,7 +40,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from pgmux.errors import DuplicatePreparedStatement, MissingPreparedStatement
@@ -43,11 +53,14 @@ Key = tuple[str, tuple[int, ...]]
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """`name` is the server-side name ("" for an unnamed statement)."""
+    """`name` is the server-side name ("" for an unnamed statement). `since` is the registry's tick of
+    the client Parse this statement comes from (0 for the registry's own entries): a server copy
+    prepared before that tick is stale for this client."""
 
     name: str
     query: str
     param_types: tuple[int, ...]
+    since: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)
@@ -74,6 +87,11 @@ class Registry:
         self._by_key: dict[Key, Statement] = {}
         self._by_name: dict[str, Statement] = {}
         self._refs: dict[str, int] = {}
+        self.clock = 0  # ticks once per client Parse of a named statement
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
 
     def acquire(self, query: str, param_types: Sequence[int] = ()) -> Statement:
         """The entry for this text and types, created if new, with one more reference."""
@@ -135,8 +153,9 @@ class ClientStatements:
             return ""
         if client_name in self._named:
             raise DuplicatePreparedStatement(f'prepared statement "{client_name}" already exists')
-        stmt = self._registry.acquire(query, param_types)
-        self._named[client_name] = stmt
+        reg = self._registry
+        stmt = reg.acquire(query, param_types)
+        self._named[client_name] = Statement(stmt.name, stmt.query, stmt.param_types, reg.tick())
         self._stats.client_parse_count += 1
         return stmt.name
 
@@ -197,7 +216,7 @@ class ServerStatements:
         self._registry = registry
         self._stats: Counters = stats if stats is not None else PreparedStats()
         self._capacity = capacity
-        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._lru: OrderedDict[str, int] = OrderedDict()  # server name -> the registry tick it was prepared at
         self._unnamed: Statement | None = None
 
     @property
@@ -211,27 +230,36 @@ class ServerStatements:
     def __contains__(self, server_name: object) -> bool:
         return server_name in self._lru
 
-    def touch(self, server_name: str) -> bool:
-        """Whether this server holds `server_name`; if so it becomes the most recently used."""
-        if server_name in self._lru:
-            self._lru.move_to_end(server_name)
-            return True
-        return False
+    def touch(self, server_name: str, since: int = 0) -> bool:
+        """Whether this server holds `server_name` prepared at tick `since` or later; if so it becomes
+        the most recently used."""
+        at = self._lru.get(server_name)
+        if at is None or at < since:
+            return False
+        self._lru.move_to_end(server_name)
+        return True
 
-    def ensure(self, server_name: str) -> Ensured:
+    def ensure(self, server_name: str, since: int = 0) -> Ensured:
         """Before a Bind/Describe (or a forwarded Parse) of `server_name` on this server: whether a
-        Parse must be sent, and which names to Close first, oldest first. Records the outcome
+        Parse must be sent, and which names to Close first, oldest first. A copy prepared before tick
+        `since` is replaced: its own name comes back among those to Close. Records the outcome
         optimistically; if the server then rejects the Parse, call `forget`."""
-        if server_name in self._lru:
-            self._lru.move_to_end(server_name)
-            return Ensured(False, [])
+        lru = self._lru
+        at = lru.get(server_name)
+        if at is not None:
+            lru.move_to_end(server_name)
+            if at >= since:
+                return Ensured(False, [])
+            lru[server_name] = self._registry.clock
+            self._stats.server_parse_count += 1
+            return Ensured(True, [server_name])
         self._registry.retain(server_name)
         evict: list[str] = []
-        while len(self._lru) >= self._capacity:
-            old, _ = self._lru.popitem(last=False)
+        while len(lru) >= self._capacity:
+            old, _ = lru.popitem(last=False)
             self._registry.release(old)
             evict.append(old)
-        self._lru[server_name] = None
+        lru[server_name] = self._registry.clock
         self._stats.server_parse_count += 1
         return Ensured(True, evict)
 
@@ -242,6 +270,13 @@ class ServerStatements:
         del self._lru[server_name]
         self._registry.release(server_name)
         return True
+
+    def stale_all(self) -> None:
+        """The server refused one of its copies (its result type changed since it was prepared): every
+        copy is prepared again before its next use here, a Close and Parse each."""
+        lru = self._lru
+        for name in lru:
+            lru[name] = 0
 
     def forget_all(self) -> None:
         """DISCARD ALL / DEALLOCATE ALL ran on this server, or the server is closing."""

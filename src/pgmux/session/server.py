@@ -313,9 +313,10 @@ class ServerSession:
                 self.hub.routing.server_error(self, fields)
         elif self.stmts is not None and fields.get("R") == "RevalidateCachedQuery" and fields.get("C") == "0A000":
             # "cached plan must not change result type": a statement prepared here before a DDL changed
-            # its result type. Clients share it, and each would get this error here for a statement
-            # it prepared after the DDL: let the server go, and its statements with it.
-            self.close_needed = True
+            # its result type, bound by a client that holds it from before the DDL too (a later Parse
+            # would have prepared it again: session/prepared.py), which gets this error directly too.
+            # The copy stays broken for every client that shares it: prepare each again at next use.
+            self.stmts.stale_all()
 
     # -- login ---------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:
