@@ -35,6 +35,7 @@ from conformance import (
     pids_in,
     summarise,
 )
+from conformance_ddl import DDL_DB, TEMPLATE, TEMPLATE_SQL, ddl_prepare_script, ddl_shared_script
 from conformance_drivers import Record, compare_records, record_moves, run_asyncpg, run_psycopg
 from conformance_raw import DB, ddl_script, q, raw_script, reset_script, sql_prepared_script, startup, x
 from conftest import PgmuxProc, PgmuxStarter
@@ -82,22 +83,32 @@ def start_pgmux(pgmux_factory: PgmuxStarter, pg: PgCluster) -> PgmuxProc:
 
 
 async def run_raw(host: str, port: int, n: int = N_CLIENTS,
-                  script: Callable[[int], list[tuple[str, Step]]] = raw_script) -> dict[int, Transcript]:
+                  script: Callable[[int], list[tuple[str, Step]]] = raw_script, db: str = DB,
+                  side: tuple[str, int] | None = None) -> dict[int, Transcript]:
+    """Each client's transcript. `side` is PostgreSQL's address, for the exchanges a script sends on the
+    client's other connection (conformance_ddl.py), opened when first needed."""
     scripts = {k: script(k) for k in range(n)}
     steps = len(scripts[0])
     transcripts = {k: Transcript() for k in range(n)}
     clients: dict[int, RawClient] = {}
+    others: dict[int, RawClient] = {}
 
     async def login(k: int) -> None:
-        client, msgs = await RawClient.connect(host, port, startup(k))
+        client, msgs = await RawClient.connect(host, port, {**startup(k), "database": db})
         clients[k] = client
         transcripts[k].add("login", msgs)
 
     async def step(k: int, i: int, sent: asyncio.Event) -> None:
         name, exchanges = scripts[k][i]
-        client = clients[k]
         for j, ex in enumerate(exchanges):
             label = f"step {i} ({name}) exchange {j}"
+            client = clients[k]
+            if ex.side:
+                assert side is not None, "a script with side exchanges needs PostgreSQL's address"
+                if k not in others:
+                    others[k], _ = await RawClient.connect(*side, {**startup(k), "database": db})
+                client = others[k]
+                label += " (direct connection)"
             client.send(ex.send)
             sent.set()
             try:
@@ -112,7 +123,7 @@ async def run_raw(host: str, port: int, n: int = N_CLIENTS,
             await asyncio.gather(*(login(k) for k in range(n)))
             await interleave(n, steps, step)
         finally:
-            await asyncio.gather(*(c.close() for c in clients.values()))
+            await asyncio.gather(*(c.close() for c in [*clients.values(), *others.values()]))
 
     await asyncio.wait_for(main(), TIMEOUT)
     return transcripts
@@ -239,6 +250,52 @@ def test_reset_and_show_in_one_query_string_match_postgresql(pg: PgCluster, conf
     if unexpected:
         raise RuntimeError(summarise(unexpected))
     assert not diffs, summarise(diffs)
+
+
+@pytest.fixture(scope="module")
+def ddl_template(pg: PgCluster) -> Iterator[str]:
+    p = pg.primary
+    p.psql(f"DROP DATABASE IF EXISTS {DDL_DB} WITH (FORCE)")
+    p.psql(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+    p.psql(f"CREATE DATABASE {TEMPLATE}")
+    p.psql(TEMPLATE_SQL, db=TEMPLATE)
+    yield TEMPLATE
+    p.psql(f"DROP DATABASE IF EXISTS {DDL_DB} WITH (FORCE)")
+    p.psql(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+
+
+def fresh_ddl_db(pg: PgCluster) -> None:
+    """The same objects, with the same OIDs, before each run (see conformance_ddl.py)."""
+    pg.primary.psql(f"DROP DATABASE IF EXISTS {DDL_DB} WITH (FORCE)")
+    pg.primary.psql(f"CREATE DATABASE {DDL_DB} TEMPLATE {TEMPLATE}")
+
+
+@pytest.mark.parametrize("script", [ddl_prepare_script, ddl_shared_script], ids=["own", "shared"])
+def test_ddl_between_prepares_matches_postgresql(pg: PgCluster, ddl_template: str, pgmux_factory: PgmuxStarter,
+                                                 script: Callable[[int], list[tuple[str, Step]]]) -> None:
+    """Prepared, closed, the schema changed (a table recreated with another column type, a column added,
+    an enum type recreated, functions replaced; through the client, and by another connection directly on
+    PostgreSQL), prepared again: the same messages as directly, wherever the statements moved."""
+    p = pg.primary
+    fresh_ddl_db(pg)
+    direct = asyncio.run(run_raw(p.host, p.port, script=script, db=DDL_DB, side=(p.host, p.port)))
+    fresh_ddl_db(pg)
+    mux = pgmux_factory(databases={DDL_DB: f"host={p.host} port={p.port} dbname={DDL_DB}"},
+                        settings={"pool_mode": "transaction", "default_pool_size": POOL_SIZE,
+                                  "max_client_conn": 100})
+    pooled = asyncio.run(run_raw(mux.host, mux.port, script=script, db=DDL_DB, side=(p.host, p.port)))
+    problems = compare(direct, pooled)
+    assert not problems, summarise(problems, 100)
+    # The scenario tests something: directly, the statements prepared again see the new types.
+    described = {b for t in direct.values() for _, msgs in t.entries for typ, b in msgs
+                 if typ == m.PARAMETER_DESCRIPTION}
+    assert {struct.pack("!hI", 1, oid) for oid in (1082, 1186)} <= described, described
+    assert not [d for t in direct.values() for _, msgs in t.entries for typ, d in msgs if typ == m.ERROR_RESPONSE]
+    per_client = [moves(t) for t in pooled.values()]
+    moved, total = sum(a for a, _ in per_client), sum(b for _, b in per_client)
+    print(f"pid-tagged exchanges on another server than the client's previous one: {moved} of {total}")
+    assert moved >= total // 4, f"only {moved} of {total} pid-tagged exchanges ran on another server"
+    assert 1 < len(servers(mux, DDL_DB)) <= POOL_SIZE
 
 
 def test_comparator_fails_on_an_altered_transcript(pg: PgCluster, confdb: str) -> None:

@@ -1,0 +1,131 @@
+"""Conformance sessions with DDL between prepares (issue 10): a statement prepared, closed, the schema
+changed, the same text prepared again must mean what it means now, as on a fresh connection, wherever
+the client's transactions run. Raw protocol messages here; the driver sessions are at the end.
+
+Each run gets a database of its own, `conformance_ddl`, cloned from the template `conformance_ddl_tpl`
+(TEMPLATE copies the catalog with its OIDs), so that the objects both runs start from have the same
+OIDs, which show in RowDescription. Objects a script creates get new OIDs in every run: the scripts
+never show those in a message PostgreSQL sends on success (an enum parameter is neither described nor
+returned as such), only in the errors pgmux must not cause.
+
+The DDL is made three ways: by the client itself (through pgmux in the pooled run), by another
+connection directly on PostgreSQL (`side`: the same in both runs, never through pgmux), and, for a
+text all clients share, by one client's direct connection while the others wait.
+"""
+
+from __future__ import annotations
+
+from conformance import Exchange, Step, bind, close, describe
+from conformance_raw import q, x
+from helpers import execute, parse, sync
+
+DDL_DB = "conformance_ddl"
+TEMPLATE = "conformance_ddl_tpl"
+N_TEMPLATE_CLIENTS = 30
+
+TEMPLATE_SQL = f"""
+CREATE TABLE ddl_shared (v date);
+DO $$BEGIN FOR k IN 0..{N_TEMPLATE_CLIENTS - 1} LOOP
+  EXECUTE format('CREATE TABLE ddl_rec_%s (v date)', k);
+  EXECUTE format('CREATE TABLE ddl_add_%s (id int, t text); INSERT INTO ddl_add_%s VALUES (%s, ''row'')', k, k, k);
+  EXECUTE format('CREATE TYPE ddl_e_%s AS ENUM (''a'', ''b'')', k);
+  EXECUTE format('CREATE FUNCTION ddl_f_%s(int) RETURNS int LANGUAGE sql AS ''SELECT $1 + 1''', k);
+  EXECUTE format('CREATE FUNCTION ddl_g_%s(int) RETURNS int LANGUAGE sql AS ''SELECT $1 + 2''', k);
+END LOOP; END$$;
+"""
+
+
+def side(sql: str) -> Exchange:
+    """A simple query on the client's other connection, directly on PostgreSQL."""
+    return Exchange(q(sql).send, side=True)
+
+
+def _statements(k: int) -> dict[str, str]:
+    return {
+        "s_rec": f"INSERT INTO ddl_rec_{k} VALUES ($1)",  # a parameter whose type comes from a column
+        "s_add": f"SELECT * FROM ddl_add_{k} ORDER BY id",  # a result shape that follows the table's
+        "s_enum": f"SELECT $1::ddl_e_{k}::text AS e",  # a parameter of an enum type
+        "s_fn": f"SELECT ddl_f_{k}($1::int) AS f, 'pid:' || pg_backend_pid() AS backend_pid",  # a function replaced (body, then return type)
+        "s_fn2": f"SELECT ddl_g_{k}($1::int) AS g",
+    }
+
+
+def _use(k: int, names: dict[str, str], rec: bytes, enum: bytes) -> bytes:
+    """Every statement described and run once, in one batch."""
+    s = names
+    return (describe("S", s["s_rec"]) + bind(s["s_rec"], (rec,)) + execute()
+            + describe("S", s["s_add"]) + bind(s["s_add"]) + describe("P") + execute()
+            + bind(s["s_enum"], (enum,)) + execute()
+            + describe("S", s["s_fn"]) + bind(s["s_fn"], (str(k).encode(),)) + execute()
+            + describe("S", s["s_fn2"]) + bind(s["s_fn2"], (str(k).encode(),)) + execute())
+
+
+def _prepare(k: int, names: dict[str, str]) -> bytes:
+    texts = _statements(k)
+    return b"".join(parse(texts[key], name) for key, name in names.items())
+
+
+def _close(names: dict[str, str]) -> bytes:
+    return b"".join(close("S", name) for name in names.values()) + sync()
+
+
+def ddl_prepare_script(k: int) -> list[tuple[str, Step]]:
+    same = {key: key for key in _statements(k)}
+    fresh = {key: f"{key}_v2" for key in _statements(k)}
+    third = {key: f"{key}_v3" for key in _statements(k)}
+    return [
+        ("prepare before any DDL", [x(_prepare(k, same) + _use(k, same, b"2024-01-02", b"a") + sync())]),
+        ("use them, maybe on another server", [x(_use(k, same, b"2024-01-03", b"b") + sync())]),
+        ("close them", [x(_close(same))]),
+        ("DDL through the client", [
+            q(f"DROP TABLE ddl_rec_{k}; CREATE TABLE ddl_rec_{k} (v interval)"),
+            q(f"ALTER TABLE ddl_add_{k} ADD COLUMN extra text DEFAULT 'x{k}'"),
+            q(f"DROP TYPE ddl_e_{k}; CREATE TYPE ddl_e_{k} AS ENUM ('b', 'c')"),
+            q(f"CREATE OR REPLACE FUNCTION ddl_f_{k}(int) RETURNS int LANGUAGE sql AS 'SELECT $1 * 100'"),
+            q(f"DROP FUNCTION ddl_g_{k}(int); "
+              f"CREATE FUNCTION ddl_g_{k}(int) RETURNS text LANGUAGE sql AS 'SELECT ''g'' || $1'"),
+        ]),
+        ("the same names and texts prepared again", [
+            x(_prepare(k, same) + _use(k, same, b"1 day", b"c") + sync())]),
+        ("fresh names for the same texts", [x(_prepare(k, fresh) + _use(k, fresh, b"2 days", b"c") + sync())]),
+        ("both, maybe on another server", [
+            x(_use(k, same, b"3 days", b"b") + sync()),
+            x(_use(k, fresh, b"4 days", b"b") + sync()),
+        ]),
+        ("and again", [x(_use(k, same, b"5 days", b"c") + _use(k, fresh, b"6 days", b"c") + sync())]),
+        ("close them all", [x(_close(same)), x(_close(fresh))]),
+        ("DDL by another connection, directly on PostgreSQL", [
+            side(f"DROP TABLE ddl_rec_{k}; CREATE TABLE ddl_rec_{k} (v numeric)"),
+            side(f"ALTER TABLE ddl_add_{k} ADD COLUMN more int DEFAULT {k}"),
+            side(f"DROP TYPE ddl_e_{k}; CREATE TYPE ddl_e_{k} AS ENUM ('c', 'd')"),
+            side(f"DROP FUNCTION ddl_f_{k}(int); "
+                 f"CREATE FUNCTION ddl_f_{k}(int) RETURNS numeric LANGUAGE sql AS 'SELECT $1 / 4.0'"),
+            side(f"CREATE OR REPLACE FUNCTION ddl_g_{k}(int) RETURNS text LANGUAGE sql AS 'SELECT ''h'' || $1'"),
+        ]),
+        ("prepared again after it", [x(_prepare(k, same) + _use(k, same, b"1.5", b"d") + sync())]),
+        ("under other names, maybe on another server", [
+            x(_prepare(k, third) + _use(k, third, b"2.5", b"d") + sync())]),
+        ("all of them, maybe on another server", [
+            x(_use(k, same, b"3.5", b"c") + _use(k, third, b"4.5", b"c") + sync())]),
+    ]
+
+
+SHARED = "INSERT INTO ddl_shared VALUES ($1)"
+PID = parse("SELECT 'pid:' || pg_backend_pid() AS backend_pid") + bind() + execute()
+
+
+def ddl_shared_script(k: int) -> list[tuple[str, Step]]:
+    """One text every client prepares, so that all share one server-side statement through pgmux; one
+    client's direct connection recreates the table while the others wait."""
+    use = PID + describe("S", "s_shared") + bind("s_shared", (b"2024-01-01" if k % 2 else b"2024-02-02",)) + execute()
+    later = PID + describe("S", "s_shared") + bind("s_shared", (b"1 day",)) + execute()
+    return [
+        ("prepare the shared text", [x(parse(SHARED, "s_shared") + use + sync())]),
+        ("use it, maybe on another server", [x(use + sync())]),
+        ("close it", [x(close("S", "s_shared") + sync())]),
+        ("one client recreates the table directly", [
+            side("DROP TABLE ddl_shared; CREATE TABLE ddl_shared (v interval)")] if k == 0 else []),
+        ("prepare the same text again", [x(parse(SHARED, "s_shared") + later + sync())]),
+        ("and use it, maybe on another server", [x(later + sync())]),
+    ]
+
