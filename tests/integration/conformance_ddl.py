@@ -15,6 +15,8 @@ text all clients share, by one client's direct connection while the others wait.
 
 from __future__ import annotations
 
+from typing import Any
+
 from conformance import Exchange, Step, bind, close, describe
 from conformance_raw import q, x
 from helpers import execute, parse, sync
@@ -129,3 +131,109 @@ def ddl_shared_script(k: int) -> list[tuple[str, Step]]:
         ("and use it, maybe on another server", [x(later + sync())]),
     ]
 
+
+
+# -- driver sessions ---------------------------------------------------------------------------------
+# Each client k uses its own objects. DDL through the client is followed by what the driver does itself
+# (psycopg clears its prepared statements after DROP and ALTER, with DEALLOCATE ALL); psycopg's small
+# statement cache prepares every statement anew at each use anyway. asyncpg keeps its statements: the
+# application calls reload_schema_state() after DDL, which drops its statement and type caches.
+def _through_client(k: int) -> list[str]:
+    return [f"DROP TABLE ddl_rec_{k}", f"CREATE TABLE ddl_rec_{k} (v interval)",
+            f"ALTER TABLE ddl_add_{k} ADD COLUMN extra text DEFAULT 'x{k}'",
+            f"DROP TYPE ddl_e_{k}", f"CREATE TYPE ddl_e_{k} AS ENUM ('b', 'c')",
+            f"CREATE OR REPLACE FUNCTION ddl_f_{k}(int) RETURNS int LANGUAGE sql AS 'SELECT $1 * 100'",
+            f"DROP FUNCTION ddl_g_{k}(int)",
+            f"CREATE FUNCTION ddl_g_{k}(int) RETURNS text LANGUAGE sql AS 'SELECT ''g'' || $1'"]
+
+
+def _by_another(k: int) -> list[str]:
+    return [f"DROP TABLE ddl_rec_{k}", f"CREATE TABLE ddl_rec_{k} (v numeric)",
+            f"ALTER TABLE ddl_add_{k} ADD COLUMN more int DEFAULT {k}",
+            f"DROP TYPE ddl_e_{k}", f"CREATE TYPE ddl_e_{k} AS ENUM ('c', 'd')",
+            f"DROP FUNCTION ddl_f_{k}(int)",
+            f"CREATE FUNCTION ddl_f_{k}(int) RETURNS numeric LANGUAGE sql AS 'SELECT $1 / 4.0'",
+            f"CREATE OR REPLACE FUNCTION ddl_g_{k}(int) RETURNS text LANGUAGE sql AS 'SELECT ''h'' || $1'"]
+
+
+def psycopg_ddl_script(direct_dsn: str) -> list[Any]:
+    import psycopg  # noqa: PLC0415 - only the driver tests need it
+    from conformance_drivers import pg_rows  # noqa: PLC0415
+
+    async def use(conn: Any, k: int, op: Any, rec: Any, enum: str) -> None:
+        # Six statements in turn through a cache of three: psycopg Closes the oldest and prepares each
+        # again (Close, Parse under a new name) at every use: statements never live across DDL here.
+        conn.prepared_max = 3
+        await op("insert", lambda: pg_rows(conn, f"INSERT INTO ddl_rec_{k} VALUES (%s)", (rec,)))
+        await op("read back", lambda: pg_rows(conn, f"SELECT v::text, pg_typeof(v)::text FROM ddl_rec_{k} "
+                                                    "ORDER BY 1"))
+        await op("star", lambda: pg_rows(conn, f"SELECT * FROM ddl_add_{k} ORDER BY id"))
+        await op("enum", lambda: pg_rows(conn, f"SELECT %s::ddl_e_{k}::text AS e", (enum,)))
+        await op("function", lambda: pg_rows(conn, f"SELECT ddl_f_{k}(%s) AS f, 'pid:' || pg_backend_pid()", (k,)))
+        await op("function 2", lambda: pg_rows(conn, f"SELECT ddl_g_{k}(%s) AS g", (k,)))
+
+    def step(rec: str, enum: str) -> Any:
+        return lambda conn, k, op: use(conn, k, op, rec, enum)
+
+    async def ddl_here(conn: Any, k: int, op: Any) -> None:
+        for i, sql in enumerate(_through_client(k)):
+            await op(f"ddl {i}", lambda sql=sql: pg_rows(conn, sql))
+
+    async def ddl_elsewhere(conn: Any, k: int, op: Any) -> None:
+        async def run(sql: str) -> Any:
+            async with await psycopg.AsyncConnection.connect(direct_dsn, autocommit=True) as other:
+                return (await other.execute(sql)).statusmessage
+        for i, sql in enumerate(_by_another(k)):
+            await op(f"ddl {i} by another connection", lambda sql=sql: run(sql))
+
+    return [("before any DDL", step("2024-01-02", "a")), ("again, maybe on another server", step("2024-01-03", "b")),
+            ("DDL through the client", ddl_here), ("after it", step("1 day", "c")),
+            ("again, maybe on another server", step("2 days", "b")),
+            ("DDL by another connection", ddl_elsewhere), ("after that", step("1.5", "d")),
+            ("again, maybe on another server", step("2.5", "c"))]
+
+
+def asyncpg_ddl_script(direct_dsn: str) -> list[Any]:
+    import datetime  # noqa: PLC0415
+    from decimal import Decimal  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415 - only the driver tests need it
+
+    async def use(conn: Any, k: int, op: Any, rec: Any, enum: str) -> None:
+        await op("insert", lambda: conn.execute(f"INSERT INTO ddl_rec_{k} VALUES ($1)", rec))
+        await op("read back", lambda: conn.fetch(f"SELECT v::text, pg_typeof(v)::text FROM ddl_rec_{k} ORDER BY 1"))
+        await op("star", lambda: conn.fetch(f"SELECT * FROM ddl_add_{k} ORDER BY id"))
+        await op("enum", lambda: conn.fetchval(f"SELECT $1::ddl_e_{k}::text AS e", enum))
+        await op("function", lambda: conn.fetchrow(f"SELECT ddl_f_{k}($1) AS f, 'pid:' || pg_backend_pid()", k))
+
+        async def prepared() -> Any:  # a statement object: a Parse of its own every time
+            stmt = await conn.prepare(f"SELECT ddl_g_{k}($1) AS g")
+            return await stmt.fetchval(k), [t.name for t in stmt.get_attributes()], stmt.get_parameters()[0].name
+        await op("prepared statement object", prepared)
+
+    def step(rec: Any, enum: str) -> Any:
+        return lambda conn, k, op: use(conn, k, op, rec, enum)
+
+    async def ddl_here(conn: Any, k: int, op: Any) -> None:
+        for i, sql in enumerate(_through_client(k)):
+            await op(f"ddl {i}", lambda sql=sql: conn.execute(sql))
+        await op("reload schema state", conn.reload_schema_state)
+
+    async def ddl_elsewhere(conn: Any, k: int, op: Any) -> None:
+        async def run(sql: str) -> Any:
+            other = await asyncpg.connect(direct_dsn, timeout=10)
+            try:
+                return await other.execute(sql)
+            finally:
+                await other.close()
+        for i, sql in enumerate(_by_another(k)):
+            await op(f"ddl {i} by another connection", lambda sql=sql: run(sql))
+        await op("reload schema state", conn.reload_schema_state)
+
+    day = datetime.timedelta(days=1)
+    return [("before any DDL", step(datetime.date(2024, 1, 2), "a")),
+            ("again, maybe on another server", step(datetime.date(2024, 1, 3), "b")),
+            ("DDL through the client", ddl_here), ("after it", step(day, "c")),
+            ("again, maybe on another server", step(2 * day, "b")),
+            ("DDL by another connection", ddl_elsewhere), ("after that", step(Decimal("1.5"), "d")),
+            ("again, maybe on another server", step(Decimal("2.5"), "c"))]

@@ -35,7 +35,15 @@ from conformance import (
     pids_in,
     summarise,
 )
-from conformance_ddl import DDL_DB, TEMPLATE, TEMPLATE_SQL, ddl_prepare_script, ddl_shared_script
+from conformance_ddl import (
+    DDL_DB,
+    TEMPLATE,
+    TEMPLATE_SQL,
+    asyncpg_ddl_script,
+    ddl_prepare_script,
+    ddl_shared_script,
+    psycopg_ddl_script,
+)
 from conformance_drivers import Record, compare_records, record_moves, run_asyncpg, run_psycopg
 from conformance_raw import DB, ddl_script, q, raw_script, reset_script, sql_prepared_script, startup, x
 from conftest import PgmuxProc, PgmuxStarter
@@ -296,6 +304,31 @@ def test_ddl_between_prepares_matches_postgresql(pg: PgCluster, ddl_template: st
     print(f"pid-tagged exchanges on another server than the client's previous one: {moved} of {total}")
     assert moved >= total // 4, f"only {moved} of {total} pid-tagged exchanges ran on another server"
     assert 1 < len(servers(mux, DDL_DB)) <= POOL_SIZE
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_drivers_with_ddl_between_prepares_match_postgresql(pg: PgCluster, ddl_template: str,
+                                                            pgmux_factory: PgmuxStarter, driver: str) -> None:
+    """psycopg (prepare_threshold=0) and asyncpg with the schema changed between their prepares, through
+    the client and by another connection directly on PostgreSQL (conformance_ddl.py)."""
+    p = pg.primary
+    direct_dsn = f"postgresql://postgres@{p.host}:{p.port}/{DDL_DB}"
+    run = run_psycopg if driver == "psycopg" else run_asyncpg
+    script = (psycopg_ddl_script if driver == "psycopg" else asyncpg_ddl_script)(direct_dsn)
+    fresh_ddl_db(pg)
+    direct = asyncio.run(run(direct_dsn, N_CLIENTS, TIMEOUT, script))
+    fresh_ddl_db(pg)
+    mux = pgmux_factory(databases={DDL_DB: f"host={p.host} port={p.port} dbname={DDL_DB}"},
+                        settings={"pool_mode": "transaction", "default_pool_size": POOL_SIZE,
+                                  "max_client_conn": 100})
+    pooled = asyncio.run(run(f"postgresql://postgres@{mux.host}:{mux.port}/{DDL_DB}", N_CLIENTS, TIMEOUT, script))
+    problems = compare_records(direct, pooled)
+    assert not problems, summarise(problems, 60)
+    errors = [r for rec in direct.values() for r in rec if r[1] == "error"]
+    assert not errors, errors[:5]
+    moved, total = record_moves(pooled)
+    print(f"pid-tagged operations on another server than the client's previous one: {moved} of {total}")
+    assert moved >= total // 4, f"only {moved} of {total} pid-tagged operations ran on another server"
 
 
 def test_comparator_fails_on_an_altered_transcript(pg: PgCluster, confdb: str) -> None:
