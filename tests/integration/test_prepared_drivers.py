@@ -65,7 +65,10 @@ def test_asyncpg_default_statement_cache_20_clients_pool_2(pgmux_factory: PgmuxS
     stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}["testdb"]
     assert stats["total_client_parse_count"] >= 20
     assert stats["total_bind_count"] >= 500
-    assert 1 <= stats["total_server_parse_count"] <= stats["total_client_parse_count"]
+    # Each client Parse is prepared anew on its server (a DDL may have come since: session/prepared.py),
+    # and a copy older than a client's Parse once more on each other server it binds on.
+    assert stats["total_client_parse_count"] <= stats["total_server_parse_count"] \
+        <= stats["total_client_parse_count"] * 2
 
 
 def test_psycopg_prepare_threshold_zero(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
@@ -229,4 +232,9 @@ def test_50_clients_pool_5_mixed_workload(pgmux_factory: PgmuxStarter, pg: PgClu
     assert 1 <= len(servers) <= 5
     stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}["testdb"]
     assert stats["total_bind_count"] >= 50 * rounds  # named statements, bound on whichever server came
-    assert stats["total_server_parse_count"] < stats["total_client_parse_count"]  # shared across clients
+    # Each client Parse is prepared anew on its server, and a copy older than a client's Parse once more
+    # on each other server it binds on (session/prepared.py) ...
+    assert stats["total_client_parse_count"] <= stats["total_server_parse_count"] \
+        <= stats["total_client_parse_count"] * 5
+    # ... while the servers hold each text once, shared across clients.
+    assert all(s["prepared_statements"] <= 3 for s in servers), servers
