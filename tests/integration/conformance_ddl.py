@@ -47,7 +47,8 @@ def _statements(k: int) -> dict[str, str]:
         "s_rec": f"INSERT INTO ddl_rec_{k} VALUES ($1)",  # a parameter whose type comes from a column
         "s_add": f"SELECT * FROM ddl_add_{k} ORDER BY id",  # a result shape that follows the table's
         "s_enum": f"SELECT $1::ddl_e_{k}::text AS e",  # a parameter of an enum type
-        "s_fn": f"SELECT ddl_f_{k}($1::int) AS f, 'pid:' || pg_backend_pid() AS backend_pid",  # a function replaced (body, then return type)
+        # functions replaced (a body, a return type)
+        "s_fn": f"SELECT ddl_f_{k}($1::int) AS f, 'pid:' || pg_backend_pid() AS backend_pid",
         "s_fn2": f"SELECT ddl_g_{k}($1::int) AS g",
     }
 

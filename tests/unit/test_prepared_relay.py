@@ -390,7 +390,8 @@ def test_replies_split_anywhere_keep_their_order(rig: Rig) -> None:
     d = rig.login()
     d.send(m.query("select 1") + parse(name="x") + bind("x") + execute() + SYNC)
     assert d.take() == b""
-    assert s.take() == m.query("select 1") + close("pgmux_1") + parse(name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    assert s.take() == (m.query("select 1") + close("pgmux_1") + parse(name="pgmux_1") + bind("pgmux_1") + execute()
+                        + SYNC)
     s.send_bytewise(reply(ROW) + CC + PC + BC + ROW + RFQ)
     assert d.take() == reply(ROW) + PC + BC + ROW + RFQ
     assert s.state is ServerState.IDLE
