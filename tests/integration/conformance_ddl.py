@@ -218,6 +218,8 @@ def asyncpg_ddl_script(direct_dsn: str) -> list[Any]:
     async def ddl_here(conn: Any, k: int, op: Any) -> None:
         for i, sql in enumerate(_through_client(k)):
             await op(f"ddl {i}", lambda sql=sql: conn.execute(sql))
+        # A statement asyncpg holds across the ALTER: PostgreSQL refuses it (0A000), asyncpg prepares it again.
+        await op("star, held across the ALTER", lambda: conn.fetch(f"SELECT * FROM ddl_add_{k} ORDER BY id"))
         await op("reload schema state", conn.reload_schema_state)
 
     async def ddl_elsewhere(conn: Any, k: int, op: Any) -> None:
