@@ -528,3 +528,75 @@ def test_a_statement_whose_result_type_changed_is_prepared_again(rig: Rig) -> No
     assert s.take() == close("pgmux_1") + parse("select * from t", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
     s.send(CC + PC + BC + ROW + RFQ)
     assert later.take() == BC + ROW + RFQ
+
+
+PD = m.message(m.PARAMETER_DESCRIPTION, b"\x00\x00")
+ONE_COL, TWO_COLS = m.row_description([("a", 23)]), m.row_description([("a", 23), ("b", 25)])
+REVALIDATE = m.message(m.ERROR_RESPONSE, b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00"
+                       b"Fplancache.c\x00L722\x00RRevalidateCachedQuery\x00\x00")
+
+
+def described_on_b(rig: Rig) -> tuple[Peer, Peer, Peer]:
+    """A client that Parsed and Described "s1" (one column) on server b, then b kept busy: its next
+    transaction runs on a, which lacks the statement."""
+    c, a, b = two_servers(rig)
+    c.send(parse("select * from t", name="s1") + describe("s1") + SYNC)
+    assert b.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + SYNC
+    b.send(PC + PD + ONE_COL + RFQ)
+    assert c.take() == PC + PD + ONE_COL + RFQ
+    holder = rig.login()
+    holder.send(m.query("begin"))
+    assert b.take() == m.query("begin")
+    return c, a, b
+
+
+def test_a_described_statement_is_checked_where_it_is_prepared_again(rig: Rig) -> None:
+    """The client knows its statement's result shape: on a server without it, pgmux prepares and
+    Describes it first, holding the client's messages until the reply; the same shape, and they go on."""
+    c, a, _ = described_on_b(rig)
+    c.send(bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH
+    c.send(bind("s1") + execute() + SYNC)  # more, while the check runs: held too, in order
+    assert a.take() == b""
+    a.send(PC + PD + m.row_description([("a", 23)]))
+    assert c.take() == b""
+    assert a.take() == bind("pgmux_1") + execute() + SYNC + bind("pgmux_1") + execute() + SYNC
+    a.send(BC + ROW + RFQ + BC + ROW + RFQ)
+    assert c.take() == BC + ROW + RFQ + BC + ROW + RFQ
+    assert a.state is ServerState.IDLE
+    c.send(bind("s1") + execute() + SYNC)  # known now: no check
+    assert a.take() == bind("pgmux_1") + execute() + SYNC
+
+
+def test_a_changed_result_shape_fails_as_postgresql_fails_it(rig: Rig) -> None:
+    """A DDL added a column since the client's Parse: PostgreSQL would refuse its statement (0A000, with
+    the routine asyncpg tells it by); so does pgmux, and the server fails the rest of the batch too."""
+    c, a, _ = described_on_b(rig)
+    c.send(bind("s1") + execute() + bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH
+    a.send(PC + PD + TWO_COLS)
+    assert c.take() == REVALIDATE
+    assert a.take() == FAIL_PARSE + SYNC  # the server skips to the Sync, as after PostgreSQL's own error
+    a.send(FAIL_ERR + RFQ)
+    assert c.take() == RFQ
+    assert a.state is ServerState.IDLE
+    c.send(close("s1") + parse("select * from t", name="s1") + describe("s1") + bind("s1") + execute() + SYNC)
+    assert a.take() == (close("pgmux_1") + parse("select * from t", name="pgmux_1") + describe("pgmux_1")
+                        + bind("pgmux_1") + execute() + SYNC)
+    a.send(CC + PC + PD + TWO_COLS + BC + ROW + RFQ)
+    assert c.take() == CC + PC + PD + TWO_COLS + BC + ROW + RFQ
+
+
+def test_a_failed_check_lets_the_held_messages_go_on(rig: Rig) -> None:
+    """The check's Parse fails (the table is gone): the client gets that error, and its held messages
+    go to the server, which skips them up to their Sync."""
+    c, a, _ = described_on_b(rig)
+    c.send(bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH
+    gone = m.error_response("ERROR", "42P01", 'relation "t" does not exist')
+    a.send(gone)
+    assert c.take() == gone
+    assert a.take() == parse("select * from t", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    a.send(RFQ)
+    assert c.take() == RFQ
+    assert a.state is ServerState.IDLE and "pgmux_1" not in a.session.stmts
