@@ -600,3 +600,21 @@ def test_a_failed_check_lets_the_held_messages_go_on(rig: Rig) -> None:
     a.send(RFQ)
     assert c.take() == RFQ
     assert a.state is ServerState.IDLE and "pgmux_1" not in a.session.stmts
+
+
+def test_no_check_while_the_server_skips_to_a_sync(rig: Rig) -> None:
+    """After an error with no Sync in flight the server ignores everything up to the next Sync: a check
+    would never be answered, so there is none; the client's messages go as they are, to be skipped."""
+    c, a, _ = described_on_b(rig)
+    c.send(parse("selec 1", name="bad") + FLUSH)
+    assert a.take() == parse("selec 1", name="pgmux_2") + FLUSH
+    err = m.error_response("ERROR", "42601", 'syntax error at or near "selec"')
+    a.send(err)
+    assert c.take() == err
+    c.send(bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    a.send(RFQ)
+    assert c.take() == RFQ
+    assert a.state is ServerState.IDLE
+    c.send(bind("s1") + execute() + SYNC)  # the Sync ended the skipping: checked now
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH

@@ -342,6 +342,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     kind = -1
             elif t == _S:
                 kind = SYNC
+                server.skipping = False  # read before whatever comes next
             elif t == _Q or t == _F:
                 kind = QUERY
                 if t == _Q:  # a simple query destroys the unnamed statement
@@ -398,6 +399,8 @@ def _unchecked(server: ServerSession, q: deque[Entry], sst: ServerStatements, st
     client's Parse, or not known to have that shape. Right after such a check, a shape that is not the
     client's fails as PostgreSQL fails a statement whose result type a DDL changed (0A000)."""
     if stmt.shape is None or sst.touch(stmt.name, stmt.since, stmt.shape):
+        return False
+    if server.skipping:  # after an error the server would skip the check too, and never answer it
         return False
     if server.checked == stmt.name:
         shape = sst.shapes.get(stmt.name)

@@ -64,7 +64,7 @@ class ServerSession:
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
                  "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn", "held", "release",
-                 "checked")
+                 "checked", "skipping")
 
     def __init__(self, sid: int, hub: App, pool: Pool[Any, Any], target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -109,6 +109,7 @@ class ServerSession:
         self.held: list[bytes] | None = None
         self.release = False
         self.checked = ""
+        self.skipping = False  # an extended-protocol error came with no Sync in flight: the server skips to one
         self.want_lsn = False  # read-your-writes: pgmux's own query reads the WAL position (runtime/routing.py)
         self.lsn: str | None = None  # ... and what it read
 
@@ -315,6 +316,8 @@ class ServerSession:
     def _error(self, data: bytes, start: int, total: int) -> None:
         # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it.
         fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
+        if self.owed <= 0:  # no Sync in flight: the server now ignores everything up to the next one
+            self.skipping = True
         if fields.get("S") in ("FATAL", "PANIC") or fields.get("C", "").startswith("08"):
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
