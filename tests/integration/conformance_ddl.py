@@ -240,3 +240,22 @@ def asyncpg_ddl_script(direct_dsn: str) -> list[Any]:
             ("again, maybe on another server", step(2 * day, "b")),
             ("DDL by another connection", ddl_elsewhere), ("after that", step(Decimal("1.5"), "d")),
             ("again, maybe on another server", step(Decimal("2.5"), "c"))]
+
+
+def ddl_described_script(k: int) -> list[tuple[str, Step]]:
+    """conformance_raw.ddl_script, with the statement Described at its Parse, as asyncpg does: a DDL in a
+    transaction changes its result type, and the transaction is rolled back. Directly: the Bind in the
+    transaction fails (0A000), the one after works."""
+    return [
+        ("prepare and describe", [x(parse(f"SELECT *, 'pid:' || pg_backend_pid() AS backend_pid FROM conf_own_{k}",
+                                          "s_star") + describe("S", "s_star")
+                                    + bind("s_star") + execute() + sync())]),
+        ("a DDL that changes the result type, rolled back", [
+            q("BEGIN"),
+            q(f"ALTER TABLE conf_own_{k} ADD COLUMN extra int"),
+            x(bind("s_star") + execute() + sync()),
+            q("ROLLBACK"),
+            x(bind("s_star") + execute() + sync()),
+        ]),
+        ("once more, maybe on another server", [x(bind("s_star") + execute() + sync())]),
+    ]

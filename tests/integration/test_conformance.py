@@ -40,6 +40,7 @@ from conformance_ddl import (
     TEMPLATE,
     TEMPLATE_SQL,
     asyncpg_ddl_script,
+    ddl_described_script,
     ddl_prepare_script,
     ddl_shared_script,
     psycopg_ddl_script,
@@ -241,6 +242,26 @@ def test_ddl_changing_a_result_type_matches_postgresql(pg: PgCluster, confdb: st
     assert not diffs, summarise(diffs)
 
 
+
+
+def test_ddl_changing_the_result_type_of_a_described_statement_matches_postgresql(
+        pg: PgCluster, confdb: str, pgmux_factory: PgmuxStarter) -> None:
+    """The known difference above, for a client that Described its statement: pgmux knows the shape
+    the client expects, checks the copy it prepares again, and fails the Bind as PostgreSQL does."""
+    reset(pg)
+    p = pg.primary
+    direct = asyncio.run(run_raw(p.host, p.port, script=ddl_described_script))
+    refused = [m.parse_error_fields(msgs[0][1]).get("C") for t in direct.values() for label, msgs in t.entries
+               if label.endswith("exchange 2")]
+    assert refused == ["0A000"] * N_CLIENTS, refused  # the scenario tests something
+    mux = start_pgmux(pgmux_factory, pg)
+    pooled = asyncio.run(run_raw(mux.host, mux.port, script=ddl_described_script))
+    problems = compare(direct, pooled)
+    assert not problems, summarise(problems, 100)
+    per_client = [moves(t) for t in pooled.values()]
+    moved, total = sum(a for a, _ in per_client), sum(b for _, b in per_client)
+    print(f"pid-tagged exchanges on another server than the client's previous one: {moved} of {total}")
+    assert moved >= total // 4, f"only {moved} of {total} pid-tagged exchanges ran on another server"
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
