@@ -35,6 +35,7 @@ from pgmux.protocol import messages as m  # noqa: E402
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
 PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
+CLOSE_COMPLETE = m.message(m.CLOSE_COMPLETE)
 
 
 class LastWrite:
@@ -58,6 +59,17 @@ class LastWrite:
         return default
 
 
+def _answers(written: bytes | memoryview) -> bytes:
+    """The replies to the Close and Parse messages pgmux put first (a statement the server lacked, or
+    held from before the client's own Parse): CloseComplete and ParseComplete, in order."""
+    data = bytes(written)
+    out, pos = [], 0
+    while pos + 5 <= len(data) and data[pos:pos + 1] in (b"C", b"P"):
+        out.append(CLOSE_COMPLETE if data[pos:pos + 1] == b"C" else PARSE_COMPLETE)
+        pos += 1 + struct.unpack_from("!i", data, pos + 1)[0]
+    return b"".join(out)
+
+
 def _bind(i: int, statement: bytes) -> bytes:
     v = str(i).encode()
     return m.message(m.BIND, b"\x00" + statement + b"\x00\x00\x00\x00\x01" + struct.pack("!i", len(v)) + v
@@ -75,6 +87,7 @@ class Workload:
             rig.server_login(s)
         for s in rig.servers:
             s.send(first + m.ready_for_query(b"I"))
+            s.take()  # the query, answered
         assert len(rig.servers) == 2
         reply = (m.row_description([("abalance", 23)]) + m.data_row([1]) + m.command_complete("SELECT 1")
                  + m.ready_for_query(b"I"))
@@ -86,8 +99,7 @@ class Workload:
                 c.send(parse + m.message(m.SYNC))
                 for s in rig.servers:
                     if s.session.client is not None:
-                        s.take()
-                        s.send(PARSE_COMPLETE + m.ready_for_query(b"I"))
+                        s.send(_answers(s.take()) + m.ready_for_query(b"I"))
                 c.take()
             self.queries = [_bind(i, b"P0_1") + describe_execute_sync for i in range(5)]
             self.reply = m.message(m.BIND_COMPLETE) + reply
@@ -115,8 +127,8 @@ class Workload:
                     break
                 for s in busy:
                     # A Parse pgmux put first (a statement this server lacked) gets its ParseComplete.
-                    prepared_here = bytes(s.transport.last[:1]) == b"P"
-                    s.data_received(PARSE_COMPLETE + self.reply if prepared_here else self.reply)
+                    first = s.transport.last[:1]
+                    s.data_received(_answers(s.transport.last) + self.reply if first in (b"P", b"C") else self.reply)
                     done += 1
         return done
 

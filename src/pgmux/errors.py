@@ -60,3 +60,7 @@ class DuplicatePreparedStatement(PgmuxError):
 
 class MissingPreparedStatement(PgmuxError):
     sqlstate = "26000"  # invalid_sql_statement_name, as PostgreSQL reports it
+
+
+class CachedPlanChanged(PgmuxError):
+    sqlstate = "0A000"  # feature_not_supported: "cached plan must not change result type", as PostgreSQL says

@@ -61,11 +61,13 @@ def run(sql: str, *params: bytes | None, name: str = "", types: Sequence[int] = 
 # -- the raw client --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Exchange:
-    """Send `send`, then read messages until `count` messages of type `until` have come."""
+    """Send `send`, then read messages until `count` messages of type `until` have come. A `side`
+    exchange goes to the client's other connection, directly on PostgreSQL in both runs."""
 
     send: bytes
     until: bytes = m.READY_FOR_QUERY
     count: int = 1
+    side: bool = False
 
 
 Step = list[Exchange]

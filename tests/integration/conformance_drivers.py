@@ -207,8 +207,8 @@ def psycopg_script() -> list[DriverStep]:
             ("once more", again)]
 
 
-async def run_psycopg(dsn: str, n: int, timeout: float) -> dict[int, Record]:
-    script = psycopg_script()
+async def run_psycopg(dsn: str, n: int, timeout: float, script: list[DriverStep] | None = None) -> dict[int, Record]:
+    script = psycopg_script() if script is None else script
 
     box: dict[int, list[tuple[Any, ...]]] = {}
 
@@ -339,8 +339,8 @@ def asyncpg_script() -> list[DriverStep]:
             ("cursor", cursor), ("once more", again)]
 
 
-async def run_asyncpg(dsn: str, n: int, timeout: float) -> dict[int, Record]:
-    script = asyncpg_script()
+async def run_asyncpg(dsn: str, n: int, timeout: float, script: list[DriverStep] | None = None) -> dict[int, Record]:
+    script = asyncpg_script() if script is None else script
     box: dict[int, list[tuple[Any, ...]]] = {}
 
     async def connect(k: int) -> Any:

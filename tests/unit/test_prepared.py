@@ -102,6 +102,26 @@ def test_ensure_parses_once_then_reuses() -> None:
     assert name in srv and srv.prepared_statements == 1 and stats.server_parse_count == 1
 
 
+def test_a_copy_older_than_the_clients_parse_is_prepared_again() -> None:
+    """Each client Parse is a tick of the registry's clock: a server copy prepared before it may predate
+    a DDL, so it is Closed and prepared again (its own name among those to Close), once; clients that
+    parsed earlier use the newer copy as it is."""
+    reg, stats, a, b, srv = setup()
+    name = a.parse("s1", Q1)
+    since_a = a.resolve("s1").since
+    assert srv.ensure(name, since_a) == (True, []) and srv.touch(name, since_a)
+    assert b.parse("x", Q1) == name
+    since_b = b.resolve("x").since
+    assert since_b > since_a and reg.clock == since_b
+    assert not srv.touch(name, since_b)  # the fast path leaves it to ensure
+    assert srv.ensure(name, since_b) == (True, [name])
+    assert srv.ensure(name, since_b) == (False, []) and srv.touch(name, since_a) and srv.touch(name, since_b)
+    assert stats.server_parse_count == 2 and srv.prepared_statements == 1 and reg.refs(name) == 3
+    srv.stale_all()  # the server refused a copy: every one is prepared again at next use
+    assert not srv.touch(name, since_a) and srv.ensure(name, since_a) == (True, [name])
+    assert a.resolve("s1") == b.resolve("x") == Statement(name, Q1, ())  # the tick is not part of equality
+
+
 def test_lru_evicts_least_recently_used_first() -> None:
     reg, _, a, _, srv = setup(capacity=3)
     n1, n2, n3, n4, n5 = (a.parse(f"s{i}", f"SELECT {i}") for i in range(1, 6))

@@ -1,9 +1,10 @@
 """Playbooks for protocol-level prepared statements under transaction pooling (session/pipeline.py).
 
-The client's statement names never reach a server: a named Parse becomes `pgmux_<n>`, is sent only to
-servers that lack it (else pgmux answers ParseComplete itself, in order), a Bind/Describe on a server
-without the statement gets a Parse injected before it (its ParseComplete swallowed), and Close of a
-statement is answered locally. The client sees exactly what PostgreSQL would have sent.
+The client's statement names never reach a server: a named Parse becomes `pgmux_<n>` and is prepared
+again on its server (a copy the server holds is Closed first, its CloseComplete swallowed: it may
+predate a DDL), a Bind/Describe on a server without the statement, or with a copy older than the
+client's Parse, gets a Parse injected before it (its ParseComplete swallowed), and Close of a
+statement is answered locally, in order. The client sees exactly what PostgreSQL would have sent.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def test_named_parse_is_renamed_and_replies_pass_through(rig: Rig) -> None:
     assert (st.client_parse_count, st.server_parse_count, st.bind_count) == (1, 1, 1)
 
 
-def test_parse_of_a_statement_the_server_has_is_answered_by_pgmux(rig: Rig) -> None:
+def test_parse_of_a_statement_the_server_has_prepares_it_again(rig: Rig) -> None:
+    """A client's Parse must see the text as it means now (a DDL may have come since the server's copy
+    was prepared): the shared copy is replaced, under the same name, and the server answers."""
     c = rig.login()
     (s,) = rig.servers
     c.send(parse(name="s1") + SYNC)
@@ -109,22 +112,25 @@ def test_parse_of_a_statement_the_server_has_is_answered_by_pgmux(rig: Rig) -> N
     assert c.take() == PC + RFQ
     d = rig.login()  # another client parses the same text under its own name
     d.send(parse(name="mine") + bind("mine") + execute() + SYNC)
+    assert s.take() == close("pgmux_1") + parse(name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    assert d.take() == b""
+    s.send(CC + PC + BC + ROW + RFQ)
+    assert d.take() == PC + BC + ROW + RFQ
+    c.send(bind("s1") + execute() + SYNC)  # prepared since c's own Parse: used as it is
     assert s.take() == bind("pgmux_1") + execute() + SYNC
-    assert d.take() == PC  # nothing was owed before it: at once
-    s.send(BC + ROW + RFQ)
-    assert d.take() == BC + ROW + RFQ
+    assert len(rig.app.prepared) == 1 and s.session.stmts.prepared_statements == 1
 
 
 def test_synthesized_parse_complete_waits_for_earlier_replies(rig: Rig) -> None:
     c, s = with_s1(rig)
-    c.send(parse("select 2") + bind() + execute() + parse("select 3", name="s2") + parse(name="again") + SYNC)
+    c.send(parse("select 2") + bind() + execute() + close("s1") + parse("select 3", name="s2") + SYNC)
     assert s.take() == parse("select 2") + bind() + execute() + parse("select 3", name="pgmux_2") + SYNC
     s.send(PC + BC)
     assert c.take() == PC + BC
     s.send(m.data_row([2]))
     assert c.take() == m.data_row([2])
-    s.send(m.command_complete("SELECT 1") + PC)  # the synthesized one goes between the two
-    assert c.take() == m.command_complete("SELECT 1") + PC + PC
+    s.send(m.command_complete("SELECT 1") + PC)  # the synthesized CloseComplete goes between the two
+    assert c.take() == m.command_complete("SELECT 1") + CC + PC
     s.send(RFQ)
     assert c.take() == RFQ
 
@@ -196,18 +202,17 @@ def test_parse_in_a_failed_transaction_goes_to_the_server_even_if_it_has_the_sta
     assert c.take() == aborted + m.ready_for_query(b"E")
     assert c.session.stmts.prepared_statements == 0 and s.session.stmts.prepared_statements == 2
     c.send(parse("rollback", name="r1") + SYNC)  # a statement that ends it is parsed, as PostgreSQL does
-    assert s.take() == SYNC
-    assert c.take() == PC
-    s.send(m.ready_for_query(b"E"))
-    assert c.take() == m.ready_for_query(b"E")
+    assert s.take() == close("pgmux_2") + parse("rollback", name="pgmux_2") + SYNC
+    s.send(CC + PC + m.ready_for_query(b"E"))
+    assert c.take() == PC + m.ready_for_query(b"E")
     c.send(parse(name="r1") + SYNC)  # a duplicate name too: 25P02 comes first
     assert s.take() == parse(name="r1") + SYNC
     s.send(aborted + m.ready_for_query(b"E"))
     assert c.take() == aborted + m.ready_for_query(b"E")
     c.send(m.query("rollback") + parse(name="s1") + SYNC)  # the transaction ends before the Parse
-    assert s.take() == m.query("rollback") + SYNC
-    s.send(reply(m.command_complete("ROLLBACK")))
-    assert c.take() == reply(m.command_complete("ROLLBACK")) + PC
+    assert s.take() == m.query("rollback") + close("pgmux_1") + parse(name="pgmux_1") + SYNC
+    s.send(reply(m.command_complete("ROLLBACK")) + CC + PC + RFQ)
+    assert c.take() == reply(m.command_complete("ROLLBACK")) + PC + RFQ
     assert c.session.stmts.lookup("s1") is not None
 
 
@@ -384,9 +389,10 @@ def test_replies_split_anywhere_keep_their_order(rig: Rig) -> None:
     c, s = with_s1(rig)
     d = rig.login()
     d.send(m.query("select 1") + parse(name="x") + bind("x") + execute() + SYNC)
-    assert d.take() == b""  # the query's reply is owed first: the ParseComplete waits
-    s.take()
-    s.send_bytewise(reply(ROW) + BC + ROW + RFQ)
+    assert d.take() == b""
+    assert s.take() == (m.query("select 1") + close("pgmux_1") + parse(name="pgmux_1") + bind("pgmux_1") + execute()
+                        + SYNC)
+    s.send_bytewise(reply(ROW) + CC + PC + BC + ROW + RFQ)
     assert d.take() == reply(ROW) + PC + BC + ROW + RFQ
     assert s.state is ServerState.IDLE
 
@@ -467,11 +473,11 @@ def test_rebound_fast_path_needs_a_sync_last(rig: Rig) -> None:
     c.send(bind("s1") + execute() + FLUSH)  # no Sync: the replies stay queued ahead of what pgmux answers
     assert s.take() == bind("pgmux_1") + execute() + FLUSH
     assert s.session.queue
-    c.send(parse(name="again") + SYNC)  # answered by pgmux, after the Bind/Execute replies
+    c.send(close("s1") + SYNC)  # answered by pgmux, after the Bind/Execute replies
     assert s.take() == SYNC
     assert c.take() == b""
     s.send(BC + ROW)
-    assert c.take() == BC + ROW + PC
+    assert c.take() == BC + ROW + CC
     s.send(RFQ)
     assert c.take() == RFQ
 
@@ -496,9 +502,10 @@ def test_deallocate_all_through_the_extended_protocol_forgets_the_servers_statem
     assert s.take() == parse(name="pgmux_3") + bind("pgmux_3") + execute() + SYNC
 
 
-def test_a_statement_whose_result_type_changed_does_not_stay_on_the_server(rig: Rig) -> None:
-    """After a DDL changed a statement's result type, the server refuses it (0A000) for every client
-    that shares it, including those that prepared it after the DDL: the server is closed, not reused."""
+def test_a_statement_whose_result_type_changed_is_prepared_again(rig: Rig) -> None:
+    """After a DDL changed a statement's result type: a client that Parses it after the DDL gets it
+    prepared again; one that held it from before gets PostgreSQL's 0A000, as on a direct connection,
+    and the server stays, its copies marked stale: the next Bind prepares the statement again."""
     c = rig.login()
     (s,) = rig.servers
     c.send(parse("select * from t", name="s1") + bind("s1") + execute() + SYNC)
@@ -507,9 +514,107 @@ def test_a_statement_whose_result_type_changed_does_not_stay_on_the_server(rig: 
     c.take()
     later = rig.login()
     later.send(parse("select * from t", name="l1") + bind("l1") + execute() + SYNC)
+    assert s.take() == close("pgmux_1") + parse("select * from t", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    s.send(CC + PC + BC + ROW + RFQ)
+    assert later.take() == PC + BC + ROW + RFQ
+    c.send(bind("s1") + execute() + SYNC)  # the copy is newer than c's Parse: the fast path
     assert s.take() == bind("pgmux_1") + execute() + SYNC
     err = m.message(m.ERROR_RESPONSE, b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00"
                     b"Fplancache.c\x00L722\x00RRevalidateCachedQuery\x00\x00")
     s.send(err + RFQ)
-    assert later.take() == PC + err + RFQ
-    assert s.session.state is ServerState.CLOSED
+    assert c.take() == err + RFQ
+    assert s.session.state is ServerState.IDLE
+    later.send(bind("l1") + execute() + SYNC)
+    assert s.take() == close("pgmux_1") + parse("select * from t", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    s.send(CC + PC + BC + ROW + RFQ)
+    assert later.take() == BC + ROW + RFQ
+
+
+PD = m.message(m.PARAMETER_DESCRIPTION, b"\x00\x00")
+ONE_COL, TWO_COLS = m.row_description([("a", 23)]), m.row_description([("a", 23), ("b", 25)])
+REVALIDATE = m.message(m.ERROR_RESPONSE, b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00"
+                       b"Fplancache.c\x00L722\x00RRevalidateCachedQuery\x00\x00")
+
+
+def described_on_b(rig: Rig) -> tuple[Peer, Peer, Peer]:
+    """A client that Parsed and Described "s1" (one column) on server b, then b kept busy: its next
+    transaction runs on a, which lacks the statement."""
+    c, a, b = two_servers(rig)
+    c.send(parse("select * from t", name="s1") + describe("s1") + SYNC)
+    assert b.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + SYNC
+    b.send(PC + PD + ONE_COL + RFQ)
+    assert c.take() == PC + PD + ONE_COL + RFQ
+    holder = rig.login()
+    holder.send(m.query("begin"))
+    assert b.take() == m.query("begin")
+    return c, a, b
+
+
+def test_a_described_statement_is_checked_where_it_is_prepared_again(rig: Rig) -> None:
+    """The client knows its statement's result shape: on a server without it, pgmux prepares and
+    Describes it first, holding the client's messages until the reply; the same shape, and they go on."""
+    c, a, _ = described_on_b(rig)
+    c.send(bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH
+    c.send(bind("s1") + execute() + SYNC)  # more, while the check runs: held too, in order
+    assert a.take() == b""
+    a.send(PC + PD + m.row_description([("a", 23)]))
+    assert c.take() == b""
+    assert a.take() == bind("pgmux_1") + execute() + SYNC + bind("pgmux_1") + execute() + SYNC
+    a.send(BC + ROW + RFQ + BC + ROW + RFQ)
+    assert c.take() == BC + ROW + RFQ + BC + ROW + RFQ
+    assert a.state is ServerState.IDLE
+    c.send(bind("s1") + execute() + SYNC)  # known now: no check
+    assert a.take() == bind("pgmux_1") + execute() + SYNC
+
+
+def test_a_changed_result_shape_fails_as_postgresql_fails_it(rig: Rig) -> None:
+    """A DDL added a column since the client's Parse: PostgreSQL would refuse its statement (0A000, with
+    the routine asyncpg tells it by); so does pgmux, and the server fails the rest of the batch too."""
+    c, a, _ = described_on_b(rig)
+    c.send(bind("s1") + execute() + bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH
+    a.send(PC + PD + TWO_COLS)
+    assert c.take() == REVALIDATE
+    assert a.take() == FAIL_PARSE + SYNC  # the server skips to the Sync, as after PostgreSQL's own error
+    a.send(FAIL_ERR + RFQ)
+    assert c.take() == RFQ
+    assert a.state is ServerState.IDLE
+    c.send(close("s1") + parse("select * from t", name="s1") + describe("s1") + bind("s1") + execute() + SYNC)
+    assert a.take() == (close("pgmux_1") + parse("select * from t", name="pgmux_1") + describe("pgmux_1")
+                        + bind("pgmux_1") + execute() + SYNC)
+    a.send(CC + PC + PD + TWO_COLS + BC + ROW + RFQ)
+    assert c.take() == CC + PC + PD + TWO_COLS + BC + ROW + RFQ
+
+
+def test_a_failed_check_lets_the_held_messages_go_on(rig: Rig) -> None:
+    """The check's Parse fails (the table is gone): the client gets that error, and its held messages
+    go to the server, which skips them up to their Sync."""
+    c, a, _ = described_on_b(rig)
+    c.send(bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH
+    gone = m.error_response("ERROR", "42P01", 'relation "t" does not exist')
+    a.send(gone)
+    assert c.take() == gone
+    assert a.take() == parse("select * from t", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    a.send(RFQ)
+    assert c.take() == RFQ
+    assert a.state is ServerState.IDLE and "pgmux_1" not in a.session.stmts
+
+
+def test_no_check_while_the_server_skips_to_a_sync(rig: Rig) -> None:
+    """After an error with no Sync in flight the server ignores everything up to the next Sync: a check
+    would never be answered, so there is none; the client's messages go as they are, to be skipped."""
+    c, a, _ = described_on_b(rig)
+    c.send(parse("selec 1", name="bad") + FLUSH)
+    assert a.take() == parse("selec 1", name="pgmux_2") + FLUSH
+    err = m.error_response("ERROR", "42601", 'syntax error at or near "selec"')
+    a.send(err)
+    assert c.take() == err
+    c.send(bind("s1") + execute() + SYNC)
+    assert a.take() == parse("select * from t", name="pgmux_1") + bind("pgmux_1") + execute() + SYNC
+    a.send(RFQ)
+    assert c.take() == RFQ
+    assert a.state is ServerState.IDLE
+    c.send(bind("s1") + execute() + SYNC)  # the Sync ended the skipping: checked now
+    assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH

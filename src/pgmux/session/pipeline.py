@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pgmux.errors import MissingPreparedStatement, PgmuxError, ProtocolViolation
+from pgmux.errors import CachedPlanChanged, MissingPreparedStatement, PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import scan
 from pgmux.protocol.extended import (
@@ -45,6 +45,7 @@ from pgmux.session.prepared import (
     ClientStatements,
     ServerStatements,
     Statement,
+    shape_of,
 )
 from pgmux.session.statements import (
     DiscardAll,
@@ -98,6 +99,7 @@ _PLACEHOLDER: Entry = (QUERY, False, None, None)
 
 _P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
 _Z, _ERR, _PSTATUS, _G, _CC, _EMPTY = (ord(c) for c in "ZESGCI")
+_PDESC, _ROWDESC, _NODATA = (ord(c) for c in "tTn")
 _LEN = struct.Struct("!i")
 _I16 = struct.Struct("!h")
 _BIND_HDR = struct.Struct("!Bi")
@@ -117,6 +119,7 @@ _CLOSE_HELPER_ENTRIES: tuple[Entry, ...] = ((CLOSE, True, None, None), (CLOSE, T
 _BIND_HELPER = m.message(m.BIND, m.cstr(sqlprepared.HELPER) * 2 + struct.pack("!hhh", 0, 0, 0))
 _EXECUTE_HELPER = m.message(m.EXECUTE, m.cstr(sqlprepared.HELPER) + struct.pack("!i", 0))
 _SYNC = m.message(m.SYNC)
+_FLUSH = m.message(m.FLUSH)
 # When pgmux answers an error itself, the server must fail too: inside a transaction block PostgreSQL
 # would abort the transaction (ReadyForQuery 'E', later statements refused until ROLLBACK) and skip the
 # rest of the batch. A Parse that cannot succeed does exactly that; its own ErrorResponse is swallowed
@@ -125,6 +128,23 @@ _FAIL: Any = ("fail",)
 _FAIL_SQL = "pgmux: failing on purpose, the client got an error from pgmux for its statement"
 _FAIL_PARSE = build_parse(sqlprepared.HELPER, _FAIL_SQL)
 _FAIL_QUERY = m.query(_FAIL_SQL)
+
+
+class Described:
+    """The payload of a Describe of a named statement: its reply gives the result shape of the server's
+    copy (and of the client's statement, for the client's own Describe). `check`: pgmux's own Describe,
+    after preparing the copy again to see its shape, with the client's messages held meanwhile."""
+
+    __slots__ = ("sst", "name", "stmts", "client_name", "stmt", "check")
+
+    def __init__(self, sst: ServerStatements, name: str, stmts: ClientStatements | None, client_name: str,
+                 stmt: Statement | None, check: bool) -> None:
+        self.sst = sst
+        self.name = name
+        self.stmts = stmts
+        self.client_name = client_name
+        self.stmt = stmt
+        self.check = check
 
 
 def server_statements(server: ServerSession) -> ServerStatements:
@@ -142,6 +162,10 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     """The client's complete messages in `chunk` as `server` must get them, queueing what each makes
     the server owe. Replies pgmux gives itself with nothing before them are written at once."""
     q = server.queue
+    held = server.held
+    if held is not None:  # pgmux is checking a statement's shape first (_check): these wait for it
+        held.append(bytes(chunk))
+        return []
     if not q and not ignored and not c.skip:
         if _as_is(c, server, chunk):
             return [chunk]
@@ -161,6 +185,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     out: list[bytes | memoryview] = []  # what goes to the server, in order
     now_to_client: list[bytes] = []
     run = 0  # start of the bytes forwarded unchanged since the last rewritten message
+    hold = -1  # where the messages held back for a shape check start (_check)
 
     def synth(msg: bytes, undo: Undo = None) -> None:
         if q:
@@ -169,8 +194,11 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             now_to_client.append(msg)
 
     def ensure(stmt: Statement, sst: ServerStatements) -> list[bytes | memoryview]:
-        """Before a Bind/Describe of `stmt` (named): what to send first to evict and prepare."""
-        need, evict = sst.ensure(stmt.name)
+        """Before a Bind/Describe of `stmt` (named): what to send first to evict and prepare. A copy
+        older than the client's Parse is prepared again, unless the server is in a failed transaction,
+        where PostgreSQL refuses the Bind anyway and a Parse would fail in its place."""
+        since = 0 if server.tx_status == b"E" and _still_failed(q) else stmt.since
+        need, evict = sst.ensure(stmt.name, since)
         first: list[bytes | memoryview] = []
         for old in evict:
             first.append(build_close_statement(old))
@@ -233,7 +261,9 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 else:
                     p = read_parse(body)
                     sname = stmts.parse(p.name, p.query, p.param_types)
-                    need, evict = sst.ensure(sname)
+                    # Prepared anew, as on a fresh connection: a copy this server holds may predate a DDL
+                    # that changed the text's parameter types or result shape (session/prepared.py).
+                    need, evict = sst.ensure(sname, stmts.resolve(p.name).since)
                     new = pre or []
                     for old in evict:
                         new.append(build_close_statement(old))
@@ -257,8 +287,15 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     if pre:
                         new = [*pre, *(new or [mv[s:s + total]])]
                 else:
-                    stmt = _known(stmts.bind, raw[pe + 1:ne].decode("utf-8", "surrogateescape"))
+                    cname = raw[pe + 1:ne].decode("utf-8", "surrogateescape")
+                    stmt = _known(stmts.resolve, cname)
+                    if stmt is not None and _unchecked(server, q, sst, stmt):
+                        new = (pre or []) + _check(server, q, sst, stmt)
+                        hold = s
+                        kind = -1
+                        break
                     if stmt is not None:
+                        stmts.bind(cname)
                         new = (pre or []) + ensure(stmt, sst)
                         head = raw[s + 5:pe + 1] + stmt.name.encode() + b"\x00"
                         new.append(_BIND_HDR.pack(_B, 4 + len(head) + s + total - ne - 1) + head)
@@ -276,9 +313,17 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     else:
                         target = read_target(body)
                         stmt = _known(stmts.resolve, target.name)
+                        if stmt is not None and _unchecked(server, q, sst, stmt):
+                            new = (pre or []) + _check(server, q, sst, stmt)
+                            hold = s
+                            kind = -1
+                            break
                         if stmt is not None:
                             new = (pre or []) + ensure(stmt, sst)
                             new.append(rename_target(m.DESCRIBE, body, stmt.name))
+                            q.append((DESCRIBE, False, Described(sst, stmt.name, stmts, target.name, stmt, False),
+                                      None))
+                            kind = -1
                         elif pre:
                             new = [*pre, mv[s:s + total]]
             elif t == _C:
@@ -297,6 +342,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     kind = -1
             elif t == _S:
                 kind = SYNC
+                server.skipping = False  # read before whatever comes next
             elif t == _Q or t == _F:
                 kind = QUERY
                 if t == _Q:  # a simple query destroys the unnamed statement
@@ -307,7 +353,8 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             raise  # a malformed message ends the connection, as in PostgreSQL
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
             c.pooler_error(e)
-            synth(m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
+            synth(server.hub.prepared.revalidate_error if isinstance(e, CachedPlanChanged) else
+                  m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
             c.skip = True
             # The server fails as PostgreSQL would have (see _FAIL). The entry stands for the Sync to
             # come, which is not queued again: the queue stays non-empty until its ReadyForQuery, so
@@ -323,6 +370,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             run = s + total
         if kind >= 0 and not (skipped and t == _S):  # that Sync's entry is the _FAIL one
             q.append((kind, False, None, None))
+    if hold >= 0:  # the rest waits for the shape check: see _check
+        if run < hold:
+            out.append(mv[run:hold])
+        out.extend(new or [])
+        run = end
+        server.held = [raw[hold:end]]
     if run < end:
         out.append(mv[run:end])
     if q and q[-1][0] in _AT_Z and all(not e[1] and e[2] is None and e[3] is None for e in q):
@@ -338,6 +391,76 @@ def _still_failed(q: deque[Entry]) -> bool:
     """With the server's last ReadyForQuery saying 'E': whether it still is in that failed transaction
     when it reads the next message. Only a Sync or a Query in flight can end it."""
     return not any(e[0] in _AT_Z for e in q)
+
+
+def _unchecked(server: ServerSession, q: deque[Entry], sst: ServerStatements, stmt: Statement) -> bool:
+    """Before a Bind or Describe of the client's statement `stmt` on this server: whether the server's
+    copy must be prepared again and its shape checked first. Only a statement whose result shape the
+    client knows (it Described it) is checked, and only where the copy is missing, older than the
+    client's Parse, or not known to have that shape. Right after such a check, a shape that is not the
+    client's fails as PostgreSQL fails a statement whose result type a DDL changed (0A000)."""
+    if stmt.shape is None or sst.touch(stmt.name, stmt.since, stmt.shape):
+        return False
+    if server.skipping:  # after an error the server would skip the check too, and never answer it
+        return False
+    if server.checked == stmt.name:
+        shape = sst.shapes.get(stmt.name)
+        if shape is not None and shape != stmt.shape:
+            raise CachedPlanChanged("cached plan must not change result type")
+        return False
+    # In a failed transaction PostgreSQL refuses the Bind or Describe anyway.
+    return not (server.tx_status == b"E" and _still_failed(q))
+
+
+def _check(server: ServerSession, q: deque[Entry], sst: ServerStatements, stmt: Statement) -> list[bytes | memoryview]:
+    """The copy prepared again and Described, then a Flush; the client's messages from the Bind or
+    Describe on are held in `server.held` until the reply says the shape (`release`)."""
+    first: list[bytes | memoryview] = []
+    for old in sst.renew(stmt.name):
+        first.append(build_close_statement(old))
+        q.append((CLOSE, True, None, None))
+    first.append(build_parse(stmt.name, stmt.query, stmt.param_types))
+    q.append((PARSE, True, None, _forget(sst, stmt.name)))
+    first.append(build_target(m.DESCRIBE, "S", stmt.name))
+    first.append(_FLUSH)
+    q.append((DESCRIBE, True, Described(sst, stmt.name, None, "", None, True), _checked(server, stmt.name)))
+    return first
+
+
+def _checked(server: ServerSession, name: str) -> Callable[[], None]:
+    """The check's Parse failed (its error goes to the client): the held messages go on, and the server
+    skips them up to their Sync, as it would the client's own."""
+    def undo() -> None:
+        server.checked = name
+        server.release = True
+    return undo
+
+
+def release(server: ServerSession) -> None:
+    """The shape check is answered: the held messages go to the server, through to_server again."""
+    held, server.held = server.held, None
+    server.release = False
+    c = server.client
+    if held and c is not None:
+        owed, server.owed = server.owed, 0  # owed already counts the held Syncs: nothing else is unqueued
+        try:
+            out = to_server(c, server, b"".join(held))
+        finally:
+            server.owed += owed
+            server.checked = ""
+        if out:
+            server.transport.write(b"".join(out))
+    server.checked = ""
+
+
+def _described(server: ServerSession, d: Described, msg: bytes) -> None:
+    shape = shape_of(msg)
+    d.sst.described(d.name, shape)
+    if d.stmts is not None and d.stmt is not None:
+        d.stmts.described(d.client_name, d.stmt, shape)
+    if d.check:
+        server.checked = d.name
+        server.release = True
 
 
 def _ends_transaction(query: str) -> bool:
@@ -407,7 +530,7 @@ def _rebound(stmts: ClientStatements, sst: ServerStatements,
     for pos, pe, ne, end in spans:
         name = raw[pe + 1:ne].decode("utf-8", "surrogateescape")
         stmt = stmts.lookup(name)
-        if stmt is None or not sst.touch(stmt.name):
+        if stmt is None or not sst.touch(stmt.name, stmt.since, stmt.shape):
             return None
         bound.append(name)
         head = raw[pos + 5:pe + 1] + stmt.name.encode() + b"\x00"
@@ -679,6 +802,11 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             server.copy_in = True
         elif q:
             e = q[0]
+            if e[0] == DESCRIBE and e[2] is not None:  # a statement's shape (see Described)
+                if t == _PDESC:
+                    swallow = e[1]
+                elif t == _ROWDESC or t == _NODATA:
+                    _described(server, e[2], bytes(data[s:s + total]))
             if t == _CC and (c.tx_effects or e[2] is not None):
                 tag = mv[s + 5:s + total]
                 if tag == _ROLLBACK or tag == _COMMIT:  # what a transaction-ending statement did

@@ -22,6 +22,23 @@ so a server can never hold a stale statement under a name that now means another
 Client Close of a named statement only drops the client's mapping (PgBouncer and PgDog answer
 CloseComplete themselves): another client may be using the server-side statement.
 
+A server-side copy can be stale: PostgreSQL fixes a statement's parameter types and result shape at
+Parse, and a DDL since (made through pgmux or by anyone else) may have changed what the same text
+means. A client's own Parse must behave as on a fresh connection, so each client Parse takes a tick
+of the registry's clock (`Statement.since`) and is forwarded to the server, replacing that server's
+copy (Close, then Parse); each server copy remembers the tick it was prepared at, and a Bind or
+Describe on a server whose copy is older than the client's Parse prepares it again there first. So a
+statement is reused across servers and transactions only where its copy was prepared after the
+client's own Parse; the steady state (statements the client holds, on servers that prepared them
+since) compares two integers per Bind.
+
+A statement the client holds keeps the result shape it had at its Parse, as in PostgreSQL, which
+refuses it (0A000) once a DDL changed that shape. Drivers that decode rows with the description they
+got at prepare time (asyncpg) depend on it. So when a client Describes its statement, the shape
+(`shape_of` the RowDescription, or NoData) is kept with it (`Statement.shape`), and with the server's
+copy; a copy whose shape is not known to be the client's is checked before the client's Bind or
+Describe goes on (session/pipeline.py), and a shape that changed fails the way PostgreSQL fails it.
+
 Counters follow PgBouncer's SHOW STATS (`total_client_parse_count`, `total_server_parse_count`,
 `total_bind_count`) and count named statements only; `PreparedStats` is meant to be one per pool.
 """
@@ -30,7 +47,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from pgmux.errors import DuplicatePreparedStatement, MissingPreparedStatement
@@ -40,14 +57,45 @@ NAME_PREFIX = "pgmux_"
 
 Key = tuple[str, tuple[int, ...]]
 
+# PostgreSQL 15's error for a statement whose result type a DDL changed, as pgmux gives it when it finds
+# that itself (session/pipeline.py): drivers tell it by its routine (asyncpg prepares the statement again
+# on R = RevalidateCachedQuery). Replaced by the servers' own once one is seen (`Registry.revalidate_error`).
+REVALIDATE_ERROR = (b"E\x00\x00\x00\x6cSERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00"
+                    b"Fplancache.c\x00L722\x00RRevalidateCachedQuery\x00\x00")
+
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """`name` is the server-side name ("" for an unnamed statement)."""
+    """`name` is the server-side name ("" for an unnamed statement). `since` is the registry's tick of
+    the client Parse this statement comes from (0 for the registry's own entries): a server copy
+    prepared before that tick is stale for this client."""
 
     name: str
     query: str
     param_types: tuple[int, ...]
+    since: int = field(default=0, compare=False)
+    shape: bytes | None = field(default=None, compare=False)  # its result shape, once the client Described it
+
+
+_ROW_DESCRIPTION = ord("T")
+
+
+def shape_of(msg: bytes) -> bytes:
+    """What PostgreSQL compares when it revalidates a statement (equalTupleDescs): each column's name,
+    type, length and modifier, from a RowDescription message; a NoData message as it is. The table
+    and column a result column comes from, and the format, are left out."""
+    if not msg or msg[0] != _ROW_DESCRIPTION or len(msg) < 7:
+        return msg
+    out = [msg[5:7]]
+    pos = 7
+    for _ in range(int.from_bytes(msg[5:7], "big", signed=True)):
+        end = msg.find(b"\x00", pos)
+        if end < 0 or end + 19 > len(msg):
+            return msg
+        out.append(msg[pos:end + 1])
+        out.append(msg[end + 7:end + 17])  # type OID, length, modifier
+        pos = end + 19
+    return b"".join(out)
 
 
 @dataclass(slots=True)
@@ -74,6 +122,12 @@ class Registry:
         self._by_key: dict[Key, Statement] = {}
         self._by_name: dict[str, Statement] = {}
         self._refs: dict[str, int] = {}
+        self.clock = 0  # ticks once per client Parse of a named statement
+        self.revalidate_error = REVALIDATE_ERROR
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
 
     def acquire(self, query: str, param_types: Sequence[int] = ()) -> Statement:
         """The entry for this text and types, created if new, with one more reference."""
@@ -135,10 +189,17 @@ class ClientStatements:
             return ""
         if client_name in self._named:
             raise DuplicatePreparedStatement(f'prepared statement "{client_name}" already exists')
-        stmt = self._registry.acquire(query, param_types)
-        self._named[client_name] = stmt
+        reg = self._registry
+        stmt = reg.acquire(query, param_types)
+        self._named[client_name] = Statement(stmt.name, stmt.query, stmt.param_types, reg.tick())
         self._stats.client_parse_count += 1
         return stmt.name
+
+    def described(self, client_name: str, stmt: Statement, shape: bytes) -> None:
+        """The client Described `stmt` (its statement `client_name`, if still the same) and got `shape`:
+        the first such shape is the one the statement keeps."""
+        if self._named.get(client_name) is stmt and stmt.shape is None:
+            self._named[client_name] = Statement(stmt.name, stmt.query, stmt.param_types, stmt.since, shape)
 
     def lookup(self, client_name: str) -> Statement | None:
         return self._unnamed if client_name == "" else self._named.get(client_name)
@@ -188,7 +249,7 @@ class Ensured(NamedTuple):
 class ServerStatements:
     """The server-side names one server connection has prepared, least recently used first."""
 
-    __slots__ = ("_registry", "_stats", "_capacity", "_lru", "_unnamed")
+    __slots__ = ("_registry", "_stats", "_capacity", "_lru", "_unnamed", "shapes")
 
     def __init__(self, registry: Registry, capacity: int = DEFAULT_MAX_PREPARED_STATEMENTS,
                  stats: Counters | None = None) -> None:
@@ -197,8 +258,9 @@ class ServerStatements:
         self._registry = registry
         self._stats: Counters = stats if stats is not None else PreparedStats()
         self._capacity = capacity
-        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._lru: OrderedDict[str, int] = OrderedDict()  # server name -> the registry tick it was prepared at
         self._unnamed: Statement | None = None
+        self.shapes: dict[str, bytes] = {}  # server name -> the result shape of this server's copy, when known
 
     @property
     def prepared_statements(self) -> int:
@@ -211,43 +273,74 @@ class ServerStatements:
     def __contains__(self, server_name: object) -> bool:
         return server_name in self._lru
 
-    def touch(self, server_name: str) -> bool:
-        """Whether this server holds `server_name`; if so it becomes the most recently used."""
-        if server_name in self._lru:
-            self._lru.move_to_end(server_name)
-            return True
-        return False
+    def touch(self, server_name: str, since: int = 0, shape: bytes | None = None) -> bool:
+        """Whether this server holds `server_name` prepared at tick `since` or later, and known to have
+        the result shape `shape` when that is given; if so it becomes the most recently used."""
+        at = self._lru.get(server_name)
+        if at is None or at < since or shape is not None and self.shapes.get(server_name) != shape:
+            return False
+        self._lru.move_to_end(server_name)
+        return True
 
-    def ensure(self, server_name: str) -> Ensured:
+    def ensure(self, server_name: str, since: int = 0) -> Ensured:
         """Before a Bind/Describe (or a forwarded Parse) of `server_name` on this server: whether a
-        Parse must be sent, and which names to Close first, oldest first. Records the outcome
+        Parse must be sent, and which names to Close first, oldest first. A copy prepared before tick
+        `since` is replaced: its own name comes back among those to Close. Records the outcome
         optimistically; if the server then rejects the Parse, call `forget`."""
-        if server_name in self._lru:
-            self._lru.move_to_end(server_name)
-            return Ensured(False, [])
+        lru = self._lru
+        at = lru.get(server_name)
+        if at is not None:
+            lru.move_to_end(server_name)
+            if at >= since:
+                return Ensured(False, [])
+            lru[server_name] = self._registry.clock
+            self.shapes.pop(server_name, None)
+            self._stats.server_parse_count += 1
+            return Ensured(True, [server_name])
         self._registry.retain(server_name)
         evict: list[str] = []
-        while len(self._lru) >= self._capacity:
-            old, _ = self._lru.popitem(last=False)
+        while len(lru) >= self._capacity:
+            old, _ = lru.popitem(last=False)
             self._registry.release(old)
             evict.append(old)
-        self._lru[server_name] = None
+        for old in evict:
+            self.shapes.pop(old, None)
+        lru[server_name] = self._registry.clock
         self._stats.server_parse_count += 1
         return Ensured(True, evict)
+
+    def renew(self, server_name: str) -> list[str]:
+        """Prepare `server_name` here again whatever its tick (a Parse to send): the names to Close first."""
+        return self.ensure(server_name, self._registry.clock + 1).evict
+
+    def described(self, server_name: str, shape: bytes) -> None:
+        """A Describe of this server's copy returned `shape`."""
+        if server_name in self._lru:
+            self.shapes[server_name] = shape
 
     def forget(self, server_name: str) -> bool:
         """The server does not have this statement after all (its Parse failed)."""
         if server_name not in self._lru:
             return False
         del self._lru[server_name]
+        self.shapes.pop(server_name, None)
         self._registry.release(server_name)
         return True
+
+    def stale_all(self) -> None:
+        """The server refused one of its copies (its result type changed since it was prepared): every
+        copy is prepared again before its next use here, a Close and Parse each."""
+        lru = self._lru
+        for name in lru:
+            lru[name] = 0
+        self.shapes.clear()
 
     def forget_all(self) -> None:
         """DISCARD ALL / DEALLOCATE ALL ran on this server, or the server is closing."""
         for name in self._lru:
             self._registry.release(name)
         self._lru.clear()
+        self.shapes.clear()
         self._unnamed = None
 
     def ensure_unnamed(self, stmt: Statement) -> bool:

@@ -18,7 +18,7 @@ from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
 from pgmux.protocol.codec import Buffer, noted_table, scan, walk
 from pgmux.session.params import canon
-from pgmux.session.pipeline import Entry, to_client
+from pgmux.session.pipeline import Entry, release, to_client
 from pgmux.session.prepared import ServerStatements
 from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
 
@@ -63,7 +63,8 @@ class ServerSession:
                  "close_needed", "client", "owed", "tx_status", "params", "backend_pid", "backend_key",
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
-                 "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn")
+                 "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn", "held", "release",
+                 "checked", "skipping")
 
     def __init__(self, sid: int, hub: App, pool: Pool[Any, Any], target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -103,6 +104,12 @@ class ServerSession:
         self.unnamed_owner = 0  # id of the client whose unnamed statement this server may hold
         self.unnamed: bytes | None = None  # the Parse of the unnamed statement it holds, when known
         self.sql: dict[str, str] = {}  # SQL-level prepared statements held here, any client's: name -> PREPARE
+        # A statement's shape being checked (session/pipeline.py, _check): the client's messages held
+        # until the reply, whether it came, and the statement just checked while they go on.
+        self.held: list[bytes] | None = None
+        self.release = False
+        self.checked = ""
+        self.skipping = False  # an extended-protocol error came with no Sync in flight: the server skips to one
         self.want_lsn = False  # read-your-writes: pgmux's own query reads the WAL position (runtime/routing.py)
         self.lsn: str | None = None  # ... and what it read
 
@@ -256,6 +263,8 @@ class ServerSession:
         if out:
             client.transport.write(out)
         self.pool.stats.bytes_sent += len(out)
+        if self.release:  # a statement's shape is known: the client's held messages go on
+            release(self)
         if z:
             self.tx_status = _STATUS[z]
             if self.owed <= 0:
@@ -307,15 +316,19 @@ class ServerSession:
     def _error(self, data: bytes, start: int, total: int) -> None:
         # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it.
         fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
+        if self.owed <= 0:  # no Sync in flight: the server now ignores everything up to the next one
+            self.skipping = True
         if fields.get("S") in ("FATAL", "PANIC") or fields.get("C", "").startswith("08"):
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
                 self.hub.routing.server_error(self, fields)
         elif self.stmts is not None and fields.get("R") == "RevalidateCachedQuery" and fields.get("C") == "0A000":
             # "cached plan must not change result type": a statement prepared here before a DDL changed
-            # its result type. Clients share it, and each would get this error here for a statement
-            # it prepared after the DDL: let the server go, and its statements with it.
-            self.close_needed = True
+            # its result type, bound by a client that holds it from before the DDL too (a later Parse
+            # would have prepared it again: session/prepared.py), which gets this error directly too.
+            # The copy stays broken for every client that shares it: prepare each again at next use.
+            self.stmts.stale_all()
+            self.hub.prepared.revalidate_error = bytes(data[start:start + total])  # in this server's words
 
     # -- login ---------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:
