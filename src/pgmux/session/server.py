@@ -305,9 +305,11 @@ class ServerSession:
         return name, value
 
     def _error(self, data: bytes, start: int, total: int) -> None:
-        # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it.
+        # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it. But an
+        # ERROR 08P01 is PostgreSQL refusing a client's malformed message, and its session goes on.
         fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
-        if fields.get("S") in ("FATAL", "PANIC") or fields.get("C", "").startswith("08"):
+        code = fields.get("C", "")
+        if fields.get("S") in ("FATAL", "PANIC") or code.startswith("08") and code != "08P01":
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
                 self.hub.routing.server_error(self, fields)
