@@ -68,11 +68,15 @@ class ServerProtocol(asyncio.Protocol):
         self.session.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        # The server reads slower than its client sends (a long COPY, a streamed message): stop reading
+        # the client until the buffer drains, so what pgmux holds for it stays bounded.
+        self.session.wpaused = True
         client = self.session.client
-        if client is not None and client.transport is not None:
-            client.transport.pause_reading()
+        if client is not None:
+            client.throttle(True)
 
     def resume_writing(self) -> None:
+        self.session.wpaused = False
         client = self.session.client
-        if client is not None and client.transport is not None:
-            client.transport.resume_reading()
+        if client is not None:
+            client.throttle(False)

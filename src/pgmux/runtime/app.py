@@ -271,7 +271,7 @@ class App:
         st.query_count += 1
         st.query_secs += now - server.query_start
         if (server.tx_status != b"I" or pool.mode == "session" or c.pending or c.unsynced or c.pinned
-                or c.lsn_wanted):
+                or c.lsn_wanted or c.passing):
             self._ready_other(c, server, now)
             return
         st.xact_count += 1
@@ -283,6 +283,8 @@ class App:
             c.state = C_IDLE
         if server.paused:
             server.resume_reading()
+        if c.throttled:  # paused for this server's full socket buffer: no longer its business
+            c.throttle(False)
         lifetime = pool.limits.server_lifetime
         if (server.close_needed or self.shutting_down or self.config.settings.server_reset_query_always
                 or lifetime > 0 and now - server.created_at >= lifetime):
@@ -320,6 +322,8 @@ class App:
             return
         if c.unsynced or c.pinned:  # pinned: LISTEN, temp tables... live on this server only
             return
+        if c.passing:  # the rest of a long message is on its way to this server (ClientSession._pass)
+            return
         if c.lsn_wanted:  # read-your-writes: the commit's WAL position first (runtime/routing.py)
             self.routing.capture_lsn(c, server)
             return
@@ -346,7 +350,9 @@ class App:
                 pool.login_waiters.remove(c)
         if c.stmts is not None:
             c.stmts.clear()
-        unsynced = c.unsynced  # read before detach(): server.clean no longer sees the client after it
+        # read before detach(): server.clean no longer sees the client after it; a message the server
+        # got only part of leaves it unusable too
+        unsynced = c.unsynced or c.passing > 0
         server = c.detach()
         if server is not None:
             if c.pinned:  # its LISTENs, temp tables or locks must not reach another client
