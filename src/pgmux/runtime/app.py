@@ -537,6 +537,20 @@ class App:
         if client is not None:
             client.fail(PgmuxError("server conn crashed?", sqlstate="08006", severity="FATAL"))
 
+    def server_crashed(self, server: ServerSession, exc: BaseException) -> None:
+        """An unexpected exception while handling a server's bytes (or a client's, handed on from
+        there): logged with both identities and the traceback; the server is closed and its client
+        gets XX000 and is closed too, since neither is in a known state."""
+        client = server.client
+        who = server.prefix if client is None else f"{server.prefix} (client {client.prefix})"
+        self.log_exception(who, exc)
+        err = PgmuxError(f"internal error in pgmux: {type(exc).__name__}", sqlstate="XX000", severity="FATAL")
+        try:
+            self.close_server(server, err.message)
+        finally:
+            if client is not None:
+                client.fail(err)
+
     def server_closed(self, server: ServerSession, reason: str) -> None:
         """The server's socket closed under us."""
         if server.state is ServerState.LOGIN:

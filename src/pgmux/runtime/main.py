@@ -9,6 +9,7 @@ import signal
 import sys
 
 from pgmux.config.model import Config
+from pgmux.net.protocols import loop_exception_handler
 from pgmux.runtime.app import App
 
 log = logging.getLogger("pgmux")
@@ -117,6 +118,9 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
 
 
 async def _serve(config: Config, config_path: str, handlers: list[TickFlushedHandler]) -> int:
+    # Errors that reach the loop go to pgmux's log (asyncio's own handler writes to stderr, which is
+    # /dev/null in daemon mode), with the connection's identity, and close that connection.
+    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
     app = App(config, config_path)
     app.tick_hooks.extend(h.tick for h in handlers)
     try:

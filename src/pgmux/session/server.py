@@ -203,6 +203,8 @@ class ServerSession:
                 self._large()
         except PgmuxError as e:
             self.hub.server_failed(self, e)
+        except Exception as e:  # a bug: logged with its traceback, never a traceback to the client
+            self.hub.server_crashed(self, e)
 
     # -- relay ---------------------------------------------------------------------------------
     def _note(self, data: bytes, t: int, start: int, total: int) -> None:
