@@ -13,7 +13,7 @@ import struct
 
 import pytest
 from conftest import PgmuxStarter
-from helpers import servers
+from helpers import servers, wait_for
 from test_protocol import Wire, rows, types
 
 from pgmux.protocol import messages as m
@@ -109,3 +109,34 @@ def test_malformed_messages_get_postgres_answer_and_server_stays(pgmux_factory: 
     assert "internal error" not in log and "Traceback" not in log, log[-3000:]
     if mode == "transaction":
         assert "client protocol error: malformed Describe message" in log
+
+
+@pytest.mark.parametrize("name", ["Describe-empty", "Parse-empty", "Bind-empty", "Close-S-only", "Parse-named-no-count"])
+def test_malformed_message_queued_for_a_busy_pool(pgmux_factory: PgmuxStarter, pg: PgCluster, name: str) -> None:
+    # The malformed message waits for the pool's only server, held by another client's transaction;
+    # it reaches the pipeline when that server is handed over, inside the server's read callback.
+    mux = pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 1,
+                                  "max_prepared_statements": 100})
+    msg, then_sync = CASES[name]
+    want = _answer(pg.primary.host, pg.primary.port, "testdb", msg, then_sync, False)
+    with Wire(mux.host, mux.port) as holder, Wire(mux.host, mux.port) as bad:
+        holder.login()
+        holder.query("BEGIN")
+        pid = rows(holder.query("SELECT pg_backend_pid()"))[0][0]
+        bad.login()
+        bad.send(msg + (m.message(m.SYNC) if then_sync else b""))
+        wait_for(lambda: any(c["state"] == "waiting" for c in mux.admin_dicts("SHOW CLIENTS")), "a waiting client")
+        holder.query("COMMIT")
+        got = []
+        for t, body in bad.read_until_ready():
+            if t == m.ERROR_RESPONSE:
+                f = m.parse_error_fields(body)
+                got.append((f["S"], f["C"], f["M"]))
+            else:
+                got.append(t.decode() + (body.decode() if t == m.READY_FOR_QUERY else ""))
+        assert got == want[0]
+        assert rows(bad.query("SELECT pg_backend_pid()")) == [[pid]]
+        assert rows(holder.query("SELECT pg_backend_pid()")) == [[pid]]
+    log = mux.log()
+    assert "Traceback" not in log and "server protocol error" not in log, log[-3000:]
+    assert f"client protocol error: malformed {name.split('-')[0]} message" in log

@@ -316,7 +316,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     if c.watch:
                         kind, new = _watched_query(c, server, q, mv[s:s + total], body, synth)
         except ProtocolViolation:
-            raise  # a malformed message ends the connection, as in PostgreSQL
+            raise  # (malformed bodies are passed on before this: see _malformed)
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
             synth(m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
             c.skip = True
