@@ -8,6 +8,7 @@ transports: the buffers each session holds are checked directly.
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 
@@ -117,13 +118,16 @@ def test_long_inspected_message_is_held_up_to_the_bound_then_refused(tmp_path: P
 
 
 @pytest.mark.parametrize("t", [b"S", b"H", b"E", b"D", b"C", b"X", b"c", b"f"])
-def test_long_small_message_types_are_refused_at_their_header(tmp_path: Path, t: bytes) -> None:
+def test_long_small_message_types_are_refused_at_their_header(tmp_path: Path, t: bytes,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     rig = session_rig(tmp_path)
     client = rig.login()
-    client.send(header(t, STREAM_FROM + 10) + b"\x00" * 100)
+    with caplog.at_level(logging.INFO, logger="pgmux"):
+        client.send(header(t, STREAM_FROM + 10) + b"\x00" * 100)
     err = error_fields(client.take())
     assert err["C"] == "08P01" and err["S"] == "FATAL" and "invalid message length" in err["M"], err
     assert client.state is ClientState.CLOSED
+    assert f"{client.session.prefix} client protocol error: invalid message length" in caplog.text
 
 
 def test_above_max_packet_size_is_refused_before_any_body(tmp_path: Path) -> None:

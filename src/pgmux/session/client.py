@@ -10,6 +10,7 @@ Everything else is forwarded as byte ranges, one write per read.
 from __future__ import annotations
 
 import functools
+import logging
 import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
     from pgmux.runtime.app import App
     from pgmux.session.server import ServerSession
+
+log = logging.getLogger("pgmux")
 
 _X: Final = ord("X")
 _Q: Final = ord("Q")
@@ -180,6 +183,9 @@ class ClientSession:
                     self._send(server, data, now, 1, 0, track)
             elif self.state is not ClientState.CLOSED:
                 self._startup_data(data)
+        except ProtocolViolation as e:  # the client's bytes break the protocol: its error, not a server's
+            log.warning("%s client protocol error: %s", self.prefix, e.message)
+            self.fail(e)
         except PgmuxError as e:
             self.fail(e)
         except Exception as e:  # never a traceback to the client: log it, answer in PostgreSQL's words
