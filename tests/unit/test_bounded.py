@@ -219,3 +219,45 @@ def test_full_server_buffer_pauses_the_client_until_it_drains(tmp_path: Path) ->
     assert client.transport.paused  # type: ignore[attr-defined]
     proto.resume_writing()
     assert not client.transport.paused  # type: ignore[attr-defined]
+
+
+def test_bytes_pipelined_behind_the_login_pause_the_client_until_the_welcome(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    client = rig.connect()  # the pool's first server still logging in
+    (server,) = rig.servers
+    assert client.state is ClientState.LOGIN_WAIT
+    q = m.query("select 'a'")
+    client.session.sbuf = q  # (as when they came in the same read as the startup packet)
+    sent = q
+    while not client.transport.paused:
+        client.send(q * 1000)
+        sent += q * 1000
+        assert len(sent) < 4 * STREAM_FROM, "still reading"
+    rig.server_login(server)
+    assert not client.transport.paused
+    assert server.take() == sent
+
+
+def test_reads_queued_for_a_busy_pool_pause_the_client(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="default_pool_size = 1")
+    holder = rig.login()
+    (server,) = rig.servers
+    holder.send(m.query("begin"))
+    server.take()
+    server.send(reply(m.command_complete("BEGIN"), status=b"T"))
+    other = rig.login()
+    assert other.session.server is None
+    sent = b""
+    for i in range(40):
+        if other.transport.paused:
+            break
+        q = m.query(f"select {i}")
+        other.send(q)
+        sent += q
+    assert other.transport.paused and other.state is ClientState.WAITING
+    assert len(other.session.pending) <= 16
+    holder.send(m.query("commit"))
+    server.take()
+    server.send(reply(m.command_complete("COMMIT")))
+    assert other.session.server is server.session and not other.transport.paused
+    assert server.take() == sent

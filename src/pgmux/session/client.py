@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import MAX_INSPECTED, Buffer, read_startup, scan, unpack_len
+from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
@@ -38,6 +38,8 @@ _COPY_DATA: Final = ord("d")
 # What PostgreSQL's backend reads after login (postgres.c SocketBackend): messages that may be long,
 # and those it refuses beyond SMALL_MESSAGE_LIMIT. Others it refuses whatever their length.
 _LARGE: Final = frozenset(b"QFPBd")
+# Reads queued for a server (each at most one read of the socket) before the client is read no more.
+_MAX_QUEUED: Final = 16
 _SMALL: Final = frozenset(b"SHECDXcf")
 _NAMES: Final = {_Q: "Query", _F: "FunctionCall", ord("P"): "Parse", ord("B"): "Bind"}
 _COPY_MSGS: Final = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
@@ -148,6 +150,9 @@ class ClientSession:
             if self.state in _LOGGED_IN:
                 if self.sbuf:  # bytes pipelined behind the login are not relayed yet: keep their order
                     self.sbuf += data
+                    if len(self.sbuf) > STREAM_FROM and not self.held:
+                        self.held = True  # until the welcome: send_welcome() relays them, then reads on
+                        self._reading()
                     return
                 if self.is_admin:
                     self._admin_data(data)
@@ -179,6 +184,8 @@ class ClientSession:
                         self.pending_ext = True
                     if self.state is C_IDLE:
                         self.hub.acquire(self, now)
+                    elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                        self._hold()
                 else:
                     self._send(server, data, now, 1, 0, track)
             elif self.state is not ClientState.CLOSED:
@@ -307,7 +314,9 @@ class ClientSession:
             self.hub.acquire(self)
         if self.sbuf:  # a client that pipelined its first query behind the password
             rest, self.sbuf = self.sbuf, b""
+            self.held = False  # (reading paused while they piled up: resumed once they are relayed)
             self.data_received(rest)
+            self._reading()
 
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
@@ -350,6 +359,8 @@ class ClientSession:
                 self.pending_ext = self.pending_ext or track
                 if self.state is C_IDLE:
                     self.hub.acquire(self, now)
+                elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                    self._hold()  # what waits for a server stays bounded: reads stop until one takes it
         if terminate:
             self.hub.client_closed(self, "client close request")
         elif large:
