@@ -135,3 +135,27 @@ def test_query_up_to_the_bound_is_held_whole_and_runs(pgmux_factory: PgmuxStarte
                 assert rows(w.query(sql)) == [[str(pad).encode()]]
         print(f"a Query of {len(m.query(sql))} bytes held whole: pgmux VmRSS peak +{rss.grown_mib:.1f} MiB")
         assert rss.grown_mib < 3 * MAX_INSPECTED / (1 << 20) + 2, rss.grown_mib
+
+
+def test_long_data_row_streams_to_a_client_that_stalls(pgmux_factory: PgmuxStarter) -> None:
+    # A 100 MB DataRow from PostgreSQL: pgmux forwards it as it comes, and while the client does not
+    # read, its full socket buffer stops pgmux reading the server.
+    mux = pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 2})
+    size = 100 << 20
+    with Wire(mux.host, mux.port, timeout=60) as w:
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        w.login()
+        with PeakRss(mux.pid) as rss:
+            w.send(m.query(f"SELECT repeat('x', {size})"))
+            time.sleep(3.0)  # not reading
+        print(f"a {size >> 20} MB DataRow, client stalled: pgmux VmRSS peak +{rss.grown_mib:.1f} MiB")
+        assert rss.grown_mib < LIMIT_MIB, rss.grown_mib
+        t, _ = w.read_msg()
+        assert t == m.ROW_DESCRIPTION
+        t, length = struct.unpack("!ci", w.read_exact(5))
+        assert t == m.DATA_ROW and length == 4 + 2 + 4 + size
+        got = 0
+        while got < length - 4:
+            got += len(w.read_exact(min(1 << 20, length - 4 - got)))
+        assert [t for t, _ in w.read_until_ready()] == [m.COMMAND_COMPLETE, m.READY_FOR_QUERY]
+        assert rows(w.query("SELECT 4")) == [[b"4"]]

@@ -22,6 +22,7 @@ from pgmux.session.states import ClientState, ServerState
 
 CHUNK = 64 * 1024
 GIB = 1 << 30
+PG_LIMIT = 0x3FFFFFFE
 
 
 def header(t: bytes, body_len: int) -> bytes:
@@ -68,11 +69,12 @@ def test_one_gib_claim_streams_and_holds_nothing(tmp_path: Path) -> None:
     client.send(m.query("select 1"))
     server.take()
     server.send(select_one_reply())
-    client.send(header(b"Q", GIB) + b"y" * (CHUNK - 5))
+    claim = PG_LIMIT - 4  # a body of about 1 GiB: PostgreSQL's largest (its length word at most PG_LIMIT)
+    client.send(header(b"Q", claim) + b"y" * (CHUNK - 5))
     for _ in range(200):
         client.send(b"y" * CHUNK)
         assert held(client) == 0
-    assert client.session.passing == GIB + 5 - 201 * CHUNK
+    assert client.session.passing == claim + 5 - 201 * CHUNK
     assert len(server.take()) == 201 * CHUNK
 
 
@@ -261,3 +263,17 @@ def test_reads_queued_for_a_busy_pool_pause_the_client(tmp_path: Path) -> None:
     server.send(reply(m.command_complete("COMMIT")))
     assert other.session.server is server.session and not other.transport.paused
     assert server.take() == sent
+
+
+def test_length_above_postgresql_limit_is_refused_at_its_header(tmp_path: Path) -> None:
+    rig = session_rig(tmp_path)
+    client = rig.login()
+    client.send(m.query("select 1"))
+    (server,) = rig.servers
+    server.take()
+    server.send(select_one_reply())
+    client.take()
+    client.send(header(b"d", GIB) + b"x" * CHUNK)  # PostgreSQL accepts 1 GiB - 2 at most
+    err = error_fields(client.take())
+    assert err["C"] == "08P01" and err["S"] == "FATAL" and "invalid message length" in err["M"], err
+    assert server.take() == m.query("DISCARD ALL") and client.state is ClientState.CLOSED  # nothing of it

@@ -38,6 +38,7 @@ _COPY_DATA: Final = ord("d")
 # What PostgreSQL's backend reads after login (postgres.c SocketBackend): messages that may be long,
 # and those it refuses beyond SMALL_MESSAGE_LIMIT. Others it refuses whatever their length.
 _LARGE: Final = frozenset(b"QFPBd")
+_PG_LARGE_LIMIT: Final = 0x3FFFFFFE  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT, for those
 # Reads queued for a server (each at most one read of the socket) before the client is read no more.
 _MAX_QUEUED: Final = 16
 _SMALL: Final = frozenset(b"SHECDXcf")
@@ -483,6 +484,8 @@ class ClientSession:
             raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
         if t not in _LARGE:
             raise ProtocolViolation(f"invalid frontend message type {t}")
+        if total - 1 > _PG_LARGE_LIMIT:  # PostgreSQL would drop the connection at this header
+            raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
         server = self.server
         if t != _COPY_DATA and (self.watch or self.stmts is not None or self.route is not None) \
                 or self.route is not None and (server is None or self.pending):
