@@ -140,3 +140,18 @@ def test_malformed_message_queued_for_a_busy_pool(pgmux_factory: PgmuxStarter, p
     log = mux.log()
     assert "Traceback" not in log and "server protocol error" not in log, log[-3000:]
     assert f"client protocol error: malformed {name.split('-')[0]} message" in log
+
+
+@pytest.mark.parametrize("name", ["Parse-empty", "Parse-name-only", "Bind-empty", "Bind-portal-only", "Describe-empty"])
+def test_malformed_message_on_the_admin_console(pgmux_factory: PgmuxStarter, name: str) -> None:
+    mux = pgmux_factory()
+    msg, then_sync = CASES[name]
+    with Wire(mux.host, mux.port) as w:
+        w.login(database="pgbouncer")
+        w.send(msg + m.message(m.SYNC))
+        got = w.read_until_ready()
+        errors = [m.parse_error_fields(b) for t, b in got if t == m.ERROR_RESPONSE]
+        assert all(e["S"] == "ERROR" and e["C"] == "08P01" for e in errors), errors
+        assert got[-1] == (m.READY_FOR_QUERY, b"I")
+        assert rows(w.query("SHOW VERSION"))
+    assert "Traceback" not in mux.log()
