@@ -22,9 +22,6 @@ unpack_len = _I32.unpack_from
 
 # PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
-# PostgreSQL's limit for the frontend messages that never carry data (PQ_SMALL_MESSAGE_LIMIT): Sync,
-# Flush, Execute, Describe, Close, Terminate, CopyDone, CopyFail.
-SMALL_MESSAGE_LIMIT = 10000
 # Bounded memory per connection. A message longer than STREAM_FROM that pgmux only forwards (CopyData,
 # DataRow, and in session pooling every message) is not held whole: its bytes go on as they arrive
 # (ClientSession._large, ServerSession._large). A message pgmux must read whole (a Query, Parse, Bind

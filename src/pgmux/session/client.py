@@ -36,7 +36,8 @@ _Q: Final = ord("Q")
 _F: Final = ord("F")
 _COPY_DATA: Final = ord("d")
 # What PostgreSQL's backend reads after login (postgres.c SocketBackend): messages that may be long,
-# and those it refuses beyond SMALL_MESSAGE_LIMIT. Others it refuses whatever their length.
+# and those it refuses beyond 10000 bytes (PQ_SMALL_MESSAGE_LIMIT; pgmux refuses them beyond
+# STREAM_FROM, at their header). Others it refuses whatever their length.
 _LARGE: Final = frozenset(b"QFPBd")
 _PG_LARGE_LIMIT: Final = 0x3FFFFFFE  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT, for those
 # Reads queued for a server (each at most one read of the socket) before the client is read no more.
@@ -538,7 +539,8 @@ class ClientSession:
         server = self.server
         if server is not None and not self.held:
             server.transport.write(part)
-            if not self.passing and not server.owed and server.tx_status == b"I" and not server.queue:
+            if (not self.passing and not server.owed and server.tx_status == b"I" and not server.queue
+                    and not self.unsynced):
                 # Its replies came while the message was still on its way (a COPY that failed early):
                 # the server was kept for the rest (App.server_ready); now it can go.
                 self.hub.server_ready(self, server)
