@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 
+import pytest
 from conftest import PgmuxStarter
 from test_protocol import Wire, error_fields, rows
 
@@ -106,14 +107,20 @@ def test_claimed_gib_streams_in_session_mode_with_bounded_rss(pgmux_factory: Pgm
         assert rows(other.query("SELECT 2")) == [[b"2"]]
 
 
-def test_claimed_gib_query_refused_at_once_in_transaction_mode(pgmux_factory: PgmuxStarter) -> None:
+@pytest.mark.parametrize(("claim", "code"), [(PG_MAX_MESSAGE, "54000"), (1 << 30, "08P01")])
+def test_claimed_gib_query_refused_at_once_in_transaction_mode(pgmux_factory: PgmuxStarter, claim: int,
+                                                               code: str) -> None:
+    # 54000: above what pgmux reads whole; 08P01: above what PostgreSQL accepts at all (it would drop
+    # the connection), whatever the pooling mode.
     mux = pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 2})
     with Wire(mux.host, mux.port, timeout=30) as w:
         w.login()
         base = rss_kib(mux.pid)
-        w.send(b"Q" + struct.pack("!i", 1 << 30) + b"SELECT ")
+        w.send(b"Q" + struct.pack("!i", claim) + b"SELECT ")  # refused at the header: no body needed
         err = error_fields(w.read_msg())
-        assert err["S"] == "FATAL" and err["C"] == "54000" and str(MAX_INSPECTED) in err["M"], err
+        assert err["S"] == "FATAL" and err["C"] == code, err
+        if code == "54000":
+            assert str(MAX_INSPECTED) in err["M"], err
         assert w.at_eof()
         assert (rss_kib(mux.pid) - base) / 1024 < LIMIT_MIB
     with Wire(mux.host, mux.port) as other:
