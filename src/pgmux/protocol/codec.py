@@ -22,6 +22,13 @@ unpack_len = _I32.unpack_from
 
 # PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
+# Bounded memory per connection. A message longer than STREAM_FROM that pgmux only forwards (CopyData,
+# DataRow, and in session pooling every message) is not held whole: its bytes go on as they arrive
+# (ClientSession._large, ServerSession._large). A message pgmux must read whole (a Query, Parse, Bind
+# or FunctionCall when it tracks session state or routes, and the replies it decodes) is held up to
+# MAX_INSPECTED bytes; a longer one is refused as soon as its header says so.
+STREAM_FROM = 1 << 16
+MAX_INSPECTED = 4 << 20
 
 
 def scan(buf: bytes | bytearray | memoryview, pos: int, max_len: int) -> tuple[list[tuple[int, int, int]], int]:
@@ -96,29 +103,38 @@ class Buffer:
     large message costs linear time, not a re-scan and a copy per chunk.
     """
 
-    __slots__ = ("pending", "_need")
+    __slots__ = ("pending", "need")
 
     def __init__(self) -> None:
         self.pending = bytearray()
-        self._need = 0
+        self.need = 0  # the whole length of the partial message (5 while its header is not whole)
 
     def feed(self, data: bytes) -> bytes:
         if not self.pending:
             return data
         self.pending += data
-        if len(self.pending) < self._need:
+        if len(self.pending) < self.need:
             return b""
         out = bytes(self.pending)
         self.pending = bytearray()
         return out
 
-    def keep(self, data: bytes, pos: int) -> None:
+    def keep(self, data: bytes, pos: int) -> bool:
+        """Keep data[pos:], the start of a message. True when it is longer than STREAM_FROM: the caller
+        then streams it (take()) or holds it, up to MAX_INSPECTED."""
         if pos < len(data):
             self.pending = bytearray(data[pos:])
             if len(self.pending) >= 5:
-                self._need = 1 + _I32.unpack_from(self.pending, 1)[0]
-            else:
-                self._need = 5
+                self.need = 1 + _I32.unpack_from(self.pending, 1)[0]
+                return self.need > STREAM_FROM
+            self.need = 5
+        return False
+
+    def take(self) -> bytes:
+        """What is kept, handed over (for streaming), and the buffer empty again."""
+        out = bytes(self.pending)
+        self.pending = bytearray()
+        return out
 
     def __len__(self) -> int:
         return len(self.pending)

@@ -101,6 +101,21 @@ def _binary_rows(head: bytes, rest: bytes, formats: tuple[int, ...]) -> bytes:
     return b"".join(out)
 
 
+def _parse_or_bind(c: Any, st: Any, ch: str, body: bytes) -> bytes:
+    """A console Parse (its text is the command) or Bind (its result formats). A short or inconsistent
+    body is the client's error: ERROR 08P01, as PostgreSQL answers it, and the batch skips to Sync."""
+    try:
+        if ch == "P":
+            name_end = body.index(b"\x00")
+            st.sql = body[name_end + 1:body.index(b"\x00", name_end + 1)].decode(errors="replace")
+            return m.message(m.PARSE_COMPLETE)
+        st.formats = _result_formats(body)
+        return m.message(m.BIND_COMPLETE)
+    except (ValueError, struct.error):
+        log.warning("%s client protocol error: malformed %s message", c.prefix, "Parse" if ch == "P" else "Bind")
+        return render.render_error(PgmuxError("invalid message format", sqlstate="08P01"))
+
+
 def _ptr(obj: Any) -> str:
     return f"0x{id(obj):x}"
 
@@ -142,14 +157,8 @@ class AdminService(ShowRows):
             return
         if st.failed or ch == "H":
             return
-        out = b""
-        if ch == "P":
-            name_end = body.index(b"\x00")
-            st.sql = body[name_end + 1:body.index(b"\x00", name_end + 1)].decode(errors="replace")
-            out = m.message(m.PARSE_COMPLETE)
-        elif ch == "B":
-            st.formats = _result_formats(body)
-            out = m.message(m.BIND_COMPLETE)
+        if ch == "P" or ch == "B":
+            out = _parse_or_bind(c, st, ch, body)
         elif ch == "C":
             out = m.message(m.CLOSE_COMPLETE)
         elif ch == "D":

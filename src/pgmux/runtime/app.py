@@ -421,7 +421,7 @@ class App:
         st.query_count += 1
         st.query_secs += now - server.query_start
         if (server.tx_status != b"I" or pool.mode == "session" or c.pending or c.unsynced or c.pinned
-                or c.lsn_wanted):
+                or c.lsn_wanted or c.passing):
             self._ready_other(c, server, now)
             return
         st.xact_count += 1
@@ -433,6 +433,8 @@ class App:
             c.state = C_IDLE
         if server.paused:
             server.resume_reading()
+        if c.throttled:  # paused for this server's full socket buffer: no longer its business
+            c.throttle(False)
         lifetime = pool.limits.server_lifetime
         if (server.close_needed or self.shedding or self.config.settings.server_reset_query_always
                 or lifetime > 0 and now - server.created_at >= lifetime):
@@ -472,6 +474,8 @@ class App:
             return
         if c.unsynced or c.pinned:  # pinned: LISTEN, temp tables... live on this server only
             return
+        if c.passing:  # the rest of a long message is on its way to this server (ClientSession._pass)
+            return
         if c.lsn_wanted:  # read-your-writes: the commit's WAL position first (runtime/routing.py)
             self.routing.capture_lsn(c, server)
             return
@@ -505,7 +509,9 @@ class App:
                 self.probing.pop(c.id, None)
         if c.stmts is not None:
             c.stmts.clear()
-        unsynced = c.unsynced  # read before detach(): server.clean no longer sees the client after it
+        # read before detach(): server.clean no longer sees the client after it; a message the server
+        # got only part of leaves it unusable too
+        unsynced = c.unsynced or c.passing > 0
         server = c.detach()
         if server is not None:
             if c.pinned:  # its LISTENs, temp tables or locks must not reach another client
@@ -744,6 +750,20 @@ class App:
         self.close_server(server, f"server protocol error: {err.message}")
         if client is not None:
             client.fail(PgmuxError("server conn crashed?", sqlstate="08006", severity="FATAL"))
+
+    def server_crashed(self, server: ServerSession, exc: BaseException) -> None:
+        """An unexpected exception while handling a server's bytes (or a client's, handed on from
+        there): logged with both identities and the traceback; the server is closed and its client
+        gets XX000 and is closed too, since neither is in a known state."""
+        client = server.client
+        who = server.prefix if client is None else f"{server.prefix} (client {client.prefix})"
+        self.log_exception(who, exc)
+        err = PgmuxError(f"internal error in pgmux: {type(exc).__name__}", sqlstate="XX000", severity="FATAL")
+        try:
+            self.close_server(server, err.message)
+        finally:
+            if client is not None:
+                client.fail(err)
 
     def server_closed(self, server: ServerSession, reason: str) -> None:
         """The server's socket closed under us."""

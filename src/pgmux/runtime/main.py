@@ -13,6 +13,7 @@ import time
 from pgmux.config.model import Config
 from pgmux.net import sdnotify
 from pgmux.net.tls import Contexts, TlsConfigError
+from pgmux.net.protocols import loop_exception_handler
 from pgmux.runtime.app import App
 
 log = logging.getLogger("pgmux")
@@ -197,6 +198,9 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
 
 
 async def _serve(config: Config, config_path: str, logs: LogFiles) -> int:
+    # Errors that reach the loop go to pgmux's log (asyncio's own handler writes to stderr, which is
+    # /dev/null in daemon mode), with the connection's identity, and close that connection.
+    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
     app = App(config, config_path)
     app.tick_hooks.append(logs.tick)
     app.reload_hooks.append(lambda: logs.reopen(app.config))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import Buffer, read_startup, scan, unpack_len
+from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startup, scan, unpack_len
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
@@ -29,8 +29,22 @@ if TYPE_CHECKING:
     from pgmux.runtime.app import App
     from pgmux.session.server import ServerSession
 
-_log = logging.getLogger("pgmux")
+log = logging.getLogger("pgmux")
+_log = log
+
 _X: Final = ord("X")
+_Q: Final = ord("Q")
+_F: Final = ord("F")
+_COPY_DATA: Final = ord("d")
+# What PostgreSQL's backend reads after login (postgres.c SocketBackend): messages that may be long,
+# and those it refuses beyond 10000 bytes (PQ_SMALL_MESSAGE_LIMIT; pgmux refuses them beyond
+# STREAM_FROM, at their header). Others it refuses whatever their length.
+_LARGE: Final = frozenset(b"QFPBd")
+_PG_LARGE_LIMIT: Final = 0x3FFFFFFE  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT, for those
+# Reads queued for a server (each at most one read of the socket) before the client is read no more.
+_MAX_QUEUED: Final = 16
+_SMALL: Final = frozenset(b"SHECDXcf")
+_NAMES: Final = {_Q: "Query", _F: "FunctionCall", ord("P"): "Parse", ord("B"): "Bind"}
 _COPY_MSGS: Final = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
@@ -43,7 +57,8 @@ class ClientSession:
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
-                 "ryw_lsn", "admin_ext", "replication", "repl")
+                 "ryw_lsn", "admin_ext", "replication", "repl", "passing", "sink", "held", "throttled",
+                 "rpaused")
 
     def __init__(self, cid: int, hub: App, now: float, max_packet: int) -> None:
         self.id = cid
@@ -110,6 +125,14 @@ class ClientSession:
         # server (session/replication.py), which no one else uses. "" and None for every other client.
         self.replication = ""
         self.repl: Any = None
+        # Bounded memory (see _large): bytes of a long message still to come, forwarded as they arrive
+        # (dropped when `sink`); reading paused while such a message waits for a server (`held`) or
+        # while the server's socket buffer is full (`throttled`); `rpaused` is what the transport was told.
+        self.passing = 0
+        self.sink = False
+        self.held = False
+        self.throttled = False
+        self.rpaused = False
 
     def logged_in_pool(self) -> Pool[Any, Any]:
         """The pool of a client past login (found then, for its database and user)."""
@@ -135,10 +158,17 @@ class ClientSession:
             if self.state in _LOGGED_IN:
                 if self.sbuf:  # bytes pipelined behind the login are not relayed yet: keep their order
                     self.sbuf += data
+                    if len(self.sbuf) > STREAM_FROM and not self.held:
+                        self.held = True  # until the welcome: send_welcome() relays them, then reads on
+                        self._reading()
                     return
                 if self.is_admin:
                     self._admin_data(data)
                     return
+                if self.passing:  # the rest of a long message, forwarded as it comes
+                    data = self._pass(data)
+                    if not data:
+                        return
                 buf = self.buf
                 if buf.pending:
                     data = buf.feed(data)
@@ -162,10 +192,15 @@ class ClientSession:
                         self.pending_ext = True
                     if self.state is C_IDLE:
                         self.hub.acquire(self, now)
+                    elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                        self._hold()
                 else:
                     self._send(server, data, now, 1, 0, track)
             elif self.state is not ClientState.CLOSED:
                 self._startup_data(data)
+        except ProtocolViolation as e:  # the client's bytes break the protocol: its error, not a server's
+            log.warning("%s client protocol error: %s", self.prefix, e.message)
+            self.fail(e)
         except PgmuxError as e:
             self.fail(e)
         except Exception as e:  # never a traceback to the client: log it, answer in PostgreSQL's words
@@ -321,7 +356,9 @@ class ClientSession:
             self.hub.acquire(self)
         if self.sbuf:  # a client that pipelined its first query behind the password
             rest, self.sbuf = self.sbuf, b""
+            self.held = False  # (reading paused while they piled up: resumed once they are relayed)
             self.data_received(rest)
+            self._reading()
 
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
@@ -340,8 +377,7 @@ class ClientSession:
                 from None
         if server is not None and server.copy_in and not copy_in:
             server.copy_in = False  # its CopyDone (or CopyFail) is in this read
-        if pos < n and not terminate:
-            buf.keep(data, pos)
+        large = buf.keep(data, pos) if pos < n and not terminate else False
         if pos > 0:
             now = self.request_time = self.hub.now()
             self.logged_in_pool().stats.bytes_received += pos
@@ -365,8 +401,12 @@ class ClientSession:
                 self.pending_ext = self.pending_ext or track
                 if self.state is C_IDLE:
                     self.hub.acquire(self, now)
+                elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                    self._hold()  # what waits for a server stays bounded: reads stop until one takes it
         if terminate:
             self.hub.client_closed(self, "client close request")
+        elif large:
+            self._large()
 
     def _send(self, server: ServerSession, chunk: bytes | memoryview, now: float, syncs: int, ignored: int,
               track: Any) -> None:
@@ -418,6 +458,8 @@ class ClientSession:
                 reported = self.logged_in_pool().server_params or {}
                 server.extra.update(k for k in self.params if k not in reported)
             server.sig = sig
+        if server.wpaused:  # its socket buffer is full already: wait before reading more
+            self.throttle(True)
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
             server.unnamed = None
             server.unnamed_owner = self.id
@@ -429,6 +471,8 @@ class ClientSession:
                 server.owed += self.pending_syncs
                 self.pending_syncs = 0
             server.transport.write(pending.pop())
+            if self.held:
+                self._release()
             return
         self.send_pending(server, now, out)
 
@@ -450,6 +494,8 @@ class ClientSession:
                 data = pending[0]
                 pending.clear()
                 server.transport.write(data)
+                if self.held:
+                    self._release()
                 return
             out.extend(pending)
             pending.clear()
@@ -457,6 +503,8 @@ class ClientSession:
             server.transport.write(out[0])
         elif out:
             server.transport.write(b"".join(out))
+        if self.held:
+            self._release()
 
     def detach(self) -> ServerSession | None:
         server, self.server = self.server, None
@@ -464,9 +512,112 @@ class ClientSession:
             server.client = None
             if server.paused:
                 server.resume_reading()
+        if self.throttled:  # that server's socket buffer is no longer this client's business
+            self.throttle(False)
         if self.state is C_ACTIVE:
             self.state = C_IDLE
         return server
+
+    # -- long messages: streamed, or held up to a bound ------------------------------------------
+    def _large(self) -> None:
+        """The message self.buf keeps is longer than STREAM_FROM (codec.py). A message pgmux reads
+        whole is held, up to MAX_INSPECTED; anything else is forwarded as it arrives (_pass), so
+        that what one connection holds stays bounded whatever length a message claims."""
+        buf = self.buf
+        t = buf.pending[0]
+        total = buf.need
+        if t in _SMALL:  # as PostgreSQL's backend refuses them (postgres.c)
+            raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
+        if t not in _LARGE:
+            raise ProtocolViolation(f"invalid frontend message type {t}")
+        if total - 1 > _PG_LARGE_LIMIT:  # PostgreSQL would drop the connection at this header
+            raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
+        server = self.server
+        if t != _COPY_DATA and (self.watch or self.stmts is not None or self.route is not None) \
+                or self.route is not None and (server is None or self.pending):
+            if total > MAX_INSPECTED:
+                raise PgmuxError(
+                    f"message too long: a {_NAMES.get(t, chr(t))} of {total} bytes, and pgmux reads these whole "
+                    f"to track session state or route them, up to {MAX_INSPECTED} bytes",
+                    sqlstate="54000", severity="FATAL",
+                    hint="use session pooling for this client, or send smaller messages")
+            return  # held whole (bounded): completed by buf.feed() in data_received
+        part = buf.take()
+        self.passing = total - len(part)
+        syncs = 1 if t == _Q or t == _F else 0
+        if syncs:
+            self.unsynced = False
+            self.copy_syncs = 0
+        elif t != _COPY_DATA:
+            self.unsynced = True  # a Parse or a Bind
+        now = self.request_time = self.hub.now()
+        self.logged_in_pool().stats.bytes_received += len(part)
+        if server is not None and not self.pending:
+            if syncs and not server.owed:
+                server.query_start = now
+            server.owed += syncs
+            server.transport.write(part)
+        elif t == _COPY_DATA and not self.pending:
+            self.sink = True  # the rest of a failed COPY FROM STDIN: PostgreSQL would drop it too
+        else:
+            self.pending.append(part)
+            self.pending_syncs += syncs
+            self._hold()
+
+    def _pass(self, data: bytes) -> bytes:
+        """The next bytes of a long message (see _large): forwarded (or dropped); returns what follows it."""
+        left = self.passing
+        n = len(data)
+        part: bytes | memoryview = data
+        rest = b""
+        if left < n:
+            part = memoryview(data)[:left]
+            rest = data[left:]
+            self.passing = 0
+        else:
+            self.passing = left - n
+        if self.sink:
+            if not self.passing:
+                self.sink = False
+            return rest
+        self.logged_in_pool().stats.bytes_received += len(part)
+        server = self.server
+        if server is not None and not self.held:
+            server.transport.write(part)
+            if (not self.passing and not server.owed and server.tx_status == b"I" and not server.queue
+                    and not self.unsynced):
+                # Its replies came while the message was still on its way (a COPY that failed early):
+                # the server was kept for the rest (App.server_ready); now it can go.
+                self.hub.server_ready(self, server)
+        else:  # read before the pause took effect: queued behind the start of the message
+            self.pending.append(bytes(part))
+            self._hold()
+        return rest
+
+    def _hold(self) -> None:
+        """Stop reading until a server takes what is queued (attach/send_pending release it)."""
+        self.held = True
+        self._reading()
+        if self.state is C_IDLE:
+            self.hub.acquire(self, self.hub.now())
+
+    def _release(self) -> None:
+        self.held = False
+        self._reading()
+
+    def throttle(self, on: bool) -> None:
+        """The linked server's socket buffer went above (or back below) its high-water mark."""
+        self.throttled = on
+        self._reading()
+
+    def _reading(self) -> None:
+        paused = self.held or self.throttled
+        if paused != self.rpaused and self.transport is not None and self.state is not ClientState.CLOSED:
+            self.rpaused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     # -- admin console -------------------------------------------------------------------------
     def _admin_data(self, data: bytes) -> None:

@@ -21,6 +21,7 @@ leaves no statement, on the server or for the client).
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -97,12 +98,17 @@ Undo = Callable[[], Any] | None
 Entry = tuple[int, bool, Any, Undo]
 _PLACEHOLDER: Entry = (QUERY, False, None, None)
 
+log = logging.getLogger("pgmux")
+
 _P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
 _Z, _ERR, _PSTATUS, _G, _CC, _EMPTY = (ord(c) for c in "ZESGCI")
 _PDESC, _ROWDESC, _NODATA = (ord(c) for c in "tTn")
 _LEN = struct.Struct("!i")
 _I16 = struct.Struct("!h")
 _BIND_HDR = struct.Struct("!Bi")
+_DECODED = frozenset((_P, _B, _D, _C, _Q))  # what to_server reads beyond the header (see _malformed)
+_TARGETS = frozenset(b"SP")
+_NAMES = {_P: "Parse", _B: "Bind", _D: "Describe", _C: "Close", _Q: "Query"}
 _PLAIN = {_P: PARSE, _B: BIND, _D: DESCRIBE, _E: EXECUTE, _C: CLOSE, _S: SYNC, _Q: QUERY, _F: QUERY}
 _ROLLBACK = b"ROLLBACK\x00"
 _COMMIT = b"COMMIT\x00"
@@ -228,6 +234,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 continue
             c.skip = False
         body = mv[s + 5:s + total]
+        if t in _DECODED and _malformed(t, raw, s, s + total):
+            # A body too short or inconsistent for what pgmux reads of it: the server gets it as the
+            # client sent it, and PostgreSQL answers ERROR 08P01 and skips to Sync, as without pgmux.
+            _client_protocol_error(c, t)
+            q.append((_PLAIN[t], False, None, None))
+            continue
         kind = -1
         new: list[bytes | memoryview] | None = None
         fx = _note_extended(c, t, raw, s, total) if c.watch and (t == _P or t == _B or t == _E) else None
@@ -350,7 +362,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                     if c.watch:
                         kind, new = _watched_query(c, server, q, mv[s:s + total], body, synth)
         except ProtocolViolation:
-            raise  # a malformed message ends the connection, as in PostgreSQL
+            raise  # (malformed bodies are passed on before this: see _malformed)
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
             c.pooler_error(e)
             synth(server.hub.prepared.revalidate_error if isinstance(e, CachedPlanChanged) else
@@ -385,6 +397,32 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _malformed(t: int, raw: bytes, s: int, end: int) -> bool:
+    """Whether the client's message raw[s:end] of type t (Query, Parse, Bind, Describe or Close) is too
+    short or inconsistent for what to_server decodes of it. PostgreSQL refuses such a message with
+    ERROR 08P01 before it does anything with it (and a Bind whose names are whole but whose
+    parameters are not, after it looked up the statement, as it would here)."""
+    if t == _P:
+        ne = raw.find(b"\x00", s + 5, end)
+        qe = raw.find(b"\x00", ne + 1, end) if ne >= 0 else -1
+        if qe < 0 or qe + 3 > end:
+            return True
+        (count,) = _I16.unpack_from(raw, qe + 1)
+        return count < 0 or qe + 3 + 4 * count != end
+    if t == _B:
+        pe = raw.find(b"\x00", s + 5, end)
+        return pe < 0 or raw.find(b"\x00", pe + 1, end) < 0
+    if t == _Q:
+        return raw.find(b"\x00", s + 5, end) != end - 1
+    # Describe, Close: 'S' or 'P', then one name that ends the message
+    return end - s < 7 or raw[s + 5] not in _TARGETS or raw.find(b"\x00", s + 6, end) != end - 1
+
+
+def _client_protocol_error(c: ClientSession, t: int) -> None:
+    log.warning("%s client protocol error: malformed %s message, passed on for the server to refuse", c.prefix,
+                _NAMES.get(t, chr(t)))
 
 
 def _still_failed(q: deque[Entry]) -> bool:

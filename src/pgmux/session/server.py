@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
-from pgmux.protocol.codec import Buffer, noted_table, scan, walk
+from pgmux.protocol.codec import MAX_INSPECTED, Buffer, noted_table, scan, walk
 from pgmux.session.params import canon
 from pgmux.session.pipeline import Entry, release, to_client
 from pgmux.session.prepared import ServerStatements
@@ -31,6 +31,8 @@ _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G: Final = ord("G")  # CopyInResponse
 _NOTED: Final = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
 _D: Final = ord("D")  # DataRow
+_DECODED: Final = frozenset(b"ZSEGRK")  # replies the relays read whole, never streamed
+_ROWS: Final = frozenset(b"Dd")  # DataRow, CopyData: streamed even while replies are reordered (pipeline.py)
 _I32: Final = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
 _STATUS: Final = {c: bytes((c,)) for c in range(256)}
@@ -64,7 +66,7 @@ class ServerSession:
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
                  "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn", "held", "release",
-                 "checked", "skipping")
+                 "checked", "skipping", "passing", "wpaused")
 
     def __init__(self, sid: int, hub: App, pool: Pool[Any, Any], target: ServerTarget, now: float) -> None:
         self.id = sid
@@ -112,6 +114,8 @@ class ServerSession:
         self.skipping = False  # an extended-protocol error came with no Sync in flight: the server skips to one
         self.want_lsn = False  # read-your-writes: pgmux's own query reads the WAL position (runtime/routing.py)
         self.lsn: str | None = None  # ... and what it read
+        self.passing = 0  # bytes of a long reply still to come, forwarded as they arrive (see _large)
+        self.wpaused = False  # the socket buffer towards the server is above its high-water mark
 
     # -- state ---------------------------------------------------------------------------------
     def move(self, new: ServerState) -> None:
@@ -159,6 +163,10 @@ class ServerSession:
             if self.state is S_LOGIN:
                 self._login_data(data)
                 return
+            if self.passing:  # the rest of a long reply, forwarded as it comes
+                data = self._pass(data)
+                if not data:
+                    return
             buf = self.buf
             if buf.pending:
                 data = buf.feed(data)
@@ -183,9 +191,10 @@ class ServerSession:
             else:
                 for t, start, total in items:
                     self._note(data, t, start, total)
-            if pos < n:
-                buf.keep(data, pos)
+            large = buf.keep(data, pos) if pos < n else False
             if pos == 0:
+                if large:
+                    self._large()
                 return
             client = self.client
             if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
@@ -197,8 +206,12 @@ class ServerSession:
                 if self.owed <= 0:
                     self.owed = 0
                     self.hub.server_ready(client, self)
+            if large:
+                self._large()
         except PgmuxError as e:
             self.hub.server_failed(self, e)
+        except Exception as e:  # a bug: logged with its traceback, never a traceback to the client
+            self.hub.server_crashed(self, e)
 
     # -- relay ---------------------------------------------------------------------------------
     def _note(self, data: bytes, t: int, start: int, total: int) -> None:
@@ -214,13 +227,56 @@ class ServerSession:
         elif t == _G:
             self.copy_in = True
 
+    def _large(self) -> None:
+        """The reply self.buf keeps is longer than STREAM_FROM (codec.py). One the relay only forwards
+        goes on to the client as it arrives (_pass); one it must read whole (a ParameterStatus, an
+        error, a reply while pgmux swallows or reorders replies) is held up to MAX_INSPECTED."""
+        buf = self.buf
+        t = buf.pending[0]
+        c = self.client
+        q = self.queue
+        if self.state is ServerState.CLOSED:
+            return
+        if c is None or self.swallow or t in _DECODED or q and (t not in _ROWS or q[0][1]):
+            if buf.need > MAX_INSPECTED:
+                raise ProtocolViolation(f"message too long: {buf.need} bytes of type {chr(t)!r}, above "
+                                        f"the {MAX_INSPECTED} bytes pgmux reads whole")
+            return
+        part = buf.take()
+        self.passing = buf.need - len(part)
+        if c is not None:
+            c.transport.write(part)
+            self.pool.stats.bytes_sent += len(part)
+
+    def _pass(self, data: bytes) -> bytes:
+        """The next bytes of a long reply (see _large), to the linked client; returns what follows it."""
+        left = self.passing
+        n = len(data)
+        part: bytes | memoryview = data
+        rest = b""
+        if left < n:
+            part = memoryview(data)[:left]
+            rest = data[left:]
+            self.passing = 0
+        else:
+            self.passing = left - n
+        c = self.client
+        if c is not None:
+            c.transport.write(part)
+            self.pool.stats.bytes_sent += len(part)
+        return rest
+
     def _relay_slow(self, data: bytes) -> None:
         """Replies while pgmux's own query is being swallowed, while no client is linked, or while
         the replies to rewritten requests are due."""
         msgs, pos = scan(data, 0, MAX_SERVER_MESSAGE)
-        self.buf.keep(data, pos)
-        if not msgs:
-            return
+        large = self.buf.keep(data, pos)
+        if msgs:
+            self._relay_msgs(data, msgs, pos)
+        if large:
+            self._large()
+
+    def _relay_msgs(self, data: bytes, msgs: list[tuple[int, int, int]], pos: int) -> None:
         first = 0
         if self.swallow:
             first = self._swallow(data, msgs)
@@ -314,11 +370,13 @@ class ServerSession:
         return name, value
 
     def _error(self, data: bytes, start: int, total: int) -> None:
-        # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it.
+        # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it. But an
+        # ERROR 08P01 is PostgreSQL refusing a client's malformed message, and its session goes on.
         fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
         if self.owed <= 0:  # no Sync in flight: the server now ignores everything up to the next one
             self.skipping = True
-        if fields.get("S") in ("FATAL", "PANIC") or fields.get("C", "").startswith("08"):
+        code = fields.get("C", "")
+        if fields.get("S") in ("FATAL", "PANIC") or code.startswith("08") and code != "08P01":
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
                 self.hub.routing.server_error(self, fields)
