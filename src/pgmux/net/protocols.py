@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pgmux.errors import PgmuxError
-from pgmux.session.client import ClientSession
 from pgmux.net.sockopts import tune_tcp
+from pgmux.session.client import ClientSession
 from pgmux.session.replication import ReplicationServer
 from pgmux.session.server import ServerSession
 

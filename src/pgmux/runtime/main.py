@@ -12,8 +12,8 @@ import time
 
 from pgmux.config.model import Config
 from pgmux.net import sdnotify
-from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.net.protocols import loop_exception_handler
+from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.app import App
 
 log = logging.getLogger("pgmux")

@@ -60,6 +60,7 @@ class ReplicationServer:
         self.backend_pid = 0
         self.backend_key = 0
         self.local_port = 0
+        self.wpaused = False  # its socket buffer is full (net/protocols.py): the client is throttled
         self.paused = False
         self.stmts = None  # (SHOW SERVERS reads these two like a pooled server's)
         self.params: dict[str, str] = {}
