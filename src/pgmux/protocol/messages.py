@@ -76,7 +76,9 @@ def message(mtype: bytes, body: bytes = b"") -> bytes:
 
 
 def cstr(s: str) -> bytes:
-    return s.encode() + b"\x00"
+    # surrogateescape: names and texts a client sent that are not UTF-8 were decoded so; they go back
+    # out as the bytes they came as (a statement name in an error message, a PREPARE re-sent).
+    return s.encode("utf-8", "surrogateescape") + b"\x00"
 
 
 def auth_request(code: int, payload: bytes = b"") -> bytes:
