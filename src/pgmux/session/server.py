@@ -31,6 +31,8 @@ _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G: Final = ord("G")  # CopyInResponse
 _NOTED: Final = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
 _D: Final = ord("D")  # DataRow
+_LOGIN_MIN: Final = {_R: 4, _K: 8, _Z: 1}  # body sizes the login reads without looking
+_IDLE_OK: Final = frozenset((_S, _N, ord("A")))  # what an idle server may send: ParameterStatus, notices
 _I32: Final = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
 _STATUS: Final = {c: bytes((c,)) for c in range(256)}
@@ -213,6 +215,8 @@ class ServerSession:
         msgs, pos = scan(data, 0, MAX_SERVER_MESSAGE)
         self.buf.keep(data, pos)
         if not msgs:
+            if self.client is None and not self.swallow and pos < len(data):
+                self._idle_data(msgs, 0, data[pos])
             return
         first = 0
         if self.swallow:
@@ -232,11 +236,7 @@ class ServerSession:
                 zpos = start
             self._note(data, t, start, total)
         if client is None:
-            if self.state is not ServerState.CLOSED:
-                # Between clients a server may still send a notice or a ParameterStatus; anything
-                # else means it is in an unknown state.
-                if any(t not in (_S, _N, ord("A")) for t, s, _ in msgs if s >= first):
-                    self.hub.close_server(self, "unexpected data from idle server")
+            self._idle_data(msgs, first, data[pos] if pos < len(data) and not self.swallow else _S)
             return
         if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
             pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
@@ -247,6 +247,14 @@ class ServerSession:
             if self.owed <= 0:
                 self.owed = 0
                 self.hub.server_ready(client, self)
+
+    def _idle_data(self, msgs: list[tuple[int, int, int]], first: int, partial: int) -> None:
+        """Between clients a server may still send a notice or a ParameterStatus; anything else means
+        it is in an unknown state. `partial` is the type of a message not complete yet: judged now,
+        or the server could go to a client with another message's first bytes in its buffer."""
+        if self.state is not ServerState.CLOSED:
+            if partial not in _IDLE_OK or any(t not in _IDLE_OK for t, s, _ in msgs if s >= first):
+                self.hub.close_server(self, "unexpected data from idle server")
 
     def _relay_tracked(self, client: ClientSession, data: bytes, msgs: list[tuple[int, int, int]], first: int,
                        pos: int) -> None:
@@ -324,6 +332,8 @@ class ServerSession:
         self.buf.keep(data, pos)
         for t, start, total in msgs:
             body = data[start + 5:start + total]
+            if total - 5 < _LOGIN_MIN.get(t, 0):
+                raise ProtocolViolation(f"malformed message {chr(t)!r} from server during login")
             if t == _R:
                 (code,) = _I32.unpack_from(body, 0)
                 reply = self.auth.feed(code, bytes(body[4:]))
