@@ -16,6 +16,10 @@ from pgmux.session.server import ServerSession
 
 
 class ClientProtocol(asyncio.Protocol):
+    # Slots: no __dict__ per connection (issue 11: memory per idle client). The `data_received` slot
+    # holds the session's bound method, which uvloop calls directly.
+    __slots__ = ("session", "data_received")
+
     def __init__(self, app: Any) -> None:
         self.session = app.new_client()
         # uvloop looks data_received up once, before connection_made: bind the session's method here
@@ -50,6 +54,8 @@ class ClientProtocol(asyncio.Protocol):
 
 
 class ServerProtocol(asyncio.Protocol):
+    __slots__ = ("session", "data_received")
+
     def __init__(self, session: ServerSession) -> None:
         self.session = session
         self.data_received = session.data_received  # type: ignore[method-assign]

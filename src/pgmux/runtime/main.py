@@ -10,6 +10,7 @@ import sys
 
 from pgmux.config.model import Config
 from pgmux.runtime.app import App
+from pgmux.runtime.memtrim import Trimmer
 
 log = logging.getLogger("pgmux")
 
@@ -119,6 +120,7 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
 async def _serve(config: Config, config_path: str, handlers: list[TickFlushedHandler]) -> int:
     app = App(config, config_path)
     app.tick_hooks.extend(h.tick for h in handlers)
+    app.tick_hooks.append(Trimmer(app))
     try:
         await app.start()
     except OSError as e:
