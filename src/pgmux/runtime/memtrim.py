@@ -3,7 +3,7 @@
 Freed sessions go back to CPython's allocator and to glibc's malloc, which keep most of it: glibc
 returns the top of its heap only, so one live object above a freed region holds it all. After 10,000
 clients come and go, RSS stayed some 30 MB above where it started. `malloc_trim(0)` releases the free
-pages inside the heap too. It costs a walk over the heap (milliseconds at most), so it runs from the
+pages inside the heap too. It costs a full garbage collection and a walk over the heap (tens of milliseconds), so it runs from the
 janitor only when many clients have left since the last time: the count fell by `MIN_DROP` and to half
 of its peak or less. The dicts of all clients are rebuilt then too (a dict never shrinks by itself).
 """
@@ -11,6 +11,7 @@ of its peak or less. The dicts of all clients are rebuilt then too (a dict never
 from __future__ import annotations
 
 import ctypes
+import gc
 import ctypes.util
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,9 @@ class Trimmer:
                 live = dict(d)
                 d.clear()
                 d.update(live)
+            # A session, its transport and its protocol refer to each other: only the cyclic GC frees
+            # them, and its oldest generation may not run for a long while. Collect first, then trim.
+            gc.collect()
             if self.trim is not None:
                 self.trim(0)
             self.trims += 1
