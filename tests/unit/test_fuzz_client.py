@@ -257,8 +257,8 @@ def test_queue_of_a_waiting_client_is_bounded(where: Path) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="bug found by fuzzing: bytes a client pipelines behind its login while the "
-                   "login waits for a server (LOGIN_WAIT) pile up in ClientSession.sbuf without bound (and `sbuf += data` on bytes "
-                   "copies it all on every read)")
+                   "login waits for a server (LOGIN_WAIT) pile up in ClientSession.sbuf without bound (and "
+                   "`sbuf += data` on bytes copies it all on every read)")
 def test_bytes_behind_a_waiting_login_are_bounded(where: Path) -> None:
     rig = Rig(where, settings="pool_mode = transaction")
     c = rig.new_client()

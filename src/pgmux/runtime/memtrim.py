@@ -3,16 +3,18 @@
 Freed sessions go back to CPython's allocator and to glibc's malloc, which keep most of it: glibc
 returns the top of its heap only, so one live object above a freed region holds it all. After 10,000
 clients come and go, RSS stayed some 30 MB above where it started. `malloc_trim(0)` releases the free
-pages inside the heap too. It costs a full garbage collection and a walk over the heap (tens of milliseconds), so it runs from the
-janitor only when many clients have left since the last time: the count fell by `MIN_DROP` and to half
-of its peak or less. The dicts of all clients are rebuilt then too (a dict never shrinks by itself).
+pages inside the heap too. It costs a full garbage collection and a walk over the heap (tens of
+milliseconds), so it runs from the janitor only when many clients have left since the last time: the
+count fell by `MIN_DROP` and to half of its peak or less. The dicts of all clients are rebuilt then too
+(a dict never shrinks by itself). What it cannot give back is CPython's small-object arenas that a few
+live objects keep (see README, Robustness: PYTHONMALLOC=malloc).
 """
 
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 from collections.abc import Callable
 from typing import Any
 
