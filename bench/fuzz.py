@@ -35,6 +35,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -323,8 +324,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=15.0, help="bound for a reply (hang detection)")
-    ap.add_argument("--out", default="fuzz-hangs.txt")
-    ap.add_argument("--log", default="fuzz-pgmux.log", help="where pgmux's log is copied at the end")
+    tmp = tempfile.gettempdir()
+    ap.add_argument("--out", default=f"{tmp}/pgmux-fuzz-hangs.txt", help="batches that hung, in hex")
+    ap.add_argument("--log", default=f"{tmp}/pgmux-fuzz.log", help="where pgmux's log is copied at the end")
     args = ap.parse_args(argv)
     args.alive = True
     with PgCluster(replicas=0, conf_extra={"max_connections": 200}) as cluster:
@@ -362,7 +364,7 @@ def main(argv: list[str]) -> int:
               f"{st.startups} startup packets) in {took:.0f}s, seed {args.seed}")
         print(f"crashes {int(crashed)}  hangs {len(st.hangs)}  wrong replies {len(st.wrong)}  "
               f"closed by an error {st.closed_by_error}  probes answered {st.probe_ok}")
-        print(f"tracebacks in pgmux's log: {sum(tb.values())}")
+        print(f"tracebacks in pgmux's log ({args.log}): {sum(tb.values())}")
         for line, n in tb.most_common():
             print(f"  {n:6d}  {line}")
         print(f"pgmux RSS {rss0 // 1024} MB after warm-up -> {rss1 // 1024} MB at the end "
