@@ -243,7 +243,7 @@ class ClientSession:
             body = struct.pack("!ii", m.PROTOCOL_V3, len(unknown)) + b"".join(m.cstr(k) for k in unknown)
             self.transport.write(m.message(m.NEGOTIATE_PROTOCOL_VERSION, body))
             params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
-        self.startup = params
+        self.startup = params = _shared(params)  # only ever read
         self.state = ClientState.AUTH
         self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
         if self.state is ClientState.AUTH:
@@ -270,7 +270,7 @@ class ClientSession:
             if k not in params and k in shown:
                 params[k] = shown[k]  # the pool's default, restored if another client changed it
         self.sig = None
-        self.initial = _shared_initial(self.params)
+        self.initial = _shared(self.params)
         out = [self.auth_ok]
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
@@ -452,18 +452,19 @@ def _same_setting(a: str, b: str) -> bool:
     return a.lower().replace("-", "").replace("_", "") == b.lower().replace("-", "").replace("_", "")
 
 
-_INITIALS: Final[dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
+_SHARED: Final[dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
 
 
-def _shared_initial(params: dict[str, str]) -> dict[str, str]:
-    """A client's parameters after login, which RESET goes back to: only ever read, and the same for most
-    clients of a pool, so equal ones share one dict (a few hundred bytes per idle client, issue 11)."""
+def _shared(params: dict[str, str]) -> dict[str, str]:
+    """One dict for equal ones that are only ever read (the startup packet's parameters; those after
+    login, which RESET goes back to): the same for most clients of a pool, and a few hundred bytes each
+    per idle client (issue 11)."""
     key = tuple(params.items())
-    found = _INITIALS.get(key)
+    found = _SHARED.get(key)
     if found is None:
-        if len(_INITIALS) >= 1024:  # a bound, against clients that log in with ever new values
-            _INITIALS.clear()
-        found = _INITIALS[key] = dict(params)
+        if len(_SHARED) >= 1024:  # a bound, against clients that log in with ever new values
+            _SHARED.clear()
+        found = _SHARED[key] = dict(params)
     return found
 
 
