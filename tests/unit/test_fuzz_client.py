@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgmux.protocol import messages as m
+from pgmux.runtime.admin_service import AdminService
 from pgmux.session.states import ClientState, ServerState
 
 MAX_PACKET = 65536
@@ -269,3 +270,32 @@ def test_bytes_behind_a_waiting_login_are_bounded(where: Path) -> None:
         if c.transport.paused:
             break
     assert c.transport.paused or len(c.session.sbuf) < 16 << 20, f"{len(c.session.sbuf)} bytes held"
+
+
+@FUZZ
+@given(data=st.data(), msgs=st.lists(st.one_of(frontend(nonempty_targets=False),
+                                               st.sampled_from(["SHOW POOLS", "SHOW CLIENTS", "SHOW HELP", "PAUSE x",
+                                                                "KILL", "SHOW", "", "SET x = 1", "RESUME"])
+                                               .map(m.query)), min_size=1, max_size=15))
+def test_admin_console_fuzz(where: Path, data: st.DataObject, msgs: list[bytes]) -> None:
+    """The console reads whole messages itself (ClientSession._admin_data): garbage gets an error."""
+    rig = new_rig(where, "transaction", "admin_users = alice")
+    rig.app.admin = AdminService(rig.app)  # what App.start() sets up, without its listeners
+    pg = FakePg(lambda: False)
+    with internal_errors() as errors:
+        admin = rig.connect(database="pgbouncer")
+        assert admin.state is ClientState.IDLE, frames(admin.take())
+        admin.take()
+        out = b""
+        for chunk in data.draw(chunked(b"".join(msgs))):
+            admin.send(chunk)
+            pump(rig, pg)
+            out += admin.take()
+            check_buffers(admin)
+            if admin.state is ClientState.CLOSED:
+                break
+        assert errors.tracebacks() == []
+        if admin.state is ClientState.CLOSED and out:
+            assert frames(out)[-1][0] in ("E", "Z")  # an error, or a Terminate after a reply
+        good = rig.login()
+        select_one_works(rig, pg, good)

@@ -11,7 +11,7 @@ from typing import Any
 from pgmux.admin import derive, render
 from pgmux.admin import rows as R
 from pgmux.admin.commands import AdminCommand, admin_command
-from pgmux.errors import PgmuxError
+from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.session.states import ClientState, ServerState
 
@@ -134,11 +134,17 @@ class AdminService:
             return
         out = b""
         if ch == "P":
-            name_end = body.index(b"\x00")
-            st.sql = body[name_end + 1:body.index(b"\x00", name_end + 1)].decode(errors="replace")
+            name_end = body.find(b"\x00")
+            sql_end = body.find(b"\x00", name_end + 1) if name_end >= 0 else -1
+            if sql_end < 0:  # found by fuzzing: a ValueError escaped here
+                raise ProtocolViolation("malformed Parse message: unterminated string")
+            st.sql = body[name_end + 1:sql_end].decode(errors="replace")
             out = m.message(m.PARSE_COMPLETE)
         elif ch == "B":
-            st.formats = _result_formats(body)
+            try:
+                st.formats = _result_formats(body)
+            except (ValueError, IndexError, struct.error):  # found by fuzzing: they escaped here
+                raise ProtocolViolation("malformed Bind message") from None
             out = m.message(m.BIND_COMPLETE)
         elif ch == "C":
             out = m.message(m.CLOSE_COMPLETE)
