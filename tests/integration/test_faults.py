@@ -216,6 +216,26 @@ def test_stalled_server_gets_query_timeout(own_pg: PgCluster, start: Any) -> Non
              "the stalled backend to go away", timeout=BOUND)
 
 
+def test_server_stalling_mid_reply_gets_query_timeout(own_pg: PgCluster, start: Any) -> None:
+    """Some 50 kB of rows arrive (PostgreSQL flushes every 8 kB), then the server stops sending."""
+    proc = start(query_timeout=2)
+    default = own_pg.primary.psql("SHOW work_mem")
+    sql = ("SELECT g, repeat('x', 1000) FROM generate_series(1, 100) g, "
+           "LATERAL (SELECT pg_sleep(CASE WHEN g = 50 THEN 8 ELSE 0 END)) s")
+    with connect(proc) as c:
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as info:
+            bounded(c.execute, sql)
+        took = time.monotonic() - t0
+    assert info.value.sqlstate == "08P01" and "query timeout" in str(info.value), info.value
+    assert took < 7, f"{took:.1f}s: the stall (8 s) ended before pgmux's query_timeout (2 s) did"
+    the_next_client_finds_a_clean_server(proc, default)
+    # The stalled backend was closed by pgmux, not kept: PostgreSQL notices at its next write and ends it.
+    wait_for(lambda: own_pg.primary.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                                         "'%generate_series(1, 100)%' AND pid <> pg_backend_pid()") == "0",
+             "the stalled backend to go away", timeout=BOUND)
+
+
 # -- clients that vanish --------------------------------------------------------------------------------------
 
 def raw_login(proc: PgmuxProc, user: str) -> socket.socket:
