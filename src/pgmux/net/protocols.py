@@ -73,6 +73,10 @@ def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, A
 
 
 class ClientProtocol(asyncio.Protocol):
+    # Slots: no __dict__ per connection (issue 11: memory per idle client). The `data_received` slot
+    # holds the session's bound method, which uvloop calls directly.
+    __slots__ = ("session", "data_received")
+
     def __init__(self, app: Any) -> None:
         self.session = app.new_client()
         # uvloop looks data_received up once, before connection_made: bind the session's method here
@@ -115,6 +119,8 @@ class ClientProtocol(asyncio.Protocol):
 
 class ServerProtocol(asyncio.Protocol):
     """For a pooled server (ServerSession) and a replication client's own (session/replication.py)."""
+
+    __slots__ = ("session", "settings", "data_received")
 
     def __init__(self, session: ServerSession | ReplicationServer, settings: Any = None) -> None:
         self.session = session

@@ -10,6 +10,7 @@ pgmux allocate what it claims.
 from __future__ import annotations
 
 import struct
+import sys
 
 from pgmux.errors import ProtocolViolation
 from pgmux.protocol import messages as m
@@ -106,7 +107,9 @@ class Buffer:
     __slots__ = ("pending", "need")
 
     def __init__(self) -> None:
-        self.pending = bytearray()
+        # b"" (one shared object) until a partial message arrives: a bytearray costs 56 bytes for every
+        # idle connection (issue 11). keep() makes it a bytearray, which then grows in place.
+        self.pending: bytes | bytearray = b""
         self.need = 0  # the whole length of the partial message (5 while its header is not whole)
 
     def feed(self, data: bytes) -> bytes:
@@ -116,7 +119,7 @@ class Buffer:
         if len(self.pending) < self.need:
             return b""
         out = bytes(self.pending)
-        self.pending = bytearray()
+        self.pending = b""
         return out
 
     def keep(self, data: bytes, pos: int) -> bool:
@@ -133,7 +136,7 @@ class Buffer:
     def take(self) -> bytes:
         """What is kept, handed over (for streaming), and the buffer empty again."""
         out = bytes(self.pending)
-        self.pending = bytearray()
+        self.pending = b""
         return out
 
     def __len__(self) -> int:
@@ -194,7 +197,8 @@ def _parse_params(body: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
     for i in range(0, len(parts), 2):
         try:
-            k, v = parts[i].decode(), parts[i + 1].decode()
+            # Interned: every client of a pool sends the same names and mostly the same values.
+            k, v = sys.intern(parts[i].decode()), sys.intern(parts[i + 1].decode())
         except UnicodeDecodeError as e:
             raise ProtocolViolation("invalid byte sequence in startup packet") from e
         if not k:

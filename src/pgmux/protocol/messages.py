@@ -8,6 +8,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 
+from pgmux.errors import ProtocolViolation
+
 _I32 = struct.Struct("!i")
 _HDR = struct.Struct("!ci")
 
@@ -76,7 +78,9 @@ def message(mtype: bytes, body: bytes = b"") -> bytes:
 
 
 def cstr(s: str) -> bytes:
-    return s.encode() + b"\x00"
+    # surrogateescape: names and texts a client sent that are not UTF-8 were decoded so; they go back
+    # out as the bytes they came as (a statement name in an error message, a PREPARE re-sent).
+    return s.encode("utf-8", "surrogateescape") + b"\x00"
 
 
 def auth_request(code: int, payload: bytes = b"") -> bytes:
@@ -203,13 +207,17 @@ def terminate() -> bytes:
 
 
 def parse_error_fields(body: bytes | memoryview) -> dict[str, str]:
-    """Decode an ErrorResponse/NoticeResponse body into {field code: value}."""
+    """Decode an ErrorResponse/NoticeResponse body into {field code: value}. A field without its NUL
+    is a ProtocolViolation: the server that sent it is broken (found by fuzzing: a ValueError here
+    escaped the server's read callback)."""
     out: dict[str, str] = {}
     b = bytes(body)
     i = 0
     while i < len(b) and b[i] != 0:
         code = chr(b[i])
-        end = b.index(b"\x00", i + 1)
+        end = b.find(b"\x00", i + 1)
+        if end < 0:
+            raise ProtocolViolation("malformed ErrorResponse or NoticeResponse: unterminated field")
         out[code] = b[i + 1:end].decode(errors="replace")
         i = end + 1
     return out

@@ -15,6 +15,7 @@ from pgmux.net import sdnotify
 from pgmux.net.protocols import loop_exception_handler
 from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.app import App
+from pgmux.runtime.memtrim import Trimmer
 
 log = logging.getLogger("pgmux")
 
@@ -204,6 +205,7 @@ async def _serve(config: Config, config_path: str, logs: LogFiles) -> int:
     app = App(config, config_path)
     app.tick_hooks.append(logs.tick)
     app.reload_hooks.append(lambda: logs.reopen(app.config))
+    app.tick_hooks.append(Trimmer(app))
     try:
         await app.start()
     except OSError as e:

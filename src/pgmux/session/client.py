@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import struct
-from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
@@ -76,9 +75,9 @@ class ClientSession:
         self.admin_level = ""  # "admin" or "stats" for console users
         self.auth: Any = None
         self.server: ServerSession | None = None
-        # Complete messages waiting for a server (a deque: filled and emptied once per transaction,
-        # which a list pays for with a reallocation each time).
-        self.pending: deque[bytes | memoryview] = deque()
+        # Complete messages waiting for a server. A list, not a deque: an empty list costs 56 bytes and
+        # no block, an empty deque 760 (its first block), and most clients are idle (issue 11).
+        self.pending: list[bytes | memoryview] = []
         self.pending_syncs = 0
         self.unsynced = False  # an extended-protocol batch without its Sync yet
         self.auth_ok = b""  # the authenticator's last bytes (AuthenticationOk), sent with the welcome
@@ -302,6 +301,7 @@ class ClientSession:
                     self.auth_ok = reply  # goes out with the welcome, in one write
                     self.state = ClientState.LOGIN_WAIT
                     self.hub.client_authenticated(self)
+                    self.auth = None  # done with: a few hundred bytes per idle client (issue 11)
                 elif reply:
                     self.transport.write(reply)
 
@@ -312,7 +312,7 @@ class ClientSession:
             body = struct.pack("!ii", m.PROTOCOL_V3, len(unknown)) + b"".join(m.cstr(k) for k in unknown)
             self.transport.write(m.message(m.NEGOTIATE_PROTOCOL_VERSION, body))
             params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
-        self.startup = params
+        self.startup = params = _shared(params)  # only ever read
         self.state = ClientState.AUTH
         self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
         if self.state is ClientState.AUTH and self.auth is not None:  # None: auth_query looks the user up
@@ -326,6 +326,7 @@ class ClientSession:
                 self.auth_ok = first
                 self.state = ClientState.LOGIN_WAIT
                 self.hub.client_authenticated(self)
+                self.auth = None
             elif first:
                 self.transport.write(first)
 
@@ -341,7 +342,7 @@ class ClientSession:
             if k not in params and k in shown:
                 params[k] = shown[k]  # the pool's default, restored if another client changed it
         self.sig = None
-        self.initial = dict(self.params)
+        self.initial = _shared(self.params)
         out = [self.auth_ok]
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
@@ -640,6 +641,22 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
             return False
         pos += 1 + unpack_len(chunk, pos + 1)[0]
     return True
+
+
+_SHARED: Final[dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
+
+
+def _shared(params: dict[str, str]) -> dict[str, str]:
+    """One dict for equal ones that are only ever read (the startup packet's parameters; those after
+    login, which RESET goes back to): the same for most clients of a pool, and a few hundred bytes each
+    per idle client (issue 11)."""
+    key = tuple(params.items())
+    found = _SHARED.get(key)
+    if found is None:
+        if len(_SHARED) >= 1024:  # a bound, against clients that log in with ever new values
+            _SHARED.clear()
+        found = _SHARED[key] = dict(params)
+    return found
 
 
 @functools.lru_cache(maxsize=4096)

@@ -33,6 +33,8 @@ _NOTED: Final = noted_table("SEG")  # what the header-only relay looks at, besid
 _D: Final = ord("D")  # DataRow
 _DECODED: Final = frozenset(b"ZSEGRK")  # replies the relays read whole, never streamed
 _ROWS: Final = frozenset(b"Dd")  # DataRow, CopyData: streamed even while replies are reordered (pipeline.py)
+_LOGIN_MIN: Final = {_R: 4, _K: 8, _Z: 1}  # body sizes the login reads without looking
+_IDLE_OK: Final = frozenset((_S, _N, ord("A")))  # what an idle server may send: ParameterStatus, notices
 _I32: Final = struct.Struct("!i")
 # Interned transaction-status bytes, so the hot path compares the same objects every time.
 _STATUS: Final = {c: bytes((c,)) for c in range(256)}
@@ -273,6 +275,10 @@ class ServerSession:
         large = self.buf.keep(data, pos)
         if msgs:
             self._relay_msgs(data, msgs, pos)
+        elif self.client is None and not self.swallow and pos < len(data):
+            self._idle_data(msgs, 0, data[pos])  # a partial message from an idle server is judged now
+            if self.state is ServerState.CLOSED:
+                return
         if large:
             self._large()
 
@@ -295,11 +301,7 @@ class ServerSession:
                 zpos = start
             self._note(data, t, start, total)
         if client is None:
-            if self.state is not ServerState.CLOSED:
-                # Between clients a server may still send a notice or a ParameterStatus; anything
-                # else means it is in an unknown state.
-                if any(t not in (_S, _N, ord("A")) for t, s, _ in msgs if s >= first):
-                    self.hub.close_server(self, "unexpected data from idle server")
+            self._idle_data(msgs, first, data[pos] if pos < len(data) and not self.swallow else _S)
             return
         if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
             pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
@@ -310,6 +312,14 @@ class ServerSession:
             if self.owed <= 0:
                 self.owed = 0
                 self.hub.server_ready(client, self)
+
+    def _idle_data(self, msgs: list[tuple[int, int, int]], first: int, partial: int) -> None:
+        """Between clients a server may still send a notice or a ParameterStatus; anything else means
+        it is in an unknown state. `partial` is the type of a message not complete yet: judged now,
+        or the server could go to a client with another message's first bytes in its buffer."""
+        if self.state is not ServerState.CLOSED:
+            if partial not in _IDLE_OK or any(t not in _IDLE_OK for t, s, _ in msgs if s >= first):
+                self.hub.close_server(self, "unexpected data from idle server")
 
     def _relay_tracked(self, client: ClientSession, data: bytes, msgs: list[tuple[int, int, int]], first: int,
                        pos: int) -> None:
@@ -395,6 +405,8 @@ class ServerSession:
         self.buf.keep(data, pos)
         for t, start, total in msgs:
             body = data[start + 5:start + total]
+            if total - 5 < _LOGIN_MIN.get(t, 0):
+                raise ProtocolViolation(f"malformed message {chr(t)!r} from server during login")
             if t == _R:
                 (code,) = _I32.unpack_from(body, 0)
                 reply = self.auth.feed(code, bytes(body[4:]))

@@ -278,7 +278,7 @@ def might_change_session(sql: str) -> bool:
         first_word = _WORD.match(head)
         return first_word is not None and first_word.group() in _AT_START_WORDS
     try:
-        tokens = scan(sql)
+        tokens = scan(_parsable(sql))
     except ParseError:
         return True  # let the parser say what is wrong
     first = True
@@ -549,7 +549,7 @@ def _do(node: ast.DoStmt) -> list[Effect]:
 def _prepare(node: ast.PrepareStmt, text: str) -> list[Effect]:
     """The query is cut from the source text after the first AS outside parentheses, through its last
     token, so comments inside it stay and the trailing semicolon does not."""
-    tokens, depth, start = scan(text), 0, None
+    tokens, depth, start = scan(_parsable(text)), 0, None
     for i, tok in enumerate(tokens):
         if tok.name == "ASCII_40":
             depth += 1
@@ -679,9 +679,18 @@ _HANDLERS: dict[type, Callable[..., list[Effect]]] = {
 }
 
 
+def _parsable(sql: str) -> str:
+    """`sql` as pglast can take it. Query texts are decoded with surrogateescape (a client's bytes need
+    not be UTF-8: client_encoding LATIN1, or garbage), which pglast cannot encode: each such byte becomes
+    U+FFFD, one character for one, so the positions pglast reports hold in `sql` too."""
+    if sql.isascii():
+        return sql
+    return sql.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _analyse(sql: str) -> tuple[Effect, ...]:
     try:
-        raws = pglast.parse_sql(sql)
+        raws = pglast.parse_sql(_parsable(sql))
     except ParseError as exc:
         return (Unknown(f"cannot parse: {exc}"),)
     out: list[Effect] = []

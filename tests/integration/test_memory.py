@@ -1,0 +1,76 @@
+"""Memory per idle client (issue 11): RSS of a live pgmux with 3,000 idle logged-in clients, and after
+they leave. bench/memory.py measures the same at 10,000 (see README, Robustness)."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+import struct
+from typing import Any
+
+from helpers import wait_for
+
+from conftest import PgmuxStarter
+from pgmux.protocol import messages as m
+
+CLIENTS = 3000
+PER_CLIENT = 3500  # bytes of RSS per idle client, at most (about 2,460 measured; 4,000 before issue 11)
+AFTER = 0.15  # RSS after they left: at most this much above the baseline (+6% measured; +18% before)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+async def idle_clients(port: int, n: int, user: str) -> list[asyncio.StreamWriter]:
+    gate = asyncio.Semaphore(100)
+
+    async def one() -> asyncio.StreamWriter:
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(m.startup_message({"user": user, "database": "testdb"}))
+            data = b""
+            while not data.endswith(b"Z\0\0\0\5I"):
+                chunk = await asyncio.wait_for(reader.read(4096), 30)
+                assert chunk, data
+                data += chunk
+            return writer
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def close_all(writers: list[asyncio.StreamWriter]) -> None:
+    for w in writers:
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+
+def test_rss_per_idle_client_and_after_they_leave(pgmux_factory: PgmuxStarter, pg: Any) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < CLIENTS + 500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, CLIENTS + 500), hard))
+    proc = pgmux_factory(settings={"pool_mode": "transaction", "max_client_conn": CLIENTS + 100,
+                                   "default_pool_size": 2, "log_connections": 0, "log_disconnections": 0,
+                                   "listen_backlog": 1024})
+
+    async def run() -> tuple[int, int, int]:
+        close_all(await idle_clients(proc.port, 1, pg.superuser))  # the pool and its server exist
+        await asyncio.sleep(1)
+        base = rss_kb(proc.pid)
+        writers = await idle_clients(proc.port, CLIENTS, pg.superuser)
+        await asyncio.sleep(1)
+        full = rss_kb(proc.pid)
+        close_all(writers)
+        await asyncio.sleep(0.5)
+        wait_for(lambda: int(proc.admin_dicts("SHOW POOLS")[0]["cl_active"]) == 0, "clients to be gone", 30)
+        await asyncio.sleep(1.5)  # a few janitor passes: the trim
+        return base, full, rss_kb(proc.pid)
+
+    base, full, after = asyncio.run(run())
+    per_client = (full - base) * 1024 / CLIENTS
+    print(f"RSS {base} kB, {full} kB with {CLIENTS} idle clients ({per_client:.0f} bytes each), {after} kB after")
+    assert per_client <= PER_CLIENT, f"{per_client:.0f} bytes per idle client (baseline {base} kB, full {full} kB)"
+    assert after <= base * (1 + AFTER), f"RSS {base} kB -> {full} kB with {CLIENTS} clients -> {after} kB after"

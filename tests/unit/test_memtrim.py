@@ -1,0 +1,42 @@
+"""runtime/memtrim.py: memory goes back to the OS once many clients have left, and only then."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from pgmux.runtime.memtrim import MIN_DROP, Trimmer
+
+
+def test_trims_once_a_storm_has_left_and_rebuilds_the_client_dicts() -> None:
+    app = SimpleNamespace(clients={}, by_cancel={})
+    calls: list[int] = []
+    t = Trimmer(app, trim=calls.append)
+    clients, by_cancel = app.clients, app.by_cancel
+    for i in range(3 * MIN_DROP):
+        clients[i] = by_cancel[i] = object()
+        t()
+    for i in range(MIN_DROP):
+        del clients[i]
+        del by_cancel[i]
+    t()  # a third left: less than half of the peak gone, no trim
+    assert calls == [] and t.peak == 3 * MIN_DROP
+    for i in range(MIN_DROP, 3 * MIN_DROP - 10):
+        del clients[i]
+        del by_cancel[i]
+    t()
+    assert calls == [0] and t.trims == 1 and t.peak == 10
+    # The same dicts (others hold them), with what was left in them.
+    assert app.clients is clients and app.by_cancel is by_cancel
+    assert sorted(clients) == list(range(3 * MIN_DROP - 10, 3 * MIN_DROP))
+    t()
+    assert calls == [0]  # nothing new left: no second trim
+
+
+def test_a_few_clients_leaving_cost_nothing() -> None:
+    app = SimpleNamespace(clients={i: i for i in range(MIN_DROP - 1)}, by_cancel={})
+    calls: list[int] = []
+    t = Trimmer(app, trim=calls.append)
+    t()
+    app.clients.clear()
+    t()
+    assert calls == []
