@@ -55,7 +55,7 @@ def test_set_applies_the_parsed_value() -> None:
     ("default_pool_size", "many", "22023", "expected an integer"),
     ("default_pool_size", "-1", "22023", "at least 0"),
     ("pool_mode", "sometimes", "22023", "pool_mode"),
-    ("auth_type", "hba", "22023", "auth_hba_file"),
+    ("auth_type", "hba", "22023", "set it in the configuration file and RELOAD"),
 ])
 def test_refusals_name_why(key: str, value: str, sqlstate: str, words: str) -> None:
     with pytest.raises(PgmuxError) as exc:
@@ -71,12 +71,12 @@ def test_unknown_key_suggests_the_close_one() -> None:
     assert exc.value.hint is not None and "default_pool_size" in exc.value.hint
 
 
-def test_hba_is_accepted_once_the_file_is_set() -> None:
+def test_hba_and_cert_are_switched_on_in_the_file() -> None:
+    """Their files (and the TLS mode cert needs) are checked when a configuration loads: not by SET."""
     s, _ = set_setting(Settings(), "auth_hba_file", "/etc/pgbouncer/hba.conf")
-    s, _ = set_setting(s, "auth_type", "hba")
-    assert s.auth_type == "hba"
-    with pytest.raises(PgmuxError, match="auth_hba_file"):
-        set_setting(s, "auth_hba_file", "")
+    for method in ("hba", "cert"):
+        with pytest.raises(PgmuxError, match="set it in the configuration file and RELOAD"):
+            set_setting(s, "auth_type", method)
 
 
 def test_unimplemented_setting_warns() -> None:
@@ -87,7 +87,6 @@ def test_unimplemented_setting_warns() -> None:
     assert warnings and "not implemented" in warnings[0]
 
 
-def test_unsupported_auth_type_warns_as_the_loader_does() -> None:
-    new, warnings = set_setting(Settings(), "auth_type", "pam")
-    assert new.auth_type == "pam"
-    assert warnings and "not supported by pgmux" in warnings[0]
+def test_refused_auth_type_is_refused_as_the_loader_refuses_it() -> None:
+    with pytest.raises(PgmuxError, match="auth_type: pam is refused"):
+        set_setting(Settings(), "auth_type", "pam")

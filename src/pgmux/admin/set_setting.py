@@ -50,11 +50,11 @@ def set_setting(settings: Settings, key: str, value: str) -> tuple[Settings, lis
     except ConfigError as e:
         raise PgmuxError(f"SET failed: {e.message}", sqlstate=BAD_VALUE) from None
     new = dataclasses.replace(settings, **{name: parsed})
-    if new.auth_type == "hba" and not new.auth_hba_file:
-        raise PgmuxError("SET failed: auth_type = hba needs auth_hba_file", sqlstate=BAD_VALUE)
+    if name == "auth_type" and parsed in ("hba", "cert") and parsed != settings.auth_type:
+        # Their files and the TLS mode they need are checked when a configuration is loaded.
+        raise PgmuxError(f"SET failed: auth_type = {parsed} is checked against its files when the configuration "
+                         "is loaded: set it in the configuration file and RELOAD", sqlstate=BAD_VALUE)
     warnings = []
-    if name == "auth_type" and parsed in ("pam", "ldap"):  # as the config loader says (config/build.py)
-        warnings.append(f"auth_type = {parsed} is not supported by pgmux; every password login will be refused")
     if not info.implemented and parsed != info.default:
         warnings.append(f"{name} is accepted for PgBouncer compatibility but not implemented by pgmux: "
                         "the value is stored (SHOW CONFIG) and has no effect")
