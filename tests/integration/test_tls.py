@@ -291,3 +291,18 @@ def test_direct_tls_of_postgresql_17_clients(tls_pg: PgCluster, certs: Certs, pg
     # pgmux without client TLS refuses a direct-TLS client rather than hang.
     plain = pgmux_factory(databases=_db(tls_pg), settings={"server_tls_sslmode": "require"})
     _refused(plain.dsn(), sslmode="require", sslnegotiation="direct")
+
+
+def test_server_verify_full_checks_the_host_name(tls_pg: PgCluster, certs: Certs, pgmux_factory: PgmuxStarter) -> None:
+    """The server's certificate names 127.0.0.1 and pgmux-test, not localhost: reached as localhost,
+    verify-ca (chain only) connects and verify-full (chain and name) refuses."""
+    p = tls_pg.primary
+    databases = {"testdb": f"host=localhost port={p.port} dbname=testdb"}
+    ca = {"server_tls_ca_file": certs.path("ca.crt")}
+    proc = pgmux_factory(databases=databases, settings={"server_tls_sslmode": "verify-ca", **ca})
+    assert _query(proc.dsn(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
+    proc = pgmux_factory(databases=databases, settings={"server_tls_sslmode": "verify-full", **ca})
+    message = _refused(proc.dsn())
+    assert "TLS" in message or "certificate" in message or "match" in message, message
+    wait_for(lambda: "localhost" in proc.log() and ("mismatch" in proc.log() or "match" in proc.log()),
+             "the host name refusal in pgmux's log")
