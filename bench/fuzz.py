@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -59,6 +60,12 @@ from pgmux.runtime.cluster import (  # noqa: E402
 
 MAX_PACKET = 1 << 20
 DATABASES = ["fz_tx", "fz_sess"]
+
+
+def as_os_user(cluster: Any) -> list[str]:
+    """pgmux refuses to run as root: as root, `-u` the cluster's OS user (it owns the files written here)."""
+    user = cluster.os_user
+    return ["-u", user.name] if user is not None and user.switch else []
 
 
 def log(msg: str) -> None:
@@ -345,7 +352,8 @@ def main(argv: list[str]) -> int:
         cluster.write_owned(f"{base}/fuzz.ini", render_ini(databases, settings), mode=0o644)
         log_path = f"{base}/pgmux.log"
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(die_with_parent([sys.executable, "-m", "pgmux", f"{base}/fuzz.ini"]),
+            proc = subprocess.Popen(die_with_parent(
+                [sys.executable, "-m", "pgmux", *as_os_user(cluster), f"{base}/fuzz.ini"]),
                                     stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_listening(proc, HOST, args.port, 20)

@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg
 import psycopg
-import pytest
 from helpers import wait_for
 from psycopg.rows import dict_row
 
+from conftest import DEFAULT_USERLIST
 from pgmux.protocol import messages as m
 from pgmux.runtime.cluster import PgCluster, find_bindir
 
@@ -78,11 +78,16 @@ def idle_cpu(pid: int, seconds: float = 3.0) -> float:
     return cpu_seconds(pid) - before
 
 
+CONSOLE_PW = "console pw"
+# postgres (the admin) with a password: the console logins below work whatever auth_type. (pgmux runs as
+# another OS user than the tests when they run as root, so the Unix socket's no-password rule is no help.)
+USERLIST = {**DEFAULT_USERLIST, "postgres": CONSOLE_PW}
+
+
 def console(proc: Any, sql: str) -> list[dict[str, Any]]:
-    """A console command over the Unix socket, as pgmux's own OS user: no password, whatever auth_type."""
-    with psycopg.connect(host=proc.settings["unix_socket_dir"], port=proc.port, dbname="pgbouncer",
-                         user="postgres", autocommit=True, cursor_factory=psycopg.ClientCursor,
-                         row_factory=dict_row) as conn:
+    """A console command, as admin_user postgres."""
+    with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", password=CONSOLE_PW,
+                         autocommit=True, cursor_factory=psycopg.ClientCursor, row_factory=dict_row) as conn:
         cur = conn.execute(sql)
         return cur.fetchall() if cur.description else []
 
@@ -100,15 +105,9 @@ def flood(port: int, n: int, tag: str) -> None:
 FLOOD = int(os.environ.get("PGMUX_TEST_FLOOD", "2000"))
 
 
-@pytest.fixture
-def short_tmp(tmp_path: Any) -> None:
-    if len(str(tmp_path)) >= 80:  # the factory then has no Unix socket, which console() needs
-        pytest.skip("the test's temporary directory is too long for a Unix socket path")
-
-
-def test_failed_logins_leave_nothing_behind(pgmux_factory: Any, short_tmp: None) -> None:
+def test_failed_logins_leave_nothing_behind(pgmux_factory: Any) -> None:
     # md5: an unknown user still gets a (doomed) challenge, as from PostgreSQL: no password needed to try.
-    proc = pgmux_factory(settings={"auth_type": "md5"})
+    proc = pgmux_factory(settings={"auth_type": "md5"}, userlist=USERLIST)
     with psycopg.connect(proc.dsn(user="md5user", password="md5pass")) as conn:
         conn.execute("SELECT 1")
         flood(proc.port, 300, "warmup")  # let the allocator settle before measuring
@@ -130,8 +129,8 @@ def test_failed_logins_leave_nothing_behind(pgmux_factory: Any, short_tmp: None)
         assert not [u for u in console(proc, "SHOW USERS") if u["name"].startswith("stranger")]
 
 
-def test_unauthenticated_console_logins_leave_nothing_behind(pgmux_factory: Any, short_tmp: None) -> None:
-    proc = pgmux_factory(settings={"auth_type": "md5", "admin_users": "postgres,boss"})
+def test_unauthenticated_console_logins_leave_nothing_behind(pgmux_factory: Any) -> None:
+    proc = pgmux_factory(settings={"auth_type": "md5", "admin_users": "postgres,boss"}, userlist=USERLIST)
     pools = pool_count(proc)
     for i in range(50):
         with socket.create_connection(("127.0.0.1", proc.port), timeout=20) as sock:

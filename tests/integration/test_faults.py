@@ -10,10 +10,10 @@ These tests break their PostgreSQL: they run on a cluster of their own (`own_pg`
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from helpers import wait_for
 
-from conftest import PgmuxProc
+from conftest import PgmuxProc, _pooler_command
 from pgmux.protocol import messages as m
 from pgmux.runtime.cluster import HOST, SUPERUSER, PgCluster, free_port
 
@@ -43,15 +43,17 @@ def own_pg() -> Iterator[PgCluster]:
 @pytest.fixture
 def start(own_pg: PgCluster, tmp_path: Path) -> Iterator[Any]:
     procs: list[PgmuxProc] = []
+    # As the shared fixture starts pgmux: as root, with -u and a dir that OS user owns.
+    command, popen_kwargs, workdir, owner = _pooler_command(tmp_path)
 
     def run(**settings: Any) -> PgmuxProc:
         p = own_pg.primary
         merged = {"listen_addr": HOST, "listen_port": free_port(), "unix_socket_dir": "", "auth_type": "trust",
-                  "auth_file": str(tmp_path / f"userlist-{len(procs)}.txt"), "admin_users": own_pg.superuser,
+                  "auth_file": str(workdir / f"userlist-{len(procs)}.txt"), "admin_users": own_pg.superuser,
                   "pool_mode": "transaction", "default_pool_size": 1, "query_wait_timeout": 20,
                   "server_login_retry": 1, **settings}
-        proc = PgmuxProc(tmp_path, f"-{len(procs)}", {"faults": f"host={p.host} port={p.port} dbname=faults"},
-                         merged, {own_pg.superuser: ""}, {}, [sys.executable, "-m", "pgmux"], {})
+        proc = PgmuxProc(workdir, f"-{len(procs)}", {"faults": f"host={p.host} port={p.port} dbname=faults"},
+                         merged, {own_pg.superuser: ""}, {}, command, popen_kwargs, owner)
         procs.append(proc)
         proc.launch()
         return proc
@@ -59,6 +61,8 @@ def start(own_pg: PgCluster, tmp_path: Path) -> Iterator[Any]:
     yield run
     for proc in procs:
         proc.stop()
+    if workdir != tmp_path:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def connect(proc: PgmuxProc, **kw: Any) -> psycopg.Connection[Any]:

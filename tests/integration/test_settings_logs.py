@@ -18,10 +18,10 @@ from test_protocol import Wire, rows
 
 from pgmux.protocol import messages as m
 
-STATS = re.compile(r"INFO stats: (\d+) xacts/s, (\d+) queries/s, (\d+) client parses/s, (\d+) server parses/s, "
+STATS = re.compile(r"LOG stats: (\d+) xacts/s, (\d+) queries/s, (\d+) client parses/s, (\d+) server parses/s, "
                    r"(\d+) binds/s, in (\d+) B/s, out (\d+) B/s, xact (\d+) us, query (\d+) us, wait (\d+) us$",
                    re.M)
-DB_STATS = re.compile(r"INFO stats for database testdb: (\d+) xacts/s, (\d+) queries/s, ", re.M)
+DB_STATS = re.compile(r"LOG stats for database testdb: (\d+) xacts/s, (\d+) queries/s, ", re.M)
 
 
 def test_log_stats_every_stats_period(pgmux_factory: PgmuxStarter) -> None:

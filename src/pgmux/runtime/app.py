@@ -108,7 +108,7 @@ class App:
         from pgmux.runtime.periodic import hooks
 
         self.admin = AdminService(self)
-        self.tick_hooks.extend(hooks(self))  # stats_period/log_stats, query_wait_notify
+        self.tick_hooks.extend(hooks(self))  # stats_period/log_stats
         s = self.config.settings
         self.stopped = asyncio.get_running_loop().create_future()
         self.listeners = await start_listeners(self, s.listen_addr, s.listen_port, s.unix_socket_dir,
