@@ -42,7 +42,7 @@ def run_in_process(pg: PgCluster, tmp_path: Path, settings: Mapping[str, Any],
         try:
             await asyncio.wait_for(body(app), timeout)
         finally:
-            app.shutdown(immediate=True)
+            app.shutdown("immediate")
             await asyncio.wait_for(app.wait_stopped(), 10)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
