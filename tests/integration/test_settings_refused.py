@@ -55,8 +55,8 @@ def test_reload_names_ignored_settings_too(pgmux_factory: PgmuxStarter) -> None:
     proc = pgmux_factory()
     proc.admin("SHOW VERSION")  # served: past start-up, SIGHUP is handled
     assert "accepted for PgBouncer compatibility" not in proc.log()
-    proc.rewrite(settings={"cancel_wait_timeout": 3})
+    proc.rewrite(settings={"sbuf_loopcnt": 3})
     proc.reload()
     wait_for(lambda: "configuration reloaded" in proc.log(), "the reload")
     (line,) = [ln for ln in proc.log().splitlines() if "accepted for PgBouncer compatibility" in ln]
-    assert " WARNING " in line and "cancel_wait_timeout" in line
+    assert " WARNING " in line and "sbuf_loopcnt" in line
