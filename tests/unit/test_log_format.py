@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import time
+from pathlib import Path
 
-from pgmux.runtime.main import ZoneFormatter
+from pgmux.config import load_config
+from pgmux.runtime.main import LogFiles, ZoneFormatter
 
 FORMAT = "%(asctime)s [%(process)d] %(pglevel)s %(message)s"
 
@@ -32,3 +34,22 @@ def test_local_zone_is_named() -> None:
     fmt = ZoneFormatter(FORMAT)
     now = time.time()
     assert fmt.format(_record(logging.INFO, now)).split()[2] == time.strftime("%Z", time.localtime(now))
+
+
+def test_bytes_that_are_not_utf8_are_logged_escaped(tmp_path: Path) -> None:
+    """A client's non-UTF-8 bytes reach log lines as surrogate escapes (found by bench/fuzz.py: each such
+    line was a "Logging error" on stderr and lost from the log)."""
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(f"[databases]\nx = host=127.0.0.1\n[pgbouncer]\nlogfile = {tmp_path / 'pgmux.log'}\n")
+    logs = LogFiles(load_config(str(ini)), quiet=True, verbose=0)
+    try:
+        logging.getLogger("pgmux").warning("C-1 pooler error: prepared statement %s does not exist",
+                                           b'"pgmux_\xa4"'.decode("utf-8", "surrogateescape"))
+        logs.tick()
+    finally:
+        for h in [*logs.handlers, logs.file]:
+            if h is not None:
+                h.close()
+                h.stream.close()  # (a StreamHandler leaves its stream open)
+        logging.getLogger("pgmux").handlers.clear()
+    assert 'prepared statement "pgmux_\\udca4" does not exist' in (tmp_path / "pgmux.log").read_text()

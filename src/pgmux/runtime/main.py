@@ -20,6 +20,11 @@ from pgmux.runtime.memtrim import Trimmer
 log = logging.getLogger("pgmux")
 
 
+# Bytes a client sent that are not UTF-8 reach log lines as surrogate escapes (names, statement names,
+# query text): written as backslash escapes, not a "Logging error" that loses the line.
+LOG_ERRORS = "backslashreplace"
+
+
 class TickFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes into a buffered stream; the janitor flushes it every tick (0.2 s), and WARNING and
     worse are flushed at once. A log line per connection then costs no write() of its own, which
@@ -78,7 +83,7 @@ class LogFiles:
         self.root.propagate = False
         self.handlers: list[TickFlushedHandler] = []
         if not quiet:
-            self._add(TickFlushedHandler(os.fdopen(os.dup(2), "w", buffering=1 << 16)))
+            self._add(TickFlushedHandler(os.fdopen(os.dup(2), "w", buffering=1 << 16, errors=LOG_ERRORS)))
         self.reopen(config)
 
     def _add(self, h: TickFlushedHandler) -> None:
@@ -92,7 +97,7 @@ class LogFiles:
         old, self.file = self.file, None
         if s.logfile:
             try:
-                self.file = TickFlushedHandler(open(s.logfile, "a", buffering=1 << 16))
+                self.file = TickFlushedHandler(open(s.logfile, "a", buffering=1 << 16, errors=LOG_ERRORS))
             except OSError as e:
                 self.file = old  # keep logging where we could, and say why
                 log.error("cannot open logfile %s: %s; still logging to the old one", s.logfile, e.strerror)
