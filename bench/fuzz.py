@@ -39,7 +39,6 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -52,6 +51,7 @@ from pgmux.runtime.cluster import (  # noqa: E402
     PgCluster,
     die_with_parent,
     free_port,
+    pgmux_user_args,
     render_ini,
     render_userlist,
     stop_process,
@@ -60,12 +60,6 @@ from pgmux.runtime.cluster import (  # noqa: E402
 
 MAX_PACKET = 1 << 20
 DATABASES = ["fz_tx", "fz_sess"]
-
-
-def as_os_user(cluster: Any) -> list[str]:
-    """pgmux refuses to run as root: as root, `-u` the cluster's OS user (it owns the files written here)."""
-    user = cluster.os_user
-    return ["-u", user.name] if user is not None and user.switch else []
 
 
 def log(msg: str) -> None:
@@ -353,7 +347,7 @@ def main(argv: list[str]) -> int:
         log_path = f"{base}/pgmux.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(die_with_parent(
-                [sys.executable, "-m", "pgmux", *as_os_user(cluster), f"{base}/fuzz.ini"]),
+                [sys.executable, "-m", "pgmux", *pgmux_user_args(), f"{base}/fuzz.ini"]),
                                     stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_listening(proc, HOST, args.port, 20)

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -33,17 +32,12 @@ from pgmux.runtime.cluster import (  # noqa: E402
     PgCluster,
     die_with_parent,
     free_port,
+    pgmux_user_args,
     render_ini,
     render_userlist,
     stop_process,
     wait_listening,
 )
-
-
-def as_os_user(cluster: Any) -> list[str]:
-    """pgmux refuses to run as root: as root, `-u` the cluster's OS user (it owns the files written here)."""
-    user = cluster.os_user
-    return ["-u", user.name] if user is not None and user.switch else []
 
 
 def rss_kb(pid: int) -> int:
@@ -158,7 +152,7 @@ def main(argv: list[str]) -> int:
         env.update(kv.split("=", 1) for kv in args.env)
         with open(f"{base}/pgmux.log", "ab") as out:
             proc = subprocess.Popen(die_with_parent(
-                [sys.executable, "-m", "pgmux", *as_os_user(cluster), f"{base}/mem.ini"]), stdout=out,
+                [sys.executable, "-m", "pgmux", *pgmux_user_args(), f"{base}/mem.ini"]), stdout=out,
                                     stderr=out, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         try:
             wait_listening(proc, HOST, port, 20)

@@ -26,6 +26,7 @@ from pgmux.runtime.cluster import (
     PgCluster,
     die_with_parent,
     free_port,
+    pgmux_user_args,
     render_ini,
     render_userlist,
     stop_process,
@@ -321,9 +322,8 @@ def start_targets(names: list[str], cluster: PgCluster, pgbouncer: str, tls: str
             targets.append(start_pooler(name, [pgbouncer], cluster, run_as, tls, certs))
         else:
             # pgmux refuses root too: as root it switches itself (-u) to the cluster's OS user.
-            osuser = cluster.os_user
-            switch = ["-u", osuser.name] if osuser is not None and osuser.switch else []
-            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux", *switch], cluster, {}, tls, certs))
+            targets.append(start_pooler(name, [sys.executable, "-m", "pgmux", *pgmux_user_args()], cluster, {}, tls,
+                                        certs))
     return targets
 
 

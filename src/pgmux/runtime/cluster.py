@@ -125,6 +125,13 @@ class OsUser:
             os.chown(path, self.uid, self.gid)
 
 
+def pgmux_user_args(user: OsUser | None = None) -> list[str]:
+    """pgmux's command-line flags to run as the cluster's OS user: `-u NAME` when we are root (pgmux
+    refuses root), nothing otherwise. For the tests' direct starts, bench/ and `pgmux demo`."""
+    user = user if user is not None else server_os_user()
+    return ["-u", user.name] if user.switch else []
+
+
 def server_os_user() -> OsUser:
     """Ourselves if we are not root; otherwise the unprivileged OS_USER, created if it does not exist."""
     if os.geteuid() != 0:
