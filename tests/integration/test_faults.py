@@ -10,6 +10,7 @@ These tests break their PostgreSQL: they run on a cluster of their own (`own_pg`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -190,7 +191,9 @@ def test_postgresql_restart_under_load(own_pg: PgCluster, start: Any, mode: str)
         seen = len(load.acked)
         wait_for(lambda: len(load.acked) > seen + 50, "writes after the restart", timeout=BOUND)
     assert load.hangs == []
-    assert load.errors, "the restart went unnoticed: the test did not test anything"
+    # The restart reached pgmux (its servers were closed under it); clients in a transaction then got an
+    # error, and those between transactions may have waited it out (pgmux retries the server soon).
+    assert re.search(r"S-\d+ \S+ closing because", proc.log()), "the restart went unnoticed: nothing was tested"
     assert {e[:2] for e in load.errors} <= {"08", "57"}, load.errors
     lost = {i for i in load.acked if i >= base} - committed(own_pg)
     assert lost == set(), f"{len(lost)} acknowledged commits lost"

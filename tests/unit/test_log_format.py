@@ -51,5 +51,8 @@ def test_bytes_that_are_not_utf8_are_logged_escaped(tmp_path: Path) -> None:
             if h is not None:
                 h.close()
                 h.stream.close()  # (a StreamHandler leaves its stream open)
-        logging.getLogger("pgmux").handlers.clear()
+        pgmux_log = logging.getLogger("pgmux")  # as other tests (caplog) expect it: no handlers, propagating
+        pgmux_log.handlers.clear()
+        pgmux_log.propagate = True
+        pgmux_log.setLevel(logging.NOTSET)
     assert 'prepared statement "pgmux_\\udca4" does not exist' in (tmp_path / "pgmux.log").read_text()
