@@ -417,8 +417,9 @@ class ClientSession:
             server.query_start = now
             if self.xact_start == 0.0:  # a transaction starts on a server we keep (session mode, pinned)
                 self.xact_start = now
-        if track or server.queue or self.tx_effects:
+        if track or server.queue or self.tx_effects or server.skipping:
             # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
+            # (skipping: a Query the server skips after an error is owed nothing, pipeline.py)
             parts = to_server(self, server, chunk, ignored)
             server.owed += syncs - ignored
             out = parts[0] if len(parts) == 1 else b"".join(parts)  # one part: the chunk as it came, usually

@@ -172,7 +172,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     if held is not None:  # pgmux is checking a statement's shape first (_check): these wait for it
         held.append(bytes(chunk))
         return []
-    if not q and not ignored and not c.skip:
+    if not q and not ignored and not c.skip and not c.unsynced and not server.skipping:  # (see _query_in_batch)
         if _as_is(c, server, chunk):
             return [chunk]
         if c.stmts is not None and server.stmts is not None and not c.stmt_fx and not c.portal_fx:
@@ -231,8 +231,13 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                 if run < s:
                     out.append(mv[run:s])
                 run = s + total
+                if t == _Q or t == _F:  # counted as owed a ReadyForQuery, but the server never sees it
+                    server.owed -= 1
                 continue
             c.skip = False
+        elif server.skipping and (t == _Q or t == _F):
+            server.owed -= 1  # the server skips it, after an error with no Sync sent: no ReadyForQuery
+            continue
         body = mv[s + 5:s + total]
         if t in _DECODED and _malformed(t, raw, s, s + total):
             # A body too short or inconsistent for what pgmux reads of it: the server gets it as the
@@ -340,9 +345,11 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
                             new = [*pre, mv[s:s + total]]
             elif t == _C:
                 if body[0] == _S and body[1] != 0:
-                    stmts.close(read_target(body, "Close").name)  # others may use the server's: it stays
+                    cname = read_target(body, "Close").name
+                    closed = stmts.lookup(cname)
+                    stmts.close(cname)  # others may use the server's: it stays
                     new = []
-                    synth(_CLOSE_COMPLETE)
+                    synth(_CLOSE_COMPLETE, None if closed is None else _undo_close(stmts, cname, closed))
                 else:
                     if body[0] == _S:
                         c.unnamed = server.unnamed = None
@@ -390,13 +397,32 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
         server.held = [raw[hold:end]]
     if run < end:
         out.append(mv[run:end])
-    if q and q[-1][0] in _AT_Z and all(not e[1] and e[2] is None and e[3] is None for e in q):
+    if q and q[-1][0] in _AT_Z and all(not e[1] and e[2] is None and e[3] is None for e in q) \
+            and not _query_in_batch(q):
         # Nothing to swallow, add or watch, and every reply is followed by a ReadyForQuery that
         # server.owed counts: the header-only relay will do (pgbench -M prepared, once prepared).
         q.clear()
     if now_to_client:
         c.transport.write(b"".join(now_to_client))
     return out
+
+
+def _query_in_batch(q: deque[Entry]) -> bool:
+    """Whether a Query or FunctionCall is queued inside an extended-protocol batch (after one of its
+    messages, no Sync between). When a message of the batch before it fails, PostgreSQL skips it up to
+    the Sync like the rest, and it gets no ReadyForQuery: only the queue can tell (to_client). So
+    does a chunk that leaves a batch open: what follows it may be such a Query."""
+    open_batch = False
+    for e in q:
+        kind = e[0]
+        if kind == SYNC:
+            open_batch = False
+        elif kind == QUERY:
+            if open_batch:
+                return True
+        elif kind != SYNTH:
+            open_batch = True
+    return False
 
 
 def _malformed(t: int, raw: bytes, s: int, end: int) -> bool:
@@ -738,6 +764,11 @@ def _forget(sst: ServerStatements, name: str) -> Callable[[], Any]:
     return lambda: sst.forget(name)
 
 
+def _undo_close(stmts: ClientStatements, client_name: str, stmt: Statement) -> Callable[[], None]:
+    """A Close of a statement pgmux answered itself, in a batch that failed before it."""
+    return lambda: stmts.reopen(client_name, stmt)
+
+
 def _undo_parse(c: ClientSession, client_name: str, sst: ServerStatements | None,
                 server_name: str) -> Callable[[], None]:
     """A Parse the server skipped or refused: neither the server nor the client has the statement."""
@@ -832,10 +863,20 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             swallow = bool(q) and q[0][2] is _FAIL  # pgmux gave the client its own error already
             if (q and q[0][0] == QUERY and q[0][2] is not None) or c.tx_effects:
                 c.q_error = True
-            while q and q[0][0] not in _AT_Z:  # the failed request, and what the server now skips
-                e = q.popleft()
-                if e[3] is not None:
-                    e[3]()
+            if q and q[0][0] != QUERY:  # (a Query's own error ends at its ReadyForQuery)
+                # The failed request, and all the server now skips up to the next Sync: Queries and
+                # FunctionCalls too, which get no ReadyForQuery then. Undone last to first.
+                undo: list[Callable[[], Any]] = []
+                while q and q[0][0] != SYNC:
+                    e = q.popleft()
+                    if e[0] == QUERY:
+                        server.owed -= 1
+                    if e[3] is not None:
+                        undo.append(e[3])
+                for u in reversed(undo):
+                    u()
+                if server.owed <= 0:  # no Sync in flight: what the client sends next is skipped too
+                    server.skipping = True
         elif t == _G:
             server.copy_in = True
         elif q:

@@ -229,6 +229,14 @@ class ClientStatements:
         self._registry.release(stmt.name)
         return True
 
+    def reopen(self, client_name: str, stmt: Statement) -> None:
+        """Undo close(client_name), which closed `stmt`: the server skipped the client's Close (a
+        message before it in its batch failed), so the client still has the statement."""
+        if client_name in self._named:
+            return
+        entry = self._registry.acquire(stmt.query, stmt.param_types)  # under a new name if freed meanwhile
+        self._named[client_name] = Statement(entry.name, stmt.query, stmt.param_types, stmt.since, stmt.shape)
+
     def forget_unnamed(self) -> None:
         """A simple Query destroys the unnamed statement."""
         self._unnamed = None

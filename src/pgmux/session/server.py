@@ -127,10 +127,11 @@ class ServerSession:
 
     @property
     def clean(self) -> bool:
-        """Nothing owed, no transaction open, no half-finished extended-protocol batch."""
+        """Nothing owed, no transaction open, no half-finished extended-protocol batch (nor one that
+        failed, the server skipping to its Sync)."""
         c = self.client
         return (self.owed == 0 and self.swallow == 0 and self.tx_status == b"I" and not self.queue
-                and not (c and c.unsynced))
+                and not (c and c.unsynced) and not self.skipping)
 
     # -- I/O events ----------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
