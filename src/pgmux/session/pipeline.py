@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgmux.errors import CachedPlanChanged, MissingPreparedStatement, PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import scan
+from pgmux.protocol.codec import MAX_INSPECTED, scan
 from pgmux.protocol.extended import (
     build_close_statement,
     build_parse,
@@ -170,6 +170,12 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
     q = server.queue
     held = server.held
     if held is not None:  # pgmux is checking a statement's shape first (_check): these wait for it
+        size = sum(map(len, held)) + len(chunk)
+        if size > MAX_INSPECTED:  # (a query before the check may run for long: the client must wait)
+            raise PgmuxError(f"too much pipelined while pgmux checks a prepared statement on its server: "
+                             f"{size} bytes, above the {MAX_INSPECTED} bytes pgmux holds meanwhile",
+                             sqlstate="54000", severity="FATAL",
+                             hint="wait for the replies before sending more, or use session pooling")
         held.append(bytes(chunk))
         return []
     if not q and not ignored and not c.skip and not c.unsynced and not server.skipping:  # (see _query_in_batch)
