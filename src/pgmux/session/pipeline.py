@@ -879,8 +879,8 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
                         server.owed -= 1
                     if e[3] is not None:
                         undo.append(e[3])
-                for u in reversed(undo):
-                    u()
+                while undo:
+                    undo.pop()()
                 if server.owed <= 0:  # no Sync in flight: what the client sends next is skipped too
                     server.skipping = True
         elif t == _G:
