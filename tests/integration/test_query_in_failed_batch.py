@@ -69,6 +69,13 @@ SCRIPTS: dict[str, list[bytes]] = {
         parse("SELECT 12", "s5") + m.query("SELECT 13") + _function_call(NOW) + sync(),
         bind(stmt="s5") + execute() + sync(),
     ],
+    # A Flush with a body: PostgreSQL refuses it (08P01), and that fails the batch too.
+    "flush-with-body": [
+        m.message(b"H", b"x") + m.query("SELECT 1") + sync(),
+        parse("SELECT 61", "s6") + bind(stmt="s6") + execute() + sync(),
+        bind(stmt="s6") + execute() + sync(),
+        bind(stmt="s6") + execute() + sync(),
+    ],
     # A Query that runs before the failing message is answered, one after it is not.
     "query-before-and-after": [
         parse("SELECT 5", "s4") + m.query("SELECT 4") + bind(stmt="s4") + FAIL + m.query("SELECT 6") + sync(),
@@ -182,3 +189,24 @@ def test_query_after_the_error_of_its_batch(pgmux_factory: PgmuxStarter, pg: PgC
     log = wait_for(lambda: (lambda text: text if "client disconnect while server was not ready" in text else "")(
         mux.log()), "the skipping server closed, not pooled", timeout=15)
     assert "internal error" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_sql_prepared_statement_brought_inside_a_failed_batch(pgmux_factory: PgmuxStarter, pg: PgCluster) -> None:
+    # Another client leaves its SQL-level `p1` on the only server; this client has none, so before its
+    # `EXECUTE p1` pgmux deallocates the server's copy first (session/sqlprepared.py). Inside a batch
+    # that failed, PostgreSQL skips that Query: pgmux's own steps must not end the skip with a Sync.
+    mux = pgmux_factory(settings={"pool_mode": "transaction", "default_pool_size": 1, "max_prepared_statements": 100})
+    direct = pg.primary
+    script = [
+        m.message(b"H", b"x") + m.query("EXECUTE p1") + sync(),
+        FAIL + m.query("SELECT 1; EXECUTE p1") + sync(),
+        m.query("EXECUTE p1"),
+    ]
+    with Wire(mux.host, mux.port, timeout=20) as other:
+        other.login()
+        other.query("PREPARE p1 AS SELECT 1")
+        got = _run(mux.host, mux.port, "testdb", script)
+    want = _run(direct.host, direct.port, "testdb", script)
+    assert want[-1][0] == "E26000", want  # (this session has no p1)
+    assert got == want
+    wait_for(lambda: [s["state"] for s in servers(mux)] == ["idle"], "the server back in the pool", timeout=15)

@@ -84,8 +84,8 @@ if TYPE_CHECKING:
     from pgmux.session.server import ServerSession
 
 # What ends the reply to one request. QUERY (Query, FunctionCall, or a placeholder) and SYNC end at
-# ReadyForQuery; SYNTH is a reply pgmux writes itself.
-PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, SYNTH = range(8)
+# ReadyForQuery; SYNTH is a reply pgmux writes itself; REFUSED (a Flush with a body) gets only an error.
+PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, SYNTH, REFUSED = range(9)
 _ENDS: dict[int, frozenset[int]] = {
     PARSE: frozenset(b"1"), BIND: frozenset(b"2"), DESCRIBE: frozenset(b"Tn"), EXECUTE: frozenset(b"CIs"),
     CLOSE: frozenset(b"3"),
@@ -100,7 +100,7 @@ _PLACEHOLDER: Entry = (QUERY, False, None, None)
 
 log = logging.getLogger("pgmux")
 
-_P, _B, _D, _E, _C, _S, _Q, _F = (ord(c) for c in "PBDECSQF")
+_P, _B, _D, _E, _C, _S, _Q, _F, _H = (ord(c) for c in "PBDECSQFH")
 _Z, _ERR, _PSTATUS, _G, _CC, _EMPTY = (ord(c) for c in "ZESGCI")
 _PDESC, _ROWDESC, _NODATA = (ord(c) for c in "tTn")
 _LEN = struct.Struct("!i")
@@ -245,6 +245,9 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             server.owed -= 1  # the server skips it, after an error with no Sync sent: no ReadyForQuery
             continue
         body = mv[s + 5:s + total]
+        if t == _H and total > 5:  # PostgreSQL refuses it (08P01) and skips to Sync: see to_client
+            q.append((REFUSED, False, None, None))
+            continue
         if t in _DECODED and _malformed(t, raw, s, s + total):
             # A body too short or inconsistent for what pgmux reads of it: the server gets it as the
             # client sent it, and PostgreSQL answers ERROR 08P01 and skips to Sync, as without pgmux.
@@ -428,6 +431,17 @@ def _query_in_batch(q: deque[Entry]) -> bool:
                 return True
         elif kind != SYNTH:
             open_batch = True
+    return False
+
+
+def _batch_open(q: deque[Entry]) -> bool:
+    """Whether the last request queued is a message of an extended-protocol batch not synced yet. A
+    Query there gets its prelude (_prelude) without a Sync of its own: that Sync would end the skip
+    after an error earlier in the batch, and the Query would run where PostgreSQL skips it."""
+    for i in range(len(q) - 1, -1, -1):
+        kind = q[i][0]
+        if kind != SYNTH:
+            return kind != SYNC and kind != QUERY
     return False
 
 
@@ -668,7 +682,7 @@ def _watched_query(c: ClientSession, server: ServerSession, q: deque[Entry], who
             synth(m.error_response("ERROR", err.sqlstate, err.message, detail=err.detail, hint=err.hint))
             q.append((QUERY, False, _FAIL, None))
             return -1, [_FAIL_QUERY]
-    pre = _prelude(c, server, q, done, sync=True)
+    pre = _prelude(c, server, q, done, sync=not _batch_open(q))
     q.append((QUERY, False, done, None))  # watched: see session/tracking.py
     return -1, [*pre, whole] if pre else None
 
