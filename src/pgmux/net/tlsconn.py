@@ -56,6 +56,8 @@ class TlsConnection:
         self._write: Callable[[Any], int] = c.write
         self._pending: Callable[[], int] = c.pending
         self._raw_write: Callable[[Any], None] = raw.write
+        self._feed: Callable[[bytes], int] = self.incoming.write
+        self._drain: Callable[[], bytes] = self.outgoing.read
         self.state = _HANDSHAKE
         self.done: Done | None = done
         self.app: Any = None  # the session's protocol (ClientProtocol/ServerProtocol), once attached
@@ -107,7 +109,7 @@ class TlsConnection:
         except ssl.SSLError as e:
             self._fatal(e)
             return
-        self._raw_write(self.outgoing.read())
+        self._raw_write(self._drain())
 
     def writelines(self, parts: Any) -> None:
         self.write(b"".join(parts))
@@ -165,7 +167,7 @@ class TlsConnection:
         pass
 
     def data_received(self, data: bytes) -> None:
-        self.incoming.write(data)
+        self._feed(data)
         if self.state == _OPEN:
             self._decrypt()
         elif self.state == _HANDSHAKE:
