@@ -10,8 +10,8 @@ Why not loop.start_tls (uvloop's SSLProtocol, which does the same with more laye
 asks for 256 KiB of plaintext (a 256 KiB bytes object allocated, then shrunk, on every read), goes
 through ssl.py's Python wrappers (SSLObject.read, .pending, .write: Python frames on a path that is
 otherwise compiled), and checks its flow control twice; the handshake needs a task and two loop
-iterations before the session has its transport. See bench/README.md for what it cost per
-transaction, before and after.
+iterations before the session has its transport. What it cost per
+transaction, before and after: README.md, Benchmark.
 
 Fail closed: a handshake that fails, times out, or is cut sends what OpenSSL has to say (an alert)
 and closes the socket; the session never sees a byte that did not come out of SSL_read. A record
