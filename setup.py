@@ -26,6 +26,7 @@ COMPILED = [
     "src/pgmux/protocol/messages.py",  # the messages pgmux builds itself (login, errors, its own queries)
     "src/pgmux/session/params.py",  # a client's startup parameters, brought to each server
     "src/pgmux/protocol/auth.py",  # the login exchanges, both ways
+    "src/pgmux/net/tlsconn.py",  # TLS: every read and write of a TLS connection
 ]
 
 ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True)]

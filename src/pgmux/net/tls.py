@@ -26,6 +26,8 @@ import ssl
 import struct
 from typing import Any
 
+from pgmux.net.tlsconn import TlsConnection
+
 log = logging.getLogger("pgmux")
 
 # PgBouncer's cipher shortcuts (src/lib/usual/tls/tls_config.c, tls_config_set_ciphers).
@@ -239,88 +241,45 @@ def accept_client_tls(app: Any, c: Any, hello: bytes = b"") -> bool:
     """A client sent SSLRequest, or (`hello`) opened with a TLS ClientHello: PostgreSQL 17's direct
     TLS, `sslnegotiation=direct`. With client TLS on (and a TCP client: the Unix socket never does
     TLS, as in PostgreSQL and PgBouncer), run the handshake on the same connection (after answering
-    `S` to an SSLRequest); the startup packet then comes encrypted. False: TLS is off for it."""
+    `S` to an SSLRequest); the startup packet then comes encrypted. False: TLS is off for it.
+
+    The TLS connection (net/tlsconn.py) takes the socket over here, in the same callback, so no byte
+    after the SSLRequest (or the hello) can reach the session unencrypted."""
     ctx = app.tls.client
     if ctx is None or c.is_unix:
         return False
+    raw = c.transport
     if not hello:
-        c.transport.write(b"S")
-    # Nothing more may reach the session in plain text: start_tls takes the socket over from the next
-    # loop iteration on, and a read before that would be the client's TLS hello.
-    c.transport.pause_reading()
-    app.spawn(_client_handshake, app, c, ctx, hello)
+        raw.write(b"S")
+    session_protocol = raw.get_protocol()
+    timeout = app.config.settings.client_login_timeout or 60.0
+    direct = bool(hello)
+
+    def done(tls: TlsConnection, exc: BaseException | None) -> None:
+        _client_handshake_done(app, c, tls, exc, direct)
+
+    tls = TlsConnection(raw, ctx, True, None, timeout, done)
+    c.transport = tls
+    tls.attach(session_protocol)  # plaintext reaches it only once the handshake is done (and done())
+    if hello:
+        tls.data_received(hello)
     return True
 
 
-def _feed(protocol: Any, data: bytes) -> None:
-    """Hand bytes already read off the socket to the TLS protocol that now owns it."""
-    while data:
-        if not hasattr(protocol, "get_buffer"):
-            protocol.data_received(data)
-            return
-        buf = protocol.get_buffer(len(data))
-        n = min(len(buf), len(data))
-        buf[:n] = data[:n]
-        protocol.buffer_updated(n)
-        data = data[n:]
-
-
-class _Hold(asyncio.Protocol):
-    """The TLS connection's protocol until the session has its new transport: with TLS 1.3 a client's
-    first message may come in the same read as its Finished, before start_tls returns, and the session
-    must not answer it on the raw socket."""
-
-    def __init__(self) -> None:
-        self.data: list[bytes] = []
-        self.lost = False
-
-    def data_received(self, data: bytes) -> None:
-        self.data.append(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-
-
-async def _client_handshake(app: Any, c: Any, ctx: ssl.SSLContext, hello: bytes) -> None:
-    loop = asyncio.get_running_loop()
-    raw = c.transport
-    session_protocol = raw.get_protocol()
-    hold = _Hold()
-    timeout = app.config.settings.client_login_timeout or 60.0
-    try:
-        task = asyncio.ensure_future(loop.start_tls(raw, hold, ctx, server_side=True,
-                                                    ssl_handshake_timeout=timeout))
-        if hello:
-            # The ClientHello was read before TLS took the socket over. start_tls swaps the socket's
-            # protocol for its TLS one in its first step and schedules that protocol's connection_made
-            # (and resume_reading) for the step after; the hello goes in right behind them, before the
-            # loop polls the socket again (the client sends nothing more until the server's hello).
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            if task.done():
-                task.result()
-            _feed(raw.get_protocol(), hello)
-        tls = await task
-        if hello and tls is not None:
-            obj = tls.get_extra_info("ssl_object")
-            if obj is None or obj.selected_alpn_protocol() != ALPN:
-                # PostgreSQL 17 demands the ALPN protocol on direct TLS, against cross-protocol attacks.
-                log.info("%s direct TLS without ALPN %r refused", c.prefix, ALPN)
-                tls.close()
-                app.client_closed(c, "direct TLS without ALPN postgresql")
-                return
-    except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
-        log.info("%s TLS handshake failed: %s", c.prefix, e or type(e).__name__)
-        raw.close()
+def _client_handshake_done(app: Any, c: Any, tls: TlsConnection, exc: BaseException | None,
+                           direct: bool) -> None:
+    if exc is None:
+        if direct and tls.obj.selected_alpn_protocol() != ALPN:
+            # PostgreSQL 17 demands the ALPN protocol on direct TLS, against cross-protocol attacks.
+            log.info("%s direct TLS without ALPN %r refused", c.prefix, ALPN)
+            tls.close()
+            app.client_closed(c, "direct TLS without ALPN postgresql")
+        return
+    if isinstance(exc, (ssl.SSLError, TimeoutError)):
+        log.info("%s TLS handshake failed: %s", c.prefix, exc)
         app.client_closed(c, "TLS handshake failed")
-        return
-    if tls is None or hold.lost:  # the client went away during the handshake
+    else:  # the client went away during the handshake
         app.client_closed(c, "client closed during TLS handshake")
-        return
-    c.transport = tls
-    tls.set_protocol(session_protocol)
-    if hold.data:
-        session_protocol.data_received(b"".join(hold.data))
 
 
 def client_tls_missing(app: Any, c: Any) -> bool:
@@ -355,17 +314,29 @@ async def connect_server(protocol: asyncio.Protocol, host: str, port: int, ctx: 
     loop = asyncio.get_running_loop()
     probe = _Answer()
     transport, _ = await loop.create_connection(lambda: probe, host, port)
+    tls: TlsConnection | None = None
     try:
         transport.write(SSL_REQUEST)
         answer = await probe.answer
         if probe.extra:
             raise OSError(f"server {host}:{port} sent data after its answer to SSLRequest")
         if answer == b"S":
-            tls = await loop.start_tls(transport, protocol, ctx, server_hostname=host,
-                                       ssl_handshake_timeout=timeout or 60.0)
-            if tls is None:
-                raise OSError(f"server {host}:{port} closed the connection during the TLS handshake")
-            protocol.connection_made(tls)
+            handshake: asyncio.Future[None] = loop.create_future()
+
+            def done(_: TlsConnection, exc: BaseException | None) -> None:
+                if not handshake.done():
+                    if exc is None:
+                        handshake.set_result(None)
+                    else:
+                        handshake.set_exception(exc)
+
+            tls = TlsConnection(transport, ctx, False, host, timeout or 60.0, done)
+            tls.start()  # our ClientHello
+            await handshake
+            if tls.lost:
+                raise OSError(f"server {host}:{port} closed the connection after the TLS handshake")
+            protocol.connection_made(tls)  # type: ignore[arg-type]  # a transport in all but its class
+            tls.attach(protocol)  # and what the server sent meanwhile, if anything
             return
         if answer == b"N" and mode not in REQUIRED:
             transport.set_protocol(protocol)
@@ -375,11 +346,18 @@ async def connect_server(protocol: asyncio.Protocol, host: str, port: int, ctx: 
             raise OSError(f"server {host}:{port} does not accept TLS, and server_tls_sslmode = {mode} requires it")
         raise OSError(f"server {host}:{port} answered SSLRequest with {answer!r}")
     except ssl.SSLCertVerificationError as e:
-        transport.close()
+        _drop(transport, tls)
         raise OSError(f"TLS: {e.verify_message or e.reason}") from e
     except (TimeoutError, ssl.SSLError, asyncio.CancelledError, OSError):
-        transport.close()
+        _drop(transport, tls)
         raise
+
+
+def _drop(transport: asyncio.BaseTransport, tls: TlsConnection | None) -> None:
+    if tls is not None:
+        tls.abort()
+    else:
+        transport.close()
 
 
 async def upgrade_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str,
