@@ -311,12 +311,14 @@ async def _client_handshake(app: Any, c: Any, ctx: ssl.SSLContext, hello: bytes)
                 return
     except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
         log.info("%s TLS handshake failed: %s", c.prefix, e or type(e).__name__)
+        app.events.tls_handshake("client", False)
         raw.close()
         app.client_closed(c, "TLS handshake failed")
         return
     if tls is None or hold.lost:  # the client went away during the handshake
         app.client_closed(c, "client closed during TLS handshake")
         return
+    app.events.tls_handshake("client", True)
     c.transport = tls
     tls.set_protocol(session_protocol)
     if hold.data:
