@@ -23,12 +23,16 @@ th:first-child,td:first-child,th.l,td.l{text-align:left}th{font-weight:600;color
 .warn{color:#b35c00;font-weight:600}.bad{color:#c0262d;font-weight:600}.ok{color:#217a3c}
 .muted{color:#6b7683}svg{width:100%;height:140px;display:block}
 .legend{font-size:12px;color:#4a5562}.legend b{display:inline-block;width:10px;height:3px;margin:0 4px 3px 10px}
+@media (max-width:600px){main{padding:6px;gap:8px}section{padding:8px}th,td{padding:3px 4px;font-size:12px}
+header h1{font-size:16px}}
 </style></head><body>
 <header><h1>pgmux</h1><span id="version"></span><span id="uptime"></span><span id="updated" class="muted"></span></header>
 <main>
 <section class="wide"><h2>Pools</h2><div class="scroll"><table id="pools"><thead><tr>
-<th>database</th><th>user</th><th>mode</th><th>clients active</th><th>clients waiting</th><th>servers active</th>
-<th>servers idle</th><th>logging in</th><th>pool size</th><th>max wait (s)</th></tr></thead><tbody></tbody></table></div></section>
+<th>database</th><th>user</th><th title="clients active">cl act</th><th title="clients waiting">cl wait</th>
+<th title="servers active">sv act</th><th title="servers idle">sv idle</th><th title="servers logging in">sv login</th>
+<th title="pool_size">size</th><th title="oldest wait, seconds">max wait</th><th class="l">mode</th></tr></thead>
+<tbody></tbody></table></div></section>
 <section><h2>Transactions per second</h2><svg id="chart-tps" viewBox="0 0 300 140" preserveAspectRatio="none"></svg>
 <div class="legend"><b style="background:#1f6fb2"></b>tps</div></section>
 <section><h2>Client wait (ms)</h2><svg id="chart-wait" viewBox="0 0 300 140" preserveAspectRatio="none"></svg>
@@ -67,8 +71,9 @@ function chart(id, series, colors, scale){
 function render(s){
   $("version").textContent = s.version; $("uptime").textContent = "up " + s.uptime + " s";
   $("updated").textContent = "updated " + new Date(s.time*1000).toLocaleTimeString();
-  rows("pools", s.pools, p => [[p.database],[p.user],[p.pool_mode],[p.cl_active],[p.cl_waiting, p.cl_waiting ? "warn" : ""],
-    [p.sv_active],[p.sv_idle],[p.sv_login],[p.pool_size],[p.maxwait.toFixed(3), p.maxwait >= 1 ? "bad" : ""]]);
+  rows("pools", s.pools, p => [[p.database],[p.user,"l"],[p.cl_active],[p.cl_waiting, p.cl_waiting ? "warn" : ""],
+    [p.sv_active],[p.sv_idle],[p.sv_login],[p.pool_size],[p.maxwait.toFixed(3), p.maxwait >= 1 ? "bad" : ""],
+    [p.pool_mode,"l"]]);
   rows("hosts", s.hosts, h => [[h.database],[h.host,"l"],[h.role,"l"],[h.state, h.state === "up" ? "l ok" : "l bad"],
     [h.lag_bytes],[h.lag_seconds],[h.bans],[h.reads],[h.writes],[h.reason,"l"]]);
   if (!s.hosts.length) $("hosts").tBodies[0].innerHTML = '<tr><td class="l muted" colspan="10">no read/write-split database in use</td></tr>';
