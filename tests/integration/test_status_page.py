@@ -13,9 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 from helpers import guard, wait_for
 from metrics_helpers import get, metrics_settings, url
+
+from conftest import PgmuxProc, PgmuxStarter
 
 CLIENTS = 8
 

@@ -3,12 +3,14 @@ metrics_listen parser, and the history ring's bound."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import pytest
 
 from pgmux.config.values import listen_address, split_listen
 from pgmux.metrics.events import MAX_KINDS, Events, reason_kind
 from pgmux.metrics.history import History
-from pgmux.pooling.histogram import BOUNDS, Histogram, quantile
+from pgmux.pooling.histogram import BOUNDS, Histogram, bucket, quantile
 
 
 def test_an_observation_lands_in_the_first_bucket_whose_bound_is_not_below_it() -> None:
@@ -21,6 +23,14 @@ def test_an_observation_lands_in_the_first_bucket_whose_bound_is_not_below_it() 
     assert cum[BOUNDS.index(0.001)] == 4
     assert cum[BOUNDS.index(60.0)] == 5 and cum[-1] == 6 == h.count
     assert h.total == pytest.approx(0.00005 + 0.00006 + 0.001 + 59 + 61)
+
+
+def test_bucket_is_bisect_left_over_the_bounds() -> None:
+    values = [0.0, -1.0, float("inf"), 1e-9, *BOUNDS]
+    values += [b * f for b in BOUNDS for f in (0.999999, 1.000001, 0.5, 1.5)]
+    values += [i * 1e-5 for i in range(10_000)] + [i * 0.01 for i in range(10_000)]
+    assert [bucket(v) for v in values] == [bisect_left(BOUNDS, v) for v in values]
+    assert bucket(float("nan")) == len(BOUNDS)  # +Inf: never lost
 
 
 def test_quantile_interpolates_inside_the_bucket_like_histogram_quantile() -> None:
