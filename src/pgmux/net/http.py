@@ -3,7 +3,8 @@
 It serves GET and HEAD only, one request per connection (`Connection: close`), and is bounded so that a
 scraper or a browser, or anyone else who reaches the port, cannot cost the pooler more than a little:
 
-- at most `max_conns` connections at once; one more is answered 503 and closed;
+- at most `max_conns` connections at once; one more is answered 503 once its request head is read (or
+  after a second), and closed; those wait in a set of their own, also bounded (past it: cut at once);
 - a request head of at most `max_head` bytes (431 past it), no body (a request that announces one gets 413);
 - `timeout` seconds for the whole exchange, from accept to the last byte written: a slow or silent peer is
   cut off, and a peer that does not read the response does not hold it longer than that.
@@ -46,6 +47,7 @@ class HttpServer:
         self.max_head = max_head
         self.timeout = timeout
         self.conns: set[_Conn] = set()
+        self.refused: set[_Conn] = set()  # over max_conns: answered 503 when their request arrives
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -57,7 +59,7 @@ class HttpServer:
         if self.server is not None:
             self.server.close()
             self.server = None
-        for c in list(self.conns):
+        for c in list(self.conns) + list(self.refused):
             c.abort()
 
 
@@ -68,17 +70,28 @@ class _Conn(asyncio.Protocol):
         self.transport: Any = None
         self.timer: asyncio.TimerHandle | None = None
         self.done = False
+        self.refuse = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         srv = self.server
+        loop = asyncio.get_running_loop()
         if len(srv.conns) >= srv.max_conns:
-            self.done = True
-            transport.write(_plain(503, "too many connections to the metrics listener"))
-            transport.close()
+            if len(srv.refused) >= srv.max_conns:
+                transport.abort()
+                return
+            # Answered once the request is read: closing a socket with unread input sends a reset, and
+            # the client would see that instead of the 503.
+            self.refuse = True
+            srv.refused.add(self)
+            self.timer = loop.call_later(1.0, self._refuse)
             return
         srv.conns.add(self)
-        self.timer = asyncio.get_running_loop().call_later(srv.timeout, self.abort)
+        self.timer = loop.call_later(srv.timeout, self.abort)
+
+    def _refuse(self) -> None:
+        if not self.done:
+            self._finish(_plain(503, "too many connections to the metrics listener"))
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -86,6 +99,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
+        self.server.refused.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -95,6 +109,10 @@ class _Conn(asyncio.Protocol):
             return
         self.buf += data
         end = self.buf.find(b"\r\n\r\n")
+        if self.refuse:
+            if end >= 0 or len(self.buf) > self.server.max_head:
+                self._refuse()
+            return
         if end < 0:
             if len(self.buf) > self.server.max_head:
                 self._finish(_plain(431, "request head too large"))
