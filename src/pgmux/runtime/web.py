@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
@@ -80,8 +81,6 @@ class Web:
 
     def _tick(self) -> None:
         if self.http is not None:
-            import time
-
             self.history.tick(self.app, self.app.now(), time.time())
 
     def close(self) -> None:
