@@ -19,6 +19,7 @@ COMPILED = [
     "src/pgmux/session/server.py",
     "src/pgmux/runtime/app.py",  # the hand-off of servers
     "src/pgmux/pooling/pool.py",  # the pool core
+    "src/pgmux/pooling/histogram.py",  # metrics' per-transaction histograms (a native call per observation)
     "src/pgmux/session/states.py",  # the states they compare with, as C globals
     "src/pgmux/protocol/codec.py",  # the read buffer both relays check on every read
     "src/pgmux/session/pipeline.py",  # extended-protocol batches: statements renamed, replies counted

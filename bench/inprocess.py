@@ -10,6 +10,7 @@ what separates pgmux from PgBouncer once the syscalls are equal (see README, Ben
     python3 bench/inprocess.py [--mode simple|extended|prepared] [--count N]
     python3 bench/inprocess.py --instructions     # with valgrind: instructions per transaction,
                                                    # repeatable whatever else the machine does
+    python3 bench/inprocess.py --metrics ...       # with the histograms of metrics_listen on
 
 Wall-clock figures include the harness and vary with the machine; compare instruction counts.
 """
@@ -77,8 +78,9 @@ def _bind(i: int, statement: bytes) -> bytes:
 
 
 class Workload:
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, metrics: bool = False) -> None:
         rig = Rig(Path(tempfile.mkdtemp()), settings="default_pool_size = 2")
+        rig.app.registry.set_timings(metrics)  # what metrics_listen turns on (runtime/web.py)
         clients = [rig.login() for _ in range(5)]
         first = m.row_description([("a", 23)]) + m.data_row([1]) + m.command_complete("SELECT 1")
         clients[0].send(m.query("SELECT 1"))
@@ -133,13 +135,14 @@ class Workload:
         return done
 
 
-def instructions(mode: str) -> None:
+def instructions(mode: str, metrics: bool = False) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
 
     def count(n: int) -> int:
         out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                              __file__, "--mode", mode, "--count", str(n), "--warm", "200"],
+                              __file__, "--mode", mode, "--count", str(n), "--warm", "200",
+                              *(["--metrics"] if metrics else [])],
                              capture_output=True, text=True, check=True)
         for line in out.stderr.splitlines():
             if "Collected :" in line:
@@ -147,7 +150,7 @@ def instructions(mode: str) -> None:
         raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
 
     small, large = count(2000), count(12000)  # the difference leaves out start-up and imports
-    print(f"{mode}: {(large - small) / 10000:.0f} instructions per transaction")
+    print(f"{mode}{' with metrics' if metrics else ''}: {(large - small) / 10000:.0f} instructions per transaction")
 
 
 def main() -> None:
@@ -156,16 +159,18 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=100_000, help="transactions to time")
     ap.add_argument("--warm", type=int, default=1000, help="transactions before timing")
     ap.add_argument("--instructions", action="store_true", help="count instructions with valgrind instead")
+    ap.add_argument("--metrics", action="store_true", help="pools keep metrics' histograms (metrics_listen on)")
     args = ap.parse_args()
     if args.instructions:
-        instructions(args.mode)
+        instructions(args.mode, args.metrics)
         return
-    w = Workload(args.mode)
+    w = Workload(args.mode, args.metrics)
     w.run(args.warm)
     t0 = time.perf_counter()
     k = w.run(args.count)
     dt = time.perf_counter() - t0
-    print(f"{args.mode}: {dt / k * 1e6:.2f} us per transaction in process (harness included)")
+    extra = " with metrics" if args.metrics else ""
+    print(f"{args.mode}{extra}: {dt / k * 1e6:.2f} us per transaction in process (harness included)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,10 @@ from pgmux.testing.certs import Certs, make_certs
 
 DB = "bench"
 TARGETS = ("direct", "pgbouncer", "pgmux")
+# Not in the default run: pgmux with metrics_listen set and /metrics scraped every SCRAPE_EVERY seconds while
+# pgbench runs (the cost of metrics: `--targets pgmux,pgmux-metrics`, compare the two).
+EXTRA_TARGETS = ("pgmux-metrics",)
+SCRAPE_EVERY = 1.0
 
 # name -> pgbench arguments (besides -j/-T/-h/-p/-U). Add scenarios here, e.g. "-M prepared" once
 # the poolers under test support it in transaction mode.
@@ -68,6 +74,9 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None  # None for direct PostgreSQL
     log_path: str = ""
     dead: str = ""  # why this target stopped taking part, if it did
+    metrics: str = ""  # HOST:PORT of its metrics listener, scraped during runs
+    scrape_every: float = SCRAPE_EVERY
+    scrapes: int = 0
 
 
 @dataclass
@@ -128,8 +137,10 @@ def find_pgbouncer() -> str:
     return found
 
 
-def pooler_ini(cluster: PgCluster, port: int, userlist_path: str, tls: str, certs: Certs | None) -> str:
+def pooler_ini(cluster: PgCluster, port: int, userlist_path: str, tls: str, certs: Certs | None,
+               extra: dict[str, Any] | None = None) -> str:
     settings: dict[str, Any] = {
+        **(extra or {}),
         **POOLER_SETTINGS,
         "listen_port": port,
         "unix_socket_dir": cluster.base_dir,
@@ -150,9 +161,11 @@ def start_pooler(name: str, cmd: list[str], cluster: PgCluster, popen_kwargs: di
     port = free_port()
     userlist = os.path.join(cluster.base_dir, "userlist.txt")
     ini = os.path.join(cluster.base_dir, f"{name}.ini")
+    metrics = f"{HOST}:{free_port()}" if name == "pgmux-metrics" else ""
     cluster.write_owned(userlist, render_userlist({cluster.superuser: ""}), mode=0o644)
-    cluster.write_owned(ini, pooler_ini(cluster, port, userlist, tls, certs), mode=0o644)
-    target = Target(name, port, log_path=os.path.join(cluster.base_dir, f"{name}.log"))
+    cluster.write_owned(ini, pooler_ini(cluster, port, userlist, tls, certs,
+                                        {"metrics_listen": metrics} if metrics else None), mode=0o644)
+    target = Target(name, port, log_path=os.path.join(cluster.base_dir, f"{name}.log"), metrics=metrics)
     with open(target.log_path, "ab") as out:
         target.proc = subprocess.Popen(die_with_parent([*cmd, ini]), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                        cwd=cluster.base_dir, start_new_session=True, **popen_kwargs)
@@ -232,11 +245,19 @@ def run_pgbench(pgbench: str, target: Target, args: list[str], duration: int, us
     # Direct PostgreSQL speaks TLS only when it has it (--tls both); the poolers whenever --tls is on.
     env["PGSSLMODE"] = "require" if tls == "both" or (tls == "client" and target.proc) else "disable"
     cpu_before = cpu_seconds(target.proc.pid) if target.proc else 0.0
+    stop = threading.Event()
+    scraper = threading.Thread(target=scrape_until, args=(target, stop), daemon=True)
+    if target.metrics and target.scrape_every > 0:
+        scraper.start()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, env=env,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return RunResult(tps=None, errors=1, note=f"pgbench timed out after {duration + 120}s")
+    finally:
+        stop.set()
+        if scraper.is_alive():
+            scraper.join()
     result = parse_pgbench(proc.stdout, proc.stderr)
     if target.proc and result.txns:
         result.cpu_us_per_txn = (cpu_seconds(target.proc.pid) - cpu_before) / result.txns * 1e6
@@ -244,6 +265,17 @@ def run_pgbench(pgbench: str, target: Target, args: list[str], duration: int, us
         target.dead = f"exited with code {target.proc.returncode}"
         log(f"{target.name} {target.dead}\n--- {target.log_path} ---\n{tail(target.log_path)}")
     return result
+
+
+def scrape_until(target: Target, stop: threading.Event) -> None:
+    """GET /metrics every SCRAPE_EVERY seconds until `stop`, as a (busy) Prometheus would."""
+    while not stop.wait(target.scrape_every):
+        try:
+            with urllib.request.urlopen(f"http://{target.metrics}/metrics", timeout=10) as r:
+                r.read()
+            target.scrapes += 1
+        except OSError as e:
+            log(f"{target.name}: scrape failed: {e}")
 
 
 # -- reporting -----------------------------------------------------------------------------------------
@@ -258,6 +290,8 @@ def table(results: dict[str, dict[str, Cell]], targets: list[str]) -> str:
     head = ["scenario", *[f"{t} tps" for t in targets]]
     if "pgmux" in targets and "pgbouncer" in targets:
         head.append("pgmux/pgbouncer")
+    if "pgmux" in targets and "pgmux-metrics" in targets:
+        head.append("metrics/pgmux")
     head += [f"{t} abort/err" for t in targets] + [f"{t} cpu us/txn" for t in poolers]
     rows = [head]
     for scenario, cells in results.items():
@@ -265,6 +299,9 @@ def table(results: dict[str, dict[str, Cell]], targets: list[str]) -> str:
         if "pgmux" in targets and "pgbouncer" in targets:
             m, b = cells["pgmux"].median_tps(), cells["pgbouncer"].median_tps()
             row.append(fmt(m / b if m and b else None, ".2f"))
+        if "pgmux" in targets and "pgmux-metrics" in targets:
+            m, b = cells["pgmux-metrics"].median_tps(), cells["pgmux"].median_tps()
+            row.append(fmt(m / b if m and b else None, ".3f"))
         row += [f"{cells[t].aborted()}/{cells[t].errors()}" for t in targets]
         row += [fmt(cells[t].median_cpu(), ".1f") for t in poolers]
         rows.append(row)
@@ -291,6 +328,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, ini, logs)")
+    p.add_argument("--scrape-every", type=float, default=SCRAPE_EVERY,
+                   help="pgmux-metrics: seconds between GETs of /metrics during runs, 0 = none "
+                        f"(default {SCRAPE_EVERY:g})")
     p.add_argument("--tls", choices=("off", "client", "both"), default="off",
                    help="client: pgbench speaks TLS to the poolers; both: and the poolers (and direct "
                         "pgbench) to a PostgreSQL with ssl = on (default off)")
@@ -299,8 +339,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if args.rounds < 3:
         p.error("--rounds must be at least 3 (a median of fewer runs says little)")
-    if bad := [t for t in args.targets if t not in TARGETS]:
-        p.error(f"unknown targets {bad}; choose from {TARGETS}")
+    if bad := [t for t in args.targets if t not in TARGETS + EXTRA_TARGETS]:
+        p.error(f"unknown targets {bad}; choose from {TARGETS + EXTRA_TARGETS}")
     if bad := [s for s in args.scenarios if s not in SCENARIOS]:
         p.error(f"unknown scenarios {bad}; choose from {list(SCENARIOS)}")
     if args.duration < 1:
@@ -384,6 +424,8 @@ def main(argv: list[str]) -> int:
         targets: list[Target] = []
         try:
             targets = start_targets(args.targets, cluster, pgbouncer, args.tls, certs)
+            for t in targets:
+                t.scrape_every = args.scrape_every
             results = run_rounds(args, targets, pgbench, user)
         finally:
             for t in targets:
@@ -398,6 +440,8 @@ def main(argv: list[str]) -> int:
     for t in targets:
         if t.dead:
             print(f"note: {t.name} {t.dead}")
+        if t.metrics:
+            print(f"note: {t.name}: /metrics scraped {t.scrapes} times, every {t.scrape_every:g} s during its runs")
     if args.json:
         write_json(args.json, args, results)
         print(f"wrote {args.json}")

@@ -12,7 +12,7 @@ import pytest
 
 from staleness import stale_compiled_modules
 
-HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgmux.pooling.pool",
+HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgmux.pooling.pool", "pgmux.pooling.histogram",
        "pgmux.session.states", "pgmux.protocol.codec", "pgmux.session.pipeline", "pgmux.session.prepared",
        "pgmux.protocol.messages", "pgmux.session.params", "pgmux.protocol.auth", "pgmux.net.tlsconn"]
 

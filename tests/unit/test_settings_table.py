@@ -91,7 +91,8 @@ def _other_value(name: str) -> str:
     """A valid value for setting `name` other than its default, as pgbouncer.ini text."""
     info = SETTINGS_INFO[name]
     default = info.default
-    candidates = ["1", "0", "2", "yes", "no", "x", "transaction", "trust", "allow", "require", "30",
+    candidates = ["1", "0", "2", "yes", "no", "x", "transaction", "trust", "allow", "require", "30", "json",
+                  "127.0.0.1:9127",
                   grp.getgrgid(os.getgid()).gr_name]
     for text in candidates:
         try:

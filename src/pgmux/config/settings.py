@@ -161,6 +161,12 @@ class Settings:
     log_stats: bool = _s(True, v.boolean)
     stats_period: float = _s(60.0, v.seconds)
     verbose: int = _s(0, v.count)
+    # pgmux only: "text" is PgBouncer's line format; "json" writes one JSON object per line, with the
+    # connection's identity (kind, id, database, user, address) in fields of their own (runtime/logjson.py)
+    log_format: str = _s("text", v.choice("text", "json"))
+    # pgmux only: HOST:PORT of an HTTP listener serving /metrics (Prometheus text, or OpenMetrics when the
+    # Accept header asks) and the status page at / (runtime/web.py). Off when empty. A reload moves it.
+    metrics_listen: str | None = _s(None, v.listen_address)
     syslog: bool = _s(False, v.boolean, **_NI, note="logs go to stderr and logfile")
     syslog_ident: str = _s("pgbouncer", v.text, **_NI, note="no syslog")
     syslog_facility: str = _s("daemon", v.text, **_NI, note="no syslog")

@@ -127,6 +127,27 @@ def choice(*allowed: str) -> Parser:
     return parse
 
 
+def listen_address(value: object) -> str | None:
+    """metrics_listen: "HOST:PORT" ("[::1]:9127" for IPv6, "*:9127" for every address); "" is off.
+    Returns the text as given, checked; runtime/web.py splits it."""
+    result = optional_text(value)
+    if result is None:
+        return None
+    split_listen(result)
+    return result
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9127")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::1]:9127")
+    return host, parse_int(port_text, 1, 65535)
+
+
 POOL_MODES = ("session", "transaction", "statement")
 AUTH_TYPES = ("any", "trust", "plain", "md5", "scram-sha-256", "cert", "hba", "ldap", "pam")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")

@@ -273,10 +273,14 @@ def _client_handshake_done(app: Any, c: Any, tls: TlsConnection, exc: BaseExcept
             # PostgreSQL 17 demands the ALPN protocol on direct TLS, against cross-protocol attacks.
             log.info("%s direct TLS without ALPN %r refused", c.prefix, ALPN)
             tls.close()
+            app.events.tls_handshake("client", False)
             app.client_closed(c, "direct TLS without ALPN postgresql")
+            return
+        app.events.tls_handshake("client", True)
         return
     if isinstance(exc, (ssl.SSLError, TimeoutError)):
         log.info("%s TLS handshake failed: %s", c.prefix, exc)
+        app.events.tls_handshake("client", False)
         app.client_closed(c, "TLS handshake failed")
     else:  # the client went away during the handshake
         app.client_closed(c, "client closed during TLS handshake")

@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from pgmux.pooling.histogram import Timings
+
 
 class ServerLike(Protocol):
     created_at: float
@@ -200,7 +202,8 @@ class PoolStats:
 
     __slots__ = ("xact_count", "query_count", "bytes_received", "bytes_sent", "xact_secs", "query_secs",
                  "wait_secs", "server_assignment_count", "client_parse_count", "server_parse_count",
-                 "bind_count", "pin_count", "client_login_count")
+                 "bind_count", "pin_count", "client_login_count", "timing", "prepared_hit_count",
+                 "prepared_evict_count")
 
     def __init__(self) -> None:
         self.xact_count = 0
@@ -216,6 +219,10 @@ class PoolStats:
         self.bind_count = 0
         self.pin_count = 0  # clients that became pinned to a server (SHOW STATS total_pinned_count, pgmux's own)
         self.client_login_count = 0  # clients that logged in (SHOW STATS total_client_login_count)
+        # metrics_listen (pgmux/metrics/): histograms of wait, transaction and query times, None when off
+        self.timing: Timings | None = None
+        self.prepared_hit_count = 0  # a Bind/Describe found its statement prepared on the server already
+        self.prepared_evict_count = 0  # statements closed on a server to stay within max_prepared_statements
 
     @property
     def xact_time(self) -> int:

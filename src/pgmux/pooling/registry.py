@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pgmux.pooling.histogram import Timings
 from pgmux.pooling.pool import Pool, PoolLimits
 
 
@@ -29,6 +30,7 @@ class Registry:
         # Server connections outside every pool (replication connections, runtime/replication.py) that
         # still count towards those two limits: (database, user) -> how many.
         self.unpooled: dict[tuple[str, str], int] = {}
+        self.timings = False  # metrics_listen set: every pool keeps histograms (pooling/histogram.py)
 
     def get(self, database: str, user: str) -> Pool[Any, Any] | None:
         return self.pools.get((database, user))
@@ -42,7 +44,18 @@ class Registry:
         if pool is None:
             limits, mode = make()
             pool = self.pools[key] = Pool(database, user, limits, mode, host)
+            if self.timings:
+                pool.stats.timing = Timings()
         return pool
+
+    def set_timings(self, on: bool) -> None:
+        """Metrics turned on or off: every pool (and each new one) gets histograms, or drops them."""
+        self.timings = on
+        for pool in self.pools.values():
+            if not on:
+                pool.stats.timing = None
+            elif pool.stats.timing is None:
+                pool.stats.timing = Timings()
 
     def remove(self, pools: list[Pool[Any, Any]]) -> None:
         """Forget these empty pools of (database, user), and the shared limits of a database or user

@@ -39,6 +39,7 @@ class HostState(Generic[H]):
         self.max_lag_seconds = max_lag_seconds  # 0 = no limit
         self.banned_until: float | None = None
         self.ban_reason = ""
+        self.ban_count: dict[str, int] = {}  # bans since start by the words of their reason before a colon
         self.healthy = True  # optimistic until a check says otherwise: the first connect will tell
         self.lagging = False
         self.last_check: float | None = None
@@ -58,6 +59,10 @@ class HostState(Generic[H]):
         if self.banned_until is None or until > self.banned_until:
             self.banned_until = until
         self.ban_reason = reason
+        kind = reason.split(":", 1)[0][:80]
+        if kind not in self.ban_count and len(self.ban_count) >= 32:
+            kind = "other"
+        self.ban_count[kind] = self.ban_count.get(kind, 0) + 1
         self._note(now, f"banned for {ban_time:g}s: {reason}")
 
     def unban(self) -> None:

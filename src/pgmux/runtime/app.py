@@ -20,6 +20,7 @@ from pgmux import __version__
 from pgmux.config import diff, load_config
 from pgmux.config.model import Config, DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
+from pgmux.metrics.events import Events
 from pgmux.net import connector, sdnotify
 from pgmux.net.connector import default_unix_dir
 from pgmux.net.listen import is_unix_listener, start_listeners, unix_socket_path
@@ -100,6 +101,7 @@ class App:
         # or a clock (tests/unit/fakes.py): the clock, and "run this coroutine function in the background".
         self.now: Callable[[], float] = time.monotonic
         self.spawn: Callable[..., None] = self._start_task
+        self.events = Events()  # servers opened/closed, login times, TLS handshakes (pgmux/metrics/)
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -317,6 +319,7 @@ class App:
         if self.config.settings.log_connections:
             log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
         self._new_cancel_key(c)
+        self.events.client_login(c, self.now())
         if c.is_admin:
             if self.admin is not None:  # (unit tests drive the hub without start())
                 self.admin.stats.client_login_count += 1
@@ -401,6 +404,8 @@ class App:
         if server is not None:
             server.move(S_ACTIVE)
             pool.stats.server_assignment_count += 1
+            if pool.stats.timing is not None:  # metrics: a wait of 0
+                pool.stats.timing.wait.observe(0.0)
             c.attach(server, now)
             return
         c.state = C_WAITING
@@ -421,12 +426,17 @@ class App:
         now = self.now()
         st.query_count += 1
         st.query_secs += now - server.query_start
+        timing = st.timing  # metrics (pooling/histogram.py), None when off
+        if timing is not None:
+            timing.query.observe(now - server.query_start)
         if (server.tx_status != b"I" or pool.mode == "session" or c.pending or c.unsynced or c.pinned
                 or c.lsn_wanted or c.passing):
             self._ready_other(c, server, now)
             return
         st.xact_count += 1
         st.xact_secs += now - c.xact_start
+        if timing is not None:
+            timing.xact.observe(now - c.xact_start)
         c.xact_start = 0.0
         c.server = None
         server.client = None
@@ -452,6 +462,8 @@ class App:
             st = pool.stats
             st.xact_count += 1
             st.xact_secs += now - c.xact_start
+            if st.timing is not None:
+                st.timing.xact.observe(now - c.xact_start)
             c.xact_start = 0.0
         mode = pool.mode
         if mode == "session":
@@ -573,6 +585,8 @@ class App:
             st = pool.stats
             st.server_assignment_count += 1
             st.wait_secs += now - waiter.wait_since
+            if st.timing is not None:
+                st.timing.wait.observe(now - waiter.wait_since)
             waiter.attach(server, now)
             return
         server.move(S_IDLE)
@@ -693,6 +707,7 @@ class App:
         pool.login_failure_kind = ""
         pool.login_error = ""
         log.info("%s new connection to server (pid %d)", server.prefix, server.backend_pid)
+        self.events.server_opened(server)
         if server.swallow_error is not None:  # connect_query failed: say so, and don't blame a later query
             log.warning("%s connect_query failed: %s", server.prefix, server.swallow_error.get("M"))
             server.swallow_error = None
@@ -809,6 +824,7 @@ class App:
         if server.stmts is not None:
             server.stmts.forget_all()
         log.info("%s closing because: %s (age=%.0fs)", server.prefix, reason, self.now() - server.created_at)
+        self.events.server_closed(server, reason)
         client = server.client
         if client is not None and client.server is server:
             client.detach()

@@ -15,6 +15,7 @@ from pgmux.net import sdnotify
 from pgmux.net.protocols import loop_exception_handler
 from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.app import App
+from pgmux.runtime.logjson import JsonFormatter
 from pgmux.runtime.memtrim import Trimmer
 
 log = logging.getLogger("pgmux")
@@ -62,6 +63,7 @@ class ZoneFormatter(logging.Formatter):
 
 
 _FORMAT = ZoneFormatter("%(asctime)s [%(process)d] %(pglevel)s %(message)s")
+_JSON = JsonFormatter()  # log_format = json (runtime/logjson.py)
 
 
 class LogFiles:
@@ -72,6 +74,7 @@ class LogFiles:
     def __init__(self, config: Config, quiet: bool, verbose: int) -> None:
         self.verbose = verbose
         self.config = config
+        self.formatter: logging.Formatter = _JSON if config.settings.log_format == "json" else _FORMAT
         self.file: TickFlushedHandler | None = None
         # Nobody reads the caller's file/line or thread names in these logs: skip the work.
         logging._srcfile = None  # type: ignore[attr-defined]
@@ -87,13 +90,16 @@ class LogFiles:
         self.reopen(config)
 
     def _add(self, h: TickFlushedHandler) -> None:
-        h.setFormatter(_FORMAT)
+        h.setFormatter(self.formatter)
         self.root.addHandler(h)
         self.handlers.append(h)
 
     def reopen(self, config: Config) -> None:
         s = config.settings
         self.root.setLevel(logging.DEBUG if self.verbose or s.verbose else logging.INFO)
+        self.formatter = _JSON if s.log_format == "json" else _FORMAT
+        for h in self.handlers:
+            h.setFormatter(self.formatter)
         old, self.file = self.file, None
         if s.logfile:
             try:
@@ -211,6 +217,13 @@ async def _serve(config: Config, config_path: str, logs: LogFiles) -> int:
     app.tick_hooks.append(logs.tick)
     app.reload_hooks.append(lambda: logs.reopen(app.config))
     app.tick_hooks.append(Trimmer(app))
+    from pgmux.runtime.web import Web  # metrics_listen: /metrics and the status page
+
+    try:  # bound first: a metrics address in use stops start-up before clients are accepted
+        await Web(app).start()
+    except OSError as e:
+        log.error("cannot listen on metrics_listen = %s: %s", config.settings.metrics_listen, e.strerror or e)
+        return 1
     try:
         await app.start()
     except OSError as e:

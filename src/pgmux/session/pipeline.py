@@ -625,6 +625,7 @@ def _rebound(stmts: ClientStatements, sst: ServerStatements,
         run = end
     for name in bound:
         stmts.bind(name)  # counted once the whole chunk is known to take this path
+    sst.count_hits(len(bound))  # metrics: prepared-statement cache hits
     n = len(raw)
     if run < n:
         out.append(memoryview(raw)[run:n])

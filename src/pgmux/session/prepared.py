@@ -103,6 +103,8 @@ class PreparedStats:
     client_parse_count: int = 0  # named Parse messages from clients
     server_parse_count: int = 0  # Parse messages pgmux sent to servers for named statements
     bind_count: int = 0          # Bind messages of named statements
+    prepared_hit_count: int = 0  # a Bind/Describe whose statement the server had prepared already
+    prepared_evict_count: int = 0  # statements closed on a server to stay within max_prepared_statements
 
 
 class Counters(Protocol):
@@ -111,6 +113,8 @@ class Counters(Protocol):
     client_parse_count: int
     server_parse_count: int
     bind_count: int
+    prepared_hit_count: int
+    prepared_evict_count: int
 
 
 class Registry:
@@ -290,6 +294,10 @@ class ServerStatements:
         self._lru.move_to_end(server_name)
         return True
 
+    def count_hits(self, n: int) -> None:
+        """`n` Binds found their statements ready here by `touch` (the steady state's fast path)."""
+        self._stats.prepared_hit_count += n
+
     def ensure(self, server_name: str, since: int = 0) -> Ensured:
         """Before a Bind/Describe (or a forwarded Parse) of `server_name` on this server: whether a
         Parse must be sent, and which names to Close first, oldest first. A copy prepared before tick
@@ -300,6 +308,7 @@ class ServerStatements:
         if at is not None:
             lru.move_to_end(server_name)
             if at >= since:
+                self._stats.prepared_hit_count += 1
                 return Ensured(False, [])
             lru[server_name] = self._registry.clock
             self.shapes.pop(server_name, None)
@@ -313,6 +322,8 @@ class ServerStatements:
             evict.append(old)
         for old in evict:
             self.shapes.pop(old, None)
+        if evict:
+            self._stats.prepared_evict_count += len(evict)
         lru[server_name] = self._registry.clock
         self._stats.server_parse_count += 1
         return Ensured(True, evict)
