@@ -1,0 +1,209 @@
+"""pool_size = auto: a pool size that follows the load, in the manner of adaptive concurrency limits.
+
+Pure code, time passed in: runtime/pool_watch.py feeds one advisor Snapshot per janitor tick and applies
+the size this returns. It climbs the throughput curve X(size) of the pool, measured, not modelled:
+
+- Each size it tries is measured for `span` seconds (after `settle` seconds for the new servers to log
+  in or the surplus to go), and only while the size binds: clients waited, nearly every server was in
+  use, or nearly every client held a server. A pool whose clients never fill it teaches nothing about
+  its size and keeps the size it has; one larger than what its clients ever asked for at once (busy +
+  waiting) comes down to that at once.
+- It compares each measurement with the best recent one at a neighbouring size through the elasticity
+  of throughput, eff = d ln X / d ln size: 1 when the hold time stays flat as concurrency grows (each
+  connection adds its full share: a latency-bound workload), 0 when it grows as fast as concurrency
+  (PostgreSQL saturated: CPU, locks), below 0 when throughput falls (contention collapse). This is
+  Vegas's comparison of the current round-trip time with the best one, read as throughput so that a
+  fixed latency (pg_sleep, network) does not count as congestion.
+- A step up is kept when eff >= `UP` (the extra connections paid for themselves); a step down is kept
+  when eff < `DOWN` (the connections given up were doing nothing). Otherwise it returns to its home size.
+  While nothing has shown saturation it climbs fast (x4, capped by the clients' demand); after a rejected
+  step it moves by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
+- It settles: at a home size whose neighbours were both measured within `stale` seconds and rejected,
+  it stays. Each neighbour is measured again once its measurement is older than `stale` (one probe of
+  about a second per `stale` seconds on each side, half as often for a neighbour rejected by a wide
+  margin), so it follows slow drifts. These probes are the only moves of a settled pool.
+- It reacts within seconds: when the hold time at the same size jumps by 2x (either way) on two
+  measurements in a row, the workload changed; what it knew is forgotten and it climbs fast again.
+
+Bounds: at least min_pool_size (and 1), at most max_db_connections when set, else `CAP` (100 by default,
+the `auto_pool_size_cap` the runtime passes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pgmux.pooling.advisor import Snapshot
+
+UP = 0.08
+DOWN = 0.03
+STEP = 1.5
+FAST = 4.0
+CAP = 100
+START = 8
+
+
+@dataclass(slots=True)
+class _Obs:
+    tps: float
+    hold: float
+    seen: float
+
+
+@dataclass(slots=True)
+class AutoSizer:
+    lo: int
+    hi: int
+    size: int = START
+    span: float = 1.0
+    settle: float = 0.2
+    stale: float = 20.0
+    home: int = 0
+    fast: bool = True
+    down_step: float = STEP
+    levels: dict[int, _Obs] = field(default_factory=dict)
+    changed_at: float = -1e9
+    start: Snapshot | None = None
+    jumps: int = 0
+    demand: int = 0  # most clients seen wanting a server at once (busy + waiting) in this measurement
+    bound: int = 0  # ticks in this measurement during which the size bound
+    ticks: int = 0
+    history: list[tuple[float, int]] = field(default_factory=list)  # (time, size) of each change
+
+    def __post_init__(self) -> None:
+        self.lo = max(1, self.lo)
+        self.hi = max(self.lo, self.hi)
+        self.size = min(self.hi, max(self.lo, self.size))
+        self.home = self.size
+
+    def feed(self, s: Snapshot) -> int:
+        """One janitor tick: returns the pool size to use from now on."""
+        if s.now - self.changed_at < self.settle:
+            return self.size
+        st = self.start
+        if st is None or s.xacts < st.xacts:
+            self._begin(s)
+            return self.size
+        self.ticks += 1
+        self.demand = max(self.demand, s.busy + s.waiting)
+        if s.waiting > 0 or s.busy >= 0.9 * self.size or 0 < s.clients and s.busy >= 0.8 * s.clients:
+            self.bound += 1
+        dt, n = s.now - st.now, s.xacts - st.xacts
+        span = self.span / 2 if self.fast else self.span  # while climbing fast, the steps are large
+        if dt < span or (n < 30 and dt < 3 * span):
+            return self.size
+        binding = self.bound * 2 >= self.ticks
+        demand = self.demand
+        self._begin(s)
+        if n < 5 or not binding:
+            return self.size
+        self._record(s.now, n / dt, (s.hold - st.hold) / n)
+        self._decide(s.now, demand)
+        return self.size
+
+    def _begin(self, s: Snapshot) -> None:
+        self.start, self.demand, self.bound, self.ticks = s, 0, 0, 0
+
+    def _record(self, now: float, tps: float, hold: float) -> None:
+        old = self.levels.get(self.size)
+        if old is not None and now - old.seen <= self.stale and old.hold > 0 and hold > 0:
+            if not 0.5 <= hold / old.hold <= 2.0:
+                self.jumps += 1
+                if self.jumps >= 2:  # the same size, a different hold time: a new workload
+                    self.levels.clear()
+                    self.fast, self.down_step, self.home, self.jumps = True, STEP, self.size, 0
+                    self.levels[self.size] = _Obs(tps, hold, now)
+                return
+            self.jumps = 0
+            self.levels[self.size] = _Obs(old.tps + 0.5 * (tps - old.tps), old.hold + 0.5 * (hold - old.hold), now)
+            return
+        self.jumps = 0
+        self.levels[self.size] = _Obs(tps, hold, now)
+
+    def eff(self, a: int, b: int) -> float | None:
+        """Elasticity of throughput between sizes a < b, None when either is not measured."""
+        oa, ob = self.levels.get(a), self.levels.get(b)
+        if oa is None or ob is None or oa.tps <= 0 or ob.tps <= 0 or a == b:
+            return None
+        return math.log(ob.tps / oa.tps) / math.log(b / a)
+
+    def _keep(self, k: int, now: float, clear: bool) -> None:
+        """A neighbour rejected by a wide margin is probed again half as often."""
+        o = self.levels.get(k)
+        if clear and o is not None:
+            o.seen = now + self.stale
+
+    def _fresh(self, now: float, k: int) -> bool:
+        o = self.levels.get(k)
+        return o is not None and now - o.seen <= self.stale
+
+    def _decide(self, now: float, demand: int) -> None:
+        cur, home = self.size, self.home
+        if cur > home:  # a step up was measured
+            e = self.eff(home, cur)
+            if e is not None and e >= UP:
+                self.home = cur
+                self._up(now, demand, self.fast)
+            else:
+                self.fast = False
+                self._keep(cur, now, e is not None and e < -0.2)
+                self._go(now, home)
+            return
+        if cur < home:  # a step down was measured
+            e = self.eff(cur, home)
+            if e is not None and e < DOWN:
+                self.home = cur
+                self.fast = False
+                self.down_step = min(FAST, self.down_step * 1.5)
+                self._down(now)
+            else:
+                self.down_step = STEP
+                self._keep(cur, now, e is not None and e >= 0.5)
+                self._go(now, home)
+            return
+        if demand < cur and self.lo <= demand:  # more servers than clients want: no measuring needed
+            self.home = max(self.lo, demand)
+            self._go(now, self.home)
+            return
+        up, down = self._up_size(demand, self.fast), self._down_size()
+        if up != cur and not self._fresh(now, up):
+            self._go(now, up)
+        elif down != cur and not self._fresh(now, down):
+            self._go(now, down)
+
+    def _up_size(self, demand: int, fast: bool) -> int:
+        cur = self.size
+        want = max(cur + 1, round(cur * (FAST if fast else STEP)))
+        return max(cur, min(self.hi, want, demand))
+
+    def _down_size(self) -> int:
+        cur = self.size
+        return max(self.lo, min(cur - 1, math.floor(cur / self.down_step)))
+
+    def _up(self, now: float, demand: int, fast: bool) -> None:
+        nxt = self._up_size(demand, fast)
+        if nxt != self.size:
+            self._go(now, nxt)
+
+    def _down(self, now: float) -> None:
+        nxt = self._down_size()
+        if nxt != self.size:
+            self._go(now, nxt)
+
+    def _go(self, now: float, size: int) -> None:
+        if size == self.size:
+            return
+        self.size = size
+        self.changed_at = now
+        self.start = None
+        self.history.append((now, size))
+        if len(self.history) > 64:
+            del self.history[:32]
+
+
+def bounds(min_pool_size: int, max_db_connections: int, cap: int = CAP) -> tuple[int, int]:
+    """(lo, hi) of an auto pool: min_pool_size (at least 1) to max_db_connections, else `cap`."""
+    lo = max(1, min_pool_size)
+    hi = max_db_connections if max_db_connections > 0 else cap
+    return lo, max(lo, hi)
