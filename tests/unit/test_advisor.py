@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from poolsim import Model, Sim
 
 from pgmux.pooling.advisor import Snapshot, Tracker, budget, erlang_c, offered_load, servers_for
-from poolsim import Model, Sim
 
 
 def erlang_c_direct(c: int, a: float) -> float:
