@@ -39,7 +39,7 @@ STATS = ("server_assignment_count xact_count query_count received sent xact_time
 EXPECTED: dict[type, tuple[str, str]] = {
     r.PoolRow: ("database user cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req sv_active "
                 "sv_active_cancel sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait maxwait_us "
-                "pool_mode load_balance_hosts host role", "ssiiiiiiiiiiiiissss"),  # host, role: pgmux's own
+                "pool_mode load_balance_hosts host role pool_size", "ssiiiiiiiiiiiiissssi"),  # host..: pgmux's own
     r.ClientRow: (SOCKET + " pin", "ssssssisiTTiiississiis"),  # pin: pgmux's own, after PgBouncer's columns
     r.ServerRow: (SOCKET + " role", "ssssssisiTTiiississiis"),  # role: pgmux's own, after PgBouncer's
     r.SocketRow: (SOCKET + " recv_pos pkt_pos pkt_remain send_pos send_remain pkt_avail send_avail",
@@ -74,6 +74,8 @@ EXPECTED: dict[type, tuple[str, str]] = {
     r.HostRow: ("database host port role configured_role state weight lag_bytes lag_seconds replay_lsn "
                 "banned_until reads writes reason", "ssissssqssTqqs"),  # pgmux's own
     r.PeerPoolRow: ("peer_id cl_active_cancel_req cl_waiting_cancel_req sv_active_cancel sv_login", "iiiii"),
+    r.AdviceRow: ("database user pool_size auto tps hold_ms busy waiting clients needed verdict elasticity detail",
+                  "ssissssssisss"),  # pgmux's own (runtime/pool_watch.py)
 }
 
 

@@ -4,11 +4,16 @@ settles, stays in its bounds, and follows a change of workload within seconds.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from poolsim import Model, Sim
 
+from pgmux.config import load_config
+from pgmux.config.values import AUTO
+from pgmux.errors import ConfigError
 from pgmux.pooling.advisor import Snapshot
-from pgmux.pooling.autosize import AutoSizer, bounds
+from pgmux.pooling.autosize import START, AutoSizer, bounds, start_size
 
 MODELS = {
     # pgbench -S on 2 cores: CPU-bound, flat beyond 2-3, a slow decline from context switches
@@ -104,3 +109,24 @@ def test_bounds() -> None:
     assert sizer.size == 6 and sizer.home == 6
     trace = run(Sim(MODELS["sleep"], seed=1), sizer, 10.0)
     assert {s for s, _ in trace} <= {3, 4, 5, 6}
+
+
+def test_auto_in_config(tmp_path: Path) -> None:
+    """default_pool_size, a [databases] pool_size and a [users] pool_size accept `auto` (any case); a new
+    pool of an auto database starts at START within its bounds; other words are refused with the reason."""
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text("[databases]\na = host=h pool_size=AUTO max_db_connections=5\nb = host=h pool_size=7\n"
+                   "c = host=h min_pool_size=12\n[users]\nu = pool_size=auto\n[pgbouncer]\ndefault_pool_size = auto\n")
+    cfg = load_config(str(ini))
+    assert cfg.settings.default_pool_size == AUTO and str(cfg.settings.default_pool_size) == "auto"
+    a, b, c = (cfg.databases[n] for n in "abc")
+    assert cfg.pool_size_for(a, "x") == AUTO and cfg.pool_size_for(b, "x") == 7 and cfg.pool_size_for(c, "x") == AUTO
+    assert cfg.pool_size_for(b, "u") == AUTO  # the [users] entry wins, as for a number
+    assert start_size(cfg.pool_size_for(a, "x"), 0, 5) == 5  # max_db_connections bounds it
+    assert start_size(cfg.pool_size_for(c, "x"), 12, 0) == 12  # min_pool_size too
+    assert start_size(7, 0, 0) == 7 and start_size(AUTO, 0, 0) == START
+    for bad in ("default_pool_size = automatic", "default_pool_size = -1"):
+        ini.write_text(f"[databases]\n[pgbouncer]\n{bad}\n")
+        with pytest.raises(ConfigError, match="default_pool_size") as e:
+            load_config(str(ini))
+        assert "or auto" in str(e.value) or "at least 0" in str(e.value)

@@ -103,7 +103,7 @@ def _padded(v: object) -> str:
     if v is None:
         return ""
     if isinstance(v, int):
-        return f"{v:9d}"
+        return f"{v!s:>9}"  # pool_size = auto (config/values.AUTO) prints as `auto`
     raise TypeError(f"padded integer column got {type(v).__name__}")
 
 

@@ -207,3 +207,11 @@ def bounds(min_pool_size: int, max_db_connections: int, cap: int = CAP) -> tuple
     lo = max(1, min_pool_size)
     hi = max_db_connections if max_db_connections > 0 else cap
     return lo, max(lo, hi)
+
+
+def start_size(size: int, min_pool_size: int, max_db_connections: int) -> int:
+    """The pool_size a new pool starts with: `size`, or for auto (a negative size) START in its bounds."""
+    if size >= 0:
+        return size
+    lo, hi = bounds(min_pool_size, max_db_connections)
+    return min(hi, max(lo, START))
