@@ -49,6 +49,7 @@ class Snapshot:
     waiting: int  # clients queued for a server
     clients: int  # clients of the pool, -1 when unknown
     size: int  # pool_size in force
+    servers: int = -1  # servers logged in (lent, idle or being reset), -1 when unknown
 
 
 @dataclass(frozen=True, slots=True)

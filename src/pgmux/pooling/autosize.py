@@ -3,19 +3,21 @@
 Pure code, time passed in: runtime/pool_watch.py feeds one advisor Snapshot per janitor tick and applies
 the size this returns. It climbs the throughput curve X(size) of the pool, measured, not modelled:
 
-- Each size it tries is measured for `span` seconds (after `settle` seconds for the new servers to log
-  in or the surplus to go), and only while the size binds: clients waited, nearly every server was in
+- Each size it tries is measured for `span` seconds, after the new servers have logged in (at most
+  `FILL_WAIT` seconds: opening connections costs the server CPU, which would be taken for congestion)
+  and `settle` seconds more, and only while the size binds: clients waited, nearly every server was in
   use, or nearly every client held a server. A pool whose clients never fill it teaches nothing about
-  its size and keeps the size it has; one larger than what its clients ever asked for at once (busy +
-  waiting) comes down to that at once.
+  its size and keeps the size it has; one far larger than its clients (or, when they are not counted,
+  than busy + waiting at the peak) comes down to that at once.
 - It compares each measurement with the best recent one at a neighbouring size through the elasticity
   of throughput, eff = d ln X / d ln size: 1 when the hold time stays flat as concurrency grows (each
   connection adds its full share: a latency-bound workload), 0 when it grows as fast as concurrency
   (PostgreSQL saturated: CPU, locks), below 0 when throughput falls (contention collapse). This is
   Vegas's comparison of the current round-trip time with the best one, read as throughput so that a
   fixed latency (pg_sleep, network) does not count as congestion.
-- A step up is kept when eff >= `UP` (the extra connections paid for themselves); a step down is kept
-  when eff < `DOWN` (the connections given up were doing nothing). Otherwise it returns to its home size.
+- A step up is kept when eff >= `UP` (the extra connections paid for themselves; `UP_FAST` for a fast
+  step, so that noise on a busy machine is not taken for a gain); a step down is kept when eff < `DOWN`
+  (the connections given up were doing nothing). Otherwise it returns to its home size.
   While nothing has shown saturation it climbs fast (x4, capped by the clients' demand); after a rejected
   step it moves by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
 - It settles: at a home size whose neighbours were both measured within `stale` seconds and rejected,
@@ -36,11 +38,13 @@ from dataclasses import dataclass, field
 
 from pgmux.pooling.advisor import Snapshot
 
-UP = 0.08
+UP = 0.1
+UP_FAST = 0.25
 DOWN = 0.03
 STEP = 1.5
 FAST = 4.0
 CAP = 100
+FILL_WAIT = 3.0  # seconds a step up waits at most for its new servers to log in
 START = 8
 
 
@@ -66,6 +70,8 @@ class AutoSizer:
     changed_at: float = -1e9
     start: Snapshot | None = None
     jumps: int = 0
+    fill: int = 0  # after a step up: the servers to wait for before measuring
+    peak: int = 0  # the demand of the last measurement
     demand: int = 0  # most clients seen wanting a server at once (busy + waiting) in this measurement
     bound: int = 0  # ticks in this measurement during which the size bound
     ticks: int = 0
@@ -81,12 +87,17 @@ class AutoSizer:
         """One janitor tick: returns the pool size to use from now on."""
         if s.now - self.changed_at < self.settle:
             return self.size
+        if self.fill:  # a step up: measure once the new servers are in (opening them costs the server too)
+            if 0 <= s.servers < self.fill and s.now - self.changed_at < FILL_WAIT:
+                return self.size
+            self.fill, self.changed_at = 0, s.now
+            return self.size
         st = self.start
         if st is None or s.xacts < st.xacts:
             self._begin(s)
             return self.size
         self.ticks += 1
-        self.demand = max(self.demand, s.busy + s.waiting)
+        self.demand = max(self.demand, s.busy + s.waiting, s.clients)
         if s.waiting > 0 or s.busy >= 0.9 * self.size or 0 < s.clients and s.busy >= 0.8 * s.clients:
             self.bound += 1
         dt, n = s.now - st.now, s.xacts - st.xacts
@@ -139,10 +150,11 @@ class AutoSizer:
         return o is not None and now - o.seen <= self.stale
 
     def _decide(self, now: float, demand: int) -> None:
+        self.peak = demand
         cur, home = self.size, self.home
-        if cur > home:  # a step up was measured
+        if cur > home:  # a step up was measured (a fast one must show a clear gain: noise is not one)
             e = self.eff(home, cur)
-            if e is not None and e >= UP:
+            if e is not None and e >= (UP_FAST if cur > home * STEP + 1 else UP):
                 self.home = cur
                 self._up(now, demand, self.fast)
             else:
@@ -162,8 +174,8 @@ class AutoSizer:
                 self._keep(cur, now, e is not None and e >= 0.5)
                 self._go(now, home)
             return
-        if demand < cur and self.lo <= demand:  # more servers than clients want: no measuring needed
-            self.home = max(self.lo, demand)
+        if demand < 0.75 * cur:  # far more servers than clients want at once: no measuring needed
+            self.home = max(self.lo, math.ceil(demand * 1.1))
             self._go(now, self.home)
             return
         up, down = self._up_size(demand, self.fast), self._down_size()
@@ -194,6 +206,7 @@ class AutoSizer:
     def _go(self, now: float, size: int) -> None:
         if size == self.size:
             return
+        self.fill = min(size, max(1, self.peak)) if size > self.size else 0
         self.size = size
         self.changed_at = now
         self.start = None

@@ -64,10 +64,16 @@ class PoolWatch:
             st = pool.stats
             busy = len(pool.servers) - len(pool.idle) - pool.connecting
             snap = Snapshot(now, st.xact_count, st.xact_secs, st.wait_secs, max(0, busy), len(pool.waiters),
-                            self.clients.get(key, 0), pool.limits.pool_size)
+                            self.clients.get(key, 0), pool.limits.pool_size, len(pool.servers) - pool.connecting)
             tracker.add(snap)
             if sizer is not None:
-                self._apply(pool, sizer.feed(snap))
+                size = sizer.feed(snap)
+                if size != pool.limits.pool_size:
+                    o = sizer.levels.get(pool.limits.pool_size)
+                    log.debug("pool %s/%s: pool_size = auto: %d -> %d (home %d; at %d: %s)", pool.database,
+                              pool.user, pool.limits.pool_size, size, sizer.home, pool.limits.pool_size,
+                              "not measured" if o is None else f"{o.tps:.0f} tps, hold {o.hold * 1e3:.2f} ms")
+                    self._apply(pool, size)
         for key in [k for k in self.watched if k not in seen]:
             del self.watched[key]
         if self.ticks % 25 == 1:
