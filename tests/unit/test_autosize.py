@@ -130,3 +130,17 @@ def test_auto_in_config(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="default_pool_size") as e:
             load_config(str(ini))
         assert "or auto" in str(e.value) or "at least 0" in str(e.value)
+
+
+def test_a_surge_of_clients_is_followed_within_seconds() -> None:
+    """5 clients, then 100: a latency-bound pool follows them up within a few seconds."""
+    model = Model(clients=5, think=0.0003, latency=0.010, cpu=0.0001)
+    sim = Sim(model, seed=4)
+    sizer = AutoSizer(1, 200)
+    run(sim, sizer, 30.0)
+    assert sizer.size <= 6
+    sizer.fast = False  # as after any rejected step: from here x1.5 steps would take 10 s to reach 100
+    model.clients = 100
+    trace = run(sim, sizer, 10.0)
+    first = next((i for i, (size, _) in enumerate(trace) if size >= 90), None)
+    assert first is not None and first * sim.tick <= 6.0, (trace[-1], sizer.history[-6:])

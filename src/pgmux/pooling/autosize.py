@@ -18,8 +18,8 @@ the size this returns. It climbs the throughput curve X(size) of the pool, measu
 - A step up is kept when eff >= `UP` (the extra connections paid for themselves; `UP_FAST` for a fast
   step, so that noise on a busy machine is not taken for a gain); a step down is kept when eff < `DOWN`
   (the connections given up were doing nothing). Otherwise it returns to its home size.
-  While nothing has shown saturation it climbs fast (x4, capped by the clients' demand); after a rejected
-  step it moves by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
+  While nothing has shown saturation it climbs fast (x4, capped by the clients' demand), and again after
+  the demand doubled; after a rejected step it moves by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
 - It settles: at a home size whose neighbours were both measured within `stale` seconds and rejected,
   it stays. Each neighbour is measured again once its measurement is older than `stale` (one probe of
   about a second per `stale` seconds on each side, half as often for a neighbour rejected by a wide
@@ -150,6 +150,8 @@ class AutoSizer:
         return o is not None and now - o.seen <= self.stale
 
     def _decide(self, now: float, demand: int) -> None:
+        if demand >= 2 * max(1, self.peak) and self.peak:  # a surge of clients: climb fast again
+            self.fast = True
         self.peak = demand
         cur, home = self.size, self.home
         if cur > home:  # a step up was measured (a fast one must show a clear gain: noise is not one)
