@@ -135,8 +135,12 @@ def test_pool_size_auto_grows_for_a_latency_bound_load(pgmux_factory: PgmuxStart
                     break
             time.sleep(0.5)
         adv = advice(mux)[f"{DB}/postgres"]
+        # a reload (here through SET) keeps the size chosen: it does not start over
+        mux.admin("SET server_idle_timeout = 599")
+        after = [int(r["pool_size"]) for r in mux.admin_dicts("SHOW POOLS") if r["database"] == DB]
     finally:
         finish(proc)
+    assert after and after[0] >= 20, (sizes, after)
     assert sizes and sizes[0] < 30 <= max(sizes), sizes  # started at 8, grew towards the 40 clients
     assert max(sizes) <= 40, sizes  # never beyond what the clients ask for
     assert adv["auto"] == "yes"

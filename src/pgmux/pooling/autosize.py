@@ -16,8 +16,9 @@ the size this returns. It climbs the throughput curve X(size) of the pool, measu
   Vegas's comparison of the current round-trip time with the best one, read as throughput so that a
   fixed latency (pg_sleep, network) does not count as congestion.
 - A step up is kept when eff >= `UP` (the extra connections paid for themselves; `UP_FAST` for a fast
-  step, so that noise on a busy machine is not taken for a gain); a step down is kept when eff < `DOWN`
-  (the connections given up were doing nothing). Otherwise it returns to its home size.
+  step); a step down is kept when eff < `DOWN` (the connections given up were doing nothing); either by
+  a margin of `Z` standard errors, from the spread of the per-tick throughput of the two measurements,
+  so that noise on a busy machine is not taken for a gain or for a free step down. Otherwise it returns to its home size.
   While nothing has shown saturation it climbs fast (x4, capped by the clients' demand), and again after
   the demand doubled; after a rejected step it moves by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
 - It settles: at a home size whose neighbours were both measured within `stale` seconds and rejected,
@@ -38,8 +39,9 @@ from dataclasses import dataclass, field
 
 from pgmux.pooling.advisor import Snapshot
 
-UP = 0.1
+UP = 0.05
 UP_FAST = 0.25
+Z = 1.0
 DOWN = 0.03
 STEP = 1.5
 FAST = 4.0
@@ -53,6 +55,18 @@ class _Obs:
     tps: float
     hold: float
     seen: float
+    se: float = 0.0  # relative standard error of tps, from its per-tick rates
+
+
+def _rel_se(rates: list[float]) -> float:
+    n = len(rates)
+    if n < 2:
+        return 0.0
+    mean = sum(rates) / n
+    if mean <= 0:
+        return 0.0
+    var = sum((r - mean) ** 2 for r in rates) / (n - 1)
+    return math.sqrt(var / n) / mean
 
 
 @dataclass(slots=True)
@@ -70,6 +84,9 @@ class AutoSizer:
     changed_at: float = -1e9
     start: Snapshot | None = None
     jumps: int = 0
+    drain: int = 0  # after a step down: the servers to wait for the surplus to close down to
+    prev: Snapshot | None = None
+    rates: list[float] = field(default_factory=list)  # per-tick throughput in this measurement
     fill: int = 0  # after a step up: the servers to wait for before measuring
     peak: int = 0  # the demand of the last measurement
     demand: int = 0  # most clients seen wanting a server at once (busy + waiting) in this measurement
@@ -82,21 +99,30 @@ class AutoSizer:
         self.hi = max(self.lo, self.hi)
         self.size = min(self.hi, max(self.lo, self.size))
         self.home = self.size
+        self.fill = self.size  # the first measurement too waits for the pool's servers
 
     def feed(self, s: Snapshot) -> int:
         """One janitor tick: returns the pool size to use from now on."""
         if s.now - self.changed_at < self.settle:
             return self.size
-        if self.fill:  # a step up: measure once the new servers are in (opening them costs the server too)
-            if 0 <= s.servers < self.fill and s.now - self.changed_at < FILL_WAIT:
+        if self.fill or self.drain:  # measure once the new servers are in, or the surplus gone: opening
+            # and closing connections costs the server CPU that would be taken for congestion
+            fill = min(self.fill, s.clients) if s.clients > 0 else self.fill
+            if s.servers >= 0 and s.now - self.changed_at < FILL_WAIT and (
+                    s.servers < fill or self.drain and s.servers > self.drain):
                 return self.size
-            self.fill, self.changed_at = 0, s.now
+            self.fill = self.drain = 0
+            self.changed_at = s.now
             return self.size
         st = self.start
         if st is None or s.xacts < st.xacts:
             self._begin(s)
             return self.size
         self.ticks += 1
+        prev = self.prev
+        if prev is not None and s.now > prev.now:
+            self.rates.append((s.xacts - prev.xacts) / (s.now - prev.now))
+        self.prev = s
         self.demand = max(self.demand, s.busy + s.waiting, s.clients)
         if s.waiting > 0 or s.busy >= 0.9 * self.size or 0 < s.clients and s.busy >= 0.8 * s.clients:
             self.bound += 1
@@ -106,17 +132,19 @@ class AutoSizer:
             return self.size
         binding = self.bound * 2 >= self.ticks
         demand = self.demand
+        se = _rel_se(self.rates)
         self._begin(s)
         if n < 5 or not binding:
             return self.size
-        self._record(s.now, n / dt, (s.hold - st.hold) / n)
+        self._record(s.now, n / dt, (s.hold - st.hold) / n, se)
         self._decide(s.now, demand)
         return self.size
 
     def _begin(self, s: Snapshot) -> None:
-        self.start, self.demand, self.bound, self.ticks = s, 0, 0, 0
+        self.start, self.demand, self.bound, self.ticks, self.prev = s, 0, 0, 0, s
+        self.rates = []
 
-    def _record(self, now: float, tps: float, hold: float) -> None:
+    def _record(self, now: float, tps: float, hold: float, se: float = 0.0) -> None:
         old = self.levels.get(self.size)
         if old is not None and now - old.seen <= self.stale and old.hold > 0 and hold > 0:
             if not 0.5 <= hold / old.hold <= 2.0:
@@ -124,13 +152,14 @@ class AutoSizer:
                 if self.jumps >= 2:  # the same size, a different hold time: a new workload
                     self.levels.clear()
                     self.fast, self.down_step, self.home, self.jumps = True, STEP, self.size, 0
-                    self.levels[self.size] = _Obs(tps, hold, now)
+                    self.levels[self.size] = _Obs(tps, hold, now, se)
                 return
             self.jumps = 0
-            self.levels[self.size] = _Obs(old.tps + 0.5 * (tps - old.tps), old.hold + 0.5 * (hold - old.hold), now)
+            self.levels[self.size] = _Obs(old.tps + 0.5 * (tps - old.tps), old.hold + 0.5 * (hold - old.hold), now,
+                                          math.hypot(old.se, se) / 2)
             return
         self.jumps = 0
-        self.levels[self.size] = _Obs(tps, hold, now)
+        self.levels[self.size] = _Obs(tps, hold, now, se)
 
     def eff(self, a: int, b: int) -> float | None:
         """Elasticity of throughput between sizes a < b, None when either is not measured."""
@@ -138,6 +167,14 @@ class AutoSizer:
         if oa is None or ob is None or oa.tps <= 0 or ob.tps <= 0 or a == b:
             return None
         return math.log(ob.tps / oa.tps) / math.log(b / a)
+
+    def noise(self, a: int, b: int) -> float:
+        """`Z` standard errors of eff(a, b): a step is kept only when its gain (or its loss) is clear of the
+        per-tick spread of the two measurements."""
+        oa, ob = self.levels.get(a), self.levels.get(b)
+        if oa is None or ob is None or a == b:
+            return 0.0
+        return Z * math.hypot(oa.se, ob.se) / abs(math.log(b / a))
 
     def _keep(self, k: int, now: float, clear: bool) -> None:
         """A neighbour rejected by a wide margin is probed again half as often."""
@@ -156,7 +193,7 @@ class AutoSizer:
         cur, home = self.size, self.home
         if cur > home:  # a step up was measured (a fast one must show a clear gain: noise is not one)
             e = self.eff(home, cur)
-            if e is not None and e >= (UP_FAST if cur > home * STEP + 1 else UP):
+            if e is not None and e - self.noise(home, cur) >= (UP_FAST if cur > home * STEP + 1 else UP):
                 self.home = cur
                 self._up(now, demand, self.fast)
             else:
@@ -166,7 +203,7 @@ class AutoSizer:
             return
         if cur < home:  # a step down was measured
             e = self.eff(cur, home)
-            if e is not None and e < DOWN:
+            if e is not None and e + self.noise(cur, home) < DOWN:
                 self.home = cur
                 self.fast = False
                 self.down_step = min(FAST, self.down_step * 1.5)
@@ -209,6 +246,7 @@ class AutoSizer:
         if size == self.size:
             return
         self.fill = min(size, max(1, self.peak)) if size > self.size else 0
+        self.drain = size if size < self.size else 0
         self.size = size
         self.changed_at = now
         self.start = None
