@@ -3,10 +3,11 @@
 Pure code, time passed in: runtime/pool_watch.py feeds one advisor Snapshot per janitor tick and applies
 the size this returns. It climbs the throughput curve X(size) of the pool, measured, not modelled:
 
-- Each size it tries is measured for `span` seconds, after the new servers have logged in (at most
+- Each size it tries is measured for `span` seconds (half that while climbing fast), after the new servers have logged in (at most
   `FILL_WAIT` seconds: opening connections costs the server CPU, which would be taken for congestion)
   and `settle` seconds more, and only while the size binds: clients waited, nearly every server was in
-  use, or nearly every client held a server. A pool whose clients never fill it teaches nothing about
+  use, or nearly every client held a server, and the servers were busy 60% of the time on average
+  (Little: tps x hold time). A step up that does not bind is given up at once. A pool whose clients never fill it teaches nothing about
   its size and keeps the size it has; one far larger than its clients (or, when they are not counted,
   than busy + waiting at the peak) comes down to that at once.
 - It compares each measurement with the best recent one at a neighbouring size through the elasticity
@@ -42,6 +43,7 @@ from pgmux.pooling.advisor import Snapshot
 UP = 0.05
 UP_FAST = 0.25
 Z = 1.0
+NOISE_CAP = 0.2  # the margin never asks more than this of eff: a busy machine must not freeze it
 DOWN = 0.03
 STEP = 1.5
 FAST = 4.0
@@ -74,7 +76,7 @@ class AutoSizer:
     lo: int
     hi: int
     size: int = START
-    span: float = 1.0
+    span: float = 1.5
     settle: float = 0.2
     stale: float = 20.0
     home: int = 0
@@ -130,11 +132,21 @@ class AutoSizer:
         span = self.span / 2 if self.fast else self.span  # while climbing fast, the steps are large
         if dt < span or (n < 30 and dt < 3 * span):
             return self.size
-        binding = self.bound * 2 >= self.ticks
+        # binding: clients waited or the servers were full at most ticks, and (Little) the servers were
+        # busy on average: servers that sit idle while clients wait mean the limit is elsewhere
+        binding = self.bound * 2 >= self.ticks and (s.hold - st.hold) / dt >= 0.6 * self.size
         demand = self.demand
         se = _rel_se(self.rates)
         self._begin(s)
+        if demand < 0.75 * self.size:  # far more servers than clients want at once: no measuring needed
+            self.home = max(self.lo, math.ceil(demand * 1.1))
+            self.peak = demand
+            self._go(s.now, self.home)
+            return self.size
         if n < 5 or not binding:
+            if self.size > self.home:  # a step up its clients do not use: nothing to gain there
+                self.fast = False
+                self._go(s.now, self.home)
             return self.size
         self._record(s.now, n / dt, (s.hold - st.hold) / n, se)
         self._decide(s.now, demand)
@@ -174,7 +186,7 @@ class AutoSizer:
         oa, ob = self.levels.get(a), self.levels.get(b)
         if oa is None or ob is None or a == b:
             return 0.0
-        return Z * math.hypot(oa.se, ob.se) / abs(math.log(b / a))
+        return min(NOISE_CAP, Z * math.hypot(oa.se, ob.se) / abs(math.log(b / a)))
 
     def _keep(self, k: int, now: float, clear: bool) -> None:
         """A neighbour rejected by a wide margin is probed again half as often."""
@@ -212,10 +224,6 @@ class AutoSizer:
                 self.down_step = STEP
                 self._keep(cur, now, e is not None and e >= 0.5)
                 self._go(now, home)
-            return
-        if demand < 0.75 * cur:  # far more servers than clients want at once: no measuring needed
-            self.home = max(self.lo, math.ceil(demand * 1.1))
-            self._go(now, self.home)
             return
         up, down = self._up_size(demand, self.fast), self._down_size()
         if up != cur and not self._fresh(now, up):
