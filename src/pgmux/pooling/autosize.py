@@ -3,13 +3,14 @@
 Pure code, time passed in: runtime/pool_watch.py feeds one advisor Snapshot per janitor tick and applies
 the size this returns. It climbs the throughput curve X(size) of the pool, measured, not modelled:
 
-- Each size it tries is measured for `span` seconds (half that while climbing fast), after the new servers have logged in (at most
-  `FILL_WAIT` seconds: opening connections costs the server CPU, which would be taken for congestion)
-  and `settle` seconds more, and only while the size binds: clients waited, nearly every server was in
-  use, or nearly every client held a server, and the servers were busy 60% of the time on average
-  (Little: tps x hold time). A step up that does not bind is given up at once. A pool whose clients never fill it teaches nothing about
-  its size and keeps the size it has; one far larger than its clients (or, when they are not counted,
-  than busy + waiting at the peak) comes down to that at once.
+- Each size it tries is measured for `span` seconds (half that while climbing fast), after its new
+  servers have logged in or its surplus has closed (at most `FILL_WAIT` seconds: opening and closing
+  connections costs the server CPU, which would be taken for congestion) and `settle` seconds more; and
+  only while the size binds: clients waited, nearly every server was in use, or nearly every client held
+  a server, and the servers were busy 40% of the time on average (Little: tps x hold time). A step up
+  that does not bind is given up at once. A pool whose clients never fill it teaches nothing about its
+  size and keeps the size it has; one far larger than its clients (or, when they are not counted, than
+  busy + waiting at the peak) comes down to that at once.
 - It compares each measurement with the best recent one at a neighbouring size through the elasticity
   of throughput, eff = d ln X / d ln size: 1 when the hold time stays flat as concurrency grows (each
   connection adds its full share: a latency-bound workload), 0 when it grows as fast as concurrency
@@ -18,19 +19,19 @@ the size this returns. It climbs the throughput curve X(size) of the pool, measu
   fixed latency (pg_sleep, network) does not count as congestion.
 - A step up is kept when eff >= `UP` (the extra connections paid for themselves; `UP_FAST` for a fast
   step); a step down is kept when eff < `DOWN` (the connections given up were doing nothing); either by
-  a margin of `Z` standard errors, from the spread of the per-tick throughput of the two measurements,
-  so that noise on a busy machine is not taken for a gain or for a free step down. Otherwise it returns to its home size.
-  While nothing has shown saturation it climbs fast (x4, capped by the clients' demand), and again after
-  the demand doubled; after a rejected step it moves by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
+  a margin of `Z` standard errors (at most `NOISE_CAP`), from the spread of the per-tick throughput of
+  the two measurements, so that noise on a busy machine is not taken for a gain or for a free step
+  down. Otherwise it returns to its home size. While nothing has shown saturation it climbs fast (x4,
+  capped by the clients' demand), and again after the demand doubled; after a rejected step it moves
+  by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
 - It settles: at a home size whose neighbours were both measured within `stale` seconds and rejected,
   it stays. Each neighbour is measured again once its measurement is older than `stale` (one probe of
-  about a second per `stale` seconds on each side, half as often for a neighbour rejected by a wide
+  a second or two per `stale` seconds on each side, half as often for a neighbour rejected by a wide
   margin), so it follows slow drifts. These probes are the only moves of a settled pool.
 - It reacts within seconds: when the hold time at the same size jumps by 2x (either way) on two
   measurements in a row, the workload changed; what it knew is forgotten and it climbs fast again.
 
-Bounds: at least min_pool_size (and 1), at most max_db_connections when set, else `CAP` (100 by default,
-the `auto_pool_size_cap` the runtime passes).
+Bounds: at least min_pool_size (and 1), at most max_db_connections when set, else `CAP` (100).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class AutoSizer:
             return self.size
         # binding: clients waited or the servers were full at most ticks, and (Little) the servers were
         # busy on average: servers that sit idle while clients wait mean the limit is elsewhere
-        binding = self.bound * 2 >= self.ticks and (s.hold - st.hold) / dt >= 0.6 * self.size
+        binding = self.bound * 2 >= self.ticks and (s.hold - st.hold) / dt >= 0.4 * self.size
         demand = self.demand
         se = _rel_se(self.rates)
         self._begin(s)

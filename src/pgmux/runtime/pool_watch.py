@@ -72,7 +72,8 @@ class PoolWatch:
                     o = sizer.levels.get(pool.limits.pool_size)
                     log.debug("pool %s/%s: pool_size = auto: %d -> %d (home %d; at %d: %s)", pool.database,
                               pool.user, pool.limits.pool_size, size, sizer.home, pool.limits.pool_size,
-                              "not measured" if o is None else f"{o.tps:.0f} tps (se {o.se:.1%}), hold {o.hold * 1e3:.2f} ms")
+                              "not measured" if o is None else
+                              f"{o.tps:.0f} tps (se {o.se:.1%}), hold {o.hold * 1e3:.2f} ms")
                     self._apply(pool, size)
         for key in [k for k in self.watched if k not in seen]:
             del self.watched[key]
