@@ -213,7 +213,8 @@ def test_help_is_a_notice_then_show() -> None:
     assert notice == {"S": "NOTICE", "C": "00000", "M": "Console usage", "D": HELP_DETAIL}
     lines = HELP_DETAIL.split("\n\t")
     assert lines[0] == "" and lines[1] == "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION"
-    for cmd in ("KILL_CLIENT <client_id>", "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS", "WAIT_CLOSE [<db>]"):
+    for cmd in ("KILL_CLIENT <client_id>", "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS", "WAIT_CLOSE [<db>]",
+                "SHOW HOSTS|ADVICE"):
         assert cmd in lines
 
 

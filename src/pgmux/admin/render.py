@@ -64,7 +64,7 @@ HELP_DETAIL = "\n\t" + "\n\t".join([
     "SHUTDOWN",
     "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS",
     "WAIT_CLOSE [<db>]",
-    "SHOW HOSTS",
+    "SHOW HOSTS|ADVICE",
     "BAN <db> <host:port>",
     "UNBAN <db> <host:port>",
 ])
