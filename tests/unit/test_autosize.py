@@ -147,3 +147,13 @@ def test_a_surge_of_clients_is_followed_within_seconds() -> None:
     trace = run(sim, sizer, 10.0)
     first = next((i for i, (size, _) in enumerate(trace) if size >= 90), None)
     assert first is not None and first * sim.tick <= 6.0, (trace[-1], sizer.history[-6:])
+
+
+def test_a_pool_whose_clients_left_keeps_its_size() -> None:
+    """Between two runs nobody is connected: the size stays for their return (no climb from 1 again)."""
+    sizer = AutoSizer(1, 200, size=50)
+    now = 0.0
+    for _ in range(100):
+        now += 0.2
+        sizer.feed(Snapshot(now, 1000, 10.0, 0.0, 0, 0, 0, sizer.size, 0))
+    assert sizer.size == 50 and sizer.history == []

@@ -6,11 +6,12 @@ the size this returns. It climbs the throughput curve X(size) of the pool, measu
 - Each size it tries is measured for `span` seconds (half that while climbing fast), after its new
   servers have logged in or its surplus has closed (at most `FILL_WAIT` seconds: opening and closing
   connections costs the server CPU, which would be taken for congestion) and `settle` seconds more; and
-  only while the size binds: clients waited, nearly every server was in use, or nearly every client held
-  a server, and the servers were busy 40% of the time on average (Little: tps x hold time). A step up
+  only while the size binds: clients waited, nearly every server was in use, or there were no more
+  clients than servers, and the servers were busy 40% of the time on average (Little: tps x hold time). A step up
   that does not bind is given up at once. A pool whose clients never fill it teaches nothing about its
   size and keeps the size it has; one far larger than its clients (or, when they are not counted, than
-  busy + waiting at the peak) comes down to that at once.
+  busy + waiting at the peak) comes down to that at once, while they run transactions (a pool whose
+  clients all left keeps its size for their return).
 - It compares each measurement with the best recent one at a neighbouring size through the elasticity
   of throughput, eff = d ln X / d ln size: 1 when the hold time stays flat as concurrency grows (each
   connection adds its full share: a latency-bound workload), 0 when it grows as fast as concurrency
@@ -127,7 +128,7 @@ class AutoSizer:
             self.rates.append((s.xacts - prev.xacts) / (s.now - prev.now))
         self.prev = s
         self.demand = max(self.demand, s.busy + s.waiting, s.clients)
-        if s.waiting > 0 or s.busy >= 0.9 * self.size or 0 < s.clients and s.busy >= 0.8 * s.clients:
+        if s.waiting > 0 or s.busy >= 0.9 * self.size or 0 < s.clients <= self.size:
             self.bound += 1
         dt, n = s.now - st.now, s.xacts - st.xacts
         span = self.span / 2 if self.fast else self.span  # while climbing fast, the steps are large
@@ -139,7 +140,8 @@ class AutoSizer:
         demand = self.demand
         se = _rel_se(self.rates)
         self._begin(s)
-        if demand < 0.75 * self.size:  # far more servers than clients want at once: no measuring needed
+        if n >= 5 and demand < 0.75 * self.size:  # far more servers than its clients: no measuring needed
+            # (only under traffic: a pool whose clients all left keeps its size for their return)
             self.home = max(self.lo, math.ceil(demand * 1.1))
             self.peak = demand
             self._go(s.now, self.home)
