@@ -6,10 +6,10 @@ the size this returns. It climbs the throughput curve X(size) of the pool, measu
 - Each size it tries is measured for `span` seconds (half that while climbing fast), after its new
   servers have logged in or its surplus has closed (at most `FILL_WAIT` seconds: opening and closing
   connections costs the server CPU, which would be taken for congestion) and `settle` seconds more; and
-  only while the size binds: clients waited, nearly every server was in use, or there were no more
-  clients than servers, and the servers were busy 40% of the time on average (Little: tps x hold time). A step up
-  that does not bind is given up at once. A pool whose clients never fill it teaches nothing about its
-  size and keeps the size it has; one far larger than its clients (or, when they are not counted, than
+  at its home size only while the size binds: clients waited, nearly every server was in use, or there
+  were no more clients than servers, and the servers were busy 40% of the time on average (Little: tps x
+  hold time); a step away from home is always measured, and judged by its throughput. A pool whose
+  clients never fill it teaches nothing about its size and keeps the size it has; one far larger than its clients (or, when they are not counted, than
   busy + waiting at the peak) comes down to that at once, while they run transactions (a pool whose
   clients all left keeps its size for their return).
 - It compares each measurement with the best recent one at a neighbouring size through the elasticity
@@ -146,10 +146,10 @@ class AutoSizer:
             self.peak = demand
             self._go(s.now, self.home)
             return self.size
-        if n < 5 or not binding:
-            if self.size > self.home:  # a step up its clients do not use: nothing to gain there
-                self.fast = False
-                self._go(s.now, self.home)
+        if n < 5 and self.size > self.home:  # no traffic on a step up: back home
+            self._go(s.now, self.home)
+            return self.size
+        if n < 5 or not binding and self.size <= self.home:  # a step is judged by its throughput anyway
             return self.size
         self._record(s.now, n / dt, (s.hold - st.hold) / n, se)
         self._decide(s.now, demand)
