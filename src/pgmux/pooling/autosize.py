@@ -5,13 +5,14 @@ the size this returns. It climbs the throughput curve X(size) of the pool, measu
 
 - Each size it tries is measured for `span` seconds (half that while climbing fast), after its new
   servers have logged in or its surplus has closed (at most `FILL_WAIT` seconds: opening and closing
-  connections costs the server CPU, which would be taken for congestion) and `settle` seconds more; and
-  at its home size only while the size binds: clients waited, nearly every server was in use, or there
-  were no more clients than servers, and the servers were busy 40% of the time on average (Little: tps x
-  hold time); a step away from home is always measured, and judged by its throughput. A pool whose
-  clients never fill it teaches nothing about its size and keeps the size it has; one far larger than its clients (or, when they are not counted, than
-  busy + waiting at the peak) comes down to that at once, while they run transactions (a pool whose
-  clients all left keeps its size for their return).
+  connections costs the server CPU, which would be taken for congestion) and `settle` seconds more. At
+  its home size a measurement counts only while the size binds: clients waited, nearly every server
+  was in use, or there were no more clients than servers, and the servers were busy 40% of the time on
+  average (Little: tps x hold time); a step away from home is always measured, and judged by its
+  throughput. A pool whose clients never fill it teaches nothing about its size and keeps the size it
+  has; one far larger than its clients (or, when they are not counted, than busy + waiting at the
+  peak) comes down to that at once, while they run transactions (a pool whose clients all left keeps
+  its size for their return).
 - It compares each measurement with the best recent one at a neighbouring size through the elasticity
   of throughput, eff = d ln X / d ln size: 1 when the hold time stays flat as concurrency grows (each
   connection adds its full share: a latency-bound workload), 0 when it grows as fast as concurrency
