@@ -157,7 +157,7 @@ def test_show_commands_use_pgbouncer_columns(pg: PgCluster, pgmux_factory: Any) 
             return [c.name for c in cur.description], cur.fetchall()
 
         cols, rows = show("POOLS")
-        assert cols == POOLS_COLUMNS + ["host", "role"]  # pgmux's own columns, after all of PgBouncer's
+        assert cols == POOLS_COLUMNS + ["host", "role", "pool_size"]  # pgmux's own columns, after all of PgBouncer's
         (p,) = [r for r in rows if r["database"] == "testdb"]
         assert (p["user"], p["cl_active"], p["sv_active"], p["pool_mode"]) == ("postgres", 1, 1, "session")
 

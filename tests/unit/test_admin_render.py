@@ -39,7 +39,7 @@ STATS = ("server_assignment_count xact_count query_count received sent xact_time
 EXPECTED: dict[type, tuple[str, str]] = {
     r.PoolRow: ("database user cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req sv_active "
                 "sv_active_cancel sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait maxwait_us "
-                "pool_mode load_balance_hosts host role", "ssiiiiiiiiiiiiissss"),  # host, role: pgmux's own
+                "pool_mode load_balance_hosts host role pool_size", "ssiiiiiiiiiiiiissssi"),  # host..: pgmux's own
     r.ClientRow: (SOCKET + " pin", "ssssssisiTTiiississiis"),  # pin: pgmux's own, after PgBouncer's columns
     r.ServerRow: (SOCKET + " role", "ssssssisiTTiiississiis"),  # role: pgmux's own, after PgBouncer's
     r.SocketRow: (SOCKET + " recv_pos pkt_pos pkt_remain send_pos send_remain pkt_avail send_avail",
@@ -74,6 +74,8 @@ EXPECTED: dict[type, tuple[str, str]] = {
     r.HostRow: ("database host port role configured_role state weight lag_bytes lag_seconds replay_lsn "
                 "banned_until reads writes reason", "ssissssqssTqqs"),  # pgmux's own
     r.PeerPoolRow: ("peer_id cl_active_cancel_req cl_waiting_cancel_req sv_active_cancel sv_login", "iiiii"),
+    r.AdviceRow: ("database user pool_size auto tps hold_ms busy waiting clients needed verdict elasticity detail",
+                  "ssissssssisss"),  # pgmux's own (runtime/pool_watch.py)
 }
 
 
@@ -211,7 +213,8 @@ def test_help_is_a_notice_then_show() -> None:
     assert notice == {"S": "NOTICE", "C": "00000", "M": "Console usage", "D": HELP_DETAIL}
     lines = HELP_DETAIL.split("\n\t")
     assert lines[0] == "" and lines[1] == "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION"
-    for cmd in ("KILL_CLIENT <client_id>", "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS", "WAIT_CLOSE [<db>]"):
+    for cmd in ("KILL_CLIENT <client_id>", "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS", "WAIT_CLOSE [<db>]",
+                "SHOW HOSTS|ADVICE"):
         assert cmd in lines
 
 

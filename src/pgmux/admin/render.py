@@ -64,7 +64,7 @@ HELP_DETAIL = "\n\t" + "\n\t".join([
     "SHUTDOWN",
     "SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS",
     "WAIT_CLOSE [<db>]",
-    "SHOW HOSTS",
+    "SHOW HOSTS|ADVICE",
     "BAN <db> <host:port>",
     "UNBAN <db> <host:port>",
 ])
@@ -103,7 +103,7 @@ def _padded(v: object) -> str:
     if v is None:
         return ""
     if isinstance(v, int):
-        return f"{v:9d}"
+        return f"{v!s:>9}"  # pool_size = auto (config/values.AUTO) prints as `auto`
     raise TypeError(f"padded integer column got {type(v).__name__}")
 
 

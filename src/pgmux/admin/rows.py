@@ -68,6 +68,7 @@ class PoolRow:
     # current role (primary, replica or auto); for an unsplit pool the host list as configured, role None.
     host: str | None = None
     role: str | None = None
+    pool_size: Int4 | None = None  # the pool_size in force: with pool_size = auto, the one chosen now
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,9 +351,31 @@ class HostRow:
     reason: str  # the last transition: why it is in this state
 
 
+@dataclass(frozen=True, slots=True)
+class AdviceRow:
+    """SHOW ADVICE (pgmux's own): per pool, what the pool advisor (pooling/advisor.py) measured over the
+    last seconds and the size it needs; then one row per PostgreSQL server (database '*', user the
+    server) with the max_connections budget of the pools that use it."""
+
+    database: str
+    user: str
+    pool_size: Int4  # in force (auto: chosen now); budget rows: pool_size + reserve summed
+    auto: str  # yes: pool_size = auto chose it
+    tps: str
+    hold_ms: str  # mean server hold time per transaction
+    busy: str  # servers in use on average: tps x hold (Little)
+    waiting: str  # clients waiting on average
+    clients: str
+    needed: Int4
+    verdict: str  # idle, ok, too small, saturated, oversized; budget fits/overcommitted/over/unknown
+    elasticity: str | None  # d ln hold / d ln concurrency (1: PostgreSQL saturated, 0: flat)
+    detail: str
+
+
 # SHOW <subject> -> the row class of its result. HELP and FDS have no row class (see commands.py).
 SHOW_ROW_TYPES: dict[str, type] = {
     "active_sockets": SocketRow,
+    "advice": AdviceRow,
     "clients": ClientRow,
     "config": ConfigRow,
     "databases": DatabaseRow,

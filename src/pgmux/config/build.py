@@ -61,7 +61,7 @@ _OPT = v.optional_text
 DB_KEYS: Mapping[str, tuple[str, v.Parser]] = {
     "host": ("host", _OPT), "port": ("port", v.port_list), "dbname": ("dbname", _OPT), "user": ("user", _OPT),
     "password": ("password", _OPT), "auth_user": ("auth_user", _OPT), "auth_dbname": ("auth_dbname", _OPT),
-    "auth_query": ("auth_query", _OPT), "pool_size": ("pool_size", v.count),
+    "auth_query": ("auth_query", _OPT), "pool_size": ("pool_size", v.pool_size),
     "min_pool_size": ("min_pool_size", v.count), "reserve_pool_size": ("reserve_pool_size", v.count),
     "reserve_pool": ("reserve_pool_size", v.count), "pool_mode": ("pool_mode", v.pool_mode),
     "max_db_connections": ("max_db_connections", v.count),
@@ -94,7 +94,7 @@ DB_KEYS_NI: frozenset[str] = frozenset()
 # Keys pgmux refuses to start with, and why (see settings.py: running without them would be unsafe).
 DB_KEYS_REFUSED: Mapping[str, str] = {}
 USER_KEYS: Mapping[str, v.Parser] = {
-    "pool_mode": v.pool_mode, "pool_size": v.count, "reserve_pool_size": v.count,
+    "pool_mode": v.pool_mode, "pool_size": v.pool_size, "reserve_pool_size": v.count,
     "max_user_connections": v.count, "max_user_client_connections": v.count,
     "query_timeout": _seconds_or_unset, "query_wait_timeout": _seconds_or_unset,
     "idle_transaction_timeout": _seconds_or_unset, "transaction_timeout": _seconds_or_unset,

@@ -110,7 +110,7 @@ class Settings:
     # -- pooling
     pool_mode: str = _s("session", v.pool_mode)
     max_client_conn: int = _s(100, v.count)
-    default_pool_size: int = _s(20, v.count)
+    default_pool_size: int = _s(20, v.pool_size)  # or auto: pooling/autosize.py
     min_pool_size: int = _s(0, v.count)
     reserve_pool_size: int = _s(0, v.count)
     reserve_pool_timeout: float = _s(5.0, v.seconds)

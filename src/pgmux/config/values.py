@@ -159,6 +159,28 @@ port = integer(1, 65535)
 count = integer(0)  # sizes and limits: 0 means "none" or "unlimited", negatives are always a mistake
 
 
+class _Auto(int):
+    """pool_size = auto: an int (-1, never a real size) that prints as `auto` wherever a setting is shown."""
+
+    def __str__(self) -> str:
+        return "auto"
+
+    __repr__ = __str__
+
+
+AUTO = _Auto(-1)
+
+
+def pool_size(value: object) -> int:
+    """pool_size and default_pool_size: a count, or `auto` (pgmux chooses it: pooling/autosize.py)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return AUTO
+    try:
+        return parse_int(value, 0)
+    except ValueError as e:
+        raise ValueError(f"{e} or auto" if "expected" in str(e) else str(e)) from None
+
+
 # -- host lists (issue 4): per-host ports, roles and weights, as INI text or TOML lists ------------------
 
 ROLES = ("primary", "replica", "auto")

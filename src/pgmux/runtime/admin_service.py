@@ -348,7 +348,7 @@ class AdminService(ShowRows):
                 sv_active=states.count(ServerState.ACTIVE), sv_active_cancel=0, sv_being_canceled=0,
                 sv_idle=states.count(ServerState.IDLE), sv_used=0, sv_tested=states.count(ServerState.TESTED),
                 sv_login=states.count(ServerState.LOGIN), maxwait=int(wait), maxwait_us=int((wait % 1) * 1e6),
-                pool_mode=p.mode, load_balance_hosts=None, **_host_role(self.app, p)))
+                pool_mode=p.mode, load_balance_hosts=None, **_host_role(self.app, p), pool_size=p.limits.pool_size))
         # PgBouncer lists its console as a pool of its own; exporters expect the row.
         admins = [c for c in self.app.clients.values() if c.is_admin and c.state is not ClientState.CLOSED]
         out.append(R.PoolRow(
@@ -429,7 +429,9 @@ class AdminService(ShowRows):
             pools = self.app.registry.for_database(name)
             out.append(R.DatabaseRow(
                 name=name, host=db.host, port=db.port, database=db.target_dbname, force_user=db.user,
-                pool_size=cfg.pool_size_for(db, db.user or ""), min_pool_size=cfg.min_pool_size_for(db),
+                pool_size=max((p.limits.pool_size for p in pools), default=0) if cfg.pool_size_for(
+                    db, db.user or "") < 0 else cfg.pool_size_for(db, db.user or ""),  # auto: the size in force
+                min_pool_size=cfg.min_pool_size_for(db),
                 reserve_pool_size=cfg.reserve_pool_size_for(db, db.user or ""),
                 server_lifetime=int(cfg.server_lifetime_for(db)), pool_mode=db.pool_mode, load_balance_hosts=None,
                 max_connections=cfg.max_db_connections_for(db),

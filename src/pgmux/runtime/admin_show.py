@@ -104,6 +104,12 @@ class ShowRows:
     def _conn_row(self, row_type: type, kind: str, obj: Any, now_wall: float, now: float) -> Any:
         raise NotImplementedError
 
+    def _show_advice(self) -> tuple[list[Any], type]:
+        """SHOW ADVICE (pgmux's own): the pool advisor, runtime/pool_watch.py."""
+        from pgmux.runtime.pool_watch import advice_rows
+
+        return advice_rows(self.app), R.AdviceRow
+
     def _show_totals(self) -> tuple[list[Any], type]:
         """SHOW TOTALS: SHOW STATS summed over every database (the admin one included, as PgBouncer)."""
         rows = self._stats()

@@ -26,6 +26,7 @@ from pgmux.net.connector import default_unix_dir
 from pgmux.net.listen import is_unix_listener, start_listeners, unix_socket_path
 from pgmux.net.tls import Contexts, TlsConfigError, accept_client_tls, client_tls_missing
 from pgmux.pooling import backoff
+from pgmux.pooling.autosize import start_size
 from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.protocol import messages as m
@@ -877,7 +878,8 @@ class App:
     def _pool_setup(self, db: DatabaseConfig, user: str) -> tuple[PoolLimits, str]:
         cfg = self.config
         s = cfg.settings
-        limits = PoolLimits(pool_size=cfg.pool_size_for(db, user), min_pool_size=cfg.min_pool_size_for(db),
+        size = start_size(cfg.pool_size_for(db, user), cfg.min_pool_size_for(db), cfg.max_db_connections_for(db))
+        limits = PoolLimits(pool_size=size, min_pool_size=cfg.min_pool_size_for(db),
                             reserve_pool_size=cfg.reserve_pool_size_for(db, user),
                             reserve_pool_timeout=s.reserve_pool_timeout, server_login_retry=s.server_login_retry,
                             server_lifetime=cfg.server_lifetime_for(db), round_robin=s.server_round_robin,
