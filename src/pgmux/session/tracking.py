@@ -26,8 +26,8 @@ the client its own value in the ParameterStatus of a reported one (pipeline._res
 SQL-level PREPARE and DEALLOCATE are not transactional: they count as soon as their CommandComplete
 comes (`client.q_sql` counts those of the Query in flight), see session/sqlprepared.py.
 
-pin_mode = refuse (per database): a statement that would pin is not run; the client gets an error
-naming the reason and the setting (`pin_refused`), and its server stays clean.
+What pins a client to its server, and pin_mode = refuse (a statement that would pin is not run; the
+client gets an error naming the reason and the setting): session/pins.py.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pgmux.errors import PgmuxError
 from pgmux.session import sqlprepared
+from pgmux.session.pins import Pins as Pins  # (re-exported: client.py imports it from here)
+from pgmux.session.pins import pin as pin
+from pgmux.session.pins import pin_refused as pin_refused
 from pgmux.session.statements import (
     AdvisoryLock,
     AdvisoryUnlock,
@@ -62,7 +64,6 @@ from pgmux.session.statements import (
     TxEnd,
     Unlisten,
     effects,
-    pin_reason,
     undone_by_rollback,
 )
 
@@ -85,7 +86,6 @@ _AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin
 _TX = (TxEnd, Savepoint, ReleaseSavepoint, RollbackToSavepoint)  # what decides which effects count
 _SQL_PREPARED = (Prepare, Execute, Deallocate)  # session/sqlprepared.py; not transactional
 _KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, SetConfigBound) + _SQL_PREPARED + _PINS + _TX
-_PINNING = (Listen, CreateTemp, AdvisoryLock, DeclareHold, Load)
 
 
 def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
@@ -427,25 +427,6 @@ def forget_statements(c: ClientSession, server: ServerSession) -> None:
     server.sql.clear()
 
 
-_REFUSED_WHAT = {"listen": "LISTEN", "temp table": "a temporary table", "advisory lock": "a session-level "
-                 "advisory lock", "with hold cursor": "a cursor WITH HOLD", "load": "LOAD"}
-
-
-def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None:
-    """pin_mode = refuse: the error for a statement that would pin its client, else None."""
-    for e in done:
-        if isinstance(e, _PINNING):
-            why = pin_reason(e) or "session state"
-            return PgmuxError(
-                f"{_REFUSED_WHAT.get(why, why)} would pin this client to one server connection, and "
-                f"database \"{c.database}\" refuses that in {c.logged_in_pool().mode} pooling "
-                "(pgmux pin_mode = refuse)",
-                sqlstate="0A000",
-                hint="use session pooling for this client, or set pin_mode = pin for the database "
-                     "(pgmux_pin_mode=pin on its pgbouncer.ini line)")
-    return None
-
-
 def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
     reported = c.logged_in_pool().server_params or {}
     for e in done:
@@ -476,65 +457,3 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
             server.extra.clear()
     c.sig = None
     server.sig = None
-
-
-class Pins:
-    """What keeps a client on its server: state that lives in that server's session and nowhere else."""
-
-    __slots__ = ("listen", "temp", "cursors", "locks", "load")
-
-    def __init__(self) -> None:
-        self.listen: set[str] = set()
-        self.temp: set[str] = set()
-        self.cursors: set[str] = set()
-        self.locks = 0
-        self.load = False
-
-    def reason(self) -> str:
-        """The words SHOW CLIENTS prints in `pin` ("" when nothing pins)."""
-        parts = [word for word, on in (("listen", self.listen), ("temp table", self.temp),
-                                       ("advisory lock", self.locks > 0), ("with hold cursor", self.cursors),
-                                       ("load", self.load)) if on]
-        return ", ".join(parts)
-
-
-def pin(c: ClientSession, e: Effect) -> None:
-    """Record what a successful statement did to the state that pins; update `client.pinned`."""
-    p = c.pins
-    if p is None:
-        p = c.pins = Pins()
-    if isinstance(e, Listen):
-        p.listen.add(e.channel)
-    elif isinstance(e, Unlisten):
-        if e.channel is None:
-            p.listen.clear()
-        else:
-            p.listen.discard(e.channel)
-    elif isinstance(e, CreateTemp):
-        p.temp.add(e.name)
-    elif isinstance(e, DiscardTemp):
-        p.temp.clear()
-    elif isinstance(e, DropTemp):
-        p.temp.difference_update(e.names)
-    elif isinstance(e, AdvisoryLock):
-        p.locks += 1
-    elif isinstance(e, AdvisoryUnlock):
-        p.locks = 0 if e.all else max(p.locks - 1, 0)
-    elif isinstance(e, DeclareHold):
-        p.cursors.add(e.cursor)
-    elif isinstance(e, CloseCursor):
-        if e.name is None:
-            p.cursors.clear()
-        else:
-            p.cursors.discard(e.name)
-    elif isinstance(e, Load):
-        p.load = True
-    elif isinstance(e, DiscardAll):  # UNLISTEN *, DISCARD TEMP, CLOSE ALL, pg_advisory_unlock_all
-        p.listen.clear()
-        p.temp.clear()
-        p.cursors.clear()
-        p.locks = 0
-    was = c.pinned
-    c.pinned = p.reason()
-    if c.pinned and not was and c.pool is not None:
-        c.pool.stats.pin_count += 1
