@@ -103,15 +103,15 @@ class ClientSession:
         # Session state from simple queries (transaction/statement pooling): see session/tracking.py.
         self.watch = False
         self.initial: dict[str, str] = {}  # params after login: what RESET goes back to
-        self.tx_effects: list[Any] = []  # effects waiting for their transaction to commit
+        self.tx_effects: list[Any] | None = None  # effects waiting for their transaction to commit
         self.q_error = False  # the watched Query in flight got an ErrorResponse
-        self.q_ends: list[bool] = []  # ... and its COMMIT (False) and ROLLBACK (True) tags
+        self.q_ends: list[bool] | None = None  # ... and its COMMIT (False) and ROLLBACK (True) tags
         self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
         self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
-        self.stmt_fx: dict[bytes, tuple[Any, ...]] = {}  # statements with session effects, by client name
-        self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
-        self.sql: dict[str, str] = {}  # SQL-level prepared statements: name -> PREPARE (session/sqlprepared.py)
+        self.stmt_fx: dict[bytes, tuple[Any, ...]] | None = None  # statements with session effects, by client name
+        self.portal_fx: dict[bytes, tuple[Any, ...]] | None = None  # portals bound to those, by name
+        self.sql: dict[str, str] | None = None  # SQL-level prepared statements: name -> PREPARE (sqlprepared.py)
         self.q_sql = 0  # PREPAREs/DEALLOCATEs the watched Query in flight has run so far
         # Read/write split (runtime/routing.py): the database's Split (router, checks), None when the
         # database is not split; whether the primary must tell this transaction's WAL position when it ends

@@ -294,14 +294,14 @@ def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
 
 def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
     """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
-    failed, ends, ran = c.q_error, c.q_ends, c.q_sql
+    failed, ends, ran = c.q_error, c.q_ends or [], c.q_sql
     c.q_error = False
-    c.q_ends = []
+    c.q_ends = None
     if ran:  # the first `ran` PREPAREs and DEALLOCATEs of the query string ran, whatever came after
         c.q_sql = 0
         for e in done:
             if isinstance(e, (Prepare, Deallocate)) and ran > 0:
-                sqlprepared.record(c.sql, server.sql, e)
+                c.sql = sqlprepared.record(c.sql, server.sql, e)
                 ran -= 1
     for e in done:
         # Session advisory locks and LOAD outlive a rollback; a lock taken before an error in the
@@ -320,31 +320,55 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
         suspect(c, server, [e for e in done if not isinstance(e, _TX)])
         if status == b"I":  # the failed statement's transaction is over, rolled back
             suspect(c, server, cur)
-            c.tx_effects = []
+            c.tx_effects = None
         else:
-            c.tx_effects = cur + [e for e in rest if isinstance(e, Savepoint)]
+            c.tx_effects = cur + [e for e in rest if isinstance(e, Savepoint)] or None
         return
     c.tx_effects = run_effects(c, server, c.tx_effects, done, ends)
     if status == b"I":
         if c.tx_effects and not any(ends):  # (a COMMIT of a failed transaction says ROLLBACK)
             apply(c, server, [e for e in c.tx_effects if not isinstance(e, _TX)])
-        c.tx_effects = []
+        c.tx_effects = None
 
 
-def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect],
-                ends: list[bool]) -> list[Effect]:
+def note_end(c: ClientSession, rolled_back: bool) -> None:
+    """The tag of a transaction-ending statement in the watched query in flight: COMMIT (False) or
+    ROLLBACK (True), for query_done and executed. (`client.q_ends` is None while there are none.)"""
+    if c.q_ends is None:
+        c.q_ends = [rolled_back]
+    else:
+        c.q_ends.append(rolled_back)
+
+
+def keep(table: dict[bytes, tuple[Effect, ...]] | None, name: bytes,
+         done: tuple[Effect, ...] | None) -> dict[bytes, tuple[Effect, ...]] | None:
+    """`table` (a client's `stmt_fx` or `portal_fx`) with `name` now holding `done`, or no longer held
+    when `done` is empty: made on first use, None once empty (issue 11: no dict per idle client)."""
+    if done:
+        if table is None:
+            return {name: done}
+        table[name] = done
+        return table
+    if table:
+        table.pop(name, None)
+    return table or None
+
+
+def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect] | None, done: Sequence[Effect],
+                ends: list[bool]) -> list[Effect] | None:
     """The effects of a transaction so far (`pending`, with its savepoints) after statements that
     succeeded did `done`, in order. `ends` are the COMMIT (False) and ROLLBACK (True) tags their
     transaction-ending statements answered, consumed here in order: a COMMIT of a failed transaction
-    and ROLLBACK TO SAVEPOINT both say ROLLBACK."""
-    return _run(c, server, pending, done, ends)[0]
+    and ROLLBACK TO SAVEPOINT both say ROLLBACK. None for none (`client.tx_effects` between
+    transactions: issue 11, no list per idle client)."""
+    return _run(c, server, pending, done, ends)[0] or None
 
 
-def _run(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect], ends: list[bool],
-         until_untagged: bool = False) -> tuple[list[Effect], Sequence[Effect]]:
+def _run(c: ClientSession, server: ServerSession, pending: list[Effect] | None, done: Sequence[Effect],
+         ends: list[bool], until_untagged: bool = False) -> tuple[list[Effect], Sequence[Effect]]:
     """run_effects; with `until_untagged`, stop at the first transaction-ending statement without a
     tag (it did not complete) and return the effects from there on too."""
-    cur = list(pending)
+    cur = list(pending) if pending else []
     for n, e in enumerate(done):
         if until_untagged and not ends and isinstance(e, (TxEnd, RollbackToSavepoint)):
             return cur, done[n:]
@@ -410,10 +434,10 @@ def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) 
             pin(c, e)
             continue
         if isinstance(e, (Prepare, Deallocate)):
-            sqlprepared.record(c.sql, server.sql, e)
+            c.sql = sqlprepared.record(c.sql, server.sql, e)
         rest.append(e)
     if rest:
-        c.tx_effects = run_effects(c, server, c.tx_effects, rest, c.q_ends)
+        c.tx_effects = run_effects(c, server, c.tx_effects, rest, c.q_ends if c.q_ends is not None else [])
 
 
 def forget_statements(c: ClientSession, server: ServerSession) -> None:
@@ -423,7 +447,7 @@ def forget_statements(c: ClientSession, server: ServerSession) -> None:
         server.stmts.forget_all()
     if c.stmts is not None:
         c.stmts.clear()
-    c.sql.clear()
+    c.sql = None
     server.sql.clear()
 
 
