@@ -3,7 +3,7 @@
     python3 bench/memory.py                    # 10,000 clients, three storms
     python3 bench/memory.py --clients 2000 --storms 1
 
-Starts its own throwaway PostgreSQL and pgmux (transaction pooling, auth trust, max_client_conn above
+Starts its own throwaway PostgreSQL and pgmux (transaction pooling unless --pool-mode, auth trust, max_client_conn above
 --clients), then per storm: opens --clients connections from this process (asyncio, raw protocol: a
 StartupMessage, then reading up to ReadyForQuery, so the client side stays cheap), holds them idle,
 reads pgmux's RSS, closes them all and reads the RSS again once pgmux has seen them go. Prints
@@ -164,6 +164,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--clients", type=int, default=10000)
     ap.add_argument("--storms", type=int, default=3)
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for pgmux's environment")
+    ap.add_argument("--pool-mode", default="transaction", choices=("session", "transaction", "statement"))
     ap.add_argument("--breakdown", type=int, metavar="N", help="where the bytes of N idle clients go")
     ap.add_argument("--pure", action="store_true", help="--breakdown with pgmux's .py modules, not compiled ones")
     args = ap.parse_args(argv)
@@ -184,8 +185,8 @@ def main(argv: list[str]) -> int:
         base = cluster.base_dir
         settings = {"listen_addr": HOST, "listen_port": port, "unix_socket_dir": "", "auth_type": "trust",
                     "auth_file": f"{base}/userlist.txt", "max_client_conn": args.clients + 100,
-                    "default_pool_size": 2, "log_connections": 0, "log_disconnections": 0,
-                    "admin_users": USER, "listen_backlog": 1024}
+                    "pool_mode": args.pool_mode, "default_pool_size": 2, "log_connections": 0,
+                    "log_disconnections": 0, "admin_users": USER, "listen_backlog": 1024}
         cluster.write_owned(f"{base}/userlist.txt", render_userlist({USER: ""}), mode=0o644)
         cluster.write_owned(f"{base}/mem.ini", render_ini(
             {"mem": f"host={primary.host} port={primary.port} dbname=mem"}, settings), mode=0o644)
@@ -209,7 +210,8 @@ def main(argv: list[str]) -> int:
                 asyncio.run(breakdown(port, args.breakdown, ctl))
                 return 0
             baseline = rss_kb(proc.pid)
-            print(f"pgmux pid {proc.pid}; baseline RSS {baseline / 1024:.1f} MB; {args.clients} idle clients per storm")
+            print(f"pgmux pid {proc.pid}; baseline RSS {baseline / 1024:.1f} MB; {args.clients} idle clients per storm "
+                  f"({args.pool_mode} pooling)")
             for i in range(args.storms):
                 t0 = time.monotonic()
                 full, after = asyncio.run(storm(port, args.clients, proc.pid, gone))

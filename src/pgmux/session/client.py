@@ -342,7 +342,7 @@ class ClientSession:
             if k not in params and k in shown:
                 params[k] = shown[k]  # the pool's default, restored if another client changed it
         self.sig = None
-        self.initial = _shared(self.params)
+        self.params = self.initial = _shared(self.params)  # shared until changed: tracking.own_params
         out = [self.auth_ok]
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())

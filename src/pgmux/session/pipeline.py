@@ -75,6 +75,7 @@ from pgmux.session.tracking import (
     executed,
     keep,
     note_end,
+    own_params,
     pin_refused,
     query_done,
     query_effects,
@@ -765,7 +766,7 @@ def _reset_status(c: ClientSession, server: ServerSession, done: Sequence[Effect
     if not any(isinstance(e, (ResetAll, DiscardAll)) or (isinstance(e, ResetParam) and e.name == name)
                for e in done):
         return None
-    c.params[name] = initial
+    own_params(c)[name] = initial
     c.sig = None
     return b"" if before == initial else m.parameter_status(name, initial)
 

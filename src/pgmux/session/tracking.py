@@ -331,6 +331,18 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
         c.tx_effects = None
 
 
+def own_params(c: ClientSession) -> dict[str, str]:
+    """A client's parameters, to change them. After its login a client shares the dict of its
+    parameters with the clients that logged in with the same values (`params is initial`, see
+    ClientSession.send_welcome; issue 11: a few hundred bytes per idle client): its first change
+    after login gives it a copy of its own. Every change to `client.params` after login goes through
+    here, or it would change those other clients' too."""
+    params = c.params
+    if params is c.initial:
+        params = c.params = dict(params)
+    return params
+
+
 def note_end(c: ClientSession, rolled_back: bool) -> None:
     """The tag of a transaction-ending statement in the watched query in flight: COMMIT (False) or
     ROLLBACK (True), for query_done and executed. (`client.q_ends` is None while there are none.)"""
@@ -461,23 +473,27 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
                 continue
         if isinstance(e, SetParam):
             if e.name not in reported:
-                c.params[e.name] = server.params[e.name] = e.value
+                own_params(c)[e.name] = server.params[e.name] = e.value
                 server.extra.add(e.name)
         elif isinstance(e, ResetParam):
             if e.name not in reported:
                 default = c.initial.get(e.name)
                 if default is None:
-                    c.params.pop(e.name, None)
+                    if e.name in c.params:
+                        del own_params(c)[e.name]
                 else:
-                    c.params[e.name] = default
+                    own_params(c)[e.name] = default
                 server.params.pop(e.name, None)  # the server's own default now
                 server.extra.discard(e.name)
         elif isinstance(e, (ResetAll, DiscardAll)):
-            for k in [k for k in c.params if k not in reported]:
-                del c.params[k]
-            c.params.update((k, v) for k, v in c.initial.items() if k not in reported)
+            params = own_params(c)
+            for k in [k for k in params if k not in reported]:
+                del params[k]
+            params.update((k, v) for k, v in c.initial.items() if k not in reported)
             for k in server.extra:
                 server.params.pop(k, None)
             server.extra.clear()
+    if c.params is not c.initial and c.params == c.initial:  # back where it started: shared again
+        c.params = c.initial
     c.sig = None
     server.sig = None
