@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import struct
+import sys
 from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
@@ -52,7 +53,7 @@ class ClientSession:
     __slots__ = ("id", "hub", "transport", "addr", "port", "is_unix", "state", "user", "database",
                  "pool", "is_admin", "admin_level", "auth", "server", "pending", "pending_syncs",
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
-                 "request_time", "wait_since", "prefix", "max_packet",
+                 "request_time", "wait_since", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
@@ -94,7 +95,6 @@ class ClientSession:
         self.wait_since = now
         self.max_packet = max_packet
         self.xact_start = 0.0
-        self.prefix = f"C-{cid}"
         # Protocol-level prepared statements, when tracked (transaction/statement pooling with
         # max_prepared_statements > 0): see session/pipeline.py.
         self.stmts: ClientStatements | None = None
@@ -141,13 +141,20 @@ class ClientSession:
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
-        self.addr, self.port, self.is_unix, self.peer_uid = addr, port, is_unix, peer_uid
-        self.prefix = f"C-{self.id} (nodb)/(nouser)@{'unix' if is_unix else f'{addr}:{port}'}"
+        # One string for the clients of one host (issue 11: memory per idle client).
+        self.addr, self.port, self.is_unix, self.peer_uid = sys.intern(addr), port, is_unix, peer_uid
 
     def set_identity(self, database: str, user: str) -> None:
         self.database, self.user = database, user
+
+    @property
+    def prefix(self) -> str:
+        """Who this client is, at the start of its log lines: made when a line is written, not kept
+        (issue 11: memory per idle client)."""
+        if self.transport is None:
+            return f"C-{self.id}"
         where = "unix" if self.is_unix else f"{self.addr}:{self.port}"
-        self.prefix = f"C-{self.id} {database}/{user}@{where}"
+        return f"C-{self.id} {self.database or '(nodb)'}/{self.user or '(nouser)'}@{where}"
 
     # -- I/O events ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
