@@ -76,9 +76,9 @@ class ClientSession:
         self.admin_level = ""  # "admin" or "stats" for console users
         self.auth: Any = None
         self.server: ServerSession | None = None
-        # Complete messages waiting for a server. A list, not a deque: an empty list costs 56 bytes and
-        # no block, an empty deque 760 (its first block), and most clients are idle (issue 11).
-        self.pending: list[bytes | memoryview] = []
+        # Complete messages waiting for a server: None while none waits (most clients are idle, issue 11:
+        # a list each is 56 bytes), a list made by _queue() (not a deque: an empty one costs 760 bytes).
+        self.pending: list[bytes | memoryview] | None = None
         self.pending_syncs = 0
         self.unsynced = False  # an extended-protocol batch without its Sync yet
         self.auth_ok = b""  # the authenticator's last bytes (AuthenticationOk), sent with the welcome
@@ -192,13 +192,13 @@ class ClientSession:
                 track = kind == 2 and self.watch
                 server = self.server
                 if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
-                    self.pending.append(data)
+                    pending = self._queue(data)
                     self.pending_syncs += 1
                     if track:
                         self.pending_ext = True
                     if self.state is C_IDLE:
                         self.hub.acquire(self, now)
-                    elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                    elif len(pending) >= _MAX_QUEUED and not self.held:
                         self._hold()
                 else:
                     self._send(server, data, now, 1, 0, track)
@@ -404,12 +404,12 @@ class ClientSession:
                 # (`syncs` first: a Query, the usual read here, is never that.)
                 pass
             else:
-                self.pending.append(bytes(chunk))
+                pending = self._queue(bytes(chunk))
                 self.pending_syncs += syncs
                 self.pending_ext = self.pending_ext or track
                 if self.state is C_IDLE:
                     self.hub.acquire(self, now)
-                elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                elif len(pending) >= _MAX_QUEUED and not self.held:
                     self._hold()  # what waits for a server stays bounded: reads stop until one takes it
         if terminate:
             self.hub.client_closed(self, "client close request")
@@ -472,17 +472,27 @@ class ClientSession:
             server.unnamed = None
             server.unnamed_owner = self.id
         pending = self.pending
-        if out is None and len(pending) == 1 and not self.pending_ext:
+        if out is None and pending is not None and len(pending) == 1 and not self.pending_ext:
             # send_pending() for the usual case, inline: one queued query, nothing to sync first.
             if self.pending_syncs:
                 server.query_start = now
                 server.owed += self.pending_syncs
                 self.pending_syncs = 0
-            server.transport.write(pending.pop())
+            self.pending = None
+            server.transport.write(pending[0])
             if self.held:
                 self._release()
             return
         self.send_pending(server, now, out)
+
+    def _queue(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """Queue `data` for a server: the queue, made for its first entry."""
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = [data]
+        else:
+            pending.append(data)
+        return pending
 
     def send_pending(self, server: ServerSession, now: float, out: list[bytes | memoryview] | None = None) -> None:
         """What we queued (after `out`, pgmux's own first messages), to `server`, which is ours."""
@@ -498,15 +508,13 @@ class ClientSession:
                 server.query_start = now
                 server.owed += self.pending_syncs
                 self.pending_syncs = 0
+            self.pending = None
             if not out and len(pending) == 1:  # the common case: one queued query, nothing to sync
-                data = pending[0]
-                pending.clear()
-                server.transport.write(data)
+                server.transport.write(pending[0])
                 if self.held:
                     self._release()
                 return
             out.extend(pending)
-            pending.clear()
         if len(out) == 1:
             server.transport.write(out[0])
         elif out:
@@ -568,7 +576,7 @@ class ClientSession:
         elif t == _COPY_DATA and not self.pending:
             self.sink = True  # the rest of a failed COPY FROM STDIN: PostgreSQL would drop it too
         else:
-            self.pending.append(part)
+            self._queue(part)
             self.pending_syncs += syncs
             self._hold()
 
@@ -598,7 +606,7 @@ class ClientSession:
                 # the server was kept for the rest (App.server_ready); now it can go.
                 self.hub.server_ready(self, server)
         else:  # read before the pause took effect: queued behind the start of the message
-            self.pending.append(bytes(part))
+            self._queue(bytes(part))
             self._hold()
         return rest
 
