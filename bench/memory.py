@@ -149,7 +149,7 @@ def probe(ctl: Path, cmd: str) -> str:
     return out
 
 
-async def breakdown(port: int, n: int, ctl: Path) -> None:
+async def breakdown(port: int, n: int, ctl: Path, clients_gone: Callable[[], bool]) -> None:
     probe(ctl, "snap")
     held = await login(port, n)
     await asyncio.sleep(2)
@@ -157,6 +157,13 @@ async def breakdown(port: int, n: int, ctl: Path) -> None:
     print(probe(ctl, "sizes"), flush=True)
     for p in held:
         p.abort()
+    deadline = time.monotonic() + 60
+    while not clients_gone() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3)  # the janitor's trim
+    print(f"after the {n} clients left (what a storm leaves behind):")
+    print(probe(ctl, f"diff {n}"))
+    print(probe(ctl, "arenas"), flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -207,7 +214,7 @@ def main(argv: list[str]) -> int:
             asyncio.run(storm(port, 1, proc.pid, gone))  # the pool, its server and the first login exist
             time.sleep(1)
             if args.breakdown:
-                asyncio.run(breakdown(port, args.breakdown, ctl))
+                asyncio.run(breakdown(port, args.breakdown, ctl, gone))
                 return 0
             baseline = rss_kb(proc.pid)
             print(f"pgmux pid {proc.pid}; baseline RSS {baseline / 1024:.1f} MB; {args.clients} idle clients per storm "
