@@ -162,8 +162,7 @@ async def breakdown(port: int, n: int, ctl: Path, clients_gone: Callable[[], boo
         await asyncio.sleep(0.2)
     await asyncio.sleep(3)  # the janitor's trim
     print(f"after the {n} clients left (what a storm leaves behind):")
-    print(probe(ctl, f"diff {n}"))
-    print(probe(ctl, "arenas"), flush=True)
+    print(probe(ctl, f"diff {n}"), flush=True)
 
 
 def main(argv: list[str]) -> int:

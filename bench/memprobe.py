@@ -4,8 +4,7 @@
 
 Runs pgmux (as `python -m pgmux PGMUX-ARGS`) with tracemalloc on and a thread that reads commands
 from CTLDIR/cmd and answers in CTLDIR/out: `snap` takes the baseline snapshot; `diff N` lists the
-allocations still alive since then by source line, divided by N clients; `arenas` summarises
-sys._debugmallocstats() (arenas kept by CPython's small-object allocator); `sizes` lists
+allocations still alive since then by source line, divided by N clients; `sizes` lists
 sys.getsizeof of what each live ClientSession holds, per session. `--pure` imports pgmux's modules
 from their .py files even where compiled ones are built: tracemalloc sees no Python frame inside
 compiled code, so only the pure build names the lines that allocate.
@@ -96,23 +95,6 @@ def sizes_report() -> str:
     return "\n".join(lines)
 
 
-def arenas_report(ctl: Path) -> str:
-    """The summary of sys._debugmallocstats() (CPython's small-object allocator: arenas, pools)."""
-    path = ctl / "mallocstats"
-    saved = os.dup(2)
-    with open(path, "w") as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    lines = path.read_text().splitlines()
-    keep = ("# arenas", "# bytes in allocated blocks", "# bytes in available blocks", "# bytes lost",
-            "Total ", "unused pools")
-    return "\n".join("  " + ln for ln in lines if ln.startswith(keep))
-
-
 def serve(ctl: Path) -> None:
     base: tracemalloc.Snapshot | None = None
     while True:
@@ -129,8 +111,6 @@ def serve(ctl: Path) -> None:
                 out = "ok"
             elif cmd[0] == "diff" and base is not None:
                 out = diff_report(base, int(cmd[1]))
-            elif cmd[0] == "arenas":
-                out = arenas_report(ctl)
             else:
                 out = sizes_report()
         except Exception as e:  # noqa: BLE001 - report it to the driver instead of hanging it
