@@ -83,7 +83,7 @@ class ClientSession:
         self.unsynced = False  # an extended-protocol batch without its Sync yet
         self.auth_ok = b""  # the authenticator's last bytes (AuthenticationOk), sent with the welcome
         self.copy_syncs = 0  # Syncs sent since the last Execute: ignored by a backend in copy-in mode
-        self.buf = Buffer()
+        self.buf = _NO_BUF  # its own Buffer once a read ends inside a message (_own_buf)
         self.sbuf = b""
         self.params: dict[str, str] = {}  # parameters this client asked for; set on every server it gets
         self.sig: tuple[tuple[str, str], ...] | None = None  # params as a tuple; None after a change
@@ -372,7 +372,6 @@ class ClientSession:
     def _relay(self, data: bytes) -> None:
         """Every read but one whole Query (data_received relays that): complete messages only, the
         rest kept in self.buf for the next read."""
-        buf = self.buf
         n = len(data)
         server = self.server
         copy_in = server is not None and server.copy_in
@@ -385,7 +384,7 @@ class ClientSession:
                 from None
         if server is not None and server.copy_in and not copy_in:
             server.copy_in = False  # its CopyDone (or CopyFail) is in this read
-        large = buf.keep(data, pos) if pos < n and not terminate else False
+        large = self._own_buf().keep(data, pos) if pos < n and not terminate else False
         if pos > 0:
             now = self.request_time = self.hub.now()
             self.logged_in_pool().stats.bytes_received += pos
@@ -484,6 +483,13 @@ class ClientSession:
                 self._release()
             return
         self.send_pending(server, now, out)
+
+    def _own_buf(self) -> Buffer:
+        """This client's read buffer, to keep the start of a message in: made on first use."""
+        buf = self.buf
+        if buf is _NO_BUF:
+            buf = self.buf = Buffer()
+        return buf
 
     def _queue(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         """Queue `data` for a server: the queue, made for its first entry."""
@@ -639,7 +645,8 @@ class ClientSession:
     def _admin_data(self, data: bytes) -> None:
         data = self.buf.feed(data)
         msgs, pos = scan(data, 0, 1 << 20)
-        self.buf.keep(data, pos)
+        if pos < len(data):
+            self._own_buf().keep(data, pos)
         for t, start, total in msgs:
             body = bytes(data[start + 5:start + total])
             if t == _X:
@@ -657,6 +664,11 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
         pos += 1 + unpack_len(chunk, pos + 1)[0]
     return True
 
+
+# The read buffer of every client that never had a read end inside a message (issue 11: most clients'
+# reads are whole messages, and a Buffer each is 56 bytes per idle client). Only keep() fills a Buffer,
+# and its callers here take _own_buf() first: this one stays empty.
+_NO_BUF: Final = Buffer()
 
 _SHARED: Final[dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
 
