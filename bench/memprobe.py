@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 _SHARED_ATTRS = {"hub", "pool", "route", "server"}  # shared with other clients, or not idle state
 
 
-def diff_report(base: tracemalloc.Snapshot, n: int) -> str:
+def type_counts() -> Counter[str]:
+    return Counter(type(o).__qualname__ for o in gc.get_objects())
+
+
+def diff_report(base: tracemalloc.Snapshot, n: int, types: Counter[str]) -> str:
     gc.collect()
     snap = tracemalloc.take_snapshot()
+    grown = [(k, v) for k, v in (type_counts() - types).most_common(8)]
     stats = snap.compare_to(base, "lineno")
     total = sum(s.size_diff for s in stats)
     lines = [f"alive since the baseline: {total / n:,.0f} bytes per client (tracemalloc: Python's allocators)"]
@@ -39,6 +45,8 @@ def diff_report(base: tracemalloc.Snapshot, n: int) -> str:
         frame = s.traceback[0]
         where = f"{os.path.relpath(frame.filename, ROOT) if frame.filename.startswith(str(ROOT)) else frame.filename}"
         lines.append(f"  {s.size_diff / n:8,.0f} B {s.count_diff / n:6.2f} blocks  {where}:{frame.lineno}")
+    lines.append("objects the collector tracks, more than at the baseline: "
+                 + (", ".join(f"{k} +{v}" for k, v in grown) or "none"))
     return "\n".join(lines)
 
 
@@ -97,6 +105,7 @@ def sizes_report() -> str:
 
 def serve(ctl: Path) -> None:
     base: tracemalloc.Snapshot | None = None
+    types: Counter[str] = Counter()
     while True:
         time.sleep(0.1)
         cmd_file = ctl / "cmd"
@@ -108,9 +117,10 @@ def serve(ctl: Path) -> None:
             if cmd[0] == "snap":
                 gc.collect()
                 base = tracemalloc.take_snapshot()
+                types = type_counts()
                 out = "ok"
             elif cmd[0] == "diff" and base is not None:
-                out = diff_report(base, int(cmd[1]))
+                out = diff_report(base, int(cmd[1]), types)
             else:
                 out = sizes_report()
         except Exception as e:  # noqa: BLE001 - report it to the driver instead of hanging it
