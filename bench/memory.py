@@ -3,12 +3,18 @@
     python3 bench/memory.py                    # 10,000 clients, three storms
     python3 bench/memory.py --clients 2000 --storms 1
 
-Starts its own throwaway PostgreSQL and pgmux (transaction pooling, auth trust, max_client_conn above
+Starts its own throwaway PostgreSQL and pgmux (transaction pooling unless --pool-mode, auth trust, max_client_conn above
 --clients), then per storm: opens --clients connections from this process (asyncio, raw protocol: a
 StartupMessage, then reading up to ReadyForQuery, so the client side stays cheap), holds them idle,
 reads pgmux's RSS, closes them all and reads the RSS again once pgmux has seen them go. Prints
 RSS per idle client and the RSS after each storm against the baseline (one client logged in and out,
 so that the pool and its server exist before the baseline is taken).
+
+    python3 bench/memory.py --breakdown 2000   # where an idle client's bytes go
+
+runs pgmux under tracemalloc (this file's `--child` mode wraps it) and prints, per idle logged-in
+client, the allocations made by the logins that are still alive (by source line, biggest first), and
+sys.getsizeof of what each ClientSession holds (objects shared between clients counted once).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -83,8 +90,8 @@ class Idle(asyncio.Protocol):
 USER = "postgres"
 
 
-async def storm(port: int, n: int, pid: int, clients_gone: callable) -> tuple[int, int]:  # type: ignore[valid-type]
-    """n idle clients: (RSS with all of them logged in, RSS after they left), in kB."""
+async def login(port: int, n: int) -> list[Idle]:
+    """n clients logged in and idle."""
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(200)
     held: list[Idle] = []
@@ -98,6 +105,12 @@ async def storm(port: int, n: int, pid: int, clients_gone: callable) -> tuple[in
             await asyncio.wait_for(ready, 60)
 
     await asyncio.gather(*(one() for _ in range(n)))
+    return held
+
+
+async def storm(port: int, n: int, pid: int, clients_gone: Callable[[], bool]) -> tuple[int, int]:
+    """n idle clients: (RSS with all of them logged in, RSS after they left), in kB."""
+    held = await login(port, n)
     await asyncio.sleep(2)
     full = rss_kb(pid)
     for p in held:
@@ -122,12 +135,47 @@ def admin_clients(cluster: PgCluster, port: int) -> int:
     return total
 
 
+def probe(ctl: Path, cmd: str) -> str:
+    """One command to bench/memprobe.py inside pgmux, and its answer."""
+    (ctl / "cmd.tmp").write_text(cmd)
+    os.rename(ctl / "cmd.tmp", ctl / "cmd")
+    deadline = time.monotonic() + 300
+    while not (ctl / "out").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"memprobe did not answer {cmd!r}")
+        time.sleep(0.1)
+    out = (ctl / "out").read_text()
+    (ctl / "out").unlink()
+    return out
+
+
+async def breakdown(port: int, n: int, ctl: Path, clients_gone: Callable[[], bool]) -> None:
+    probe(ctl, "snap")
+    held = await login(port, n)
+    await asyncio.sleep(2)
+    print(probe(ctl, f"diff {n}"))
+    print(probe(ctl, "sizes"), flush=True)
+    for p in held:
+        p.abort()
+    deadline = time.monotonic() + 60
+    while not clients_gone() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3)  # the janitor's trim
+    print(f"after the {n} clients left (what a storm leaves behind):")
+    print(probe(ctl, f"diff {n}"), flush=True)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=10000)
     ap.add_argument("--storms", type=int, default=3)
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for pgmux's environment")
+    ap.add_argument("--pool-mode", default="transaction", choices=("session", "transaction", "statement"))
+    ap.add_argument("--breakdown", type=int, metavar="N", help="where the bytes of N idle clients go")
+    ap.add_argument("--pure", action="store_true", help="--breakdown with pgmux's .py modules, not compiled ones")
     args = ap.parse_args(argv)
+    if args.breakdown:
+        args.clients = args.breakdown
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, args.clients + 1000)
     if soft < want:
@@ -143,24 +191,33 @@ def main(argv: list[str]) -> int:
         base = cluster.base_dir
         settings = {"listen_addr": HOST, "listen_port": port, "unix_socket_dir": "", "auth_type": "trust",
                     "auth_file": f"{base}/userlist.txt", "max_client_conn": args.clients + 100,
-                    "default_pool_size": 2, "log_connections": 0, "log_disconnections": 0,
-                    "admin_users": USER, "listen_backlog": 1024}
+                    "pool_mode": args.pool_mode, "default_pool_size": 2, "log_connections": 0,
+                    "log_disconnections": 0, "admin_users": USER, "listen_backlog": 1024}
         cluster.write_owned(f"{base}/userlist.txt", render_userlist({USER: ""}), mode=0o644)
         cluster.write_owned(f"{base}/mem.ini", render_ini(
             {"mem": f"host={primary.host} port={primary.port} dbname=mem"}, settings), mode=0o644)
         env = dict(os.environ)
         env.update(kv.split("=", 1) for kv in args.env)
+        ctl = Path(f"{base}/memprobe")
+        cmd = [sys.executable, "-m", "pgmux"]
+        if args.breakdown:
+            cluster.mkdir_owned(str(ctl))
+            cmd = [sys.executable, str(Path(__file__).parent / "memprobe.py"), str(ctl)] + ["--pure"] * args.pure
         with open(f"{base}/pgmux.log", "ab") as out:
             proc = subprocess.Popen(die_with_parent(
-                [sys.executable, "-m", "pgmux", *pgmux_user_args(), f"{base}/mem.ini"]), stdout=out,
+                [*cmd, *pgmux_user_args(), f"{base}/mem.ini"]), stdout=out,
                                     stderr=out, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         try:
             wait_listening(proc, HOST, port, 20)
             gone = lambda: admin_clients(cluster, port) == 0  # noqa: E731
             asyncio.run(storm(port, 1, proc.pid, gone))  # the pool, its server and the first login exist
             time.sleep(1)
+            if args.breakdown:
+                asyncio.run(breakdown(port, args.breakdown, ctl, gone))
+                return 0
             baseline = rss_kb(proc.pid)
-            print(f"pgmux pid {proc.pid}; baseline RSS {baseline / 1024:.1f} MB; {args.clients} idle clients per storm")
+            print(f"pgmux pid {proc.pid}; baseline RSS {baseline / 1024:.1f} MB; {args.clients} idle clients per storm "
+                  f"({args.pool_mode} pooling)")
             for i in range(args.storms):
                 t0 = time.monotonic()
                 full, after = asyncio.run(storm(port, args.clients, proc.pid, gone))

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 from pgmux.runtime.memtrim import MIN_DROP, Trimmer
 
 
 def test_trims_once_a_storm_has_left_and_rebuilds_the_client_dicts() -> None:
-    app = SimpleNamespace(clients={}, by_cancel={})
+    app = SimpleNamespace(clients={}, by_cancel={}, admission=SimpleNamespace(held={}))
     calls: list[int] = []
     t = Trimmer(app, trim=calls.append)
-    clients, by_cancel = app.clients, app.by_cancel
+    clients, by_cancel, held = app.clients, app.by_cancel, app.admission.held
     for i in range(3 * MIN_DROP):
-        clients[i] = by_cancel[i] = object()
+        clients[i] = by_cancel[i] = held[i] = object()
         t()
+    big = sys.getsizeof(held)
     for i in range(MIN_DROP):
         del clients[i]
         del by_cancel[i]
+        del held[i]
     t()  # a third left: less than half of the peak gone, no trim
     assert calls == [] and t.peak == 3 * MIN_DROP
     for i in range(MIN_DROP, 3 * MIN_DROP - 10):
         del clients[i]
         del by_cancel[i]
+        del held[i]
+    assert sys.getsizeof(held) == big  # a dict keeps its table when emptied
     t()
+    assert sys.getsizeof(held) < big / 10 and sorted(held) == sorted(clients)
     assert calls == [0] and t.trims == 1 and t.peak == 10
     # The same dicts (others hold them), with what was left in them.
     assert app.clients is clients and app.by_cancel is by_cancel

@@ -62,7 +62,7 @@ def test_set_in_a_rolled_back_transaction_is_dropped(rig: Rig) -> None:
     run(a, s, "SET work_mem = '8MB'", reply(m.command_complete("SET"), status=b"T"))
     assert "work_mem" not in a.session.params  # not before the commit
     run(a, s, "ROLLBACK", reply(m.command_complete("ROLLBACK")))
-    assert "work_mem" not in a.session.params and a.session.tx_effects == []
+    assert "work_mem" not in a.session.params and a.session.tx_effects is None
 
 
 def test_set_in_a_committed_transaction_is_kept(rig: Rig) -> None:
@@ -235,7 +235,7 @@ def test_extended_set_followed_by_an_error_in_the_same_batch_is_dropped(rig: Rig
     s.send(m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + m.command_complete("SET")
            + m.message(m.PARSE_COMPLETE) + m.message(m.BIND_COMPLETE) + err + RFQ)
     a.take()
-    assert "work_mem" not in a.session.params and a.session.tx_effects == []
+    assert "work_mem" not in a.session.params and a.session.tx_effects is None
 
 
 def test_set_config_with_parameters_is_recorded_with_the_bound_values(rig: Rig) -> None:
@@ -334,7 +334,7 @@ def test_a_commit_before_an_error_in_the_same_query_string_counts(rig: Rig) -> N
         reply(m.command_complete("BEGIN"), m.command_complete("SET"), m.command_complete("COMMIT"),
               m.command_complete("SET"), err))
     assert a.session.params["search_path"] == "committed" and "work_mem" not in a.session.params
-    assert a.session.tx_effects == []
+    assert a.session.tx_effects is None
 
 
 def test_default_transaction_read_only_is_followed_and_never_leaks(tmp_path: Path) -> None:

@@ -54,15 +54,20 @@ def test_undo_puts_back_what_the_server_still_holds() -> None:
 
 
 def test_record_after_the_server_confirmed() -> None:
-    client: dict[str, str] = {}
     server: dict[str, str] = {"other": "PREPARE other AS SELECT 0"}
-    sp.record(client, server, Prepare("p", "SELECT 'a'"))
+    client = sp.record(None, server, Prepare("p", "SELECT 'a'"))  # the client's dict, made for its first
     assert client == {"p": A} and server["p"] == A
-    sp.record(client, server, Deallocate("p"))
-    assert client == {} and "p" not in server
-    sp.record(client, server, Prepare("p", "SELECT 'a'"))
-    sp.record(client, server, Deallocate(None))
-    assert client == {} and server == {}
+    same = sp.record(client, server, Prepare("q", "SELECT 'a'"))
+    assert same is client and set(client) == {"p", "q"}
+    client = sp.record(client, server, Deallocate("q"))
+    assert client == {"p": A} and "q" not in server
+    client = sp.record(client, server, Deallocate("p"))
+    assert client is None and "p" not in server  # none left: no dict kept (issue 11)
+    client = sp.record(client, server, Prepare("p", "SELECT 'a'"))
+    client = sp.record(client, server, Deallocate(None))
+    assert client is None and server == {}
+    assert sp.plan(None, {"p": A}, ["p"]) == [("DEALLOCATE p", "p", A)]  # a client without any
+    assert sp.evict(None, {"p": A, "q": B}, 1) == [("DEALLOCATE p", "p", A)]
 
 
 def test_evict_other_clients_leftovers_beyond_the_cap() -> None:
@@ -95,7 +100,7 @@ def test_playbook_another_clients_statement_is_deallocated_first(tmp_path: Path)
     err = m.error_response("ERROR", "26000", 'prepared statement "p" does not exist')
     s.send(err + RFQ)
     assert b.take() == err + RFQ
-    assert s.session.sql == {} and b.session.sql == {} and a.session.sql == {"p": A}
+    assert s.session.sql == {} and b.session.sql is None and a.session.sql == {"p": A}
     a.send(m.query("EXECUTE p"))  # a's statement is prepared again for it
     sent = frames(s.take())
     assert [t for t, _ in sent] == ["C", "C", "P", "B", "E", "C", "C", "S", "Q"]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pgmux.errors import PgmuxError
-from pgmux.net.sockopts import tune_tcp
+from pgmux.net.sockopts import inherited, tune_tcp
 from pgmux.session.client import ClientSession
 from pgmux.session.replication import ReplicationServer
 from pgmux.session.server import ServerSession
@@ -91,9 +91,11 @@ class ClientProtocol(asyncio.Protocol):
         peer_uid = None
         if isinstance(peer, tuple):
             addr, port, is_unix = peer[0], peer[1], False
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                tune_tcp(sock, self.session.hub.config.settings)
+            settings = self.session.hub.config.settings
+            if not inherited(settings):  # (when the listener has them, asking for the socket costs memory)
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    tune_tcp(sock, settings)
         else:
             addr, port, is_unix = "unix", 0, True
             sock = transport.get_extra_info("socket")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from typing import Any
 
 log = logging.getLogger("pgmux")
@@ -52,11 +53,34 @@ def tune_tcp(sock: Any, s: Any) -> None:
                 log.warning("setsockopt(%d, %d, %d) failed: %s", level, opt, value, e)
 
 
+# The settings whose tcp_options() every listening TCP socket has: Linux gives a socket accept()
+# returns the options of its listener (keepalive and its timings, TCP_USER_TIMEOUT, the buffer sizes),
+# so client connections need no setsockopt of their own while these settings hold (`inherited`). Each
+# such call would cost more than the call: uvloop makes and keeps a socket object per transport for
+# get_extra_info("socket"), 72 bytes per idle client (issue 11).
+_listened: Any = None
+
+
+def inherited(s: Any) -> bool:
+    """Whether a client connection accepted now has the tcp_options() of settings `s` already."""
+    return s is _listened and sys.platform.startswith("linux")
+
+
 def tune_listener(sock: Any, s: Any) -> None:
     """tcp_defer_accept on a listening TCP socket: accept() only once the client has sent something
-    (PgBouncer hard-codes 45 seconds for it)."""
+    (PgBouncer hard-codes 45 seconds for it); and the options of tcp_options(), for the sockets it
+    accepts to inherit (`inherited`)."""
+    global _listened
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        for level, opt, value in tcp_options(s):
+            sock.setsockopt(level, opt, value)
+        _listened = s
+    except OSError:
+        _listened = None  # each connection applies them, and logs what fails
     defer = getattr(socket, "TCP_DEFER_ACCEPT", None)
-    if defer is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if defer is None:
         return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, defer, 45 if s.tcp_defer_accept else 0)

@@ -31,7 +31,10 @@ class Admission:
         self.app = app
         self.per_db: dict[str, int] = {}  # authenticated clients per database (SHOW DATABASES' count)
         self.per_user: dict[str, int] = {}  # ... per user
-        self.held: dict[int, tuple[str, str]] = {}  # client id -> (database, user) it is counted under
+        # client -> (database, user) it is counted under. Keyed by the session, not its id: a compiled
+        # ClientSession keeps its id unboxed, so an int key would be a new object per client (issue 11).
+        self.held: dict[ClientSession, tuple[str, str]] = {}
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}  # one such tuple for all their clients
         self.next_sweep = 0.0
 
     # -- client limits -----------------------------------------------------------------------------
@@ -52,10 +55,13 @@ class Admission:
                              severity="FATAL", detail=f'user "{user}" allows {limit} client connections')
         self.per_db[dbname] = self.per_db.get(dbname, 0) + 1
         self.per_user[user] = self.per_user.get(user, 0) + 1
-        self.held[c.id] = (dbname, user)
+        pair = (dbname, user)
+        if len(self._pairs) >= 4096:  # a bound, against ever new names
+            self._pairs.clear()
+        self.held[c] = self._pairs.setdefault(pair, pair)  # (issue 11: 56 bytes per idle client)
 
     def release(self, c: ClientSession) -> None:
-        held = self.held.pop(c.id, None)
+        held = self.held.pop(c, None)
         if held is None:
             return
         for counts, key in ((self.per_db, held[0]), (self.per_user, held[1])):

@@ -5,9 +5,10 @@ returns the top of its heap only, so one live object above a freed region holds 
 clients come and go, RSS stayed some 30 MB above where it started. `malloc_trim(0)` releases the free
 pages inside the heap too. It costs a full garbage collection and a walk over the heap (tens of
 milliseconds), so it runs from the janitor only when many clients have left since the last time: the
-count fell by `MIN_DROP` and to half of its peak or less. The dicts of all clients are rebuilt then too
-(a dict never shrinks by itself). What it cannot give back is CPython's small-object arenas that a few
-live objects keep (see README, Robustness: PYTHONMALLOC=malloc).
+count fell by `MIN_DROP` and to half of its peak or less. The dicts of all clients (App.clients,
+App.by_cancel, Admission.held) are rebuilt then too (a dict never shrinks by itself). What it cannot
+give back is CPython's small-object arenas that a few live objects keep (see README, Robustness:
+PYTHONMALLOC=malloc).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _load_trim() -> Callable[[int], Any] | None:
 
 
 class Trimmer:
-    """A janitor hook: call it once per tick. `app` has the dicts `clients` and `by_cancel`."""
+    """A janitor hook: call it once per tick. `app` has the dicts `clients` and `by_cancel`, and
+    `admission.held` (runtime/admission.py) when it has an admission."""
 
     def __init__(self, app: Any, trim: Callable[[int], Any] | None = None) -> None:
         self.app = app
@@ -44,7 +46,9 @@ class Trimmer:
             self.peak = n
         elif self.peak - n >= MIN_DROP and n * 2 <= self.peak:
             # A dict never shrinks on deletion: the tables sized for the storm stay, unless rebuilt.
-            for d in (self.app.clients, self.app.by_cancel):
+            admission = getattr(self.app, "admission", None)
+            held = [admission.held] if admission is not None else []
+            for d in (self.app.clients, self.app.by_cancel, *held):
                 live = dict(d)
                 d.clear()
                 d.update(live)

@@ -150,7 +150,8 @@ class Routing:
         elif c.params.get("pgmux.route", "").lower() == "primary":
             kind, why = "write", "session setting pgmux.route"
         else:
-            data = c.pending[0] if len(c.pending) == 1 else b"".join(c.pending)
+            queued = c.pending or []
+            data = queued[0] if len(queued) == 1 else b"".join(queued)
             kind, why = self._kind(c, data)
         # No monitor, no replay positions known: reads after a write go to the primary.
         lsns = sp.monitor.current_lsn if sp.monitor is not None else {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import struct
+import sys
 from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
@@ -52,7 +53,7 @@ class ClientSession:
     __slots__ = ("id", "hub", "transport", "addr", "port", "is_unix", "state", "user", "database",
                  "pool", "is_admin", "admin_level", "auth", "server", "pending", "pending_syncs",
                  "unsynced", "buf", "sbuf", "params", "startup", "cancel_pid", "cancel_key", "connect_time",
-                 "request_time", "wait_since", "prefix", "max_packet",
+                 "request_time", "wait_since", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
@@ -75,14 +76,14 @@ class ClientSession:
         self.admin_level = ""  # "admin" or "stats" for console users
         self.auth: Any = None
         self.server: ServerSession | None = None
-        # Complete messages waiting for a server. A list, not a deque: an empty list costs 56 bytes and
-        # no block, an empty deque 760 (its first block), and most clients are idle (issue 11).
-        self.pending: list[bytes | memoryview] = []
+        # Complete messages waiting for a server: None while none waits (most clients are idle, issue 11:
+        # a list each is 56 bytes), a list made by _queue() (not a deque: an empty one costs 760 bytes).
+        self.pending: list[bytes | memoryview] | None = None
         self.pending_syncs = 0
         self.unsynced = False  # an extended-protocol batch without its Sync yet
         self.auth_ok = b""  # the authenticator's last bytes (AuthenticationOk), sent with the welcome
         self.copy_syncs = 0  # Syncs sent since the last Execute: ignored by a backend in copy-in mode
-        self.buf = Buffer()
+        self.buf = _NO_BUF  # its own Buffer once a read ends inside a message (_own_buf)
         self.sbuf = b""
         self.params: dict[str, str] = {}  # parameters this client asked for; set on every server it gets
         self.sig: tuple[tuple[str, str], ...] | None = None  # params as a tuple; None after a change
@@ -94,7 +95,6 @@ class ClientSession:
         self.wait_since = now
         self.max_packet = max_packet
         self.xact_start = 0.0
-        self.prefix = f"C-{cid}"
         # Protocol-level prepared statements, when tracked (transaction/statement pooling with
         # max_prepared_statements > 0): see session/pipeline.py.
         self.stmts: ClientStatements | None = None
@@ -103,15 +103,15 @@ class ClientSession:
         # Session state from simple queries (transaction/statement pooling): see session/tracking.py.
         self.watch = False
         self.initial: dict[str, str] = {}  # params after login: what RESET goes back to
-        self.tx_effects: list[Any] = []  # effects waiting for their transaction to commit
+        self.tx_effects: list[Any] | None = None  # effects waiting for their transaction to commit
         self.q_error = False  # the watched Query in flight got an ErrorResponse
-        self.q_ends: list[bool] = []  # ... and its COMMIT (False) and ROLLBACK (True) tags
+        self.q_ends: list[bool] | None = None  # ... and its COMMIT (False) and ROLLBACK (True) tags
         self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
         self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
-        self.stmt_fx: dict[bytes, tuple[Any, ...]] = {}  # statements with session effects, by client name
-        self.portal_fx: dict[bytes, tuple[Any, ...]] = {}  # portals bound to those, by name
-        self.sql: dict[str, str] = {}  # SQL-level prepared statements: name -> PREPARE (session/sqlprepared.py)
+        self.stmt_fx: dict[bytes, tuple[Any, ...]] | None = None  # statements with session effects, by client name
+        self.portal_fx: dict[bytes, tuple[Any, ...]] | None = None  # portals bound to those, by name
+        self.sql: dict[str, str] | None = None  # SQL-level prepared statements: name -> PREPARE (sqlprepared.py)
         self.q_sql = 0  # PREPAREs/DEALLOCATEs the watched Query in flight has run so far
         # Read/write split (runtime/routing.py): the database's Split (router, checks), None when the
         # database is not split; whether the primary must tell this transaction's WAL position when it ends
@@ -141,13 +141,20 @@ class ClientSession:
 
     def connection_made(self, transport: Any, addr: str, port: int, is_unix: bool, peer_uid: int | None) -> None:
         self.transport = transport
-        self.addr, self.port, self.is_unix, self.peer_uid = addr, port, is_unix, peer_uid
-        self.prefix = f"C-{self.id} (nodb)/(nouser)@{'unix' if is_unix else f'{addr}:{port}'}"
+        # One string for the clients of one host (issue 11: memory per idle client).
+        self.addr, self.port, self.is_unix, self.peer_uid = sys.intern(addr), port, is_unix, peer_uid
 
     def set_identity(self, database: str, user: str) -> None:
         self.database, self.user = database, user
+
+    @property
+    def prefix(self) -> str:
+        """Who this client is, at the start of its log lines: made when a line is written, not kept
+        (issue 11: memory per idle client)."""
+        if self.transport is None:
+            return f"C-{self.id}"
         where = "unix" if self.is_unix else f"{self.addr}:{self.port}"
-        self.prefix = f"C-{self.id} {database}/{user}@{where}"
+        return f"C-{self.id} {self.database or '(nodb)'}/{self.user or '(nouser)'}@{where}"
 
     # -- I/O events ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -185,13 +192,13 @@ class ClientSession:
                 track = kind == 2 and self.watch
                 server = self.server
                 if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
-                    self.pending.append(data)
+                    pending = self._queue(data)
                     self.pending_syncs += 1
                     if track:
                         self.pending_ext = True
                     if self.state is C_IDLE:
                         self.hub.acquire(self, now)
-                    elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                    elif len(pending) >= _MAX_QUEUED and not self.held:
                         self._hold()
                 else:
                     self._send(server, data, now, 1, 0, track)
@@ -342,7 +349,7 @@ class ClientSession:
             if k not in params and k in shown:
                 params[k] = shown[k]  # the pool's default, restored if another client changed it
         self.sig = None
-        self.initial = _shared(self.params)
+        self.params = self.initial = _shared(self.params)  # shared until changed: tracking.own_params
         out = [self.auth_ok]
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
@@ -365,7 +372,6 @@ class ClientSession:
     def _relay(self, data: bytes) -> None:
         """Every read but one whole Query (data_received relays that): complete messages only, the
         rest kept in self.buf for the next read."""
-        buf = self.buf
         n = len(data)
         server = self.server
         copy_in = server is not None and server.copy_in
@@ -378,7 +384,7 @@ class ClientSession:
                 from None
         if server is not None and server.copy_in and not copy_in:
             server.copy_in = False  # its CopyDone (or CopyFail) is in this read
-        large = buf.keep(data, pos) if pos < n and not terminate else False
+        large = self._own_buf().keep(data, pos) if pos < n and not terminate else False
         if pos > 0:
             now = self.request_time = self.hub.now()
             self.logged_in_pool().stats.bytes_received += pos
@@ -397,12 +403,12 @@ class ClientSession:
                 # (`syncs` first: a Query, the usual read here, is never that.)
                 pass
             else:
-                self.pending.append(bytes(chunk))
+                pending = self._queue(bytes(chunk))
                 self.pending_syncs += syncs
                 self.pending_ext = self.pending_ext or track
                 if self.state is C_IDLE:
                     self.hub.acquire(self, now)
-                elif len(self.pending) >= _MAX_QUEUED and not self.held:
+                elif len(pending) >= _MAX_QUEUED and not self.held:
                     self._hold()  # what waits for a server stays bounded: reads stop until one takes it
         if terminate:
             self.hub.client_closed(self, "client close request")
@@ -466,17 +472,34 @@ class ClientSession:
             server.unnamed = None
             server.unnamed_owner = self.id
         pending = self.pending
-        if out is None and len(pending) == 1 and not self.pending_ext:
+        if out is None and pending is not None and len(pending) == 1 and not self.pending_ext:
             # send_pending() for the usual case, inline: one queued query, nothing to sync first.
             if self.pending_syncs:
                 server.query_start = now
                 server.owed += self.pending_syncs
                 self.pending_syncs = 0
-            server.transport.write(pending.pop())
+            self.pending = None
+            server.transport.write(pending[0])
             if self.held:
                 self._release()
             return
         self.send_pending(server, now, out)
+
+    def _own_buf(self) -> Buffer:
+        """This client's read buffer, to keep the start of a message in: made on first use."""
+        buf = self.buf
+        if buf is _NO_BUF:
+            buf = self.buf = Buffer()
+        return buf
+
+    def _queue(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """Queue `data` for a server: the queue, made for its first entry."""
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = [data]
+        else:
+            pending.append(data)
+        return pending
 
     def send_pending(self, server: ServerSession, now: float, out: list[bytes | memoryview] | None = None) -> None:
         """What we queued (after `out`, pgmux's own first messages), to `server`, which is ours."""
@@ -492,15 +515,13 @@ class ClientSession:
                 server.query_start = now
                 server.owed += self.pending_syncs
                 self.pending_syncs = 0
+            self.pending = None
             if not out and len(pending) == 1:  # the common case: one queued query, nothing to sync
-                data = pending[0]
-                pending.clear()
-                server.transport.write(data)
+                server.transport.write(pending[0])
                 if self.held:
                     self._release()
                 return
             out.extend(pending)
-            pending.clear()
         if len(out) == 1:
             server.transport.write(out[0])
         elif out:
@@ -562,7 +583,7 @@ class ClientSession:
         elif t == _COPY_DATA and not self.pending:
             self.sink = True  # the rest of a failed COPY FROM STDIN: PostgreSQL would drop it too
         else:
-            self.pending.append(part)
+            self._queue(part)
             self.pending_syncs += syncs
             self._hold()
 
@@ -592,7 +613,7 @@ class ClientSession:
                 # the server was kept for the rest (App.server_ready); now it can go.
                 self.hub.server_ready(self, server)
         else:  # read before the pause took effect: queued behind the start of the message
-            self.pending.append(bytes(part))
+            self._queue(bytes(part))
             self._hold()
         return rest
 
@@ -625,7 +646,8 @@ class ClientSession:
     def _admin_data(self, data: bytes) -> None:
         data = self.buf.feed(data)
         msgs, pos = scan(data, 0, 1 << 20)
-        self.buf.keep(data, pos)
+        if pos < len(data):
+            self._own_buf().keep(data, pos)
         for t, start, total in msgs:
             body = bytes(data[start + 5:start + total])
             if t == _X:
@@ -643,6 +665,11 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
         pos += 1 + unpack_len(chunk, pos + 1)[0]
     return True
 
+
+# The read buffer of every client that never had a read end inside a message (issue 11: most clients'
+# reads are whole messages, and a Buffer each is 56 bytes per idle client). Only keep() fills a Buffer,
+# and its callers here take _own_buf() first: this one stays empty.
+_NO_BUF: Final = Buffer()
 
 _SHARED: Final[dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
 

@@ -73,6 +73,9 @@ from pgmux.session.tracking import (
     SHAPE_UNNAMED_EARLY,
     binds,
     executed,
+    keep,
+    note_end,
+    own_params,
     pin_refused,
     query_done,
     query_effects,
@@ -643,24 +646,18 @@ def _note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> 
         if qe >= 0:
             name = raw[s + 5:ne]
             done = query_effects(raw[ne + 1:qe + 1])
-            if done:
-                c.stmt_fx[name] = done
-            else:
-                c.stmt_fx.pop(name, None)
+            c.stmt_fx = keep(c.stmt_fx, name, done)
     elif t == _B:
         pe = raw.find(b"\x00", s + 5, end)
         ne = raw.find(b"\x00", pe + 1, end) if pe >= 0 else -1
         if ne >= 0:
-            bound = c.stmt_fx.get(raw[pe + 1:ne])
+            bound = c.stmt_fx.get(raw[pe + 1:ne]) if c.stmt_fx else None
             if bound and any(isinstance(e, SetConfigBound) for e in bound):
                 bound = _with_values(bound, raw, ne + 1, end)
-            if bound:
-                c.portal_fx[raw[s + 5:pe]] = bound
-            else:
-                c.portal_fx.pop(raw[s + 5:pe], None)
+            c.portal_fx = keep(c.portal_fx, raw[s + 5:pe], bound)
     else:
         pe = raw.find(b"\x00", s + 5, end)
-        return c.portal_fx.get(raw[s + 5:pe]) if pe >= 0 else None
+        return c.portal_fx.get(raw[s + 5:pe]) if pe >= 0 and c.portal_fx else None
     return None
 
 
@@ -704,7 +701,7 @@ def _prelude_for(c: ClientSession, server: ServerSession, q: deque[Entry], raw: 
         name = raw[s + 6:end - 1]
     else:
         return None
-    done = c.stmt_fx.get(name)
+    done = c.stmt_fx.get(name) if c.stmt_fx else None
     return _prelude(c, server, q, done, sync=False) if done else None
 
 
@@ -746,9 +743,9 @@ def _undo_step(held: dict[str, str], step: sqlprepared.Step) -> Callable[[], Non
 def _refuse_parse(c: ClientSession, raw: bytes, s: int, total: int) -> None:
     """pin_mode = refuse: a Parse of a statement that would pin fails, as its Query would."""
     name = raw[s + 5:raw.find(b"\x00", s + 5, s + total)]
-    err = pin_refused(c, c.stmt_fx.get(name, ()))
+    err = pin_refused(c, c.stmt_fx.get(name, ()) if c.stmt_fx else ())
     if err is not None:
-        c.stmt_fx.pop(name, None)
+        c.stmt_fx = keep(c.stmt_fx, name, None)
         raise err
 
 
@@ -821,7 +818,7 @@ def _reset_status(c: ClientSession, server: ServerSession, done: Sequence[Effect
     if not any(isinstance(e, (ResetAll, DiscardAll)) or (isinstance(e, ResetParam) and e.name == name)
                for e in done):
         return None
-    c.params[name] = initial
+    own_params(c)[name] = initial
     c.sig = None
     return b"" if before == initial else m.parameter_status(name, initial)
 
@@ -910,7 +907,7 @@ def to_client(server: ServerSession, data: bytes, msgs: list[tuple[int, int, int
             if t == _CC and (c.tx_effects or e[2] is not None):
                 tag = mv[s + 5:s + total]
                 if tag == _ROLLBACK or tag == _COMMIT:  # what a transaction-ending statement did
-                    c.q_ends.append(tag == _ROLLBACK)
+                    note_end(c, tag == _ROLLBACK)
                 elif e[0] == QUERY and e[2] is not None and tag in _SQL_TAGS:
                     c.q_sql += 1  # a PREPARE or DEALLOCATE ran: recorded at the query's end (tracking.py)
             ends = _ENDS.get(e[0])

@@ -48,7 +48,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from pgmux.errors import DuplicatePreparedStatement, MissingPreparedStatement
 
@@ -170,6 +170,12 @@ class Registry:
         return iter(list(self._by_name.values()))
 
 
+# The `_named` of every ClientStatements without named statements: one empty dict for all of them
+# (issue 11: most clients never prepare one, and a dict each is 64 bytes per idle client). Only
+# ClientStatements.parse writes into `_named`, and it replaces this one first; it stays empty.
+_NO_NAMES: Final[dict[str, Statement]] = {}
+
+
 class ClientStatements:
     """One client's statement names. Unknown names raise the error PostgreSQL would send."""
 
@@ -178,7 +184,7 @@ class ClientStatements:
     def __init__(self, registry: Registry, stats: Counters | None = None) -> None:
         self._registry = registry
         self._stats: Counters = stats if stats is not None else PreparedStats()
-        self._named: dict[str, Statement] = {}
+        self._named: dict[str, Statement] = _NO_NAMES
         self._unnamed: Statement | None = None
 
     @property
@@ -195,6 +201,8 @@ class ClientStatements:
             raise DuplicatePreparedStatement(f'prepared statement "{client_name}" already exists')
         reg = self._registry
         stmt = reg.acquire(query, param_types)
+        if self._named is _NO_NAMES:
+            self._named = {}
         self._named[client_name] = Statement(stmt.name, stmt.query, stmt.param_types, reg.tick())
         self._stats.client_parse_count += 1
         return stmt.name
@@ -231,6 +239,8 @@ class ClientStatements:
         if stmt is None:
             return False
         self._registry.release(stmt.name)
+        if not self._named:
+            self._named = _NO_NAMES
         return True
 
     def reopen(self, client_name: str, stmt: Statement) -> None:
@@ -249,7 +259,7 @@ class ClientStatements:
         """DISCARD ALL / DEALLOCATE ALL from this client, or the client left."""
         for stmt in self._named.values():
             self._registry.release(stmt.name)
-        self._named.clear()
+        self._named = _NO_NAMES
         self._unnamed = None
 
 

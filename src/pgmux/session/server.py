@@ -21,6 +21,7 @@ from pgmux.session.params import canon
 from pgmux.session.pipeline import Entry, release, to_client
 from pgmux.session.prepared import ServerStatements
 from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
+from pgmux.session.tracking import own_params
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
@@ -355,7 +356,7 @@ class ServerSession:
                 # take its spelling for the client too, or the two would never compare equal again.
                 c = self.client
                 if c is not None and name in c.params:
-                    c.params[name] = value
+                    own_params(c)[name] = value
                     c.sig = None
             elif t == _E:
                 self.swallow_error = m.parse_error_fields(memoryview(data)[start + 5:start + total])
@@ -376,7 +377,7 @@ class ServerSession:
         if c is not None and name in c.params and c.params[name] != value:
             # A reported parameter the linked client changed (SET, RESET, a function, a rollback):
             # the server says its value, so the client carries it to its next server.
-            c.params[name] = value
+            own_params(c)[name] = value
             c.sig = None
         return name, value
 

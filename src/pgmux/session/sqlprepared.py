@@ -16,6 +16,10 @@ DEALLOCATE), pgmux brings the server to the client's view of that name (`plan`):
   client's EXECUTE fails as PostgreSQL would make it fail and its PREPARE does not collide.
 Another client's statement left on a server is therefore harmless: nobody can run it by accident.
 
+A client that never prepared one holds no dict for them (`client.sql` is None, issue 11: most clients
+never do): the functions below take None for "none", and `record` returns the client's dict as it is
+now, None once empty.
+
 PREPARE and DEALLOCATE are not transactional in PostgreSQL (a PREPARE in a transaction that rolls back
 stays), so they are recorded as soon as the server confirms them with their CommandComplete, whatever
 happens to the transaction; a PREPARE that fails, or that a failure earlier in its query string
@@ -53,12 +57,12 @@ def names(effects: Iterable[Effect]) -> list[str]:
 Step = tuple[str, str, str | None]  # (sql to run, the name, what the server held under it before)
 
 
-def plan(client: dict[str, str], server: dict[str, str], wanted: Iterable[str]) -> list[Step]:
+def plan(client: dict[str, str] | None, server: dict[str, str], wanted: Iterable[str]) -> list[Step]:
     """The statements that bring `server` to the client's view of the `wanted` names, with `server`
     updated as if they succeed (undo a failed step with `undo`)."""
     steps: list[Step] = []
     for name in wanted:
-        want, have = client.get(name), server.get(name)
+        want, have = client.get(name) if client else None, server.get(name)
         if want == have:
             continue
         if have is not None:
@@ -70,7 +74,7 @@ def plan(client: dict[str, str], server: dict[str, str], wanted: Iterable[str]) 
     return steps
 
 
-def evict(client: dict[str, str], server: dict[str, str], cap: int) -> list[Step]:
+def evict(client: dict[str, str] | None, server: dict[str, str], cap: int) -> list[Step]:
     """DEALLOCATE other clients' statements left on this server, oldest first, while it holds more than
     `cap`: they stay until a client of the same name needs the server, so without a cap a server could
     gather every name any client ever prepared."""
@@ -78,7 +82,7 @@ def evict(client: dict[str, str], server: dict[str, str], cap: int) -> list[Step
     extra = len(server) - cap
     if extra <= 0:
         return steps
-    for name in [n for n in server if n not in client][:extra]:
+    for name in [n for n in server if not client or n not in client][:extra]:
         steps.append((f"DEALLOCATE {quote_ident(name)}", name, server.pop(name)))
     return steps
 
@@ -92,14 +96,19 @@ def undo(server: dict[str, str], step: Step) -> None:
         del server[name]
 
 
-def record(client: dict[str, str], server: dict[str, str], e: Effect) -> None:
-    """A PREPARE or DEALLOCATE the server confirmed (its CommandComplete)."""
+def record(client: dict[str, str] | None, server: dict[str, str], e: Effect) -> dict[str, str] | None:
+    """A PREPARE or DEALLOCATE the server confirmed (its CommandComplete): the client's statements
+    after it (the same dict, made on the first PREPARE; None once none is left)."""
     if isinstance(e, Prepare):
+        if client is None:
+            client = {}
         client[e.name] = server[e.name] = definition(e)
     elif isinstance(e, Deallocate):
         if e.name is None:
-            client.clear()
+            client = None
             server.clear()
         else:
-            client.pop(e.name, None)
+            if client is not None:
+                client.pop(e.name, None)
             server.pop(e.name, None)
+    return client or None

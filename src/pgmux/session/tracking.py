@@ -26,8 +26,8 @@ the client its own value in the ParameterStatus of a reported one (pipeline._res
 SQL-level PREPARE and DEALLOCATE are not transactional: they count as soon as their CommandComplete
 comes (`client.q_sql` counts those of the Query in flight), see session/sqlprepared.py.
 
-pin_mode = refuse (per database): a statement that would pin is not run; the client gets an error
-naming the reason and the setting (`pin_refused`), and its server stays clean.
+What pins a client to its server, and pin_mode = refuse (a statement that would pin is not run; the
+client gets an error naming the reason and the setting): session/pins.py.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pgmux.errors import PgmuxError
 from pgmux.session import sqlprepared
+from pgmux.session.pins import Pins as Pins  # (re-exported: client.py imports it from here)
+from pgmux.session.pins import pin as pin
+from pgmux.session.pins import pin_refused as pin_refused
 from pgmux.session.statements import (
     AdvisoryLock,
     AdvisoryUnlock,
@@ -62,7 +64,6 @@ from pgmux.session.statements import (
     TxEnd,
     Unlisten,
     effects,
-    pin_reason,
     undone_by_rollback,
 )
 
@@ -85,7 +86,6 @@ _AT_ONCE = (AdvisoryLock, AdvisoryUnlock, Load)  # not undone by a rollback: pin
 _TX = (TxEnd, Savepoint, ReleaseSavepoint, RollbackToSavepoint)  # what decides which effects count
 _SQL_PREPARED = (Prepare, Execute, Deallocate)  # session/sqlprepared.py; not transactional
 _KEPT = (SetParam, ResetParam, ResetAll, DiscardAll, SetConfigBound) + _SQL_PREPARED + _PINS + _TX
-_PINNING = (Listen, CreateTemp, AdvisoryLock, DeclareHold, Load)
 
 
 def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
@@ -294,14 +294,14 @@ def query_effects(body: bytes | memoryview) -> tuple[Effect, ...]:
 
 def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...], status: bytes) -> None:
     """A watched Query (or a Sync while effects wait for their transaction) got its ReadyForQuery."""
-    failed, ends, ran = c.q_error, c.q_ends, c.q_sql
+    failed, ends, ran = c.q_error, c.q_ends or [], c.q_sql
     c.q_error = False
-    c.q_ends = []
+    c.q_ends = None
     if ran:  # the first `ran` PREPAREs and DEALLOCATEs of the query string ran, whatever came after
         c.q_sql = 0
         for e in done:
             if isinstance(e, (Prepare, Deallocate)) and ran > 0:
-                sqlprepared.record(c.sql, server.sql, e)
+                c.sql = sqlprepared.record(c.sql, server.sql, e)
                 ran -= 1
     for e in done:
         # Session advisory locks and LOAD outlive a rollback; a lock taken before an error in the
@@ -320,31 +320,67 @@ def query_done(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]
         suspect(c, server, [e for e in done if not isinstance(e, _TX)])
         if status == b"I":  # the failed statement's transaction is over, rolled back
             suspect(c, server, cur)
-            c.tx_effects = []
+            c.tx_effects = None
         else:
-            c.tx_effects = cur + [e for e in rest if isinstance(e, Savepoint)]
+            c.tx_effects = cur + [e for e in rest if isinstance(e, Savepoint)] or None
         return
     c.tx_effects = run_effects(c, server, c.tx_effects, done, ends)
     if status == b"I":
         if c.tx_effects and not any(ends):  # (a COMMIT of a failed transaction says ROLLBACK)
             apply(c, server, [e for e in c.tx_effects if not isinstance(e, _TX)])
-        c.tx_effects = []
+        c.tx_effects = None
 
 
-def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect],
-                ends: list[bool]) -> list[Effect]:
+def own_params(c: ClientSession) -> dict[str, str]:
+    """A client's parameters, to change them. After its login a client shares the dict of its
+    parameters with the clients that logged in with the same values (`params is initial`, see
+    ClientSession.send_welcome; issue 11: a few hundred bytes per idle client): its first change
+    after login gives it a copy of its own. Every change to `client.params` after login goes through
+    here, or it would change those other clients' too."""
+    params = c.params
+    if params is c.initial:
+        params = c.params = dict(params)
+    return params
+
+
+def note_end(c: ClientSession, rolled_back: bool) -> None:
+    """The tag of a transaction-ending statement in the watched query in flight: COMMIT (False) or
+    ROLLBACK (True), for query_done and executed. (`client.q_ends` is None while there are none.)"""
+    if c.q_ends is None:
+        c.q_ends = [rolled_back]
+    else:
+        c.q_ends.append(rolled_back)
+
+
+def keep(table: dict[bytes, tuple[Effect, ...]] | None, name: bytes,
+         done: tuple[Effect, ...] | None) -> dict[bytes, tuple[Effect, ...]] | None:
+    """`table` (a client's `stmt_fx` or `portal_fx`) with `name` now holding `done`, or no longer held
+    when `done` is empty: made on first use, None once empty (issue 11: no dict per idle client)."""
+    if done:
+        if table is None:
+            return {name: done}
+        table[name] = done
+        return table
+    if table:
+        table.pop(name, None)
+    return table or None
+
+
+def run_effects(c: ClientSession, server: ServerSession, pending: list[Effect] | None, done: Sequence[Effect],
+                ends: list[bool]) -> list[Effect] | None:
     """The effects of a transaction so far (`pending`, with its savepoints) after statements that
     succeeded did `done`, in order. `ends` are the COMMIT (False) and ROLLBACK (True) tags their
     transaction-ending statements answered, consumed here in order: a COMMIT of a failed transaction
-    and ROLLBACK TO SAVEPOINT both say ROLLBACK."""
-    return _run(c, server, pending, done, ends)[0]
+    and ROLLBACK TO SAVEPOINT both say ROLLBACK. None for none (`client.tx_effects` between
+    transactions: issue 11, no list per idle client)."""
+    return _run(c, server, pending, done, ends)[0] or None
 
 
-def _run(c: ClientSession, server: ServerSession, pending: list[Effect], done: Sequence[Effect], ends: list[bool],
-         until_untagged: bool = False) -> tuple[list[Effect], Sequence[Effect]]:
+def _run(c: ClientSession, server: ServerSession, pending: list[Effect] | None, done: Sequence[Effect],
+         ends: list[bool], until_untagged: bool = False) -> tuple[list[Effect], Sequence[Effect]]:
     """run_effects; with `until_untagged`, stop at the first transaction-ending statement without a
     tag (it did not complete) and return the effects from there on too."""
-    cur = list(pending)
+    cur = list(pending) if pending else []
     for n, e in enumerate(done):
         if until_untagged and not ends and isinstance(e, (TxEnd, RollbackToSavepoint)):
             return cur, done[n:]
@@ -410,10 +446,10 @@ def executed(c: ClientSession, server: ServerSession, done: tuple[Effect, ...]) 
             pin(c, e)
             continue
         if isinstance(e, (Prepare, Deallocate)):
-            sqlprepared.record(c.sql, server.sql, e)
+            c.sql = sqlprepared.record(c.sql, server.sql, e)
         rest.append(e)
     if rest:
-        c.tx_effects = run_effects(c, server, c.tx_effects, rest, c.q_ends)
+        c.tx_effects = run_effects(c, server, c.tx_effects, rest, c.q_ends if c.q_ends is not None else [])
 
 
 def forget_statements(c: ClientSession, server: ServerSession) -> None:
@@ -423,27 +459,8 @@ def forget_statements(c: ClientSession, server: ServerSession) -> None:
         server.stmts.forget_all()
     if c.stmts is not None:
         c.stmts.clear()
-    c.sql.clear()
+    c.sql = None
     server.sql.clear()
-
-
-_REFUSED_WHAT = {"listen": "LISTEN", "temp table": "a temporary table", "advisory lock": "a session-level "
-                 "advisory lock", "with hold cursor": "a cursor WITH HOLD", "load": "LOAD"}
-
-
-def pin_refused(c: ClientSession, done: tuple[Effect, ...]) -> PgmuxError | None:
-    """pin_mode = refuse: the error for a statement that would pin its client, else None."""
-    for e in done:
-        if isinstance(e, _PINNING):
-            why = pin_reason(e) or "session state"
-            return PgmuxError(
-                f"{_REFUSED_WHAT.get(why, why)} would pin this client to one server connection, and "
-                f"database \"{c.database}\" refuses that in {c.logged_in_pool().mode} pooling "
-                "(pgmux pin_mode = refuse)",
-                sqlstate="0A000",
-                hint="use session pooling for this client, or set pin_mode = pin for the database "
-                     "(pgmux_pin_mode=pin on its pgbouncer.ini line)")
-    return None
 
 
 def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
@@ -456,85 +473,27 @@ def apply(c: ClientSession, server: ServerSession, done: list[Effect]) -> None:
                 continue
         if isinstance(e, SetParam):
             if e.name not in reported:
-                c.params[e.name] = server.params[e.name] = e.value
+                own_params(c)[e.name] = server.params[e.name] = e.value
                 server.extra.add(e.name)
         elif isinstance(e, ResetParam):
             if e.name not in reported:
                 default = c.initial.get(e.name)
                 if default is None:
-                    c.params.pop(e.name, None)
+                    if e.name in c.params:
+                        del own_params(c)[e.name]
                 else:
-                    c.params[e.name] = default
+                    own_params(c)[e.name] = default
                 server.params.pop(e.name, None)  # the server's own default now
                 server.extra.discard(e.name)
         elif isinstance(e, (ResetAll, DiscardAll)):
-            for k in [k for k in c.params if k not in reported]:
-                del c.params[k]
-            c.params.update((k, v) for k, v in c.initial.items() if k not in reported)
+            params = own_params(c)
+            for k in [k for k in params if k not in reported]:
+                del params[k]
+            params.update((k, v) for k, v in c.initial.items() if k not in reported)
             for k in server.extra:
                 server.params.pop(k, None)
             server.extra.clear()
+    if c.params is not c.initial and c.params == c.initial:  # back where it started: shared again
+        c.params = c.initial
     c.sig = None
     server.sig = None
-
-
-class Pins:
-    """What keeps a client on its server: state that lives in that server's session and nowhere else."""
-
-    __slots__ = ("listen", "temp", "cursors", "locks", "load")
-
-    def __init__(self) -> None:
-        self.listen: set[str] = set()
-        self.temp: set[str] = set()
-        self.cursors: set[str] = set()
-        self.locks = 0
-        self.load = False
-
-    def reason(self) -> str:
-        """The words SHOW CLIENTS prints in `pin` ("" when nothing pins)."""
-        parts = [word for word, on in (("listen", self.listen), ("temp table", self.temp),
-                                       ("advisory lock", self.locks > 0), ("with hold cursor", self.cursors),
-                                       ("load", self.load)) if on]
-        return ", ".join(parts)
-
-
-def pin(c: ClientSession, e: Effect) -> None:
-    """Record what a successful statement did to the state that pins; update `client.pinned`."""
-    p = c.pins
-    if p is None:
-        p = c.pins = Pins()
-    if isinstance(e, Listen):
-        p.listen.add(e.channel)
-    elif isinstance(e, Unlisten):
-        if e.channel is None:
-            p.listen.clear()
-        else:
-            p.listen.discard(e.channel)
-    elif isinstance(e, CreateTemp):
-        p.temp.add(e.name)
-    elif isinstance(e, DiscardTemp):
-        p.temp.clear()
-    elif isinstance(e, DropTemp):
-        p.temp.difference_update(e.names)
-    elif isinstance(e, AdvisoryLock):
-        p.locks += 1
-    elif isinstance(e, AdvisoryUnlock):
-        p.locks = 0 if e.all else max(p.locks - 1, 0)
-    elif isinstance(e, DeclareHold):
-        p.cursors.add(e.cursor)
-    elif isinstance(e, CloseCursor):
-        if e.name is None:
-            p.cursors.clear()
-        else:
-            p.cursors.discard(e.name)
-    elif isinstance(e, Load):
-        p.load = True
-    elif isinstance(e, DiscardAll):  # UNLISTEN *, DISCARD TEMP, CLOSE ALL, pg_advisory_unlock_all
-        p.listen.clear()
-        p.temp.clear()
-        p.cursors.clear()
-        p.locks = 0
-    was = c.pinned
-    c.pinned = p.reason()
-    if c.pinned and not was and c.pool is not None:
-        c.pool.stats.pin_count += 1

@@ -1,0 +1,148 @@
+"""pgmux under tracemalloc, for `bench/memory.py --breakdown`: where an idle client's bytes go.
+
+    python3 bench/memprobe.py CTLDIR [--pure] PGMUX-ARGS...
+
+Runs pgmux (as `python -m pgmux PGMUX-ARGS`) with tracemalloc on and a thread that reads commands
+from CTLDIR/cmd and answers in CTLDIR/out: `snap` takes the baseline snapshot; `diff N` lists the
+allocations still alive since then by source line, divided by N clients; `sizes` lists
+sys.getsizeof of what each live ClientSession holds, per session. `--pure` imports pgmux's modules
+from their .py files even where compiled ones are built: tracemalloc sees no Python frame inside
+compiled code, so only the pure build names the lines that allocate.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.machinery as im
+import os
+import runpy
+import sys
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+_SHARED_ATTRS = {"hub", "pool", "route", "server"}  # shared with other clients, or not idle state
+
+
+def type_counts() -> Counter[str]:
+    return Counter(type(o).__qualname__ for o in gc.get_objects())
+
+
+def diff_report(base: tracemalloc.Snapshot, n: int, types: Counter[str]) -> str:
+    gc.collect()
+    snap = tracemalloc.take_snapshot()
+    grown = [(k, v) for k, v in (type_counts() - types).most_common(8)]
+    stats = snap.compare_to(base, "lineno")
+    total = sum(s.size_diff for s in stats)
+    lines = [f"alive since the baseline: {total / n:,.0f} bytes per client (tracemalloc: Python's allocators)"]
+    for s in stats[:30]:
+        if abs(s.size_diff) / n < 4:
+            break
+        frame = s.traceback[0]
+        where = f"{os.path.relpath(frame.filename, ROOT) if frame.filename.startswith(str(ROOT)) else frame.filename}"
+        lines.append(f"  {s.size_diff / n:8,.0f} B {s.count_diff / n:6.2f} blocks  {where}:{frame.lineno}")
+    lines.append("objects the collector tracks, more than at the baseline: "
+                 + (", ".join(f"{k} +{v}" for k, v in grown) or "none"))
+    return "\n".join(lines)
+
+
+def _deep(o: Any, seen: set[int]) -> int:
+    """o's size and that of the containers and bytes it holds, each object once over all calls."""
+    if id(o) in seen or o is None or isinstance(o, (bool, type)) or (isinstance(o, int) and -5 <= o <= 256):
+        return 0
+    seen.add(id(o))
+    size = sys.getsizeof(o)
+    if isinstance(o, dict):
+        size += sum(_deep(k, seen) + _deep(v, seen) for k, v in o.items())
+    elif isinstance(o, (list, tuple, set, frozenset)):
+        size += sum(_deep(x, seen) for x in o)
+    elif type(o).__module__.startswith("pgmux"):
+        cls = type(o)
+        attrs = getattr(cls, "__slots__", None) or getattr(cls, "__mypyc_attrs__", ())
+        size += sum(_deep(getattr(o, a, None), seen) for a in attrs)
+    return size
+
+
+def sizes_report() -> str:
+    gc.collect()
+    clients = [o for o in gc.get_objects() if type(o).__name__ == "ClientSession"]
+    if not clients:
+        return "no ClientSession alive"
+    cls = type(clients[0])
+    attrs = list(getattr(cls, "__slots__", None) or getattr(cls, "__mypyc_attrs__", ()))  # (mypyc: no __slots__)
+    seen: set[int] = set()
+    per: dict[str, int] = {}
+    own = 0
+    for c in clients:
+        own += sys.getsizeof(c)
+        seen.add(id(c))
+        for a in attrs:
+            if a in _SHARED_ATTRS:
+                continue
+            v = getattr(c, a, None)
+            if a == "transport" and v is not None:  # the transport, its protocol, and the bound method
+                proto = v.get_protocol()
+                size = sys.getsizeof(v) + _deep(proto, seen)
+                size += _deep(getattr(proto, "data_received", None), seen)
+                seen.add(id(v))
+            else:
+                size = _deep(v, seen)
+            per[a] = per.get(a, 0) + size
+    n = len(clients)
+    lines = [f"{n} ClientSession objects; sys.getsizeof per session, biggest first "
+             f"(containers with their contents; shared objects once):",
+             f"  {own / n:8,.0f} B  the ClientSession object itself ({type(clients[0]).__module__})"]
+    for a, size in sorted(per.items(), key=lambda kv: -kv[1]):
+        if size / n >= 1:
+            lines.append(f"  {size / n:8,.0f} B  .{a}")
+    lines.append(f"  {(own + sum(per.values())) / n:8,.0f} B  in all")
+    return "\n".join(lines)
+
+
+def serve(ctl: Path) -> None:
+    base: tracemalloc.Snapshot | None = None
+    types: Counter[str] = Counter()
+    while True:
+        time.sleep(0.1)
+        cmd_file = ctl / "cmd"
+        if not cmd_file.exists():
+            continue
+        cmd = cmd_file.read_text().split()
+        cmd_file.unlink()
+        try:
+            if cmd[0] == "snap":
+                gc.collect()
+                base = tracemalloc.take_snapshot()
+                types = type_counts()
+                out = "ok"
+            elif cmd[0] == "diff" and base is not None:
+                out = diff_report(base, int(cmd[1]), types)
+            else:
+                out = sizes_report()
+        except Exception as e:  # noqa: BLE001 - report it to the driver instead of hanging it
+            out = f"memprobe failed: {e!r}"
+        (ctl / "out.tmp").write_text(out)
+        os.rename(ctl / "out.tmp", ctl / "out")
+
+
+def main() -> None:
+    ctl = Path(sys.argv[1])
+    args = sys.argv[2:]
+    if args and args[0] == "--pure":
+        args = args[1:]
+        sys.path_hooks.insert(0, im.FileFinder.path_hook(
+            (im.SourceFileLoader, im.SOURCE_SUFFIXES), (im.ExtensionFileLoader, im.EXTENSION_SUFFIXES)))
+        sys.path_importer_cache.clear()
+    sys.path.insert(0, str(ROOT / "src"))
+    tracemalloc.start(1)
+    threading.Thread(target=serve, args=(ctl,), daemon=True).start()
+    sys.argv = ["pgmux", *args]
+    runpy.run_module("pgmux", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
