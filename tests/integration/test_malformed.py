@@ -12,12 +12,12 @@ from __future__ import annotations
 import struct
 
 import pytest
-from conftest import PgmuxStarter
 from helpers import servers, wait_for
 from test_protocol import Wire, rows, types
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 
 def _raw(t: bytes, body: bytes) -> bytes:

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from helpers import wait_for
 
-from pgmux.runtime.cluster import PgCluster, port_accepts, server_os_user
+from pgmux.testing.cluster import PgCluster, port_accepts, server_os_user
 
 CONNECT: dict[str, Any] = {"connect_timeout": 5, "autocommit": True, "prepare_threshold": None}
 CLIENTS = 6
