@@ -232,10 +232,10 @@ SHAPE_PARTS = [
 
 
 def test_the_extended_fast_path_uses_the_c_shape() -> None:
-    from pgmux.session import pipeline
+    from pgmux.session import fastpath
 
     assert tracking.shape is speedups.shape
-    assert pipeline.shape is speedups.shape
+    assert fastpath.shape is speedups.shape
 
 
 @settings(max_examples=600, deadline=None)
@@ -271,10 +271,10 @@ BIND_PARTS = [
 
 
 def test_the_prepared_fast_path_uses_the_c_binds() -> None:
-    from pgmux.session import pipeline
+    from pgmux.session import fastpath
 
     assert tracking.binds is speedups.binds
-    assert pipeline.binds is speedups.binds
+    assert fastpath.binds is speedups.binds
 
 
 @settings(max_examples=600, deadline=None)
