@@ -21,6 +21,7 @@ COMPILED = [
     "src/pgmux/pooling/pool.py",  # the pool core
     "src/pgmux/session/states.py",  # the states they compare with, as C globals
     "src/pgmux/protocol/codec.py",  # the read buffer both relays check on every read
+    "src/pgmux/protocol/scans.py",  # the one header walk (codec.scan's), and the C scans' definitions
     "src/pgmux/session/pipeline.py",  # extended-protocol batches: statements renamed, replies counted
     "src/pgmux/session/fastpath.py",  # ... the chunks that go as they are, or with Binds renamed only
     "src/pgmux/session/entries.py",  # ... what a server owes, queued per request (a native class)

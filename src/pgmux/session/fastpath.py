@@ -9,8 +9,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from pgmux.session.prepared import ClientStatements, ServerStatements
-from pgmux.session.tracking import (
+from pgmux.protocol.scans import (
     SHAPE_BIND,
     SHAPE_BIND_NAMED,
     SHAPE_CLOSE_STATEMENT,
@@ -25,6 +24,7 @@ from pgmux.session.tracking import (
     binds,
     shape,
 )
+from pgmux.session.prepared import ClientStatements, ServerStatements
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -40,7 +40,7 @@ def as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) ->
     without named statements (pgbench -M extended, psycopg with parameters) stays this cheap; it
     records the unnamed Parse on the way. Anything else is left to the full walk of to_server.
     Without protocol-level statement tracking (max_prepared_statements = 0) named statements go as
-    they are too, unless their text may change session state. tracking.shape (in C where built) reads
+    they are too, unless their text may change session state. scans.shape (in C where built) reads
     the messages; this decides."""
     flags, start, end = shape(chunk)
     if flags & SHAPE_OTHER:
