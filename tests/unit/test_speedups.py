@@ -1,4 +1,4 @@
-"""pgmux._speedups against its definitions in protocol/scans.py: screen_py, query_py, walk_py, steps_py, shape_py, binds_py.
+"""pgmux._speedups against its definitions in protocol/scans.py (screen, query, walk, steps, shape, binds).
 
 The C module is built by `pip install` (setup.py); on this project's machines a C compiler is always
 present, so a missing module is a failure here, not a skip: the forwarding path would silently run

@@ -45,6 +45,7 @@ from pgmux.protocol.extended import (
     rename_target,
 )
 from pgmux.session import sqlprepared
+from pgmux.session.effects import RollbackToSavepoint, TxEnd
 from pgmux.session.entries import (
     AT_Z,
     BIND,
@@ -71,7 +72,7 @@ from pgmux.session.fastpath import as_is, rebound
 from pgmux.session.prepared import NAME_PREFIX, ClientStatements, ServerStatements, Statement
 from pgmux.session.replies import to_client
 from pgmux.session.shapecheck import check, unchecked
-from pgmux.session.statements import RollbackToSavepoint, TxEnd, effects
+from pgmux.session.statements import effects
 from pgmux.session.tracking import pin_refused, query_effects
 from pgmux.session.watch import max_prepared, note_extended, prelude, prelude_for, refuse_parse
 

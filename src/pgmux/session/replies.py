@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pgmux.protocol import messages as m
+from pgmux.session.effects import DiscardAll, Effect, ResetAll, ResetParam
 from pgmux.session.entries import AT_Z, DESCRIBE, ENDS, EXECUTE, FAIL, QUERY, SYNTH, Described, Entry
 from pgmux.session.params import canon
 from pgmux.session.prepared import shape_of
-from pgmux.session.statements import DiscardAll, Effect, ResetAll, ResetParam
 from pgmux.session.tracking import executed, query_done
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from pgmux.protocol import messages as m
 from pgmux.protocol.extended import build_close_statement, build_parse, build_target
 from pgmux.session import sqlprepared
+from pgmux.session.effects import Effect, SetConfigBound, Unknown
 from pgmux.session.entries import BIND, EXECUTE, PARSE, SWALLOWED_CLOSE, SYNC, Entry
-from pgmux.session.statements import Effect, SetConfigBound, Unknown
 from pgmux.session.tracking import pin_refused, query_effects
 
 if TYPE_CHECKING:
