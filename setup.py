@@ -22,7 +22,13 @@ COMPILED = [
     "src/pgmux/pooling/histogram.py",  # metrics' per-transaction histograms (a native call per observation)
     "src/pgmux/session/states.py",  # the states they compare with, as C globals
     "src/pgmux/protocol/codec.py",  # the read buffer both relays check on every read
+    "src/pgmux/protocol/scans.py",  # the one header walk (codec.scan's), and the C scans' definitions
     "src/pgmux/session/pipeline.py",  # extended-protocol batches: statements renamed, replies counted
+    "src/pgmux/session/fastpath.py",  # ... the chunks that go as they are, or with Binds renamed only
+    "src/pgmux/session/entries.py",  # ... what a server owes, queued per request (a native class)
+    "src/pgmux/session/replies.py",  # ... the replies put in the client's order
+    "src/pgmux/session/watch.py",  # ... session effects through the extended protocol
+    "src/pgmux/session/shapecheck.py",  # ... a statement's shape checked before its Bind
     "src/pgmux/session/prepared.py",  # the statement names of each client and server
     "src/pgmux/protocol/messages.py",  # the messages pgmux builds itself (login, errors, its own queries)
     "src/pgmux/session/params.py",  # a client's startup parameters, brought to each server

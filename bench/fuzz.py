@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 import fuzzgen  # noqa: E402
 
 from pgmux.protocol import messages as m  # noqa: E402
-from pgmux.runtime.cluster import (  # noqa: E402
+from pgmux.testing.cluster import (  # noqa: E402
     HOST,
     PgCluster,
     die_with_parent,

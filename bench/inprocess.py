@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))
 from fakes import Rig  # noqa: E402
 
 from pgmux.protocol import messages as m  # noqa: E402
+from pgmux.protocol.scans import ANY_LENGTH, message_end  # noqa: E402
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
 PARSE_COMPLETE = m.message(m.PARSE_COMPLETE)
@@ -67,7 +68,7 @@ def _answers(written: bytes | memoryview) -> bytes:
     out, pos = [], 0
     while pos + 5 <= len(data) and data[pos:pos + 1] in (b"C", b"P"):
         out.append(CLOSE_COMPLETE if data[pos:pos + 1] == b"C" else PARSE_COMPLETE)
-        pos += 1 + struct.unpack_from("!i", data, pos + 1)[0]
+        pos = message_end(data, pos, ANY_LENGTH)
     return b"".join(out)
 
 

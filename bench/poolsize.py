@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from pgmux.runtime.cluster import (
+from pgmux.testing.cluster import (
     HOST,
     PgCluster,
     die_with_parent,

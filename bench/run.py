@@ -22,7 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgmux.runtime.cluster import (
+from pgmux.testing.certs import Certs, make_certs
+from pgmux.testing.cluster import (
     HOST,
     ClusterError,
     PgCluster,
@@ -34,7 +35,6 @@ from pgmux.runtime.cluster import (
     stop_process,
     wait_listening,
 )
-from pgmux.testing.certs import Certs, make_certs
 
 DB = "bench"
 TARGETS = ("direct", "pgbouncer", "pgmux")

@@ -5,13 +5,13 @@
  * each Query screened for statements that change session state pgmux tracks (SET, advisory locks,
  * temp tables, ...). In Python those loops were most of pgmux's own work per transaction; here each
  * is one call:
- *   screen  the session-state screen of a Query's text (session/tracking.py)
+ *   screen  the session-state screen of a Query's text (protocol/scans.py)
  *   query   whether a client's read is exactly one whole Query, and its screen
  *   steps   the client relay's walk over any other read (Syncs, extended batch, COPY, Terminate)
  *   walk    the server relay's walk over a reply (ReadyForQuery and the messages it must see)
  *   shape   what the unnamed statement's fast path needs to know of a client's messages
  *   binds   the Binds of a named prepared statement's steady state
- * Each keeps a Python definition (session/tracking.py, protocol/codec.py): tests/unit/test_speedups.py
+ * Each keeps a Python definition (protocol/scans.py): tests/unit/test_speedups.py
  * checks both agree, and pgmux falls back to the Python where this module was not built.
  */
 #define PY_SSIZE_T_CLEAN
@@ -50,7 +50,7 @@ static int contains(const unsigned char *p, Py_ssize_t n, Word w)
     return 0;
 }
 
-/* The same word lists as session/tracking.py (_FIRST and _SCREEN). */
+/* The same word lists as protocol/scans.py (_FIRST and _SCREEN). */
 static const Word FIRST[] = {W("set"), W("reset"), W("discard"), W("deallocate"), W("listen"), W("unlisten"),
                              W("load"), W("close"), W("declare"), W("/*"), W("--"), W("do"), W("execute"),
                              W("explain"), W("prepare"), W("drop"), W("create"), W("savepoint"), W("rollback"),
@@ -143,7 +143,7 @@ static PyObject *screen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  *
  * The first test of ClientSession._relay on every read: 0 when `data` is not exactly one whole Query
  * message of at most `limit` bytes (the caller walks it then); otherwise 2 when screen() says its
- * text may change tracked session state, else 1. pgmux.session.tracking.query_py is the definition.
+ * text may change tracked session state, else 1. pgmux.protocol.scans.query_py is the definition.
  */
 static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -240,7 +240,7 @@ static int header(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos, long lon
  * and every ReadyForQuery as (type, start, total) in order, so the caller handles them exactly as
  * its own loop would; otherwise items is None. `end` is where the first incomplete message starts.
  * An impossible length (below 4, above limit, or a ReadyForQuery not of 5) raises ValueError(type,
- * length). pgmux.protocol.codec.walk_py is the definition.
+ * length). pgmux.protocol.scans.walk_py is the definition.
  */
 static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -323,7 +323,7 @@ done:
  * FunctionCall (each ends in one ReadyForQuery), follow the extended-protocol batch, screen each
  * Query's text when `watch`, and stop at a Terminate (`end` is then where it starts). `copy_in` says
  * the server is in a COPY FROM STDIN started by Execute: at its CopyDone or CopyFail, the Syncs sent
- * since the Execute, but one, get no reply (`ignored`), and copy_in ends. pgmux.session.tracking.steps_py
+ * since the Execute, but one, get no reply (`ignored`), and copy_in ends. pgmux.protocol.scans.steps_py
  * is the definition.
  */
 static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -407,9 +407,9 @@ done:
 /*
  * shape(chunk) -> (flags, start, end)
  *
- * What session/pipeline.py's _as_is needs to know of a client's complete messages, in one pass:
+ * What session/fastpath.py's as_is needs to know of a client's complete messages, in one pass:
  * `flags` is an OR of the SHAPE_* bits below, and data[start:end] is the last Parse of the unnamed
- * statement (start -1 when there is none). pgmux.session.tracking.shape_py is the definition.
+ * statement (start -1 when there is none). pgmux.protocol.scans.shape_py is the definition.
  */
 enum {
     SHAPE_PARSE_NAMED = 1,       /* a Parse of a named statement */
@@ -508,10 +508,10 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 /*
  * binds(chunk) -> [(start, portal_end, name_end, end), ...] or None
  *
- * The walk of session/pipeline.py's _rebound: when the complete messages in `chunk` are only Binds of
+ * The walk of session/fastpath.py's rebound: when the complete messages in `chunk` are only Binds of
  * named statements, Describes of portals, Executes and Syncs, and a Sync comes last, the Binds' offsets:
  * where each starts, ends, and where the NUL after its portal name and after its statement name are.
- * None for anything else. pgmux.session.tracking.binds_py is the definition.
+ * None for anything else. pgmux.protocol.scans.binds_py is the definition.
  */
 static PyObject *binds(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -580,16 +580,16 @@ static PyMethodDef methods[] = {
      "of named statements, Describes of portals, Executes and Syncs, ending in a Sync."},
     {"shape", (PyCFunction)(void (*)(void))shape, METH_FASTCALL,
      "shape(chunk) -> (flags, start, end): what the extended-protocol fast path needs to know of a "
-     "client's complete messages (see pgmux.session.tracking.shape_py)."},
+     "client's complete messages (see pgmux.protocol.scans.shape_py)."},
     {"steps", (PyCFunction)(void (*)(void))steps, METH_FASTCALL,
      "steps(data, limit, copy_syncs, unsynced, watch, copy_in) -> (end, syncs, copy_syncs, unsynced, ext, track, "
-     "ignored, copy_in, terminate): the client relay's walk over a read (see pgmux.session.tracking.steps_py)."},
+     "ignored, copy_in, terminate): the client relay's walk over a read (see pgmux.protocol.scans.steps_py)."},
     {"query", (PyCFunction)(void (*)(void))query, METH_FASTCALL,
      "query(data, limit) -> 0 (not one whole Query of at most limit bytes), 1 (one, changing nothing "
      "tracked) or 2 (one that may change tracked session state)."},
     {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL,
      "screen(data, start, end) -> bool: False when the Query text data[start:end] certainly changes no "
-     "session state pgmux tracks (see pgmux.session.tracking)."},
+     "session state pgmux tracks (see pgmux.protocol.scans)."},
     {NULL, NULL, 0, NULL},
 };
 

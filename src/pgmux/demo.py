@@ -1,7 +1,7 @@
 """`pgmux demo`: a throwaway primary (+ replicas) with pgmux in front, and the psql commands to try it.
 
 Everything lives in one temp dir and goes away on Ctrl-C or SIGTERM: pgmux (by PID), the PostgreSQL
-servers, the dir. As root, PostgreSQL runs as an unprivileged OS user (see runtime/cluster.py), and so
+servers, the dir. As root, PostgreSQL runs as an unprivileged OS user (see testing/osuser.py), and so
 does pgmux: it refuses root, so it is started with `-u` that user and switches to it itself.
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 from types import FrameType
 
-from pgmux.runtime.cluster import (
+from pgmux.testing.cluster import (
     HOST,
     ClusterError,
     PgCluster,

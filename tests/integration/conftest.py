@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from pgmux.runtime.cluster import (
+from pgmux.testing.cluster import (
     HOST,
     ClusterError,
     PgCluster,

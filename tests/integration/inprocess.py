@@ -16,7 +16,7 @@ import uvloop
 
 from pgmux.config import load_config
 from pgmux.runtime.app import App
-from pgmux.runtime.cluster import HOST, PgCluster, free_port, render_ini, render_userlist
+from pgmux.testing.cluster import HOST, PgCluster, free_port, render_ini, render_userlist
 
 
 def write_config(pg: PgCluster, tmp_path: Path, settings: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgmux.runtime.cluster import HOST, free_port
+from pgmux.testing.cluster import HOST, free_port
 
 
 def metrics_settings(**extra: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 from helpers import backend_pid, guard, pool_row, servers, wait_for
 from psycopg.rows import dict_row
 
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 CONNECT: dict[str, Any] = {"connect_timeout": 5, "autocommit": True, "prepare_threshold": None}
 

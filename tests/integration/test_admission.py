@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 
 from conftest import DEFAULT_USERLIST
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster, find_bindir
+from pgmux.testing.cluster import PgCluster, find_bindir
 
 
 def _recv_message(sock: socket.socket) -> tuple[str, bytes]:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from conftest import PgmuxProc, PgmuxStarter
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 
 @pytest.fixture(scope="module")

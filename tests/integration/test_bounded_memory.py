@@ -16,9 +16,9 @@ import threading
 import time
 
 import pytest
-from conftest import PgmuxStarter
 from test_protocol import Wire, error_fields, rows
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import MAX_INSPECTED
 

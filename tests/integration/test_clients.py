@@ -21,12 +21,12 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 from helpers import wait_for
 from psycopg import errors as pgerr
 from psycopg import pq
 
-from pgmux.runtime.cluster import PgCluster
+from conftest import PgmuxProc, PgmuxStarter
+from pgmux.testing.cluster import PgCluster
 
 POOL_SIZE = 3
 

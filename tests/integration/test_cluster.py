@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from pgmux.runtime.cluster import ClusterError, PgCluster
+from pgmux.testing.cluster import ClusterError, PgCluster
 
 
 def test_primary_accepts_writes_and_replica_replays_them(pg: PgCluster) -> None:

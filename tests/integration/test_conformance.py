@@ -47,11 +47,11 @@ from conformance_ddl import (
 )
 from conformance_drivers import Record, compare_records, record_moves, run_asyncpg, run_psycopg
 from conformance_raw import DB, ddl_script, q, raw_script, reset_script, sql_prepared_script, startup, x
-from conftest import PgmuxProc, PgmuxStarter
 from helpers import execute, parse, servers, sync
 
+from conftest import PgmuxProc, PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 N_CLIENTS = 30
 POOL_SIZE = 3

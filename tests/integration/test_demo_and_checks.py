@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from pgmux.runtime.cluster import PgCluster, free_port
+from pgmux.testing.cluster import PgCluster, free_port
 
 
 def test_demo_starts_primary_replica_and_pooler_then_removes_everything() -> None:

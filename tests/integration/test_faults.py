@@ -28,7 +28,7 @@ from helpers import wait_for
 
 from conftest import PgmuxProc, _pooler_command
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import HOST, SUPERUSER, PgCluster, free_port
+from pgmux.testing.cluster import HOST, SUPERUSER, PgCluster, free_port
 
 BOUND = 30.0  # no client may wait longer than this for an answer or an error
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from conftest import PgmuxProc, PgmuxStarter
-from pgmux.runtime.cluster import PgCluster
 from pgmux.testing.certs import Certs, make_certs
+from pgmux.testing.cluster import PgCluster
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from helpers import wait_for
 
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import pytest
 
 from pgmux.config import HostConfig
 from pgmux.routing.health import HostState, choose
-from pgmux.runtime.cluster import HOST, PgCluster, PgNode
 from pgmux.runtime.health_monitor import HealthMonitor, format_lsn, parse_lsn
+from pgmux.testing.cluster import HOST, PgCluster, PgNode
 
 PERIOD = 0.25
 
@@ -172,7 +172,7 @@ def test_failover_promoted_replica_becomes_the_primary(cluster: PgCluster) -> No
 def test_unreachable_host_is_down_not_banned_until_known() -> None:
     """A host nothing has answered for yet ("auto") may be the primary: down, but never banned.
     A configured replica that cannot be reached is banned. Nothing raises out of the loop."""
-    from pgmux.runtime.cluster import free_port
+    from pgmux.testing.cluster import free_port
 
     port = free_port()
     unknown = HostState(HostConfig(HOST, port, "auto"), "auto")

@@ -9,13 +9,13 @@ instead of pgmux's memory growing without bound.
 
 from __future__ import annotations
 
-from conftest import PgmuxStarter
 from helpers import execute, parse, sync, wait_for
 from test_protocol import Wire, bind, rows, types
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import MAX_INSPECTED
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 
 def _describe_statement(name: str) -> bytes:

@@ -22,7 +22,7 @@ import pytest
 from helpers import backend_pid, guard, pool_row, wait_for
 
 from pgmux import VERSION_STRING, __version__
-from pgmux.runtime.cluster import PgCluster, free_port, port_accepts, render_ini, render_userlist, server_os_user
+from pgmux.testing.cluster import PgCluster, free_port, port_accepts, render_ini, render_userlist, server_os_user
 
 CONNECT: dict[str, Any] = {"connect_timeout": 5, "autocommit": True, "prepare_threshold": None}
 

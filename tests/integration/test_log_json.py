@@ -16,7 +16,7 @@ import pytest
 from helpers import wait_for
 from test_lifecycle import alive, os_user_dir
 
-from pgmux.runtime.cluster import PgCluster, free_port, port_accepts, render_ini, render_userlist
+from pgmux.testing.cluster import PgCluster, free_port, port_accepts, render_ini, render_userlist
 
 
 def test_daemon_mode_writes_json_lines_with_identities(pg: PgCluster, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from pgmux.protocol.auth import make_scram_verifier, md5_secret
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 CONNECT: dict[str, Any] = {"connect_timeout": 5, "autocommit": True}
 

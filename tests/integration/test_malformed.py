@@ -12,12 +12,12 @@ from __future__ import annotations
 import struct
 
 import pytest
-from conftest import PgmuxStarter
 from helpers import servers, wait_for
 from test_protocol import Wire, rows, types
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 
 def _raw(t: bytes, body: bytes) -> bytes:
@@ -111,7 +111,8 @@ def test_malformed_messages_get_postgres_answer_and_server_stays(pgmux_factory: 
         assert "client protocol error: malformed Describe message" in log
 
 
-@pytest.mark.parametrize("name", ["Describe-empty", "Parse-empty", "Bind-empty", "Close-S-only", "Parse-named-no-count"])
+@pytest.mark.parametrize("name", ["Describe-empty", "Parse-empty", "Bind-empty", "Close-S-only",
+                                  "Parse-named-no-count"])
 def test_malformed_message_queued_for_a_busy_pool(pgmux_factory: PgmuxStarter, pg: PgCluster, name: str) -> None:
     # The malformed message waits for the pool's only server, held by another client's transaction;
     # it reaches the pipeline when that server is handed over, inside the server's read callback.

@@ -18,7 +18,7 @@ from helpers import guard, wait_for
 from metrics_helpers import get, metrics_settings, raw, scrape, value
 
 from conftest import PgmuxProc, PgmuxStarter
-from pgmux.runtime.cluster import HOST, free_port
+from pgmux.testing.cluster import HOST, free_port
 
 CLIENTS = 10
 

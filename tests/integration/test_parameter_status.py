@@ -12,10 +12,10 @@ import asyncpg
 import psycopg
 import pytest
 from conformance import Msg, RawClient
-from conftest import PgmuxProc, PgmuxStarter
 
+from conftest import PgmuxProc, PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 STARTUPS: list[dict[str, str]] = [
     {"client_encoding": "latin1"},

@@ -16,9 +16,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 
-from pgmux.runtime.cluster import PgCluster
+from conftest import PgmuxProc, PgmuxStarter
+from pgmux.testing.cluster import PgCluster
 
 DB = "benchdb"
 POOL_SIZE = 5

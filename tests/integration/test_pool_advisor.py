@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import PgmuxProc, PgmuxStarter
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 DB = "testdb"
 SLEEP = "SELECT pg_sleep(0.005);\n"

@@ -19,7 +19,7 @@ import pytest
 from helpers import backend_pid, guard, wait_for
 from test_pooling import connect
 
-from pgmux.runtime.cluster import PgCluster, free_port
+from pgmux.testing.cluster import PgCluster, free_port
 
 
 @pytest.fixture

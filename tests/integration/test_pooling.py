@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from helpers import backend_pid, guard, pool_row, servers, wait_for
 
-from pgmux.runtime.cluster import PgCluster, free_port
+from pgmux.testing.cluster import PgCluster, free_port
 
 CONNECT: dict[str, Any] = {"connect_timeout": 5, "autocommit": True, "prepare_threshold": None}
 

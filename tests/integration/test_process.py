@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from helpers import wait_for
 
-from pgmux.runtime.cluster import PgCluster, port_accepts, server_os_user
+from pgmux.testing.cluster import PgCluster, port_accepts, server_os_user
 
 CONNECT: dict[str, Any] = {"connect_timeout": 5, "autocommit": True, "prepare_threshold": None}
 CLIENTS = 6
@@ -225,7 +225,8 @@ def test_pidfile_of_a_running_instance_stops_a_second_one(pgmux_factory: Any, da
 # -- the log ---------------------------------------------------------------------------------------
 
 # PgBouncer's prefix: time with milliseconds and zone, [pid], level (LOG, WARNING, ERROR...).
-LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [A-Z][A-Za-z0-9+-]* \[\d+\] (LOG|DEBUG|WARNING|ERROR|FATAL) ")
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} [A-Z][A-Za-z0-9+-]* \[\d+\] "
+                  r"(LOG|DEBUG|WARNING|ERROR|FATAL) ")
 
 
 def test_sighup_reopens_the_logfile_and_lines_carry_the_time_zone(pgmux_factory: Any) -> None:

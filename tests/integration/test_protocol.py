@@ -16,11 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 from helpers import copy_data, copy_done, execute, flush, parse, sync, wait_for
 
+from conftest import PgmuxProc, PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 Msg = tuple[bytes, bytes]  # (type byte, body)
 

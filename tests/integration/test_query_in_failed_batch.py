@@ -18,12 +18,12 @@ from __future__ import annotations
 import struct
 
 import pytest
-from conftest import PgmuxStarter
 from helpers import execute, flush, parse, servers, sync, wait_for
 from test_protocol import Wire, bind
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 
 def _close_statement(name: str) -> bytes:

@@ -21,10 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 from conformance import Msg, RawClient
-from conftest import PgmuxProc, PgmuxStarter
 
+from conftest import PgmuxProc, PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import HOST, PgCluster, stop_process
+from pgmux.testing.cluster import HOST, PgCluster, stop_process
 
 TIMEOUT = 60.0
 

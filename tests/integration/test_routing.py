@@ -22,10 +22,10 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 from helpers import guard, wait_for
 
-from pgmux.runtime.cluster import HOST, PgCluster, PgNode, quote_literal
+from conftest import PgmuxProc, PgmuxStarter
+from pgmux.testing.cluster import HOST, PgCluster, PgNode, quote_literal
 
 DB = "app"
 PERIOD = 0.2  # health_check_period: fast, so the tests wait little

@@ -9,9 +9,9 @@ from typing import Any
 
 import asyncpg
 import psycopg
-from conftest import PgmuxProc, PgmuxStarter
 
-from pgmux.runtime.cluster import PgCluster
+from conftest import PgmuxProc, PgmuxStarter
+from pgmux.testing.cluster import PgCluster
 
 SETTINGS = ("search_path", "TimeZone", "statement_timeout", "myapp.tag")
 

@@ -12,10 +12,10 @@ import time
 import psycopg
 import pytest
 import scramp
-from conftest import PgmuxStarter
 from helpers import wait_for
 from test_protocol import Wire, rows
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
 
 STATS = re.compile(r"LOG stats: (\d+) xacts/s, (\d+) queries/s, (\d+) client parses/s, (\d+) server parses/s, "

@@ -18,7 +18,7 @@ from inprocess import run_in_process
 
 from pgmux.net.listen import unix_socket_path
 from pgmux.runtime.app import App
-from pgmux.runtime.cluster import HOST, PgCluster
+from pgmux.testing.cluster import HOST, PgCluster
 
 
 def _opts(sock: Any) -> dict[str, int]:

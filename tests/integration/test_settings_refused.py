@@ -10,8 +10,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import PgmuxStarter
 from helpers import wait_for
+
+from conftest import PgmuxStarter
 
 
 @pytest.mark.parametrize(("line", "key"), [

@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from conftest import PgmuxProc, PgmuxStarter
 from helpers import backend_pid, guard
 
-from pgmux.runtime.cluster import PgCluster
+from conftest import PgmuxProc, PgmuxStarter
+from pgmux.testing.cluster import PgCluster
 
 
 def start(pgmux_factory: PgmuxStarter, pg: PgCluster, pool_size: int = 2) -> PgmuxProc:

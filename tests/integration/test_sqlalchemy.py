@@ -7,11 +7,11 @@ import asyncio
 import random
 
 import pytest
-from conftest import PgmuxStarter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from pgmux.runtime.cluster import PgCluster
+from conftest import PgmuxStarter
+from pgmux.testing.cluster import PgCluster
 
 CLIENTS = 50
 ROUNDS = 20

@@ -28,8 +28,8 @@ from helpers import wait_for
 from conftest import PgmuxStarter
 from pgmux.net.probe import Probe
 from pgmux.net.tls import Contexts
-from pgmux.runtime.cluster import HOST, PgCluster, free_port, render_ini, server_os_user
 from pgmux.testing.certs import Certs, make_certs
+from pgmux.testing.cluster import HOST, PgCluster, free_port, render_ini, server_os_user
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 import pgmux
 
-PURE = ("protocol", "session", "pooling", "routing", "config", "admin")
+PURE = ("protocol", "session", "pooling", "routing", "config", "admin", "sql")
 BANNED = frozenset({"asyncio", "socket", "ssl", "selectors", "uvloop"})
 ROOT = Path(pgmux.__file__).parent
 _IMPORTERS = ("import_module", "__import__")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pgmux import _speedups
 from pgmux.errors import ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import MAX_STARTUP_PACKET, Buffer, noted_table, read_startup, scan, walk_py
-from pgmux.session.tracking import binds_py, query_py, shape_py, steps_py
+from pgmux.protocol.codec import MAX_STARTUP_PACKET, Buffer, read_startup, scan
+from pgmux.protocol.scans import binds_py, noted_table, query_py, shape_py, steps_py, walk_py
 
 streams = st.one_of(
     st.lists(st.one_of(frontend(nonempty_targets=False), backend()), max_size=8).map(b"".join),

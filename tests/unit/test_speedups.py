@@ -1,4 +1,4 @@
-"""pgmux._speedups against its definitions: session.tracking.screen_py and query_py, protocol.codec.walk_py.
+"""pgmux._speedups against its definitions in protocol/scans.py (screen, query, walk, steps, shape, binds).
 
 The C module is built by `pip install` (setup.py); on this project's machines a C compiler is always
 present, so a missing module is a failure here, not a skip: the forwarding path would silently run
@@ -14,9 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import noted_table, walk_py
-from pgmux.session import tracking
-from pgmux.session.tracking import screen_py
+from pgmux.protocol import scans
+from pgmux.protocol.scans import noted_table, screen_py, walk_py
 
 speedups = importlib.import_module("pgmux._speedups")
 
@@ -42,7 +41,7 @@ def both(text: bytes, start: int = 0, end: int | None = None) -> tuple[bool, boo
 
 
 def test_the_forwarding_path_uses_the_c_scan() -> None:
-    assert tracking.screen is speedups.screen
+    assert scans.screen is speedups.screen
 
 
 @pytest.mark.parametrize("sql", STATEMENTS)
@@ -80,7 +79,7 @@ def test_c_scan_agrees_on_random_text(words: list[str], noise: bytes) -> None:
 
 
 def test_the_client_relay_uses_the_c_query_test() -> None:
-    assert tracking.query is speedups.query
+    assert scans.query is speedups.query
 
 
 def _query_cases() -> list[tuple[bytes, int]]:
@@ -95,17 +94,17 @@ def _query_cases() -> list[tuple[bytes, int]]:
 
 @pytest.mark.parametrize("data,limit", _query_cases())
 def test_c_query_test_agrees(data: bytes, limit: int) -> None:
-    py = tracking.query_py(data, limit)
+    py = scans.query_py(data, limit)
     assert speedups.query(data, limit) == py
     assert speedups.query(memoryview(data), limit) == py
     assert speedups.query(bytearray(data), limit) == py
 
 
 def test_query_results() -> None:
-    assert tracking.query_py(m.query("select 1"), 100) == 1
-    assert tracking.query_py(m.query("SET x = 1"), 100) == 2
-    assert tracking.query_py(m.query("select 1") + m.query("select 1"), 100) == 0  # two: walked instead
-    assert tracking.query_py(m.query("select 1"), 5) == 0  # over max_packet_size: walked, and refused there
+    assert scans.query_py(m.query("select 1"), 100) == 1
+    assert scans.query_py(m.query("SET x = 1"), 100) == 2
+    assert scans.query_py(m.query("select 1") + m.query("select 1"), 100) == 0  # two: walked instead
+    assert scans.query_py(m.query("select 1"), 5) == 0  # over max_packet_size: walked, and refused there
 
 
 # -- walk: the server relay's header walk ---------------------------------------------------------------
@@ -168,7 +167,7 @@ CLIENT_PARTS = [
 
 
 def test_the_client_relay_uses_the_c_steps() -> None:
-    assert tracking.steps is speedups.steps
+    assert scans.steps is speedups.steps
 
 
 @settings(max_examples=600, deadline=None)
@@ -179,7 +178,7 @@ def test_c_steps_agree_on_reads_cut_anywhere(parts: list[bytes], cut: int, copy_
     data = b"".join(parts)
     for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data)[:max(0, len(data) - cut)]):
         assert (speedups.steps(chunk, 1 << 30, copy_syncs, unsynced, watch, copy_in)
-                == tracking.steps_py(chunk, 1 << 30, copy_syncs, unsynced, watch, copy_in))
+                == scans.steps_py(chunk, 1 << 30, copy_syncs, unsynced, watch, copy_in))
 
 
 @pytest.mark.parametrize("bad", [
@@ -190,14 +189,14 @@ def test_c_steps_refuse_the_same_lengths(bad: bytes) -> None:
     with pytest.raises(ValueError) as c_err:
         speedups.steps(data, 1000, 0, False, True, False)
     with pytest.raises(ValueError) as py_err:
-        tracking.steps_py(data, 1000, 0, False, True, False)
+        scans.steps_py(data, 1000, 0, False, True, False)
     assert c_err.value.args == py_err.value.args == (bad[0], int.from_bytes(bad[1:5], "big", signed=True))
 
 
 def test_steps_results() -> None:
     parse, sync = m.message(b"P", b"\x00select 1\x00\x00\x00"), m.message(m.SYNC)
     execute = m.message(b"E", b"\x00\x00\x00\x00\x00")
-    steps = tracking.steps_py
+    steps = scans.steps_py
     assert steps(parse + execute + sync, 1 << 30, 2, False, True, False) == (
         len(parse + execute + sync), 1, 1, False, True, False, 0, False, False)
     assert steps(parse + execute, 1 << 30, 0, False, True, False) == (
@@ -217,7 +216,7 @@ def test_steps_results() -> None:
     assert steps(copy + sync, 1 << 30, 1, False, True, False)[6:8] == (0, False)  # not in copy-in: all answered
 
 
-# -- shape: what the extended-protocol fast path (session/pipeline.py's _as_is) reads of a chunk ---------------
+# -- shape: what the extended-protocol fast path (session/fastpath.py's as_is) reads of a chunk ---------------
 
 SHAPE_PARTS = [
     m.message(b"P", b"\x00select 1\x00\x00\x00"), m.message(b"P", b"\x00SET x = 1\x00\x00\x00"),
@@ -232,10 +231,10 @@ SHAPE_PARTS = [
 
 
 def test_the_extended_fast_path_uses_the_c_shape() -> None:
-    from pgmux.session import pipeline
+    from pgmux.session import fastpath
 
-    assert tracking.shape is speedups.shape
-    assert pipeline.shape is speedups.shape
+    assert scans.shape is speedups.shape
+    assert fastpath.shape is speedups.shape
 
 
 @settings(max_examples=600, deadline=None)
@@ -243,14 +242,14 @@ def test_the_extended_fast_path_uses_the_c_shape() -> None:
 def test_c_shape_agrees(parts: list[bytes], cut: int) -> None:
     data = b"".join(parts)
     for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data), bytearray(data)):
-        assert speedups.shape(chunk) == tracking.shape_py(chunk)
+        assert speedups.shape(chunk) == scans.shape_py(chunk)
 
 
 def test_shape_results() -> None:
     parse = m.message(b"P", b"\x00select 1\x00\x00\x00")
     bind = m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00")
     rest = m.message(b"D", b"P\x00") + m.message(b"E", b"\x00\x00\x00\x00\x00") + m.message(m.SYNC)
-    t = tracking
+    t = scans
     assert t.shape_py(parse + bind + rest) == (t.SHAPE_PARSE_UNNAMED | t.SHAPE_BIND | t.SHAPE_EXECUTE, 0, len(parse))
     assert t.shape_py(bind + rest) == (t.SHAPE_BIND | t.SHAPE_UNNAMED_EARLY | t.SHAPE_EXECUTE, -1, -1)
     named = m.message(b"P", b"s1\x00SET x = 1\x00\x00\x00")
@@ -259,7 +258,7 @@ def test_shape_results() -> None:
     assert t.shape_py(parse[:-1])[0] == t.SHAPE_OTHER  # cut short: not for the fast path
 
 
-# -- binds: the walk of named prepared statements' steady state (session/pipeline.py's _rebound) -------------
+# -- binds: the walk of named prepared statements' steady state (session/fastpath.py's rebound) -------------
 
 BIND_PARTS = [
     m.message(b"B", b"\x00s1\x00\x00\x00\x00\x01\x00\x00\x00\x015\x00\x00"),
@@ -271,10 +270,10 @@ BIND_PARTS = [
 
 
 def test_the_prepared_fast_path_uses_the_c_binds() -> None:
-    from pgmux.session import pipeline
+    from pgmux.session import fastpath
 
-    assert tracking.binds is speedups.binds
-    assert pipeline.binds is speedups.binds
+    assert scans.binds is speedups.binds
+    assert fastpath.binds is speedups.binds
 
 
 @settings(max_examples=600, deadline=None)
@@ -282,16 +281,16 @@ def test_the_prepared_fast_path_uses_the_c_binds() -> None:
 def test_c_binds_agree(parts: list[bytes], cut: int) -> None:
     data = b"".join(parts)
     for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data), bytearray(data)):
-        assert speedups.binds(chunk) == tracking.binds_py(chunk)
+        assert speedups.binds(chunk) == scans.binds_py(chunk)
 
 
 def test_binds_results() -> None:
     bind = m.message(b"B", b"\x00s1\x00\x00\x00\x00\x00\x00\x00")
     rest = m.message(b"D", b"P\x00") + m.message(b"E", b"\x00\x00\x00\x00\x00") + m.message(m.SYNC)
-    assert tracking.binds_py(bind + rest) == [(0, 5, 8, len(bind))]
-    assert tracking.binds_py(bind + rest + bind + rest) == [(0, 5, 8, len(bind)),
+    assert scans.binds_py(bind + rest) == [(0, 5, 8, len(bind))]
+    assert scans.binds_py(bind + rest + bind + rest) == [(0, 5, 8, len(bind)),
                                                             (len(bind + rest), len(bind + rest) + 5,
                                                              len(bind + rest) + 8, len(bind + rest + bind))]
-    assert tracking.binds_py(bind + m.message(b"E", b"\x00\x00\x00\x00\x00")) is None  # no Sync last
-    assert tracking.binds_py(m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + rest) is None  # unnamed
-    assert tracking.binds_py(m.message(m.SYNC)) == []
+    assert scans.binds_py(bind + m.message(b"E", b"\x00\x00\x00\x00\x00")) is None  # no Sync last
+    assert scans.binds_py(m.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + rest) is None  # unnamed
+    assert scans.binds_py(m.message(m.SYNC)) == []

@@ -14,12 +14,13 @@ import sys
 
 from pgmux.errors import ProtocolViolation
 from pgmux.protocol import messages as m
+from pgmux.protocol.scans import message_end, noted_table, walk, walk_py
+
+# The server relay's walk (in C where built) and its table of noted types, where session/server.py
+# has always taken them; defined in protocol/scans.py.
+__all__ = ["Buffer", "StartupParseResult", "cstring_at", "noted_table", "read_startup", "scan", "walk", "walk_py"]
 
 _I32 = struct.Struct("!i")
-_HDR = struct.Struct("!Bi")
-_unpack_hdr = _HDR.unpack_from
-# For the sessions' inlined header walks: the int32 length after the type byte.
-unpack_len = _I32.unpack_from
 
 # PostgreSQL's own limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
@@ -39,60 +40,18 @@ def scan(buf: bytes | bytearray | memoryview, pos: int, max_len: int) -> tuple[l
     incomplete byte). Raises ProtocolViolation for a length below 4 or above max_len.
     """
     out: list[tuple[int, int, int]] = []
-    end = len(buf)
-    while end - pos >= 5:
-        mtype, length = _unpack_hdr(buf, pos)
-        if length < 4 or length > max_len:
-            raise ProtocolViolation(f"invalid message length {length} for message type {chr(mtype)!r}")
-        total = length + 1
-        if end - pos < total:
-            break
-        out.append((mtype, pos, total))
-        pos += total
-    return out, pos
-
-
-def noted_table(types: str) -> bytes:
-    """The `noted` argument of walk: a 256-byte table marking these message types."""
-    return bytes(1 if chr(c) in types else 0 for c in range(256))
-
-
-def walk_py(buf: bytes | bytearray | memoryview, limit: int,
-            noted: bytes) -> tuple[int, int, int, int, list[tuple[int, int, int]] | None]:
-    """The server relay's header walk: (end, nz, z, zpos, items) for the complete messages at the start
-    of buf. nz counts the ReadyForQuery messages, z and zpos are the last one's status byte and offset.
-    When a type marked in `noted` occurs, items lists the noted messages and every ReadyForQuery as
-    (type, start, total), in order; else it is None, and the caller has nothing but nz to handle.
-    Raises ValueError(type, length) for a length below 4, above limit, or a ReadyForQuery not of 5.
-    pgmux._speedups.walk does the same in C; this is its definition and its fallback."""
     n = len(buf)
-    pos = nz = z = zpos = 0
-    marks: list[tuple[int, int, int]] = []
-    seen = False
-    while n - pos >= 5:
-        t = buf[pos]
-        (length,) = _I32.unpack_from(buf, pos + 1)
-        if length < 4 or length > limit or (t == 90 and length != 5):
-            raise ValueError(t, length)
-        end = pos + 1 + length
-        if end > n:
-            break
-        if t == 90:  # 'Z'
-            nz += 1
-            z = buf[pos + 5]
-            zpos = pos
-            marks.append((t, pos, end - pos))
-        elif noted[t]:
-            seen = True
-            marks.append((t, pos, end - pos))
-        pos = end
-    return pos, nz, z, zpos, marks if seen else None
-
-
-try:
-    from pgmux._speedups import walk
-except ImportError:  # not compiled here: see setup.py
-    walk = walk_py
+    try:
+        while n - pos >= 5:
+            end = message_end(buf, pos, max_len)
+            if end > n:
+                break
+            out.append((buf[pos], pos, end - pos))
+            pos = end
+    except ValueError as e:
+        mtype, length = e.args
+        raise ProtocolViolation(f"invalid message length {length} for message type {chr(mtype)!r}") from None
+    return out, pos
 
 
 class Buffer:

@@ -1,11 +1,11 @@
 """Read or write? The verdict that decides whether a query may run on a replica.
 
-PostgreSQL's own grammar (libpg_query through pglast) parses the text; `rules` turns each statement
-into a verdict, and a string of several statements goes to the primary if any one of them must.
-Verdicts are cached by exact query text in a bounded LRU: applications send the same few hundred
-texts over and over, so after warm-up a classification is one dict lookup. Texts longer than
-LONG_TEXT are keyed by a 16-byte digest instead, so the cache's memory stays bounded even for
-multi-megabyte bulk INSERTs.
+PostgreSQL's own grammar (libpg_query, driven from sql/parse.py) parses the text; `rules` turns each
+statement into a verdict, and a string of several statements goes to the primary if any one of them
+must. Verdicts are cached by exact query text in a bounded LRU (sql/parse.py TextCache): applications
+send the same few hundred texts over and over, so after warm-up a classification is one dict lookup.
+Texts longer than LONG_TEXT are keyed by a 16-byte digest instead, so the cache's memory stays
+bounded even for multi-megabyte bulk INSERTs.
 
 Hints live in comments, which the parser drops: `/* pgmux:primary */` forces the primary;
 `/* pgmux:replica */` lets an ambiguous read (an EXECUTE of an unknown prepared statement, text the
@@ -18,20 +18,14 @@ and `classify(sql, prepared)` resolves it against the caller's {name: Verdict of
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pglast.parser import ParseError, comments, parse_sql_json
-
 from pgmux.routing.rules import DEFAULT_WRITE_FUNCTIONS, FunctionMatcher, Rule, Target, Verdict, rule_for
+from pgmux.sql.parse import LONG_TEXT, ParseError, TextCache, comments, statements_json
 
-__all__ = ["DEFAULT_WRITE_FUNCTIONS", "Classifier", "Target", "Verdict", "classify"]
-
-LONG_TEXT = 4096
+__all__ = ["DEFAULT_WRITE_FUNCTIONS", "LONG_TEXT", "Classifier", "Target", "Verdict", "classify"]
 _HINT = re.compile(r"pgmux:(primary|replica)\b")
 _COMMENT_HINT = re.compile(r"(?:/\*|--)[^\n]*?pgmux:(primary|replica)\b")
 _PARSE_ERROR = Rule(Verdict("primary", "ambiguous: parse error"))
@@ -54,9 +48,15 @@ class Classifier:
             raise ValueError("cache_size must be >= 0")
         self.functions = FunctionMatcher(DEFAULT_WRITE_FUNCTIONS | frozenset(write_functions))
         self.cache_size = cache_size
-        self._cache: OrderedDict[str | bytes, _Entry] = OrderedDict()
-        self.hits = 0
-        self.parses = 0
+        self._cache: TextCache[_Entry] = TextCache(cache_size)
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def parses(self) -> int:
+        return self._cache.parses
 
     def classify(self, sql: str, prepared: Mapping[str, Verdict] | None = None) -> Verdict:
         entry = self._entry(sql)
@@ -72,34 +72,15 @@ class Classifier:
         return len(self._cache)
 
     def _entry(self, sql: str) -> _Entry:
-        key: str | bytes = sql if len(sql) <= LONG_TEXT else _digest(sql)
-        entry = self._cache.get(key)
-        if entry is not None:
-            self._cache.move_to_end(key)
-            self.hits += 1
-            return entry
-        entry = self._analyse(sql)
-        if self.cache_size:
-            self._cache[key] = entry
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return entry
+        return self._cache.get(sql, self._analyse)
 
     def _analyse(self, sql: str) -> _Entry:
-        self.parses += 1
         try:
-            if "\x00" in sql:  # the C parser would stop at the NUL and never see what follows
-                raise ParseError("NUL in query text")
-            tree = json.loads(parse_sql_json(sql))
-            rules = tuple(rule_for(s["stmt"], self.functions) for s in tree.get("stmts", ()))
+            rules = tuple(rule_for(s["stmt"], self.functions) for s in statements_json(sql))
         except (ParseError, UnicodeError):  # UnicodeError: lone surrogates from undecodable bytes
             rules = (_PARSE_ERROR,)
         hint = _hint(sql)
         return _Entry(rules, hint, _finish([r.verdict for r in rules], hint))
-
-
-def _digest(sql: str) -> bytes:
-    return hashlib.blake2b(sql.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _hint(sql: str) -> str | None:

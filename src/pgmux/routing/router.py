@@ -26,10 +26,10 @@ has reached the client's last commit, else the primary.
 from __future__ import annotations
 
 import random
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from pgmux.protocol.scans import ANY_LENGTH, message_end
 from pgmux.routing.balancer import make_policy
 from pgmux.routing.classify import Classifier, Verdict
 from pgmux.routing.health import HostState, choose
@@ -37,7 +37,6 @@ from pgmux.routing.health import HostState, choose
 __all__ = ["Kind", "Router", "transaction_kind"]
 
 Kind = Literal["read", "write"]
-_LEN = struct.Struct("!i")
 _Q, _P, _B, _F = (ord(c) for c in "QPBF")
 
 
@@ -61,9 +60,11 @@ def transaction_kind(classifier: Classifier, data: bytes, statement_text: Callab
     pos = 0
     while n - pos >= 5:
         t = data[pos]
-        (length,) = _LEN.unpack_from(data, pos + 1)
-        end = pos + 1 + length
-        if end > n or length < 4:
+        try:
+            end = message_end(data, pos, ANY_LENGTH)
+        except ValueError:
+            break
+        if end > n:
             break
         if t == _Q:
             verdicts.append(classifier.classify(_cstr(data, pos + 5, end)[0]))

@@ -16,6 +16,7 @@ from pgmux.errors import PgmuxError
 from pgmux.net.tls import describe
 from pgmux.pooling.pool import PoolStats
 from pgmux.protocol import messages as m
+from pgmux.protocol.scans import ANY_LENGTH, message_end
 from pgmux.runtime.admin_show import ShowRows, run_set, sockname
 from pgmux.session.states import ClientState, ServerState
 
@@ -83,7 +84,7 @@ def _binary_rows(head: bytes, rest: bytes, formats: tuple[int, ...]) -> bytes:
     out, pos = [], 0
     while pos < len(rest):
         mtype = rest[pos:pos + 1]
-        end = pos + 1 + int.from_bytes(rest[pos + 1:pos + 5], "big")
+        end = message_end(rest, pos, ANY_LENGTH)
         if mtype != b"D":
             out.append(rest[pos:end])
             pos = end
@@ -168,7 +169,7 @@ class AdminService(ShowRows):
         elif ch == "E":
             out = self.run(c, st.sql) or b""
             if out[:1] == b"T":  # the RowDescription belongs to Describe, not Execute
-                end = 1 + int.from_bytes(out[1:5], "big")
+                end = message_end(out, 0, ANY_LENGTH)
                 if any(st.formats):
                     out = _binary_rows(out[:end], out[end:], st.formats)
                 else:
@@ -189,7 +190,7 @@ class AdminService(ShowRows):
         if cmd.verb != "SHOW":
             return None
         out = self.execute(c, cmd) or b""
-        return out[:1 + int.from_bytes(out[1:5], "big")] if out[:1] == b"T" else None
+        return out[:message_end(out, 0, ANY_LENGTH)] if out[:1] == b"T" else None
 
     def run(self, c: Any, sql: str) -> bytes | None:
         try:

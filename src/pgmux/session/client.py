@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startup, scan, unpack_len
+from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startup, scan
+from pgmux.protocol.scans import ANY_LENGTH, message_end, query, steps
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, ClientState
-from pgmux.session.tracking import Pins, query, steps
+from pgmux.session.tracking import Pins
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
@@ -662,7 +663,7 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
     while pos < n:
         if chunk[pos] not in _COPY_MSGS:
             return False
-        pos += 1 + unpack_len(chunk, pos + 1)[0]
+        pos = message_end(chunk, pos, ANY_LENGTH)
     return True
 
 

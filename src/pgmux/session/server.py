@@ -241,7 +241,7 @@ class ServerSession:
         q = self.queue
         if self.state is ServerState.CLOSED:
             return
-        if c is None or self.swallow or t in _DECODED or q and (t not in _ROWS or q[0][1]):
+        if c is None or self.swallow or t in _DECODED or q and (t not in _ROWS or q[0].swallow):
             if buf.need > MAX_INSPECTED:
                 raise ProtocolViolation(f"message too long: {buf.need} bytes of type {chr(t)!r}, above "
                                         f"the {MAX_INSPECTED} bytes pgmux reads whole")

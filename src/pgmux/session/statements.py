@@ -23,231 +23,56 @@ caller can call `effects()` on it at EXECUTE time.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import pglast
-from pglast import ast, keywords
-from pglast.enums import (
-    CURSOR_OPT_HOLD,
-    DiscardMode,
-    ObjectType,
-    OnCommitAction,
-    TransactionStmtKind,
-    VariableSetKind,
+from pglast import ast
+from pglast.enums import CURSOR_OPT_HOLD, DiscardMode, ObjectType, OnCommitAction, TransactionStmtKind
+
+from pgmux.session.effects import (
+    AdvisoryLock,
+    AdvisoryUnlock,
+    CloseCursor,
+    CreateTemp,
+    Deallocate,
+    DeclareHold,
+    DiscardAll,
+    DiscardPlans,
+    DiscardSequences,
+    DiscardTemp,
+    DropTemp,
+    Effect,
+    Execute,
+    Listen,
+    Load,
+    Prepare,
+    ReleaseSavepoint,
+    ResetAll,
+    ResetParam,
+    RollbackToSavepoint,
+    Savepoint,
+    SetConfigBound,
+    SetParam,
+    TxBegin,
+    TxEnd,
+    Unknown,
+    Unlisten,
+    is_param,
+    pg_bool,
+    pin_reason,
+    undone_by_rollback,
 )
-from pglast.parser import ParseError, scan
-from pglast.stream import RawStream
-
 from pgmux.session.params import canon
-
-DEFAULT_CACHE_SIZE = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class SetParam:
-    """`value` is the setting's text as PostgreSQL stores it (what SHOW prints and ParameterStatus
-    reports); `SET name = <value as a string literal>` applies it again, as params.sync_sql does."""
-
-    name: str
-    value: str
-    local: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ResetParam:
-    name: str
-    local: bool = False  # SET LOCAL x TO DEFAULT
-
-
-@dataclass(frozen=True, slots=True)
-class ResetAll:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class DiscardAll:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class DiscardPlans:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class DiscardTemp:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class DiscardSequences:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Prepare:
-    """SQL-level PREPARE. `query_text` is the statement after AS, as written; `param_types` are the
-    declared types as SQL (`integer`, `varchar(3)[]`), empty when none are declared."""
-
-    name: str
-    query_text: str
-    param_types: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Execute:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Deallocate:
-    name: str | None  # None: DEALLOCATE ALL
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unlisten:
-    channel: str | None  # None: UNLISTEN *
-
-
-@dataclass(frozen=True, slots=True)
-class CreateTemp:
-    name: str  # the temporary table, view, sequence, function or type
-
-
-@dataclass(frozen=True, slots=True)
-class DropTemp:
-    """DROP TABLE/VIEW/SEQUENCE/TYPE of a name that may be one of the session's temporary objects:
-    unqualified (pg_temp comes first in the search path) or qualified with pg_temp."""
-
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class AdvisoryLock:
-    function: str  # a session-level lock function; the _xact_ ones end with the transaction
-
-
-@dataclass(frozen=True, slots=True)
-class AdvisoryUnlock:
-    all: bool  # pg_advisory_unlock_all
-
-
-@dataclass(frozen=True, slots=True)
-class DeclareHold:
-    cursor: str
-
-
-@dataclass(frozen=True, slots=True)
-class CloseCursor:
-    name: str | None  # None: CLOSE ALL
-
-
-@dataclass(frozen=True, slots=True)
-class Load:
-    library: str
-
-
-@dataclass(frozen=True, slots=True)
-class TxBegin:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class TxEnd:
-    """COMMIT/END (commit), ROLLBACK/ABORT, and PREPARE TRANSACTION, which keeps session changes as a
-    commit does. `chain`: AND CHAIN starts a new transaction at once."""
-
-    commit: bool
-    chain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Savepoint:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseSavepoint:
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class RollbackToSavepoint:
-    name: str
-
-
-_MISSING = object()
-
-
-@dataclass(frozen=True, slots=True)
-class SetConfigBound:
-    """`set_config(name, value, is_local)` with parameters among its arguments, as drivers send it
-    through the extended protocol (`set_config('app.user', $1, false)`). Each argument is its constant,
-    or the number of the parameter ($n) whose value a Bind gives: `resolve` then makes the effect."""
-
-    name_arg: str | int
-    value_arg: str | int | None
-    local_arg: bool | int
-
-    def resolve(self, params: Sequence[str | None]) -> Effect:
-        """The effect, given the Bind's parameter values as text (None for NULL; a text parameter's
-        binary format is the same bytes, and a binary boolean is one byte, 0 or 1)."""
-        def arg(v: object) -> object:
-            if _is_param(v):
-                assert isinstance(v, int)
-                return params[v - 1] if 0 < v <= len(params) else _MISSING
-            return v
-        name, value, is_local = arg(self.name_arg), arg(self.value_arg), arg(self.local_arg)
-        if is_local in ("\x00", "\x01"):  # a boolean in binary format (as text PostgreSQL refuses it)
-            is_local = is_local == "\x01"
-        local = False if is_local is None else _pg_bool(is_local)
-        if not isinstance(name, str) or local is None or value is _MISSING:
-            return Unknown("set_config with unreadable parameters")
-        if value is None:
-            return ResetParam(canon(name), local)
-        return SetParam(canon(name), str(value), local)
-
-
-@dataclass(frozen=True, slots=True)
-class Unknown:
-    """Something that may change the session in a way not tracked here; the caller chooses to pin."""
-
-    reason: str
-
-
-Effect = (SetParam | ResetParam | ResetAll | DiscardAll | DiscardPlans | DiscardTemp | DiscardSequences
-          | SetConfigBound | Prepare | Execute | Deallocate | Listen | Unlisten | CreateTemp | DropTemp
-          | AdvisoryLock | AdvisoryUnlock | DeclareHold | CloseCursor | Load | TxBegin | TxEnd | Savepoint
-          | ReleaseSavepoint | RollbackToSavepoint | Unknown)
-
-_PIN_REASONS: dict[type, str] = {
-    Listen: "listen", CreateTemp: "temp table", AdvisoryLock: "advisory lock",
-    DeclareHold: "with hold cursor", Load: "load",
-}
-
-# Undone when their transaction rolls back (GUCs, LISTEN, DDL, cursors). PREPARE/DEALLOCATE, session
-# advisory locks and LOAD are not transactional.
-_TRANSACTIONAL = frozenset({SetParam, ResetParam, ResetAll, Listen, Unlisten, CreateTemp, DeclareHold,
-                            DiscardTemp, DropTemp})
-
-
-def pin_reason(effect: Effect) -> str | None:
-    """The reason SHOW CLIENTS prints when this effect keeps a client on its server, else None.
-    `Unknown` gives None too: whether to pin on it is the caller's policy."""
-    return _PIN_REASONS.get(type(effect))
-
-
-def undone_by_rollback(effect: Effect) -> bool:
-    """Whether a ROLLBACK of the transaction the effect ran in takes it back (SET LOCAL never lasts)."""
-    return type(effect) in _TRANSACTIONAL
-
+from pgmux.session.setvalues import const_or_param, quote_ident, set_effects, str_field
+from pgmux.sql.parse import DEFAULT_CACHE_SIZE, ParseError, TextCache, deparse, statements
+from pgmux.sql.parse import tokens as scan_tokens
+
+# The effects (session/effects.py) are named here too, for the modules that read them with effects().
+__all__ = ["AdvisoryLock", "AdvisoryUnlock", "CloseCursor", "CreateTemp", "Deallocate", "DeclareHold",
+           "DiscardAll", "DiscardPlans", "DiscardSequences", "DiscardTemp", "DropTemp", "Effect", "Execute",
+           "Listen", "Load", "Prepare", "ReleaseSavepoint", "ResetAll", "ResetParam", "RollbackToSavepoint",
+           "Savepoint", "SetConfigBound", "SetParam", "TxBegin", "TxEnd", "Unknown", "Unlisten", "is_param",
+           "pg_bool", "pin_reason", "undone_by_rollback", "DEFAULT_CACHE_SIZE", "EffectCache", "effects",
+           "might_change_session", "quote_ident"]
 
 # --- the prefilter -------------------------------------------------------------------------------
 
@@ -278,7 +103,7 @@ def might_change_session(sql: str) -> bool:
         first_word = _WORD.match(head)
         return first_word is not None and first_word.group() in _AT_START_WORDS
     try:
-        tokens = scan(_parsable(sql))
+        tokens = scan_tokens(_parsable(sql))
     except ParseError:
         return True  # let the parser say what is wrong
     first = True
@@ -291,151 +116,11 @@ def might_change_session(sql: str) -> bool:
     return False
 
 
-# --- values ----------------------------------------------------------------------------------------
-
-# GUCs flagged GUC_LIST_QUOTE: PostgreSQL quotes each element as an identifier when it flattens SET.
-_LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "session_preload_libraries",
-                         "local_preload_libraries", "shared_preload_libraries"})
-_NOT_BARE = frozenset(keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS
-                      | keywords.TYPE_FUNC_NAME_KEYWORDS)
-_BARE = re.compile(r"[a-z_][a-z0-9_]*\Z")
-_HOUR_TO_MINUTE = (1 << 10) | (1 << 11)  # INTERVAL_MASK(HOUR) | INTERVAL_MASK(MINUTE)
-_HH_MM = re.compile(r"\s*[+-]?\d+:\d+\s*\Z")
-
-
-def quote_ident(name: str) -> str:
-    """PostgreSQL's quote_identifier: bare when lower-case, plain and not a reserved-ish keyword."""
-    if _BARE.match(name) and name not in _NOT_BARE:
-        return name
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _str(value: str | None) -> str:
-    """pglast types every field as optional; the grammar fills the ones read through this."""
-    return value or ""
-
-
-def _const(node: object) -> tuple[bool, object]:
-    """(is a constant, its value): str, bool, or None for NULL. Casts of constants count as constants."""
-    while isinstance(node, ast.TypeCast):
-        node = node.arg
-    if not isinstance(node, ast.A_Const):
-        return False, None
-    if node.isnull:
-        return True, None
-    val = node.val
-    if isinstance(val, ast.String):
-        return True, val.sval
-    if isinstance(val, ast.Integer):
-        return True, str(val.ival)
-    if isinstance(val, ast.Float):
-        return True, val.fval
-    if isinstance(val, ast.Boolean):
-        return True, bool(val.boolval)
-    return False, None
-
-
-def _const_or_param(node: object) -> tuple[bool, object]:
-    """As _const, and a parameter reference ($n, cast or not) as (True, n)."""
-    inner = node
-    while isinstance(inner, ast.TypeCast):
-        inner = inner.arg
-    if isinstance(inner, ast.ParamRef):
-        return True, int(inner.number or 0)
-    return _const(node)
-
-
-def _is_param(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _pg_bool(value: object) -> bool | None:
-    """PostgreSQL's boolin: true/false/yes/no by unique prefix, on/off, 1/0."""
-    if isinstance(value, bool):
-        return value
-    if not isinstance(value, str):
-        return None
-    v = value.strip().lower()
-    if v in ("on", "1") or (v and ("true".startswith(v) or "yes".startswith(v))):
-        return True
-    if v in ("off", "of", "0") or (v and ("false".startswith(v) or "no".startswith(v))):
-        return False
-    return None
-
-
-def _interval(node: ast.TypeCast) -> str | None:
-    """SET TIME ZONE INTERVAL '...': PostgreSQL re-reads `INTERVAL '<text>'` without a qualifier, so
-    only literals whose meaning does not depend on one are kept (the documented `HOUR TO MINUTE` form)."""
-    ok, text = _const(node.arg)
-    if not ok or not isinstance(text, str) or node.typeName is None:
-        return None
-    if [n.sval for n in node.typeName.names or ()][-1:] != ["interval"]:
-        return None
-    mods = node.typeName.typmods
-    if mods:
-        fields = [m.val.ival for m in mods if isinstance(m, ast.A_Const) and isinstance(m.val, ast.Integer)]
-        if fields != [_HOUR_TO_MINUTE] or not _HH_MM.match(text):
-            return None
-    return f"INTERVAL '{text}'"
-
-
-def _flatten(name: str, args: tuple[object, ...]) -> str | None:
-    """The stored text of SET's arguments, as PostgreSQL's flatten_set_variable_args builds it."""
-    parts = []
-    for arg in args:
-        value: object = None
-        if isinstance(arg, ast.TypeCast):
-            value = _interval(arg) if name == "timezone" else None
-        elif isinstance(arg, ast.A_Const):
-            _, value = _const(arg)
-            if isinstance(value, str) and name in _LIST_QUOTE and isinstance(arg.val, ast.String):
-                value = quote_ident(value)
-        if not isinstance(value, str):
-            return None
-        parts.append(value)
-    return ", ".join(parts)
-
-
-# --- statements ------------------------------------------------------------------------------------
-
-_MULTI = {"TRANSACTION": ("", True), "SESSION CHARACTERISTICS": ("default_", False)}
-
-
-def _set(node: ast.VariableSetStmt) -> list[Effect]:
-    kind, local = node.kind, bool(node.is_local)
-    if kind == VariableSetKind.VAR_RESET_ALL:
-        return [ResetAll()]
-    if kind == VariableSetKind.VAR_SET_CURRENT:  # sets the value it already has
-        return []
-    if kind == VariableSetKind.VAR_SET_MULTI:
-        if node.name == "TRANSACTION SNAPSHOT":
-            return []
-        if node.name not in _MULTI:
-            return [Unknown(f"SET {node.name}")]
-        prefix, local = _MULTI[node.name]
-        out: list[Effect] = []
-        for item in node.args or ():
-            ok, value = _const(item.arg)
-            if item.defname != "transaction_isolation":
-                value = "on" if value == "1" else "off" if value == "0" else value
-            if not ok or not isinstance(value, str):
-                return [Unknown(f"SET {node.name} with an unexpected value")]
-            out.append(SetParam(prefix + item.defname, value, local))
-        return out
-    name = canon(_str(node.name))
-    if kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
-        return [ResetParam(name, local)]
-    value = _flatten(name.lower(), tuple(node.args or ()))
-    if value is None:
-        return [Unknown(f"SET {node.name} with an unsupported value")]
-    return [SetParam(name, value, local)]
-
-
 def _temp_rel(rel: ast.RangeVar | None) -> str | None:
     if rel is None:
         return None
     if rel.relpersistence == "t" or _temp_schema(rel.schemaname):
-        return _str(rel.relname)
+        return str_field(rel.relname)
     return None
 
 
@@ -445,7 +130,7 @@ def _temp_schema(schema: str | None) -> bool:
 
 def _temp_names(names: tuple[ast.String, ...] | None) -> list[Effect]:
     if names and len(names) > 1 and _temp_schema(names[0].sval):
-        return [CreateTemp(_str(names[-1].sval))]
+        return [CreateTemp(str_field(names[-1].sval))]
     return []
 
 
@@ -479,7 +164,7 @@ def _select(node: ast.SelectStmt) -> list[Effect]:
 
 
 def _declare(node: ast.DeclareCursorStmt) -> list[Effect]:
-    out: list[Effect] = [DeclareHold(_str(node.portalname))] if (node.options or 0) & CURSOR_OPT_HOLD else []
+    out: list[Effect] = [DeclareHold(str_field(node.portalname))] if (node.options or 0) & CURSOR_OPT_HOLD else []
     _walk(node.query, out)
     return out
 
@@ -489,7 +174,7 @@ def _option_on(arg: object) -> bool:
     if arg is None:
         return True
     if isinstance(arg, ast.String):
-        return _pg_bool(arg.sval) is not False
+        return pg_bool(arg.sval) is not False
     if isinstance(arg, ast.Integer):
         return arg.ival != 0
     if isinstance(arg, ast.Boolean):
@@ -529,11 +214,11 @@ def _transaction(node: ast.TransactionStmt) -> list[Effect]:
         case k.TRANS_STMT_ROLLBACK:
             return [TxEnd(False, bool(node.chain))]
         case k.TRANS_STMT_SAVEPOINT:
-            return [Savepoint(_str(node.savepoint_name))]
+            return [Savepoint(str_field(node.savepoint_name))]
         case k.TRANS_STMT_RELEASE:
-            return [ReleaseSavepoint(_str(node.savepoint_name))]
+            return [ReleaseSavepoint(str_field(node.savepoint_name))]
         case k.TRANS_STMT_ROLLBACK_TO:
-            return [RollbackToSavepoint(_str(node.savepoint_name))]
+            return [RollbackToSavepoint(str_field(node.savepoint_name))]
     return []  # COMMIT/ROLLBACK PREPARED run outside any transaction of this session
 
 
@@ -549,7 +234,7 @@ def _do(node: ast.DoStmt) -> list[Effect]:
 def _prepare(node: ast.PrepareStmt, text: str) -> list[Effect]:
     """The query is cut from the source text after the first AS outside parentheses, through its last
     token, so comments inside it stay and the trailing semicolon does not."""
-    tokens, depth, start = scan(_parsable(text)), 0, None
+    tokens, depth, start = scan_tokens(_parsable(text)), 0, None
     for i, tok in enumerate(tokens):
         if tok.name == "ASCII_40":
             depth += 1
@@ -560,8 +245,8 @@ def _prepare(node: ast.PrepareStmt, text: str) -> list[Effect]:
             break
     body = [t for t in tokens[start:] if t.name != "ASCII_59" and t.name not in _COMMENTS] if start else []
     query = text[body[0].start:body[-1].end + 1] if body else ""
-    types = tuple(RawStream()(t) for t in node.argtypes or ())
-    return [Prepare(_str(node.name), query, types)]
+    types = tuple(deparse(t) for t in node.argtypes or ())
+    return [Prepare(str_field(node.name), query, types)]
 
 
 _ADVISORY_LOCKS = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
@@ -570,7 +255,7 @@ _ADVISORY_UNLOCKS = frozenset({"pg_advisory_unlock", "pg_advisory_unlock_shared"
 
 
 def _call(node: ast.FuncCall, out: list[Effect]) -> None:
-    names = [_str(n.sval) for n in node.funcname or () if isinstance(n, ast.String)]
+    names = [str_field(n.sval) for n in node.funcname or () if isinstance(n, ast.String)]
     if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog"):
         return  # someone else's function of the same name
     fn = names[-1]
@@ -583,10 +268,10 @@ def _call(node: ast.FuncCall, out: list[Effect]) -> None:
 
 
 def _set_config(node: ast.FuncCall) -> Effect:
-    args = [_const_or_param(a) for a in node.args or ()]
-    if len(args) == 3 and all(ok for ok, _ in args) and any(_is_param(v) for _, v in args):
+    args = [const_or_param(a) for a in node.args or ()]
+    if len(args) == 3 and all(ok for ok, _ in args) and any(is_param(v) for _, v in args):
         (_, name), (_, value), (_, is_local) = args
-        local = is_local if _is_param(is_local) else False if is_local is None else _pg_bool(is_local)
+        local = is_local if is_param(is_local) else False if is_local is None else pg_bool(is_local)
         if (isinstance(name, (str, int)) and not isinstance(name, bool) and isinstance(value, (str, int, type(None)))
                 and not isinstance(value, bool) and isinstance(local, (bool, int))):
             return SetConfigBound(canon(name) if isinstance(name, str) else name, value, local)
@@ -594,7 +279,7 @@ def _set_config(node: ast.FuncCall) -> Effect:
     if len(args) != 3 or not all(ok for ok, _ in args) or not isinstance(args[0][1], str):
         return Unknown("set_config with non-constant arguments")
     (_, name), (_, value), (_, is_local) = args
-    local = False if is_local is None else _pg_bool(is_local)  # a NULL is_local means false
+    local = False if is_local is None else pg_bool(is_local)  # a NULL is_local means false
     if local is None or isinstance(value, bool) or not isinstance(name, str):
         return Unknown("set_config with non-constant arguments")
     if value is None:  # a NULL value resets
@@ -612,7 +297,7 @@ def _drop(node: ast.DropStmt) -> list[Effect]:
     names: list[str] = []
     for obj in node.objects or ():
         parts = obj.names if isinstance(obj, ast.TypeName) else obj
-        words = [_str(w.sval) for w in parts or () if isinstance(w, ast.String)]
+        words = [str_field(w.sval) for w in parts or () if isinstance(w, ast.String)]
         if len(words) == 1 or (len(words) == 2 and _temp_schema(words[0])):
             names.append(words[-1])
     return [DropTemp(tuple(names))] if names else []
@@ -634,7 +319,7 @@ def _walk(node: object, out: list[Effect], functions: bool = True) -> None:
     if isinstance(node, ast.FuncCall) and functions:
         _call(node, out)
     elif isinstance(node, ast.ExecuteStmt):
-        out.append(Execute(_str(node.name)))
+        out.append(Execute(str_field(node.name)))
     cls = type(node)
     attrs = _ATTRS.get(cls)
     if attrs is None:  # a node's fields, from its whole MRO but Node's own `ancestors`, which points up
@@ -654,7 +339,7 @@ def _walked(node: ast.Node) -> list[Effect]:
 
 
 _HANDLERS: dict[type, Callable[..., list[Effect]]] = {
-    ast.VariableSetStmt: _set,
+    ast.VariableSetStmt: set_effects,
     ast.DiscardStmt: _discard,
     ast.DeallocateStmt: _deallocate,
     ast.ListenStmt: lambda n: [Listen(n.conditionname)],
@@ -690,7 +375,7 @@ def _parsable(sql: str) -> str:
 
 def _analyse(sql: str) -> tuple[Effect, ...]:
     try:
-        raws = pglast.parse_sql(_parsable(sql))
+        raws = statements(_parsable(sql))
     except ParseError as exc:
         return (Unknown(f"cannot parse: {exc}"),)
     out: list[Effect] = []
@@ -705,15 +390,22 @@ def _analyse(sql: str) -> tuple[Effect, ...]:
 
 
 class EffectCache:
-    """`effects()` with its own bounded LRU of verdicts by exact text. `parses` counts real parses."""
+    """`effects()` with its own bounded LRU of verdicts by exact text (sql/parse.py TextCache: at most
+    `maxsize` texts, those beyond LONG_TEXT characters kept by digest). `parses` counts real parses."""
 
     def __init__(self, maxsize: int = DEFAULT_CACHE_SIZE) -> None:
         if maxsize < 1:
             raise ValueError("the effect cache needs room for at least one entry")
         self.maxsize = maxsize
-        self.hits = 0
-        self.parses = 0
-        self._cache: OrderedDict[str, tuple[Effect, ...]] = OrderedDict()
+        self._cache: TextCache[tuple[Effect, ...]] = TextCache(maxsize)
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def parses(self) -> int:
+        return self._cache.parses
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -721,17 +413,7 @@ class EffectCache:
     def effects(self, sql: str) -> tuple[Effect, ...]:
         if not might_change_session(sql):
             return ()
-        found = self._cache.get(sql)
-        if found is not None:
-            self._cache.move_to_end(sql)
-            self.hits += 1
-            return found
-        self.parses += 1
-        result = _analyse(sql)
-        self._cache[sql] = result
-        if len(self._cache) > self.maxsize:
-            self._cache.popitem(last=False)
-        return result
+        return self._cache.get(sql, _analyse)
 
 
 _DEFAULT_CACHE = EffectCache()

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgmux.runtime.cluster import server_os_user
+from pgmux.testing.osuser import server_os_user
 
 
 def _openssl(*args: str, cwd: Path) -> None:

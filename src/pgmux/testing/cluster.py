@@ -16,22 +16,38 @@ Every wait is bounded, and `stop()` undoes everything `start()` did.
 from __future__ import annotations
 
 import atexit
-import glob
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-HOST = "127.0.0.1"
+from pgmux.testing.osuser import OS_USER, OsUser, _clean_env, find_bindir, pgmux_user_args, server_os_user
+from pgmux.testing.procs import (
+    HOST,
+    ClusterError,
+    _Exited,
+    die_with_parent,
+    free_port,
+    port_accepts,
+    quote_ident,
+    quote_literal,
+    render_ini,
+    render_userlist,
+    stop_process,
+    wait_listening,
+    wait_until,
+)
+
+# The names the tests, bench/ and the demo take from here (the helpers live in procs.py and osuser.py).
+__all__ = ["AUTH_METHODS", "BASE_CONF", "DEFAULT_HBA", "HOST", "OS_USER", "SUPERUSER", "ClusterError", "OsUser",
+           "PgCluster", "PgNode", "die_with_parent", "find_bindir", "free_port", "pgmux_user_args",
+           "port_accepts", "quote_ident", "quote_literal", "render_ini", "render_userlist", "server_os_user",
+           "stop_process", "wait_listening", "wait_until"]
+
 SUPERUSER = "postgres"
-OS_USER = os.environ.get("PGMUX_TEST_OSUSER", "pgmuxtest")
 AUTH_METHODS = ("scram-sha-256", "md5", "password")
 
 # Settings for a disposable server: fast and unsafe. conf_extra overrides any of them.
@@ -56,115 +72,6 @@ DEFAULT_HBA = [
     "local replication all trust",
     f"host replication all {HOST}/32 trust",
 ]
-
-
-class ClusterError(RuntimeError):
-    """A throwaway cluster could not be set up, started or stopped."""
-
-
-class _Exited(ClusterError):
-    """A process we were waiting for is gone: waiting longer is pointless."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (callers retry if they lose the race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def find_bindir() -> str:
-    """Where initdb/pg_ctl/postgres live: $PGMUX_PG_BINDIR, else `pg_config --bindir`, else the newest
-    /usr/lib/postgresql/*/bin."""
-    candidates: list[str] = []
-    if os.environ.get("PGMUX_PG_BINDIR"):
-        candidates.append(os.environ["PGMUX_PG_BINDIR"])
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
-            candidates.append(out.stdout.strip())
-        except (OSError, subprocess.SubprocessError):
-            pass
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                         key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
-                         reverse=True)
-    for d in candidates:
-        if d and all(os.access(os.path.join(d, b), os.X_OK) for b in ("initdb", "pg_ctl", "postgres")):
-            return d
-    raise ClusterError(
-        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; looked in "
-        f"{candidates or ['(nothing)']}. `pg_config --bindir` must name the directory that holds them "
-        "(install the PostgreSQL server package), or set PGMUX_PG_BINDIR."
-    )
-
-
-@dataclass(frozen=True)
-class OsUser:
-    """Who runs the server-side commands. `switch` is False when that is already us."""
-
-    name: str
-    uid: int
-    gid: int
-    home: str
-    switch: bool
-
-    def popen_kwargs(self) -> dict[str, Any]:
-        if not self.switch:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def env(self) -> dict[str, str]:
-        env = _clean_env()
-        if self.switch:
-            env.update(HOME=self.home, USER=self.name, LOGNAME=self.name)
-        return env
-
-    def chown(self, path: str) -> None:
-        if self.switch:
-            os.chown(path, self.uid, self.gid)
-
-
-def pgmux_user_args(user: OsUser | None = None) -> list[str]:
-    """pgmux's command-line flags to run as the cluster's OS user: `-u NAME` when we are root (pgmux
-    refuses root), nothing otherwise. For the tests' direct starts, bench/ and `pgmux demo`."""
-    user = user if user is not None else server_os_user()
-    return ["-u", user.name] if user.switch else []
-
-
-def server_os_user() -> OsUser:
-    """Ourselves if we are not root; otherwise the unprivileged OS_USER, created if it does not exist."""
-    if os.geteuid() != 0:
-        pw = pwd.getpwuid(os.geteuid())
-        return OsUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, switch=False)
-    try:
-        pw = pwd.getpwnam(OS_USER)
-    except KeyError:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        # Another process may be creating the same user right now: look again before failing.
-        proc = subprocess.run([useradd, "--system", "--create-home", "--shell", "/bin/sh", OS_USER],
-                              capture_output=True, text=True, timeout=30)
-        try:
-            pw = pwd.getpwnam(OS_USER)
-        except KeyError:
-            raise ClusterError(f"PostgreSQL cannot run as root and `useradd {OS_USER}` failed: "
-                               f"{proc.stderr.strip()}") from None
-    return OsUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, switch=True)
-
-
-def _clean_env() -> dict[str, str]:
-    # Our own libpq variables must not leak into psql/pg_basebackup and point them elsewhere.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _conf_value(value: Any) -> str:
@@ -338,24 +245,6 @@ class PgNode:
                                 "-t", str(int(timeout)), "promote"], timeout=timeout + 15)
         wait_until(lambda: not self.in_recovery(), timeout, f"{self.name} to leave recovery")
         self.role = "primary"
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
-    """Poll `predicate` until true; raise ClusterError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            if predicate():
-                return
-        except _Exited:
-            raise
-        except ClusterError as e:
-            last_error = e
-        if time.monotonic() >= deadline:
-            raise ClusterError(f"timed out after {timeout}s waiting for {what}"
-                               + (f" (last error: {last_error})" if last_error else ""))
-        time.sleep(interval)
 
 
 class PgCluster:
@@ -574,70 +463,3 @@ def _login_works(node: PgNode, user: str) -> bool:
     except ClusterError:
         return False
     return True
-
-
-# -- pooler config and process helpers, shared by the test fixtures, `pgmux demo` and the bench ----------
-
-
-def render_ini(databases: Mapping[str, str], settings: Mapping[str, Any],
-               users: Mapping[str, str] | None = None) -> str:
-    """A pgbouncer.ini that both PgBouncer and pgmux read. A None value in `settings` leaves the key out."""
-    lines = ["[databases]"]
-    lines += [f"{name} = {conn}" for name, conn in databases.items()]
-    lines += ["", "[pgbouncer]"]
-    lines += [f"{key} = {value}" for key, value in settings.items() if value is not None]
-    if users:
-        lines += ["", "[users]"]
-        lines += [f"{name} = {conf}" for name, conf in users.items()]
-    return "\n".join(lines) + "\n"
-
-
-def render_userlist(userlist: Mapping[str, str]) -> str:
-    """userlist.txt: `"user" "password"` per line, double quotes doubled as PgBouncer expects."""
-    def q(s: str) -> str:
-        return '"' + s.replace('"', '""') + '"'
-    return "".join(f"{q(user)} {q(password)}\n" for user, password in userlist.items())
-
-
-def die_with_parent(cmd: list[str], sig: str = "TERM") -> list[str]:
-    """Prefix `cmd` so that the process gets SIG when we die, even by SIGKILL or a CI timeout, where no
-    cleanup of ours runs (util-linux `setpriv --pdeathsig`; it execs, so the PID stays the same).
-    Without setpriv, `cmd` unchanged. Note: "we" is the thread that starts it; start from the main one."""
-    setpriv = shutil.which("setpriv") or shutil.which("setpriv", path="/usr/bin:/bin")
-    return [setpriv, "--pdeathsig", sig, "--", *cmd] if setpriv else list(cmd)
-
-
-def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def wait_listening(proc: subprocess.Popen[Any], host: str, port: int, timeout: float = 20) -> None:
-    """Wait until `proc` accepts TCP on host:port; raise ClusterError if it exits first or never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ClusterError(f"process {proc.pid} exited with code {proc.returncode} before listening "
-                               f"on {host}:{port}")
-        if port_accepts(host, port):
-            return
-        time.sleep(0.05)
-    raise ClusterError(f"process {proc.pid} did not listen on {host}:{port} within {timeout}s")
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10, sig: int = signal.SIGTERM) -> int | None:
-    """Signal `proc` by PID, wait up to `timeout`, then SIGKILL. Returns its exit code."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(sig)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                return None
-    return proc.returncode
