@@ -247,8 +247,7 @@ class AdminService(ShowRows):
             for p in self._pools(cmd.arg):
                 for s in list(p.servers):
                     s.close_needed = True
-                for s in list(p.idle):
-                    p.idle.remove(s)
+                for s in p.take_all_idle():
                     app.close_server(s, "reconnect requested by admin")
             return render.render_ok("RECONNECT")
         if v == "WAIT_CLOSE":
@@ -280,8 +279,7 @@ class AdminService(ShowRows):
         for p in self._pools(db):
             p.paused = on
             if on:
-                for s in list(p.idle):  # PAUSE disconnects servers as they become idle
-                    p.idle.remove(s)
+                for s in p.take_all_idle():  # PAUSE disconnects servers as they become idle
                     app.close_server(s, "pause requested")
             else:
                 app.launch(p)  # queued clients get servers in arrival order as they connect

@@ -155,8 +155,7 @@ class App:
             for pool in self.registry:
                 for c in list(pool.waiters) + list(pool.login_waiters):
                     c.fail(err)
-                for server in list(pool.idle):
-                    pool.idle.remove(server)
+                for server in pool.take_all_idle():
                     self.close_server(server, "pgmux shutdown")
         self._after_change()
 
@@ -192,11 +191,15 @@ class App:
     def log_exception(self, prefix: str, exc: BaseException) -> None:
         log.error("%s internal error", prefix, exc_info=exc)
 
+    def log_pooler_error(self, prefix: str, message: str) -> None:
+        if self.config.settings.log_pooler_errors:
+            log.warning("%s pooler error: %s", prefix, message)
+
     # -- clients ---------------------------------------------------------------------------------
     def new_client(self) -> ClientSession:
         cid = self.next_id
         self.next_id += 1
-        c = ClientSession(cid, self, self.now(), self.config.settings.max_packet_size)
+        c = ClientSession(cid, self, self.now(), self.config.settings.max_packet_size, self.sigs)
         self.clients[cid] = c
         return c
 
@@ -323,7 +326,8 @@ class App:
             c.send_welcome({"server_version": f"{__version__}/pgmux", "server_encoding": "UTF8",
                             "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
                             "integer_datetimes": "on", "standard_conforming_strings": "on",
-                            "application_name": c.startup.get("application_name", "")})
+                            "application_name": c.startup.get("application_name", "")},
+                           notify=self.config.settings.login_notify_message)
             return
         pool = self._join_pool(c)
         auth = c.auth
@@ -338,7 +342,7 @@ class App:
         if pool.server_params is not None:
             self.welcome(c)
         else:
-            pool.login_waiters.append(c)
+            pool.add_login_waiter(c)
             self.launch(pool)
 
     def _join_pool(self, c: ClientSession) -> Pool[Any, Any]:
@@ -360,7 +364,7 @@ class App:
             pool = self.routing.login_pool(c, db, server_user, password)
         else:
             pool = known or self.registry.get_or_create(dbname, server_user,
-                                                        lambda: self._pool_setup(db, server_user))
+                                                        lambda: self.pool_setup(db, server_user))
         if pool.disabled:
             raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03", severity="FATAL")
         c.pool = pool
@@ -394,16 +398,16 @@ class App:
         if server is not None and pool.needs_check(server, now):
             # server_check_delay: the server waited long enough (0: any time) to run the check query
             # first; internal_done() gives it to the oldest waiter, this client, or closes it.
-            c.state = C_WAITING
+            c.move(C_WAITING)
             pool.add_waiter(c, now)
-            self._check(server)
+            self.check_server(server)
             return
         if server is not None:
             server.move(S_ACTIVE)
             pool.stats.server_assignment_count += 1
             c.attach(server, now)
             return
-        c.state = C_WAITING
+        c.move(C_WAITING)
         pool.add_waiter(c, now)
         # A full pool (the usual case under load) opens nothing: skip the arithmetic of launch().
         if not self.paused and len(pool.servers) < pool.limits.pool_size + pool.limits.reserve_pool_size:
@@ -414,8 +418,7 @@ class App:
         statement mode give the server back when the transaction is over.
 
         This runs once per transaction. The usual case (the transaction is over, nothing is queued,
-        held or pinned) hands the server on here with detach() and return_server() inline; everything
-        else goes through _ready_other()."""
+        held or pinned) hands the server on here; everything else goes through _ready_other()."""
         pool = server.pool
         st = pool.stats
         now = self.now()
@@ -428,20 +431,8 @@ class App:
         st.xact_count += 1
         st.xact_secs += now - c.xact_start
         c.xact_start = 0.0
-        c.server = None
-        server.client = None
-        if c.state is C_ACTIVE:
-            c.state = C_IDLE
-        if server.paused:
-            server.resume_reading()
-        if c.throttled:  # paused for this server's full socket buffer: no longer its business
-            c.throttle(False)
-        lifetime = pool.limits.server_lifetime
-        if (server.close_needed or self.shedding or self.config.settings.server_reset_query_always
-                or lifetime > 0 and now - server.created_at >= lifetime):
-            self.return_server(server, now=now)
-        else:
-            self.give(server, now)
+        c.detach()
+        self.return_server(server, now=now)
 
     def _ready_other(self, c: ClientSession, server: ServerSession, now: float) -> None:
         """server_ready() for a transaction still open, session mode, and a client with something
@@ -487,7 +478,7 @@ class App:
         if c.state is ClientState.CLOSED:
             return
         was = c.state
-        c.state = ClientState.CLOSED
+        c.move(ClientState.CLOSED)
         self.clients.pop(c.id, None)
         if self.by_cancel.get(c.cancel_pid) is c:
             del self.by_cancel[c.cancel_pid]
@@ -503,9 +494,7 @@ class App:
             if was is ClientState.WAITING:
                 pool.remove_waiter(c)
             elif was is ClientState.LOGIN_WAIT:
-                if c in pool.login_waiters:
-                    pool.login_waiters.remove(c)
-                else:
+                if not pool.remove_login_waiter(c):
                     pool.remove_waiter(c)  # waiting for a server to apply its parameters (probe())
                 self.probing.pop(c.id, None)
         if c.stmts is not None:
@@ -619,7 +608,7 @@ class App:
         for _ in range(n):
             self._open_server(pool)
 
-    def _check(self, server: ServerSession) -> None:
+    def check_server(self, server: ServerSession) -> None:
         """Run server_check_query on an idle server taken from its pool (state TESTED until it answers)."""
         q = self.config.settings.server_check_query
         server.move(ServerState.TESTED)
@@ -636,12 +625,13 @@ class App:
             target = self._target(db, pool.user, host=pool.host)
         else:
             # host=a,b,c: load_balance_hosts=round-robin (the default) takes one step per new
-            # connection; =disable stays on a host until a connection to it fails (_login_failed).
+            # connection; =disable stays on a host until a connection to it fails (login_failed).
             turn = self.host_turn.get((pool.database, pool.user), 0)
             if db.load_balance_hosts != "disable":
                 self.host_turn[(pool.database, pool.user)] = turn + 1
             target = self._target(db, pool.user, turn)
-        server = ServerSession(sid, self, pool, target, self.now())
+        server = ServerSession(sid, self, pool, target, self.now(), self.prepared,
+                               self.config.settings.max_prepared_statements)
         self.servers[sid] = server
         pool.add_server(server)
         pool.connecting += 1
@@ -650,13 +640,13 @@ class App:
 
     async def _connect(self, server: ServerSession, timeout: float) -> None:
         try:
-            await connector.open_server(server, timeout, self.tls)
+            await connector.open_server(server, timeout, self.tls, self.config.settings)
         except (TimeoutError, OSError) as e:
             why = "timeout" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
             # Nothing listening (refused, or no socket file): cheap to ask again soon (pooling/backoff.py).
             refused = isinstance(e, (ConnectionRefusedError, FileNotFoundError)) or \
                 getattr(e, "errno", None) in (errno.ECONNREFUSED, errno.ENOENT)
-            self._login_failed(server, PgmuxError(
+            self.login_failed(server, PgmuxError(
                 f"pgmux cannot connect to server {server.target.label}: {why}", sqlstate="57P03",
                 severity="FATAL"), refused)
 
@@ -703,14 +693,14 @@ class App:
                     log.warning("%s track_extra_parameters: the server does not report %s (no ParameterStatus), "
                                 "so it cannot be tracked that way; SET %s is followed as SQL instead",
                                 server.prefix, name, name)
-        waiters, pool.login_waiters = pool.login_waiters, []
+        waiters = pool.take_login_waiters()
         for c in waiters:
             self.welcome(c, launch=False)  # (a probe waits for this server, given next)
         self.give(server)
         if pool.waiters:
             self.launch(pool)
 
-    def _login_failed(self, server: ServerSession, err: PgmuxError, refused: bool = False) -> None:
+    def login_failed(self, server: ServerSession, err: PgmuxError, refused: bool = False) -> None:
         pool = server.pool
         if server.state is ServerState.LOGIN:
             pool.connecting -= 1
@@ -731,7 +721,7 @@ class App:
         self._drop_server(server, f"server login failed: {err.message}")
         if pool.hstate is not None and self.routing.login_failed(pool, err):
             return  # a host of a split database is down: its clients were routed elsewhere
-        waiters, pool.login_waiters = pool.login_waiters, []
+        waiters = pool.take_login_waiters()
         for c in waiters:
             c.fail(err, close=True)  # still logging in: an ERROR must end the connection too
         if not pool.servers and kind == backoff.REJECTED:
@@ -745,7 +735,7 @@ class App:
 
     def server_failed(self, server: ServerSession, err: PgmuxError) -> None:
         if server.state is ServerState.LOGIN:
-            self._login_failed(server, err)
+            self.login_failed(server, err)
             return
         client = server.client
         self.close_server(server, f"server protocol error: {err.message}")
@@ -769,7 +759,7 @@ class App:
     def server_closed(self, server: ServerSession, reason: str) -> None:
         """The server's socket closed under us."""
         if server.state is ServerState.LOGIN:
-            self._login_failed(server, PgmuxError(f"server closed the connection during login: {reason}",
+            self.login_failed(server, PgmuxError(f"server closed the connection during login: {reason}",
                                                   sqlstate="08006", severity="FATAL"))
             return
         client = server.client
@@ -799,7 +789,7 @@ class App:
     def _drop_server(self, server: ServerSession, reason: str) -> None:
         if server.state is ServerState.CLOSED:
             return
-        server.state = ServerState.CLOSED
+        server.move(ServerState.CLOSED)
         server.closed_reason = reason
         if server.transport is not None:
             server.transport.close()
@@ -857,8 +847,18 @@ class App:
     def admin_message(self, c: ClientSession, mtype: int, body: bytes) -> None:
         self.admin.message(c, mtype, body)
 
+    # -- the rest of the hub port (session/hub.py) -------------------------------------------------
+    def replication_data(self, c: ClientSession, data: bytes) -> None:
+        self.replication.client_data(c, data)
+
+    def route_hold(self, c: ClientSession, server: ServerSession, data: bytes | memoryview) -> bool:
+        return self.routing.hold(c, server, data)
+
+    def host_error(self, server: ServerSession, fields: dict[str, str]) -> None:
+        self.routing.server_error(server, fields)
+
     # -- pools and limits ------------------------------------------------------------------------
-    def _pool_setup(self, db: DatabaseConfig, user: str) -> tuple[PoolLimits, str]:
+    def pool_setup(self, db: DatabaseConfig, user: str) -> tuple[PoolLimits, str]:
         cfg = self.config
         s = cfg.settings
         limits = PoolLimits(pool_size=cfg.pool_size_for(db, user), min_pool_size=cfg.min_pool_size_for(db),
@@ -876,7 +876,7 @@ class App:
             if db is None:
                 pool.disabled = True
                 continue
-            pool.limits, pool.mode = self._pool_setup(db, pool.user)
+            pool.limits, pool.mode = self.pool_setup(db, pool.user)
             pool.refuse_pins = db.pin_mode == "refuse"
 
     def _after_change(self) -> None:
@@ -912,8 +912,7 @@ class App:
             if pool.database in stale or (new.database(pool.database) is None):
                 for srv in list(pool.servers):
                     srv.close_needed = True
-                for srv in list(pool.idle):
-                    pool.idle.remove(srv)
+                for srv in pool.take_all_idle():
                     self.close_server(srv, "database configuration changed")
         self._apply_limits()
         for pool in self.registry:

@@ -38,7 +38,7 @@ class Replication:
     # -- login -------------------------------------------------------------------------------------
     def start(self, c: ClientSession) -> None:
         """`c` authenticated: open its server, or wait for room under the limits."""
-        c.state = ClientState.REPLICATION
+        c.move(ClientState.REPLICATION)
         c.wait_since = self.app.now()
         if not self._room(c):
             self.waiting.append(c)
@@ -57,8 +57,8 @@ class Replication:
         for other in reg:
             if other.database != pool.database and other.user != pool.user:
                 continue
-            while other.idle and reg.headroom(pool) <= 0:
-                app.close_server(other.idle.pop(0), "evicted for a replication connection")
+            while reg.headroom(pool) <= 0 and (victim := other.take_oldest_idle()) is not None:
+                app.close_server(victim, "evicted for a replication connection")
             if reg.headroom(pool) > 0:
                 return True
         return False
@@ -177,7 +177,7 @@ class Replication:
         del self.servers[srv.id]
         srv.closed_reason = reason
         was = srv.state
-        srv.state = ServerState.CLOSED
+        srv.move(ServerState.CLOSED)
         if srv.transport is not None:
             srv.transport.close()
         reg = self.app.registry

@@ -35,7 +35,7 @@ def welcome(app: App, c: ClientSession, launch: bool = True) -> None:
     assert shown is not None, "welcome() runs once the pool's parameters are known"
     pairs = probe_pairs(c.params, shown, pool.known)
     if not pairs:
-        c.send_welcome(shown, app.tracked)
+        c.send_welcome(shown, app.tracked, app.config.settings.login_notify_message)
         return
     app.probing[c.id] = pairs
     now = app.now()
@@ -57,7 +57,7 @@ def probe(app: App, c: ClientSession, server: ServerSession, now: float) -> None
     if not pairs:
         app.probing.pop(c.id, None)
         app.give(server, now)
-        c.send_welcome(shown, app.tracked)
+        c.send_welcome(shown, app.tracked, app.config.settings.login_notify_message)
         return
     app.probing[c.id] = pairs
     c.server = server
@@ -88,4 +88,4 @@ def probe_done(app: App, c: ClientSession, server: ServerSession, err: dict[str,
         c.fail(PgmuxError(err.get("M", "invalid startup parameter"), sqlstate=err.get("C", "22023"),
                           severity="FATAL", detail=err.get("D"), hint=err.get("H")))
         return
-    c.send_welcome(pool.server_params or {}, app.tracked)
+    c.send_welcome(pool.server_params or {}, app.tracked, app.config.settings.login_notify_message)

@@ -20,16 +20,18 @@ from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startu
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
-from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, ClientState
+from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, CLIENT_MOVES, ClientState, IllegalTransition
 from pgmux.session.tracking import Pins, query, steps
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
-    from pgmux.runtime.app import App
+    from pgmux.session.hub import Hub
     from pgmux.session.server import ServerSession
 
+# Equal parameter sets of clients share one tuple (see attach); the hub gives every client the same dict.
+Sigs = dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
 log = logging.getLogger("pgmux")
-_log = log
 
 _X: Final = ord("X")
 _Q: Final = ord("Q")
@@ -57,11 +59,12 @@ class ClientSession:
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
                  "ryw_lsn", "admin_ext", "replication", "repl", "passing", "sink", "held", "throttled",
-                 "rpaused")
+                 "rpaused", "sigs")
 
-    def __init__(self, cid: int, hub: App, now: float, max_packet: int) -> None:
+    def __init__(self, cid: int, hub: Hub, now: float, max_packet: int, sigs: Sigs) -> None:
         self.id = cid
         self.hub = hub
+        self.sigs = sigs
         self.transport: Any = None
         self.addr = "?"
         self.port = 0
@@ -133,6 +136,12 @@ class ClientSession:
         self.throttled = False
         self.rpaused = False
 
+    def move(self, new: ClientState) -> None:
+        """Every change of the client's state, checked against CLIENT_MOVES (session/states.py)."""
+        if new not in CLIENT_MOVES[self.state]:
+            raise IllegalTransition(f"{self.prefix}: client state {self.state.value} -> {new.value}")
+        self.state = new
+
     def logged_in_pool(self) -> Pool[Any, Any]:
         """The pool of a client past login (found then, for its database and user)."""
         pool = self.pool
@@ -184,7 +193,7 @@ class ClientSession:
                 self.logged_in_pool().stats.bytes_received += len(data)
                 track = kind == 2 and self.watch
                 server = self.server
-                if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
+                if server is None or self.route is not None and self.hub.route_hold(self, server, data):
                     self.pending.append(data)
                     self.pending_syncs += 1
                     if track:
@@ -233,8 +242,7 @@ class ClientSession:
 
     def pooler_error(self, err: PgmuxError) -> None:
         """An error pgmux itself answers this client with: logged with log_pooler_errors, as PgBouncer does."""
-        if self.hub.config.settings.log_pooler_errors:
-            _log.warning("%s pooler error: %s", self.prefix, err.message)
+        self.hub.log_pooler_error(self.prefix, err.message)
 
     def fail(self, err: PgmuxError, close: bool | None = None) -> None:
         """Answer with an ErrorResponse; close the connection for FATAL (or when asked: PgBouncer
@@ -252,7 +260,7 @@ class ClientSession:
     # -- startup and authentication ------------------------------------------------------------
     def _startup_data(self, data: bytes) -> None:
         if self.state is ClientState.REPLICATION:  # not startup: a replication client's bytes, as they come
-            self.hub.replication.client_data(self, data)
+            self.hub.replication_data(self, data)
             return
         if not self.sbuf and data[:1] == b"\x16" and self.state is ClientState.STARTUP and \
                 self.hub.start_tls(self, data):
@@ -276,7 +284,7 @@ class ClientSession:
                     # Not a client: a connection that carries one cancel, read no further. The hub
                     # closes it once the cancel is passed on (or cancel_wait_timeout passed), as
                     # PgBouncer does: its end tells the client the cancel was delivered.
-                    self.state = ClientState.CLOSED
+                    self.move(ClientState.CLOSED)
                     self.sbuf = b""
                     self.hub.cancel_request(self, res.key_pid, res.key_secret)
                     return
@@ -299,7 +307,7 @@ class ClientSession:
                 reply = self.auth.feed(b"p", body)
                 if self.auth.done:
                     self.auth_ok = reply  # goes out with the welcome, in one write
-                    self.state = ClientState.LOGIN_WAIT
+                    self.move(ClientState.LOGIN_WAIT)
                     self.hub.client_authenticated(self)
                     self.auth = None  # done with: a few hundred bytes per idle client (issue 11)
                 elif reply:
@@ -313,7 +321,7 @@ class ClientSession:
             self.transport.write(m.message(m.NEGOTIATE_PROTOCOL_VERSION, body))
             params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
         self.startup = params = _shared(params)  # only ever read
-        self.state = ClientState.AUTH
+        self.move(ClientState.AUTH)
         self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
         if self.state is ClientState.AUTH and self.auth is not None:  # None: auth_query looks the user up
             self.begin_auth()
@@ -324,13 +332,14 @@ class ClientSession:
             first = self.auth.start()
             if self.auth.done:  # trust: AuthenticationOk goes out with the welcome, in one write
                 self.auth_ok = first
-                self.state = ClientState.LOGIN_WAIT
+                self.move(ClientState.LOGIN_WAIT)
                 self.hub.client_authenticated(self)
                 self.auth = None
             elif first:
                 self.transport.write(first)
 
-    def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED) -> None:
+    def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED,
+                     notify: str | None = None) -> None:
         """AuthenticationOk (held back by the login), then what PostgreSQL sends after it. The client's
         own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
         shown = dict(server_params)
@@ -347,12 +356,11 @@ class ClientSession:
         self.auth_ok = b""
         out.extend(_status(k, v) for k, v in shown.items())
         out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
-        notify = self.hub.config.settings.login_notify_message
         if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
             out.append(m.notice_response(notify))
         out.append(m.ready_for_query(b"I"))
         self.transport.write(b"".join(out))
-        self.state = ClientState.IDLE
+        self.move(ClientState.IDLE)
         if self.pending:
             self.hub.acquire(self)
         if self.sbuf:  # a client that pipelined its first query behind the password
@@ -384,7 +392,7 @@ class ClientSession:
             self.logged_in_pool().stats.bytes_received += pos
             chunk: bytes | memoryview = data if pos == n else memoryview(data)[:pos]
             server = self.server
-            if server is not None and self.route is not None and self.hub.routing.hold(self, server, chunk):
+            if server is not None and self.route is not None and self.hub.route_hold(self, server, chunk):
                 server = None  # queued: routed on its own once this replica is done (runtime/routing.py)
             self.unsynced = unsynced
             self.copy_syncs = copy_syncs
@@ -435,7 +443,7 @@ class ClientSession:
             return
         self.server = server
         server.client = self
-        self.state = C_ACTIVE
+        self.move(C_ACTIVE)
         server.link_time = now
         if self.xact_start == 0.0:
             self.xact_start = now
@@ -443,7 +451,7 @@ class ClientSession:
         # so when this server was last brought to ours and nothing changed either since, `is` says so.
         sig = self.sig
         if sig is None:
-            sigs = self.hub.sigs
+            sigs = self.sigs
             if len(sigs) >= 1024:  # a bound, against clients that SET ever new values
                 sigs.clear()
             sig = tuple(self.params.items())
@@ -516,7 +524,7 @@ class ClientSession:
         if self.throttled:  # that server's socket buffer is no longer this client's business
             self.throttle(False)
         if self.state is C_ACTIVE:
-            self.state = C_IDLE
+            self.move(C_IDLE)
         return server
 
     # -- long messages: streamed, or held up to a bound ------------------------------------------

@@ -156,9 +156,7 @@ class Described:
 def server_statements(server: ServerSession) -> ServerStatements:
     st = server.stmts
     if st is None:
-        hub = server.hub
-        st = server.stmts = ServerStatements(hub.prepared, hub.config.settings.max_prepared_statements,
-                                             stats=server.pool.stats)
+        st = server.stmts = ServerStatements(server.registry, server.max_prepared, stats=server.pool.stats)
     return st
 
 
@@ -365,7 +363,7 @@ def to_server(c: ClientSession, server: ServerSession, chunk: bytes | memoryview
             raise  # (malformed bodies are passed on before this: see _malformed)
         except PgmuxError as e:  # what PostgreSQL would answer; it then skips to Sync
             c.pooler_error(e)
-            synth(server.hub.prepared.revalidate_error if isinstance(e, CachedPlanChanged) else
+            synth(server.registry.revalidate_error if isinstance(e, CachedPlanChanged) else
                   m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
             c.skip = True
             # The server fails as PostgreSQL would have (see _FAIL). The entry stands for the Sync to
@@ -673,8 +671,7 @@ def _prelude(c: ClientSession, server: ServerSession, q: deque[Entry], done: tup
     if not wanted:
         return []
     steps = sqlprepared.plan(c.sql, server.sql, wanted)
-    steps += sqlprepared.evict(c.sql, server.sql, server.hub.config.settings.max_prepared_statements or
-                               sqlprepared.DEFAULT_CAP)
+    steps += sqlprepared.evict(c.sql, server.sql, server.max_prepared or sqlprepared.DEFAULT_CAP)
     if not steps:
         return []
     out: list[bytes | memoryview] = [_CLOSE_HELPER]

@@ -24,7 +24,8 @@ from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, Serve
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
-    from pgmux.runtime.app import App
+    from pgmux.session.hub import Hub
+    from pgmux.session.prepared import Registry
     from pgmux.session.client import ClientSession
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
@@ -68,11 +69,16 @@ class ServerSession:
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
                  "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn", "held", "release",
-                 "checked", "skipping", "passing", "wpaused")
+                 "checked", "skipping", "passing", "wpaused", "registry", "max_prepared")
 
-    def __init__(self, sid: int, hub: App, pool: Pool[Any, Any], target: ServerTarget, now: float) -> None:
+    def __init__(self, sid: int, hub: Hub, pool: Pool[Any, Any], target: ServerTarget, now: float,
+                 registry: Registry, max_prepared: int) -> None:
         self.id = sid
         self.hub = hub
+        # Prepared statements, when tracked (pipeline.py): the process-wide registry of statement names,
+        # and how many this server may hold (max_prepared_statements when the server was opened).
+        self.registry = registry
+        self.max_prepared = max_prepared
         self.pool = pool
         self.target = target
         self.transport: Any = None
@@ -389,14 +395,14 @@ class ServerSession:
         if fields.get("S") in ("FATAL", "PANIC") or code.startswith("08") and code != "08P01":
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
-                self.hub.routing.server_error(self, fields)
+                self.hub.host_error(self, fields)
         elif self.stmts is not None and fields.get("R") == "RevalidateCachedQuery" and fields.get("C") == "0A000":
             # "cached plan must not change result type": a statement prepared here before a DDL changed
             # its result type, bound by a client that holds it from before the DDL too (a later Parse
             # would have prepared it again: session/prepared.py), which gets this error directly too.
             # The copy stays broken for every client that shares it: prepare each again at next use.
             self.stmts.stale_all()
-            self.hub.prepared.revalidate_error = bytes(data[start:start + total])  # in this server's words
+            self.registry.revalidate_error = bytes(data[start:start + total])  # in this server's words
 
     # -- login ---------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:
