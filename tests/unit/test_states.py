@@ -101,7 +101,7 @@ def state_writes(source: str, label: str) -> list[str]:
         for t in targets:
             for el in ast.walk(t):
                 if isinstance(el, ast.Attribute) and el.attr == "state" and id(node) not in allowed:
-                    found.append(f"{label}:{getattr(node, "lineno", 0)}")
+                    found.append(f"{label}:{getattr(node, 'lineno', 0)}")
     return sorted(set(found), key=lambda w: int(w.rpartition(":")[2]))
 
 
