@@ -17,7 +17,11 @@ from setuptools import Extension, setup
 COMPILED = [
     "src/pgmux/session/client.py",  # the two relays
     "src/pgmux/session/server.py",
-    "src/pgmux/runtime/app.py",  # the hand-off of servers
+    "src/pgmux/runtime/app.py",  # the hub, in layers (one native class chain: all compiled, calls direct):
+    "src/pgmux/runtime/core.py",  # its state
+    "src/pgmux/runtime/servers.py",  # server connects and logins; servers back from clients, to a waiter
+    "src/pgmux/runtime/handoff.py",  # the hand-off of servers, once per transaction
+    "src/pgmux/runtime/logins.py",  # client logins
     "src/pgmux/pooling/pool.py",  # the pool core
     "src/pgmux/session/states.py",  # the states they compare with, as C globals
     "src/pgmux/protocol/codec.py",  # the read buffer both relays check on every read

@@ -14,7 +14,8 @@ from staleness import stale_compiled_modules
 
 HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgmux.pooling.pool",
        "pgmux.session.states", "pgmux.protocol.codec", "pgmux.session.pipeline", "pgmux.session.prepared",
-       "pgmux.protocol.messages", "pgmux.session.params", "pgmux.protocol.auth"]
+       "pgmux.protocol.messages", "pgmux.session.params", "pgmux.protocol.auth", "pgmux.runtime.core",
+       "pgmux.runtime.servers", "pgmux.runtime.handoff", "pgmux.runtime.logins"]
 
 
 @pytest.mark.parametrize("name", HOT)

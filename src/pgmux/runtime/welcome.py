@@ -23,12 +23,12 @@ from pgmux.session.params import MAX_KNOWN, probe_pairs, probe_sql
 from pgmux.session.states import ServerState
 
 if TYPE_CHECKING:
-    from pgmux.runtime.app import App
+    from pgmux.runtime.servers import Servers
     from pgmux.session.client import ClientSession
     from pgmux.session.server import ServerSession
 
 
-def welcome(app: App, c: ClientSession, launch: bool = True) -> None:
+def welcome(app: Servers, c: ClientSession, launch: bool = True) -> None:
     """Welcome a client of a pool whose servers' parameters are known, or probe first."""
     pool = c.logged_in_pool()
     shown = pool.server_params
@@ -49,7 +49,7 @@ def welcome(app: App, c: ClientSession, launch: bool = True) -> None:
         app.launch(pool)
 
 
-def probe(app: App, c: ClientSession, server: ServerSession, now: float) -> None:
+def probe(app: Servers, c: ClientSession, server: ServerSession, now: float) -> None:
     """`server` (ACTIVE) is lent to client `c` to apply its startup parameters before its welcome."""
     pool = c.logged_in_pool()
     shown = pool.server_params or {}
@@ -67,7 +67,7 @@ def probe(app: App, c: ClientSession, server: ServerSession, now: float) -> None
     server.send_internal(probe_sql(pairs))
 
 
-def probe_done(app: App, c: ClientSession, server: ServerSession, err: dict[str, str] | None) -> None:
+def probe_done(app: Servers, c: ClientSession, server: ServerSession, err: dict[str, str] | None) -> None:
     """The probe's ReadyForQuery (App.internal_done): welcome or refuse the client, give the server back."""
     pairs = app.probing.pop(c.id, [])
     c.server = None
