@@ -17,6 +17,8 @@ from setuptools import Extension, setup
 COMPILED = [
     "src/pgmux/session/client.py",  # the two relays
     "src/pgmux/session/server.py",
+    "src/pgmux/session/client_login.py",  # the client's startup and login (split from client.py)
+    "src/pgmux/session/passing.py",  # long messages streamed through, both relays
     "src/pgmux/runtime/app.py",  # the hub, in layers (one native class chain: all compiled, calls direct):
     "src/pgmux/runtime/core.py",  # its state
     "src/pgmux/runtime/servers.py",  # server connects and logins; servers back from clients, to a waiter

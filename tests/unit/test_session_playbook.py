@@ -341,3 +341,45 @@ def test_a_new_server_gets_the_clients_parameters_first(hub: FakeHub) -> None:
     s.send(select_one_reply())
     assert c.take() == select_one_reply()
     assert SERVER_PARAMS["DateStyle"] != s.session.params.get("DateStyle")
+
+
+# -- the fast path and the general one ----------------------------------------------------------------
+@pytest.mark.parametrize("case", ["idle", "in-transaction", "watched-set", "no-server"])
+def test_the_one_query_fast_path_and_the_general_relay_agree(case: str) -> None:
+    """ClientSession.data_received relays a read of exactly one Query itself (the usual read); _relay
+    takes every other read. Both must leave the same bytes, state, counts and hub calls."""
+    from pgmux.session.tracking import query
+    sql = "set search_path = x" if case == "watched-set" else "select 1"
+    q = m.query(sql)
+    assert query(q, 1 << 30)  # the fast path takes this read
+    seen = []
+    for path in ("fast", "relay"):
+        hub = FakeHub()
+        s = hub.server() if case != "no-server" else None
+        c = logged_in(hub)
+        if case == "in-transaction":
+            assert s is not None
+            c.send(m.query("begin"))
+            s.take()
+            s.send(reply(m.command_complete("BEGIN"), status=b"T"))
+            c.take()
+        before = len(hub.calls)
+        if path == "fast":
+            c.send(q)
+        else:
+            c.session._relay(q)
+        cs = c.session
+        seen.append((s.take() if s else None, cs.state, s.session.owed if s else None, list(cs.pending),
+                     cs.pending_syncs, cs.pending_ext, cs.unsynced, cs.pool.stats.bytes_received if cs.pool else 0,
+                     [n[0] for n in hub.calls[before:]], s.session.queue and len(s.session.queue) if s else None))
+    assert seen[0] == seen[1]
+
+
+def test_cut_splits_a_read_at_the_end_of_a_long_message() -> None:
+    from pgmux.session.passing import cut
+    part, rest, left = cut(b"abcdef", 4)
+    assert (bytes(part), rest, left) == (b"abcd", b"ef", 0)
+    part, rest, left = cut(b"abc", 10)
+    assert (bytes(part), rest, left) == (b"abc", b"", 7)
+    part, rest, left = cut(b"abc", 3)
+    assert (bytes(part), rest, left) == (b"abc", b"", 0)

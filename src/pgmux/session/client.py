@@ -9,15 +9,15 @@ Everything else is forwarded as byte ranges, one write per read.
 
 from __future__ import annotations
 
-import functools
 import logging
-import struct
 from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startup, scan, unpack_len
+from pgmux.protocol.codec import STREAM_FROM, Buffer, scan, unpack_len
+from pgmux.session import client_login
 from pgmux.session.params import TRACKED, sync_sql
+from pgmux.session.passing import client_large, cut
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, CLIENT_MOVES, ClientState, IllegalTransition
@@ -34,18 +34,8 @@ Sigs = dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 log = logging.getLogger("pgmux")
 
 _X: Final = ord("X")
-_Q: Final = ord("Q")
-_F: Final = ord("F")
-_COPY_DATA: Final = ord("d")
-# What PostgreSQL's backend reads after login (postgres.c SocketBackend): messages that may be long,
-# and those it refuses beyond 10000 bytes (PQ_SMALL_MESSAGE_LIMIT; pgmux refuses them beyond
-# STREAM_FROM, at their header). Others it refuses whatever their length.
-_LARGE: Final = frozenset(b"QFPBd")
-_PG_LARGE_LIMIT: Final = 0x3FFFFFFE  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT, for those
 # Reads queued for a server (each at most one read of the socket) before the client is read no more.
 _MAX_QUEUED: Final = 16
-_SMALL: Final = frozenset(b"SHECDXcf")
-_NAMES: Final = {_Q: "Query", _F: "FunctionCall", ord("P"): "Parse", ord("B"): "Bind"}
 _COPY_MSGS: Final = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
@@ -186,7 +176,8 @@ class ClientSession:
                 if not kind:
                     self._relay(data)
                     return
-                # Between transactions (the usual case) it is queued and a server asked for here.
+                # A copy of _relay for its most common read, without the walk and the memoryview (per
+                # transaction); test_session_playbook.py holds both to the same effects.
                 self.unsynced = False
                 self.copy_syncs = 0
                 now = self.request_time = self.hub.now()
@@ -194,18 +185,11 @@ class ClientSession:
                 track = kind == 2 and self.watch
                 server = self.server
                 if server is None or self.route is not None and self.hub.route_hold(self, server, data):
-                    self.pending.append(data)
-                    self.pending_syncs += 1
-                    if track:
-                        self.pending_ext = True
-                    if self.state is C_IDLE:
-                        self.hub.acquire(self, now)
-                    elif len(self.pending) >= _MAX_QUEUED and not self.held:
-                        self._hold()
+                    self._queue(data, 1, track, now)  # between transactions (the usual case)
                 else:
                     self._send(server, data, now, 1, 0, track)
             elif self.state is not ClientState.CLOSED:
-                self._startup_data(data)
+                client_login.startup_data(self, data)
         except ProtocolViolation as e:  # the client's bytes break the protocol: its error, not a server's
             log.warning("%s client protocol error: %s", self.prefix, e.message)
             self.fail(e)
@@ -257,117 +241,15 @@ class ClientSession:
         else:
             self.send_error(err, ready=True)
 
-    # -- startup and authentication ------------------------------------------------------------
-    def _startup_data(self, data: bytes) -> None:
-        if self.state is ClientState.REPLICATION:  # not startup: a replication client's bytes, as they come
-            self.hub.replication_data(self, data)
-            return
-        if not self.sbuf and data[:1] == b"\x16" and self.state is ClientState.STARTUP and \
-                self.hub.start_tls(self, data):
-            return  # a TLS ClientHello first: direct TLS (PostgreSQL 17), the hub took the connection over
-        self.sbuf += data
-        while self.sbuf and self.state in (ClientState.STARTUP, ClientState.AUTH):
-            if self.state is ClientState.STARTUP:
-                res, used = read_startup(self.sbuf)
-                if res is None:
-                    return
-                self.sbuf = self.sbuf[used:]
-                if res.code == m.SSL_REQUEST_CODE:
-                    if self.sbuf:  # sent before our answer, so not encrypted: PostgreSQL refuses it too
-                        raise ProtocolViolation("received unencrypted data after SSL request")
-                    if self.hub.start_tls(self):  # answered S; the startup packet comes encrypted
-                        return
-                    self.transport.write(b"N")  # client TLS off (or the Unix socket): go on in plain text
-                elif res.code == m.GSSENC_REQUEST_CODE:
-                    self.transport.write(b"N")
-                elif res.code == m.CANCEL_REQUEST_CODE:
-                    # Not a client: a connection that carries one cancel, read no further. The hub
-                    # closes it once the cancel is passed on (or cancel_wait_timeout passed), as
-                    # PgBouncer does: its end tells the client the cancel was delivered.
-                    self.move(ClientState.CLOSED)
-                    self.sbuf = b""
-                    self.hub.cancel_request(self, res.key_pid, res.key_secret)
-                    return
-                elif res.major != 3:
-                    raise ProtocolViolation(f"unsupported frontend protocol {res.major}.{res.minor}: "
-                                            "server supports 3.0 to 3.0")
-                else:
-                    self._startup(res.params, res.minor)
-            else:
-                msgs, pos = scan(self.sbuf, 0, 1 << 16)
-                if not msgs:
-                    return
-                mtype, start, total = msgs[0]
-                body = self.sbuf[start + 5:start + total]
-                self.sbuf = self.sbuf[start + total:]
-                if mtype != ord("p"):  # PasswordMessage/SASL responses are lower-case 'p'
-                    raise ProtocolViolation(f"expected password response, got message type {chr(mtype)!r}")
-                if self.auth is None:  # still looking the user up: nothing was asked yet
-                    raise ProtocolViolation("unexpected password message before an authentication request")
-                reply = self.auth.feed(b"p", body)
-                if self.auth.done:
-                    self.auth_ok = reply  # goes out with the welcome, in one write
-                    self.move(ClientState.LOGIN_WAIT)
-                    self.hub.client_authenticated(self)
-                    self.auth = None  # done with: a few hundred bytes per idle client (issue 11)
-                elif reply:
-                    self.transport.write(reply)
-
-    def _startup(self, params: dict[str, str], minor: int) -> None:
-        if minor > 0 or any(k.startswith("_pq_.") for k in params):
-            # Newer minor versions and protocol options: say what we speak, as PostgreSQL does.
-            unknown = [k for k in params if k.startswith("_pq_.")]
-            body = struct.pack("!ii", m.PROTOCOL_V3, len(unknown)) + b"".join(m.cstr(k) for k in unknown)
-            self.transport.write(m.message(m.NEGOTIATE_PROTOCOL_VERSION, body))
-            params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
-        self.startup = params = _shared(params)  # only ever read
-        self.move(ClientState.AUTH)
-        self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
-        if self.state is ClientState.AUTH and self.auth is not None:  # None: auth_query looks the user up
-            self.begin_auth()
-
+    # -- startup and authentication (session/client_login.py) ----------------------------------
     def begin_auth(self) -> None:
         """Send the first authentication request (or log in at once, for trust and the like)."""
-        if self.state is ClientState.AUTH:
-            first = self.auth.start()
-            if self.auth.done:  # trust: AuthenticationOk goes out with the welcome, in one write
-                self.auth_ok = first
-                self.move(ClientState.LOGIN_WAIT)
-                self.hub.client_authenticated(self)
-                self.auth = None
-            elif first:
-                self.transport.write(first)
+        client_login.begin_auth(self)
 
     def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED,
                      notify: str | None = None) -> None:
-        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it. The client's
-        own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
-        shown = dict(server_params)
-        params = self.params
-        for k, v in params.items():
-            if k in shown:
-                shown[k] = v
-        for k in tracked:
-            if k not in params and k in shown:
-                params[k] = shown[k]  # the pool's default, restored if another client changed it
-        self.sig = None
-        self.initial = _shared(self.params)
-        out = [self.auth_ok]
-        self.auth_ok = b""
-        out.extend(_status(k, v) for k, v in shown.items())
-        out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
-        if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
-            out.append(m.notice_response(notify))
-        out.append(m.ready_for_query(b"I"))
-        self.transport.write(b"".join(out))
-        self.move(ClientState.IDLE)
-        if self.pending:
-            self.hub.acquire(self)
-        if self.sbuf:  # a client that pipelined its first query behind the password
-            rest, self.sbuf = self.sbuf, b""
-            self.held = False  # (reading paused while they piled up: resumed once they are relayed)
-            self.data_received(rest)
-            self._reading()
+        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it."""
+        client_login.send_welcome(self, server_params, tracked, notify)
 
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
@@ -405,17 +287,23 @@ class ClientSession:
                 # (`syncs` first: a Query, the usual read here, is never that.)
                 pass
             else:
-                self.pending.append(bytes(chunk))
-                self.pending_syncs += syncs
-                self.pending_ext = self.pending_ext or track
-                if self.state is C_IDLE:
-                    self.hub.acquire(self, now)
-                elif len(self.pending) >= _MAX_QUEUED and not self.held:
-                    self._hold()  # what waits for a server stays bounded: reads stop until one takes it
+                self._queue(bytes(chunk), syncs, track, now)
         if terminate:
             self.hub.client_closed(self, "client close request")
         elif large:
             self._large()
+
+    def _queue(self, chunk: bytes, syncs: int, track: Any, now: float) -> None:
+        """Complete messages no server takes yet: queued, and a server asked for. What waits stays
+        bounded: past _MAX_QUEUED reads, reading stops until a server takes them."""
+        self.pending.append(chunk)
+        self.pending_syncs += syncs
+        if track:
+            self.pending_ext = True
+        if self.state is C_IDLE:
+            self.hub.acquire(self, now)
+        elif len(self.pending) >= _MAX_QUEUED and not self.held:
+            self._hold()
 
     def _send(self, server: ServerSession, chunk: bytes | memoryview, now: float, syncs: int, ignored: int,
               track: Any) -> None:
@@ -472,22 +360,10 @@ class ClientSession:
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
             server.unnamed = None
             server.unnamed_owner = self.id
-        pending = self.pending
-        if out is None and len(pending) == 1 and not self.pending_ext:
-            # send_pending() for the usual case, inline: one queued query, nothing to sync first.
-            if self.pending_syncs:
-                server.query_start = now
-                server.owed += self.pending_syncs
-                self.pending_syncs = 0
-            server.transport.write(pending.pop())
-            if self.held:
-                self._release()
-            return
         self.send_pending(server, now, out)
 
     def send_pending(self, server: ServerSession, now: float, out: list[bytes | memoryview] | None = None) -> None:
-        """What we queued (after `out`, pgmux's own first messages), to `server`, which is ours."""
-        out = [] if out is None else out
+        """What we queued (after `out`, pgmux's own first messages), to `server`, which is ours: one write."""
         pending = self.pending
         if pending:
             if self.pending_ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
@@ -499,19 +375,18 @@ class ClientSession:
                 server.query_start = now
                 server.owed += self.pending_syncs
                 self.pending_syncs = 0
-            if not out and len(pending) == 1:  # the common case: one queued query, nothing to sync
-                data = pending[0]
-                pending.clear()
-                server.transport.write(data)
-                if self.held:
-                    self._release()
-                return
+        data: bytes | memoryview | None = None
+        if out:
             out.extend(pending)
             pending.clear()
-        if len(out) == 1:
-            server.transport.write(out[0])
-        elif out:
-            server.transport.write(b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+        elif len(pending) == 1:  # the usual case: one queued query, nothing to sync first
+            data = pending.pop()
+        elif pending:
+            data = b"".join(pending)
+            pending.clear()
+        if data:
+            server.transport.write(data)
         if self.held:
             self._release()
 
@@ -529,62 +404,12 @@ class ClientSession:
 
     # -- long messages: streamed, or held up to a bound ------------------------------------------
     def _large(self) -> None:
-        """The message self.buf keeps is longer than STREAM_FROM (codec.py). A message pgmux reads
-        whole is held, up to MAX_INSPECTED; anything else is forwarded as it arrives (_pass), so
-        that what one connection holds stays bounded whatever length a message claims."""
-        buf = self.buf
-        t = buf.pending[0]
-        total = buf.need
-        if t in _SMALL:  # as PostgreSQL's backend refuses them (postgres.c)
-            raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
-        if t not in _LARGE:
-            raise ProtocolViolation(f"invalid frontend message type {t}")
-        if total - 1 > _PG_LARGE_LIMIT:  # PostgreSQL would drop the connection at this header
-            raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
-        server = self.server
-        if t != _COPY_DATA and (self.watch or self.stmts is not None or self.route is not None) \
-                or self.route is not None and (server is None or self.pending):
-            if total > MAX_INSPECTED:
-                raise PgmuxError(
-                    f"message too long: a {_NAMES.get(t, chr(t))} of {total} bytes, and pgmux reads these whole "
-                    f"to track session state or route them, up to {MAX_INSPECTED} bytes",
-                    sqlstate="54000", severity="FATAL",
-                    hint="use session pooling for this client, or send smaller messages")
-            return  # held whole (bounded): completed by buf.feed() in data_received
-        part = buf.take()
-        self.passing = total - len(part)
-        syncs = 1 if t == _Q or t == _F else 0
-        if syncs:
-            self.unsynced = False
-            self.copy_syncs = 0
-        elif t != _COPY_DATA:
-            self.unsynced = True  # a Parse or a Bind
-        now = self.request_time = self.hub.now()
-        self.logged_in_pool().stats.bytes_received += len(part)
-        if server is not None and not self.pending:
-            if syncs and not server.owed:
-                server.query_start = now
-            server.owed += syncs
-            server.transport.write(part)
-        elif t == _COPY_DATA and not self.pending:
-            self.sink = True  # the rest of a failed COPY FROM STDIN: PostgreSQL would drop it too
-        else:
-            self.pending.append(part)
-            self.pending_syncs += syncs
-            self._hold()
+        """The message self.buf keeps is longer than STREAM_FROM: held whole or streamed (passing.py)."""
+        client_large(self)
 
     def _pass(self, data: bytes) -> bytes:
         """The next bytes of a long message (see _large): forwarded (or dropped); returns what follows it."""
-        left = self.passing
-        n = len(data)
-        part: bytes | memoryview = data
-        rest = b""
-        if left < n:
-            part = memoryview(data)[:left]
-            rest = data[left:]
-            self.passing = 0
-        else:
-            self.passing = left - n
+        part, rest, self.passing = cut(data, self.passing)
         if self.sink:
             if not self.passing:
                 self.sink = False
@@ -649,25 +474,3 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
             return False
         pos += 1 + unpack_len(chunk, pos + 1)[0]
     return True
-
-
-_SHARED: Final[dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
-
-
-def _shared(params: dict[str, str]) -> dict[str, str]:
-    """One dict for equal ones that are only ever read (the startup packet's parameters; those after
-    login, which RESET goes back to): the same for most clients of a pool, and a few hundred bytes each
-    per idle client (issue 11)."""
-    key = tuple(params.items())
-    found = _SHARED.get(key)
-    if found is None:
-        if len(_SHARED) >= 1024:  # a bound, against clients that log in with ever new values
-            _SHARED.clear()
-        found = _SHARED[key] = dict(params)
-    return found
-
-
-@functools.lru_cache(maxsize=4096)
-def _status(name: str, value: str) -> bytes:
-    """ParameterStatus messages repeat for every login of a pool: encode each (name, value) once."""
-    return m.parameter_status(name, value)

@@ -18,15 +18,16 @@ from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
 from pgmux.protocol.codec import MAX_INSPECTED, Buffer, noted_table, scan, walk
 from pgmux.session.params import canon
+from pgmux.session.passing import cut
 from pgmux.session.pipeline import Entry, release, to_client
 from pgmux.session.prepared import ServerStatements
 from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
+    from pgmux.session.client import ClientSession
     from pgmux.session.hub import Hub
     from pgmux.session.prepared import Registry
-    from pgmux.session.client import ClientSession
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G: Final = ord("G")  # CopyInResponse
@@ -204,16 +205,7 @@ class ServerSession:
                 if large:
                     self._large()
                 return
-            client = self.client
-            if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
-                pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
-            client.transport.write(data if pos == n else memoryview(data)[:pos])
-            self.pool.stats.bytes_sent += pos
-            if z:
-                self.tx_status = _STATUS[z]
-                if self.owed <= 0:
-                    self.owed = 0
-                    self.hub.server_ready(client, self)
+            self._forward(self.client, data, 0, pos, z, zpos)
             if large:
                 self._large()
         except PgmuxError as e:
@@ -258,16 +250,7 @@ class ServerSession:
 
     def _pass(self, data: bytes) -> bytes:
         """The next bytes of a long reply (see _large), to the linked client; returns what follows it."""
-        left = self.passing
-        n = len(data)
-        part: bytes | memoryview = data
-        rest = b""
-        if left < n:
-            part = memoryview(data)[:left]
-            rest = data[left:]
-            self.passing = 0
-        else:
-            self.passing = left - n
+        part, rest, self.passing = cut(data, self.passing)
         c = self.client
         if c is not None:
             c.transport.write(part)
@@ -309,15 +292,25 @@ class ServerSession:
         if client is None:
             self._idle_data(msgs, first, data[pos] if pos < len(data) and not self.swallow else _S)
             return
+        self._forward(client, data, first, pos, z, zpos)
+
+    def _forward(self, client: ClientSession | None, data: bytes, first: int, pos: int, z: int, zpos: int) -> None:
+        """The tail of both header-only relays: replies data[first:pos] to the client, then _ready()."""
+        assert client is not None, "a relay forwards to a linked client"
         if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
             pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
         client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
         self.pool.stats.bytes_sent += pos - first
         if z:
-            self.tx_status = _STATUS[z]
-            if self.owed <= 0:
-                self.owed = 0
-                self.hub.server_ready(client, self)
+            self._ready(client, z)
+
+    def _ready(self, client: ClientSession, z: int) -> None:
+        """A ReadyForQuery went to the client (every relay ends here): its status kept; when the server
+        owes nothing more, the hub hears that the transaction (or statement) is over."""
+        self.tx_status = _STATUS[z]
+        if self.owed <= 0:
+            self.owed = 0
+            self.hub.server_ready(client, self)
 
     def _idle_data(self, msgs: list[tuple[int, int, int]], first: int, partial: int) -> None:
         """Between clients a server may still send a notice or a ParameterStatus; anything else means
@@ -338,10 +331,7 @@ class ServerSession:
         if self.release:  # a statement's shape is known: the client's held messages go on
             release(self)
         if z:
-            self.tx_status = _STATUS[z]
-            if self.owed <= 0:
-                self.owed = 0
-                self.hub.server_ready(client, self)
+            self._ready(client, z)
 
     def _swallow(self, data: bytes, msgs: list[tuple[int, int, int]]) -> int:
         """Consume the replies to pgmux's own queries. Returns where the client's replies start, -1 if
