@@ -78,7 +78,8 @@ def test_the_tables_allow_the_usual_lives() -> None:
 
 
 # -- nobody writes around the tables ------------------------------------------------------------------
-_MOVERS = {"move", "__init__"}  # where a session's own `state` is written
+_MOVERS = {"move", "use_pool", "__init__"}  # where a session's own `state` and `pool` are written
+_OWNED = {"state", "pool"}
 _POOL_LISTS = {"idle", "waiters", "login_waiters"}
 _MUTATORS = {"append", "appendleft", "extend", "insert", "remove", "pop", "popleft", "clear", "sort", "reverse"}
 
@@ -88,7 +89,7 @@ def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
 
 
 def state_writes(source: str, label: str) -> list[str]:
-    """Assignments to `<anything>.state` outside a session's move() and __init__."""
+    """Assignments to `<anything>.state` or `.pool` outside a session's move(), use_pool() and __init__."""
     tree = ast.parse(source, label)
     allowed = {id(n) for f in _functions(tree) if f.name in _MOVERS for n in ast.walk(f)}
     found = []
@@ -99,8 +100,8 @@ def state_writes(source: str, label: str) -> list[str]:
         elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
             targets = [node.target]
         for t in targets:
-            for el in ast.walk(t):
-                if isinstance(el, ast.Attribute) and el.attr == "state" and id(node) not in allowed:
+            for el in (t.elts if isinstance(t, ast.Tuple) else [t]):  # the attribute written, not x.pool.y
+                if isinstance(el, ast.Attribute) and el.attr in _OWNED and id(node) not in allowed:
                     found.append(f"{label}:{getattr(node, 'lineno', 0)}")
     return sorted(set(found), key=lambda w: int(w.rpartition(":")[2]))
 
@@ -126,6 +127,21 @@ def _sources(skip: str = "") -> list[tuple[str, str]]:
             if not (skip and f.is_relative_to(ROOT / skip))]
 
 
+def test_a_clients_pool_changes_only_while_it_holds_no_server() -> None:
+    c, s = client(), server()
+    other: Pool[Any, Any] = Pool("db", "u2", PoolLimits(), "transaction")
+    c.use_pool(s.pool)
+    c.state = ClientState.IDLE
+    c.link(s, 1.0)
+    assert c.server is s and s.client is c and s.link_time == 1.0
+    with pytest.raises(IllegalTransition, match="pool changed while a server is linked"):
+        c.use_pool(other)
+    assert c.pool is s.pool
+    c.detach()
+    c.use_pool(other)
+    assert c.pool is other
+
+
 def test_only_the_sessions_write_their_state() -> None:
     found = [w for text, label in _sources() for w in state_writes(text, label)]
     assert found == []
@@ -138,7 +154,7 @@ def test_only_the_pool_core_edits_pool_lists() -> None:
 
 def test_the_checkers_see_what_they_look_for() -> None:
     src = ("class A:\n    def __init__(self):\n        self.state = 1\n    def move(self, x):\n        self.state = x\n"
-           "def f(c):\n    c.state = 2\n    c.a.state, y = 3, 4\n")
-    assert state_writes(src, "x.py") == ["x.py:7", "x.py:8"]
+           "def f(c):\n    c.state = 2\n    c.a.state, y = 3, 4\n    c.pool.x = 1\n    c.pool = 5\n")
+    assert state_writes(src, "x.py") == ["x.py:7", "x.py:8", "x.py:10"]
     src = "def f(p, s):\n    p.idle.remove(s)\n    p.login_waiters = []\n    p.waiters.popleft()\n    len(p.idle)\n"
     assert pool_list_edits(src, "x.py") == ["x.py:2 idle.remove()", "x.py:3 login_waiters =", "x.py:4 waiters.popleft()"]

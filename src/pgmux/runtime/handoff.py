@@ -113,8 +113,7 @@ class Handoff(Servers):
 
     def internal_done(self, server: ServerSession) -> None:
         """pgmux's own query on this server finished (reset, check, or parameter sync)."""
-        err = server.swallow_error
-        server.swallow_error = None
+        err = server.take_error()
         c = server.client
         if c is not None and c.state is ClientState.LOGIN_WAIT:  # a client's startup parameters (probe())
             welcome.probe_done(self, c, server, err)

@@ -203,7 +203,7 @@ class Logins(Handoff):
                                                         lambda: self.pool_setup(db, server_user))
         if pool.disabled:
             raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03", severity="FATAL")
-        c.pool = pool
+        c.use_pool(pool)
         pool.refuse_pins = db.pin_mode == "refuse"
         c.watch = pool.mode != "session"
         if pool.mode != "session" and cfg.settings.max_prepared_statements > 0:

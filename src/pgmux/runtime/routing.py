@@ -180,7 +180,7 @@ class Routing:
             return None
         c.lsn_wanted = router.read_your_writes and kind == "write"
         pool = self.host_pool(sp, state, pool.user)
-        c.pool = pool
+        c.use_pool(pool)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s (%s) -> %s %s", c.prefix, kind, why, state.role, label(state.host))
         return pool
@@ -316,13 +316,13 @@ class Routing:
             if other is None or other is state:
                 c.fail(err, close=True)
                 continue
-            c.pool = self.host_pool(sp, other, pool.user)
+            c.use_pool(self.host_pool(sp, other, pool.user))
             c.pool.add_login_waiter(c)
             self.app.launch(c.pool)
         for c in list(pool.waiters):
             pool.remove_waiter(c)
             c.move(ClientState.IDLE)
-            c.pool = pool
+            c.use_pool(pool)
             self.app.acquire(c, now)
         return True
 

@@ -120,9 +120,9 @@ class Servers(Core):
         pool.login_failure_kind = ""
         pool.login_error = ""
         log.info("%s new connection to server (pid %d)", server.prefix, server.backend_pid)
-        if server.swallow_error is not None:  # connect_query failed: say so, and don't blame a later query
-            log.warning("%s connect_query failed: %s", server.prefix, server.swallow_error.get("M"))
-            server.swallow_error = None
+        cq_error = server.take_error()
+        if cq_error is not None:  # connect_query failed: say so, and don't blame a later query
+            log.warning("%s connect_query failed: %s", server.prefix, cq_error.get("M"))
         if pool.server_params is None:
             pool.server_params = dict(server.params)
             for name in self.tracked_extra:

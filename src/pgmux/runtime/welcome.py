@@ -60,18 +60,14 @@ def probe(app: Servers, c: ClientSession, server: ServerSession, now: float) -> 
         c.send_welcome(shown, app.tracked, app.config.settings.login_notify_message)
         return
     app.probing[c.id] = pairs
-    c.server = server
-    server.client = c
-    server.link_time = now
-    server.swallow_error = None
+    c.link(server, now)
     server.send_internal(probe_sql(pairs))
 
 
 def probe_done(app: Servers, c: ClientSession, server: ServerSession, err: dict[str, str] | None) -> None:
     """The probe's ReadyForQuery (App.internal_done): welcome or refuse the client, give the server back."""
     pairs = app.probing.pop(c.id, [])
-    c.server = None
-    server.client = None
+    c.detach()
     pool = c.logged_in_pool()
     if err is None:
         known = pool.known

@@ -132,6 +132,19 @@ class ClientSession:
             raise IllegalTransition(f"{self.prefix}: client state {self.state.value} -> {new.value}")
         self.state = new
 
+    def use_pool(self, pool: Pool[Any, Any]) -> None:
+        """The pool this client's transactions take servers from: set at login, and changed by read/write
+        routing (a host's pool) only while the client holds no server."""
+        if self.server is not None and pool is not self.pool:
+            raise IllegalTransition(f"{self.prefix}: pool changed while a server is linked")
+        self.pool = pool
+
+    def link(self, server: ServerSession, now: float) -> None:
+        """Link `server` to this client: attach(), and the login probe (runtime/welcome.py)."""
+        self.server = server
+        server.client = self
+        server.link_time = now
+
     def logged_in_pool(self) -> Pool[Any, Any]:
         """The pool of a client past login (found then, for its database and user)."""
         pool = self.pool
@@ -329,10 +342,8 @@ class ClientSession:
         if self.state is C_LOGIN_WAIT:  # still logging in: the server is to tell how it spells our parameters
             self.hub.probe(self, server, now)
             return
-        self.server = server
-        server.client = self
+        self.link(server, now)
         self.move(C_ACTIVE)
-        server.link_time = now
         if self.xact_start == 0.0:
             self.xact_start = now
         # Clients of one pool mostly ask for the same parameters. Equal sets share one tuple (App.sigs),

@@ -162,9 +162,17 @@ class ServerSession:
             self.transport.resume_reading()
 
     def send_internal(self, sql: str) -> None:
-        """Run a query of pgmux's own; its replies are swallowed up to its ReadyForQuery."""
+        """Run a query of pgmux's own; its replies are swallowed up to its ReadyForQuery, and its error
+        kept for the hub (take_error)."""
+        if not self.swallow:
+            self.swallow_error = None
         self.swallow += 1
         self.transport.write(m.query(sql))
+
+    def take_error(self) -> dict[str, str] | None:
+        """The error of pgmux's own query (or connect_query) that just finished, if any; then forgotten."""
+        err, self.swallow_error = self.swallow_error, None
+        return err
 
     def data_received(self, data: bytes) -> None:
         """Every read from the server. After login this is the relay, inline (one call per reply)."""
