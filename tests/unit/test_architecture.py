@@ -132,7 +132,7 @@ def test_no_import_cycle_between_packages() -> None:
     graph = package_graph()
     assert "session" in graph and "runtime" in graph  # the walk sees the packages
     cycle = find_cycle(graph)
-    where = [graph[a][b][0] for a, b in zip(cycle, cycle[1:])]
+    where = [graph[a][b][0] for a, b in zip(cycle, cycle[1:], strict=False)]
     assert cycle == [], f"import cycle {' -> '.join(cycle)} (first edges at {where})"
 
 
@@ -156,7 +156,7 @@ def test_no_import_cycle_between_runtime_modules() -> None:
              for a, edges in module_graph().items() if a.startswith("pgmux.runtime.")}
     assert "pgmux.runtime.core" in graph["pgmux.runtime.servers"]  # the walk sees the layers
     cycle = find_cycle(graph)
-    where = [graph[a][b][0] for a, b in zip(cycle, cycle[1:])]
+    where = [graph[a][b][0] for a, b in zip(cycle, cycle[1:], strict=False)]
     assert cycle == [], f"import cycle {' -> '.join(cycle)} (first edges at {where})"
 
 

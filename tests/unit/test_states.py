@@ -157,4 +157,13 @@ def test_the_checkers_see_what_they_look_for() -> None:
            "def f(c):\n    c.state = 2\n    c.a.state, y = 3, 4\n    c.pool.x = 1\n    c.pool = 5\n")
     assert state_writes(src, "x.py") == ["x.py:7", "x.py:8", "x.py:10"]
     src = "def f(p, s):\n    p.idle.remove(s)\n    p.login_waiters = []\n    p.waiters.popleft()\n    len(p.idle)\n"
-    assert pool_list_edits(src, "x.py") == ["x.py:2 idle.remove()", "x.py:3 login_waiters =", "x.py:4 waiters.popleft()"]
+    assert pool_list_edits(src, "x.py") == [
+        "x.py:2 idle.remove()", "x.py:3 login_waiters =", "x.py:4 waiters.popleft()"]
+
+
+def test_the_moves_client_move_takes_by_identity_are_in_the_table() -> None:
+    """ClientSession.move lets the per-transaction moves through without the table lookup: each must be
+    a move the table allows (test_client_moves drives every pair through move() as well)."""
+    fast = [(ClientState.IDLE, ClientState.ACTIVE), (ClientState.WAITING, ClientState.ACTIVE),
+            (ClientState.ACTIVE, ClientState.IDLE), (ClientState.IDLE, ClientState.WAITING)]
+    assert all(new in CLIENT_MOVES[old] for old, new in fast)

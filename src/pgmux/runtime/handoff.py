@@ -69,7 +69,14 @@ class Handoff(Servers):
         st.xact_secs += now - c.xact_start
         c.xact_start = 0.0
         c.detach()
-        self.return_server(server, now=now)
+        # return_server() in short for the usual case (no reset query to run): one call per transaction.
+        why = self.worn(server, now)
+        if why:
+            self.close_server(server, why)
+        elif self.config.settings.server_reset_query_always:
+            self.return_server(server, now=now)
+        else:
+            self.give(server, now)
 
     def _ready_other(self, c: ClientSession, server: ServerSession, now: float) -> None:
         """server_ready() for a transaction still open, session mode, and a client with something

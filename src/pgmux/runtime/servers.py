@@ -241,6 +241,17 @@ class Servers(Core):
             client.detach()
         self.after_change()
 
+    def worn(self, server: ServerSession, now: float) -> str:
+        """Why a server coming back from a client must be closed instead of reused ("" when it may be)."""
+        if server.close_needed:
+            return "server close needed"
+        if self.shedding:
+            return "pgmux shutdown"
+        lifetime = server.pool.limits.server_lifetime
+        if lifetime > 0 and now - server.created_at >= lifetime:
+            return "server lifetime over"
+        return ""
+
     def return_server(self, server: ServerSession, leaving: bool = False, now: float | None = None) -> None:
         """A clean server comes back from a client. Session mode (or server_reset_query_always)
         runs server_reset_query first."""
@@ -248,12 +259,9 @@ class Servers(Core):
         pool = server.pool
         if now is None:
             now = self.now()
-        if server.close_needed or self.shedding:
-            self.close_server(server, "server close needed" if server.close_needed else "pgmux shutdown")
-            return
-        lifetime = pool.limits.server_lifetime
-        if lifetime > 0 and now - server.created_at >= lifetime:
-            self.close_server(server, "server lifetime over")
+        why = self.worn(server, now)
+        if why:
+            self.close_server(server, why)
             return
         if s.server_reset_query and (leaving and pool.mode == "session" or s.server_reset_query_always):
             server.move(ServerState.TESTED)
