@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ ROOT = Path(pgmux.__file__).parent
 
 
 def client() -> ClientSession:
-    return ClientSession(1, Any, 0.0, 1 << 20, {})  # type: ignore[arg-type]  # (no hub call is made)
+    hub = SimpleNamespace(now=lambda: 0.0)  # only the clock is read; no hub call is made
+    return ClientSession(1, hub, 0.0, 1 << 20, {})  # type: ignore[arg-type]
 
 
 def server() -> ServerSession:
