@@ -17,7 +17,13 @@ from setuptools import Extension, setup
 COMPILED = [
     "src/pgmux/session/client.py",  # the two relays
     "src/pgmux/session/server.py",
-    "src/pgmux/runtime/app.py",  # the hand-off of servers
+    "src/pgmux/session/client_login.py",  # the client's startup and login (split from client.py)
+    "src/pgmux/session/passing.py",  # long messages streamed through, both relays
+    "src/pgmux/runtime/app.py",  # the hub, in layers (one native class chain: all compiled, calls direct):
+    "src/pgmux/runtime/core.py",  # its state
+    "src/pgmux/runtime/servers.py",  # server connects and logins; servers back from clients, to a waiter
+    "src/pgmux/runtime/handoff.py",  # the hand-off of servers, once per transaction
+    "src/pgmux/runtime/logins.py",  # client logins
     "src/pgmux/pooling/pool.py",  # the pool core
     "src/pgmux/pooling/histogram.py",  # metrics' per-transaction histograms (a native call per observation)
     "src/pgmux/session/states.py",  # the states they compare with, as C globals

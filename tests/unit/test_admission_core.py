@@ -189,7 +189,7 @@ def test_no_sweep_without_timeouts(tmp_path: Path) -> None:
 # -- a server that is down ---------------------------------------------------------------------------
 
 def refuse(rig: Rig, server: Peer) -> None:
-    rig.app._login_failed(server.session, PgmuxError("pgmux cannot connect to server 127.0.0.1:5432: "
+    rig.app.login_failed(server.session, PgmuxError("pgmux cannot connect to server 127.0.0.1:5432: "
                                                      "Connection refused", sqlstate="57P03", severity="FATAL"),
                           True)
 

@@ -14,10 +14,11 @@ from staleness import stale_compiled_modules
 
 HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgmux.pooling.pool",
        "pgmux.pooling.histogram", "pgmux.session.states", "pgmux.protocol.codec", "pgmux.session.pipeline",
-       "pgmux.session.prepared",
-       "pgmux.protocol.messages", "pgmux.session.params", "pgmux.protocol.auth", "pgmux.net.tlsconn",
-       "pgmux.session.fastpath", "pgmux.session.entries", "pgmux.session.replies", "pgmux.session.watch",
-       "pgmux.session.shapecheck", "pgmux.protocol.scans"]
+       "pgmux.session.prepared", "pgmux.protocol.messages", "pgmux.session.params", "pgmux.protocol.auth",
+       "pgmux.net.tlsconn", "pgmux.session.fastpath", "pgmux.session.entries", "pgmux.session.replies",
+       "pgmux.session.watch", "pgmux.session.shapecheck", "pgmux.protocol.scans", "pgmux.runtime.core",
+       "pgmux.runtime.servers", "pgmux.runtime.handoff", "pgmux.runtime.logins", "pgmux.session.client_login",
+       "pgmux.session.passing"]
 
 
 @pytest.mark.parametrize("name", HOT)

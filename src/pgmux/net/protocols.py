@@ -128,7 +128,8 @@ class ServerProtocol(asyncio.Protocol):
         self.session = session
         if settings is None:  # tcp_* socket options; a pooled server's session knows them through its hub
             assert isinstance(session, ServerSession), "a replication server is given its settings"
-            settings = session.hub.config.settings
+            hub: Any = session.hub  # the runtime's App (session/hub.py does not list its config)
+            settings = hub.config.settings
         self.settings = settings
         self.data_received = session.data_received  # type: ignore[method-assign]
 

@@ -58,7 +58,7 @@ class TlsConnection:
         self._raw_write: Callable[[Any], None] = raw.write
         self._feed: Callable[[bytes], int] = self.incoming.write
         self._drain: Callable[[], bytes] = self.outgoing.read
-        self.state = _HANDSHAKE
+        self.tls_state = _HANDSHAKE
         self.done: Done | None = done
         self.app: Any = None  # the session's protocol (ClientProtocol/ServerProtocol), once attached
         self._deliver: Callable[[bytes], None] | None = None
@@ -98,8 +98,8 @@ class TlsConnection:
         return self.app
 
     def write(self, data: Any) -> None:
-        if self.state != _OPEN:
-            if self.state == _HANDSHAKE and data:
+        if self.tls_state != _OPEN:
+            if self.tls_state == _HANDSHAKE and data:
                 self.queued.append(bytes(data))
             return  # closing or closed: dropped, as asyncio's transports do
         if not data:
@@ -116,10 +116,10 @@ class TlsConnection:
 
     def close(self) -> None:
         """close_notify, then the socket closes once what is buffered is sent."""
-        if self.state >= _CLOSING:
+        if self.tls_state >= _CLOSING:
             return
-        was_open = self.state == _OPEN
-        self.state = _CLOSING
+        was_open = self.tls_state == _OPEN
+        self.tls_state = _CLOSING
         self._cancel_timer()
         if was_open:
             try:
@@ -131,12 +131,12 @@ class TlsConnection:
         self.raw.close()
 
     def abort(self) -> None:
-        self.state = _CLOSED
+        self.tls_state = _CLOSED
         self._cancel_timer()
         self.raw.abort()
 
     def is_closing(self) -> bool:
-        return self.state >= _CLOSING or bool(self.raw.is_closing())
+        return self.tls_state >= _CLOSING or bool(self.raw.is_closing())
 
     def pause_reading(self) -> None:
         self.raw.pause_reading()
@@ -156,7 +156,7 @@ class TlsConnection:
         if name == "sslcontext":
             return self.obj.context
         if name == "peercert":
-            return self.obj.getpeercert() if self.state == _OPEN else default
+            return self.obj.getpeercert() if self.tls_state == _OPEN else default
         if name == "cipher":
             return self.obj.cipher()
         return self.raw.get_extra_info(name, default)
@@ -168,9 +168,9 @@ class TlsConnection:
 
     def data_received(self, data: bytes) -> None:
         self._feed(data)
-        if self.state == _OPEN:
+        if self.tls_state == _OPEN:
             self._decrypt()
-        elif self.state == _HANDSHAKE:
+        elif self.tls_state == _HANDSHAKE:
             self._handshake()
 
     def eof_received(self) -> bool | None:
@@ -178,8 +178,8 @@ class TlsConnection:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_timer()
-        handshaking = self.state == _HANDSHAKE
-        self.state = _CLOSED
+        handshaking = self.tls_state == _HANDSHAKE
+        self.tls_state = _CLOSED
         if handshaking:
             self._finish(exc or ConnectionResetError("connection closed during the TLS handshake"))
         elif self.app is not None:
@@ -228,7 +228,7 @@ class TlsConnection:
                 deliver(data)
             else:
                 self.held.append(data)
-        if eof and self.state == _OPEN:
+        if eof and self.tls_state == _OPEN:
             self.close()
 
     def _handshake(self) -> None:
@@ -239,19 +239,19 @@ class TlsConnection:
             return
         except (ssl.SSLError, ValueError) as e:
             self._flush()  # the alert that says why
-            self.state = _CLOSING
+            self.tls_state = _CLOSING
             self._cancel_timer()
             self.raw.close()
             self._finish(e)
             return
         self._flush()
         self._cancel_timer()
-        self.state = _OPEN
+        self.tls_state = _OPEN
         self._finish(None)
-        if self.state == _OPEN and self.queued:
+        if self.tls_state == _OPEN and self.queued:
             queued, self.queued = self.queued, []
             self.write(b"".join(queued))
-        if self.state == _OPEN and (self.incoming.pending or self._pending()):
+        if self.tls_state == _OPEN and (self.incoming.pending or self._pending()):
             self._decrypt()  # the peer's first message came with its Finished
 
     def _finish(self, exc: BaseException | None) -> None:
@@ -266,14 +266,14 @@ class TlsConnection:
     def _fatal(self, exc: BaseException) -> None:
         """A record that does not decrypt, or any other TLS error: the connection ends."""
         self._flush()
-        self.state = _CLOSED
+        self.tls_state = _CLOSED
         self.error = exc
         self.raw.close()  # connection_lost follows: the session is told, with `exc`
 
     def _timed_out(self) -> None:
         self.timer = None
-        if self.state == _HANDSHAKE:
-            self.state = _CLOSED
+        if self.tls_state == _HANDSHAKE:
+            self.tls_state = _CLOSED
             self.raw.abort()
             self._finish(TimeoutError("TLS handshake timed out"))
 

@@ -137,6 +137,38 @@ class Pool(Generic[S, C]):
             return False
         return True
 
+    def take_all_idle(self) -> list[S]:
+        """Every idle server, taken out of the pool (to be closed: PAUSE, KILL, a reload, shutdown)."""
+        idle, self.idle = self.idle, []
+        return idle
+
+    def take_oldest_idle(self) -> S | None:
+        """The least recently used idle server, taken out of the pool (to be evicted), or None."""
+        return self.idle.pop(0) if self.idle else None
+
+    def discard_idle(self, server: S) -> bool:
+        """Take `server` out of the idle list; False when it was not idle."""
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            return False
+        return True
+
+    def add_login_waiter(self, client: C) -> None:
+        """A client that waits for the pool's first server to learn the parameters its welcome shows."""
+        self.login_waiters.append(client)
+
+    def take_login_waiters(self) -> list[C]:
+        waiters, self.login_waiters = self.login_waiters, []
+        return waiters
+
+    def remove_login_waiter(self, client: C) -> bool:
+        try:
+            self.login_waiters.remove(client)
+        except ValueError:
+            return False
+        return True
+
     def add_server(self, server: S) -> None:
         self.servers.add(server)
 

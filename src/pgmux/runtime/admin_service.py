@@ -4,7 +4,6 @@ built here from the running objects and rendered by pgmux.admin.render."""
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ from pgmux.net.tls import describe
 from pgmux.pooling.pool import PoolStats
 from pgmux.protocol import messages as m
 from pgmux.protocol.scans import ANY_LENGTH, message_end
+from pgmux.runtime.admin_ext import ExtState, binary_rows, parse_or_bind
 from pgmux.runtime.admin_show import ShowRows, run_set, sockname
 from pgmux.session.states import ClientState, ServerState
 
@@ -26,95 +26,6 @@ _STAT_FIELDS = ("server_assignment_count", "xact_count", "query_count", "bytes_r
                 "xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count",
                 "pin_count", "client_login_count")
 _Q = ord("Q")
-
-
-class _ExtState:
-    __slots__ = ("sql", "failed", "formats")
-
-    def __init__(self) -> None:
-        self.sql = ""
-        self.failed = False
-        self.formats: tuple[int, ...] = ()  # result format codes from Bind: 0 text, 1 binary
-
-
-def _result_formats(bind: bytes) -> tuple[int, ...]:
-    """The result-column format codes at the end of a Bind body."""
-    pos = bind.index(b"\x00") + 1
-    pos = bind.index(b"\x00", pos) + 1
-    (n,) = struct.unpack_from("!h", bind, pos)
-    pos += 2 + 2 * n
-    (n,) = struct.unpack_from("!h", bind, pos)
-    pos += 2
-    for _ in range(n):
-        (size,) = struct.unpack_from("!i", bind, pos)
-        pos += 4 + max(size, 0)
-    (n,) = struct.unpack_from("!h", bind, pos)
-    return struct.unpack_from(f"!{n}h", bind, pos + 2)
-
-
-def _numeric_binary(text: str) -> bytes:
-    """PostgreSQL's binary numeric for the whole numbers the console shows."""
-    value = int(text)
-    sign = 0x4000 if value < 0 else 0
-    value = abs(value)
-    groups: list[int] = []
-    while value:
-        value, rem = divmod(value, 10000)
-        groups.insert(0, rem)
-    weight = len(groups) - 1 if groups else 0
-    while groups and groups[-1] == 0:
-        groups.pop()
-    return struct.pack(f"!hhHH{len(groups)}h", len(groups), weight, sign, 0, *groups)
-
-
-_BINARY = {m.OID_INT4: lambda t: struct.pack("!i", int(t)), m.OID_INT8: lambda t: struct.pack("!q", int(t)),
-           m.OID_NUMERIC: _numeric_binary}
-
-
-def _binary_rows(head: bytes, rest: bytes, formats: tuple[int, ...]) -> bytes:
-    """Re-encode DataRows for the columns a driver asked to get in binary (asyncpg does). Text is
-    the same bytes in both formats; integers and numerics are not."""
-    (ncols,) = struct.unpack_from("!h", head, 5)
-    oids, pos = [], 7
-    for _ in range(ncols):
-        pos = head.index(b"\x00", pos) + 1
-        oids.append(struct.unpack_from("!i", head, pos + 6)[0])
-        pos += 18
-    binary = [(formats[i] if len(formats) > 1 else formats[0]) == 1 and oids[i] in _BINARY for i in range(ncols)]
-    out, pos = [], 0
-    while pos < len(rest):
-        mtype = rest[pos:pos + 1]
-        end = message_end(rest, pos, ANY_LENGTH)
-        if mtype != b"D":
-            out.append(rest[pos:end])
-            pos = end
-            continue
-        values: list[object] = []
-        p = pos + 7
-        for i in range(ncols):
-            (size,) = struct.unpack_from("!i", rest, p)
-            p += 4
-            raw = None if size < 0 else rest[p:p + size]
-            p += max(size, 0)
-            values.append(_BINARY[oids[i]](raw.decode()) if binary[i] and raw is not None else raw)
-        out.append(m.data_row(values))
-        pos = end
-    return b"".join(out)
-
-
-def _parse_or_bind(c: Any, st: Any, ch: str, body: bytes) -> bytes:
-    """A console Parse (its text is the command) or Bind (its result formats). A short or inconsistent
-    body is the client's error: ERROR 08P01, as PostgreSQL answers it, and the batch skips to Sync."""
-    try:
-        if ch == "P":
-            name_end = body.index(b"\x00")
-            st.sql = body[name_end + 1:body.index(b"\x00", name_end + 1)].decode(errors="replace")
-            return m.message(m.PARSE_COMPLETE)
-        st.formats = _result_formats(body)
-        return m.message(m.BIND_COMPLETE)
-    except (ValueError, struct.error):
-        log.warning("%s client protocol error: malformed %s message", c.prefix, "Parse" if ch == "P" else "Bind")
-        return render.render_error(PgmuxError("invalid message format", sqlstate="08P01"))
 
 
 def _ptr(obj: Any) -> str:
@@ -151,7 +62,7 @@ class AdminService(ShowRows):
         Execute with its rows. After an error, everything up to Sync is skipped, as PostgreSQL does."""
         st = c.admin_ext  # the batch's state, until its Sync, kept on the client (gone with it)
         if st is None:
-            st = c.admin_ext = _ExtState()
+            st = c.admin_ext = ExtState()
         if ch == "S":
             c.admin_ext = None
             c.transport.write(m.ready_for_query(b"I"))
@@ -159,7 +70,7 @@ class AdminService(ShowRows):
         if st.failed or ch == "H":
             return
         if ch == "P" or ch == "B":
-            out = _parse_or_bind(c, st, ch, body)
+            out = parse_or_bind(c, st, ch, body)
         elif ch == "C":
             out = m.message(m.CLOSE_COMPLETE)
         elif ch == "D":
@@ -171,7 +82,7 @@ class AdminService(ShowRows):
             if out[:1] == b"T":  # the RowDescription belongs to Describe, not Execute
                 end = message_end(out, 0, ANY_LENGTH)
                 if any(st.formats):
-                    out = _binary_rows(out[:end], out[end:], st.formats)
+                    out = binary_rows(out[:end], out[end:], st.formats)
                 else:
                     out = out[end:]
         else:
@@ -248,8 +159,7 @@ class AdminService(ShowRows):
             for p in self._pools(cmd.arg):
                 for s in list(p.servers):
                     s.close_needed = True
-                for s in list(p.idle):
-                    p.idle.remove(s)
+                for s in p.take_all_idle():
                     app.close_server(s, "reconnect requested by admin")
             return render.render_ok("RECONNECT")
         if v == "WAIT_CLOSE":
@@ -281,8 +191,7 @@ class AdminService(ShowRows):
         for p in self._pools(db):
             p.paused = on
             if on:
-                for s in list(p.idle):  # PAUSE disconnects servers as they become idle
-                    p.idle.remove(s)
+                for s in p.take_all_idle():  # PAUSE disconnects servers as they become idle
                     app.close_server(s, "pause requested")
             else:
                 app.launch(p)  # queued clients get servers in arrival order as they connect

@@ -16,7 +16,7 @@ from pgmux.errors import PgmuxError
 if TYPE_CHECKING:
     from pgmux.config.model import DatabaseConfig
     from pgmux.pooling.pool import Pool
-    from pgmux.runtime.app import App
+    from pgmux.runtime.core import Core
     from pgmux.session.client import ClientSession
 
 # Console connections allowed beyond max_client_conn for the users named in admin_users/stats_users
@@ -27,7 +27,7 @@ SWEEP_EVERY: Final = 1.0  # seconds between passes looking for pools to free
 
 
 class Admission:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Core) -> None:
         self.app = app
         self.per_db: dict[str, int] = {}  # authenticated clients per database (SHOW DATABASES' count)
         self.per_user: dict[str, int] = {}  # ... per user

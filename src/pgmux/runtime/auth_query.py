@@ -43,7 +43,7 @@ class AuthQuery:
         auth_user = db.auth_user or s.auth_user
         dbname = db.auth_dbname or s.auth_dbname or db.target_dbname
         sql = db.auth_query or s.auth_query
-        target = self.app._target(db, auth_user)  # where the database's servers are
+        target = self.app.server_target(db, auth_user)  # where the database's servers are
         key = (target.host, target.port, target.unix_path, dbname, auth_user)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:

@@ -20,7 +20,7 @@ from pgmux.session.replication import ReplicationServer
 from pgmux.session.states import ClientState, ServerState
 
 if TYPE_CHECKING:
-    from pgmux.runtime.app import App
+    from pgmux.runtime.handoff import Handoff
     from pgmux.session.client import ClientSession
 
 log = logging.getLogger("pgmux")
@@ -29,7 +29,7 @@ _EARLY_MAX = 1 << 20  # bytes a replication client may send before its server is
 
 
 class Replication:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Handoff) -> None:
         self.app = app
         self.servers: dict[int, ReplicationServer] = {}
         self.waiting: list[ClientSession] = []  # clients the pool limits keep waiting for room
@@ -38,7 +38,7 @@ class Replication:
     # -- login -------------------------------------------------------------------------------------
     def start(self, c: ClientSession) -> None:
         """`c` authenticated: open its server, or wait for room under the limits."""
-        c.state = ClientState.REPLICATION
+        c.move(ClientState.REPLICATION)
         c.wait_since = self.app.now()
         if not self._room(c):
             self.waiting.append(c)
@@ -57,8 +57,8 @@ class Replication:
         for other in reg:
             if other.database != pool.database and other.user != pool.user:
                 continue
-            while other.idle and reg.headroom(pool) <= 0:
-                app.close_server(other.idle.pop(0), "evicted for a replication connection")
+            while reg.headroom(pool) <= 0 and (victim := other.take_oldest_idle()) is not None:
+                app.close_server(victim, "evicted for a replication connection")
             if reg.headroom(pool) > 0:
                 return True
         return False
@@ -71,9 +71,9 @@ class Replication:
             c.fail(PgmuxError(f"no such database: {pool.database}", sqlstate="3D000", severity="FATAL"))
             return
         if pool.host is not None:  # one host's pool of a split database
-            target = app._target(db, pool.user, host=pool.host)
+            target = app.server_target(db, pool.user, host=pool.host)
         else:
-            target = app._target(db, pool.user)
+            target = app.server_target(db, pool.user)
         # The server gets the client's startup packet as the client sent it (PostgreSQL applies it
         # itself), with the database line's user and database, and its defaults where the client has none.
         ignored = {i.lower() for i in app.config.settings.ignore_startup_parameters} - {"replication"}
@@ -177,7 +177,7 @@ class Replication:
         del self.servers[srv.id]
         srv.closed_reason = reason
         was = srv.state
-        srv.state = ServerState.CLOSED
+        srv.move(ServerState.CLOSED)
         if srv.transport is not None:
             srv.transport.close()
         reg = self.app.registry

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pgmux.config.model import DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
@@ -42,8 +43,9 @@ from pgmux.routing.router import Kind, Router, transaction_kind
 from pgmux.session.states import ClientState, ServerState
 
 if TYPE_CHECKING:
-    from pgmux.pooling.pool import Pool
-    from pgmux.runtime.app import App
+    from pgmux.config.model import Config
+    from pgmux.pooling.pool import Pool, PoolLimits
+    from pgmux.pooling.registry import Registry
     from pgmux.session.client import ClientSession
     from pgmux.session.server import ServerSession
 
@@ -74,8 +76,26 @@ class Split:
         self.kicked = 0.0  # when the last out-of-turn check of every host was asked for
 
 
+class RoutingHub(Protocol):
+    """What routing asks of the hub (runtime/app.py implements it): this module does not import App."""
+
+    config: Config
+    registry: Registry
+    now: Callable[[], float]
+    spawn: Callable[..., None]
+    tls: Any
+
+    def acquire(self, c: ClientSession, now: float | None = None) -> None: ...
+
+    def launch(self, pool: Pool[Any, Any]) -> None: ...
+
+    def return_server(self, server: ServerSession, leaving: bool = False, now: float | None = None) -> None: ...
+
+    def pool_setup(self, db: DatabaseConfig, user: str) -> tuple[PoolLimits, str]: ...
+
+
 class Routing:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: RoutingHub) -> None:
         self.app = app
         self.splits: dict[str, Split] = {}
 
@@ -111,7 +131,7 @@ class Routing:
 
     def host_pool(self, sp: Split, state: HostState[Any], user: str) -> Pool[Any, Any]:
         host = state.host
-        pool = self.app.registry.get_or_create(sp.db.name, user, lambda: self.app._pool_setup(sp.db, user),
+        pool = self.app.registry.get_or_create(sp.db.name, user, lambda: self.app.pool_setup(sp.db, user),
                                                host=host, label=label(host))
         if pool.hstate is None:  # new: PAUSE and DISABLE of the database apply to it too
             pool.hstate = state
@@ -161,7 +181,7 @@ class Routing:
             return None
         c.lsn_wanted = router.read_your_writes and kind == "write"
         pool = self.host_pool(sp, state, pool.user)
-        c.pool = pool
+        c.use_pool(pool)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s (%s) -> %s %s", c.prefix, kind, why, state.role, label(state.host))
         return pool
@@ -191,7 +211,7 @@ class Routing:
 
     def _park(self, sp: Split, c: ClientSession, now: float, kind: Kind) -> None:
         if c.state is not ClientState.WAITING:  # not a retry: the wait starts now
-            c.state = ClientState.WAITING
+            c.move(ClientState.WAITING)
             c.wait_since = now
             log.info("%s no usable %s for %s: waiting up to failover_wait_timeout", c.prefix,
                      "primary" if kind == "write" else "host", sp.db.name)
@@ -291,19 +311,19 @@ class Routing:
             return False
         self._mark(sp, state, err.message)
         now = self.app.now()
-        waiters, pool.login_waiters = pool.login_waiters, []
+        waiters = pool.take_login_waiters()
         for c in waiters:
             other = sp.router.pick("read", now, self._outstanding(sp), count=False)
             if other is None or other is state:
                 c.fail(err, close=True)
                 continue
-            c.pool = self.host_pool(sp, other, pool.user)
-            c.pool.login_waiters.append(c)
+            c.use_pool(self.host_pool(sp, other, pool.user))
+            c.pool.add_login_waiter(c)
             self.app.launch(c.pool)
         for c in list(pool.waiters):
             pool.remove_waiter(c)
-            c.state = ClientState.IDLE
-            c.pool = pool
+            c.move(ClientState.IDLE)
+            c.use_pool(pool)
             self.app.acquire(c, now)
         return True
 

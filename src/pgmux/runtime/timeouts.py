@@ -56,16 +56,15 @@ def check_timeouts(app: Any, now: float) -> None:
         if notify > 0 and pool.waiters:
             notify_waiters(pool, app.last_tick, now, notify)
         for srv in pool.expired(now, s.server_idle_timeout, pool.limits.server_lifetime):
-            if srv in pool.idle:
-                pool.idle.remove(srv)
+            pool.discard_idle(srv)
             app.close_server(srv, "server idle timeout" if not srv.close_needed else "server close needed")
         for srv in pool.excess_idle():  # a reload lowered pool_size (PgBouncer's check_pool_size)
-            pool.idle.remove(srv)
+            pool.discard_idle(srv)
             app.close_server(srv, "too many servers in the pool")
         for srv in list(pool.servers):
             if srv.state is ServerState.LOGIN and s.server_connect_timeout > 0 and \
                     now - srv.connect_started > s.server_connect_timeout:
-                app._login_failed(srv, PgmuxError(f"server connect timeout ({srv.target.label})",
+                app.login_failed(srv, PgmuxError(f"server connect timeout ({srv.target.label})",
                                                   sqlstate="57P03", severity="FATAL"))
             elif (s.server_fast_close and srv.close_needed and srv.state is ServerState.ACTIVE and srv.clean
                   and pool.mode == "session"):
@@ -73,8 +72,8 @@ def check_timeouts(app: Any, now: float) -> None:
         if s.server_check_delay > 0 and s.server_check_query and not app.paused:
             for srv in list(pool.idle):
                 if now - srv.idle_since > s.server_check_delay:
-                    pool.idle.remove(srv)
-                    app._check(srv)
+                    pool.discard_idle(srv)
+                    app.check_server(srv)
         app.launch(pool)  # min_pool_size, and retries after server_login_retry
     _clients(app, now)
 

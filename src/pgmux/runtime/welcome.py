@@ -23,19 +23,19 @@ from pgmux.session.params import MAX_KNOWN, probe_pairs, probe_sql
 from pgmux.session.states import ServerState
 
 if TYPE_CHECKING:
-    from pgmux.runtime.app import App
+    from pgmux.runtime.servers import Servers
     from pgmux.session.client import ClientSession
     from pgmux.session.server import ServerSession
 
 
-def welcome(app: App, c: ClientSession, launch: bool = True) -> None:
+def welcome(app: Servers, c: ClientSession, launch: bool = True) -> None:
     """Welcome a client of a pool whose servers' parameters are known, or probe first."""
     pool = c.logged_in_pool()
     shown = pool.server_params
     assert shown is not None, "welcome() runs once the pool's parameters are known"
     pairs = probe_pairs(c.params, shown, pool.known)
     if not pairs:
-        c.send_welcome(shown, app.tracked)
+        c.send_welcome(shown, app.tracked, app.config.settings.login_notify_message)
         return
     app.probing[c.id] = pairs
     now = app.now()
@@ -49,7 +49,7 @@ def welcome(app: App, c: ClientSession, launch: bool = True) -> None:
         app.launch(pool)
 
 
-def probe(app: App, c: ClientSession, server: ServerSession, now: float) -> None:
+def probe(app: Servers, c: ClientSession, server: ServerSession, now: float) -> None:
     """`server` (ACTIVE) is lent to client `c` to apply its startup parameters before its welcome."""
     pool = c.logged_in_pool()
     shown = pool.server_params or {}
@@ -57,21 +57,17 @@ def probe(app: App, c: ClientSession, server: ServerSession, now: float) -> None
     if not pairs:
         app.probing.pop(c.id, None)
         app.give(server, now)
-        c.send_welcome(shown, app.tracked)
+        c.send_welcome(shown, app.tracked, app.config.settings.login_notify_message)
         return
     app.probing[c.id] = pairs
-    c.server = server
-    server.client = c
-    server.link_time = now
-    server.swallow_error = None
+    c.link(server, now)
     server.send_internal(probe_sql(pairs))
 
 
-def probe_done(app: App, c: ClientSession, server: ServerSession, err: dict[str, str] | None) -> None:
+def probe_done(app: Servers, c: ClientSession, server: ServerSession, err: dict[str, str] | None) -> None:
     """The probe's ReadyForQuery (App.internal_done): welcome or refuse the client, give the server back."""
     pairs = app.probing.pop(c.id, [])
-    c.server = None
-    server.client = None
+    c.detach()
     pool = c.logged_in_pool()
     if err is None:
         known = pool.known
@@ -88,4 +84,4 @@ def probe_done(app: App, c: ClientSession, server: ServerSession, err: dict[str,
         c.fail(PgmuxError(err.get("M", "invalid startup parameter"), sqlstate=err.get("C", "22023"),
                           severity="FATAL", detail=err.get("D"), hint=err.get("H")))
         return
-    c.send_welcome(pool.server_params or {}, app.tracked)
+    c.send_welcome(pool.server_params or {}, app.tracked, app.config.settings.login_notify_message)

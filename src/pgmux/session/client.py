@@ -9,43 +9,44 @@ Everything else is forwarded as byte ranges, one write per read.
 
 from __future__ import annotations
 
-import functools
 import logging
-import struct
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startup, scan
+from pgmux.protocol.codec import STREAM_FROM, Buffer, scan
 from pgmux.protocol.scans import ANY_LENGTH, message_end, query, steps
+from pgmux.session import client_login
 from pgmux.session.params import TRACKED, sync_sql
+from pgmux.session.passing import client_large, cut
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
-from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, ClientState
+from pgmux.session.states import (
+    C_ACTIVE,
+    C_IDLE,
+    C_LOGIN_WAIT,
+    C_WAITING,
+    CLIENT_MOVES,
+    ClientState,
+    IllegalTransition,
+)
 from pgmux.session.tracking import Pins
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
-    from pgmux.runtime.app import App
+    from pgmux.session.hub import Hub
     from pgmux.session.server import ServerSession
 
+# Equal parameter sets of clients share one tuple (see attach); the hub gives every client the same dict.
+Sigs = dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
 log = logging.getLogger("pgmux")
-_log = log
 
 _X: Final = ord("X")
-_Q: Final = ord("Q")
-_F: Final = ord("F")
-_COPY_DATA: Final = ord("d")
-# What PostgreSQL's backend reads after login (postgres.c SocketBackend): messages that may be long,
-# and those it refuses beyond 10000 bytes (PQ_SMALL_MESSAGE_LIMIT; pgmux refuses them beyond
-# STREAM_FROM, at their header). Others it refuses whatever their length.
-_LARGE: Final = frozenset(b"QFPBd")
-_PG_LARGE_LIMIT: Final = 0x3FFFFFFE  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT, for those
 # Reads queued for a server (each at most one read of the socket) before the client is read no more.
 _MAX_QUEUED: Final = 16
-_SMALL: Final = frozenset(b"SHECDXcf")
-_NAMES: Final = {_Q: "Query", _F: "FunctionCall", ord("P"): "Parse", ord("B"): "Bind"}
 _COPY_MSGS: Final = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 
@@ -59,11 +60,14 @@ class ClientSession:
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
                  "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
                  "ryw_lsn", "admin_ext", "replication", "repl", "passing", "sink", "held", "throttled",
-                 "rpaused")
+                 "rpaused", "sigs", "clock")
 
-    def __init__(self, cid: int, hub: App, now: float, max_packet: int) -> None:
+    def __init__(self, cid: int, hub: Hub, now: float, max_packet: int, sigs: Sigs) -> None:
         self.id = cid
         self.hub = hub
+        self.sigs = sigs
+        # The hub's clock, kept: read on every relayed read, and a call through the Protocol costs more.
+        self.clock: Callable[[], float] = hub.now
         self.transport: Any = None
         self.addr = "?"
         self.port = 0
@@ -78,7 +82,7 @@ class ClientSession:
         self.auth: Any = None
         self.server: ServerSession | None = None
         # Complete messages waiting for a server: None while none waits (most clients are idle, issue 11:
-        # a list each is 56 bytes), a list made by _queue() (not a deque: an empty one costs 760 bytes).
+        # a list each is 56 bytes), a list made by _push() (not a deque: an empty one costs 760 bytes).
         self.pending: list[bytes | memoryview] | None = None
         self.pending_syncs = 0
         self.unsynced = False  # an extended-protocol batch without its Sync yet
@@ -134,6 +138,32 @@ class ClientSession:
         self.throttled = False
         self.rpaused = False
 
+    def move(self, new: ClientState) -> None:
+        """Every change of the client's state, checked against CLIENT_MOVES (session/states.py)."""
+        old = self.state
+        # The three moves of every transaction by identity first: hashing an Enum member twice costs
+        # more than the rest of the move (test_states.py checks these are in CLIENT_MOVES).
+        if (new is C_ACTIVE and (old is C_IDLE or old is C_WAITING) or new is C_IDLE and old is C_ACTIVE
+                or new is C_WAITING and old is C_IDLE):
+            self.state = new
+            return
+        if new not in CLIENT_MOVES[old]:
+            raise IllegalTransition(f"{self.prefix}: client state {self.state.value} -> {new.value}")
+        self.state = new
+
+    def use_pool(self, pool: Pool[Any, Any]) -> None:
+        """The pool this client's transactions take servers from: set at login, and changed by read/write
+        routing (a host's pool) only while the client holds no server."""
+        if self.server is not None and pool is not self.pool:
+            raise IllegalTransition(f"{self.prefix}: pool changed while a server is linked")
+        self.pool = pool
+
+    def link(self, server: ServerSession, now: float) -> None:
+        """Link `server` to this client: attach(), and the login probe (runtime/welcome.py)."""
+        self.server = server
+        server.client = self
+        server.link_time = now
+
     def logged_in_pool(self) -> Pool[Any, Any]:
         """The pool of a client past login (found then, for its database and user)."""
         pool = self.pool
@@ -185,26 +215,20 @@ class ClientSession:
                 if not kind:
                     self._relay(data)
                     return
-                # Between transactions (the usual case) it is queued and a server asked for here.
+                # A copy of _relay for its most common read, without the walk and the memoryview (per
+                # transaction); test_session_playbook.py holds both to the same effects.
                 self.unsynced = False
                 self.copy_syncs = 0
-                now = self.request_time = self.hub.now()
+                now = self.request_time = self.clock()
                 self.logged_in_pool().stats.bytes_received += len(data)
                 track = kind == 2 and self.watch
                 server = self.server
-                if server is None or self.route is not None and self.hub.routing.hold(self, server, data):
-                    pending = self._queue(data)
-                    self.pending_syncs += 1
-                    if track:
-                        self.pending_ext = True
-                    if self.state is C_IDLE:
-                        self.hub.acquire(self, now)
-                    elif len(pending) >= _MAX_QUEUED and not self.held:
-                        self._hold()
+                if server is None or self.route is not None and self.hub.route_hold(self, server, data):
+                    self._queue(data, 1, track, now)  # between transactions (the usual case)
                 else:
                     self._send(server, data, now, 1, 0, track)
             elif self.state is not ClientState.CLOSED:
-                self._startup_data(data)
+                client_login.startup_data(self, data)
         except ProtocolViolation as e:  # the client's bytes break the protocol: its error, not a server's
             log.warning("%s client protocol error: %s", self.prefix, e.message)
             self.fail(e)
@@ -241,8 +265,7 @@ class ClientSession:
 
     def pooler_error(self, err: PgmuxError) -> None:
         """An error pgmux itself answers this client with: logged with log_pooler_errors, as PgBouncer does."""
-        if self.hub.config.settings.log_pooler_errors:
-            _log.warning("%s pooler error: %s", self.prefix, err.message)
+        self.hub.log_pooler_error(self.prefix, err.message)
 
     def fail(self, err: PgmuxError, close: bool | None = None) -> None:
         """Answer with an ErrorResponse; close the connection for FATAL (or when asked: PgBouncer
@@ -257,117 +280,15 @@ class ClientSession:
         else:
             self.send_error(err, ready=True)
 
-    # -- startup and authentication ------------------------------------------------------------
-    def _startup_data(self, data: bytes) -> None:
-        if self.state is ClientState.REPLICATION:  # not startup: a replication client's bytes, as they come
-            self.hub.replication.client_data(self, data)
-            return
-        if not self.sbuf and data[:1] == b"\x16" and self.state is ClientState.STARTUP and \
-                self.hub.start_tls(self, data):
-            return  # a TLS ClientHello first: direct TLS (PostgreSQL 17), the hub took the connection over
-        self.sbuf += data
-        while self.sbuf and self.state in (ClientState.STARTUP, ClientState.AUTH):
-            if self.state is ClientState.STARTUP:
-                res, used = read_startup(self.sbuf)
-                if res is None:
-                    return
-                self.sbuf = self.sbuf[used:]
-                if res.code == m.SSL_REQUEST_CODE:
-                    if self.sbuf:  # sent before our answer, so not encrypted: PostgreSQL refuses it too
-                        raise ProtocolViolation("received unencrypted data after SSL request")
-                    if self.hub.start_tls(self):  # answered S; the startup packet comes encrypted
-                        return
-                    self.transport.write(b"N")  # client TLS off (or the Unix socket): go on in plain text
-                elif res.code == m.GSSENC_REQUEST_CODE:
-                    self.transport.write(b"N")
-                elif res.code == m.CANCEL_REQUEST_CODE:
-                    # Not a client: a connection that carries one cancel, read no further. The hub
-                    # closes it once the cancel is passed on (or cancel_wait_timeout passed), as
-                    # PgBouncer does: its end tells the client the cancel was delivered.
-                    self.state = ClientState.CLOSED
-                    self.sbuf = b""
-                    self.hub.cancel_request(self, res.key_pid, res.key_secret)
-                    return
-                elif res.major != 3:
-                    raise ProtocolViolation(f"unsupported frontend protocol {res.major}.{res.minor}: "
-                                            "server supports 3.0 to 3.0")
-                else:
-                    self._startup(res.params, res.minor)
-            else:
-                msgs, pos = scan(self.sbuf, 0, 1 << 16)
-                if not msgs:
-                    return
-                mtype, start, total = msgs[0]
-                body = self.sbuf[start + 5:start + total]
-                self.sbuf = self.sbuf[start + total:]
-                if mtype != ord("p"):  # PasswordMessage/SASL responses are lower-case 'p'
-                    raise ProtocolViolation(f"expected password response, got message type {chr(mtype)!r}")
-                if self.auth is None:  # still looking the user up: nothing was asked yet
-                    raise ProtocolViolation("unexpected password message before an authentication request")
-                reply = self.auth.feed(b"p", body)
-                if self.auth.done:
-                    self.auth_ok = reply  # goes out with the welcome, in one write
-                    self.state = ClientState.LOGIN_WAIT
-                    self.hub.client_authenticated(self)
-                    self.auth = None  # done with: a few hundred bytes per idle client (issue 11)
-                elif reply:
-                    self.transport.write(reply)
-
-    def _startup(self, params: dict[str, str], minor: int) -> None:
-        if minor > 0 or any(k.startswith("_pq_.") for k in params):
-            # Newer minor versions and protocol options: say what we speak, as PostgreSQL does.
-            unknown = [k for k in params if k.startswith("_pq_.")]
-            body = struct.pack("!ii", m.PROTOCOL_V3, len(unknown)) + b"".join(m.cstr(k) for k in unknown)
-            self.transport.write(m.message(m.NEGOTIATE_PROTOCOL_VERSION, body))
-            params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
-        self.startup = params = _shared(params)  # only ever read
-        self.state = ClientState.AUTH
-        self.hub.login(self, params)  # sets identity, pool or admin, and self.auth; raises on refusal
-        if self.state is ClientState.AUTH and self.auth is not None:  # None: auth_query looks the user up
-            self.begin_auth()
-
+    # -- startup and authentication (session/client_login.py) ----------------------------------
     def begin_auth(self) -> None:
         """Send the first authentication request (or log in at once, for trust and the like)."""
-        if self.state is ClientState.AUTH:
-            first = self.auth.start()
-            if self.auth.done:  # trust: AuthenticationOk goes out with the welcome, in one write
-                self.auth_ok = first
-                self.state = ClientState.LOGIN_WAIT
-                self.hub.client_authenticated(self)
-                self.auth = None
-            elif first:
-                self.transport.write(first)
+        client_login.begin_auth(self)
 
-    def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED) -> None:
-        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it. The client's
-        own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
-        shown = dict(server_params)
-        params = self.params
-        for k, v in params.items():
-            if k in shown:
-                shown[k] = v
-        for k in tracked:
-            if k not in params and k in shown:
-                params[k] = shown[k]  # the pool's default, restored if another client changed it
-        self.sig = None
-        self.params = self.initial = _shared(self.params)  # shared until changed: tracking.own_params
-        out = [self.auth_ok]
-        self.auth_ok = b""
-        out.extend(_status(k, v) for k, v in shown.items())
-        out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
-        notify = self.hub.config.settings.login_notify_message
-        if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
-            out.append(m.notice_response(notify))
-        out.append(m.ready_for_query(b"I"))
-        self.transport.write(b"".join(out))
-        self.state = ClientState.IDLE
-        if self.pending:
-            self.hub.acquire(self)
-        if self.sbuf:  # a client that pipelined its first query behind the password
-            rest, self.sbuf = self.sbuf, b""
-            self.held = False  # (reading paused while they piled up: resumed once they are relayed)
-            self.data_received(rest)
-            self._reading()
+    def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED,
+                     notify: str | None = None) -> None:
+        """AuthenticationOk (held back by the login), then what PostgreSQL sends after it."""
+        client_login.send_welcome(self, server_params, tracked, notify)
 
     # -- relay: client -> server ---------------------------------------------------------------
     def _relay(self, data: bytes) -> None:
@@ -387,11 +308,11 @@ class ClientSession:
             server.copy_in = False  # its CopyDone (or CopyFail) is in this read
         large = self._own_buf().keep(data, pos) if pos < n and not terminate else False
         if pos > 0:
-            now = self.request_time = self.hub.now()
+            now = self.request_time = self.clock()
             self.logged_in_pool().stats.bytes_received += pos
             chunk: bytes | memoryview = data if pos == n else memoryview(data)[:pos]
             server = self.server
-            if server is not None and self.route is not None and self.hub.routing.hold(self, server, chunk):
+            if server is not None and self.route is not None and self.hub.route_hold(self, server, chunk):
                 server = None  # queued: routed on its own once this replica is done (runtime/routing.py)
             self.unsynced = unsynced
             self.copy_syncs = copy_syncs
@@ -404,17 +325,39 @@ class ClientSession:
                 # (`syncs` first: a Query, the usual read here, is never that.)
                 pass
             else:
-                pending = self._queue(bytes(chunk))
-                self.pending_syncs += syncs
-                self.pending_ext = self.pending_ext or track
-                if self.state is C_IDLE:
-                    self.hub.acquire(self, now)
-                elif len(pending) >= _MAX_QUEUED and not self.held:
-                    self._hold()  # what waits for a server stays bounded: reads stop until one takes it
+                self._queue(bytes(chunk), syncs, track, now)
         if terminate:
             self.hub.client_closed(self, "client close request")
         elif large:
             self._large()
+
+    def _queue(self, chunk: bytes, syncs: int, track: Any, now: float) -> None:
+        """Complete messages no server takes yet: queued, and a server asked for. What waits stays
+        bounded: past _MAX_QUEUED reads, reading stops until a server takes them."""
+        pending = self._push(chunk)
+        self.pending_syncs += syncs
+        if track:
+            self.pending_ext = True
+        if self.state is C_IDLE:
+            self.hub.acquire(self, now)
+        elif len(pending) >= _MAX_QUEUED and not self.held:
+            self._hold()
+
+    def _push(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """`data` queued for a server: the queue, made for its first entry."""
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = [data]
+        else:
+            pending.append(data)
+        return pending
+
+    def _own_buf(self) -> Buffer:
+        """This client's read buffer, to keep the start of a message in: made on first use."""
+        buf = self.buf
+        if buf is _NO_BUF:
+            buf = self.buf = Buffer()
+        return buf
 
     def _send(self, server: ServerSession, chunk: bytes | memoryview, now: float, syncs: int, ignored: int,
               track: Any) -> None:
@@ -441,17 +384,15 @@ class ClientSession:
         if self.state is C_LOGIN_WAIT:  # still logging in: the server is to tell how it spells our parameters
             self.hub.probe(self, server, now)
             return
-        self.server = server
-        server.client = self
-        self.state = C_ACTIVE
-        server.link_time = now
+        self.link(server, now)
+        self.move(C_ACTIVE)
         if self.xact_start == 0.0:
             self.xact_start = now
         # Clients of one pool mostly ask for the same parameters. Equal sets share one tuple (App.sigs),
         # so when this server was last brought to ours and nothing changed either since, `is` says so.
         sig = self.sig
         if sig is None:
-            sigs = self.hub.sigs
+            sigs = self.sigs
             if len(sigs) >= 1024:  # a bound, against clients that SET ever new values
                 sigs.clear()
             sig = tuple(self.params.items())
@@ -472,61 +413,29 @@ class ClientSession:
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
             server.unnamed = None
             server.unnamed_owner = self.id
-        pending = self.pending
-        if out is None and pending is not None and len(pending) == 1 and not self.pending_ext:
-            # send_pending() for the usual case, inline: one queued query, nothing to sync first.
-            if self.pending_syncs:
-                server.query_start = now
-                server.owed += self.pending_syncs
-                self.pending_syncs = 0
-            self.pending = None
-            server.transport.write(pending[0])
-            if self.held:
-                self._release()
-            return
         self.send_pending(server, now, out)
 
-    def _own_buf(self) -> Buffer:
-        """This client's read buffer, to keep the start of a message in: made on first use."""
-        buf = self.buf
-        if buf is _NO_BUF:
-            buf = self.buf = Buffer()
-        return buf
-
-    def _queue(self, data: bytes | memoryview) -> list[bytes | memoryview]:
-        """Queue `data` for a server: the queue, made for its first entry."""
-        pending = self.pending
-        if pending is None:
-            pending = self.pending = [data]
-        else:
-            pending.append(data)
-        return pending
-
     def send_pending(self, server: ServerSession, now: float, out: list[bytes | memoryview] | None = None) -> None:
-        """What we queued (after `out`, pgmux's own first messages), to `server`, which is ours."""
-        out = [] if out is None else out
+        """What we queued (after `out`, pgmux's own first messages), to `server`, which is ours: one write."""
         pending = self.pending
-        if pending:
+        if pending is not None:
+            self.pending = None
             if self.pending_ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
-                rewritten = to_server(self, server, b"".join(pending))
-                pending.clear()
-                pending.extend(rewritten)
+                pending = to_server(self, server, b"".join(pending))
                 self.pending_ext = False
             if self.pending_syncs:
                 server.query_start = now
                 server.owed += self.pending_syncs
                 self.pending_syncs = 0
-            self.pending = None
-            if not out and len(pending) == 1:  # the common case: one queued query, nothing to sync
-                server.transport.write(pending[0])
-                if self.held:
-                    self._release()
-                return
-            out.extend(pending)
-        if len(out) == 1:
-            server.transport.write(out[0])
-        elif out:
-            server.transport.write(b"".join(out))
+        data: bytes | memoryview | None = None
+        if out:
+            if pending:
+                out.extend(pending)
+            data = out[0] if len(out) == 1 else b"".join(out)
+        elif pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)  # one: the usual case
+        if data:
+            server.transport.write(data)
         if self.held:
             self._release()
 
@@ -539,67 +448,17 @@ class ClientSession:
         if self.throttled:  # that server's socket buffer is no longer this client's business
             self.throttle(False)
         if self.state is C_ACTIVE:
-            self.state = C_IDLE
+            self.move(C_IDLE)
         return server
 
     # -- long messages: streamed, or held up to a bound ------------------------------------------
     def _large(self) -> None:
-        """The message self.buf keeps is longer than STREAM_FROM (codec.py). A message pgmux reads
-        whole is held, up to MAX_INSPECTED; anything else is forwarded as it arrives (_pass), so
-        that what one connection holds stays bounded whatever length a message claims."""
-        buf = self.buf
-        t = buf.pending[0]
-        total = buf.need
-        if t in _SMALL:  # as PostgreSQL's backend refuses them (postgres.c)
-            raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
-        if t not in _LARGE:
-            raise ProtocolViolation(f"invalid frontend message type {t}")
-        if total - 1 > _PG_LARGE_LIMIT:  # PostgreSQL would drop the connection at this header
-            raise ProtocolViolation(f"invalid message length {total - 1} for message type {chr(t)!r}")
-        server = self.server
-        if t != _COPY_DATA and (self.watch or self.stmts is not None or self.route is not None) \
-                or self.route is not None and (server is None or self.pending):
-            if total > MAX_INSPECTED:
-                raise PgmuxError(
-                    f"message too long: a {_NAMES.get(t, chr(t))} of {total} bytes, and pgmux reads these whole "
-                    f"to track session state or route them, up to {MAX_INSPECTED} bytes",
-                    sqlstate="54000", severity="FATAL",
-                    hint="use session pooling for this client, or send smaller messages")
-            return  # held whole (bounded): completed by buf.feed() in data_received
-        part = buf.take()
-        self.passing = total - len(part)
-        syncs = 1 if t == _Q or t == _F else 0
-        if syncs:
-            self.unsynced = False
-            self.copy_syncs = 0
-        elif t != _COPY_DATA:
-            self.unsynced = True  # a Parse or a Bind
-        now = self.request_time = self.hub.now()
-        self.logged_in_pool().stats.bytes_received += len(part)
-        if server is not None and not self.pending:
-            if syncs and not server.owed:
-                server.query_start = now
-            server.owed += syncs
-            server.transport.write(part)
-        elif t == _COPY_DATA and not self.pending:
-            self.sink = True  # the rest of a failed COPY FROM STDIN: PostgreSQL would drop it too
-        else:
-            self._queue(part)
-            self.pending_syncs += syncs
-            self._hold()
+        """The message self.buf keeps is longer than STREAM_FROM: held whole or streamed (passing.py)."""
+        client_large(self)
 
     def _pass(self, data: bytes) -> bytes:
         """The next bytes of a long message (see _large): forwarded (or dropped); returns what follows it."""
-        left = self.passing
-        n = len(data)
-        part: bytes | memoryview = data
-        rest = b""
-        if left < n:
-            part = memoryview(data)[:left]
-            rest = data[left:]
-            self.passing = 0
-        else:
-            self.passing = left - n
+        part, rest, self.passing = cut(data, self.passing)
         if self.sink:
             if not self.passing:
                 self.sink = False
@@ -614,7 +473,7 @@ class ClientSession:
                 # the server was kept for the rest (App.server_ready); now it can go.
                 self.hub.server_ready(self, server)
         else:  # read before the pause took effect: queued behind the start of the message
-            self._queue(bytes(part))
+            self._push(bytes(part))
             self._hold()
         return rest
 
@@ -671,24 +530,3 @@ def _only_copy(chunk: bytes | memoryview) -> bool:
 # reads are whole messages, and a Buffer each is 56 bytes per idle client). Only keep() fills a Buffer,
 # and its callers here take _own_buf() first: this one stays empty.
 _NO_BUF: Final = Buffer()
-
-_SHARED: Final[dict[tuple[tuple[str, str], ...], dict[str, str]]] = {}
-
-
-def _shared(params: dict[str, str]) -> dict[str, str]:
-    """One dict for equal ones that are only ever read (the startup packet's parameters; those after
-    login, which RESET goes back to): the same for most clients of a pool, and a few hundred bytes each
-    per idle client (issue 11)."""
-    key = tuple(params.items())
-    found = _SHARED.get(key)
-    if found is None:
-        if len(_SHARED) >= 1024:  # a bound, against clients that log in with ever new values
-            _SHARED.clear()
-        found = _SHARED[key] = dict(params)
-    return found
-
-
-@functools.lru_cache(maxsize=4096)
-def _status(name: str, value: str) -> bytes:
-    """ParameterStatus messages repeat for every login of a pool: encode each (name, value) once."""
-    return m.parameter_status(name, value)

@@ -78,7 +78,7 @@ from pgmux.session.replies import to_client
 from pgmux.session.shapecheck import check, unchecked
 from pgmux.session.statements import effects
 from pgmux.session.tracking import pin_refused, query_effects
-from pgmux.session.watch import max_prepared, note_extended, prelude, prelude_for, refuse_parse
+from pgmux.session.watch import note_extended, prelude, prelude_for, refuse_parse
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
@@ -114,7 +114,7 @@ Handled = tuple[int, Out | None]  # (the kind to queue for the message; what to 
 def server_statements(server: ServerSession) -> ServerStatements:
     st = server.stmts
     if st is None:
-        st = server.stmts = ServerStatements(server.hub.prepared, max_prepared(server), stats=server.pool.stats)
+        st = server.stmts = ServerStatements(server.registry, server.max_prepared, stats=server.pool.stats)
     return st
 
 
@@ -290,7 +290,7 @@ def _message(b: _Batch, t: int, s: int, total: int) -> Handled:
 def _pooler_error(b: _Batch, e: PgmuxError) -> Handled:
     c = b.c
     c.pooler_error(e)
-    b.synth(b.server.hub.prepared.revalidate_error if isinstance(e, CachedPlanChanged) else
+    b.synth(b.server.registry.revalidate_error if isinstance(e, CachedPlanChanged) else
             m.error_response("ERROR", e.sqlstate, e.message, detail=e.detail, hint=e.hint))
     c.skip = True
     # The server fails as PostgreSQL would have (see entries.FAIL). The entry stands for the Sync to

@@ -18,7 +18,7 @@ from pgmux.errors import ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
 from pgmux.protocol.codec import Buffer, scan
-from pgmux.session.states import ServerState
+from pgmux.session.states import SERVER_MOVES, IllegalTransition, ServerState
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -71,6 +71,12 @@ class ReplicationServer:
         self.prefix = f"S-{sid} {pool.database}/{pool.user}@{target.label} (replication={mode})"
 
     # -- I/O events ------------------------------------------------------------------------------
+    def move(self, new: ServerState) -> None:
+        """Every change of state, checked against the pooled servers' table (session/states.py)."""
+        if new not in SERVER_MOVES[self.state]:
+            raise IllegalTransition(f"R-{self.id}: server state {self.state.value} -> {new.value}")
+        self.state = new
+
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.write(m.startup_message(self.startup))
@@ -133,7 +139,7 @@ class ReplicationServer:
                 self.owner.login_failed(self, raw, m.parse_error_fields(body).get("M", "server login failed"))
                 return
             elif t == ord("Z"):
-                self.state = ServerState.ACTIVE
+                self.move(ServerState.ACTIVE)
                 rest = bytes(data[start + total:])  # (the relay from here on: the kept tail too)
                 self.buf = Buffer()
                 self.owner.ready(self, raw)

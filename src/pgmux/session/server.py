@@ -18,6 +18,7 @@ from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
 from pgmux.protocol.codec import MAX_INSPECTED, Buffer, noted_table, scan, walk
 from pgmux.session.params import canon
+from pgmux.session.passing import cut
 from pgmux.session.pipeline import Entry, release, to_client
 from pgmux.session.prepared import ServerStatements
 from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
@@ -25,8 +26,9 @@ from pgmux.session.tracking import own_params
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool
-    from pgmux.runtime.app import App
     from pgmux.session.client import ClientSession
+    from pgmux.session.hub import Hub
+    from pgmux.session.prepared import Registry
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G: Final = ord("G")  # CopyInResponse
@@ -69,11 +71,16 @@ class ServerSession:
                  "buf", "swallow", "swallow_error", "auth", "query_start", "link_time", "closed_reason",
                  "local_port", "paused", "connect_started", "prefix", "cq_sent", "extra", "sig", "copy_in",
                  "queue", "stmts", "unnamed_owner", "unnamed", "sql", "want_lsn", "lsn", "held", "release",
-                 "checked", "skipping", "passing", "wpaused")
+                 "checked", "skipping", "passing", "wpaused", "registry", "max_prepared")
 
-    def __init__(self, sid: int, hub: App, pool: Pool[Any, Any], target: ServerTarget, now: float) -> None:
+    def __init__(self, sid: int, hub: Hub, pool: Pool[Any, Any], target: ServerTarget, now: float,
+                 registry: Registry, max_prepared: int) -> None:
         self.id = sid
         self.hub = hub
+        # Prepared statements, when tracked (pipeline.py): the process-wide registry of statement names,
+        # and how many this server may hold (max_prepared_statements when the server was opened).
+        self.registry = registry
+        self.max_prepared = max_prepared
         self.pool = pool
         self.target = target
         self.transport: Any = None
@@ -157,9 +164,17 @@ class ServerSession:
             self.transport.resume_reading()
 
     def send_internal(self, sql: str) -> None:
-        """Run a query of pgmux's own; its replies are swallowed up to its ReadyForQuery."""
+        """Run a query of pgmux's own; its replies are swallowed up to its ReadyForQuery, and its error
+        kept for the hub (take_error)."""
+        if not self.swallow:
+            self.swallow_error = None
         self.swallow += 1
         self.transport.write(m.query(sql))
+
+    def take_error(self) -> dict[str, str] | None:
+        """The error of pgmux's own query (or connect_query) that just finished, if any; then forgotten."""
+        err, self.swallow_error = self.swallow_error, None
+        return err
 
     def data_received(self, data: bytes) -> None:
         """Every read from the server. After login this is the relay, inline (one call per reply)."""
@@ -200,16 +215,7 @@ class ServerSession:
                 if large:
                     self._large()
                 return
-            client = self.client
-            if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
-                pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
-            client.transport.write(data if pos == n else memoryview(data)[:pos])
-            self.pool.stats.bytes_sent += pos
-            if z:
-                self.tx_status = _STATUS[z]
-                if self.owed <= 0:
-                    self.owed = 0
-                    self.hub.server_ready(client, self)
+            self._forward(self.client, data, 0, pos, z, zpos)
             if large:
                 self._large()
         except PgmuxError as e:
@@ -254,16 +260,7 @@ class ServerSession:
 
     def _pass(self, data: bytes) -> bytes:
         """The next bytes of a long reply (see _large), to the linked client; returns what follows it."""
-        left = self.passing
-        n = len(data)
-        part: bytes | memoryview = data
-        rest = b""
-        if left < n:
-            part = memoryview(data)[:left]
-            rest = data[left:]
-            self.passing = 0
-        else:
-            self.passing = left - n
+        part, rest, self.passing = cut(data, self.passing)
         c = self.client
         if c is not None:
             c.transport.write(part)
@@ -305,15 +302,25 @@ class ServerSession:
         if client is None:
             self._idle_data(msgs, first, data[pos] if pos < len(data) and not self.swallow else _S)
             return
+        self._forward(client, data, first, pos, z, zpos)
+
+    def _forward(self, client: ClientSession | None, data: bytes, first: int, pos: int, z: int, zpos: int) -> None:
+        """The tail of both header-only relays: replies data[first:pos] to the client, then _ready()."""
+        assert client is not None, "a relay forwards to a linked client"
         if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
             pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
         client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
         self.pool.stats.bytes_sent += pos - first
         if z:
-            self.tx_status = _STATUS[z]
-            if self.owed <= 0:
-                self.owed = 0
-                self.hub.server_ready(client, self)
+            self._ready(client, z)
+
+    def _ready(self, client: ClientSession, z: int) -> None:
+        """A ReadyForQuery went to the client (every relay ends here): its status kept; when the server
+        owes nothing more, the hub hears that the transaction (or statement) is over."""
+        self.tx_status = _STATUS[z]
+        if self.owed <= 0:
+            self.owed = 0
+            self.hub.server_ready(client, self)
 
     def _idle_data(self, msgs: list[tuple[int, int, int]], first: int, partial: int) -> None:
         """Between clients a server may still send a notice or a ParameterStatus; anything else means
@@ -334,10 +341,7 @@ class ServerSession:
         if self.release:  # a statement's shape is known: the client's held messages go on
             release(self)
         if z:
-            self.tx_status = _STATUS[z]
-            if self.owed <= 0:
-                self.owed = 0
-                self.hub.server_ready(client, self)
+            self._ready(client, z)
 
     def _swallow(self, data: bytes, msgs: list[tuple[int, int, int]]) -> int:
         """Consume the replies to pgmux's own queries. Returns where the client's replies start, -1 if
@@ -391,14 +395,14 @@ class ServerSession:
         if fields.get("S") in ("FATAL", "PANIC") or code.startswith("08") and code != "08P01":
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
-                self.hub.routing.server_error(self, fields)
+                self.hub.host_error(self, fields)
         elif self.stmts is not None and fields.get("R") == "RevalidateCachedQuery" and fields.get("C") == "0A000":
             # "cached plan must not change result type": a statement prepared here before a DDL changed
             # its result type, bound by a client that holds it from before the DDL too (a later Parse
             # would have prepared it again: session/prepared.py), which gets this error directly too.
             # The copy stays broken for every client that shares it: prepare each again at next use.
             self.stmts.stale_all()
-            self.hub.prepared.revalidate_error = bytes(data[start:start + total])  # in this server's words
+            self.registry.revalidate_error = bytes(data[start:start + total])  # in this server's words
 
     # -- login ---------------------------------------------------------------------------------
     def _login_data(self, data: bytes) -> None:

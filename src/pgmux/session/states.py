@@ -44,6 +44,24 @@ C_ACTIVE: Final = ClientState.ACTIVE
 C_LOGIN_WAIT: Final = ClientState.LOGIN_WAIT
 
 
+_C = ClientState
+# A client's legal moves (ClientSession.move checks every change against this table):
+#   startup -> auth -> login_wait -> idle <-> waiting -> active -> idle; login_wait -> replication;
+#   idle -> active when a server is free at once; waiting -> idle when a split database's host is
+#   lost and its clients are routed again (runtime/routing.py), waiting -> waiting when a client parked
+#   for a usable host is queued in a pool; any state but closed -> closed.
+CLIENT_MOVES: Final[dict[ClientState, frozenset[ClientState]]] = {
+    _C.STARTUP: frozenset({_C.AUTH, _C.CLOSED}),
+    _C.AUTH: frozenset({_C.LOGIN_WAIT, _C.CLOSED}),
+    _C.LOGIN_WAIT: frozenset({_C.IDLE, _C.REPLICATION, _C.CLOSED}),
+    _C.IDLE: frozenset({_C.WAITING, _C.ACTIVE, _C.CLOSED}),
+    _C.WAITING: frozenset({_C.ACTIVE, _C.IDLE, _C.WAITING, _C.CLOSED}),
+    _C.ACTIVE: frozenset({_C.IDLE, _C.CLOSED}),
+    _C.REPLICATION: frozenset({_C.CLOSED}),
+    _C.CLOSED: frozenset(),
+}
+
+
 class ServerState(enum.Enum):
     LOGIN = "login"  # connecting and authenticating
     IDLE = "idle"  # in the pool, clean
@@ -63,7 +81,7 @@ S_IDLE: Final = ServerState.IDLE
 S_ACTIVE: Final = ServerState.ACTIVE
 
 # Legal moves, checked on every change so that a wrong move fails loudly in tests instead of leaking.
-SERVER_MOVES: dict[ServerState, frozenset[ServerState]] = {
+SERVER_MOVES: Final[dict[ServerState, frozenset[ServerState]]] = {
     ServerState.LOGIN: frozenset({ServerState.IDLE, ServerState.ACTIVE, ServerState.CLOSED}),
     ServerState.IDLE: frozenset({ServerState.ACTIVE, ServerState.TESTED, ServerState.CLOSED}),
     ServerState.ACTIVE: frozenset({ServerState.IDLE, ServerState.TESTED, ServerState.ACTIVE, ServerState.CLOSED}),

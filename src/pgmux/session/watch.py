@@ -36,11 +36,6 @@ _EXECUTE_HELPER = m.message(m.EXECUTE, m.cstr(sqlprepared.HELPER) + struct.pack(
 _SYNC = m.message(m.SYNC)
 
 
-def max_prepared(server: ServerSession) -> int:
-    """max_prepared_statements, the one setting the pipeline reads (through the server's hub)."""
-    return server.hub.config.settings.max_prepared_statements
-
-
 def note_extended(c: ClientSession, t: int, raw: bytes, s: int, total: int) -> tuple[Effect, ...] | None:
     """Session effects that travel through the extended protocol: a Parse's statement (a SET, or
     `SELECT set_config($1, $2, false)`, or `pg_advisory_lock($1)`), bound to a portal by a Bind, run by
@@ -99,7 +94,7 @@ def prelude(c: ClientSession, server: ServerSession, q: deque[Entry], done: tupl
     if not wanted:
         return []
     steps = sqlprepared.plan(c.sql, server.sql, wanted)
-    steps += sqlprepared.evict(c.sql, server.sql, max_prepared(server) or sqlprepared.DEFAULT_CAP)
+    steps += sqlprepared.evict(c.sql, server.sql, server.max_prepared or sqlprepared.DEFAULT_CAP)
     if not steps:
         return []
     out: list[bytes | memoryview] = [_CLOSE_HELPER]

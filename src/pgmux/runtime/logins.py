@@ -1,0 +1,255 @@
+"""Client logins: the startup packet's policy (runtime/admission.py limits, runtime/client_auth.py
+methods, auth_query), cancel keys, joining a pool, the welcome, and cancel requests. The layer of the
+hub above handoff.Handoff (see core.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any, Final
+
+from pgmux import __version__
+from pgmux.config.model import DatabaseConfig
+from pgmux.errors import PgmuxError
+from pgmux.net import connector
+from pgmux.net.tls import accept_client_tls, client_tls_missing
+from pgmux.pooling.pool import Pool
+from pgmux.protocol.auth import ClientAuthenticator
+from pgmux.runtime import client_auth, welcome
+from pgmux.runtime.handoff import Handoff
+from pgmux.runtime.routing import is_split
+from pgmux.session.client import ClientSession
+from pgmux.session.params import startup_params, with_client_host
+from pgmux.session.prepared import ClientStatements
+from pgmux.session.replication import replication_mode
+from pgmux.session.server import ServerTarget
+from pgmux.session.states import ClientState
+
+log = logging.getLogger("pgmux")
+
+ADMIN_DATABASES: Final = ("pgbouncer", "pgmux")
+
+
+class Logins(Handoff):
+    def new_client(self) -> ClientSession:
+        cid = self.next_id
+        self.next_id += 1
+        c = ClientSession(cid, self, self.now(), self.config.settings.max_packet_size, self.sigs)
+        self.clients[cid] = c
+        return c
+
+    def start_tls(self, c: ClientSession, hello: bytes = b"") -> bool:
+        """SSLRequest (or a ClientHello first: `hello`): True when a TLS handshake now runs on the
+        client's connection (net/tls.py)."""
+        return accept_client_tls(self, c, hello)
+
+    def login(self, c: ClientSession, params: dict[str, str]) -> None:
+        """The StartupMessage: decide whether and how this client may authenticate. Nothing that
+        outlives the client is made here (no pool, no count, no cancel key): a client that never
+        authenticates leaves nothing behind. client_authenticated() does the rest."""
+        cfg = self.config
+        s = cfg.settings
+        user = params.get("user", "")
+        if not user:
+            raise PgmuxError("no PostgreSQL user name specified in startup packet", sqlstate="28000",
+                             severity="FATAL")
+        dbname = params.get("database") or user
+        c.set_identity(dbname, user)
+        if self.shutting_down and dbname not in ADMIN_DATABASES:  # the console still works
+            raise PgmuxError("pgmux is shutting down", sqlstate="57P03", severity="FATAL")
+        if client_tls_missing(self, c):
+            raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
+                             hint=f"client_tls_sslmode = {self.tls.client_mode}: connect with sslmode=require")
+        console = dbname in ADMIN_DATABASES
+        if len(self.clients) > s.max_client_conn and not (console and self.admission.console_may_exceed(c, user)):
+            raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
+        if "replication" in params:
+            self._replication_login(c, params["replication"], dbname)
+        if console:
+            self._admin_login(c, user)
+            return
+        db = cfg.database(dbname)
+        if db is None:
+            raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
+                             hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line"
+                             + ("; physical replication clients (pg_basebackup, pg_receivewal) ask for database "
+                                "\"replication\"" if c.replication == "physical" else ""))
+        if s.auth_type == "any" and not db.user:
+            # As PgBouncer: unchecked names must not each get a pool (and a server login) of their own.
+            raise PgmuxError(f'auth_type "any" needs a forced user, and database "{dbname}" has none',
+                             sqlstate="28000", severity="FATAL",
+                             hint=f"add user=NAME to the line of {dbname} in [databases]")
+        auth_type = client_auth.choose(self, c, dbname, user, bool(c.replication))  # or the auth_hba_file line
+        if auth_type != "any" and self.auth_query.wanted(db, user):
+            c.auth = None  # the session waits; _look_up gives it its authenticator
+            self.spawn(self._look_up, c, db, user, auth_type)
+        else:
+            c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), s.scram_iterations,
+                                         self.tls.cbind_for(c.transport))
+        try:
+            c.params = startup_params(params, s.ignore_startup_parameters)
+        except ValueError as e:
+            raise PgmuxError(f"unsupported startup parameter: {e}", sqlstate="08P01", severity="FATAL") from e
+        if s.application_name_add_host:
+            c.params["application_name"] = with_client_host(c.params.get("application_name"), c.addr, c.port,
+                                                            c.is_unix, s.listen_port)
+
+    async def _look_up(self, c: ClientSession, db: DatabaseConfig, user: str, auth_type: str) -> None:
+        secret = await self.auth_query.lookup(db, user)
+        if c.state is not ClientState.AUTH:
+            return  # the client left (or timed out) meanwhile
+        c.auth = ClientAuthenticator(auth_type, user, secret, self.config.settings.scram_iterations,
+                                     self.tls.cbind_for(c.transport))
+        try:
+            c.begin_auth()
+        except PgmuxError as e:
+            c.fail(e)
+        except Exception as e:  # noqa: BLE001 - never a traceback to the client
+            self.log_exception(c.prefix, e)
+            c.fail(PgmuxError(f"internal error in pgmux: {type(e).__name__}", sqlstate="XX000", severity="FATAL"))
+
+    def _replication_login(self, c: ClientSession, value: str, dbname: str) -> None:
+        """`replication=...` in the startup packet, read as PostgreSQL reads it (runtime/replication.py
+        serves the connection once the client has authenticated)."""
+        try:
+            c.replication = replication_mode(value)
+        except ValueError:
+            raise PgmuxError(f'invalid value for parameter "replication": "{value}"', sqlstate="22023",
+                             severity="FATAL", hint='Valid values are: "false", 0, "true", 1, "database".') from None
+        if c.replication and dbname in ADMIN_DATABASES:
+            raise PgmuxError("replication connections to the pgmux admin console are not supported",
+                             sqlstate="08P01", severity="FATAL")
+
+    def _admin_login(self, c: ClientSession, user: str) -> None:
+        s = self.config.settings
+        c.is_admin = True
+        if c.is_unix and c.peer_uid is not None and c.peer_uid == os.getuid():
+            c.admin_level = "admin"  # same OS user over the Unix socket, as PgBouncer allows
+            c.auth = ClientAuthenticator("any", user, None)  # "trust" would still want the user in auth_file
+            return
+        if user in s.admin_users:
+            c.admin_level = "admin"
+        elif user in s.stats_users:
+            c.admin_level = "stats"
+        else:
+            raise PgmuxError(f'not allowed: user "{user}" is in neither admin_users nor stats_users',
+                             sqlstate="28000", severity="FATAL")
+        c.auth = ClientAuthenticator(client_auth.choose(self, c, c.database, user), user,
+                                     self.config.userlist.get(user), s.scram_iterations,
+                                     self.tls.cbind_for(c.transport))
+
+    def _new_cancel_key(self, c: ClientSession) -> None:
+        # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.
+        # Random bytes come from the OS in blocks: one getrandom() per 512 logins, not two per login.
+        while True:
+            if len(self._random) < 8:
+                self._random = os.urandom(4096)
+            raw, self._random = self._random[:8], self._random[8:]
+            pid = int.from_bytes(raw[:4], "big") >> 1 or 1
+            if pid not in self.by_cancel:
+                break
+        c.cancel_pid, c.cancel_key = pid, int.from_bytes(raw[4:], "big") >> 1
+        self.by_cancel[pid] = c
+
+    def client_authenticated(self, c: ClientSession) -> None:
+        if self.config.settings.log_connections:
+            log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
+        self._new_cancel_key(c)
+        self.events.client_login(c, self.now())
+        if c.is_admin:
+            if self.admin is not None:  # (unit tests drive the hub without start())
+                self.admin.stats.client_login_count += 1
+            c.send_welcome({"server_version": f"{__version__}/pgmux", "server_encoding": "UTF8",
+                            "client_encoding": "UTF8", "DateStyle": "ISO", "TimeZone": "UTC",
+                            "integer_datetimes": "on", "standard_conforming_strings": "on",
+                            "application_name": c.startup.get("application_name", "")},
+                           notify=self.config.settings.login_notify_message)
+            return
+        pool = self._join_pool(c)
+        auth = c.auth
+        if auth is not None and auth.client_key is not None and auth.server_key is not None:
+            self.scram_keys[c.user] = (auth.client_key, auth.server_key)
+        if auth is not None and auth.secret is not None and c.user not in self.config.userlist:
+            self.auth_secrets[c.user] = auth.secret  # from auth_query: the server logins of its pool need it
+        pool.stats.client_login_count += 1
+        if c.replication:  # a server of its own, not from the pool (runtime/replication.py)
+            self.replication.start(c)
+            return
+        if pool.server_params is not None:
+            self.welcome(c)
+        else:
+            pool.add_login_waiter(c)
+            self.launch(pool)
+
+    def _join_pool(self, c: ClientSession) -> Pool[Any, Any]:
+        """An authenticated client: count it (max_db/user_client_connections) and give it its pool,
+        made now if it is the first of its (database, user)."""
+        cfg = self.config
+        dbname = c.database
+        db = cfg.database(dbname)
+        if db is None:  # a reload removed it while the client logged in
+            raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL")
+        server_user = db.user or c.user
+        known = self.registry.get(dbname, server_user)
+        if known is not None and known.disabled:
+            raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03",  # PgBouncer's words
+                             severity="FATAL")
+        self.admission.admit(c, db)
+        if is_split(db):  # one pool per host; each transaction is routed (runtime/routing.py)
+            password = db.password if db.user else cfg.userlist.get(server_user)
+            pool = self.routing.login_pool(c, db, server_user, password)
+        else:
+            pool = known or self.registry.get_or_create(dbname, server_user,
+                                                        lambda: self.pool_setup(db, server_user))
+        if pool.disabled:
+            raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03", severity="FATAL")
+        c.use_pool(pool)
+        pool.refuse_pins = db.pin_mode == "refuse"
+        c.watch = pool.mode != "session"
+        if pool.mode != "session" and cfg.settings.max_prepared_statements > 0:
+            c.stmts = ClientStatements(self.prepared, pool.stats)
+        return pool
+
+    def welcome(self, c: ClientSession, launch: bool = True) -> None:
+        """Welcome a client of a pool whose servers' parameters are known, in PostgreSQL's spelling of its
+        own (runtime/welcome.py: a server may have to apply them first)."""
+        welcome.welcome(self, c, launch)
+
+    def cancel_request(self, requester: ClientSession, pid: int, key: int) -> None:
+        """A CancelRequest arrived on `requester`'s connection (already CLOSED as a session: it carries
+        nothing else). Its connection ends when the cancel has reached the server, or at once when
+        there is nothing to cancel."""
+        self.clients.pop(requester.id, None)
+        c = self.by_cancel.get(pid)
+        # Keys are random 31-bit numbers; compare in constant time so a probe learns nothing.
+        if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big", signed=True),
+                                                   key.to_bytes(4, "big", signed=True)):
+            log.info("cancel request for unknown or mismatched key ignored")
+            requester.transport.close()
+            return
+        server = c.server
+        if server is None:
+            if c.replication:  # its own server (runtime/replication.py)
+                found = self.replication.cancel_target(c)
+                if found is not None:
+                    self.spawn(self._send_cancel, requester, *found)
+                    return
+            requester.transport.close()
+            return  # nothing running for this client now; PostgreSQL would ignore it too
+        t = server.target
+        log.info("%s sending cancel request to %s", c.prefix, server.prefix)
+        self.spawn(self._send_cancel, requester, t, server.backend_pid, server.backend_key)
+
+    async def _send_cancel(self, requester: ClientSession, t: ServerTarget, pid: int, key: int) -> None:
+        wait = self.config.settings.cancel_wait_timeout
+        try:
+            # cancel_wait_timeout bounds how long the cancel may take to reach the server (0: no bound);
+            # then the requester is disconnected, as PgBouncer does.
+            await connector.send_cancel(t.host, t.port, t.unix_path, pid, key, wait)
+        except TimeoutError:
+            log.warning("cancel request to %s failed: not sent within cancel_wait_timeout (%gs)", t.label, wait)
+        except OSError as e:
+            log.warning("cancel request to %s failed: %s", t.label, e)
+        finally:
+            requester.transport.close()
