@@ -46,7 +46,9 @@ def test_demo_starts_primary_replica_and_pooler_then_removes_everything() -> Non
                              cursor_factory=psycopg.ClientCursor) as conn:
             hosts = {(r[3], r[5]) for r in conn.execute("SHOW HOSTS").fetchall() if r[0] == "app"}
             assert hosts == {("primary", "up"), ("replica", "up")}, hosts
-            pools = {(r[0], r[-1]) for r in conn.execute("SHOW POOLS").fetchall()}
+            cur = conn.execute("SHOW POOLS")
+            role = [d.name for d in cur.description or []].index("role")
+            pools = {(r[0], r[role]) for r in cur.fetchall()}
             assert {("app", "primary"), ("app", "replica")} <= pools, pools
         assert os.path.isdir(config_dir)
         proc.send_signal(signal.SIGINT)

@@ -221,7 +221,9 @@ def test_pg_receivewal_through_pgmux_writes_the_same_segment(logical: PgCluster,
                 conn.execute("INSERT INTO t SELECT i, 'wal' FROM generate_series(1000, 3000) i ON CONFLICT DO NOTHING")
         pooled = [s for s in show(mux, "SERVERS") if s["replication"] == "none"]
         assert [s["state"] for s in pooled] == ["idle"]
-        segment = sql(logical, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+        # The segment a fresh WAL record lands in: pg_current_wal_lsn() alone, when it sits exactly on a
+        # segment boundary (nothing written since an earlier test's switch), names the segment before.
+        segment = sql(logical, "SELECT pg_walfile_name(pg_logical_emit_message(false, 'pgmux-test', 'x'))")[0][0]
         sql(logical, "SELECT pg_switch_wal()")
         sql(logical, "INSERT INTO t VALUES (99999, 'after switch') ON CONFLICT DO NOTHING")
         try:
