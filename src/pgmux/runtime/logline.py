@@ -1,0 +1,110 @@
+"""pgmux's log lines without the stdlib's per-line machinery, when nothing needs it.
+
+With a connection per transaction (pgbench -C) every login logs two lines (log_connections,
+log_disconnections), and stdlib logging made each one a LogRecord (a getpid(), path splitting for
+the source file nobody reads), a walk through Logger.handle, Handler.handle, Formatter.format and
+two strftime() calls: that was about a third of pgmux's CPU per login. PgBouncer formats the line
+into a buffer with the time it already has.
+
+DirectLogger is the class of the "pgmux" logger once LogFiles (runtime/main.py) has set it up. A
+call with plain %-arguments (no exc_info, extra or stack_info) whose only handlers are LogFiles' own
+(the tick-flushed stream handlers with PgBouncer's prefix, no filters, the logger not propagating)
+is formatted here and written to their streams: the same bytes, in the same order, flushed by the
+same rules. Anything else (a traceback, a handler or filter someone added, caplog in tests, a
+formatter of another kind) takes the stdlib path unchanged. The time prefix is worked out once per
+second (`stamp`), for both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# PgBouncer's level names; DEBUG, WARNING and ERROR are the same.
+LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "LOG", logging.WARNING: "WARNING", logging.ERROR: "ERROR",
+               logging.CRITICAL: "FATAL"}
+
+_stamps: dict[tuple[Callable[..., Any], int], tuple[str, str]] = {}
+
+
+def stamp(created: float, converter: Callable[..., Any] = time.localtime) -> str:
+    """`2026-12-02 19:40:09.123 UTC` for `created` (seconds since the epoch), as ZoneFormatter writes it.
+    The date, time and zone name are formatted once per second (and converter): two strftime() calls
+    a line were the dearest part of a log line."""
+    sec = int(created)
+    key = (converter, sec)
+    hit = _stamps.get(key)
+    if hit is None:
+        if len(_stamps) > 8:  # one second at a time, in practice
+            _stamps.clear()
+        ct = converter(sec)
+        hit = _stamps[key] = (time.strftime("%Y-%m-%d %H:%M:%S", ct), time.strftime("%Z", ct))
+    # int((created - sec) * 1000), as LogRecord.msecs is (never 1000)
+    return f"{hit[0]}.{int((created - sec) * 1000):03d} {hit[1]}"
+
+
+_pid = [os.getpid()]  # a LogRecord asks the kernel each time (a getpid() per line); forks refresh it
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+class DirectLogger(logging.Logger):
+    # Set by install(): the handler class and formatter whose lines this class may write itself.
+    handler_class: type[logging.StreamHandler] | None = None  # type: ignore[type-arg]
+    formatter: logging.Formatter | None = None
+
+    @classmethod
+    def install(cls, logger: logging.Logger, handler_class: type[logging.StreamHandler],  # type: ignore[type-arg]
+                formatter: logging.Formatter) -> None:
+        """Make `logger` one of these (the logger object stays the same: every module's `log` is it)."""
+        cls.handler_class, cls.formatter = handler_class, formatter
+        logger.__class__ = cls
+
+    def _direct(self, level: int, msg: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Write the line here when nothing but LogFiles' handlers would see it; False: take the stdlib path."""
+        handlers = self.handlers
+        if kwargs or self.propagate or self.filters or not handlers or not self.isEnabledFor(level):
+            return False
+        cls, fmt = self.handler_class, self.formatter
+        if fmt is None or len(args) == 1 and isinstance(args[0], Mapping):  # (a dict argument: %(name)s)
+            return False
+        for h in handlers:
+            if type(h) is not cls or h.formatter is not fmt or h.filters:
+                return False
+        try:
+            text = str(msg) % args if args else str(msg)
+        except Exception:  # noqa: BLE001 - a bad format string: let the stdlib report it as it does
+            return False
+        line = f"{stamp(time.time(), fmt.converter)} [{_pid[0]}] {LEVEL_NAMES.get(level, 'LOG')} {text}\n"
+        for h in handlers:
+            if level < h.level:
+                continue
+            stream: Any = h.stream  # type: ignore[attr-defined]
+            h.acquire()
+            try:
+                stream.write(line)
+                if level >= logging.WARNING:
+                    stream.flush()
+            except Exception:  # noqa: BLE001 - as Handler.emit: report on stderr, go on
+                h.handleError(self.makeRecord(self.name, level, "(unknown file)", 0, msg, args, None))
+            finally:
+                h.release()
+        return True
+
+    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if not self._direct(logging.DEBUG, msg, args, kwargs):
+            super().debug(msg, *args, **kwargs)
+
+    def info(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if not self._direct(logging.INFO, msg, args, kwargs):
+            super().info(msg, *args, **kwargs)
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if not self._direct(logging.WARNING, msg, args, kwargs):
+            super().warning(msg, *args, **kwargs)
+
+    def error(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if not self._direct(logging.ERROR, msg, args, kwargs):
+            super().error(msg, *args, **kwargs)
