@@ -27,23 +27,21 @@ from typing import Any
 LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "LOG", logging.WARNING: "WARNING", logging.ERROR: "ERROR",
                logging.CRITICAL: "FATAL"}
 
-_stamps: dict[tuple[Callable[..., Any], int], tuple[str, str]] = {}
+# The last second formatted, per converter: (second, "2026-12-02 19:40:09.", " UTC").
+_last: dict[Callable[..., Any], tuple[int, str, str]] = {}
+_MS = [f"{i:03d}" for i in range(1000)]
 
 
 def stamp(created: float, converter: Callable[..., Any] = time.localtime) -> str:
     """`2026-12-02 19:40:09.123 UTC` for `created` (seconds since the epoch), as ZoneFormatter writes it.
-    The date, time and zone name are formatted once per second (and converter): two strftime() calls
-    a line were the dearest part of a log line."""
+    The date, time and zone name are formatted once per second: two strftime() calls a line were the
+    dearest part of a log line."""
     sec = int(created)
-    key = (converter, sec)
-    hit = _stamps.get(key)
-    if hit is None:
-        if len(_stamps) > 8:  # one second at a time, in practice
-            _stamps.clear()
+    last = _last.get(converter)
+    if last is None or last[0] != sec:
         ct = converter(sec)
-        hit = _stamps[key] = (time.strftime("%Y-%m-%d %H:%M:%S", ct), time.strftime("%Z", ct))
-    # int((created - sec) * 1000), as LogRecord.msecs is (never 1000)
-    return f"{hit[0]}.{int((created - sec) * 1000):03d} {hit[1]}"
+        last = _last[converter] = (sec, time.strftime("%Y-%m-%d %H:%M:%S.", ct), " " + time.strftime("%Z", ct))
+    return last[1] + _MS[int((created - sec) * 1000)] + last[2]  # milliseconds as LogRecord.msecs has them
 
 
 _pid = [os.getpid()]  # a LogRecord asks the kernel each time (a getpid() per line); forks refresh it
@@ -77,20 +75,18 @@ class DirectLogger(logging.Logger):
             text = str(msg) % args if args else str(msg)
         except Exception:  # noqa: BLE001 - a bad format string: let the stdlib report it as it does
             return False
-        line = f"{stamp(time.time(), fmt.converter)} [{_pid[0]}] {LEVEL_NAMES.get(level, 'LOG')} {text}\n"
+        line = f"{stamp(time.time(), fmt.converter)} [{_pid[0]}] {LEVEL_NAMES[level]} {text}\n"
         for h in handlers:
             if level < h.level:
                 continue
             stream: Any = h.stream  # type: ignore[attr-defined]
-            h.acquire()
-            try:
-                stream.write(line)
-                if level >= logging.WARNING:
-                    stream.flush()
-            except Exception:  # noqa: BLE001 - as Handler.emit: report on stderr, go on
-                h.handleError(self.makeRecord(self.name, level, "(unknown file)", 0, msg, args, None))
-            finally:
-                h.release()
+            with h.lock:  # type: ignore[union-attr]
+                try:
+                    stream.write(line)
+                    if level >= logging.WARNING:
+                        stream.flush()
+                except Exception:  # noqa: BLE001 - as Handler.emit: report on stderr, go on
+                    h.handleError(self.makeRecord(self.name, level, "(unknown file)", 0, msg, args, None))
         return True
 
     def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
