@@ -30,6 +30,7 @@ LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "LOG", logging.WARNING: "WA
 # The last second formatted, per converter: (second, "2026-12-02 19:40:09.", " UTC").
 _last: dict[Callable[..., Any], tuple[int, str, str]] = {}
 _MS = [f"{i:03d}" for i in range(1000)]
+_PLAIN = frozenset({str, int, float})  # argument types that are surely not mappings (no ABC check)
 
 
 def stamp(created: float, converter: Callable[..., Any] = time.localtime) -> str:
@@ -44,8 +45,18 @@ def stamp(created: float, converter: Callable[..., Any] = time.localtime) -> str
     return last[1] + _MS[int((created - sec) * 1000)] + last[2]  # milliseconds as LogRecord.msecs has them
 
 
-_pid = [os.getpid()]  # a LogRecord asks the kernel each time (a getpid() per line); forks refresh it
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+# The prefix of a direct line, worked out once per second: [converter, second, "2026-12-02 19:40:09.",
+# {level: " UTC [4242] LOG "}]. The pid is in it (a LogRecord asks the kernel for it, a getpid() per
+# line): a fork starts it afresh.
+_line: list[Any] = [None, -1, "", {}]
+os.register_at_fork(after_in_child=lambda: _line.__setitem__(1, -1))
+
+
+def _new_second(converter: Callable[..., Any], sec: int) -> None:
+    ct = converter(sec)
+    tail = f" {time.strftime('%Z', ct)} [{os.getpid()}] "
+    _line[:] = [converter, sec, time.strftime("%Y-%m-%d %H:%M:%S.", ct),
+                {level: f"{tail}{name} " for level, name in LEVEL_NAMES.items()}]
 
 
 class DirectLogger(logging.Logger):
@@ -66,8 +77,10 @@ class DirectLogger(logging.Logger):
         if kwargs or self.propagate or self.filters or not handlers or not self.isEnabledFor(level):
             return False
         cls, fmt = self.handler_class, self.formatter
-        if fmt is None or len(args) == 1 and isinstance(args[0], Mapping):  # (a dict argument: %(name)s)
+        if fmt is None:
             return False
+        if len(args) == 1 and type(args[0]) not in _PLAIN and isinstance(args[0], Mapping):
+            return False  # a dict argument (%(name)s): the stdlib's own rule
         for h in handlers:
             if type(h) is not cls or h.formatter is not fmt or h.filters:
                 return False
@@ -75,7 +88,12 @@ class DirectLogger(logging.Logger):
             text = str(msg) % args if args else str(msg)
         except Exception:  # noqa: BLE001 - a bad format string: let the stdlib report it as it does
             return False
-        line = f"{stamp(time.time(), fmt.converter)} [{_pid[0]}] {LEVEL_NAMES[level]} {text}\n"
+        now = time.time()
+        sec = int(now)
+        if _line[1] != sec or _line[0] is not fmt.converter:
+            _new_second(fmt.converter, sec)
+        # milliseconds as LogRecord.msecs has them
+        line = f"{_line[2]}{_MS[int((now - sec) * 1000)]}{_line[3][level]}{text}\n"
         for h in handlers:
             if level < h.level:
                 continue
