@@ -9,7 +9,6 @@ Everything else is forwarded as byte ranges, one write per read.
 
 from __future__ import annotations
 
-import functools
 import logging
 import struct
 from typing import TYPE_CHECKING, Any, Final
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import MAX_INSPECTED, STREAM_FROM, Buffer, read_startup, scan, unpack_len
-from pgmux.session.params import TRACKED, sync_sql
+from pgmux.session.params import TRACKED, sync_sql, welcome
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import C_ACTIVE, C_IDLE, C_LOGIN_WAIT, ClientState
@@ -333,20 +332,12 @@ class ClientSession:
     def send_welcome(self, server_params: dict[str, str], tracked: tuple[str, ...] = TRACKED) -> None:
         """AuthenticationOk (held back by the login), then what PostgreSQL sends after it. The client's
         own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
-        shown = dict(server_params)
-        params = self.params
-        for k, v in params.items():
-            if k in shown:
-                shown[k] = v
-        for k in tracked:
-            if k not in params and k in shown:
-                params[k] = shown[k]  # the pool's default, restored if another client changed it
+        after, statuses = welcome(server_params, self.params, tracked)  # (worked out once per kind of login)
+        self.params.update(after)  # + the pool's value of each tracked parameter the client did not ask for
         self.sig = None
-        self.initial = _shared(self.params)
-        out = [self.auth_ok]
+        self.initial = after  # (shared: only ever read)
+        out = [self.auth_ok, statuses, m.backend_key_data(self.cancel_pid, self.cancel_key)]
         self.auth_ok = b""
-        out.extend(_status(k, v) for k, v in shown.items())
-        out.append(m.backend_key_data(self.cancel_pid, self.cancel_key))
         notify = self.hub.config.settings.login_notify_message
         if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
             out.append(m.notice_response(notify))
@@ -657,9 +648,3 @@ def _shared(params: dict[str, str]) -> dict[str, str]:
             _SHARED.clear()
         found = _SHARED[key] = dict(params)
     return found
-
-
-@functools.lru_cache(maxsize=4096)
-def _status(name: str, value: str) -> bytes:
-    """ParameterStatus messages repeat for every login of a pool: encode each (name, value) once."""
-    return m.parameter_status(name, value)
