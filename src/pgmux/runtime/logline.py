@@ -74,7 +74,10 @@ class DirectLogger(logging.Logger):
     def _direct(self, level: int, msg: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Write the line here when nothing but LogFiles' handlers would see it; False: take the stdlib path."""
         handlers = self.handlers
-        if kwargs or self.propagate or self.filters or not handlers or not self.isEnabledFor(level):
+        if kwargs or self.propagate or self.filters or not handlers or self.disabled:
+            return False
+        enabled = self._cache.get(level)  # type: ignore[attr-defined]  # (isEnabledFor()'s, without the call)
+        if not (self.isEnabledFor(level) if enabled is None else enabled):
             return False
         cls, fmt = self.handler_class, self.formatter
         if fmt is None:
@@ -85,7 +88,7 @@ class DirectLogger(logging.Logger):
             if type(h) is not cls or h.formatter is not fmt or h.filters:
                 return False
         try:
-            text = str(msg) % args if args else str(msg)
+            text = (msg if type(msg) is str else str(msg)) % args if args else str(msg)
         except Exception:  # noqa: BLE001 - a bad format string: let the stdlib report it as it does
             return False
         now = time.time()
