@@ -7,10 +7,15 @@ write: 5 clients share 2 servers (most clients wait for a server, as at `pgbench
 What it measures is the Python (and pgmux._speedups) work of the relay and the hand-off, which is
 what separates pgmux from PgBouncer once the syscalls are equal (see README, Benchmark).
 
-    python3 bench/inprocess.py [--mode simple|extended|prepared] [--count N]
+    python3 bench/inprocess.py [--mode simple|extended|prepared|connect] [--count N]
     python3 bench/inprocess.py --instructions     # with valgrind: instructions per transaction,
                                                    # repeatable whatever else the machine does
     python3 bench/inprocess.py --metrics ...       # with the histograms of metrics_listen on
+
+`--mode connect` is pgbench -S -C instead: each transaction is a new client (through the real
+ClientProtocol, logging to a file with log_connections and log_disconnections on, as by default) that
+logs in with trust, runs one query on the pool's server and leaves. The socket options go to a stub
+here, so the cost of the event loop's socket objects is not in it.
 
 Wall-clock figures include the harness and vary with the machine; compare instruction counts.
 """
@@ -136,6 +141,64 @@ class Workload:
         return done
 
 
+class LoginTransport(LastWrite):
+    """A new client's transport: a TCP peer, a socket that takes its options, no TLS."""
+
+    class Sock:
+        def setsockopt(self, *args: Any) -> None:
+            pass
+
+    sock = Sock()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return ("127.0.0.1", 40000)
+        if name == "socket":
+            return self.sock
+        return default
+
+
+class Logins:
+    """pgbench -S -C: startup (as libpq sends it for pgbench), trust, one query, Terminate, close."""
+
+    def __init__(self) -> None:
+        from pgmux.net.protocols import ClientProtocol
+        from pgmux.runtime.main import LogFiles
+
+        tmp = Path(tempfile.mkdtemp())
+        rig = Rig(tmp, settings=f"default_pool_size = 2\nlogfile = {tmp / 'pgmux.log'}")
+        self.logs = LogFiles(rig.app.config, quiet=True, verbose=0)
+        self.rig, self.protocol = rig, ClientProtocol
+        self.startup = m.startup_message({"user": "alice", "database": "app", "application_name": "pgbench"})
+        self.query = m.query("SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+        self.reply = (m.row_description([("abalance", 23)]) + m.data_row([1]) + m.command_complete("SELECT 1")
+                      + m.ready_for_query(b"I"))
+        self.terminate = m.terminate()
+        # Opens the pool's server, which then keeps pgbench's application_name, as with real pgbench.
+        first = rig.login(application_name="pgbench")
+        first.send(self.query)
+        server = rig.servers[0]
+        server.send(m.command_complete("SET") + m.ready_for_query(b"I") + self.reply)
+        first.send(self.terminate)
+        assert server.session.client is None and len(rig.servers) == 1
+
+    def run(self, n: int) -> int:
+        for i in range(n):
+            proto = self.protocol(self.rig.app)
+            proto.connection_made(LoginTransport())
+            c = proto.session
+            c.data_received(self.startup)
+            c.data_received(self.query)
+            server = c.server
+            assert server is not None, c.state
+            server.data_received(self.reply)
+            c.data_received(self.terminate)
+            proto.connection_lost(None)
+            if i % 1000 == 999:
+                self.logs.tick()  # the janitor's flush
+        return n
+
+
 def instructions(mode: str, metrics: bool = False) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -151,12 +214,13 @@ def instructions(mode: str, metrics: bool = False) -> None:
         raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
 
     small, large = count(2000), count(12000)  # the difference leaves out start-up and imports
+    # (connect: per login, query and close)
     print(f"{mode}{' with metrics' if metrics else ''}: {(large - small) / 10000:.0f} instructions per transaction")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple")
+    ap.add_argument("--mode", choices=("simple", "extended", "prepared", "connect"), default="simple")
     ap.add_argument("--count", type=int, default=100_000, help="transactions to time")
     ap.add_argument("--warm", type=int, default=1000, help="transactions before timing")
     ap.add_argument("--instructions", action="store_true", help="count instructions with valgrind instead")
@@ -165,7 +229,7 @@ def main() -> None:
     if args.instructions:
         instructions(args.mode, args.metrics)
         return
-    w = Workload(args.mode, args.metrics)
+    w: Workload | Logins = Logins() if args.mode == "connect" else Workload(args.mode, args.metrics)
     w.run(args.warm)
     t0 = time.perf_counter()
     k = w.run(args.count)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgmux.session.params import canon, parse_options, quote_literal, startup_params, sync_sql
+from pgmux.protocol.messages import parameter_status
+from pgmux.session.params import canon, parse_options, quote_literal, startup_params, sync_sql, welcome
 
 
 @pytest.mark.parametrize(("name", "want"), [
@@ -76,3 +77,39 @@ def test_sync_sql_none_when_nothing_differs() -> None:
 def test_sync_sql_quotes_values() -> None:
     assert sync_sql({"application_name": "it's; DROP TABLE t"}, {}) == \
         "SET application_name = 'it''s; DROP TABLE t'"
+
+
+def test_startup_params_repeat_as_new_dicts_and_refusals_are_not_kept() -> None:
+    """Worked out once per kind of startup packet (a login per transaction with pgbench -C), each
+    caller still gets a dict of its own to change."""
+    raw = {"user": "u", "database": "d", "application_name": "app", "DateStyle": "iso"}
+    first = startup_params(raw, ())
+    first["search_path"] = "changed"
+    again = startup_params(dict(raw), ())
+    assert again == {"application_name": "app", "DateStyle": "iso"}
+    assert again is not first
+    assert startup_params(raw, ("datestyle",)) == {"application_name": "app"}  # the ignore list is in the key
+    bad = {"user": "u", "bad;name": "x"}
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad;name"):
+            startup_params(bad, ())
+
+
+def test_welcome_shows_the_clients_own_values_and_fills_in_the_tracked_ones() -> None:
+    shown = {"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC", "server_version": "16.4",
+             "application_name": ""}
+    tracked = ("client_encoding", "DateStyle", "TimeZone", "application_name")
+    params = {"application_name": "pgbench", "DateStyle": "SQL, DMY"}
+    after, block = welcome(shown, params, tracked)
+    assert after == {"application_name": "pgbench", "DateStyle": "SQL, DMY", "client_encoding": "UTF8",
+                     "TimeZone": "UTC"}
+    assert block == b"".join(parameter_status(k, v) for k, v in [
+        ("client_encoding", "UTF8"), ("DateStyle", "SQL, DMY"), ("TimeZone", "UTC"), ("server_version", "16.4"),
+        ("application_name", "pgbench")])
+    assert params == {"application_name": "pgbench", "DateStyle": "SQL, DMY"}  # the caller's dict is left alone
+    assert welcome(shown, dict(params), tracked) == (after, block)  # the same login again: the same answer
+    assert welcome(shown, dict(params), tracked)[0] is after  # (kept, and shared between equal logins)
+    other_pool = dict(shown, TimeZone="Europe/Paris")
+    assert welcome(other_pool, dict(params), tracked)[0]["TimeZone"] == "Europe/Paris"
+    assert welcome(shown, {"application_name": "other"}, tracked)[1].count(b"other\x00") == 1
+    assert welcome(shown, dict(params), ("client_encoding",))[0] == {**params, "client_encoding": "UTF8"}

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import time
 
 from pgmux.config.model import Config
 from pgmux.net import sdnotify
@@ -16,6 +15,7 @@ from pgmux.net.protocols import loop_exception_handler
 from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.app import App
 from pgmux.runtime.logjson import JsonFormatter
+from pgmux.runtime.logline import DirectLogger, stamp
 from pgmux.runtime.memtrim import Trimmer
 
 log = logging.getLogger("pgmux")
@@ -54,8 +54,7 @@ class ZoneFormatter(logging.Formatter):
     the pid in brackets and its level names, so that tools reading PgBouncer's logs (pgbadger) read these."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        ct = self.converter(record.created)
-        return f"{time.strftime('%Y-%m-%d %H:%M:%S', ct)}.{int(record.msecs):03d} {time.strftime('%Z', ct)}"
+        return stamp(record.created, self.converter)  # (formatted once per second)
 
     def format(self, record: logging.LogRecord) -> str:
         record.pglevel = _LEVELS.get(record.levelname, record.levelname)
@@ -82,6 +81,7 @@ class LogFiles:
         logging.logProcesses = True
         logging.logMultiprocessing = False
         self.root = logging.getLogger("pgmux")
+        DirectLogger.install(self.root, TickFlushedHandler, _FORMAT)  # its usual lines skip LogRecord
         self.root.handlers.clear()
         self.root.propagate = False
         self.handlers: list[TickFlushedHandler] = []

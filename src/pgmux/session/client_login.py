@@ -4,14 +4,13 @@ versions), the authentication exchange, and the welcome that ends it. Functions 
 
 from __future__ import annotations
 
-import functools
 import struct
 from typing import TYPE_CHECKING, Final
 
 from pgmux.errors import ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import read_startup, scan
-from pgmux.session.params import TRACKED
+from pgmux.session.params import TRACKED, welcome
 from pgmux.session.states import ClientState
 
 if TYPE_CHECKING:
@@ -102,20 +101,13 @@ def send_welcome(c: ClientSession, server_params: dict[str, str], tracked: tuple
                  notify: str | None = None) -> None:
     """AuthenticationOk (held back by the login), then what PostgreSQL sends after it. The client's
     own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
-    shown = dict(server_params)
-    params = c.params
-    for k, v in params.items():
-        if k in shown:
-            shown[k] = v
-    for k in tracked:
-        if k not in params and k in shown:
-            params[k] = shown[k]  # the pool's default, restored if another client changed it
+    # (worked out once per kind of login: session/params.py) `after`: the client's parameters and the
+    # pool's value of each tracked one it did not ask for, shared until changed (tracking.own_params).
+    after, statuses = welcome(server_params, c.params, tracked)
     c.sig = None
-    c.params = c.initial = _shared(c.params)  # shared until changed: tracking.own_params
-    out = [c.auth_ok]
+    c.params = c.initial = after
+    out = [c.auth_ok, statuses, m.backend_key_data(c.cancel_pid, c.cancel_key)]
     c.auth_ok = b""
-    out.extend(_status(k, v) for k, v in shown.items())
-    out.append(m.backend_key_data(c.cancel_pid, c.cancel_key))
     if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
         out.append(m.notice_response(notify))
     out.append(m.ready_for_query(b"I"))
@@ -144,9 +136,3 @@ def _shared(params: dict[str, str]) -> dict[str, str]:
             _SHARED.clear()
         found = _SHARED[key] = dict(params)
     return found
-
-
-@functools.lru_cache(maxsize=4096)
-def _status(name: str, value: str) -> bytes:
-    """ParameterStatus messages repeat for every login of a pool: encode each (name, value) once."""
-    return m.parameter_status(name, value)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import shlex
 
+from pgmux.protocol.messages import parameter_status
+
 _CANON = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}
 
 # Startup keys that are not parameters.
@@ -63,8 +65,27 @@ def valid_name(name: str) -> bool:
     return _NAME.fullmatch(name) is not None
 
 
+# Logins repeat: most clients of a pool send the same startup packet and get the same welcome (with a
+# connection per transaction, one login per transaction). What those two cost is worked out once per
+# kind of login (keyed by value; bounded, and forgotten at once when full).
+_MAX_CACHED = 256
+_STARTUP: dict[tuple[tuple[tuple[str, str], ...], tuple[str, ...]], dict[str, str]] = {}
+
+
 def startup_params(raw: dict[str, str], ignore: tuple[str, ...]) -> dict[str, str]:
-    """The parameters a client's startup packet asks for. Raises ValueError naming a bad one."""
+    """The parameters a client's startup packet asks for (a new dict: the caller's to change). Raises
+    ValueError naming a bad one."""
+    key = (tuple(raw.items()), ignore)
+    found = _STARTUP.get(key)
+    if found is None:
+        found = _startup_params(raw, ignore)  # (raises before anything is kept)
+        if len(_STARTUP) >= _MAX_CACHED:
+            _STARTUP.clear()
+        _STARTUP[key] = found
+    return dict(found)
+
+
+def _startup_params(raw: dict[str, str], ignore: tuple[str, ...]) -> dict[str, str]:
     ignored = {i.lower() for i in ignore}
     out: dict[str, str] = {}
     for k, v in raw.items():
@@ -134,6 +155,34 @@ def probe_sql(pairs: list[tuple[str, str]]) -> str:
     partial DateStyle such as `SQL` keeps the order of the value it starts from). One query string,
     so one implicit transaction: a value PostgreSQL refuses leaves the server as it was."""
     return ";".join(f"RESET {k};{_set(k, v)}" for k, v in pairs)
+
+
+_WELCOME: dict[tuple[int, int, tuple[tuple[str, str], ...]],
+               tuple[dict[str, str], tuple[str, ...], dict[str, str], bytes]] = {}
+
+
+def welcome(shown: dict[str, str], params: dict[str, str], tracked: tuple[str, ...]) -> tuple[dict[str, str], bytes]:
+    """What a client is welcomed with, given the pool's reported parameters (`shown`), the client's own
+    (`params`, in PostgreSQL's spelling by now) and the `tracked` ones: (its parameters after login,
+    `params` with the pool's value of each tracked one it did not ask for; the ParameterStatus
+    messages, the pool's values with the client's own in their place). The first is shared between
+    equal logins: read it, never change it (ClientSession.initial).
+
+    Kept per pool (`shown` is the pool's dict, made once and never changed: the entry holds it, so
+    its id names it) and kind of login."""
+    key = (id(shown), id(tracked), tuple(params.items()))
+    hit = _WELCOME.get(key)
+    if hit is not None and hit[0] is shown and hit[1] is tracked:
+        return hit[2], hit[3]
+    after = dict(params)
+    for k in tracked:
+        if k not in after and k in shown:
+            after[k] = shown[k]  # the pool's default, restored if another client changed it
+    block = b"".join(parameter_status(k, params.get(k, v)) for k, v in shown.items())
+    if len(_WELCOME) >= _MAX_CACHED:
+        _WELCOME.clear()
+    _WELCOME[key] = (shown, tracked, after, block)
+    return after, block
 
 
 def sync_sql(wanted: dict[str, str], current: dict[str, str], extra: set[str] | None = None) -> str | None:
