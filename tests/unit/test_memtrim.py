@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from types import SimpleNamespace
 
-from pgmux.runtime.memtrim import MIN_DROP, Trimmer
+from pgmux.runtime.memtrim import MAX_WAIT, MIN_DROP, Trimmer
 
 
 def test_trims_once_a_storm_has_left_and_rebuilds_the_client_dicts() -> None:
@@ -28,6 +28,8 @@ def test_trims_once_a_storm_has_left_and_rebuilds_the_client_dicts() -> None:
         del by_cancel[i]
         del held[i]
     assert sys.getsizeof(held) == big  # a dict keeps its table when emptied
+    t()  # still falling since the last tick: the storm is leaving, wait for it
+    assert calls == [] and sys.getsizeof(held) == big
     t()
     assert sys.getsizeof(held) < big / 10 and sorted(held) == sorted(clients)
     assert calls == [0] and t.trims == 1 and t.peak == 10
@@ -46,3 +48,33 @@ def test_a_few_clients_leaving_cost_nothing() -> None:
     app.clients.clear()
     t()
     assert calls == []
+
+
+def test_a_trickle_that_never_stops_is_trimmed_after_a_bounded_wait() -> None:
+    app = SimpleNamespace(clients={i: i for i in range(4 * MIN_DROP)}, by_cancel={})
+    calls: list[int] = []
+    t = Trimmer(app, trim=calls.append)
+    t()
+    for i in range(3 * MIN_DROP):
+        del app.clients[i]
+    for k in range(MAX_WAIT):
+        del app.clients[3 * MIN_DROP + k]  # one more leaves every tick
+        t()
+        assert calls == [], k
+    del app.clients[3 * MIN_DROP + MAX_WAIT]
+    t()
+    assert calls == [0]
+
+
+def test_histogram_counts_are_c_integers() -> None:
+    """A count kept as a Python int would be a new object per observation above 256; the last ones,
+    made during a storm of logins, would keep that storm's arenas resident (issue 11)."""
+    from array import array
+
+    from pgmux.pooling.histogram import Histogram
+
+    h = Histogram()
+    for _ in range(1000):
+        h.observe(0.003)
+    assert isinstance(h.counts, array) and h.counts.typecode == "q"
+    assert h.count == 1000 and h.cumulative()[-1] == 1000 and h.copy().counts == h.counts

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 MIN_DROP = 1000  # clients gone since the peak before a trim is worth it
+MAX_WAIT = 10  # ticks a trim waits for the count to stop falling (a storm still leaving)
 
 
 def _load_trim() -> Callable[[int], Any] | None:
@@ -39,12 +40,21 @@ class Trimmer:
         self.trim = trim if trim is not None else _load_trim()
         self.peak = 0
         self.trims = 0
+        self.last = 0  # the count at the previous tick
+        self.waited = 0
 
     def __call__(self) -> None:
-        n = len(self.app.clients)
+        n, last = len(self.app.clients), self.last
+        self.last = n
         if n > self.peak:
             self.peak = n
         elif self.peak - n >= MIN_DROP and n * 2 <= self.peak:
+            # Not while the storm is still leaving: what is freed after the trim would stay resident
+            # (glibc gives back free pages only when asked) until the next storm's trim.
+            if n < last and self.waited < MAX_WAIT:
+                self.waited += 1
+                return
+            self.waited = 0
             # A dict never shrinks on deletion: the tables sized for the storm stay, unless rebuilt.
             admission = getattr(self.app, "admission", None)
             held = [admission.held] if admission is not None else []
