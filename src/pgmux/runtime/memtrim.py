@@ -5,10 +5,17 @@ returns the top of its heap only, so one live object above a freed region holds 
 clients come and go, RSS stayed some 30 MB above where it started. `malloc_trim(0)` releases the free
 pages inside the heap too. It costs a full garbage collection and a walk over the heap (tens of
 milliseconds), so it runs from the janitor only when many clients have left since the last time: the
-count fell by `MIN_DROP` and to half of its peak or less. The dicts of all clients (App.clients,
-App.by_cancel, Admission.held) are rebuilt then too (a dict never shrinks by itself). What it cannot
-give back is CPython's small-object arenas that a few live objects keep (see README, Robustness:
-PYTHONMALLOC=malloc).
+count fell by `MIN_DROP` and to half of its peak or less, and it has stopped falling (what is freed
+after the trim would stay resident until the next storm). The dicts of all clients (App.clients,
+App.by_cancel, Admission.held) are rebuilt then too (a dict never shrinks by itself).
+
+What it cannot give back is a CPython small-object arena (1 MiB) in which one object still lives: an
+object made during the storm and kept after it pins the whole arena. The ones found (bench/memory.py,
+arenas counted with sys._debugmallocstats, survivors located by their pool headers) were the advisor's
+per-tick snapshots, histogram counts and a status byte, and objects replaced while alive; they are
+made elsewhere now (docs/ARCHITECTURE.md, "Nothing made per tick or per login outlives it"). What
+remains is uvloop's free list of callback handles (up to 250 kept from the storm) and the janitor's own
+per-tick objects, a few arenas at most.
 """
 
 from __future__ import annotations
