@@ -7,6 +7,7 @@ import gc
 import random
 import tracemalloc
 from collections import deque
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ def test_behaves_as_the_deque_it_replaces_through_growth_and_wrap_around() -> No
     rng = random.Random(7)
     ring: Ring[tuple[float, int, float]] = Ring(3, lambda a, b, c: (a, b, c), ints=(1,))
     ref: deque[tuple[float, int, float]] = deque()
+    buf = ring.buf
     for i in range(5000):
         if ref and rng.random() < 0.45:
             assert ring.popleft() == ref.popleft()
@@ -33,6 +35,7 @@ def test_behaves_as_the_deque_it_replaces_through_growth_and_wrap_around() -> No
             assert ring[0] == ref[0] and ring[-1] == ref[-1] and ring.value(0, 1) == ref[0][1]
             assert type(ring[-1][1]) is int and type(ring[-1][0]) is float
     assert list(ring) == list(ref)
+    assert ring.buf is buf and len(buf) > 3 * 64  # grown in place: no new array object made mid-life
     while ref:
         ring.drop()
         ref.popleft()
@@ -62,3 +65,14 @@ def test_a_full_window_allocates_nothing_per_tick() -> None:
     assert grown < 2000, grown  # the last ticks' objects (the tracker's mark); a deque of the window: some 60 kB
     assert len(t.snaps) == int(WINDOW / 0.2) + 1 and t.snaps[-1].clients == 7999
     assert sum(1 for o in gc.get_objects() if type(o) is Snapshot) <= 2
+
+
+def test_keep_overwrites_the_same_arrays_in_place() -> None:
+    from pgmux.pooling.ring import keep
+
+    kept: dict[str, Any] = {}
+    keep(kept, {"a": [1, 2, 3], "b": [4, 5, 6]})
+    a = kept["a"]
+    keep(kept, {"a": [10_000, 20_000, 30_000], "c": [7, 8, 9]})
+    assert kept["a"] is a and list(a) == [10_000, 20_000, 30_000]
+    assert sorted(kept) == ["a", "c"] and list(kept["c"]) == [7, 8, 9]

@@ -42,13 +42,14 @@ class Ring(Generic[T]):
 
     def append(self, row: tuple[float, ...]) -> None:
         w = self.width
-        if self.count == self._cap():
-            old, n = self.buf, self.count
-            new = array("d", bytes(16 * w * n))
+        if self.count == self._cap():  # twice the rows, oldest first, in the same array object: a new
+            old, n = self.buf, self.count  # one made while a storm of clients comes would stay in its arena
+            grown = array("d", bytes(16 * w * n))
             for i in range(n):
                 j = (self.head + i) % n * w
-                new[i * w:(i + 1) * w] = old[j:j + w]
-            self.buf, self.head = new, 0
+                grown[i * w:(i + 1) * w] = old[j:j + w]
+            self.buf[:] = grown
+            self.head = 0
         at = (self.head + self.count) % self._cap() * w
         self.buf[at:at + w] = array("d", row)
         self.count += 1
@@ -91,3 +92,16 @@ class Ring(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         for i in range(self.count):
             yield self[i]
+
+
+def keep(kept: dict[str, array[int]], cur: dict[str, list[int]]) -> None:
+    """`kept` made equal to `cur`, in place: the arrays of keys still there are overwritten, so numbers kept
+    from one period to the next are C integers in arrays made once, not new objects each period."""
+    for db in [db for db in kept if db not in cur]:
+        del kept[db]
+    for db, vals in cur.items():
+        arr = kept.get(db)
+        if arr is None or len(arr) != len(vals):
+            arr = kept[db] = array("q", bytes(8 * len(vals)))
+        for i, v in enumerate(vals):
+            arr[i] = v
