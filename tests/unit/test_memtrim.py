@@ -72,19 +72,20 @@ def test_a_trickle_that_never_stops_is_trimmed_after_a_bounded_wait() -> None:
     assert calls == [0]
 
 
-def test_histogram_counts_are_c_integers() -> None:
-    """A count kept as a Python int would be a new object per observation above 256; the last ones,
+
+def test_login_times_are_counted_in_c_integers() -> None:
+    """A login count kept as a Python int would be a new object per login above 256; the last ones,
     made during a storm of logins, would keep that storm's arenas resident (issue 11)."""
     from array import array
 
-    from pgmux.pooling.histogram import Histogram
+    from pgmux.metrics.events import Events
 
-    h = Histogram()
-    for _ in range(1000):
-        h.observe(0.003)
-    assert isinstance(h.counts, array) and h.counts.typecode == "q"
-    assert h.count == 1000 and h.cumulative()[-1] == 1000 and h.copy().counts == h.counts
-
+    ev = Events()
+    for i in range(1000):
+        ev.client_login(SimpleNamespace(connect_time=float(i)), i + 0.003)
+    assert isinstance(ev._login, array) and ev._login.typecode == "q"
+    h = ev.login
+    assert h.count == 1000 and h.cumulative()[-1] == 1000 and abs(h.total - 3.0) < 1e-6
 
 def test_uvloops_free_list_of_handles_is_given_back_after_a_storm() -> None:
     """uvloop keeps FREE_LIST freed Handles for reuse; after a storm they are the storm's and keep its

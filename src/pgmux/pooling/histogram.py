@@ -1,11 +1,8 @@
 """Fixed-bucket histograms of the per-transaction times (client wait, transaction, query), one set per pool.
 
 They are updated on the per-transaction path, so an observation is a few float compares with constants
-(`bucket`), one integer add into a preallocated array and one float add: no allocation that outlives it,
-no lock, nothing from a metrics library. The counts are C integers (`array('q')`), not a list of Python
-ints: each count above 256 would be a new int object per observation, and the last ones, made while a
-storm of clients logged in, would each keep a 1 MiB arena of the departed clients' memory resident
-(issue 11; runtime/memtrim.py). The exposition (pgmux/metrics/) reads them at scrape time, cumulates the buckets and
+(`bucket`), one integer add into a preallocated list and one float add: no allocation, no lock, nothing
+from a metrics library. The exposition (pgmux/metrics/) reads them at scrape time, cumulates the buckets and
 turns them into Prometheus histograms. A pool carries a `Timings` only while metrics_listen is set
 (`Registry.timings`), so with metrics off the hot path pays one `is None` test.
 
@@ -14,8 +11,6 @@ same order, so a histogram's sum equals the SHOW STATS total for a pool that had
 """
 
 from __future__ import annotations
-
-from array import array
 
 # Upper bounds in seconds (Prometheus `le`): 50 us to 60 s, roughly 1-2.5-5 per decade. The last
 # bucket (+Inf) is implicit: index len(BOUNDS).
@@ -61,7 +56,7 @@ class Histogram:
     __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
-        self.counts: array[int] = array("q", bytes(8 * (len(BOUNDS) + 1)))
+        self.counts: list[int] = [0] * (len(BOUNDS) + 1)
         self.total = 0.0  # seconds
 
     def observe(self, secs: float) -> None:
@@ -87,7 +82,7 @@ class Histogram:
 
     def copy(self) -> Histogram:
         h = Histogram()
-        h.counts = array("q", self.counts)
+        h.counts = list(self.counts)
         h.total = self.total
         return h
 
