@@ -14,7 +14,9 @@ so that the pool and its server exist before the baseline is taken).
 
 runs pgmux under tracemalloc (this file's `--child` mode wraps it) and prints, per idle logged-in
 client, the allocations made by the logins that are still alive (by source line, biggest first), and
-sys.getsizeof of what each ClientSession holds (objects shared between clients counted once).
+sys.getsizeof of what each ClientSession holds (objects shared between clients counted once); after
+the clients left, CPython's small-object arenas against the baseline and the few objects that keep
+each sparse arena alive (a 1 MiB arena goes back to the OS only once all its objects are freed).
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ async def breakdown(port: int, n: int, ctl: Path, clients_gone: Callable[[], boo
     await asyncio.sleep(3)  # the janitor's trim
     print(f"after the {n} clients left (what a storm leaves behind):")
     print(probe(ctl, f"diff {n}"), flush=True)
+    print(probe(ctl, "arenas"), flush=True)
 
 
 def main(argv: list[str]) -> int:
