@@ -110,8 +110,9 @@ def sizes_report() -> str:
 _POOL = 1 << 14  # CPython 3.11 on 64-bit: 16 KiB pools in 1 MiB arenas
 
 
-def arena_count() -> tuple[int, int]:
-    """(arenas allocated now, unused pools in them) from sys._debugmallocstats (it writes to fd 2)."""
+def arena_count() -> tuple[int, int, int]:
+    """(arenas allocated now, unused pools in them, the most arenas there were) from
+    sys._debugmallocstats (it writes to fd 2)."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as f:
@@ -124,17 +125,27 @@ def arena_count() -> tuple[int, int]:
             os.close(saved)
         f.seek(0)
         text = f.read()
-    arenas = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
-    unused = re.search(r"([\d,]+) unused pools", text)
-    return (int(arenas.group(1).replace(",", "")) if arenas else -1,
-            int(unused.group(1).replace(",", "")) if unused else -1)
+    patterns = (r"# arenas allocated current\s*=\s*([\d,]+)", r"([\d,]+) unused pools",
+                r"# arenas highwater mark\s*=\s*([\d,]+)")
+    found = [re.search(pattern, text) for pattern in patterns]
+    a, u, h = (int(m.group(1).replace(",", "")) if m else -1 for m in found)
+    return a, u, h
 
 
-def arenas_report(base_arenas: tuple[int, int]) -> str:
+def arenas_report(base_arenas: tuple[int, int, int]) -> str:
     """The arenas now, and in each arena where few reachable objects live, what they are (and what
     holds them): the survivors that keep a departed storm's arena resident."""
+    import bisect
+
     gc.collect()
-    arenas, unused = arena_count()
+    arenas, unused, highwater = arena_count()
+    regions = []  # readable and writable mappings: a header is read only where memory is
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, perms = line.split()[:2]
+            if perms.startswith("rw"):
+                regions.append(tuple(int(x, 16) for x in span.split("-")))
+    starts = [a for a, _ in regions]
     seen: dict[int, Any] = {}
     stack = [(o, None) for o in gc.get_objects()]
     found: dict[int, list[tuple[Any, Any]]] = {}
@@ -147,8 +158,11 @@ def arenas_report(base_arenas: tuple[int, int]) -> str:
         if sys.getsizeof(o) > 512:
             continue  # not the small-object allocator's
         pool = id(o) & ~(_POOL - 1)
+        i = bisect.bisect_right(starts, pool) - 1
+        if i < 0 or not regions[i][0] <= pool < pool + 48 <= regions[i][1]:
+            continue  # not in a mapping of its own pool: not the small-object allocator's
         index = ctypes.c_uint.from_address(pool + 32).value  # pool_header.arenaindex
-        if ctypes.c_uint.from_address(pool).value and index < 100_000:
+        if ctypes.c_uint.from_address(pool).value and index < highwater:
             found.setdefault(index, []).append((o, parent))
     lines = [f"small-object arenas: {arenas} now ({unused} unused pools), {base_arenas[0]} at the baseline"]
     for index, objs in sorted(found.items()):
@@ -163,7 +177,7 @@ def arenas_report(base_arenas: tuple[int, int]) -> str:
 def serve(ctl: Path) -> None:
     base: tracemalloc.Snapshot | None = None
     types: Counter[str] = Counter()
-    base_arenas = (-1, -1)
+    base_arenas = (-1, -1, -1)
     while True:
         time.sleep(0.1)
         cmd_file = ctl / "cmd"
