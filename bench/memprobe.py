@@ -1,6 +1,6 @@
 """pgmux under tracemalloc, for `bench/memory.py --breakdown`: where an idle client's bytes go.
 
-    python3 bench/memprobe.py CTLDIR [--pure] PGMUX-ARGS...
+    python3 bench/memprobe.py CTLDIR [--no-trace] [--pure] PGMUX-ARGS...
 
 Runs pgmux (as `python -m pgmux PGMUX-ARGS`) with tracemalloc on and a thread that reads commands
 from CTLDIR/cmd and answers in CTLDIR/out: `snap` takes the baseline snapshot; `diff N` lists the
@@ -139,6 +139,8 @@ def arenas_report(base_arenas: tuple[int, int, int]) -> str:
 
     gc.collect()
     arenas, unused, highwater = arena_count()
+    if highwater < 0:  # tracemalloc hooks the allocator, and then CPython prints no pymalloc statistics
+        return "small-object arenas: not counted under tracemalloc (bench/memory.py --arenas N counts them)"
     regions = []  # readable and writable mappings: a header is read only where memory is
     with open("/proc/self/maps") as f:
         for line in f:
@@ -192,6 +194,10 @@ def serve(ctl: Path) -> None:
                 types = type_counts()
                 base_arenas = arena_count()
                 out = "ok"
+            elif cmd[0] == "arenasnap":
+                gc.collect()
+                base_arenas = arena_count()
+                out = "ok"
             elif cmd[0] == "arenas":
                 out = arenas_report(base_arenas)
             elif cmd[0] == "diff" and base is not None:
@@ -207,13 +213,17 @@ def serve(ctl: Path) -> None:
 def main() -> None:
     ctl = Path(sys.argv[1])
     args = sys.argv[2:]
+    trace = not (args and args[0] == "--no-trace")  # --arenas: CPython counts arenas only untraced
+    if not trace:
+        args = args[1:]
     if args and args[0] == "--pure":
         args = args[1:]
         sys.path_hooks.insert(0, im.FileFinder.path_hook(
             (im.SourceFileLoader, im.SOURCE_SUFFIXES), (im.ExtensionFileLoader, im.EXTENSION_SUFFIXES)))
         sys.path_importer_cache.clear()
     sys.path.insert(0, str(ROOT / "src"))
-    tracemalloc.start(1)
+    if trace:
+        tracemalloc.start(1)
     threading.Thread(target=serve, args=(ctl,), daemon=True).start()
     sys.argv = ["pgmux", *args]
     runpy.run_module("pgmux", run_name="__main__", alter_sys=True)
