@@ -11,7 +11,7 @@ App.by_cancel, Admission.held) are rebuilt then too (a dict never shrinks by its
 
 What it cannot give back is a CPython small-object arena (1 MiB) in which one object still lives: an
 object made during the storm and kept after it pins the whole arena. The ones found (`bench/memory.py
---breakdown N` lists the survivors of the arenas a storm left) were the advisor's per-tick snapshots,
+--arenas N` lists the survivors of the arenas a storm left) were the advisor's per-tick snapshots,
 login-time counts, SHOW STATS averages, a status byte, and objects replaced while alive; they are
 made elsewhere now (docs/ARCHITECTURE.md, "Nothing made per tick or per login outlives it"). uvloop
 keeps up to 250 freed callback handles for reuse (a Cython free list, never given back): after a storm
