@@ -15,6 +15,12 @@ so that the pool and its server exist before the baseline is taken).
 runs pgmux under tracemalloc (this file's `--child` mode wraps it) and prints, per idle logged-in
 client, the allocations made by the logins that are still alive (by source line, biggest first), and
 sys.getsizeof of what each ClientSession holds (objects shared between clients counted once).
+
+    python3 bench/memory.py --arenas 10000     # what keeps memory resident after a storm
+
+runs pgmux without tracemalloc and prints, after N clients came and left, CPython's small-object arenas
+against the baseline and the few objects that keep each sparse arena alive (a 1 MiB arena goes back to
+the OS only once all its objects are freed: see runtime/memtrim.py).
 """
 
 from __future__ import annotations
@@ -165,6 +171,20 @@ async def breakdown(port: int, n: int, ctl: Path, clients_gone: Callable[[], boo
     print(probe(ctl, f"diff {n}"), flush=True)
 
 
+async def arenas(port: int, n: int, ctl: Path, clients_gone: Callable[[], bool]) -> None:
+    probe(ctl, "arenasnap")
+    held = await login(port, n)
+    await asyncio.sleep(2)
+    for p in held:
+        p.abort()
+    deadline = time.monotonic() + 60
+    while not clients_gone() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3)  # the janitor's trim and its second pass
+    print(f"after {n} clients came and left:")
+    print(probe(ctl, "arenas"), flush=True)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=10000)
@@ -172,10 +192,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for pgmux's environment")
     ap.add_argument("--pool-mode", default="transaction", choices=("session", "transaction", "statement"))
     ap.add_argument("--breakdown", type=int, metavar="N", help="where the bytes of N idle clients go")
+    ap.add_argument("--arenas", type=int, metavar="N", help="the small-object arenas N clients leave, what keeps them")
     ap.add_argument("--pure", action="store_true", help="--breakdown with pgmux's .py modules, not compiled ones")
     args = ap.parse_args(argv)
-    if args.breakdown:
-        args.clients = args.breakdown
+    if args.breakdown or args.arenas:
+        args.clients = args.breakdown or args.arenas
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, args.clients + 1000)
     if soft < want:
@@ -200,9 +221,10 @@ def main(argv: list[str]) -> int:
         env.update(kv.split("=", 1) for kv in args.env)
         ctl = Path(f"{base}/memprobe")
         cmd = [sys.executable, "-m", "pgmux"]
-        if args.breakdown:
+        if args.breakdown or args.arenas:
             cluster.mkdir_owned(str(ctl))
-            cmd = [sys.executable, str(Path(__file__).parent / "memprobe.py"), str(ctl)] + ["--pure"] * args.pure
+            cmd = [sys.executable, str(Path(__file__).parent / "memprobe.py"), str(ctl)]
+            cmd += ["--no-trace"] * bool(args.arenas) + ["--pure"] * args.pure
         with open(f"{base}/pgmux.log", "ab") as out:
             proc = subprocess.Popen(die_with_parent(
                 [*cmd, *pgmux_user_args(), f"{base}/mem.ini"]), stdout=out,
@@ -214,6 +236,9 @@ def main(argv: list[str]) -> int:
             time.sleep(1)
             if args.breakdown:
                 asyncio.run(breakdown(port, args.breakdown, ctl, gone))
+                return 0
+            if args.arenas:
+                asyncio.run(arenas(port, args.arenas, ctl, gone))
                 return 0
             baseline = rss_kb(proc.pid)
             print(f"pgmux pid {proc.pid}; baseline RSS {baseline / 1024:.1f} MB; {args.clients} idle clients per storm "

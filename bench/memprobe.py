@@ -1,20 +1,24 @@
 """pgmux under tracemalloc, for `bench/memory.py --breakdown`: where an idle client's bytes go.
 
-    python3 bench/memprobe.py CTLDIR [--pure] PGMUX-ARGS...
+    python3 bench/memprobe.py CTLDIR [--no-trace] [--pure] PGMUX-ARGS...
 
 Runs pgmux (as `python -m pgmux PGMUX-ARGS`) with tracemalloc on and a thread that reads commands
 from CTLDIR/cmd and answers in CTLDIR/out: `snap` takes the baseline snapshot; `diff N` lists the
 allocations still alive since then by source line, divided by N clients; `sizes` lists
-sys.getsizeof of what each live ClientSession holds, per session. `--pure` imports pgmux's modules
+sys.getsizeof of what each live ClientSession holds, per session; `arenas` counts CPython's
+small-object arenas (sys._debugmallocstats) and lists the objects that keep a sparse one alive (each
+object's pool header, at its address rounded down to 16 KiB, names its arena). `--pure` imports pgmux's modules
 from their .py files even where compiled ones are built: tracemalloc sees no Python frame inside
 compiled code, so only the pure build names the lines that allocate.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import importlib.machinery as im
 import os
+import re
 import runpy
 import sys
 import threading
@@ -103,9 +107,79 @@ def sizes_report() -> str:
     return "\n".join(lines)
 
 
+_POOL = 1 << 14  # CPython 3.11 on 64-bit: 16 KiB pools in 1 MiB arenas
+
+
+def arena_count() -> tuple[int, int, int]:
+    """(arenas allocated now, unused pools in them, the most arenas there were) from
+    sys._debugmallocstats (it writes to fd 2)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read()
+    patterns = (r"# arenas allocated current\s*=\s*([\d,]+)", r"([\d,]+) unused pools",
+                r"# arenas highwater mark\s*=\s*([\d,]+)")
+    found = [re.search(pattern, text) for pattern in patterns]
+    a, u, h = (int(m.group(1).replace(",", "")) if m else -1 for m in found)
+    return a, u, h
+
+
+def arenas_report(base_arenas: tuple[int, int, int]) -> str:
+    """The arenas now, and in each arena where few reachable objects live, what they are (and what
+    holds them): the survivors that keep a departed storm's arena resident."""
+    import bisect
+
+    gc.collect()
+    arenas, unused, highwater = arena_count()
+    if highwater < 0:  # tracemalloc hooks the allocator, and then CPython prints no pymalloc statistics
+        return "small-object arenas: not counted under tracemalloc (bench/memory.py --arenas N counts them)"
+    regions = []  # readable and writable mappings: a header is read only where memory is
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, perms = line.split()[:2]
+            if perms.startswith("rw"):
+                regions.append(tuple(int(x, 16) for x in span.split("-")))
+    starts = [a for a, _ in regions]
+    seen: dict[int, Any] = {}
+    stack = [(o, None) for o in gc.get_objects()]
+    found: dict[int, list[tuple[Any, Any]]] = {}
+    while stack:
+        o, parent = stack.pop()
+        if id(o) in seen:
+            continue
+        seen[id(o)] = o
+        stack.extend((r, o) for r in gc.get_referents(o) if id(r) not in seen and not isinstance(r, type))
+        if sys.getsizeof(o) > 512:
+            continue  # not the small-object allocator's
+        pool = id(o) & ~(_POOL - 1)
+        i = bisect.bisect_right(starts, pool) - 1
+        if i < 0 or not regions[i][0] <= pool < pool + 48 <= regions[i][1]:
+            continue  # not in a mapping of its own pool: not the small-object allocator's
+        index = ctypes.c_uint.from_address(pool + 32).value  # pool_header.arenaindex
+        if ctypes.c_uint.from_address(pool).value and index < highwater:
+            found.setdefault(index, []).append((o, parent))
+    lines = [f"small-object arenas: {arenas} now ({unused} unused pools), {base_arenas[0]} at the baseline"]
+    for index, objs in sorted(found.items()):
+        if len(objs) > 40:
+            continue
+        kinds = ", ".join(f"{type(o).__qualname__} (in {type(p).__qualname__})" for o, p in objs[:8])
+        lines.append(f"  arena {index}: {len(objs)} reachable objects: {kinds}")
+    seen.clear()
+    return "\n".join(lines)
+
+
 def serve(ctl: Path) -> None:
     base: tracemalloc.Snapshot | None = None
     types: Counter[str] = Counter()
+    base_arenas = (-1, -1, -1)
     while True:
         time.sleep(0.1)
         cmd_file = ctl / "cmd"
@@ -118,7 +192,14 @@ def serve(ctl: Path) -> None:
                 gc.collect()
                 base = tracemalloc.take_snapshot()
                 types = type_counts()
+                base_arenas = arena_count()
                 out = "ok"
+            elif cmd[0] == "arenasnap":
+                gc.collect()
+                base_arenas = arena_count()
+                out = "ok"
+            elif cmd[0] == "arenas":
+                out = arenas_report(base_arenas)
             elif cmd[0] == "diff" and base is not None:
                 out = diff_report(base, int(cmd[1]), types)
             else:
@@ -132,13 +213,17 @@ def serve(ctl: Path) -> None:
 def main() -> None:
     ctl = Path(sys.argv[1])
     args = sys.argv[2:]
+    trace = not (args and args[0] == "--no-trace")  # --arenas: CPython counts arenas only untraced
+    if not trace:
+        args = args[1:]
     if args and args[0] == "--pure":
         args = args[1:]
         sys.path_hooks.insert(0, im.FileFinder.path_hook(
             (im.SourceFileLoader, im.SOURCE_SUFFIXES), (im.ExtensionFileLoader, im.EXTENSION_SUFFIXES)))
         sys.path_importer_cache.clear()
     sys.path.insert(0, str(ROOT / "src"))
-    tracemalloc.start(1)
+    if trace:
+        tracemalloc.start(1)
     threading.Thread(target=serve, args=(ctl,), daemon=True).start()
     sys.argv = ["pgmux", *args]
     runpy.run_module("pgmux", run_name="__main__", alter_sys=True)

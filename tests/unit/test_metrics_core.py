@@ -75,3 +75,6 @@ def test_history_is_a_bounded_ring() -> None:
     for t in range(100):
         h.tick(App, float(t), 1000.0 + t)
     assert len(h.points) == 10 and h.series()["t"][-1] == 1099.0
+    cols = h.series()  # kept as C doubles (pooling/ring.py), read back as they were made
+    assert cols["t"] == [1090.0 + i for i in range(10)] and cols["wait_p50"][-1] is None
+    assert cols["sv_total"][-1] == 0 and type(cols["sv_total"][-1]) is int

@@ -48,3 +48,16 @@ def test_a_pool_that_stops_being_auto_drops_its_controller(tmp_path: Path) -> No
     ini.write_text(ini.read_text().replace("default_pool_size = auto", "default_pool_size = 3"))
     rig.app.reload()
     assert next(iter(watch.watched.values()))[2] is None and pool.limits.pool_size == 3
+
+
+def test_max_connections_answers_are_kept_in_place() -> None:
+    """issue 11: once a minute, the same object overwritten, not a new tuple of new numbers."""
+    from pgmux.runtime.pool_watch import Asked
+
+    a = Asked()
+    assert a.get() == (None, 0, 0.0, "not asked yet")
+    nums = a.nums
+    a.set(97, 12, 1234.5, "asked")
+    assert a.get() == (97, 12, 1234.5, "asked") and a.nums is nums
+    a.set(None, 0, 1300.0, "could not ask: refused")
+    assert a.get() == (None, 0, 1300.0, "could not ask: refused")

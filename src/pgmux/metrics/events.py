@@ -10,9 +10,10 @@ number of distinct labels (`MAX_KINDS`), past which they count as "other", so a 
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
-from pgmux.pooling.histogram import Histogram
+from pgmux.pooling.histogram import BOUNDS, Histogram, bucket
 
 MAX_KINDS = 64
 
@@ -34,7 +35,18 @@ class Events:
         self.servers_opened: dict[str, int] = {}  # database -> server logins completed
         self.servers_closed: dict[tuple[str, str], int] = {}  # (database, reason kind) -> closes
         self.tls: dict[tuple[str, str], int] = {}  # (side "client"/"server", "ok"/"failed") -> handshakes
-        self.login = Histogram()  # client login time: connect to authenticated, seconds
+        # client login time (connect to authenticated, seconds) as C integers, made into a Histogram when
+        # read: a count above 256 in a list would be a new int per login, and the last ones, made during
+        # a storm of logins, would each keep one of the storm's memory arenas resident (issue 11)
+        self._login = array("q", bytes(8 * (len(BOUNDS) + 1)))
+        self._login_total = array("d", (0.0,))
+
+    @property
+    def login(self) -> Histogram:
+        h = Histogram()
+        h.counts = list(self._login)
+        h.total = self._login_total[0]
+        return h
 
     def server_opened(self, server: Any) -> None:
         _bump(self.servers_opened, server.pool.database)
@@ -46,7 +58,9 @@ class Events:
         _bump(self.servers_closed, (server.pool.database, reason_kind(reason)))
 
     def client_login(self, c: Any, now: float) -> None:
-        self.login.observe(max(now - c.connect_time, 0.0))
+        secs = max(now - c.connect_time, 0.0)
+        self._login[bucket(secs)] += 1
+        self._login_total[0] += secs
 
     def tls_handshake(self, side: str, ok: bool) -> None:
         _bump(self.tls, (side, "ok" if ok else "failed"))

@@ -1,7 +1,9 @@
 """The last 15 minutes of the whole pooler, in memory, for the status page's charts.
 
 Every `PERIOD` seconds (driven by the janitor's tick) one point is appended to a ring of fixed length
-(`deque(maxlen=...)`, so memory is bounded whatever the uptime): transactions per second since the last
+(`pooling/ring.Ring`, rows of C doubles in one buffer, bounded whatever the uptime: a tuple per point
+kept 15 minutes would keep the memory arena it was made in resident, and during a storm of clients
+that is the storm's; issue 11): transactions per second since the last
 point, the p50 and p99 of the client wait times observed since then (from the wait histograms' deltas,
 interpolated inside a bucket as Prometheus' histogram_quantile does), and the server connections in use
 and in total, with the clients waiting. Only the pools' counters are read; nothing is added to the
@@ -10,10 +12,11 @@ per-transaction path.
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from typing import Any
 
 from pgmux.pooling.histogram import BOUNDS, quantile
+from pgmux.pooling.ring import Ring
 
 PERIOD = 2.0
 WINDOW = 15 * 60.0
@@ -23,7 +26,8 @@ FIELDS = ("t", "tps", "wait_p50", "wait_p99", "sv_active", "sv_total", "cl_waiti
 class History:
     def __init__(self, period: float = PERIOD, window: float = WINDOW) -> None:
         self.period = period
-        self.points: deque[tuple[Any, ...]] = deque(maxlen=max(int(window / period), 2))
+        self.maxlen = max(int(window / period), 2)
+        self.points: Ring[tuple[Any, ...]] = Ring(len(FIELDS), _point, ints=(4, 5, 6))
         self.last_at: float | None = None
         self.last_xacts = 0
         self.last_wait = [0] * (len(BOUNDS) + 1)
@@ -49,7 +53,10 @@ class History:
             tps = max(xacts - self.last_xacts, 0) / dt if dt > 0 else 0.0
             delta = [max(a - b, 0) for a, b in zip(wait, self.last_wait, strict=True)]
             p50, p99 = quantile(delta, 0.5), quantile(delta, 0.99)
-            self.points.append((wall, round(tps, 1), p50, p99, sv_active, sv_total, cl_waiting))
+            if len(self.points) >= self.maxlen:
+                self.points.drop()
+            self.points.append((wall, round(tps, 1), math.nan if p50 is None else p50,
+                                math.nan if p99 is None else p99, sv_active, sv_total, cl_waiting))
         self.last_at, self.last_xacts, self.last_wait = now, xacts, wait
 
     def series(self) -> dict[str, list[Any]]:
@@ -58,3 +65,8 @@ class History:
             for f, value in zip(FIELDS, point, strict=True):
                 cols[f].append(value)
         return cols
+
+
+def _point(*row: Any) -> tuple[Any, ...]:
+    """A stored row as the point it was: the quantiles None where there was no observation."""
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in row)

@@ -24,8 +24,10 @@ From a window of snapshots:
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from dataclasses import dataclass, field, replace
+
+from pgmux.pooling.ring import Ring
 
 TARGET_WAIT = 0.05  # Erlang C: at most 5% of transactions wait for a server
 SATURATED = 0.6  # elasticity of hold time to concurrency from which PostgreSQL is called saturated
@@ -81,23 +83,28 @@ class _Level:
 class Tracker:
     database: str = ""
     user: str = ""
-    snaps: deque[Snapshot] = field(default_factory=deque)
+    # the window: one row per tick in one buffer, not objects that outlive the tick (see pooling/ring.py)
+    snaps: Ring[Snapshot] = field(default_factory=lambda: Ring(9, Snapshot, ints=(1, 4, 5, 6, 7, 8)))
     levels: dict[int, _Level] = field(default_factory=dict)
-    _mark: Snapshot | None = None  # start of the current one-second observation
+    # start of the current one-second observation: (now, xacts, hold), now NaN until the first; doubles in
+    # place, not the tick's Snapshot (an object kept a second, replaced while alive, would stay put in
+    # whatever arena it was made in: see pooling/ring.py)
+    _mark: array[float] = field(default_factory=lambda: array("d", (math.nan, 0.0, 0.0)))
 
     def add(self, s: Snapshot) -> None:
-        self.snaps.append(s)
-        while self.snaps and s.now - self.snaps[0].now > WINDOW:
-            self.snaps.popleft()
+        self.snaps.append((s.now, s.xacts, s.hold, s.waits, s.busy, s.waiting, s.clients, s.size, s.servers))
+        while self.snaps and s.now - self.snaps.value(0, 0) > WINDOW:
+            self.snaps.drop()
         mark = self._mark
-        if mark is None or s.xacts < mark.xacts:  # first, or the counters were reset
-            self._mark = s
+        m_now, m_xacts, m_hold = mark
+        if math.isnan(m_now) or s.xacts < m_xacts:  # first, or the counters were reset
+            mark[0], mark[1], mark[2] = s.now, s.xacts, s.hold
             return
-        if s.now - mark.now >= 1.0:
-            self._mark = s
-            n = s.xacts - mark.xacts
+        if s.now - m_now >= 1.0:
+            mark[0], mark[1], mark[2] = s.now, s.xacts, s.hold
+            n = s.xacts - m_xacts
             if n >= _MIN_XACTS:
-                self.observe(s.now, (s.hold - mark.hold) / (s.now - mark.now), (s.hold - mark.hold) / n)
+                self.observe(s.now, (s.hold - m_hold) / (s.now - m_now), (s.hold - m_hold) / n)
         for k in [k for k, lv in self.levels.items() if s.now - lv.seen > HISTORY]:
             del self.levels[k]
 
@@ -152,7 +159,7 @@ def offered_load(tps: float, hold: float, busy: float, waiting: float, clients: 
     return clients * hold / (hold + elsewhere) if hold + elsewhere > 0 else busy + waiting
 
 
-def _window(snaps: deque[Snapshot], now: float) -> tuple[float, float, float, float, float, int]:
+def _window(snaps: Ring[Snapshot], now: float) -> tuple[float, float, float, float, float, int]:
     """(tps, hold, waiting, clients, mean wait, size) over the last RECENT seconds."""
     last = snaps[-1]
     first = next((s for s in snaps if now - s.now <= RECENT), last)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
+from collections.abc import Sequence
 from typing import Any
 
 from pgmux import VERSION_STRING
@@ -14,6 +16,7 @@ from pgmux.admin.commands import AdminCommand, admin_command
 from pgmux.errors import PgmuxError
 from pgmux.net.tls import describe
 from pgmux.pooling.pool import PoolStats
+from pgmux.pooling.ring import keep
 from pgmux.protocol import messages as m
 from pgmux.protocol.scans import ANY_LENGTH, message_end
 from pgmux.runtime.admin_ext import ExtState, binary_rows, parse_or_bind
@@ -36,8 +39,8 @@ class AdminService(ShowRows):
     def __init__(self, app: Any) -> None:
         self.app = app
         self.stats = PoolStats()  # the admin database's own row in SHOW STATS ("pgbouncer")
-        self.prev: dict[str, tuple[int, ...]] = {}
-        self.avgs: dict[str, tuple[int, ...]] = {}
+        self.prev: dict[str, array[int]] = {}
+        self.avgs: dict[str, array[int]] = {}
         self.sampled_at = time.monotonic()  # sample() is called every stats_period (runtime/stats_log.py)
 
     # -- wire ------------------------------------------------------------------------------------
@@ -234,7 +237,8 @@ class AdminService(ShowRows):
             return render.render_version(VERSION_STRING)
         if cmd.fake_param is not None:
             return render.render_fake_show(cmd.fake_param)
-        build = getattr(self, f"_show_{what}", None)
+        name = _show_names(type(self)).get(what)  # the class's own name string: see _show_names
+        build = getattr(self, name, None) if name is not None else None
         if build is None:
             return render.render_error(PgmuxError(f"SHOW {what} is not supported by pgmux yet", sqlstate="0A000"))
         rows, row_type = build()
@@ -389,13 +393,16 @@ class AdminService(ShowRows):
         if period <= 0:
             return
         cur = self._totals()
-        self.avgs = {}
-        for db, vals in cur.items():
-            prev = self.prev.get(db, (0,) * len(vals))
-            self.avgs[db] = tuple(int((a - b) / period) for a, b in zip(vals, prev, strict=True))
-        self.prev, self.sampled_at = cur, now
+        zero = (0,) * len(_STAT_FIELDS)
+        # In place, as C integers (pooling/ring.keep): new dicts of ints kept a period would each keep
+        # the memory arena they were made in, a storm's if one was passing (issue 11)
+        avgs = {db: [int((a - b) / period) for a, b in zip(vals, self.prev.get(db, zero), strict=True)]
+                for db, vals in cur.items()}
+        keep(self.avgs, avgs)
+        keep(self.prev, {db: list(vals) for db, vals in cur.items()})
+        self.sampled_at = now
 
-    def _stats_row(self, db: str, t: tuple[int, ...], a: tuple[int, ...]) -> R.StatsRow:
+    def _stats_row(self, db: str, t: tuple[int, ...], a: Sequence[int]) -> R.StatsRow:
         d = dict(zip(_STAT_FIELDS, t, strict=True))
         av = dict(zip(_STAT_FIELDS, a, strict=True))
         q, x = av["query_count"] or 1, av["xact_count"] or 1
@@ -415,7 +422,7 @@ class AdminService(ShowRows):
             total_pinned_count=d["pin_count"], avg_pinned_count=av["pin_count"])
 
     def _stats(self) -> list[R.StatsRow]:
-        zero = (0,) * len(_STAT_FIELDS)
+        zero: Sequence[int] = (0,) * len(_STAT_FIELDS)
         return [self._stats_row(db, t, self.avgs.get(db, zero)) for db, t in self._totals().items()]
 
     def _show_stats(self) -> tuple[list[Any], type]:
@@ -443,3 +450,15 @@ def _host_role(app: Any, pool: Any) -> dict[str, str | None]:
     db = app.config.database(pool.database)
     return {"host": db.host if db is not None else None, "role": None}
 
+
+_SHOW_NAMES: dict[type, dict[str, str]] = {}
+
+
+def _show_names(cls: type) -> dict[str, str]:
+    """SHOW's subcommands of `cls`, each to its method's name as the class spells it. getattr with a
+    name built per command would leave that string in CPython's method cache, and one made during a
+    storm of clients keeps the storm's memory arena resident (issue 11, runtime/memtrim.py)."""
+    names = _SHOW_NAMES.get(cls)
+    if names is None:
+        names = _SHOW_NAMES[cls] = {n[len("_show_"):]: n for n in dir(cls) if n.startswith("_show_")}
+    return names

@@ -15,6 +15,8 @@ a minute); when that fails the budget says so and uses max_db_connections when c
 from __future__ import annotations
 
 import logging
+import math
+from array import array
 from dataclasses import replace
 from typing import Any
 
@@ -39,7 +41,7 @@ class PoolWatch:
         self.clients: dict[int, int] = {}  # id(pool) -> clients, counted every fifth tick
         self.ticks = 0
         # server label -> (usable max_connections or None, client backends then, when, how it was learnt)
-        self.maxconn: dict[str, tuple[int | None, int, float, str]] = {}
+        self.maxconn: dict[str, Asked] = {}
         self.asking: set[str] = set()
         app.reload_hooks.append(self.reapply)
 
@@ -48,11 +50,14 @@ class PoolWatch:
         now = app.now()
         self.ticks += 1
         if self.ticks % 5 == 1:
-            counts: dict[int, int] = {}
+            # In place, the old counts freed before the new are made: a dict replaced while it is alive
+            # stays in the memory arena it was made in, and after a storm of clients that one is held
+            # by it alone (runtime/memtrim.py).
+            counts = self.clients
+            counts.clear()
             for c in app.clients.values():
                 if c.pool is not None:
                     counts[id(c.pool)] = counts.get(id(c.pool), 0) + 1
-            self.clients = counts
         seen = set()
         for pool in app.registry:
             key = id(pool)
@@ -129,7 +134,8 @@ class PoolWatch:
                 ours[label] = ours.get(label, 0) + len(pool.servers)
         budgets = []
         for label, needs in per_server.items():
-            value, backends, when, how = self.maxconn.get(label, (None, 0, 0.0, "not asked yet"))
+            asked = self.maxconn.get(label)
+            value, backends, when, how = (None, 0, 0.0, "not asked yet") if asked is None else asked.get()
             if value is not None:
                 source = f"server (max_connections - superuser_reserved_connections, {now - when:.0f} s ago)"
                 budgets.append(budget(label, needs, value, source, others=max(0, backends - ours.get(label, 0))))
@@ -173,7 +179,7 @@ class PoolWatch:
             if label is None or label in self.asking:
                 continue
             known = self.maxconn.get(label)
-            if known is not None and now - known[2] < _MAXCONN_EVERY:
+            if known is not None and now - known.nums[2] < _MAXCONN_EVERY:
                 continue
             server = next((s for s in pool.servers if s.state.name in ("IDLE", "ACTIVE")), None)
             if server is None:
@@ -189,14 +195,35 @@ class PoolWatch:
             conn = await Probe.open(host, t.port, t.user, t.password, t.dbname, default_unix_dir(),
                                     self.app.tls, application_name="pgmux pool advisor")
             row = await conn.query_row(_MAXCONN_SQL)
-            self.maxconn[label] = (int(row[0] or 0), int(row[1] or 0), self.app.now(), "asked")
+            self.maxconn.setdefault(label, Asked()).set(int(row[0] or 0), int(row[1] or 0), self.app.now(), "asked")
         except Exception as e:  # noqa: BLE001 - a failed question leaves the budget on the configured value
-            self.maxconn[label] = (None, 0, now, f"could not ask: {e}")
+            self.maxconn.setdefault(label, Asked()).set(None, 0, now, f"could not ask: {e}")
             log.debug("pool advisor: max_connections of %s: %s", label, e)
         finally:
             if conn is not None:
                 conn.close()
             self.asking.discard(label)
+
+
+class Asked:
+    """What a server said of max_connections, overwritten in place once a minute: numbers as C doubles,
+    not a new tuple of objects kept a minute (one made while a storm of clients passes would keep the
+    storm's memory arena resident; issue 11, runtime/memtrim.py)."""
+
+    __slots__ = ("nums", "how")
+
+    def __init__(self) -> None:
+        self.nums = array("d", (math.nan, 0.0, 0.0))  # usable max_connections (NaN: unknown), backends, when
+        self.how = "not asked yet"
+
+    def set(self, value: int | None, backends: int, when: float, how: str) -> None:
+        self.nums[0] = math.nan if value is None else value
+        self.nums[1], self.nums[2] = backends, when
+        self.how = how
+
+    def get(self) -> tuple[int | None, int, float, str]:
+        value, backends, when = self.nums
+        return None if math.isnan(value) else int(value), int(backends), when, self.how
 
 
 def _label(pool: Any) -> str | None:

@@ -7,9 +7,11 @@ Driven by the janitor's tick (App.tick_hooks, see runtime/periodic.py), with the
 from __future__ import annotations
 
 import logging
+from array import array
 from typing import Any
 
 from pgmux.admin.stats_line import FIELDS, averages, stats_line
+from pgmux.pooling.ring import keep
 
 log = logging.getLogger("pgmux")
 
@@ -29,7 +31,10 @@ class StatsLog:
         self.app = app
         self.admin = admin
         self.last = app.now()
-        self.prev: dict[str, dict[str, int]] = {}
+        # the counters at the last period, per database, kept in place as C integers: a dict of ints made
+        # every period and kept for the next would each keep the memory arena it was made in resident,
+        # and during a storm of clients that is the storm's (issue 11, runtime/memtrim.py)
+        self.prev: dict[str, array[int]] = {}
 
     def tick(self) -> None:
         s = self.app.config.settings
@@ -42,12 +47,15 @@ class StatsLog:
             for line in self.lines(cur, period):
                 log.info("%s", line)
         self.admin.sample(now)  # SHOW STATS averages, over the same period
-        self.prev, self.last = cur, now
+        keep(self.prev, {db: [c[f] for f in FIELDS] for db, c in cur.items()})
+        self.last = now
 
     def lines(self, cur: dict[str, dict[str, int]], period: float) -> list[str]:
+        prev = {db: dict(zip(FIELDS, arr, strict=True)) for db, arr in self.prev.items()}
         total_cur = {f: sum(c[f] for c in cur.values()) for f in FIELDS}
-        total_old = {f: sum(c[f] for c in self.prev.values()) for f in FIELDS}
+        total_old = {f: sum(c[f] for c in prev.values()) for f in FIELDS}
         out = [stats_line(averages(total_cur, total_old, period))]
         for db, counters in cur.items():
-            out.append(stats_line(averages(counters, self.prev.get(db, {}), period), db))
+            out.append(stats_line(averages(counters, prev.get(db, {}), period), db))
         return out
+

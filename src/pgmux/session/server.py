@@ -351,7 +351,7 @@ class ServerSession:
                 return start
             if t == _Z:
                 self.swallow -= 1
-                self.tx_status = bytes((data[start + 5],))
+                self.tx_status = _STATUS[data[start + 5]]
                 if not self.swallow:
                     self.hub.internal_done(self)
             elif t == _S:
@@ -430,7 +430,7 @@ class ServerSession:
                 raise PgmuxError(fields.get("M", "server login failed"), sqlstate=fields.get("C", "08006"),
                                  severity="FATAL", detail=fields.get("D"), hint=fields.get("H"))
             elif t == _Z:
-                self.tx_status = bytes((body[0],))
+                self.tx_status = _STATUS[body[0]]
                 if self.swallow:
                     self.swallow -= 1
                 elif self.target.connect_query and not self.cq_sent:
