@@ -103,6 +103,7 @@ class App:
         self.now: Callable[[], float] = time.monotonic
         self.spawn: Callable[..., None] = self._start_task
         self.events = Events()  # servers opened/closed, login times, TLS handshakes (pgmux/metrics/)
+        self.share: Any = None  # a worker process of several: runtime/worker.WorkerShare (issue 14)
         self._apply_limits()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ class App:
         if self._janitor is not None:
             self._janitor.cancel()
         unix_dir = self.config.settings.unix_socket_dir
-        if unix_dir:
+        if unix_dir and self.share is None:  # workers share it: the supervisor removes it last
             try:
                 os.unlink(unix_socket_path(unix_dir, self.config.settings.listen_port))
             except OSError:
@@ -226,7 +227,10 @@ class App:
             raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
                              hint=f"client_tls_sslmode = {self.tls.client_mode}: connect with sslmode=require")
         console = dbname in ADMIN_DATABASES
-        if len(self.clients) > s.max_client_conn and not (console and self.admission.console_may_exceed(c, user)):
+        full = len(self.clients) > s.max_client_conn  # with workers: all of them (runtime/worker.py)
+        if self.share is not None and not full:
+            full = self.share.clients_full(len(self.clients), s.max_client_conn)
+        if full and not (console and self.admission.console_may_exceed(c, user)):
             raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
         if "replication" in params:
             self._replication_login(c, params["replication"], dbname)
@@ -311,6 +315,8 @@ class App:
                 self._random = os.urandom(4096)
             raw, self._random = self._random[:8], self._random[8:]
             pid = int.from_bytes(raw[:4], "big") >> 1 or 1
+            if self.share is not None:  # the low bits name this worker: a cancel finds its way here
+                pid = self.share.tag_pid(pid)
             if pid not in self.by_cancel:
                 break
         c.cancel_pid, c.cancel_key = pid, int.from_bytes(raw[4:], "big") >> 1
@@ -837,6 +843,8 @@ class App:
         nothing else). Its connection ends when the cancel has reached the server, or at once when
         there is nothing to cancel."""
         self.clients.pop(requester.id, None)
+        if self.share is not None and self.share.forward_cancel(self, requester, pid, key):
+            return  # another worker's client: passed on there
         c = self.by_cancel.get(pid)
         # Keys are random 31-bit numbers; compare in constant time so a probe learns nothing.
         if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big", signed=True),

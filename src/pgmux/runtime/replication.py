@@ -52,14 +52,14 @@ class Replication:
         app = self.app
         pool = c.logged_in_pool()
         reg = app.registry
-        if reg.headroom(pool) > 0:
+        if reg.unpooled_headroom(pool) > 0:
             return True
         for other in reg:
             if other.database != pool.database and other.user != pool.user:
                 continue
-            while other.idle and reg.headroom(pool) <= 0:
+            while other.idle and reg.unpooled_headroom(pool) <= 0:
                 app.close_server(other.idle.pop(0), "evicted for a replication connection")
-            if reg.headroom(pool) > 0:
+            if reg.unpooled_headroom(pool) > 0:
                 return True
         return False
 

@@ -1,0 +1,295 @@
+"""One worker process of several (issue 14): what makes it one part of one pooler.
+
+`WorkerShare` is `App.share` in a worker (None in the single process): it holds the listening sockets
+the supervisor bound, the worker's index, and the shared counts (runtime/workershare.py). It hooks in at
+four places, each a few lines in the hub:
+
+- the cancel keys: the low bits of every BackendKeyData pid name the worker (`tag_pid`), and a
+  CancelRequest for another worker's client is passed on to that worker's private Unix socket, where it
+  arrives as any CancelRequest does (`forward_cancel`);
+- max_client_conn: a login checks the sum over workers (`clients_full`);
+- server connections: `SharedRegistry.headroom` adds the pooler-wide pool_size (+ reserve),
+  max_db_connections and max_user_connections to the registry's own, and claims what it grants in the
+  shared counts before the hub opens anything (under the lock, so two workers never both take the last
+  slot); the exact counts are published again right after (call_soon) and every janitor tick;
+- max_db_client_connections / max_user_client_connections: `SharedAdmission`.
+
+Rebalance, every tick (0.2 s): a worker whose clients wait for a pool publishes how many; a worker
+holding idle servers of that pool (or of one under the same max_db/max_user limit that is full) closes
+them, and one holding more than its fair share (limit / workers using the pool) closes servers as their
+transactions end (close_needed). The waiting worker opens its own at its next tick. Worst-case extra wait
+for a client while another worker holds an idle server: two ticks (0.4 s) plus one server login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from pgmux.errors import PgmuxError
+from pgmux.net import connector
+from pgmux.pooling.registry import Registry
+from pgmux.runtime import workershare as ws
+from pgmux.runtime.admission import Admission
+
+if TYPE_CHECKING:
+    from pgmux.config.model import DatabaseConfig
+    from pgmux.pooling.pool import Pool
+    from pgmux.runtime.app import App
+    from pgmux.session.client import ClientSession
+
+log = logging.getLogger("pgmux")
+
+
+def cancel_path(rundir: str, index: int) -> str:
+    return os.path.join(rundir, f"w{index}.sock")
+
+
+class WorkerShare:
+    def __init__(self, index: int, workers: int, counts: ws.Counts, sockets: list[socket.socket],
+                 rundir: str) -> None:
+        self.index = index
+        self.workers = workers
+        self.bits = ws.worker_bits(workers)
+        self.counts = counts
+        self.sockets = sockets
+        self.rundir = rundir
+        self.app: App | None = None
+        self.published: dict[int, int] = {}  # slot -> what this worker last wrote there (held)
+        self.private: asyncio.AbstractServer | None = None
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def install(self, app: App) -> None:
+        """Before app.start(): the shared registry and admission, and the tick that keeps counts true."""
+        self.app = app
+        app.share = self
+        app.registry = SharedRegistry(self)
+        app.admission = SharedAdmission(app, self)
+        app.tick_hooks.append(self.tick)
+
+    async def start(self, app: App) -> None:
+        from pgmux.net.listen import start_private_listener
+
+        self.private = await start_private_listener(app, cancel_path(self.rundir, self.index))
+
+    # -- cancel ----------------------------------------------------------------------------------------
+    def tag_pid(self, pid: int) -> int:
+        return ws.tag_pid(pid, self.index, self.bits)
+
+    def forward_cancel(self, app: App, requester: ClientSession, pid: int, key: int) -> bool:
+        """A CancelRequest naming another worker's client: pass it on there (True), or False when the
+        key is this worker's own (or names no worker)."""
+        target = ws.owner(pid, self.bits)
+        if target == self.index or target >= self.workers:
+            return False
+        app.spawn(self._forward, app, requester, target, pid, key)
+        return True
+
+    async def _forward(self, app: App, requester: ClientSession, target: int, pid: int, key: int) -> None:
+        wait = app.config.settings.cancel_wait_timeout
+        log.info("passing a cancel request on to worker %d", target)
+        try:  # the other worker closes the connection once its cancel reached PostgreSQL, as a server does
+            await connector.send_cancel(None, 0, cancel_path(self.rundir, target), pid, key, wait)
+        except TimeoutError:
+            log.warning("cancel request to worker %d failed: not sent within cancel_wait_timeout (%gs)",
+                        target, wait)
+        except OSError as e:
+            log.warning("cancel request to worker %d failed: %s", target, e)
+        finally:
+            requester.transport.close()
+
+    # -- max_client_conn -------------------------------------------------------------------------------
+    def clients_full(self, mine: int, limit: int) -> bool:
+        """A login: more than max_client_conn clients in the whole pooler (this one counted)?"""
+        c = self.counts
+        slot = c.slot(ws.CLIENTS)
+        with c.lock:
+            c.set(self.index, slot, mine)
+            return c.total(slot) > limit
+
+    # -- server connections -----------------------------------------------------------------------------
+    def keys(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
+        label = "" if pool.host is None else f"{pool.host.host}:{pool.host.port}"
+        c = self.counts
+        return (c.slot(ws.pool_key(pool.database, pool.user, label)), c.slot(ws.db_key(pool.database)),
+                c.slot(ws.user_key(pool.user)))
+
+    def local(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
+        """This worker's servers of the pool, of its database and of its user (replication ones too)."""
+        reg = self.registry()
+        db = sum(len(p.servers) for p in reg.pools.values() if p.database == pool.database)
+        db += sum(n for (d, _), n in reg.unpooled.items() if d == pool.database)
+        user = sum(len(p.servers) for p in reg.pools.values() if p.user == pool.user)
+        user += sum(n for (_, u), n in reg.unpooled.items() if u == pool.user)
+        return len(pool.servers), db, user
+
+    def registry(self) -> Registry:
+        assert self.app is not None
+        return self.app.registry
+
+    def grant(self, pool: Pool[Any, Any], local_room: int, in_pool: bool) -> int:
+        """Room for new servers of `pool` in the whole pooler, claimed in the shared counts: at most what
+        the pool wants (`in_pool`), or one (a replication connection, outside pool_size)."""
+        app = self.app
+        assert app is not None
+        now = app.now()
+        reg = self.registry()
+        try:
+            pk, dk, uk = self.keys(pool)
+        except ws.TableFull as e:
+            log.error("cannot open a server connection for %s/%s: %s", pool.database, pool.user, e)
+            return 0
+        want = max(1, pool.wanted(now, local_room)) if in_pool else 1
+        c = self.counts
+        with c.lock:
+            mine_p, mine_d, mine_u = self.local(pool)
+            room = min(local_room, ws.room(reg.max_db.get(pool.database, 0), c.others(self.index, dk) + mine_d),
+                       ws.room(reg.max_user.get(pool.user, 0), c.others(self.index, uk) + mine_u))
+            if in_pool:
+                limit = pool.limit(now)
+                room = min(room, ws.room(limit, c.others(self.index, pk) + mine_p))
+                if c.others_demand(self.index, pk) > 0 and mine_p >= ws.fair_share(limit, c.active_workers(pk)):
+                    room = 0  # others wait for this pool and this worker holds its share: leave them the room
+            claim = max(0, min(want, room))
+            self._set(pk, mine_p + (claim if in_pool else 0))
+            self._set(dk, mine_d + claim)
+            self._set(uk, mine_u + claim)
+            short = max(0, pool.wanted(now, 1 << 30) - claim) if in_pool else 0
+            for k in (pk, dk, uk):
+                c.want(self.index, k, short)
+        asyncio.get_running_loop().call_soon(self.publish, pool)
+        return claim
+
+    def _set(self, slot: int, n: int) -> None:
+        self.counts.set(self.index, slot, n)
+        self.published[slot] = n
+
+    def publish(self, pool: Pool[Any, Any]) -> None:
+        """This worker's exact counts for the keys of `pool`."""
+        try:
+            pk, dk, uk = self.keys(pool)
+        except ws.TableFull:
+            return
+        for slot, n in zip((pk, dk, uk), self.local(pool)):
+            self._set(slot, n)
+
+    # -- the tick: counts, demand, rebalance -----------------------------------------------------------------
+    def tick(self) -> None:
+        app = self.app
+        if app is None:
+            return
+        c = self.counts
+        now = app.now()
+        fresh: dict[int, int] = {}
+        demand: dict[int, int] = {}
+        pools = list(self.registry())
+        for pool in pools:
+            try:
+                keys = self.keys(pool)
+            except ws.TableFull:
+                continue
+            waiting = max(0, len(pool.waiters) - pool.connecting)
+            if pool.login_waiters and not pool.servers and not pool.connecting:
+                waiting = max(waiting, 1)
+            for slot, n in zip(keys, self.local(pool)):
+                fresh[slot] = n
+                demand[slot] = demand.get(slot, 0) + waiting
+        fresh.setdefault(c.slot(ws.CLIENTS), len(app.clients))
+        for slot in list(self.published):
+            if slot not in fresh:
+                fresh[slot] = 0
+        for slot, n in fresh.items():
+            self._set(slot, n)
+            c.want(self.index, slot, demand.get(slot, 0))
+        for pool in pools:
+            self._rebalance(pool, now)
+            if pool.waiters or pool.login_waiters:
+                app.launch(pool)
+
+    def _rebalance(self, pool: Pool[Any, Any], now: float) -> None:
+        app = self.app
+        assert app is not None
+        c = self.counts
+        reg = self.registry()
+        try:
+            pk, dk, uk = self.keys(pool)
+        except ws.TableFull:
+            return
+        limit = pool.limit(now)
+        marked = sum(1 for s in pool.servers if s.close_needed)  # given up already, still finishing
+        give = ws.to_give_up(limit, len(pool.servers) - marked, c.others_demand(self.index, pk),
+                             c.total(pk) - marked, c.active_workers(pk))
+        for lim, slot in ((reg.max_db.get(pool.database, 0), dk), (reg.max_user.get(pool.user, 0), uk)):
+            other = c.others_demand(self.index, slot)
+            if lim > 0 and other > 0 and ws.room(lim, c.total(slot)) < other:
+                give = max(give, min(len(pool.idle), other))  # idle servers under a full shared limit
+        if give <= 0:
+            return
+        while give > 0 and pool.idle:
+            give -= 1
+            app.close_server(pool.idle[0], "another worker's clients wait for this pool", relaunch=False)
+        for server in list(pool.servers):
+            if give <= 0:
+                break
+            if not server.close_needed and server in pool.servers:
+                server.close_needed = True  # closed when its transaction ends (or its client leaves)
+                give -= 1
+        self.publish(pool)
+
+
+class SharedRegistry(Registry):
+    """The registry of a worker: the shared limits count every worker's servers (WorkerShare.grant)."""
+
+    def __init__(self, share: WorkerShare) -> None:
+        super().__init__()
+        self.share = share
+
+    def headroom(self, pool: Pool[Any, Any]) -> int:
+        return self.share.grant(pool, super().headroom(pool), True)
+
+    def unpooled_headroom(self, pool: Pool[Any, Any]) -> int:
+        return self.share.grant(pool, super().headroom(pool), False)
+
+
+class SharedAdmission(Admission):
+    """max_db_client_connections and max_user_client_connections over every worker's clients."""
+
+    def __init__(self, app: App, share: WorkerShare) -> None:
+        super().__init__(app)
+        self.share = share
+
+    def admit(self, c: ClientSession, db: DatabaseConfig) -> None:
+        cfg = self.app.config
+        user = db.user if cfg.settings.auth_type == "any" and db.user else c.user
+        counts, me = self.share.counts, self.share.index
+        try:
+            dk, uk = counts.slot(ws.db_clients_key(c.database)), counts.slot(ws.user_clients_key(user))
+        except ws.TableFull as e:
+            raise PgmuxError(f"no more connections allowed: {e}", sqlstate="53300", severity="FATAL") from None
+        with counts.lock:
+            for slot, name, local, limit in (
+                    (dk, "max_db_client_connections", self.per_db.get(c.database, 0),
+                     cfg.max_db_client_connections_for(db)),
+                    (uk, "max_user_client_connections", self.per_user.get(user, 0),
+                     cfg.max_user_client_connections_for(user))):
+                if limit > 0 and counts.others(me, slot) + local >= limit:
+                    what = f'database "{c.database}"' if slot == dk else f'user "{user}"'
+                    raise PgmuxError(f"client connections exceeded ({name})", sqlstate="53300", severity="FATAL",
+                                     detail=f"{what} allows {limit} client connections (all workers)")
+            super().admit(c, db)
+            self._publish(c.database, user)
+
+    def release(self, c: ClientSession) -> None:
+        held = self.held.get(c)
+        super().release(c)
+        self.share.counts.set(self.share.index, self.share.counts.slot(ws.CLIENTS), len(self.app.clients))
+        if held is not None:
+            self._publish(*held)
+
+    def _publish(self, database: str, user: str) -> None:
+        counts, me = self.share.counts, self.share.index
+        counts.set(me, counts.slot(ws.db_clients_key(database)), self.per_db.get(database, 0))
+        counts.set(me, counts.slot(ws.user_clients_key(user)), self.per_user.get(user, 0))

@@ -1,0 +1,299 @@
+"""workers = 2 (issue 14): one port served by two worker processes under a supervisor, a worker killed
+and restarted, cancels that cross workers, max_client_conn and pool_size held for the pooler as a whole.
+
+Which worker accepts a connection is the kernel's choice (one shared listening socket). Where a test
+needs a connection on one given worker, it stops the other with SIGSTOP while it connects (a stopped
+process accepts nothing, so the running one takes the connection) and continues it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import wait_for
+
+CONNECT: dict[str, Any] = {"connect_timeout": 10, "autocommit": True}
+
+
+def worker_pids(proc: Any) -> dict[int, int]:
+    """Worker index -> pid of the live worker, from the supervisor's log lines."""
+    out: dict[int, int] = {}
+    for m in re.finditer(r"worker (\d+) started \(pid (\d+)\)", proc.log()):
+        out[int(m.group(1))] = int(m.group(2))
+    return {i: pid for i, pid in out.items() if _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def start(pgmux_factory: Any, **settings: Any) -> Any:
+    proc = pgmux_factory(settings={"workers": 2, **settings})
+    wait_for(lambda: len(worker_pids(proc)) == 2, "two workers", 30)
+    return proc
+
+
+@contextmanager
+def only_on(proc: Any, index: int) -> Iterator[None]:
+    """Connections made inside land on worker `index`: the others are stopped meanwhile."""
+    others = [pid for i, pid in worker_pids(proc).items() if i != index]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def connect_on(proc: Any, index: int, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A client on worker `index`: the others are stopped until that worker has logged its login (which
+    may itself need a server another worker holds), then the connection completes."""
+    pid = worker_pids(proc)[index]
+    before = len(re.findall(rf"\[{pid}\] LOG C-\d+ \S+ login attempt", proc.log()))
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["conn"] = psycopg.connect(proc.dsn(**kwargs), **CONNECT)
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    with only_on(proc, index):
+        t.start()
+        wait_for(lambda: "error" in box or "conn" in box or
+                 len(re.findall(rf"\[{pid}\] LOG C-\d+ \S+ login attempt", proc.log())) > before,
+                 f"a login on worker {index}", 20)
+    t.join(30)
+    if "error" in box:
+        raise box["error"]
+    return box["conn"]
+
+
+def login_pids(proc: Any) -> set[int]:
+    return {int(p) for p in re.findall(r"\[(\d+)\] LOG C-\d+ \S+ login attempt", proc.log())}
+
+
+def test_two_workers_serve_one_port_and_pidfile_is_the_supervisor(pgmux_factory: Any) -> None:
+    piddir = Path(tempfile.mkdtemp(prefix="pgmux-pid-"))
+    os.chmod(piddir, 0o777)  # the pooler may run as another OS user (-u)
+    pidfile = piddir / "pgmux.pid"
+    proc = start(pgmux_factory, pidfile=str(pidfile))
+    assert int(pidfile.read_text()) == proc.pid
+    workers = worker_pids(proc)
+    for i in (0, 1):  # each worker serves clients on the one port
+        with only_on(proc, i), psycopg.connect(proc.dsn(), **CONNECT) as conn:
+            assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+            assert conn.info.backend_pid & 1 == i  # the cancel key names the worker
+    wait_for(lambda: set(workers.values()) <= login_pids(proc), "logins logged by both workers")
+    # and with no worker stopped, many clients at once are all served
+    conns = [psycopg.connect(proc.dsn(), **CONNECT) for _ in range(10)]
+    try:
+        assert all(c.execute("SELECT 1").fetchone() == (1,) for c in conns)
+    finally:
+        for c in conns:
+            c.close()
+    proc.signal(signal.SIGTERM)  # the supervisor stops the whole pooler
+    assert proc.proc.wait(30) == 0
+    assert not any(_alive(pid) for pid in workers.values())
+    assert not pidfile.exists()
+    shutil.rmtree(piddir, ignore_errors=True)
+
+
+def test_killed_worker_is_restarted_and_others_unaffected(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory)
+    with only_on(proc, 0):
+        survivor = psycopg.connect(proc.dsn(), **CONNECT)
+    try:
+        victim_pid = worker_pids(proc)[1]
+        with only_on(proc, 1):
+            doomed = psycopg.connect(proc.dsn(), **CONNECT)
+        t0 = time.monotonic()
+        os.kill(victim_pid, signal.SIGKILL)
+        new = wait_for(lambda: worker_pids(proc).get(1) not in (None, victim_pid) and worker_pids(proc)[1],
+                       "worker 1 restarted", 10)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 5, elapsed  # the first restart is immediate
+        assert "worker 1 (pid %d) died (killed by signal SIGKILL); restarting it in 0.0s" % victim_pid in proc.log()
+        with pytest.raises(psycopg.OperationalError):
+            doomed.execute("SELECT 1")  # its clients went with it; they reconnect
+        doomed.close()
+        assert survivor.execute("SELECT 7").fetchone() == (7,)  # the other worker's client saw nothing
+        with only_on(proc, 1), psycopg.connect(proc.dsn(), **CONNECT) as conn:
+            assert conn.execute("SELECT 8").fetchone() == (8,)
+            assert conn.info.backend_pid & 1 == 1
+        assert _alive(new)
+    finally:
+        survivor.close()
+
+
+def test_cancel_lands_on_the_other_worker(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="transaction")
+    with only_on(proc, 0):
+        victim = psycopg.connect(proc.dsn(), **CONNECT)
+    try:
+        assert victim.info.backend_pid & 1 == 0
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            t0 = time.monotonic()
+            try:
+                victim.execute("SELECT pg_sleep(60)")
+            except psycopg.Error as e:
+                result["sqlstate"] = e.sqlstate
+            result["secs"] = time.monotonic() - t0
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        wait_for(lambda: _sleeping(proc), "the query running on PostgreSQL")
+        worker0 = worker_pids(proc)[0]
+        os.kill(worker0, signal.SIGSTOP)  # the cancel's connection can only land on worker 1
+        try:
+            canceller = threading.Thread(target=victim.cancel, daemon=True)
+            canceller.start()
+            wait_for(lambda: "passing a cancel request on to worker 0" in proc.log(), "worker 1 passing it on", 20)
+        finally:
+            os.kill(worker0, signal.SIGCONT)
+        canceller.join(30)
+        runner.join(30)
+        assert result.get("sqlstate") == "57014", result  # query_canceled, by PostgreSQL
+        assert result["secs"] < 50
+        assert victim.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        victim.close()
+
+
+def _sleeping(proc: Any) -> bool:
+    with psycopg.connect(proc.dsn(db="postgres"), **CONNECT) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+                           "AND state = 'active'").fetchone()
+    return bool(row and row[0] > 0)
+
+
+def test_max_client_conn_holds_across_workers(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory, max_client_conn=4)
+    conns = []
+    try:
+        for i in (0, 0, 1, 1):  # two clients on each worker: 4 in all
+            with only_on(proc, i):
+                conns.append(psycopg.connect(proc.dsn(), **CONNECT))
+        for i in (0, 1):  # the 5th is refused whichever worker it reaches
+            with only_on(proc, i), pytest.raises(psycopg.OperationalError) as err:
+                psycopg.connect(proc.dsn(), **CONNECT)
+            assert "no more connections allowed (max_client_conn)" in str(err.value)
+        conns.pop().close()  # one leaves (from worker 1): a client on worker 0 now gets in
+        wait_for(lambda: "closing because: client close request" in proc.log(), "worker 1 saw it leave")
+        with only_on(proc, 0):
+            conns.append(wait_for(lambda: _try_connect(proc), "a free client slot", 10))
+    finally:
+        for c in conns:
+            c.close()
+
+
+def _try_connect(proc: Any) -> psycopg.Connection[Any] | None:
+    try:
+        return psycopg.connect(proc.dsn(), **CONNECT)
+    except psycopg.OperationalError:
+        return None
+
+
+def _server_count(proc: Any) -> int:
+    with psycopg.connect(proc.dsn(db="postgres").replace(f":{proc.port}/", f":{proc.pg_port}/"), **CONNECT) as c:
+        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'testdb' "
+                        "AND backend_type = 'client backend'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_pool_size_holds_across_workers(pgmux_factory: Any, pg: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="transaction", default_pool_size=3)
+    proc.pg_port = pg.primary.port
+    clients = []
+    for i in (0, 1) * 4:  # 8 clients, 4 on each worker
+        with only_on(proc, i):
+            clients.append(psycopg.connect(proc.dsn(), **CONNECT))
+    stop = threading.Event()
+    done = [0] * len(clients)
+    errors: list[BaseException] = []
+
+    def load(n: int) -> None:
+        deadline = time.monotonic() + 60
+        try:
+            for _ in range(40):  # bounded rounds
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                clients[n].execute("SELECT pg_sleep(0.05)")
+                done[n] += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
+    for t in threads:
+        t.start()
+    peak = 0
+    deadline = time.monotonic() + 90
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        peak = max(peak, _server_count(proc))
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    for c in clients:
+        c.close()
+    assert not errors, errors
+    assert all(n == 40 for n in done), done  # every client of both workers was served, none starved
+    assert 2 <= peak <= 3, peak  # one pool of 3 for the pooler, not 3 per worker
+
+
+def test_idle_servers_of_one_worker_go_to_the_other(pgmux_factory: Any, pg: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="transaction", default_pool_size=2)
+    proc.pg_port = pg.primary.port
+    with only_on(proc, 0):
+        a = [psycopg.connect(proc.dsn(), **CONNECT) for _ in range(2)]
+    ready = threading.Barrier(2)
+
+    def hold(c: psycopg.Connection[Any]) -> None:
+        ready.wait(10)
+        c.execute("SELECT pg_sleep(0.5)")
+
+    threads = [threading.Thread(target=hold, args=(c,)) for c in a]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert _server_count(proc) == 2  # worker 0 now holds the pool's 2 servers, idle
+    t0 = time.monotonic()
+    b = connect_on(proc, 1)  # its login needs a server: the pool's first on worker 1
+    try:
+        assert b.execute("SELECT 5").fetchone() == (5,)
+        assert time.monotonic() - t0 < 8  # not server_idle_timeout (600 s): worker 0 gave one up
+        assert "another worker's clients wait for this pool" in wait_for(proc.log, "log")
+        assert _server_count(proc) <= 2
+    finally:
+        b.close()
+        for c in a:
+            c.close()
+
+
+@pytest.mark.parametrize("settings", [{"min_pool_size": 1}, {"default_pool_size": "auto"}])
+def test_refused_settings_with_workers(pgmux_factory: Any, settings: dict[str, Any]) -> None:
+    with pytest.raises(pytest.fail.Exception) as err:  # the fixture fails a pooler that exits
+        pgmux_factory(settings={"workers": 2, **settings})
+    assert "workers = 2 is refused" in str(err.value)
+    assert ("min_pool_size" if "min_pool_size" in settings else "pool_size = auto") in str(err.value)
