@@ -297,3 +297,106 @@ def test_refused_settings_with_workers(pgmux_factory: Any, settings: dict[str, A
         pgmux_factory(settings={"workers": 2, **settings})
     assert "workers = 2 is refused" in str(err.value)
     assert ("min_pool_size" if "min_pool_size" in settings else "pool_size = auto") in str(err.value)
+
+
+def test_asyncpg_timeout_cancels_across_workers(pgmux_factory: Any) -> None:
+    """asyncpg's command timeout sends a CancelRequest on a new connection: stopped worker 0 leaves it to
+    worker 1, which passes it on."""
+    import asyncio
+
+    import asyncpg
+
+    proc = start(pgmux_factory, pool_mode="transaction")
+
+    async def main() -> None:
+        with only_on(proc, 0):  # the victim's connection is worker 0's
+            conn = await asyncpg.connect(proc.dsn(), statement_cache_size=0)
+        try:
+            task = asyncio.create_task(conn.execute("SELECT pg_sleep(60)", timeout=60))
+            await asyncio.to_thread(wait_for, lambda: _sleeping(proc), "the query running")
+            worker0 = worker_pids(proc)[0]
+            os.kill(worker0, signal.SIGSTOP)
+            try:
+                task.cancel()  # asyncpg sends a CancelRequest for a cancelled query
+                await asyncio.to_thread(wait_for, lambda: "passing a cancel request on to worker 0" in proc.log(),
+                                        "worker 1 passing it on", 20)
+            finally:
+                os.kill(worker0, signal.SIGCONT)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await asyncio.wait_for(conn.fetchval("SELECT 3"), 30) == 3
+            await asyncio.to_thread(wait_for, lambda: not _sleeping(proc), "the query cancelled on PostgreSQL", 20)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_unix_socket_and_psql_with_workers(pgmux_factory: Any) -> None:
+    import shutil as sh
+    import subprocess
+
+    proc = start(pgmux_factory)
+    sockdir = proc.settings["unix_socket_dir"]
+    if not sockdir:
+        pytest.skip("the test dir is too long for a Unix socket path")
+    psql = sh.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+    for i in (0, 1):
+        with only_on(proc, i):
+            out = subprocess.run([psql, "-h", sockdir, "-p", str(proc.port), "-U", "postgres", "-d", "testdb",
+                                  "-Atc", "SELECT 6 * 7"], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "42", out.stderr
+
+
+def test_console_with_workers(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory)
+    notices: list[str] = []
+    with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
+                         connect_timeout=10, cursor_factory=psycopg.ClientCursor) as admin:
+        admin.add_notice_handler(lambda d: notices.append(d.message_primary))
+        admin.execute("SHOW POOLS")
+        assert any("this console is on worker" in n and "this worker's only" in n for n in notices), notices
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
+            admin.execute("SET default_pool_size = 5")
+        assert "would act on that worker only" in str(err.value)
+        admin.execute("PAUSE")  # every worker pauses: a new client on either waits
+    for i in (0, 1):
+        with only_on(proc, i):
+            blocked = _try(proc, "SELECT 1", connect_timeout=3)
+        assert blocked is not None and "timeout" in blocked.lower() or "pause" in str(blocked).lower(), blocked
+    with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
+                         connect_timeout=10, cursor_factory=psycopg.ClientCursor) as admin:
+        admin.execute("RESUME")
+    for i in (0, 1):
+        with only_on(proc, i), psycopg.connect(proc.dsn(), **CONNECT) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    # RELOAD through one console reaches every worker: a database added to the file works on both
+    proc.rewrite(databases={**proc.databases, "again": proc.databases["testdb"]})
+    proc.admin("RELOAD")
+    for i in (0, 1):
+        with only_on(proc, i):
+            conn = wait_for(lambda: _try_connect_db(proc, "again"), f"database again on worker {i}")
+        conn.close()
+    with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
+                         connect_timeout=10, cursor_factory=psycopg.ClientCursor) as admin:
+        admin.execute("SHUTDOWN WAIT_FOR_SERVERS")
+    assert proc.proc.wait(30) == 0  # the supervisor and both workers are gone
+    assert "supervisor: got SIGINT" in proc.log()
+
+
+def _try(proc: Any, sql: str, connect_timeout: int) -> str | None:
+    """None if `sql` ran, else the error text."""
+    try:
+        with psycopg.connect(proc.dsn(), autocommit=True, connect_timeout=connect_timeout,
+                             options="-c statement_timeout=0") as conn:
+            conn.execute(sql)
+        return None
+    except psycopg.Error as e:
+        return str(e) or type(e).__name__
+
+
+def _try_connect_db(proc: Any, db: str) -> psycopg.Connection[Any] | None:
+    try:
+        return psycopg.connect(proc.dsn(db=db), **CONNECT)
+    except psycopg.OperationalError:
+        return None

@@ -242,6 +242,8 @@ async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = 
     except OSError as e:
         log.error("cannot listen: %s", e)
         return 1
+    if share is not None:
+        share.started(app)  # the console of one worker among several (runtime/worker_admin.py)
     loop = asyncio.get_running_loop()
 
     def on_hup() -> None:

@@ -66,6 +66,20 @@ def backoff(quick_deaths: int) -> float:
     return 0.0 if quick_deaths <= 1 else min(MAX_BACKOFF, 0.5 * 2 ** (quick_deaths - 2))
 
 
+def _die_with(supervisor: int) -> None:
+    """A worker whose supervisor is killed (SIGKILL: it cannot pass anything on) gets SIGTERM, the
+    shutdown that lets its connected clients finish, instead of serving on with nobody to restart it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @dataclasses.dataclass
 class Slot:
     index: int
@@ -159,6 +173,7 @@ class Supervisor:
             code = 70
             try:
                 signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+                _die_with(share.supervisor)
                 os.environ.pop("NOTIFY_SOCKET", None)  # readiness is the supervisor's to report
                 code = self.serve(self.config, self.config_path, self.logs, share)
             except BaseException as e:  # noqa: BLE001 - a worker must never return into the supervisor's code

@@ -53,6 +53,7 @@ class WorkerShare:
                  rundir: str) -> None:
         self.index = index
         self.workers = workers
+        self.supervisor = os.getpid()  # made in the supervisor, before the fork
         self.bits = ws.worker_bits(workers)
         self.counts = counts
         self.sockets = sockets
@@ -74,6 +75,11 @@ class WorkerShare:
         from pgmux.net.listen import start_private_listener
 
         self.private = await start_private_listener(app, cancel_path(self.rundir, self.index))
+
+    def started(self, app: App) -> None:
+        from pgmux.runtime.worker_admin import WorkerAdmin
+
+        app.admin.__class__ = WorkerAdmin  # same state, its commands act on every worker or are refused
 
     # -- cancel ----------------------------------------------------------------------------------------
     def tag_pid(self, pid: int) -> int:
