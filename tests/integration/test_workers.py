@@ -354,7 +354,7 @@ def test_console_with_workers(pgmux_factory: Any) -> None:
     with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
                          connect_timeout=10, cursor_factory=psycopg.ClientCursor) as admin:
         admin.add_notice_handler(lambda d: notices.append(d.message_primary))
-        admin.execute("SHOW POOLS")
+        admin.execute("SHOW DATABASES")
         assert any("this console is on worker" in n and "this worker's only" in n for n in notices), notices
         with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
             admin.execute("SET default_pool_size = 5")
@@ -400,3 +400,24 @@ def _try_connect_db(proc: Any, db: str) -> psycopg.Connection[Any] | None:
         return psycopg.connect(proc.dsn(db=db), **CONNECT)
     except psycopg.OperationalError:
         return None
+
+
+def test_show_sums_and_lists_every_worker(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="transaction")
+    clients = [connect_on(proc, i) for i in (0, 1, 1)]
+    try:
+        for c in clients:
+            c.execute("SELECT 1")
+        pools = [r for r in proc.admin_dicts("SHOW POOLS") if r["database"] == "testdb"]
+        assert len(pools) == 1, pools  # one row for the pooler's one pool
+        assert pools[0]["cl_active"] == 3
+        rows = [r for r in proc.admin_dicts("SHOW CLIENTS") if r["database"] == "testdb"]
+        assert sorted(r["worker"] for r in rows) == ["0", "1", "1"]
+        servers = proc.admin_dicts("SHOW SERVERS")
+        assert servers and {r["worker"] for r in servers} <= {"0", "1"}
+        assert list(servers[0])[-1] == "worker"
+        stats = [r for r in proc.admin_dicts("SHOW STATS") if r["database"] == "testdb"]
+        assert len(stats) == 1 and stats[0]["total_xact_count"] >= 3
+    finally:
+        for c in clients:
+            c.close()

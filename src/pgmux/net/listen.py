@@ -113,7 +113,9 @@ def _remove_stale(path: str) -> None:
 
 async def start_private_listener(app: Any, path: str) -> asyncio.AbstractServer:
     """A worker's own Unix socket (mode 0600, in the supervisor's private directory): the other workers
-    forward the CancelRequests of this worker's clients there (runtime/worker.py)."""
+    forward the CancelRequests of this worker's clients there, and ask its console for SHOW rows
+    (runtime/worker.py, worker_admin.py)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     if os.path.exists(path):
         os.unlink(path)  # this worker's predecessor's, killed
     srv = await asyncio.get_running_loop().create_unix_server(lambda: ClientProtocol(app), path)

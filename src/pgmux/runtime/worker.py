@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgmux")
 
 
-def cancel_path(rundir: str, index: int) -> str:
-    return os.path.join(rundir, f"w{index}.sock")
+cancel_path = ws.private_socket
 
 
 class WorkerShare:

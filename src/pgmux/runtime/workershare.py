@@ -47,6 +47,19 @@ def owner(pid: int, bits: int) -> int:
     return pid & ((1 << bits) - 1)
 
 
+# -- the private sockets ------------------------------------------------------------------------------
+PRIVATE_PORT: Final = 1  # named as PostgreSQL's sockets are: <rundir>/w<index>/.s.PGSQL.1
+
+
+def private_dir(rundir: str, index: int) -> str:
+    return os.path.join(rundir, f"w{index}")
+
+
+def private_socket(rundir: str, index: int) -> str:
+    """Worker `index`'s private Unix socket: cancels passed on to it, and the other workers' console."""
+    return os.path.join(private_dir(rundir, index), f".s.PGSQL.{PRIVATE_PORT}")
+
+
 # -- keys -----------------------------------------------------------------------------------------------
 def pool_key(database: str, user: str, host: str = "") -> str:
     return f"p\0{database}\0{user}\0{host}"
