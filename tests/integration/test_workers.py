@@ -421,3 +421,61 @@ def test_show_sums_and_lists_every_worker(pgmux_factory: Any) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_max_db_connections_and_client_limits_across_workers(pgmux_factory: Any, pg: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="session", default_pool_size=10, max_db_connections=2,
+                 max_db_client_connections=3, query_wait_timeout=30)
+    proc.pg_port = pg.primary.port
+    held = [connect_on(proc, 0), connect_on(proc, 1)]  # session mode: each holds a server
+    try:
+        for c in held:
+            c.execute("SELECT 1")
+        assert _server_count(proc) == 2
+        box: dict[str, Any] = {}
+
+        def third() -> None:
+            try:
+                conn = psycopg.connect(proc.dsn(), **CONNECT)
+                box["row"] = conn.execute("SELECT 9").fetchone()
+                conn.close()
+            except BaseException as e:  # noqa: BLE001
+                box["error"] = e
+
+        t = threading.Thread(target=third, daemon=True)
+        t.start()  # the 3rd client is admitted (max_db_client_connections = 3) but waits for a server
+        wait_for(lambda: "login attempt" in proc.log() and proc.log().count("login attempt") >= 3, "3rd login")
+        time.sleep(1.0)
+        assert "row" not in box and _server_count(proc) == 2  # max_db_connections = 2 for the pooler
+        for i in (0, 1):  # a 4th client is refused on either worker
+            with only_on(proc, i), pytest.raises(psycopg.OperationalError) as err:
+                psycopg.connect(proc.dsn(), **CONNECT)
+            assert "max_db_client_connections" in str(err.value)
+        held.pop().close()  # a server is free: the waiting client gets one
+        t.join(30)
+        assert box.get("row") == (9,), box
+        assert _server_count(proc) <= 2
+    finally:
+        for c in held:
+            c.close()
+
+
+@pytest.mark.parametrize("reuseport", [1, 0])
+def test_so_reuseport_with_workers(pgmux_factory: Any, reuseport: int) -> None:
+    """so_reuseport keeps PgBouncer's meaning with workers: another process (of the same OS user, as
+    Linux requires) may bind the same port, or not."""
+    import subprocess
+    import sys
+
+    from pgmux.runtime.cluster import server_os_user
+
+    proc = start(pgmux_factory, so_reuseport=reuseport)
+    osuser = server_os_user()  # (as root, pgmux runs as this user: the snippet switches to it first)
+    switch = f"os.setgid({osuser.gid}); os.setuid({osuser.uid}); " if osuser.switch else ""
+    code = (f"import os, socket; {switch}s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); "
+            f"s.bind(({proc.host!r}, {proc.port})); print('bound')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert ("bound" in out.stdout) == bool(reuseport), out.stderr
+    with psycopg.connect(proc.dsn(), **CONNECT) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
