@@ -15,7 +15,8 @@ from pgmux.config import values as v
 from pgmux.config.model import Config
 from pgmux.config.values import AUTO
 from pgmux.runtime import workershare as ws
-from pgmux.runtime.supervisor import MAX_BACKOFF, backoff, refusals
+from pgmux.runtime.supervisor import MAX_BACKOFF, backoff
+from pgmux.runtime.workershare import refusals
 
 
 @given(st.integers(0, 2**31 - 1), st.integers(2, 256), st.data())

@@ -31,11 +31,11 @@ from typing import Any, Final
 
 from pgmux.config import diff, load_config
 from pgmux.config.model import Config
-from pgmux.config.values import AUTO
 from pgmux.net import sdnotify
 from pgmux.net.listen import bind_listeners, unix_socket_path
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.worker import WorkerShare
+from pgmux.runtime.workershare import per_worker, refusals
 
 log = logging.getLogger("pgmux")
 
@@ -44,21 +44,6 @@ SIGNALS: Final = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, 
 QUICK_DEATH: Final = 10.0  # a worker that dies sooner than this after its start counts towards the backoff
 MAX_BACKOFF: Final = 30.0
 POLL: Final = 0.2  # the supervisor's loop wakes at least this often
-
-
-def refusals(config: Config) -> list[str]:
-    """What pgmux cannot share across worker processes yet: with workers > 1 these stop start-up
-    rather than run with a limit multiplied by the number of workers."""
-    s = config.settings
-    out: list[str] = []
-    if s.workers <= 1:
-        return out
-    if s.default_pool_size == AUTO or any(db.pool_size == AUTO for db in config.databases.values()) \
-            or any(getattr(u, "pool_size", None) == AUTO for u in getattr(config, "users", {}).values()):
-        out.append("pool_size = auto sizes each process's pools on its own measurements")
-    if s.min_pool_size > 0 or any((db.min_pool_size or 0) > 0 for db in config.databases.values()):
-        out.append("min_pool_size is kept per process, not for the pooler as a whole")
-    return out
 
 
 def backoff(quick_deaths: int) -> float:
@@ -111,6 +96,8 @@ class Supervisor:
             log.error("workers = %d is refused: %s; set workers = 1, or change these settings",
                       self.n, "; ".join(problems))
             return 1
+        for note in per_worker(self.config):
+            log.warning("workers = %d: %s", self.n, note)
         try:
             self.sockets = bind_listeners(self.config.settings)
         except OSError as e:
@@ -219,8 +206,10 @@ class Supervisor:
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
             log.info("supervisor: got SIGHUP, passing it on to the workers")
+            sdnotify.reloading()
             self._reload()
             self._forward(sig)
+            sdnotify.notify("READY=1")
         elif sig in (signal.SIGUSR1, signal.SIGUSR2):
             self._forward(sig)
         else:
@@ -228,6 +217,8 @@ class Supervisor:
             self._stop(sig)
 
     def _stop(self, sig: signal.Signals) -> None:
+        if not self.stopping:
+            sdnotify.notify("STOPPING=1")
         self.stopping = True
         self._forward(sig)
         for sock in self.sockets:  # the workers close theirs: then the port refuses, as PgBouncer's does

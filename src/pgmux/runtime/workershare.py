@@ -21,7 +21,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
+
+from pgmux.config.values import AUTO
+
+if TYPE_CHECKING:
+    from pgmux.config.model import Config
 
 KEYS: Final = 4096  # key slots: pools, databases and users in use across the pooler's lifetime
 CLIENTS: Final = "clients"  # max_client_conn's key
@@ -221,3 +226,32 @@ def to_give_up(limit: int, mine: int, others_demand: int, total: int, active: in
     if free >= others_demand:
         return 0
     return max(0, min(mine - fair_share(limit, active), others_demand - free))
+
+
+# -- what is not shared ------------------------------------------------------------------------------------
+def refusals(config: Config) -> list[str]:
+    """What pgmux cannot share across worker processes yet: with workers > 1 these stop start-up (and a
+    supervisor's reload), rather than run with a limit kept per process."""
+    s = config.settings
+    out: list[str] = []
+    if s.workers <= 1:
+        return out
+    users = getattr(config, "users", {}) or {}
+    if s.default_pool_size == AUTO or any(db.pool_size == AUTO for db in config.databases.values()) \
+            or any(getattr(u, "pool_size", None) == AUTO for u in users.values()):
+        out.append("pool_size = auto sizes each process's pools on its own measurements")
+    if s.min_pool_size > 0 or any((db.min_pool_size or 0) > 0 for db in config.databases.values()):
+        out.append("min_pool_size is kept per process, not for the pooler as a whole")
+    return out
+
+
+def per_worker(config: Config) -> list[str]:
+    """What runs once per worker with workers > 1 (logged as warnings at start-up)."""
+    if config.settings.workers <= 1:
+        return []
+    out = []
+    if any(db.read_write_split and len(db.topology) > 1 for db in config.databases.values()):
+        out.append("the health checks of read/write-split databases run in every worker")
+    if config.settings.auth_user or any(db.auth_user for db in config.databases.values()):
+        out.append("each worker keeps its own auth_query connection")
+    return out
