@@ -60,11 +60,13 @@ class WorkerShare:
         self.app: App | None = None
         self.published: dict[int, int] = {}  # slot -> what this worker last wrote there (held)
         self.private: asyncio.AbstractServer | None = None
+        self.clients_slot = 0
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:
         """Before app.start(): the shared registry and admission, and the tick that keeps counts true."""
         self.app = app
+        self.clients_slot = self.counts.slot(ws.CLIENTS)  # the first key of all: the table has room
         app.share = self
         app.registry = SharedRegistry(self)
         app.admission = SharedAdmission(app, self)
@@ -119,10 +121,9 @@ class WorkerShare:
     def clients_full(self, mine: int, limit: int) -> bool:
         """A login: more than max_client_conn clients in the whole pooler (this one counted)?"""
         c = self.counts
-        slot = c.slot(ws.CLIENTS)
         with c.lock:
-            c.set(self.index, slot, mine)
-            return c.total(slot) > limit
+            c.set(self.index, self.clients_slot, mine)
+            return c.total(self.clients_slot) > limit
 
     # -- server connections -----------------------------------------------------------------------------
     def keys(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
@@ -211,7 +212,7 @@ class WorkerShare:
             for slot, n in zip(keys, self.local(pool)):
                 fresh[slot] = n
                 demand[slot] = demand.get(slot, 0) + waiting
-        fresh.setdefault(c.slot(ws.CLIENTS), len(app.clients))
+        fresh[self.clients_slot] = len(app.clients)
         for slot in list(self.published):
             if slot not in fresh:
                 fresh[slot] = 0
@@ -299,11 +300,14 @@ class SharedAdmission(Admission):
     def release(self, c: ClientSession) -> None:
         held = self.held.get(c)
         super().release(c)
-        self.share.counts.set(self.share.index, self.share.counts.slot(ws.CLIENTS), len(self.app.clients))
+        self.share.counts.set(self.share.index, self.share.clients_slot, len(self.app.clients))
         if held is not None:
             self._publish(*held)
 
     def _publish(self, database: str, user: str) -> None:
         counts, me = self.share.counts, self.share.index
-        counts.set(me, counts.slot(ws.db_clients_key(database)), self.per_db.get(database, 0))
-        counts.set(me, counts.slot(ws.user_clients_key(user)), self.per_user.get(user, 0))
+        try:  # (both keys were made at admit(): found in this process's memo)
+            counts.set(me, counts.slot(ws.db_clients_key(database)), self.per_db.get(database, 0))
+            counts.set(me, counts.slot(ws.user_clients_key(user)), self.per_user.get(user, 0))
+        except ws.TableFull:
+            pass

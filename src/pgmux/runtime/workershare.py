@@ -28,7 +28,7 @@ from pgmux.config.values import AUTO
 if TYPE_CHECKING:
     from pgmux.config.model import Config
 
-KEYS: Final = 4096  # key slots: pools, databases and users in use across the pooler's lifetime
+KEYS: Final = 16384  # key slots: pools, databases and users ever used (none is removed while pgmux runs)
 CLIENTS: Final = "clients"  # max_client_conn's key
 
 
