@@ -43,9 +43,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def start(pgmux_factory: Any, **settings: Any) -> Any:
-    proc = pgmux_factory(settings={"workers": 2, **settings})
-    wait_for(lambda: len(worker_pids(proc)) == 2, "two workers", 30)
+def start(pgmux_factory: Any, workers: int = 2, **settings: Any) -> Any:
+    proc = pgmux_factory(settings={"workers": workers, **settings})
+    wait_for(lambda: len(worker_pids(proc)) == workers, f"{workers} workers", 30)
     return proc
 
 
@@ -221,13 +221,13 @@ def _server_count(proc: Any) -> int:
     return int(row[0]) if row else 0
 
 
-def test_pool_size_holds_across_workers(pgmux_factory: Any, pg: Any) -> None:
-    proc = start(pgmux_factory, pool_mode="transaction", default_pool_size=3)
+@pytest.mark.parametrize("workers", [2, 4])
+def test_pool_size_holds_across_workers(pgmux_factory: Any, pg: Any, workers: int) -> None:
+    proc = start(pgmux_factory, workers, pool_mode="transaction", default_pool_size=3)
     proc.pg_port = pg.primary.port
     clients = []
-    for i in (0, 1) * 4:  # 8 clients, 4 on each worker
-        with only_on(proc, i):
-            clients.append(psycopg.connect(proc.dsn(), **CONNECT))
+    for i in tuple(range(workers)) * (8 // workers):  # 8 clients, as many on each worker
+        clients.append(connect_on(proc, i))
     stop = threading.Event()
     done = [0] * len(clients)
     errors: list[BaseException] = []
@@ -479,3 +479,19 @@ def test_so_reuseport_with_workers(pgmux_factory: Any, reuseport: int) -> None:
     assert ("bound" in out.stdout) == bool(reuseport), out.stderr
     with psycopg.connect(proc.dsn(), **CONNECT) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_killed_workers_clients_no_longer_count(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory, max_client_conn=2)
+    doomed = [connect_on(proc, 1), connect_on(proc, 1)]
+    with only_on(proc, 0), pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(proc.dsn(), **CONNECT)
+    assert "max_client_conn" in str(err.value)
+    victim = worker_pids(proc)[1]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: worker_pids(proc).get(1) not in (None, victim), "worker 1 restarted", 10)
+    with only_on(proc, 0):  # its two clients died with it: their slots are free at once
+        conn = wait_for(lambda: _try_connect(proc), "a client slot on worker 0", 5)
+    conn.close()
+    for c in doomed:
+        c.close()

@@ -235,23 +235,25 @@ class WorkerShare:
             return
         limit = pool.limit(now)
         marked = sum(1 for s in pool.servers if s.close_needed)  # given up already, still finishing
-        give = ws.to_give_up(limit, len(pool.servers) - marked, c.others_demand(self.index, pk),
-                             c.total(pk) - marked, c.active_workers(pk))
+        others, total = c.others_demand(self.index, pk), c.total(pk) - marked
+        # Idle servers are of no use here now (a waiter of ours would have one): all another worker's
+        # clients lack, whatever the shares. Busy ones beyond this worker's fair share: as they finish.
+        idle = min(len(pool.idle), max(0, others - ws.room(limit, c.total(pk)))) if others > 0 and limit > 0 else 0
+        busy = max(0, ws.to_give_up(limit, len(pool.servers) - marked, others, total, c.active_workers(pk)) - idle)
         for lim, slot in ((reg.max_db.get(pool.database, 0), dk), (reg.max_user.get(pool.user, 0), uk)):
             other = c.others_demand(self.index, slot)
             if lim > 0 and other > 0 and ws.room(lim, c.total(slot)) < other:
-                give = max(give, min(len(pool.idle), other))  # idle servers under a full shared limit
-        if give <= 0:
+                idle = max(idle, min(len(pool.idle), other))  # idle servers under a full shared limit
+        if idle <= 0 and busy <= 0:
             return
-        while give > 0 and pool.idle:
-            give -= 1
-            app.close_server(pool.idle[0], "another worker's clients wait for this pool", relaunch=False)
+        for server in pool.idle[:idle]:
+            app.close_server(server, "another worker's clients wait for this pool", relaunch=False)
         for server in list(pool.servers):
-            if give <= 0:
+            if busy <= 0:
                 break
-            if not server.close_needed and server in pool.servers:
+            if not server.close_needed and server not in pool.idle:
                 server.close_needed = True  # closed when its transaction ends (or its client leaves)
-                give -= 1
+                busy -= 1
         self.publish(pool)
 
 
