@@ -348,28 +348,46 @@ def test_unix_socket_and_psql_with_workers(pgmux_factory: Any) -> None:
         assert out.stdout.strip() == "42", out.stderr
 
 
+def _console(proc: Any) -> psycopg.Connection[Any]:
+    return psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
+                           connect_timeout=10, cursor_factory=psycopg.ClientCursor)
+
+
 def test_console_with_workers(pgmux_factory: Any) -> None:
     proc = start(pgmux_factory)
     notices: list[str] = []
-    with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
-                         connect_timeout=10, cursor_factory=psycopg.ClientCursor) as admin:
+    with _console(proc) as admin:
         admin.add_notice_handler(lambda d: notices.append(d.message_primary))
         admin.execute("SHOW DATABASES")
         assert any("this console is on worker" in n and "this worker's only" in n for n in notices), notices
-        with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
-            admin.execute("SET default_pool_size = 5")
-        assert "would act on that worker only" in str(err.value)
+        admin.execute("SET default_pool_size = 5")  # every worker's
+        with pytest.raises(psycopg.Error) as err:  # refused by each: one error
+            admin.execute("SET default_pool_size = many")
+        assert "SET failed" in str(err.value)
         admin.execute("PAUSE")  # every worker pauses: a new client on either waits
     for i in (0, 1):
         with only_on(proc, i):
             blocked = _try(proc, "SELECT 1", connect_timeout=3)
-        assert blocked is not None and "timeout" in blocked.lower() or "pause" in str(blocked).lower(), blocked
-    with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
-                         connect_timeout=10, cursor_factory=psycopg.ClientCursor) as admin:
+        assert blocked is not None and "timeout" in blocked.lower(), blocked
+    with _console(proc) as admin:
         admin.execute("RESUME")
     for i in (0, 1):
         with only_on(proc, i), psycopg.connect(proc.dsn(), **CONNECT) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+        with only_on(proc, i), _console(proc) as console:
+            config = {r[0]: r[1] for r in console.execute("SHOW CONFIG").fetchall()}
+        assert config["default_pool_size"] == "5", (i, config["default_pool_size"])
+    with _console(proc) as admin:
+        admin.execute("DISABLE testdb")  # the pools of testdb on both workers
+    for i in (0, 1):
+        with only_on(proc, i):
+            refused = _try(proc, "SELECT 1", connect_timeout=5)
+        assert refused is not None and "disabled" in refused, refused
+    with _console(proc) as admin:
+        admin.execute("ENABLE testdb")
+    for i in (0, 1):
+        with only_on(proc, i):
+            assert _try(proc, "SELECT 1", connect_timeout=5) is None
     # RELOAD through one console reaches every worker: a database added to the file works on both
     proc.rewrite(databases={**proc.databases, "again": proc.databases["testdb"]})
     proc.admin("RELOAD")
@@ -377,8 +395,7 @@ def test_console_with_workers(pgmux_factory: Any) -> None:
         with only_on(proc, i):
             conn = wait_for(lambda: _try_connect_db(proc, "again"), f"database again on worker {i}")
         conn.close()
-    with psycopg.connect(host=proc.host, port=proc.port, dbname="pgbouncer", user="postgres", autocommit=True,
-                         connect_timeout=10, cursor_factory=psycopg.ClientCursor) as admin:
+    with _console(proc) as admin:
         admin.execute("SHUTDOWN WAIT_FOR_SERVERS")
     assert proc.proc.wait(30) == 0  # the supervisor and both workers are gone
     assert "supervisor: got SIGINT" in proc.log()

@@ -159,6 +159,13 @@ class WorkerShare:
             return 0
         want = max(1, pool.wanted(now, local_room)) if in_pool else 1
         c = self.counts
+        if in_pool and ws.room(pool.limit(now), c.total(pk)) <= 0:
+            # Full as far as any worker can tell (counts only ever err high): no lock, no claim; say how
+            # many of ours wait, for the rebalance. A waiting acquire pays no system call here.
+            short = pool.wanted(now, 1 << 30)
+            for k in (pk, dk, uk):
+                c.want(self.index, k, short)
+            return 0
         with c.lock:
             mine_p, mine_d, mine_u = self.local(pool)
             room = min(local_room, ws.room(reg.max_db.get(pool.database, 0), c.others(self.index, dk) + mine_d),
