@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import wait_for
+from test_pgbench import bench_db  # noqa: F401 - the fixture: a pgbench database of its own
 
 CONNECT: dict[str, Any] = {"connect_timeout": 10, "autocommit": True}
 
@@ -43,8 +44,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def start(pgmux_factory: Any, workers: int = 2, **settings: Any) -> Any:
-    proc = pgmux_factory(settings={"workers": workers, **settings})
+def start(pgmux_factory: Any, workers: int = 2, databases: dict[str, str] | None = None, **settings: Any) -> Any:
+    proc = pgmux_factory(databases=databases, settings={"workers": workers, **settings})
     wait_for(lambda: len(worker_pids(proc)) == workers, f"{workers} workers", 30)
     return proc
 
@@ -512,3 +513,48 @@ def test_a_killed_workers_clients_no_longer_count(pgmux_factory: Any) -> None:
     conn.close()
     for c in doomed:
         c.close()
+
+
+# -M prepared runs select-only: TPC-B-like with -M prepared in transaction pooling hangs through pgmux with
+# one process too (pool 5, 20 clients; seen 2026-12-03 on main as well), a bug outside worker processes.
+@pytest.mark.parametrize("protocol", ["simple", "prepared"])
+def test_pgbench_through_two_workers(pgmux_factory: Any, pg: Any, bench_db: str, protocol: str) -> None:
+    """pgbench from 20 clients over both workers (TPC-B-like, or select-only with -M prepared): no failed
+    transaction, balances consistent, and never more than pool_size server connections in PostgreSQL
+    (sampled from pg_stat_activity)."""
+    from test_pgbench import pgbench, primary_scalar, summary
+
+    p = pg.primary
+    mux = start(pgmux_factory, databases={bench_db: f"host={p.host} port={p.port} dbname={bench_db}"},
+                pool_mode="transaction", default_pool_size=5, max_client_conn=200)
+    stop = threading.Event()
+    peak = [0]
+
+    def sample() -> None:
+        with psycopg.connect(p.dsn(db="postgres"), autocommit=True, connect_timeout=10) as conn:
+            for _ in range(2000):  # bounded; about 60 s at most
+                if stop.is_set():
+                    return
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                                   "AND backend_type = 'client backend'", (bench_db,)).fetchone()
+                peak[0] = max(peak[0], int(row[0]) if row else 0)
+                time.sleep(0.03)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    before = primary_scalar(pg, "SELECT count(*) FROM pgbench_history")
+    sampler.start()
+    try:
+        script = ["-S"] if protocol == "prepared" else []
+        out = pgbench(mux, *script, "-M", protocol, "-c", "20", "-j", "4", "-T", "4", "-n", timeout=120)
+    finally:
+        stop.set()
+        sampler.join(30)
+    s = summary(out)
+    assert s["failed"] == 0 and s["processed"] > 0, s
+    history, delta = primary_scalar(pg, "SELECT count(*), coalesce(sum(delta), 0) FROM pgbench_history")
+    assert history - before == (0 if protocol == "prepared" else s["processed"])
+    assert primary_scalar(pg, "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM "
+                              "pgbench_branches), (SELECT sum(tbalance) FROM pgbench_tellers)") == (delta,) * 3
+    assert 0 < peak[0] <= 5, peak[0]  # one pool of 5 for both workers
+    served = {int(x) for x in re.findall(r"\[(\d+)\] LOG C-\d+ \S+ login attempt", mux.log())}
+    assert len(served & set(worker_pids(mux).values())) == 2  # both workers had clients
