@@ -132,7 +132,7 @@ def test_killed_worker_is_restarted_and_others_unaffected(pgmux_factory: Any) ->
                        "worker 1 restarted", 10)
         elapsed = time.monotonic() - t0
         assert elapsed < 5, elapsed  # the first restart is immediate
-        assert "worker 1 (pid %d) died (killed by signal SIGKILL); restarting it in 0.0s" % victim_pid in proc.log()
+        assert f"worker 1 (pid {victim_pid}) died (killed by signal SIGKILL); restarting it in 0.0s" in proc.log()
         with pytest.raises(psycopg.OperationalError):
             doomed.execute("SELECT 1")  # its clients went with it; they reconnect
         doomed.close()
@@ -518,7 +518,7 @@ def test_a_killed_workers_clients_no_longer_count(pgmux_factory: Any) -> None:
 # -M prepared runs select-only: TPC-B-like with -M prepared in transaction pooling hangs through pgmux with
 # one process too (pool 5, 20 clients; seen 2026-12-03 on main as well), a bug outside worker processes.
 @pytest.mark.parametrize("protocol", ["simple", "prepared"])
-def test_pgbench_through_two_workers(pgmux_factory: Any, pg: Any, bench_db: str, protocol: str) -> None:
+def test_pgbench_through_two_workers(pgmux_factory: Any, pg: Any, bench_db: str, protocol: str) -> None:  # noqa: F811
     """pgbench from 20 clients over both workers (TPC-B-like, or select-only with -M prepared): no failed
     transaction, balances consistent, and never more than pool_size server connections in PostgreSQL
     (sampled from pg_stat_activity)."""

@@ -81,7 +81,7 @@ def summed(cols: Columns, per_worker: Sequence[Rows]) -> Rows:
     merged: dict[tuple[bytes | None, ...], list[Rows]] = {}
     for rows in per_worker:
         for r in rows:
-            key = tuple(v for v, num in zip(r, numeric) if not num)
+            key = tuple(v for v, num in zip(r, numeric, strict=True) if not num)
             merged.setdefault(key, []).append([r])
     out: Rows = []
     for group in merged.values():

@@ -195,7 +195,7 @@ class WorkerShare:
             pk, dk, uk = self.keys(pool)
         except ws.TableFull:
             return
-        for slot, n in zip((pk, dk, uk), self.local(pool)):
+        for slot, n in zip((pk, dk, uk), self.local(pool), strict=True):
             self._set(slot, n)
 
     # -- the tick: counts, demand, rebalance -----------------------------------------------------------------
@@ -216,7 +216,7 @@ class WorkerShare:
             waiting = max(0, len(pool.waiters) - pool.connecting)
             if pool.login_waiters and not pool.servers and not pool.connecting:
                 waiting = max(waiting, 1)
-            for slot, n in zip(keys, self.local(pool)):
+            for slot, n in zip(keys, self.local(pool), strict=True):
                 fresh[slot] = n
                 demand[slot] = demand.get(slot, 0) + waiting
         fresh[self.clients_slot] = len(app.clients)

@@ -65,7 +65,8 @@ class WorkerAdmin(AdminService):
                 log.info("%s admin command: %s (every worker)", c.prefix, cmd.query or cmd.verb)
                 self.app.spawn(self._everywhere, c, sql, cmd)
                 return
-            if cmd is not None and cmd.verb == "SHOW" and (cmd.arg in SUMMED_SUBJECTS or cmd.arg in CONNECTION_SUBJECTS):
+            merged = cmd is not None and (cmd.arg in SUMMED_SUBJECTS or cmd.arg in CONNECTION_SUBJECTS)
+            if cmd is not None and cmd.verb == "SHOW" and merged:
                 self.stats.query_count += 1
                 self.stats.xact_count += 1
                 log.info("%s admin command: %s (every worker)", c.prefix, cmd.query or "SHOW")
@@ -80,7 +81,7 @@ class WorkerAdmin(AdminService):
         answers = await asyncio.gather(*(self._ask(i, sql) for i in others), return_exceptions=True)
         replies = [(share.index, local)]
         notes = b""
-        for i, answer in zip(others, answers):
+        for i, answer in zip(others, answers, strict=True):
             if isinstance(answer, BaseException):
                 notes += m.notice_response(f"worker {i} did not answer ({type(answer).__name__}: {answer}); "
                                            "its rows are missing", severity="WARNING", sqlstate="01000")
