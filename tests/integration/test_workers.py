@@ -292,12 +292,14 @@ def test_idle_servers_of_one_worker_go_to_the_other(pgmux_factory: Any, pg: Any)
             c.close()
 
 
-@pytest.mark.parametrize("settings", [{"min_pool_size": 1}, {"default_pool_size": "auto"}])
-def test_refused_settings_with_workers(pgmux_factory: Any, settings: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("settings", "named"), [({"min_pool_size": 1}, "min_pool_size"),
+                                                 ({"default_pool_size": "auto"}, "pool_size = auto"),
+                                                 ({"metrics_listen": "127.0.0.1:1"}, "metrics_listen")])
+def test_refused_settings_with_workers(pgmux_factory: Any, settings: dict[str, Any], named: str) -> None:
     with pytest.raises(pytest.fail.Exception) as err:  # the fixture fails a pooler that exits
         pgmux_factory(settings={"workers": 2, **settings})
     assert "workers = 2 is refused" in str(err.value)
-    assert ("min_pool_size" if "min_pool_size" in settings else "pool_size = auto") in str(err.value)
+    assert named in str(err.value)
 
 
 def test_asyncpg_timeout_cancels_across_workers(pgmux_factory: Any) -> None:
