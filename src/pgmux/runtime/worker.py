@@ -27,13 +27,15 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError
+from pgmux.metrics.events import Events
 from pgmux.net import connector
 from pgmux.pooling.registry import Registry
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.admission import Admission
+from pgmux.session.states import ServerState
 
 if TYPE_CHECKING:
     from pgmux.config.model import DatabaseConfig
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
 
 log = logging.getLogger("pgmux")
+
+CLOSING: Final = 0.3  # seconds a closed server still counts (its backend's exit in PostgreSQL)
+HAND_OVER_WAIT: Final = 5.0  # seconds a handed-over server may take to end its connection
 
 
 cancel_path = ws.private_socket
@@ -61,6 +66,10 @@ class WorkerShare:
         self.published: dict[int, int] = {}  # slot -> what this worker last wrote there (held)
         self.private: asyncio.AbstractServer | None = None
         self.clients_slot = 0
+        # Servers pgmux closed, still counted for CLOSING seconds: PostgreSQL ends the backend a moment
+        # later, and another worker's new server must not meet it there. pool -> close times, oldest first.
+        self.closing: dict[Pool[Any, Any], list[float]] = {}
+        self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:
@@ -68,6 +77,7 @@ class WorkerShare:
         self.app = app
         self.clients_slot = self.counts.slot(ws.CLIENTS)  # the first key of all: the table has room
         app.share = self
+        app.events = ClosingEvents(self)
         app.registry = SharedRegistry(self)
         app.admission = SharedAdmission(app, self)
         app.tick_hooks.append(self.tick)
@@ -133,13 +143,32 @@ class WorkerShare:
                 c.slot(ws.user_key(pool.user)))
 
     def local(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
-        """This worker's servers of the pool, of its database and of its user (replication ones too)."""
+        """This worker's servers of the pool, of its database and of its user (replication ones too),
+        those closed less than CLOSING seconds ago included."""
         reg = self.registry()
-        db = sum(len(p.servers) for p in reg.pools.values() if p.database == pool.database)
+        db = sum(self._held(p) for p in reg.pools.values() if p.database == pool.database)
         db += sum(n for (d, _), n in reg.unpooled.items() if d == pool.database)
-        user = sum(len(p.servers) for p in reg.pools.values() if p.user == pool.user)
+        user = sum(self._held(p) for p in reg.pools.values() if p.user == pool.user)
         user += sum(n for (_, u), n in reg.unpooled.items() if u == pool.user)
-        return len(pool.servers), db, user
+        return self._held(pool), db, user
+
+    def _held(self, pool: Pool[Any, Any]) -> int:
+        times = self.closing.get(pool)
+        if not times:
+            return len(pool.servers)
+        assert self.app is not None
+        cutoff = self.app.now() - CLOSING
+        while times and times[0] < cutoff:
+            times.pop(0)
+        if not times:
+            del self.closing[pool]
+        return len(pool.servers) + len(times)
+
+    def server_closed(self, pool: Pool[Any, Any]) -> None:
+        assert self.app is not None
+        times = self.closing.setdefault(pool, [])
+        if len(times) < 1024:  # a bound: a storm of closes counts at most this many
+            times.append(self.app.now())
 
     def registry(self) -> Registry:
         assert self.app is not None
@@ -207,6 +236,10 @@ class WorkerShare:
         now = app.now()
         fresh: dict[int, int] = {}
         demand: dict[int, int] = {}
+        for gone in list(self.closing):  # CLOSING times that ran out, of pools freed meanwhile too
+            self._held(gone)
+        if self.quitting:
+            self._quitting(now)
         pools = list(self.registry())
         for pool in pools:
             try:
@@ -231,6 +264,33 @@ class WorkerShare:
             if pool.waiters or pool.login_waiters:
                 app.launch(pool)
 
+    def _hand_over(self, server: Any, now: float) -> None:
+        """An idle server another worker's clients need: Terminate, then keep counting it until PostgreSQL
+        closes the connection (its backend has exited then, so the other worker's new server never meets
+        it in pg_stat_activity); after HAND_OVER_WAIT seconds it is closed from this side."""
+        app = self.app
+        assert app is not None
+        server.pool.idle.remove(server)
+        server.close_needed = True
+        log.info("%s closing: another worker's clients wait for this pool (Terminate sent, waiting for the "
+                 "server to end the connection)", server.prefix)
+        self.quitting[server] = now
+        if server.transport is not None:
+            from pgmux.protocol import messages as m
+
+            server.transport.write(m.terminate())
+
+    def _quitting(self, now: float) -> None:
+        app = self.app
+        assert app is not None
+        for server, since in list(self.quitting.items()):
+            if server.state is ServerState.CLOSED:
+                del self.quitting[server]
+            elif now - since > HAND_OVER_WAIT:
+                del self.quitting[server]
+                app.close_server(server, "another worker's clients wait for this pool (no end from the server)",
+                                 relaunch=False)
+
     def _rebalance(self, pool: Pool[Any, Any], now: float) -> None:
         app = self.app
         assert app is not None
@@ -254,7 +314,7 @@ class WorkerShare:
         if idle <= 0 and busy <= 0:
             return
         for server in pool.idle[:idle]:
-            app.close_server(server, "another worker's clients wait for this pool", relaunch=False)
+            self._hand_over(server, now)
         for server in list(pool.servers):
             if busy <= 0:
                 break
@@ -262,6 +322,18 @@ class WorkerShare:
                 server.close_needed = True  # closed when its transaction ends (or its client leaves)
                 busy -= 1
         self.publish(pool)
+
+
+class ClosingEvents(Events):
+    """App.events of a worker: every server close also starts its CLOSING time (WorkerShare.server_closed)."""
+
+    def __init__(self, share: WorkerShare) -> None:
+        super().__init__()
+        self.share = share
+
+    def server_closed(self, server: Any, reason: str) -> None:
+        super().server_closed(server, reason)
+        self.share.server_closed(server.pool)
 
 
 class SharedRegistry(Registry):
