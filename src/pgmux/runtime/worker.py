@@ -18,7 +18,8 @@ Rebalance, every tick (0.2 s): a worker whose clients wait for a pool publishes 
 holding idle servers of that pool (or of one under the same max_db/max_user limit that is full) closes
 them, and one holding more than its fair share (limit / workers using the pool) closes servers as their
 transactions end (close_needed). The waiting worker opens its own at its next tick. Worst-case extra wait
-for a client while another worker holds an idle server: two ticks (0.4 s) plus one server login.
+for a client while another worker holds an idle server: two ticks (0.4 s), the server's end of the
+connection after Terminate (a handed-over server counts until then), plus one server login.
 """
 
 from __future__ import annotations
