@@ -178,8 +178,14 @@ class Settings:
                       note="ignored: pgmux reads up to 256 KB at a time (the event loop's buffer)")
     max_packet_size: int = _s(2147483647, v.integer(1, 2**32 - 1))
     sbuf_loopcnt: int = _s(5, v.count, **_NI, note="each read is relayed whole")
+    # SO_REUSEPORT on the TCP listeners, as PgBouncer: other processes (another pgmux or PgBouncer) may bind
+    # the same port. pgmux's own workers (`workers`) share one inherited socket and need no such option.
     so_reuseport: bool = _s(False, v.boolean, restart=True,
-                            note="no peering: a cancel reaches only the process its client is on")
+                            note="other processes may bind the port; a cancel reaches only this pgmux's workers")
+    # pgmux only (issue 14): worker processes under one supervisor (runtime/supervisor.py), sharing the
+    # listening sockets, the limits (runtime/workershare.py) and cancels. 1 = one process, as before; auto =
+    # os.cpu_count(). Settings whose sharing is not implemented are refused with workers > 1 (supervisor.py).
+    workers: int = _s(1, v.workers, restart=True, note="pgmux only; auto = the number of cores")
     tcp_defer_accept: bool = _s(sys.platform.startswith("linux"), v.boolean)
     tcp_socket_buffer: int = _s(0, v.integer(0, 2**31 - 1))
     tcp_keepalive: bool = _s(True, v.boolean)

@@ -10,6 +10,7 @@ without unit suffixes. A native string goes through the same text rules, so TOML
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Iterable
 
@@ -177,6 +178,16 @@ def pool_size(value: object) -> int:
         return AUTO
     try:
         return parse_int(value, 0)
+    except ValueError as e:
+        raise ValueError(f"{e} or auto" if "expected" in str(e) else str(e)) from None
+
+
+def workers(value: object) -> int:
+    """workers: a count of worker processes (1 to 256), or `auto` = the machine's cores (os.cpu_count())."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, min(256, os.cpu_count() or 1))
+    try:
+        return parse_int(value, 1, 256)
     except ValueError as e:
         raise ValueError(f"{e} or auto" if "expected" in str(e) else str(e)) from None
 

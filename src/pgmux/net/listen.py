@@ -32,6 +32,15 @@ async def start_listeners(app: Any, listen_addr: tuple[str, ...], port: int, uni
     s = app.config.settings
     backlog = s.listen_backlog
     servers: list[asyncio.AbstractServer] = []
+    share = getattr(app, "share", None)
+    if share is not None:  # a worker process: the supervisor bound them (bind_listeners), we accept
+        for sock in share.sockets:
+            if sock.family == socket.AF_UNIX:
+                servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock,
+                                                             backlog=backlog))
+            else:
+                servers.append(await loop.create_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
+        return servers
     for host in _tcp_hosts(listen_addr):
         srv = await loop.create_server(lambda: ClientProtocol(app), host, port, reuse_address=True,
                                        reuse_port=s.so_reuseport or None, backlog=backlog)
@@ -40,23 +49,78 @@ async def start_listeners(app: Any, listen_addr: tuple[str, ...], port: int, uni
         servers.append(srv)
     if unix_dir:
         path = unix_socket_path(unix_dir, port)
-        if os.path.exists(path):
-            # A leftover from a crash: only remove it if nobody answers there.
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)
-            else:
-                raise OSError(f"another process is listening on {path}")
-            finally:
-                probe.close()
+        _remove_stale(path)  # a leftover from a crash
         srv = await loop.create_unix_server(lambda: ClientProtocol(app), path, backlog=backlog)
         os.chmod(path, unix_mode)
         if s.unix_socket_group:
             os.chown(path, -1, group_id(s.unix_socket_group))
         servers.append(srv)
     return servers
+
+
+def bind_listeners(s: Any) -> list[socket.socket]:
+    """The listening sockets, bound and listening, for worker processes to inherit (runtime/supervisor.py):
+    what start_listeners() opens, with the same options, but synchronously and before any fork."""
+    socks: list[socket.socket] = []
+    try:
+        for host in _tcp_hosts(s.listen_addr):
+            infos = socket.getaddrinfo(host, s.listen_port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE)
+            for family, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if s.so_reuseport:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(s.listen_backlog)
+                tune_listener(sock, s)
+                sock.setblocking(False)
+        if s.unix_socket_dir:
+            path = unix_socket_path(s.unix_socket_dir, s.listen_port)
+            _remove_stale(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind(path)
+            os.chmod(path, s.unix_socket_mode)
+            if s.unix_socket_group:
+                os.chown(path, -1, group_id(s.unix_socket_group))
+            sock.listen(s.listen_backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _remove_stale(path: str) -> None:
+    """A socket file left by a crash: removed when nobody answers there."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+    else:
+        raise OSError(f"another process is listening on {path}")
+    finally:
+        probe.close()
+
+
+async def start_private_listener(app: Any, path: str) -> asyncio.AbstractServer:
+    """A worker's own Unix socket (mode 0600, in the supervisor's private directory): the other workers
+    forward the CancelRequests of this worker's clients there, and ask its console for SHOW rows
+    (runtime/worker.py, worker_admin.py)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)  # this worker's predecessor's, killed
+    srv = await asyncio.get_running_loop().create_unix_server(lambda: ClientProtocol(app), path)
+    os.chmod(path, 0o600)
+    return srv
 
 
 def group_id(name: str) -> int:

@@ -113,6 +113,23 @@ class Probe:
             raise CheckFailed(error)
         return rows
 
+    async def query_reply(self, sql: str) -> bytes:
+        """A simple query's whole reply, as the messages came (ReadyForQuery left out); raises CheckFailed
+        on an ErrorResponse. The console of a worker process asks the others with it (runtime/worker_admin.py)."""
+        self.writer.write(m.query(sql))
+        out: list[bytes] = []
+        error: str | None = None
+        while True:
+            mtype, body = await self._read()
+            if mtype == m.READY_FOR_QUERY:
+                break
+            if mtype == m.ERROR_RESPONSE:
+                error = _error_text(body)
+            out.append(m.message(mtype, body))
+        if error is not None:
+            raise CheckFailed(error)
+        return b"".join(out)
+
     def close(self) -> None:
         try:
             if not self.writer.is_closing():

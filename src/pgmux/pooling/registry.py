@@ -95,6 +95,12 @@ class Registry:
             room = min(room, lim - used)
         return room
 
+    def unpooled_headroom(self, pool: Pool[Any, Any]) -> int:
+        """Room for a server connection outside the pool (a replication connection) under max_db_connections
+        and max_user_connections: the same as headroom() here; worker processes count it apart
+        (runtime/worker.py), since it does not count towards pool_size."""
+        return self.headroom(pool)
+
     def evictable(self, pool: Pool[Any, Any], need: int) -> list[Any]:
         """Idle servers of other pools to close so that `pool` can open `need` more connections under
         max_db_connections and max_user_connections: the longest idle first, and none at all when

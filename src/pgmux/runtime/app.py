@@ -110,7 +110,7 @@ class App(Logins):
         if self._janitor is not None:
             self._janitor.cancel()
         unix_dir = self.config.settings.unix_socket_dir
-        if unix_dir:
+        if unix_dir and self.share is None:  # workers share it: the supervisor removes it last
             try:
                 os.unlink(unix_socket_path(unix_dir, self.config.settings.listen_port))
             except OSError:

@@ -88,6 +88,7 @@ class Core:
         self.now: Callable[[], float] = time.monotonic
         self.spawn: Callable[..., None] = self._start_task
         self.events = Events()  # servers opened/closed, login times, TLS handshakes (pgmux/metrics/)
+        self.share: Any = None  # a worker process of several: runtime/worker.WorkerShare (issue 14)
 
     def _start_task(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         task = asyncio.get_running_loop().create_task(fn(*args))

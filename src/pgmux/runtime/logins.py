@@ -62,7 +62,10 @@ class Logins(Handoff):
             raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
                              hint=f"client_tls_sslmode = {self.tls.client_mode}: connect with sslmode=require")
         console = dbname in ADMIN_DATABASES
-        if len(self.clients) > s.max_client_conn and not (console and self.admission.console_may_exceed(c, user)):
+        full = len(self.clients) > s.max_client_conn  # with workers: all of them (runtime/worker.py)
+        if self.share is not None and not full:
+            full = self.share.clients_full(len(self.clients), s.max_client_conn)
+        if full and not (console and self.admission.console_may_exceed(c, user)):
             raise PgmuxError("no more connections allowed (max_client_conn)", sqlstate="53300", severity="FATAL")
         if "replication" in params:
             self._replication_login(c, params["replication"], dbname)
@@ -147,6 +150,8 @@ class Logins(Handoff):
                 self._random = os.urandom(4096)
             raw, self._random = self._random[:8], self._random[8:]
             pid = int.from_bytes(raw[:4], "big") >> 1 or 1
+            if self.share is not None:  # the low bits name this worker: a cancel finds its way here
+                pid = self.share.tag_pid(pid)
             if pid not in self.by_cancel:
                 break
         c.cancel_pid, c.cancel_key = pid, int.from_bytes(raw[4:], "big") >> 1
@@ -221,6 +226,8 @@ class Logins(Handoff):
         nothing else). Its connection ends when the cancel has reached the server, or at once when
         there is nothing to cancel."""
         self.clients.pop(requester.id, None)
+        if self.share is not None and self.share.forward_cancel(self, requester, pid, key):
+            return  # another worker's client: passed on there
         c = self.by_cancel.get(pid)
         # Keys are random 31-bit numbers; compare in constant time so a probe learns nothing.
         if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big", signed=True),

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 from pgmux.config.model import Config
 from pgmux.net import sdnotify
@@ -192,14 +193,11 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
             logs.tick()
             return 1
     try:
-        import uvloop
+        if config.settings.workers > 1:  # a supervisor and its worker processes (runtime/supervisor.py)
+            from pgmux.runtime.supervisor import Supervisor
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # uvloop is a dependency; this only guards odd platforms
-        runner = asyncio.Runner()
-    try:
-        with runner:
-            return runner.run(_serve(config, config_path, logs))
+            return Supervisor(config, config_path, logs, serve).run()
+        return serve(config, config_path, logs)
     finally:
         logs.tick()
         if pidfile:
@@ -209,11 +207,26 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
                 pass
 
 
-async def _serve(config: Config, config_path: str, logs: LogFiles) -> int:
+def serve(config: Config, config_path: str, logs: LogFiles, share: Any = None) -> int:
+    """The event loop of the pooler, or of one worker process (`share`: runtime/worker.WorkerShare)."""
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # uvloop is a dependency; this only guards odd platforms
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_serve(config, config_path, logs, share))
+
+
+async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = None) -> int:
     # Errors that reach the loop go to pgmux's log (asyncio's own handler writes to stderr, which is
     # /dev/null in daemon mode), with the connection's identity, and close that connection.
     asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
     app = App(config, config_path)
+    if share is not None:  # a worker: shared listeners, limits and cancels (runtime/worker.py)
+        share.install(app)
+        await share.start(app)
     app.tick_hooks.append(logs.tick)
     app.reload_hooks.append(lambda: logs.reopen(app.config))
     app.tick_hooks.append(Trimmer(app))
@@ -229,6 +242,8 @@ async def _serve(config: Config, config_path: str, logs: LogFiles) -> int:
     except OSError as e:
         log.error("cannot listen: %s", e)
         return 1
+    if share is not None:
+        share.started(app)  # the console of one worker among several (runtime/worker_admin.py)
     loop = asyncio.get_running_loop()
 
     def on_hup() -> None:

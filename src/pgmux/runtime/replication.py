@@ -52,14 +52,14 @@ class Replication:
         app = self.app
         pool = c.logged_in_pool()
         reg = app.registry
-        if reg.headroom(pool) > 0:
+        if reg.unpooled_headroom(pool) > 0:
             return True
         for other in reg:
             if other.database != pool.database and other.user != pool.user:
                 continue
-            while reg.headroom(pool) <= 0 and (victim := other.take_oldest_idle()) is not None:
+            while reg.unpooled_headroom(pool) <= 0 and (victim := other.take_oldest_idle()) is not None:
                 app.close_server(victim, "evicted for a replication connection")
-            if reg.headroom(pool) > 0:
+            if reg.unpooled_headroom(pool) > 0:
                 return True
         return False
 

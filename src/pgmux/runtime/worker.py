@@ -1,0 +1,395 @@
+"""One worker process of several (issue 14): what makes it one part of one pooler.
+
+`WorkerShare` is `App.share` in a worker (None in the single process): it holds the listening sockets
+the supervisor bound, the worker's index, and the shared counts (runtime/workershare.py). It hooks in at
+four places, each a few lines in the hub:
+
+- the cancel keys: the low bits of every BackendKeyData pid name the worker (`tag_pid`), and a
+  CancelRequest for another worker's client is passed on to that worker's private Unix socket, where it
+  arrives as any CancelRequest does (`forward_cancel`);
+- max_client_conn: a login checks the sum over workers (`clients_full`);
+- server connections: `SharedRegistry.headroom` adds the pooler-wide pool_size (+ reserve),
+  max_db_connections and max_user_connections to the registry's own, and claims what it grants in the
+  shared counts before the hub opens anything (under the lock, so two workers never both take the last
+  slot); the exact counts are published again right after (call_soon) and every janitor tick;
+- max_db_client_connections / max_user_client_connections: `SharedAdmission`.
+
+Rebalance, every tick (0.2 s): a worker whose clients wait for a pool publishes how many; a worker
+holding idle servers of that pool (or of one under the same max_db/max_user limit that is full) closes
+them, and one holding more than its fair share (limit / workers using the pool) closes servers as their
+transactions end (close_needed). The waiting worker opens its own at its next tick. Worst-case extra wait
+for a client while another worker holds an idle server: two ticks (0.4 s), the server's end of the
+connection after Terminate (a handed-over server counts until then), plus one server login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any, Final
+
+from pgmux.errors import PgmuxError
+from pgmux.metrics.events import Events
+from pgmux.net import connector
+from pgmux.pooling.registry import Registry
+from pgmux.runtime import workershare as ws
+from pgmux.runtime.admission import Admission
+from pgmux.session.states import ServerState
+
+if TYPE_CHECKING:
+    from pgmux.config.model import DatabaseConfig
+    from pgmux.pooling.pool import Pool
+    from pgmux.runtime.app import App
+    from pgmux.session.client import ClientSession
+
+log = logging.getLogger("pgmux")
+
+CLOSING: Final = 0.3  # seconds a closed server still counts (its backend's exit in PostgreSQL)
+HAND_OVER_WAIT: Final = 5.0  # seconds a handed-over server may take to end its connection
+
+
+cancel_path = ws.private_socket
+
+
+class WorkerShare:
+    def __init__(self, index: int, workers: int, counts: ws.Counts, sockets: list[socket.socket],
+                 rundir: str) -> None:
+        self.index = index
+        self.workers = workers
+        self.supervisor = os.getpid()  # made in the supervisor, before the fork
+        self.bits = ws.worker_bits(workers)
+        self.counts = counts
+        self.sockets = sockets
+        self.rundir = rundir
+        self.app: App | None = None
+        self.published: dict[int, int] = {}  # slot -> what this worker last wrote there (held)
+        self.private: asyncio.AbstractServer | None = None
+        self.clients_slot = 0
+        # Servers pgmux closed, still counted for CLOSING seconds: PostgreSQL ends the backend a moment
+        # later, and another worker's new server must not meet it there. pool -> close times, oldest first.
+        self.closing: dict[Pool[Any, Any], list[float]] = {}
+        self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def install(self, app: App) -> None:
+        """Before app.start(): the shared registry and admission, and the tick that keeps counts true."""
+        self.app = app
+        self.clients_slot = self.counts.slot(ws.CLIENTS)  # the first key of all: the table has room
+        app.share = self
+        app.events = ClosingEvents(self)
+        app.registry = SharedRegistry(self)
+        app.admission = SharedAdmission(app, self)
+        app.tick_hooks.append(self.tick)
+        app.reload_hooks.append(self.reloaded)
+
+    def reloaded(self) -> None:
+        """A reload that sets what workers do not share: said, since the worker cannot refuse it now (the
+        supervisor does not hand it to workers it starts later)."""
+        assert self.app is not None
+        for problem in ws.refusals(self.app.config):
+            log.error("workers = %d: the reloaded configuration is not shared across workers: %s; set it back",
+                      self.workers, problem)
+
+    async def start(self, app: App) -> None:
+        from pgmux.net.listen import start_private_listener
+
+        self.private = await start_private_listener(app, cancel_path(self.rundir, self.index))
+
+    def started(self, app: App) -> None:
+        from pgmux.runtime.worker_admin import WorkerAdmin
+
+        app.admin.__class__ = WorkerAdmin  # same state, its commands act on every worker or are refused
+
+    # -- cancel ----------------------------------------------------------------------------------------
+    def tag_pid(self, pid: int) -> int:
+        return ws.tag_pid(pid, self.index, self.bits)
+
+    def forward_cancel(self, app: App, requester: ClientSession, pid: int, key: int) -> bool:
+        """A CancelRequest naming another worker's client: pass it on there (True), or False when the
+        key is this worker's own (or names no worker)."""
+        target = ws.owner(pid, self.bits)
+        if target == self.index or target >= self.workers:
+            return False
+        app.spawn(self._forward, app, requester, target, pid, key)
+        return True
+
+    async def _forward(self, app: App, requester: ClientSession, target: int, pid: int, key: int) -> None:
+        wait = app.config.settings.cancel_wait_timeout
+        log.info("passing a cancel request on to worker %d", target)
+        try:  # the other worker closes the connection once its cancel reached PostgreSQL, as a server does
+            await connector.send_cancel(None, 0, cancel_path(self.rundir, target), pid, key, wait)
+        except TimeoutError:
+            log.warning("cancel request to worker %d failed: not sent within cancel_wait_timeout (%gs)",
+                        target, wait)
+        except OSError as e:
+            log.warning("cancel request to worker %d failed: %s", target, e)
+        finally:
+            requester.transport.close()
+
+    # -- max_client_conn -------------------------------------------------------------------------------
+    def clients_full(self, mine: int, limit: int) -> bool:
+        """A login: more than max_client_conn clients in the whole pooler (this one counted)?"""
+        c = self.counts
+        with c.lock:
+            c.set(self.index, self.clients_slot, mine)
+            return c.total(self.clients_slot) > limit
+
+    # -- server connections -----------------------------------------------------------------------------
+    def keys(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
+        label = "" if pool.host is None else f"{pool.host.host}:{pool.host.port}"
+        c = self.counts
+        return (c.slot(ws.pool_key(pool.database, pool.user, label)), c.slot(ws.db_key(pool.database)),
+                c.slot(ws.user_key(pool.user)))
+
+    def local(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
+        """This worker's servers of the pool, of its database and of its user (replication ones too),
+        those closed less than CLOSING seconds ago included."""
+        reg = self.registry()
+        db = sum(self._held(p) for p in reg.pools.values() if p.database == pool.database)
+        db += sum(n for (d, _), n in reg.unpooled.items() if d == pool.database)
+        user = sum(self._held(p) for p in reg.pools.values() if p.user == pool.user)
+        user += sum(n for (_, u), n in reg.unpooled.items() if u == pool.user)
+        return self._held(pool), db, user
+
+    def _held(self, pool: Pool[Any, Any]) -> int:
+        times = self.closing.get(pool)
+        if not times:
+            return len(pool.servers)
+        assert self.app is not None
+        cutoff = self.app.now() - CLOSING
+        while times and times[0] < cutoff:
+            times.pop(0)
+        if not times:
+            del self.closing[pool]
+        return len(pool.servers) + len(times)
+
+    def server_closed(self, pool: Pool[Any, Any]) -> None:
+        assert self.app is not None
+        times = self.closing.setdefault(pool, [])
+        if len(times) < 1024:  # a bound: a storm of closes counts at most this many
+            times.append(self.app.now())
+
+    def registry(self) -> Registry:
+        assert self.app is not None
+        return self.app.registry
+
+    def grant(self, pool: Pool[Any, Any], local_room: int, in_pool: bool) -> int:
+        """Room for new servers of `pool` in the whole pooler, claimed in the shared counts: at most what
+        the pool wants (`in_pool`), or one (a replication connection, outside pool_size)."""
+        app = self.app
+        assert app is not None
+        now = app.now()
+        reg = self.registry()
+        try:
+            pk, dk, uk = self.keys(pool)
+        except ws.TableFull as e:
+            log.error("cannot open a server connection for %s/%s: %s", pool.database, pool.user, e)
+            return 0
+        want = max(1, pool.wanted(now, local_room)) if in_pool else 1
+        c = self.counts
+        if in_pool and ws.room(pool.limit(now), c.total(pk)) <= 0:
+            # Full as far as any worker can tell (counts only ever err high): no lock, no claim; say how
+            # many of ours wait, for the rebalance. A waiting acquire pays no system call here.
+            short = pool.wanted(now, 1 << 30)
+            for k in (pk, dk, uk):
+                c.want(self.index, k, short)
+            return 0
+        with c.lock:
+            mine_p, mine_d, mine_u = self.local(pool)
+            room = min(local_room, ws.room(reg.max_db.get(pool.database, 0), c.others(self.index, dk) + mine_d),
+                       ws.room(reg.max_user.get(pool.user, 0), c.others(self.index, uk) + mine_u))
+            if in_pool:
+                limit = pool.limit(now)
+                room = min(room, ws.room(limit, c.others(self.index, pk) + mine_p))
+                if c.others_demand(self.index, pk) > 0 and mine_p >= ws.fair_share(limit, c.active_workers(pk)):
+                    room = 0  # others wait for this pool and this worker holds its share: leave them the room
+            claim = max(0, min(want, room))
+            self._set(pk, mine_p + (claim if in_pool else 0))
+            self._set(dk, mine_d + claim)
+            self._set(uk, mine_u + claim)
+            short = max(0, pool.wanted(now, 1 << 30) - claim) if in_pool else 0
+            for k in (pk, dk, uk):
+                c.want(self.index, k, short)
+        asyncio.get_running_loop().call_soon(self.publish, pool)
+        return claim
+
+    def _set(self, slot: int, n: int) -> None:
+        self.counts.set(self.index, slot, n)
+        self.published[slot] = n
+
+    def publish(self, pool: Pool[Any, Any]) -> None:
+        """This worker's exact counts for the keys of `pool`."""
+        try:
+            pk, dk, uk = self.keys(pool)
+        except ws.TableFull:
+            return
+        for slot, n in zip((pk, dk, uk), self.local(pool), strict=True):
+            self._set(slot, n)
+
+    # -- the tick: counts, demand, rebalance -----------------------------------------------------------------
+    def tick(self) -> None:
+        app = self.app
+        if app is None:
+            return
+        c = self.counts
+        now = app.now()
+        fresh: dict[int, int] = {}
+        demand: dict[int, int] = {}
+        for gone in list(self.closing):  # CLOSING times that ran out, of pools freed meanwhile too
+            self._held(gone)
+        if self.quitting:
+            self._quitting(now)
+        pools = list(self.registry())
+        for pool in pools:
+            try:
+                keys = self.keys(pool)
+            except ws.TableFull:
+                continue
+            waiting = max(0, len(pool.waiters) - pool.connecting)
+            if pool.login_waiters and not pool.servers and not pool.connecting:
+                waiting = max(waiting, 1)
+            for slot, n in zip(keys, self.local(pool), strict=True):
+                fresh[slot] = n
+                demand[slot] = demand.get(slot, 0) + waiting
+        fresh[self.clients_slot] = len(app.clients)
+        for slot in list(self.published):
+            if slot not in fresh:
+                fresh[slot] = 0
+        for slot, n in fresh.items():
+            self._set(slot, n)
+            c.want(self.index, slot, demand.get(slot, 0))
+        for pool in pools:
+            self._rebalance(pool, now)
+            if pool.waiters or pool.login_waiters:
+                app.launch(pool)
+
+    def _hand_over(self, server: Any, now: float) -> None:
+        """An idle server another worker's clients need: Terminate, then keep counting it until PostgreSQL
+        closes the connection (its backend has exited then, so the other worker's new server never meets
+        it in pg_stat_activity); after HAND_OVER_WAIT seconds it is closed from this side."""
+        app = self.app
+        assert app is not None
+        server.pool.discard_idle(server)
+        server.close_needed = True
+        log.info("%s closing: another worker's clients wait for this pool (Terminate sent, waiting for the "
+                 "server to end the connection)", server.prefix)
+        self.quitting[server] = now
+        if server.transport is not None:
+            from pgmux.protocol import messages as m
+
+            server.transport.write(m.terminate())
+
+    def _quitting(self, now: float) -> None:
+        app = self.app
+        assert app is not None
+        for server, since in list(self.quitting.items()):
+            if server.state is ServerState.CLOSED:
+                del self.quitting[server]
+            elif now - since > HAND_OVER_WAIT:
+                del self.quitting[server]
+                app.close_server(server, "another worker's clients wait for this pool (no end from the server)",
+                                 relaunch=False)
+
+    def _rebalance(self, pool: Pool[Any, Any], now: float) -> None:
+        app = self.app
+        assert app is not None
+        c = self.counts
+        reg = self.registry()
+        try:
+            pk, dk, uk = self.keys(pool)
+        except ws.TableFull:
+            return
+        limit = pool.limit(now)
+        marked = sum(1 for s in pool.servers if s.close_needed)  # given up already, still finishing
+        others, total = c.others_demand(self.index, pk), c.total(pk) - marked
+        # Idle servers are of no use here now (a waiter of ours would have one): all another worker's
+        # clients lack, whatever the shares. Busy ones beyond this worker's fair share: as they finish.
+        idle = min(len(pool.idle), max(0, others - ws.room(limit, c.total(pk)))) if others > 0 and limit > 0 else 0
+        busy = max(0, ws.to_give_up(limit, len(pool.servers) - marked, others, total, c.active_workers(pk)) - idle)
+        for lim, slot in ((reg.max_db.get(pool.database, 0), dk), (reg.max_user.get(pool.user, 0), uk)):
+            other = c.others_demand(self.index, slot)
+            if lim > 0 and other > 0 and ws.room(lim, c.total(slot)) < other:
+                idle = max(idle, min(len(pool.idle), other))  # idle servers under a full shared limit
+        if idle <= 0 and busy <= 0:
+            return
+        for server in pool.idle[:idle]:
+            self._hand_over(server, now)
+        for server in list(pool.servers):
+            if busy <= 0:
+                break
+            if not server.close_needed and server not in pool.idle:
+                server.close_needed = True  # closed when its transaction ends (or its client leaves)
+                busy -= 1
+        self.publish(pool)
+
+
+class ClosingEvents(Events):
+    """App.events of a worker: every server close also starts its CLOSING time (WorkerShare.server_closed)."""
+
+    def __init__(self, share: WorkerShare) -> None:
+        super().__init__()
+        self.share = share
+
+    def server_closed(self, server: Any, reason: str) -> None:
+        super().server_closed(server, reason)
+        self.share.server_closed(server.pool)
+
+
+class SharedRegistry(Registry):
+    """The registry of a worker: the shared limits count every worker's servers (WorkerShare.grant)."""
+
+    def __init__(self, share: WorkerShare) -> None:
+        super().__init__()
+        self.share = share
+
+    def headroom(self, pool: Pool[Any, Any]) -> int:
+        return self.share.grant(pool, super().headroom(pool), True)
+
+    def unpooled_headroom(self, pool: Pool[Any, Any]) -> int:
+        return self.share.grant(pool, super().headroom(pool), False)
+
+
+class SharedAdmission(Admission):
+    """max_db_client_connections and max_user_client_connections over every worker's clients."""
+
+    def __init__(self, app: App, share: WorkerShare) -> None:
+        super().__init__(app)
+        self.share = share
+
+    def admit(self, c: ClientSession, db: DatabaseConfig) -> None:
+        cfg = self.app.config
+        user = db.user if cfg.settings.auth_type == "any" and db.user else c.user
+        counts, me = self.share.counts, self.share.index
+        try:
+            dk, uk = counts.slot(ws.db_clients_key(c.database)), counts.slot(ws.user_clients_key(user))
+        except ws.TableFull as e:
+            raise PgmuxError(f"no more connections allowed: {e}", sqlstate="53300", severity="FATAL") from None
+        with counts.lock:
+            for slot, name, local, limit in (
+                    (dk, "max_db_client_connections", self.per_db.get(c.database, 0),
+                     cfg.max_db_client_connections_for(db)),
+                    (uk, "max_user_client_connections", self.per_user.get(user, 0),
+                     cfg.max_user_client_connections_for(user))):
+                if limit > 0 and counts.others(me, slot) + local >= limit:
+                    what = f'database "{c.database}"' if slot == dk else f'user "{user}"'
+                    raise PgmuxError(f"client connections exceeded ({name})", sqlstate="53300", severity="FATAL",
+                                     detail=f"{what} allows {limit} client connections (all workers)")
+            super().admit(c, db)
+            self._publish(c.database, user)
+
+    def release(self, c: ClientSession) -> None:
+        held = self.held.get(c)
+        super().release(c)
+        self.share.counts.set(self.share.index, self.share.clients_slot, len(self.app.clients))
+        if held is not None:
+            self._publish(*held)
+
+    def _publish(self, database: str, user: str) -> None:
+        counts, me = self.share.counts, self.share.index
+        try:  # (both keys were made at admit(): found in this process's memo)
+            counts.set(me, counts.slot(ws.db_clients_key(database)), self.per_db.get(database, 0))
+            counts.set(me, counts.slot(ws.user_clients_key(user)), self.per_user.get(user, 0))
+        except ws.TableFull:
+            pass

@@ -1,0 +1,259 @@
+"""What worker processes share (issue 14): the counts behind the limits, and the cancel-key tag.
+
+With `workers = N > 1` every limit (max_client_conn, pool_size + reserve_pool_size, max_db_connections,
+max_user_connections, max_db_client_connections, max_user_client_connections) holds for the pooler as a
+whole. The supervisor maps one anonymous shared memory block before it forks the workers; in it, each
+worker owns one row of counts per key ("what I hold now") and one row of unmet demand ("clients of mine
+wait for this key and I may not open more"). A worker writes only its own row; the sum over rows is the
+pooler's count. Taking more than one holds (a new client, new server connections) happens under a lock
+(fcntl.lockf on a file: POSIX record locks are per process and the kernel drops them when the process
+dies, so a worker killed while holding it blocks nobody). Giving back is a plain store into the worker's
+own row, lock-free: a count that is briefly too high only makes the others more careful. When a worker
+dies the supervisor zeroes its rows: its clients and server connections died with it.
+
+Keys are strings hashed to 64 bits into a fixed table of `KEYS` slots (open addressing, inserted under
+the lock, never removed). This module is pure: `Counts` works on any writable buffer (the tests give it
+a bytearray) and the lock is passed in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from typing import TYPE_CHECKING, Final, Protocol
+
+from pgmux.config.values import AUTO
+
+if TYPE_CHECKING:
+    from pgmux.config.model import Config
+
+KEYS: Final = 16384  # key slots: pools, databases and users ever used (none is removed while pgmux runs)
+CLIENTS: Final = "clients"  # max_client_conn's key
+
+
+# -- cancel keys --------------------------------------------------------------------------------------
+def worker_bits(workers: int) -> int:
+    """Low bits of the BackendKeyData pid that name the worker (0 for one process: keys unchanged)."""
+    return (workers - 1).bit_length() if workers > 1 else 0
+
+
+def tag_pid(pid: int, index: int, bits: int) -> int:
+    """The pid part of a client's BackendKeyData (31 random bits) with the worker index in its low
+    `bits`; never 0."""
+    if bits == 0:
+        return pid
+    pid = (pid >> bits << bits) | index
+    return pid or 1 << bits
+
+
+def owner(pid: int, bits: int) -> int:
+    """The worker a BackendKeyData pid was handed out by."""
+    return pid & ((1 << bits) - 1)
+
+
+# -- the private sockets ------------------------------------------------------------------------------
+PRIVATE_PORT: Final = 1  # named as PostgreSQL's sockets are: <rundir>/w<index>/.s.PGSQL.1
+
+
+def private_dir(rundir: str, index: int) -> str:
+    return os.path.join(rundir, f"w{index}")
+
+
+def private_socket(rundir: str, index: int) -> str:
+    """Worker `index`'s private Unix socket: cancels passed on to it, and the other workers' console."""
+    return os.path.join(private_dir(rundir, index), f".s.PGSQL.{PRIVATE_PORT}")
+
+
+# -- keys -----------------------------------------------------------------------------------------------
+def pool_key(database: str, user: str, host: str = "") -> str:
+    return f"p\0{database}\0{user}\0{host}"
+
+
+def db_key(database: str) -> str:
+    return f"d\0{database}"  # server connections of a database (max_db_connections)
+
+
+def user_key(user: str) -> str:
+    return f"u\0{user}"  # server connections of a user (max_user_connections)
+
+
+def db_clients_key(database: str) -> str:
+    return f"D\0{database}"  # max_db_client_connections
+
+
+def user_clients_key(user: str) -> str:
+    return f"U\0{user}"  # max_user_client_connections
+
+
+def _hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                          "little") | 1
+
+
+def size_for(workers: int) -> int:
+    """Bytes of the shared block for this many workers."""
+    return KEYS * 8 + 2 * workers * KEYS * 4
+
+
+class Lock(Protocol):
+    def __enter__(self) -> object: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class NoLock:
+    """For one process (tests): nothing to exclude."""
+
+    def __enter__(self) -> object:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class FileLock:
+    """An exclusive POSIX record lock on an open file, re-entrant within the process. The descriptor may
+    be inherited across fork: lockf locks belong to the process, and die with it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.depth = 0
+
+    def __enter__(self) -> object:
+        if self.depth == 0:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, 0)
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 0)
+
+
+class TableFull(Exception):
+    """More distinct keys than KEYS: the caller refuses what it would count (never counts it nowhere)."""
+
+
+class Counts:
+    """The shared table: keys, and per worker its holds and unmet demand per key."""
+
+    def __init__(self, buf: memoryview | bytearray, workers: int, lock: Lock) -> None:
+        view = memoryview(buf)
+        if len(view) < size_for(workers):
+            raise ValueError("shared block too small")
+        self.workers = workers
+        self.lock = lock
+        self.keys = view[:KEYS * 8].cast("Q")
+        rows = workers * KEYS * 4
+        self.held = view[KEYS * 8:KEYS * 8 + rows].cast("i")
+        self.demand = view[KEYS * 8 + rows:KEYS * 8 + 2 * rows].cast("i")
+        self.slots: dict[str, int] = {}  # this process's memo of key -> slot
+
+    def slot(self, key: str) -> int:
+        """The key's slot, inserted (under the lock) on first use. Raises TableFull."""
+        found = self.slots.get(key)
+        if found is not None:
+            return found
+        h = _hash(key)
+        with self.lock:
+            i = h % KEYS
+            for _ in range(KEYS):
+                k = self.keys[i]
+                if k == h:
+                    break
+                if k == 0:
+                    self.keys[i] = h
+                    break
+                i = (i + 1) % KEYS
+            else:
+                raise TableFull(f"more than {KEYS} distinct pools, databases and users in use")
+        self.slots[key] = i
+        return i
+
+    # -- one worker's rows -------------------------------------------------------------------------
+    def set(self, worker: int, slot: int, n: int) -> None:
+        self.held[worker * KEYS + slot] = n
+
+    def get(self, worker: int, slot: int) -> int:
+        return self.held[worker * KEYS + slot]
+
+    def want(self, worker: int, slot: int, n: int) -> None:
+        self.demand[worker * KEYS + slot] = n
+
+    def total(self, slot: int) -> int:
+        return sum(self.held[w * KEYS + slot] for w in range(self.workers))
+
+    def others(self, worker: int, slot: int) -> int:
+        return self.total(slot) - self.held[worker * KEYS + slot]
+
+    def others_demand(self, worker: int, slot: int) -> int:
+        return sum(self.demand[w * KEYS + slot] for w in range(self.workers) if w != worker)
+
+    def active_workers(self, slot: int) -> int:
+        """Workers holding or wanting this key (the fair share divides the limit among them)."""
+        return sum(1 for w in range(self.workers)
+                   if self.held[w * KEYS + slot] > 0 or self.demand[w * KEYS + slot] > 0)
+
+    def zero(self, worker: int) -> None:
+        """A worker died: what it held is gone with it (the supervisor calls this before a restart)."""
+        base = worker * KEYS
+        for i in range(base, base + KEYS):
+            self.held[i] = 0
+            self.demand[i] = 0
+
+
+# -- the accounting rules (pure) -------------------------------------------------------------------------
+def room(limit: int, total: int) -> int:
+    """What a limit still allows (0 = no limit, as PgBouncer's max_db_connections)."""
+    return 1 << 30 if limit <= 0 else max(0, limit - total)
+
+
+def fair_share(limit: int, active: int) -> int:
+    """A worker's share of a pool limit while other workers have clients waiting for it: the limit
+    divided among the workers that hold or want it, at least 1."""
+    return max(1, limit // max(1, active))
+
+
+def to_give_up(limit: int, mine: int, others_demand: int, total: int, active: int) -> int:
+    """How many of its servers for a key a worker gives up so that another worker's waiting clients
+    get some: none while the limit has room for them, else what this worker holds beyond its fair share
+    (never more than the others wait for)."""
+    if others_demand <= 0 or limit <= 0:
+        return 0
+    free = max(0, limit - total)
+    if free >= others_demand:
+        return 0
+    return max(0, min(mine - fair_share(limit, active), others_demand - free))
+
+
+# -- what is not shared ------------------------------------------------------------------------------------
+def refusals(config: Config) -> list[str]:
+    """What pgmux cannot share across worker processes yet: with workers > 1 these stop start-up (and a
+    supervisor's reload), rather than run with a limit kept per process."""
+    s = config.settings
+    out: list[str] = []
+    if s.workers <= 1:
+        return out
+    users = getattr(config, "users", {}) or {}
+    if s.default_pool_size == AUTO or any(db.pool_size == AUTO for db in config.databases.values()) \
+            or any(getattr(u, "pool_size", None) == AUTO for u in users.values()):
+        out.append("pool_size = auto sizes each process's pools on its own measurements")
+    if s.min_pool_size > 0 or any((db.min_pool_size or 0) > 0 for db in config.databases.values()):
+        out.append("min_pool_size is kept per process, not for the pooler as a whole")
+    if s.metrics_listen:
+        out.append("metrics_listen would serve one worker's numbers (and only one worker can bind it)")
+    return out
+
+
+def per_worker(config: Config) -> list[str]:
+    """What runs once per worker with workers > 1 (logged as warnings at start-up)."""
+    if config.settings.workers <= 1:
+        return []
+    out = []
+    if any(db.read_write_split and len(db.topology) > 1 for db in config.databases.values()):
+        out.append("the health checks of read/write-split databases run in every worker")
+    if config.settings.auth_user or any(db.auth_user for db in config.databases.values()):
+        out.append("each worker keeps its own auth_query connection")
+    return out

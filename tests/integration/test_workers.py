@@ -1,0 +1,480 @@
+"""workers = 2 (issue 14): one port served by two worker processes under a supervisor, a worker killed
+and restarted, cancels that cross workers, max_client_conn and pool_size held for the pooler as a whole.
+
+Which worker accepts a connection is the kernel's choice (one shared listening socket). Where a test
+needs a connection on one given worker, it stops the other with SIGSTOP while it connects (a stopped
+process accepts nothing, so the running one takes the connection) and continues it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import wait_for
+from test_pgbench import bench_db  # noqa: F401 - the fixture: a pgbench database of its own
+
+CONNECT: dict[str, Any] = {"connect_timeout": 10, "autocommit": True}
+
+
+def worker_pids(proc: Any) -> dict[int, int]:
+    """Worker index -> pid of the live worker, from the supervisor's log lines."""
+    out: dict[int, int] = {}
+    for m in re.finditer(r"worker (\d+) started \(pid (\d+)\)", proc.log()):
+        out[int(m.group(1))] = int(m.group(2))
+    return {i: pid for i, pid in out.items() if _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def start(pgmux_factory: Any, workers: int = 2, databases: dict[str, str] | None = None, **settings: Any) -> Any:
+    proc = pgmux_factory(databases=databases, settings={"workers": workers, **settings})
+    wait_for(lambda: len(worker_pids(proc)) == workers, f"{workers} workers", 30)
+    return proc
+
+
+@contextmanager
+def only_on(proc: Any, index: int) -> Iterator[None]:
+    """Connections made inside land on worker `index`: the others are stopped meanwhile."""
+    others = [pid for i, pid in worker_pids(proc).items() if i != index]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def connect_on(proc: Any, index: int, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A client on worker `index`: the others are stopped until that worker has logged its login (which
+    may itself need a server another worker holds), then the connection completes."""
+    pid = worker_pids(proc)[index]
+    before = len(re.findall(rf"\[{pid}\] LOG C-\d+ \S+ login attempt", proc.log()))
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["conn"] = psycopg.connect(proc.dsn(**kwargs), **CONNECT)
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    with only_on(proc, index):
+        t.start()
+        wait_for(lambda: "error" in box or "conn" in box or
+                 len(re.findall(rf"\[{pid}\] LOG C-\d+ \S+ login attempt", proc.log())) > before,
+                 f"a login on worker {index}", 20)
+    t.join(30)
+    if "error" in box:
+        raise box["error"]
+    return box["conn"]
+
+
+def login_pids(proc: Any) -> set[int]:
+    return {int(p) for p in re.findall(r"\[(\d+)\] LOG C-\d+ \S+ login attempt", proc.log())}
+
+
+def test_two_workers_serve_one_port_and_pidfile_is_the_supervisor(pgmux_factory: Any) -> None:
+    piddir = Path(tempfile.mkdtemp(prefix="pgmux-pid-"))
+    os.chmod(piddir, 0o777)  # the pooler may run as another OS user (-u)
+    pidfile = piddir / "pgmux.pid"
+    proc = start(pgmux_factory, pidfile=str(pidfile))
+    assert int(pidfile.read_text()) == proc.pid
+    workers = worker_pids(proc)
+    for i in (0, 1):  # each worker serves clients on the one port
+        with only_on(proc, i), psycopg.connect(proc.dsn(), **CONNECT) as conn:
+            assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+            assert conn.info.backend_pid & 1 == i  # the cancel key names the worker
+    wait_for(lambda: set(workers.values()) <= login_pids(proc), "logins logged by both workers")
+    # and with no worker stopped, many clients at once are all served
+    conns = [psycopg.connect(proc.dsn(), **CONNECT) for _ in range(10)]
+    try:
+        assert all(c.execute("SELECT 1").fetchone() == (1,) for c in conns)
+    finally:
+        for c in conns:
+            c.close()
+    proc.signal(signal.SIGTERM)  # the supervisor stops the whole pooler
+    assert proc.proc.wait(30) == 0
+    assert not any(_alive(pid) for pid in workers.values())
+    assert not pidfile.exists()
+    shutil.rmtree(piddir, ignore_errors=True)
+
+
+def test_killed_worker_is_restarted_and_others_unaffected(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory)
+    with only_on(proc, 0):
+        survivor = psycopg.connect(proc.dsn(), **CONNECT)
+    try:
+        victim_pid = worker_pids(proc)[1]
+        with only_on(proc, 1):
+            doomed = psycopg.connect(proc.dsn(), **CONNECT)
+        t0 = time.monotonic()
+        os.kill(victim_pid, signal.SIGKILL)
+        new = wait_for(lambda: worker_pids(proc).get(1) not in (None, victim_pid) and worker_pids(proc)[1],
+                       "worker 1 restarted", 10)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 5, elapsed  # the first restart is immediate
+        assert f"worker 1 (pid {victim_pid}) died (killed by signal SIGKILL); restarting it in 0.0s" in proc.log()
+        with pytest.raises(psycopg.OperationalError):
+            doomed.execute("SELECT 1")  # its clients went with it; they reconnect
+        doomed.close()
+        assert survivor.execute("SELECT 7").fetchone() == (7,)  # the other worker's client saw nothing
+        with only_on(proc, 1), psycopg.connect(proc.dsn(), **CONNECT) as conn:
+            assert conn.execute("SELECT 8").fetchone() == (8,)
+            assert conn.info.backend_pid & 1 == 1
+        assert _alive(new)
+    finally:
+        survivor.close()
+
+
+def test_cancel_lands_on_the_other_worker(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="transaction")
+    with only_on(proc, 0):
+        victim = psycopg.connect(proc.dsn(), **CONNECT)
+    try:
+        assert victim.info.backend_pid & 1 == 0
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            t0 = time.monotonic()
+            try:
+                victim.execute("SELECT pg_sleep(60)")
+            except psycopg.Error as e:
+                result["sqlstate"] = e.sqlstate
+            result["secs"] = time.monotonic() - t0
+
+        runner = threading.Thread(target=run, daemon=True)
+        runner.start()
+        wait_for(lambda: _sleeping(proc), "the query running on PostgreSQL")
+        worker0 = worker_pids(proc)[0]
+        os.kill(worker0, signal.SIGSTOP)  # the cancel's connection can only land on worker 1
+        try:
+            canceller = threading.Thread(target=victim.cancel, daemon=True)
+            canceller.start()
+            wait_for(lambda: "passing a cancel request on to worker 0" in proc.log(), "worker 1 passing it on", 20)
+        finally:
+            os.kill(worker0, signal.SIGCONT)
+        canceller.join(30)
+        runner.join(30)
+        assert result.get("sqlstate") == "57014", result  # query_canceled, by PostgreSQL
+        assert result["secs"] < 50
+        assert victim.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        victim.close()
+
+
+def _sleeping(proc: Any) -> bool:
+    with psycopg.connect(proc.dsn(db="postgres"), **CONNECT) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+                           "AND state = 'active'").fetchone()
+    return bool(row and row[0] > 0)
+
+
+def test_max_client_conn_holds_across_workers(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory, max_client_conn=4)
+    conns = []
+    try:
+        for i in (0, 0, 1, 1):  # two clients on each worker: 4 in all
+            with only_on(proc, i):
+                conns.append(psycopg.connect(proc.dsn(), **CONNECT))
+        for i in (0, 1):  # the 5th is refused whichever worker it reaches
+            with only_on(proc, i), pytest.raises(psycopg.OperationalError) as err:
+                psycopg.connect(proc.dsn(), **CONNECT)
+            assert "no more connections allowed (max_client_conn)" in str(err.value)
+        conns.pop().close()  # one leaves (from worker 1): a client on worker 0 now gets in
+        wait_for(lambda: "closing because: client close request" in proc.log(), "worker 1 saw it leave")
+        with only_on(proc, 0):
+            conns.append(wait_for(lambda: _try_connect(proc), "a free client slot", 10))
+    finally:
+        for c in conns:
+            c.close()
+
+
+def _try_connect(proc: Any) -> psycopg.Connection[Any] | None:
+    try:
+        return psycopg.connect(proc.dsn(), **CONNECT)
+    except psycopg.OperationalError:
+        return None
+
+
+# Server connections of the pools; the pool advisor's short probe for max_connections (application_name
+# "pgmux pool advisor", once a minute per worker) is no pool's.
+SERVERS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend' "
+               "AND application_name <> 'pgmux pool advisor'")
+
+
+def _server_count(proc: Any) -> int:
+    with psycopg.connect(proc.dsn(db="postgres").replace(f":{proc.port}/", f":{proc.pg_port}/"), **CONNECT) as c:
+        row = c.execute(SERVERS_SQL, ("testdb",)).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_pool_size_holds_across_workers(pgmux_factory: Any, pg: Any, workers: int) -> None:
+    proc = start(pgmux_factory, workers, pool_mode="transaction", default_pool_size=3)
+    proc.pg_port = pg.primary.port
+    clients = []
+    for i in tuple(range(workers)) * (8 // workers):  # 8 clients, as many on each worker
+        clients.append(connect_on(proc, i))
+    stop = threading.Event()
+    done = [0] * len(clients)
+    errors: list[BaseException] = []
+
+    def load(n: int) -> None:
+        deadline = time.monotonic() + 60
+        try:
+            for _ in range(40):  # bounded rounds
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                clients[n].execute("SELECT pg_sleep(0.05)")
+                done[n] += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
+    for t in threads:
+        t.start()
+    peak = 0
+    deadline = time.monotonic() + 90
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        peak = max(peak, _server_count(proc))
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    for c in clients:
+        c.close()
+    assert not errors, errors
+    assert all(n == 40 for n in done), done  # every client of both workers was served, none starved
+    assert 2 <= peak <= 3, peak  # one pool of 3 for the pooler, not 3 per worker
+
+
+def test_idle_servers_of_one_worker_go_to_the_other(pgmux_factory: Any, pg: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="transaction", default_pool_size=2)
+    proc.pg_port = pg.primary.port
+    with only_on(proc, 0):
+        a = [psycopg.connect(proc.dsn(), **CONNECT) for _ in range(2)]
+    ready = threading.Barrier(2)
+
+    def hold(c: psycopg.Connection[Any]) -> None:
+        ready.wait(10)
+        c.execute("SELECT pg_sleep(0.5)")
+
+    threads = [threading.Thread(target=hold, args=(c,)) for c in a]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert _server_count(proc) == 2  # worker 0 now holds the pool's 2 servers, idle
+    t0 = time.monotonic()
+    b = connect_on(proc, 1)  # its login needs a server: the pool's first on worker 1
+    try:
+        assert b.execute("SELECT 5").fetchone() == (5,)
+        assert time.monotonic() - t0 < 8  # not server_idle_timeout (600 s): worker 0 gave one up
+        assert "another worker's clients wait for this pool" in wait_for(proc.log, "log")
+        assert _server_count(proc) <= 2
+    finally:
+        b.close()
+        for c in a:
+            c.close()
+
+
+@pytest.mark.parametrize(("settings", "named"), [({"min_pool_size": 1}, "min_pool_size"),
+                                                 ({"default_pool_size": "auto"}, "pool_size = auto"),
+                                                 ({"metrics_listen": "127.0.0.1:1"}, "metrics_listen")])
+def test_refused_settings_with_workers(pgmux_factory: Any, settings: dict[str, Any], named: str) -> None:
+    with pytest.raises(pytest.fail.Exception) as err:  # the fixture fails a pooler that exits
+        pgmux_factory(settings={"workers": 2, **settings})
+    assert "workers = 2 is refused" in str(err.value)
+    assert named in str(err.value)
+
+
+def test_asyncpg_timeout_cancels_across_workers(pgmux_factory: Any) -> None:
+    """asyncpg's command timeout sends a CancelRequest on a new connection: stopped worker 0 leaves it to
+    worker 1, which passes it on."""
+    import asyncio
+
+    import asyncpg
+
+    proc = start(pgmux_factory, pool_mode="transaction")
+
+    async def main() -> None:
+        with only_on(proc, 0):  # the victim's connection is worker 0's
+            conn = await asyncpg.connect(proc.dsn(), statement_cache_size=0)
+        try:
+            task = asyncio.create_task(conn.execute("SELECT pg_sleep(60)", timeout=60))
+            await asyncio.to_thread(wait_for, lambda: _sleeping(proc), "the query running")
+            worker0 = worker_pids(proc)[0]
+            os.kill(worker0, signal.SIGSTOP)
+            try:
+                task.cancel()  # asyncpg sends a CancelRequest for a cancelled query
+                await asyncio.to_thread(wait_for, lambda: "passing a cancel request on to worker 0" in proc.log(),
+                                        "worker 1 passing it on", 20)
+            finally:
+                os.kill(worker0, signal.SIGCONT)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await asyncio.wait_for(conn.fetchval("SELECT 3"), 30) == 3
+            await asyncio.to_thread(wait_for, lambda: not _sleeping(proc), "the query cancelled on PostgreSQL", 20)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_unix_socket_and_psql_with_workers(pgmux_factory: Any) -> None:
+    import shutil as sh
+    import subprocess
+
+    proc = start(pgmux_factory)
+    sockdir = proc.settings["unix_socket_dir"]
+    if not sockdir:
+        pytest.skip("the test dir is too long for a Unix socket path")
+    psql = sh.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+    for i in (0, 1):
+        with only_on(proc, i):
+            out = subprocess.run([psql, "-h", sockdir, "-p", str(proc.port), "-U", "postgres", "-d", "testdb",
+                                  "-Atc", "SELECT 6 * 7"], capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "42", out.stderr
+
+
+
+
+
+
+
+
+def test_max_db_connections_and_client_limits_across_workers(pgmux_factory: Any, pg: Any) -> None:
+    proc = start(pgmux_factory, pool_mode="session", default_pool_size=10, max_db_connections=2,
+                 max_db_client_connections=3, query_wait_timeout=30)
+    proc.pg_port = pg.primary.port
+    held = [connect_on(proc, 0), connect_on(proc, 1)]  # session mode: each holds a server
+    try:
+        for c in held:
+            c.execute("SELECT 1")
+        assert _server_count(proc) == 2
+        box: dict[str, Any] = {}
+
+        def third() -> None:
+            try:
+                conn = psycopg.connect(proc.dsn(), **CONNECT)
+                box["row"] = conn.execute("SELECT 9").fetchone()
+                conn.close()
+            except BaseException as e:  # noqa: BLE001
+                box["error"] = e
+
+        t = threading.Thread(target=third, daemon=True)
+        t.start()  # the 3rd client is admitted (max_db_client_connections = 3) but waits for a server
+        wait_for(lambda: "login attempt" in proc.log() and proc.log().count("login attempt") >= 3, "3rd login")
+        time.sleep(1.0)
+        assert "row" not in box and _server_count(proc) == 2  # max_db_connections = 2 for the pooler
+        for i in (0, 1):  # a 4th client is refused on either worker
+            with only_on(proc, i), pytest.raises(psycopg.OperationalError) as err:
+                psycopg.connect(proc.dsn(), **CONNECT)
+            assert "max_db_client_connections" in str(err.value)
+        held.pop().close()  # a server is free: the waiting client gets one
+        t.join(30)
+        assert box.get("row") == (9,), box
+        assert _server_count(proc) <= 2
+    finally:
+        for c in held:
+            c.close()
+
+
+@pytest.mark.parametrize("reuseport", [1, 0])
+def test_so_reuseport_with_workers(pgmux_factory: Any, reuseport: int) -> None:
+    """so_reuseport keeps PgBouncer's meaning with workers: another process (of the same OS user, as
+    Linux requires) may bind the same port, or not."""
+    import subprocess
+    import sys
+
+    from pgmux.testing.osuser import server_os_user
+
+    proc = start(pgmux_factory, so_reuseport=reuseport)
+    osuser = server_os_user()  # (as root, pgmux runs as this user: the snippet switches to it first)
+    switch = f"os.setgid({osuser.gid}); os.setuid({osuser.uid}); " if osuser.switch else ""
+    code = (f"import os, socket; {switch}s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); "
+            f"s.bind(({proc.host!r}, {proc.port})); print('bound')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert ("bound" in out.stdout) == bool(reuseport), out.stderr
+    with psycopg.connect(proc.dsn(), **CONNECT) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_killed_workers_clients_no_longer_count(pgmux_factory: Any) -> None:
+    proc = start(pgmux_factory, max_client_conn=2)
+    doomed = [connect_on(proc, 1), connect_on(proc, 1)]
+    with only_on(proc, 0), pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(proc.dsn(), **CONNECT)
+    assert "max_client_conn" in str(err.value)
+    victim = worker_pids(proc)[1]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: worker_pids(proc).get(1) not in (None, victim), "worker 1 restarted", 10)
+    with only_on(proc, 0):  # its two clients died with it: their slots are free at once
+        conn = wait_for(lambda: _try_connect(proc), "a client slot on worker 0", 5)
+    conn.close()
+    for c in doomed:
+        c.close()
+
+
+# -M prepared runs select-only: TPC-B-like with -M prepared in transaction pooling hangs through pgmux with
+# one process too (pool 5, 20 clients; seen 2026-12-03 on main as well), a bug outside worker processes.
+@pytest.mark.parametrize("protocol", ["simple", "prepared"])
+def test_pgbench_through_two_workers(pgmux_factory: Any, pg: Any, bench_db: str, protocol: str) -> None:  # noqa: F811
+    """pgbench from 20 clients over both workers (TPC-B-like, or select-only with -M prepared): no failed
+    transaction, balances consistent, and never more than pool_size server connections in PostgreSQL
+    (sampled from pg_stat_activity)."""
+    from test_pgbench import pgbench, primary_scalar, summary
+
+    p = pg.primary
+    mux = start(pgmux_factory, databases={bench_db: f"host={p.host} port={p.port} dbname={bench_db}"},
+                pool_mode="transaction", default_pool_size=5, max_client_conn=200)
+    stop = threading.Event()
+    peak = [0]
+
+    def sample() -> None:
+        with psycopg.connect(p.dsn(db="postgres"), autocommit=True, connect_timeout=10) as conn:
+            for _ in range(2000):  # bounded; about 60 s at most
+                if stop.is_set():
+                    return
+                row = conn.execute(SERVERS_SQL, (bench_db,)).fetchone()
+                peak[0] = max(peak[0], int(row[0]) if row else 0)
+                time.sleep(0.03)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    before = primary_scalar(pg, "SELECT count(*) FROM pgbench_history")
+    sampler.start()
+    try:
+        script = ["-S"] if protocol == "prepared" else []
+        out = pgbench(mux, *script, "-M", protocol, "-c", "20", "-j", "4", "-T", "4", "-n", timeout=120)
+    finally:
+        stop.set()
+        sampler.join(30)
+    s = summary(out)
+    assert s["failed"] == 0 and s["processed"] > 0, s
+    history, delta = primary_scalar(pg, "SELECT count(*), coalesce(sum(delta), 0) FROM pgbench_history")
+    assert history - before == (0 if protocol == "prepared" else s["processed"])
+    assert primary_scalar(pg, "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM "
+                              "pgbench_branches), (SELECT sum(tbalance) FROM pgbench_tellers)") == (delta,) * 3
+    assert 0 < peak[0] <= 5, peak[0]  # one pool of 5 for both workers
+    served = {int(x) for x in re.findall(r"\[(\d+)\] LOG C-\d+ \S+ login attempt", mux.log())}
+    assert len(served & set(worker_pids(mux).values())) == 2  # both workers had clients

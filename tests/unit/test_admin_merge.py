@@ -1,0 +1,50 @@
+"""admin/merge.py: SHOW replies of several worker processes made into one (issue 14)."""
+
+from __future__ import annotations
+
+from pgmux.admin.merge import merge, split_reply
+from pgmux.protocol import messages as m
+
+INT8, TEXT = 20, 25
+
+
+def reply(cols: list[tuple[str, int]], rows: list[list[object]]) -> bytes:
+    return (m.notice_response("ignored") + m.row_description(cols) + b"".join(m.data_row(r) for r in rows)
+            + m.command_complete("SHOW"))
+
+
+POOL_COLS = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("sv_idle", INT8), ("maxwait", INT8),
+             ("pool_mode", TEXT)]
+
+
+def test_pools_summed_by_database_and_user() -> None:
+    a = reply(POOL_COLS, [["app", "alice", 3, 1, 2, "transaction"], ["app", "bob", 1, 0, 0, "session"]])
+    b = reply(POOL_COLS, [["app", "alice", 4, 2, 7, "transaction"]])
+    cols, rows = split_reply(merge("pools", [(0, a), (1, b)]))
+    assert [c for c, _ in cols] == [c for c, _ in POOL_COLS]
+    assert sorted(rows) == sorted([[b"app", b"alice", b"7", b"3", b"7", b"transaction"],
+                                   [b"app", b"bob", b"1", b"0", b"0", b"session"]])
+
+
+def test_mean_times_are_averaged_and_rates_summed() -> None:
+    cols = [("database", TEXT), ("avg_xact_count", INT8), ("avg_xact_time", INT8), ("total_xact_count", INT8)]
+    a = reply(cols, [["app", 10, 100, 1000]])
+    b = reply(cols, [["app", 30, 300, 500]])
+    _, rows = split_reply(merge("stats", [(0, a), (1, b)]))
+    assert rows == [[b"app", b"40", b"200", b"1500"]]
+
+
+def test_clients_listed_with_their_worker() -> None:
+    cols = [("type", TEXT), ("user", TEXT), ("port", INT8)]
+    a = reply(cols, [["C", "alice", 5000]])
+    b = reply(cols, [["C", "bob", 5001], ["C", "carol", 5002]])
+    out_cols, rows = split_reply(merge("clients", [(0, a), (1, b)]))
+    assert [c for c, _ in out_cols] == ["type", "user", "port", "worker"]
+    assert rows == [[b"C", b"alice", b"5000", b"0"], [b"C", b"bob", b"5001", b"1"], [b"C", b"carol", b"5002", b"1"]]
+
+
+def test_one_worker_and_empty_replies() -> None:
+    a = reply(POOL_COLS, [])
+    cols, rows = split_reply(merge("pools", [(0, a), (1, reply(POOL_COLS, []))]))
+    assert len(cols) == len(POOL_COLS) and rows == []
+    assert merge("pools", [(0, a)]).endswith(m.command_complete("SHOW"))

@@ -1,0 +1,149 @@
+"""The pure parts of worker processes (issue 14): cancel-key tags, the shared counts and their rules,
+the settings refused with workers > 1, the restart backoff. No sockets, no processes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pgmux.config import load_config
+from pgmux.config import values as v
+from pgmux.config.model import Config
+from pgmux.config.values import AUTO
+from pgmux.runtime import workershare as ws
+from pgmux.runtime.supervisor import MAX_BACKOFF, backoff
+from pgmux.runtime.workershare import refusals
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(2, 256), st.data())
+def test_tag_names_the_worker_and_stays_a_positive_31_bit_pid(raw: int, workers: int, data: st.DataObject) -> None:
+    index = data.draw(st.integers(0, workers - 1))
+    bits = ws.worker_bits(workers)
+    pid = ws.tag_pid(raw, index, bits)
+    assert 0 < pid < 2**31
+    assert ws.owner(pid, bits) == index
+    assert pid >> bits == raw >> bits or raw >> bits == 0  # the random part is kept (or made non-zero)
+
+
+def test_one_process_keeps_its_keys() -> None:
+    assert ws.worker_bits(1) == 0
+    assert ws.tag_pid(12345, 0, 0) == 12345
+    assert [ws.worker_bits(n) for n in (2, 3, 4, 5, 8, 9)] == [1, 2, 2, 3, 3, 4]
+    assert ws.tag_pid(0, 0, 1) == 2  # never 0
+
+
+def counts(workers: int = 3) -> ws.Counts:
+    return ws.Counts(bytearray(ws.size_for(workers)), workers, ws.NoLock())
+
+
+def test_counts_sum_rows_and_zero_a_dead_worker() -> None:
+    c = counts()
+    k = c.slot(ws.pool_key("app", "alice"))
+    assert c.slot(ws.pool_key("app", "alice")) == k
+    other = c.slot(ws.db_key("app"))
+    assert other != k
+    c.set(0, k, 3)
+    c.set(1, k, 2)
+    c.set(2, other, 7)
+    assert c.total(k) == 5 and c.others(0, k) == 2 and c.total(other) == 7
+    c.want(2, k, 4)
+    assert c.others_demand(0, k) == 4 and c.others_demand(2, k) == 0
+    assert c.active_workers(k) == 3
+    c.zero(1)
+    assert c.total(k) == 3 and c.get(1, k) == 0
+    assert c.active_workers(k) == 2
+
+
+def test_a_second_process_finds_the_same_slot() -> None:
+    buf = bytearray(ws.size_for(2))
+    a, b = ws.Counts(buf, 2, ws.NoLock()), ws.Counts(buf, 2, ws.NoLock())
+    ka = a.slot("p\0x\0y\0")
+    a.set(0, ka, 4)
+    kb = b.slot("p\0x\0y\0")
+    assert kb == ka and b.total(kb) == 4
+
+
+def test_table_full_is_an_error_not_a_lost_count() -> None:
+    c = counts(1)
+    for i in range(ws.KEYS):
+        c.slot(f"k{i}")
+    with pytest.raises(ws.TableFull):
+        c.slot("one more")
+
+
+def test_small_buffer_refused() -> None:
+    with pytest.raises(ValueError):
+        ws.Counts(bytearray(10), 2, ws.NoLock())
+
+
+def test_room_and_fair_share() -> None:
+    assert ws.room(0, 10**6) >= 1 << 20  # 0 = no limit
+    assert ws.room(5, 3) == 2 and ws.room(5, 7) == 0
+    assert ws.fair_share(20, 2) == 10 and ws.fair_share(1, 2) == 1 and ws.fair_share(3, 0) == 3
+
+
+def test_give_up_only_beyond_the_fair_share_and_only_when_others_wait() -> None:
+    # worker A holds all 20 of a pool, B waits for 5: A gives up 5 (still above its share of 10)
+    assert ws.to_give_up(20, 20, 5, 20, 2) == 5
+    # B waits for 15: A gives down to its fair share, 10
+    assert ws.to_give_up(20, 20, 15, 20, 2) == 10
+    # room left for B: nothing to give
+    assert ws.to_give_up(20, 10, 5, 10, 2) == 0
+    # nobody waits
+    assert ws.to_give_up(20, 20, 0, 20, 2) == 0
+    # A holds no more than its share
+    assert ws.to_give_up(20, 10, 10, 20, 2) == 0
+    # part of the room is free: give only what is missing
+    assert ws.to_give_up(4, 3, 2, 3, 2) == 1
+
+
+def test_accounting_never_exceeds_the_limit_across_workers() -> None:
+    """Workers taking in turn what room() grants, each publishing, never sum above the limit."""
+    c = counts(4)
+    k = c.slot(ws.pool_key("d", "u"))
+    limit = 7
+    for turn in range(40):
+        w = turn % 4
+        with c.lock:
+            grant = min(3, ws.room(limit, c.total(k)))
+            c.set(w, k, c.get(w, k) + grant)
+        assert c.total(k) <= limit
+    assert c.total(k) == limit
+
+
+def test_workers_setting() -> None:
+    assert v.workers("4") == 4 and v.workers(2) == 2 and v.workers("auto") >= 1
+    for bad in ("0", "-1", "x", "257"):
+        with pytest.raises(ValueError):
+            v.workers(bad)
+
+
+def test_refusals_name_what_is_not_shared(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    assert refusals(cfg) == []
+    two = _with(cfg, workers=2)
+    assert refusals(two) == []
+    assert any("min_pool_size" in r for r in refusals(_with(two, min_pool_size=1)))
+    assert any("pool_size = auto" in r for r in refusals(_with(two, default_pool_size=AUTO)))
+    assert any("metrics_listen" in r for r in refusals(_with(two, metrics_listen="127.0.0.1:9127")))
+    assert refusals(_with(cfg, min_pool_size=1)) == []  # one process: nothing to share
+
+
+def _config(tmp_path: Path) -> Config:
+    path = tmp_path / "pgmux.toml"
+    path.write_text('[pgmux]\nlisten_port = 6432\n[databases.app]\nhost = "127.0.0.1"\n')
+    return load_config(str(path))
+
+
+def _with(cfg: Config, **settings: object) -> Config:
+    return dataclasses.replace(cfg, settings=dataclasses.replace(cfg.settings, **settings))
+
+
+def test_backoff() -> None:
+    assert backoff(1) == 0.0  # the first death: restarted at once
+    assert backoff(2) == 0.5 and backoff(3) == 1.0
+    assert backoff(50) == MAX_BACKOFF
