@@ -16,7 +16,7 @@ HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgm
        "pgmux.session.states", "pgmux.protocol.codec", "pgmux.session.pipeline", "pgmux.session.prepared",
        "pgmux.protocol.messages", "pgmux.session.params", "pgmux.protocol.auth", "pgmux.runtime.core",
        "pgmux.runtime.servers", "pgmux.runtime.handoff", "pgmux.runtime.logins", "pgmux.session.client_login",
-       "pgmux.session.passing"]
+       "pgmux.session.passing", "pgmux.session.hub"]
 
 
 @pytest.mark.parametrize("name", HOT)

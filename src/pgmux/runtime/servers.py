@@ -7,7 +7,7 @@ import asyncio
 import errno
 import logging
 import os
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from pgmux.config.model import DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
@@ -19,9 +19,6 @@ from pgmux.protocol import messages as m
 from pgmux.runtime.core import Core
 from pgmux.session.server import ServerSession, ServerTarget
 from pgmux.session.states import S_ACTIVE, S_IDLE, ServerState
-
-if TYPE_CHECKING:
-    from pgmux.session.hub import Hub
 
 log = logging.getLogger("pgmux")
 
@@ -66,8 +63,8 @@ class Servers(Core):
             if db.load_balance_hosts != "disable":
                 self.host_turn[(pool.database, pool.user)] = turn + 1
             target = self.server_target(db, pool.user, turn)
-        # `self` is the App, whose layers together implement the hub port (servers alone do not).
-        server = ServerSession(sid, cast("Hub", self), pool, target, self.now(), self.prepared,
+        # `self` is the App, whose layers together implement the hub port (core.Core derives from it).
+        server = ServerSession(sid, self, pool, target, self.now(), self.prepared,
                                self.config.settings.max_prepared_statements)
         self.servers[sid] = server
         pool.add_server(server)
