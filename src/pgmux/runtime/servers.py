@@ -17,6 +17,7 @@ from pgmux.pooling import backoff
 from pgmux.pooling.pool import Pool
 from pgmux.protocol import messages as m
 from pgmux.runtime.core import Core
+from pgmux.session.client import ClientSession
 from pgmux.session.server import ServerSession, ServerTarget
 from pgmux.session.states import S_ACTIVE, S_IDLE, ServerState
 
@@ -287,7 +288,7 @@ class Servers(Core):
         if pool.over_size():  # a reload lowered pool_size: no reuse beyond it
             self.close_server(server, "too many servers in the pool")
             return
-        waiter = pool.put(server, now)
+        waiter: ClientSession | None = pool.put(server, now)  # typed: attach() called natively
         if waiter is not None:
             if server.state is not S_ACTIVE:  # (ACTIVE to ACTIVE, the usual case, is legal)
                 server.move(S_ACTIVE)
