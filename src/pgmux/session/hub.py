@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 try:
     from mypy_extensions import mypyc_attr
-except ImportError:  # pragma: no cover - a pure-Python install without mypy: the decorator is mypyc's only
+except ImportError:  # installed without mypy (a build requirement only): the decorator matters to mypyc alone
 
     def mypyc_attr(*args: object, **kwargs: object) -> Callable[[type], type]:  # type: ignore[misc]
         return lambda cls: cls
