@@ -19,6 +19,7 @@ COMPILED = [
     "src/pgmux/session/server.py",
     "src/pgmux/session/client_login.py",  # the client's startup and login (split from client.py)
     "src/pgmux/session/passing.py",  # long messages streamed through, both relays
+    "src/pgmux/session/hub.py",  # the hub port: a native class, so sessions call App through its vtable
     "src/pgmux/runtime/app.py",  # the hub, in layers (one native class chain: all compiled, calls direct):
     "src/pgmux/runtime/core.py",  # its state
     "src/pgmux/runtime/servers.py",  # server connects and logins; servers back from clients, to a waiter

@@ -1,4 +1,4 @@
-"""A fake hub: the smallest runtime a session can be driven against (session/hub.py's Protocol).
+"""A fake hub: the smallest runtime a session can be driven against (session/hub.py's port).
 
 No App, no config file, no event loop. It records every call a session makes (`calls`) and does only
 what a playbook needs to go on: a trust login with a fixed welcome, one pool of fake servers handed
@@ -27,8 +27,8 @@ from pgmux.session.states import ClientState, ServerState
 CANCEL_PID, CANCEL_KEY = 77, 7777
 
 
-class FakeHub:
-    """Implements session/hub.Hub (mypy checks it where a session is given one)."""
+class FakeHub(Hub):
+    """Implements session/hub.Hub: a Python subclass of it (Hub allows them, compiled or not)."""
 
     def __init__(self, mode: str = "transaction", max_prepared: int = 0) -> None:
         self.clock = Clock()
@@ -46,8 +46,7 @@ class FakeHub:
 
     # -- what the playbooks make -----------------------------------------------------------------
     def client(self) -> Peer:
-        hub: Hub = self  # (the assignment mypy checks)
-        c = ClientSession(self._id(), hub, self.now(), 1 << 30, self.sigs)
+        c = ClientSession(self._id(), self, self.now(), 1 << 30, self.sigs)
         t = FakeTransport()
         c.connection_made(t, "127.0.0.1", 5000 + c.id, False, None)
         return Peer(c, t)

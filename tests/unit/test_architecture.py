@@ -121,7 +121,7 @@ def find_cycle(graph: dict[str, dict[str, list[str]]]) -> list[str]:
 
 
 def test_sessions_import_nothing_of_the_runtime_or_the_network() -> None:
-    """session/ talks to the outside through session/hub.py's Protocol only."""
+    """session/ talks to the outside through session/hub.py's Hub only."""
     problems = [f"{f.relative_to(ROOT.parent)}:{line} imports {name}"
                 for f in sorted((ROOT / "session").rglob("*.py"))
                 for line, name in imported_modules(f) if unit_of(name) in ("runtime", "net")]

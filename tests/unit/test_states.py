@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 import pgmux
 from pgmux.pooling.pool import Pool, PoolLimits
 from pgmux.session.client import ClientSession
+from pgmux.session.hub import Hub
 from pgmux.session.prepared import Registry
 from pgmux.session.replication import ReplicationServer
 from pgmux.session.server import ServerSession, ServerTarget
@@ -22,15 +22,21 @@ from pgmux.session.states import CLIENT_MOVES, SERVER_MOVES, ClientState, Illega
 ROOT = Path(pgmux.__file__).parent
 
 
+class ClockOnly(Hub):
+    """A hub of which only the clock is read: no hub call is made."""
+
+    def __init__(self) -> None:
+        self.now = lambda: 0.0
+
+
 def client() -> ClientSession:
-    hub = SimpleNamespace(now=lambda: 0.0)  # only the clock is read; no hub call is made
-    return ClientSession(1, hub, 0.0, 1 << 20, {})  # type: ignore[arg-type]
+    return ClientSession(1, ClockOnly(), 0.0, 1 << 20, {})
 
 
 def server() -> ServerSession:
     pool: Pool[Any, Any] = Pool("db", "u", PoolLimits(), "transaction")
     target = ServerTarget(host="127.0.0.1", port=5432, unix_path=None, dbname="db", user="u")
-    return ServerSession(2, Any, pool, target, 0.0, Registry(), 0)  # type: ignore[arg-type]
+    return ServerSession(2, ClockOnly(), pool, target, 0.0, Registry(), 0)
 
 
 def test_every_state_has_a_row() -> None:

@@ -25,6 +25,7 @@ from pgmux.pooling.pool import PoolLimits
 from pgmux.pooling.registry import Registry
 from pgmux.runtime.routing import Routing
 from pgmux.session.client import ClientSession
+from pgmux.session.hub import Hub
 from pgmux.session.params import TRACKED, canon
 from pgmux.session.prepared import Registry as StatementRegistry
 from pgmux.session.server import ServerSession
@@ -32,7 +33,7 @@ from pgmux.session.server import ServerSession
 log = logging.getLogger("pgmux")
 
 
-class Core:
+class Core(Hub):
     routing: Routing
 
     def __init__(self, config: Config, config_path: str) -> None:

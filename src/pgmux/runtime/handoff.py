@@ -31,7 +31,8 @@ class Handoff(Servers):
             if routed is None:
                 return
             pool = routed
-        server = None if self.paused else pool.take_idle()
+        # typed: the pool's servers are generic there, and a ServerSession here is called natively
+        server: ServerSession | None = None if self.paused else pool.take_idle()
         if server is not None and pool.needs_check(server, now):
             # server_check_delay: the server waited long enough (0: any time) to run the check query
             # first; internal_done() gives it to the oldest waiter, this client, or closes it.

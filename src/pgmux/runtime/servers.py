@@ -7,7 +7,7 @@ import asyncio
 import errno
 import logging
 import os
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from pgmux.config.model import DatabaseConfig, HostConfig
 from pgmux.errors import PgmuxError
@@ -17,11 +17,9 @@ from pgmux.pooling import backoff
 from pgmux.pooling.pool import Pool
 from pgmux.protocol import messages as m
 from pgmux.runtime.core import Core
+from pgmux.session.client import ClientSession
 from pgmux.session.server import ServerSession, ServerTarget
 from pgmux.session.states import S_ACTIVE, S_IDLE, ServerState
-
-if TYPE_CHECKING:
-    from pgmux.session.hub import Hub
 
 log = logging.getLogger("pgmux")
 
@@ -66,8 +64,8 @@ class Servers(Core):
             if db.load_balance_hosts != "disable":
                 self.host_turn[(pool.database, pool.user)] = turn + 1
             target = self.server_target(db, pool.user, turn)
-        # `self` is the App, whose layers together implement the hub port (servers alone do not).
-        server = ServerSession(sid, cast("Hub", self), pool, target, self.now(), self.prepared,
+        # `self` is the App, whose layers together implement the hub port (core.Core derives from it).
+        server = ServerSession(sid, self, pool, target, self.now(), self.prepared,
                                self.config.settings.max_prepared_statements)
         self.servers[sid] = server
         pool.add_server(server)
@@ -292,7 +290,7 @@ class Servers(Core):
         if pool.over_size():  # a reload lowered pool_size: no reuse beyond it
             self.close_server(server, "too many servers in the pool")
             return
-        waiter = pool.put(server, now)
+        waiter: ClientSession | None = pool.put(server, now)  # typed: attach() called natively
         if waiter is not None:
             if server.state is not S_ACTIVE:  # (ACTIVE to ACTIVE, the usual case, is legal)
                 server.move(S_ACTIVE)
