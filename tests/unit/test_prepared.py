@@ -148,6 +148,22 @@ def test_a_server_keeps_a_statement_its_clients_closed() -> None:
     assert b.parse("y", Q1) == name and srv.ensure(name) == (False, [])
 
 
+def test_a_close_undone_stays_with_its_client() -> None:
+    # Clients without named statements share one empty dict: the undo of a Close that emptied the
+    # client's names must not write into it (every other client would then have the statement).
+    reg, _, a, b, _ = setup()
+    a.parse("s1", Q1)
+    closed = a.lookup("s1")
+    assert closed is not None and a.close("s1")
+    a.reopen("s1", closed)
+    assert a.lookup("s1") is not None and a.prepared_statements == 1
+    assert b.lookup("s1") is None and b.prepared_statements == 0
+    assert ClientStatements(reg).lookup("s1") is None
+    b.clear()
+    a.clear()
+    assert len(reg) == 0
+
+
 def test_forget_after_a_failed_parse() -> None:
     reg, _, a, _, srv = setup()
     name = a.parse("bad", "SELEC 1")

@@ -68,7 +68,7 @@ class Handoff(Servers):
         if timing is not None:
             timing.query.observe(now - server.query_start)
         if (server.tx_status != b"I" or pool.mode == "session" or c.pending or c.unsynced or c.pinned
-                or c.lsn_wanted or c.passing):
+                or c.lsn_wanted or c.passing or server.skipping):
             self._ready_other(c, server, now)
             return
         st.xact_count += 1
@@ -104,7 +104,7 @@ class Handoff(Servers):
                 fast_close(self, server)
             return
         if c.pending and (idle or mode != "statement"):  # held back from a replica (runtime/routing.py)
-            if idle and not c.unsynced and not c.pinned:
+            if idle and not c.unsynced and not c.pinned and not server.skipping:
                 c.detach()
                 self.return_server(server, now=now)
                 self.acquire(c, now)  # routed on its own: a write goes to the primary
@@ -119,6 +119,12 @@ class Handoff(Servers):
                 c.fail(err)
             return
         if c.unsynced or c.pinned:  # pinned: LISTEN, temp tables... live on this server only
+            return
+        if server.skipping:
+            # An extended-protocol message failed and no Sync followed (a Query after it was skipped
+            # with no reply, or the ReadyForQuery was a Query's before it): PostgreSQL ignores all up
+            # to the client's next Sync. That is this client's session state; another client's
+            # messages there would be ignored too (its simple Query never answered).
             return
         if c.passing:  # the rest of a long message is on its way to this server (ClientSession._pass)
             return

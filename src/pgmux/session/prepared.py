@@ -172,7 +172,7 @@ class Registry:
 
 # The `_named` of every ClientStatements without named statements: one empty dict for all of them
 # (issue 11: most clients never prepare one, and a dict each is 64 bytes per idle client). Only
-# ClientStatements.parse writes into `_named`, and it replaces this one first; it stays empty.
+# ClientStatements.parse and reopen write into `_named`, and they replace this one first; it stays empty.
 _NO_NAMES: Final[dict[str, Statement]] = {}
 
 
@@ -249,6 +249,8 @@ class ClientStatements:
         if client_name in self._named:
             return
         entry = self._registry.acquire(stmt.query, stmt.param_types)  # under a new name if freed meanwhile
+        if self._named is _NO_NAMES:  # (the shared empty dict: never written into)
+            self._named = {}
         self._named[client_name] = Statement(entry.name, stmt.query, stmt.param_types, stmt.since, stmt.shape)
 
     def forget_unnamed(self) -> None:

@@ -131,7 +131,11 @@ def _error(server: ServerSession, c: ClientSession, q: deque[Entry], data: bytes
                 undo.append(e.undo)
         while undo:
             undo.pop()()
-        if server.owed <= 0:  # no Sync in flight: what the client sends next is skipped too
+        # No Sync in flight: what the client sends next is skipped too. The Syncs of messages held
+        # for a shape check (shapecheck.check) count as owed, but the server has not got them: a
+        # check sent behind the failed request, or failing itself, is popped here, and the held
+        # messages then go to a server that skips them, their Queries unanswered.
+        if server.owed <= 0 or not q and server.held is not None:
             server.skipping = True
     return swallow
 
