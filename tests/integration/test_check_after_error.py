@@ -14,12 +14,12 @@ released, and the client's next check waited for a reply that had been taken for
 from __future__ import annotations
 
 import pytest
-from conftest import PgmuxStarter
 from helpers import execute, parse, servers, sync, wait_for
 from test_protocol import Wire, bind, error_fields
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 
 def _describe_statement(name: str) -> bytes:

@@ -11,12 +11,12 @@ an unsynced batch is: the server stays with that client until its Sync.
 
 from __future__ import annotations
 
-from conftest import PgmuxStarter
 from helpers import parse, servers, sync, wait_for
 from test_protocol import Wire, error_fields, rows
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 FAILING = m.query("SELECT 1") + parse("SELEC 1") + m.query("SELECT 2")  # no Sync: SELECT 2 is skipped
 

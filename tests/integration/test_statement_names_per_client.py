@@ -13,12 +13,12 @@ batch is answered as PostgreSQL answers it directly.
 
 from __future__ import annotations
 
-from conftest import PgmuxStarter
 from helpers import execute, parse, sync
 from test_protocol import Wire, bind, error_fields
 
+from conftest import PgmuxStarter
 from pgmux.protocol import messages as m
-from pgmux.runtime.cluster import PgCluster
+from pgmux.testing.cluster import PgCluster
 
 FAIL = execute("no_such_portal")  # ERROR 34000: PostgreSQL skips to the next Sync
 
