@@ -232,10 +232,11 @@ def test_50_clients_pool_5_mixed_workload(pgmux_factory: PgmuxStarter, pg: PgClu
     assert 1 <= len(servers) <= 5
     stats = {r["database"]: r for r in mux.admin_dicts("SHOW STATS")}["testdb"]
     assert stats["total_bind_count"] >= 50 * rounds  # named statements, bound on whichever server came
-    # Each client Parse is prepared anew on its server, and a copy older than a client's Parse once more
-    # on each other server it binds on (session/prepared.py) ...
-    assert stats["total_client_parse_count"] <= stats["total_server_parse_count"] \
-        <= stats["total_client_parse_count"] * 5
+    # A client Parse that reaches a server is prepared anew there, and a copy older than a client's Parse
+    # once more on each other server it binds on (session/prepared.py); a Parse of a text some server
+    # parsed already, sent while the client holds no server, is answered without one, and the text is
+    # prepared where its Bind lands unless that server's copy is newer (session/localparse.py) ...
+    assert 0 < stats["total_server_parse_count"] <= stats["total_client_parse_count"] * 5
     # ... while the servers hold each text once, shared across clients.
     assert all(s["prepared_statements"] <= 3 for s in servers), servers
 

@@ -19,6 +19,7 @@ from pgmux.protocol import messages as m
 from pgmux.protocol.codec import STREAM_FROM, Buffer, scan
 from pgmux.protocol.scans import ANY_LENGTH, message_end, query, steps
 from pgmux.session import client_login
+from pgmux.session.localparse import answer as local_parse
 from pgmux.session.params import TRACKED, sync_sql
 from pgmux.session.passing import client_large, cut
 from pgmux.session.pipeline import to_server
@@ -324,6 +325,9 @@ class ClientSession:
                 # the error): PostgreSQL ignores it, and taking a server for it would hold that server.
                 # (`syncs` first: a Query, the usual read here, is never that.)
                 pass
+            elif (syncs == 1 and ext and not unsynced and self.stmts is not None and self.state is C_IDLE
+                    and not self.pending and not self.skip and (reply := local_parse(self, chunk)) is not None):
+                self.transport.write(reply)  # statements pgmux knows: no server needed (session/localparse.py)
             else:
                 self._queue(bytes(chunk), syncs, track, now)
         if terminate:

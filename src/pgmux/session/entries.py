@@ -35,7 +35,8 @@ class Entry:
     - kind: PARSE ... SYNTH, which says what ends its reply (ENDS, AT_Z);
     - swallow: its reply is pgmux's own business, not the client's;
     - payload: for SYNTH the reply pgmux writes; for a watched QUERY or EXECUTE the session effects
-      to record once it succeeds (session/tracking.py); for DESCRIBE a `Described`; FAIL for the
+      to record once it succeeds (session/tracking.py); for DESCRIBE a `Described`; for a PARSE of a
+      named statement its server-side name (its ParseComplete marks it parsed); FAIL for the
       request that stands in for an error pgmux gave the client itself;
     - undo: what to take back when the server skips the request (an error before it)."""
 

@@ -152,7 +152,7 @@ class _Batch:
             q.append(SWALLOWED_CLOSE)
         if need:
             first.append(build_parse(stmt.name, stmt.query, stmt.param_types))
-            q.append(Entry(PARSE, True, None, forget(sst, stmt.name)))
+            q.append(Entry(PARSE, True, stmt.name, forget(sst, stmt.name)))  # (payload: replies._reply)
         return first
 
     def ensure_unnamed(self, whole: memoryview) -> Out | None:
@@ -341,7 +341,7 @@ def _parse(b: _Batch, stmts: ClientStatements, sst: ServerStatements, s: int, to
         q.append(SWALLOWED_CLOSE)
     if need:
         new.append(rename_parse(body, sname))
-        q.append(Entry(PARSE, False, None, undo_parse(c, p.name, sst, sname)))
+        q.append(Entry(PARSE, False, sname, undo_parse(c, p.name, sst, sname)))
     else:
         b.synth(_PARSE_COMPLETE, undo_parse(c, p.name, None, sname))
     return -1, new

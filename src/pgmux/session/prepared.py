@@ -126,6 +126,9 @@ class Registry:
         self._by_key: dict[Key, Statement] = {}
         self._by_name: dict[str, Statement] = {}
         self._refs: dict[str, int] = {}
+        # Statements some server answered ParseComplete for: a client's Parse + Sync of one of these can
+        # be answered without a server (session/localparse.py). Gone with the entry.
+        self._parsed: set[str] = set()
         self.clock = 0  # ticks once per client Parse of a named statement
         self.revalidate_error = REVALIDATE_ERROR
 
@@ -156,6 +159,20 @@ class Registry:
         if self._refs[name] == 0:
             stmt = self._by_name.pop(name)
             del self._by_key[(stmt.query, stmt.param_types)], self._refs[name]
+            self._parsed.discard(name)
+
+    def find(self, query: str, param_types: tuple[int, ...]) -> Statement | None:
+        """The entry for this text and types, if there is one (no reference taken)."""
+        return self._by_key.get((query, param_types))
+
+    def parsed(self, name: str) -> None:
+        """A server answered ParseComplete for the statement `name`: its text and types parse."""
+        if name in self._by_name:
+            self._parsed.add(name)
+
+    def known_good(self, name: str) -> bool:
+        """Whether some server parsed the statement `name` (since it was last created)."""
+        return name in self._parsed
 
     def get(self, name: str) -> Statement | None:
         return self._by_name.get(name)
@@ -186,6 +203,10 @@ class ClientStatements:
         self._stats: Counters = stats if stats is not None else PreparedStats()
         self._named: dict[str, Statement] = _NO_NAMES
         self._unnamed: Statement | None = None
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
 
     @property
     def prepared_statements(self) -> int:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgmux.protocol import messages as m
 from pgmux.session.effects import DiscardAll, Effect, ResetAll, ResetParam
-from pgmux.session.entries import AT_Z, DESCRIBE, ENDS, EXECUTE, FAIL, QUERY, SYNC, SYNTH, Described, Entry
+from pgmux.session.entries import AT_Z, DESCRIBE, ENDS, EXECUTE, FAIL, PARSE, QUERY, SYNC, SYNTH, Described, Entry
 from pgmux.session.params import canon
 from pgmux.session.prepared import shape_of
 from pgmux.session.tracking import executed, note_end, own_params, query_done
@@ -161,6 +161,8 @@ def _reply(server: ServerSession, c: ClientSession, q: deque[Entry], t: int, mv:
     if ends is not None and t in ends:
         q.popleft()
         swallow = e.swallow
+        if e.kind == PARSE and e.payload is not None:  # some server parses it (session/localparse.py)
+            server.registry.parsed(e.payload)
         # A portal suspended by the Execute's row limit has run its effects for the rows it
         # returned: asyncpg's fetchval() executes `SELECT set_config(...)` with a limit of 1.
         if e.kind == EXECUTE and e.payload is not None and e.payload is not FAIL and t != _EMPTY:

@@ -50,7 +50,7 @@ def check(server: ServerSession, q: deque[Entry], sst: ServerStatements, stmt: S
         first.append(build_close_statement(old))
         q.append(SWALLOWED_CLOSE)
     first.append(build_parse(stmt.name, stmt.query, stmt.param_types))
-    q.append(Entry(PARSE, True, None, forget(sst, stmt.name)))
+    q.append(Entry(PARSE, True, stmt.name, forget(sst, stmt.name)))
     first.append(build_target(m.DESCRIBE, "S", stmt.name))
     first.append(_FLUSH)
     q.append(Entry(DESCRIBE, True, Described(sst, stmt.name, None, "", None, True), _checked(server, stmt.name)))
