@@ -58,6 +58,9 @@ def test_ignore_startup_parameters_is_case_insensitive() -> None:
 
 @pytest.mark.parametrize(("value", "want"), [
     ("", "''"), ("psql", "'psql'"), ("O'Brien", "'O''Brien'"), ("''", "''''''"), ("a;b", "'a;b'"),
+    ("a\\b", "E'a\\\\b'"),
+    # Non-ASCII as Unicode escapes: the SQL pgmux sends is read alike in every client_encoding.
+    ("café ☕", "E'caf\\u00e9 \\u2615'"), ("d'é\\", "E'd''\\u00e9\\\\'"), ("😀", "E'\\U0001f600'"),
 ])
 def test_quote_literal(value: str, want: str) -> None:
     assert quote_literal(value) == want

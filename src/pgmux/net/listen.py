@@ -41,20 +41,29 @@ async def start_listeners(app: Any, listen_addr: tuple[str, ...], port: int, uni
             else:
                 servers.append(await loop.create_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
         return servers
-    for host in _tcp_hosts(listen_addr):
-        srv = await loop.create_server(lambda: ClientProtocol(app), host, port, reuse_address=True,
-                                       reuse_port=s.so_reuseport or None, backlog=backlog)
-        for sock in srv.sockets:
-            tune_listener(sock, s)
-        servers.append(srv)
-    if unix_dir:
-        path = unix_socket_path(unix_dir, port)
-        _remove_stale(path)  # a leftover from a crash
-        srv = await loop.create_unix_server(lambda: ClientProtocol(app), path, backlog=backlog)
-        os.chmod(path, unix_mode)
-        if s.unix_socket_group:
-            os.chown(path, -1, group_id(s.unix_socket_group))
-        servers.append(srv)
+    # The Unix socket first: whoever sees the TCP port accept (a test, a health probe) can then use both.
+    path = unix_socket_path(unix_dir, port) if unix_dir else ""
+    srv: asyncio.AbstractServer
+    try:
+        if path:
+            _remove_stale(path)  # a leftover from a crash
+            srv = await loop.create_unix_server(lambda: ClientProtocol(app), path, backlog=backlog)
+            servers.append(srv)
+            os.chmod(path, unix_mode)
+            if s.unix_socket_group:
+                os.chown(path, -1, group_id(s.unix_socket_group))
+        for host in _tcp_hosts(listen_addr):
+            srv = await loop.create_server(lambda: ClientProtocol(app), host, port, reuse_address=True,
+                                           reuse_port=s.so_reuseport or None, backlog=backlog)
+            servers.append(srv)
+            for sock in srv.sockets:
+                tune_listener(sock, s)
+    except BaseException:
+        for srv in servers:
+            srv.close()
+        if path and servers:
+            _unlink_quietly(path)
+        raise
     return servers
 
 
@@ -63,6 +72,21 @@ def bind_listeners(s: Any) -> list[socket.socket]:
     what start_listeners() opens, with the same options, but synchronously and before any fork."""
     socks: list[socket.socket] = []
     try:
+        if s.unix_socket_dir:
+            path = unix_socket_path(s.unix_socket_dir, s.listen_port)
+            _remove_stale(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(path)
+            except BaseException:
+                sock.close()
+                raise
+            socks.append(sock)  # bound: ours to unlink on a failure below
+            os.chmod(path, s.unix_socket_mode)
+            if s.unix_socket_group:
+                os.chown(path, -1, group_id(s.unix_socket_group))
+            sock.listen(s.listen_backlog)
+            sock.setblocking(False)
         for host in _tcp_hosts(s.listen_addr):
             infos = socket.getaddrinfo(host, s.listen_port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
                                        socket.AI_PASSIVE)
@@ -78,22 +102,20 @@ def bind_listeners(s: Any) -> list[socket.socket]:
                 sock.listen(s.listen_backlog)
                 tune_listener(sock, s)
                 sock.setblocking(False)
-        if s.unix_socket_dir:
-            path = unix_socket_path(s.unix_socket_dir, s.listen_port)
-            _remove_stale(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.bind(path)
-            os.chmod(path, s.unix_socket_mode)
-            if s.unix_socket_group:
-                os.chown(path, -1, group_id(s.unix_socket_group))
-            sock.listen(s.listen_backlog)
-            sock.setblocking(False)
     except BaseException:
         for sock in socks:
+            if sock.family == socket.AF_UNIX:
+                _unlink_quietly(unix_socket_path(s.unix_socket_dir, s.listen_port))
             sock.close()
         raise
     return socks
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _remove_stale(path: str) -> None:

@@ -101,11 +101,32 @@ def _startup_params(raw: dict[str, str], ignore: tuple[str, ...]) -> dict[str, s
 
 
 def quote_literal(value: str) -> str:
-    """PostgreSQL's quote_literal: safe whatever standard_conforming_strings says."""
+    """PostgreSQL's quote_literal: safe whatever standard_conforming_strings says, and ASCII whatever
+    `value` holds (non-ASCII characters as E'' Unicode escapes): PostgreSQL converts a whole query string
+    from the session's client_encoding as it arrives, and a pooled server may be in any client's."""
+    if not value.isascii():
+        return _escaped_literal(value)
     q = "'" + value.replace("'", "''") + "'"
     if "\\" in value:
         return "E" + q.replace("\\", "\\\\")
     return q
+
+
+def _escaped_literal(value: str) -> str:
+    out: list[str] = []
+    for ch in value:
+        o = ord(ch)
+        if ch == "'":
+            out.append("''")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif o < 0x80 or 0xD800 <= o <= 0xDFFF:  # (a lone surrogate: a byte that was not UTF-8, sent as it came)
+            out.append(ch)
+        elif o <= 0xFFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    return "E'" + "".join(out) + "'"
 
 
 # GUCs whose elements PostgreSQL quotes as identifiers when SET gives them as string literals
