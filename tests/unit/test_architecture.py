@@ -168,3 +168,39 @@ def test_the_cycle_finder_finds_cycles(tmp_path: Path) -> None:
     assert [n for _, n in imported_modules(p, "pgmux.session.probe")] == [
         "pgmux.runtime", "pgmux.runtime.app", "pgmux.net.tls", "pgmux.net.tls.y"]
     assert unit_of("pgmux.session.client") == "session" and unit_of("pgmux.errors") == "errors"
+
+
+# Units a reader can hold (issue 13): a source file over MAX_FILE_LINES, or with a function over
+# MAX_FUNCTION_LINES, says why in a line starting "# long:" among its first 15 lines.
+MAX_FILE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+
+def oversized(source: str, label: str) -> list[str]:
+    if any(line.startswith("# long:") for line in source.splitlines()[:15]):
+        return []
+    found = []
+    if source.count("\n") > MAX_FILE_LINES:
+        found.append(f"{label}: {source.count(chr(10))} lines")
+    for node in ast.walk(ast.parse(source, label)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = (node.end_lineno or node.lineno) - node.lineno + 1
+            if n > MAX_FUNCTION_LINES:
+                found.append(f"{label}:{node.lineno} {node.name}() has {n} lines")
+    return found
+
+
+def test_no_file_or_function_too_long_without_a_reason() -> None:
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        found += oversized(path.read_text(), str(path.relative_to(ROOT)))
+    assert found == []
+
+
+def test_the_size_check_sees_long_files_and_functions() -> None:
+    body = "\n".join(f"    x = {i}" for i in range(MAX_FUNCTION_LINES))
+    long_function = f"def f():\n{body}\n"
+    assert oversized(long_function, "f.py") == ["f.py:1 f() has 81 lines"]
+    assert oversized("x = 1\n" * (MAX_FILE_LINES + 1), "g.py") == [f"g.py: {MAX_FILE_LINES + 1} lines"]
+    assert oversized("# long: a table kept whole\n" + long_function, "h.py") == []
+    assert oversized("x = 1\n" * MAX_FILE_LINES, "i.py") == []

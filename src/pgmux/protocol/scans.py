@@ -52,6 +52,19 @@ _FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b
           b"rollback", b"release")
 
 
+COPY_MESSAGES = frozenset(b"dcf")  # CopyData, CopyDone, CopyFail
+
+
+def only_copy(chunk: bytes | bytearray | memoryview) -> bool:
+    """Whether the complete messages in `chunk` are all CopyData, CopyDone or CopyFail."""
+    pos, n = 0, len(chunk)
+    while pos < n:
+        if chunk[pos] not in COPY_MESSAGES:
+            return False
+        pos = message_end(chunk, pos, ANY_LENGTH)
+    return True
+
+
 def noted_table(types: str) -> bytes:
     """The `noted` argument of walk: a 256-byte table marking these message types."""
     return bytes(1 if chr(c) in types else 0 for c in range(256))

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
-from pgmux.protocol.codec import STREAM_FROM, Buffer, scan
-from pgmux.protocol.scans import ANY_LENGTH, message_end, query, steps
+from pgmux.protocol.codec import STREAM_FROM, Buffer
+from pgmux.protocol.scans import COPY_MESSAGES, only_copy, query, steps
 from pgmux.session import client_login
 from pgmux.session.localparse import answer as local_parse
 from pgmux.session.params import TRACKED, sync_sql
-from pgmux.session.passing import client_large, cut
+from pgmux.session.passing import client_large, client_pass
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
 from pgmux.session.states import (
@@ -45,11 +45,10 @@ Sigs = dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
 
 log = logging.getLogger("pgmux")
 
-_X: Final = ord("X")
 # Reads queued for a server (each at most one read of the socket) before the client is read no more.
 _MAX_QUEUED: Final = 16
-_COPY_MSGS: Final = frozenset(ord(c) for c in "dcf")  # CopyData, CopyDone, CopyFail
 _LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
+_PARSE: Final = ord("P")
 
 
 class ClientSession:
@@ -201,10 +200,10 @@ class ClientSession:
                         self._reading()
                     return
                 if self.is_admin:
-                    self._admin_data(data)
+                    client_login.admin_data(self, data)
                     return
                 if self.passing:  # the rest of a long message, forwarded as it comes
-                    data = self._pass(data)
+                    data = client_pass(self, data)
                     if not data:
                         return
                 buf = self.buf
@@ -320,13 +319,14 @@ class ClientSession:
             track = track or (ext and (self.stmts is not None or self.watch))
             if server is not None:
                 self._send(server, chunk, now, syncs, ignored, track)
-            elif not syncs and not self.pending and data[0] in _COPY_MSGS and _only_copy(chunk):
+            elif not syncs and not self.pending and data[0] in COPY_MESSAGES and only_copy(chunk):
                 # The rest of a COPY FROM STDIN that has already failed (asyncpg sends its CopyDone after
                 # the error): PostgreSQL ignores it, and taking a server for it would hold that server.
                 # (`syncs` first: a Query, the usual read here, is never that.)
                 pass
-            elif (syncs == 1 and ext and not unsynced and self.stmts is not None and self.state is C_IDLE
-                    and not self.pending and not self.skip and (reply := local_parse(self, chunk)) is not None):
+            elif (syncs == 1 and ext and chunk[0] == _PARSE and chunk[5] != 0 and not unsynced  # a named Parse
+                    and self.stmts is not None and self.state is C_IDLE and not self.pending and not self.skip
+                    and (reply := local_parse(self, chunk)) is not None):
                 self.transport.write(reply)  # statements pgmux knows: no server needed (session/localparse.py)
             else:
                 self._queue(bytes(chunk), syncs, track, now)
@@ -457,29 +457,9 @@ class ClientSession:
 
     # -- long messages: streamed, or held up to a bound ------------------------------------------
     def _large(self) -> None:
-        """The message self.buf keeps is longer than STREAM_FROM: held whole or streamed (passing.py)."""
+        """The message self.buf keeps is longer than STREAM_FROM: held whole or streamed (passing.py;
+        the rest of a streamed one goes through passing.client_pass)."""
         client_large(self)
-
-    def _pass(self, data: bytes) -> bytes:
-        """The next bytes of a long message (see _large): forwarded (or dropped); returns what follows it."""
-        part, rest, self.passing = cut(data, self.passing)
-        if self.sink:
-            if not self.passing:
-                self.sink = False
-            return rest
-        self.logged_in_pool().stats.bytes_received += len(part)
-        server = self.server
-        if server is not None and not self.held:
-            server.transport.write(part)
-            if (not self.passing and not server.owed and server.tx_status == b"I" and not server.queue
-                    and not self.unsynced):
-                # Its replies came while the message was still on its way (a COPY that failed early):
-                # the server was kept for the rest (App.server_ready); now it can go.
-                self.hub.server_ready(self, server)
-        else:  # read before the pause took effect: queued behind the start of the message
-            self._push(bytes(part))
-            self._hold()
-        return rest
 
     def _hold(self) -> None:
         """Stop reading until a server takes what is queued (attach/send_pending release it)."""
@@ -506,28 +486,6 @@ class ClientSession:
             else:
                 self.transport.resume_reading()
 
-    # -- admin console -------------------------------------------------------------------------
-    def _admin_data(self, data: bytes) -> None:
-        data = self.buf.feed(data)
-        msgs, pos = scan(data, 0, 1 << 20)
-        if pos < len(data):
-            self._own_buf().keep(data, pos)
-        for t, start, total in msgs:
-            body = bytes(data[start + 5:start + total])
-            if t == _X:
-                self.hub.client_closed(self, "client close request")
-                return
-            self.hub.admin_message(self, t, body)
-
-
-def _only_copy(chunk: bytes | memoryview) -> bool:
-    """Whether the complete messages in `chunk` are all CopyData, CopyDone or CopyFail."""
-    pos, n = 0, len(chunk)
-    while pos < n:
-        if chunk[pos] not in _COPY_MSGS:
-            return False
-        pos = message_end(chunk, pos, ANY_LENGTH)
-    return True
 
 
 # The read buffer of every client that never had a read end inside a message (issue 11: most clients'

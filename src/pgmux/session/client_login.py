@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
 
 
+_X: Final = ord("X")  # Terminate
+
+
 def startup_data(c: ClientSession, data: bytes) -> None:
     if c.state is ClientState.REPLICATION:  # not startup: a replication client's bytes, as they come
         c.hub.replication_data(c, data)
@@ -136,3 +139,17 @@ def _shared(params: dict[str, str]) -> dict[str, str]:
             _SHARED.clear()
         found = _SHARED[key] = dict(params)
     return found
+
+
+def admin_data(c: ClientSession, data: bytes) -> None:
+    """A read of a client logged in to the admin console: its messages, one by one, to the hub."""
+    data = c.buf.feed(data)
+    msgs, pos = scan(data, 0, 1 << 20)
+    if pos < len(data):
+        c._own_buf().keep(data, pos)
+    for t, start, total in msgs:
+        body = bytes(data[start + 5:start + total])
+        if t == _X:
+            c.hub.client_closed(c, "client close request")
+            return
+        c.hub.admin_message(c, t, body)

@@ -1,6 +1,6 @@
 """Long messages streamed through as they arrive, so that what a connection holds stays bounded:
 which part of a read still belongs to such a message, and what follows it (both relays:
-ClientSession._pass, ServerSession._pass), and what a client's long message gets at its header
+client_pass, ServerSession._pass), and what a client's long message gets at its header
 (client_large). Compiled with the sessions (setup.py)."""
 
 from __future__ import annotations
@@ -77,3 +77,26 @@ def client_large(c: ClientSession) -> None:
         c._push(part)
         c.pending_syncs += syncs
         c._hold()
+
+
+def client_pass(c: ClientSession, data: bytes) -> bytes:
+    """The next bytes of a client's long message (client_large): forwarded (or dropped); returns what
+    follows it."""
+    part, rest, c.passing = cut(data, c.passing)
+    if c.sink:
+        if not c.passing:
+            c.sink = False
+        return rest
+    c.logged_in_pool().stats.bytes_received += len(part)
+    server = c.server
+    if server is not None and not c.held:
+        server.transport.write(part)
+        if (not c.passing and not server.owed and server.tx_status == b"I" and not server.queue
+                and not c.unsynced):
+            # Its replies came while the message was still on its way (a COPY that failed early):
+            # the server was kept for the rest (App.server_ready); now it can go.
+            c.hub.server_ready(c, server)
+    else:  # read before the pause took effect: queued behind the start of the message
+        c._push(bytes(part))
+        c._hold()
+    return rest
