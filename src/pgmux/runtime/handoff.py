@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from pgmux.errors import PgmuxError
+from pgmux.net.linger import close_after_error
 from pgmux.protocol import messages as m
 from pgmux.runtime import welcome
 from pgmux.runtime.servers import Servers
@@ -14,6 +15,8 @@ from pgmux.runtime.timeouts import fast_close
 from pgmux.session.client import ClientSession
 from pgmux.session.server import ServerSession
 from pgmux.session.states import C_WAITING, S_ACTIVE, ClientState, ServerState
+
+_CLOSE_REQUEST = "client close request"  # the reason a Terminate gives (session/client.py)
 
 log = logging.getLogger("pgmux")
 
@@ -196,5 +199,8 @@ class Handoff(Servers):
                 self.return_server(server, leaving=True)
             else:
                 self.close_server(server, "client disconnect while server was not ready")
-        c.transport.close()
+        if reason == _CLOSE_REQUEST:  # (a Terminate: the client closes its side, nothing is lost)
+            c.transport.close()
+        else:  # pgmux ended it, mostly with an error: a reset must not make the client lose that
+            close_after_error(c.transport)
         self.after_change()
