@@ -42,6 +42,7 @@ from cpugroups import (
     tcp_sockets,
 )
 from run import DB, POOLER_SETTINGS, Target, find_pgbouncer, fmt, log, run_pgbench, start_pooler, tail
+from scaling_report import Config, Run, bars, divide_pool, plan, summarize, table
 
 from pgmux.testing.cluster import (
     HOST,
@@ -58,39 +59,10 @@ ADVISOR = "pgmux pool advisor"  # pgmux's probe for max_connections: outside the
 START_TIMEOUT = 20.0
 DRAIN_TIMEOUT = 30.0
 SAMPLE_EVERY = 0.25
-# The bars of issue 14 (done when): pgmux N workers / 1 worker, and pgmux N / PgBouncer N.
-SCALING_BARS = {2: 1.8, 4: 3.4}
 
 
 class BenchError(RuntimeError):
     pass
-
-
-def divide_pool(total: int, n: int) -> list[int]:
-    """Pool sizes of n processes that add up to `total`, as equal as can be (the larger first)."""
-    if n < 1 or total < n:
-        raise ValueError(f"a pool of {total} cannot be divided among {n} processes (each needs at least 1)")
-    return [total // n + (1 if i < total % n else 0) for i in range(n)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    kind: str  # pgmux | pgbouncer
-    n: int  # pgmux workers, or PgBouncer processes
-    pool_total: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}-{self.n}"
-
-    def pool_sizes(self) -> list[int]:
-        """Per process: pgmux's workers share one default_pool_size; PgBouncer's processes each get a part."""
-        return [self.pool_total] if self.kind == "pgmux" else divide_pool(self.pool_total, self.n)
-
-
-def plan(kinds: list[str], sizes: list[int], pool_total: int) -> list[Config]:
-    """Every configuration, pairs of equal N next to each other so that drift hits both alike."""
-    return [Config(kind, n, pool_total) for n in sizes for kind in kinds]
 
 
 @dataclasses.dataclass
@@ -101,22 +73,6 @@ class Running:
     pooled: list[int]  # the pids placed in the cgroups, in group order
     supervisor: int | None = None
     logs: list[str] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class Run:
-    tps: float | None
-    txns: int = 0
-    aborted: int = 0
-    errors: int = 0
-    max_servers: int | None = None
-    samples: int = 0
-    cpu: list[float | None] = dataclasses.field(default_factory=list)  # cores used, per pooled process
-    supervisor_cpu: float | None = None
-    throttled: float | None = None  # mean over the groups of the share of periods throttled
-    clients: list[int] = dataclasses.field(default_factory=list)  # per process, mid-run
-    servers: list[int] = dataclasses.field(default_factory=list)
-    note: str = ""
 
 
 # -- server connections ------------------------------------------------------------------------------------
@@ -311,6 +267,9 @@ def measure(running: Running, groups: CpuGroups, args: argparse.Namespace, pgben
               cpu=[(a - b) / wall if a is not None and b is not None else None for a, b in zip(after_cpu, before_cpu,
                                                                                              strict=True)],
               throttled=statistics.mean(fractions) if fractions else None)
+    used = [(a - b) for a, b in zip(after_cpu, before_cpu, strict=True) if a is not None and b is not None]
+    if r.txns and len(used) == len(running.pooled):
+        run.cpu_us_per_txn = sum(used) / r.txns * 1e6
     if running.supervisor and before_sup is not None and (sup := cpu_seconds(running.supervisor)) is not None:
         run.supervisor_cpu = (sup - before_sup) / wall
     escape = escaped(running, groups)
@@ -356,94 +315,6 @@ def run_all(args: argparse.Namespace, configs: list[Config], cluster: PgCluster,
 # -- reporting -------------------------------------------------------------------------------------------------
 
 
-def median_tps(runs: list[Run]) -> float | None:
-    values = [r.tps for r in runs if r.tps is not None]
-    return statistics.median(values) if values else None
-
-
-def median_of(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return statistics.median(kept) if kept else None
-
-
-def median_run(runs: list[Run]) -> Run | None:
-    """The run with the median TPS (the lower middle one of an even count): its per-process figures."""
-    measured = sorted((r for r in runs if r.tps is not None), key=lambda r: r.tps or 0.0)
-    return measured[(len(measured) - 1) // 2] if measured else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
-def summarize(configs: list[Config], results: dict[str, list[Run]]) -> list[dict[str, Any]]:
-    tps = {c.name: median_tps(results[c.name]) for c in configs}
-    rows = []
-    for c in configs:
-        runs = results[c.name]
-        mid = median_run(runs)
-        servers = [r.max_servers for r in runs if r.max_servers is not None]
-        rows.append({
-            "config": c.name, "kind": c.kind, "processes": c.n, "pool_per_process": c.pool_sizes(),
-            "median_tps": tps[c.name],
-            "vs_1": ratio(tps[c.name], tps.get(f"{c.kind}-1")),
-            "pgmux_vs_pgbouncer": ratio(tps[c.name], tps.get(f"pgbouncer-{c.n}")) if c.kind == "pgmux" else None,
-            "max_servers": max(servers) if servers else None,
-            "clients_per_process": mid.clients if mid else [],
-            "servers_per_process": mid.servers if mid else [],
-            "cpu_per_process": median_of([statistics.mean(x for x in r.cpu if x is not None)
-                                          if any(x is not None for x in r.cpu) else None for r in runs]),
-            "throttled": median_of([r.throttled for r in runs]),
-            "supervisor_cpu": median_of([r.supervisor_cpu for r in runs]),
-            "aborted": sum(r.aborted for r in runs), "errors": sum(r.errors for r in runs),
-            "measured_rounds": sum(1 for r in runs if r.tps is not None), "rounds": len(runs),
-        })
-    return rows
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ["config", "pool/proc", "tps", "x 1 proc", "pgmux/pgb", "servers max", "clients/proc",
-            "servers/proc", "cpu/proc", "throttled", "superv cpu", "abort/err", "rounds"]
-    lines = [head]
-    for r in rows:
-        sizes = r["pool_per_process"]
-        lines.append([
-            r["config"], str(sizes[0]) if len(set(sizes)) == 1 else "/".join(map(str, sizes)),
-            fmt(r["median_tps"]), fmt(r["vs_1"], ".2f"), fmt(r["pgmux_vs_pgbouncer"], ".2f"),
-            fmt(r["max_servers"], "d"), "/".join(map(str, r["clients_per_process"])) or "-",
-            "/".join(map(str, r["servers_per_process"])) or "-", fmt(r["cpu_per_process"], ".3f"),
-            fmt(r["throttled"] * 100 if r["throttled"] is not None else None, ".0f") + "%",
-            fmt(r["supervisor_cpu"], ".3f"), f"{r['aborted']}/{r['errors']}",
-            f"{r['measured_rounds']}/{r['rounds']}",
-        ])
-    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths, strict=True)))
-           for x in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def bars(rows: list[dict[str, Any]], pool_total: int) -> list[tuple[str, bool | None]]:
-    """The done-when bars of issue 14 item 7 that these rows can decide: (text, met); met None = not measured."""
-    by = {r["config"]: r for r in rows}
-    out: list[tuple[str, bool | None]] = []
-    for n, bar in SCALING_BARS.items():
-        if f"pgmux-{n}" in by and "pgmux-1" in by:
-            v = by[f"pgmux-{n}"]["vs_1"]
-            out.append((f"pgmux {n} workers / 1 worker = {fmt(v, '.2f')}x (bar {bar}x)",
-                        None if v is None else v >= bar))
-    for r in rows:
-        if r["kind"] == "pgmux" and f"pgbouncer-{r['processes']}" in by:
-            v = r["pgmux_vs_pgbouncer"]
-            out.append((f"pgmux {r['processes']} / PgBouncer {r['processes']} = {fmt(v, '.2f')}x (bar 1.00x)",
-                        None if v is None else v >= 1.0))
-    for r in rows:
-        if r["max_servers"] is not None:
-            out.append((f"{r['config']}: at most {r['max_servers']} server connections (pool total {pool_total})",
-                        r["max_servers"] <= pool_total))
-    return out
-
-
 def report(args: argparse.Namespace, configs: list[Config], results: dict[str, list[Run]]) -> list[dict[str, Any]]:
     rows = summarize(configs, results)
     q = quota_us(args.quota)
@@ -453,9 +324,9 @@ def report(args: argparse.Namespace, configs: list[Config], results: dict[str, l
     print("each pooler process (pgmux worker, PgBouncer process) in its own cgroup: "
           + (f"cfs_quota_us {q} / cfs_period_us {PERIOD_US} = {args.quota:g} core" if q > 0 else "no quota"))
     print(table(rows))
-    print("cpu/proc: cores used per pooled process (mean); throttled: share of cfs periods in which a group ran "
-          "out of quota (mean); superv cpu: pgmux's supervisor (not in a group); clients/servers per process: "
-          "mid-run, median round")
+    print("cpu/proc: cores used per pooled process (mean); us/txn: their CPU time per transaction; throttled: "
+          "share of cfs periods in which a group ran out of quota (mean); superv cpu: pgmux's supervisor (not in a "
+          "group); clients/servers per process: mid-run, median round")
     print("bars (issue 14 item 7):")
     for text, met in bars(rows, args.pool_size):
         print(f"  {text}: {'met' if met else 'NOT met' if met is not None else 'not measured'}")
@@ -555,6 +426,10 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     begun = time.monotonic()
-    code = main(sys.argv[1:])
+    try:
+        code = main(sys.argv[1:])
+    except KeyboardInterrupt:
+        log("interrupted: poolers stopped, cgroups removed")
+        code = 130
     log(f"bench took {time.monotonic() - begun:.0f}s")
     raise SystemExit(code)

@@ -1,6 +1,6 @@
-"""The pure parts of bench/scaling.py and bench/cpugroups.py: pool division, the configurations' order, cgroup
-names and stale groups, quotas, cpu.stat and /proc/net/tcp parsing, the medians and the bars. No sockets, no
-cgroups, no processes."""
+"""The pure parts of bench/scaling.py (in bench/scaling_report.py and bench/cpugroups.py): pool division, the
+configurations' order, cgroup names and stale groups, quotas, cpu.stat and /proc/net/tcp parsing, the medians
+and the bars. No sockets, no cgroups, no processes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BENCH = str(Path(__file__).resolve().parents[2] / "bench")
 sys.path.insert(0, BENCH)  # only while importing: bench/'s module names (run, memory...) stay off the path
 try:
     import cpugroups as cg
-    import scaling
+    import scaling_report as scaling
 finally:
     sys.path.remove(BENCH)
 
