@@ -94,6 +94,11 @@ class ServerCounter:
         row = self.conn.execute(self.SQL, (DB, ADVISOR)).fetchone()
         return int(row[0]) if row else 0
 
+    def sessions(self) -> int | None:
+        """Sessions ever started on the bench database (pg_stat_database: each server login counts)."""
+        row = self.conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (DB,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def wait_zero(self, timeout: float = DRAIN_TIMEOUT) -> int:
         """Until the previous pooler's server connections are gone; what is left after `timeout`."""
         deadline = time.monotonic() + timeout
@@ -248,6 +253,7 @@ def measure(running: Running, groups: CpuGroups, args: argparse.Namespace, pgben
     if args.warmup > 0:  # fills the pools under the quota; not counted
         run_pgbench(pgbench, target, pgbench_args, args.warmup, user)
     before_thr = [groups.throttle(i) for i in range(len(running.pooled))]
+    before_logins = counter.sessions()
     before_cpu = [cpu_seconds(pid) for pid in running.pooled]
     before_sup = cpu_seconds(running.supervisor) if running.supervisor else None
     sampler = Sampler(counter, running, pg_port, args.duration)
@@ -258,6 +264,7 @@ def measure(running: Running, groups: CpuGroups, args: argparse.Namespace, pgben
     finally:
         sampler.stop.set()
         sampler.join(timeout=30)
+    after_logins = counter.sessions()
     wall = time.monotonic() - started
     after_cpu = [cpu_seconds(pid) for pid in running.pooled]
     thr = [groups.throttle(i).minus(b) for i, b in enumerate(before_thr)]
@@ -267,6 +274,8 @@ def measure(running: Running, groups: CpuGroups, args: argparse.Namespace, pgben
               cpu=[(a - b) / wall if a is not None and b is not None else None for a, b in zip(after_cpu, before_cpu,
                                                                                              strict=True)],
               throttled=statistics.mean(fractions) if fractions else None)
+    if before_logins is not None and after_logins is not None:
+        run.logins = after_logins - before_logins
     used = [(a - b) for a, b in zip(after_cpu, before_cpu, strict=True) if a is not None and b is not None]
     if r.txns and len(used) == len(running.pooled):
         run.cpu_us_per_txn = sum(used) / r.txns * 1e6
@@ -306,6 +315,7 @@ def run_all(args: argparse.Namespace, configs: list[Config], cluster: PgCluster,
             results[cfg.name].append(run)
             cpu = "/".join(fmt(c, ".2f") for c in run.cpu)
             log(f"[{k}/{total}] round {rnd} {cfg.name}: {fmt(run.tps)} tps, servers max {fmt(run.max_servers, 'd')}, "
+                f"logins {fmt(run.logins, 'd')}, "
                 f"clients/proc {'/'.join(map(str, run.clients)) or '-'}, cpu/proc {cpu or '-'}, "
                 f"throttled {fmt(run.throttled and run.throttled * 100, '.0f')}%, aborted {run.aborted}, "
                 f"errors {run.errors}{' ' + run.note if run.note else ''}")

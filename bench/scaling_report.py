@@ -47,6 +47,7 @@ class Run:
     aborted: int = 0
     errors: int = 0
     max_servers: int | None = None
+    logins: int | None = None  # server connections opened during the timed run (pg_stat_database.sessions)
     samples: int = 0
     cpu: list[float | None] = dataclasses.field(default_factory=list)  # cores used, per pooled process
     supervisor_cpu: float | None = None
@@ -91,6 +92,7 @@ def summarize(configs: list[Config], results: dict[str, list[Run]]) -> list[dict
             "vs_1": ratio(tps[c.name], tps.get(f"{c.kind}-1")),
             "pgmux_vs_pgbouncer": ratio(tps[c.name], tps.get(f"pgbouncer-{c.n}")) if c.kind == "pgmux" else None,
             "max_servers": max(servers) if servers else None,
+            "server_logins": median_of([float(r.logins) if r.logins is not None else None for r in runs]),
             "clients_per_process": mid.clients if mid else [],
             "servers_per_process": mid.servers if mid else [],
             "cpu_per_process": median_of([statistics.mean(x for x in r.cpu if x is not None)
@@ -105,7 +107,7 @@ def summarize(configs: list[Config], results: dict[str, list[Run]]) -> list[dict
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["config", "pool/proc", "tps", "x 1 proc", "pgmux/pgb", "servers max", "clients/proc",
+    head = ["config", "pool/proc", "tps", "x 1 proc", "pgmux/pgb", "servers max", "logins", "clients/proc",
             "servers/proc", "cpu/proc", "us/txn", "throttled", "superv cpu", "abort/err", "rounds"]
     lines = [head]
     for r in rows:
@@ -113,7 +115,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append([
             r["config"], str(sizes[0]) if len(set(sizes)) == 1 else "/".join(map(str, sizes)),
             fmt(r["median_tps"]), fmt(r["vs_1"], ".2f"), fmt(r["pgmux_vs_pgbouncer"], ".2f"),
-            fmt(r["max_servers"], "d"), "/".join(map(str, r["clients_per_process"])) or "-",
+            fmt(r["max_servers"], "d"), fmt(r["server_logins"]), "/".join(map(str, r["clients_per_process"])) or "-",
             "/".join(map(str, r["servers_per_process"])) or "-", fmt(r["cpu_per_process"], ".3f"),
             fmt(r["cpu_us_per_txn"], ".1f"),
             fmt(r["throttled"] * 100 if r["throttled"] is not None else None, ".0f") + "%",
