@@ -325,12 +325,19 @@ def run_all(args: argparse.Namespace, configs: list[Config], cluster: PgCluster,
 # -- reporting -------------------------------------------------------------------------------------------------
 
 
+def pgmux_build() -> str:
+    """Whether the pgmux we start (same interpreter and path) runs its per-transaction modules compiled."""
+    import pgmux.runtime.app as app
+
+    return "compiled (mypyc)" if app.__file__ and not app.__file__.endswith(".py") else "pure Python (no mypyc build)"
+
+
 def report(args: argparse.Namespace, configs: list[Config], results: dict[str, list[Run]]) -> list[dict[str, Any]]:
     rows = summarize(configs, results)
     q = quota_us(args.quota)
     print()
     print(f"pgbench -S -M {args.mode} -c {args.clients} -j 2 -T {args.duration}, median of {args.rounds} rounds; "
-          f"scale {args.scale}; transaction mode; pool total {args.pool_size}")
+          f"scale {args.scale}; transaction mode; pool total {args.pool_size}; pgmux {pgmux_build()}")
     print("each pooler process (pgmux worker, PgBouncer process) in its own cgroup: "
           + (f"cfs_quota_us {q} / cfs_period_us {PERIOD_US} = {args.quota:g} core" if q > 0 else "no quota"))
     print(table(rows))
@@ -346,7 +353,7 @@ def report(args: argparse.Namespace, configs: list[Config], results: dict[str, l
 def write_json(path: str, args: argparse.Namespace, results: dict[str, list[Run]], rows: list[dict[str, Any]]) -> None:
     doc = {
         "args": {k: v for k, v in vars(args).items() if k != "json"},
-        "cfs_quota_us": quota_us(args.quota), "cfs_period_us": PERIOD_US,
+        "cfs_quota_us": quota_us(args.quota), "cfs_period_us": PERIOD_US, "pgmux_build": pgmux_build(),
         "pooler_settings": POOLER_SETTINGS, "summary": rows,
         "bars": [{"bar": text, "met": met} for text, met in bars(rows, args.pool_size)],
         "runs": {name: [dataclasses.asdict(r) for r in runs] for name, runs in results.items()},
