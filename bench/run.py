@@ -138,7 +138,8 @@ def find_pgbouncer() -> str:
 
 
 def pooler_ini(cluster: PgCluster, port: int, userlist_path: str, tls: str, certs: Certs | None,
-               extra: dict[str, Any] | None = None) -> str:
+               extra: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> str:
+    """The ini both poolers read: `extra` under the common settings, `overrides` over them (None drops a key)."""
     settings: dict[str, Any] = {
         **(extra or {}),
         **POOLER_SETTINGS,
@@ -152,23 +153,29 @@ def pooler_ini(cluster: PgCluster, port: int, userlist_path: str, tls: str, cert
     if certs is not None:
         settings.update(client_tls_sslmode="require", client_tls_cert_file=certs.path("server.crt"),
                         client_tls_key_file=certs.path("server.key"))
+    settings.update(overrides or {})
     primary = cluster.primary
     return render_ini({DB: f"host={primary.host} port={primary.port} dbname={DB}"}, settings)
 
 
 def start_pooler(name: str, cmd: list[str], cluster: PgCluster, popen_kwargs: dict[str, Any], tls: str,
-                 certs: Certs | None) -> Target:
-    port = free_port()
+                 certs: Certs | None, port: int | None = None, overrides: dict[str, Any] | None = None,
+                 wait: bool = True) -> Target:
+    """Start one pooler process from its own `<name>.ini`; `wait`: until it accepts on `port` (a fresh one
+    by default). bench/scaling.py starts several on one port (so_reuseport) and waits its own way."""
+    port = port if port is not None else free_port()
     userlist = os.path.join(cluster.base_dir, "userlist.txt")
     ini = os.path.join(cluster.base_dir, f"{name}.ini")
     metrics = f"{HOST}:{free_port()}" if name == "pgmux-metrics" else ""
     cluster.write_owned(userlist, render_userlist({cluster.superuser: ""}), mode=0o644)
     cluster.write_owned(ini, pooler_ini(cluster, port, userlist, tls, certs,
-                                        {"metrics_listen": metrics} if metrics else None), mode=0o644)
+                                        {"metrics_listen": metrics} if metrics else None, overrides), mode=0o644)
     target = Target(name, port, log_path=os.path.join(cluster.base_dir, f"{name}.log"), metrics=metrics)
     with open(target.log_path, "ab") as out:
         target.proc = subprocess.Popen(die_with_parent([*cmd, ini]), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                        cwd=cluster.base_dir, start_new_session=True, **popen_kwargs)
+    if not wait:
+        return target
     try:
         wait_listening(target.proc, HOST, port, timeout=20)
     except ClusterError as e:
