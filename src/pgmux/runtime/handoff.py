@@ -13,10 +13,9 @@ from pgmux.runtime import welcome
 from pgmux.runtime.servers import Servers
 from pgmux.runtime.timeouts import fast_close
 from pgmux.session.client import ClientSession
+from pgmux.session.client_login import CLOSE_REQUEST
 from pgmux.session.server import ServerSession
 from pgmux.session.states import C_WAITING, S_ACTIVE, ClientState, ServerState
-
-_CLOSE_REQUEST = "client close request"  # the reason a Terminate gives (session/client.py)
 
 log = logging.getLogger("pgmux")
 
@@ -199,7 +198,7 @@ class Handoff(Servers):
                 self.return_server(server, leaving=True)
             else:
                 self.close_server(server, "client disconnect while server was not ready")
-        if reason == _CLOSE_REQUEST:  # (a Terminate: the client closes its side, nothing is lost)
+        if reason == CLOSE_REQUEST:  # (a Terminate: the client closes its side, nothing is lost)
             c.transport.close()
         else:  # pgmux ended it, mostly with an error: a reset must not make the client lose that
             close_after_error(c.transport)

@@ -331,7 +331,7 @@ class ClientSession:
             else:
                 self._queue(bytes(chunk), syncs, track, now)
         if terminate:
-            self.hub.client_closed(self, "client close request")
+            self.hub.client_closed(self, client_login.CLOSE_REQUEST)
         elif large:
             self._large()
 

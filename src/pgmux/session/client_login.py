@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 
 _X: Final = ord("X")  # Terminate
+# The reason a client that sent Terminate closes with (the hub closes its socket at once for it).
+CLOSE_REQUEST: Final = "client close request"
 
 
 def startup_data(c: ClientSession, data: bytes) -> None:
@@ -150,6 +152,6 @@ def admin_data(c: ClientSession, data: bytes) -> None:
     for t, start, total in msgs:
         body = bytes(data[start + 5:start + total])
         if t == _X:
-            c.hub.client_closed(c, "client close request")
+            c.hub.client_closed(c, CLOSE_REQUEST)
             return
         c.hub.admin_message(c, t, body)
