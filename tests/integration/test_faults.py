@@ -157,7 +157,7 @@ class Load:
                 self.acked.add(rid)
             except psycopg.Error as e:
                 # (libpq gives no SQLSTATE for an error at login: its message says what pgmux answered)
-                self.errors.append(e.sqlstate or ("login: " + str(e) if conn is None else ""))
+                self.errors.append(e.sqlstate or ("login: " if conn is None else "no SQLSTATE: ") + str(e))
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -200,6 +200,49 @@ def test_postgresql_restart_under_load(own_pg: PgCluster, start: Any, mode: str)
     lost = {i for i in load.acked if i >= base} - committed(own_pg)
     assert lost == set(), f"{len(lost)} acknowledged commits lost"
     the_next_client_finds_a_clean_server(start(), default)
+
+
+# -- a server that says FATAL right after its reply ------------------------------------------------------
+
+SLOW = {"plain": "SELECT 7 FROM pg_sleep(0.5)",
+        "watched": "SELECT 7 FROM pg_sleep(0.5), set_config('work_mem', '5MB', false)"}  # (a SET by another name)
+
+
+@pytest.mark.parametrize("mode,query", [("transaction", "plain"), ("transaction", "watched"), ("session", "plain")])
+def test_fatal_after_the_reply_in_the_same_read(own_pg: PgCluster, start: Any, mode: str, query: str) -> None:
+    """A server that finishes a reply and is then terminated (fast shutdown, pg_terminate_backend) sends
+    ReadyForQuery and FATAL 57P01 back to back; pgmux can read both at once. Made certain here: pgmux is
+    stopped (SIGSTOP) while its server answers and is then terminated. In transaction mode the client's
+    transaction was over: it gets its reply, no error, no notice, and its next query runs on another
+    server. In session mode its server is gone: the next query fails, as it would on PostgreSQL. A query
+    that changes session state is watched: its reply takes the relay that reads replies (session/replies.py)."""
+    proc = start(pool_mode=mode)
+    assert proc.proc is not None
+    notices: list[str] = []
+    with connect(proc) as c:
+        c.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        with ThreadPoolExecutor(1) as ex:
+            reply = ex.submit(lambda: c.execute(SLOW[query]).fetchone()[0])
+            time.sleep(0.2)  # the query is on the server
+            os.kill(proc.proc.pid, signal.SIGSTOP)
+            try:
+                def state() -> str:
+                    return own_pg.primary.psql(f"SELECT state FROM pg_stat_activity WHERE pid = {pid}", db="faults")
+                wait_for(lambda: state() == "idle", "the reply sent", timeout=BOUND)
+                own_pg.primary.psql(f"SELECT pg_terminate_backend({pid})", db="faults")
+                wait_for(lambda: state() == "", "the server gone", timeout=BOUND)
+            finally:
+                os.kill(proc.proc.pid, signal.SIGCONT)
+            assert reply.result(timeout=BOUND) == 7
+        if mode == "transaction":
+            assert c.execute("SELECT 1").fetchone() == (1,)
+            assert notices == []
+        else:
+            assert error_class(c.execute, "SELECT 1")[:2] in ("08", "57", "")
+    if mode == "transaction":  # (the log is written in batches)
+        wait_for(lambda: re.search(r"S-\d+ \S+ closing because: server close needed", proc.log()),
+                 "the server closed for its FATAL", timeout=BOUND)
 
 
 # -- a server that stalls mid-reply --------------------------------------------------------------------------

@@ -307,12 +307,33 @@ class ServerSession:
     def _forward(self, client: ClientSession | None, data: bytes, first: int, pos: int, z: int, zpos: int) -> None:
         """The tail of both header-only relays: replies data[first:pos] to the client, then _ready()."""
         assert client is not None, "a relay forwards to a linked client"
-        if z and z != 73 and self.owed <= 0 and self.pool.mode == "statement":
-            pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
+        if z and self.owed <= 0:
+            if z != 73 and self.pool.mode == "statement":
+                pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
+            elif pos > zpos + 6:
+                self._forward_unasked(client, data, first, pos, z, zpos + 6)
+                return
         client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
         self.pool.stats.bytes_sent += pos - first
         if z:
             self._ready(client, z)
+
+    def _forward_unasked(self, client: ClientSession, data: bytes, first: int, pos: int, z: int, end: int) -> None:
+        """_forward() when the server sent more after the ReadyForQuery that ends its reply (at `end`):
+        a notice, a ParameterStatus, or a FATAL as it is terminated (fast shutdown, pg_terminate_backend)."""
+        view = memoryview(data)
+        client.transport.write(view[first:end])
+        self.pool.stats.bytes_sent += end - first
+        self._ready_then(client, z, view[end:pos])
+
+    def _ready_then(self, client: ClientSession, z: int, unasked: bytes | memoryview) -> None:
+        """_ready(), then what the server sent after that ReadyForQuery, to the client only if it keeps
+        this server: a client whose transaction is over must not hear its old server die (the FATAL,
+        noted already, makes _ready() close that server instead of handing it on)."""
+        self._ready(client, z)
+        if unasked and self.client is client and self.state is not ServerState.CLOSED:
+            client.transport.write(unasked)
+            self.pool.stats.bytes_sent += len(unasked)
 
     def _ready(self, client: ClientSession, z: int) -> None:
         """A ReadyForQuery went to the client (every relay ends here): its status kept; when the server
@@ -333,15 +354,19 @@ class ServerSession:
     def _relay_tracked(self, client: ClientSession, data: bytes, msgs: list[tuple[int, int, int]], first: int,
                        pos: int) -> None:
         """Replies to requests pgmux rewrote: see session/pipeline.py."""
-        parts, z, _ = to_client(self, data, msgs, first, pos)
+        parts, z, zpos = to_client(self, data, msgs, first, pos)
         out = parts[0] if len(parts) == 1 else b"".join(parts)
+        rest: bytes | memoryview = b""  # what the server sent after its last ReadyForQuery, passed as is
+        unasked = pos - zpos - 6 if z and self.owed <= 0 else 0
+        if unasked > 0 and out[len(out) - unasked:] == data[pos - unasked:pos]:
+            rest, out = out[len(out) - unasked:], out[:len(out) - unasked]
         if out:
             client.transport.write(out)
         self.pool.stats.bytes_sent += len(out)
         if self.release:  # a statement's shape is known: the client's held messages go on
             release(self)
         if z:
-            self._ready(client, z)
+            self._ready_then(client, z, rest)
 
     def _swallow(self, data: bytes, msgs: list[tuple[int, int, int]]) -> int:
         """Consume the replies to pgmux's own queries. Returns where the client's replies start, -1 if
@@ -389,10 +414,11 @@ class ServerSession:
         # A FATAL, or a class 08 error, means this server is gone or about to be: never reuse it. But an
         # ERROR 08P01 is PostgreSQL refusing a client's malformed message, and its session goes on.
         fields = m.parse_error_fields(memoryview(data)[start + 5:start + total])
-        if self.owed <= 0:  # no Sync in flight: the server now ignores everything up to the next one
-            self.skipping = True
         code = fields.get("C", "")
-        if fields.get("S") in ("FATAL", "PANIC") or code.startswith("08") and code != "08P01":
+        severe = fields.get("S") in ("FATAL", "PANIC")
+        if self.owed <= 0 and not severe:  # no Sync in flight: the server ignores all up to the next one
+            self.skipping = True  # (a FATAL, say after the last ReadyForQuery, ends the session, not a batch)
+        if severe or code.startswith("08") and code != "08P01":
             self.close_needed = True
             if self.pool.hstate is not None:  # a host of a split database: maybe the host is failing
                 self.hub.host_error(self, fields)
