@@ -147,3 +147,30 @@ def test_backoff() -> None:
     assert backoff(1) == 0.0  # the first death: restarted at once
     assert backoff(2) == 0.5 and backoff(3) == 1.0
     assert backoff(50) == MAX_BACKOFF
+
+
+def test_asking_twice_for_room_grants_it_twice() -> None:
+    """App.launch asks the registry for room, and asks again when it looked for idle servers to evict
+    (more clients wait than the room allows). The first answer claims the room in this worker's row of
+    the shared counts; the second must not read that claim as another worker's server. It did, through
+    the lock-free "full" test: a worker whose clients outnumbered the room (every one after the others
+    took its servers) opened nothing, tick after tick, while its clients waited."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pgmux.pooling.pool import PoolLimits
+    from pgmux.runtime.worker import SharedRegistry, WorkerShare
+
+    async def run() -> tuple[int, int, int]:
+        counts = ws.Counts(bytearray(ws.size_for(2)), 2, ws.NoLock())
+        share = WorkerShare(0, 2, counts, [], "/nonexistent")
+        registry = SharedRegistry(share)
+        share.app = SimpleNamespace(now=lambda: 100.0, registry=registry)  # type: ignore[assignment]
+        pool = registry.get_or_create("db", "u", lambda: (PoolLimits(pool_size=4), "transaction"))
+        counts.set(1, counts.slot(ws.pool_key("db", "u")), 2)  # the other worker holds 2 of the 4
+        pool.waiters.extend(object() for _ in range(5))  # more clients wait than there is room for
+        first, second = registry.headroom(pool), registry.headroom(pool)
+        await asyncio.sleep(0)  # the exact counts published (call_soon): nothing opened, so 0 held
+        return first, second, counts.get(0, counts.slot(ws.pool_key("db", "u")))
+
+    assert asyncio.run(run()) == (2, 2, 0)

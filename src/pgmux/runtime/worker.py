@@ -189,9 +189,11 @@ class WorkerShare:
             return 0
         want = max(1, pool.wanted(now, local_room)) if in_pool else 1
         c = self.counts
-        if in_pool and ws.room(pool.limit(now), c.total(pk)) <= 0:
+        if in_pool and ws.room(pool.limit(now), c.others(self.index, pk) + self._held(pool)) <= 0:
             # Full as far as any worker can tell (counts only ever err high): no lock, no claim; say how
-            # many of ours wait, for the rebalance. A waiting acquire pays no system call here.
+            # many of ours wait, for the rebalance. A waiting acquire pays no system call here. (Its own
+            # row may still hold a claim not used yet, made a moment ago: launch() asks twice when it
+            # looks for servers to evict. Counted, that claim refused itself, every tick: starvation.)
             short = pool.wanted(now, 1 << 30)
             for k in (pk, dk, uk):
                 c.want(self.index, k, short)
