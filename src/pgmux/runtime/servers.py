@@ -33,11 +33,13 @@ class Servers(Core):
         if headroom < 1 << 20 and (pool.waiters or pool.login_waiters):  # a shared limit, clients waiting
             need = pool.queued_demand(now)
             if need > headroom:
-                for victim in self.registry.evictable(pool, need):
+                victims = self.registry.evictable(pool, need)
+                for victim in victims:
                     self.close_server(victim, "evicted: another pool of the database or user needs "
                                               "the connection (max_db_connections/max_user_connections)",
                                       relaunch=False)
-                headroom = self.registry.headroom(pool)
+                if victims:  # (asked again only then: with workers each answer takes the shared lock)
+                    headroom = self.registry.headroom(pool)
         n = pool.wanted(now, headroom)
         for _ in range(n):
             self._open_server(pool)

@@ -71,6 +71,7 @@ class WorkerShare:
         # later, and another worker's new server must not meet it there. pool -> close times, oldest first.
         self.closing: dict[Pool[Any, Any], list[float]] = {}
         self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
+        self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int]] = {}  # keys(), for the registry's pools
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:
@@ -138,10 +139,16 @@ class WorkerShare:
 
     # -- server connections -----------------------------------------------------------------------------
     def keys(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
+        """The slots of the pool, its database and its user (kept per pool: a waiting acquire asks)."""
+        found = self.pool_slots.get(pool)
+        if found is not None:
+            return found
         label = "" if pool.host is None else f"{pool.host.host}:{pool.host.port}"
         c = self.counts
-        return (c.slot(ws.pool_key(pool.database, pool.user, label)), c.slot(ws.db_key(pool.database)),
-                c.slot(ws.user_key(pool.user)))
+        found = (c.slot(ws.pool_key(pool.database, pool.user, label)), c.slot(ws.db_key(pool.database)),
+                 c.slot(ws.user_key(pool.user)))
+        self.pool_slots[pool] = found
+        return found
 
     def local(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
         """This worker's servers of the pool, of its database and of its user (replication ones too),
@@ -244,6 +251,9 @@ class WorkerShare:
         if self.quitting:
             self._quitting(now)
         pools = list(self.registry())
+        if len(self.pool_slots) > len(pools):  # pools freed since (each one's slots are kept in the table)
+            live = set(pools)
+            self.pool_slots = {p: k for p, k in self.pool_slots.items() if p in live}
         for pool in pools:
             try:
                 keys = self.keys(pool)
