@@ -84,21 +84,38 @@ def test_room_and_fair_share() -> None:
     assert ws.room(0, 10**6) >= 1 << 20  # 0 = no limit
     assert ws.room(5, 3) == 2 and ws.room(5, 7) == 0
     assert ws.fair_share(20, 2) == 10 and ws.fair_share(1, 2) == 1 and ws.fair_share(3, 0) == 3
+    # with clients counted: in proportion to them, adding up to the limit (19, 14, 15 and 16 of 64
+    # clients share 20 servers: 5.9, 4.4, 4.7, 5.0)
+    spread = [19, 14, 15, 16]
+    assert [ws.fair_share(20, 4, spread, w) for w in range(4)] == [6, 4, 5, 5]
+    assert ws.fair_share(20, 2, [0, 10], 0) == 1  # at least 1
+    assert ws.fair_share(20, 2, [0, 0], 0) == 10  # no clients counted: equal shares
 
+
+@given(st.integers(1, 200), st.lists(st.integers(0, 10_000), min_size=1, max_size=16))
+def test_shares_by_clients_add_up_to_the_limit(limit: int, spread: list[int]) -> None:
+    shares = [ws.fair_share(limit, len(spread), spread, w) for w in range(len(spread))]
+    if sum(spread) == 0:
+        return
+    exact = [limit * k / sum(spread) for k in spread]
+    assert all(s >= 1 and (abs(s - e) < 1 or s == 1) for s, e in zip(shares, exact, strict=True)), (shares, exact)
+    assert sum(max(0, s - 1) for s in shares) <= limit  # only the "at least 1" goes beyond it
+    if all(s >= 1 for s in exact):
+        assert sum(shares) == limit
 
 def test_give_up_only_beyond_the_fair_share_and_only_when_others_wait() -> None:
     # worker A holds all 20 of a pool, B waits for 5: A gives up 5 (still above its share of 10)
-    assert ws.to_give_up(20, 20, 5, 20, 2) == 5
+    assert ws.to_give_up(20, 20, 5, 20, ws.fair_share(20, 2)) == 5
     # B waits for 15: A gives down to its fair share, 10
-    assert ws.to_give_up(20, 20, 15, 20, 2) == 10
+    assert ws.to_give_up(20, 20, 15, 20, ws.fair_share(20, 2)) == 10
     # room left for B: nothing to give
-    assert ws.to_give_up(20, 10, 5, 10, 2) == 0
+    assert ws.to_give_up(20, 10, 5, 10, ws.fair_share(20, 2)) == 0
     # nobody waits
-    assert ws.to_give_up(20, 20, 0, 20, 2) == 0
+    assert ws.to_give_up(20, 20, 0, 20, ws.fair_share(20, 2)) == 0
     # A holds no more than its share
-    assert ws.to_give_up(20, 10, 10, 20, 2) == 0
+    assert ws.to_give_up(20, 10, 10, 20, ws.fair_share(20, 2)) == 0
     # part of the room is free: give only what is missing
-    assert ws.to_give_up(4, 3, 2, 3, 2) == 1
+    assert ws.to_give_up(4, 3, 2, 3, ws.fair_share(4, 2)) == 1
 
 
 def test_accounting_never_exceeds_the_limit_across_workers() -> None:

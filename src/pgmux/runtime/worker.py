@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgmux")
 
 CLOSING: Final = 0.3  # seconds a closed server still counts (its backend's exit in PostgreSQL)
+SPARE: Final = 1.0  # seconds an idle server waits unused before any other worker's clients may have it
 HAND_OVER_WAIT: Final = 5.0  # seconds a handed-over server may take to end its connection
 
 
@@ -71,7 +72,7 @@ class WorkerShare:
         # later, and another worker's new server must not meet it there. pool -> close times, oldest first.
         self.closing: dict[Pool[Any, Any], list[float]] = {}
         self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
-        self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int]] = {}  # keys(), for the registry's pools
+        self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:
@@ -139,16 +140,27 @@ class WorkerShare:
 
     # -- server connections -----------------------------------------------------------------------------
     def keys(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
-        """The slots of the pool, its database and its user (kept per pool: a waiting acquire asks)."""
+        """The slots of the pool, its database and its user."""
+        pk, dk, uk, _ = self.slots(pool)
+        return pk, dk, uk
+
+    def slots(self, pool: Pool[Any, Any]) -> tuple[int, int, int, int]:
+        """keys(), and the slot of the pool's clients (kept per pool: a waiting acquire asks)."""
         found = self.pool_slots.get(pool)
         if found is not None:
             return found
         label = "" if pool.host is None else f"{pool.host.host}:{pool.host.port}"
         c = self.counts
         found = (c.slot(ws.pool_key(pool.database, pool.user, label)), c.slot(ws.db_key(pool.database)),
-                 c.slot(ws.user_key(pool.user)))
+                 c.slot(ws.user_key(pool.user)), c.slot(ws.pool_clients_key(pool.database, pool.user, label)))
         self.pool_slots[pool] = found
         return found
+
+    def share(self, pool: Pool[Any, Any], limit: int) -> int:
+        """This worker's fair share of the pool's limit (workershare.fair_share)."""
+        pk, _, _, ck = self.slots(pool)
+        c = self.counts
+        return ws.fair_share(limit, c.active_workers(pk), [c.get(w, ck) for w in range(self.workers)], self.index)
 
     def local(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
         """This worker's servers of the pool, of its database and of its user (replication ones too),
@@ -212,7 +224,7 @@ class WorkerShare:
             if in_pool:
                 limit = pool.limit(now)
                 room = min(room, ws.room(limit, c.others(self.index, pk) + mine_p))
-                if c.others_demand(self.index, pk) > 0 and mine_p >= ws.fair_share(limit, c.active_workers(pk)):
+                if c.others_demand(self.index, pk) > 0 and mine_p >= self.share(pool, limit):
                     room = 0  # others wait for this pool and this worker holds its share: leave them the room
             claim = max(0, min(want, room))
             self._set(pk, mine_p + (claim if in_pool else 0))
@@ -254,11 +266,16 @@ class WorkerShare:
         if len(self.pool_slots) > len(pools):  # pools freed since (each one's slots are kept in the table)
             live = set(pools)
             self.pool_slots = {p: k for p, k in self.pool_slots.items() if p in live}
+        clients: dict[Pool[Any, Any], int] = {}
+        for client in app.clients.values():
+            if client.pool is not None:
+                clients[client.pool] = clients.get(client.pool, 0) + 1
         for pool in pools:
             try:
-                keys = self.keys(pool)
+                *keys, clients_slot = self.slots(pool)
             except ws.TableFull:
                 continue
+            fresh[clients_slot] = clients.get(pool, 0)
             waiting = max(0, len(pool.waiters) - pool.connecting)
             if pool.login_waiters and not pool.servers and not pool.connecting:
                 waiting = max(waiting, 1)
@@ -316,10 +333,17 @@ class WorkerShare:
         limit = pool.limit(now)
         marked = sum(1 for s in pool.servers if s.close_needed)  # given up already, still finishing
         others, total = c.others_demand(self.index, pk), c.total(pk) - marked
-        # Idle servers are of no use here now (a waiter of ours would have one): all another worker's
-        # clients lack, whatever the shares. Busy ones beyond this worker's fair share: as they finish.
-        idle = min(len(pool.idle), max(0, others - ws.room(limit, c.total(pk)))) if others > 0 and limit > 0 else 0
-        busy = max(0, ws.to_give_up(limit, len(pool.servers) - marked, others, total, c.active_workers(pk)) - idle)
+        share = self.share(pool, limit)
+        # Idle servers, up to what another worker's clients lack: those beyond this worker's fair share,
+        # and those idle for SPARE seconds whatever the shares (no client of ours wanted them meanwhile).
+        # One idle for a moment only is between two of our clients' transactions: given away, it would
+        # be wanted back at once (a server login each way, every tick). Busy ones beyond the share: as
+        # their transactions end.
+        idle = 0
+        if others > 0 and limit > 0:
+            spare = max(len(pool.servers) - marked - share, sum(1 for s in pool.idle if now - s.idle_since >= SPARE))
+            idle = min(len(pool.idle), max(0, others - ws.room(limit, c.total(pk))), spare)
+        busy = max(0, ws.to_give_up(limit, len(pool.servers) - marked, others, total, share) - idle)
         for lim, slot in ((reg.max_db.get(pool.database, 0), dk), (reg.max_user.get(pool.user, 0), uk)):
             other = c.others_demand(self.index, slot)
             if lim > 0 and other > 0 and ws.room(lim, c.total(slot)) < other:

@@ -70,6 +70,10 @@ def pool_key(database: str, user: str, host: str = "") -> str:
     return f"p\0{database}\0{user}\0{host}"
 
 
+def pool_clients_key(database: str, user: str, host: str = "") -> str:
+    return f"c\0{database}\0{user}\0{host}"  # clients of a pool (each worker's share follows them)
+
+
 def db_key(database: str) -> str:
     return f"d\0{database}"  # server connections of a database (max_db_connections)
 
@@ -210,22 +214,34 @@ def room(limit: int, total: int) -> int:
     return 1 << 30 if limit <= 0 else max(0, limit - total)
 
 
-def fair_share(limit: int, active: int) -> int:
-    """A worker's share of a pool limit while other workers have clients waiting for it: the limit
-    divided among the workers that hold or want it, at least 1."""
-    return max(1, limit // max(1, active))
+def fair_share(limit: int, active: int, clients: list[int] | None = None, me: int = 0) -> int:
+    """Worker `me`'s share of a pool limit while other workers have clients waiting for it, at least 1:
+    in proportion to each worker's clients of the pool (`clients`, one count per worker; the largest
+    remainders get the rest, so that the shares add up to the limit and a pooler whose workers all hold
+    their share is full), or the limit divided among the `active` workers (holding or wanting it) when
+    no clients are counted. Shares by clients follow the load, and a client count changes slowly; equal
+    shares, with clients spread unevenly over the workers, had the busiest give servers up and take them
+    back tick after tick."""
+    n = sum(clients) if clients else 0
+    if not clients or n <= 0:
+        return max(1, limit // max(1, active))
+    exact = [limit * k // n for k in clients]
+    left = limit - sum(exact)
+    # the rest, one each, to the largest remainders (ties: the lower index, as every worker reads it)
+    order = sorted(range(len(clients)), key=lambda w: (-(limit * clients[w] % n), w))
+    return max(1, exact[me] + (1 if me in order[:left] else 0))
 
 
-def to_give_up(limit: int, mine: int, others_demand: int, total: int, active: int) -> int:
+def to_give_up(limit: int, mine: int, others_demand: int, total: int, share: int) -> int:
     """How many of its servers for a key a worker gives up so that another worker's waiting clients
-    get some: none while the limit has room for them, else what this worker holds beyond its fair share
-    (never more than the others wait for)."""
+    get some: none while the limit has room for them, else what this worker holds beyond its fair
+    `share` (never more than the others wait for)."""
     if others_demand <= 0 or limit <= 0:
         return 0
     free = max(0, limit - total)
     if free >= others_demand:
         return 0
-    return max(0, min(mine - fair_share(limit, active), others_demand - free))
+    return max(0, min(mine - share, others_demand - free))
 
 
 # -- what is not shared ------------------------------------------------------------------------------------
