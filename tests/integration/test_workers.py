@@ -302,6 +302,32 @@ def test_idle_servers_of_one_worker_go_to_the_other(pgmux_factory: Any, pg: Any)
             c.close()
 
 
+def test_clients_spread_over_the_workers(pgmux_factory: Any) -> None:
+    """80 clients connecting one after the other, as pgbench and a web app's pool do: all workers wait on
+    one listening socket and the first awake accepts, often the same one again (9/6/14/51 and 37/9/12/22
+    were seen). A worker with clearly more than its part stops accepting for 0.1 s (WorkerShare.
+    pause_accepting), so each gets close to a quarter (17-23 each in four runs)."""
+    proc = start(pgmux_factory, 4, pool_mode="transaction", default_pool_size=8)
+    conns = []
+    try:
+        for _ in range(80):
+            c = psycopg.connect(proc.dsn(), **CONNECT)
+            c.execute("SELECT 1")
+            conns.append(c)
+        pids = worker_pids(proc)
+
+        def spread() -> list[int] | None:
+            logins = re.findall(r"\[(\d+)\] LOG C-\d+ \S+ login attempt", proc.log())
+            per = [logins.count(str(pids[i])) for i in range(4)]
+            return per if sum(per) >= 80 else None  # (the log is written in batches)
+
+        per = wait_for(spread, "80 logins in the log", 20)
+        assert max(per) <= 28 and min(per) >= 12, per
+    finally:
+        for c in conns:
+            c.close()
+
+
 @pytest.mark.parametrize(("settings", "named"), [({"min_pool_size": 1}, "min_pool_size"),
                                                  ({"default_pool_size": "auto"}, "pool_size = auto"),
                                                  ({"metrics_listen": "127.0.0.1:1"}, "metrics_listen")])

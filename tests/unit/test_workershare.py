@@ -191,3 +191,10 @@ def test_asking_twice_for_room_grants_it_twice() -> None:
         return first, second, counts.get(0, counts.slot(ws.pool_key("db", "u")))
 
     assert asyncio.run(run()) == (2, 2, 0)
+
+
+def test_crowded_is_clearly_more_than_a_workers_part() -> None:
+    assert not ws.crowded(22, 80, 4) and ws.crowded(23, 80, 4)  # an eighth above the mean of 20
+    assert not ws.crowded(36, 64, 2) and ws.crowded(37, 64, 2)
+    assert not ws.crowded(3, 4, 4) and ws.crowded(4, 4, 4)  # and at least 2 above it
+    assert not ws.crowded(0, 0, 4) and not ws.crowded(1, 1, 1) and not ws.crowded(50, 50, 1)  # alone: never

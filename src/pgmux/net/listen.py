@@ -34,12 +34,15 @@ async def start_listeners(app: Any, listen_addr: tuple[str, ...], port: int, uni
     servers: list[asyncio.AbstractServer] = []
     share = getattr(app, "share", None)
     if share is not None:  # a worker process: the supervisor bound them (bind_listeners), we accept
+        # On a copy of each: closing the server (a worker that stops accepting for a moment,
+        # WorkerShare.pause_accepting) leaves the inherited socket open for the next one.
         for sock in share.sockets:
             if sock.family == socket.AF_UNIX:
-                servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock,
+                servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock.dup(),
                                                              backlog=backlog))
             else:
-                servers.append(await loop.create_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
+                servers.append(await loop.create_server(lambda: ClientProtocol(app), sock=sock.dup(),
+                                                        backlog=backlog))
         return servers
     # The Unix socket first: whoever sees the TCP port accept (a test, a health probe) can then use both.
     path = unix_socket_path(unix_dir, port) if unix_dir else ""

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgmux")
 
 CLOSING: Final = 0.3  # seconds a closed server still counts (its backend's exit in PostgreSQL)
+ACCEPT_PAUSE: Final = 0.1  # seconds a worker with clearly more than its part of the clients stops accepting
 SPARE: Final = 1.0  # seconds an idle server waits unused before any other worker's clients may have it
 HAND_OVER_WAIT: Final = 5.0  # seconds a handed-over server may take to end its connection
 
@@ -72,6 +73,8 @@ class WorkerShare:
         # later, and another worker's new server must not meet it there. pool -> close times, oldest first.
         self.closing: dict[Pool[Any, Any], list[float]] = {}
         self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
+        self.accept_paused = False
+        self.accept_pauses = 0  # how often (the tests read it)
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
 
     # -- set-up --------------------------------------------------------------------------------------
@@ -136,7 +139,49 @@ class WorkerShare:
         c = self.counts
         with c.lock:
             c.set(self.index, self.clients_slot, mine)
-            return c.total(self.clients_slot) > limit
+            total = c.total(self.clients_slot)
+        if ws.crowded(mine, total, self.workers):
+            self.pause_accepting()
+        return total > limit
+
+    # -- spreading the clients ----------------------------------------------------------------------------
+    def pause_accepting(self) -> None:
+        """This worker has clearly more than its part of the clients: it stops accepting for ACCEPT_PAUSE
+        seconds, and the others take the next ones (all wait on one listening socket; the first awake
+        accepts, and a worker that has just accepted is often that one again: 27/14/6/1 of 48 clients
+        connected one after the other). Only ever for ACCEPT_PAUSE: with the other workers busy, stopped
+        or dead, a new client waits that long at most."""
+        app = self.app
+        if self.accept_paused or app is None or app.shutting_down or not app.listeners:
+            return
+        self.accept_paused = True
+        for srv in app.listeners:
+            srv.close()  # (a copy of the inherited socket: net/listen.start_listeners)
+        app.listeners = []
+        self.accept_pauses += 1
+        asyncio.get_running_loop().call_later(ACCEPT_PAUSE, app.spawn, self._resume_accepting)
+
+    async def _resume_accepting(self) -> None:
+        from pgmux.net.listen import is_unix_listener, start_listeners
+
+        app = self.app
+        assert app is not None
+        if app.finished:
+            return
+        s = app.config.settings
+        try:
+            servers = await start_listeners(app, s.listen_addr, s.listen_port, s.unix_socket_dir)
+        except Exception as e:  # (out of file descriptors for the copies, say): again shortly, never given up
+            log.warning("worker %d cannot accept again yet: %s (next attempt in %gs)", self.index, e, ACCEPT_PAUSE)
+            asyncio.get_running_loop().call_later(ACCEPT_PAUSE, app.spawn, self._resume_accepting)
+            return
+        self.accept_paused = False
+        if app.shutting_down or app.finished:  # as App.shutdown leaves them: the console's Unix socket only
+            for srv in servers:
+                if app.finished or not is_unix_listener(srv):
+                    srv.close()
+            servers = [] if app.finished else [srv for srv in servers if is_unix_listener(srv)]
+        app.listeners = servers
 
     # -- server connections -----------------------------------------------------------------------------
     def keys(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:

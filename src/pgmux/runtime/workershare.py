@@ -232,6 +232,13 @@ def fair_share(limit: int, active: int, clients: list[int] | None = None, me: in
     return max(1, exact[me] + (1 if me in order[:left] else 0))
 
 
+def crowded(mine: int, total: int, workers: int) -> bool:
+    """Has a worker with `mine` of the pooler's `total` clients clearly more than its part (an eighth
+    more than the mean, and at least 2 more)?"""
+    mean = total / max(1, workers)
+    return mine > mean + max(2.0, mean / 8)
+
+
 def to_give_up(limit: int, mine: int, others_demand: int, total: int, share: int) -> int:
     """How many of its servers for a key a worker gives up so that another worker's waiting clients
     get some: none while the limit has room for them, else what this worker holds beyond its fair
