@@ -57,13 +57,40 @@ def start(pgmux_factory: Any, workers: int = 2, databases: dict[str, str] | None
 def only_on(proc: Any, index: int) -> Iterator[None]:
     """Connections made inside land on worker `index`: the others are stopped meanwhile."""
     others = [pid for i, pid in worker_pids(proc).items() if i != index]
-    for pid in others:
-        os.kill(pid, signal.SIGSTOP)
     try:
+        for pid in others:
+            stop_outside_the_lock(pid)
         yield
     finally:
         for pid in others:
             os.kill(pid, signal.SIGCONT)
+
+
+def stop_outside_the_lock(pid: int) -> None:
+    """SIGSTOP a worker, but never while it holds the workers' shared lock (a POSIX lock, in /proc/locks):
+    stopped inside, it would block every other worker's next login until continued (a RELOAD has each
+    worker take it for every pool at once)."""
+    deadline = time.monotonic() + 10
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: _state(pid) in ("T", "Z", ""), f"worker {pid} stopped", 10)
+        if not _holds_posix_lock(pid) or time.monotonic() > deadline:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def _holds_posix_lock(pid: int) -> bool:
+    with open("/proc/locks") as f:  # "1: POSIX  ADVISORY  WRITE 7490 00:1f:123 0 0"; waiters have "->"
+        return any(p[1] == "POSIX" and p[4] == str(pid) for p in (line.split() for line in f) if len(p) > 4)
 
 
 def connect_on(proc: Any, index: int, **kwargs: Any) -> psycopg.Connection[Any]:
