@@ -74,7 +74,6 @@ class WorkerShare:
         self.closing: dict[Pool[Any, Any], list[float]] = {}
         self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
         self.accept_paused = False
-        self.accept_pauses = 0  # how often (the tests read it)
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
 
     # -- set-up --------------------------------------------------------------------------------------
@@ -158,7 +157,6 @@ class WorkerShare:
         for srv in app.listeners:
             srv.close()  # (a copy of the inherited socket: net/listen.start_listeners)
         app.listeners = []
-        self.accept_pauses += 1
         asyncio.get_running_loop().call_later(ACCEPT_PAUSE, app.spawn, self._resume_accepting)
 
     async def _resume_accepting(self) -> None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _Z, _S, _E, _R, _K, _N = (ord(c) for c in "ZSERKN")
 _G: Final = ord("G")  # CopyInResponse
+_Z_LEN: Final = 6  # a ReadyForQuery: type, length 5, status
 _NOTED: Final = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
 _D: Final = ord("D")  # DataRow
 _DECODED: Final = frozenset(b"ZSEGRK")  # replies the relays read whole, never streamed
@@ -310,8 +311,8 @@ class ServerSession:
         if z and self.owed <= 0:
             if z != 73 and self.pool.mode == "statement":
                 pos = zpos  # withhold ReadyForQuery: BEGIN itself must fail, as in PgBouncer
-            elif pos > zpos + 6:
-                self._forward_unasked(client, data, first, pos, z, zpos + 6)
+            elif pos > zpos + _Z_LEN:
+                self._forward_unasked(client, data, first, pos, z, zpos + _Z_LEN)
                 return
         client.transport.write(data if first == 0 and pos == len(data) else memoryview(data)[first:pos])
         self.pool.stats.bytes_sent += pos - first
@@ -357,7 +358,7 @@ class ServerSession:
         parts, z, zpos = to_client(self, data, msgs, first, pos)
         out = parts[0] if len(parts) == 1 else b"".join(parts)
         rest: bytes | memoryview = b""  # what the server sent after its last ReadyForQuery, passed as is
-        unasked = pos - zpos - 6 if z and self.owed <= 0 else 0
+        unasked = pos - zpos - _Z_LEN if z and self.owed <= 0 else 0
         if unasked > 0 and out[len(out) - unasked:] == data[pos - unasked:pos]:
             rest, out = out[len(out) - unasked:], out[:len(out) - unasked]
         if out:
