@@ -15,11 +15,13 @@ four places, each a few lines in the hub:
 - max_db_client_connections / max_user_client_connections: `SharedAdmission`.
 
 Rebalance, every tick (0.2 s): a worker whose clients wait for a pool publishes how many; a worker
-holding idle servers of that pool (or of one under the same max_db/max_user limit that is full) closes
-them, and one holding more than its fair share (limit / workers using the pool) closes servers as their
-transactions end (close_needed). The waiting worker opens its own at its next tick. Worst-case extra wait
-for a client while another worker holds an idle server: two ticks (0.4 s), the server's end of the
-connection after Terminate (a handed-over server counts until then), plus one server login.
+holding idle servers of that pool beyond its fair share (the limit in proportion to its clients of the
+pool), or idle for SPARE seconds, or of a pool under the same max_db/max_user limit that is full, closes
+them, and one holding more than its fair share closes servers as their transactions end (close_needed).
+The waiting worker opens its own at its next tick. Worst-case extra wait for a client while another
+worker holds an idle server: two ticks (0.4 s), the server's end of the connection after Terminate (a
+handed-over server counts until then), plus one server login; plus SPARE when that server is within its
+worker's share.
 """
 
 from __future__ import annotations
