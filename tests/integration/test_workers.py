@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +26,13 @@ import psycopg
 import pytest
 from helpers import wait_for
 from test_pgbench import bench_db  # noqa: F401 - the fixture: a pgbench database of its own
+
+BENCH = str(Path(__file__).resolve().parents[2] / "bench")
+sys.path.insert(0, BENCH)  # only while importing: bench/'s module names (run, memory...) stay off the path
+try:
+    import cpugroups as cg  # /proc's TCP sockets and their owners
+finally:
+    sys.path.remove(BENCH)
 
 CONNECT: dict[str, Any] = {"connect_timeout": 10, "autocommit": True}
 
@@ -94,10 +102,12 @@ def _holds_posix_lock(pid: int) -> bool:
 
 
 def connect_on(proc: Any, index: int, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A client on worker `index`: the others are stopped until that worker has logged its login (which
-    may itself need a server another worker holds), then the connection completes."""
+    """A client on worker `index`: the others are stopped until that worker has accepted the connection
+    (its login may itself need a server another worker holds), then the connection completes. Accepted:
+    one more TCP connection to the port among the worker's sockets (/proc), not its log, which is written
+    in batches: a login line of the client before, written late, once let the others go too soon."""
     pid = worker_pids(proc)[index]
-    before = len(re.findall(rf"\[{pid}\] LOG C-\d+ \S+ login attempt", proc.log()))
+    before = _accepted(pid, proc.port)
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -109,13 +119,18 @@ def connect_on(proc: Any, index: int, **kwargs: Any) -> psycopg.Connection[Any]:
     t = threading.Thread(target=run, daemon=True)
     with only_on(proc, index):
         t.start()
-        wait_for(lambda: "error" in box or "conn" in box or
-                 len(re.findall(rf"\[{pid}\] LOG C-\d+ \S+ login attempt", proc.log())) > before,
-                 f"a login on worker {index}", 20)
+        wait_for(lambda: "error" in box or "conn" in box or _accepted(pid, proc.port) > before,
+                 f"a connection accepted by worker {index}", 20)
     t.join(30)
     if "error" in box:
         raise box["error"]
     return box["conn"]
+
+
+def _accepted(pid: int, port: int) -> int:
+    """Established TCP connections to `port` that process `pid` holds."""
+    return cg.count_owned(cg.tcp_sockets(), {pid: cg.socket_inodes(pid)},
+                          lambda s: s.state == 1 and s.local_port == port)[pid]
 
 
 def login_pids(proc: Any) -> set[int]:
