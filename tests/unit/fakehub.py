@@ -33,6 +33,7 @@ class FakeHub(Hub):
     def __init__(self, mode: str = "transaction", max_prepared: int = 0) -> None:
         self.clock = Clock()
         self.now: Callable[[], float] = self.clock
+        self.suspended = False
         self.calls: list[tuple[Any, ...]] = []  # (member name, arguments...), in order
         self.pool: Pool[Any, Any] = Pool("app", "alice", PoolLimits(pool_size=2), mode)
         self.registry = Registry()

@@ -55,6 +55,9 @@ def protocol_members() -> set[str]:
             | set(getattr(hub_module.Hub, "__annotations__", {})))
 
 
+ATTRIBUTES = {"now", "suspended"}  # the port's members that are values, not methods
+
+
 def test_the_fake_and_the_app_both_implement_every_member_of_the_port() -> None:
     members = protocol_members()
     assert {"acquire", "server_ready", "client_closed", "now", "server_login_done"} <= members
@@ -62,8 +65,8 @@ def test_the_fake_and_the_app_both_implement_every_member_of_the_port() -> None:
     assert [n for n in sorted(members) if not hasattr(FakeHub(), n)] == []
     # Hub's own methods only raise: each must be App's own (or a layer's), and the fake's
     for impl in (App, FakeHub):
-        assert [n for n in sorted(members - {"now"}) if getattr(impl, n) is getattr(hub_module.Hub, n)] == [], impl
-    for name in members - {"now"}:  # same parameters, in the same order
+        assert [n for n in sorted(members - ATTRIBUTES) if getattr(impl, n) is getattr(hub_module.Hub, n)] == [], impl
+    for name in members - ATTRIBUTES:  # same parameters, in the same order
         proto = list(inspect.signature(getattr(hub_module.Hub, name)).parameters)
         assert list(inspect.signature(getattr(FakeHub, name)).parameters) == proto, name
         assert list(inspect.signature(getattr(App, name)).parameters) == proto, name

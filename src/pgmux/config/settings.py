@@ -152,7 +152,8 @@ class Settings:
     client_idle_timeout: float = _s(0.0, v.seconds)
     idle_transaction_timeout: float = _s(0.0, v.seconds)
     transaction_timeout: float = _s(0.0, v.seconds)
-    suspend_timeout: float = _s(10.0, v.seconds, **_NI, note="no SUSPEND or online restart")
+    suspend_timeout: float = _s(10.0, v.seconds,
+                                note="SUSPEND drops a connection whose socket buffer is not written out by then")
     login_notify_message: str | None = _s(None, _OPT)
     # -- logging and stats
     log_connections: bool = _s(True, v.boolean)

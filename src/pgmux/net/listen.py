@@ -35,15 +35,8 @@ async def start_listeners(app: Any, listen_addr: tuple[str, ...], port: int, uni
     share = getattr(app, "share", None)
     if share is not None:  # a worker process: the supervisor bound them (bind_listeners), we accept
         # On a copy of each: closing the server (a worker that stops accepting for a moment,
-        # WorkerShare.pause_accepting) leaves the inherited socket open for the next one.
-        for sock in share.sockets:
-            if sock.family == socket.AF_UNIX:
-                servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock.dup(),
-                                                             backlog=backlog))
-            else:
-                servers.append(await loop.create_server(lambda: ClientProtocol(app), sock=sock.dup(),
-                                                        backlog=backlog))
-        return servers
+        # WorkerShare.pause_accepting, or SUSPEND) leaves the inherited socket open for the next one.
+        return await serve_sockets(app, [sock.dup() for sock in share.sockets], backlog)
     # The Unix socket first: whoever sees the TCP port accept (a test, a health probe) can then use both.
     path = unix_socket_path(unix_dir, port) if unix_dir else ""
     srv: asyncio.AbstractServer
@@ -66,6 +59,26 @@ async def start_listeners(app: Any, listen_addr: tuple[str, ...], port: int, uni
             srv.close()
         if path and servers:
             _unlink_quietly(path)
+        raise
+    return servers
+
+
+async def serve_sockets(app: Any, socks: list[socket.socket], backlog: int) -> list[asyncio.AbstractServer]:
+    """Accept clients on sockets already bound and listening (a worker's copies of the supervisor's, or the
+    copies SUSPEND kept: runtime/suspend.py). The sockets become the servers'; on a failure all are closed."""
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.AbstractServer] = []
+    try:
+        for sock in socks:
+            if sock.family == socket.AF_UNIX:
+                servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
+            else:
+                servers.append(await loop.create_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
+    except BaseException:
+        for srv in servers:
+            srv.close()
+        for sock in socks[len(servers):]:
+            sock.close()
         raise
     return servers
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pgmux import VERSION_STRING
 from pgmux.admin import derive, render
+from pgmux.admin import errors as admin_errors
 from pgmux.admin import rows as R
 from pgmux.admin.commands import AdminCommand, admin_command
 from pgmux.errors import PgmuxError
@@ -135,9 +136,17 @@ class AdminService(ShowRows):
             app.shutdown("servers" if cmd.arg == "WAIT_FOR_SERVERS" else "clients")
             return render.render_ok("SHUTDOWN")
         if v == "PAUSE":
+            if app.suspended:
+                return render.render_error(admin_errors.already_paused())
             self._pause(cmd.arg, True)
             return self._wait_or_ok(c, cmd, "PAUSE")
         if v == "RESUME":
+            if app.suspended:
+                if cmd.arg is not None:  # PgBouncer resumes a suspension as a whole only
+                    return render.render_error(PgmuxError("cannot resume one database while the pooler is "
+                                                          "suspended: RESUME without a database", sqlstate="08P01"))
+                app.spawn(app.suspension.resume)
+                return render.render_ok("RESUME")
             self._pause(cmd.arg, False)
             return render.render_ok("RESUME")
         if v in ("DISABLE", "ENABLE"):
@@ -175,8 +184,7 @@ class AdminService(ShowRows):
                 return render.render_error(PgmuxError(err, sqlstate="08P01"))
             return render.render_ok(v)
         if v == "SUSPEND":
-            return render.render_error(PgmuxError("SUSPEND is not supported by pgmux (no online restart)",
-                                                  sqlstate="0A000"))
+            return app.suspension.suspend(c)  # answered once the socket buffers are written out
         return render.render_error(PgmuxError(f"unknown command: {cmd.query}", sqlstate="08P01"))
 
     def _pools(self, db: str | None) -> list[Any]:
@@ -203,6 +211,10 @@ class AdminService(ShowRows):
         self._pause(None, True)
 
     def resume_all(self) -> None:
+        """SIGUSR2: RESUME, of a suspension too."""
+        if self.app.suspended:
+            self.app.spawn(self.app.suspension.resume)
+            return
         self._pause(None, False)
 
     def _done(self, cmd: AdminCommand) -> bool:
@@ -435,7 +447,7 @@ class AdminService(ShowRows):
         return [derive.stats_averages_row(s) for s in self._stats()], R.StatsAveragesRow
 
     def _show_state(self) -> tuple[list[Any], type]:
-        return derive.state_rows(paused=self.app.paused, suspended=False), R.StateRow
+        return derive.state_rows(paused=self.app.paused, suspended=self.app.suspended), R.StateRow
 
     def _show_config(self) -> tuple[list[Any], type]:
         from pgmux.admin.config_show import config_rows

@@ -42,8 +42,10 @@ class App(Logins):
     async def start(self) -> None:
         from pgmux.runtime.admin_service import AdminService
         from pgmux.runtime.periodic import hooks
+        from pgmux.runtime.suspend import Suspension
 
         self.admin = AdminService(self)
+        self.suspension = Suspension(self)
         self.tick_hooks.extend(hooks(self))  # stats_period/log_stats
         s = self.config.settings
         self.stopped = asyncio.get_running_loop().create_future()
@@ -72,6 +74,8 @@ class App(Logins):
         console until the exit; other logins are refused."""
         if not self.shutting_down:
             sdnotify.notify("STOPPING=1")
+        if self.suspended:  # the suspended connections are read again, to finish or to be told
+            self.spawn(self.suspension.resume)
         if mode == "immediate":
             log.info("shutting down immediately")
             self.shutting_down, self.shutdown_mode, self.shedding = True, mode, True
@@ -101,6 +105,8 @@ class App(Logins):
         self.finished = True
         for listener in self.listeners:
             listener.close()
+        if self.suspension is not None:
+            self.suspension.close()
         for c in list(self.clients.values()):
             c.fail(PgmuxError("pgmux is shutting down", sqlstate="57P01", severity="FATAL"))
         for srv in list(self.servers.values()):
@@ -173,7 +179,8 @@ class App(Logins):
                 log.error("janitor pass failed", exc_info=e)
 
     def tick(self, now: float) -> None:
-        check_timeouts(self, now)
+        if not self.suspended:  # SUSPEND: no timeout runs, as PgBouncer skips its maintenance
+            check_timeouts(self, now)
         self.last_tick = now
         self.admission.free_idle_pools(now)
         if self.replication.waiting or self.replication.servers:

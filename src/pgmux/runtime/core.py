@@ -46,6 +46,7 @@ class Core(Hub):
         self.next_id = 1
         self.listeners: list[asyncio.AbstractServer] = []
         self.paused = False
+        self.suspended = False  # SUSPEND: nothing is read but the consoles (runtime/suspend.py)
         self.shutting_down = False
         # How: "servers" (SIGINT, SHUTDOWN WAIT_FOR_SERVERS), "clients" (SIGTERM, SHUTDOWN WAIT_FOR_CLIENTS),
         # "immediate"; "" while running. `shedding`: "servers", no new transaction starts.
@@ -55,6 +56,7 @@ class Core(Hub):
         self.stopped: asyncio.Future[None] | None = None
         self.start_time = time.time()
         self.admin: Any = None  # set by start(): the admin console service
+        self.suspension: Any = None  # set by start(): SUSPEND and RESUME (runtime/suspend.py)
         self.waiting_admin: list[tuple[ClientSession, str, Any]] = []  # PAUSE/WAIT_CLOSE answered later
         # SCRAM keys a client proved against a stored verifier, per user: pgmux logs in to PostgreSQL
         # with them when auth_file holds only the server's own verifier (PgBouncer's pass-through).

@@ -26,7 +26,7 @@ log = logging.getLogger("pgmux")
 
 class Servers(Core):
     def launch(self, pool: Pool[Any, Any]) -> None:
-        if self.shedding or self.paused or pool.paused:
+        if self.shedding or self.paused or pool.paused or self.suspended:
             return
         now = self.now()
         headroom = self.registry.headroom(pool)

@@ -168,6 +168,9 @@ class WorkerShare:
         assert app is not None
         if app.finished:
             return
+        if app.suspended:  # RESUME accepts again (runtime/suspend.py)
+            self.accept_paused = False
+            return
         s = app.config.settings
         try:
             servers = await start_listeners(app, s.listen_addr, s.listen_port, s.unix_socket_dir)

@@ -3,11 +3,11 @@
 A console connection lands on one worker. RELOAD and SHUTDOWN go through the supervisor, whose signals
 reach every worker (runtime/supervisor.py; RELOAD also renews the supervisor's configuration, which the
 workers it starts later get): HUP, and QUIT, INT (WAIT_FOR_SERVERS) or TERM (WAIT_FOR_CLIENTS).
-SET, DISABLE, ENABLE, KILL, RECONNECT, WAIT_CLOSE, BAN, UNBAN, PAUSE and RESUME are sent as they are to
+SET, DISABLE, ENABLE, KILL, RECONNECT, WAIT_CLOSE, BAN, UNBAN, PAUSE, RESUME and SUSPEND are sent as they are to
 every worker's console, this one's too, over the private Unix sockets (as pgmux's own OS user, with
 application_name PEER_APP: such a console acts for its own worker only), and answered once all have: the
-reply of one, with a WARNING for each worker that failed, or the error when all failed alike. PAUSE and
-WAIT_CLOSE answer when every worker is done. KILL_CLIENT takes this worker's client ids (SHOW CLIENTS'
+reply of one, with a WARNING for each worker that failed, or the error when all failed alike. PAUSE,
+WAIT_CLOSE and SUSPEND answer when every worker is done. KILL_CLIENT takes this worker's client ids (SHOW CLIENTS'
 `worker` column says which). A SET lasts until the next RELOAD, as in PgBouncer, in the workers running
 now: a worker restarted after a crash starts from the configuration file.
 
@@ -44,8 +44,10 @@ PEER_TIMEOUT: Final = 5.0
 # Sent as they are to every worker's console (this one's too, over its own private socket), answered once
 # all have: PAUSE and WAIT_CLOSE when every worker is done, as PgBouncer's answer when its servers are.
 EVERY_WORKER: Final = frozenset({"SET", "DISABLE", "ENABLE", "KILL", "RECONNECT", "WAIT_CLOSE", "BAN", "UNBAN",
-                                 "PAUSE", "RESUME"})
-WAITING: Final = frozenset({"PAUSE", "WAIT_CLOSE"})  # no time bound: they wait for transactions to end
+                                 "PAUSE", "RESUME", "SUSPEND"})
+# No time bound of the console's: PAUSE and WAIT_CLOSE wait for transactions to end, SUSPEND for the socket
+# buffers to be written out (bounded by suspend_timeout).
+WAITING: Final = frozenset({"PAUSE", "WAIT_CLOSE", "SUSPEND"})
 COMMAND_TIMEOUT: Final = 30.0
 
 

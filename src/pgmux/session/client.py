@@ -477,8 +477,13 @@ class ClientSession:
         self.throttled = on
         self._reading()
 
+    def suspend(self) -> None:
+        """SUSPEND or RESUME changed hub.suspended: stop or start reading (runtime/suspend.py)."""
+        self._reading()
+
     def _reading(self) -> None:
-        paused = self.held or self.throttled
+        """Read from the client unless held, throttled, or the pooler is suspended (not for consoles)."""
+        paused = self.held or self.throttled or (self.hub.suspended and not self.is_admin)
         if paused != self.rpaused and self.transport is not None and self.state is not ClientState.CLOSED:
             self.rpaused = paused
             if paused:

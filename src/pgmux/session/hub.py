@@ -42,6 +42,8 @@ class Hub:
 
     # -- the clock: time.monotonic in production, a hand-turned clock in tests
     now: Callable[[], float]
+    # -- SUSPEND (runtime/suspend.py): while True, sessions other than consoles read nothing
+    suspended: bool
 
     # -- a client's login (ClientSession._startup_data and after)
     def start_tls(self, c: ClientSession, hello: bytes = b"") -> bool:

@@ -145,6 +145,8 @@ class ServerSession:
     # -- I/O events ----------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if self.hub.suspended:  # a connection begun before SUSPEND: it logs in after RESUME
+            transport.pause_reading()
         params = {"user": self.target.user, "database": self.target.dbname}
         params.update(self.target.startup)
         transport.write(m.startup_message(params))
@@ -162,7 +164,16 @@ class ServerSession:
     def resume_reading(self) -> None:
         if self.paused and self.transport is not None:
             self.paused = False
-            self.transport.resume_reading()
+            if not self.hub.suspended:  # else RESUME resumes it (runtime/suspend.py)
+                self.transport.resume_reading()
+
+    def suspend(self, on: bool) -> None:
+        """SUSPEND (on) and RESUME: stop or start reading, unless the client's writes keep it paused."""
+        if self.transport is not None and not self.paused:
+            if on:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def send_internal(self, sql: str) -> None:
         """Run a query of pgmux's own; its replies are swallowed up to its ReadyForQuery, and its error
