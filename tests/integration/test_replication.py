@@ -280,6 +280,40 @@ def test_pg_recvlogical_through_pgmux_decodes_the_same_changes(logical: PgCluste
     assert text == files["direct"].read_text()
 
 
+def test_suspend_holds_a_replication_stream_and_resume_lets_it_go_on(logical: PgCluster,
+                                                                      pgmux_factory: PgmuxStarter,
+                                                                      tmp_path: Path) -> None:
+    """SUSPEND reads nothing from a replication stream's server either: a change made meanwhile reaches the
+    client only after RESUME, on the same connection."""
+    mux = start_pgmux(pgmux_factory, logical)
+    out = tmp_path / "suspended.out"
+    res = run(["pg_recvlogical", "-d", conninfo(mux.host, mux.port), "--slot", "slot_suspend", "--create-slot",
+               "-P", "test_decoding"])
+    assert res.returncode == 0, res.stderr
+    proc = _start(["pg_recvlogical", "-d", conninfo(mux.host, mux.port, application_name="suspended"), "--slot",
+                   "slot_suspend", "--start", "-f", str(out), "--no-loop", "-F", "0", "-s", "1"],
+                  tmp_path / "suspended.log")
+    try:
+        wait_for("the decoder streaming", lambda: [r[0] for r in wal_senders(logical)] == ["suspended"])
+        sql(logical, "INSERT INTO t VALUES (-10, 'before')")
+        wait_for("the first change decoded", lambda: out.exists() and "'before'" in out.read_text())
+        with psycopg.connect(mux.dsn("pgbouncer"), autocommit=True, cursor_factory=psycopg.ClientCursor,
+                             connect_timeout=15) as console:  # opened first: a new one waits while suspended
+            console.execute("SUSPEND")
+            sql(logical, "INSERT INTO t VALUES (-11, 'while suspended')")
+            time.sleep(2)
+            assert "'while suspended'" not in out.read_text()
+            assert proc.poll() is None
+            console.execute("RESUME")
+        wait_for("the change made while suspended decoded", lambda: "'while suspended'" in out.read_text())
+        assert proc.poll() is None, "the stream ended"
+    finally:
+        _stop(proc)
+        sql(logical, "DELETE FROM t WHERE id IN (-10, -11)")
+        sql(logical, "SELECT pg_drop_replication_slot('slot_suspend') FROM pg_replication_slots "
+                     "WHERE slot_name = 'slot_suspend'")
+
+
 # -- limits -------------------------------------------------------------------------------------------
 
 def identify(mux: PgmuxProc, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:

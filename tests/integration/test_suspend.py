@@ -166,3 +166,33 @@ def test_suspend_and_resume_act_on_every_worker(pgmux_factory: Any, pool: Thread
     finally:
         for conn in clients:
             conn.close()
+
+
+def test_a_command_that_waits_keeps_the_extended_protocol_in_order(pgmux_factory: Any,
+                                                                    pool: ThreadPoolExecutor) -> None:
+    """PAUSE and SUSPEND answered later, sent with the extended protocol (psycopg, binary=True): the
+    answer comes before its Sync's ReadyForQuery, so the command returns when it is done and the console
+    goes on. Before, ReadyForQuery came at once and the late answer confused the next command."""
+    proc = pgmux_factory(settings={"pool_mode": "transaction"})
+    with psycopg.connect(proc.dsn(), **CONNECT) as busy, \
+            psycopg.connect(proc.dsn("pgbouncer"), **CONNECT) as console:
+        busy.execute("BEGIN")
+        busy.execute("SELECT 1")
+        pause = pool.submit(console.execute, "PAUSE", binary=True)  # binary: psycopg's extended protocol
+        assert _still_waiting(pause), "PAUSE returned while a transaction was open"
+        busy.execute("COMMIT")
+        pause.result(timeout=10)
+        assert dict(console.execute("SHOW STATE", binary=True).fetchall())["paused"] == "yes"
+        console.execute("RESUME", binary=True)
+        assert busy.execute("SELECT 2").fetchone() == (2,)
+        with Wire(proc.host, proc.port, timeout=30) as stuck:  # a client that does not read: SUSPEND waits
+            stuck.login()
+            stuck.send(m.query("SELECT repeat('x', 1000) FROM generate_series(1, 50000)"))
+            time.sleep(1)
+            t0 = time.monotonic()
+            console.execute("SET suspend_timeout = 1")
+            console.execute("SUSPEND", binary=True)
+            assert time.monotonic() - t0 > 0.9
+            assert dict(console.execute("SHOW STATE", binary=True).fetchall())["suspended"] == "yes"
+            console.execute("RESUME", binary=True)
+        assert busy.execute("SELECT 3").fetchone() == (3,)

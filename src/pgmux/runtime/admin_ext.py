@@ -16,12 +16,16 @@ from pgmux.protocol.scans import ANY_LENGTH, message_end
 log = logging.getLogger("pgmux")
 
 class ExtState:
-    __slots__ = ("sql", "failed", "formats")
+    __slots__ = ("sql", "failed", "formats", "deferred", "synced")
 
     def __init__(self) -> None:
         self.sql = ""
         self.failed = False
         self.formats: tuple[int, ...] = ()  # result format codes from Bind: 0 text, 1 binary
+        # An Execute of a command answered later (PAUSE, WAIT_CLOSE, SUSPEND): its Sync's ReadyForQuery
+        # waits for that answer (AdminService.answer_later), so that the client sees them in order.
+        self.deferred = False
+        self.synced = False
 
 
 def _result_formats(bind: bytes) -> tuple[int, ...]:

@@ -68,6 +68,9 @@ class AdminService(ShowRows):
         if st is None:
             st = c.admin_ext = ExtState()
         if ch == "S":
+            if st.deferred:  # ReadyForQuery once the command's answer is out (answer_later)
+                st.synced = True
+                return
             c.admin_ext = None
             c.transport.write(m.ready_for_query(b"I"))
             return
@@ -82,7 +85,9 @@ class AdminService(ShowRows):
             params = m.message(m.PARAMETER_DESCRIPTION, b"\x00\x00") if body[:1] == b"S" else b""
             out = params + (head if head is not None else m.message(m.NO_DATA))
         elif ch == "E":
-            out = self.run(c, st.sql) or b""
+            answer = self.run(c, st.sql)
+            st.deferred = answer is None  # answered later: PAUSE, WAIT_CLOSE, SUSPEND
+            out = answer or b""
             if out[:1] == b"T":  # the RowDescription belongs to Describe, not Execute
                 end = message_end(out, 0, ANY_LENGTH)
                 if any(st.formats):
@@ -229,13 +234,26 @@ class AdminService(ShowRows):
         self.app.waiting_admin.append((c, tag, cmd))
         return None  # answered by check_waiting when the servers are gone
 
+    def answer_later(self, c: Any, out: bytes) -> None:
+        """The answer of a command that waited (PAUSE, WAIT_CLOSE, SUSPEND), then ReadyForQuery: at once
+        after a simple Query; after the extended protocol's Execute, when its Sync has come."""
+        st = c.admin_ext
+        if st is not None and st.deferred:
+            st.deferred = False
+            if st.synced:
+                c.admin_ext = None
+                out += m.ready_for_query(b"I")
+            c.transport.write(out)
+            return
+        c.transport.write(out + m.ready_for_query(b"I"))
+
     def check_waiting(self) -> None:
         still = []
         for c, tag, cmd in self.app.waiting_admin:
             if c.state is ClientState.CLOSED:
                 continue
             if self._done(cmd):
-                c.transport.write(render.render_ok(tag) + m.ready_for_query(b"I"))
+                self.answer_later(c, render.render_ok(tag))
             else:
                 still.append((c, tag, cmd))
         self.app.waiting_admin = still

@@ -27,7 +27,6 @@ import socket
 from typing import Any, Final
 
 from pgmux.admin import errors, render
-from pgmux.protocol import messages as m
 from pgmux.session.states import ClientState
 
 log = logging.getLogger("pgmux")
@@ -61,6 +60,8 @@ class Suspension:
                 c.suspend()
         for server in list(app.servers.values()):
             server.suspend(True)
+        for repl in list(app.replication.servers.values()):  # physical replication streams
+            repl.suspend(True)
         log.info("%s suspended: no connection is read but the consoles', no new connection accepted; waiting "
                  "for the socket buffers to be written out (suspend_timeout %gs)", issuer.prefix,
                  app.config.settings.suspend_timeout)
@@ -107,7 +108,7 @@ class Suspension:
             log.warning("SUSPEND dropped %d connections whose socket buffers were not written out within "
                         "suspend_timeout", len(dropped))
         if issuer.state is not ClientState.CLOSED:
-            issuer.transport.write(render.render_ok("SUSPEND") + m.ready_for_query(b"I"))
+            app.admin.answer_later(issuer, render.render_ok("SUSPEND"))
 
     # -- RESUME -----------------------------------------------------------------------------------------
     async def resume(self) -> None:
@@ -122,6 +123,8 @@ class Suspension:
                 c.suspend()
         for server in list(app.servers.values()):
             server.suspend(False)
+        for repl in list(app.replication.servers.values()):
+            repl.suspend(False)
         for pool in list(app.registry):
             while pool.waiters and pool.idle:  # a server that came back meanwhile (KILL, a drop)
                 server = pool.take_idle()
@@ -136,7 +139,7 @@ class Suspension:
         from pgmux.net.listen import serve_sockets, start_listeners
 
         app = self.app
-        if app.finished or app.suspended:
+        if app.finished:
             for sock in self.held:
                 sock.close()
             self.held = []
@@ -157,6 +160,8 @@ class Suspension:
                     srv.close()
             servers = [srv for srv in servers if is_unix_listener(srv)]
         app.listeners = servers
+        if app.suspended:  # SUSPEND again while these were being made: held again, as the first time
+            self._stop_accepting()
 
     def close(self) -> None:
         """The pooler exits: the held copies go too."""

@@ -62,6 +62,7 @@ class ReplicationServer:
         self.local_port = 0
         self.wpaused = False  # its socket buffer is full (net/protocols.py): the client is throttled
         self.paused = False
+        self.suspended = False  # SUSPEND (runtime/suspend.py): read nothing until RESUME
         self.stmts = None  # (SHOW SERVERS reads these two like a pooled server's)
         self.params: dict[str, str] = {}
         self.auth = ServerAuthenticator(target.user, target.password, scram_keys=target.scram_keys)
@@ -94,7 +95,17 @@ class ReplicationServer:
     def resume_reading(self) -> None:
         if self.paused and self.transport is not None:
             self.paused = False
-            self.transport.resume_reading()
+            if not self.suspended:
+                self.transport.resume_reading()
+
+    def suspend(self, on: bool) -> None:
+        """SUSPEND (on) and RESUME: stop or start reading, unless the client's writes keep it paused."""
+        self.suspended = on
+        if self.transport is not None and not self.paused:
+            if on:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.state is ServerState.ACTIVE:
