@@ -21,7 +21,7 @@ def test_console_with_workers(pgmux_factory: Any) -> None:
     notices: list[str] = []
     with _console(proc) as admin:
         admin.add_notice_handler(lambda d: notices.append(d.message_primary))
-        admin.execute("SHOW DATABASES")
+        admin.execute("SHOW CONFIG")  # not merged: this worker's, after a NOTICE
         assert any("this console is on worker" in n and "this worker's only" in n for n in notices), notices
         admin.execute("SET default_pool_size = 5")  # every worker's
         with pytest.raises(psycopg.Error) as err:  # refused by each: one error
@@ -98,6 +98,16 @@ def test_show_sums_and_lists_every_worker(pgmux_factory: Any) -> None:
         assert list(servers[0])[-1] == "worker"
         stats = [r for r in proc.admin_dicts("SHOW STATS") if r["database"] == "testdb"]
         assert len(stats) == 1 and stats[0]["total_xact_count"] >= 3
+        # one row per name, the connection counts of both workers, the shared configuration once
+        dbs = [r for r in proc.admin_dicts("SHOW DATABASES") if r["name"] == "testdb"]
+        assert len(dbs) == 1 and dbs[0]["current_client_connections"] == 3, dbs
+        assert dbs[0]["pool_size"] == 20, dbs  # default_pool_size, not summed
+        users = [r for r in proc.admin_dicts("SHOW USERS") if r["name"] == "postgres"]
+        assert len(users) == 1 and users[0]["current_client_connections"] >= 3, users
+        assert {r["key"]: r["value"] for r in proc.admin_dicts("SHOW STATE")}["active"] == "yes"
+        totals = {r["name"]: r["value"] for r in proc.admin_dicts("SHOW TOTALS")}
+        assert int(totals["total_xact_count"]) >= 3, totals
+        assert len({r["name"] for r in proc.admin_dicts("SHOW MEM")}) == len(proc.admin_dicts("SHOW MEM"))
     finally:
         for c in clients:
             c.close()

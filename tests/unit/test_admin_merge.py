@@ -48,3 +48,44 @@ def test_one_worker_and_empty_replies() -> None:
     cols, rows = split_reply(merge("pools", [(0, a), (1, reply(POOL_COLS, []))]))
     assert len(cols) == len(POOL_COLS) and rows == []
     assert merge("pools", [(0, a)]).endswith(m.command_complete("SHOW"))
+
+
+def test_databases_sum_connections_and_keep_the_shared_configuration() -> None:
+    """pool_size and max_connections are the pooler's, the same on every worker: never summed."""
+    cols = [("name", TEXT), ("pool_size", INT8), ("max_connections", INT8), ("current_connections", INT8),
+            ("current_client_connections", INT8), ("paused", INT8), ("disabled", INT8)]
+    a = reply(cols, [["app", 20, 0, 3, 10, 0, 0], ["pgbouncer", 2, 0, 0, 1, 0, 0]])
+    b = reply(cols, [["app", 20, 0, 4, 7, 1, 0]])
+    out_cols, rows = split_reply(merge("databases", [(0, a), (1, b)]))
+    assert [c for c, _ in out_cols] == [c for c, _ in cols]
+    assert rows == [[b"app", b"20", b"0", b"7", b"17", b"1", b"0"], [b"pgbouncer", b"2", b"0", b"0", b"1", b"0", b"0"]]
+
+
+def test_users_and_mem_are_summed_by_name() -> None:
+    ucols = [("name", TEXT), ("pool_size", TEXT), ("max_user_connections", INT8), ("current_connections", INT8),
+             ("current_client_connections", INT8)]
+    _, rows = split_reply(merge("users", [(0, reply(ucols, [["alice", "", 5, 2, 3]])),
+                                          (1, reply(ucols, [["alice", "", 5, 1, 4]]))]))
+    assert rows == [[b"alice", b"", b"5", b"3", b"7"]]
+    mcols = [("name", TEXT), ("size", INT8), ("used", INT8), ("free", INT8), ("memtotal", INT8)]
+    _, rows = split_reply(merge("mem", [(0, reply(mcols, [["client_cache", 400, 10, 0, 4000]])),
+                                        (1, reply(mcols, [["client_cache", 600, 30, 0, 18000]]))]))
+    assert rows == [[b"client_cache", b"500", b"40", b"0", b"22000"]]
+
+
+def test_state_is_active_only_when_every_worker_is() -> None:
+    cols = [("key", TEXT), ("value", TEXT)]
+    running = [["active", "yes"], ["paused", "no"], ["suspended", "no"]]
+    suspended = [["active", "no"], ["paused", "no"], ["suspended", "yes"]]
+    _, rows = split_reply(merge("state", [(0, reply(cols, running)), (1, reply(cols, suspended))]))
+    assert rows == [[b"active", b"no"], [b"paused", b"no"], [b"suspended", b"yes"]]
+    _, rows = split_reply(merge("state", [(0, reply(cols, running)), (1, reply(cols, running))]))
+    assert rows == [[b"active", b"yes"], [b"paused", b"no"], [b"suspended", b"no"]]
+
+
+def test_totals_average_the_mean_times_and_sum_the_rest() -> None:
+    cols = [("name", TEXT), ("value", INT8)]
+    a = reply(cols, [["total_xact_count", 100], ["avg_xact_time", 300], ["avg_xact_count", 10]])
+    b = reply(cols, [["total_xact_count", 50], ["avg_xact_time", 100], ["avg_xact_count", 5]])
+    _, rows = split_reply(merge("totals", [(0, a), (1, b)]))
+    assert rows == [[b"total_xact_count", b"150"], [b"avg_xact_time", b"200"], [b"avg_xact_count", b"15"]]

@@ -8,7 +8,12 @@ back as text and merged:
 - one row per pool or database (`SUMMED_SUBJECTS`: pools, stats, stats_totals, stats_averages, lists):
   rows with equal key columns (the non-numeric ones: database, user, pool_mode, host, ...) become one,
   numbers summed, except mean times (`avg_*_time`, the mean over the workers that have the row) and
-  maximum waits (`maxwait*`, the largest).
+  maximum waits (`maxwait*`, the largest);
+- one row per name, where most columns are configuration every worker shares (`KEYED_SUBJECTS`:
+  databases, users, mem, state, totals): rows with the same first column become one, and only the
+  columns `KEYED_SUBJECTS` names are combined (connection counts summed, paused/disabled the largest,
+  SHOW STATE's active only when every worker is, paused and suspended when any is, SHOW TOTALS' mean times
+  averaged and the rest summed); the other columns are the first worker's.
 
 Pure: bytes in, bytes out.
 """
@@ -24,6 +29,16 @@ from pgmux.protocol import messages as m
 
 CONNECTION_SUBJECTS: Final = frozenset({"clients", "servers", "sockets", "active_sockets"})
 SUMMED_SUBJECTS: Final = frozenset({"pools", "stats", "stats_totals", "stats_averages", "lists"})
+# subject -> {column: how}: "sum", "max", "mean", "all-yes", "any-yes", or "totals" (mean for an avg_*_time
+# row, else sum); a column not named keeps the first worker's value.
+KEYED_SUBJECTS: Final[dict[str, dict[str, str]]] = {
+    "databases": {"current_connections": "sum", "current_client_connections": "sum", "paused": "max",
+                  "disabled": "max"},
+    "users": {"current_connections": "sum", "current_client_connections": "sum"},
+    "mem": {"used": "sum", "free": "sum", "memtotal": "sum", "size": "mean"},
+    "state": {"value": "state"},
+    "totals": {"value": "totals"},
+}
 OID_TEXT: Final = 25
 _NUMBER = re.compile(rb"-?[0-9]+(\.[0-9]+)?")
 
@@ -67,7 +82,41 @@ def merge(subject: str, replies: Sequence[tuple[int, bytes]]) -> bytes:
     if subject in CONNECTION_SUBJECTS:
         rows = [row + [str(w).encode()] for w, _, rs in parts for row in rs]
         return _reply(cols + [("worker", OID_TEXT)], rows)
+    if subject in KEYED_SUBJECTS:
+        return _reply(cols, keyed(KEYED_SUBJECTS[subject], cols, [rs for _, _, rs in parts]))
     return _reply(cols, summed(cols, [rs for _, _, rs in parts]))
+
+
+def keyed(how: dict[str, str], cols: Columns, per_worker: Sequence[Rows]) -> Rows:
+    """Rows with the same first column merged, in the order they first appear; see KEYED_SUBJECTS."""
+    groups: dict[bytes | None, Rows] = {}
+    for rows in per_worker:
+        for r in rows:
+            groups.setdefault(r[0], []).append(r)
+    out: Rows = []
+    for key, rows in groups.items():
+        row = list(rows[0])
+        for i, (name, _) in enumerate(cols):
+            rule = how.get(name)
+            if rule is not None:
+                row[i] = _combine(rule, key, [r[i] for r in rows])
+        out.append(row)
+    return out
+
+
+def _combine(rule: str, key: bytes | None, values: list[bytes | None]) -> bytes | None:
+    if rule == "state":  # SHOW STATE: active when every worker is; paused, suspended when any is
+        want_all = key == b"active"
+        yes = all(v == b"yes" for v in values) if want_all else any(v == b"yes" for v in values)
+        return b"yes" if yes else b"no"
+    if not all(_is_number(v) for v in values):
+        return values[0]
+    nums = [float(v or 0) for v in values]
+    is_int = all(b"." not in (v or b"") for v in values)
+    if rule == "totals":
+        rule = "mean" if key is not None and key.startswith(b"avg_") and key.endswith(b"_time") else "sum"
+    v = max(nums) if rule == "max" else sum(nums) / len(nums) if rule == "mean" else sum(nums)
+    return str(int(v) if is_int else v).encode()
 
 
 def _is_number(v: bytes | None) -> bool:

@@ -11,12 +11,12 @@ WAIT_CLOSE and SUSPEND answer when every worker is done. KILL_CLIENT takes this 
 `worker` column says which). A SET lasts until the next RELOAD, as in PgBouncer, in the workers running
 now: a worker restarted after a crash starts from the configuration file.
 
-SHOW POOLS, STATS, STATS_TOTALS, STATS_AVERAGES, LISTS (summed) and CLIENTS, SERVERS, SOCKETS,
-ACTIVE_SOCKETS (every worker's rows, a `worker` column last) ask every other worker's console the same
-way and merge the replies (admin/merge.py); a worker that does not answer within PEER_TIMEOUT is named in
-a WARNING. Other SHOWs answer with this worker's rows after a NOTICE that says so. All this needs the
-simple query protocol (psql, the exporters): over the extended one, SHOW is this worker's and the commands
-above are refused (0A000).
+SHOW POOLS, STATS, STATS_TOTALS, STATS_AVERAGES, LISTS (summed), DATABASES, USERS, MEM, STATE, TOTALS (one
+row per name, counts combined) and CLIENTS, SERVERS, SOCKETS, ACTIVE_SOCKETS (every worker's rows, a `worker`
+column last) ask every other worker's console the same way and merge the replies (admin/merge.py); a worker
+that does not answer within PEER_TIMEOUT is named in a WARNING. Other SHOWs answer with this worker's rows
+after a NOTICE that says so. All this needs the simple query protocol (psql, the exporters): over the
+extended one, SHOW is this worker's and the commands above are refused (0A000).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from pgmux.admin import render
 from pgmux.admin.commands import AdminCommand, admin_command
-from pgmux.admin.merge import CONNECTION_SUBJECTS, SUMMED_SUBJECTS, merge
+from pgmux.admin.merge import CONNECTION_SUBJECTS, KEYED_SUBJECTS, SUMMED_SUBJECTS, merge
 from pgmux.errors import PgmuxError
 from pgmux.net.probe import Probe
 from pgmux.protocol import messages as m
@@ -67,7 +67,8 @@ class WorkerAdmin(AdminService):
                 log.info("%s admin command: %s (every worker)", c.prefix, cmd.query or cmd.verb)
                 self.app.spawn(self._everywhere, c, sql, cmd)
                 return
-            merged = cmd is not None and (cmd.arg in SUMMED_SUBJECTS or cmd.arg in CONNECTION_SUBJECTS)
+            merged = cmd is not None and (cmd.arg in SUMMED_SUBJECTS or cmd.arg in CONNECTION_SUBJECTS
+                                          or cmd.arg in KEYED_SUBJECTS)
             if cmd is not None and cmd.verb == "SHOW" and merged:
                 self.stats.query_count += 1
                 self.stats.xact_count += 1
