@@ -65,11 +65,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--clients", nargs="+", type=int, default=CLIENTS)
     p.add_argument("--sizes", nargs="+", type=int, default=SIZES)
     p.add_argument("--no-auto", action="store_true", help="fixed sizes only")
+    p.add_argument("--confirm", type=int, default=3,
+                   help="paired rounds of the best fixed size against a fresh auto pool after each sweep, "
+                        "their order alternating; the bar is judged on the median of the rounds' ratios "
+                        "(default 3, 0 = none)")
+    p.add_argument("--auto-warmup", type=int, default=20,
+                   help="seconds of load before the timed run of a confirming auto pool: the time it has to "
+                        "learn the workload (default 20; the sweep's own auto cell gets --warmup)")
     p.add_argument("--scale", type=int, default=1, help="pgbench scale (1: one branch row, contention)")
     p.add_argument("--log", help="copy pgmux's log (run with -v: each auto size change) to this file")
     args = p.parse_args(argv)
-    if args.duration < 1 or args.warmup < 0:
-        p.error("--duration must be >= 1 and --warmup >= 0")
+    if args.duration < 1 or args.warmup < 0 or args.auto_warmup < 0 or args.confirm < 0:
+        p.error("--duration must be >= 1, and --warmup, --auto-warmup and --confirm >= 0")
     if max(args.clients) > 500 or max(args.sizes) > 400:
         p.error("at most 500 clients and pool size 400")
     return args
@@ -82,6 +89,8 @@ def aliases(args: argparse.Namespace, primary: Any) -> dict[str, str]:
         for w in args.workloads:
             for c in args.clients:
                 out[f"{DB}_auto_{w}_c{c}"] = f"{base} pool_size=auto max_db_connections={AUTO_CAP}"
+                for r in range(args.confirm):  # a fresh, cold auto pool for each confirming round
+                    out[f"{DB}_auto_{w}_c{c}_r{r}"] = f"{base} pool_size=auto max_db_connections={AUTO_CAP}"
     return out
 
 
@@ -145,10 +154,11 @@ class SizeWatch(threading.Thread):
 
 
 def run_cell(ctx: dict[str, Any], workload: str, clients: int, db: str, args: argparse.Namespace,
-             auto: bool) -> tuple[float | None, list[int]]:
+             auto: bool, warmup: int | None = None) -> tuple[float | None, list[int]]:
     wl = [a.replace("{sleep}", ctx["sleep"]) for a in WORKLOADS[workload]]
-    if args.warmup:
-        pgbench(ctx["pgbench"], ctx["port"], ctx["user"], db, wl, clients, args.warmup)
+    warmup = args.warmup if warmup is None else warmup
+    if warmup:
+        pgbench(ctx["pgbench"], ctx["port"], ctx["user"], db, wl, clients, warmup)
     watch = SizeWatch(ctx["port"], ctx["user"], db) if auto else None
     if watch is not None:
         watch.start()
@@ -160,22 +170,61 @@ def run_cell(ctx: dict[str, Any], workload: str, clients: int, db: str, args: ar
     return tps, watch.sizes if watch is not None else []
 
 
+def best_size(args: argparse.Namespace, cell: dict[str, Any]) -> int | None:
+    ok = {n: cell[f"p{n}"] for n in args.sizes if cell.get(f"p{n}") is not None}
+    return max(ok, key=lambda n: ok[n]) if ok else None
+
+
+def confirm(ctx: dict[str, Any], w: str, c: int, best: int, args: argparse.Namespace,
+            cell: dict[str, Any]) -> None:
+    """Paired rounds, best fixed size against a cold auto pool given --auto-warmup to learn, the order
+    alternating so that drift hits both alike: the machine's noise between two single runs is larger than
+    the 5% the bar allows."""
+    pairs: list[tuple[float, float]] = []
+    sizes: list[int] = []
+    for r in range(args.confirm):
+        got: dict[str, float | None] = {}
+        for kind in (("fixed", "auto") if r % 2 == 0 else ("auto", "fixed")):
+            if kind == "fixed":
+                got["fixed"], _ = run_cell(ctx, w, c, f"{DB}_p{best}", args, False)
+            else:
+                got["auto"], seen = run_cell(ctx, w, c, f"{DB}_auto_{w}_c{c}_r{r}", args, True, args.auto_warmup)
+                sizes += seen
+        fixed, auto = got["fixed"], got["auto"]
+        log(f"{w} c{c} confirm round {r + 1}: p{best} {fixed} tps, auto {auto} tps")
+        if fixed and auto:
+            pairs.append((fixed, auto))
+    cell["confirm"] = pairs
+    cell["confirm_sizes"] = sizes
+
+
 def report(args: argparse.Namespace, results: dict[tuple[str, int], dict[str, Any]]) -> str:
     head = ["workload", "clients", *[f"p{n}" for n in args.sizes], "best", "auto", "auto/best", "auto size"]
+    if args.confirm:
+        head += ["rounds best/auto", "auto/best (median)", "auto size"]
     rows = [head]
     for (w, c), cell in results.items():
         fixed = {n: cell.get(f"p{n}") for n in args.sizes}
-        ok = {n: v for n, v in fixed.items() if v is not None}
-        best = max(ok, key=lambda n: ok[n]) if ok else None
+        best = best_size(args, cell)
         auto, sizes = cell.get("auto"), cell.get("auto_sizes") or []
-        ratio = auto / ok[best] if auto is not None and best is not None and ok[best] else None
-        size_txt = (f"{statistics.median(sizes):.0f} ({min(sizes)}-{max(sizes)})" if sizes else "-")
+        ratio = auto / fixed[best] if auto is not None and best is not None and fixed[best] else None
         verdict = "" if ratio is None else (" ok" if ratio >= 0.95 else " BELOW 95%")
-        rows.append([w, str(c), *[f"{v:.0f}" if v is not None else "-" for v in fixed.values()],
-                     f"p{best}" if best is not None else "-", f"{auto:.0f}" if auto is not None else "-",
-                     f"{ratio:.2f}{verdict}" if ratio is not None else "-", size_txt])
+        row = [w, str(c), *[f"{v:.0f}" if v is not None else "-" for v in fixed.values()],
+               f"p{best}" if best is not None else "-", f"{auto:.0f}" if auto is not None else "-",
+               f"{ratio:.2f}{verdict}" if ratio is not None else "-", _sizes(sizes)]
+        if args.confirm:
+            pairs = cell.get("confirm") or []
+            med = statistics.median(a / f for f, a in pairs) if pairs else None
+            row += [" ".join(f"{f:.0f}/{a:.0f}" for f, a in pairs) or "-",
+                    f"{med:.2f}{' ok' if med >= 0.95 else ' BELOW 95%'}" if med is not None else "-",
+                    _sizes(cell.get("confirm_sizes") or [])]
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(v.rjust(widths[i]) for i, v in enumerate(r)) for r in rows)
+
+
+def _sizes(sizes: list[int]) -> str:
+    return f"{statistics.median(sizes):.0f} ({min(sizes)}-{max(sizes)})" if sizes else "-"
 
 
 def main(argv: list[str]) -> int:
@@ -207,6 +256,9 @@ def main(argv: list[str]) -> int:
                     if not args.no_auto:
                         cell["auto"], cell["auto_sizes"] = run_cell(ctx, w, c, f"{DB}_auto_{w}_c{c}", args, True)
                         log(f"{w} c{c} pool_size=auto: {cell['auto']} tps, sizes {cell['auto_sizes']}")
+                        best = best_size(args, cell)
+                        if args.confirm and best is not None:
+                            confirm(ctx, w, c, best, args, cell)
         finally:
             stop_process(proc, timeout=10)
             if args.log:
@@ -215,6 +267,9 @@ def main(argv: list[str]) -> int:
             log(f"pgmux exited {proc.returncode}")
     print(f"\npgbench -j 2 -T {args.duration} (after {args.warmup} s of warm-up), scale {args.scale}, TPS; "
           f"pgmux transaction mode; auto bounded by max_db_connections={AUTO_CAP}; {os.cpu_count()} CPUs")
+    if args.confirm:
+        print(f"confirming rounds: the sweep's best fixed size and a cold auto pool (after {args.auto_warmup} s "
+              f"of warm-up, its learning) in {args.confirm} paired rounds, order alternating")
     print(report(args, results))
     return 0
 

@@ -54,7 +54,8 @@ from pgmux.testing.cluster import (
     wait_until,
 )
 
-KINDS = ("pgmux", "pgbouncer")
+KINDS = ("pgmux", "pgbouncer", "pgmux-metrics")
+DEFAULT_KINDS = ("pgmux", "pgbouncer")
 ADVISOR = "pgmux pool advisor"  # pgmux's probe for max_connections: outside the pools, not counted
 START_TIMEOUT = 20.0
 DRAIN_TIMEOUT = 30.0
@@ -156,7 +157,9 @@ def listens(pid: int, port: int) -> bool:
 
 
 def start_pgmux(cfg: Config, cluster: PgCluster, tag: str) -> Running:
-    overrides = {"workers": cfg.n, "default_pool_size": cfg.pool_total}
+    overrides: dict[str, Any] = {"workers": cfg.n, "default_pool_size": cfg.pool_total}
+    if cfg.kind == "pgmux-metrics":
+        overrides["metrics_listen"] = f"{HOST}:{free_port()}"
     t = start_pooler(tag, [sys.executable, "-m", "pgmux", *pgmux_user_args()], cluster, {}, "off", None,
                      overrides=overrides)
     assert t.proc is not None
@@ -200,7 +203,7 @@ def up(t: Target) -> bool:
 
 
 def start(cfg: Config, cluster: PgCluster, pgbouncer: str, tag: str) -> Running:
-    if cfg.kind == "pgmux":
+    if cfg.kind.startswith("pgmux"):
         return start_pgmux(cfg, cluster, tag)
     return start_pgbouncer(cfg, cluster, pgbouncer, free_port(), tag)
 
@@ -378,7 +381,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="CPU per pooler process, in cores (default 0.25: cfs_quota_us 25000 per 100 ms); 0 = none")
     p.add_argument("--workers", type=int_list, default=[1, 2, 4],
                    help="comma list of pgmux workers / PgBouncer processes (default 1,2,4)")
-    p.add_argument("--targets", default=",".join(KINDS), help="comma list of pgmux, pgbouncer (default both)")
+    p.add_argument("--targets", default=",".join(DEFAULT_KINDS),
+                   help="comma list of pgmux, pgbouncer, pgmux-metrics (default pgmux,pgbouncer); pgmux-metrics is "
+                        "one pgmux process with metrics_listen set (histograms updated per transaction, nothing "
+                        "scraping), against pgmux-1: the cost of the metrics on the hot path when the pooler's "
+                        "core is the limit")
     p.add_argument("--mode", choices=("simple", "extended"), default="simple", help="pgbench -M (default simple)")
     p.add_argument("--clients", type=int, default=64, help="pgbench -c (default 64)")
     p.add_argument("--pool-size", type=int, default=20,

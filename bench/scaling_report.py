@@ -23,7 +23,7 @@ def divide_pool(total: int, n: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    kind: str  # pgmux | pgbouncer
+    kind: str  # pgmux | pgbouncer | pgmux-metrics (pgmux with metrics_listen set: one process only)
     n: int  # pgmux workers, or PgBouncer processes
     pool_total: int
 
@@ -33,12 +33,16 @@ class Config:
 
     def pool_sizes(self) -> list[int]:
         """Per process: pgmux's workers share one default_pool_size; PgBouncer's processes each get a part."""
-        return [self.pool_total] if self.kind == "pgmux" else divide_pool(self.pool_total, self.n)
+        return [self.pool_total] if self.kind.startswith("pgmux") else divide_pool(self.pool_total, self.n)
 
 
 def plan(kinds: list[str], sizes: list[int], pool_total: int) -> list[Config]:
     """Every configuration, pairs of equal N next to each other so that drift hits both alike."""
-    return [Config(kind, n, pool_total) for n in sizes for kind in kinds]
+    return [Config(kind, n, pool_total) for n in sizes for kind in kinds if kind != METRICS or n == 1]
+
+
+METRICS = "pgmux-metrics"  # its "x 1 proc" is against pgmux-1: the cost of the metrics on the hot path
+METRICS_BAR = 0.97  # issue 15: the metrics cost under 3% of TPS
 
 @dataclasses.dataclass
 class Run:
@@ -89,7 +93,7 @@ def summarize(configs: list[Config], results: dict[str, list[Run]]) -> list[dict
         rows.append({
             "config": c.name, "kind": c.kind, "processes": c.n, "pool_per_process": c.pool_sizes(),
             "median_tps": tps[c.name],
-            "vs_1": ratio(tps[c.name], tps.get(f"{c.kind}-1")),
+            "vs_1": ratio(tps[c.name], tps.get("pgmux-1" if c.kind == METRICS else f"{c.kind}-1")),
             "pgmux_vs_pgbouncer": ratio(tps[c.name], tps.get(f"pgbouncer-{c.n}")) if c.kind == "pgmux" else None,
             "max_servers": max(servers) if servers else None,
             "server_logins": median_of([float(r.logins) if r.logins is not None else None for r in runs]),
@@ -138,6 +142,10 @@ def bars(rows: list[dict[str, Any]], pool_total: int) -> list[tuple[str, bool | 
             v = by[f"pgmux-{n}"]["vs_1"]
             out.append((f"pgmux {n} workers / 1 worker = {fmt(v, '.2f')}x (bar {bar}x)",
                         None if v is None else v >= bar))
+    if f"{METRICS}-1" in by and "pgmux-1" in by:
+        v = by[f"{METRICS}-1"]["vs_1"]
+        out.append((f"pgmux with metrics_listen / without = {fmt(v, '.3f')}x (bar {METRICS_BAR}x: cost under 3%)",
+                    None if v is None else v >= METRICS_BAR))
     for r in rows:
         if r["kind"] == "pgmux" and f"pgbouncer-{r['processes']}" in by:
             v = r["pgmux_vs_pgbouncer"]

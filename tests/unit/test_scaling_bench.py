@@ -122,3 +122,16 @@ def test_bars_follow_the_issue() -> None:
     assert got["pgmux 2 / PgBouncer 2 = 1.03x (bar 1.00x)"] is True
     assert got["pgbouncer-4: at most 21 server connections (pool total 20)"] is False
     assert "x 1 proc" in scaling.table(rows)
+
+
+def test_metrics_cost_is_against_pgmux_with_one_process() -> None:
+    """pgmux-metrics runs one process only (metrics_listen is refused with workers), and its ratio is against
+    pgmux-1: the metrics' cost on the hot path, bar 3%."""
+    configs = scaling.plan(["pgmux", "pgmux-metrics"], [1, 2], 20)
+    assert [c.name for c in configs] == ["pgmux-1", "pgmux-metrics-1", "pgmux-2"]
+    for metrics_tps, met in ((980.0, True), (960.0, False)):
+        results = {"pgmux-1": [run(1000.0)], "pgmux-metrics-1": [run(metrics_tps)], "pgmux-2": [run(1900.0)]}
+        rows = scaling.summarize(configs, results)
+        assert rows[1]["vs_1"] == metrics_tps / 1000.0 and rows[1]["pool_per_process"] == [20]
+        got = dict(scaling.bars(rows, 20))
+        assert got[f"pgmux with metrics_listen / without = {metrics_tps / 1000:.3f}x (bar 0.97x: cost under 3%)"] is met
