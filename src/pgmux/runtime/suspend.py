@@ -27,6 +27,7 @@ import socket
 from typing import Any, Final
 
 from pgmux.admin import errors, render
+from pgmux.errors import PgmuxError
 from pgmux.session.states import ClientState
 
 log = logging.getLogger("pgmux")
@@ -55,18 +56,23 @@ class Suspension:
         app.suspended = True
         self.generation += 1
         self._stop_accepting()
-        for c in list(app.clients.values()):
-            if not c.is_admin and c.state is not ClientState.CLOSED:
-                c.suspend()
-        for server in list(app.servers.values()):
-            server.suspend(True)
-        for repl in list(app.replication.servers.values()):  # physical replication streams
-            repl.suspend(True)
+        self._reading()
         log.info("%s suspended: no connection is read but the consoles', no new connection accepted; waiting "
                  "for the socket buffers to be written out (suspend_timeout %gs)", issuer.prefix,
                  app.config.settings.suspend_timeout)
         app.spawn(self._flush, issuer, self.generation)
         return None
+
+    def _reading(self) -> None:
+        """Every connection but the consoles' stops reading (app.suspended) or starts again."""
+        app = self.app
+        for c in list(app.clients.values()):
+            if not c.is_admin and c.state is not ClientState.CLOSED:
+                c.suspend()
+        for server in list(app.servers.values()):
+            server.suspend(app.suspended)
+        for repl in list(app.replication.servers.values()):  # replication streams
+            repl.suspend(app.suspended)
 
     def _stop_accepting(self) -> None:
         app = self.app
@@ -99,7 +105,12 @@ class Suspension:
         for conn in dropped:
             why = "suspend_timeout: its socket buffer was not written out in time"
             if app.servers.get(conn.id) is conn:
+                client = conn.client
                 app.close_server(conn, why)
+                if client is not None:  # its transaction is lost with the server
+                    client.detach()
+                    client.fail(PgmuxError(f"server connection dropped: {why}", sqlstate="08006",
+                                           severity="FATAL"))
             else:
                 app.client_closed(conn, why)
             if conn.transport is not None:
@@ -118,13 +129,7 @@ class Suspension:
             return
         app.suspended = False
         self.generation += 1
-        for c in list(app.clients.values()):
-            if not c.is_admin and c.state is not ClientState.CLOSED:
-                c.suspend()
-        for server in list(app.servers.values()):
-            server.suspend(False)
-        for repl in list(app.replication.servers.values()):
-            repl.suspend(False)
+        self._reading()
         for pool in list(app.registry):
             while pool.waiters and pool.idle:  # a server that came back meanwhile (KILL, a drop)
                 server = pool.take_idle()
