@@ -175,6 +175,18 @@ def unix_socket_path(unix_dir: str, port: int) -> str:
     return os.path.join(unix_dir, f".s.PGSQL.{port}")
 
 
+def while_stopping(app: Any, servers: list[asyncio.AbstractServer]) -> list[asyncio.AbstractServer]:
+    """Listeners made again (after a worker's accept pause, or RESUME), as App.shutdown leaves them: all
+    while running, the console's Unix socket only while shutting down, none once finished (closed here)."""
+    if not app.shutting_down and not app.finished:
+        return servers
+    keep = [] if app.finished else [srv for srv in servers if is_unix_listener(srv)]
+    for srv in servers:
+        if srv not in keep:
+            srv.close()
+    return keep
+
+
 def is_unix_listener(srv: Any) -> bool:
     """A listener on a Unix socket (kept open for the admin console during a graceful shutdown)."""
     return any(sock.family == socket.AF_UNIX for sock in (getattr(srv, "sockets", None) or ()))

@@ -55,7 +55,7 @@ class Suspension:
             return render.render_error(errors.cannot_suspend_with_paused())
         app.suspended = True
         self.generation += 1
-        self._stop_accepting()
+        self.stop_accepting()
         self._reading()
         log.info("%s suspended: no connection is read but the consoles', no new connection accepted; waiting "
                  "for the socket buffers to be written out (suspend_timeout %gs)", issuer.prefix,
@@ -74,7 +74,7 @@ class Suspension:
         for repl in list(app.replication.servers.values()):  # replication streams
             repl.suspend(app.suspended)
 
-    def _stop_accepting(self) -> None:
+    def stop_accepting(self) -> None:
         app = self.app
         share = app.share
         if share is None:  # one process: keep copies, so that the kernel keeps queueing new connections
@@ -141,32 +141,20 @@ class Suspension:
         await self._accept_again()
 
     async def _accept_again(self) -> None:
-        from pgmux.net.listen import serve_sockets, start_listeners
+        from pgmux.net.listen import serve_sockets, while_stopping
 
         app = self.app
-        if app.finished:
-            for sock in self.held:
-                sock.close()
-            self.held = []
+        if app.share is not None:  # a worker: fresh copies of the inherited sockets
+            if not app.share.accept_paused:  # (else the end of its pause for spreading clients does it)
+                await app.share.resume_accepting()
             return
-        s = app.config.settings
-        if app.share is not None:
-            if app.share.accept_paused:  # a worker's pause for spreading clients: its end accepts again
-                return
-            servers = await start_listeners(app, s.listen_addr, s.listen_port, s.unix_socket_dir)
-        else:
-            held, self.held = self.held, []
-            servers = await serve_sockets(app, held, s.listen_backlog)
-        if app.shutting_down:  # as App.shutdown leaves them: the console's Unix socket only
-            from pgmux.net.listen import is_unix_listener
-
-            for srv in servers:
-                if not is_unix_listener(srv):
-                    srv.close()
-            servers = [srv for srv in servers if is_unix_listener(srv)]
-        app.listeners = servers
+        if app.finished:
+            self.close()
+            return
+        held, self.held = self.held, []
+        app.listeners = while_stopping(app, await serve_sockets(app, held, app.config.settings.listen_backlog))
         if app.suspended:  # SUSPEND again while these were being made: held again, as the first time
-            self._stop_accepting()
+            self.stop_accepting()
 
     def close(self) -> None:
         """The pooler exits: the held copies go too."""

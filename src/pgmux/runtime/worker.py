@@ -159,10 +159,11 @@ class WorkerShare:
         for srv in app.listeners:
             srv.close()  # (a copy of the inherited socket: net/listen.start_listeners)
         app.listeners = []
-        asyncio.get_running_loop().call_later(ACCEPT_PAUSE, app.spawn, self._resume_accepting)
+        asyncio.get_running_loop().call_later(ACCEPT_PAUSE, app.spawn, self.resume_accepting)
 
-    async def _resume_accepting(self) -> None:
-        from pgmux.net.listen import is_unix_listener, start_listeners
+    async def resume_accepting(self) -> None:
+        """Accept again on fresh copies of the inherited sockets (after ACCEPT_PAUSE, or RESUME)."""
+        from pgmux.net.listen import start_listeners, while_stopping
 
         app = self.app
         assert app is not None
@@ -176,15 +177,12 @@ class WorkerShare:
             servers = await start_listeners(app, s.listen_addr, s.listen_port, s.unix_socket_dir)
         except Exception as e:  # (out of file descriptors for the copies, say): again shortly, never given up
             log.warning("worker %d cannot accept again yet: %s (next attempt in %gs)", self.index, e, ACCEPT_PAUSE)
-            asyncio.get_running_loop().call_later(ACCEPT_PAUSE, app.spawn, self._resume_accepting)
+            asyncio.get_running_loop().call_later(ACCEPT_PAUSE, app.spawn, self.resume_accepting)
             return
         self.accept_paused = False
-        if app.shutting_down or app.finished:  # as App.shutdown leaves them: the console's Unix socket only
-            for srv in servers:
-                if app.finished or not is_unix_listener(srv):
-                    srv.close()
-            servers = [] if app.finished else [srv for srv in servers if is_unix_listener(srv)]
-        app.listeners = servers
+        app.listeners = while_stopping(app, servers)
+        if app.suspended:  # SUSPEND came while these were being made: closed again
+            app.suspension.stop_accepting()
 
     # -- server connections -----------------------------------------------------------------------------
     def keys(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
