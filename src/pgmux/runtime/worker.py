@@ -108,6 +108,10 @@ class WorkerShare:
 
         app.admin.__class__ = WorkerAdmin  # same state, its commands act on every worker or are refused
 
+    def live(self) -> list[int]:
+        """The workers of the pooler now, this one included (whose private sockets answer)."""
+        return list(range(self.workers))
+
     # -- cancel ----------------------------------------------------------------------------------------
     def tag_pid(self, pid: int) -> int:
         return ws.tag_pid(pid, self.index, self.bits)

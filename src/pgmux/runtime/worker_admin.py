@@ -80,7 +80,7 @@ class WorkerAdmin(AdminService):
 
     async def _merged(self, c: Any, sql: str, subject: str, local: bytes) -> None:
         share = self.app.share
-        others = [i for i in range(share.workers) if i != share.index]
+        others = [i for i in share.live() if i != share.index]
         answers = await asyncio.gather(*(self._ask(i, sql) for i in others), return_exceptions=True)
         replies = [(share.index, local)]
         notes = b""
@@ -97,9 +97,9 @@ class WorkerAdmin(AdminService):
     async def _everywhere(self, c: Any, sql: str, cmd: AdminCommand) -> None:
         share = self.app.share
         wait = None if cmd.verb in WAITING else COMMAND_TIMEOUT
-        answers = await asyncio.gather(*(self._ask(i, sql, wait) for i in range(share.workers)),
-                                       return_exceptions=True)
-        failed = [(i, a) for i, a in enumerate(answers) if isinstance(a, BaseException)]
+        rows = share.live()
+        answers = await asyncio.gather(*(self._ask(i, sql, wait) for i in rows), return_exceptions=True)
+        failed = [(i, a) for i, a in zip(rows, answers, strict=True) if isinstance(a, BaseException)]
         done = [a for a in answers if not isinstance(a, BaseException)]
         if c.state is ClientState.CLOSED:
             return
