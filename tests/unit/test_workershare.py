@@ -179,8 +179,8 @@ def test_asking_twice_for_room_grants_it_twice() -> None:
     from pgmux.runtime.worker import SharedRegistry, WorkerShare
 
     async def run() -> tuple[int, int, int]:
-        counts = ws.Counts(bytearray(ws.size_for(2)), 2, ws.NoLock())
-        share = WorkerShare(0, 2, counts, [], "/nonexistent")
+        counts = ws.Counts(bytearray(ws.size_for(ws.rows_for(2))), ws.rows_for(2), ws.NoLock())
+        share = WorkerShare(0, 2, counts, [], "/nonexistent", 1)
         registry = SharedRegistry(share)
         share.app = SimpleNamespace(now=lambda: 100.0, registry=registry)  # type: ignore[assignment]
         pool = registry.get_or_create("db", "u", lambda: (PoolLimits(pool_size=4), "transaction"))

@@ -67,6 +67,7 @@ HELP_DETAIL = "\n\t" + "\n\t".join([
     "SHOW HOSTS|ADVICE",
     "BAN <db> <host:port>",
     "UNBAN <db> <host:port>",
+    "RESTART",
 ])
 
 Encoder = Callable[[object], "str | None"]

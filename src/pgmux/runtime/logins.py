@@ -226,12 +226,12 @@ class Logins(Handoff):
         nothing else). Its connection ends when the cancel has reached the server, or at once when
         there is nothing to cancel."""
         self.clients.pop(requester.id, None)
-        if self.share is not None and self.share.forward_cancel(self, requester, pid, key):
-            return  # another worker's client: passed on there
         c = self.by_cancel.get(pid)
         # Keys are random 31-bit numbers; compare in constant time so a probe learns nothing.
         if c is None or not secrets.compare_digest(c.cancel_key.to_bytes(4, "big", signed=True),
                                                    key.to_bytes(4, "big", signed=True)):
+            if self.share is not None and self.share.forward_cancel(self, requester, pid, key):
+                return  # another worker's client (runtime/worker.py): passed on there
             log.info("cancel request for unknown or mismatched key ignored")
             requester.transport.close()
             return

@@ -72,6 +72,7 @@ class LogFiles:
     away (its `create` mode) is replaced by a new one, and a changed `logfile` or `verbose` applies."""
 
     def __init__(self, config: Config, quiet: bool, verbose: int) -> None:
+        self.quiet = quiet  # (a worker process makes its own LogFiles: runtime/workerproc.py)
         self.verbose = verbose
         self.config = config
         self.formatter: logging.Formatter = _JSON if config.settings.log_format == "json" else _FORMAT
@@ -196,7 +197,7 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
         if config.settings.workers > 1:  # a supervisor and its worker processes (runtime/supervisor.py)
             from pgmux.runtime.supervisor import Supervisor
 
-            return Supervisor(config, config_path, logs, serve).run()
+            return Supervisor(config, config_path, logs).run()
         return serve(config, config_path, logs)
     finally:
         logs.tick()
@@ -270,6 +271,8 @@ async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = 
     loop.add_signal_handler(signal.SIGQUIT, on_stop, "SIGQUIT", "immediate")
     loop.add_signal_handler(signal.SIGUSR1, app.admin.pause_all)
     loop.add_signal_handler(signal.SIGUSR2, app.admin.resume_all)
+    if share is not None:  # the supervisor's word that this worker is replaced (runtime/rolling.py)
+        loop.add_signal_handler(signal.SIGWINCH, share.retire)
     sdnotify.notify(f"READY=1\nSTATUS=listening on port {config.settings.listen_port}\nMAINPID={os.getpid()}")
     await app.wait_stopped()
     log.info("pgmux stopped")

@@ -1,16 +1,19 @@
 """The supervisor of `workers = N > 1` worker processes (issue 14).
 
 It binds the listening sockets once (net/listen.bind_listeners), maps the shared counts
-(runtime/workershare.py), then forks N workers that inherit both and each run the usual event loop
-(runtime/main._serve with a WorkerShare). Inherited sockets rather than SO_REUSEPORT per worker: the Unix
-socket cannot be shared with SO_REUSEPORT, a restarted worker takes up its predecessor's place without a
-moment where the port is closed, and the kernel's accept queue is one, so no connection waits in the queue
-of a worker that is busy or dead (SO_REUSEPORT hashes each connection to one socket for good).
+(runtime/workershare.py) in a memfd, then starts N workers (runtime/workerproc.py: fresh interpreters
+that inherit the sockets, the counts and the lock, and read the configuration file themselves), each
+running the usual event loop (runtime/main._serve with a WorkerShare). Inherited sockets rather than
+SO_REUSEPORT per worker: the Unix socket cannot be shared with SO_REUSEPORT, a restarted worker takes up
+its predecessor's place without a moment where the port is closed, and the kernel's accept queue is one,
+so no connection waits in the queue of a worker that is busy or dead (SO_REUSEPORT hashes each connection
+to one socket for good).
 
 Its pid is the one in pidfile, and signals to it act on the whole pooler: HUP (reload, and the
 supervisor's own config for the workers it starts later), USR1 and USR2 go to every worker; INT, TERM and
 QUIT too, after which it closes its copies of the listening sockets, restarts nobody, and exits when the
-last worker has. A worker that dies otherwise is restarted at once, then, if it keeps dying within
+last worker has; WINCH (or RESTART on the console) replaces the workers one at a time
+(runtime/rolling.py). A worker that dies otherwise is restarted at once, then, if it keeps dying within
 QUICK_DEATH seconds of its start, after 0.5 s doubling up to MAX_BACKOFF, each logged; its shared counts
 are zeroed first (what it held died with it). A worker that exits with status 0 on its own (SHUTDOWN on
 its console) takes the pooler down: the others get TERM.
@@ -26,21 +29,21 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from pgmux.config import diff, load_config
 from pgmux.config.model import Config
 from pgmux.net import sdnotify
 from pgmux.net.listen import bind_listeners, unix_socket_path
+from pgmux.runtime import workerproc
 from pgmux.runtime import workershare as ws
-from pgmux.runtime.worker import WorkerShare
+from pgmux.runtime.rolling import Rolling
 from pgmux.runtime.workershare import per_worker, refusals
 
 log = logging.getLogger("pgmux")
 
 SIGNALS: Final = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                  signal.SIGCHLD)
+                  signal.SIGWINCH, signal.SIGCHLD)
 QUICK_DEATH: Final = 10.0  # a worker that dies sooner than this after its start counts towards the backoff
 MAX_BACKOFF: Final = 30.0
 POLL: Final = 0.2  # the supervisor's loop wakes at least this often
@@ -51,7 +54,7 @@ def backoff(quick_deaths: int) -> float:
     return 0.0 if quick_deaths <= 1 else min(MAX_BACKOFF, 0.5 * 2 ** (quick_deaths - 2))
 
 
-def _die_with(supervisor: int) -> None:
+def die_with(supervisor: int) -> None:
     """A worker whose supervisor is killed (SIGKILL: it cannot pass anything on) gets SIGTERM, the
     shutdown that lets its connected clients finish, instead of serving on with nobody to restart it."""
     try:
@@ -68,26 +71,30 @@ def _die_with(supervisor: int) -> None:
 @dataclasses.dataclass
 class Slot:
     index: int
+    row: int = 0  # its process's row in the shared counts (index, or index + N: workershare.rows_for)
     pid: int = 0
     started: float = 0.0
     quick_deaths: int = 0
     restart_at: float | None = None
+    old_pid: int = 0  # the process it replaced in a rolling restart, while that one still has clients
+    old_row: int = 0
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str, logs: Any,
-                 serve: Callable[[Config, str, Any, WorkerShare], int]) -> None:
+    def __init__(self, config: Config, config_path: str, logs: Any) -> None:
         self.config = config
         self.config_path = config_path
         self.logs = logs
-        self.serve = serve
         self.n = config.settings.workers
-        self.slots = [Slot(i) for i in range(self.n)]
+        self.slots = [Slot(i, i) for i in range(self.n)]
         self.stopping = False
         self.sockets: list[Any] = []
         self.rundir = ""
         self.counts: ws.Counts | None = None
+        self.counts_fd = -1
+        self.lock_fd = -1
         self.mask: set[int | signal.Signals] = set()
+        self.rolling = Rolling(self)
 
     # -- start and stop -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -104,9 +111,12 @@ class Supervisor:
             log.error("cannot listen: %s", e)
             return 1
         self.rundir = tempfile.mkdtemp(prefix="pgmux-workers-")  # 0700: the cancel sockets, the lock file
-        lock_fd = os.open(os.path.join(self.rundir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        block = mmap.mmap(-1, ws.size_for(self.n))  # anonymous and shared: inherited by every fork
-        self.counts = ws.Counts(memoryview(block), self.n, ws.FileLock(lock_fd))
+        self.lock_fd = os.open(os.path.join(self.rundir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        rows = ws.rows_for(self.n)
+        self.counts_fd = os.memfd_create("pgmux-counts")  # shared with every worker it starts
+        os.ftruncate(self.counts_fd, ws.size_for(rows))
+        block = mmap.mmap(self.counts_fd, ws.size_for(rows))
+        self.counts = ws.Counts(memoryview(block), rows, ws.FileLock(self.lock_fd))
         self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             for slot in self.slots:
@@ -129,13 +139,14 @@ class Supervisor:
             if info is not None and info.si_signo != signal.SIGCHLD:
                 self._on_signal(signal.Signals(info.si_signo))
             self._reap()
-            live = [s for s in self.slots if s.pid]
-            if self.stopping and not live:
+            if self.stopping and not self.rolling.pids():
                 return
             now = time.monotonic()
             for slot in self.slots:
                 if not self.stopping and not slot.pid and slot.restart_at is not None and now >= slot.restart_at:
                     self._start(slot)
+            if not self.stopping:
+                self.rolling.step(now)
             self.logs.tick()
 
     def _cleanup(self) -> None:
@@ -152,41 +163,37 @@ class Supervisor:
 
     # -- workers ----------------------------------------------------------------------------------------
     def _start(self, slot: Slot) -> None:
+        slot.pid = self.spawn(slot.row)
+        slot.started, slot.restart_at = time.monotonic(), None
+        log.info("supervisor: worker %d started (pid %d)", slot.index, slot.pid)
+
+    def spawn(self, row: int) -> int:
+        """A new worker process at `row` (runtime/workerproc.py); its pid."""
         assert self.counts is not None
-        self.logs.tick()  # nothing buffered may be written twice, by the child too
-        share = WorkerShare(slot.index, self.n, self.counts, self.sockets, self.rundir)
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
-                _die_with(share.supervisor)
-                os.environ.pop("NOTIFY_SOCKET", None)  # readiness is the supervisor's to report
-                code = self.serve(self.config, self.config_path, self.logs, share)
-            except BaseException as e:  # noqa: BLE001 - a worker must never return into the supervisor's code
-                log.critical("worker %d failed", slot.index, exc_info=e)
-            finally:
-                self.logs.tick()
-                os._exit(code)
-        slot.pid, slot.started, slot.restart_at = pid, time.monotonic(), None
-        log.info("supervisor: worker %d started (pid %d)", slot.index, pid)
+        self.counts.zero(row)  # whatever a process there before left
+        return workerproc.spawn(row=row, workers=self.n, config_path=self.config_path,
+                                settings=self.config.settings, sockets=self.sockets, counts_fd=self.counts_fd,
+                                counts_size=ws.size_for(ws.rows_for(self.n)), lock_fd=self.lock_fd,
+                                rundir=self.rundir, quiet=self.logs.quiet, verbose=self.logs.verbose)
 
     def _reap(self) -> None:
         assert self.counts is not None
-        for _ in range(self.n + 1):  # bounded: at most one reap per worker per pass
+        for _ in range(2 * self.n + 2):  # bounded: at most one reap per worker process per pass
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            how = (f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
+                   else f"exit code {os.waitstatus_to_exitcode(status)}")
+            if self.rolling.reaped(pid, how):
+                continue
             slot = next((s for s in self.slots if s.pid == pid), None)
             if slot is None:
                 continue
             slot.pid = 0
-            self.counts.zero(slot.index)
-            how = (f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
-                   else f"exit code {os.waitstatus_to_exitcode(status)}")
+            self.counts.zero(slot.row)
             if self.stopping:
                 log.info("supervisor: worker %d (pid %d) stopped (%s)", slot.index, pid, how)
                 continue
@@ -212,6 +219,9 @@ class Supervisor:
             sdnotify.notify("READY=1")
         elif sig in (signal.SIGUSR1, signal.SIGUSR2):
             self._forward(sig)
+        elif sig == signal.SIGWINCH:
+            log.info("supervisor: got SIGWINCH, replacing the workers one at a time")
+            self.rolling.begin()
         else:
             log.info("supervisor: got %s, passing it on to the workers", sig.name)
             self._stop(sig)
@@ -225,30 +235,39 @@ class Supervisor:
             sock.close()
 
     def _forward(self, sig: signal.Signals) -> None:
-        for slot in self.slots:
-            if slot.pid:
-                try:
-                    os.kill(slot.pid, sig)
-                except ProcessLookupError:
-                    pass
+        for pid in self.rolling.pids():
+            self.kill(pid, sig)
 
-    def _reload(self) -> None:
-        """The configuration the workers started from now on get (restart-only settings kept)."""
+    @staticmethod
+    def kill(pid: int, sig: signal.Signals) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def reload_for_restart(self) -> bool:
+        return self._reload(restart=True)
+
+    def _reload(self, restart: bool = False) -> bool:
+        """The configuration the workers started from now on get: restart-only settings kept, except, for
+        a rolling restart (`restart`), those a new worker process applies itself. False when refused."""
         try:
             new = load_config(self.config_path)
         except Exception as e:  # noqa: BLE001 - a bad file must not take the pooler down
             log.error("supervisor: reload failed, keeping the old configuration: %s", e)
             self.logs.reopen(self.config)
-            return
+            return False
         plan = diff(self.config, new)
-        if plan.needs_restart:
-            kept = {k: getattr(self.config.settings, k) for k in plan.needs_restart}
+        keep = [k for k in plan.needs_restart if not restart or k in workerproc.SUPERVISOR_OWNED]
+        if keep:
+            kept = {k: getattr(self.config.settings, k) for k in keep}
             new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))
         problems = refusals(new)
         if problems:
             log.error("supervisor: the new configuration is not shared across workers (%s); workers that "
                       "restart keep the old one", "; ".join(problems))
             self.logs.reopen(self.config)
-            return
+            return False
         self.config = new
         self.logs.reopen(new)
+        return True

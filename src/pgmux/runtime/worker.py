@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError
 from pgmux.metrics.events import Events
-from pgmux.net import connector
 from pgmux.pooling.registry import Registry
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.admission import Admission
@@ -58,12 +57,16 @@ cancel_path = ws.private_socket
 
 
 class WorkerShare:
-    def __init__(self, index: int, workers: int, counts: ws.Counts, sockets: list[socket.socket],
-                 rundir: str) -> None:
-        self.index = index
+    def __init__(self, row: int, workers: int, counts: ws.Counts, sockets: list[socket.socket],
+                 rundir: str, supervisor: int) -> None:
+        # Its row (workershare.rows_for: two per worker slot, the slot's process and, during a rolling
+        # restart, its replacement) names it: its counts, its cancel keys' tag, its private socket.
+        self.index = row
+        self.slot = row % workers
         self.workers = workers
-        self.supervisor = os.getpid()  # made in the supervisor, before the fork
-        self.bits = ws.worker_bits(workers)
+        self.rows = ws.rows_for(workers)
+        self.supervisor = supervisor
+        self.bits = ws.worker_bits(self.rows)
         self.counts = counts
         self.sockets = sockets
         self.rundir = rundir
@@ -76,6 +79,9 @@ class WorkerShare:
         self.closing: dict[Pool[Any, Any], list[float]] = {}
         self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
         self.accept_paused = False
+        self.retiring = False  # replaced in a rolling restart: accepts no more (runtime/retire.py)
+        self.retirement: Any = None
+        self.adopting: asyncio.AbstractServer | None = None
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
 
     # -- set-up --------------------------------------------------------------------------------------
@@ -100,43 +106,43 @@ class WorkerShare:
 
     async def start(self, app: App) -> None:
         from pgmux.net.listen import start_private_listener
+        from pgmux.runtime.handover import start_adopting
+        from pgmux.runtime.retire import handover_path
 
         self.private = await start_private_listener(app, cancel_path(self.rundir, self.index))
+        # where the process this one replaces in a rolling restart hands its clients over
+        self.adopting = await start_adopting(app, handover_path(self.rundir, self.index))
+
+    def retire(self) -> None:
+        """SIGWINCH: replaced in a rolling restart (runtime/retire.py)."""
+        from pgmux.runtime.retire import Retirement
+
+        assert self.app is not None
+        if self.retirement is None:
+            self.retirement = Retirement(self.app, self)
+        self.retirement.begin()
 
     def started(self, app: App) -> None:
         from pgmux.runtime.worker_admin import WorkerAdmin
 
         app.admin.__class__ = WorkerAdmin  # same state, its commands act on every worker or are refused
+        self.counts.mark_ready(self.index, os.getpid())  # the supervisor's sign that this worker serves
 
     def live(self) -> list[int]:
-        """The workers of the pooler now, this one included (whose private sockets answer)."""
-        return list(range(self.workers))
+        """The workers of the pooler now, this one included (whose private sockets answer): during a
+        rolling restart, a slot's old process and its replacement both."""
+        rows = self.counts.live()
+        return rows if self.index in rows else sorted([*rows, self.index])
 
     # -- cancel ----------------------------------------------------------------------------------------
     def tag_pid(self, pid: int) -> int:
         return ws.tag_pid(pid, self.index, self.bits)
 
     def forward_cancel(self, app: App, requester: ClientSession, pid: int, key: int) -> bool:
-        """A CancelRequest naming another worker's client: pass it on there (True), or False when the
-        key is this worker's own (or names no worker)."""
-        target = ws.owner(pid, self.bits)
-        if target == self.index or target >= self.workers:
-            return False
-        app.spawn(self._forward, app, requester, target, pid, key)
-        return True
+        """A CancelRequest whose key no client of this worker has: passed on (runtime/worker_cancel.py)?"""
+        from pgmux.runtime.worker_cancel import forward_cancel
 
-    async def _forward(self, app: App, requester: ClientSession, target: int, pid: int, key: int) -> None:
-        wait = app.config.settings.cancel_wait_timeout
-        log.info("passing a cancel request on to worker %d", target)
-        try:  # the other worker closes the connection once its cancel reached PostgreSQL, as a server does
-            await connector.send_cancel(None, 0, cancel_path(self.rundir, target), pid, key, wait)
-        except TimeoutError:
-            log.warning("cancel request to worker %d failed: not sent within cancel_wait_timeout (%gs)",
-                        target, wait)
-        except OSError as e:
-            log.warning("cancel request to worker %d failed: %s", target, e)
-        finally:
-            requester.transport.close()
+        return forward_cancel(self, app, requester, pid, key)
 
     # -- max_client_conn -------------------------------------------------------------------------------
     def clients_full(self, mine: int, limit: int) -> bool:
@@ -157,7 +163,7 @@ class WorkerShare:
         connected one after the other). Only ever for ACCEPT_PAUSE: with the other workers busy, stopped
         or dead, a new client waits that long at most."""
         app = self.app
-        if self.accept_paused or app is None or app.shutting_down or not app.listeners:
+        if self.accept_paused or app is None or app.shutting_down or not app.listeners or self.retiring:
             return
         self.accept_paused = True
         for srv in app.listeners:
@@ -171,7 +177,7 @@ class WorkerShare:
 
         app = self.app
         assert app is not None
-        if app.finished:
+        if app.finished or self.retiring:
             return
         if app.suspended:  # RESUME accepts again (runtime/suspend.py)
             self.accept_paused = False
@@ -210,7 +216,7 @@ class WorkerShare:
         """This worker's fair share of the pool's limit (workershare.fair_share)."""
         pk, _, _, ck = self.slots(pool)
         c = self.counts
-        return ws.fair_share(limit, c.active_workers(pk), [c.get(w, ck) for w in range(self.workers)], self.index)
+        return ws.fair_share(limit, c.active_workers(pk), [c.get(w, ck) for w in range(self.rows)], self.index)
 
     def local(self, pool: Pool[Any, Any]) -> tuple[int, int, int]:
         """This worker's servers of the pool, of its database and of its user (replication ones too),

@@ -140,6 +140,18 @@ class WorkerAdmin(AdminService):
         sig = None
         if v == "RELOAD":
             sig = signal.SIGHUP
+        elif v == "RESTART":  # a rolling restart (runtime/rolling.py)
+            log.info("%s admin command RESTART: asking the supervisor (pid %d) to replace the workers one at a time",
+                     c.prefix, share.supervisor)
+            try:
+                os.kill(share.supervisor, signal.SIGWINCH)
+            except OSError as e:
+                return render.render_error(PgmuxError(f"RESTART failed: cannot signal the supervisor: {e}",
+                                                      sqlstate="F0000"))
+            return m.notice_response(
+                f"replacing the {share.workers} worker processes one at a time; clients move to the new ones "
+                "between transactions; this console's worker is replaced too, and this connection ends then "
+                "(the log says when every worker has been replaced)") + render.render_ok("RESTART")
         elif v == "SHUTDOWN":
             sig = {None: signal.SIGQUIT, "WAIT_FOR_SERVERS": signal.SIGINT}.get(cmd.arg, signal.SIGTERM)
         if sig is not None:

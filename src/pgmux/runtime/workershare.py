@@ -95,9 +95,20 @@ def _hash(key: str) -> int:
                           "little") | 1
 
 
-def size_for(workers: int) -> int:
-    """Bytes of the shared block for this many workers."""
-    return KEYS * 8 + 2 * workers * KEYS * 4
+def rows_for(workers: int) -> int:
+    """Rows of counts for `workers` worker slots: two per slot, so that during a rolling restart the old
+    process of a slot and its replacement each count what they hold (runtime/rolling.py)."""
+    return 2 * workers
+
+
+def sibling(row: int, workers: int) -> int:
+    """The other row of the same worker slot: where a slot's replacement runs, or its predecessor."""
+    return (row + workers) % (2 * workers)
+
+
+def size_for(rows: int) -> int:
+    """Bytes of the shared block for this many rows."""
+    return KEYS * 8 + 2 * rows * KEYS * 4 + rows * 8
 
 
 class Lock(Protocol):
@@ -141,7 +152,8 @@ class TableFull(Exception):
 
 
 class Counts:
-    """The shared table: keys, and per worker its holds and unmet demand per key."""
+    """The shared table: keys, and per row (a worker process: rows_for) its holds and unmet demand per
+    key, and whether it accepts. `workers` here is the number of rows."""
 
     def __init__(self, buf: memoryview | bytearray, workers: int, lock: Lock) -> None:
         view = memoryview(buf)
@@ -153,6 +165,9 @@ class Counts:
         rows = workers * KEYS * 4
         self.held = view[KEYS * 8:KEYS * 8 + rows].cast("i")
         self.demand = view[KEYS * 8 + rows:KEYS * 8 + 2 * rows].cast("i")
+        # Per row, the pid of the worker process serving there once it accepts (0: none): whose private
+        # socket a console asks (WorkerShare.live), which the supervisor clears when that process ends.
+        self.ready = view[KEYS * 8 + 2 * rows:KEYS * 8 + 2 * rows + workers * 8].cast("q")
         self.slots: dict[str, int] = {}  # this process's memo of key -> slot
 
     def slot(self, key: str) -> int:
@@ -200,8 +215,16 @@ class Counts:
         return sum(1 for w in range(self.workers)
                    if self.held[w * KEYS + slot] > 0 or self.demand[w * KEYS + slot] > 0)
 
+    def mark_ready(self, worker: int, pid: int) -> None:
+        self.ready[worker] = pid
+
+    def live(self) -> list[int]:
+        """The rows whose worker process accepts now."""
+        return [w for w in range(self.workers) if self.ready[w] != 0]
+
     def zero(self, worker: int) -> None:
         """A worker died: what it held is gone with it (the supervisor calls this before a restart)."""
+        self.ready[worker] = 0
         base = worker * KEYS
         for i in range(base, base + KEYS):
             self.held[i] = 0

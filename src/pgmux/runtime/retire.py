@@ -1,0 +1,101 @@
+"""A worker process being replaced in a rolling restart (runtime/rolling.py), its side.
+
+SIGWINCH from the supervisor, once the replacement accepts at this worker's sibling row: this worker
+stops accepting (the replacement and the other workers take the new connections), and every tick (0.2 s)
+hands the clients that may move over to the replacement (runtime/handover.py: between transactions, in
+transaction or statement mode, not pinned, not TLS). The others finish here as with SHUTDOWN
+WAIT_FOR_CLIENTS, and are tried again each tick (a pin can end). When no client of a pool is left, the
+consoles still connected are told to connect again and the worker exits (status 0; the supervisor knows
+it was replaced and starts nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Final
+
+from pgmux.errors import PgmuxError
+from pgmux.runtime import workershare as ws
+
+if TYPE_CHECKING:
+    from pgmux.runtime.app import App
+    from pgmux.runtime.worker import WorkerShare
+
+log = logging.getLogger("pgmux")
+
+REPORT_EVERY: Final = 10.0  # seconds between two log lines about clients that cannot move yet
+
+
+def handover_path(rundir: str, row: int) -> str:
+    """Where worker `row` takes clients handed over to it."""
+    return os.path.join(ws.private_dir(rundir, row), "handover")
+
+
+class Retirement:
+    def __init__(self, app: App, share: WorkerShare) -> None:
+        self.app = app
+        self.share = share
+        self.path = ""
+        self.moving = False
+        self.reported = 0.0
+        self.moved = 0
+
+    def begin(self) -> None:
+        share, app = self.share, self.app
+        if self.path or app.shutting_down:
+            return
+        successor = ws.sibling(share.index, share.workers)
+        pid = share.counts.ready[successor]
+        if pid == 0:
+            log.warning("worker %d: SIGWINCH ignored: no replacement accepts at row %d (only the supervisor sends "
+                        "it, in a rolling restart)", share.slot, successor)
+            return
+        self.path = handover_path(share.rundir, successor)
+        share.retiring = True
+        for srv in app.listeners:
+            srv.close()
+        app.listeners = []
+        log.info("worker %d (pid %d) is replaced by pid %d: accepting no more, handing clients over between "
+                 "transactions", share.slot, os.getpid(), pid)
+        app.tick_hooks.append(self.tick)
+        self.tick()
+
+    def tick(self) -> None:
+        app = self.app
+        if app.finished or self.moving:
+            return
+        pooled = [c for c in app.clients.values() if not c.is_admin]
+        if not pooled:
+            self._finish()
+            return
+        self.moving = True
+        app.spawn(self._move)
+
+    async def _move(self) -> None:
+        from pgmux.runtime.handover import hand_over
+
+        app = self.app
+        try:
+            moved, stayed = await hand_over(app, self.path)
+        except Exception as e:  # noqa: BLE001 - logged; tried again next tick
+            app.log_exception(f"worker {self.share.slot} hand-over:", e)
+            return
+        finally:
+            self.moving = False
+        self.moved += moved
+        now = app.now()
+        if stayed and now - self.reported >= REPORT_EVERY:
+            self.reported = now
+            log.info("worker %d: %d clients handed over so far; %s stay until they can move or leave", self.share.slot,
+                     self.moved, ", ".join(f"{n} {why}" for why, n in sorted(stayed.items())))
+
+    def _finish(self) -> None:
+        app = self.app
+        log.info("worker %d (pid %d): no client left (%d handed over), exiting", self.share.slot, os.getpid(),
+                 self.moved)
+        err = PgmuxError("this pgmux worker process was replaced in a rolling restart; connect again",
+                         sqlstate="57P01", severity="FATAL")
+        for c in list(app.clients.values()):
+            c.fail(err)
+        app.shutdown("immediate")
