@@ -151,6 +151,14 @@ class ClientSession:
             raise IllegalTransition(f"{self.prefix}: client state {self.state.value} -> {new.value}")
         self.state = new
 
+    def adopted(self) -> None:
+        """A client handed over by another pgmux process (runtime/handover.py), its session restored
+        (session/handover.py): it starts here logged in and idle, its login having happened there. The
+        one way into IDLE that CLIENT_MOVES does not list."""
+        if self.state is not ClientState.STARTUP:
+            raise IllegalTransition(f"{self.prefix}: adopted in state {self.state.value}")
+        self.state = C_IDLE
+
     def use_pool(self, pool: Pool[Any, Any]) -> None:
         """The pool this client's transactions take servers from: set at login, and changed by read/write
         routing (a host's pool) only while the client holds no server."""
@@ -475,6 +483,12 @@ class ClientSession:
     def throttle(self, on: bool) -> None:
         """The linked server's socket buffer went above (or back below) its high-water mark."""
         self.throttled = on
+        self._reading()
+
+    def hold_reading(self, on: bool) -> None:
+        """Stop (or start again) reading this idle client while a hand-over moves it to another
+        process (runtime/handover.py): no byte is read here after the check that it may go."""
+        self.held = on
         self._reading()
 
     def suspend(self) -> None:
