@@ -33,6 +33,9 @@ MAX_SNAPSHOT: Final = 16 << 20  # bytes: a client's snapshot above this stays wh
 _ENC, _ERRORS = "utf-8", "surrogateescape"  # as protocol/extended.py reads statement names and texts
 
 
+_LOGGED_IN: Final = (ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE)
+
+
 class HandoverError(ValueError):
     """A snapshot that cannot be restored: wrong version, malformed, too large, or not for this session."""
 
@@ -42,8 +45,8 @@ class HandoverError(ValueError):
 def why_not(c: ClientSession, moving: bool = False) -> str:
     """"" when `c` can move to another process now, else a short reason (erring on "not movable").
     `moving`: its reading was stopped for the move already (ClientSession.hold_reading)."""
-    if c.state is not ClientState.IDLE:
-        return f"state {c.state.value}"
+    if c.state not in _LOGGED_IN:
+        return "closed" if c.state is ClientState.CLOSED else "login"
     if c.is_admin:
         return "console"
     if c.replication or c.repl is not None:
@@ -53,10 +56,13 @@ def why_not(c: ClientSession, moving: bool = False) -> str:
         return "no pool"
     if pool.mode == "session":
         return "session pooling"
-    if c.server is not None:
-        return "server linked"
     if c.pinned or c.pins:
         return f"pinned ({c.pinned or 'session state'})"
+    server = c.server
+    if server is not None:
+        return "in a transaction" if server.tx_status != b"I" else "server linked"
+    if c.state is not ClientState.IDLE:
+        return f"state {c.state.value}"
     t = c.transport
     if t is None or t.is_closing():
         return "no connection"

@@ -1,0 +1,254 @@
+"""Handing idle clients from one pgmux process to another (issue 14 item 5: rolling restarts): two Apps,
+A and B, in this process on one uvloop loop (inprocess.run_two_in_process), real PostgreSQL, real
+psycopg 3 and asyncpg clients that never reconnect. The clients connect to A; `hand_over(A, B's
+socket)` moves them; what they do next must be served by B exactly as A would have served it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from inprocess import run_two_in_process
+
+from pgmux.runtime.app import App
+from pgmux.runtime.handover import hand_over, start_adopting
+from pgmux.session.states import ClientState
+from pgmux.testing.cluster import HOST, PgCluster
+
+SETTINGS = {"pool_mode": "transaction", "max_prepared_statements": 100, "default_pool_size": 4}
+
+
+def dsn(app: App, db: str = "testdb") -> str:
+    return f"host={HOST} port={app.config.settings.listen_port} dbname={db} user=postgres"
+
+
+def pool_clients(app: App) -> list[Any]:
+    """The clients of `app` logged in to a pool (not consoles, not cancel requests)."""
+    return [c for c in app.clients.values() if not c.is_admin and c.pool is not None]
+
+
+async def until(cond: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {limit}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def cancel(app: App, pid: int, key: int) -> None:
+    """A CancelRequest with the client's own key, sent to `app`'s port."""
+    reader, writer = await asyncio.open_connection(HOST, app.config.settings.listen_port)
+    writer.write(struct.pack("!iiii", 16, 80877102, pid, key))
+    await writer.drain()
+    await asyncio.wait_for(reader.read(), 10)  # closed once the cancel is passed on
+    writer.close()
+
+
+def test_psycopg_session_moves_and_goes_on(pg: PgCluster, tmp_path: Path) -> None:
+    async def body(a: App, b: App) -> None:
+        adopting = await start_adopting(b, str(tmp_path / "b.sock"))
+        conn = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+        try:
+            await conn.execute("SET application_name = 'moved-client'")
+            await conn.execute("SET DateStyle = 'SQL, DMY'")
+            await conn.execute("SET search_path = pg_catalog, public")
+            cur = await conn.execute("SELECT %s::int + 1", [41], prepare=True)
+            assert await cur.fetchone() == (42,)
+            await conn.execute("PREPARE times_ten(int) AS SELECT $1 * 10")
+            pid = conn.info.backend_pid
+            [mine] = pool_clients(a)
+            key = mine.cancel_key
+            assert mine.cancel_pid == pid
+
+            moved, stayed = await hand_over(a, str(tmp_path / "b.sock"))
+            assert (moved, stayed) == (1, {})
+            assert pool_clients(a) == [] and a.by_cancel == {}
+            await until(lambda: adopting.adopted == 1, "B serving the client")  # (B reads the commit after)
+            [there] = pool_clients(b)
+            assert (there.cancel_pid, there.cancel_key) == (pid, key) and b.by_cancel[pid] is there
+            queries_before = there.logged_in_pool().stats.query_count
+
+            # The same connection, never reconnected: its session as it was.
+            assert await (await conn.execute("SHOW application_name")).fetchone() == ("moved-client",)
+            assert await (await conn.execute("SHOW DateStyle")).fetchone() == ("SQL, DMY",)
+            assert await (await conn.execute("SHOW search_path")).fetchone() == ("pg_catalog, public",)
+            cur = await conn.execute("SELECT %s::int + 1", [1], prepare=True)  # psycopg's own statement name
+            assert await cur.fetchone() == (2,)
+            assert await (await conn.execute("EXECUTE times_ten(4)")).fetchone() == (40,)
+            assert await (await conn.execute("SELECT count(*) FROM items")).fetchone() == (10,)
+            assert there.logged_in_pool().stats.query_count >= queries_before + 5  # B served them
+            assert pool_clients(a) == []
+
+            # A cancel with the client's key, at B (in production both share the listening socket).
+            sleeper = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
+            await until(lambda: there.state is ClientState.ACTIVE, "the sleep running on B")
+            started = time.monotonic()
+            await cancel(b, pid, key)
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                await asyncio.wait_for(sleeper, 20)
+            assert time.monotonic() - started < 15
+            assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+        finally:
+            await conn.close()
+        await until(lambda: pool_clients(b) == [], "the client gone from B after close()")
+        assert b.by_cancel == {}
+        adopting.close()
+        await adopting.wait_closed()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body)
+
+
+def test_asyncpg_prepared_statements_move(pg: PgCluster, tmp_path: Path) -> None:
+    """The extended protocol, binary results: asyncpg's prepared statements (its own names, its cached
+    row descriptions) work after the move, and again after a move back."""
+    async def body(a: App, b: App) -> None:
+        adopt_a = await start_adopting(a, str(tmp_path / "a.sock"))
+        adopt_b = await start_adopting(b, str(tmp_path / "b.sock"))
+        conn = await asyncpg.connect(host=HOST, port=a.config.settings.listen_port, user="postgres",
+                                     database="testdb")
+        try:
+            stmt = await conn.prepare("SELECT id, name FROM items WHERE id = $1")
+            double = await conn.prepare("SELECT $1::bigint * 2")
+            assert tuple(await stmt.fetchrow(3)) == (3, "item 3")
+            await conn.execute("SET application_name = 'asyncpg-moved'")
+            [here] = pool_clients(a)
+            assert here.stmts is not None
+            held = sorted(name for name, _ in here.stmts.named())
+            assert len(held) >= 2  # (and asyncpg's own introspection statements)
+            assert await hand_over(a, str(tmp_path / "b.sock")) == (1, {})
+            await until(lambda: len(pool_clients(b)) == 1, "B serving the client")
+            [there] = pool_clients(b)
+            assert there.stmts is not None and sorted(name for name, _ in there.stmts.named()) == held
+            assert tuple(await stmt.fetchrow(4)) == (4, "item 4")
+            assert await double.fetchval(21) == 42
+            assert [tuple(r) for r in await stmt.fetch(5)] == [(5, "item 5")]
+            assert await conn.fetchval("SHOW application_name") == "asyncpg-moved"
+            assert await hand_over(b, str(tmp_path / "a.sock")) == (1, {})  # and back
+            assert await double.fetchval(50) == 100
+            assert tuple(await stmt.fetchrow(6)) == (6, "item 6")
+            assert len(pool_clients(a)) == 1 and pool_clients(b) == []
+        finally:
+            await conn.close()
+        await until(lambda: pool_clients(a) == [], "the client gone from A")
+        for ad in (adopt_a, adopt_b):
+            ad.close()
+            await ad.wait_closed()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body)
+
+
+def test_who_stays_and_why(pg: PgCluster, tmp_path: Path) -> None:
+    """A session-mode client, one inside a transaction (moved after its COMMIT, on the next call), a
+    pinned one (LISTEN) and a console stay on A, each counted under its reason."""
+    primary = pg.primary
+    dbs = {"testdb": f"host={primary.host} port={primary.port} dbname=testdb",
+           "sessdb": f"host={primary.host} port={primary.port} dbname=testdb pool_mode=session"}
+
+    async def body(a: App, b: App) -> None:
+        path = str(tmp_path / "b.sock")
+        adopting = await start_adopting(b, path)
+        sess = await psycopg.AsyncConnection.connect(dsn(a, "sessdb"), autocommit=True)
+        tx = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+        pinned = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+        console = await psycopg.AsyncConnection.connect(dsn(a, "pgbouncer"), autocommit=True)
+        try:
+            await sess.execute("SELECT 1")
+            await tx.execute("BEGIN")
+            await tx.execute("INSERT INTO items VALUES (1000, 'in a transaction')")
+            await pinned.execute("LISTEN handover_test")
+            await console.execute("SHOW VERSION")
+            moved, stayed = await hand_over(a, path)
+            assert moved == 0
+            assert stayed == {"session pooling": 1, "in a transaction": 1, "pinned (listen)": 1, "console": 1}, stayed
+            await tx.execute("COMMIT")
+            moved, stayed = await hand_over(a, path)
+            assert moved == 1 and sum(stayed.values()) == 3, stayed
+            assert await (await tx.execute("DELETE FROM items WHERE id = 1000 RETURNING name")).fetchone() == \
+                ("in a transaction",)
+            assert len(pool_clients(b)) == 1
+            # The ones that stayed still work on A.
+            assert await (await sess.execute("SELECT 2")).fetchone() == (2,)
+            assert await (await pinned.execute("SELECT 3")).fetchone() == (3,)
+            await console.execute("SHOW VERSION")
+        finally:
+            for conn in (sess, tx, pinned, console):
+                await conn.close()
+        adopting.close()
+        await adopting.wait_closed()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body, databases=dbs)
+
+
+def test_refused_client_stays_and_is_served(pg: PgCluster, tmp_path: Path) -> None:
+    """B refuses (its max_client_conn is reached): the client stays on A, reading again, and a
+    receiver that is not there leaves every client where it was."""
+    async def body(a: App, b: App) -> None:
+        conn = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+        try:
+            await conn.execute("SELECT 1")
+            moved, stayed = await hand_over(a, str(tmp_path / "nobody.sock"))
+            assert moved == 0 and list(stayed) == ["no receiver: FileNotFoundError [Errno 2] No such file or "
+                                                   "directory"], stayed
+            adopting = await start_adopting(b, str(tmp_path / "b.sock"))
+            b.reload(dataclasses.replace(b.config, settings=dataclasses.replace(b.config.settings,
+                                                                                 max_client_conn=1)))
+            extra = await psycopg.AsyncConnection.connect(dsn(b), autocommit=True)  # B is full now
+            moved, stayed = await hand_over(a, str(tmp_path / "b.sock"))
+            assert (moved, stayed) == (0, {"refused: no more connections allowed (max_client_conn)": 1})
+            assert await (await conn.execute("SELECT 5")).fetchone() == (5,)
+            assert len(pool_clients(a)) == 1 and len(pool_clients(b)) == 1 and b.admission.per_db == {"testdb": 1}
+            await extra.close()
+            adopting.close()
+            await adopting.wait_closed()
+        finally:
+            await conn.close()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body)
+
+
+def test_queries_during_back_and_forth_moves(pg: PgCluster, tmp_path: Path) -> None:
+    """A client runs 200 short queries while the processes hand it back and forth as fast as they can:
+    every query is answered, in order, whatever process reads it."""
+    async def body(a: App, b: App) -> None:
+        paths = {id(a): str(tmp_path / "a.sock"), id(b): str(tmp_path / "b.sock")}
+        adopters = [await start_adopting(a, paths[id(a)]), await start_adopting(b, paths[id(b)])]
+        conn = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+        done = asyncio.Event()
+        moves = 0
+
+        async def mover() -> None:
+            nonlocal moves
+            deadline = time.monotonic() + 60
+            while not done.is_set() and time.monotonic() < deadline:
+                for src, dst in ((a, b), (b, a)):
+                    n, _ = await hand_over(src, paths[id(dst)])
+                    moves += n
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(mover())
+        try:
+            await conn.execute("SET application_name = 'ping-pong'")
+            for i in range(200):
+                cur = await conn.execute("SELECT %s::int, current_setting('application_name')", [i],
+                                         prepare=i % 2 == 0)
+                assert await cur.fetchone() == (i, "ping-pong")
+        finally:
+            done.set()
+            await asyncio.wait_for(task, 30)
+            await conn.close()
+        print("moves", moves)
+        assert moves >= 5, moves
+        await until(lambda: pool_clients(a) == [] and pool_clients(b) == [], "the client gone")
+        for ad in adopters:
+            ad.close()
+            await ad.wait_closed()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body)
