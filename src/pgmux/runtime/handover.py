@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pgmux.errors import PgmuxError
 from pgmux.net import fdpass
 from pgmux.net.protocols import ClientProtocol
+from pgmux.session.client_login import adopted
 from pgmux.session.handover import MAX_SNAPSHOT, HandoverError, identify, load, restore, snapshot, why_not
 from pgmux.session.states import ClientState
 
@@ -155,7 +156,7 @@ def take_on(app: App, blob: bytes) -> tuple[ClientSession | None, str]:
         identify(c, snap, now)
         app._join_pool(c)  # noqa: SLF001 - counted as a login counts it; PgmuxError for a db gone, limits
         restore(c, snap, now)
-        c.adopted()
+        adopted(c)
     except (HandoverError, PgmuxError) as e:
         forget(app, c)
         return None, e.message if isinstance(e, PgmuxError) else str(e)
@@ -253,7 +254,8 @@ async def hand_over(app: App, path: str, clients: Iterable[ClientSession] | None
 async def _move(app: App, conn: socket.socket, c: ClientSession, path: str, ack_wait: float) -> str:
     """One client, reading paused for the time it takes: "" once moved, else why it stays (and is read
     again). A reason starting "hand-over failed" means the connection to the receiver is unusable."""
-    c.hold_reading(True)
+    c.held = True  # reading stops (ClientSession._reading, through suspend())
+    c.suspend()
     try:
         why = refusal(app, c, moving=True)
         if why:
@@ -290,4 +292,5 @@ async def _move(app: App, conn: socket.socket, c: ClientSession, path: str, ack_
         return f"hand-over failed: internal error {type(e).__name__}"
     finally:
         if c.state is not ClientState.CLOSED:
-            c.hold_reading(False)
+            c.held = False
+            c.suspend()

@@ -130,7 +130,7 @@ class ClientSession:
         self.replication = ""
         self.repl: Any = None
         # Bounded memory (see _large): bytes of a long message still to come, forwarded as they arrive
-        # (dropped when `sink`); reading paused while such a message waits for a server (`held`) or
+        # (dropped when `sink`); reading paused while such a message (or a hand-over) waits (`held`), or
         # while the server's socket buffer is full (`throttled`); `rpaused` is what the transport was told.
         self.passing = 0
         self.sink = False
@@ -150,14 +150,6 @@ class ClientSession:
         if new not in CLIENT_MOVES[old]:
             raise IllegalTransition(f"{self.prefix}: client state {self.state.value} -> {new.value}")
         self.state = new
-
-    def adopted(self) -> None:
-        """A client handed over by another pgmux process (runtime/handover.py), its session restored
-        (session/handover.py): it starts here logged in and idle, its login having happened there. The
-        one way into IDLE that CLIENT_MOVES does not list."""
-        if self.state is not ClientState.STARTUP:
-            raise IllegalTransition(f"{self.prefix}: adopted in state {self.state.value}")
-        self.state = C_IDLE
 
     def use_pool(self, pool: Pool[Any, Any]) -> None:
         """The pool this client's transactions take servers from: set at login, and changed by read/write
@@ -485,14 +477,9 @@ class ClientSession:
         self.throttled = on
         self._reading()
 
-    def hold_reading(self, on: bool) -> None:
-        """Stop (or start again) reading this idle client while a hand-over moves it to another
-        process (runtime/handover.py): no byte is read here after the check that it may go."""
-        self.held = on
-        self._reading()
-
     def suspend(self) -> None:
-        """SUSPEND or RESUME changed hub.suspended: stop or start reading (runtime/suspend.py)."""
+        """SUSPEND or RESUME changed hub.suspended, or a hand-over (runtime/handover.py) set or cleared
+        `held` on an idle client: stop or start reading (runtime/suspend.py)."""
         self._reading()
 
     def _reading(self) -> None:

@@ -44,7 +44,7 @@ class HandoverError(ValueError):
 
 def why_not(c: ClientSession, moving: bool = False) -> str:
     """"" when `c` can move to another process now, else a short reason (erring on "not movable").
-    `moving`: its reading was stopped for the move already (ClientSession.hold_reading)."""
+    `moving`: its reading was stopped for the move already (`held`, runtime/handover.py)."""
     if c.state not in _LOGGED_IN:
         return "closed" if c.state is ClientState.CLOSED else "login"
     if c.is_admin:
@@ -220,7 +220,9 @@ def load(blob: bytes) -> Snapshot:
         raise HandoverError(f"snapshot version {doc.get('v')!r}, this pgmux reads version {VERSION}")
     try:
         return _decode(doc)
-    except (KeyError, TypeError):
+    except HandoverError:
+        raise
+    except (KeyError, TypeError, ValueError):  # (ValueError: a list of the wrong length)
         raise HandoverError("malformed snapshot: a field is missing or of the wrong type") from None
 
 
@@ -276,7 +278,7 @@ def identify(c: ClientSession, snap: Snapshot, now: float) -> None:
 def restore(c: ClientSession, blob: bytes | Snapshot, now: float) -> Snapshot:
     """The inverse of snapshot() on a fresh ClientSession (identified first with `identify` when its
     pool is to be joined between the steps: the pool decides `watch` and makes `c.stmts`). The client's
-    state stays STARTUP: ClientSession.adopted() makes it IDLE once the runtime took it on."""
+    state stays STARTUP: client_login.adopted() makes it IDLE once the runtime took it on."""
     snap = load(blob) if isinstance(blob, bytes) else blob
     if not c.user:
         identify(c, snap, now)
