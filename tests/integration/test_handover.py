@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import struct
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from inprocess import run_two_in_process
 from pgmux.runtime.app import App
 from pgmux.runtime.handover import hand_over, start_adopting
 from pgmux.session.states import ClientState
+from pgmux.testing.certs import make_certs
 from pgmux.testing.cluster import HOST, PgCluster
 
 SETTINGS = {"pool_mode": "transaction", "max_prepared_statements": 100, "default_pool_size": 4}
@@ -250,5 +252,71 @@ def test_queries_during_back_and_forth_moves(pg: PgCluster, tmp_path: Path) -> N
         for ad in adopters:
             ad.close()
             await ad.wait_closed()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body)
+
+
+def test_tls_stays_unix_socket_moves(pg: PgCluster, tmp_path: Path) -> None:
+    """A TLS client stays (its TLS state lives in the sender's memory); a client of the Unix socket
+    moves, its peer's identity read again by the receiver."""
+    certs = make_certs()
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    settings = {**SETTINGS, "unix_socket_dir": str(sockets), "client_tls_sslmode": "allow",
+                "client_tls_cert_file": certs.path("server.crt"), "client_tls_key_file": certs.path("server.key")}
+
+    async def body(a: App, b: App) -> None:
+        path = str(tmp_path / "b.sock")
+        adopting = await start_adopting(b, path)
+        port = a.config.settings.listen_port
+        tls = await psycopg.AsyncConnection.connect(dsn(a) + " sslmode=require", autocommit=True)
+        local = await psycopg.AsyncConnection.connect(f"host={sockets} port={port} dbname=testdb user=postgres",
+                                                      autocommit=True)
+        try:
+            await local.execute("SET application_name = 'over-unix'")
+            assert await hand_over(a, path) == (1, {"TLS": 1})
+            assert await (await local.execute("SHOW application_name")).fetchone() == ("over-unix",)
+            [there] = pool_clients(b)
+            assert there.is_unix and there.peer_uid == os.getuid()
+            assert await (await tls.execute("SELECT 7")).fetchone() == (7,)
+            assert [c.is_unix for c in pool_clients(a)] == [False]
+        finally:
+            await tls.close()
+            await local.close()
+            certs.cleanup()
+        adopting.close()
+        await adopting.wait_closed()
+        assert not os.path.exists(path)
+
+    run_two_in_process(pg, tmp_path, settings, body)
+
+
+def test_many_clients_in_one_call(pg: PgCluster, tmp_path: Path) -> None:
+    """30 idle clients move in one call, one after the other on one connection; each goes on."""
+    async def body(a: App, b: App) -> None:
+        path = str(tmp_path / "b.sock")
+        adopting = await start_adopting(b, path)
+        conns = [await psycopg.AsyncConnection.connect(dsn(a) + " sslmode=disable", autocommit=True)
+                 for _ in range(30)]
+        try:
+            for i, conn in enumerate(conns):
+                await conn.execute(f"SET application_name = 'client-{i}'")
+            started = time.monotonic()
+            assert await hand_over(a, path) == (30, {})
+            took = time.monotonic() - started
+            print(f"30 clients handed over in {took * 1000:.1f} ms")
+            assert took < 10, took
+            await until(lambda: adopting.adopted == 30, "B serving all 30")
+            for i, conn in enumerate(conns):
+                assert await (await conn.execute("SHOW application_name")).fetchone() == (f"client-{i}",)
+            assert pool_clients(a) == [] and len(pool_clients(b)) == 30
+            assert b.admission.per_db == {"testdb": 30} and a.admission.per_db == {}
+        finally:
+            for conn in conns:
+                await conn.close()
+        await until(lambda: pool_clients(b) == [], "all gone from B")
+        assert b.admission.per_db == {} and b.by_cancel == {}
+        adopting.close()
+        await adopting.wait_closed()
 
     run_two_in_process(pg, tmp_path, SETTINGS, body)

@@ -21,7 +21,9 @@ sender waits ACK_WAIT at most for the receiver's answer, then keeps the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import struct
 from collections.abc import Iterable
@@ -55,6 +57,7 @@ class Adopting:
     def __init__(self, app: App, sock: socket.socket, path: str) -> None:
         self.app, self.sock, self.path = app, sock, path
         self.adopted = 0  # clients taken on so far
+        self._inode = os.stat(path).st_ino
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
@@ -63,6 +66,9 @@ class Adopting:
         self._accepting.cancel()
         for t in list(self._tasks):
             t.cancel()
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:  # (not a successor's socket made since)
+                os.unlink(self.path)
         self.sock.close()
 
     async def wait_closed(self) -> None:
@@ -103,10 +109,15 @@ class Adopting:
     async def _one(self, conn: socket.socket, fd: int, blob: bytes) -> bool:
         """One client offered: taken on (Y, then C) or not (N + reason). False: the connection ends."""
         app = self.app
-        sock = socket.socket(fileno=fd)  # our copy: closing it leaves the client's connection to the sender
-        c, why = take_on(app, blob)
-        if c is None:
-            sock.close()
+        try:  # our copy: closing it leaves the client's connection to the sender
+            sock: socket.socket | None = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            sock = None
+        c, why = take_on(app, blob) if sock is not None and _is_stream(sock) else (None, "not a stream socket")
+        if c is None or sock is None:
+            if sock is not None:
+                sock.close()
             log.info("hand-over: client not taken on: %s", why)
             reason = why.encode("utf-8", "replace")[:1000]
             await fdpass.send_all(conn, _NO + _LEN.pack(len(reason)) + reason)
@@ -126,6 +137,10 @@ class Adopting:
         await serve(app, c, sock)
         self.adopted += 1
         return True
+
+
+def _is_stream(sock: socket.socket) -> bool:
+    return sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 
 async def start_adopting(app: App, path: str) -> Adopting:
