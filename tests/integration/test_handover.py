@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -19,8 +20,11 @@ import psycopg
 import pytest
 from inprocess import run_two_in_process
 
+from pgmux.net import fdpass
+from pgmux.protocol import messages as m
 from pgmux.runtime.app import App
 from pgmux.runtime.handover import hand_over, start_adopting
+from pgmux.session.handover import MAX_SNAPSHOT, snapshot
 from pgmux.session.states import ClientState
 from pgmux.testing.certs import make_certs
 from pgmux.testing.cluster import HOST, PgCluster
@@ -316,6 +320,100 @@ def test_many_clients_in_one_call(pg: PgCluster, tmp_path: Path) -> None:
                 await conn.close()
         await until(lambda: pool_clients(b) == [], "all gone from B")
         assert b.admission.per_db == {} and b.by_cancel == {}
+        adopting.close()
+        await adopting.wait_closed()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body)
+
+
+async def read_until_ready(reader: asyncio.StreamReader) -> list[tuple[bytes, bytes]]:
+    """Backend messages up to and including ReadyForQuery."""
+    out = []
+    while True:
+        header = await asyncio.wait_for(reader.readexactly(5), 10)
+        body = await asyncio.wait_for(reader.readexactly(struct.unpack("!i", header[1:])[0] - 4), 10)
+        out.append((header[:1], body))
+        if header[:1] == b"Z":
+            return out
+
+
+def test_bytes_the_sender_never_read_reach_the_receiver(pg: PgCluster, tmp_path: Path) -> None:
+    """A query sent while the old process was not reading (its bytes in the kernel's socket buffer) is
+    read and answered by the new one: nothing is lost and nothing is answered twice."""
+    async def body(a: App, b: App) -> None:
+        path = str(tmp_path / "b.sock")
+        adopting = await start_adopting(b, path)
+        reader, writer = await asyncio.open_connection(HOST, a.config.settings.listen_port)
+        writer.write(m.startup_message({"user": "postgres", "database": "testdb"}))
+        await read_until_ready(reader)
+        [c] = pool_clients(a)
+        c.transport.pause_reading()  # A is busy elsewhere: what the client sends waits in the kernel
+        writer.write(m.query("SELECT 'sent before the move'"))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        assert c.state is ClientState.IDLE and c.logged_in_pool().stats.query_count == 0
+        assert await hand_over(a, path) == (1, {})
+        reply = await read_until_ready(reader)
+        assert [t for t, _ in reply] == [b"T", b"D", b"C", b"Z"]
+        assert b"sent before the move" in reply[1][1]
+        assert pool_clients(a) == [] and len(pool_clients(b)) == 1
+        writer.write(m.message(m.TERMINATE))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # B closed it, cleanly
+        writer.close()
+        await until(lambda: pool_clients(b) == [], "the client gone from B")
+        adopting.close()
+        await adopting.wait_closed()
+
+    run_two_in_process(pg, tmp_path, SETTINGS, body)
+
+
+async def closed_by_peer(sock: socket.socket) -> None:
+    """The other side closed `sock` (a reset when it left bytes we sent unread)."""
+    try:
+        assert await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 10), 10) == b""
+    except ConnectionResetError:
+        pass
+
+
+def test_receiver_survives_bad_senders(pg: PgCluster, tmp_path: Path) -> None:
+    """A sender that breaks the framing, or that goes away between the receiver's Y and its commit,
+    costs the receiver nothing: what it made is dropped, and the next sender is served."""
+    async def body(a: App, b: App) -> None:
+        path = str(tmp_path / "b.sock")
+        adopting = await start_adopting(b, path)
+        conn = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+        try:
+            await conn.execute("SET application_name = 'kept'")
+            [c] = pool_clients(a)
+            # Not a hand-over message at all.
+            bad = await fdpass.connect(path, 5)
+            await fdpass.send_all(bad, b"GET / HTTP/1.0\r\n\r\n")
+            await closed_by_peer(bad)
+            bad.close()
+            # A header above the bound, with a socket attached.
+            left, right = socket.socketpair()
+            bad = await fdpass.connect(path, 5)
+            socket.send_fds(bad, [fdpass.HEADER.pack(fdpass.MAGIC, MAX_SNAPSHOT + 1)], [left.fileno()])
+            await closed_by_peer(bad)
+            bad.close()
+            # A real snapshot and socket, then gone before committing.
+            bad = await fdpass.connect(path, 5)
+            await fdpass.send_with_fd(bad, c.transport.get_extra_info("socket").fileno(),
+                                      snapshot(c, a.now()))
+            assert await asyncio.wait_for(fdpass.recv_exact(bad, 1), 10) == b"Y"
+            bad.close()
+            await until(lambda: b.admission.per_db == {}, "B dropping the uncommitted client")
+            assert pool_clients(b) == [] and b.by_cancel == {}
+            # The client never noticed, and a proper hand-over still works.
+            assert await (await conn.execute("SHOW application_name")).fetchone() == ("kept",)
+            assert await hand_over(a, path) == (1, {})
+            assert await (await conn.execute("SHOW application_name")).fetchone() == ("kept",)
+            assert len(pool_clients(b)) == 1
+            left.close()
+            right.close()
+        finally:
+            await conn.close()
         adopting.close()
         await adopting.wait_closed()
 
