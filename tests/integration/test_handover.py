@@ -221,8 +221,9 @@ def test_refused_client_stays_and_is_served(pg: PgCluster, tmp_path: Path) -> No
 
 
 def test_queries_during_back_and_forth_moves(pg: PgCluster, tmp_path: Path) -> None:
-    """A client runs 200 short queries while the processes hand it back and forth as fast as they can:
-    every query is answered, in order, whatever process reads it."""
+    """Two clients (psycopg, asyncpg with its prepared statement) run 200 short queries each while the
+    processes hand them back and forth as fast as they can: every query is answered, in order, with
+    the session's settings, whatever process reads it."""
     async def body(a: App, b: App) -> None:
         paths = {id(a): str(tmp_path / "a.sock"), id(b): str(tmp_path / "b.sock")}
         adopters = [await start_adopting(a, paths[id(a)]), await start_adopting(b, paths[id(b)])]
@@ -239,17 +240,30 @@ def test_queries_during_back_and_forth_moves(pg: PgCluster, tmp_path: Path) -> N
                     moves += n
                 await asyncio.sleep(0)
 
-        task = asyncio.ensure_future(mover())
-        try:
+        other = await asyncpg.connect(host=HOST, port=a.config.settings.listen_port, user="postgres",
+                                      database="testdb")
+
+        async def extended() -> None:  # asyncpg: named statements, binary results, Parse/Bind/Execute/Sync
+            stmt = await other.prepare("SELECT $1::int * 3, current_setting('DateStyle')")
+            await other.execute("SET DateStyle = 'German'")
+            for i in range(200):
+                assert tuple(await stmt.fetchrow(i)) == (3 * i, "German, DMY")
+
+        async def simple() -> None:
             await conn.execute("SET application_name = 'ping-pong'")
             for i in range(200):
                 cur = await conn.execute("SELECT %s::int, current_setting('application_name')", [i],
                                          prepare=i % 2 == 0)
                 assert await cur.fetchone() == (i, "ping-pong")
+
+        task = asyncio.ensure_future(mover())
+        try:
+            await asyncio.gather(simple(), extended())
         finally:
             done.set()
             await asyncio.wait_for(task, 30)
             await conn.close()
+            await other.close()
         print("moves", moves)
         assert moves >= 5, moves
         await until(lambda: pool_clients(a) == [] and pool_clients(b) == [], "the client gone")

@@ -97,7 +97,7 @@ def test_round_trip() -> None:
     unnamed = d.stmts.lookup("")
     assert unnamed is not None and unnamed.query == "select 'unnamed'"
     assert snap.keys == (b"client-key", b"server-key") and snap.secret == "s3cret"
-    assert "s3cret" not in repr(snap)
+    assert "s3cret" not in repr(snap) and "client-key" not in repr(snap)
 
 
 def test_unchanged_parameters_stay_shared() -> None:
@@ -199,6 +199,8 @@ def test_why_not() -> None:
     assert why_not(c) == "TLS"
     fresh_client = hub.client().session
     assert why_not(fresh_client) == "login"
+    fresh_client.replication = "physical"
+    assert why_not(fresh_client) == "replication"
     session_hub = FakeHub(mode="session")
     assert why_not(logged_in(session_hub).session) == "session pooling"
     c.transport = FakeTransport()

@@ -45,12 +45,14 @@ class HandoverError(ValueError):
 def why_not(c: ClientSession, moving: bool = False) -> str:
     """"" when `c` can move to another process now, else a short reason (erring on "not movable").
     `moving`: its reading was stopped for the move already (`held`, runtime/handover.py)."""
-    if c.state not in _LOGGED_IN:
-        return "closed" if c.state is ClientState.CLOSED else "login"
-    if c.is_admin:
-        return "console"
+    if c.state is ClientState.CLOSED:
+        return "closed"
     if c.replication or c.repl is not None:
         return "replication"
+    if c.state not in _LOGGED_IN:
+        return "login"
+    if c.is_admin:
+        return "console"
     pool = c.pool
     if pool is None:
         return "no pool"
@@ -173,7 +175,7 @@ class Snapshot:
     stmt_fx: list[bytes]
     sql: dict[str, str] | None
     ryw_lsn: int
-    keys: tuple[bytes, bytes] | None = None
+    keys: tuple[bytes, bytes] | None = field(default=None, repr=False)  # never printed
     secret: str | None = field(default=None, repr=False)  # never printed
 
 
