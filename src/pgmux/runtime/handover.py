@@ -150,8 +150,9 @@ async def start_adopting(app: App, path: str) -> Adopting:
 
 
 def take_on(app: App, blob: bytes) -> tuple[ClientSession | None, str]:
-    """A client's snapshot restored on a new ClientSession of `app`, joined to its pool and counted
-    (not in app.clients nor app.by_cancel yet: `serve` puts it there), or None and why not."""
+    """A client's snapshot restored on a new ClientSession of `app`, joined to its pool, counted and its
+    cancel key taken (a cancel meanwhile finds no server: nothing to cancel yet), but not in app.clients
+    until `serve`; or None and why not."""
     if app.shutting_down:
         return None, "shutting down"
     s = app.config.settings
@@ -172,6 +173,7 @@ def take_on(app: App, blob: bytes) -> tuple[ClientSession | None, str]:
         app._join_pool(c)  # noqa: SLF001 - counted as a login counts it; PgmuxError for a db gone, limits
         restore(c, snap, now)
         adopted(c)
+        app.by_cancel[c.cancel_pid] = c
     except (HandoverError, PgmuxError) as e:
         forget(app, c)
         return None, e.message if isinstance(e, PgmuxError) else str(e)
@@ -187,9 +189,8 @@ def take_on(app: App, blob: bytes) -> tuple[ClientSession | None, str]:
 
 
 async def serve(app: App, c: ClientSession, sock: socket.socket) -> None:
-    """A client taken on: served on `sock` like an accepted connection, its cancel key registered."""
+    """A client taken on (`take_on`): served on `sock` like an accepted connection."""
     app.clients[c.id] = c
-    app.by_cancel[c.cancel_pid] = c
     sock.setblocking(False)
     try:
         await asyncio.get_running_loop().connect_accepted_socket(lambda: ClientProtocol(app, c), sock)
