@@ -130,6 +130,8 @@ def _doc(hub: FakeHub) -> dict[str, Any]:
     ("stmts", [["s1", "select 1", ["23"], None]]), ("stmts", [["s1", "select 1", [], "!!not base64"]]),
     ("stmts", [["s1", "select 1", [-1], None]]), ("keys", ["AA=="]), ("unnamed", 5),
     ("stmt_fx", ["c2V0dGVy", "bm9uZQ=="]),  # effects of a statement the snapshot does not hold
+    ("stmts", [["s1", "select 1", [], None], ["s1", "select 2", [], None]]),  # one name twice
+    ("stmts", [["", "select 1", [], None]]),
 ])
 def test_wrong_fields_refused_before_any_change(field: str, value: Any) -> None:
     a, b = FakeHub(max_prepared=100), FakeHub(max_prepared=100)
@@ -139,8 +141,8 @@ def test_wrong_fields_refused_before_any_change(field: str, value: Any) -> None:
     join(d, b)
     with pytest.raises(HandoverError, match="malformed"):
         restore(d, json.dumps(doc).encode(), b.now())
-    if field != "stmt_fx":  # (checked last, once the statements are in: the runtime then drops the client)
-        assert d.user == "" and d.cancel_pid == 0 and d.stmts is not None and d.stmts.named() == []
+    assert d.user == "" and d.cancel_pid == 0 and d.stmts is not None and d.stmts.named() == []
+    assert d.params == {} and d.sql is None and d.stmt_fx is None
 
 
 def test_oversized(monkeypatch: pytest.MonkeyPatch) -> None:

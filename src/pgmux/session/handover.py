@@ -279,17 +279,21 @@ def identify(c: ClientSession, snap: Snapshot, now: float) -> None:
 
 def restore(c: ClientSession, blob: bytes | Snapshot, now: float) -> Snapshot:
     """The inverse of snapshot() on a fresh ClientSession (identified first with `identify` when its
-    pool is to be joined between the steps: the pool decides `watch` and makes `c.stmts`). The client's
-    state stays STARTUP: client_login.adopted() makes it IDLE once the runtime took it on."""
+    pool is to be joined between the steps: the pool decides `watch` and makes `c.stmts`). Everything
+    is checked before anything changes. The client's state stays STARTUP: client_login.adopted() makes
+    it IDLE once the runtime took it on."""
     snap = load(blob) if isinstance(blob, bytes) else blob
-    if not c.user:
-        identify(c, snap, now)
-    elif (c.user, c.database) != (snap.user, snap.database):
+    if c.state is not ClientState.STARTUP:
+        raise HandoverError("a snapshot is restored on a fresh client only")
+    if c.user and (c.user, c.database) != (snap.user, snap.database):
         raise HandoverError("snapshot of another client")
     if snap.watch != c.watch:
         raise HandoverError("pool mode differs here (session state is tracked in one process only)")
     if (snap.stmts or snap.unnamed_stmt) and c.stmts is None:
         raise HandoverError("prepared statements are not tracked here (max_prepared_statements = 0)")
+    fx = _statement_effects(snap)
+    if not c.user:
+        identify(c, snap, now)
     if snap.params == snap.initial:  # one dict until the client changes one (tracking.own_params)
         c.params = c.initial = snap.initial
     else:
@@ -303,14 +307,25 @@ def restore(c: ClientSession, blob: bytes | Snapshot, now: float) -> Snapshot:
         if snap.unnamed_stmt is not None:
             stmts.adopt("", *snap.unnamed_stmt)
     c.unnamed = snap.unnamed
-    fx: dict[bytes, tuple[Any, ...]] = {}
-    for raw in snap.stmt_fx:
-        stmt = stmts.lookup(raw.decode(_ENC, _ERRORS)) if stmts is not None else None
-        done = _effects_of(stmt.query) if stmt is not None else ()
-        if not done:
-            raise HandoverError("malformed snapshot: statement effects of an unknown statement")
-        fx[raw] = done
     c.stmt_fx = fx or None
     c.sql = snap.sql
     c.ryw_lsn = snap.ryw_lsn
     return snap
+
+
+def _statement_effects(snap: Snapshot) -> dict[bytes, tuple[Any, ...]]:
+    """The client's `stmt_fx`, recomputed from the texts of the statements the snapshot names (and
+    the statement names checked: each once, none empty)."""
+    texts = {name: query for name, query, _, _ in snap.stmts or ()}
+    if len(texts) != len(snap.stmts or ()) or "" in texts:
+        raise HandoverError("malformed snapshot: a statement name twice, or empty")
+    if snap.unnamed_stmt is not None:
+        texts[""] = snap.unnamed_stmt[0]
+    fx: dict[bytes, tuple[Any, ...]] = {}
+    for raw in snap.stmt_fx:
+        query = texts.get(raw.decode(_ENC, _ERRORS))
+        done = _effects_of(query) if query is not None else ()
+        if not done:
+            raise HandoverError("malformed snapshot: statement effects of an unknown statement")
+        fx[raw] = done
+    return fx
