@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import select
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +21,10 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from inprocess import run_two_in_process
+from inprocess import run_in_process, run_two_in_process, write_config
 
+import pgmux
+from pgmux.config import load_config
 from pgmux.net import fdpass
 from pgmux.protocol import messages as m
 from pgmux.runtime.app import App
@@ -432,3 +437,84 @@ def test_receiver_survives_bad_senders(pg: PgCluster, tmp_path: Path) -> None:
         await adopting.wait_closed()
 
     run_two_in_process(pg, tmp_path, SETTINGS, body)
+
+
+ADOPTER = """
+import asyncio, signal, sys
+import uvloop
+from pgmux.config import load_config
+from pgmux.runtime.app import App
+from pgmux.runtime.handover import start_adopting
+
+async def main() -> None:
+    app = App(load_config(sys.argv[1]), sys.argv[1])
+    await app.start()
+    adopting = await start_adopting(app, sys.argv[2])
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    adopting.close()
+    app.shutdown("immediate")
+    await app.wait_stopped()
+
+uvloop.run(main())
+"""
+
+
+def test_across_processes_and_the_sender_gone(pg: PgCluster, tmp_path: Path) -> None:
+    """The rolling-restart case: B is another process; A stops taking new clients (shutdown "clients"),
+    hands its client over, and exits as its last client leaves. The client goes on with B: its
+    parameters, both kinds of prepared statements, a cancel with its own key."""
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    b_ini = write_config(pg, b_dir, SETTINGS)
+    b_port = load_config(b_ini).settings.listen_port
+    path = str(tmp_path / "b.sock")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pgmux.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", ADOPTER, b_ini, path], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and proc.stdout.readline() == "ready\n"
+
+        async def body(a: App) -> None:
+            conn = await psycopg.AsyncConnection.connect(dsn(a), autocommit=True)
+            try:
+                await conn.execute("SET application_name = 'survivor'")
+                await conn.execute("SELECT %s::int", [1], prepare=True)
+                await conn.execute("PREPARE plus_one(int) AS SELECT $1 + 1")
+                [c] = pool_clients(a)
+                pid, key = c.cancel_pid, c.cancel_key
+                a.shutdown("clients")
+                assert await hand_over(a, path) == (1, {})
+                await asyncio.wait_for(a.wait_stopped(), 10)  # A is gone
+                assert await (await conn.execute("SHOW application_name")).fetchone() == ("survivor",)
+                assert await (await conn.execute("SELECT %s::int", [2], prepare=True)).fetchone() == (2,)
+                assert await (await conn.execute("EXECUTE plus_one(41)")).fetchone() == (42,)
+                sleeper = asyncio.ensure_future(conn.execute("SELECT pg_sleep(30)"))
+                await asyncio.sleep(0.5)
+                started = time.monotonic()
+                reader, writer = await asyncio.open_connection(HOST, b_port)
+                writer.write(struct.pack("!iiii", 16, 80877102, pid, key))
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    await asyncio.wait_for(sleeper, 20)
+                assert time.monotonic() - started < 15
+                assert await (await conn.execute("SELECT 'still here'")).fetchone() == ("still here",)
+            finally:
+                await conn.close()
+
+        a_dir = tmp_path / "a"
+        a_dir.mkdir()
+        run_in_process(pg, a_dir, SETTINGS, body)
+    finally:
+        proc.terminate()
+        code = proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        assert code == 0
