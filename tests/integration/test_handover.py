@@ -32,7 +32,7 @@ from pgmux.runtime.handover import hand_over, start_adopting
 from pgmux.session.handover import MAX_SNAPSHOT, snapshot
 from pgmux.session.states import ClientState
 from pgmux.testing.certs import make_certs
-from pgmux.testing.cluster import HOST, PgCluster
+from pgmux.testing.cluster import HOST, PgCluster, render_userlist
 
 SETTINGS = {"pool_mode": "transaction", "max_prepared_statements": 100, "default_pool_size": 4}
 
@@ -518,3 +518,34 @@ def test_across_processes_and_the_sender_gone(pg: PgCluster, tmp_path: Path) -> 
         if proc.stdout is not None:
             proc.stdout.close()
         assert code == 0
+
+
+def test_scram_pass_through_keys_move(pg: PgCluster, tmp_path: Path) -> None:
+    """auth_file holds only scramuser's SCRAM verifier: pgmux logs in to PostgreSQL with the keys the
+    client proved at its login to A. B never saw that login; the keys travel with the client, and B
+    opens its own server connections for it."""
+    verifier = pg.primary.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'scramuser'")
+    assert verifier.startswith("SCRAM-SHA-256$")
+    userlist = tmp_path / "scram-userlist.txt"
+    userlist.write_text(render_userlist({"scramuser": verifier, pg.superuser: ""}))
+    settings = {**SETTINGS, "auth_type": "scram-sha-256", "auth_file": str(userlist)}
+
+    async def body(a: App, b: App) -> None:
+        path = str(tmp_path / "b.sock")
+        adopting = await start_adopting(b, path)
+        conn = await psycopg.AsyncConnection.connect(
+            f"host={HOST} port={a.config.settings.listen_port} dbname=testdb user=scramuser password=scrampass",
+            autocommit=True)
+        try:
+            assert await (await conn.execute("SELECT current_user")).fetchone() == ("scramuser",)
+            assert "scramuser" in a.scram_keys and "scramuser" not in b.scram_keys
+            assert await hand_over(a, path) == (1, {})
+            assert await (await conn.execute("SELECT current_user")).fetchone() == ("scramuser",)
+            assert b.scram_keys["scramuser"] == a.scram_keys["scramuser"]
+            assert any(s.pool.user == "scramuser" for s in b.servers.values())  # B's own server login
+        finally:
+            await conn.close()
+        adopting.close()
+        await adopting.wait_closed()
+
+    run_two_in_process(pg, tmp_path, settings, body)
