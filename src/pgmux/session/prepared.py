@@ -282,8 +282,7 @@ class ClientStatements:
         """The client's named statements, by its names (a hand-over copies them: session/handover.py)."""
         return list(self._named.items())
 
-    def adopt(self, client_name: str, query: str, param_types: Sequence[int], shape: bytes | None,
-              ) -> None:
+    def adopt(self, client_name: str, query: str, param_types: Sequence[int], shape: bytes | None) -> None:
         """A statement this client prepared in another pgmux process (session/handover.py): mapped as
         its Parse would map it, with a tick of this registry's clock (a server copy prepared before
         is prepared again before use), its known result shape kept, and no Parse counted."""
