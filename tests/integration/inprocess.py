@@ -19,7 +19,8 @@ from pgmux.runtime.app import App
 from pgmux.testing.cluster import HOST, PgCluster, free_port, render_ini, render_userlist
 
 
-def write_config(pg: PgCluster, tmp_path: Path, settings: Mapping[str, Any]) -> str:
+def write_config(pg: PgCluster, tmp_path: Path, settings: Mapping[str, Any],
+                 databases: Mapping[str, str] | None = None) -> str:
     primary = pg.primary
     userlist = tmp_path / "userlist.txt"
     userlist.write_text(render_userlist({pg.superuser: ""}))
@@ -28,7 +29,8 @@ def write_config(pg: PgCluster, tmp_path: Path, settings: Mapping[str, Any]) -> 
                               "admin_users": pg.superuser}
     merged.update(settings)
     path = tmp_path / "pgbouncer.ini"
-    path.write_text(render_ini({"testdb": f"host={primary.host} port={primary.port} dbname=testdb"}, merged))
+    dbs = {"testdb": f"host={primary.host} port={primary.port} dbname=testdb"} if databases is None else databases
+    path.write_text(render_ini(dbs, merged))
     return str(path)
 
 
@@ -44,6 +46,35 @@ def run_in_process(pg: PgCluster, tmp_path: Path, settings: Mapping[str, Any],
         finally:
             app.shutdown("immediate")
             await asyncio.wait_for(app.wait_stopped(), 10)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def run_two_in_process(pg: PgCluster, tmp_path: Path, settings: Mapping[str, Any],
+                       body: Callable[[App, App], Awaitable[None]], timeout: float = 120.0,
+                       databases: Mapping[str, str] | None = None) -> None:
+    """Two Apps, A and B, on one uvloop loop: the same configuration but their ports (each its own
+    directory under `tmp_path`: a/ and b/). Awaits `body(a, b)`, then shuts both down."""
+    paths = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        paths.append(write_config(pg, d, settings, databases))
+
+    async def main() -> None:
+        apps = [App(load_config(p), p) for p in paths]
+        started: list[App] = []
+        try:
+            for app in apps:
+                await app.start()
+                started.append(app)
+            await asyncio.wait_for(body(apps[0], apps[1]), timeout)
+        finally:
+            for app in started:
+                app.shutdown("immediate")
+            for app in started:
+                await asyncio.wait_for(app.wait_stopped(), 10)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())

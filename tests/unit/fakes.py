@@ -55,6 +55,12 @@ class FakeTransport:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def take(self) -> bytes:
         out = b"".join(self.chunks)
         self.chunks.clear()

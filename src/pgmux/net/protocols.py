@@ -77,8 +77,10 @@ class ClientProtocol(asyncio.Protocol):
     # holds the session's bound method, which uvloop calls directly.
     __slots__ = ("session", "data_received")
 
-    def __init__(self, app: Any) -> None:
-        self.session = app.new_client()
+    def __init__(self, app: Any, session: ClientSession | None = None) -> None:
+        # `session`: a client handed over from another process (runtime/handover.py), logged in and
+        # idle already; connection_made() below only gives it its transport.
+        self.session: Any = app.new_client() if session is None else session
         # uvloop looks data_received up once, before connection_made: bind the session's method here
         # so every read is one call straight into the session.
         self.data_received = self.session.data_received  # type: ignore[method-assign]

@@ -130,7 +130,7 @@ class ClientSession:
         self.replication = ""
         self.repl: Any = None
         # Bounded memory (see _large): bytes of a long message still to come, forwarded as they arrive
-        # (dropped when `sink`); reading paused while such a message waits for a server (`held`) or
+        # (dropped when `sink`); reading paused while such a message (or a hand-over) waits (`held`), or
         # while the server's socket buffer is full (`throttled`); `rpaused` is what the transport was told.
         self.passing = 0
         self.sink = False
@@ -478,7 +478,8 @@ class ClientSession:
         self._reading()
 
     def suspend(self) -> None:
-        """SUSPEND or RESUME changed hub.suspended: stop or start reading (runtime/suspend.py)."""
+        """SUSPEND or RESUME changed hub.suspended, or a hand-over (runtime/handover.py) set or cleared
+        `held` on an idle client: stop or start reading (runtime/suspend.py)."""
         self._reading()
 
     def _reading(self) -> None:

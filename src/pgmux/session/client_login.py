@@ -90,6 +90,15 @@ def _startup(c: ClientSession, params: dict[str, str], minor: int) -> None:
     if c.state is ClientState.AUTH and c.auth is not None:  # None: auth_query looks the user up
         begin_auth(c)
 
+def adopted(c: ClientSession) -> None:
+    """Instead of a login: a client handed over by another pgmux process (runtime/handover.py), its
+    session restored (session/handover.py), goes through the login's states at once to IDLE (its login
+    happened in the other process; no welcome: it is in the middle of its session)."""
+    c.move(ClientState.AUTH)  # (IllegalTransition unless a fresh client's STARTUP)
+    c.move(ClientState.LOGIN_WAIT)
+    c.move(ClientState.IDLE)
+
+
 def begin_auth(c: ClientSession) -> None:
     """Send the first authentication request (or log in at once, for trust and the like)."""
     if c.state is ClientState.AUTH:

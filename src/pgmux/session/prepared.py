@@ -278,6 +278,25 @@ class ClientStatements:
         """A simple Query destroys the unnamed statement."""
         self._unnamed = None
 
+    def named(self) -> list[tuple[str, Statement]]:
+        """The client's named statements, by its names (a hand-over copies them: session/handover.py)."""
+        return list(self._named.items())
+
+    def adopt(self, client_name: str, query: str, param_types: Sequence[int], shape: bytes | None) -> None:
+        """A statement this client prepared in another pgmux process (session/handover.py): mapped as
+        its Parse would map it, with a tick of this registry's clock (a server copy prepared before
+        is prepared again before use), its known result shape kept, and no Parse counted."""
+        if client_name == "":
+            self._unnamed = Statement("", query, tuple(param_types), 0, shape)
+            return
+        if client_name in self._named:
+            raise DuplicatePreparedStatement(f'prepared statement "{client_name}" already exists')
+        reg = self._registry
+        stmt = reg.acquire(query, param_types)
+        if self._named is _NO_NAMES:
+            self._named = {}
+        self._named[client_name] = Statement(stmt.name, stmt.query, stmt.param_types, reg.tick(), shape)
+
     def clear(self) -> None:
         """DISCARD ALL / DEALLOCATE ALL from this client, or the client left."""
         for stmt in self._named.values():
