@@ -92,6 +92,9 @@ class Core(Hub):
         self.spawn: Callable[..., None] = self._start_task
         self.events = Events()  # servers opened/closed, login times, TLS handshakes (pgmux/metrics/)
         self.share: Any = None  # a worker process of several: runtime/worker.WorkerShare (issue 14)
+        # Told of each client whose transaction ended with nothing queued (its server given back): a worker
+        # replaced in a rolling restart hands such a client over at once (runtime/retire.py). None otherwise.
+        self.on_idle: Any = None
 
     def _start_task(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         task = asyncio.get_running_loop().create_task(fn(*args))

@@ -87,6 +87,8 @@ class Handoff(Servers):
             self.return_server(server, now=now)
         else:
             self.give(server, now)
+        if self.on_idle is not None:
+            self.on_idle(c)
 
     def _ready_other(self, c: ClientSession, server: ServerSession, now: float) -> None:
         """server_ready() for a transaction still open, session mode, and a client with something
@@ -135,6 +137,8 @@ class Handoff(Servers):
             return
         c.detach()
         self.return_server(server, now=now)
+        if self.on_idle is not None:
+            self.on_idle(c)
 
     def internal_done(self, server: ServerSession) -> None:
         """pgmux's own query on this server finished (reset, check, or parameter sync)."""

@@ -243,14 +243,15 @@ async def hand_over(app: App, path: str, clients: Iterable[ClientSession] | None
     conn: socket.socket | None = None
     try:
         for c in list(app.clients.values() if clients is None else clients):
-            why = refusal(app, c)
+            # (a client whose reading the caller stopped already: runtime/retire.py catches clients so)
+            why = refusal(app, c, c.held)
             if not why and conn is None:
                 try:
                     conn = await fdpass.connect(path, ack_wait)
                 except (OSError, TimeoutError) as e:
                     why = f"no receiver: {type(e).__name__} {e}".rstrip()
                 else:
-                    why = refusal(app, c)  # (the connect awaited: check again)
+                    why = refusal(app, c, c.held)  # (the connect awaited: check again)
             if not why:
                 assert conn is not None
                 why = await _move(app, conn, c, path, ack_wait)

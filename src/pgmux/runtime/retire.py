@@ -1,9 +1,11 @@
 """A worker process being replaced in a rolling restart (runtime/rolling.py), its side.
 
 SIGWINCH from the supervisor, once the replacement accepts at this worker's sibling row: this worker
-stops accepting (the replacement and the other workers take the new connections), and every tick (0.2 s)
-hands the clients that may move over to the replacement (runtime/handover.py: between transactions, in
-transaction or statement mode, not pinned, not TLS). The others finish here as with SHUTDOWN
+stops accepting (the replacement and the other workers take the new connections) and hands the clients
+that may move over to the replacement (runtime/handover.py: between transactions, in transaction or
+statement mode, not pinned, not TLS): each one the moment its transaction ends (App.on_idle, so that a
+busy client is caught between its ReadyForQuery and its next query), and every tick (0.2 s) those idle
+at rest. The others finish here as with SHUTDOWN
 WAIT_FOR_CLIENTS, and are tried again each tick (a pin can end). When no client of a pool is left, the
 consoles still connected are told to connect again and the worker exits (status 0; the supervisor knows
 it was replaced and starts nothing).
@@ -17,10 +19,12 @@ from typing import TYPE_CHECKING, Final
 
 from pgmux.errors import PgmuxError
 from pgmux.runtime import workershare as ws
+from pgmux.session.states import ClientState
 
 if TYPE_CHECKING:
     from pgmux.runtime.app import App
     from pgmux.runtime.worker import WorkerShare
+    from pgmux.session.client import ClientSession
 
 log = logging.getLogger("pgmux")
 
@@ -40,6 +44,7 @@ class Retirement:
         self.moving = False
         self.reported = 0.0
         self.moved = 0
+        self.queue: list[ClientSession] = []  # caught between transactions, reading stopped, to hand over
 
     def begin(self) -> None:
         share, app = self.share, self.app
@@ -59,9 +64,26 @@ class Retirement:
         log.info("worker %d (pid %d) is replaced by pid %d: accepting no more, handing clients over between "
                  "transactions", share.slot, os.getpid(), pid)
         app.tick_hooks.append(self.tick)
+        app.on_idle = self.idle
         self.tick()
 
+    def idle(self, c: ClientSession) -> None:
+        """A client's transaction just ended (App.on_idle): under load a client is idle only between its
+        ReadyForQuery and its next query, so it is caught here, its reading stopped at once (its next query
+        waits in the kernel's buffer and is read by the replacement), and queued for the hand-over."""
+        from pgmux.runtime.handover import refusal
+
+        if refusal(self.app, c):
+            return
+        c.held = True  # as runtime/handover._move does; it reads the client again if the move fails
+        c.suspend()
+        self.queue.append(c)
+        if not self.moving:
+            self.moving = True
+            self.app.spawn(self._move)
+
     def tick(self) -> None:
+        """Every janitor tick: the clients idle at rest, and the exit once no pooled client is left."""
         app = self.app
         if app.finished or self.moving:
             return
@@ -70,25 +92,44 @@ class Retirement:
             self._finish()
             return
         self.moving = True
-        app.spawn(self._move)
+        app.spawn(self._move, True)
 
-    async def _move(self) -> None:
+    async def _move(self, everyone: bool = False) -> None:
         from pgmux.runtime.handover import hand_over
 
         app = self.app
+        moved = 0
+        stayed: dict[str, int] = {}
         try:
-            moved, stayed = await hand_over(app, self.path)
+            if everyone:
+                moved, stayed = await hand_over(app, self.path)
+            while self.queue:  # caught by idle() meanwhile
+                batch, self.queue = self.queue, []
+                try:
+                    n, _ = await hand_over(app, self.path, batch)
+                finally:
+                    self._read_again(batch)
+                moved += n
         except Exception as e:  # noqa: BLE001 - logged; tried again next tick
             app.log_exception(f"worker {self.share.slot} hand-over:", e)
             return
         finally:
             self.moving = False
+            self._read_again(self.queue)  # (only after an error) tried again later
+            self.queue = []
         self.moved += moved
         now = app.now()
         if stayed and now - self.reported >= REPORT_EVERY:
             self.reported = now
             log.info("worker %d: %d clients handed over so far; %s stay until they can move or leave", self.share.slot,
                      self.moved, ", ".join(f"{n} {why}" for why, n in sorted(stayed.items())))
+
+    def _read_again(self, clients: list[ClientSession]) -> None:
+        """Clients idle() stopped reading that are still here (refused, or busy again): read again."""
+        for c in clients:
+            if c.held and self.app.clients.get(c.id) is c and c.state is not ClientState.CLOSED:
+                c.held = False
+                c.suspend()
 
     def _finish(self) -> None:
         app = self.app

@@ -136,7 +136,8 @@ class Supervisor:
     def _loop(self) -> None:
         while True:
             info = signal.sigtimedwait(SIGNALS, POLL)
-            if info is not None and info.si_signo != signal.SIGCHLD:
+            # (si_signo 0: an empty answer after a wait interrupted by SIGSTOP/SIGCONT, not a signal)
+            if info is not None and info.si_signo in SIGNALS and info.si_signo != signal.SIGCHLD:
                 self._on_signal(signal.Signals(info.si_signo))
             self._reap()
             if self.stopping and not self.rolling.pids():

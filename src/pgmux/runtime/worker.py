@@ -81,7 +81,7 @@ class WorkerShare:
         self.accept_paused = False
         self.retiring = False  # replaced in a rolling restart: accepts no more (runtime/retire.py)
         self.retirement: Any = None
-        self.adopting: asyncio.AbstractServer | None = None
+        self.adopting: Any = None  # runtime/handover.Adopting: where a predecessor hands its clients over
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
 
     # -- set-up --------------------------------------------------------------------------------------
