@@ -118,10 +118,13 @@ class Routing:
         if s.health_check_period <= 0:
             return  # checks disabled: bans from failed connects still apply
         from pgmux.runtime.health_monitor import HealthMonitor
+        from pgmux.runtime.health_share import HealthShare
 
+        worker = getattr(self.app, "share", None)  # workers: one checker for all (runtime/health_share.py)
+        share = HealthShare(worker.rundir, sp.db.name, worker.index) if worker is not None else None
         sp.monitor = HealthMonitor(sp.router.hosts, s.health_check_period, s.health_check_timeout, user, password,
                                    sp.db.target_dbname, lambda st: self._changed(sp, st), ban_time=s.ban_time,
-                                   clock=self.app.now, tls=lambda: self.app.tls)
+                                   clock=self.app.now, tls=lambda: self.app.tls, share=share)
         sp.monitor.start()
 
     def stop(self) -> None:
@@ -373,6 +376,8 @@ class Routing:
         else:
             state.unban()
             self._changed(sp, state)
+        if sp.monitor is not None:
+            sp.monitor.console_ban(state, on)  # workers: the checker publishes it too
         return None
 
     def wall(self, mono: float) -> float:
