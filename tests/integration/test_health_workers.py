@@ -135,7 +135,6 @@ def check_queries(nodes: list[Any], window: float) -> list[tuple[int, int]]:
 def test_each_host_is_checked_once_for_the_whole_pooler(cluster: PgCluster, pgmux_factory: Any,
                                                         workers: int) -> None:
     proc = start(pgmux_factory, cluster, workers)
-    wait_for(lambda: checkers(proc), "a worker to become the checker", 10)
     consoles = [console_on(proc, i) for i in range(workers)]
     try:
         # Every worker knows the roles and the replay positions, from the one worker's checks.
@@ -143,9 +142,7 @@ def test_each_host_is_checked_once_for_the_whole_pooler(cluster: PgCluster, pgmu
             everywhere(consoles, node.port, lambda r, n=node: r["role"] == n.role and r["state"] == "up"
                        and r["replay_lsn"] is not None, f"{node.name} known to every worker")
         # One check connection per host (each worker of its own kept one: `workers` of them), ...
-        for _ in range(20):
-            assert [check_connections(n) for n in cluster.nodes] == [1, 1]
-            time.sleep(0.1)
+        wait_for(lambda: [check_connections(n) for n in cluster.nodes] == [1, 1], "one check connection per host", 5)
         # ... and one process's rate of check queries: one per PERIOD per host, not `workers` of them.
         window = 4.0
         seen = check_queries(cluster.nodes, window)
