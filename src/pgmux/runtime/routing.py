@@ -5,7 +5,9 @@ gets a Router (routing/router.py: the pure decisions), a HealthMonitor (runtime/
 role, lag and replay position of every host, every `health_check_period`), and one pool per
 (user, host) instead of one per user. A client of a split database has `c.route` set; the hub calls
 `route()` when it wants a server for a transaction and lets the client's `c.pool` point at the pool
-of the host chosen for it. Databases without split never reach this module.
+of the host chosen for it. Databases without split never reach this module. With worker processes one
+worker checks the hosts for all and the others follow its verdicts (runtime/health_monitor.py,
+runtime/health_share.py); a ban from a worker's own traffic (below) stays that worker's.
 
 Failures, and what they do:
 - A connect (or login) to a host that fails for a network or availability reason (SQLSTATE class 08
