@@ -337,6 +337,41 @@ def test_a_stuck_checker_makes_the_others_check_themselves_until_it_is_back(clus
     console.close()
 
 
+def test_a_failure_on_a_followers_traffic_has_the_checker_check_at_once(cluster: PgCluster,
+                                                                       pgmux_factory: Any) -> None:
+    """A worker that is not the checker sees its server on the replica die: it asks the checker for a
+    check now (the kick file), and the checker's verdict comes long before the next period's."""
+    replica = cluster.replicas[0]
+    period = 30.0  # the first round at start-up, the next one 30 s later: none in this test's window
+    proc = start(pgmux_factory, cluster, health_check_period=period)
+    pid, index = wait_for(lambda: checkers(proc), "a checker", 10)[0]
+    follower = 1 - index
+    consoles = [console_on(proc, index), console_on(proc, follower)]
+    client = connect_on(proc, follower, db=DB)
+    with guard(proc):
+        everywhere(consoles, replica.port, lambda r: r["state"] == "up" and r["replay_lsn"], "the first checks")
+        assert served_by(client) == replica.port  # the follower now holds a server on the replica
+        assert "banned" not in proc.log()
+        replica.stop("fast")
+        try:
+            t0 = time.monotonic()
+            # The checker has no server on the replica, so no traffic of its own tells it.
+            wait_for(lambda: view(consoles[0], replica.port)["state"] in ("banned", "down"),
+                     "the checker to check the replica at once", 5)
+            took = time.monotonic() - t0
+            print(f"checker's verdict {took:.2f}s after the replica stopped (period {period:g}s)")
+            row = view(consoles[0], replica.port)
+            assert "health check failed" in row["reason"] or row["state"] == "down", row
+            wait_for(lambda: re.search(rf"\[{pid}\] LOG health [^ ]+:{replica.port}: replica/up -> replica/banned",
+                                       proc.log()), "the checker's log line (written in batches)", 10)
+            everywhere(consoles[1:], replica.port, lambda r: r["state"] == "banned", "the follower banned too", 5)
+            wait_for(lambda: _read_on(client) == cluster.primary.port, "the follower's reads on the primary", REACH)
+        finally:
+            replica.start()
+    for c in [*consoles, client]:
+        c.close()
+
+
 # -- failover (last: it promotes the replica) ----------------------------------------------------------------------
 
 def test_every_worker_follows_a_promotion(cluster: PgCluster, pgmux_factory: Any) -> None:
