@@ -37,14 +37,16 @@ whole pooler, not once per worker. One loop per monitor runs every tick (min(per
   it takes over within a tick), and turns its own check requests into kicks. A host whose verdict is
   older than `verdicts.stale_after` (3 periods + timeout: the checker is stuck, say stopped) it checks
   itself, logged, until fresh verdicts come again.
-Bans: a failed check of a replica, console BAN/UNBAN and the unban of a promoted replica are published
-(`_shared_ban`); a ban a worker sets from its own traffic (runtime/routing.py `_mark`) stays that
-worker's, and asks the checker for a check now, whose verdict then holds for all.
+What is published is what the checks found, as each check left the host (`_found`), and the bans of
+failed checks of a replica, console BAN/UNBAN and the unban of a promoted replica (`_shared_ban`). A
+ban or a "down" a worker sets from its own traffic (runtime/routing.py `_mark`), the checker included,
+stays that worker's, and asks the checker for a check now, whose verdict then holds for all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -125,6 +127,7 @@ class HealthMonitor:
         self.share = share  # worker processes: one checker for all (the module's docstring)
         self._applied: dict[HostState[Any], verdicts.Verdict] = {}  # a follower's last adopted verdicts
         self._shared_ban: dict[HostState[Any], tuple[float, str]] = {}  # the bans the checker publishes
+        self._found: dict[HostState[Any], verdicts.Verdict] = {}  # what this worker's last check of each found
         self._fallback: dict[HostState[Any], float] = {}  # hosts a follower checks itself -> its last check
         self._since = clock()  # when this monitor started waiting for verdicts
         self._kick_pending = False
@@ -203,6 +206,8 @@ class HealthMonitor:
             if result.lsn is not None:
                 self.current_lsn[state] = result.lsn
         self.checks += 1
+        if self.share is not None:  # published as the check left it: not what this worker's traffic does after
+            self._found[state] = verdicts.verdict_of(state, self.current_lsn.get(state), None)
         if state in self._fallback:
             self._fallback[state] = self.clock()
         self._after(state, before)
@@ -303,6 +308,7 @@ class HealthMonitor:
         assert share is not None
         board = share.read(force=True)
         self._shared_ban = {}
+        self._found = {}
         if board is not None:
             self._adopt(board, now)  # what the previous checker knew, bans included, goes on
             for state in self.hosts:
@@ -376,7 +382,11 @@ class HealthMonitor:
         board = verdicts.Board(os.getpid(), share.worker, share.seq, now)
         for state in self.hosts:
             ban = self._shared_ban.get(state)
-            board.hosts[verdicts.host_key(state)] = verdicts.verdict_of(state, self.current_lsn.get(state), ban)
+            found = self._found.get(state)
+            if found is None:  # not checked here yet: what the previous checker published, as adopted
+                found = verdicts.verdict_of(state, self.current_lsn.get(state), None)
+            board.hosts[verdicts.host_key(state)] = dataclasses.replace(
+                found, banned_until=ban[0] if ban is not None else None, ban_reason=ban[1] if ban is not None else "")
         share.publish(board)
 
     def _db(self) -> str:
