@@ -123,7 +123,13 @@ class Routing:
         from pgmux.runtime.health_share import HealthShare
 
         worker = getattr(self.app, "share", None)  # workers: one checker for all (runtime/health_share.py)
-        share = HealthShare(worker.rundir, sp.db.name, worker.index) if worker is not None else None
+        share = None
+        if worker is not None:
+            try:
+                share = HealthShare(worker.rundir, sp.db.name, worker.index)
+            except OSError as e:
+                log.error("health checks of %s: cannot share them with the other workers (%s): this worker "
+                          "checks the hosts itself", sp.db.name, e)
         sp.monitor = HealthMonitor(sp.router.hosts, s.health_check_period, s.health_check_timeout, user, password,
                                    sp.db.target_dbname, lambda st: self._changed(sp, st), ban_time=s.ban_time,
                                    clock=self.app.now, tls=lambda: self.app.tls, share=share)
