@@ -16,7 +16,8 @@ What a follower adopts (`adopt`):
   the follower knows of: a failure its own traffic reported a moment ago (`Routing._mark`) is not undone
   by a verdict checked before it, only by the next check;
 - the ban only when the published ban changed since the last board it adopted: a new ban (a failed check,
-  console BAN) bans it here too (never shortening a ban of its own), an unban (console UNBAN, a banned
+  console BAN) bans it here too (never shortening a ban of its own; not counted in `ban_count`: the
+  checker counted it, once for the pooler), an unban (console UNBAN, a banned
   replica promoted) lifts whatever ban it had. A ban a worker set from its own traffic stays its own
   until then: the same rule as in one process, where a traffic ban lasts ban_time whatever checks say.
 - a replica seen promoted is unbanned, as the checker does: the only host that takes writes.
@@ -161,6 +162,6 @@ def adopt(state: HostState[Any], v: Verdict, prev: Verdict | None, now: float) -
         if v.banned_until is None:
             state.unban()
         else:
-            state.ban_until(now, max(v.banned_until, state.banned_until or 0.0), v.ban_reason)
+            state.ban_until(now, max(v.banned_until, state.banned_until or 0.0), v.ban_reason, count=False)
     if was != "primary" and state.role == "primary" and state.banned(now):
         state.unban()  # promoted: the only host that can take writes (as HealthMonitor does)
