@@ -55,15 +55,20 @@ class HostState(Generic[H]):
 
     # -- bans ----------------------------------------------------------------------------------------
     def ban(self, now: float, ban_time: float, reason: str) -> None:
-        until = now + ban_time
+        self.ban_until(now, now + ban_time, reason)
+
+    def ban_until(self, now: float, until: float, reason: str, count: bool = True) -> None:
+        """A ban to `until` (never shortening one in force). Another worker's published ban comes here
+        with count=False: counted once in the pooler, by the worker that decided it."""
         if self.banned_until is None or until > self.banned_until:
             self.banned_until = until
         self.ban_reason = reason
         kind = reason.split(":", 1)[0][:80]
-        if kind not in self.ban_count and len(self.ban_count) >= 32:
-            kind = "other"
-        self.ban_count[kind] = self.ban_count.get(kind, 0) + 1
-        self._note(now, f"banned for {ban_time:g}s: {reason}")
+        if count:
+            if kind not in self.ban_count and len(self.ban_count) >= 32:
+                kind = "other"
+            self.ban_count[kind] = self.ban_count.get(kind, 0) + 1
+        self._note(now, f"banned for {max(0.0, until - now):g}s: {reason}")
 
     def unban(self) -> None:
         if self.banned_until is not None:

@@ -5,7 +5,9 @@ gets a Router (routing/router.py: the pure decisions), a HealthMonitor (runtime/
 role, lag and replay position of every host, every `health_check_period`), and one pool per
 (user, host) instead of one per user. A client of a split database has `c.route` set; the hub calls
 `route()` when it wants a server for a transaction and lets the client's `c.pool` point at the pool
-of the host chosen for it. Databases without split never reach this module.
+of the host chosen for it. Databases without split never reach this module. With worker processes one
+worker checks the hosts for all and the others follow its verdicts (runtime/health_monitor.py,
+runtime/health_share.py); a ban from a worker's own traffic (below) stays that worker's.
 
 Failures, and what they do:
 - A connect (or login) to a host that fails for a network or availability reason (SQLSTATE class 08
@@ -118,10 +120,19 @@ class Routing:
         if s.health_check_period <= 0:
             return  # checks disabled: bans from failed connects still apply
         from pgmux.runtime.health_monitor import HealthMonitor
+        from pgmux.runtime.health_share import HealthShare
 
+        worker = getattr(self.app, "share", None)  # workers: one checker for all (runtime/health_share.py)
+        share = None
+        if worker is not None:
+            try:
+                share = HealthShare(worker.rundir, sp.db.name, worker.index)
+            except OSError as e:
+                log.error("health checks of %s: cannot share them with the other workers (%s): this worker "
+                          "checks the hosts itself", sp.db.name, e)
         sp.monitor = HealthMonitor(sp.router.hosts, s.health_check_period, s.health_check_timeout, user, password,
                                    sp.db.target_dbname, lambda st: self._changed(sp, st), ban_time=s.ban_time,
-                                   clock=self.app.now, tls=lambda: self.app.tls)
+                                   clock=self.app.now, tls=lambda: self.app.tls, share=share)
         sp.monitor.start()
 
     def stop(self) -> None:
@@ -373,6 +384,8 @@ class Routing:
         else:
             state.unban()
             self._changed(sp, state)
+        if sp.monitor is not None:
+            sp.monitor.console_ban(state, on)  # workers: the checker publishes it too
         return None
 
     def wall(self, mono: float) -> float:

@@ -298,8 +298,6 @@ def per_worker(config: Config) -> list[str]:
     if config.settings.workers <= 1:
         return []
     out = []
-    if any(db.read_write_split and len(db.topology) > 1 for db in config.databases.values()):
-        out.append("the health checks of read/write-split databases run in every worker")
     if config.settings.auth_user or any(db.auth_user for db in config.databases.values()):
         out.append("each worker keeps its own auth_query connection")
     return out
