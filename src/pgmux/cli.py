@@ -14,9 +14,9 @@ def _parser() -> argparse.ArgumentParser:
                                 "(runs from a pgbouncer.ini or a pgmux.toml). `pgmux demo` starts a throwaway "
                                 "primary and replica with pgmux in front.")
     p.add_argument("-d", "--daemon", action="store_true", help="run in the background (needs logfile)")
-    p.add_argument("-R", "--reboot", action="store_true", help="accepted for compatibility, with a warning: "
-                   "online restart is not supported, pgmux starts normally (and fails to listen where the old "
-                   "process still does)")
+    p.add_argument("-R", "--reboot", action="store_true", help="online restart: take the listening sockets and "
+                   "the clients over from the pgmux running with this configuration (found by its Unix socket), "
+                   "which exits when its clients have moved; without one, start normally")
     p.add_argument("-q", "--quiet", action="store_true", help="do not log to stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("-u", "--user", help="switch to this OS user at start-up (needed when started as root: "
@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     if refusal is not None:
         print(f"pgmux: {refusal}", file=sys.stderr)
         return 1
-    if args.reboot:  # nothing silent: said on stderr and in the log
-        import dataclasses
+    if args.reboot:  # PgBouncer's online restart: take over from the running pgmux (runtime/reboot.py)
+        from pgmux.runtime.reboot import refusal as reboot_refusal
 
-        note = ("-R (online restart) is not supported: pgmux starts normally, and cannot listen while the old "
-                "process still does; stop the old one first, or run workers and SUSPEND/RESUME")
-        print(f"pgmux: warning: {note}", file=sys.stderr)
-        config = dataclasses.replace(config, warnings=(*config.warnings, note))
+        why = reboot_refusal(config.settings)
+        if why:
+            print(f"pgmux: {why}", file=sys.stderr)
+            return 1
     from pgmux.runtime.main import run
 
-    return run(config, config_path, daemon=args.daemon, quiet=args.quiet, verbose=args.verbose)
+    return run(config, config_path, daemon=args.daemon, quiet=args.quiet, verbose=args.verbose, reboot=args.reboot)

@@ -222,18 +222,6 @@ def test_pidfile_of_a_running_instance_stops_a_second_one(pgmux_factory: Any, da
     assert not pidfile.exists()
 
 
-def test_reboot_flag_warns_that_there_is_no_online_restart(pgmux_factory: Any) -> None:
-    """-R is PgBouncer's online restart: accepted so that its scripts run, but never silently. With the old
-    process still listening, the new one says so and stops (the port is taken)."""
-    first = pgmux_factory()
-    flags = ["-u", server_os_user().name] if os.geteuid() == 0 else []
-    second = _run_pgmux([*flags, "-R", str(first.ini_path)])
-    assert second.returncode != 0, second
-    assert "-R (online restart) is not supported" in second.stderr, second.stderr
-    assert "cannot listen" in second.stderr, second.stderr
-    assert first.is_running()
-
-
 # -- the log ---------------------------------------------------------------------------------------
 
 # PgBouncer's prefix: time with milliseconds and zone, [pid], level (LOG, WARNING, ERROR...).

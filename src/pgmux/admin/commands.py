@@ -53,7 +53,7 @@ FAKE_PARAMS: dict[str, str] = {
 }
 
 SHOW_SUBJECTS = frozenset(SHOW_ROW_TYPES) | {"help", "fds"}
-_NO_ARG = frozenset({"RELOAD", "SUSPEND", "RESTART"})
+_NO_ARG = frozenset({"RELOAD", "SUSPEND", "RESTART", "TAKEOVER"})
 _DB_ARG = frozenset({"PAUSE", "RESUME", "RECONNECT", "KILL", "WAIT_CLOSE", "DISABLE", "ENABLE"})
 _SHUTDOWN_MODES = frozenset({"WAIT_FOR_SERVERS", "WAIT_FOR_CLIENTS"})
 VERBS = _NO_ARG | _DB_ARG | {"SHOW", "SET", "SHUTDOWN", "KILL_CLIENT", "BAN", "UNBAN"}

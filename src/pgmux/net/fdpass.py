@@ -43,10 +43,16 @@ def listen(path: str) -> socket.socket:
 
 
 async def connect(path: str, timeout: float) -> socket.socket:
+    """Connected to the receiver at `path`, which must run as this process's OS user (SO_PEERCRED): a
+    socket file in a shared directory (`pgmux -R`'s, in unix_socket_dir) could be another user's."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, path), timeout)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        uid = struct.unpack("3i", creds)[1]
+        if uid != os.getuid():
+            raise PermissionError(f"{path} is served by uid {uid}, not by this process's uid {os.getuid()}")
     except BaseException:
         sock.close()
         raise
@@ -149,3 +155,38 @@ async def recv_with_fd(sock: socket.socket, limit: int, body_wait: float) -> tup
         raise
     os.set_inheritable(fds[0], False)
     return fds[0], body
+
+
+async def send_fds_with(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """`data` with `fds` attached (pgmux -R: the listening sockets)."""
+    while True:
+        try:
+            sent = socket.send_fds(sock, [data], fds)
+            break
+        except (BlockingIOError, InterruptedError):
+            await _ready(sock, write=True)
+    await send_all(sock, data[sent:])
+
+
+async def recv_fds_with(sock: socket.socket, size: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """Exactly `size` bytes and the descriptors that came with them (at most `maxfds`, else FramingError)."""
+    data, fds = b"", []
+    try:
+        while len(data) < size:
+            try:
+                got, new, flags, _ = socket.recv_fds(sock, size - len(data), maxfds)
+            except (BlockingIOError, InterruptedError):
+                await _ready(sock)
+                continue
+            fds += new
+            if flags & socket.MSG_CTRUNC or len(fds) > maxfds:
+                raise FramingError("too many file descriptors")
+            if not got:
+                raise ConnectionError("connection closed inside a message")
+            data += got
+    except BaseException:
+        _close_all(fds)
+        raise
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    return data, fds

@@ -190,6 +190,10 @@ class AdminService(ShowRows):
             return render.render_ok(v)
         if v == "SUSPEND":
             return app.suspension.suspend(c)  # answered once the socket buffers are written out
+        if v == "TAKEOVER":  # `pgmux -R` takes this process's sockets and clients over (runtime/reboot.py)
+            from pgmux.runtime.reboot import give_over
+
+            return give_over(app, c)
         if v == "RESTART":  # worker processes replace each other (runtime/worker_admin.py); one process cannot
             return render.render_error(PgmuxError(
                 "RESTART replaces worker processes one at a time, handing clients over; this pgmux is one "

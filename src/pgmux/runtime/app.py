@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from typing import Final
 
 from pgmux.config import diff, load_config
 from pgmux.config.model import Config
 from pgmux.errors import PgmuxError
 from pgmux.net import sdnotify
-from pgmux.net.listen import is_unix_listener, start_listeners, unix_socket_path
+from pgmux.net.listen import is_unix_listener, serve_sockets, start_listeners, unix_socket_path
 from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.admission import Admission
 from pgmux.runtime.auth_query import AuthQuery
@@ -39,7 +40,8 @@ class App(Logins):
         self.auth_query = AuthQuery(self)
         self.apply_limits()
 
-    async def start(self) -> None:
+    async def start(self, inherited: list[socket.socket] | None = None) -> None:
+        """Listen (or accept on `inherited` listening sockets: those `pgmux -R` took over) and run."""
         from pgmux.runtime.admin_service import AdminService
         from pgmux.runtime.periodic import hooks
         from pgmux.runtime.suspend import Suspension
@@ -49,8 +51,11 @@ class App(Logins):
         self.tick_hooks.extend(hooks(self))  # stats_period/log_stats
         s = self.config.settings
         self.stopped = asyncio.get_running_loop().create_future()
-        self.listeners = await start_listeners(self, s.listen_addr, s.listen_port, s.unix_socket_dir,
-                                               getattr(s, "unix_socket_mode", 0o777))
+        if inherited is not None:
+            self.listeners = await serve_sockets(self, inherited, s.listen_backlog)
+        else:
+            self.listeners = await start_listeners(self, s.listen_addr, s.listen_port, s.unix_socket_dir,
+                                                   getattr(s, "unix_socket_mode", 0o777))
         self._janitor = asyncio.get_running_loop().create_task(self._janitor_loop())
         for db in self.config.databases.values():
             if db.user and db.name != "*" and is_split(db):  # checks as the forced user, from the start
@@ -116,7 +121,7 @@ class App(Logins):
         if self._janitor is not None:
             self._janitor.cancel()
         unix_dir = self.config.settings.unix_socket_dir
-        if unix_dir and self.share is None:  # workers share it: the supervisor removes it last
+        if unix_dir and self.share is None and not self.listeners_given:  # workers: the supervisor removes it
             try:
                 os.unlink(unix_socket_path(unix_dir, self.config.settings.listen_port))
             except OSError:

@@ -95,6 +95,9 @@ class Core(Hub):
         # Told of each client whose transaction ended with nothing queued (its server given back): a worker
         # replaced in a rolling restart hands such a client over at once (runtime/retire.py). None otherwise.
         self.on_idle: Any = None
+        # The listening sockets were given to the process that took over (`pgmux -R`, runtime/reboot.py):
+        # their socket files are its own now, not removed at this process's exit.
+        self.listeners_given = False
 
     def _start_task(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         task = asyncio.get_running_loop().create_task(fn(*args))

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from pgmux.config.model import Config
+from pgmux.errors import PgmuxError
 from pgmux.net import sdnotify
 from pgmux.net.protocols import loop_exception_handler
 from pgmux.net.tls import Contexts, TlsConfigError
@@ -164,20 +165,41 @@ def check_pidfile(path: str) -> None:
         raise SystemExit(f"pgmux: cannot remove stale pidfile {path}: {e.strerror}") from None
 
 
-def write_pidfile(path: str) -> None:
+def write_pidfile(path: str, replace: bool = False) -> None:
+    """This process's pid in `path`; `replace` (-R): over the file of the process taken over, atomically."""
+    if replace:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(f"{os.getpid()}\n")
 
 
-def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool = False, verbose: int = 0) -> int:
+def remove_pidfile(path: str) -> None:
+    """At the exit: the pidfile goes if it still names this process (after `pgmux -R` took over, it
+    names the new one)."""
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool = False, verbose: int = 0,
+        reboot: bool = False) -> int:
     try:  # certificates and keys are read now, so a bad one stops start-up here, before any fork
         Contexts(config.settings)
     except TlsConfigError as e:
         print(f"pgmux: {config_path}: {e}", file=sys.stderr)
         return 1
     pidfile = config.settings.pidfile
-    if pidfile:
+    if pidfile and not reboot:  # (-R: the running process named there is the one to take over)
         check_pidfile(pidfile)
     if daemon:
         if not config.settings.logfile:
@@ -188,7 +210,7 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
     logs = LogFiles(config, quiet, verbose)
     if pidfile:
         try:
-            write_pidfile(pidfile)
+            write_pidfile(pidfile, replace=reboot)
         except OSError as e:
             log.error("cannot write pidfile %s: %s", pidfile, e.strerror)
             logs.tick()
@@ -198,17 +220,14 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
             from pgmux.runtime.supervisor import Supervisor
 
             return Supervisor(config, config_path, logs).run()
-        return serve(config, config_path, logs)
+        return serve(config, config_path, logs, reboot=reboot)
     finally:
         logs.tick()
         if pidfile:
-            try:
-                os.unlink(pidfile)
-            except OSError:
-                pass
+            remove_pidfile(pidfile)
 
 
-def serve(config: Config, config_path: str, logs: LogFiles, share: Any = None) -> int:
+def serve(config: Config, config_path: str, logs: LogFiles, share: Any = None, reboot: bool = False) -> int:
     """The event loop of the pooler, or of one worker process (`share`: runtime/worker.WorkerShare)."""
     try:
         import uvloop
@@ -217,10 +236,10 @@ def serve(config: Config, config_path: str, logs: LogFiles, share: Any = None) -
     except ImportError:  # uvloop is a dependency; this only guards odd platforms
         runner = asyncio.Runner()
     with runner:
-        return runner.run(_serve(config, config_path, logs, share))
+        return runner.run(_serve(config, config_path, logs, share, reboot))
 
 
-async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = None) -> int:
+async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = None, reboot: bool = False) -> int:
     # Errors that reach the loop go to pgmux's log (asyncio's own handler writes to stderr, which is
     # /dev/null in daemon mode), with the connection's identity, and close that connection.
     asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
@@ -238,10 +257,19 @@ async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = 
     except OSError as e:
         log.error("cannot listen on metrics_listen = %s: %s", config.settings.metrics_listen, e.strerror or e)
         return 1
+    adopting = None  # -R: where the process taken over hands its clients (runtime/reboot.py)
     try:
-        await app.start()
+        if reboot:
+            from pgmux.runtime.reboot import take_over
+
+            adopting = await take_over(app)
+        if adopting is None:
+            await app.start()
     except OSError as e:
         log.error("cannot listen: %s", e)
+        return 1
+    except (PgmuxError, TimeoutError) as e:
+        log.error("-R: taking over failed (the running pgmux serves on): %s", e or type(e).__name__)
         return 1
     if share is not None:
         share.started(app)  # the console of one worker among several (runtime/worker_admin.py)

@@ -1,14 +1,14 @@
-"""A worker process being replaced in a rolling restart (runtime/rolling.py), its side.
+"""A process handing all its clients to another one, between their transactions: a worker replaced in a
+rolling restart (runtime/rolling.py: SIGWINCH from the supervisor once the replacement accepts at the
+worker's sibling row; WorkerShare.retire), or a pgmux taken over by `pgmux -R` (runtime/reboot.py).
 
-SIGWINCH from the supervisor, once the replacement accepts at this worker's sibling row: this worker
-stops accepting (the replacement and the other workers take the new connections) and hands the clients
-that may move over to the replacement (runtime/handover.py: between transactions, in transaction or
-statement mode, not pinned, not TLS): each one the moment its transaction ends (App.on_idle, so that a
+It stops accepting (the successor, and the other workers, take the new connections) and hands the
+clients that may move over to the successor (runtime/handover.py: between transactions, in transaction
+or statement mode, not pinned, not TLS): each one the moment its transaction ends (App.on_idle, so that a
 busy client is caught between its ReadyForQuery and its next query), and every tick (0.2 s) those idle
-at rest. The others finish here as with SHUTDOWN
-WAIT_FOR_CLIENTS, and are tried again each tick (a pin can end). When no client of a pool is left, the
-consoles still connected are told to connect again and the worker exits (status 0; the supervisor knows
-it was replaced and starts nothing).
+at rest. The others finish here as with SHUTDOWN WAIT_FOR_CLIENTS, and are tried again each tick (a pin
+can end). When no client of a pool is left, the consoles still connected are told to connect again and
+the process exits (status 0; the supervisor knows it was replaced and starts nothing).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pgmux.session.states import ClientState
 
 if TYPE_CHECKING:
     from pgmux.runtime.app import App
-    from pgmux.runtime.worker import WorkerShare
     from pgmux.session.client import ClientSession
 
 log = logging.getLogger("pgmux")
@@ -37,32 +36,24 @@ def handover_path(rundir: str, row: int) -> str:
 
 
 class Retirement:
-    def __init__(self, app: App, share: WorkerShare) -> None:
+    """A process handing all its clients to another one at `path` (a worker replaced in a rolling
+    restart, WorkerShare.retire; or a pgmux taken over by `pgmux -R`, runtime/reboot.py)."""
+
+    def __init__(self, app: App, path: str, label: str) -> None:
         self.app = app
-        self.share = share
-        self.path = ""
+        self.path = path
+        self.label = label  # who, in the log: "worker 1" or "pgmux (pid 4242)"
         self.moving = False
         self.reported = 0.0
         self.moved = 0
         self.queue: list[ClientSession] = []  # caught between transactions, reading stopped, to hand over
 
     def begin(self) -> None:
-        share, app = self.share, self.app
-        if self.path or app.shutting_down:
-            return
-        successor = ws.sibling(share.index, share.workers)
-        pid = share.counts.ready[successor]
-        if pid == 0:
-            log.warning("worker %d: SIGWINCH ignored: no replacement accepts at row %d (only the supervisor sends "
-                        "it, in a rolling restart)", share.slot, successor)
-            return
-        self.path = handover_path(share.rundir, successor)
-        share.retiring = True
+        """Accept no more and hand the clients over from now on."""
+        app = self.app
         for srv in app.listeners:
             srv.close()
         app.listeners = []
-        log.info("worker %d (pid %d) is replaced by pid %d: accepting no more, handing clients over between "
-                 "transactions", share.slot, os.getpid(), pid)
         app.tick_hooks.append(self.tick)
         app.on_idle = self.idle
         self.tick()
@@ -111,7 +102,7 @@ class Retirement:
                     self._read_again(batch)
                 moved += n
         except Exception as e:  # noqa: BLE001 - logged; tried again next tick
-            app.log_exception(f"worker {self.share.slot} hand-over:", e)
+            app.log_exception(f"{self.label} hand-over:", e)
             return
         finally:
             self.moving = False
@@ -121,7 +112,7 @@ class Retirement:
         now = app.now()
         if stayed and now - self.reported >= REPORT_EVERY:
             self.reported = now
-            log.info("worker %d: %d clients handed over so far; %s stay until they can move or leave", self.share.slot,
+            log.info("%s: %d clients handed over so far; %s stay until they can move or leave", self.label,
                      self.moved, ", ".join(f"{n} {why}" for why, n in sorted(stayed.items())))
 
     def _read_again(self, clients: list[ClientSession]) -> None:
@@ -133,8 +124,7 @@ class Retirement:
 
     def _finish(self) -> None:
         app = self.app
-        log.info("worker %d (pid %d): no client left (%d handed over), exiting", self.share.slot, os.getpid(),
-                 self.moved)
+        log.info("%s: no client left (%d handed over), exiting", self.label, self.moved)
         err = PgmuxError("this pgmux worker process was replaced in a rolling restart; connect again",
                          sqlstate="57P01", severity="FATAL")
         for c in list(app.clients.values()):
