@@ -103,3 +103,18 @@ def test_refused_while_a_slot_still_drains_or_the_config_is_bad() -> None:
     sup.config_ok = False
     r.begin()
     assert not r.running
+
+
+def test_a_slot_being_restarted_is_skipped_and_the_end_says_so(caplog: Any) -> None:
+    sup: Any = FakeSupervisor(2)
+    r = Rolling(sup)
+    r.begin()
+    sup.slots[1].pid = 0  # died meanwhile: the supervisor restarts it on its own
+    r.step(0.0)
+    sup.counts.mark_ready(2, 201)
+    r.step(0.2)
+    r.reaped(100, "exit code 0")
+    with caplog.at_level("INFO", logger="pgmux"):
+        r.step(0.4)
+    assert not r.running
+    assert "1 of 2 workers replaced" in caplog.text

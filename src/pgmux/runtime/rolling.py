@@ -40,6 +40,7 @@ class Rolling:
         self.new: tuple[Slot, int, int, float] | None = None  # slot, pid, row, started at
         self.waiting: tuple[Slot, float] | None = None  # an old process handing its clients over, since
         self.strays: set[int] = set()  # replacements given up on, not reaped yet
+        self.total = self.replaced = 0  # workers to replace in this restart, and replaced so far
 
     @property
     def running(self) -> bool:
@@ -66,6 +67,7 @@ class Rolling:
                       "running as they are)")
             return
         self.queue = [s for s in self.sup.slots if s.pid]
+        self.total, self.replaced = len(self.queue), 0
         log.info("supervisor: rolling restart of %d workers begins", len(self.queue))
 
     def step(self, now: float) -> None:
@@ -100,6 +102,7 @@ class Rolling:
             slot.pid, slot.row, slot.started, slot.quick_deaths = pid, row, now, 0
             self.new = None
             self.waiting = (slot, now)
+            self.replaced += 1
             log.info("supervisor: worker %d: pid %d accepts; pid %d hands its clients over and stops", slot.index,
                      pid, old)
             self.sup.kill(old, signal.SIGWINCH)
@@ -113,8 +116,12 @@ class Rolling:
             self._abort()
 
     def _done(self) -> None:
-        log.info("supervisor: rolling restart: every worker has been replaced (pids %s)",
-                 ", ".join(str(s.pid) for s in self.sup.slots))
+        pids = ", ".join(str(s.pid) for s in self.sup.slots)
+        if self.replaced == self.total:
+            log.info("supervisor: rolling restart: every worker has been replaced (pids %s)", pids)
+        else:
+            log.warning("supervisor: rolling restart ended: %d of %d workers replaced (pids now %s)", self.replaced,
+                        self.total, pids)
 
     def _abort(self) -> None:
         self.new = None

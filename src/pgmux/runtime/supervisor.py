@@ -172,6 +172,7 @@ class Supervisor:
         """A new worker process at `row` (runtime/workerproc.py); its pid."""
         assert self.counts is not None
         self.counts.zero(row)  # whatever a process there before left
+        self.logs.tick()  # nothing buffered may be written twice, by a forked child too
         return workerproc.spawn(row=row, workers=self.n, config_path=self.config_path,
                                 settings=self.config.settings, sockets=self.sockets, counts_fd=self.counts_fd,
                                 counts_size=ws.size_for(ws.rows_for(self.n)), lock_fd=self.lock_fd,
