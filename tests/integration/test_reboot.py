@@ -95,6 +95,10 @@ def test_reboot_takes_over_the_port_and_the_clients(pgmux_factory: Any) -> None:
             assert conn.execute("SHOW application_name").fetchone() == (f"kept{i}",)
             assert conn.execute("EXECUTE sq(14)").fetchone() == (42,)
         assert pidfile.read_text().strip() == str(second.pid)
+        # the Unix socket too: its file is the new process's (the old one neither removed it nor its listener)
+        with psycopg.connect(host=str(first.workdir), port=first.port, dbname="testdb", user="postgres",
+                             **CONNECT) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
         text = log.read_text(errors="replace")
         assert "-R: took over the listening sockets" in text
         moved = re.search(r"no client left \((\d+) handed over\), exiting", first.log())
