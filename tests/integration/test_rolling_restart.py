@@ -145,7 +145,7 @@ def test_new_connections_never_refused_during_a_restart(pgmux_factory: Any) -> N
     assert execs != ("workers are forked from the supervisor" in proc.log())
     for pid in children(proc):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            assert (b"pgmux.runtime.workerproc" in f.read()) == execs
+            assert (b"pgmux.runtime.workerstart" in f.read()) == execs
 
 
 def test_supervisor_survives_sigstop_and_sigcont(pgmux_factory: Any) -> None:

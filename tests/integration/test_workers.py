@@ -57,8 +57,14 @@ def start(pgmux_factory: Any, workers: int = 2, databases: dict[str, str] | None
     started = datetime.now(UTC)
     proc = pgmux_factory(databases=databases, settings={"workers": workers, **settings})
     proc.started_at = started  # _server_count: backends older than the pooler are another test's
-    wait_for(lambda: len(worker_pids(proc)) == workers, f"{workers} workers", 30)
+    wait_for(lambda: len(worker_pids(proc)) == workers and set(worker_pids(proc).values()) <= listening(proc),
+             f"{workers} workers accepting", 30)
     return proc
+
+
+def listening(proc: Any) -> set[int]:
+    """The pids that logged they accept (a worker marks itself ready for the console's peers right after)."""
+    return {int(m.group(1)) for m in re.finditer(r"\[(\d+)\] LOG listening on ", proc.log())}
 
 
 @contextmanager

@@ -190,15 +190,10 @@ class AdminService(ShowRows):
             return render.render_ok(v)
         if v == "SUSPEND":
             return app.suspension.suspend(c)  # answered once the socket buffers are written out
-        if v == "TAKEOVER":  # `pgmux -R` takes this process's sockets and clients over (runtime/reboot.py)
-            from pgmux.runtime.reboot import give_over
+        if v in ("TAKEOVER", "RESTART"):  # `pgmux -R`'s, and the rolling restart's (with workers only)
+            from pgmux.runtime.reboot import console
 
-            return give_over(app, c)
-        if v == "RESTART":  # worker processes replace each other (runtime/worker_admin.py); one process cannot
-            return render.render_error(PgmuxError(
-                "RESTART replaces worker processes one at a time, handing clients over; this pgmux is one "
-                "process (workers = 1)", sqlstate="0A000",
-                hint="set workers = 2 or more for restarts that drop no client, or restart pgmux"))
+            return console(app, c, v)
         return render.render_error(PgmuxError(f"unknown command: {cmd.query}", sqlstate="08P01"))
 
     def _pools(self, db: str | None) -> list[Any]:

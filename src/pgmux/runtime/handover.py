@@ -37,8 +37,11 @@ from pgmux.session.handover import MAX_SNAPSHOT, HandoverError, identify, load, 
 from pgmux.session.states import ClientState
 
 if TYPE_CHECKING:
-    from pgmux.runtime.app import App
     from pgmux.session.client import ClientSession
+
+# The hub (runtime/app.App), typed loosely: the console imports this module (TAKEOVER, through
+# runtime/reboot.py and retire.py), and the App imports the console.
+App = Any
 
 log = logging.getLogger("pgmux")
 

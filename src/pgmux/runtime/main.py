@@ -4,9 +4,12 @@ signals as PgBouncer 1.25 handles them, systemd notifications, the event loop.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import mmap
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -219,7 +222,7 @@ def run(config: Config, config_path: str, *, daemon: bool = False, quiet: bool =
         if config.settings.workers > 1:  # a supervisor and its worker processes (runtime/supervisor.py)
             from pgmux.runtime.supervisor import Supervisor
 
-            return Supervisor(config, config_path, logs).run()
+            return Supervisor(config, config_path, logs, worker_run).run()
         return serve(config, config_path, logs, reboot=reboot)
     finally:
         logs.tick()
@@ -260,7 +263,7 @@ async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = 
     adopting = None  # -R: where the process taken over hands its clients (runtime/reboot.py)
     try:
         if reboot:
-            from pgmux.runtime.reboot import take_over
+            from pgmux.runtime.takeover import take_over
 
             adopting = await take_over(app)
         if adopting is None:
@@ -305,3 +308,36 @@ async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = 
     await app.wait_stopped()
     log.info("pgmux stopped")
     return 0
+
+
+def worker_run(place: dict[str, Any]) -> int:
+    """A worker process (runtime/workerproc.py): the configuration from the file, the rest from `place`."""
+    # The supervisor blocks the signals it waits for, and a new process inherits the mask: until the
+    # event loop handles them, HUP/USR1/USR2/WINCH are ignored (not fatal), then every signal is let in.
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    from pgmux.config import load_config
+    from pgmux.runtime import workershare as ws
+    from pgmux.runtime.worker import WorkerShare
+    from pgmux.runtime.workerproc import CONFIG_ERROR, die_with
+
+    die_with(place["supervisor"])
+
+    try:
+        config = load_config(place["config"])
+    except Exception as e:  # noqa: BLE001 - said, and the supervisor tries again later
+        print(f"pgmux worker {place['row'] % place['workers']}: cannot read {place['config']}: {e}", file=sys.stderr)
+        return CONFIG_ERROR
+    owned: dict[str, Any] = {k: tuple(v) if isinstance(getattr(config.settings, k), tuple) else v
+                             for k, v in place["owned"].items()}
+    config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, **owned))
+    logs = LogFiles(config, place["quiet"], place["verbose"])
+    block = mmap.mmap(place["counts"], place["size"])
+    counts = ws.Counts(memoryview(block), ws.rows_for(place["workers"]), ws.FileLock(place["lock"]))
+    sockets = [socket.socket(fileno=fd) for fd in place["sockets"]]
+    share = WorkerShare(place["row"], place["workers"], counts, sockets, place["rundir"], place["supervisor"])
+    try:
+        return serve(config, place["config"], logs, share)
+    finally:
+        logs.tick()

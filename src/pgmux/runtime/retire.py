@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError
 from pgmux.runtime import workershare as ws
 from pgmux.session.states import ClientState
 
 if TYPE_CHECKING:
-    from pgmux.runtime.app import App
     from pgmux.session.client import ClientSession
 
 log = logging.getLogger("pgmux")
@@ -39,7 +38,7 @@ class Retirement:
     """A process handing all its clients to another one at `path` (a worker replaced in a rolling
     restart, WorkerShare.retire; or a pgmux taken over by `pgmux -R`, runtime/reboot.py)."""
 
-    def __init__(self, app: App, path: str, label: str) -> None:
+    def __init__(self, app: Any, path: str, label: str) -> None:  # runtime/app.App (imports this, lazily)
         self.app = app
         self.path = path
         self.label = label  # who, in the log: "worker 1" or "pgmux (pid 4242)"

@@ -18,14 +18,25 @@ process of that slot serves on, the slots not reached keep theirs, and the error
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from pgmux.runtime import workershare as ws
 
-if TYPE_CHECKING:
-    from pgmux.runtime.supervisor import Slot, Supervisor
+
+class Owner(Protocol):
+    """What the rolling restart needs of the supervisor (runtime/supervisor.py)."""
+
+    n: int
+    slots: list[Slot]
+    counts: ws.Counts | None
+
+    def spawn(self, row: int) -> int: ...
+    def kill(self, pid: int, sig: signal.Signals) -> None: ...
+    def reload_for_restart(self) -> bool: ...
+
 
 log = logging.getLogger("pgmux")
 
@@ -33,8 +44,20 @@ READY_WAIT: Final = 30.0  # seconds a replacement may take to accept
 MOVE_WAIT: Final = 10.0  # seconds before the next slot while an old process still has clients that cannot move
 
 
+@dataclasses.dataclass
+class Slot:
+    index: int
+    row: int = 0  # its process's row in the shared counts (index, or index + N: workershare.rows_for)
+    pid: int = 0
+    started: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float | None = None
+    old_pid: int = 0  # the process it replaced in a rolling restart, while that one still has clients
+    old_row: int = 0
+
+
 class Rolling:
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Owner) -> None:
         self.sup = supervisor
         self.queue: list[Slot] = []
         self.new: tuple[Slot, int, int, float] | None = None  # slot, pid, row, started at

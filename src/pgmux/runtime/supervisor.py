@@ -29,6 +29,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from pgmux.config import diff, load_config
@@ -37,7 +38,7 @@ from pgmux.net import sdnotify
 from pgmux.net.listen import bind_listeners, unix_socket_path
 from pgmux.runtime import workerproc
 from pgmux.runtime import workershare as ws
-from pgmux.runtime.rolling import Rolling
+from pgmux.runtime.rolling import Rolling, Slot
 from pgmux.runtime.workershare import per_worker, refusals
 
 log = logging.getLogger("pgmux")
@@ -54,34 +55,9 @@ def backoff(quick_deaths: int) -> float:
     return 0.0 if quick_deaths <= 1 else min(MAX_BACKOFF, 0.5 * 2 ** (quick_deaths - 2))
 
 
-def die_with(supervisor: int) -> None:
-    """A worker whose supervisor is killed (SIGKILL: it cannot pass anything on) gets SIGTERM, the
-    shutdown that lets its connected clients finish, instead of serving on with nobody to restart it."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != supervisor:  # it died already
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-@dataclasses.dataclass
-class Slot:
-    index: int
-    row: int = 0  # its process's row in the shared counts (index, or index + N: workershare.rows_for)
-    pid: int = 0
-    started: float = 0.0
-    quick_deaths: int = 0
-    restart_at: float | None = None
-    old_pid: int = 0  # the process it replaced in a rolling restart, while that one still has clients
-    old_row: int = 0
-
-
 class Supervisor:
-    def __init__(self, config: Config, config_path: str, logs: Any) -> None:
+    def __init__(self, config: Config, config_path: str, logs: Any, entry: Callable[[dict[str, Any]], int]) -> None:
+        self.entry = entry  # runtime/main.worker_run: what a worker process runs
         self.config = config
         self.config_path = config_path
         self.logs = logs
@@ -173,7 +149,7 @@ class Supervisor:
         assert self.counts is not None
         self.counts.zero(row)  # whatever a process there before left
         self.logs.tick()  # nothing buffered may be written twice, by a forked child too
-        return workerproc.spawn(row=row, workers=self.n, config_path=self.config_path,
+        return workerproc.spawn(self.entry, row=row, workers=self.n, config_path=self.config_path,
                                 settings=self.config.settings, sockets=self.sockets, counts_fd=self.counts_fd,
                                 counts_size=ws.size_for(ws.rows_for(self.n)), lock_fd=self.lock_fd,
                                 rundir=self.rundir, quiet=self.logs.quiet, verbose=self.logs.verbose)

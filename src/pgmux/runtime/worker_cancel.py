@@ -5,18 +5,18 @@ is passed on to that worker's private Unix socket, where it arrives as any Cance
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pgmux.net import connector
 from pgmux.runtime import workershare as ws
 
 if TYPE_CHECKING:
     from pgmux.runtime.app import App
-    from pgmux.runtime.worker import WorkerShare
     from pgmux.session.client import ClientSession
 
 log = logging.getLogger("pgmux")
 cancel_path = ws.private_socket
+WorkerShare = Any  # runtime/worker.WorkerShare (which imports this module)
 
 
 def forward_cancel(share: WorkerShare, app: App, requester: ClientSession, pid: int, key: int) -> bool:

@@ -1,11 +1,11 @@
 """Starting a worker process (issue 14): a fresh interpreter, not a fork of the supervisor.
 
-The supervisor starts each worker with `python -m pgmux.runtime.workerproc`, passing it the inherited
+The supervisor starts each worker with `python -m pgmux.runtime.workerstart`, passing it the inherited
 descriptors (the listening sockets, the shared counts' memfd, the lock file) and a description of its
 place in the environment variable PGMUX_WORKER. A worker started so runs the code installed *now* and
 reads the configuration file *now*: a rolling restart (runtime/rolling.py) gives every worker new code
 and new configuration without stopping the port. Where the OS user pgmux switched to cannot start the
-interpreter (`can_exec`), the worker is forked from the supervisor instead and runs the same `run()`:
+interpreter (`can_exec`), the worker is forked from the supervisor instead and runs the same entry:
 new process and configuration, the supervisor's code (logged at start-up). The settings that only the
 supervisor can apply (the listening sockets, the OS user, pidfile, the number of workers) are the
 supervisor's, passed along: a worker never listens anywhere else than its siblings.
@@ -17,15 +17,14 @@ serves until the replacement accepts.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import mmap
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 log = logging.getLogger("pgmux")
@@ -40,9 +39,12 @@ SUPERVISOR_OWNED: Final = ("listen_addr", "listen_port", "listen_backlog", "unix
                            "service_name")
 
 
-def spawn(*, row: int, workers: int, config_path: str, settings: Any, sockets: list[socket.socket],
-          counts_fd: int, counts_size: int, lock_fd: int, rundir: str, quiet: bool, verbose: int) -> int:
-    """Start worker process `row`; its pid. Nothing of the supervisor's state goes with it but this."""
+def spawn(entry: Callable[[dict[str, Any]], int], *, row: int, workers: int, config_path: str, settings: Any,
+          sockets: list[socket.socket], counts_fd: int, counts_size: int, lock_fd: int, rundir: str, quiet: bool,
+          verbose: int) -> int:
+    """Start worker process `row`; its pid. Nothing of the supervisor's state goes with it but `place`,
+    which `entry` (runtime/main.worker_run) gets in the new process (through runtime/workerstart.py when
+    it is a new interpreter)."""
     fds = [s.fileno() for s in sockets]
     owned = {name: _plain(getattr(settings, name)) for name in SUPERVISOR_OWNED}
     place = {"row": row, "workers": workers, "config": config_path, "owned": owned, "sockets": fds,
@@ -53,9 +55,9 @@ def spawn(*, row: int, workers: int, config_path: str, settings: Any, sockets: l
     root = os.path.dirname(os.path.dirname(os.path.abspath(_PACKAGE_FILE)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     if not can_exec(env):
-        return _fork(place)
+        return _fork(entry, place)
     env[ENV] = json.dumps(place)
-    proc = subprocess.Popen([sys.executable, "-m", "pgmux.runtime.workerproc"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pgmux.runtime.workerstart"], env=env,
                             pass_fds=[*fds, counts_fd, lock_fd], close_fds=True, stdin=subprocess.DEVNULL)
     return proc.pid
 
@@ -70,7 +72,7 @@ def can_exec(env: dict[str, str]) -> bool:
     global _exec_ok
     if _exec_ok is None:
         try:
-            done = subprocess.run([sys.executable, "-c", "import pgmux.runtime.workerproc"], env=env,
+            done = subprocess.run([sys.executable, "-c", "import pgmux.runtime.workerstart"], env=env,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   timeout=30, check=False)
             _exec_ok, why = done.returncode == 0, done.stderr.decode(errors="replace").strip()[-300:]
@@ -86,12 +88,12 @@ def can_exec(env: dict[str, str]) -> bool:
     return _exec_ok
 
 
-def _fork(place: dict[str, Any]) -> int:
+def _fork(entry: Callable[[dict[str, Any]], int], place: dict[str, Any]) -> int:
     pid = os.fork()
     if pid == 0:
         code = 70
         try:
-            code = run(place)
+            code = entry(place)
         except BaseException as e:  # noqa: BLE001 - a worker must never return into the supervisor's code
             log.critical("worker %d failed", place["row"] % place["workers"], exc_info=e)
         finally:
@@ -100,48 +102,21 @@ def _fork(place: dict[str, Any]) -> int:
     return pid
 
 
+def die_with(supervisor: int) -> None:
+    """A worker whose supervisor is killed (SIGKILL: it cannot pass anything on) gets SIGTERM, the
+    shutdown that lets its connected clients finish, instead of serving on with nobody to restart it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (tuple, list, frozenset, set)) else value
 
 
-def main() -> int:
-    """The worker process, started as a new interpreter: its place from the environment."""
-    return run(json.loads(os.environ.pop(ENV)))
-
-
-def run(place: dict[str, Any]) -> int:
-    """A worker process: the configuration from the file, the rest from `place` (see spawn)."""
-    # The supervisor blocks the signals it waits for, and a new process inherits the mask: until the
-    # event loop handles them, HUP/USR1/USR2/WINCH are ignored (not fatal), then every signal is let in.
-    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    from pgmux.runtime.supervisor import die_with
-
-    die_with(place["supervisor"])
-    from pgmux.config import load_config
-    from pgmux.runtime import workershare as ws
-    from pgmux.runtime.main import LogFiles, serve
-    from pgmux.runtime.worker import WorkerShare
-
-    try:
-        config = load_config(place["config"])
-    except Exception as e:  # noqa: BLE001 - said, and the supervisor tries again later
-        print(f"pgmux worker {place['row'] % place['workers']}: cannot read {place['config']}: {e}", file=sys.stderr)
-        return CONFIG_ERROR
-    owned: dict[str, Any] = {k: tuple(v) if isinstance(getattr(config.settings, k), tuple) else v
-                             for k, v in place["owned"].items()}
-    config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, **owned))
-    logs = LogFiles(config, place["quiet"], place["verbose"])
-    block = mmap.mmap(place["counts"], place["size"])
-    counts = ws.Counts(memoryview(block), ws.rows_for(place["workers"]), ws.FileLock(place["lock"]))
-    sockets = [socket.socket(fileno=fd) for fd in place["sockets"]]
-    share = WorkerShare(place["row"], place["workers"], counts, sockets, place["rundir"], place["supervisor"])
-    try:
-        return serve(config, place["config"], logs, share)
-    finally:
-        logs.tick()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
