@@ -34,6 +34,7 @@ from pgmux.config.model import Config
 from pgmux.net import sdnotify
 from pgmux.net.listen import bind_listeners, unix_socket_path
 from pgmux.runtime import workershare as ws
+from pgmux.runtime.web import bind_metrics
 from pgmux.runtime.worker import WorkerShare
 from pgmux.runtime.workershare import per_worker, refusals
 
@@ -85,6 +86,7 @@ class Supervisor:
         self.slots = [Slot(i) for i in range(self.n)]
         self.stopping = False
         self.sockets: list[Any] = []
+        self.metrics: tuple[str, list[Any]] | None = None
         self.rundir = ""
         self.counts: ws.Counts | None = None
         self.mask: set[int | signal.Signals] = set()
@@ -100,8 +102,11 @@ class Supervisor:
             log.warning("workers = %d: %s", self.n, note)
         try:
             self.sockets = bind_listeners(self.config.settings)
+            self.metrics = bind_metrics(self.config.settings)  # one /metrics for all (runtime/webshare.py)
         except OSError as e:
             log.error("cannot listen: %s", e)
+            if self.sockets:  # bound (bind_listeners undoes its own failures): closed and unlinked
+                self._cleanup()
             return 1
         self.rundir = tempfile.mkdtemp(prefix="pgmux-workers-")  # 0700: the cancel sockets, the lock file
         lock_fd = os.open(os.path.join(self.rundir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -139,7 +144,7 @@ class Supervisor:
             self.logs.tick()
 
     def _cleanup(self) -> None:
-        for sock in self.sockets:
+        for sock in self.sockets + (self.metrics[1] if self.metrics else []):
             sock.close()
         s = self.config.settings
         if s.unix_socket_dir:
@@ -155,6 +160,7 @@ class Supervisor:
         assert self.counts is not None
         self.logs.tick()  # nothing buffered may be written twice, by the child too
         share = WorkerShare(slot.index, self.n, self.counts, self.sockets, self.rundir)
+        share.metrics = self.metrics
         pid = os.fork()
         if pid == 0:
             code = 70

@@ -77,6 +77,7 @@ class WorkerShare:
         self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
         self.accept_paused = False
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
+        self.metrics: tuple[str, list[socket.socket]] | None = None  # metrics_listen, bound (runtime/webshare.py)
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:
