@@ -11,7 +11,8 @@ and merges them with its own: metric families by metrics/merge.py, /status.json 
 A worker that does not answer within `PEER_TIMEOUT` (stopped, restarting, or dead with its socket file
 left) is left out: the scrape answers with the others' numbers, `pgmux_workers_missing` counts the
 absent and `pgmux_worker_up{worker}` names them, the status page says so, and the log has a WARNING once
-until that worker answers again. Nothing here runs except when a scrape or a page asks.
+until that worker answers again. Nothing here runs except when a scrape or a page asks. The answer's
+`X-Pgmux-Worker` header names the worker that merged it.
 """
 
 from __future__ import annotations
@@ -102,13 +103,15 @@ class Peers:
         mine = self.local_metrics()  # before asking: the numbers of one moment, as near as can be
         answered = await self._gather("/local/metrics", mine, from_data)
         merged = merge_families([answered[i] for i in sorted(answered)])
-        return render(merged + worker_families(self.share.workers, self.share.live(), answered), accept)
+        status_, headers, body = render(merged + worker_families(self.share.workers, self.share.live(), answered),
+                                        accept)
+        return status_, {**headers, "X-Pgmux-Worker": str(self.share.index)}, body
 
     async def status(self) -> tuple[int, dict[str, str], bytes]:
         mine = status.local(self.web.app, self.web.history)
         answered = await self._gather("/local/status", mine, _status_part)
         doc = status.merge(sorted(answered.items()), self.share.live())
-        return 200, JSON, json.dumps(doc, separators=(",", ":")).encode()
+        return 200, {**JSON, "X-Pgmux-Worker": str(self.share.index)}, json.dumps(doc, separators=(",", ":")).encode()
 
     async def _gather(self, path: str, mine: Any, parse: Any) -> dict[int, Any]:
         share = self.share

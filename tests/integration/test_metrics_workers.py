@@ -1,0 +1,204 @@
+"""metrics_listen with workers (issue 15): one endpoint for the whole pooler. Whichever worker takes a
+scrape, /metrics carries the pooler's totals (checked against the console's SHOW, which merges across
+workers), configuration not multiplied, histograms that add up; a worker stopped or killed leaves the
+scrape bounded and saying so. Helpers from test_workers.py (SIGSTOP steers a connection to one worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import wait_for
+from metrics_helpers import Samples, get, metrics_settings, url, value
+from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import EXPORTER_SERIES
+from test_workers import CONNECT, connect_on, start, stop_outside_the_lock, worker_pids
+
+POOL = 30
+
+
+def scrape_from(mux: Any, timeout: float = 10) -> tuple[int, Samples, float]:
+    """(the worker that answered, the samples, seconds the scrape took)."""
+    t0 = time.monotonic()
+    with urllib.request.urlopen(url(mux), timeout=timeout) as r:
+        worker = int(r.headers["X-Pgmux-Worker"])
+        text = r.read().decode()
+    took = time.monotonic() - t0
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, f"duplicate series {key}"
+            out[key] = s.value
+    return worker, out, took
+
+
+def _show(mux: Any, what: str) -> list[dict[str, Any]]:
+    with psycopg.connect(host=mux.host, port=mux.port, dbname="pgbouncer", user="postgres", autocommit=True,
+                         connect_timeout=10, cursor_factory=psycopg.ClientCursor,
+                         row_factory=psycopg.rows.dict_row) as admin:
+        return admin.execute(f"SHOW {what}").fetchall()
+
+
+def _pool(mux: Any) -> dict[str, Any]:
+    return next(r for r in _show(mux, "POOLS") if r["database"] == "testdb")
+
+
+def _stats(mux: Any) -> dict[str, Any]:
+    return next(r for r in _show(mux, "STATS") if r["database"] == "testdb")
+
+
+KEY = {"database": "testdb", "user": "postgres"}
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_every_scrape_is_the_whole_pooler(pgmux_factory: Any, workers: int) -> None:
+    mux = start(pgmux_factory, workers, **metrics_settings(default_pool_size=POOL, max_client_conn=200))
+    conns: list[psycopg.Connection[Any]] = []
+    try:
+        for i in range(workers):  # at least two clients on each worker, for sure
+            conns += [connect_on(mux, i) for _ in range(2)]
+        conns += [psycopg.connect(mux.dsn(), **CONNECT) for _ in range(20 - len(conns))]
+        busy = conns[::2]  # half hold an open transaction (a server each), half are idle
+        for c in busy:
+            c.execute("BEGIN")
+            c.execute("SELECT 1")
+        per_worker = {i: 0 for i in range(workers)}
+        for r in _show(mux, "CLIENTS"):
+            if r["database"] == "testdb":
+                per_worker[int(r["worker"])] += 1
+        assert sum(per_worker.values()) == 20 and min(per_worker.values()) >= 2, per_worker
+        pool = _pool(mux)
+        assert pool["cl_active"] == 20 and pool["sv_active"] == len(busy), pool
+        answered_by: set[int] = set()
+        for _ in range(60):  # repeated scrapes: each one the pooler's, until every worker answered some
+            w, s, took = scrape_from(mux)
+            answered_by.add(w)
+            assert took < 5, took
+            assert value(s, "pgbouncer_pools_client_active_connections", **KEY) == 20
+            assert value(s, "pgbouncer_pools_client_waiting_connections", **KEY) == 0
+            assert value(s, "pgbouncer_pools_server_active_connections", **KEY) == len(busy)
+            assert value(s, "pgmux_workers") == workers and value(s, "pgmux_workers_missing") == 0
+            for i in range(workers):
+                assert value(s, "pgmux_worker_up", worker=str(i)) == 1
+                assert value(s, "pgmux_worker_clients", worker=str(i)) == per_worker[i], (i, per_worker)
+            # configuration: once, never times the workers
+            assert value(s, "pgbouncer_config_max_client_connections") == 200
+            db = next(r for r in _show(mux, "DATABASES") if r["name"] == "testdb")
+            labels = {"name": "testdb", "host": db["host"] or "", "port": str(db["port"]), "database": "testdb",
+                      "force_user": db["force_user"] or "", "pool_mode": db["pool_mode"] or ""}
+            assert value(s, "pgbouncer_databases_pool_size", **labels) == POOL
+            assert value(s, "pgbouncer_databases_current_connections", **labels) == db["current_connections"]
+            assert value(s, "pgbouncer_up") == 1 and value(s, "pgbouncer_databases") == len(_show(mux, "DATABASES"))
+            # pgmux_clients counts every client: the 20 and the console connections of the moment
+            assert 20 <= value(s, "pgmux_clients") <= 20 + workers + 2
+            # no worker label on the exporter's series: the same series as one process
+            assert not [k for k in s if k[0].startswith("pgbouncer_") and any(n == "worker" for n, _ in k[1])]
+            if answered_by == set(range(workers)):
+                break
+        assert answered_by == set(range(workers)), answered_by
+        # at rest: the histograms' counts are the pooler's, the same from scrape to scrape
+        for c in busy:
+            c.execute("COMMIT")
+        wait_for(lambda: _pool(mux)["sv_active"] == 0, "the transactions to end", 20)
+        st = _stats(mux)
+        seen = set()
+        for _ in range(3 * workers):
+            w, s, _ = scrape_from(mux)
+            seen.add(w)
+            assert value(s, "pgmux_transaction_seconds_count", **KEY) == int(st["total_xact_count"]) >= 10
+            assert value(s, "pgmux_query_seconds_count", **KEY) == int(st["total_query_count"])
+            assert value(s, "pgbouncer_stats_sql_transactions_pooled_total", database="testdb") == \
+                int(st["total_xact_count"])
+            assert value(s, "pgmux_transaction_seconds_bucket", le="+Inf", **KEY) == int(st["total_xact_count"])
+            assert value(s, "pgmux_client_login_seconds_count") >= 20
+        # under load: growing
+        before = value(scrape_from(mux)[1], "pgmux_transaction_seconds_count", **KEY)
+        for c in conns:
+            c.execute("SELECT 1")
+        after = value(scrape_from(mux)[1], "pgmux_transaction_seconds_count", **KEY)
+        assert after == before + len(conns)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_a_stopped_or_killed_worker_leaves_a_bounded_scrape_that_says_so(pgmux_factory: Any) -> None:
+    mux = start(pgmux_factory, 2, **metrics_settings(default_pool_size=POOL))
+    on = {i: [connect_on(mux, i) for _ in range(3)] for i in (0, 1)}
+    try:
+        w, s, _ = scrape_from(mux)
+        assert value(s, "pgbouncer_pools_client_active_connections", **KEY) == 6
+        victim = worker_pids(mux)[1]
+        stop_outside_the_lock(victim)  # takes no scrape, answers no peer: the other one answers, in bounded time
+        try:
+            w, s, took = scrape_from(mux)
+            assert w == 0 and took < 8, (w, took)
+            assert value(s, "pgmux_workers_missing") == 1
+            assert value(s, "pgmux_worker_up", worker="1") == 0 and value(s, "pgmux_worker_up", worker="0") == 1
+            assert value(s, "pgbouncer_pools_client_active_connections", **KEY) == 3  # worker 0's part
+            status = json.loads(get(mux, "/status.json")[2])
+            assert status["workers"] == {"count": 2, "answered": [0], "missing": [1]}
+            wait_for(lambda: "metrics: worker 1 did not answer within" in mux.log(), "the warning", 10)
+        finally:
+            os.kill(victim, signal.SIGKILL)
+            os.kill(victim, signal.SIGCONT)
+        # during the restart and after it: every scrape answers, in bounded time; then complete again
+        deadline = time.monotonic() + 30
+        while True:
+            w, s, took = scrape_from(mux)
+            assert took < 8, took
+            if value(s, "pgmux_workers_missing") == 0:
+                break
+            assert time.monotonic() < deadline, "worker 1 never answered again"
+            time.sleep(0.1)
+        assert worker_pids(mux).get(1) not in (None, victim)
+        # worker 1's clients died with it; the scrape is the pooler's again
+        assert value(s, "pgbouncer_pools_client_active_connections", **KEY) == _pool(mux)["cl_active"] == 3
+        assert value(s, "pgmux_worker_up", worker="1") == 1
+        wait_for(lambda: "metrics: worker 1 answers again" in mux.log(), "the all-clear", 10)
+        assert all(c.execute("SELECT 1").fetchone() == (1,) for c in on[0])
+    finally:
+        for cs in on.values():
+            for c in cs:
+                c.close()
+
+
+def test_exporter_series_openmetrics_and_status_with_workers(pgmux_factory: Any, tmp_path: Path) -> None:
+    mux = start(pgmux_factory, 2, **metrics_settings())
+    with connect_on(mux, 0) as a, connect_on(mux, 1) as b:
+        a.execute("LISTEN ch")  # pinned, on worker 0
+        b.execute("SELECT 1")
+        _, s, _ = scrape_from(mux)
+        have: dict[str, set[tuple[str, ...]]] = {}
+        for name, labels in s:
+            have.setdefault(name, set()).add(tuple(k for k, _ in labels))
+        assert [n for n in EXPORTER_SERIES if n not in have] == []
+        assert {n: have[n] for n, labels in EXPORTER_SERIES.items() if have[n] != {labels}} == {}
+        assert value(s, "pgmux_pinned_clients_now", database="testdb", user="postgres", reason="listen") == 1
+        servers = [r for r in _show(mux, "SERVERS") if r["database"] == "testdb"]  # every worker's
+        assert {r["worker"] for r in servers} == {"0", "1"}
+        for state in ("idle", "active"):
+            assert value(s, "pgbouncer_server_connections", user="postgres", database="testdb", state=state,
+                         addr=f"{servers[0]['addr']}_{servers[0]['port']}", close_needed="false") == \
+                len([r for r in servers if r["state"] == state]), (state, servers)
+        status_, ctype, om = get(mux, accept="application/openmetrics-text; version=1.0.0; charset=utf-8")
+        assert status_ == 200 and ctype.startswith("application/openmetrics-text") and om.rstrip().endswith("# EOF")
+        assert "# TYPE pgmux_transaction_seconds histogram" in om and "pgmux_workers_missing 0.0" in om
+        doc = json.loads(get(mux, "/status.json")[2])
+        assert doc["workers"] == {"count": 2, "answered": [0, 1], "missing": []}
+        pool = next(p for p in doc["pools"] if p["database"] == "testdb")
+        assert pool["cl_active"] == 2 and pool["pool_size"] == 20, pool
+        assert doc["pinned_by_reason"] == {"listen": 1} and doc["pinned"][0]["worker"] == 0
+        # the charts: one point per 2-second slot, the workers' merged (tps summed)
+        wait_for(lambda: len(json.loads(get(mux, "/status.json")[2])["history"]["t"]) >= 3, "history points", 30)
+        hist = json.loads(get(mux, "/status.json")[2])["history"]
+        assert all(t % 2 == 0 for t in hist["t"]) and hist["t"] == sorted(set(hist["t"]))
+        assert hist["sv_total"][-1] == sum(1 for r in _show(mux, "SERVERS") if r["database"] == "testdb")
