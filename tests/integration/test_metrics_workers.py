@@ -21,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import EXPORTER_SERIES
 from test_workers import CONNECT, connect_on, start, stop_outside_the_lock, worker_pids
 
+from pgmux.testing.cluster import HOST, free_port
+
 POOL = 30
 
 
@@ -202,3 +204,17 @@ def test_exporter_series_openmetrics_and_status_with_workers(pgmux_factory: Any,
         hist = json.loads(get(mux, "/status.json")[2])["history"]
         assert all(t % 2 == 0 for t in hist["t"]) and hist["t"] == sorted(set(hist["t"]))
         assert hist["sv_total"][-1] == sum(1 for r in _show(mux, "SERVERS") if r["database"] == "testdb")
+
+
+def test_a_reload_that_moves_metrics_listen_says_it_waits_for_a_restart(pgmux_factory: Any) -> None:
+    mux = start(pgmux_factory, 2, **metrics_settings())
+    old = mux.settings["metrics_listen"]
+    new = f"{HOST}:{free_port()}"
+    mux.rewrite(settings={"metrics_listen": new})
+    mux.reload()
+    wait_for(lambda: mux.log().count(f"metrics_listen = {new}: with workers the supervisor binds") >= 2,
+             "the warning from both workers", 20)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{new}/metrics", timeout=5)
+    with urllib.request.urlopen(f"http://{old}/metrics", timeout=10) as r:
+        assert r.status == 200
