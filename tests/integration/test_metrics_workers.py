@@ -133,11 +133,26 @@ def test_every_scrape_is_the_whole_pooler(pgmux_factory: Any, workers: int) -> N
 
 
 def test_a_stopped_or_killed_worker_leaves_a_bounded_scrape_that_says_so(pgmux_factory: Any) -> None:
+    """...and the pooler's counters never go down meanwhile (a worker missing or dead counts what it
+    showed last; its successor carries that on)."""
     mux = start(pgmux_factory, 2, **metrics_settings(default_pool_size=POOL))
     on = {i: [connect_on(mux, i) for _ in range(3)] for i in (0, 1)}
+    xacts = ("pgbouncer_stats_sql_transactions_pooled_total", {"database": "testdb"})
+    hist = ("pgmux_transaction_seconds_count", KEY)
+    seen: list[tuple[float, float]] = []  # the counters, scrape after scrape: they never go down
+
+    def counted(s: Samples) -> None:
+        seen.append((value(s, xacts[0], **xacts[1]), value(s, hist[0], **hist[1])))
+        assert all(x0 <= x1 and h0 <= h1 for (x0, h0), (x1, h1) in zip(seen, seen[1:], strict=False)), seen
+
     try:
+        for c in on[0] + on[1]:
+            for _ in range(5):
+                c.execute("SELECT 1")
         w, s, _ = scrape_from(mux)
         assert value(s, "pgbouncer_pools_client_active_connections", **KEY) == 6
+        counted(s)
+        assert seen[0] == (30, 30) == (int(_stats(mux)["total_xact_count"]),) * 2
         victim = worker_pids(mux)[1]
         stop_outside_the_lock(victim)  # takes no scrape, answers no peer: the other one answers, in bounded time
         try:
@@ -146,6 +161,8 @@ def test_a_stopped_or_killed_worker_leaves_a_bounded_scrape_that_says_so(pgmux_f
             assert value(s, "pgmux_workers_missing") == 1
             assert value(s, "pgmux_worker_up", worker="1") == 0 and value(s, "pgmux_worker_up", worker="0") == 1
             assert value(s, "pgbouncer_pools_client_active_connections", **KEY) == 3  # worker 0's part
+            counted(s)  # worker 1's counters as it last showed them: still 30, not worker 0's 15
+            assert seen[-1] == (30, 30)
             status = json.loads(get(mux, "/status.json")[2])
             assert status["workers"] == {"count": 2, "answered": [0], "missing": [1]}
             wait_for(lambda: "metrics: worker 1 did not answer within" in mux.log(), "the warning", 10)
@@ -157,6 +174,7 @@ def test_a_stopped_or_killed_worker_leaves_a_bounded_scrape_that_says_so(pgmux_f
         while True:
             w, s, took = scrape_from(mux)
             assert took < 8, took
+            counted(s)  # during the restart too
             if value(s, "pgmux_workers_missing") == 0:
                 break
             assert time.monotonic() < deadline, "worker 1 never answered again"
@@ -165,8 +183,14 @@ def test_a_stopped_or_killed_worker_leaves_a_bounded_scrape_that_says_so(pgmux_f
         # worker 1's clients died with it; the scrape is the pooler's again
         assert value(s, "pgbouncer_pools_client_active_connections", **KEY) == _pool(mux)["cl_active"] == 3
         assert value(s, "pgmux_worker_up", worker="1") == 1
-        wait_for(lambda: "metrics: worker 1 answers again" in mux.log(), "the all-clear", 10)
+        # (said by worker 0 once it merges worker 1's numbers again: scraped until the kernel gives it one)
+        wait_for(lambda: scrape_from(mux) and "metrics: worker 1 answers again" in mux.log(), "the all-clear", 20)
         assert all(c.execute("SELECT 1").fetchone() == (1,) for c in on[0])
+        # the restarted worker carries its predecessor's counters on: both workers' 30, and the new ones
+        for _ in range(2):
+            counted(scrape_from(mux)[1])
+        now = 15 + int(_stats(mux)["total_xact_count"])  # worker 1's 15 and the live workers' (SHOW STATS)
+        assert now >= 33 and seen[-1] == (now, now), (now, seen)
     finally:
         for cs in on.values():
             for c in cs:

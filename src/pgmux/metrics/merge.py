@@ -152,6 +152,11 @@ def worker_families(workers: int, live: list[int], answered: dict[int, list[Fami
     ]
 
 
+def monotonic(families: list[Family]) -> list[Family]:
+    """The counters and histograms: what only grows while a process lives."""
+    return [f for f in families if f[1] in ("counter", "histogram")]
+
+
 def to_data(metrics: Any) -> list[Family]:
     """prometheus-client Metric objects (a registry's collect()) as plain families."""
     return [(mf.name, mf.type, mf.documentation, [(s.name, dict(s.labels), float(s.value)) for s in mf.samples])

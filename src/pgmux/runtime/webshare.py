@@ -11,8 +11,11 @@ and merges them with its own: metric families by metrics/merge.py, /status.json 
 A worker that does not answer within `PEER_TIMEOUT` (stopped, restarting, or dead with its socket file
 left) is left out: the scrape answers with the others' numbers, `pgmux_workers_missing` counts the
 absent and `pgmux_worker_up{worker}` names them, the status page says so, and the log has a WARNING once
-until that worker answers again. Nothing here runs except when a scrape or a page asks. The answer's
-`X-Pgmux-Worker` header names the worker that merged it.
+until that worker answers again. Its counters and histograms are not left out: each worker writes down
+what it shows of them before it shows them (`<rundir>/w<i>/metrics.counters.json`), the file stands in
+for a worker that does not answer, and a restarted worker carries its predecessor's on in its own, so the
+pooler's counters never go down (Prometheus would read that as a reset). Nothing here runs except when
+a scrape or a page asks. The answer's `X-Pgmux-Worker` header names the worker that merged it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 
 from pgmux.metrics import status
-from pgmux.metrics.merge import Family, from_data, merge_families, to_data, worker_families
+from pgmux.metrics.merge import Family, from_data, merge_families, monotonic, to_data, worker_families
 
 log = logging.getLogger("pgmux")
 
@@ -42,6 +45,31 @@ def private_path(rundir: str, index: int) -> str:
     from pgmux.runtime.workershare import private_dir
 
     return os.path.join(private_dir(rundir, index), "metrics")
+
+
+def counters_path(rundir: str, index: int) -> str:
+    """Worker `index`'s counters and histograms as it last showed them (see `Peers.local_metrics`)."""
+    return private_path(rundir, index) + ".counters.json"
+
+
+def read_counters(path: str) -> list[Family]:
+    """A worker's last shown counters and histograms; [] when there are none (or the file is unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            return monotonic(from_data(json.loads(f.read())))
+    except (OSError, ValueError):
+        return []
+
+
+def write_counters(path: str, families: list[Family]) -> None:
+    """Replaced whole (rename): a reader never sees half a file."""
+    tmp = f"{path}.{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(families, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("metrics: cannot keep this worker's counters in %s: %s", path, e)
 
 
 class _Fixed(Collector):
@@ -74,10 +102,14 @@ class Peers:
         self.share = share
         self.private: Any = None
         self.silent: set[int] = set()  # workers whose absence was logged (once, until they answer)
+        # the counters and histograms this worker's predecessors showed, carried on in its own (none for
+        # the first worker of its index)
+        self.carried: list[Family] = []
 
     async def start(self) -> None:
         from pgmux.net.http import HttpServer
 
+        self.carried = read_counters(counters_path(self.share.rundir, self.share.index))
         self.private = HttpServer(self.handle_private)
         await self.private.start_unix(private_path(self.share.rundir, self.share.index))
 
@@ -88,7 +120,15 @@ class Peers:
 
     # -- this worker's numbers, for the one that asks ------------------------------------------------
     def local_metrics(self) -> list[Family]:
-        return to_data(self.web.registry.collect())
+        """This worker's families, its predecessors' counters and histograms added. Their counters and
+        histograms are written down before they are shown: a pooler's counter must never go down (Prometheus
+        reads a decrease as a reset and counts the whole value again), and when this worker is missing from
+        a scrape or dead, what it showed last stands in for it, and its successor carries it on."""
+        fams = to_data(self.web.registry.collect())
+        if self.carried:
+            fams = merge_families([fams, self.carried])
+        write_counters(counters_path(self.share.rundir, self.share.index), monotonic(fams))
+        return fams
 
     def handle_private(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         if path == "/local/metrics":
@@ -102,7 +142,9 @@ class Peers:
     async def metrics(self, accept: str) -> tuple[int, dict[str, str], bytes]:
         mine = self.local_metrics()  # before asking: the numbers of one moment, as near as can be
         answered = await self._gather("/local/metrics", mine, from_data)
-        merged = merge_families([answered[i] for i in sorted(answered)])
+        parts = [answered[i] if i in answered else read_counters(counters_path(self.share.rundir, i))
+                 for i in sorted(set(answered) | set(self.share.live()))]
+        merged = merge_families(parts)
         status_, headers, body = render(merged + worker_families(self.share.workers, self.share.live(), answered),
                                         accept)
         return status_, {**headers, "X-Pgmux-Worker": str(self.share.index)}, body
