@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgmux.metrics import status
 from pgmux.metrics.history import NB, History
 from pgmux.metrics.history import merge as history_merge
-from pgmux.metrics.merge import Family, from_data, merge_families, to_data, worker_families
-from pgmux.runtime.webshare import render
+from pgmux.metrics.merge import Family, from_data, merge_families, monotonic, to_data, worker_families
+from pgmux.runtime.webshare import read_counters, render, write_counters
 
 
 def _worker(clients: int, waiting: int, xacts: int, buckets: list[float], hsum: float, pool_size: int,
@@ -182,3 +182,19 @@ def test_history_points_land_on_wall_clock_slots_in_every_process() -> None:
     t1, t2 = one.series()["t"], two.series()["t"]
     assert t1 == t2 == [1002.0, 1004.0, 1006.0]
     assert history_merge([one.raw(), two.raw()])["t"] == t1
+
+
+def test_counters_kept_in_a_file_are_the_monotonic_families_only(tmp_path: Any) -> None:
+    path = str(tmp_path / "metrics.counters.json")
+    assert read_counters(path) == []  # none yet: a first worker carries nothing
+    write_counters(path, W1)
+    kept = read_counters(path)
+    assert {f[1] for f in kept} == {"counter", "histogram"} and kept == monotonic(W1)
+    # carried on in a successor's numbers: its own counters plus its predecessor's, its gauges its own
+    successor = _worker(1, 0, 2, [1, 2, 2], 0.5, 20, (0, 0.0))
+    s = _samples(merge_families([successor, kept]))
+    assert _v(s, "pgbouncer_stats_sql_transactions_pooled_total", database="app") == 42
+    assert _v(s, "pgmux_transaction_seconds_count", **APP) == 42
+    assert _v(s, "pgbouncer_pools_client_active_connections", **APP) == 1
+    (tmp_path / "metrics.counters.json").write_text("{not json")
+    assert read_counters(path) == []
