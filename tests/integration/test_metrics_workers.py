@@ -242,3 +242,15 @@ def test_a_reload_that_moves_metrics_listen_says_it_waits_for_a_restart(pgmux_fa
         urllib.request.urlopen(f"http://{new}/metrics", timeout=5)
     with urllib.request.urlopen(f"http://{old}/metrics", timeout=10) as r:
         assert r.status == 200
+
+
+def test_a_metrics_port_in_use_stops_the_supervisor(pgmux_factory: Any) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(pytest.fail.Exception) as err:
+            pgmux_factory(settings={"workers": 2, **metrics_settings(metrics_listen=f"{HOST}:{port}")})
+    assert f"cannot listen: [Errno 98] metrics_listen = {HOST}:{port}: Address already in use" in str(err.value)
