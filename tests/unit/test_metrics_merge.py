@@ -163,12 +163,14 @@ def test_status_pools_hosts_pinned_merged_and_the_missing_named() -> None:
 
 def test_history_merged_per_wall_clock_slot() -> None:
     a = _history([(500, 10.0, 1, [0, 0, 0, 0, 10]), (501, 20.0, 2, [])])
-    b = _history([(501, 5.0, 1, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]), (502, 1.0, 1, [])])
+    b = _history([(499, 5.0, 1, []), (501, 5.0, 1, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10]),
+                  (502, 1.0, 1, [])])
     h = history_merge([a, b])
-    assert h["t"] == [1000.0, 1002.0, 1004.0]
-    assert h["tps"] == [10.0, 25.0, 1.0] and h["sv_active"] == [1, 3, 1] and h["sv_total"] == [2, 5, 2]
-    assert 0.0005 < h["wait_p50"][0] <= 0.001 and h["wait_p50"][1] > 0.1  # worker b's waits in slot 501
-    assert h["wait_p50"][2] is None  # no observation in that slot
+    assert h["t"] == [998.0, 1000.0, 1002.0]  # 502: worker a has not reached it yet (one janitor tick)
+    assert h["tps"] == [5.0, 10.0, 25.0] and h["sv_active"] == [1, 1, 3] and h["sv_total"] == [2, 2, 5]
+    assert h["wait_p50"][0] is None  # no observation in that slot
+    assert 0.0005 < h["wait_p50"][1] <= 0.001 and h["wait_p50"][2] > 0.1  # worker b's waits in slot 501
+    assert history_merge([a, b, {"period": 2.0, "points": []}])["t"] == h["t"]  # a worker with no point yet
 
 
 def test_history_points_land_on_wall_clock_slots_in_every_process() -> None:

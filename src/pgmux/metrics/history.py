@@ -81,11 +81,18 @@ def _row(*row: Any) -> tuple[Any, ...]:
 
 def merge(raws: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """Several processes' `raw()` -> one history: per wall-clock slot, tps and counts summed and the wait
-    quantiles of the summed bucket deltas; columns named by FIELDS, oldest first."""
+    quantiles of the summed bucket deltas; columns named by FIELDS, oldest first, up to the newest slot
+    that every process with points has."""
     period = float(raws[0]["period"]) if raws else PERIOD
+    # Up to the slot every process has reached: each records a slot at its first tick past the boundary
+    # (up to one janitor tick apart), and a newest slot with one process's point only would dip the charts.
+    ends = [int(raw["points"][-1][0]) for raw in raws if raw.get("points")]
+    last = min(ends) if ends else 0
     slots: dict[int, list[Any]] = {}
     for raw in raws:
         for p in raw.get("points", ()):
+            if int(p[0]) > last:
+                break
             acc = slots.get(int(p[0]))
             if acc is None:
                 slots[int(p[0])] = [float(p[1]), int(p[2]), int(p[3]), int(p[4]), [int(n) for n in p[5:5 + NB]]]
