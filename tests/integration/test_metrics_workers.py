@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import wait_for
+from helpers import guard, wait_for
 from metrics_helpers import Samples, get, metrics_settings, url, value
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import EXPORTER_SERIES
@@ -50,7 +50,9 @@ def _show(mux: Any, what: str) -> list[dict[str, Any]]:
 
 
 def _pool(mux: Any) -> dict[str, Any]:
-    return next(r for r in _show(mux, "POOLS") if r["database"] == "testdb")
+    """testdb's merged SHOW POOLS row (zeros before any worker has the pool)."""
+    return next((r for r in _show(mux, "POOLS") if r["database"] == "testdb"),
+                {"cl_active": 0, "cl_waiting": 0, "sv_active": 0})
 
 
 def _stats(mux: Any) -> dict[str, Any]:
@@ -254,3 +256,68 @@ def test_a_metrics_port_in_use_stops_the_supervisor(pgmux_factory: Any) -> None:
         with pytest.raises(pytest.fail.Exception) as err:
             pgmux_factory(settings={"workers": 2, **metrics_settings(metrics_listen=f"{HOST}:{port}")})
     assert f"cannot listen: [Errno 98] metrics_listen = {HOST}:{port}: Address already in use" in str(err.value)
+
+
+def test_scrapes_under_pgbench_load_with_workers_match_the_merged_show(pgmux_factory: Any, tmp_path: Path) -> None:
+    """pgbench's clients over two workers: each scrape's counters lie between two merged SHOW STATS around
+    it, the clients add up, and at rest every series equals its merged SHOW column."""
+    from test_metrics import CLIENTS, _pgbench
+
+    mux = start(pgmux_factory, 2, **metrics_settings(default_pool_size=4))
+    bench = _pgbench(mux, tmp_path, seconds=8)
+    with guard(mux):
+        try:
+            wait_for(lambda: _pool(mux)["cl_active"] + _pool(mux)["cl_waiting"] == CLIENTS, "pgbench's clients", 20)
+            for _ in range(6):
+                before = _stats(mux)
+                w, s, took = scrape_from(mux)
+                after = _stats(mux)
+                assert took < 5 and value(s, "pgmux_workers_missing") == 0
+                for col, name in (("total_xact_count", "pgbouncer_stats_sql_transactions_pooled_total"),
+                                  ("total_query_count", "pgbouncer_stats_queries_pooled_total")):
+                    assert before[col] <= value(s, name, database="testdb") <= after[col], (col, before, after)
+                assert before["total_xact_count"] <= value(s, "pgmux_transaction_seconds_count", **KEY) \
+                    <= after["total_xact_count"]
+                assert value(s, "pgbouncer_pools_client_active_connections", **KEY) + \
+                    value(s, "pgbouncer_pools_client_waiting_connections", **KEY) == CLIENTS
+                assert value(s, "pgbouncer_pools_server_active_connections", **KEY) <= 4  # the pooler's pool_size
+                assert sum(v for k, v in s.items() if k[0] == "pgmux_worker_clients") >= CLIENTS
+                time.sleep(0.3)
+        finally:
+            out, _ = bench.communicate(timeout=60)
+        assert bench.returncode == 0, out[-3000:]
+        wait_for(lambda: _pool(mux)["sv_active"] == 0 and _pool(mux)["cl_active"] == 0, "pgbench to finish", 20)
+        pools, stats, databases, lists = (_show(mux, w) for w in ("POOLS", "STATS", "DATABASES", "LISTS"))
+        s = scrape_from(mux)[1]
+        assert _show(mux, "POOLS") == pools  # nothing moved meanwhile
+    for r in pools:
+        if r["database"] == "pgbouncer":  # the consoles asking (this one and the workers' own) are there
+            continue
+        key = {"database": r["database"], "user": r["user"]}
+        for col, name in (("cl_active", "client_active_connections"), ("cl_waiting", "client_waiting_connections"),
+                          ("sv_active", "server_active_connections"), ("sv_idle", "server_idle_connections"),
+                          ("sv_used", "server_used_connections"), ("sv_login", "server_login_connections"),
+                          ("maxwait", "client_maxwait_seconds")):
+            assert value(s, f"pgbouncer_pools_{name}", **key) == r[col], (name, r)
+    st = next(r for r in stats if r["database"] == "testdb")
+    for col, name, factor in (("total_query_count", "queries_pooled_total", 1),
+                              ("total_xact_count", "sql_transactions_pooled_total", 1),
+                              ("total_received", "received_bytes_total", 1), ("total_sent", "sent_bytes_total", 1),
+                              ("total_xact_time", "server_in_transaction_seconds_total", 1e-6),
+                              ("total_wait_time", "client_wait_seconds_total", 1e-6)):
+        assert value(s, f"pgbouncer_stats_{name}", database="testdb") == pytest.approx(int(st[col]) * factor), name
+    assert value(s, "pgmux_transaction_seconds_count", **KEY) == int(st["total_xact_count"]) > CLIENTS * 10
+    assert value(s, "pgmux_client_wait_seconds_count", **KEY) == int(st["total_server_assignment_count"])
+    assert abs(value(s, "pgmux_transaction_seconds_sum", **KEY) * 1e6 - int(st["total_xact_time"])) <= 2
+    for r in databases:
+        labels = {"name": r["name"], "host": r["host"] or "", "port": str(r["port"]), "database": r["database"],
+                  "force_user": r["force_user"] or "", "pool_mode": r["pool_mode"] or ""}
+        assert value(s, "pgbouncer_databases_pool_size", **labels) == r["pool_size"]
+        assert value(s, "pgbouncer_databases_current_connections", **labels) == r["current_connections"]
+    # SHOW LISTS' server counts are summed over the workers (its client counts include the consoles that
+    # answer it); the count of configured databases is the pooler's (the console's merged LISTS adds it up
+    # per worker)
+    counts = {r["list"]: r["items"] for r in lists}
+    for item in ("used_servers", "free_clients", "free_servers"):
+        assert value(s, f"pgbouncer_{item}") == counts[item], item
+    assert value(s, "pgbouncer_databases") == len(databases)
