@@ -101,6 +101,7 @@ class _Conn(asyncio.Protocol):
         self.done = False
         self.refuse = False
         self.task: asyncio.Future[bytes] | None = None
+        self.pending: asyncio.Future[Reply] | None = None  # the handler's awaitable answer
         self.lost = False
 
     def connection_made(self, transport: Any) -> None:
@@ -135,9 +136,10 @@ class _Conn(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
+        for task in (self.task, self.pending):
+            if task is not None:
+                task.cancel()
+        self.task = self.pending = None
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -167,7 +169,7 @@ class _Conn(asyncio.Protocol):
     def _answered(self, task: asyncio.Future[bytes]) -> None:
         if task is not self.task or task.cancelled():
             return
-        self.task = None
+        self.task = self.pending = None
         self._finish(task.result())
 
     def _answer(self, head: bytes) -> bytes | Awaitable[bytes]:
@@ -194,7 +196,8 @@ class _Conn(asyncio.Protocol):
             log.error("metrics listener: %s %s failed", method, target, exc_info=e)
             return _plain(500, "internal error (see the pgmux log)")
         if inspect.isawaitable(out):
-            return _later(method, target, out)
+            self.pending = asyncio.ensure_future(out)  # started now: cancelled, it is never left unawaited
+            return _later(method, target, self.pending)
         status, out_headers, body = out
         return response(status, out_headers, body, head_only=method == "HEAD")
 
@@ -207,7 +210,7 @@ class _Conn(asyncio.Protocol):
         self.transport.close()  # after the buffer is written; the timer aborts a peer that does not read
 
 
-async def _later(method: str, target: str, pending: Awaitable[Reply]) -> bytes:
+async def _later(method: str, target: str, pending: asyncio.Future[Reply]) -> bytes:
     try:
         status, headers, body = await pending
     except Exception as e:  # noqa: BLE001 - as above
