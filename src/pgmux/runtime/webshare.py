@@ -142,8 +142,10 @@ class Peers:
     async def metrics(self, accept: str) -> tuple[int, dict[str, str], bytes]:
         mine = self.local_metrics()  # before asking: the numbers of one moment, as near as can be
         answered = await self._gather("/local/metrics", mine, from_data)
-        parts = [answered[i] if i in answered else read_counters(counters_path(self.share.rundir, i))
-                 for i in sorted(set(answered) | set(self.share.live()))]
+        # every row's counters: those of a process that did not answer, or that is gone (dead, or retired in
+        # a rolling restart, its row empty now), from the file it left
+        rows = sorted(set(answered) | set(range(getattr(self.share, "rows", self.share.workers))))
+        parts = [answered[i] if i in answered else read_counters(counters_path(self.share.rundir, i)) for i in rows]
         merged = merge_families(parts)
         status_, headers, body = render(merged + worker_families(self.share.workers, self.share.live(), answered),
                                         accept)
