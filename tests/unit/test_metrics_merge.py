@@ -104,8 +104,8 @@ def test_label_sets_and_families_only_one_worker_has_are_kept() -> None:
 
 
 def test_merged_families_render_as_prometheus_text_and_openmetrics() -> None:
-    answered = {0: W0, 2: W1}  # worker 1 did not answer
-    families = merge_families([W0, W1]) + worker_families(3, [0, 1, 2], answered)
+    answered = {0: W0, 2: W1, 3: W0}  # worker 1 did not answer; 3 is worker 0's other process (rolling restart)
+    families = merge_families([W0, W1]) + worker_families(3, answered)
     for accept in ("", "application/openmetrics-text; version=1.0.0"):
         _, headers, body = render(families, accept)
         text = body.decode()
@@ -114,6 +114,7 @@ def test_merged_families_render_as_prometheus_text_and_openmetrics() -> None:
         assert parsed["pgmux_workers"].value == 3 and parsed["pgmux_workers_missing"].value == 1
         assert "pgbouncer_stats_sql_transactions_pooled_total{database=\"app\"} 140.0" in text
         assert 'pgmux_worker_up{worker="1"} 0.0' in text and 'pgmux_worker_clients{worker="2"} 5.0' in text
+        assert 'pgmux_worker_clients{worker="0"} 8.0' in text and 'worker="3"' not in text
     # round trip through JSON, as a worker's reply travels
     assert from_data(json.loads(json.dumps(W1))) == W1
 
@@ -148,7 +149,7 @@ def _history(points: list[tuple[int, float, int, list[int]]]) -> dict[str, Any]:
 def test_status_pools_hosts_pinned_merged_and_the_missing_named() -> None:
     a = _part(3, 1, 0.5, 10, 2, 100, _history([]))
     b = _part(4, 0, 1.5, 5, 1, 40, _history([]))
-    doc = status.merge([(0, a), (2, b)], [0, 1, 2])
+    doc = status.merge([(0, a), (2, b)], 3)
     pool = doc["pools"][0]
     assert (pool["cl_active"], pool["cl_waiting"], pool["sv_active"], pool["sv_idle"]) == (7, 1, 2, 4)
     assert pool["maxwait"] == 1.5 and pool["pool_size"] == 20  # the oldest wait; the size once

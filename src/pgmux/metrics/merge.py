@@ -135,20 +135,22 @@ def _maxwait(out: list[Family], per_name: dict[str, list[Family]]) -> None:
             out[idx] = (fam[0], fam[1], fam[2], [(frac_name, lab, f) for lab, _, f in best.values()])
 
 
-def worker_families(workers: int, live: list[int], answered: dict[int, list[Family]]) -> list[Family]:
-    """The series about the workers themselves: who answered this scrape (of the `live` ones asked), and
-    each one's clients."""
-    up = [("pgmux_worker_up", {"worker": str(i)}, 1.0 if i in answered else 0.0) for i in sorted(live)]
-    clients = []
-    for i, fams in sorted(answered.items()):
-        n = next((s[2] for f in fams if f[0] == "pgmux_clients" for s in f[3]), 0.0)
-        clients.append(("pgmux_worker_clients", {"worker": str(i)}, n))
+def worker_families(workers: int, answered: dict[int, list[Family]]) -> list[Family]:
+    """The series about the workers themselves, per worker slot (0..workers-1; during a rolling restart a
+    slot has two processes, rows `slot` and `slot + workers`): 1 if a process of the slot answered this
+    scrape, and the clients of the slot's processes that did."""
+    clients = dict.fromkeys(range(workers), 0.0)
+    for row, fams in answered.items():
+        clients[row % workers] += next((s[2] for f in fams if f[0] == "pgmux_clients" for s in f[3]), 0.0)
+    up = {slot: any(row % workers == slot for row in answered) for slot in range(workers)}
     return [
         ("pgmux_workers", "gauge", "Worker processes of the pooler (workers)", [("pgmux_workers", {}, float(workers))]),
         ("pgmux_workers_missing", "gauge", "Workers whose numbers are missing from this scrape (no answer in time)",
-         [("pgmux_workers_missing", {}, float(sum(1 for i in live if i not in answered)))]),
-        ("pgmux_worker_up", "gauge", "1 if the worker answered this scrape", up),
-        ("pgmux_worker_clients", "gauge", "Client connections of the worker", clients),
+         [("pgmux_workers_missing", {}, float(sum(1 for ok in up.values() if not ok)))]),
+        ("pgmux_worker_up", "gauge", "1 if the worker answered this scrape",
+         [("pgmux_worker_up", {"worker": str(i)}, 1.0 if ok else 0.0) for i, ok in up.items()]),
+        ("pgmux_worker_clients", "gauge", "Client connections of the worker",
+         [("pgmux_worker_clients", {"worker": str(i)}, n) for i, n in clients.items() if up[i]]),
     ]
 
 

@@ -83,13 +83,14 @@ def snapshot(app: Any, history: Any) -> dict[str, Any]:
 _POOL_SUMS = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_login")
 
 
-def merge(parts: list[tuple[int, dict[str, Any]]], workers: list[int] | None = None) -> dict[str, Any]:
+def merge(parts: list[tuple[int, dict[str, Any]]], workers: int | None = None) -> dict[str, Any]:
     """(worker index, its `local`) for each worker that answered, ordered by index -> /status.json.
     Pools: counts summed, the oldest wait the largest, size and mode the first worker's. Hosts: the
     first worker's row (role, state, lag), reads, writes and bans summed. Pinned clients: each worker's
     (a `worker` field says whose; a client id is its worker's). The pool advisor's rows: the first
     worker's (`advice_worker`). The history: merged per wall-clock slot (metrics/history.merge).
-    `workers` (with worker processes): the live workers asked (and this one), who answered, who did not."""
+    `workers` (with worker processes): how many, the rows that answered (a row is a worker process:
+    `slot` or, during a rolling restart, `slot + workers`) and the worker slots none of whose processes did."""
     pools: dict[tuple[str, str], dict[str, Any]] = {}
     hosts: dict[tuple[str, str], dict[str, Any]] = {}
     pinned: list[dict[str, Any]] = []
@@ -124,6 +125,6 @@ def merge(parts: list[tuple[int, dict[str, Any]]], workers: list[int] | None = N
     if workers is not None:
         answered = [w for w, _ in parts]
         doc["advice_worker"] = first[0]
-        doc["workers"] = {"count": len(workers), "answered": answered,
-                          "missing": [i for i in sorted(workers) if i not in answered]}
+        doc["workers"] = {"count": workers, "answered": answered,
+                          "missing": [i for i in range(workers) if all(w % workers != i for w in answered)]}
     return doc

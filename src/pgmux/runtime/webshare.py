@@ -147,14 +147,13 @@ class Peers:
         rows = sorted(set(answered) | set(range(getattr(self.share, "rows", self.share.workers))))
         parts = [answered[i] if i in answered else read_counters(counters_path(self.share.rundir, i)) for i in rows]
         merged = merge_families(parts)
-        status_, headers, body = render(merged + worker_families(self.share.workers, self.share.live(), answered),
-                                        accept)
+        status_, headers, body = render(merged + worker_families(self.share.workers, answered), accept)
         return status_, {**headers, "X-Pgmux-Worker": str(self.share.index)}, body
 
     async def status(self) -> tuple[int, dict[str, str], bytes]:
         mine = status.local(self.web.app, self.web.history)
         answered = await self._gather("/local/status", mine, _status_part)
-        doc = status.merge(sorted(answered.items()), self.share.live())
+        doc = status.merge(sorted(answered.items()), self.share.workers)
         return 200, {**JSON, "X-Pgmux-Worker": str(self.share.index)}, json.dumps(doc, separators=(",", ":")).encode()
 
     async def _gather(self, path: str, mine: Any, parse: Any) -> dict[int, Any]:
