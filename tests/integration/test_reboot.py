@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 from helpers import wait_for
 
-from pgmux.testing.cluster import server_os_user
+from pgmux.testing.cluster import free_port, server_os_user
 from pgmux.testing.procs import die_with_parent
 
 CONNECT: dict[str, Any] = {"connect_timeout": 10, "autocommit": True}
@@ -50,7 +51,8 @@ def test_reboot_takes_over_the_port_and_the_clients(pgmux_factory: Any) -> None:
     names the new process."""
     first = pgmux_factory(settings={"pool_mode": "transaction", "max_prepared_statements": 100})
     pidfile = first.workdir / "pgmux.pid"
-    first.rewrite(settings={"pidfile": str(pidfile)})
+    metrics = f"127.0.0.1:{free_port()}"
+    first.rewrite(settings={"pidfile": str(pidfile), "metrics_listen": metrics})
     first.stop()
     first.launch()
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() == str(first.pid), "the first pidfile")
@@ -95,6 +97,9 @@ def test_reboot_takes_over_the_port_and_the_clients(pgmux_factory: Any) -> None:
             assert conn.execute("SHOW application_name").fetchone() == (f"kept{i}",)
             assert conn.execute("EXECUTE sq(14)").fetchone() == (42,)
         assert pidfile.read_text().strip() == str(second.pid)
+        # metrics_listen went along: the new process answers there (the old one is gone)
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as r:
+            assert b"pgbouncer_pools_client_active_connections" in r.read()
         # the Unix socket too: its file is the new process's (the old one neither removed it nor its listener)
         with psycopg.connect(host=str(first.workdir), port=first.port, dbname="testdb", user="postgres",
                              **CONNECT) as conn:

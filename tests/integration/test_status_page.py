@@ -107,3 +107,25 @@ def test_status_json_has_every_panel(pgmux_factory: PgmuxStarter) -> None:
     if doc["advice"] is None:  # no advisor in this build: the page says the panel is absent
         with pytest.raises(ModuleNotFoundError):
             __import__("pgmux.pooling.advisor")
+
+
+def test_status_page_with_two_workers_shows_the_whole_pooler(pgmux_factory: PgmuxStarter, tmp_path: Path) -> None:
+    from test_workers import connect_on, start
+
+    mux = start(pgmux_factory, 2, **metrics_settings(default_pool_size=2))
+    page = url(mux, "/")
+    with guard(mux), connect_on(mux, 0) as a, connect_on(mux, 1) as b, connect_on(mux, 1) as c:
+        a.execute("LISTEN ch")
+        b.execute("SELECT 1")
+        c.execute("BEGIN")
+        c.execute("SELECT 1")
+        wait_for(lambda: len(json.loads(get(mux, "/status.json")[2])["history"]["t"]) >= 2, "history", 30)
+        dom = _browser(tmp_path, "--dump-dom", page)
+        cells = _pool_cells(dom)
+        # 3 clients of two workers; both servers of the pool of 2 busy (one pinned by LISTEN, one in a transaction)
+        assert cells[2:6] == ["3", "0", "2", "0"], cells
+        workers = re.search(r'<span id="workers"[^>]*>(.*?)</span>', dom)
+        assert workers is not None and workers.group(1) == "2 workers, whole pooler", dom[:3000]
+        assert "C-" in dom.split('id="pinned"', 1)[1] and " w0<" in dom.split('id="pinned"', 1)[1]
+        points = int(re.search(r'id="chart-servers"[^>]*data-points="(\d+)"', dom).group(1))  # type: ignore[union-attr]
+        assert points >= 2

@@ -64,3 +64,51 @@ def test_a_failing_page_is_a_500_not_an_exception() -> None:
         raise RuntimeError("bug")
 
     assert _serve([b"GET / HTTP/1.1\r\n\r\n"], broken).startswith(b"HTTP/1.1 500")
+
+
+def test_an_awaitable_answer_is_written_when_ready_and_dropped_when_the_peer_left() -> None:
+    import asyncio
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def later() -> tuple[int, dict[str, str], bytes]:
+            await release.wait()
+            return 200, {"Content-Type": "text/plain"}, b"merged"
+
+        def handler(method: str, path: str, headers: dict[str, str]) -> Any:
+            return later()
+
+        conn = _Conn(HttpServer(handler))
+        conn.transport = FakeTransport()
+        conn.data_received(b"HEAD /metrics HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0)
+        assert conn.transport.out == b"" and not conn.transport.closed  # not yet
+        release.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert conn.transport.out.startswith(b"HTTP/1.1 200") and conn.transport.out.endswith(b"\r\n\r\n")  # HEAD
+        assert b"Content-Length: 6\r\n" in conn.transport.out and conn.transport.closed
+
+        gone = _Conn(HttpServer(handler))
+        gone.transport = FakeTransport()
+        release.clear()
+        gone.data_received(b"GET /metrics HTTP/1.1\r\n\r\n")
+        task = gone.task
+        gone.connection_lost(None)  # the scraper gave up: the pending answer is cancelled, nothing written
+        await asyncio.sleep(0)
+        assert task is not None and task.cancelled() and gone.transport.out == b""
+
+        def broken(method: str, path: str, headers: dict[str, str]) -> Any:
+            async def fail() -> None:
+                raise RuntimeError("bug")
+            return fail()
+
+        bad = _Conn(HttpServer(broken))
+        bad.transport = FakeTransport()
+        bad.data_received(b"GET /metrics HTTP/1.1\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert bad.transport.out.startswith(b"HTTP/1.1 500")
+
+    asyncio.run(main())

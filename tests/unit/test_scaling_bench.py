@@ -125,7 +125,7 @@ def test_bars_follow_the_issue() -> None:
 
 
 def test_metrics_cost_is_against_pgmux_with_one_process() -> None:
-    """pgmux-metrics runs one process only (metrics_listen is refused with workers), and its ratio is against
+    """pgmux-metrics runs one process only (the metrics' cost where one process is the limit), and its ratio is against
     pgmux-1: the metrics' cost on the hot path, bar 3%."""
     configs = scaling.plan(["pgmux", "pgmux-metrics"], [1, 2], 20)
     assert [c.name for c in configs] == ["pgmux-1", "pgmux-metrics-1", "pgmux-2"]

@@ -2,7 +2,9 @@
 """The status page: one self-contained HTML document (inline CSS, inline JavaScript, charts drawn as inline
 SVG), no external resource, so it works offline and behind any firewall. It fetches /status.json every
 2 seconds and redraws; the layout is one column on a phone and tables scroll sideways when narrow.
-Element ids (pools, hosts, pinned, advice, chart-*) are what the browser test looks for."""
+Element ids (pools, hosts, pinned, advice, chart-*, workers) are what the browser test looks for. With
+worker processes the numbers are the whole pooler's (runtime/webshare.py) and the header says how many
+workers answered."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ PAGE = b"""<!doctype html>
 <style>
 body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d232b}
 header{background:#1d3b5a;color:#fff;padding:10px 16px;display:flex;flex-wrap:wrap;gap:12px;align-items:baseline}
-header h1{font-size:18px;margin:0}header span{opacity:.85;font-size:13px}
+header h1{font-size:18px;margin:0}header span{opacity:.85;font-size:13px}header span.bad{color:#ffc4c4;opacity:1}
 main{padding:12px;display:grid;gap:12px;grid-template-columns:repeat(auto-fit,minmax(320px,1fr))}
 section{background:#fff;border:1px solid #dde2e8;border-radius:6px;padding:10px 12px;min-width:0}
 section.wide{grid-column:1/-1}h2{font-size:15px;margin:0 0 8px}
@@ -26,7 +28,7 @@ th:first-child,td:first-child,th.l,td.l{text-align:left}th{font-weight:600;color
 @media (max-width:600px){main{padding:6px;gap:8px}section{padding:8px}th,td{padding:3px 4px;font-size:12px}
 header h1{font-size:16px}}
 </style></head><body>
-<header><h1>pgmux</h1><span id="version"></span><span id="uptime"></span><span id="updated" class="muted"></span></header>
+<header><h1>pgmux</h1><span id="version"></span><span id="uptime"></span><span id="workers"></span><span id="updated" class="muted"></span></header>
 <main>
 <section class="wide"><h2>Pools</h2><div class="scroll"><table id="pools"><thead><tr>
 <th>database</th><th>user</th><th title="clients active">cl act</th><th title="clients waiting">cl wait</th>
@@ -71,6 +73,9 @@ function chart(id, series, colors, scale){
 function render(s){
   $("version").textContent = s.version; $("uptime").textContent = "up " + s.uptime + " s";
   $("updated").textContent = "updated " + new Date(s.time*1000).toLocaleTimeString();
+  if (s.workers){ const miss = s.workers.missing;
+    $("workers").textContent = s.workers.count + " workers, whole pooler" + (miss.length ? "; no answer from worker " + miss.join(", ") + ": their numbers are missing" : "");
+    $("workers").className = miss.length ? "bad" : ""; }
   rows("pools", s.pools, p => [[p.database],[p.user,"l"],[p.cl_active],[p.cl_waiting, p.cl_waiting ? "warn" : ""],
     [p.sv_active],[p.sv_idle],[p.sv_login],[p.pool_size],[p.maxwait.toFixed(3), p.maxwait >= 1 ? "bad" : ""],
     [p.pool_mode,"l"]]);
@@ -79,7 +84,7 @@ function render(s){
   if (!s.hosts.length) $("hosts").tBodies[0].innerHTML = '<tr><td class="l muted" colspan="10">no read/write-split database in use</td></tr>';
   const reasons = Object.entries(s.pinned_by_reason).map(e => e[0] + ": " + e[1]).join(", ");
   $("pinned-summary").textContent = reasons ? "by reason: " + reasons : "no client is pinned to its server";
-  rows("pinned", s.pinned, c => [["C-"+c.id],[c.database+"/"+c.user,"l"],[c.addr,"l"],[c.reason,"l"]]);
+  rows("pinned", s.pinned, c => [["C-"+c.id+(c.worker === undefined ? "" : " w"+c.worker)],[c.database+"/"+c.user,"l"],[c.addr,"l"],[c.reason,"l"]]);
   if (s.advice === null){
     $("advice").textContent = "No pool advisor in this pgmux (SHOW ADVICE is not available): panel omitted.";
   } else if (!s.advice.length){ $("advice").textContent = "No advice yet.";

@@ -10,19 +10,28 @@ scraper or a browser, or anyone else who reaches the port, cannot cost the poole
   cut off, and a peer that does not read the response does not hold it longer than that.
 
 The handler is a plain function called on the loop: (method, path, headers) -> (status, headers, body). It
-builds its answer from in-memory state and must not block.
+builds its answer from in-memory state and must not block; or it returns an awaitable of that answer
+(with worker processes, a scrape asks the other workers: runtime/webshare.py), awaited within the
+exchange's `timeout` and cancelled when the peer goes away.
+
+It listens on a host and port (`start`), on sockets bound already (`start_sockets`: a worker's copies of
+the one the supervisor bound) or on a Unix socket path (`start_unix`: a worker's private one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger("pgmux")
 
-Handler = Callable[[str, str, dict[str, str]], tuple[int, dict[str, str], bytes]]
+Reply = tuple[int, dict[str, str], bytes]
+Handler = Callable[[str, str, dict[str, str]], Reply | Awaitable[Reply]]
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -48,17 +57,37 @@ class HttpServer:
         self.timeout = timeout
         self.conns: set[_Conn] = set()
         self.refused: set[_Conn] = set()  # over max_conns: answered 503 when their request arrives
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[asyncio.AbstractServer] = []
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Conn(self), None if host in ("*", "") else host, port,
-                                               reuse_address=True)
+        self.servers.append(await loop.create_server(lambda: _Conn(self), None if host in ("*", "") else host,
+                                                     port, reuse_address=True))
+
+    async def start_sockets(self, socks: list[socket.socket]) -> None:
+        """Accept on listening sockets bound already; they become the listener's (closed with it)."""
+        loop = asyncio.get_running_loop()
+        try:
+            for sock in socks:
+                self.servers.append(await loop.create_server(lambda: _Conn(self), sock=sock))
+        except BaseException:
+            self.close()
+            for sock in socks:
+                sock.close()
+            raise
+
+    async def start_unix(self, path: str) -> None:
+        """Listen on a Unix socket at `path` (mode 0600; a leftover file there is replaced)."""
+        if os.path.exists(path):
+            os.unlink(path)
+        loop = asyncio.get_running_loop()
+        self.servers.append(await loop.create_unix_server(lambda: _Conn(self), path))
+        os.chmod(path, 0o600)
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        for srv in self.servers:
+            srv.close()
+        self.servers = []
         for c in list(self.conns) + list(self.refused):
             c.abort()
 
@@ -71,6 +100,9 @@ class _Conn(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.done = False
         self.refuse = False
+        self.task: asyncio.Future[bytes] | None = None
+        self.pending: asyncio.Future[Reply] | None = None  # the handler's awaitable answer
+        self.lost = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -98,11 +130,16 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.server.conns.discard(self)
         self.server.refused.discard(self)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        for task in (self.task, self.pending):
+            if task is not None:
+                task.cancel()
+        self.task = self.pending = None
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -120,9 +157,22 @@ class _Conn(asyncio.Protocol):
         if end > self.server.max_head:
             self._finish(_plain(431, "request head too large"))
             return
-        self._finish(self._answer(self.buf[:end]))
+        out = self._answer(self.buf[:end])
+        if isinstance(out, bytes):
+            self._finish(out)
+            return
+        self.done = True  # answered when the handler's awaitable is
+        self.buf = b""
+        self.task = asyncio.ensure_future(out)
+        self.task.add_done_callback(self._answered)
 
-    def _answer(self, head: bytes) -> bytes:
+    def _answered(self, task: asyncio.Future[bytes]) -> None:
+        if task is not self.task or task.cancelled():
+            return
+        self.task = self.pending = None
+        self._finish(task.result())
+
+    def _answer(self, head: bytes) -> bytes | Awaitable[bytes]:
         try:
             lines = head.decode("latin-1").split("\r\n")
             method, target, version = lines[0].split(" ")
@@ -141,14 +191,52 @@ class _Conn(asyncio.Protocol):
         if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
             return _plain(413, "no request body expected")
         try:
-            status, out_headers, body = self.server.handler(method, target.split("?", 1)[0], headers)
+            out = self.server.handler(method, target.split("?", 1)[0], headers)
         except Exception as e:  # noqa: BLE001 - a bug in a page must not reach the loop or the pooler
             log.error("metrics listener: %s %s failed", method, target, exc_info=e)
             return _plain(500, "internal error (see the pgmux log)")
+        if inspect.isawaitable(out):
+            self.pending = asyncio.ensure_future(out)  # started now: cancelled, it is never left unawaited
+            return _later(method, target, self.pending)
+        status, out_headers, body = out
         return response(status, out_headers, body, head_only=method == "HEAD")
 
     def _finish(self, out: bytes) -> None:
         self.done = True
         self.buf = b""
+        if self.lost:
+            return
         self.transport.write(out)
         self.transport.close()  # after the buffer is written; the timer aborts a peer that does not read
+
+
+async def _later(method: str, target: str, pending: asyncio.Future[Reply]) -> bytes:
+    try:
+        status, headers, body = await pending
+    except Exception as e:  # noqa: BLE001 - as above
+        log.error("metrics listener: %s %s failed", method, target, exc_info=e)
+        return _plain(500, "internal error (see the pgmux log)")
+    return response(status, headers, body, head_only=method == "HEAD")
+
+
+def bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """Listening sockets for host:port (`*` or empty: every address), as `HttpServer.start` makes them, but
+    synchronously, for worker processes to inherit (runtime/web.bind_metrics)."""
+    infos = socket.getaddrinfo(None if host in ("*", "") else host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                               0, socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks

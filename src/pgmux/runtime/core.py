@@ -98,6 +98,7 @@ class Core(Hub):
         # The listening sockets were given to the process that took over (`pgmux -R`, runtime/reboot.py):
         # their socket files are its own now, not removed at this process's exit.
         self.listeners_given = False
+        self.web: Any = None  # metrics_listen's server (runtime/web.Web), set by runtime/main
 
     def _start_task(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         task = asyncio.get_running_loop().create_task(fn(*args))

@@ -255,18 +255,20 @@ async def _serve(config: Config, config_path: str, logs: LogFiles, share: Any = 
     app.tick_hooks.append(Trimmer(app))
     from pgmux.runtime.web import Web  # metrics_listen: /metrics and the status page
 
-    try:  # bound first: a metrics address in use stops start-up before clients are accepted
-        await Web(app).start()
-    except OSError as e:
-        log.error("cannot listen on metrics_listen = %s: %s", config.settings.metrics_listen, e.strerror or e)
-        return 1
-    adopting = None  # -R: where the process taken over hands its clients (runtime/reboot.py)
+    app.web = Web(app)
+    adopting = None  # -R: where the process taken over hands its clients (runtime/takeover.py)
     try:
-        if reboot:
+        if reboot:  # the old one's sockets, metrics_listen's too, or None: start normally
             from pgmux.runtime.takeover import take_over
 
             adopting = await take_over(app)
         if adopting is None:
+            try:  # bound first: a metrics address in use stops start-up before clients are accepted
+                await app.web.start()
+            except OSError as e:
+                log.error("cannot listen on metrics_listen = %s: %s", config.settings.metrics_listen,
+                          e.strerror or e)
+                return 1
             await app.start()
     except OSError as e:
         log.error("cannot listen: %s", e)
@@ -337,6 +339,8 @@ def worker_run(place: dict[str, Any]) -> int:
     counts = ws.Counts(memoryview(block), ws.rows_for(place["workers"]), ws.FileLock(place["lock"]))
     sockets = [socket.socket(fileno=fd) for fd in place["sockets"]]
     share = WorkerShare(place["row"], place["workers"], counts, sockets, place["rundir"], place["supervisor"])
+    if place.get("metrics"):  # metrics_listen, bound by the supervisor (runtime/webshare.py)
+        share.metrics = (place["metrics"][0], [socket.socket(fileno=fd) for fd in place["metrics"][1]])
     try:
         return serve(config, place["config"], logs, share)
     finally:

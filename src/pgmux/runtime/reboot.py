@@ -35,7 +35,7 @@ from pgmux.net.listen import unix_socket_path
 log = logging.getLogger("pgmux")
 
 MAGIC: Final = b"PGML"
-_COUNT: Final = struct.Struct("!4sI")
+_COUNT: Final = struct.Struct("!4sII")  # magic, listening sockets, metrics_listen sockets
 WAIT: Final = 10.0  # seconds each step of the exchange may take
 
 
@@ -83,7 +83,9 @@ async def _give(app: Any, c: Any) -> None:
         conn = await fdpass.connect(lpath, WAIT)
         try:
             fds = [sock.fileno() for srv in app.listeners for sock in srv.sockets]  # type: ignore[attr-defined]
-            await fdpass.send_fds_with(conn, _COUNT.pack(MAGIC, len(fds)), fds)
+            http = app.web.http if app.web is not None else None  # metrics_listen goes along (runtime/web.py)
+            mfds = [sock.fileno() for srv in http.servers for sock in srv.sockets] if http is not None else []
+            await fdpass.send_fds_with(conn, _COUNT.pack(MAGIC, len(fds), len(mfds)), fds + mfds)
             if await asyncio.wait_for(fdpass.recv_exact(conn, 1), WAIT + 5) != b"Y":
                 raise PgmuxError("the new process did not take the sockets")
         finally:
@@ -94,6 +96,8 @@ async def _give(app: Any, c: Any) -> None:
         return
     log.info("TAKEOVER: a new pgmux (-R) accepts on the listening sockets now; handing the clients over")
     app.listeners_given = True  # the socket files are the new process's: not removed at the exit
+    if app.web is not None:
+        app.web.given()  # metrics_listen is the new process's too
     Retirement(app, hpath, f"pgmux (pid {os.getpid()})").begin()
     app.admin.answer_later(c, render.render_ok("TAKEOVER"))
 

@@ -39,6 +39,7 @@ from pgmux.net.listen import bind_listeners, unix_socket_path
 from pgmux.runtime import workerproc
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.rolling import Rolling, Slot
+from pgmux.runtime.web import bind_metrics
 from pgmux.runtime.workershare import per_worker, refusals
 
 log = logging.getLogger("pgmux")
@@ -65,6 +66,7 @@ class Supervisor:
         self.slots = [Slot(i, i) for i in range(self.n)]
         self.stopping = False
         self.sockets: list[Any] = []
+        self.metrics: tuple[str, list[Any]] | None = None  # metrics_listen, bound (runtime/webshare.py)
         self.rundir = ""
         self.counts: ws.Counts | None = None
         self.counts_fd = -1
@@ -83,8 +85,11 @@ class Supervisor:
             log.warning("workers = %d: %s", self.n, note)
         try:
             self.sockets = bind_listeners(self.config.settings)
+            self.metrics = bind_metrics(self.config.settings)  # one /metrics for all (runtime/webshare.py)
         except OSError as e:
             log.error("cannot listen: %s", e)
+            if self.sockets:  # bound (bind_listeners undoes its own failures): closed and unlinked
+                self._cleanup()
             return 1
         self.rundir = tempfile.mkdtemp(prefix="pgmux-workers-")  # 0700: the cancel sockets, the lock file
         self.lock_fd = os.open(os.path.join(self.rundir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -127,7 +132,7 @@ class Supervisor:
             self.logs.tick()
 
     def _cleanup(self) -> None:
-        for sock in self.sockets:
+        for sock in self.sockets + (self.metrics[1] if self.metrics else []):
             sock.close()
         s = self.config.settings
         if s.unix_socket_dir:
@@ -152,7 +157,8 @@ class Supervisor:
         return workerproc.spawn(self.entry, row=row, workers=self.n, config_path=self.config_path,
                                 settings=self.config.settings, sockets=self.sockets, counts_fd=self.counts_fd,
                                 counts_size=ws.size_for(ws.rows_for(self.n)), lock_fd=self.lock_fd,
-                                rundir=self.rundir, quiet=self.logs.quiet, verbose=self.logs.verbose)
+                                rundir=self.rundir, quiet=self.logs.quiet, verbose=self.logs.verbose,
+                                metrics=self.metrics)
 
     def _reap(self) -> None:
         assert self.counts is not None

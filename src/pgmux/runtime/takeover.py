@@ -40,13 +40,22 @@ async def take_over(app: App) -> Any:
         except (OSError, TimeoutError) as e:
             log.info("-R: no pgmux answers at %s (%s): starting normally", sock_path, e)
             return None
+        loop = asyncio.get_running_loop()
         try:
-            answer = asyncio.get_running_loop().create_task(probe.query_reply("TAKEOVER"))
-            conn, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(receiver), WAIT)
+            answer = loop.create_task(probe.query_reply("TAKEOVER"))
+            accept = loop.create_task(loop.sock_accept(receiver))
+            done, _ = await asyncio.wait({answer, accept}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+            if accept not in done:  # the old one refused (its reason), or said nothing
+                accept.cancel()
+                why = answer.exception() if answer in done else None
+                raise PgmuxError(f"the running pgmux did not give its sockets: {why or 'no answer'}")
+            conn, _ = accept.result()
             try:
                 conn.setblocking(False)
-                sockets = await asyncio.wait_for(_receive(conn), WAIT)
+                sockets, metrics = await asyncio.wait_for(_receive(conn), WAIT)
                 await app.start(sockets)
+                if app.web is not None:
+                    await app.web.start(metrics)  # metrics_listen: the old one's socket, else bound anew
                 adopting = await start_adopting(app, hpath)
                 await fdpass.send_all(conn, b"Y")
             finally:
@@ -61,14 +70,16 @@ async def take_over(app: App) -> Any:
     return adopting
 
 
-async def _receive(conn: socket.socket) -> list[socket.socket]:
+async def _receive(conn: socket.socket) -> tuple[list[socket.socket], list[socket.socket]]:
+    """The old process's listening sockets, and its metrics_listen sockets."""
     data, fds = await fdpass.recv_fds_with(conn, _COUNT.size, 64)
-    magic, n = _COUNT.unpack(data)
-    if magic != MAGIC or n != len(fds) or n == 0:
+    magic, n, m = _COUNT.unpack(data)
+    if magic != MAGIC or n + m != len(fds) or n == 0:
         for fd in fds:
             os.close(fd)
         raise PgmuxError("-R: the old process sent no listening sockets", sqlstate="08P01")
-    return [socket.socket(fileno=fd) for fd in fds]
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    return socks[:n], socks[n:]
 
 
 def _unlink(path: str) -> None:

@@ -83,6 +83,7 @@ class WorkerShare:
         self.retirement: Any = None
         self.adopting: Any = None  # runtime/handover.Adopting: where a predecessor hands its clients over
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
+        self.metrics: tuple[str, list[socket.socket]] | None = None  # metrics_listen, bound (runtime/webshare.py)
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:

@@ -41,15 +41,17 @@ SUPERVISOR_OWNED: Final = ("listen_addr", "listen_port", "listen_backlog", "unix
 
 def spawn(entry: Callable[[dict[str, Any]], int], *, row: int, workers: int, config_path: str, settings: Any,
           sockets: list[socket.socket], counts_fd: int, counts_size: int, lock_fd: int, rundir: str, quiet: bool,
-          verbose: int) -> int:
+          verbose: int, metrics: tuple[str, list[socket.socket]] | None = None) -> int:
     """Start worker process `row`; its pid. Nothing of the supervisor's state goes with it but `place`,
     which `entry` (runtime/main.worker_run) gets in the new process (through runtime/workerstart.py when
     it is a new interpreter)."""
     fds = [s.fileno() for s in sockets]
+    metrics_fds = [s.fileno() for s in metrics[1]] if metrics else []  # metrics_listen (runtime/webshare.py)
     owned = {name: _plain(getattr(settings, name)) for name in SUPERVISOR_OWNED}
     place = {"row": row, "workers": workers, "config": config_path, "owned": owned, "sockets": fds,
              "counts": counts_fd, "size": counts_size, "lock": lock_fd, "rundir": rundir,
-             "supervisor": os.getpid(), "quiet": quiet, "verbose": verbose}
+             "supervisor": os.getpid(), "quiet": quiet, "verbose": verbose,
+             "metrics": [metrics[0], metrics_fds] if metrics else None}
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # readiness is the supervisor's to report
     root = os.path.dirname(os.path.dirname(os.path.abspath(_PACKAGE_FILE)))
@@ -58,7 +60,8 @@ def spawn(entry: Callable[[dict[str, Any]], int], *, row: int, workers: int, con
         return _fork(entry, place)
     env[ENV] = json.dumps(place)
     proc = subprocess.Popen([sys.executable, "-m", "pgmux.runtime.workerstart"], env=env,
-                            pass_fds=[*fds, counts_fd, lock_fd], close_fds=True, stdin=subprocess.DEVNULL)
+                            pass_fds=[*fds, *metrics_fds, counts_fd, lock_fd], close_fds=True,
+                            stdin=subprocess.DEVNULL)
     return proc.pid
 
 
