@@ -34,6 +34,27 @@ def handover_path(rundir: str, row: int) -> str:
     return os.path.join(ws.private_dir(rundir, row), "handover")
 
 
+def retire_worker(share: Any) -> None:
+    """SIGWINCH to a worker (WorkerShare `share`) from the supervisor in a rolling restart
+    (runtime/rolling.py), once the replacement accepts at its sibling row: accept no more, hand the clients
+    over to it."""
+    app = share.app
+    if share.retirement is not None or app is None or app.shutting_down:
+        return
+    successor = ws.sibling(share.index, share.workers)
+    pid = share.counts.ready[successor]
+    if pid == 0:
+        log.warning("worker %d: SIGWINCH ignored: no replacement accepts at row %d (only the supervisor sends "
+                    "it, in a rolling restart)", share.slot, successor)
+        return
+    share.retiring = True
+    log.info("worker %d (pid %d) is replaced by pid %d: accepting no more, handing clients over between "
+             "transactions", share.slot, os.getpid(), pid)
+    label = f"worker {share.slot} (pid {os.getpid()})"
+    share.retirement = Retirement(app, handover_path(share.rundir, successor), label)
+    share.retirement.begin()
+
+
 class Retirement:
     """A process handing all its clients to another one at `path` (a worker replaced in a rolling
     restart, WorkerShare.retire; or a pgmux taken over by `pgmux -R`, runtime/reboot.py)."""

@@ -115,26 +115,10 @@ class WorkerShare:
         self.adopting = await start_adopting(app, handover_path(self.rundir, self.index))
 
     def retire(self) -> None:
-        """SIGWINCH: replaced in a rolling restart (runtime/rolling.py), once the replacement accepts at
-        this worker's sibling row: accept no more, hand the clients over to it (runtime/retire.py)."""
-        from pgmux.runtime.retire import Retirement, handover_path
+        """SIGWINCH: replaced in a rolling restart (runtime/retire.py)."""
+        from pgmux.runtime.retire import retire_worker
 
-        app = self.app
-        assert app is not None
-        if self.retirement is not None or app.shutting_down:
-            return
-        successor = ws.sibling(self.index, self.workers)
-        pid = self.counts.ready[successor]
-        if pid == 0:
-            log.warning("worker %d: SIGWINCH ignored: no replacement accepts at row %d (only the supervisor sends "
-                        "it, in a rolling restart)", self.slot, successor)
-            return
-        self.retiring = True
-        log.info("worker %d (pid %d) is replaced by pid %d: accepting no more, handing clients over between "
-                 "transactions", self.slot, os.getpid(), pid)
-        label = f"worker {self.slot} (pid {os.getpid()})"
-        self.retirement = Retirement(app, handover_path(self.rundir, successor), label)
-        self.retirement.begin()
+        retire_worker(self)
 
     def started(self, app: App) -> None:
         from pgmux.runtime.worker_admin import WorkerAdmin
