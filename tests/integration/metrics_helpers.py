@@ -31,6 +31,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def scrape(mux: Any) -> Samples:
     """Every sample of /metrics: (name, sorted labels) -> value."""
     _, _, text = get(mux)
+    return samples(text)
+
+
+def samples(text: str) -> Samples:
+    """The samples of a /metrics text: (name, sorted labels) -> value (each series once)."""
     out: Samples = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

@@ -16,8 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import guard, wait_for
-from metrics_helpers import Samples, get, metrics_settings, url, value
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_helpers import Samples, get, metrics_settings, samples, url, value
 from test_metrics import EXPORTER_SERIES
 from test_workers import CONNECT, connect_on, start, stop_outside_the_lock, worker_pids
 
@@ -33,13 +32,7 @@ def scrape_from(mux: Any, timeout: float = 10) -> tuple[int, Samples, float]:
         worker = int(r.headers["X-Pgmux-Worker"])
         text = r.read().decode()
     took = time.monotonic() - t0
-    out: Samples = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            key = (s.name, tuple(sorted(s.labels.items())))
-            assert key not in out, f"duplicate series {key}"
-            out[key] = s.value
-    return worker, out, took
+    return worker, samples(text), took
 
 
 def _show(mux: Any, what: str) -> list[dict[str, Any]]:

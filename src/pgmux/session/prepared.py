@@ -286,16 +286,13 @@ class ClientStatements:
         """A statement this client prepared in another pgmux process (session/handover.py): mapped as
         its Parse would map it, with a tick of this registry's clock (a server copy prepared before
         is prepared again before use), its known result shape kept, and no Parse counted."""
+        self.parse(client_name, query, param_types)
+        self._stats.client_parse_count -= 1
         if client_name == "":
             self._unnamed = Statement("", query, tuple(param_types), 0, shape)
-            return
-        if client_name in self._named:
-            raise DuplicatePreparedStatement(f'prepared statement "{client_name}" already exists')
-        reg = self._registry
-        stmt = reg.acquire(query, param_types)
-        if self._named is _NO_NAMES:
-            self._named = {}
-        self._named[client_name] = Statement(stmt.name, stmt.query, stmt.param_types, reg.tick(), shape)
+        else:
+            s = self._named[client_name]
+            self._named[client_name] = Statement(s.name, s.query, s.param_types, s.since, shape)
 
     def clear(self) -> None:
         """DISCARD ALL / DEALLOCATE ALL from this client, or the client left."""
