@@ -37,6 +37,7 @@ from pgmux.metrics.events import Events
 from pgmux.pooling.registry import Registry
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.admission import Admission
+from pgmux.runtime.minshare import Minimum
 from pgmux.session.states import ServerState
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class WorkerShare:
         self.retirement: Any = None
         self.adopting: Any = None  # runtime/handover.Adopting: where a predecessor hands its clients over
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
+        self.minimum = Minimum()  # min_pool_size for the pooler as a whole (runtime/minshare.py)
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:
@@ -275,14 +277,16 @@ class WorkerShare:
         except ws.TableFull as e:
             log.error("cannot open a server connection for %s/%s: %s", pool.database, pool.user, e)
             return 0
-        want = max(1, pool.wanted(now, local_room)) if in_pool else 1
         c = self.counts
+        if in_pool:
+            self.minimum.apply(pool, c.others(self.index, pk))
+        want = max(1, pool.wanted(now, local_room)) if in_pool else 1
         if in_pool and ws.room(pool.limit(now), c.others(self.index, pk) + self._held(pool)) <= 0:
             # Full as far as any worker can tell (counts only ever err high): no lock, no claim; say how
             # many of ours wait, for the rebalance. A waiting acquire pays no system call here. (Its own
             # row may still hold a claim not used yet, made a moment ago: launch() asks twice when it
             # looks for servers to evict. Counted, that claim refused itself, every tick: starvation.)
-            short = pool.wanted(now, 1 << 30)
+            short = _demand(pool, now)
             for k in (pk, dk, uk):
                 c.want(self.index, k, short)
             return 0
@@ -290,6 +294,8 @@ class WorkerShare:
             mine_p, mine_d, mine_u = self.local(pool)
             room = min(local_room, ws.room(reg.max_db.get(pool.database, 0), c.others(self.index, dk) + mine_d),
                        ws.room(reg.max_user.get(pool.user, 0), c.others(self.index, uk) + mine_u))
+            if in_pool and self.minimum.apply(pool, c.others(self.index, pk)):  # (the others' latest claims)
+                want = max(1, pool.wanted(now, local_room))
             if in_pool:
                 limit = pool.limit(now)
                 room = min(room, ws.room(limit, c.others(self.index, pk) + mine_p))
@@ -299,7 +305,7 @@ class WorkerShare:
             self._set(pk, mine_p + (claim if in_pool else 0))
             self._set(dk, mine_d + claim)
             self._set(uk, mine_u + claim)
-            short = max(0, pool.wanted(now, 1 << 30) - claim) if in_pool else 0
+            short = max(0, _demand(pool, now) - claim) if in_pool else 0
             for k in (pk, dk, uk):
                 c.want(self.index, k, short)
         asyncio.get_running_loop().call_soon(self.publish, pool)
@@ -335,6 +341,7 @@ class WorkerShare:
         if len(self.pool_slots) > len(pools):  # pools freed since (each one's slots are kept in the table)
             live = set(pools)
             self.pool_slots = {p: k for p, k in self.pool_slots.items() if p in live}
+            self.minimum.forget(live)
         clients: dict[Pool[Any, Any], int] = {}
         for client in app.clients.values():
             if client.pool is not None:
@@ -428,6 +435,12 @@ class WorkerShare:
                 server.close_needed = True  # closed when its transaction ends (or its client leaves)
                 busy -= 1
         self.publish(pool)
+
+
+def _demand(pool: Pool[Any, Any], now: float) -> int:
+    """New servers the pool's clients wait for (its min_pool_size not counted: a minimum is never demand
+    that makes other workers give servers up)."""
+    return min(pool.wanted(now, 1 << 30), pool.queued_demand(now))
 
 
 class ClosingEvents(Events):
