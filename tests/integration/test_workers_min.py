@@ -66,7 +66,7 @@ def test_the_minimum_holds_in_total_at_rest(pgmux_factory: Any, pg: Any, workers
     assert _logins(proc) == logins, proc.log()[-3000:]
 
 
-@pytest.mark.parametrize("both", [True])
+@pytest.mark.parametrize("both", [True, False])
 def test_the_minimum_survives_a_killed_worker(pgmux_factory: Any, pg: Any, both: bool) -> None:
     """The worker holding the minimum's servers is killed: the other (with the pool from a client of its
     own, or adopting it from runtime/minpools.py) brings the total back, never above pool_size."""
@@ -81,6 +81,8 @@ def test_the_minimum_survives_a_killed_worker(pgmux_factory: Any, pg: Any, both:
         # (worker 1's first client needs a server of its own for its login's parameters: a fifth, as
         # demand, within pool_size; it stays idle, so the pooler holds 5 until server_idle_timeout)
         wait_for(lambda: _server_count(proc) == (5 if both else 4), "the minimum's servers", 20)
+        seen = _samples(proc, 1.5)  # (the pool's record for runtime/minpools.py is written meanwhile)
+        assert len(set(seen)) == 1, seen
         held = _held_by(proc)
         victim = max(held, key=lambda i: held[i])
         assert held[victim] >= 1, held
@@ -99,6 +101,8 @@ def test_the_minimum_survives_a_killed_worker(pgmux_factory: Any, pg: Any, both:
         assert peak <= 6, peak
         seen = _samples(proc, 2.0)
         assert set(seen) == {4}, seen
+        if not both:  # worker 1 never had a client of the pool: it adopted it
+            assert "worker 1 adopts the pool testdb/postgres" in wait_for(proc.log, "log")
     finally:
         for c in clients:
             c.close()

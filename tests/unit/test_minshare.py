@@ -25,28 +25,44 @@ class Server:
 
 
 def test_local_minimum_is_what_the_others_lack() -> None:
-    assert local_minimum(4, 0) == 4
-    assert local_minimum(4, 3) == 1
-    assert local_minimum(4, 4) == 0
-    assert local_minimum(4, 9) == 0  # the others hold more (a load): nothing of this worker's is kept
-    assert local_minimum(0, 0) == 0
+    # the pooler lacks servers: each worker would open what is missing (one of them does, under the lock)
+    assert local_minimum(4, [0, 0], 0) == 4 and local_minimum(4, [0, 0], 1) == 4
+    assert local_minimum(4, [3, 0], 1) == 1
+    assert local_minimum(4, [3, 0], 0) == 4  # its 3 kept, one more
+    # the minimum is there: the lower rows keep theirs first, the rest may close past server_idle_timeout
+    assert local_minimum(4, [4, 0], 0) == 4 and local_minimum(4, [4, 0], 1) == 0
+    assert local_minimum(4, [2, 2], 0) == 2 and local_minimum(4, [2, 2], 1) == 2
+    assert local_minimum(2, [2, 2], 0) == 2 and local_minimum(2, [2, 2], 1) == 0  # not both down to 0
+    assert local_minimum(4, [1, 5, 3], 1) == 3 and local_minimum(4, [1, 5, 3], 2) == 0
+    assert local_minimum(0, [0, 3], 1) == 0
+
+
+@given(st.integers(0, 12), st.lists(st.integers(0, 8), min_size=2, max_size=8))
+def test_kept_parts_add_up_to_the_minimum(minimum: int, held: list[int]) -> None:
+    """Every worker closing down to its part at once still leaves min(minimum, total) in the pooler; and
+    below the minimum each would open exactly the deficit."""
+    total = sum(held)
+    kept = [min(local_minimum(minimum, held, w), held[w]) for w in range(len(held))]
+    assert sum(kept) == min(minimum, total)
+    for w in range(len(held)):
+        assert local_minimum(minimum, held, w) - held[w] <= max(0, minimum - total)
 
 
 def test_minimum_keeps_the_configured_number_and_rereads_it_after_a_reload() -> None:
     pool: Pool[Any, Any] = Pool("db", "u", PoolLimits(pool_size=10, min_pool_size=4), "transaction")
     m = Minimum()
-    assert m.apply(pool, 3) and pool.limits.min_pool_size == 1
-    assert not m.apply(pool, 3)
-    assert m.apply(pool, 0) and pool.limits.min_pool_size == 4  # a worker died: its servers count no more
+    assert m.apply(pool, [3, 0], 1) and pool.limits.min_pool_size == 1
+    assert not m.apply(pool, [3, 0], 1)
+    assert m.apply(pool, [0, 0], 1) and pool.limits.min_pool_size == 4  # a worker died: its servers count no more
     assert m.configured_for(pool) == 4 and pool.limits.pool_size == 10
     pool.limits = PoolLimits(pool_size=10, min_pool_size=6)  # a reload's apply_limits
-    assert m.apply(pool, 4) and pool.limits.min_pool_size == 2 and m.configured_for(pool) == 6
-    # idle servers past server_idle_timeout close only while the pooler stays above the minimum
     for _ in range(3):
         s = Server()
         pool.add_server(s)
         pool.idle.append(s)
-    assert len(pool.expired(1000.0, 10.0, 0.0)) == 1  # 3 here + 4 elsewhere: one may go, 6 stay
+    assert m.apply(pool, [4, 3], 1) and pool.limits.min_pool_size == 2 and m.configured_for(pool) == 6
+    # idle servers past server_idle_timeout close only while the pooler stays above the minimum
+    assert len(pool.expired(1000.0, 10.0, 0.0)) == 1  # 3 here + 4 in row 0: one may go, 6 stay
     m.forget(set())
     assert m.made == {} and m.configured == {}
 

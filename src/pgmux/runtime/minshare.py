@@ -4,9 +4,10 @@ PgBouncer's meaning: "add more server connections to the pool if below this numb
 processes the pooler keeps at least min_pool_size servers of each pool *in total*, not N times that.
 
 How: the pool core (pooling/pool.py) keeps `limits.min_pool_size` of its own servers (`wanted` opens up
-to it, `expired` closes idle ones only above it). A worker sets that number, for each of its pools, to
-what the pooler still lacks besides the other workers' servers: `local_minimum(configured, others)`,
-where `others` is the sum of the other rows of the shared counts (runtime/workershare.py). It is set
+to it, `expired` closes idle ones only above it). A worker sets that number, for each of its pools, from
+the rows of the shared counts (runtime/workershare.py): `local_minimum` is the part of the minimum its
+servers fill when the rows fill it in row order (so that two workers whose idle servers time out at once
+never both close down to nothing), plus what the pooler as a whole still lacks. It is set
 again each time the worker asks for room (`WorkerShare.grant`, every janitor tick and every launch),
 and once more under the shared lock before the claim: so two workers topping up the same pool at once
 take turns, and the second sees the first one's claim (the total never passes the minimum, nor the
@@ -27,10 +28,15 @@ if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool, PoolLimits
 
 
-def local_minimum(minimum: int, others: int) -> int:
-    """How many servers of a pool one worker keeps for min_pool_size when the other workers hold
-    `others` of them: what the pooler lacks besides theirs (0 once they hold the minimum)."""
-    return max(0, minimum - others)
+def local_minimum(minimum: int, held: list[int], me: int) -> int:
+    """How many servers of a pool worker row `me` keeps for min_pool_size, given what each row holds
+    (`held`, one count per row, this worker's own exact): its part of the minimum when the rows fill it
+    in row order (what it must not close: the lower rows keep theirs first, so two workers closing idle
+    servers at once never both go below the minimum), plus what the pooler as a whole lacks (what it
+    opens: the pooler ends with the minimum in total, not once per worker)."""
+    lower = sum(held[:me])
+    part = min(max(0, minimum - lower), held[me])
+    return part + max(0, minimum - sum(held))
 
 
 class Minimum:
@@ -43,12 +49,15 @@ class Minimum:
         self.configured: dict[Pool[Any, Any], int] = {}
         self.made: dict[Pool[Any, Any], PoolLimits] = {}
 
-    def apply(self, pool: Pool[Any, Any], others: int) -> bool:
-        """Set the pool's own minimum from what the other workers hold; True when it changed."""
+    def apply(self, pool: Pool[Any, Any], held: list[int], me: int) -> bool:
+        """Set the pool's own minimum from what each worker row holds; True when it changed."""
         lim = pool.limits
         if lim is not self.made.get(pool):
             self.configured[pool] = lim.min_pool_size
-        want = local_minimum(self.configured[pool], others)
+        if self.configured[pool] <= 0:
+            self.made[pool] = lim
+            return False
+        want = local_minimum(self.configured[pool], held, me)
         if want == lim.min_pool_size:
             self.made[pool] = lim
             return False

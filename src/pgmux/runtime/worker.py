@@ -37,6 +37,7 @@ from pgmux.metrics.events import Events
 from pgmux.pooling.registry import Registry
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.admission import Admission
+from pgmux.runtime.minpools import MinPools
 from pgmux.runtime.minshare import Minimum
 from pgmux.session.states import ServerState
 
@@ -96,6 +97,7 @@ class WorkerShare:
         app.registry = SharedRegistry(self)
         app.admission = SharedAdmission(app, self)
         app.tick_hooks.append(self.tick)
+        app.tick_hooks.append(MinPools(self))  # min_pool_size: pools adopted after a worker's death
         app.reload_hooks.append(self.reloaded)
 
     def reloaded(self) -> None:
@@ -279,7 +281,7 @@ class WorkerShare:
             return 0
         c = self.counts
         if in_pool:
-            self.minimum.apply(pool, c.others(self.index, pk))
+            self.minimum.apply(pool, self._rows(pk, self._held(pool)), self.index)
         want = max(1, pool.wanted(now, local_room)) if in_pool else 1
         if in_pool and ws.room(pool.limit(now), c.others(self.index, pk) + self._held(pool)) <= 0:
             # Full as far as any worker can tell (counts only ever err high): no lock, no claim; say how
@@ -294,7 +296,7 @@ class WorkerShare:
             mine_p, mine_d, mine_u = self.local(pool)
             room = min(local_room, ws.room(reg.max_db.get(pool.database, 0), c.others(self.index, dk) + mine_d),
                        ws.room(reg.max_user.get(pool.user, 0), c.others(self.index, uk) + mine_u))
-            if in_pool and self.minimum.apply(pool, c.others(self.index, pk)):  # (the others' latest claims)
+            if in_pool and self.minimum.apply(pool, self._rows(pk, mine_p), self.index):  # (the others' claims)
                 want = max(1, pool.wanted(now, local_room))
             if in_pool:
                 limit = pool.limit(now)
@@ -310,6 +312,11 @@ class WorkerShare:
                 c.want(self.index, k, short)
         asyncio.get_running_loop().call_soon(self.publish, pool)
         return claim
+
+    def _rows(self, slot: int, mine: int) -> list[int]:
+        """Each row's count for `slot`, this worker's own as `mine`."""
+        c = self.counts
+        return [mine if w == self.index else c.get(w, slot) for w in range(self.rows)]
 
     def _set(self, slot: int, n: int) -> None:
         self.counts.set(self.index, slot, n)
