@@ -129,7 +129,7 @@ def test_the_minimum_is_never_demand_for_the_rebalance() -> None:
         key = counts.slot(ws.pool_key("db", "u"))
         counts.set(1, key, 4)  # the other worker holds the whole limit
         pool.limits = PoolLimits(pool_size=4, min_pool_size=4)
-        share.minimum.made.clear()
+        share.registry().minimum.made.clear()  # type: ignore[attr-defined]
         assert _launch(share, pool) == 0
         await asyncio.sleep(0)
         return counts.others_demand(1, key)

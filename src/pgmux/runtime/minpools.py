@@ -25,14 +25,11 @@ import hashlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from pgmux.protocol.auth import secret_kind
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.routing import is_split
-
-if TYPE_CHECKING:
-    from pgmux.runtime.worker import WorkerShare
 
 log = logging.getLogger("pgmux")
 
@@ -45,10 +42,11 @@ def record_name(database: str, user: str) -> str:
 
 
 class MinPools:
-    """A janitor-tick hook of a worker (WorkerShare.install)."""
+    """Called every janitor tick of a worker (minshare.MinimumRegistry.tick_minimum)."""
 
-    def __init__(self, share: WorkerShare) -> None:
+    def __init__(self, share: Any, minimum: Any) -> None:  # worker.WorkerShare, minshare.Minimum (no cycle)
         self.share = share
+        self.minimum = minimum
         self.dir = os.path.join(share.rundir, DIRNAME)
         self.written: set[str] = set()  # records this process knows to be there
         self.known: dict[str, tuple[str, str]] = {}  # record -> (database, user), read from the directory
@@ -74,7 +72,7 @@ class MinPools:
         self._adopt(app)
 
     def _write(self, app: Any) -> None:
-        minimum = self.share.minimum
+        minimum = self.minimum
         for pool in app.registry:
             if pool.host is not None or minimum.configured_for(pool) <= 0:
                 continue

@@ -8,10 +8,11 @@ to it, `expired` closes idle ones only above it). A worker sets that number, for
 the rows of the shared counts (runtime/workershare.py): `local_minimum` is the part of the minimum its
 servers fill when the rows fill it in row order (so that two workers whose idle servers time out at once
 never both close down to nothing), plus what the pooler as a whole still lacks. It is set
-again each time the worker asks for room (`WorkerShare.grant`, every janitor tick and every launch),
-and once more under the shared lock before the claim: so two workers topping up the same pool at once
-take turns, and the second sees the first one's claim (the total never passes the minimum, nor the
-pool's limit, which the claim is capped by anyway). A worker whose row is zeroed (it died) counts as
+each time the worker asks for room (`MinimumRegistry.topped_up`, before `WorkerShare.grant`: every
+janitor tick and every launch), and when that asks for more servers, once more under the shared lock,
+held through the claim: so two workers topping up the same pool at once take turns, and the second sees
+the first one's claim (the total never passes the minimum, nor the pool's limit, which the claim is
+capped by anyway). Pools without a minimum take no lock here. A worker whose row is zeroed (it died) counts as
 nothing: the others' next tick opens what is missing.
 
 Which worker tops up: any that has the pool (it had a client of that pool, or adopted it:
@@ -23,6 +24,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+from pgmux.pooling.registry import Registry
+from pgmux.runtime import workershare as ws
+from pgmux.runtime.minpools import MinPools
 
 if TYPE_CHECKING:
     from pgmux.pooling.pool import Pool, PoolLimits
@@ -74,3 +79,50 @@ class Minimum:
         for pool in [p for p in self.made if p not in live]:
             del self.made[pool]
             self.configured.pop(pool, None)
+
+
+def demand(pool: Pool[Any, Any], now: float) -> int:
+    """New servers the pool's clients wait for, its min_pool_size not counted: what a worker publishes
+    as unmet demand (a minimum must never make other workers give their servers up: login churn)."""
+    return min(pool.wanted(now, 1 << 30), pool.queued_demand(now))
+
+
+class MinimumRegistry(Registry):
+    """The base of a worker's registry (runtime/worker.SharedRegistry): each pool's minimum kept for
+    the pooler as a whole."""
+
+    def __init__(self, share: Any) -> None:  # runtime/worker.WorkerShare (which imports this module)
+        super().__init__()
+        self.share = share
+        self.minimum = Minimum()
+        self.adopter = MinPools(share, self.minimum)
+
+    def topped_up(self, pool: Pool[Any, Any], local_room: int) -> int:
+        """WorkerShare.grant's room for the pool, its minimum set first (under the lock when it would
+        open servers for it)."""
+        share = self.share
+        if self._apply(pool) and pool.limits.min_pool_size > len(pool.servers):
+            with share.counts.lock:  # (re-entrant: grant takes it again)
+                self._apply(pool)
+                return share.grant(pool, local_room, True)
+        return share.grant(pool, local_room, True)
+
+    def _apply(self, pool: Pool[Any, Any]) -> bool:
+        """Set the pool's own minimum from the shared counts; True when the pool has one at all."""
+        share = self.share
+        if self.minimum.configured_for(pool) <= 0 and pool.limits is self.minimum.made.get(pool):
+            return False
+        try:
+            slot = share.keys(pool)[0]
+        except ws.TableFull:
+            return False
+        c, me, mine = share.counts, share.index, share._held(pool)
+        held = [mine if w == me else c.get(w, slot) for w in range(share.rows)]
+        self.minimum.apply(pool, held, me)
+        return self.minimum.configured_for(pool) > 0
+
+    def tick_minimum(self) -> None:
+        """A janitor-tick hook: forget freed pools, adopt pools with a minimum (runtime/minpools.py)."""
+        if len(self.minimum.made) > len(self.pools):
+            self.minimum.forget(set(self.pools.values()))
+        self.adopter()

@@ -37,8 +37,7 @@ from pgmux.metrics.events import Events
 from pgmux.pooling.registry import Registry
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.admission import Admission
-from pgmux.runtime.minpools import MinPools
-from pgmux.runtime.minshare import Minimum
+from pgmux.runtime.minshare import MinimumRegistry, demand
 from pgmux.session.states import ServerState
 
 if TYPE_CHECKING:
@@ -85,7 +84,6 @@ class WorkerShare:
         self.retirement: Any = None
         self.adopting: Any = None  # runtime/handover.Adopting: where a predecessor hands its clients over
         self.pool_slots: dict[Pool[Any, Any], tuple[int, int, int, int]] = {}  # slots(), of the registry's pools
-        self.minimum = Minimum()  # min_pool_size for the pooler as a whole (runtime/minshare.py)
 
     # -- set-up --------------------------------------------------------------------------------------
     def install(self, app: App) -> None:
@@ -94,10 +92,9 @@ class WorkerShare:
         self.clients_slot = self.counts.slot(ws.CLIENTS)  # the first key of all: the table has room
         app.share = self
         app.events = ClosingEvents(self)
-        app.registry = SharedRegistry(self)
+        app.registry = registry = SharedRegistry(self)
         app.admission = SharedAdmission(app, self)
-        app.tick_hooks.append(self.tick)
-        app.tick_hooks.append(MinPools(self))  # min_pool_size: pools adopted after a worker's death
+        app.tick_hooks += [self.tick, registry.tick_minimum]  # (min_pool_size: runtime/minshare.py)
         app.reload_hooks.append(self.reloaded)
 
     def reloaded(self) -> None:
@@ -279,16 +276,14 @@ class WorkerShare:
         except ws.TableFull as e:
             log.error("cannot open a server connection for %s/%s: %s", pool.database, pool.user, e)
             return 0
-        c = self.counts
-        if in_pool:
-            self.minimum.apply(pool, self._rows(pk, self._held(pool)), self.index)
         want = max(1, pool.wanted(now, local_room)) if in_pool else 1
+        c = self.counts
         if in_pool and ws.room(pool.limit(now), c.others(self.index, pk) + self._held(pool)) <= 0:
             # Full as far as any worker can tell (counts only ever err high): no lock, no claim; say how
             # many of ours wait, for the rebalance. A waiting acquire pays no system call here. (Its own
             # row may still hold a claim not used yet, made a moment ago: launch() asks twice when it
             # looks for servers to evict. Counted, that claim refused itself, every tick: starvation.)
-            short = _demand(pool, now)
+            short = demand(pool, now)
             for k in (pk, dk, uk):
                 c.want(self.index, k, short)
             return 0
@@ -296,8 +291,6 @@ class WorkerShare:
             mine_p, mine_d, mine_u = self.local(pool)
             room = min(local_room, ws.room(reg.max_db.get(pool.database, 0), c.others(self.index, dk) + mine_d),
                        ws.room(reg.max_user.get(pool.user, 0), c.others(self.index, uk) + mine_u))
-            if in_pool and self.minimum.apply(pool, self._rows(pk, mine_p), self.index):  # (the others' claims)
-                want = max(1, pool.wanted(now, local_room))
             if in_pool:
                 limit = pool.limit(now)
                 room = min(room, ws.room(limit, c.others(self.index, pk) + mine_p))
@@ -307,16 +300,11 @@ class WorkerShare:
             self._set(pk, mine_p + (claim if in_pool else 0))
             self._set(dk, mine_d + claim)
             self._set(uk, mine_u + claim)
-            short = max(0, _demand(pool, now) - claim) if in_pool else 0
+            short = max(0, demand(pool, now) - claim) if in_pool else 0
             for k in (pk, dk, uk):
                 c.want(self.index, k, short)
         asyncio.get_running_loop().call_soon(self.publish, pool)
         return claim
-
-    def _rows(self, slot: int, mine: int) -> list[int]:
-        """Each row's count for `slot`, this worker's own as `mine`."""
-        c = self.counts
-        return [mine if w == self.index else c.get(w, slot) for w in range(self.rows)]
 
     def _set(self, slot: int, n: int) -> None:
         self.counts.set(self.index, slot, n)
@@ -348,7 +336,6 @@ class WorkerShare:
         if len(self.pool_slots) > len(pools):  # pools freed since (each one's slots are kept in the table)
             live = set(pools)
             self.pool_slots = {p: k for p, k in self.pool_slots.items() if p in live}
-            self.minimum.forget(live)
         clients: dict[Pool[Any, Any], int] = {}
         for client in app.clients.values():
             if client.pool is not None:
@@ -444,12 +431,6 @@ class WorkerShare:
         self.publish(pool)
 
 
-def _demand(pool: Pool[Any, Any], now: float) -> int:
-    """New servers the pool's clients wait for (its min_pool_size not counted: a minimum is never demand
-    that makes other workers give servers up)."""
-    return min(pool.wanted(now, 1 << 30), pool.queued_demand(now))
-
-
 class ClosingEvents(Events):
     """App.events of a worker: every server close also starts its CLOSING time (WorkerShare.server_closed)."""
 
@@ -462,15 +443,11 @@ class ClosingEvents(Events):
         self.share.server_closed(server.pool)
 
 
-class SharedRegistry(Registry):
+class SharedRegistry(MinimumRegistry):
     """The registry of a worker: the shared limits count every worker's servers (WorkerShare.grant)."""
 
-    def __init__(self, share: WorkerShare) -> None:
-        super().__init__()
-        self.share = share
-
     def headroom(self, pool: Pool[Any, Any]) -> int:
-        return self.share.grant(pool, super().headroom(pool), True)
+        return self.topped_up(pool, super().headroom(pool))  # min_pool_size, then WorkerShare.grant
 
     def unpooled_headroom(self, pool: Pool[Any, Any]) -> int:
         return self.share.grant(pool, super().headroom(pool), False)
