@@ -149,3 +149,41 @@ def test_load_beyond_the_minimum_keeps_the_limit(pgmux_factory: Any, pg: Any) ->
     wait_for(lambda: _server_count(proc) == 2, "back to the minimum (2) after server_idle_timeout", 20)
     seen = _samples(proc, 3.0)
     assert min(seen) >= 2 and max(seen) <= 2, seen
+
+
+def test_the_minimum_and_the_rebalance_agree(pgmux_factory: Any, pg: Any) -> None:
+    """pool_size = min_pool_size = 4, clients on both workers taking turns: servers move to the worker
+    whose clients wait (the rebalance), the pooler never holds more than 4, and once the clients rest
+    nobody gives servers away and opens them again (no server login in 5 s)."""
+    proc = start(pgmux_factory, 2, pool_mode="transaction", default_pool_size=4, min_pool_size=4)
+    proc.pg_port = pg.primary.port
+    clients = [connect_on(proc, i % 2) for i in range(6)]
+    try:
+        errors: list[BaseException] = []
+
+        def load(n: int) -> None:
+            try:
+                for _ in range(10):
+                    clients[n].execute("SELECT pg_sleep(0.02)")
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
+        for t in threads:
+            t.start()
+        peak = 0
+        deadline = time.monotonic() + 60
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            peak = max(peak, _server_count(proc))
+            time.sleep(0.05)
+        assert not errors, errors
+        assert peak <= 4, peak
+        wait_for(lambda: _server_count(proc) == 4, "the minimum", 20)
+        seen = _samples(proc, 2.0)  # settled (a server handed over a moment ago reopens meanwhile)
+        logins = _logins(proc)
+        seen += _samples(proc, 5.0)
+        assert set(seen[-40:]) == {4}, seen
+        assert _logins(proc) == logins, proc.log()[-3000:]
+    finally:
+        for c in clients:
+            c.close()
