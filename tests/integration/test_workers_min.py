@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import wait_for
+from test_rolling_restart import children, replaced
 from test_workers import CONNECT, _server_count, cg, connect_on, start, worker_pids
 
 
@@ -187,3 +188,25 @@ def test_the_minimum_and_the_rebalance_agree(pgmux_factory: Any, pg: Any) -> Non
     finally:
         for c in clients:
             c.close()
+
+
+def test_the_minimum_after_a_rolling_restart(pgmux_factory: Any, pg: Any) -> None:
+    """SIGWINCH replaces both workers (no client left to hand over): the new processes bring the minimum
+    back (adopting the pool: runtime/minpools.py), never above pool_size, and rest there."""
+    proc = start(pgmux_factory, 2, pool_mode="transaction", default_pool_size=6, min_pool_size=4)
+    proc.pg_port = pg.primary.port
+    _first_login(proc)
+    wait_for(lambda: _server_count(proc) == 4, "4 servers", 20)
+    _samples(proc, 1.5)  # (the pool's record written meanwhile)
+    before = children(proc)
+    proc.signal(signal.SIGWINCH)
+    peak = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not replaced(proc, before, 2):
+        peak = max(peak, _server_count(proc))
+        time.sleep(0.05)
+    assert replaced(proc, before, 2), proc.log()[-3000:]
+    wait_for(lambda: _server_count(proc) == 4, "the minimum back in the new workers", 20)
+    seen = _samples(proc, 3.0)
+    assert set(seen) == {4} and peak <= 6, (seen, peak)
+    assert "adopts the pool testdb/postgres" in proc.log()
