@@ -6,17 +6,17 @@ worker keeps the pooler's minimum (runtime/minshare.py). When it dies, the super
 and the minimum must come back: from another worker that has the pool, or else from one that adopts it.
 So a worker that has a pool with min_pool_size > 0 writes its name once to `<rundir>/minpools/<digest>`
 (JSON: database, user; a temporary file renamed, never changed afterwards), and every worker reads that
-directory once a second (`EVERY` ticks; only new files are read; a worker whose registry grew looks
-at the next tick). A worker without such a pool makes it
-(as a login would: `App.pool_setup`) when the pooler-wide count of the pool's servers (the shared
-counts, runtime/workershare.py) is below the minimum; its janitor then tops it up like any pool, under
-the shared lock (so several workers adopting at once still open the minimum once). An adopted pool with
+directory once a second (`EVERY` ticks; only new files are read; a worker whose registry grew looks at
+the next tick). A worker without such a pool makes it (as a login would: `App.pool_setup`) when the
+pooler-wide count of the pool's servers (the shared counts, runtime/workershare.py) is below the
+minimum; its janitor then tops it up like any pool, under the shared lock (so several workers adopting
+at once still open the minimum once). An adopted pool with
 nothing to do is an empty pool of that worker, as after its last client left.
 
 Not adopted: a pool whose server login needs the keys of a client's own SCRAM login (its secret is a
-SCRAM verifier, or none is known in this worker while auth_query would find one): the minimum comes back at
-the next login of a client of that pool, as the pool would in a new process; and the per-host pools of
-split databases (routing makes them at a login).
+SCRAM verifier, or none is known in this worker while auth_query would find one): the minimum comes back
+at the next login of a client of that pool, as the pool would in a new process; and the per-host pools
+of split databases (routing makes them at a login).
 """
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ How: the pool core (pooling/pool.py) keeps `limits.min_pool_size` of its own ser
 to it, `expired` closes idle ones only above it). A worker sets that number, for each of its pools, from
 the rows of the shared counts (runtime/workershare.py): `local_minimum` is the part of the minimum its
 servers fill when the rows fill it in row order (so that two workers whose idle servers time out at once
-never both close down to nothing), plus what the pooler as a whole still lacks. It is set
-each time the worker asks for room (`MinimumRegistry.topped_up`, before `WorkerShare.grant`: every
-janitor tick and every launch), and when that asks for more servers, once more under the shared lock,
-held through the claim: so two workers topping up the same pool at once take turns, and the second sees
-the first one's claim (the total never passes the minimum, nor the pool's limit, which the claim is
-capped by anyway). Pools without a minimum take no lock here. A worker whose row is zeroed (it died) counts as
+never both close down to nothing), plus what the pooler as a whole still lacks. It is set each
+time the worker asks for room (`MinimumRegistry.topped_up`, before `WorkerShare.grant`: every janitor
+tick and every launch), and when that asks for more servers, once more under the shared lock, held
+through the claim: so two workers topping up the same pool at once take turns, and the second sees the
+first one's claim (the total never passes the minimum, nor the pool's limit, which the claim is capped
+by anyway). Pools without a minimum take no lock here. A worker whose row is zeroed (it died) counts as
 nothing: the others' next tick opens what is missing.
 
 Which worker tops up: any that has the pool (it had a client of that pool, or adopted it:
