@@ -376,8 +376,7 @@ def test_clients_spread_over_the_workers(pgmux_factory: Any) -> None:
             c.close()
 
 
-@pytest.mark.parametrize(("settings", "named"), [({"min_pool_size": 1}, "min_pool_size"),
-                                                 ({"default_pool_size": "auto"}, "pool_size = auto")])
+@pytest.mark.parametrize(("settings", "named"), [({"default_pool_size": "auto"}, "pool_size = auto")])
 def test_refused_settings_with_workers(pgmux_factory: Any, settings: dict[str, Any], named: str) -> None:
     with pytest.raises(pytest.fail.Exception) as err:  # the fixture fails a pooler that exits
         pgmux_factory(settings={"workers": 2, **settings})

@@ -37,6 +37,7 @@ from pgmux.metrics.events import Events
 from pgmux.pooling.registry import Registry
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.admission import Admission
+from pgmux.runtime.minshare import MinimumRegistry, demand
 from pgmux.session.states import ServerState
 
 if TYPE_CHECKING:
@@ -92,9 +93,9 @@ class WorkerShare:
         self.clients_slot = self.counts.slot(ws.CLIENTS)  # the first key of all: the table has room
         app.share = self
         app.events = ClosingEvents(self)
-        app.registry = SharedRegistry(self)
+        app.registry = registry = SharedRegistry(self)
         app.admission = SharedAdmission(app, self)
-        app.tick_hooks.append(self.tick)
+        app.tick_hooks += [self.tick, registry.tick_minimum]  # (min_pool_size: runtime/minshare.py)
         app.reload_hooks.append(self.reloaded)
 
     def reloaded(self) -> None:
@@ -267,7 +268,7 @@ class WorkerShare:
             # many of ours wait, for the rebalance. A waiting acquire pays no system call here. (Its own
             # row may still hold a claim not used yet, made a moment ago: launch() asks twice when it
             # looks for servers to evict. Counted, that claim refused itself, every tick: starvation.)
-            short = pool.wanted(now, 1 << 30)
+            short = demand(pool, now)
             for k in (pk, dk, uk):
                 c.want(self.index, k, short)
             return 0
@@ -284,7 +285,7 @@ class WorkerShare:
             self._set(pk, mine_p + (claim if in_pool else 0))
             self._set(dk, mine_d + claim)
             self._set(uk, mine_u + claim)
-            short = max(0, pool.wanted(now, 1 << 30) - claim) if in_pool else 0
+            short = max(0, demand(pool, now) - claim) if in_pool else 0
             for k in (pk, dk, uk):
                 c.want(self.index, k, short)
         asyncio.get_running_loop().call_soon(self.publish, pool)
@@ -427,15 +428,11 @@ class ClosingEvents(Events):
         self.share.server_closed(server.pool)
 
 
-class SharedRegistry(Registry):
+class SharedRegistry(MinimumRegistry):
     """The registry of a worker: the shared limits count every worker's servers (WorkerShare.grant)."""
 
-    def __init__(self, share: WorkerShare) -> None:
-        super().__init__()
-        self.share = share
-
     def headroom(self, pool: Pool[Any, Any]) -> int:
-        return self.share.grant(pool, super().headroom(pool), True)
+        return self.topped_up(pool, super().headroom(pool))  # min_pool_size, then WorkerShare.grant
 
     def unpooled_headroom(self, pool: Pool[Any, Any]) -> int:
         return self.share.grant(pool, super().headroom(pool), False)

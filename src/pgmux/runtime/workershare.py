@@ -286,8 +286,6 @@ def refusals(config: Config) -> list[str]:
     if s.default_pool_size == AUTO or any(db.pool_size == AUTO for db in config.databases.values()) \
             or any(getattr(u, "pool_size", None) == AUTO for u in users.values()):
         out.append("pool_size = auto sizes each process's pools on its own measurements")
-    if s.min_pool_size > 0 or any((db.min_pool_size or 0) > 0 for db in config.databases.values()):
-        out.append("min_pool_size is kept per process, not for the pooler as a whole")
     return out
 
 
