@@ -41,6 +41,7 @@ COMPILED = [
     "src/pgmux/session/params.py",  # a client's startup parameters, brought to each server
     "src/pgmux/protocol/auth.py",  # the login exchanges, both ways
     "src/pgmux/net/tlsconn.py",  # TLS: every read and write of a TLS connection
+    "src/pgmux/runtime/logdirect.py",  # log lines (two per login: log_connections, log_disconnections)
 ]
 
 ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True)]
