@@ -103,8 +103,11 @@ def parameter_status(name: str, value: str) -> bytes:
     return message(PARAMETER_STATUS, cstr(name) + cstr(value))
 
 
+_BACKEND_KEY_DATA = struct.Struct("!ciii")
+
+
 def backend_key_data(pid: int, key: int) -> bytes:
-    return message(BACKEND_KEY_DATA, struct.pack("!ii", pid, key))
+    return _BACKEND_KEY_DATA.pack(BACKEND_KEY_DATA, 12, pid, key)
 
 
 def ready_for_query(status: bytes = b"I") -> bytes:

@@ -176,7 +176,7 @@ class Handoff(Servers):
             del self.by_cancel[c.cancel_pid]
         self.admission.release(c)
         if self.config.settings.log_disconnections:
-            log.info("%s closing because: %s (age=%.0fs)", c.prefix, reason, self.now() - c.connect_time)
+            log.info(f"{c.prefix} closing because: {reason} (age={self.now() - c.connect_time:.0f}s)")
         pool = c.pool
         if c.route is not None:
             self.routing.forget(c)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 
 _X: Final = ord("X")  # Terminate
+_READY_IDLE: Final = m.ready_for_query(b"I")
 # The reason a client that sent Terminate closes with (the hub closes its socket at once for it).
 CLOSE_REQUEST: Final = "client close request"
 
@@ -160,7 +161,7 @@ def send_welcome(c: ClientSession, server_params: dict[str, str], tracked: tuple
     c.auth_ok = b""
     if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
         out.append(m.notice_response(notify))
-    out.append(m.ready_for_query(b"I"))
+    out.append(_READY_IDLE)
     c.transport.write(b"".join(out))
     c.move(ClientState.IDLE)
     if c.pending:
