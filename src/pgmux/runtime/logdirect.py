@@ -47,8 +47,8 @@ def direct(lg: Any, level: int, msg: Any, args: tuple[Any, ...], kwargs: dict[st
     enabled = lg._cache.get(level)  # (isEnabledFor()'s, without the call)
     if not (lg.isEnabledFor(level) if enabled is None else enabled):
         return False
-    cls, fmt = lg.handler_class, lg.formatter
-    if fmt is None:
+    cls, fmt = getattr(lg, "handler_class", None), getattr(lg, "formatter", None)
+    if fmt is None or cls is None:  # (not a DirectLogger: info() below was given another logger)
         return False
     if len(args) == 1 and type(args[0]) not in _PLAIN and isinstance(args[0], Mapping):
         return False  # a dict argument (%(name)s): the stdlib's own rule
@@ -78,3 +78,10 @@ def direct(lg: Any, level: int, msg: Any, args: tuple[Any, ...], kwargs: dict[st
             except Exception:  # noqa: BLE001 - as Handler.emit: report on stderr, go on
                 h.handleError(lg.makeRecord(lg.name, level, "(unknown file)", 0, msg, args, None))
     return True
+
+
+def info(lg: Any, text: str) -> None:
+    """`lg.info(text)` (a finished text, no %-arguments), from compiled code without the call through
+    DirectLogger.info's Python frame: the lines every login writes (log_connections, log_disconnections)."""
+    if not direct(lg, logging.INFO, text, (), {}):
+        lg.info(text)

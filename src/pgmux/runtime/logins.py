@@ -16,7 +16,7 @@ from pgmux.net import connector
 from pgmux.net.tls import accept_client_tls, client_tls_missing
 from pgmux.pooling.pool import Pool
 from pgmux.protocol.auth import ClientAuthenticator
-from pgmux.runtime import client_auth, welcome
+from pgmux.runtime import client_auth, logdirect, welcome
 from pgmux.runtime.handoff import Handoff
 from pgmux.runtime.routing import is_split
 from pgmux.session.client import ClientSession
@@ -163,7 +163,7 @@ class Logins(Handoff):
     def client_authenticated(self, c: ClientSession) -> None:
         if self.config.settings.log_connections:
             # (the text made here, compiled: the same line as with %-arguments, without formatting at run time)
-            log.info(f"{c.prefix} login attempt: db={c.database} user={c.user}")
+            logdirect.info(log, f"{c.prefix} login attempt: db={c.database} user={c.user}")
         self._new_cancel_key(c)
         self.events.client_login(c, self.now())
         if c.is_admin:
