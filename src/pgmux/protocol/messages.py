@@ -88,7 +88,10 @@ def auth_request(code: int, payload: bytes = b"") -> bytes:
 
 
 def auth_ok() -> bytes:
-    return auth_request(AUTH_OK)
+    return _AUTH_OK  # (bytes: one object for every login)
+
+
+_AUTH_OK = auth_request(AUTH_OK)
 
 
 def auth_md5(salt: bytes) -> bytes:
