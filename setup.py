@@ -25,6 +25,7 @@ COMPILED = [
     "src/pgmux/runtime/servers.py",  # server connects and logins; servers back from clients, to a waiter
     "src/pgmux/runtime/handoff.py",  # the hand-off of servers, once per transaction
     "src/pgmux/runtime/logins.py",  # client logins
+    "src/pgmux/runtime/welcome.py",  # ... and their welcome
     "src/pgmux/pooling/pool.py",  # the pool core
     "src/pgmux/pooling/histogram.py",  # metrics' per-transaction histograms (a native call per observation)
     "src/pgmux/session/states.py",  # the states they compare with, as C globals
@@ -41,6 +42,7 @@ COMPILED = [
     "src/pgmux/session/params.py",  # a client's startup parameters, brought to each server
     "src/pgmux/protocol/auth.py",  # the login exchanges, both ways
     "src/pgmux/net/tlsconn.py",  # TLS: every read and write of a TLS connection
+    "src/pgmux/runtime/logdirect.py",  # log lines (two per login: log_connections, log_disconnections)
 ]
 
 ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True)]

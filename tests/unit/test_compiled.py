@@ -18,7 +18,8 @@ HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgm
        "pgmux.net.tlsconn", "pgmux.session.fastpath", "pgmux.session.entries", "pgmux.session.replies",
        "pgmux.session.watch", "pgmux.session.shapecheck", "pgmux.protocol.scans", "pgmux.runtime.core",
        "pgmux.runtime.servers", "pgmux.runtime.handoff", "pgmux.runtime.logins", "pgmux.session.client_login",
-       "pgmux.session.passing", "pgmux.session.hub"]
+       "pgmux.session.passing", "pgmux.session.hub",
+       "pgmux.runtime.logdirect", "pgmux.runtime.welcome"]
 
 
 @pytest.mark.parametrize("name", HOT)

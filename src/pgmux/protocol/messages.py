@@ -88,7 +88,10 @@ def auth_request(code: int, payload: bytes = b"") -> bytes:
 
 
 def auth_ok() -> bytes:
-    return auth_request(AUTH_OK)
+    return _AUTH_OK  # (bytes: one object for every login)
+
+
+_AUTH_OK = auth_request(AUTH_OK)
 
 
 def auth_md5(salt: bytes) -> bytes:
@@ -103,8 +106,11 @@ def parameter_status(name: str, value: str) -> bytes:
     return message(PARAMETER_STATUS, cstr(name) + cstr(value))
 
 
+_BACKEND_KEY_DATA = struct.Struct("!ciii")
+
+
 def backend_key_data(pid: int, key: int) -> bytes:
-    return message(BACKEND_KEY_DATA, struct.pack("!ii", pid, key))
+    return _BACKEND_KEY_DATA.pack(BACKEND_KEY_DATA, 12, pid, key)
 
 
 def ready_for_query(status: bytes = b"I") -> bytes:

@@ -67,6 +67,7 @@ class Core(Hub):
         self.tick_hooks: list[Any] = []  # called after each janitor pass (log flushing)
         self.reload_hooks: list[Any] = []  # called after each reload or SET (reopen the logfile)
         self._random = b""
+        self._random_at = 0  # the next unused byte of _random (runtime/logins.py)
         # Protocol-level prepared statements of every pool, by (query, types): names unique per process.
         self.prepared = StatementRegistry()
         self.tls: Contexts = Contexts(config.settings)  # client and server TLS contexts (net/tls.py)

@@ -9,7 +9,7 @@ import logging
 from pgmux.errors import PgmuxError
 from pgmux.net.linger import close_after_error
 from pgmux.protocol import messages as m
-from pgmux.runtime import welcome
+from pgmux.runtime import logdirect, welcome
 from pgmux.runtime.servers import Servers
 from pgmux.runtime.timeouts import fast_close
 from pgmux.session.client import ClientSession
@@ -176,7 +176,7 @@ class Handoff(Servers):
             del self.by_cancel[c.cancel_pid]
         self.admission.release(c)
         if self.config.settings.log_disconnections:
-            log.info("%s closing because: %s (age=%.0fs)", c.prefix, reason, self.now() - c.connect_time)
+            logdirect.info(log, f"{c.prefix} closing because: {reason} (age={self.now() - c.connect_time:.0f}s)")
         pool = c.pool
         if c.route is not None:
             self.routing.forget(c)

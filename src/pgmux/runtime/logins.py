@@ -16,7 +16,7 @@ from pgmux.net import connector
 from pgmux.net.tls import accept_client_tls, client_tls_missing
 from pgmux.pooling.pool import Pool
 from pgmux.protocol.auth import ClientAuthenticator
-from pgmux.runtime import client_auth, welcome
+from pgmux.runtime import client_auth, logdirect, welcome
 from pgmux.runtime.handoff import Handoff
 from pgmux.runtime.routing import is_split
 from pgmux.session.client import ClientSession
@@ -144,11 +144,14 @@ class Logins(Handoff):
 
     def _new_cancel_key(self, c: ClientSession) -> None:
         # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.
-        # Random bytes come from the OS in blocks: one getrandom() per 512 logins, not two per login.
+        # Random bytes come from the OS in blocks: one getrandom() per 512 logins, not two per login;
+        # read at an offset (slicing the rest off copied up to 4 KiB a login).
         while True:
-            if len(self._random) < 8:
-                self._random = os.urandom(4096)
-            raw, self._random = self._random[:8], self._random[8:]
+            at = self._random_at
+            if at + 8 > len(self._random):
+                self._random, at = os.urandom(4096), 0
+            raw = self._random[at:at + 8]
+            self._random_at = at + 8
             pid = int.from_bytes(raw[:4], "big") >> 1 or 1
             if self.share is not None:  # the low bits name this worker: a cancel finds its way here
                 pid = self.share.tag_pid(pid)
@@ -159,7 +162,8 @@ class Logins(Handoff):
 
     def client_authenticated(self, c: ClientSession) -> None:
         if self.config.settings.log_connections:
-            log.info("%s login attempt: db=%s user=%s", c.prefix, c.database, c.user)
+            # (the text made here, compiled: the same line as with %-arguments, without formatting at run time)
+            logdirect.info(log, f"{c.prefix} login attempt: db={c.database} user={c.user}")
         self._new_cancel_key(c)
         self.events.client_login(c, self.now())
         if c.is_admin:

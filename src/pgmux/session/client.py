@@ -184,8 +184,9 @@ class ClientSession:
         (issue 11: memory per idle client)."""
         if self.transport is None:
             return f"C-{self.id}"
-        where = "unix" if self.is_unix else f"{self.addr}:{self.port}"
-        return f"C-{self.id} {self.database or '(nodb)'}/{self.user or '(nouser)'}@{where}"
+        if self.is_unix:
+            return f"C-{self.id} {self.database or '(nodb)'}/{self.user or '(nouser)'}@unix"
+        return f"C-{self.id} {self.database or '(nodb)'}/{self.user or '(nouser)'}@{self.addr}:{self.port}"
 
     # -- I/O events ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 
 _X: Final = ord("X")  # Terminate
+_READY_IDLE: Final = m.ready_for_query(b"I")
 # The reason a client that sent Terminate closes with (the hub closes its socket at once for it).
 CLOSE_REQUEST: Final = "client close request"
 
@@ -32,10 +33,12 @@ def startup_data(c: ClientSession, data: bytes) -> None:
     c.sbuf += data
     while c.sbuf and c.state in (ClientState.STARTUP, ClientState.AUTH):
         if c.state is ClientState.STARTUP:
+            if _seen_startup(c):
+                continue
             res, used = read_startup(c.sbuf)
             if res is None:
                 return
-            c.sbuf = c.sbuf[used:]
+            packet, c.sbuf = c.sbuf[:used], c.sbuf[used:]
             if res.code == m.SSL_REQUEST_CODE:
                 if c.sbuf:  # sent before our answer, so not encrypted: PostgreSQL refuses it too
                     raise ProtocolViolation("received unencrypted data after SSL request")
@@ -56,7 +59,7 @@ def startup_data(c: ClientSession, data: bytes) -> None:
                 raise ProtocolViolation(f"unsupported frontend protocol {res.major}.{res.minor}: "
                                         "server supports 3.0 to 3.0")
             else:
-                _startup(c, res.params, res.minor)
+                _startup(c, res.params, res.minor, packet)
         else:
             msgs, pos = scan(c.sbuf, 0, 1 << 16)
             if not msgs:
@@ -77,14 +80,48 @@ def startup_data(c: ClientSession, data: bytes) -> None:
             elif reply:
                 c.transport.write(reply)
 
-def _startup(c: ClientSession, params: dict[str, str], minor: int) -> None:
+# StartupMessages (protocol 3.0, no protocol options) as earlier clients sent them, byte for byte, to
+# their parameters (_shared's dict): pgbench -C, a pool's application servers and most drivers send the
+# same packet every time, and it is parsed once (issue 14 item 6: a login's instructions).
+_PACKETS: Final[dict[bytes, dict[str, str]]] = {}
+_PACKET_MAX: Final = 2048  # longer ones are parsed each time (a bound on what the cache holds)
+
+
+def _seen_startup(c: ClientSession) -> bool:
+    """A StartupMessage equal to one seen before at the start of c.sbuf: log in with its parameters,
+    as _startup would after parsing it."""
+    buf = c.sbuf
+    if len(buf) < 8:
+        return False
+    length = int.from_bytes(buf[:4], "big")
+    if length > _PACKET_MAX or len(buf) < length:
+        return False
+    params = _PACKETS.get(buf if len(buf) == length else buf[:length])
+    if params is None:
+        return False
+    c.sbuf = buf[length:]
+    _login(c, params)
+    return True
+
+
+def _startup(c: ClientSession, params: dict[str, str], minor: int, packet: bytes = b"") -> None:
     if minor > 0 or any(k.startswith("_pq_.") for k in params):
         # Newer minor versions and protocol options: say what we speak, as PostgreSQL does.
         unknown = [k for k in params if k.startswith("_pq_.")]
         body = struct.pack("!ii", m.PROTOCOL_V3, len(unknown)) + b"".join(m.cstr(k) for k in unknown)
         c.transport.write(m.message(m.NEGOTIATE_PROTOCOL_VERSION, body))
-        params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
-    c.startup = params = _shared(params)  # only ever read
+        params = _shared({k: v for k, v in params.items() if not k.startswith("_pq_.")})
+    else:
+        params = _shared(params)
+        if packet and len(packet) <= _PACKET_MAX:
+            if len(_PACKETS) >= 1024:  # a bound, against clients that log in with ever new values
+                _PACKETS.clear()
+            _PACKETS[packet] = params
+    _login(c, params)
+
+
+def _login(c: ClientSession, params: dict[str, str]) -> None:
+    c.startup = params  # only ever read
     c.move(ClientState.AUTH)
     c.hub.login(c, params)  # sets identity, pool or admin, and c.auth; raises on refusal
     if c.state is ClientState.AUTH and c.auth is not None:  # None: auth_query looks the user up
@@ -124,7 +161,7 @@ def send_welcome(c: ClientSession, server_params: dict[str, str], tracked: tuple
     c.auth_ok = b""
     if notify:  # PgBouncer's welcome notice: where PostgreSQL's own login notices go, before ReadyForQuery
         out.append(m.notice_response(notify))
-    out.append(m.ready_for_query(b"I"))
+    out.append(_READY_IDLE)
     c.transport.write(b"".join(out))
     c.move(ClientState.IDLE)
     if c.pending:
