@@ -479,8 +479,7 @@ class ClientSession:
         self._reading()
 
     def suspend(self) -> None:
-        """SUSPEND or RESUME changed hub.suspended, or a hand-over (runtime/handover.py) set or cleared
-        `held` on an idle client: stop or start reading (runtime/suspend.py)."""
+        """hub.suspended (runtime/suspend.py) or an idle client's `held` (runtime/handover.py) changed."""
         self._reading()
 
     def _reading(self) -> None:
