@@ -272,6 +272,17 @@ SERVERS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND bac
                "AND application_name <> 'pgmux pool advisor' AND backend_start >= %s")
 
 
+def peak_servers(proc: Any, threads: list[threading.Thread], bound: float) -> int:
+    """The most server connections of the pooler's pools seen while any of `threads` runs (sampled every
+    50 ms, for `bound` seconds at most)."""
+    peak = 0
+    deadline = time.monotonic() + bound
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        peak = max(peak, _server_count(proc))
+        time.sleep(0.05)
+    return peak
+
+
 def _server_count(proc: Any) -> int:
     with psycopg.connect(proc.dsn(db="postgres").replace(f":{proc.port}/", f":{proc.pg_port}/"), **CONNECT) as c:
         # (only backends started after the pooler: in the whole suite an earlier test's connection to
@@ -305,11 +316,7 @@ def test_pool_size_holds_across_workers(pgmux_factory: Any, pg: Any, workers: in
     threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
     for t in threads:
         t.start()
-    peak = 0
-    deadline = time.monotonic() + 90
-    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-        peak = max(peak, _server_count(proc))
-        time.sleep(0.05)
+    peak = peak_servers(proc, threads, 90)
     stop.set()
     for t in threads:
         t.join(10)

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from helpers import wait_for
 from test_rolling_restart import children, replaced
-from test_workers import CONNECT, _server_count, cg, connect_on, start, worker_pids
+from test_workers import CONNECT, _server_count, cg, connect_on, peak_servers, start, worker_pids
 
 
 def _logins(proc: Any) -> int:
@@ -134,11 +134,7 @@ def test_load_beyond_the_minimum_keeps_the_limit(pgmux_factory: Any, pg: Any) ->
     try:
         for t in threads:
             t.start()
-        peak = 0
-        deadline = time.monotonic() + 90
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-            peak = max(peak, _server_count(proc))
-            time.sleep(0.05)
+        peak = peak_servers(proc, threads, 90)
         for t in threads:
             t.join(10)
         assert not errors, errors
@@ -172,11 +168,7 @@ def test_the_minimum_and_the_rebalance_agree(pgmux_factory: Any, pg: Any) -> Non
         threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
         for t in threads:
             t.start()
-        peak = 0
-        deadline = time.monotonic() + 60
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-            peak = max(peak, _server_count(proc))
-            time.sleep(0.05)
+        peak = peak_servers(proc, threads, 60)
         assert not errors, errors
         assert peak <= 4, peak
         wait_for(lambda: _server_count(proc) == 4, "the minimum", 20)
