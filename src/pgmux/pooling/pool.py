@@ -79,6 +79,9 @@ class Pool(Generic[S, C]):
         self.paused = False
         self.disabled = False
         self.refuse_pins = False  # pin_mode = refuse: statements that would pin a client fail instead
+        # With workers: the shared limits had no room for a new server of this pool, and the hub does not
+        # ask them again before this time (runtime/worker.py; a server of the pool closing clears it).
+        self.no_room_until = 0.0
         # Counters behind SHOW STATS; the runtime adds to them.
         self.stats = PoolStats()
 
@@ -174,6 +177,7 @@ class Pool(Generic[S, C]):
 
     def remove_server(self, server: S) -> None:
         self.servers.discard(server)
+        self.no_room_until = 0.0
         if server in self.idle:
             self.idle.remove(server)
 

@@ -29,6 +29,8 @@ class Servers(Core):
         if self.shedding or self.paused or pool.paused or self.suspended:
             return
         now = self.now()
+        if pool.no_room_until > now:  # (workers: the shared limits said no a moment ago; asked again at the tick)
+            return
         headroom = self.registry.headroom(pool)
         if headroom < 1 << 20 and (pool.waiters or pool.login_waiters):  # a shared limit, clients waiting
             need = pool.queued_demand(now)
