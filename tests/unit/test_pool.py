@@ -104,6 +104,17 @@ def test_remove_server_also_leaves_idle() -> None:
     pool.remove_server(a)  # twice is harmless
 
 
+def test_a_server_closing_clears_the_remembered_refusal() -> None:
+    # Workers: the shared limits' "no room" is remembered until the tick (runtime/worker.py), but a server of
+    # the pool closing in this process makes room here, so the next waiting acquire asks again.
+    pool = make_pool(pool_size=2)
+    a, _ = with_servers(pool, 2)
+    assert pool.no_room_until == 0.0
+    pool.no_room_until = 5.0
+    pool.remove_server(a)
+    assert pool.no_room_until == 0.0
+
+
 # -- wanted ---------------------------------------------------------------------------------------
 
 def add_waiters(pool: Pool[Srv, Cli], n: int, now: float = 0.0) -> list[Cli]:
