@@ -11,6 +11,7 @@ and grow with concurrency in the second.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -158,3 +159,35 @@ def test_default_pool_size_auto_shows_in_config(pgmux_factory: PgmuxStarter) -> 
     mux.admin("SET default_pool_size = auto")
     config = {r["key"]: r for r in mux.admin_dicts("SHOW CONFIG")}
     assert config["default_pool_size"]["value"] == "auto"
+
+
+def test_pool_size_auto_with_workers_is_one_size_for_the_pooler(pgmux_factory: PgmuxStarter, pg: PgCluster,
+                                                                tmp_path: Path) -> None:
+    """workers = 2: one controller (the leader worker's, fed both workers' measurements) sizes the pool for
+    the pooler, the other worker applies its size, and the servers in PostgreSQL stay within it
+    (runtime/autoshare.py)."""
+    from test_workers import _server_count, start
+
+    p = pg.primary
+    mux = start(pgmux_factory, 2, {DB: f"host={p.host} port={p.port} dbname={DB} pool_size=auto"},
+                pool_mode="transaction", max_client_conn=200, verbose=1)
+    mux.pg_port = p.port
+    path = tmp_path / "load.sql"
+    path.write_text(SLEEP)
+    proc = start_pgbench(mux, path, 40, 20)
+    samples: list[tuple[int, int]] = []  # (pool_size in force, servers in pg_stat_activity)
+    try:
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            dbs = {r["name"]: r for r in mux.admin_dicts("SHOW DATABASES")}
+            samples.append((int(dbs[DB]["pool_size"]), _server_count(mux)))
+            if samples[-1][0] >= 30 and len(samples) >= 6:
+                break
+            time.sleep(0.5)
+    finally:
+        finish(proc)  # (pgbench exits 0: no client failed)
+    sizes = [s for s, _ in samples]
+    assert sizes and sizes[0] < 30 <= max(sizes) <= 40, samples  # grew towards the 40 clients, not beyond
+    assert max(n for _, n in samples) <= 40, samples  # 40 clients in all: never a size per worker on top
+    deciders = set(re.findall(r"\[(\d+)\] DEBUG pool testdb/postgres: pool_size = auto", mux.log()))
+    assert len(deciders) == 1, deciders  # one controller for the pooler, in one worker

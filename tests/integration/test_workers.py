@@ -383,14 +383,6 @@ def test_clients_spread_over_the_workers(pgmux_factory: Any) -> None:
             c.close()
 
 
-@pytest.mark.parametrize(("settings", "named"), [({"default_pool_size": "auto"}, "pool_size = auto")])
-def test_refused_settings_with_workers(pgmux_factory: Any, settings: dict[str, Any], named: str) -> None:
-    with pytest.raises(pytest.fail.Exception) as err:  # the fixture fails a pooler that exits
-        pgmux_factory(settings={"workers": 2, **settings})
-    assert "workers = 2 is refused" in str(err.value)
-    assert named in str(err.value)
-
-
 def test_asyncpg_timeout_cancels_across_workers(pgmux_factory: Any) -> None:
     """asyncpg's command timeout sends a CancelRequest on a new connection: stopped worker 0 leaves it to
     worker 1, which passes it on."""

@@ -13,10 +13,8 @@ from hypothesis import strategies as st
 from pgmux.config import load_config
 from pgmux.config import values as v
 from pgmux.config.model import Config
-from pgmux.config.values import AUTO
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.supervisor import MAX_BACKOFF, backoff
-from pgmux.runtime.workershare import refusals
 
 
 @given(st.integers(0, 2**31 - 1), st.integers(2, 256), st.data())
@@ -139,15 +137,12 @@ def test_workers_setting() -> None:
             v.workers(bad)
 
 
-def test_refusals_name_what_is_not_shared(tmp_path: Path) -> None:
+def test_per_worker_names_what_runs_in_each_worker(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
-    assert refusals(cfg) == []
-    two = _with(cfg, workers=2)
-    assert refusals(two) == []
-    assert refusals(_with(two, min_pool_size=1)) == []  # kept for the pooler as a whole (runtime/minshare.py)
-    assert any("pool_size = auto" in r for r in refusals(_with(two, default_pool_size=AUTO)))
-    assert refusals(_with(two, metrics_listen="127.0.0.1:9127")) == []  # one endpoint for all (issue 15)
-    assert refusals(_with(cfg, min_pool_size=1)) == []  # one process: nothing to share
+    assert ws.per_worker(cfg) == [] and ws.per_worker(_with(cfg, workers=2)) == []
+    two = _with(cfg, workers=2, auth_user="pgmux_auth")
+    assert any("auth_query" in n for n in ws.per_worker(two))
+    assert ws.per_worker(_with(two, workers=1)) == []  # one process: nothing to say
 
 
 def _config(tmp_path: Path) -> Config:

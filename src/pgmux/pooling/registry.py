@@ -95,6 +95,9 @@ class Registry:
             room = min(room, lim - used)
         return room
 
+    def limits_replaced(self, pool: Pool[Any, Any], old: Any) -> None:
+        """pool.limits was replaced (pool_size = auto's size): worker processes keep their minimum on it."""
+
     def unpooled_headroom(self, pool: Pool[Any, Any]) -> int:
         """Room for a server connection outside the pool (a replication connection) under max_db_connections
         and max_user_connections: the same as headroom() here; worker processes count it apart

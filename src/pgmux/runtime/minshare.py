@@ -69,6 +69,11 @@ class Minimum:
         pool.limits = self.made[pool] = replace(lim, min_pool_size=want)
         return True
 
+    def replaced(self, pool: Pool[Any, Any], old: Any) -> None:
+        """pool.limits replaced by a copy with another pool_size (pool_size = auto): still the one made here."""
+        if self.made.get(pool) is old:
+            self.made[pool] = pool.limits
+
     def configured_for(self, pool: Pool[Any, Any]) -> int:
         """The pool's min_pool_size for the pooler as a whole (its limits' own when not applied yet)."""
         lim = pool.limits
@@ -96,6 +101,9 @@ class MinimumRegistry(Registry):
         self.share = share
         self.minimum = Minimum()
         self.adopter = MinPools(share, self.minimum)
+
+    def limits_replaced(self, pool: Pool[Any, Any], old: Any) -> None:
+        self.minimum.replaced(pool, old)
 
     def topped_up(self, pool: Pool[Any, Any], local_room: int) -> int:
         """WorkerShare.grant's room for the pool, its minimum set first (under the lock when it would

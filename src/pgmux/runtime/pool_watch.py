@@ -5,7 +5,8 @@ tick: the SHOW STATS counters the hand-off already keeps (transactions, hold and
 lengths of its lists. Nothing is added to the per-transaction path. Each pool gets a pooling/advisor
 Tracker; a pool whose pool_size is `auto` also gets a pooling/autosize AutoSizer, whose size is applied
 here (a larger size launches servers for the waiting clients at once; a smaller one lets the surplus
-close as it comes back, as after a reload that lowers pool_size).
+close as it comes back, as after a reload that lowers pool_size). With worker processes one worker's
+AutoSizer sizes each auto pool for the pooler, from every worker's measurements (runtime/autoshare.py).
 
 PostgreSQL's max_connections, for the advisor's budget, is asked of each server pgmux connects to (a
 short connection of its own, net/probe.py, with the credentials of a live pooled server, at most once
@@ -26,6 +27,8 @@ from pgmux.net.connector import default_unix_dir
 from pgmux.net.probe import Probe
 from pgmux.pooling.advisor import Advice, Budget, Snapshot, Tracker, budget
 from pgmux.pooling.autosize import AutoSizer, bounds
+from pgmux.runtime.autoshare import AutoShare
+from pgmux.runtime.workershare import TableFull
 
 log = logging.getLogger("pgmux")
 
@@ -43,6 +46,8 @@ class PoolWatch:
         # server label -> (usable max_connections or None, client backends then, when, how it was learnt)
         self.maxconn: dict[str, Asked] = {}
         self.asking: set[str] = set()
+        self.auto: AutoShare | None = None  # workers: pool_size = auto decided once for the pooler
+        self.leading: set[int] = set()  # id(pool) of auto pools whose controller runs here (the leader)
         app.reload_hooks.append(self.reapply)
 
     def __call__(self) -> None:
@@ -71,8 +76,12 @@ class PoolWatch:
             snap = Snapshot(now, st.xact_count, st.xact_secs, st.wait_secs, max(0, busy), len(pool.waiters),
                             self.clients.get(key, 0), pool.limits.pool_size, len(pool.servers) - pool.connecting)
             tracker.add(snap)
+            if sizer is not None and app.share is not None:  # workers: one controller for the pooler
+                sizer, snap = self._shared(pool, sizer, snap)
             if sizer is not None:
                 size = sizer.feed(snap)
+                if self.auto is not None:
+                    self.auto.decided(pool, size)
                 if size != pool.limits.pool_size:
                     o = sizer.levels.get(pool.limits.pool_size)
                     log.debug("pool %s/%s: pool_size = auto: %d -> %d (home %d; at %d: %s)", pool.database,
@@ -82,6 +91,9 @@ class PoolWatch:
                     self._apply(pool, size)
         for key in [k for k in self.watched if k not in seen]:
             del self.watched[key]
+            self.leading.discard(key)
+        if self.auto is not None and len(self.auto.slots) > len(seen):
+            self.auto.forget({entry[0] for entry in self.watched.values()})
         if self.ticks % 25 == 1:
             self._ask_max_connections(now)
 
@@ -94,12 +106,37 @@ class PoolWatch:
         lo, hi = bounds(cfg.min_pool_size_for(db), cfg.max_db_connections_for(db))
         return AutoSizer(lo, hi, size=pool.limits.pool_size)
 
+    def _shared(self, pool: Any, sizer: AutoSizer, snap: Snapshot) -> tuple[AutoSizer | None, Snapshot]:
+        """With workers (runtime/autoshare.py): this worker's measurements published; the leader's sizer fed
+        the pooler's (a fresh one when this worker has just become the leader), the others' size applied."""
+        if self.auto is None:
+            self.auto = AutoShare(self.app.share)
+        auto, key = self.auto, id(pool)
+        try:
+            auto.publish(pool, snap)
+            if auto.leader() != auto.share.index:
+                self.leading.discard(key)
+                size = auto.size(pool)
+                if size is not None:
+                    self._apply(pool, size)
+                return None, snap
+            if key not in self.leading:
+                self.leading.add(key)
+                fresh = self._sizer(pool)
+                if fresh is not None:
+                    sizer = fresh
+                    self.watched[key] = (pool, self.watched[key][1], sizer)
+            return sizer, auto.pooled(pool, snap)
+        except TableFull:
+            return sizer, snap  # (no room for its keys in the shared table: sized on this worker's own)
+
     def _apply(self, pool: Any, size: int) -> None:
-        old = pool.limits.pool_size
-        if size == old:
+        old = pool.limits
+        if size == old.pool_size:
             return
-        pool.limits = replace(pool.limits, pool_size=size)
-        if size > old and pool.waiters:
+        pool.limits = replace(old, pool_size=size)
+        self.app.registry.limits_replaced(pool, old)
+        if size > old.pool_size and pool.waiters:
             self.app.launch(pool)
 
     def reapply(self) -> None:
@@ -115,7 +152,9 @@ class PoolWatch:
                 sizer.size = sizer.home = min(sizer.hi, max(sizer.lo, sizer.size))
                 fresh = sizer
             self.watched[key] = (pool, tracker, fresh)
-            pool.limits = replace(pool.limits, pool_size=fresh.size)
+            old = pool.limits
+            pool.limits = replace(old, pool_size=fresh.size)
+            self.app.registry.limits_replaced(pool, old)
 
     # -- SHOW ADVICE ---------------------------------------------------------------------------------
     def advice(self) -> tuple[list[Advice], list[Budget]]:

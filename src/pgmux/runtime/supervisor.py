@@ -40,7 +40,7 @@ from pgmux.runtime import workerproc
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.rolling import Rolling, Slot
 from pgmux.runtime.web import bind_metrics
-from pgmux.runtime.workershare import per_worker, refusals
+from pgmux.runtime.workershare import per_worker
 
 log = logging.getLogger("pgmux")
 
@@ -76,11 +76,6 @@ class Supervisor:
 
     # -- start and stop -----------------------------------------------------------------------------
     def run(self) -> int:
-        problems = refusals(self.config)
-        if problems:
-            log.error("workers = %d is refused: %s; set workers = 1, or change these settings",
-                      self.n, "; ".join(problems))
-            return 1
         for note in per_worker(self.config):
             log.warning("workers = %d: %s", self.n, note)
         try:
@@ -246,12 +241,6 @@ class Supervisor:
         if keep:
             kept = {k: getattr(self.config.settings, k) for k in keep}
             new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))
-        problems = refusals(new)
-        if problems:
-            log.error("supervisor: the new configuration is not shared across workers (%s); workers that "
-                      "restart keep the old one", "; ".join(problems))
-            self.logs.reopen(self.config)
-            return False
         self.config = new
         self.logs.reopen(new)
         return True

@@ -103,15 +103,6 @@ class WorkerShare:
         app.registry = registry = SharedRegistry(self)
         app.admission = SharedAdmission(app, self)
         app.tick_hooks += [self.tick, registry.tick_minimum]  # (min_pool_size: runtime/minshare.py)
-        app.reload_hooks.append(self.reloaded)
-
-    def reloaded(self) -> None:
-        """A reload that sets what workers do not share: said, since the worker cannot refuse it now (the
-        supervisor does not hand it to workers it starts later)."""
-        assert self.app is not None
-        for problem in ws.refusals(self.app.config):
-            log.error("workers = %d: the reloaded configuration is not shared across workers: %s; set it back",
-                      self.workers, problem)
 
     async def start(self, app: App) -> None:
         from pgmux.net.listen import start_private_listener

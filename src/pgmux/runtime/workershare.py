@@ -23,8 +23,6 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Final, Protocol
 
-from pgmux.config.values import AUTO
-
 if TYPE_CHECKING:
     from pgmux.config.model import Config
 
@@ -275,20 +273,6 @@ def to_give_up(limit: int, mine: int, others_demand: int, total: int, share: int
 
 
 # -- what is not shared ------------------------------------------------------------------------------------
-def refusals(config: Config) -> list[str]:
-    """What pgmux cannot share across worker processes yet: with workers > 1 these stop start-up (and a
-    supervisor's reload), rather than run with a limit kept per process."""
-    s = config.settings
-    out: list[str] = []
-    if s.workers <= 1:
-        return out
-    users = getattr(config, "users", {}) or {}
-    if s.default_pool_size == AUTO or any(db.pool_size == AUTO for db in config.databases.values()) \
-            or any(getattr(u, "pool_size", None) == AUTO for u in users.values()):
-        out.append("pool_size = auto sizes each process's pools on its own measurements")
-    return out
-
-
 def per_worker(config: Config) -> list[str]:
     """What runs once per worker with workers > 1 (logged as warnings at start-up)."""
     if config.settings.workers <= 1:
