@@ -89,3 +89,16 @@ def test_totals_average_the_mean_times_and_sum_the_rest() -> None:
     b = reply(cols, [["total_xact_count", 50], ["avg_xact_time", 100], ["avg_xact_count", 5]])
     _, rows = split_reply(merge("totals", [(0, a), (1, b)]))
     assert rows == [[b"total_xact_count", b"150"], [b"avg_xact_time", b"200"], [b"avg_xact_count", b"15"]]
+
+
+def test_pools_keep_the_shared_pool_size_and_lists_the_configured_counts() -> None:
+    """SHOW POOLS' pool_size is the pooler's limit (the same in every worker that has the pool), and SHOW
+    LISTS' databases and users count configuration every worker has: the largest, never summed."""
+    cols = [("database", TEXT), ("user", TEXT), ("cl_active", INT8), ("sv_idle", INT8), ("pool_size", INT8)]
+    _, rows = split_reply(merge("pools", [(0, reply(cols, [["app", "alice", 3, 1, 20]])),
+                                          (1, reply(cols, [["app", "alice", 4, 2, 20]]))]))
+    assert rows == [[b"app", b"alice", b"7", b"3", b"20"]]
+    lcols = [("list", TEXT), ("items", INT8)]
+    _, rows = split_reply(merge("lists", [(0, reply(lcols, [["databases", 3], ["users", 2], ["used_clients", 5]])),
+                                          (1, reply(lcols, [["databases", 3], ["users", 2], ["used_clients", 4]]))]))
+    assert rows == [[b"databases", b"3"], [b"users", b"2"], [b"used_clients", b"9"]]

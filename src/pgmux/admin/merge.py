@@ -7,8 +7,10 @@ back as text and merged:
   worker's rows, with the worker's index in a last column, `worker`;
 - one row per pool or database (`SUMMED_SUBJECTS`: pools, stats, stats_totals, stats_averages, lists):
   rows with equal key columns (the non-numeric ones: database, user, pool_mode, host, ...) become one,
-  numbers summed, except mean times (`avg_*_time`, the mean over the workers that have the row) and
-  maximum waits (`maxwait*`, the largest);
+  numbers summed, except mean times (`avg_*_time`, the mean over the workers that have the row),
+  maximum waits (`maxwait*`, the largest) and what every worker shares (`SHARED_COLUMNS`: SHOW POOLS'
+  pool_size, the pooler's limit; SHOW LISTS' `SHARED_LISTS` rows, the configured databases and users:
+  the largest);
 - one row per name, where most columns are configuration every worker shares (`KEYED_SUBJECTS`:
   databases, users, mem, state, totals): rows with the same first column become one, and only the
   columns `KEYED_SUBJECTS` names are combined (connection counts summed, paused/disabled the largest,
@@ -39,6 +41,8 @@ KEYED_SUBJECTS: Final[dict[str, dict[str, str]]] = {
     "state": {"value": "state"},
     "totals": {"value": "totals"},
 }
+SHARED_COLUMNS: Final = frozenset({"pool_size"})  # summed subjects: the same limit in every worker
+SHARED_LISTS: Final = frozenset({b"databases", b"users"})  # SHOW LISTS rows counting configuration
 OID_TEXT: Final = 25
 _NUMBER = re.compile(rb"-?[0-9]+(\.[0-9]+)?")
 
@@ -143,7 +147,7 @@ def summed(cols: Columns, per_worker: Sequence[Rows]) -> Rows:
                 continue
             values = [float(r[i] or 0) for r in rows]
             is_int = all(b"." not in (r[i] or b"") for r in rows)
-            if name.startswith("maxwait"):
+            if name.startswith("maxwait") or name in SHARED_COLUMNS or first[0] in SHARED_LISTS:
                 v = max(values)
             elif name.startswith("avg_") and name.endswith("_time"):
                 v = sum(values) / len(values)
