@@ -13,6 +13,7 @@ auto chose is read from SHOW POOLS during the timed run (median, and the range s
 
     python3 bench/poolsize.py                       # the full sweep: about 15 min at the defaults
     python3 bench/poolsize.py --duration 3 --warmup 2 --workloads sleep --clients 100 --sizes 10 100
+    python3 bench/poolsize.py --workers 2           # the same with two worker processes
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="seconds of load before the timed run of a confirming auto pool: the time it has to "
                         "learn the workload (default 20; the sweep's own auto cell gets --warmup)")
     p.add_argument("--scale", type=int, default=1, help="pgbench scale (1: one branch row, contention)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="pgmux worker processes (default 1; with more, one auto controller sizes each pool for all)")
     p.add_argument("--log", help="copy pgmux's log (run with -v: each auto size change) to this file")
     args = p.parse_args(argv)
     if args.duration < 1 or args.warmup < 0 or args.auto_warmup < 0 or args.confirm < 0:
@@ -94,15 +97,16 @@ def aliases(args: argparse.Namespace, primary: Any) -> dict[str, str]:
     return out
 
 
-def start_pgmux(cluster: PgCluster, databases: dict[str, str],
-                verbose: bool) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_pgmux(cluster: PgCluster, databases: dict[str, str], verbose: bool,
+                workers: int = 1) -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
     userlist = os.path.join(cluster.base_dir, "userlist.txt")
     ini = os.path.join(cluster.base_dir, "poolsize.ini")
     cluster.write_owned(userlist, render_userlist({cluster.superuser: ""}), mode=0o644)
     settings = {"listen_addr": HOST, "listen_port": port, "unix_socket_dir": cluster.base_dir, "auth_type": "trust",
                 "auth_file": userlist, "admin_users": cluster.superuser, "pool_mode": "transaction",
-                "max_client_conn": 1000, "server_idle_timeout": 3, "server_tls_sslmode": "disable"}
+                "max_client_conn": 1000, "server_idle_timeout": 3, "server_tls_sslmode": "disable",
+                "workers": workers}
     cluster.write_owned(ini, render_ini(databases, settings), mode=0o644)
     log_path = os.path.join(cluster.base_dir, "pgmux.log")
     with open(log_path, "ab") as out:
@@ -243,7 +247,7 @@ def main(argv: list[str]) -> int:
             f.write("SELECT pg_sleep(0.01);\n")
         os.chmod(tmp, 0o755)
         os.chmod(sleep, 0o644)
-        proc, port, log_path = start_pgmux(cluster, aliases(args, primary), bool(args.log))
+        proc, port, log_path = start_pgmux(cluster, aliases(args, primary), bool(args.log), args.workers)
         ctx = {"pgbench": binary, "port": port, "user": user, "sleep": sleep}
         results: dict[tuple[str, int], dict[str, Any]] = {}
         try:
@@ -266,7 +270,8 @@ def main(argv: list[str]) -> int:
         if proc.returncode not in (0, None, -15):
             log(f"pgmux exited {proc.returncode}")
     print(f"\npgbench -j 2 -T {args.duration} (after {args.warmup} s of warm-up), scale {args.scale}, TPS; "
-          f"pgmux transaction mode; auto bounded by max_db_connections={AUTO_CAP}; {os.cpu_count()} CPUs")
+          f"pgmux transaction mode, {args.workers} worker process(es); auto bounded by "
+          f"max_db_connections={AUTO_CAP}; {os.cpu_count()} CPUs")
     if args.confirm:
         print(f"confirming rounds: the sweep's best fixed size and a cold auto pool (after {args.auto_warmup} s "
               f"of warm-up, its learning) in {args.confirm} paired rounds, order alternating")
