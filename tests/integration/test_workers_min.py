@@ -202,3 +202,40 @@ def test_the_minimum_after_a_rolling_restart(pgmux_factory: Any, pg: Any) -> Non
     seen = _samples(proc, 3.0)
     assert set(seen) == {4} and peak <= 6, (seen, peak)
     assert "adopts the pool testdb/postgres" in proc.log()
+
+
+def test_a_lowered_pool_size_shrinks_the_pooler(pgmux_factory: Any, pg: Any) -> None:
+    """pool_size lowered while both workers hold their share of the old one (SET, as RELOAD or pool_size =
+    auto would): each worker gives up what it holds beyond its share of the new limit, so the pooler comes
+    down to it under load, not only as servers age out (each worker alone was within the new limit)."""
+    proc = start(pgmux_factory, 2, pool_mode="transaction", default_pool_size=8)
+    proc.pg_port = pg.primary.port
+    clients = [connect_on(proc, i % 2) for i in range(12)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def load(n: int) -> None:
+        deadline = time.monotonic() + 60
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                clients[n].execute("SELECT pg_sleep(0.02)")
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: _server_count(proc) == 8, "the pool full: 8 servers over both workers", 20)
+        with psycopg.connect(proc.dsn(db="pgbouncer"), **CONNECT) as admin:
+            admin.execute("SET default_pool_size = 3")
+        wait_for(lambda: _server_count(proc) <= 3, "down to the new pool_size (3) under load", 10)
+        seen = _samples(proc, 2.0)
+        assert max(seen) <= 3, seen
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        for c in clients:
+            c.close()
+    assert not errors, errors
