@@ -13,7 +13,7 @@ from pgmux.config import load_config
 from pgmux.config.values import AUTO
 from pgmux.errors import ConfigError
 from pgmux.pooling.advisor import Snapshot
-from pgmux.pooling.autosize import START, AutoSizer, bounds, start_size
+from pgmux.pooling.autosize import PROBE_BACKOFF, START, AutoSizer, bounds, start_size
 
 MODELS = {
     # pgbench -S on 2 cores: CPU-bound, flat beyond 2-3, a slow decline from context switches
@@ -71,6 +71,23 @@ def test_settles(name: str) -> None:
     assert sum(1 for a, b in zip(homes, homes[1:], strict=False) if a != b) <= 6, homes
     changes = [t for t, _ in sizer.history if t > 30.0]
     assert len(changes) <= 16, changes  # two probes (out and back) per 20 s, and a home move or two
+
+
+def test_probes_rejected_by_a_wide_margin_come_ever_less_often() -> None:
+    """A latency-bound pool settled at its clients' number: each probe of the size below closes and opens a
+    third of its servers at a third less throughput, and is rejected by far every time; the interval
+    between them doubles, to PROBE_BACKOFF x stale."""
+    sizer = AutoSizer(1, 200)
+    sim = Sim(MODELS["sleep"], seed=3)
+    run(sim, sizer, 30.0)
+    assert sizer.home == 200, sizer.history[-5:]
+    start = sim.now
+    run(sim, sizer, 600.0)
+    probes = [t for t, size in sizer.history if t > start and size < sizer.home]
+    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    assert probes and len(probes) <= 8, probes  # without the backoff: one every 2 x stale (40 s), some 15
+    assert max(gaps) >= 0.9 * PROBE_BACKOFF * sizer.stale, gaps
+    assert all(b >= a * 0.9 for a, b in zip(gaps, gaps[1:], strict=False)), gaps  # never more often again
 
 
 @pytest.mark.parametrize("before, after", [("sleep", "tpcb"), ("tpcb", "sleep"), ("select", "sleep")])

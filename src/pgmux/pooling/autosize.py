@@ -28,8 +28,9 @@ the size this returns. It climbs the throughput curve X(size) of the pool, measu
   by `STEP` (x1.5, at least one). Kept steps down in a row accelerate.
 - It settles: at a home size whose neighbours were both measured within `stale` seconds and rejected,
   it stays. Each neighbour is measured again once its measurement is older than `stale` (one probe of
-  a second or two per `stale` seconds on each side, half as often for a neighbour rejected by a wide
-  margin), so it follows slow drifts. These probes are the only moves of a settled pool.
+  a second or two per `stale` seconds on each side; a neighbour rejected by a wide margin is probed half
+  as often, and half as often again after each such rejection in a row, down to once per
+  `PROBE_BACKOFF` x `stale`), so it follows slow drifts. These probes are the only moves of a settled pool.
 - It reacts within seconds: when the hold time at the same size jumps by 2x (either way) on two
   measurements in a row, the workload changed; what it knew is forgotten and it climbs fast again.
 
@@ -53,6 +54,7 @@ FAST = 4.0
 CAP = 100
 FILL_WAIT = 3.0  # seconds a step up waits at most for its new servers to log in
 START = 8
+PROBE_BACKOFF = 8  # a neighbour rejected by a wide margin again and again: probed every 8 x stale at most
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class _Obs:
     hold: float
     seen: float
     se: float = 0.0  # relative standard error of tps, from its per-tick rates
+    rejected: int = 0  # probes of this size rejected by a wide margin in a row (each waits twice as long)
 
 
 def _rel_se(rates: list[float]) -> float:
@@ -172,10 +175,10 @@ class AutoSizer:
                 return
             self.jumps = 0
             self.levels[self.size] = _Obs(old.tps + 0.5 * (tps - old.tps), old.hold + 0.5 * (hold - old.hold), now,
-                                          math.hypot(old.se, se) / 2)
+                                          math.hypot(old.se, se) / 2, old.rejected)
             return
         self.jumps = 0
-        self.levels[self.size] = _Obs(tps, hold, now, se)
+        self.levels[self.size] = _Obs(tps, hold, now, se, 0 if old is None else old.rejected)
 
     def eff(self, a: int, b: int) -> float | None:
         """Elasticity of throughput between sizes a < b, None when either is not measured."""
@@ -193,10 +196,19 @@ class AutoSizer:
         return min(NOISE_CAP, Z * math.hypot(oa.se, ob.se) / abs(math.log(b / a)))
 
     def _keep(self, k: int, now: float, clear: bool) -> None:
-        """A neighbour rejected by a wide margin is probed again half as often."""
+        """A neighbour rejected by a wide margin is probed again half as often, and after each such
+        rejection in a row half as often again, up to every `PROBE_BACKOFF` x `stale` seconds: a probe costs
+        throughput (a settled latency-bound pool at its clients' number lost some 8% to probes of the
+        size below every 40 s, each closing and opening a third of its servers), and a change of workload
+        is caught by the hold time anyway (`_record`)."""
         o = self.levels.get(k)
-        if clear and o is not None:
-            o.seen = now + self.stale
+        if o is None:
+            return
+        if not clear:
+            o.rejected = 0
+            return
+        o.rejected += 1
+        o.seen = now + self.stale * (min(2 ** o.rejected, PROBE_BACKOFF) - 1)
 
     def _fresh(self, now: float, k: int) -> bool:
         o = self.levels.get(k)
