@@ -174,10 +174,10 @@ def test_pool_size_auto_with_workers_is_one_size_for_the_pooler(pgmux_factory: P
     mux.pg_port = p.port
     path = tmp_path / "load.sql"
     path.write_text(SLEEP)
-    proc = start_pgbench(mux, path, 40, 20)
+    proc = start_pgbench(mux, path, 40, 12)
     samples: list[tuple[int, int]] = []  # (pool_size in force, servers in pg_stat_activity)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 12
         while proc.poll() is None and time.monotonic() < deadline:
             dbs = {r["name"]: r for r in mux.admin_dicts("SHOW DATABASES")}
             samples.append((int(dbs[DB]["pool_size"]), _server_count(mux)))

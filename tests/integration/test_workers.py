@@ -272,6 +272,39 @@ SERVERS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND bac
                "AND application_name <> 'pgmux pool advisor' AND backend_start >= %s")
 
 
+class Load:
+    """Each client runs `sql` in a thread of its own, `count` times (None: until stopped), for `bound`
+    seconds at most; `done` counts each one's runs, `errors` what any raised. As a context manager: started
+    on entry, stopped and joined on exit."""
+
+    def __init__(self, clients: list[Any], sql: str, count: int | None = None, bound: float = 60.0) -> None:
+        self.clients, self.sql, self.count, self.bound = clients, sql, count, bound
+        self.done = [0] * len(clients)
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(len(clients))]
+
+    def _run(self, n: int) -> None:
+        deadline = time.monotonic() + self.bound
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline and (
+                    self.count is None or self.done[n] < self.count):
+                self.clients[n].execute(self.sql)
+                self.done[n] += 1
+        except BaseException as e:  # noqa: BLE001
+            self.errors.append(e)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+
 def peak_servers(proc: Any, threads: list[threading.Thread], bound: float) -> int:
     """The most server connections of the pooler's pools seen while any of `threads` runs (sampled every
     50 ms, for `bound` seconds at most)."""
@@ -298,32 +331,12 @@ def test_pool_size_holds_across_workers(pgmux_factory: Any, pg: Any, workers: in
     clients = []
     for i in tuple(range(workers)) * (8 // workers):  # 8 clients, as many on each worker
         clients.append(connect_on(proc, i))
-    stop = threading.Event()
-    done = [0] * len(clients)
-    errors: list[BaseException] = []
-
-    def load(n: int) -> None:
-        deadline = time.monotonic() + 60
-        try:
-            for _ in range(40):  # bounded rounds
-                if stop.is_set() or time.monotonic() > deadline:
-                    return
-                clients[n].execute("SELECT pg_sleep(0.05)")
-                done[n] += 1
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
-    for t in threads:
-        t.start()
-    peak = peak_servers(proc, threads, 90)
-    stop.set()
-    for t in threads:
-        t.join(10)
+    with Load(clients, "SELECT pg_sleep(0.05)", count=40) as load:
+        peak = peak_servers(proc, load.threads, 90)
     for c in clients:
         c.close()
-    assert not errors, errors
-    assert all(n == 40 for n in done), done  # every client of both workers was served, none starved
+    assert not load.errors, load.errors
+    assert all(n == 40 for n in load.done), load.done  # every client of both workers was served, none starved
     assert 2 <= peak <= 3, peak  # one pool of 3 for the pooler, not 3 per worker
 
 

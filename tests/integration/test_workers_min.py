@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import psycopg
 import pytest
 from helpers import wait_for
 from test_rolling_restart import children, replaced
-from test_workers import CONNECT, _server_count, cg, connect_on, peak_servers, start, worker_pids
+from test_workers import CONNECT, Load, _server_count, cg, connect_on, peak_servers, start, worker_pids
 
 
 def _logins(proc: Any) -> int:
@@ -116,29 +115,11 @@ def test_load_beyond_the_minimum_keeps_the_limit(pgmux_factory: Any, pg: Any) ->
                  server_idle_timeout=1)
     proc.pg_port = pg.primary.port
     clients = [connect_on(proc, i % 2) for i in range(8)]
-    errors: list[BaseException] = []
-    done = [0] * len(clients)
-
-    def load(n: int) -> None:
-        deadline = time.monotonic() + 60
-        try:
-            for _ in range(30):
-                if time.monotonic() > deadline:
-                    return
-                clients[n].execute("SELECT pg_sleep(0.05)")
-                done[n] += 1
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
     try:
-        for t in threads:
-            t.start()
-        peak = peak_servers(proc, threads, 90)
-        for t in threads:
-            t.join(10)
-        assert not errors, errors
-        assert all(n == 30 for n in done), done
+        with Load(clients, "SELECT pg_sleep(0.05)", count=30) as load:
+            peak = peak_servers(proc, load.threads, 90)
+        assert not load.errors, load.errors
+        assert all(n == 30 for n in load.done), load.done
         assert 3 <= peak <= 4, peak  # more than the minimum was needed; the pool limit held pooler-wide
     finally:
         for c in clients:
@@ -156,20 +137,9 @@ def test_the_minimum_and_the_rebalance_agree(pgmux_factory: Any, pg: Any) -> Non
     proc.pg_port = pg.primary.port
     clients = [connect_on(proc, i % 2) for i in range(6)]
     try:
-        errors: list[BaseException] = []
-
-        def load(n: int) -> None:
-            try:
-                for _ in range(10):
-                    clients[n].execute("SELECT pg_sleep(0.02)")
-            except BaseException as e:  # noqa: BLE001
-                errors.append(e)
-
-        threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
-        for t in threads:
-            t.start()
-        peak = peak_servers(proc, threads, 60)
-        assert not errors, errors
+        with Load(clients, "SELECT pg_sleep(0.02)", count=10) as load:
+            peak = peak_servers(proc, load.threads, 60)
+        assert not load.errors, load.errors
         assert peak <= 4, peak
         wait_for(lambda: _server_count(proc) == 4, "the minimum", 20)
         seen = _samples(proc, 2.0)  # settled (a server handed over a moment ago reopens meanwhile)
@@ -211,31 +181,15 @@ def test_a_lowered_pool_size_shrinks_the_pooler(pgmux_factory: Any, pg: Any) -> 
     proc = start(pgmux_factory, 2, pool_mode="transaction", default_pool_size=8)
     proc.pg_port = pg.primary.port
     clients = [connect_on(proc, i % 2) for i in range(12)]
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def load(n: int) -> None:
-        deadline = time.monotonic() + 60
-        try:
-            while not stop.is_set() and time.monotonic() < deadline:
-                clients[n].execute("SELECT pg_sleep(0.02)")
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(len(clients))]
     try:
-        for t in threads:
-            t.start()
-        wait_for(lambda: _server_count(proc) == 8, "the pool full: 8 servers over both workers", 20)
-        with psycopg.connect(proc.dsn(db="pgbouncer"), **CONNECT) as admin:
-            admin.execute("SET default_pool_size = 3")
-        wait_for(lambda: _server_count(proc) <= 3, "down to the new pool_size (3) under load", 10)
-        seen = _samples(proc, 2.0)
-        assert max(seen) <= 3, seen
+        with Load(clients, "SELECT pg_sleep(0.02)") as load:
+            wait_for(lambda: _server_count(proc) == 8, "the pool full: 8 servers over both workers", 20)
+            with psycopg.connect(proc.dsn(db="pgbouncer"), **CONNECT) as admin:
+                admin.execute("SET default_pool_size = 3")
+            wait_for(lambda: _server_count(proc) <= 3, "down to the new pool_size (3) under load", 10)
+            seen = _samples(proc, 2.0)
+            assert max(seen) <= 3, seen
+        assert not load.errors, load.errors
     finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
         for c in clients:
             c.close()
-    assert not errors, errors
