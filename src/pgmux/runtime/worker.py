@@ -401,12 +401,14 @@ class WorkerShare:
             spare = max(len(pool.servers) - marked - share, sum(1 for s in pool.idle if now - s.idle_since >= SPARE))
             idle = min(len(pool.idle), max(0, others - ws.room(limit, c.total(pk))), spare)
         busy = max(0, ws.to_give_up(limit, len(pool.servers) - marked, others, total, share) - idle)
-        # More than the limit in the pooler (it was lowered: RELOAD, SET, pool_size = auto): each worker
-        # gives up what it holds beyond its share, the idle ones now, the others as their transactions end.
-        surplus = min(total - limit, len(pool.servers) - marked - share) - idle - busy if limit > 0 else 0
+        # More than pool_size + reserve in the pooler (lowered: RELOAD, SET, pool_size = auto; as over_size()
+        # in one process): each worker gives up what it holds beyond its share, the idle ones now, the
+        # others as their transactions end.
+        cap = pool.limits.pool_size + pool.limits.reserve_pool_size
+        surplus = min(total - cap, len(pool.servers) - marked - share) - idle - busy if limit > 0 else 0
         for server in pool.idle[idle:idle + max(0, surplus)]:
             surplus -= 1
-            app.close_server(server, f"the pooler holds more than pool_size ({limit})", relaunch=False)
+            app.close_server(server, f"the pooler holds more than pool_size ({cap})", relaunch=False)
         busy += max(0, surplus)
         for lim, slot in ((reg.max_db.get(pool.database, 0), dk), (reg.max_user.get(pool.user, 0), uk)):
             other = c.others_demand(self.index, slot)
