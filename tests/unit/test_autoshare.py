@@ -85,3 +85,13 @@ def test_the_next_live_row_leads_when_the_leader_is_gone() -> None:
     counts, (a, b) = workers(2)
     counts.zero(0)
     assert b.leader() == 1
+
+
+def test_a_full_key_table_leaves_each_worker_its_own_measurements() -> None:
+    counts, (a, _) = workers(2)
+    for i in range(ws.KEYS):  # every slot taken by other keys
+        if counts.keys[i] == 0:
+            counts.keys[i] = 2 * i + 1
+    pool = FakePool(database="late")
+    a.decided(pool, 12)  # no exception: the leader keeps its size to itself
+    assert a.slots == {}

@@ -115,7 +115,10 @@ class AutoShare:
 
     def decided(self, pool: Pool[Any, Any], size: int) -> None:
         """The leader's size for the pool, for the other workers."""
-        self.share.counts.set(self.share.index, self._slots(pool)[-1], size)
+        try:
+            self.share.counts.set(self.share.index, self._slots(pool)[-1], size)
+        except ws.TableFull:
+            pass  # (no room for the pool's keys: each worker sizes it on its own measurements, PoolWatch._shared)
 
     def size(self, pool: Pool[Any, Any]) -> int | None:
         """The size the leader decided (None until it has)."""
