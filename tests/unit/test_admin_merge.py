@@ -102,3 +102,12 @@ def test_pools_keep_the_shared_pool_size_and_lists_the_configured_counts() -> No
     _, rows = split_reply(merge("lists", [(0, reply(lcols, [["databases", 3], ["users", 2], ["used_clients", 5]])),
                                           (1, reply(lcols, [["databases", 3], ["users", 2], ["used_clients", 4]]))]))
     assert rows == [[b"databases", b"3"], [b"users", b"2"], [b"used_clients", b"9"]]
+
+
+def test_a_database_named_like_a_list_is_summed_as_any_other() -> None:
+    """SHOW LISTS' configuration rows take the largest value; a pool of a database named "users" in SHOW
+    POOLS is summed as every pool is."""
+    cols = [("database", TEXT), ("user", TEXT), ("cl_active", INT8)]
+    _, rows = split_reply(merge("pools", [(0, reply(cols, [["users", "alice", 3]])),
+                                          (1, reply(cols, [["users", "alice", 4]]))]))
+    assert rows == [[b"users", b"alice", b"7"]]

@@ -88,7 +88,7 @@ def merge(subject: str, replies: Sequence[tuple[int, bytes]]) -> bytes:
         return _reply(cols + [("worker", OID_TEXT)], rows)
     if subject in KEYED_SUBJECTS:
         return _reply(cols, keyed(KEYED_SUBJECTS[subject], cols, [rs for _, _, rs in parts]))
-    return _reply(cols, summed(cols, [rs for _, _, rs in parts]))
+    return _reply(cols, summed(cols, [rs for _, _, rs in parts], SHARED_LISTS if subject == "lists" else frozenset()))
 
 
 def keyed(how: dict[str, str], cols: Columns, per_worker: Sequence[Rows]) -> Rows:
@@ -127,8 +127,9 @@ def _is_number(v: bytes | None) -> bool:
     return v is not None and _NUMBER.fullmatch(v) is not None
 
 
-def summed(cols: Columns, per_worker: Sequence[Rows]) -> Rows:
-    """Rows with equal key columns merged; a column is a key unless every value in it is a number."""
+def summed(cols: Columns, per_worker: Sequence[Rows], shared: frozenset[bytes] = frozenset()) -> Rows:
+    """Rows with equal key columns merged; a column is a key unless every value in it is a number. Rows
+    whose first column is in `shared` take the largest value (SHOW LISTS' configuration counts)."""
     all_rows = [r for rows in per_worker for r in rows]
     numeric = [bool(all_rows) and all(_is_number(r[i]) for r in all_rows) for i in range(len(cols))]
     merged: dict[tuple[bytes | None, ...], list[Rows]] = {}
@@ -147,7 +148,7 @@ def summed(cols: Columns, per_worker: Sequence[Rows]) -> Rows:
                 continue
             values = [float(r[i] or 0) for r in rows]
             is_int = all(b"." not in (r[i] or b"") for r in rows)
-            if name.startswith("maxwait") or name in SHARED_COLUMNS or first[0] in SHARED_LISTS:
+            if name.startswith("maxwait") or name in SHARED_COLUMNS or first[0] in shared:
                 v = max(values)
             elif name.startswith("avg_") and name.endswith("_time"):
                 v = sum(values) / len(values)
