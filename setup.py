@@ -3,6 +3,8 @@
 - pgmux._speedups does the per-query text scans of the forwarding path in C (see its header). It is
   optional: where it cannot be compiled, pgmux runs the pure-Python version of the same scans, and
   tests/unit/test_speedups.py fails, so a machine that should have it notices.
+- pgmux._arenas gives back the empty pools of CPython's small-object arenas after a storm of clients
+  (runtime/memtrim.py). Optional in the same way; tests/unit/test_arenas.py fails where it is missing.
 - COMPILED below are the modules every transaction and every login runs through. mypyc compiles
   them, from the same Python source, to C extension modules; their type annotations become C fields
   and direct calls. The .py files stay the definition: `PGMUX_PURE=1` at install time skips this
@@ -45,7 +47,8 @@ COMPILED = [
     "src/pgmux/runtime/logdirect.py",  # log lines (two per login: log_connections, log_disconnections)
 ]
 
-ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True)]
+ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True),
+               Extension("pgmux._arenas", ["src/pgmux/_arenas.c"], optional=True)]
 if os.environ.get("PGMUX_PURE", "") in ("", "0"):
     from mypyc.build import mypycify
 

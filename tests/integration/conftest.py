@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,17 @@ class PgmuxProc:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 10) -> str:
+        """The log once `text` is in it `count` times. Informational lines are written at the pooler's
+        next tick (runtime/main.py), not at once: a line read right after the event may not be there yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if log.count(text) >= count or time.monotonic() > deadline:
+                assert log.count(text) >= count, f"{text!r} not {count} times in the log:\n{log[-3000:]}"
+                return log
+            time.sleep(0.05)
 
     def dsn(self, db: str = "testdb", user: str = "postgres", password: str | None = None) -> str:
         """A libpq URL (psycopg, asyncpg and psql all take it)."""

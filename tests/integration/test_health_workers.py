@@ -183,7 +183,7 @@ def test_a_lagging_replica_is_left_by_every_worker(cluster: PgCluster, pgmux_fac
         everywhere(consoles, replica.port, lambda r: r["state"] == "up", "the replica up again everywhere")
         for c in clients:
             wait_for(lambda c=c: served_by(c) == replica.port, "reads back on the replica", REACH)
-    assert "[checked by worker" in proc.log()  # a follower adopted it, and said so
+    proc.wait_log("[checked by worker")  # a follower adopted it, and said so
     assert len(checkers(proc)) == 1
     for c in [*consoles, *clients]:
         c.close()
@@ -287,7 +287,7 @@ def test_a_killed_checker_is_replaced_and_verdicts_still_reach_every_worker(clus
     new = wait_for(lambda: [c for c in checkers(proc) if c[0] != victim], "another worker to take over", 10)[0]
     print(f"checker pid {victim} (worker {index}) killed; pid {new[0]} (worker {new[1]}) took over "
           f"after {time.monotonic() - t0:.2f}s")
-    assert f"(after worker {index}, pid {victim})" in proc.log()
+    proc.wait_log(f"(after worker {index}, pid {victim})")
     wait_for(lambda: len(worker_pids(proc)) == 2 and victim not in worker_pids(proc).values(), "the restart", 15)
     consoles = [console_on(proc, i) for i in range(2)]  # the restarted worker's too
     with guard(proc):

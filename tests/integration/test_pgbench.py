@@ -131,7 +131,7 @@ def test_pgbench_connect_per_transaction(mux: PgmuxProc) -> None:
     s = summary(out)
     assert s["failed"] == 0 and s["processed"] > 20 and s["tps"] > 0, s
     # Hundreds of client connections, a handful of server connections: what a pooler is for.
-    opened = mux.log().count("new connection to server")
+    opened = mux.wait_log("new connection to server").count("new connection to server")
     assert 0 < opened <= POOL_SIZE, f"{opened} server connections for {s['processed']:.0f} client connections"
     assert server_count(mux) <= POOL_SIZE
     assert not [c for c in mux.admin_dicts("SHOW CLIENTS") if c["database"] == DB]

@@ -174,7 +174,7 @@ def test_pg_basebackup_through_pgmux_makes_the_same_backup(logical: PgCluster, p
 
     assert files(out["pgmux"]) == files(out["direct"])
     # pgmux's side: both connections were replication ones, and neither is left once the tool is done.
-    log = mux.log()
+    log = mux.wait_log("new replication connection to server", 2)
     assert log.count("new replication connection to server") == 2, log[-3000:]
     wait_for("the replication servers to close", lambda: not [s for s in show(mux, "SERVERS")
                                                                 if s["replication"] != "none"])

@@ -97,11 +97,14 @@ def test_rolling_restart_under_pgbench(pgmux_factory: Any, pg: Any, bench_db: st
     before = primary_scalar(pg, "SELECT count(*) FROM pgbench_history")
     out: list[str] = []
     runner = threading.Thread(target=lambda: out.append(
-        pgbench(proc, "-M", protocol, "-c", "50", "-j", "2", "-T", "14", "-n", timeout=120)), daemon=True)
+        pgbench(proc, "-M", protocol, "-c", "50", "-j", "2", "-T", "6", "-n", timeout=120)), daemon=True)
     runner.start()
-    time.sleep(3)
+    time.sleep(2)
+    t0 = time.monotonic()
     proc.signal(signal.SIGWINCH)  # the supervisor's rolling restart, as the console's RESTART asks for it
     wait_for(lambda: replaced(proc, before_pids, 2), "both workers replaced", 60)
+    print(f"both workers replaced in {time.monotonic() - t0:.1f}s")
+    assert runner.is_alive(), "pgbench ended before the restart did: the restart was not under load"
     runner.join(120)
     assert out, "pgbench did not finish (its failure is in the test's output above)"
     s = summary(out[0])

@@ -171,7 +171,7 @@ def test_the_minimum_after_a_rolling_restart(pgmux_factory: Any, pg: Any) -> Non
     wait_for(lambda: _server_count(proc) == 4, "the minimum back in the new workers", 20)
     seen = _samples(proc, 3.0)
     assert set(seen) == {4} and peak <= 6, (seen, peak)
-    assert "adopts the pool testdb/postgres" in proc.log()
+    proc.wait_log("adopts the pool testdb/postgres")
 
 
 def test_a_lowered_pool_size_shrinks_the_pooler(pgmux_factory: Any, pg: Any) -> None:

@@ -11,7 +11,7 @@ from pgmux.runtime.memtrim import FOLLOW, MAX_WAIT, MIN_DROP, Trimmer
 def test_trims_once_a_storm_has_left_and_rebuilds_the_client_dicts() -> None:
     app = SimpleNamespace(clients={}, by_cancel={}, admission=SimpleNamespace(held={}))
     calls: list[int] = []
-    t = Trimmer(app, trim=calls.append)
+    t = Trimmer(app, trim=calls.append, release=lambda: (0, 0))
     clients, by_cancel, held = app.clients, app.by_cancel, app.admission.held
     for i in range(3 * MIN_DROP):
         clients[i] = by_cancel[i] = held[i] = object()
@@ -30,8 +30,11 @@ def test_trims_once_a_storm_has_left_and_rebuilds_the_client_dicts() -> None:
     assert sys.getsizeof(held) == big  # a dict keeps its table when emptied
     t()  # still falling since the last tick: the storm is leaving, wait for it
     assert calls == [] and sys.getsizeof(held) == big
+    released: list[int] = []
+    t.release = lambda: (released.append(1), (3, 3 * 12288))[1]
     t()
     assert sys.getsizeof(held) < big / 10 and sorted(held) == sorted(clients)
+    assert released == [1] and t.released == 3 * 12288  # the empty pools given back after the trim
     assert calls == [0] and t.trims == 1 and t.peak == 10
     # The same dicts (others hold them), with what was left in them.
     assert app.clients is clients and app.by_cancel is by_cancel
@@ -49,7 +52,7 @@ def test_trims_once_a_storm_has_left_and_rebuilds_the_client_dicts() -> None:
 def test_a_few_clients_leaving_cost_nothing() -> None:
     app = SimpleNamespace(clients={i: i for i in range(MIN_DROP - 1)}, by_cancel={})
     calls: list[int] = []
-    t = Trimmer(app, trim=calls.append)
+    t = Trimmer(app, trim=calls.append, release=lambda: (0, 0))
     t()
     app.clients.clear()
     t()
@@ -59,7 +62,7 @@ def test_a_few_clients_leaving_cost_nothing() -> None:
 def test_a_trickle_that_never_stops_is_trimmed_after_a_bounded_wait() -> None:
     app = SimpleNamespace(clients={i: i for i in range(4 * MIN_DROP)}, by_cancel={})
     calls: list[int] = []
-    t = Trimmer(app, trim=calls.append)
+    t = Trimmer(app, trim=calls.append, release=lambda: (0, 0))
     t()
     for i in range(3 * MIN_DROP):
         del app.clients[i]
