@@ -174,3 +174,26 @@ def test_a_pool_whose_clients_left_keeps_its_size() -> None:
         now += 0.2
         sizer.feed(Snapshot(now, 1000, 10.0, 0.0, 0, 0, 0, sizer.size, 0))
     assert sizer.size == 50 and sizer.history == []
+
+
+def test_a_fast_step_with_a_clear_but_modest_gain_keeps_its_first_part() -> None:
+    """Latency-bound at 200 clients on 2 cores (bench/poolsize.py, --log): 128 -> 200 gained eff 0.35 with
+    a noise margin of 0.12, short of the 0.25 a step of more than x1.5 must clear. The first x1.5 of it
+    is kept, with no measurement of its own; a step whose hold time jumped 2x is a new workload instead."""
+    from pgmux.pooling.autosize import _Obs
+
+    def sizer_after_step(hold_at_200: float) -> AutoSizer:
+        s = AutoSizer(1, 200)
+        s.size, s.home, s.fast = 200, 128, True
+        s.levels[128] = _Obs(12000.0, 0.0107, 10.0, 0.003)
+        s.levels[200] = _Obs(14044.0, hold_at_200, 12.0, 0.055)
+        return s
+
+    s = sizer_after_step(0.0130)
+    e, margin = s.eff(128, 200), s.noise(128, 200)
+    assert e is not None and 0.25 > e - margin >= 0.05, (e, margin)
+    s._decide(12.0, 200)
+    assert (s.home, s.size, s.fast) == (192, 192, False)
+    s = sizer_after_step(0.0330)  # 3x the hold time: not the same load
+    s._decide(12.0, 200)
+    assert (s.home, s.size) == (128, 128)

@@ -33,6 +33,26 @@ def test_bucket_is_bisect_left_over_the_bounds() -> None:
     assert bucket(float("nan")) == len(BOUNDS)  # +Inf: never lost
 
 
+def test_observe_counts_in_the_bucket_that_bucket_names() -> None:
+    """Histogram.observe writes its compares out again (C integer fields, one per bucket): the same
+    buckets as `bucket`, for every bound, both sides of it, NaN and the infinities."""
+    values = [0.0, -1.0, float("inf"), float("-inf"), float("nan"), 1e-9, *BOUNDS]
+    values += [b * f for b in BOUNDS for f in (0.999999, 1.000001, 0.5, 1.5)]
+    values += [i * 1e-5 for i in range(3_000)] + [i * 0.03 for i in range(3_000)]
+    h = Histogram()
+    want = [0] * (len(BOUNDS) + 1)
+    for v in values:
+        one = Histogram()
+        one.observe(v)
+        assert one.counts == [int(i == bucket(v)) for i in range(len(BOUNDS) + 1)], v
+        h.observe(v)
+        want[bucket(v)] += 1
+    assert h.counts == want and h.count == len(values)
+    c = h.copy()
+    c.merge(h)
+    assert c.counts == [2 * n for n in want] and c.cumulative()[-1] == 2 * len(values)
+
+
 def test_quantile_interpolates_inside_the_bucket_like_histogram_quantile() -> None:
     counts = [0] * (len(BOUNDS) + 1)
     i = BOUNDS.index(0.01)

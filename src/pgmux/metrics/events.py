@@ -44,7 +44,7 @@ class Events:
     @property
     def login(self) -> Histogram:
         h = Histogram()
-        h.counts = list(self._login)
+        h.set_counts(list(self._login))
         h.total = self._login_total[0]
         return h
 

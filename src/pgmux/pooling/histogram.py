@@ -53,15 +53,78 @@ def bucket(secs: float) -> int:
 
 
 class Histogram:
-    __slots__ = ("counts", "total")
+    """Per-bucket counts in 20 int fields, not a list: compiled, a field is a C integer, so an observation
+    is the compares and one add in place, where a list item above 256 was a new int object per
+    observation (about 300 instructions of the 900 the three histograms cost a transaction, valgrind)."""
+
+    __slots__ = ("c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10", "c11", "c12", "c13", "c14",
+                 "c15", "c16", "c17", "c18", "c19", "total")
 
     def __init__(self) -> None:
-        self.counts: list[int] = [0] * (len(BOUNDS) + 1)
+        self.c0 = self.c1 = self.c2 = self.c3 = self.c4 = self.c5 = self.c6 = self.c7 = self.c8 = self.c9 = 0
+        self.c10 = self.c11 = self.c12 = self.c13 = self.c14 = self.c15 = self.c16 = self.c17 = self.c18 = 0
+        self.c19 = 0
         self.total = 0.0  # seconds
 
     def observe(self, secs: float) -> None:
-        self.counts[bucket(secs)] += 1
+        """counts[bucket(secs)] += 1, the same compares as `bucket` (a unit test holds the two equal)."""
         self.total += secs
+        if secs <= 0.005:
+            if secs <= 0.00025:
+                if secs <= 0.00005:
+                    self.c0 += 1
+                elif secs <= 0.0001:
+                    self.c1 += 1
+                else:
+                    self.c2 += 1
+            elif secs <= 0.001:
+                if secs <= 0.0005:
+                    self.c3 += 1
+                else:
+                    self.c4 += 1
+            elif secs <= 0.0025:
+                self.c5 += 1
+            else:
+                self.c6 += 1
+        elif secs <= 0.5:
+            if secs <= 0.05:
+                if secs <= 0.01:
+                    self.c7 += 1
+                elif secs <= 0.025:
+                    self.c8 += 1
+                else:
+                    self.c9 += 1
+            elif secs <= 0.1:
+                self.c10 += 1
+            elif secs <= 0.25:
+                self.c11 += 1
+            else:
+                self.c12 += 1
+        elif secs <= 5.0:
+            if secs <= 1.0:
+                self.c13 += 1
+            elif secs <= 2.5:
+                self.c14 += 1
+            else:
+                self.c15 += 1
+        elif secs <= 10.0:
+            self.c16 += 1
+        elif secs <= 30.0:
+            self.c17 += 1
+        elif secs <= 60.0:
+            self.c18 += 1
+        else:
+            self.c19 += 1
+
+    @property
+    def counts(self) -> list[int]:
+        """Per-bucket counts, the last one +Inf's (a new list: read at scrape time)."""
+        return [self.c0, self.c1, self.c2, self.c3, self.c4, self.c5, self.c6, self.c7, self.c8, self.c9, self.c10,
+                self.c11, self.c12, self.c13, self.c14, self.c15, self.c16, self.c17, self.c18, self.c19]
+
+    def set_counts(self, counts: list[int]) -> None:
+        (self.c0, self.c1, self.c2, self.c3, self.c4, self.c5, self.c6, self.c7, self.c8, self.c9, self.c10, self.c11,
+         self.c12, self.c13, self.c14, self.c15, self.c16, self.c17, self.c18, self.c19) = counts
 
     @property
     def count(self) -> int:
@@ -76,13 +139,12 @@ class Histogram:
         return out
 
     def merge(self, other: Histogram) -> None:
-        for i, n in enumerate(other.counts):
-            self.counts[i] += n
+        self.set_counts([a + b for a, b in zip(self.counts, other.counts, strict=True)])
         self.total += other.total
 
     def copy(self) -> Histogram:
         h = Histogram()
-        h.counts = list(self.counts)
+        h.set_counts(self.counts)
         h.total = self.total
         return h
 
