@@ -22,8 +22,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "install" / "clean_install.py"
 TEST = HERE / "install" / "test_clean_install.py"
-BUILD_KEY = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()
-WORK_KEY = pytest.StashKey[Path]()
+BUILD_KEY = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()  # the build, and its log in its work dir
 
 
 def _lowest_priority() -> None:
@@ -43,7 +42,6 @@ def start(config: pytest.Config, items: list[pytest.Item]) -> None:
         proc = subprocess.Popen([sys.executable, str(SCRIPT), str(work / "w")], stdout=f, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_lowest_priority)
     config.stash[BUILD_KEY] = (proc, log)
-    config.stash[WORK_KEY] = work
 
 
 def last(items: list[pytest.Item]) -> None:
@@ -53,12 +51,13 @@ def last(items: list[pytest.Item]) -> None:
 
 def stop(config: pytest.Config) -> None:
     build = config.stash.get(BUILD_KEY, None)
-    if build is not None and build[0].poll() is None:  # the session ended before the test waited for it
+    if build is None:
+        return
+    proc, log = build
+    if proc.poll() is None:  # the session ended before the test waited for it
         try:
-            os.killpg(build[0].pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        build[0].wait()
-    work = config.stash.get(WORK_KEY, None)
-    if work is not None:
-        shutil.rmtree(work, ignore_errors=True)
+        proc.wait()
+    shutil.rmtree(log.parent, ignore_errors=True)
