@@ -50,15 +50,41 @@ static int contains(const unsigned char *p, Py_ssize_t n, Word w)
     return 0;
 }
 
-/* The same word lists as protocol/scans.py (_FIRST and _SCREEN). */
-static const Word FIRST[] = {W("set"), W("reset"), W("discard"), W("deallocate"), W("listen"), W("unlisten"),
-                             W("load"), W("close"), W("declare"), W("/*"), W("--"), W("do"), W("execute"),
-                             W("explain"), W("prepare"), W("drop"), W("create"), W("savepoint"), W("rollback"),
-                             W("release"), {NULL, 0}};
+/* The same word lists as protocol/scans.py (_FIRST and _SCREEN). FIRST is grouped by first letter:
+ * screen_bytes compares a text's first word only with the words that start as it does (FIRST_AT). */
+static const Word FIRST[] = {W("set"), W("savepoint"), W("reset"), W("rollback"), W("release"), W("discard"),
+                             W("deallocate"), W("declare"), W("do"), W("drop"), W("listen"), W("load"),
+                             W("unlisten"), W("close"), W("create"), W("/*"), W("--"), W("execute"),
+                             W("explain"), W("prepare"), {NULL, 0}};
 static const Word ANYWHERE[] = {W("set"), W("discard"), W("deallocate"), W("listen"), W("temp"), W("advisory"),
                                 W("hold"), W("load"), W("close"), W("u&"), W("savepoint"), W("rollback"),
                                 W("release"), {NULL, 0}};
 static const Word ADVISORY = W("advisory"), SET_CONFIG = W("set_config"), TEMP = W("temp"), U_AMP = W("u&");
+
+/* For each byte, the first word of FIRST that starts with it (either case), and one past its last; 0 and
+ * 0 for none. Filled once, at import (first_index). */
+static unsigned char FIRST_AT[256][2];
+
+static void first_index(void)
+{
+    for (int k = 0; FIRST[k].s; k++) {
+        unsigned char c = (unsigned char)FIRST[k].s[0];
+        unsigned char cs[2] = {c, (c >= 'a' && c <= 'z') ? (unsigned char)(c - 32) : c};
+        for (int u = 0; u < 2; u++) {
+            if (FIRST_AT[cs[u]][1] == 0)
+                FIRST_AT[cs[u]][0] = (unsigned char)k;
+            FIRST_AT[cs[u]][1] = (unsigned char)(k + 1);
+        }
+    }
+}
+
+/* screen_bytes' one pass looks at a few bytes only: their kind here (0 for every other byte), so the
+ * loop over a text is one table read per byte. */
+enum { K_UNDERSCORE = 1, K_A, K_S, K_T, K_U };
+static const unsigned char KIND[256] = {
+    ['_'] = K_UNDERSCORE, ['a'] = K_A, ['A'] = K_A, ['s'] = K_S, ['S'] = K_S,
+    ['t'] = K_T, ['T'] = K_T, ['u'] = K_U, ['U'] = K_U,
+};
 
 static int screen_bytes(const unsigned char *p, Py_ssize_t n)
 {
@@ -66,21 +92,24 @@ static int screen_bytes(const unsigned char *p, Py_ssize_t n)
      * '_' somewhere, as in every function of theirs), "temp", and "u&". */
     int underscore = 0, advisory = 0, set_config = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        switch (lower(p[i])) {
-        case '_':
+        unsigned char k = KIND[p[i]];
+        if (k == 0)
+            continue;
+        switch (k) {
+        case K_UNDERSCORE:
             underscore = 1;
             break;
-        case 'a':
+        case K_A:
             advisory = advisory || at(p, n, i, ADVISORY);
             break;
-        case 's':
+        case K_S:
             set_config = set_config || at(p, n, i, SET_CONFIG);
             break;
-        case 't':
+        case K_T:
             if (at(p, n, i, TEMP))
                 return 1;
             break;
-        case 'u':
+        case K_U:
             if (at(p, n, i, U_AMP))
                 return 1;
             break;
@@ -92,9 +121,8 @@ static int screen_bytes(const unsigned char *p, Py_ssize_t n)
     while (s < n && (p[s] == ' ' || p[s] == '\t' || p[s] == '\n' || p[s] == '\r' || p[s] == '\v' || p[s] == '\f'))
         s++;
     if (s < n) {
-        unsigned char c0 = lower(p[s]);
-        for (int k = 0; FIRST[k].s; k++)
-            if ((unsigned char)FIRST[k].s[0] == c0 && at(p, n, s, FIRST[k]))
+        for (int k = FIRST_AT[p[s]][0]; k < FIRST_AT[p[s]][1]; k++)
+            if (at(p, n, s, FIRST[k]))
                 return 1;
     }
     const unsigned char *semi = memchr(p, ';', (size_t)n);
@@ -248,7 +276,7 @@ static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "walk(data, limit, noted) takes 3 arguments");
         return NULL;
     }
-    long long limit = PyLong_AsLongLong(args[1]);
+    long long limit = PyLong_AsSsize_t(args[1]); /* (AsLongLong takes a slow path for two-digit ints) */
     if (limit == -1 && PyErr_Occurred())
         return NULL;
     Py_buffer view, table;
@@ -332,7 +360,7 @@ static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "steps(data, limit, copy_syncs, unsynced, watch, copy_in) takes 6 arguments");
         return NULL;
     }
-    long long limit = PyLong_AsLongLong(args[1]);
+    long long limit = PyLong_AsSsize_t(args[1]); /* (AsLongLong takes a slow path for two-digit ints) */
     if (limit == -1 && PyErr_Occurred())
         return NULL;
     Py_ssize_t copy_syncs = PyLong_AsSsize_t(args[2]);
@@ -405,11 +433,13 @@ done:
 }
 
 /*
- * shape(chunk) -> (flags, start, end)
+ * shape(chunk, screened=None) -> (flags, start, end)
  *
  * What session/fastpath.py's as_is needs to know of a client's complete messages, in one pass:
  * `flags` is an OR of the SHAPE_* bits below, and data[start:end] is the last Parse of the unnamed
- * statement (start -1 when there is none). pgmux.protocol.scans.shape_py is the definition.
+ * statement (start -1 when there is none). An unnamed Parse equal to `screened` (one whose text
+ * screen() passed before: the client's last, for drivers that send the same text every time) is not
+ * screened again. pgmux.protocol.scans.shape_py is the definition.
  */
 enum {
     SHAPE_PARSE_NAMED = 1,       /* a Parse of a named statement */
@@ -423,13 +453,24 @@ enum {
     SHAPE_CLOSE_STATEMENT = 256, /* a Close of a statement */
     SHAPE_EXECUTE = 512,         /* an Execute */
     SHAPE_OTHER = 1024,          /* a Query, a FunctionCall, or a message too short for its kind */
+    SHAPE_SAME = 2048,           /* the last unnamed Parse is `screened`, byte for byte (not screened again) */
 };
 
 static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 1) {
-        PyErr_SetString(PyExc_TypeError, "shape(chunk) takes 1 argument");
+    if (nargs != 1 && nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "shape(chunk, screened=None) takes 1 or 2 arguments");
         return NULL;
+    }
+    const char *sp = NULL; /* `screened`: an unnamed Parse whose text screen() passed before */
+    Py_ssize_t sn = -1;
+    if (nargs == 2 && args[1] != Py_None) {
+        if (!PyBytes_Check(args[1])) {
+            PyErr_SetString(PyExc_TypeError, "shape(): screened must be bytes or None");
+            return NULL;
+        }
+        sp = PyBytes_AS_STRING(args[1]);
+        sn = PyBytes_GET_SIZE(args[1]);
     }
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
@@ -437,6 +478,7 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *p = view.buf;
     Py_ssize_t n = view.len, pos = 0, ustart = -1, uend = -1;
     long flags = 0;
+    int same = 0; /* the last unnamed Parse is `screened`, byte for byte */
     while (n - pos >= 5) {
         unsigned char t = p[pos];
         Py_ssize_t len = ((Py_ssize_t)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
@@ -458,7 +500,8 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                     flags |= SHAPE_SCREEN_NAMED;
             } else {
                 flags |= SHAPE_PARSE_UNNAMED;
-                if (screen_bytes(p + pos + 6, end - pos - 6))
+                same = sn == end - pos && memcmp(p + pos, sp, (size_t)sn) == 0;
+                if (!same && screen_bytes(p + pos + 6, end - pos - 6))
                     flags |= SHAPE_SCREEN_UNNAMED;
                 ustart = pos;
                 uend = end;
@@ -502,6 +545,8 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pos = end;
     }
     PyBuffer_Release(&view);
+    if (same)
+        flags |= SHAPE_SAME;
     return pack("nnn", (Py_ssize_t)flags, ustart, uend);
 }
 
@@ -579,7 +624,7 @@ static PyMethodDef methods[] = {
      "binds(chunk) -> [(start, portal_end, name_end, end), ...] or None: the Binds of a chunk of only Binds "
      "of named statements, Describes of portals, Executes and Syncs, ending in a Sync."},
     {"shape", (PyCFunction)(void (*)(void))shape, METH_FASTCALL,
-     "shape(chunk) -> (flags, start, end): what the extended-protocol fast path needs to know of a "
+     "shape(chunk, screened=None) -> (flags, start, end): what the extended-protocol fast path needs to know of a "
      "client's complete messages (see pgmux.protocol.scans.shape_py)."},
     {"steps", (PyCFunction)(void (*)(void))steps, METH_FASTCALL,
      "steps(data, limit, copy_syncs, unsynced, watch, copy_in) -> (end, syncs, copy_syncs, unsynced, ext, track, "
@@ -597,5 +642,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pgmux._speedups", NU
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {
+    first_index();
     return PyModule_Create(&module);
 }

@@ -619,3 +619,24 @@ def test_no_check_while_the_server_skips_to_a_sync(rig: Rig) -> None:
     assert a.state is ServerState.IDLE
     c.send(bind("s1") + execute() + SYNC)  # the Sync ended the skipping: checked now
     assert a.take() == parse("select * from t", name="pgmux_1") + describe("pgmux_1") + FLUSH
+
+
+def test_the_same_unnamed_parse_again_is_not_screened_again(rig: Rig) -> None:
+    """pgbench -M extended sends the same unnamed Parse in every transaction: once its text has passed the
+    session-state screen, the same bytes go as they are without a second screen (ClientSession.screened),
+    and a text the screen flags is never kept as passed."""
+    c = rig.login()
+    (s,) = rig.servers
+    for _ in range(3):
+        c.send(parse() + bind() + execute() + SYNC)
+        assert s.take() == parse() + bind() + execute() + SYNC
+        s.send(PC + BC + ROW + RFQ)
+        assert c.take() == PC + BC + ROW + RFQ
+    assert c.session.screened == parse()
+    assert c.session.unnamed is c.session.screened  # the bytes kept once
+    flagged = parse("set search_path = public")
+    c.send(flagged + bind() + execute() + SYNC)
+    assert s.take() == flagged + bind() + execute() + SYNC
+    s.send(PC + BC + m.command_complete("SET") + RFQ)
+    assert c.take() == PC + BC + m.command_complete("SET") + RFQ
+    assert c.session.screened == parse() and c.session.unnamed == flagged

@@ -24,7 +24,6 @@ from fakes import (
 )
 
 from pgmux.protocol import messages as m
-from pgmux.session import client as client_module
 from pgmux.session.states import ClientState, ServerState
 
 Q1 = m.query("select 1")
@@ -672,14 +671,13 @@ def test_slow_client_pauses_its_server(rig: Rig) -> None:
     assert is_idle_in_pool(server) and not server.transport.paused
 
 
-def test_internal_error_answers_in_postgresql_words(rig: Rig, monkeypatch: pytest.MonkeyPatch,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_internal_error_answers_in_postgresql_words(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     client = rig.login()
 
-    def broken(data: bytes, limit: int) -> int:
+    def broken() -> float:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(client_module, "query", broken)  # the first thing the relay calls
+    client.session.clock = broken  # the relay reads the clock for every Query
     client.send(Q1)
     fields = error_fields(client.take())
     assert (fields["S"], fields["C"]) == ("FATAL", "XX000")

@@ -54,6 +54,16 @@ def test_c_scan_agrees_on_statements(sql: str) -> None:
     assert speedups.screen(memoryview(framed), 5, len(framed)) == py
 
 
+@pytest.mark.parametrize("word", scans._FIRST)
+def test_c_scan_knows_every_first_word_in_either_case(word: bytes) -> None:
+    """The C screen looks a text's first word up by its first letter (FIRST_AT): every word of the
+    definition's list, in either case, and its prefixes, give the same answer as the definition."""
+    for w in (word, word.upper(), word.capitalize(), word[:-1], word[:1]):
+        for text in (w + b" x", b"  " + w, w):
+            assert both(text) == (screen_py(text, 0, len(text)),) * 2
+    assert both(word + b" x") == (True, True)
+
+
 def test_c_scan_bounds() -> None:
     assert both(b"set x", 0, 0) == (False, False)
     assert both(b"xxset x", 2, 100) == (True, True)  # an end past the data is clipped, as slicing does
@@ -241,7 +251,10 @@ def test_the_extended_fast_path_uses_the_c_shape() -> None:
 @given(st.lists(st.sampled_from(SHAPE_PARTS), max_size=8), st.integers(0, 30))
 def test_c_shape_agrees(parts: list[bytes], cut: int) -> None:
     data = b"".join(parts)
+    screened = [None, *(p for p in SHAPE_PARTS[:2]), b"", SHAPE_PARTS[0][:-1]]  # (the second screens "SET")
     for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data), bytearray(data)):
+        for known in screened:
+            assert speedups.shape(chunk, known) == scans.shape_py(chunk, known)
         assert speedups.shape(chunk) == scans.shape_py(chunk)
 
 
@@ -256,6 +269,16 @@ def test_shape_results() -> None:
     assert t.shape_py(named)[0] == t.SHAPE_PARSE_NAMED | t.SHAPE_SCREEN_NAMED
     assert t.shape_py(m.query("select 1"))[0] == t.SHAPE_OTHER
     assert t.shape_py(parse[:-1])[0] == t.SHAPE_OTHER  # cut short: not for the fast path
+    # The client's last screened unnamed Parse: the same bytes are not screened again, and SHAPE_SAME says so
+    # for the last unnamed Parse only.
+    same = t.SHAPE_PARSE_UNNAMED | t.SHAPE_BIND | t.SHAPE_EXECUTE | t.SHAPE_SAME
+    assert t.shape_py(parse + bind + rest, parse) == (same, 0, len(parse))
+    other = m.message(b"P", b"\x00select 2\x00\x00\x00")
+    assert t.shape_py(parse + other + bind, parse)[0] & t.SHAPE_SAME == 0
+    assert t.shape_py(other + parse + bind, parse)[0] & t.SHAPE_SAME
+    assert t.shape_py(parse + bind + rest, parse[:-1])[0] & t.SHAPE_SAME == 0  # a prefix is not the same
+    with pytest.raises(TypeError):
+        speedups.shape(parse, "not bytes")
 
 
 # -- binds: the walk of named prepared statements' steady state (session/fastpath.py's rebound) -------------

@@ -25,10 +25,12 @@ console's rows). The C scans keep their own copy of that loop in C: that is what
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
-_I32 = struct.Struct("!i")
+_I32: Final = struct.Struct("!i")
 # The longest length an int32 can say: for walks that take every length of at least 4.
-ANY_LENGTH = 0x7FFFFFFF
+ANY_LENGTH: Final = 0x7FFFFFFF
 
 
 def message_end(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> int:
@@ -52,7 +54,7 @@ _FIRST = (b"set", b"reset", b"discard", b"deallocate", b"listen", b"unlisten", b
           b"rollback", b"release")
 
 
-COPY_MESSAGES = frozenset(b"dcf")  # CopyData, CopyDone, CopyFail
+COPY_MESSAGES: Final = frozenset(b"dcf")  # CopyData, CopyDone, CopyFail
 
 
 def only_copy(chunk: bytes | bytearray | memoryview) -> bool:
@@ -183,27 +185,30 @@ _EXTENDED = frozenset(b"PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
 
 
 # shape() flags: what session/fastpath.py's as_is needs to know of a client's complete messages.
-SHAPE_PARSE_NAMED = 1  # a Parse of a named statement
-SHAPE_SCREEN_NAMED = 2  # ... whose text screen() flags
-SHAPE_PARSE_UNNAMED = 4  # a Parse of the unnamed statement
-SHAPE_SCREEN_UNNAMED = 8  # ... whose text screen() flags
-SHAPE_BIND = 16  # a Bind
-SHAPE_BIND_NAMED = 32  # ... naming a portal or a statement
-SHAPE_UNNAMED_EARLY = 64  # a Bind or Describe of the unnamed statement before any Parse of it here
-SHAPE_DESCRIBE_NAMED = 128  # a Describe of a named statement
-SHAPE_CLOSE_STATEMENT = 256  # a Close of a statement
-SHAPE_EXECUTE = 512  # an Execute
-SHAPE_OTHER = 1024  # a Query, a FunctionCall, or a message too short for its kind
+SHAPE_PARSE_NAMED: Final = 1  # a Parse of a named statement
+SHAPE_SCREEN_NAMED: Final = 2  # ... whose text screen() flags
+SHAPE_PARSE_UNNAMED: Final = 4  # a Parse of the unnamed statement
+SHAPE_SCREEN_UNNAMED: Final = 8  # ... whose text screen() flags
+SHAPE_BIND: Final = 16  # a Bind
+SHAPE_BIND_NAMED: Final = 32  # ... naming a portal or a statement
+SHAPE_UNNAMED_EARLY: Final = 64  # a Bind or Describe of the unnamed statement before any Parse of it here
+SHAPE_DESCRIBE_NAMED: Final = 128  # a Describe of a named statement
+SHAPE_CLOSE_STATEMENT: Final = 256  # a Close of a statement
+SHAPE_EXECUTE: Final = 512  # an Execute
+SHAPE_OTHER: Final = 1024  # a Query, a FunctionCall, or a message too short for its kind
+SHAPE_SAME: Final = 2048  # the last unnamed Parse is `screened`, byte for byte (not screened again)
 
 
-def shape_py(chunk: bytes | bytearray | memoryview) -> tuple[int, int, int]:
+def shape_py(chunk: bytes | bytearray | memoryview, screened: bytes | None = None) -> tuple[int, int, int]:
     """(flags, start, end) for a client's complete messages: flags ORs the SHAPE_* bits of every
-    message, and chunk[start:end] is the last Parse of the unnamed statement (start -1 if none).
-    pgmux._speedups.shape does the same in C."""
+    message, and chunk[start:end] is the last Parse of the unnamed statement (start -1 if none). An
+    unnamed Parse equal to `screened`, a Parse whose text screen() passed before, is not screened
+    again; SHAPE_SAME says the last one was that. pgmux._speedups.shape does the same in C."""
     n = len(chunk)
     pos = 0
     flags = 0
     ustart = uend = -1
+    same = False
     while n - pos >= 5:
         t = chunk[pos]
         try:
@@ -224,7 +229,8 @@ def shape_py(chunk: bytes | bytearray | memoryview) -> tuple[int, int, int]:
                     flags |= SHAPE_SCREEN_NAMED
             else:
                 flags |= SHAPE_PARSE_UNNAMED
-                if screen(chunk, pos + 6, end):
+                same = screened is not None and chunk[pos:end] == screened
+                if not same and screen(chunk, pos + 6, end):
                     flags |= SHAPE_SCREEN_UNNAMED
                 ustart, uend = pos, end
         elif t == 66:  # Bind
@@ -254,6 +260,8 @@ def shape_py(chunk: bytes | bytearray | memoryview) -> tuple[int, int, int]:
         elif t == 81 or t == 70:  # Query, FunctionCall
             flags |= SHAPE_OTHER
         pos = end
+    if same:
+        flags |= SHAPE_SAME
     return flags, ustart, uend
 
 
@@ -293,12 +301,23 @@ def binds_py(chunk: bytes | bytearray | memoryview) -> list[tuple[int, int, int,
     return out if last == 83 else None
 
 
-try:
-    from pgmux._speedups import binds, query, screen, shape, steps, walk
-except ImportError:  # not compiled here (setup.py builds it where a C compiler is present)
-    binds = binds_py
-    screen = screen_py
-    query = query_py
-    steps = steps_py
-    shape = shape_py
-    walk = walk_py
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _c(name: str, twin: _F) -> _F:
+    """The C function `name` of pgmux._speedups where it is built, else its pure-Python twin."""
+    try:
+        from pgmux import _speedups
+    except ImportError:  # not compiled here (setup.py builds it where a C compiler is present)
+        return twin
+    fn: _F = getattr(_speedups, name)
+    return fn
+
+
+# Final: each a C global of the compiled modules that call it, not a lookup in a module's dict.
+binds: Final = _c("binds", binds_py)
+screen: Final = _c("screen", screen_py)
+query: Final = _c("query", query_py)
+steps: Final = _c("steps", steps_py)
+shape: Final = _c("shape", shape_py)
+walk: Final = _c("walk", walk_py)

@@ -153,6 +153,7 @@ class App(Logins):
             kept = {k: getattr(self.config.settings, k) for k in plan.needs_restart}
             new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))
         self.config = new
+        self.reset_always = new.settings.server_reset_query_always
         stale = set(plan.databases_reconnect) | set(plan.databases_removed)
         for name in sorted(stale & set(self.routing.splits)):
             log.warning("database %s: changes to a read/write-split database (hosts, roles, routing keys) "

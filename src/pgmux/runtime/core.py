@@ -38,6 +38,9 @@ class Core(Hub):
 
     def __init__(self, config: Config, config_path: str) -> None:
         self.config = config
+        # server_reset_query_always, read once per transaction (runtime/handoff.py): a native field,
+        # set again wherever the configuration changes (App.reload).
+        self.reset_always: bool = config.settings.server_reset_query_always
         self.config_path = config_path
         self.registry = Registry()
         self.clients: dict[int, ClientSession] = {}

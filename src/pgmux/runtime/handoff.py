@@ -83,7 +83,7 @@ class Handoff(Servers):
         why = self.worn(server, now)
         if why:
             self.close_server(server, why)
-        elif self.config.settings.server_reset_query_always:
+        elif self.reset_always:
             self.return_server(server, now=now)
         else:
             self.give(server, now)

@@ -58,8 +58,8 @@ class ClientSession:
                  "request_time", "wait_since", "max_packet",
                  "xact_start", "peer_uid", "sig", "copy_syncs", "auth_ok",
                  "stmts", "skip", "pending_ext", "watch", "initial", "tx_effects", "q_error", "q_ends",
-                 "pins", "pinned", "unnamed", "stmt_fx", "portal_fx", "sql", "q_sql", "route", "lsn_wanted",
-                 "ryw_lsn", "admin_ext", "replication", "repl", "passing", "sink", "held", "throttled",
+                 "pins", "pinned", "unnamed", "screened", "stmt_fx", "portal_fx", "sql", "q_sql", "route",
+                 "lsn_wanted", "ryw_lsn", "admin_ext", "replication", "repl", "passing", "sink", "held", "throttled",
                  "rpaused", "sigs", "clock")
 
     def __init__(self, cid: int, hub: Hub, now: float, max_packet: int, sigs: Sigs) -> None:
@@ -114,6 +114,7 @@ class ClientSession:
         self.pins: Pins | None = None  # LISTEN, temp tables, advisory locks...: keep this server
         self.pinned = ""  # why the client keeps its server ("" when it does not): SHOW CLIENTS `pin`
         self.unnamed: bytes | None = None  # the client's last unnamed Parse, re-sent where it is missing
+        self.screened: bytes | None = None  # the last unnamed Parse the screen passed (session/fastpath.py)
         self.stmt_fx: dict[bytes, tuple[Any, ...]] | None = None  # statements with session effects, by client name
         self.portal_fx: dict[bytes, tuple[Any, ...]] | None = None  # portals bound to those, by name
         self.sql: dict[str, str] | None = None  # SQL-level prepared statements: name -> PREPARE (sqlprepared.py)
@@ -330,7 +331,7 @@ class ClientSession:
                     and (reply := local_parse(self, chunk)) is not None):
                 self.transport.write(reply)  # statements pgmux knows: no server needed (session/localparse.py)
             else:
-                self._queue(bytes(chunk), syncs, track, now)
+                self._queue(chunk if isinstance(chunk, bytes) else bytes(chunk), syncs, track, now)
         if terminate:
             self.hub.client_closed(self, client_login.CLOSE_REQUEST)
         elif large:
@@ -491,7 +492,6 @@ class ClientSession:
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
-
 
 
 # The read buffer of every client that never had a read end inside a message (issue 11: most clients'

@@ -18,6 +18,7 @@ from pgmux.protocol.scans import (
     SHAPE_OTHER,
     SHAPE_PARSE_NAMED,
     SHAPE_PARSE_UNNAMED,
+    SHAPE_SAME,
     SHAPE_SCREEN_NAMED,
     SHAPE_SCREEN_UNNAMED,
     SHAPE_UNNAMED_EARLY,
@@ -42,7 +43,7 @@ def as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) ->
     Without protocol-level statement tracking (max_prepared_statements = 0) named statements go as
     they are too, unless their text may change session state. scans.shape (in C where built) reads
     the messages; this decides."""
-    flags, start, end = shape(chunk)
+    flags, start, end = shape(chunk, c.screened)
     if flags & SHAPE_OTHER:
         return False
     tracked = c.stmts is not None
@@ -62,7 +63,12 @@ def as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) ->
     if flags & SHAPE_EXECUTE and c.portal_fx:
         return False
     if start >= 0:
-        c.unnamed = server.unnamed = bytes(chunk[start:end])
+        text = c.screened
+        if not flags & SHAPE_SAME or text is None:  # (SHAPE_SAME: the same bytes, kept once)
+            text = chunk[start:end] if isinstance(chunk, bytes) else bytes(chunk[start:end])
+            if not flags & SHAPE_SCREEN_UNNAMED:
+                c.screened = text  # screen() passed it: the next Parse of the same text is not screened
+        c.unnamed = server.unnamed = text
     return True
 
 

@@ -21,7 +21,7 @@ from pgmux.session.params import canon
 from pgmux.session.passing import cut
 from pgmux.session.pipeline import Entry, release, to_client
 from pgmux.session.prepared import ServerStatements
-from pgmux.session.states import S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
+from pgmux.session.states import S_ACTIVE, S_IDLE, S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
 from pgmux.session.tracking import own_params
 
 if TYPE_CHECKING:
@@ -130,7 +130,11 @@ class ServerSession:
 
     # -- state ---------------------------------------------------------------------------------
     def move(self, new: ServerState) -> None:
-        if new not in SERVER_MOVES[self.state]:
+        old = self.state  # the two moves of every transaction by identity first (as ClientSession.move)
+        if new is S_ACTIVE and old is S_IDLE or new is S_IDLE and old is S_ACTIVE:
+            self.state = new
+            return
+        if new not in SERVER_MOVES[old]:
             raise IllegalTransition(f"{self.prefix}: server state {self.state.value} -> {new.value}")
         self.state = new
 
@@ -350,7 +354,7 @@ class ServerSession:
     def _ready(self, client: ClientSession, z: int) -> None:
         """A ReadyForQuery went to the client (every relay ends here): its status kept; when the server
         owes nothing more, the hub hears that the transaction (or statement) is over."""
-        self.tx_status = _STATUS[z]
+        self.tx_status = b"I" if z == 73 else _STATUS[z]  # 'I', the usual: a constant (no int boxed, no dict read)
         if self.owed <= 0:
             self.owed = 0
             self.hub.server_ready(client, self)
