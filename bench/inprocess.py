@@ -184,6 +184,7 @@ class Logins:
         tmp = Path(tempfile.mkdtemp())
         rig = Rig(tmp, settings=f"default_pool_size = 2\nlogfile = {tmp / 'pgmux.log'}")
         self.logs = LogFiles(rig.app.config, quiet=True, verbose=0)
+        rig.app.now = itertools.repeat(rig.clock()).__next__  # a C clock, as Workload's (new clients take it)
         self.rig, self.protocol = rig, ClientProtocol
         self.startup = m.startup_message({"user": "alice", "database": "app", "application_name": "pgbench"})
         self.query = m.query("SELECT abalance FROM pgbench_accounts WHERE aid = 1;")

@@ -78,44 +78,33 @@ static void first_index(void)
     }
 }
 
-/* screen_bytes' one pass looks at a few bytes only: their kind here (0 for every other byte), so the
- * loop over a text is one table read per byte. */
-enum { K_UNDERSCORE = 1, K_A, K_S, K_T, K_U };
-static const unsigned char KIND[256] = {
-    ['_'] = K_UNDERSCORE, ['a'] = K_A, ['A'] = K_A, ['s'] = K_S, ['S'] = K_S,
-    ['t'] = K_T, ['T'] = K_T, ['u'] = K_U, ['U'] = K_U,
-};
+/* Whether the lower-case word w occurs in p[0:n], ignoring ASCII case: each place of its byte w.s[k]
+ * (either case; memchr finds them) is tried. k names a rare byte of the word ('v' of "advisory"), so
+ * a text without one costs two memchr calls, not a loop over its bytes. */
+static int has(const unsigned char *p, Py_ssize_t n, Word w, Py_ssize_t k)
+{
+    unsigned char lo = (unsigned char)w.s[k];
+    unsigned char cases[2] = {lo, (lo >= 'a' && lo <= 'z') ? (unsigned char)(lo - 32) : lo};
+    for (int u = 0; u < (cases[1] != lo ? 2 : 1); u++) {
+        const unsigned char *q = p + k, *stop = p + n - (w.n - k) + 1; /* the key's last possible place + 1 */
+        while (q < stop && (q = memchr(q, cases[u], (size_t)(stop - q))) != NULL) {
+            if (at(p, n, q - p - k, w))
+                return 1;
+            q++;
+        }
+    }
+    return 0;
+}
 
 static int screen_bytes(const unsigned char *p, Py_ssize_t n)
 {
-    /* One pass for the words that count anywhere in the text: "advisory" and "set_config" (with a
-     * '_' somewhere, as in every function of theirs), "temp", and "u&". */
-    int underscore = 0, advisory = 0, set_config = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char k = KIND[p[i]];
-        if (k == 0)
-            continue;
-        switch (k) {
-        case K_UNDERSCORE:
-            underscore = 1;
-            break;
-        case K_A:
-            advisory = advisory || at(p, n, i, ADVISORY);
-            break;
-        case K_S:
-            set_config = set_config || at(p, n, i, SET_CONFIG);
-            break;
-        case K_T:
-            if (at(p, n, i, TEMP))
-                return 1;
-            break;
-        case K_U:
-            if (at(p, n, i, U_AMP))
-                return 1;
-            break;
-        }
-    }
-    if (underscore && (advisory || set_config))
+    /* The words that count anywhere in the text: "advisory" and "set_config" (with a '_' somewhere, as
+     * in every function of theirs), "temp", and "u&", each looked for from its rarest byte. */
+    if (n <= 0)
+        return 0;
+    if (memchr(p, '_', (size_t)n) != NULL && (has(p, n, ADVISORY, 2) || has(p, n, SET_CONFIG, 3)))
+        return 1;
+    if (has(p, n, TEMP, 2) || has(p, n, U_AMP, 1))
         return 1;
     Py_ssize_t s = 0;  /* bytes.lstrip(): ASCII whitespace */
     while (s < n && (p[s] == ' ' || p[s] == '\t' || p[s] == '\n' || p[s] == '\r' || p[s] == '\v' || p[s] == '\f'))

@@ -73,7 +73,10 @@ def test_c_scan_bounds() -> None:
 _WORDS = st.sampled_from(["set", "SET", "temp", "TeMp", "advisory", "set_config", "u&", "U&", "&", "_", ";", " ",
                           "\t", "\x00", "hold", "load", "close", "declare", "--", "/*", "do", "execute", "reset",
                           "select", "x", "é", "\x0b", "prepare", "DROP", "create", "savepoint", "ROLLBACK",
-                          "release"])
+                          "release",
+                          # pieces around the bytes the C screen looks for first (m, v, _, &)
+                          "TEMP", "tem", "mp", "M", "ADVISORY", "advis", "visory", "V", "SET_CONFIG", "set_",
+                          "_config", "u", "U", "&u", "pg_advisory_lock", "t", "e"])
 
 
 @settings(max_examples=400, deadline=None)

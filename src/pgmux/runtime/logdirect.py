@@ -17,11 +17,13 @@ LEVEL_NAMES: Final = {logging.DEBUG: "DEBUG", logging.INFO: "LOG", logging.WARNI
 MS: Final = [f"{i:03d}" for i in range(1000)]
 _PLAIN: Final = frozenset({str, int, float})  # argument types that are surely not mappings (no ABC check)
 _WARNING: Final = logging.WARNING
+_INFO: Final = logging.INFO
+_now: Final = time.time  # (Final: a C global here, not a lookup of time.time per line)
 
 # The prefix of a direct line, worked out once per second: [converter, second, "2026-12-02 19:40:09.",
 # {level: " UTC [4242] LOG "}]. The pid is in it (a LogRecord asks the kernel for it, a getpid() per
 # line): a fork starts it afresh.
-_line: list[Any] = [None, -1, "", {}]
+_line: Final[list[Any]] = [None, -1, "", {}]  # changed in place only
 
 
 def _forked() -> None:
@@ -59,7 +61,7 @@ def direct(lg: Any, level: int, msg: Any, args: tuple[Any, ...], kwargs: dict[st
         text = (msg if type(msg) is str else str(msg)) % args if args else str(msg)
     except Exception:  # noqa: BLE001 - a bad format string: let the stdlib report it as it does
         return False
-    now = time.time()
+    now = _now()
     sec = int(now)
     converter = fmt.converter
     if _line[1] != sec or _line[0] is not converter:
@@ -83,5 +85,5 @@ def direct(lg: Any, level: int, msg: Any, args: tuple[Any, ...], kwargs: dict[st
 def info(lg: Any, text: str) -> None:
     """`lg.info(text)` (a finished text, no %-arguments), from compiled code without the call through
     DirectLogger.info's Python frame: the lines every login writes (log_connections, log_disconnections)."""
-    if not direct(lg, logging.INFO, text, (), {}):
+    if not direct(lg, _INFO, text, (), {}):
         lg.info(text)
