@@ -24,17 +24,18 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 # At most one record's plaintext (16 KiB) comes out of one SSL_read. The ssl module allocates the size
 # asked for before it reads (then shrinks it), so ask for no more than the ciphertext at hand: a small
 # reply's plaintext then fits in a small allocation (CPython's own allocator, not malloc's).
-READ_SIZE = 16384
+READ_SIZE: Final = 16384
 
-_HANDSHAKE = 0
-_OPEN = 1
-_CLOSING = 2  # close() called: our close_notify went out, the socket closes once its buffer is sent
-_CLOSED = 3
+# (Final: C constants in the compiled module; a plain module global is a dict lookup at every read.)
+_HANDSHAKE: Final = 0
+_OPEN: Final = 1
+_CLOSING: Final = 2  # close() called: our close_notify went out, the socket closes once its buffer is sent
+_CLOSED: Final = 3
 
 # done(tls, None) once the handshake is complete; done(tls, exc) when it failed or the peer left
 Done = Callable[["TlsConnection", "BaseException | None"], None]
