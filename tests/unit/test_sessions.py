@@ -770,3 +770,26 @@ def test_copy_messages_after_a_failed_copy_take_no_server(tmp_path: Path) -> Non
     s.send(reply(m.command_complete("COMMIT")))
     assert c.session.server is s.session
     assert s.take() == m.query("copy t from stdin") + copy_data + copy_done
+
+
+def test_server_reset_query_always_in_transaction_mode_follows_reloads(tmp_path: Path) -> None:
+    """server_reset_query_always = 1 runs server_reset_query after every transaction in transaction mode too;
+    the hand-off reads it from a field of the hub (App.reset_always), which a reload sets again both ways."""
+    rig = Rig(tmp_path, settings="server_reset_query_always = 0")
+    client = rig.login()
+    (server,) = rig.servers
+    run_select(client, server)
+    assert server.take() == b"" and is_idle_in_pool(server)  # given back as it is
+
+    path = Path(rig.app.config_path)
+    for value, reset in (("1", True), ("0", False), ("1", True)):
+        old = f"server_reset_query_always = {1 - int(value)}"
+        path.write_text(path.read_text().replace(old, f"server_reset_query_always = {value}"))
+        rig.app.reload()
+        run_select(client, server)
+        if reset:
+            assert server.state is ServerState.TESTED and server.take() == m.query("DISCARD ALL")
+            server.send(reply(m.command_complete("DISCARD ALL")))
+        else:
+            assert server.take() == b""
+        assert is_idle_in_pool(server)
