@@ -627,12 +627,15 @@ def test_the_same_unnamed_parse_again_is_not_screened_again(rig: Rig) -> None:
     and a text the screen flags is never kept as passed."""
     c = rig.login()
     (s,) = rig.servers
+    kept = []
     for _ in range(3):
         c.send(parse() + bind() + execute() + SYNC)
         assert s.take() == parse() + bind() + execute() + SYNC
         s.send(PC + BC + ROW + RFQ)
         assert c.take() == PC + BC + ROW + RFQ
+        kept.append(c.session.screened)
     assert c.session.screened == parse()
+    assert kept[0] is kept[1] is kept[2]  # recognised as the same bytes: not copied (nor screened) again
     assert c.session.unnamed is c.session.screened  # the bytes kept once
     flagged = parse("set search_path = public")
     c.send(flagged + bind() + execute() + SYNC)
