@@ -27,6 +27,8 @@ COMPILED = [
     "src/pgmux/runtime/servers.py",  # server connects and logins; servers back from clients, to a waiter
     "src/pgmux/runtime/handoff.py",  # the hand-off of servers, once per transaction
     "src/pgmux/runtime/logins.py",  # client logins
+    "src/pgmux/runtime/admission.py",  # ... their counts per database and user (SharedAdmission extends it)
+    "src/pgmux/metrics/events.py",  # ... their login times (ClosingEvents extends it)
     "src/pgmux/runtime/welcome.py",  # ... and their welcome
     "src/pgmux/pooling/pool.py",  # the pool core
     "src/pgmux/pooling/histogram.py",  # metrics' per-transaction histograms (a native call per observation)

@@ -98,6 +98,22 @@ def test_max_db_client_connections_per_database_line(tmp_path: Path) -> None:
     assert rig.app.admission.per_db == {"small": 1, "app": 1}
 
 
+def test_max_db_client_connections_global_and_per_line(tmp_path: Path) -> None:
+    """The global value holds where a database line sets none or 0 (0 there is "not set"), a line's value
+    above 0 replaces it (Config.max_db_client_connections_for, which admit() reads without the call)."""
+    rig = Rig(tmp_path, settings="max_db_client_connections = 1",
+              databases="zero = host=127.0.0.1 dbname=appdb max_db_client_connections=0\n"
+                        "two = host=127.0.0.1 dbname=appdb max_db_client_connections=2\n")
+    for db in ("app", "zero"):
+        rig.login("alice", db)
+        assert error_fields(rig.connect("bob", db).take())["C"] == "53300", db
+    rig.login("alice", "two")
+    rig.login("bob", "two")
+    assert error_fields(rig.connect("alice", "two").take())["C"] == "53300"
+    assert rig.app.admission.per_db == {"app": 1, "zero": 1, "two": 2}
+    assert rig.app.config.max_db_client_connections_for(rig.app.config.databases["zero"]) == 1
+
+
 def test_per_user_limit_from_users_section(tmp_path: Path) -> None:
     rig = Rig(tmp_path, settings="max_user_client_connections = 5\n[users]\nbob = max_user_client_connections=1")
     rig.login("bob")

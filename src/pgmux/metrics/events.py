@@ -14,6 +14,7 @@ from array import array
 from typing import Any
 
 from pgmux.pooling.histogram import BOUNDS, Histogram, bucket
+from pgmux.session.hub import mypyc_attr
 
 MAX_KINDS = 64
 
@@ -30,6 +31,8 @@ def _bump(counts: dict[Any, int], key: Any) -> None:
     counts[key] = counts.get(key, 0) + 1
 
 
+# Compiled (setup.py): client_login() runs once per login. ClosingEvents (runtime/worker.py) extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Events:
     def __init__(self) -> None:
         self.servers_opened: dict[str, int] = {}  # database -> server logins completed

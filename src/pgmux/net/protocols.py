@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any
 
 from pgmux.errors import PgmuxError
-from pgmux.net.sockopts import inherited, tune_tcp
+from pgmux.net.sockopts import tune_tcp
 from pgmux.session.client import ClientSession
 from pgmux.session.replication import ReplicationServer
 from pgmux.session.server import ServerSession
@@ -85,32 +84,19 @@ class ClientProtocol(asyncio.Protocol):
         # so every read is one call straight into the session.
         self.data_received = self.session.data_received  # type: ignore[method-assign]
 
-    @_guard
+    # connection_made and connection_lost guard themselves (as _guard does): once per connection each,
+    # without the wrapper's frame.
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # asyncio and uvloop already set TCP_NODELAY on TCP transports; the peer address is all we
-        # need, except on the Unix socket, where the peer's uid decides admin access.
-        peer = transport.get_extra_info("peername")
-        peer_uid = None
-        if isinstance(peer, tuple):
-            addr, port, is_unix = peer[0], peer[1], False
-            settings = self.session.hub.config.settings
-            if not inherited(settings):  # (when the listener has them, asking for the socket costs memory)
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    tune_tcp(sock, settings)
-        else:
-            addr, port, is_unix = "unix", 0, True
-            sock = transport.get_extra_info("socket")
-            try:
-                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-                peer_uid = struct.unpack("3i", creds)[1]
-            except (OSError, AttributeError):
-                peer_uid = None
-        self.session.connection_made(transport, addr, port, is_unix, peer_uid)
+        try:
+            self.session.hub.accepted(self.session, transport)  # (runtime/logins.py, compiled)
+        except Exception as e:  # noqa: BLE001 - see crashed()
+            crashed(self.session, e, "connection_made")
 
-    @_guard
     def connection_lost(self, exc: Exception | None) -> None:
-        self.session.connection_lost(exc)
+        try:
+            self.session.connection_lost(exc)
+        except Exception as e:  # noqa: BLE001 - see crashed()
+            crashed(self.session, e, "connection_lost")
 
     @_guard
     def pause_writing(self) -> None:

@@ -12,6 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError
+from pgmux.session.hub import mypyc_attr
 
 if TYPE_CHECKING:
     from pgmux.config.model import DatabaseConfig
@@ -26,6 +27,9 @@ CONSOLE_RESERVE: Final = 10
 SWEEP_EVERY: Final = 1.0  # seconds between passes looking for pools to free
 
 
+# Compiled (setup.py): admit() and release() run once per login and logout. SharedAdmission (runtime/
+# worker.py) extends it in Python.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Admission:
     def __init__(self, app: Core) -> None:
         self.app = app
@@ -43,13 +47,21 @@ class Admission:
         max_user_client_connections (PgBouncer's messages; SQLSTATE 53300, PostgreSQL's own for
         "too many connections for database/role")."""
         cfg = self.app.config
-        user = db.user if cfg.settings.auth_type == "any" and db.user else c.user
+        s = cfg.settings
+        user = db.user if s.auth_type == "any" and db.user else c.user
         dbname = c.database
-        limit = cfg.max_db_client_connections_for(db)
+        # Config.max_db_client_connections_for() and max_user_client_connections_for(), read here without
+        # their Python calls: a local value above 0 wins, else the global one (0: no limit).
+        limit: int = db.max_db_client_connections or 0
+        if limit <= 0:
+            limit = s.max_db_client_connections
         if limit > 0 and self.per_db.get(dbname, 0) >= limit:
             raise PgmuxError("client connections exceeded (max_db_client_connections)", sqlstate="53300",
                              severity="FATAL", detail=f'database "{dbname}" allows {limit} client connections')
-        limit = cfg.max_user_client_connections_for(user)
+        entry = cfg.users.get(user)
+        limit = (entry.max_user_client_connections or 0) if entry is not None else 0
+        if limit <= 0:
+            limit = s.max_user_client_connections
         if limit > 0 and self.per_user.get(user, 0) >= limit:
             raise PgmuxError("client connections exceeded (max_user_client_connections)", sqlstate="53300",
                              severity="FATAL", detail=f'user "{user}" allows {limit} client connections')
@@ -64,12 +76,8 @@ class Admission:
         held = self.held.pop(c, None)
         if held is None:
             return
-        for counts, key in ((self.per_db, held[0]), (self.per_user, held[1])):
-            n = counts.get(key, 0) - 1
-            if n > 0:
-                counts[key] = n
-            else:
-                counts.pop(key, None)
+        _uncount(self.per_db, held[0])
+        _uncount(self.per_user, held[1])
 
     def console_may_exceed(self, c: ClientSession, user: str) -> bool:
         """May this console login go past max_client_conn? pgmux's own OS user over the Unix socket
@@ -125,6 +133,14 @@ class Admission:
                 if pool.user not in users:
                     app.scram_keys.pop(pool.user, None)
         return len(gone)
+
+
+def _uncount(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 def _idle_timeout(pool_idle: float, autodb_idle: float) -> float:

@@ -15,7 +15,9 @@ from typing import Any
 from pgmux.config.hba import first_match
 from pgmux.errors import PgmuxError
 
-_EXCHANGE = {"trust": "trust", "password": "plain", "md5": "md5", "scram-sha-256": "scram-sha-256"}
+# auth_type -> the exchange it runs, for the types that need nothing else decided first (choose() returns
+# the same for them; runtime/logins.py reads this without the call).
+EXCHANGES = {"trust": "trust", "password": "plain", "md5": "md5", "scram-sha-256": "scram-sha-256"}
 
 
 def _refuse(message: str) -> PgmuxError:
@@ -51,7 +53,7 @@ def choose(app: Any, c: Any, database: str, user: str, replication: bool = False
         return "any"
     if method in ("pam", "ldap"):
         raise _refuse(f"auth_type {method} is not supported by pgmux")
-    return _EXCHANGE.get(method, method)
+    return EXCHANGES.get(method, method)
 
 
 def _client_cn(c: Any) -> str | None:

@@ -7,12 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
+import struct
 from typing import Any, Final
 
 from pgmux import __version__
 from pgmux.config.model import DatabaseConfig
 from pgmux.errors import PgmuxError
 from pgmux.net import connector
+from pgmux.net.sockopts import inherited, tune_tcp
+from pgmux.net.tls import REQUIRED as TLS_REQUIRED
 from pgmux.net.tls import accept_client_tls, client_tls_missing
 from pgmux.pooling.pool import Pool
 from pgmux.protocol.auth import ClientAuthenticator
@@ -29,6 +33,7 @@ from pgmux.session.states import ClientState
 log = logging.getLogger("pgmux")
 
 ADMIN_DATABASES: Final = ("pgbouncer", "pgmux")
+_PEERCRED_SIZE: Final = struct.calcsize("3i")
 
 
 class Logins(Handoff):
@@ -38,6 +43,28 @@ class Logins(Handoff):
         c = ClientSession(cid, self, self.now(), self.config.settings.max_packet_size, self.sigs)
         self.clients[cid] = c
         return c
+
+    def accepted(self, c: ClientSession, transport: Any) -> None:
+        """A new connection (net/protocols.py ClientProtocol.connection_made): the peer's address, and the
+        tcp_* options where the listener did not give them already. asyncio and uvloop set TCP_NODELAY
+        on TCP transports themselves. On the Unix socket the peer's uid decides admin access."""
+        peer = transport.get_extra_info("peername")
+        peer_uid: int | None = None
+        if isinstance(peer, tuple):
+            settings = self.config.settings
+            if not inherited(settings):  # (when the listener has them, asking for the socket costs memory)
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    tune_tcp(sock, settings)
+            c.connection_made(transport, peer[0], peer[1], False, peer_uid)
+            return
+        sock = transport.get_extra_info("socket")
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED_SIZE)
+            peer_uid = struct.unpack("3i", creds)[1]
+        except (OSError, AttributeError):
+            peer_uid = None
+        c.connection_made(transport, "unix", 0, True, peer_uid)
 
     def start_tls(self, c: ClientSession, hello: bytes = b"") -> bool:
         """SSLRequest (or a ClientHello first: `hello`): True when a TLS handshake now runs on the
@@ -58,7 +85,7 @@ class Logins(Handoff):
         c.set_identity(dbname, user)
         if self.shutting_down and dbname not in ADMIN_DATABASES:  # the console still works
             raise PgmuxError("pgmux is shutting down", sqlstate="57P03", severity="FATAL")
-        if client_tls_missing(self, c):
+        if self.tls.client_mode in TLS_REQUIRED and client_tls_missing(self, c):
             raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
                              hint=f"client_tls_sslmode = {self.tls.client_mode}: connect with sslmode=require")
         console = dbname in ADMIN_DATABASES
@@ -72,7 +99,7 @@ class Logins(Handoff):
         if console:
             self._admin_login(c, user)
             return
-        db = cfg.database(dbname)
+        db = cfg.databases.get(dbname) or cfg.database(dbname)  # (the "*" fallback: the call)
         if db is None:
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
                              hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line"
@@ -83,13 +110,15 @@ class Logins(Handoff):
             raise PgmuxError(f'auth_type "any" needs a forced user, and database "{dbname}" has none',
                              sqlstate="28000", severity="FATAL",
                              hint=f"add user=NAME to the line of {dbname} in [databases]")
-        auth_type = client_auth.choose(self, c, dbname, user, bool(c.replication))  # or the auth_hba_file line
-        if auth_type != "any" and self.auth_query.wanted(db, user):
+        # The exchange of auth_type, or what the auth_hba_file line, a certificate or peer decides (the call)
+        auth_type = client_auth.EXCHANGES.get(s.auth_type) or client_auth.choose(self, c, dbname, user,
+                                                                                 bool(c.replication))
+        if auth_type != "any" and (db.auth_user or s.auth_user) is not None and self.auth_query.wanted(db, user):
             c.auth = None  # the session waits; _look_up gives it its authenticator
             self.spawn(self._look_up, c, db, user, auth_type)
         else:
             c.auth = ClientAuthenticator(auth_type, user, cfg.userlist.get(user), s.scram_iterations,
-                                         self.tls.cbind_for(c.transport))
+                                         None if self.tls.cbind is None else self.tls.cbind_for(c.transport))
         try:
             c.params = startup_params(params, s.ignore_startup_parameters)
         except ValueError as e:
@@ -196,16 +225,16 @@ class Logins(Handoff):
         made now if it is the first of its (database, user)."""
         cfg = self.config
         dbname = c.database
-        db = cfg.database(dbname)
+        db = cfg.databases.get(dbname) or cfg.database(dbname)
         if db is None:  # a reload removed it while the client logged in
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL")
         server_user = db.user or c.user
-        known = self.registry.get(dbname, server_user)
+        known = self.registry.pools.get((dbname, server_user))  # (Registry.get, without its Python call)
         if known is not None and known.disabled:
             raise PgmuxError(f"database \"{dbname}\" is disabled", sqlstate="57P03",  # PgBouncer's words
                              severity="FATAL")
         self.admission.admit(c, db)
-        if is_split(db):  # one pool per host; each transaction is routed (runtime/routing.py)
+        if db.read_write_split and is_split(db):  # one pool per host; each transaction is routed (runtime/routing.py)
             password = db.password if db.user else cfg.userlist.get(server_user)
             pool = self.routing.login_pool(c, db, server_user, password)
         else:
