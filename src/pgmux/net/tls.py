@@ -286,12 +286,6 @@ def _client_handshake_done(app: Any, c: Any, tls: TlsConnection, exc: BaseExcept
         app.client_closed(c, "client closed during TLS handshake")
 
 
-def client_tls_missing(app: Any, c: Any) -> bool:
-    """client_tls_sslmode require/verify-*: a TCP client that logs in without TLS is refused."""
-    return (app.tls.client_mode in REQUIRED and not c.is_unix
-            and c.transport.get_extra_info("ssl_object") is None)
-
-
 class _Answer(asyncio.Protocol):
     """Reads PostgreSQL's one-byte answer to SSLRequest, and nothing else."""
 

@@ -31,11 +31,6 @@ class AuthQuery:
         self._conns: dict[tuple[Any, ...], Probe] = {}
         self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
 
-    def wanted(self, db: Any, user: str) -> bool:
-        """Whether `user` logging in to `db` is looked up rather than refused as unknown."""
-        s = self.app.config.settings
-        return (db.auth_user or s.auth_user) is not None and user not in self.app.config.userlist
-
     async def lookup(self, db: Any, user: str) -> str | None:
         """The secret auth_query returns for `user`, or None (no such user, expired, or the lookup failed:
         pgmux's log says which)."""

@@ -17,7 +17,7 @@ from pgmux.errors import PgmuxError
 from pgmux.net import connector
 from pgmux.net.sockopts import inherited, tune_tcp
 from pgmux.net.tls import REQUIRED as TLS_REQUIRED
-from pgmux.net.tls import accept_client_tls, client_tls_missing
+from pgmux.net.tls import accept_client_tls
 from pgmux.pooling.pool import Pool
 from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.runtime import client_auth, logdirect, welcome
@@ -85,7 +85,9 @@ class Logins(Handoff):
         c.set_identity(dbname, user)
         if self.shutting_down and dbname not in ADMIN_DATABASES:  # the console still works
             raise PgmuxError("pgmux is shutting down", sqlstate="57P03", severity="FATAL")
-        if self.tls.client_mode in TLS_REQUIRED and client_tls_missing(self, c):
+        # client_tls_sslmode require/verify-*: a TCP client that logs in without TLS is refused
+        if (self.tls.client_mode in TLS_REQUIRED and not c.is_unix
+                and c.transport.get_extra_info("ssl_object") is None):
             raise PgmuxError("SSL required", sqlstate="28000", severity="FATAL",
                              hint=f"client_tls_sslmode = {self.tls.client_mode}: connect with sslmode=require")
         console = dbname in ADMIN_DATABASES
@@ -113,7 +115,8 @@ class Logins(Handoff):
         # The exchange of auth_type, or what the auth_hba_file line, a certificate or peer decides (the call)
         auth_type = client_auth.EXCHANGES.get(s.auth_type) or client_auth.choose(self, c, dbname, user,
                                                                                  bool(c.replication))
-        if auth_type != "any" and (db.auth_user or s.auth_user) is not None and self.auth_query.wanted(db, user):
+        # auth_query (runtime/auth_query.py): a user auth_file does not list is looked up, not refused as unknown
+        if auth_type != "any" and (db.auth_user or s.auth_user) is not None and user not in cfg.userlist:
             c.auth = None  # the session waits; _look_up gives it its authenticator
             self.spawn(self._look_up, c, db, user, auth_type)
         else:
