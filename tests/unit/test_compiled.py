@@ -19,7 +19,7 @@ HOT = ["pgmux.session.client", "pgmux.session.server", "pgmux.runtime.app", "pgm
        "pgmux.session.watch", "pgmux.session.shapecheck", "pgmux.protocol.scans", "pgmux.runtime.core",
        "pgmux.runtime.servers", "pgmux.runtime.handoff", "pgmux.runtime.logins", "pgmux.session.client_login",
        "pgmux.session.passing", "pgmux.session.hub",
-       "pgmux.runtime.logdirect", "pgmux.runtime.welcome"]
+       "pgmux.runtime.logdirect", "pgmux.runtime.welcome", "pgmux.runtime.admission", "pgmux.metrics.events"]
 
 
 @pytest.mark.parametrize("name", HOT)
