@@ -34,6 +34,7 @@ log = logging.getLogger("pgmux")
 
 ADMIN_DATABASES: Final = ("pgbouncer", "pgmux")
 _PEERCRED_SIZE: Final = struct.calcsize("3i")
+_TWO_U32: Final = struct.Struct(">II")  # a cancel key's pid and key, from 8 random bytes
 
 
 class Logins(Handoff):
@@ -178,18 +179,20 @@ class Logins(Handoff):
         # Our own BackendKeyData: a cancel names a client, and reaches whichever server serves it then.
         # Random bytes come from the OS in blocks: one getrandom() per 512 logins, not two per login;
         # read at an offset (slicing the rest off copied up to 4 KiB a login).
+        first: int
+        second: int
         while True:
             at = self._random_at
             if at + 8 > len(self._random):
                 self._random, at = os.urandom(4096), 0
-            raw = self._random[at:at + 8]
+            first, second = _TWO_U32.unpack_from(self._random, at)  # (one call: no slices, no from_bytes)
             self._random_at = at + 8
-            pid = int.from_bytes(raw[:4], "big") >> 1 or 1
+            pid = first >> 1 or 1
             if self.share is not None:  # the low bits name this worker: a cancel finds its way here
                 pid = self.share.tag_pid(pid)
             if pid not in self.by_cancel:
                 break
-        c.cancel_pid, c.cancel_key = pid, int.from_bytes(raw[4:], "big") >> 1
+        c.cancel_pid, c.cancel_key = pid, second >> 1
         self.by_cancel[pid] = c
 
     def client_authenticated(self, c: ClientSession) -> None:
