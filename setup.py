@@ -50,7 +50,8 @@ COMPILED = [
 ]
 
 ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True),
-               Extension("pgmux._arenas", ["src/pgmux/_arenas.c"], optional=True)]
+               Extension("pgmux._arenas", ["src/pgmux/_arenas.c"], optional=True),
+               Extension("pgmux._tlspump", ["src/pgmux/_tlspump.c"], optional=True)]
 if os.environ.get("PGMUX_PURE", "") in ("", "0"):
     from mypyc.build import mypycify
 

@@ -4,7 +4,9 @@ One TlsConnection is both the protocol of the plain TCP transport and the transp
 writes to, so a read is: the loop reads the socket (as for plain TCP), the ciphertext goes into the
 incoming BIO, each complete record comes out as plaintext, and the session gets it in one call; a
 write is one SSL_write into the outgoing BIO and one write of the records to the socket. The syscalls
-are those of plain TCP: one read and one write per message exchange.
+are those of plain TCP: one read and one write per message exchange. Once the handshake is done, the
+SSL_reads of a read and the SSL_write of a write are one call each into pgmux._tlspump (C), where it
+is built; the ssl module's calls otherwise (the same OpenSSL objects either way).
 
 Why not loop.start_tls (uvloop's SSLProtocol, which does the same with more layers): per read it
 asks for 256 KiB of plaintext (a 256 KiB bytes object allocated, then shrunk, on every read), goes
@@ -25,6 +27,19 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from typing import Any, Final
+
+
+def _load_pump() -> Any:
+    """pgmux._tlspump.Pump (C): the records of an open connection without the ssl module's Python-level
+    calls and GIL switches; None where it was not built (the ssl module's path below then)."""
+    try:
+        from pgmux._tlspump import Pump
+    except ImportError:
+        return None
+    return Pump
+
+
+_PUMP: Final[Any] = _load_pump()
 
 # At most one record's plaintext (16 KiB) comes out of one SSL_read. The ssl module allocates the size
 # asked for before it reads (then shrinks it), so ask for no more than the ciphertext at hand: a small
@@ -68,6 +83,7 @@ class TlsConnection:
         self.lost = False  # the connection ended before attach()
         self.error: BaseException | None = None  # the TLS error that ended it, for connection_lost
         self.timer: asyncio.TimerHandle | None = None
+        self.pump: Any = None  # the C pump, once the handshake is done (None: the ssl module's path)
         if timeout > 0:
             self.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
         raw.set_protocol(self)
@@ -105,7 +121,11 @@ class TlsConnection:
             return  # closing or closed: dropped, as asyncio's transports do
         if not data:
             return
+        pump = self.pump
         try:
+            if pump is not None:
+                self._raw_write(pump.encrypt(data))
+                return
             self._write(data)
         except ssl.SSLError as e:
             self._fatal(e)
@@ -168,10 +188,29 @@ class TlsConnection:
         pass
 
     def data_received(self, data: bytes) -> None:
-        self._feed(data)
         if self.tls_state == _OPEN:
+            pump = self.pump
+            if pump is not None:
+                try:
+                    plain = pump.decrypt(data)
+                except ssl.SSLError as e:
+                    self._fatal(e)
+                    return
+                deliver = self._deliver
+                if isinstance(plain, bytes) and deliver is not None:  # the usual read
+                    if plain:
+                        deliver(plain)
+                    return
+                if isinstance(plain, bytes):
+                    self._deliver_plain(plain, False)
+                else:  # (plaintext, eof): the peer closed, or OpenSSL has records to send back
+                    self._deliver_plain(plain[0], bool(plain[1]))
+                return
+            self._feed(data)
             self._decrypt()
-        elif self.tls_state == _HANDSHAKE:
+            return
+        self._feed(data)
+        if self.tls_state == _HANDSHAKE:
             self._handshake()
 
     def eof_received(self) -> bool | None:
@@ -220,10 +259,13 @@ class TlsConnection:
         except ssl.SSLError as e:
             self._fatal(e)
             return
+        self._deliver_plain(got[0] if len(got) == 1 else b"".join(got), eof)
+
+    def _deliver_plain(self, data: bytes, eof: bool) -> None:
+        """What one read decrypted, to the session (or held until attach()); then the peer's close."""
         if self.outgoing.pending:  # OpenSSL answered something (a TLS 1.3 KeyUpdate, an alert)
             self._raw_write(self.outgoing.read())
-        if got:
-            data = got[0] if len(got) == 1 else b"".join(got)
+        if data:
             deliver = self._deliver
             if deliver is not None:
                 deliver(data)
@@ -248,12 +290,13 @@ class TlsConnection:
         self._flush()
         self._cancel_timer()
         self.tls_state = _OPEN
+        self.pump = _pump_for(self)
         self._finish(None)
         if self.tls_state == _OPEN and self.queued:
             queued, self.queued = self.queued, []
             self.write(b"".join(queued))
         if self.tls_state == _OPEN and (self.incoming.pending or self._pending()):
-            self._decrypt()  # the peer's first message came with its Finished
+            self.data_received(b"")  # the peer's first message came with its Finished
 
     def _finish(self, exc: BaseException | None) -> None:
         done, self.done = self.done, None
@@ -282,3 +325,14 @@ class TlsConnection:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _pump_for(tls: TlsConnection) -> Any:
+    """The C pump over this connection's SSL object and BIOs; None where it is not built or refuses
+    them (it checks them against OpenSSL first): the connection then keeps the ssl module's path."""
+    if _PUMP is None:
+        return None
+    try:
+        return _PUMP(getattr(tls.obj, "_sslobj", None), tls.incoming, tls.outgoing)
+    except TypeError:
+        return None
