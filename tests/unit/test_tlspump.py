@@ -256,3 +256,27 @@ def test_plaintext_before_attach_is_held_and_given_at_attach(certs: Certs, pumpe
     later = App()
     conn.attach(later)
     assert later.got == [b"firstsecond"]
+
+
+def test_the_client_side_of_a_handshake_takes_the_pump_too(certs: Certs) -> None:
+    """Pooled server connections (net/tls.py connect_server) are TlsConnections on the client side."""
+    sctx, cctx = _contexts(certs)
+    raw = Raw()
+    results: list[BaseException | None] = []
+    conn = TlsConnection(raw, cctx, False, "127.0.0.1", 0, lambda tls, exc: results.append(exc))
+    server = Side(sctx, True)
+    conn.start()
+    for _ in range(10):
+        server.incoming.write(raw.take())
+        server.handshake()
+        conn.data_received(server.take())
+        if results:
+            break
+    assert results == [None] and conn.pump is not None
+    app = App()
+    conn.attach(app)
+    conn.write(b"Q\x00\x00\x00\x0dSELECT 1\x00")
+    assert server.read_all(raw.take()) == b"Q\x00\x00\x00\x0dSELECT 1\x00"
+    server.obj.write(b"Z\x00\x00\x00\x05I")
+    conn.data_received(server.take())
+    assert b"".join(app.got) == b"Z\x00\x00\x00\x05I"
