@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgmux.net.tlsconn import TlsConnection
 from pgmux.testing.certs import Certs, make_certs
@@ -280,3 +282,28 @@ def test_the_client_side_of_a_handshake_takes_the_pump_too(certs: Certs) -> None
     server.obj.write(b"Z\x00\x00\x00\x05I")
     conn.data_received(server.take())
     assert b"".join(app.got) == b"Z\x00\x00\x00\x05I"
+
+
+@settings(max_examples=150, deadline=None)
+@given(junk=st.binary(max_size=600), at=st.integers(min_value=0, max_value=599),
+       cut=st.integers(min_value=1, max_value=64))
+def test_hostile_ciphertext_gives_plaintext_or_ssl_error_never_more(certs: Certs, junk: bytes, at: int,
+                                                                      cut: int) -> None:
+    """Whatever a peer sends after the handshake (garbage, a real record with bytes flipped or cut):
+    decrypt returns only what the peer's records hold, or raises ssl.SSLError; then nothing more."""
+    server, client = _pair(certs)
+    pump = Pump(server.obj._sslobj, server.incoming, server.outgoing)
+    client.obj.write(b"Q\x00\x00\x00\x0dSELECT 1\x00")
+    record = bytearray(client.take())
+    if junk:
+        record[at % len(record)] ^= junk[0] | 1  # one byte flipped (never by 0)
+    stream = bytes(record) + junk
+    got = b""
+    try:
+        for pos in range(0, len(stream), cut):
+            out = pump.decrypt(stream[pos:pos + cut])
+            got += out if isinstance(out, bytes) else out[0]
+    except ssl.SSLError:
+        pass  # (or no error: a flipped length may leave the record waiting for more bytes)
+    # a record with a flipped byte never gives plaintext; the intact one gives exactly its own
+    assert got == (b"" if junk else b"Q\x00\x00\x00\x0dSELECT 1\x00")

@@ -33,10 +33,10 @@ def _load_pump() -> Any:
     """pgmux._tlspump.Pump (C): the records of an open connection without the ssl module's Python-level
     calls and GIL switches; None where it was not built (the ssl module's path below then)."""
     try:
-        from pgmux._tlspump import Pump
+        from pgmux import _tlspump
     except ImportError:
         return None
-    return Pump
+    return _tlspump.Pump
 
 
 _PUMP: Final[Any] = _load_pump()
