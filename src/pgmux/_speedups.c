@@ -20,6 +20,26 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A read's bytes without the buffer protocol when it is a bytes object (the usual case: what the event
+ * loop read), else through it (bytearray, memoryview). put_view() releases only what get_view()
+ * exported. */
+static inline int get_view(PyObject *o, Py_buffer *v)
+{
+    if (PyBytes_CheckExact(o)) {
+        v->buf = PyBytes_AS_STRING(o);
+        v->len = PyBytes_GET_SIZE(o);
+        v->obj = NULL;
+        return 0;
+    }
+    return PyObject_GetBuffer(o, v, PyBUF_SIMPLE);
+}
+
+static inline void put_view(Py_buffer *v)
+{
+    if (v->obj != NULL)
+        PyBuffer_Release(v);
+}
+
 static inline unsigned char lower(unsigned char c)
 {
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
@@ -143,7 +163,7 @@ static PyObject *screen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if ((start == -1 || end == -1) && PyErr_Occurred())
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (get_view(args[0], &view) < 0)
         return NULL;
     /* Python slice semantics for the bounds the callers use (0 <= start, end may pass the length). */
     if (start < 0)
@@ -151,7 +171,7 @@ static PyObject *screen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (end > view.len)
         end = view.len;
     int r = end > start ? screen_bytes((const unsigned char *)view.buf + start, end - start) : 0;
-    PyBuffer_Release(&view);
+    put_view(&view);
     return PyBool_FromLong(r);
 }
 
@@ -172,7 +192,7 @@ static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (limit == -1 && PyErr_Occurred())
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (get_view(args[0], &view) < 0)
         return NULL;
     const unsigned char *p = (const unsigned char *)view.buf;
     Py_ssize_t n = view.len;
@@ -182,7 +202,7 @@ static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if ((Py_ssize_t)len == n - 1)
             r = screen_bytes(p + 5, n - 5) ? 2 : 1;
     }
-    PyBuffer_Release(&view);
+    put_view(&view);
     return PyLong_FromLong(r);
 }
 
@@ -269,10 +289,10 @@ static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (limit == -1 && PyErr_Occurred())
         return NULL;
     Py_buffer view, table;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (get_view(args[0], &view) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[2], &table, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&view);
+    if (get_view(args[2], &table) < 0) {
+        put_view(&view);
         return NULL;
     }
     PyObject *result = NULL;
@@ -326,8 +346,8 @@ static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     result = pack("nnnnO", pos, nz, (Py_ssize_t)z, zpos, items);
 done:
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&view);
+    put_view(&table);
+    put_view(&view);
     return result;
 }
 
@@ -361,7 +381,7 @@ static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (unsynced < 0 || watch < 0 || copy_in < 0)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (get_view(args[0], &view) < 0)
         return NULL;
     const unsigned char *p = view.buf;
     Py_ssize_t n = view.len, pos = 0, syncs = 0, ignored = 0;
@@ -417,7 +437,7 @@ static PyObject *steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     result = pack("nnnbbbnbb", pos, syncs, copy_syncs, (int)unsynced, (int)ext, (int)track, ignored,
                   (int)copy_in, (int)terminate);
 done:
-    PyBuffer_Release(&view);
+    put_view(&view);
     return result;
 }
 
@@ -462,7 +482,7 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         sn = PyBytes_GET_SIZE(args[1]);
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (get_view(args[0], &view) < 0)
         return NULL;
     const unsigned char *p = view.buf;
     Py_ssize_t n = view.len, pos = 0, ustart = -1, uend = -1;
@@ -533,7 +553,7 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         pos = end;
     }
-    PyBuffer_Release(&view);
+    put_view(&view);
     if (same)
         flags |= SHAPE_SAME;
     return pack("nnn", (Py_ssize_t)flags, ustart, uend);
@@ -554,7 +574,7 @@ static PyObject *binds(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (get_view(args[0], &view) < 0)
         return NULL;
     const unsigned char *p = view.buf;
     Py_ssize_t n = view.len, pos = 0;
@@ -594,14 +614,14 @@ static PyObject *binds(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (last != 'S')  /* replies not ended by a ReadyForQuery stay queued, ahead of what pgmux answers */
         goto none;
-    PyBuffer_Release(&view);
+    put_view(&view);
     return out;
 none:
-    PyBuffer_Release(&view);
+    put_view(&view);
     Py_DECREF(out);
     Py_RETURN_NONE;
 fail:
-    PyBuffer_Release(&view);
+    put_view(&view);
     Py_XDECREF(out);
     return NULL;
 }

@@ -39,6 +39,26 @@
 #include <dlfcn.h>
 #include <stddef.h>
 
+/* A read's bytes without the buffer protocol when it is a bytes object (the usual case: what the event
+ * loop read), else through it (bytearray, memoryview). put_view() releases only what get_view()
+ * exported. */
+static inline int get_view(PyObject *o, Py_buffer *v)
+{
+    if (PyBytes_CheckExact(o)) {
+        v->buf = PyBytes_AS_STRING(o);
+        v->len = PyBytes_GET_SIZE(o);
+        v->obj = NULL;
+        return 0;
+    }
+    return PyObject_GetBuffer(o, v, PyBUF_SIMPLE);
+}
+
+static inline void put_view(Py_buffer *v)
+{
+    if (v->obj != NULL)
+        PyBuffer_Release(v);
+}
+
 /* OpenSSL's types are opaque here; its constants are fixed by its ABI. */
 typedef struct ssl_st SSL;
 typedef struct bio_st BIO;
@@ -133,20 +153,20 @@ static int grow(size_t need)
 static PyObject *Pump_decrypt(Pump *self, PyObject *arg)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    if (get_view(arg, &view) < 0)
         return NULL;
     if (view.len > INT_MAX) {
-        PyBuffer_Release(&view);
+        put_view(&view);
         PyErr_SetString(PyExc_OverflowError, "a read of more than 2 GiB");
         return NULL;
     }
     if (p_ERR_peek_error() != 0)
         p_ERR_clear_error(); /* SSL_get_error needs an empty queue to tell what happened */
     if (view.len > 0 && p_BIO_write(self->rbio, view.buf, (int)view.len) != (int)view.len) {
-        PyBuffer_Release(&view);
+        put_view(&view);
         return ssl_error("the incoming BIO refused the ciphertext");
     }
-    PyBuffer_Release(&view);
+    put_view(&view);
     if (scratch_busy) { /* never: nothing here calls back into pgmux; refuse rather than share */
         PyErr_SetString(PyExc_RuntimeError, "pgmux._tlspump: decrypt re-entered");
         return NULL;
@@ -198,7 +218,7 @@ done:
 static PyObject *Pump_encrypt(Pump *self, PyObject *arg)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    if (get_view(arg, &view) < 0)
         return NULL;
     if (p_ERR_peek_error() != 0)
         p_ERR_clear_error();
@@ -207,11 +227,11 @@ static PyObject *Pump_encrypt(Pump *self, PyObject *arg)
         int ok = p_SSL_write_ex(self->ssl, view.buf, (size_t)view.len, &written);
         if (ok != 1 || written != (size_t)view.len) {
             int err = p_SSL_get_error(self->ssl, ok);
-            PyBuffer_Release(&view);
+            put_view(&view);
             return ssl_error(err == X_SSL_ERROR_SSL ? "TLS error" : "TLS write failed");
         }
     }
-    PyBuffer_Release(&view);
+    put_view(&view);
     size_t n = p_BIO_ctrl_pending(self->wbio);
     if (n > INT_MAX) /* never: a write is one batch of protocol messages, far below 2 GiB */
         return ssl_error("more than 2 GiB of records from one write");
