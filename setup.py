@@ -49,9 +49,10 @@ COMPILED = [
     "src/pgmux/runtime/logdirect.py",  # log lines (two per login: log_connections, log_disconnections)
 ]
 
-ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], optional=True),
+VIEWS = ["src/pgmux/_views.h"]  # (depends: a change to it rebuilds both, and sdists carry it)
+ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], depends=VIEWS, optional=True),
                Extension("pgmux._arenas", ["src/pgmux/_arenas.c"], optional=True),
-               Extension("pgmux._tlspump", ["src/pgmux/_tlspump.c"], optional=True)]
+               Extension("pgmux._tlspump", ["src/pgmux/_tlspump.c"], depends=VIEWS, optional=True)]
 if os.environ.get("PGMUX_PURE", "") in ("", "0"):
     from mypyc.build import mypycify
 

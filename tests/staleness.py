@@ -22,6 +22,7 @@ def stale_compiled_modules(package: Path = PACKAGE) -> list[str]:
     built = {suffix: list(package.rglob(f"*{suffix}")) for suffix in importlib.machinery.EXTENSION_SUFFIXES}
     shared = max((so.stat().st_mtime for files in built.values() for so in files if "__mypyc" in so.name),
                  default=0.0)
+    headers = list(package.glob("*.h"))  # the C modules' shared header (_views.h)
     stale = []
     for suffix, files in built.items():
         for so in files:
@@ -30,4 +31,7 @@ def stale_compiled_modules(package: Path = PACKAGE) -> list[str]:
                 newer = so.stat().st_mtime if ext == ".c" else max(so.stat().st_mtime, shared)
                 if source.exists() and source.stat().st_mtime > newer:
                     stale.append(str(source.relative_to(package.parent)))
-    return sorted(stale)
+                if ext == ".c" and source.exists() and any(h.stat().st_mtime > newer for h in headers
+                                                           if f'"{h.name}"' in source.read_text()):
+                    stale.append(str(source.relative_to(package.parent)))
+    return sorted(set(stale))

@@ -35,29 +35,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_views.h"
 #include <structmember.h>
 #include <dlfcn.h>
 #include <stddef.h>
-
-/* A read's bytes without the buffer protocol when it is a bytes object (the usual case: what the event
- * loop read), else through it (bytearray, memoryview). put_view() releases only what get_view()
- * exported. */
-static inline int get_view(PyObject *o, Py_buffer *v)
-{
-    if (PyBytes_CheckExact(o)) {
-        v->buf = PyBytes_AS_STRING(o);
-        v->len = PyBytes_GET_SIZE(o);
-        v->obj = NULL;
-        return 0;
-    }
-    return PyObject_GetBuffer(o, v, PyBUF_SIMPLE);
-}
-
-static inline void put_view(Py_buffer *v)
-{
-    if (v->obj != NULL)
-        PyBuffer_Release(v);
-}
 
 /* OpenSSL's types are opaque here; its constants are fixed by its ABI. */
 typedef struct ssl_st SSL;

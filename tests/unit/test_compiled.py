@@ -46,3 +46,18 @@ def test_stale_compiled_module_is_found(tmp_path: Path) -> None:
     os.utime(shared, (old, old))
     os.utime(py, (old - 10, old - 10))
     assert stale_compiled_modules(pkg) == []
+
+
+def test_a_c_module_is_stale_when_a_header_it_includes_is_newer(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    so = pkg / ("_cmod" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    so.write_bytes(b"")
+    (pkg / "_cmod.c").write_text('#include "_shared.h"\n')
+    (pkg / "_other.h").write_text("")  # a header it does not include: no reason to rebuild
+    old = time.time() - 100
+    os.utime(pkg / "_cmod.c", (old - 10, old - 10))
+    os.utime(so, (old, old))
+    assert stale_compiled_modules(pkg) == []
+    (pkg / "_shared.h").write_text("")
+    assert stale_compiled_modules(pkg) == ["pkg/_cmod.c"]
