@@ -5,6 +5,9 @@
   tests/unit/test_speedups.py fails, so a machine that should have it notices.
 - pgmux._arenas gives back the empty pools of CPython's small-object arenas after a storm of clients
   (runtime/memtrim.py). Optional in the same way; tests/unit/test_arenas.py fails where it is missing.
+- pgmux._tlspump and pgmux._streams (C): the records of an open TLS connection, and the sockets of
+  clients and pooled servers read and written without uvloop's transports (net/tlsconn.py,
+  net/streams.py). Optional in the same way; their tests fail where they are missing.
 - COMPILED below are the modules every transaction and every login runs through. mypyc compiles
   them, from the same Python source, to C extension modules; their type annotations become C fields
   and direct calls. The .py files stay the definition: `PGMUX_PURE=1` at install time skips this
@@ -52,7 +55,8 @@ COMPILED = [
 VIEWS = ["src/pgmux/_views.h"]  # (depends: a change to it rebuilds both, and sdists carry it)
 ext_modules = [Extension("pgmux._speedups", ["src/pgmux/_speedups.c"], depends=VIEWS, optional=True),
                Extension("pgmux._arenas", ["src/pgmux/_arenas.c"], optional=True),
-               Extension("pgmux._tlspump", ["src/pgmux/_tlspump.c"], depends=VIEWS, optional=True)]
+               Extension("pgmux._tlspump", ["src/pgmux/_tlspump.c"], depends=VIEWS, optional=True),
+               Extension("pgmux._streams", ["src/pgmux/_streams.c"], optional=True)]
 if os.environ.get("PGMUX_PURE", "") in ("", "0"):
     from mypyc.build import mypycify
 

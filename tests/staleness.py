@@ -2,7 +2,7 @@
 
 setup.py compiles the per-transaction modules with mypyc, and Python imports a compiled module in
 preference to its .py file: after an edit to such a .py, the tests would run the old compiled code.
-The same holds for the C modules (_speedups.c, _arenas.c, _tlspump.c) and their .so.
+The same holds for the C modules (_speedups.c, _arenas.c, _tlspump.c, _streams.c) and their .so.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def stale_compiled_modules(package: Path = PACKAGE) -> list[str]:
     stale = []
     for suffix, files in built.items():
         for so in files:
-            for ext in (".py", ".c"):  # mypyc's modules, and the C ones (_speedups, _arenas, _tlspump)
+            for ext in (".py", ".c"):  # mypyc's modules, and the C ones (_speedups, _arenas, _tlspump, _streams)
                 source = so.with_name(so.name[: -len(suffix)] + ext)
                 newer = so.stat().st_mtime if ext == ".c" else max(so.stat().st_mtime, shared)
                 if source.exists() and source.stat().st_mtime > newer:

@@ -24,7 +24,7 @@ CHECK = """
 import importlib, sys
 from pathlib import Path
 hot = ["pgmux.session.client", "pgmux.runtime.app", "pgmux.protocol.auth", "pgmux._speedups", "pgmux._arenas",
-       "pgmux._tlspump"]
+       "pgmux._tlspump", "pgmux._streams"]
 for name in hot:
     m = importlib.import_module(name)
     assert not m.__file__.endswith(".py"), f"{name} is not compiled: {m.__file__}"

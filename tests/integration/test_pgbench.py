@@ -167,3 +167,35 @@ def test_pgbench_over_unix_socket(pgmux_factory: PgmuxStarter, pg: PgCluster, be
         mux.stop()
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _epoll_sets(pid: int) -> int:
+    """How many epoll sets the process has open: uvloop's, and pgmux._streams' Poller when it is used."""
+    fds = f"/proc/{pid}/fd"
+    return sum(1 for fd in os.listdir(fds) if os.readlink(os.path.join(fds, fd)) == "anon_inode:[eventpoll]")
+
+
+@pytest.mark.parametrize("streams", ["1", "0"])
+def test_pgbench_on_both_socket_layers(pgmux_factory: PgmuxStarter, pg: PgCluster, bench_db: str,
+                                       monkeypatch: pytest.MonkeyPatch, streams: str) -> None:
+    """Client and server sockets on pgmux._streams (the default) and on uvloop's transports
+    (PGMUX_STREAMS=0, as where the C module is not built): the same consistent TPC-B-like run and
+    connection-per-transaction run on both."""
+    monkeypatch.setenv("PGMUX_STREAMS", streams)
+    p = pg.primary
+    mux = pgmux_factory(databases={bench_db: f"host={p.host} port={p.port} dbname={bench_db}"},
+                        settings={"pool_mode": "transaction", "default_pool_size": POOL_SIZE})
+    with psycopg.connect(mux.dsn(db=bench_db), autocommit=True, connect_timeout=10) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert _epoll_sets(mux.pid) == (2 if streams == "1" else 1)
+    before = primary_scalar(pg, "SELECT count(*) FROM pgbench_history")
+    s = summary(pgbench(mux, "-M", "extended", "-c", "10", "-j", "2", "-t", "100", "-n"))
+    assert s["failed"] == 0 and s["processed"] == 1000, s
+    history, delta = primary_scalar(pg, "SELECT count(*), coalesce(sum(delta), 0) FROM pgbench_history")
+    assert history - before == 1000
+    assert primary_scalar(pg, "SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
+                              "(SELECT sum(bbalance) FROM pgbench_branches), "
+                              "(SELECT sum(tbalance) FROM pgbench_tellers)") == (delta, delta, delta)
+    s = summary(pgbench(mux, "-S", "-C", "-c", "4", "-j", "2", "-t", "50", "-n"))
+    assert s["failed"] == 0 and s["processed"] == 200, s
+    assert server_count(mux) <= POOL_SIZE

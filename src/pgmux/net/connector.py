@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from pgmux.net.protocols import ServerProtocol
+from pgmux.net.streams import open_connection
 from pgmux.net.tls import connect_server
 from pgmux.protocol import messages as m
 
@@ -19,7 +20,6 @@ def default_unix_dir() -> str:
 async def open_server(session: Any, timeout: float, tls: Any = None, settings: Any = None) -> None:
     """Connect; the session takes over from connection_made. Raises OSError/TimeoutError.
     Over TCP with server TLS on (`tls`: net/tls.Contexts), SSLRequest goes first."""
-    loop = asyncio.get_running_loop()
     t = session.target
     coro: Any
     if tls is not None and tls.server is not None and not t.unix_path:
@@ -27,10 +27,10 @@ async def open_server(session: Any, timeout: float, tls: Any = None, settings: A
         coro = connect_server(ServerProtocol(session, settings), t.host, t.port, tls.server, tls.server_mode,
                               timeout if timeout > 0 else None)
     elif t.unix_path:
-        coro = loop.create_unix_connection(lambda: ServerProtocol(session, settings), t.unix_path)
+        coro = open_connection(lambda: ServerProtocol(session, settings), None, None, t.unix_path)
     else:
         assert t.host is not None  # a target without a Unix socket path has a TCP host
-        coro = loop.create_connection(lambda: ServerProtocol(session, settings), t.host, t.port)
+        coro = open_connection(lambda: ServerProtocol(session, settings), t.host, t.port)
     if timeout > 0:
         await asyncio.wait_for(coro, timeout)
     else:

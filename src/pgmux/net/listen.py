@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any
 
+from pgmux.net import streams
 from pgmux.net.protocols import ClientProtocol
 from pgmux.net.sockopts import tune_listener
 
@@ -37,6 +38,8 @@ async def start_listeners(app: Any, listen_addr: tuple[str, ...], port: int, uni
         # On a copy of each: closing the server (a worker that stops accepting for a moment,
         # WorkerShare.pause_accepting, or SUSPEND) leaves the inherited socket open for the next one.
         return await serve_sockets(app, [sock.dup() for sock in share.sockets], backlog)
+    if streams.AVAILABLE:  # bound here, accepted by pgmux._streams (net/streams.py)
+        return await serve_sockets(app, bind_listeners(s, listen_addr, port, unix_dir, unix_mode), backlog)
     # The Unix socket first: whoever sees the TCP port accept (a test, a health probe) can then use both.
     path = unix_socket_path(unix_dir, port) if unix_dir else ""
     srv: asyncio.AbstractServer
@@ -67,10 +70,13 @@ async def serve_sockets(app: Any, socks: list[socket.socket], backlog: int) -> l
     """Accept clients on sockets already bound and listening (a worker's copies of the supervisor's, or the
     copies SUSPEND kept: runtime/suspend.py). The sockets become the servers'; on a failure all are closed."""
     loop = asyncio.get_running_loop()
-    servers: list[asyncio.AbstractServer] = []
+    servers: list[Any] = []
     try:
         for sock in socks:
-            if sock.family == socket.AF_UNIX:
+            if streams.AVAILABLE:
+                sock.listen(backlog)  # (listening already: this sets the backlog, as create_server does)
+                servers.append(streams.Listener(sock, lambda: ClientProtocol(app)))
+            elif sock.family == socket.AF_UNIX:
                 servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
             else:
                 servers.append(await loop.create_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
@@ -83,13 +89,19 @@ async def serve_sockets(app: Any, socks: list[socket.socket], backlog: int) -> l
     return servers
 
 
-def bind_listeners(s: Any) -> list[socket.socket]:
-    """The listening sockets, bound and listening, for worker processes to inherit (runtime/supervisor.py):
-    what start_listeners() opens, with the same options, but synchronously and before any fork."""
+def bind_listeners(s: Any, listen_addr: tuple[str, ...] | None = None, port: int | None = None,
+                   unix_dir: str | None = None, unix_mode: int | None = None) -> list[socket.socket]:
+    """The listening sockets, bound and listening, for worker processes to inherit (runtime/supervisor.py),
+    and for start_listeners() where pgmux._streams accepts: synchronously, before any fork. The address,
+    port, socket directory and mode are the settings' unless given."""
+    listen_addr = s.listen_addr if listen_addr is None else listen_addr
+    port = s.listen_port if port is None else port
+    unix_dir = s.unix_socket_dir if unix_dir is None else unix_dir
+    unix_mode = s.unix_socket_mode if unix_mode is None else unix_mode
     socks: list[socket.socket] = []
     try:
-        if s.unix_socket_dir:
-            path = unix_socket_path(s.unix_socket_dir, s.listen_port)
+        if unix_dir:
+            path = unix_socket_path(unix_dir, port)
             _remove_stale(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -98,13 +110,13 @@ def bind_listeners(s: Any) -> list[socket.socket]:
                 sock.close()
                 raise
             socks.append(sock)  # bound: ours to unlink on a failure below
-            os.chmod(path, s.unix_socket_mode)
+            os.chmod(path, unix_mode)
             if s.unix_socket_group:
                 os.chown(path, -1, group_id(s.unix_socket_group))
             sock.listen(s.listen_backlog)
             sock.setblocking(False)
-        for host in _tcp_hosts(s.listen_addr):
-            infos = socket.getaddrinfo(host, s.listen_port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+        for host in _tcp_hosts(listen_addr):
+            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
                                        socket.AI_PASSIVE)
             for family, kind, proto, _, addr in dict.fromkeys(infos):
                 sock = socket.socket(family, kind, proto)
@@ -121,7 +133,7 @@ def bind_listeners(s: Any) -> list[socket.socket]:
     except BaseException:
         for sock in socks:
             if sock.family == socket.AF_UNIX:
-                _unlink_quietly(unix_socket_path(s.unix_socket_dir, s.listen_port))
+                _unlink_quietly(unix_socket_path(unix_dir, port))
             sock.close()
         raise
     return socks

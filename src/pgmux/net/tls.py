@@ -26,6 +26,7 @@ import ssl
 import struct
 from typing import Any
 
+from pgmux.net.streams import open_connection
 from pgmux.net.tlsconn import TlsConnection
 
 log = logging.getLogger("pgmux")
@@ -311,7 +312,7 @@ async def connect_server(protocol: asyncio.Protocol, host: str, port: int, ctx: 
     ready for the startup packet (encrypted, or plain where `prefer` allows it). Raises OSError."""
     loop = asyncio.get_running_loop()
     probe = _Answer()
-    transport, _ = await loop.create_connection(lambda: probe, host, port)
+    transport, _ = await open_connection(lambda: probe, host, port)
     tls: TlsConnection | None = None
     try:
         transport.write(SSL_REQUEST)

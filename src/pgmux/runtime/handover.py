@@ -10,7 +10,7 @@ over a Unix socket (net/fdpass.py). Per client, in lock-step on one connection:
   sender:   checks once more that nothing closed the client meanwhile, then in one step sends C (or A to
             abort) and forgets the client as if it had left, closing its copy of the socket without a
             shutdown (the connection lives on in the receiver)
-  receiver: on C serves the socket (loop.connect_accepted_socket, net/protocols.ClientProtocol with the
+  receiver: on C serves the socket (net/streams.adopt, net/protocols.ClientProtocol with the
             restored session); on A or end of file drops what it made and closes its copy
 
 So exactly one process reads the client at any time, and what the client sent meanwhile waits in the
@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError
-from pgmux.net import fdpass
+from pgmux.net import fdpass, streams
 from pgmux.net.protocols import ClientProtocol
 from pgmux.session.client_login import adopted
 from pgmux.session.handover import MAX_SNAPSHOT, HandoverError, identify, load, restore, snapshot, why_not
@@ -196,7 +196,7 @@ async def serve(app: App, c: ClientSession, sock: socket.socket) -> None:
     app.clients[c.id] = c
     sock.setblocking(False)
     try:
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: ClientProtocol(app, c), sock)
+        await streams.adopt(lambda: ClientProtocol(app, c), sock)
     except Exception as e:  # noqa: BLE001 - the client is lost (its socket closes); pgmux goes on
         app.log_exception(c.prefix, e)
         forget(app, c)
