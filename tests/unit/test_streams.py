@@ -378,3 +378,27 @@ def test_any_writes_arrive_whole_and_in_order(sizes: list[int], seed: int) -> No
         await p.gone.wait()
         peer.close()
     run(main)
+
+
+def test_a_copy_of_a_shared_listening_socket_leaves_it_non_blocking() -> None:
+    """Workers share one listening socket (one open file, one O_NONBLOCK). socket.dup() gives the copy
+    the original object's timeout, which for an object made over an inherited fd is blocking: it made
+    the shared socket blocking, and a worker's accept loop then sat in accept(). net/listen.copy does
+    not touch the mode."""
+    from pgmux.net.listen import copy
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    lsock.setblocking(False)
+    inherited = socket.socket(fileno=os.dup(lsock.fileno()))  # as a worker makes it (timeout None)
+    try:
+        c = copy(inherited)
+        assert not os.get_blocking(lsock.fileno()) and not os.get_blocking(c.fileno())
+        c.close()
+        d = inherited.dup()  # the hazard copy() avoids
+        assert os.get_blocking(lsock.fileno())
+        d.close()
+    finally:
+        inherited.close()
+        lsock.close()

@@ -338,6 +338,8 @@ def worker_run(place: dict[str, Any]) -> int:
     block = mmap.mmap(place["counts"], place["size"])
     counts = ws.Counts(memoryview(block), ws.rows_for(place["workers"]), ws.FileLock(place["lock"]))
     sockets = [socket.socket(fileno=fd) for fd in place["sockets"]]
+    for sock in sockets:  # (non-blocking, as the supervisor made them: a copy must never change that)
+        sock.setblocking(False)
     share = WorkerShare(place["row"], place["workers"], counts, sockets, place["rundir"], place["supervisor"])
     if place.get("metrics"):  # metrics_listen, bound by the supervisor (runtime/webshare.py)
         share.metrics = (place["metrics"][0], [socket.socket(fileno=fd) for fd in place["metrics"][1]])

@@ -36,6 +36,7 @@ from pgmux.metrics.own import PgmuxCollector
 from pgmux.metrics.page import PAGE
 from pgmux.metrics.status import snapshot
 from pgmux.net.http import HttpServer, bind
+from pgmux.net.listen import copy
 
 log = logging.getLogger("pgmux")
 
@@ -88,7 +89,7 @@ class Web:
             return
         address, socks = bound
         http = HttpServer(self.handle)
-        await http.start_sockets([sock.dup() for sock in socks])
+        await http.start_sockets([copy(sock) for sock in socks])
         peers = Peers(self, share)
         try:
             await peers.start()
