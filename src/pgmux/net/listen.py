@@ -10,6 +10,7 @@ import asyncio
 import grp
 import os
 import socket
+from functools import partial
 from typing import Any
 
 from pgmux.net import streams
@@ -75,7 +76,7 @@ async def serve_sockets(app: Any, socks: list[socket.socket], backlog: int) -> l
         for sock in socks:
             if streams.AVAILABLE:
                 sock.listen(backlog)  # (listening already: this sets the backlog, as create_server does)
-                servers.append(streams.Listener(sock, lambda: ClientProtocol(app)))
+                servers.append(streams.Listener(sock, partial(ClientProtocol, app)))  # (no lambda frame per accept)
             elif sock.family == socket.AF_UNIX:
                 servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
             else:
