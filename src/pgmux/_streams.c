@@ -57,13 +57,16 @@ enum {
 
 typedef struct Poller Poller;
 
-typedef struct {
-    PyObject_HEAD
-    int kind;
-    int fd;
-    uint32_t events; /* what epoll watches now; 0: not in the epoll set */
-    uint32_t flags;
+/* What a Stream and an Acceptor begin with: an epoll event's data.ptr is either. */
+#define ENTRY_HEAD                                                                                      \
+    PyObject_HEAD int kind;                                                                             \
+    int fd;                                                                                             \
+    uint32_t events; /* what epoll watches now; 0: not in the epoll set */                             \
     Poller *poller;
+
+typedef struct {
+    ENTRY_HEAD
+    uint32_t flags;
     PyObject *protocol;
     PyObject *on_data; /* protocol.data_received, looked up once per protocol */
     char *wbuf;
@@ -72,12 +75,8 @@ typedef struct {
 } Stream;
 
 typedef struct {
-    PyObject_HEAD
-    int kind;
-    int fd;
-    uint32_t events;
+    ENTRY_HEAD
     int nodelay;
-    Poller *poller;
     PyObject *factory;
 } Acceptor;
 
@@ -92,7 +91,9 @@ struct Poller {
     Py_ssize_t open; /* streams open */
 };
 
-typedef struct { PyObject_HEAD int kind; int fd; uint32_t events; } Entry;
+typedef struct {
+    ENTRY_HEAD
+} Entry;
 
 static PyTypeObject StreamType, AcceptorType, PollerType;
 static char *rbuf;
@@ -155,6 +156,29 @@ static void report(Poller *p, const char *message, PyObject *exc, PyObject *tran
     if (r == NULL)
         PyErr_WriteUnraisable(p->exc_handler);
     Py_XDECREF(r);
+}
+
+/* The exception set now: an Exception is reported to the loop (with the transport and protocol named
+ * where given) and cleared (0); a BaseException is left set (-1). */
+static int report_raised(Poller *p, const char *message, PyObject *transport, PyObject *protocol) {
+    if (!is_plain_error())
+        return -1;
+    PyObject *exc = take_exception();
+    report(p, message, exc, transport, protocol);
+    Py_DECREF(exc);
+    return 0;
+}
+
+/* A new Stream or Acceptor (GC-tracked by the caller once its own fields are set). */
+static void *entry_new(PyTypeObject *type, int kind, int fd, Poller *p) {
+    Entry *e = (Entry *)_PyObject_GC_New(type);
+    if (e == NULL)
+        return NULL;
+    e->kind = kind;
+    e->fd = fd;
+    e->events = 0;
+    e->poller = (Poller *)Py_NewRef(p);
+    return e;
 }
 
 /* Close the socket now; connection_lost(exc) soon. Idempotent. Steals nothing. */
@@ -324,14 +348,10 @@ static int set_protocol(Stream *s, PyObject *protocol) {
 }
 
 static Stream *new_stream(Poller *p, int fd, PyObject *protocol) {
-    Stream *s = PyObject_GC_New(Stream, &StreamType);
+    Stream *s = entry_new(&StreamType, K_STREAM, fd, p);
     if (s == NULL)
         return NULL;
-    s->kind = K_STREAM;
-    s->fd = fd;
-    s->events = 0;
     s->flags = F_READING;
-    s->poller = (Poller *)Py_NewRef(p);
     s->protocol = s->on_data = NULL;
     s->wbuf = NULL;
     s->woff = s->wlen = s->wcap = 0;
@@ -610,13 +630,8 @@ static PyObject *Stream_lost(Stream *s, PyObject *exc) {
     if (proto == NULL)
         Py_RETURN_NONE;
     PyObject *r = PyObject_CallMethod(proto, "connection_lost", "O", exc);
-    if (r == NULL && is_plain_error()) {
-        PyObject *e = take_exception();
-        report(s->poller, "protocol.connection_lost() failed", e, (PyObject *)s, proto);
-        Py_DECREF(e);
-        Py_DECREF(proto);
-        Py_RETURN_NONE;
-    }
+    if (r == NULL && report_raised(s->poller, "protocol.connection_lost() failed", (PyObject *)s, proto) == 0)
+        r = Py_NewRef(Py_None);
     Py_DECREF(proto);
     return r;
 }
@@ -719,22 +734,16 @@ static int ac_accept(Acceptor *a) {
         PyObject *proto = PyObject_CallNoArgs(a->factory);
         if (proto == NULL) {
             close(fd);
-            if (!is_plain_error())
+            if (report_raised(p, "protocol factory failed", NULL, NULL) < 0)
                 return -1;
-            PyObject *exc = take_exception();
-            report(p, "protocol factory failed", exc, NULL, NULL);
-            Py_DECREF(exc);
             continue;
         }
         Stream *s = new_stream(p, fd, proto);
         if (s == NULL) {
             close(fd);
             Py_DECREF(proto);
-            if (!is_plain_error())
+            if (report_raised(p, "accepted connection failed", NULL, NULL) < 0)
                 return -1;
-            PyObject *exc = take_exception();
-            report(p, "accepted connection failed", exc, NULL, NULL);
-            Py_DECREF(exc);
             continue;
         }
         PyObject *r = PyObject_CallMethod(proto, "connection_made", "O", (PyObject *)s);
@@ -756,14 +765,10 @@ static PyObject *Acceptor_new(PyTypeObject *type, PyObject *args, PyObject *kw) 
     PyObject *factory;
     if (!PyArg_ParseTuple(args, "O!iOp", &PollerType, &p, &fd, &factory, &nodelay))
         return NULL;
-    Acceptor *a = PyObject_GC_New(Acceptor, &AcceptorType);
+    Acceptor *a = entry_new(&AcceptorType, K_ACCEPTOR, fd, p);
     if (a == NULL)
         return NULL;
-    a->kind = K_ACCEPTOR;
-    a->fd = fd;
-    a->events = 0;
     a->nodelay = nodelay;
-    a->poller = (Poller *)Py_NewRef(p);
     a->factory = Py_NewRef(factory);
     PyObject_GC_Track(a);
     if (watch(p, (PyObject *)a, fd, &a->events, EPOLLIN) < 0) {

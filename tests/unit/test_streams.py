@@ -75,6 +75,21 @@ def pair(protocol: asyncio.Protocol) -> tuple[Any, socket.socket]:
     return stream, theirs
 
 
+async def rest(peer: socket.socket) -> bytearray:
+    """What the peer reads until the end of the stream, without blocking the loop."""
+    peer.setblocking(False)
+    got = bytearray()
+    while True:
+        try:
+            data = peer.recv(1 << 20)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+            continue
+        if not data:
+            return got
+        got += data
+
+
 async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
@@ -153,17 +168,7 @@ def test_write_buffer_flow_control_and_close_flushes() -> None:
         assert stream.get_write_buffer_size() > 64 * 1024
         stream.close()  # flushes what is buffered, then closes
         assert not p.lost
-        peer.setblocking(False)
-        got = bytearray()
-        while True:
-            try:
-                data = peer.recv(1 << 20)
-            except BlockingIOError:
-                await asyncio.sleep(0.001)
-                continue
-            if not data:
-                break
-            got += data
+        got = await rest(peer)
         assert got == sent
         await p.gone.wait()
         assert p.events == ["made", "pause", "resume", "lost"] and p.lost == [None]
@@ -365,15 +370,7 @@ def test_any_writes_arrive_whole_and_in_order(sizes: list[int], seed: int) -> No
                     break
             await asyncio.sleep(0)
         stream.close()
-        while True:
-            try:
-                data = peer.recv(1 << 20)
-            except BlockingIOError:
-                await asyncio.sleep(0.001)
-                continue
-            if not data:
-                break
-            got += data
+        got += await rest(peer)
         assert got == sent
         await p.gone.wait()
         peer.close()
