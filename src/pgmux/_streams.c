@@ -18,7 +18,8 @@
  * _fatal_error does); an OSError of the socket closes it with that error, unlogged.
  *
  * An Acceptor accepts the connections of one listening socket (accept4, non-blocking), makes the
- * protocol with its factory, a Stream, and calls connection_made at once.
+ * protocol with its factory, a Stream, and calls connection_made at once, then reads what the client
+ * has sent already (with tcp_defer_accept, its first packet), without waiting for the next epoll turn.
  *
  * Bounds: one receive buffer per process (STREAMS_RBUF bytes); a stream's write buffer holds what
  * the socket did not take at once and is freed when it drains; it is bounded by the protocols' flow
@@ -752,6 +753,10 @@ static int ac_accept(Acceptor *a) {
         if (r == NULL)
             rc = st_fatal(s, "protocol.connection_made() failed");
         Py_XDECREF(r);
+        /* What the client sent is usually there already (tcp_defer_accept: accept() returns once the
+         * startup packet has come): read it now rather than one event-loop turn later. */
+        if (rc == 0 && (s->flags & (F_READING | F_CLOSING)) == F_READING && (s->events & EPOLLIN))
+            rc = st_read(s);
         Py_DECREF(s);
         if (rc < 0)
             return -1;

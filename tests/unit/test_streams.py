@@ -410,3 +410,38 @@ def test_a_copy_of_a_shared_listening_socket_leaves_it_non_blocking() -> None:
     finally:
         inherited.close()
         lsock.close()
+
+
+def test_an_accepted_connection_is_read_in_the_same_turn() -> None:
+    """What a client sent before its accept (with tcp_defer_accept, its startup packet) is read right
+    after connection_made, not one event-loop turn later: before anything call_soon'd at the accept."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        made: list[Recorder] = []
+
+        class Marking(Recorder):
+            def connection_made(self, transport: Any) -> None:
+                super().connection_made(transport)
+                loop.call_soon(self.events.append, "next turn")
+
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                self.events.append("data")
+
+        def factory() -> Recorder:
+            made.append(Marking())
+            return made[-1]
+
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        client = socket.create_connection(lsock.getsockname())
+        client.sendall(b"startup")
+        await asyncio.sleep(0.05)  # (in the kernel's accept queue with its data)
+        listener = streams.Listener(lsock, factory)
+        await until(lambda: bool(made) and "next turn" in made[0].events)
+        assert made[0].events[:3] == ["made", "data", "next turn"], made[0].events
+        client.close()
+        await made[0].gone.wait()
+        listener.close()
+    run(main)
