@@ -6,10 +6,12 @@ written by the C code, which calls the protocol (net/protocols.py) as uvloop doe
 src/pgmux/_streams.c for why and for the transport methods a Stream has.
 
 Here: the Poller of the running loop (`poller`), listening sockets served through it (`Listener`,
-what `net/listen.serve_sockets` returns in place of an asyncio Server), and connections opened to
-PostgreSQL (`connect`). Where the C module is not built (`AVAILABLE` false), callers keep uvloop's
-transports. The console's private Unix socket of a worker, the health checks, cancels, hand-over's
-own channel and the HTTP endpoint stay on asyncio: they are not per-transaction paths.
+what `net/listen.serve_sockets` returns in place of an asyncio Server), connections opened to
+PostgreSQL (`connect`, through `open_connection`) and clients handed over by another process
+(`adopt`). Where the C module is not built, or with PGMUX_STREAMS=0 in the environment (`AVAILABLE`
+false), `open_connection` and `adopt` take uvloop's transports and net/listen its servers. The
+console's private Unix socket of a worker, the health checks, cancels, hand-over's own channel and the
+HTTP endpoint stay on asyncio: they are not per-transaction paths.
 """
 
 from __future__ import annotations
