@@ -652,10 +652,7 @@ static int Stream_clear(Stream *s) {
 
 static void Stream_dealloc(Stream *s) {
     PyObject_GC_UnTrack(s);
-    if (s->fd >= 0) { /* never reached for an open stream (the Poller holds it); a failed new_stream */
-        if (s->events)
-            epoll_ctl(s->poller->ep, EPOLL_CTL_DEL, s->fd, NULL);
-    }
+    /* Never an open stream: the Poller holds those, and a failed new_stream has set fd to -1. */
     PyMem_Free(s->wbuf);
     Py_CLEAR(s->protocol);
     Py_CLEAR(s->on_data);

@@ -151,11 +151,7 @@ async def connect(factory: Callable[[], Any], host: str | None, port: int | None
         except BaseException:
             sock.close()
             raise
-        protocol = factory()
-        stream = poller(loop).stream(sock.fileno(), protocol)
-        sock.detach()  # the Stream's now
-        protocol.connection_made(stream)
-        return stream, protocol
+        return _attach(sock, factory)
     if len(errors) == 1:
         raise errors[0]
     raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
@@ -178,9 +174,15 @@ async def adopt(factory: Callable[[], Any], sock: socket.socket) -> tuple[Any, A
     becomes the Stream's, and the protocol is told at once."""
     if not AVAILABLE:
         return await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
-    protocol = factory()
     sock.setblocking(False)
+    return _attach(sock, factory)
+
+
+def _attach(sock: socket.socket, factory: Callable[[], Any]) -> tuple[Any, Any]:
+    """A connected non-blocking socket becomes a Stream of the running loop's Poller; its protocol is
+    made and told at once."""
+    protocol = factory()
     stream = poller().stream(sock.fileno(), protocol)
-    sock.detach()
+    sock.detach()  # the Stream's now
     protocol.connection_made(stream)
     return stream, protocol
