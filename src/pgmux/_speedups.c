@@ -6,7 +6,8 @@
  * temp tables, ...). In Python those loops were most of pgmux's own work per transaction; here each
  * is one call:
  *   screen  the session-state screen of a Query's text (protocol/scans.py)
- *   query   whether a client's read is exactly one whole Query, and its screen
+ *   query   whether a client's read is exactly one whole Query (and its screen), or a batch of the
+ *           unnamed statement the client sent last
  *   steps   the client relay's walk over any other read (Syncs, extended batch, COPY, Terminate)
  *   walk    the server relay's walk over a reply (ReadyForQuery and the messages it must see)
  *   shape   what the unnamed statement's fast path needs to know of a client's messages
@@ -157,31 +158,91 @@ static PyObject *screen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /*
- * query(data, limit) -> 0, 1 or 2
+ * The read of an extended-protocol batch of the unnamed statement whose Parse is `screened` (sp, sn),
+ * byte for byte: whole messages of at most `limit` bytes, that Parse first, then Binds of the unnamed
+ * portal and statement, Describes of a portal or of the unnamed statement, Executes (one at least) and
+ * Parses of the same bytes, and one Sync, last. 1 for that read, else 0.
+ */
+static int same_batch(const unsigned char *p, Py_ssize_t n, Py_ssize_t limit, const char *sp, Py_ssize_t sn)
+{
+    Py_ssize_t pos = 0;
+    int executed = 0;
+    while (n - pos >= 5) {
+        unsigned char t = p[pos];
+        if ((pos == 0 && t != 'P') || (p[pos + 1] & 0x80))
+            return 0;
+        Py_ssize_t len = ((Py_ssize_t)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
+        Py_ssize_t end = pos + 1 + len;
+        if (len < 4 || len > limit || end > n)
+            return 0;
+        Py_ssize_t body = len - 4;
+        switch (t) {
+        case 'P':
+            if (end - pos != sn || body < 1 || p[pos + 5] != 0 || memcmp(p + pos, sp, (size_t)sn) != 0)
+                return 0;
+            break;
+        case 'B':
+            if (body < 2 || p[pos + 5] != 0 || p[pos + 6] != 0)
+                return 0;
+            break;
+        case 'D':
+            if (body < 2 || !(p[pos + 5] == 'P' || (p[pos + 5] == 'S' && p[pos + 6] == 0)))
+                return 0;
+            break;
+        case 'E':
+            executed = 1;
+            break;
+        case 'S':
+            return end == n && executed;
+        default:
+            return 0;
+        }
+        pos = end;
+    }
+    return 0;
+}
+
+/*
+ * query(data, limit, screened=None) -> 0, 1, 2 or 3
  *
- * The first test of ClientSession._relay on every read: 0 when `data` is not exactly one whole Query
- * message of at most `limit` bytes (the caller walks it then); otherwise 2 when screen() says its
- * text may change tracked session state, else 1. pgmux.protocol.scans.query_py is the definition.
+ * The first test of ClientSession.data_received on every read after login, for its two fast paths:
+ * 1 when `data` is exactly one whole Query message of at most `limit` bytes whose text screen() passes,
+ * 2 for such a Query whose text may change tracked session state, 3 when it is an extended-protocol
+ * batch of the unnamed statement (see same_batch) whose Parse is `screened` (bytes: the client's last
+ * unnamed Parse that the screen passed), and 0 for any other read (the caller walks it then).
+ * pgmux.protocol.scans.query_py is the definition.
  */
 static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "query(data, limit) takes 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "query(data, limit, screened=None) takes 2 or 3 arguments");
         return NULL;
     }
     Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
     if (limit == -1 && PyErr_Occurred())
         return NULL;
+    const char *sp = NULL;
+    Py_ssize_t sn = -1;
+    if (nargs == 3 && args[2] != Py_None) {
+        if (!PyBytes_Check(args[2])) {
+            PyErr_SetString(PyExc_TypeError, "query(): screened must be bytes or None");
+            return NULL;
+        }
+        sp = PyBytes_AS_STRING(args[2]);
+        sn = PyBytes_GET_SIZE(args[2]);
+    }
     Py_buffer view;
     if (get_view(args[0], &view) < 0)
         return NULL;
     const unsigned char *p = (const unsigned char *)view.buf;
     Py_ssize_t n = view.len;
     long r = 0;
-    if (n > 5 && n <= limit && p[0] == 'Q') {
+    if (n > 5 && p[0] == 'Q') {
         uint32_t len = ((uint32_t)p[1] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 8) | (uint32_t)p[4];
-        if ((Py_ssize_t)len == n - 1)
+        if (n <= limit && (Py_ssize_t)len == n - 1)
             r = screen_bytes(p + 5, n - 5) ? 2 : 1;
+    } else if (sp != NULL && n > 5 && p[0] == 'P') {
+        r = same_batch(p, n, limit, sp, sn) ? 3 : 0;
     }
     put_view(&view);
     return PyLong_FromLong(r);
@@ -620,8 +681,9 @@ static PyMethodDef methods[] = {
      "steps(data, limit, copy_syncs, unsynced, watch, copy_in) -> (end, syncs, copy_syncs, unsynced, ext, track, "
      "ignored, copy_in, terminate): the client relay's walk over a read (see pgmux.protocol.scans.steps_py)."},
     {"query", (PyCFunction)(void (*)(void))query, METH_FASTCALL,
-     "query(data, limit) -> 0 (not one whole Query of at most limit bytes), 1 (one, changing nothing "
-     "tracked) or 2 (one that may change tracked session state)."},
+     "query(data, limit, screened=None) -> 0 (neither fast path), 1 (one whole Query, changing nothing "
+     "tracked), 2 (one that may change tracked session state) or 3 (an extended batch of the unnamed statement "
+     "whose Parse is screened; see pgmux.protocol.scans.query_py)."},
     {"screen", (PyCFunction)(void (*)(void))screen, METH_FASTCALL,
      "screen(data, start, end) -> bool: False when the Query text data[start:end] certainly changes no "
      "session state pgmux tracks (see pgmux.protocol.scans)."},

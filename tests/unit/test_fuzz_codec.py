@@ -57,6 +57,8 @@ def test_c_walks_match_their_definitions(data: bytes, limit: int) -> None:
     for flags in [(0, False, False, False), (2, True, True, True)]:
         assert outcome(_speedups.steps, data, limit, *flags) == outcome(steps_py, data, limit, *flags)
     assert _speedups.query(data, limit) == query_py(data, limit)
+    for known in (data[:16], data[:len(data) // 2]):  # as the client's last unnamed Parse (kind 3)
+        assert _speedups.query(data, limit, known) == query_py(data, limit, known)
 
 
 @FUZZ

@@ -389,6 +389,64 @@ def test_the_one_query_fast_path_and_the_general_relay_agree(case: str) -> None:
     assert seen[0] == seen[1]
 
 
+
+@pytest.mark.parametrize("case", ["idle", "in-transaction", "no-server", "tracked", "effects", "other-text",
+                                  "after-another-client"])
+def test_the_unnamed_batch_fast_path_and_the_general_relay_agree(case: str) -> None:
+    """data_received also relays a read of one batch of the unnamed statement whose Parse is the one the
+    client sent (and the screen passed) last, as pgbench -M extended and drivers with parameters send
+    it (protocol/scans.py query, kind 3; fastpath.same_batch). Both paths leave the same bytes, state,
+    counts, hub calls, and the same unnamed statement recorded on client and server."""
+    from pgmux.protocol.scans import query
+    batch = extended() + SYNC
+    seen = []
+    for path in ("fast", "relay"):
+        hub = FakeHub(max_prepared=100 if case == "tracked" else 0)
+        s = hub.server() if case != "no-server" else None
+        c = logged_in(hub)
+        cs = c.session
+        if s is None:  # the Parse as screened by an earlier transaction (on a server since gone)
+            cs.screened = batch[:batch.index(b"B")]
+        c.send(batch)  # the first: walked, and its Parse screened (queued, with no server)
+        if s is not None:
+            s.take()
+            s.send(reply(EXT_REPLY))
+        c.take()
+        if case == "in-transaction":
+            assert s is not None
+            c.send(m.query("begin"))
+            s.take()
+            s.send(reply(m.command_complete("BEGIN"), status=b"T"))
+            c.take()
+        if case == "after-another-client":  # the server ran another client's transaction since
+            assert s is not None
+            other = logged_in(hub)
+            other.send(Q1)
+            s.take()
+            s.send(select_one_reply())
+            assert other.take() == select_one_reply()
+        if case == "effects":
+            cs.portal_fx = {b"": ()}  # an Execute of a portal with session effects: walked
+        again = extended("select $2") + SYNC if case == "other-text" else batch
+        assert query(again, 1 << 30, cs.screened) == (0 if case == "other-text" else 3)
+        before = len(hub.calls)
+        if path == "fast":
+            c.send(again)
+        else:
+            cs._relay(again)
+        ss = s.session if s else None
+        seen.append((s.take() if s else None, cs.state, ss.owed if ss else None, list(cs.pending or []),
+                     cs.pending_syncs, bool(cs.pending_ext), cs.unsynced, cs.copy_syncs,
+                     cs.pool.stats.bytes_received if cs.pool else 0, [n[0] for n in hub.calls[before:]],
+                     ss.queue and len(ss.queue) if ss else None, cs.unnamed, ss.unnamed if ss else None,
+                     cs.screened))
+        if case == "no-server":  # a server comes: both send the same, and record the same
+            s = hub.server()
+            seen.append((s.take(), s.session.unnamed, cs.unnamed, s.session.owed))
+    assert seen[0] == seen[len(seen) // 2]
+    assert seen[-1] == seen[len(seen) // 2 - 1]
+
+
 def test_cut_splits_a_read_at_the_end_of_a_long_message() -> None:
     from pgmux.session.passing import cut
     part, rest, left = cut(b"abcdef", 4)

@@ -284,6 +284,57 @@ def test_shape_results() -> None:
         speedups.shape(parse, "not bytes")
 
 
+
+# -- query's kind 3: an extended batch of the unnamed statement the client sent last -------------------------
+
+PARSE = SHAPE_PARTS[0]
+BATCH = PARSE + SHAPE_PARTS[6] + m.message(b"D", b"P\x00") + SHAPE_PARTS[17] + m.message(m.SYNC)  # pgbench -M extended
+
+
+def test_query_finds_a_batch_of_the_unnamed_statement_sent_last() -> None:
+    q = scans.query_py
+    assert q(BATCH, 1 << 20, PARSE) == 3
+    assert q(BATCH, 1 << 20) == 0 and q(BATCH, 1 << 20, None) == 0  # nothing screened yet: walked
+    assert q(BATCH, 1 << 20, SHAPE_PARTS[1]) == 0  # another text: walked (and screened there)
+    assert q(BATCH, len(PARSE) - 2, PARSE) == 0  # a message over max_packet_size: walked, refused there
+    assert q(BATCH[:-1], 1 << 20, PARSE) == 0  # the Sync not whole
+    assert q(BATCH + m.message(m.SYNC), 1 << 20, PARSE) == 0  # a second Sync
+    assert q(BATCH[:-5], 1 << 20, PARSE) == 0  # no Sync: the batch goes on in the next read
+    assert q(BATCH[len(PARSE):], 1 << 20, PARSE) == 0  # no Parse first
+    no_execute = PARSE + SHAPE_PARTS[6] + m.message(m.SYNC)
+    assert q(no_execute, 1 << 20, PARSE) == 0
+    for part in SHAPE_PARTS[2:]:  # named, cut short, Close, Query, Flush...: walked
+        if part not in (SHAPE_PARTS[6], SHAPE_PARTS[10], SHAPE_PARTS[11], SHAPE_PARTS[17]):
+            assert q(PARSE + part + SHAPE_PARTS[17] + m.message(m.SYNC), 1 << 20, PARSE) == 0, part
+    with pytest.raises(TypeError):
+        speedups.query(BATCH, 1 << 20, "not bytes")
+
+
+KIND3_FLAGS = scans.SHAPE_PARSE_UNNAMED | scans.SHAPE_SAME | scans.SHAPE_BIND | scans.SHAPE_EXECUTE
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(SHAPE_PARTS + [m.message(m.SYNC)]), max_size=6), st.integers(0, 30),
+       st.sampled_from([1 << 20, 12, 20]))
+def test_c_query_agrees_and_kind_3_is_what_steps_and_shape_say(parts: list[bytes], cut: int, limit: int) -> None:
+    """query() in C equals its definition, and a read it calls kind 3 is one that steps() walks as one
+    Sync after an Execute, nothing else, and whose shape() is what fastpath.same_batch assumes."""
+    data = b"".join(parts[:1] and [PARSE] + parts) + m.message(m.SYNC)
+    for chunk in (data, data[:max(0, len(data) - cut)]):
+        for known in (None, PARSE, SHAPE_PARTS[1], PARSE[:-1]):
+            kind = scans.query_py(chunk, limit, known)
+            assert speedups.query(chunk, limit, known) == kind
+            assert speedups.query(memoryview(chunk), limit, known) == kind
+            if kind != 3:
+                continue
+            for copy_in in (False, True):
+                assert scans.steps_py(chunk, limit, 5, True, True, copy_in) == (
+                    len(chunk), 1, 1, False, True, False, 0, copy_in, False)
+            flags, start, end = scans.shape_py(chunk, known)
+            assert flags & ~(scans.SHAPE_BIND | scans.SHAPE_EXECUTE) == scans.SHAPE_PARSE_UNNAMED | scans.SHAPE_SAME
+            assert flags & KIND3_FLAGS == flags and chunk[start:end] == known
+
+
 # -- binds: the walk of named prepared statements' steady state (session/fastpath.py's rebound) -------------
 
 BIND_PARTS = [

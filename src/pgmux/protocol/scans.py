@@ -121,18 +121,56 @@ def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> boo
     return False
 
 
-def query_py(data: bytes | bytearray | memoryview, limit: int) -> int:
-    """The first test of ClientSession._relay on every read: 0 when `data` is not exactly one whole
-    Query message of at most `limit` bytes, else 2 when screen() says its text may change tracked
-    session state, else 1. pgmux._speedups.query is the same in C."""
+def query_py(data: bytes | bytearray | memoryview, limit: int, screened: bytes | None = None) -> int:
+    """The first test of ClientSession.data_received on every read after login, for its two fast
+    paths: 1 when `data` is exactly one whole Query message of at most `limit` bytes whose text screen()
+    passes, 2 for such a Query whose text may change tracked session state; 3 when it is a batch of the
+    unnamed statement whose Parse is `screened` (the client's last unnamed Parse that the screen passed)
+    byte for byte: whole messages of at most `limit` bytes, that Parse first, then Binds of the unnamed
+    portal and statement, Describes of a portal or of the unnamed statement, Executes (one at least)
+    and Parses of the same bytes, and one Sync, last. 0 for any other read (the caller walks it then).
+    pgmux._speedups.query is the same in C."""
     n = len(data)
-    if n <= 5 or n > limit or data[0] != 81:
+    if n <= 5:
         return 0
-    try:
-        whole = message_end(data, 0, limit) == n
-    except ValueError:
+    if data[0] == 81:  # Query
+        if n > limit:
+            return 0
+        try:
+            whole = message_end(data, 0, limit) == n
+        except ValueError:
+            return 0
+        return (2 if screen(data, 5, n) else 1) if whole else 0
+    if screened is None or data[0] != 80:  # Parse
         return 0
-    return (2 if screen(data, 5, n) else 1) if whole else 0
+    pos = 0
+    executed = False
+    while n - pos >= 5:
+        t = data[pos]
+        try:
+            end = message_end(data, pos, limit)
+        except ValueError:
+            return 0
+        if end > n:
+            return 0
+        body = end - pos - 5
+        if t == 80:
+            if body < 1 or data[pos + 5] != 0 or data[pos:end] != screened:
+                return 0
+        elif t == 66:  # Bind
+            if body < 2 or data[pos + 5] != 0 or data[pos + 6] != 0:
+                return 0
+        elif t == 68:  # Describe
+            if body < 2 or not (data[pos + 5] == 80 or data[pos + 5] == 83 and data[pos + 6] == 0):
+                return 0
+        elif t == 69:  # Execute
+            executed = True
+        elif t == 83:  # Sync
+            return 3 if end == n and executed else 0
+        else:
+            return 0
+        pos = end
+    return 0
 
 
 def steps_py(data: bytes | bytearray | memoryview, limit: int, copy_syncs: int, unsynced: bool, watch: bool,

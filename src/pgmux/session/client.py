@@ -19,8 +19,9 @@ from pgmux.protocol import messages as m
 from pgmux.protocol.codec import STREAM_FROM, Buffer
 from pgmux.protocol.scans import COPY_MESSAGES, only_copy, query, steps
 from pgmux.session import client_login
+from pgmux.session.fastpath import same_batch
 from pgmux.session.localparse import answer as local_parse
-from pgmux.session.params import TRACKED, sync_sql
+from pgmux.session.params import TRACKED, catch_up
 from pgmux.session.passing import client_large, client_pass
 from pgmux.session.pipeline import to_server
 from pgmux.session.prepared import ClientStatements
@@ -49,6 +50,10 @@ log = logging.getLogger("pgmux")
 _MAX_QUEUED: Final = 16
 _LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 _PARSE: Final = ord("P")
+# ClientSession.pending_ext: what is queued needs session/pipeline.py's walk (_WALK), or is one batch of
+# the unnamed statement the client sent last, which fastpath.same_batch may send as it is (_SAME).
+_WALK: Final = 1
+_SAME: Final = 2
 
 
 class ClientSession:
@@ -104,7 +109,7 @@ class ClientSession:
         # max_prepared_statements > 0): see session/pipeline.py.
         self.stmts: ClientStatements | None = None
         self.skip = False  # pgmux answered an extended-protocol error itself: drop messages up to Sync
-        self.pending_ext = False  # self.pending holds messages for session/pipeline.py
+        self.pending_ext = 0  # self.pending holds messages for session/pipeline.py (_WALK, _SAME)
         # Session state from simple queries (transaction/statement pooling): see session/tracking.py.
         self.watch = False
         self.initial: dict[str, str] = {}  # params after login: what RESET goes back to
@@ -192,7 +197,9 @@ class ClientSession:
     # -- I/O events ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         """Every read from the client. After login, a read of exactly one Query (the usual read of a
-        simple-protocol client) is relayed right here, with no walk; _relay() takes every other."""
+        simple-protocol client), or of one batch of the unnamed statement the client sent last (the
+        usual read of an extended-protocol one), is relayed right here, with no walk; _relay() takes
+        every other."""
         try:
             if self.state in _LOGGED_IN:
                 if self.sbuf:  # bytes pipelined behind the login are not relayed yet: keep their order
@@ -213,17 +220,21 @@ class ClientSession:
                     data = buf.feed(data)
                     if not data:
                         return
-                kind = query(data, self.max_packet)  # (in C where built: session/tracking.py)
+                kind = query(data, self.max_packet, self.screened)  # (in C where built: protocol/scans.py)
                 if not kind:
                     self._relay(data)
                     return
-                # A copy of _relay for its most common read, without the walk and the memoryview (per
+                # A copy of _relay for its most common reads, without the walk and the memoryview (per
                 # transaction); test_session_playbook.py holds both to the same effects.
                 self.unsynced = False
-                self.copy_syncs = 0
+                if kind == 3:  # Parse, Bind, Execute, Sync: ends in one Sync after an Execute (see steps)
+                    self.copy_syncs = 1
+                    track: Any = _SAME if self.stmts is not None or self.watch else False
+                else:
+                    self.copy_syncs = 0
+                    track = kind == 2 and self.watch
                 now = self.request_time = self.clock()
                 self.logged_in_pool().stats.bytes_received += len(data)
-                track = kind == 2 and self.watch
                 server = self.server
                 if server is None or self.route is not None and self.hub.route_hold(self, server, data):
                     self._queue(data, 1, track, now)  # between transactions (the usual case)
@@ -342,8 +353,8 @@ class ClientSession:
         bounded: past _MAX_QUEUED reads, reading stops until a server takes them."""
         pending = self._push(chunk)
         self.pending_syncs += syncs
-        if track:
-            self.pending_ext = True
+        if track:  # (_SAME only while it is all that is queued)
+            self.pending_ext = _SAME if track == _SAME and len(pending) == 1 else _WALK
         if self.state is C_IDLE:
             self.hub.acquire(self, now)
         elif len(pending) >= _MAX_QUEUED and not self.held:
@@ -373,7 +384,10 @@ class ClientSession:
             server.query_start = now
             if self.xact_start == 0.0:  # a transaction starts on a server we keep (session mode, pinned)
                 self.xact_start = now
-        if track or server.queue or self.tx_effects or server.skipping:
+        if track == _SAME and same_batch(self, server):
+            server.owed += syncs - ignored
+            server.transport.write(chunk)
+        elif track or server.queue or self.tx_effects or server.skipping:
             # Statement names rewritten, the replies owed queued (before owed counts these Syncs).
             # (skipping: a Query the server skips after an error is owed nothing, pipeline.py)
             parts = to_server(self, server, chunk, ignored)
@@ -394,26 +408,7 @@ class ClientSession:
         self.move(C_ACTIVE)
         if self.xact_start == 0.0:
             self.xact_start = now
-        # Clients of one pool mostly ask for the same parameters. Equal sets share one tuple (App.sigs),
-        # so when this server was last brought to ours and nothing changed either since, `is` says so.
-        sig = self.sig
-        if sig is None:
-            sigs = self.sigs
-            if len(sigs) >= 1024:  # a bound, against clients that SET ever new values
-                sigs.clear()
-            sig = tuple(self.params.items())
-            sig = self.sig = sigs.setdefault(sig, sig)
-        out: list[bytes | memoryview] | None = None
-        if server.sig is not sig and server.sig != sig:
-            sql = sync_sql(self.params, server.params, server.extra)
-            if sql is not None:
-                server.swallow += 1
-                server.swallow_error = None
-                out = [m.query(sql)]
-                server.params.update(self.params)
-                reported = self.logged_in_pool().server_params or {}
-                server.extra.update(k for k in self.params if k not in reported)
-            server.sig = sig
+        out = catch_up(self, server)
         if server.wpaused:  # its socket buffer is full already: wait before reading more
             self.throttle(True)
         if server.unnamed_owner != self.id:  # another client's query may have replaced or destroyed it
@@ -426,9 +421,11 @@ class ClientSession:
         pending = self.pending
         if pending is not None:
             self.pending = None
-            if self.pending_ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
-                pending = to_server(self, server, b"".join(pending))
-                self.pending_ext = False
+            ext = self.pending_ext
+            if ext:  # rewritten for this server; before owed counts the Syncs (pipeline.py)
+                if ext != _SAME or len(pending) != 1 or not same_batch(self, server):
+                    pending = to_server(self, server, b"".join(pending))
+                self.pending_ext = 0
             if self.pending_syncs:
                 server.query_start = now
                 server.owed += self.pending_syncs

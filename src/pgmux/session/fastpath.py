@@ -72,6 +72,17 @@ def as_is(c: ClientSession, server: ServerSession, chunk: bytes | memoryview) ->
     return True
 
 
+def same_batch(c: ClientSession, server: ServerSession) -> bool:
+    """as_is for a read protocol/scans.query found to be one batch of the unnamed statement whose Parse
+    is c.screened (its kind 3), without a walk: shape would say PARSE_UNNAMED, SAME, BIND and EXECUTE,
+    and nothing else. Records that Parse as the unnamed statement of both, as as_is does."""
+    if server.held is not None or server.queue or server.skipping or c.skip or c.unsynced or c.stmt_fx \
+            or c.portal_fx or c.watch and c.tx_effects:
+        return False  # what to_server (with as_is) would walk or hold
+    c.unnamed = server.unnamed = c.screened
+    return True
+
+
 def rebound(stmts: ClientStatements, sst: ServerStatements,
              chunk: bytes | memoryview) -> list[bytes | memoryview] | None:
     """The steady state of named prepared statements (pgbench -M prepared, asyncpg, psycopg once it

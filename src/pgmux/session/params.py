@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import re
 import shlex
+from typing import TYPE_CHECKING
 
-from pgmux.protocol.messages import parameter_status
+from pgmux.protocol.messages import parameter_status, query
+
+if TYPE_CHECKING:
+    from pgmux.session.client import ClientSession
+    from pgmux.session.server import ServerSession
 
 _CANON = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}
 
@@ -218,6 +223,32 @@ def sync_sql(wanted: dict[str, str], current: dict[str, str], extra: set[str] | 
             extra.discard(k)
             current.pop(k, None)
     return ";".join(sets) if sets else None
+
+
+def catch_up(c: ClientSession, server: ServerSession) -> list[bytes | memoryview] | None:
+    """The Query that brings `server`'s parameters to the client's, first of what the client sends
+    it on attach (its reply swallowed); None when they are equal already."""
+    # Clients of one pool mostly ask for the same parameters. Equal sets share one tuple (App.sigs),
+    # so when this server was last brought to ours and nothing changed either since, `is` says so.
+    sig = c.sig
+    if sig is None:
+        sigs = c.sigs
+        if len(sigs) >= 1024:  # a bound, against clients that SET ever new values
+            sigs.clear()
+        sig = tuple(c.params.items())
+        sig = c.sig = sigs.setdefault(sig, sig)
+    out: list[bytes | memoryview] | None = None
+    if server.sig is not sig and server.sig != sig:
+        sql = sync_sql(c.params, server.params, server.extra)
+        if sql is not None:
+            server.swallow += 1
+            server.swallow_error = None
+            out = [query(sql)]
+            server.params.update(c.params)
+            reported = c.logged_in_pool().server_params or {}
+            server.extra.update(k for k in c.params if k not in reported)
+        server.sig = sig
+    return out
 
 
 def with_client_host(app_name: str | None, addr: str, port: int, is_unix: bool, listen_port: int) -> str:
