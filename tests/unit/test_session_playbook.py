@@ -357,6 +357,15 @@ def test_a_new_server_gets_the_clients_parameters_first(hub: FakeHub) -> None:
     assert SERVER_PARAMS["DateStyle"] != s.session.params.get("DateStyle")
 
 
+
+def begin(c: Peer, s: Peer | None) -> None:
+    """The client opens a transaction on `s`, which it then keeps."""
+    assert s is not None
+    c.send(m.query("begin"))
+    s.take()
+    s.send(reply(m.command_complete("BEGIN"), status=b"T"))
+    c.take()
+
 # -- the fast path and the general one ----------------------------------------------------------------
 @pytest.mark.parametrize("case", ["idle", "in-transaction", "watched-set", "no-server"])
 def test_the_one_query_fast_path_and_the_general_relay_agree(case: str) -> None:
@@ -372,11 +381,7 @@ def test_the_one_query_fast_path_and_the_general_relay_agree(case: str) -> None:
         s = hub.server() if case != "no-server" else None
         c = logged_in(hub)
         if case == "in-transaction":
-            assert s is not None
-            c.send(m.query("begin"))
-            s.take()
-            s.send(reply(m.command_complete("BEGIN"), status=b"T"))
-            c.take()
+            begin(c, s)
         before = len(hub.calls)
         if path == "fast":
             c.send(q)
@@ -413,11 +418,7 @@ def test_the_unnamed_batch_fast_path_and_the_general_relay_agree(case: str) -> N
             s.send(reply(EXT_REPLY))
         c.take()
         if case == "in-transaction":
-            assert s is not None
-            c.send(m.query("begin"))
-            s.take()
-            s.send(reply(m.command_complete("BEGIN"), status=b"T"))
-            c.take()
+            begin(c, s)
         if case == "after-another-client":  # the server ran another client's transaction since
             assert s is not None
             other = logged_in(hub)
