@@ -394,6 +394,66 @@ done:
 }
 
 /*
+ * ready(data, limit, noted) -> int
+ *
+ * The server relay's usual read, told without walk()'s tuple: the status byte of its ReadyForQuery when
+ * `data` is whole messages (lengths within walk()'s bounds) of which exactly one is a ReadyForQuery, the
+ * last, and none is of a type marked in `noted`; 0 for any other read, which the caller then walks (and
+ * walk() raises for an impossible length). What walk() returns for such a read is (len(data), 1, z,
+ * len(data) - 6, None). A read that does not end in a ReadyForQuery's header costs no walk: the first
+ * test looks at its last six bytes. pgmux.protocol.scans.ready_py is the definition.
+ */
+static PyObject *ready(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "ready(data, limit, noted) takes 3 arguments");
+        return NULL;
+    }
+    long long limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view, table;
+    if (get_view(args[0], &view) < 0)
+        return NULL;
+    if (get_view(args[2], &table) < 0) {
+        put_view(&view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (table.len != 256) {
+        PyErr_SetString(PyExc_ValueError, "ready: noted must be a 256-byte table");
+        goto done;
+    }
+    const unsigned char *p = view.buf, *noted = table.buf;
+    Py_ssize_t n = view.len, pos = 0;
+    int z = 0;
+    if (n >= 6 && p[n - 6] == 'Z' && p[n - 5] == 0 && p[n - 4] == 0 && p[n - 3] == 0 && p[n - 2] == 5) {
+        while (n - pos >= 5) {
+            unsigned char t = p[pos];
+            long long len = ((long long)p[pos + 1] << 24) | (p[pos + 2] << 16) | (p[pos + 3] << 8) | p[pos + 4];
+            if (p[pos + 1] & 0x80)
+                len -= 1LL << 32;
+            if (len < 4 || len > limit || len > n - pos - 1)
+                break;
+            Py_ssize_t end = pos + 1 + (Py_ssize_t)len;
+            if (t == 'Z') {
+                if (len == 5 && end == n)
+                    z = p[pos + 5];
+                break;
+            }
+            if (noted[t])
+                break;
+            pos = end;
+        }
+    }
+    result = PyLong_FromLong(z);
+done:
+    put_view(&table);
+    put_view(&view);
+    return result;
+}
+
+/*
  * steps(data, limit, copy_syncs, unsynced, watch, copy_in)
  *     -> (end, syncs, copy_syncs, unsynced, ext, track, ignored, copy_in, terminate)
  *
@@ -671,6 +731,9 @@ fail:
 static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(data, limit, noted) -> (end, nz, z, zpos, items): the header walk of the server relay."},
+    {"ready", (PyCFunction)(void (*)(void))ready, METH_FASTCALL,
+     "ready(data, limit, noted) -> the status byte of the one ReadyForQuery that ends a read of whole messages "
+     "none of which is noted, else 0 (see pgmux.protocol.scans.ready_py)."},
     {"binds", (PyCFunction)(void (*)(void))binds, METH_FASTCALL,
      "binds(chunk) -> [(start, portal_end, name_end, end), ...] or None: the Binds of a chunk of only Binds "
      "of named statements, Describes of portals, Executes and Syncs, ending in a Sync."},

@@ -16,7 +16,7 @@ from pgmux import _speedups
 from pgmux.errors import ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.codec import MAX_STARTUP_PACKET, Buffer, read_startup, scan
-from pgmux.protocol.scans import binds_py, noted_table, query_py, shape_py, steps_py, walk_py
+from pgmux.protocol.scans import binds_py, noted_table, query_py, ready_py, shape_py, steps_py, walk_py
 
 streams = st.one_of(
     st.lists(st.one_of(frontend(nonempty_targets=False), backend()), max_size=8).map(b"".join),
@@ -53,7 +53,14 @@ def test_scan_frames_or_refuses(data: bytes) -> None:
 @given(data=streams, limit=st.sampled_from([4, 5, 64, LIMIT]))
 def test_c_walks_match_their_definitions(data: bytes, limit: int) -> None:
     noted = noted_table("SEG")
-    assert outcome(_speedups.walk, data, limit, noted) == outcome(walk_py, data, limit, noted)
+    walked = outcome(walk_py, data, limit, noted)
+    assert outcome(_speedups.walk, data, limit, noted) == walked
+    z = _speedups.ready(data, limit, noted)
+    assert z == ready_py(data, limit, noted)
+    # ready tells exactly the reads walk sees as whole, one ReadyForQuery last, nothing noted
+    usual = isinstance(walked, tuple) and len(walked) == 5 and walked[0] == len(data) and walked[1] == 1 \
+        and walked[3] == len(data) - 6 and walked[4] is None and walked[2] != 0
+    assert z == (walked[2] if usual else 0)  # type: ignore[index]
     for flags in [(0, False, False, False), (2, True, True, True)]:
         assert outcome(_speedups.steps, data, limit, *flags) == outcome(steps_py, data, limit, *flags)
     assert _speedups.query(data, limit) == query_py(data, limit)

@@ -456,3 +456,52 @@ def test_cut_splits_a_read_at_the_end_of_a_long_message() -> None:
     assert (bytes(part), rest, left) == (b"abc", b"", 7)
     part, rest, left = cut(b"abc", 3)
     assert (bytes(part), rest, left) == (b"abc", b"", 0)
+
+
+SERVER_REPLIES = {
+    "idle": select_one_reply(),
+    "in-transaction": reply(m.command_complete("BEGIN"), status=b"T"),
+    "failed": reply(m.error_response("ERROR", "42P01", "no such table"), status=b"E"),
+    "notice": reply(m.notice_response("careful"), m.command_complete("SELECT 0")),
+    "parameter": reply(m.parameter_status("TimeZone", "UTC"), m.command_complete("SET")),
+    "cut": select_one_reply()[:-3],
+    "two": select_one_reply() + select_one_reply(),
+    "extended": reply(EXT_REPLY),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVER_REPLIES) + ["waiter"])
+def test_the_usual_reply_fast_path_and_the_server_walk_agree(case: str) -> None:
+    """ServerSession.data_received relays a reply of whole messages with one ReadyForQuery, last, and
+    nothing the relay must read (protocol/scans.py ready) itself; _relay_walk takes every other reply.
+    Both must leave the same bytes to the client, the same server and client state, counts and hub
+    calls; and ready tells exactly the replies walk sees that way."""
+    from pgmux.protocol.scans import ready, walk
+    from pgmux.session.server import _NOTED
+    data = SERVER_REPLIES.get(case, select_one_reply())
+    pos, nz, z, zpos, items = walk(data, 1 << 30, _NOTED)
+    fast = (pos, nz, items, zpos) == (len(data), 1, None, len(data) - 6)
+    assert ready(data, 1 << 30, _NOTED) == (z if fast else 0)
+    assert fast == (case in ("idle", "in-transaction", "notice", "extended", "waiter"))  # an error is read
+    seen = []
+    for path in ("fast", "walk"):
+        hub = FakeHub()
+        s = hub.server()
+        c = logged_in(hub)
+        sent = m.query("select 1; select 1") if case == "two" else Q1
+        c.send(sent + SYNC if case == "extended" else sent)
+        s.take()
+        other = None
+        if case == "waiter":  # a second client waits: the server goes to it when this reply ends
+            other = logged_in(hub)
+            other.send(Q1)
+        before = len(hub.calls)
+        if path == "fast":
+            s.send(data)
+        else:
+            s.session._relay_walk(data)
+        ss, cs = s.session, c.session
+        seen.append((c.take(), cs.state, ss.state, ss.owed, ss.copy_in, ss.tx_status, ss.client is cs,
+                     ss.pool.stats.bytes_sent, [n[0] for n in hub.calls[before:]], bytes(ss.buf.pending or b""),
+                     s.take(), other.state if other else None))
+    assert seen[0] == seen[1]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pgmux.protocol import messages as m
 from pgmux.protocol import scans
-from pgmux.protocol.scans import noted_table, screen_py, walk_py
+from pgmux.protocol.scans import noted_table, ready_py, screen_py, walk_py
 
 speedups = importlib.import_module("pgmux._speedups")
 
@@ -165,6 +165,47 @@ def test_walk_results() -> None:
     assert speedups.walk(ps + z + b"D\x00", 1 << 30, NOTED) == (
         len(ps) + 6, 1, ord("T"), len(ps), [(ord("S"), 0, len(ps)), (ord("Z"), len(ps), 6)])
     assert speedups.walk(b"", 1 << 30, NOTED) == (0, 0, 0, 0, None)
+
+
+def test_the_server_relay_uses_the_c_ready() -> None:
+    from pgmux.protocol import scans
+    from pgmux.session import server
+
+    assert scans.ready is speedups.ready and server.ready is speedups.ready
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(REPLY_PARTS), max_size=10), st.integers(0, 40))
+def test_c_ready_agrees_and_tells_what_walk_tells(parts: list[bytes], cut: int) -> None:
+    """ready() is the status byte of the one ReadyForQuery exactly when walk() finds the read whole, with
+    that one ReadyForQuery last and nothing noted: the case data_received relays without the tuple."""
+    data = b"".join(parts)
+    for chunk in (data, data[:max(0, len(data) - cut)], memoryview(data)[:max(0, len(data) - cut)]):
+        z = speedups.ready(chunk, 1 << 30, NOTED)
+        assert z == ready_py(chunk, 1 << 30, NOTED)
+        pos, nz, last, zpos, items = walk_py(chunk, 1 << 30, NOTED)
+        usual = pos == len(chunk) and nz == 1 and zpos == len(chunk) - 6 and items is None
+        assert z == (last if usual else 0)
+
+
+def test_ready_results() -> None:
+    reply = m.row_description([("a", 23)]) + m.data_row([1]) + m.command_complete("SELECT 1")
+    for status in b"ITE":
+        assert speedups.ready(reply + m.ready_for_query(bytes([status])), 1 << 30, NOTED) == status
+    z = m.ready_for_query(b"I")
+    refused = [
+        b"", z[:-1], reply, reply + z + z, z + reply + z, reply + z + b"D",  # none, two, not last, more after
+        m.parameter_status("a", "b") + z, m.error_response("ERROR", "42P01", "x") + z,  # noted: read them
+        reply[:-1] + z,  # the last message before it not whole: its length runs into the ReadyForQuery
+        b"D\x00\x00\x00\x03" + z, b"D\xff\xff\xff\xff" + z, b"Z\x00\x00\x00\x06II" + z,  # lengths walk refuses
+    ]
+    for data in refused:
+        assert speedups.ready(data, 1 << 30, NOTED) == ready_py(data, 1 << 30, NOTED) == 0, data
+    assert speedups.ready(m.data_row([1] * 40) + z, 50, NOTED) == 0  # a message above the limit: walked
+    with pytest.raises(ValueError):
+        speedups.ready(reply + z, 1 << 30, b"SEG")
+    with pytest.raises(TypeError):
+        speedups.ready(reply + z, 1 << 30)
 
 
 # -- steps: the client relay's walk over everything but one whole Query --------------------------------------

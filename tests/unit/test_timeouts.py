@@ -13,6 +13,7 @@ from fakes import SERVER_KEY, SERVER_PID, Peer, Rig, error_fields, reply, select
 from pgmux.config import Config, DatabaseConfig, Settings, UserConfig
 from pgmux.net import connector
 from pgmux.protocol import messages as m
+from pgmux.protocol.auth import md5_response
 from pgmux.session.states import ClientState, ServerState
 
 Q1 = m.query("select 1")
@@ -330,3 +331,40 @@ def test_cancel_connection_ends_after_cancel_wait_timeout(tmp_path: Path, monkey
     monkeypatch.setattr(connector, "send_cancel", never)
     asyncio.run(rig.app._send_cancel(*args))  # returns: the timeout is caught and logged
     assert requester.transport.closed
+
+
+# -- client_login_timeout ------------------------------------------------------------------------------
+
+def test_client_login_timeout_ends_logins_left_unfinished_and_only_those(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="client_login_timeout = 5\nauth_type = md5")
+    done = rig.new_client()  # logs in (md5: the password exchange)
+    done.send(m.startup_message({"user": "alice", "database": "app"}))
+    assert done.state is ClientState.AUTH
+    silent = rig.new_client()  # connected, no StartupMessage
+    halfway = rig.connect()  # asked for its password, never sends it
+    assert halfway.state is ClientState.AUTH
+    rig.clock.advance(1)
+    done.send(m.password_message(md5_response("alice", "secret", done.take()[-4:]) + b"\x00"))
+    for s in rig.servers:
+        rig.server_login(s)
+    assert done.state is ClientState.IDLE
+    rig.clock.advance(3.9)
+    rig.app.tick(rig.clock())
+    assert [p.state for p in (done, silent, halfway)] == [ClientState.IDLE, ClientState.STARTUP, ClientState.AUTH]
+    assert set(rig.app.arriving) == {silent.session.id, halfway.session.id}  # the logged-in one left it
+    rig.clock.advance(0.2)  # 5.1 s since they connected
+    rig.app.tick(rig.clock())
+    for p in (silent, halfway):
+        assert p.state is ClientState.CLOSED and p.transport.closed
+    assert error_fields(halfway.take())["M"] == "client_login_timeout"
+    rig.clock.advance(100)
+    rig.app.tick(rig.clock())
+    assert done.state is ClientState.IDLE and rig.app.arriving == {}
+
+
+def test_no_client_login_timeout_leaves_a_login_waiting(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, settings="client_login_timeout = 0")
+    silent = rig.new_client()
+    rig.clock.advance(1000)
+    rig.app.tick(rig.clock())
+    assert silent.state is ClientState.STARTUP and not silent.transport.closed

@@ -133,6 +133,11 @@ class Pool(Generic[S, C]):
         client.wait_since = now
         self.waiters.append(client)
 
+    def enqueue(self, client: C) -> None:
+        """add_waiter() for a caller that set client.wait_since itself: a native store where the client's
+        class is known (runtime/handoff.py, once per waiting transaction), a generic one here."""
+        self.waiters.append(client)
+
     def remove_waiter(self, client: C) -> bool:
         try:
             self.waiters.remove(client)

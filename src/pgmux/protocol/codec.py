@@ -26,7 +26,7 @@ _I32 = struct.Struct("!i")
 MAX_STARTUP_PACKET = 10000
 # Bounded memory per connection. A message longer than STREAM_FROM that pgmux only forwards (CopyData,
 # DataRow, and in session pooling every message) is not held whole: its bytes go on as they arrive
-# (ClientSession._large, ServerSession._large). A message pgmux must read whole (a Query, Parse, Bind
+# (passing.client_large, passing.server_large). A message pgmux must read whole (a Query, Parse, Bind
 # or FunctionCall when it tracks session state or routes, and the replies it decodes) is held up to
 # MAX_INSPECTED bytes; a longer one is refused as soon as its header says so.
 STREAM_FROM = 1 << 16

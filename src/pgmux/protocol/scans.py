@@ -19,6 +19,7 @@ console's rows). The C scans keep their own copy of that loop in C: that is what
 - query   one whole Query? the first test of the client relay on every read
 - steps   the client relay's walk over any other read (Syncs, extended batch, COPY, Terminate)
 - walk    the server relay's walk over a reply (ReadyForQuery and the messages it must see)
+- ready   the server relay's usual reply (one ReadyForQuery, last, nothing else to see), without walk's tuple
 - shape, binds  what the extended-protocol fast paths read (session/fastpath.py)
 """
 
@@ -101,6 +102,30 @@ def walk_py(buf: bytes | bytearray | memoryview, limit: int,
             marks.append((t, pos, end - pos))
         pos = end
     return pos, nz, z, zpos, marks if seen else None
+
+
+def ready_py(buf: bytes | bytearray | memoryview, limit: int, noted: bytes) -> int:
+    """The server relay's usual read: the status byte of its ReadyForQuery when buf is whole messages
+    (lengths of at least 4 and at most limit) of which exactly one is a ReadyForQuery, the last, and none
+    is of a type marked in `noted`; 0 for any other read (walked then: walk_py raises for a bad length).
+    For such a read walk_py returns (len(buf), 1, z, len(buf) - 6, None). pgmux._speedups.ready is the same
+    in C."""
+    n = len(buf)
+    if n < 6 or buf[n - 6] != 90 or _I32.unpack_from(buf, n - 5)[0] != 5:
+        return 0
+    pos = 0
+    while n - pos >= 5:
+        t = buf[pos]
+        (length,) = _I32.unpack_from(buf, pos + 1)
+        if length < 4 or length > limit or length > n - pos - 1:
+            return 0
+        end = pos + 1 + length
+        if t == 90:  # 'Z'
+            return buf[pos + 5] if length == 5 and end == n else 0
+        if noted[t]:
+            return 0
+        pos = end
+    return 0
 
 
 def screen_py(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
@@ -359,3 +384,4 @@ query: Final = _c("query", query_py)
 steps: Final = _c("steps", steps_py)
 shape: Final = _c("shape", shape_py)
 walk: Final = _c("walk", walk_py)
+ready: Final = _c("ready", ready_py)

@@ -44,6 +44,9 @@ class Core(Hub):
         self.config_path = config_path
         self.registry = Registry()
         self.clients: dict[int, ClientSession] = {}
+        # The clients accepted and not (yet) logged in, as far as the janitor's last pass knows: the ones
+        # client_login_timeout applies to (runtime/timeouts.py drops the others as it meets them).
+        self.arriving: dict[int, ClientSession] = {}
         self.servers: dict[int, ServerSession] = {}
         self.by_cancel: dict[int, ClientSession] = {}
         self.next_id = 1

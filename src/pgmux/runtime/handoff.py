@@ -50,9 +50,13 @@ class Handoff(Servers):
             c.attach(server, now)
             return
         c.move(C_WAITING)
-        pool.add_waiter(c, now)
-        # A full pool (the usual case under load) opens nothing: skip the arithmetic of launch().
-        if not self.paused and len(pool.servers) < pool.limits.pool_size + pool.limits.reserve_pool_size:
+        c.wait_since = now  # pool.add_waiter(), the store native: c is typed here (see Pool.enqueue)
+        pool.enqueue(c)
+        # A full pool (the usual case under load) opens nothing: skip the arithmetic of launch(). With
+        # workers this worker's part is full before len(servers) reaches the limit, and the shared counts'
+        # refusal is remembered (pool.no_room_until): checked here, without launch()'s call and clock read.
+        if not self.paused and len(pool.servers) < pool.limits.pool_size + pool.limits.reserve_pool_size \
+                and pool.no_room_until <= now:
             self.launch(pool)
 
     def server_ready(self, c: ClientSession, server: ServerSession) -> None:

@@ -43,6 +43,7 @@ class Logins(Handoff):
         self.next_id += 1
         c = ClientSession(cid, self, self.now(), self.config.settings.max_packet_size, self.sigs)
         self.clients[cid] = c
+        self.arriving[cid] = c
         return c
 
     def accepted(self, c: ClientSession, transport: Any) -> None:

@@ -148,7 +148,7 @@ class Trimmer:
             # A dict never shrinks on deletion: the tables sized for the storm stay, unless rebuilt.
             admission = getattr(self.app, "admission", None)
             held = [admission.held] if admission is not None else []
-            for d in (self.app.clients, self.app.by_cancel, *held):
+            for d in (self.app.clients, getattr(self.app, "arriving", {}), self.app.by_cancel, *held):
                 live = dict(d)
                 d.clear()
                 d.update(live)

@@ -122,17 +122,19 @@ def _waiters(app: Any, pool: Any, now: float) -> None:
 def _clients(app: Any, now: float) -> None:
     cfg = app.config
     s = cfg.settings
-    if not (s.client_idle_timeout or s.client_login_timeout or s.query_timeout or s.idle_transaction_timeout
-            or s.transaction_timeout or cfg.any_user_timeouts):
-        return
+    arriving = app.arriving
+    for cid, c in list(arriving.items()):  # client_login_timeout; the ones logged in or gone leave the dict
+        if c.state not in _LOGIN:
+            del arriving[cid]
+        elif s.client_login_timeout and now - c.connect_time > s.client_login_timeout:
+            c.fail(PgmuxError("client_login_timeout", sqlstate="08P01", severity="FATAL"))
+    if not (s.client_idle_timeout or s.query_timeout or s.idle_transaction_timeout or s.transaction_timeout
+            or cfg.any_user_timeouts):
+        return  # (the default: no pass over every logged-in client, five times a second)
     cache: dict[tuple[str, str], tuple[float, float, float, float]] = {}
     for c in list(app.clients.values()):
-        if c.state is ClientState.REPLICATION:
-            continue  # its own server, streaming or waiting for room (runtime/replication.py)
-        if c.state in _LOGIN:
-            if s.client_login_timeout and now - c.connect_time > s.client_login_timeout:
-                c.fail(PgmuxError("client_login_timeout", sqlstate="08P01", severity="FATAL"))
-            continue
+        if c.state is ClientState.REPLICATION or c.state in _LOGIN:
+            continue  # its own server (runtime/replication.py); a login: above
         pool = c.pool
         key = (pool.user if pool is not None else c.user, c.user)
         t = cache.get(key)

@@ -48,7 +48,6 @@ log = logging.getLogger("pgmux")
 
 # Reads queued for a server (each at most one read of the socket) before the client is read no more.
 _MAX_QUEUED: Final = 16
-_LOGGED_IN: Final = frozenset({ClientState.IDLE, ClientState.WAITING, ClientState.ACTIVE, ClientState.LOGIN_WAIT})
 _PARSE: Final = ord("P")
 # ClientSession.pending_ext: what is queued needs session/pipeline.py's walk (_WALK), or is one batch of
 # the unnamed statement the client sent last, which fastpath.same_batch may send as it is (_SAME).
@@ -201,7 +200,8 @@ class ClientSession:
         usual read of an extended-protocol one), is relayed right here, with no walk; _relay() takes
         every other."""
         try:
-            if self.state in _LOGGED_IN:
+            state = self.state  # compared by identity: C globals, no set lookup on every read
+            if state is C_IDLE or state is C_ACTIVE or state is C_WAITING or state is C_LOGIN_WAIT:
                 if self.sbuf:  # bytes pipelined behind the login are not relayed yet: keep their order
                     self.sbuf += data
                     if len(self.sbuf) > STREAM_FROM and not self.held:

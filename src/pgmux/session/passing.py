@@ -1,7 +1,7 @@
 """Long messages streamed through as they arrive, so that what a connection holds stays bounded:
 which part of a read still belongs to such a message, and what follows it (both relays:
-client_pass, ServerSession._pass), and what a client's long message gets at its header
-(client_large). Compiled with the sessions (setup.py)."""
+client_pass, server_pass), and what a long message gets at its header (client_large, server_large).
+Compiled with the sessions (setup.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol.codec import MAX_INSPECTED
+from pgmux.session.states import ServerState
 
 if TYPE_CHECKING:
     from pgmux.session.client import ClientSession
+    from pgmux.session.server import ServerSession
 
 _Q: Final = ord("Q")
 _F: Final = ord("F")
@@ -23,6 +25,8 @@ _LARGE: Final = frozenset(b"QFPBd")
 _PG_LARGE_LIMIT: Final = 0x3FFFFFFE  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT, for those
 _SMALL: Final = frozenset(b"SHECDXcf")
 _NAMES: Final = {_Q: "Query", _F: "FunctionCall", ord("P"): "Parse", ord("B"): "Bind"}
+_DECODED: Final = frozenset(b"ZSEGRK")  # replies the relays read whole, never streamed
+_ROWS: Final = frozenset(b"Dd")  # DataRow, CopyData: streamed even while replies are reordered (pipeline.py)
 
 
 def cut(data: bytes, left: int) -> tuple[bytes | memoryview, bytes, int]:
@@ -99,4 +103,36 @@ def client_pass(c: ClientSession, data: bytes) -> bytes:
     else:  # read before the pause took effect: queued behind the start of the message
         c._push(bytes(part))
         c._hold()
+    return rest
+
+
+def server_large(s: ServerSession) -> None:
+    """The reply the server's buffer keeps is longer than STREAM_FROM (codec.py). One the relay only
+    forwards goes on to the client as it arrives (server_pass); one it must read whole (a ParameterStatus,
+    an error, a reply while pgmux swallows or reorders replies) is held up to MAX_INSPECTED."""
+    buf = s.buf
+    t = buf.pending[0]
+    c = s.client
+    q = s.queue
+    if s.state is ServerState.CLOSED:
+        return
+    if c is None or s.swallow or t in _DECODED or q and (t not in _ROWS or q[0].swallow):
+        if buf.need > MAX_INSPECTED:
+            raise ProtocolViolation(f"message too long: {buf.need} bytes of type {chr(t)!r}, above "
+                                    f"the {MAX_INSPECTED} bytes pgmux reads whole")
+        return
+    part = buf.take()
+    s.passing = buf.need - len(part)
+    if c is not None:
+        c.transport.write(part)
+        s.pool.stats.bytes_sent += len(part)
+
+
+def server_pass(s: ServerSession, data: bytes) -> bytes:
+    """The next bytes of a long reply (see server_large), to the linked client; returns what follows it."""
+    part, rest, s.passing = cut(data, s.passing)
+    c = s.client
+    if c is not None:
+        c.transport.write(part)
+        s.pool.stats.bytes_sent += len(part)
     return rest

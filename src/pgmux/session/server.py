@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Final
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
 from pgmux.protocol.auth import ServerAuthenticator
-from pgmux.protocol.codec import MAX_INSPECTED, Buffer, noted_table, scan, walk
+from pgmux.protocol.codec import Buffer, noted_table, scan, walk
+from pgmux.protocol.scans import ready
 from pgmux.session.params import canon
-from pgmux.session.passing import cut
+from pgmux.session.passing import server_large, server_pass
 from pgmux.session.pipeline import Entry, release, to_client
 from pgmux.session.prepared import ServerStatements
 from pgmux.session.states import S_ACTIVE, S_IDLE, S_LOGIN, SERVER_MOVES, IllegalTransition, ServerState
@@ -35,8 +36,6 @@ _G: Final = ord("G")  # CopyInResponse
 _Z_LEN: Final = 6  # a ReadyForQuery: type, length 5, status
 _NOTED: Final = noted_table("SEG")  # what the header-only relay looks at, besides ReadyForQuery
 _D: Final = ord("D")  # DataRow
-_DECODED: Final = frozenset(b"ZSEGRK")  # replies the relays read whole, never streamed
-_ROWS: Final = frozenset(b"Dd")  # DataRow, CopyData: streamed even while replies are reordered (pipeline.py)
 _LOGIN_MIN: Final = {_R: 4, _K: 8, _Z: 1}  # body sizes the login reads without looking
 _IDLE_OK: Final = frozenset((_S, _N, ord("A")))  # what an idle server may send: ParameterStatus, notices
 _I32: Final = struct.Struct("!i")
@@ -199,7 +198,7 @@ class ServerSession:
                 self._login_data(data)
                 return
             if self.passing:  # the rest of a long reply, forwarded as it comes
-                data = self._pass(data)
+                data = server_pass(self, data)
                 if not data:
                     return
             buf = self.buf
@@ -210,34 +209,47 @@ class ServerSession:
             if self.swallow or self.client is None or self.queue:
                 self._relay_slow(data)
                 return
-            # The per-reply path: codec.walk (in C where built) finds the end, the ReadyForQuery
-            # messages, and the few other types the relay must look at; usually there are none, and
-            # no loop here.
-            n = len(data)
-            try:
-                pos, nz, z, zpos, items = walk(data, MAX_SERVER_MESSAGE, _NOTED)
-            except ValueError as e:
-                raise ProtocolViolation(f"invalid message length {e.args[1]} for message type "
-                                        f"{chr(e.args[0])!r}") from None
-            if items is None:
-                if nz:
-                    self.owed -= nz
-                    self.copy_in = False
-            else:
-                for t, start, total in items:
-                    self._note(data, t, start, total)
-            large = buf.keep(data, pos) if pos < n else False
-            if pos == 0:
-                if large:
-                    self._large()
+            # The usual reply (whole, one ReadyForQuery, last, nothing the relay must read): told by
+            # scans.ready (in C where built) as one int, and handled as _relay_walk would handle it.
+            # test_session_playbook.py holds the two to the same effects.
+            z = ready(data, MAX_SERVER_MESSAGE, _NOTED)
+            if z:
+                n = len(data)
+                self.owed -= 1
+                self.copy_in = False
+                self._forward(self.client, data, 0, n, z, n - 6)
                 return
-            self._forward(self.client, data, 0, pos, z, zpos)
-            if large:
-                self._large()
+            self._relay_walk(data)
         except PgmuxError as e:
             self.hub.server_failed(self, e)
         except Exception as e:  # a bug: logged with its traceback, never a traceback to the client
             self.hub.server_crashed(self, e)
+
+    def _relay_walk(self, data: bytes) -> None:
+        """The relay of any reply to a linked client, nothing swallowed or queued: codec.walk (in C where
+        built) finds the end, the ReadyForQuery messages, and the few other types the relay must look
+        at; usually there are none, and no loop here."""
+        n = len(data)
+        try:
+            pos, nz, z, zpos, items = walk(data, MAX_SERVER_MESSAGE, _NOTED)
+        except ValueError as e:
+            raise ProtocolViolation(f"invalid message length {e.args[1]} for message type "
+                                    f"{chr(e.args[0])!r}") from None
+        if items is None:
+            if nz:
+                self.owed -= nz
+                self.copy_in = False
+        else:
+            for t, start, total in items:
+                self._note(data, t, start, total)
+        large = self.buf.keep(data, pos) if pos < n else False
+        if pos == 0:
+            if large:
+                server_large(self)
+            return
+        self._forward(self.client, data, 0, pos, z, zpos)
+        if large:
+            server_large(self)
 
     # -- relay ---------------------------------------------------------------------------------
     def _note(self, data: bytes, t: int, start: int, total: int) -> None:
@@ -253,36 +265,6 @@ class ServerSession:
         elif t == _G:
             self.copy_in = True
 
-    def _large(self) -> None:
-        """The reply self.buf keeps is longer than STREAM_FROM (codec.py). One the relay only forwards
-        goes on to the client as it arrives (_pass); one it must read whole (a ParameterStatus, an
-        error, a reply while pgmux swallows or reorders replies) is held up to MAX_INSPECTED."""
-        buf = self.buf
-        t = buf.pending[0]
-        c = self.client
-        q = self.queue
-        if self.state is ServerState.CLOSED:
-            return
-        if c is None or self.swallow or t in _DECODED or q and (t not in _ROWS or q[0].swallow):
-            if buf.need > MAX_INSPECTED:
-                raise ProtocolViolation(f"message too long: {buf.need} bytes of type {chr(t)!r}, above "
-                                        f"the {MAX_INSPECTED} bytes pgmux reads whole")
-            return
-        part = buf.take()
-        self.passing = buf.need - len(part)
-        if c is not None:
-            c.transport.write(part)
-            self.pool.stats.bytes_sent += len(part)
-
-    def _pass(self, data: bytes) -> bytes:
-        """The next bytes of a long reply (see _large), to the linked client; returns what follows it."""
-        part, rest, self.passing = cut(data, self.passing)
-        c = self.client
-        if c is not None:
-            c.transport.write(part)
-            self.pool.stats.bytes_sent += len(part)
-        return rest
-
     def _relay_slow(self, data: bytes) -> None:
         """Replies while pgmux's own query is being swallowed, while no client is linked, or while
         the replies to rewritten requests are due."""
@@ -295,7 +277,7 @@ class ServerSession:
             if self.state is ServerState.CLOSED:
                 return
         if large:
-            self._large()
+            server_large(self)
 
     def _relay_msgs(self, data: bytes, msgs: list[tuple[int, int, int]], pos: int) -> None:
         first = 0
