@@ -193,3 +193,44 @@ def test_crowded_is_clearly_more_than_a_workers_part() -> None:
     assert not ws.crowded(36, 64, 2) and ws.crowded(37, 64, 2)
     assert not ws.crowded(3, 4, 4) and ws.crowded(4, 4, 4)  # and at least 2 above it
     assert not ws.crowded(0, 0, 4) and not ws.crowded(1, 1, 1) and not ws.crowded(50, 50, 1)  # alone: never
+
+
+def test_servers_beyond_the_share_go_only_after_two_ticks_in_a_row() -> None:
+    """The rebalance gives up what a worker holds beyond its fair share while another worker's clients
+    wait, but only when that holds at SETTLE_TICKS ticks in a row: while many clients connect at once the
+    shares swing for a moment, and acting on the first tick moved servers the next ticks moved back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pgmux.pooling.pool import PoolLimits
+    from pgmux.runtime.worker import SETTLE_TICKS, SharedRegistry, WorkerShare
+
+    class Busy:
+        def __init__(self) -> None:
+            self.created_at = self.idle_since = 0.0
+            self.close_needed = False
+
+    async def run() -> list[int]:
+        counts = ws.Counts(bytearray(ws.size_for(ws.rows_for(2))), ws.rows_for(2), ws.NoLock())
+        share = WorkerShare(0, 2, counts, [], "/nonexistent", 1)
+        registry = SharedRegistry(share)
+        share.app = SimpleNamespace(now=lambda: 100.0, registry=registry)  # type: ignore[assignment]
+        pool = registry.get_or_create("db", "u", lambda: (PoolLimits(pool_size=4), "transaction"))
+        for _ in range(4):
+            pool.add_server(Busy())  # all four of the limit, busy: the other worker's clients wait
+        pk, _, _, ck = share.slots(pool)
+        counts.set(0, pk, 4)
+        counts.set(0, ck, 2)
+        counts.set(1, ck, 2)  # two clients each: a share of 2 each
+        marked = []
+        for waiting in (2, 0, 2, 2, 2):  # the other worker's waiting clients at each tick
+            counts.want(1, pk, waiting)
+            share._rebalance(pool, 100.0)
+            marked.append(sum(1 for s in pool.servers if s.close_needed))
+            await asyncio.sleep(0)
+        return marked
+
+    assert SETTLE_TICKS == 2
+    # beyond at one tick, then no one waits: nothing; beyond again at two ticks in a row: the 2 beyond the
+    # share are marked at the second (closed as their transactions end), and nothing more after
+    assert asyncio.run(run()) == [0, 0, 0, 2, 2]

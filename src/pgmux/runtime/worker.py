@@ -17,9 +17,10 @@ four places, each a few lines in the hub:
 Rebalance, every tick (0.2 s): a worker whose clients wait for a pool publishes how many; a worker
 holding idle servers of that pool beyond its fair share (the limit in proportion to its clients of the
 pool), or idle for SPARE seconds, or of a pool under the same max_db/max_user limit that is full, closes
-them, and one holding more than its fair share closes servers as their transactions end (close_needed).
-The waiting worker opens its own at its next tick. Worst-case extra wait for a client while another
-worker holds an idle server: two ticks (0.4 s), the server's end of the connection after Terminate (a
+them, and one holding more than its fair share closes servers as their transactions end (close_needed);
+beyond the share only at SETTLE_TICKS ticks in a row (the shares swing while many clients connect at
+once). The waiting worker opens its own at its next tick. Worst-case extra wait for a client while another
+worker holds an idle server: three ticks (0.6 s), the server's end of the connection after Terminate (a
 handed-over server counts until then), plus one server login; plus SPARE when that server is within its
 worker's share.
 
@@ -59,6 +60,9 @@ CLOSING: Final = 0.3  # seconds a closed server still counts (its backend's exit
 ACCEPT_PAUSE: Final = 0.1  # seconds a worker with clearly more than its part of the clients stops accepting
 SPARE: Final = 1.0  # seconds an idle server waits unused before any other worker's clients may have it
 HAND_OVER_WAIT: Final = 5.0  # seconds a handed-over server may take to end its connection
+# Ticks in a row a worker must find itself beyond its share, others' clients waiting, before it gives
+# servers up for the share: the shares swing for a moment while many clients connect or leave at once.
+SETTLE_TICKS: Final = 2
 
 
 cancel_path = ws.private_socket
@@ -85,6 +89,7 @@ class WorkerShare:
         # Servers pgmux closed, still counted for CLOSING seconds: PostgreSQL ends the backend a moment
         # later, and another worker's new server must not meet it there. pool -> close times, oldest first.
         self.closing: dict[Pool[Any, Any], list[float]] = {}
+        self.over: dict[Pool[Any, Any], int] = {}  # pools beyond their share: ticks in a row (_rebalance)
         self.quitting: dict[Any, float] = {}  # idle servers handed over: Terminate sent, at
         self.accept_paused = False
         self.retiring = False  # replaced in a rolling restart: accepts no more (runtime/retire.py)
@@ -322,6 +327,7 @@ class WorkerShare:
         if len(self.pool_slots) > len(pools):  # pools freed since (each one's slots are kept in the table)
             live = set(pools)
             self.pool_slots = {p: k for p, k in self.pool_slots.items() if p in live}
+            self.over = {p: n for p, n in self.over.items() if p in live}
         clients: dict[Pool[Any, Any], int] = {}
         for client in app.clients.values():
             if client.pool is not None:
@@ -391,6 +397,16 @@ class WorkerShare:
         marked = sum(1 for s in pool.servers if s.close_needed)  # given up already, still finishing
         others, total = c.others_demand(self.index, pk), c.total(pk) - marked
         share = self.share(pool, limit)
+        # Beyond the share while others' clients wait, at SETTLE_TICKS ticks in a row: a pgbench run of 64
+        # clients starting on 4 workers had the shares of the first clients in move servers that the next
+        # clients' shares moved back (6-13 server logins a run, each worker short of servers meanwhile).
+        beyond = len(pool.servers) - marked - share
+        streak = self.over.get(pool, 0) + 1 if others > 0 and limit > 0 and beyond > 0 else 0
+        if streak:
+            self.over[pool] = streak
+        else:
+            self.over.pop(pool, None)
+        settled = streak >= SETTLE_TICKS
         # Idle servers, up to what another worker's clients lack: those beyond this worker's fair share,
         # and those idle for SPARE seconds whatever the shares (no client of ours wanted them meanwhile).
         # One idle for a moment only is between two of our clients' transactions: given away, it would
@@ -398,9 +414,9 @@ class WorkerShare:
         # their transactions end.
         idle = 0
         if others > 0 and limit > 0:
-            spare = max(len(pool.servers) - marked - share, sum(1 for s in pool.idle if now - s.idle_since >= SPARE))
+            spare = max(beyond if settled else 0, sum(1 for s in pool.idle if now - s.idle_since >= SPARE))
             idle = min(len(pool.idle), max(0, others - ws.room(limit, c.total(pk))), spare)
-        busy = max(0, ws.to_give_up(limit, len(pool.servers) - marked, others, total, share) - idle)
+        busy = max(0, ws.to_give_up(limit, len(pool.servers) - marked, others, total, share) - idle) if settled else 0
         # More than pool_size + reserve in the pooler (lowered: RELOAD, SET, pool_size = auto; as over_size()
         # in one process): each worker gives up what it holds beyond its share, the idle ones now, the
         # others as their transactions end.
