@@ -309,6 +309,33 @@ static int header(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos, long lon
     return *end <= n;
 }
 
+/* The arguments of walk() and ready(): (data, limit, noted), `noted` a 256-byte table of message types.
+   0 with both views held (the caller puts them back), or -1 with an exception set and neither held. */
+static int reply_args(const char *name, PyObject *const *args, Py_ssize_t nargs, long long *limit,
+                      Py_buffer *view, Py_buffer *table)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s(data, limit, noted) takes 3 arguments", name);
+        return -1;
+    }
+    *limit = PyLong_AsSsize_t(args[1]); /* (AsLongLong takes a slow path for two-digit ints) */
+    if (*limit == -1 && PyErr_Occurred())
+        return -1;
+    if (get_view(args[0], view) < 0)
+        return -1;
+    if (get_view(args[2], table) < 0) {
+        put_view(view);
+        return -1;
+    }
+    if (table->len != 256) {
+        PyErr_Format(PyExc_ValueError, "%s: noted must be a 256-byte table", name);
+        put_view(table);
+        put_view(view);
+        return -1;
+    }
+    return 0;
+}
+
 /*
  * walk(data, limit, noted) -> (end, nz, z, zpos, items)
  *
@@ -323,25 +350,11 @@ static int header(const unsigned char *p, Py_ssize_t n, Py_ssize_t pos, long lon
  */
 static PyObject *walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "walk(data, limit, noted) takes 3 arguments");
-        return NULL;
-    }
-    long long limit = PyLong_AsSsize_t(args[1]); /* (AsLongLong takes a slow path for two-digit ints) */
-    if (limit == -1 && PyErr_Occurred())
-        return NULL;
+    long long limit;
     Py_buffer view, table;
-    if (get_view(args[0], &view) < 0)
+    if (reply_args("walk", args, nargs, &limit, &view, &table) < 0)
         return NULL;
-    if (get_view(args[2], &table) < 0) {
-        put_view(&view);
-        return NULL;
-    }
     PyObject *result = NULL;
-    if (table.len != 256) {
-        PyErr_SetString(PyExc_ValueError, "walk: noted must be a 256-byte table");
-        goto done;
-    }
     const unsigned char *p = view.buf, *noted = table.buf;
     Py_ssize_t n = view.len, pos = 0, zpos = 0, nz = 0, nnoted = 0;
     int z = 0;
@@ -405,25 +418,10 @@ done:
  */
 static PyObject *ready(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "ready(data, limit, noted) takes 3 arguments");
-        return NULL;
-    }
-    long long limit = PyLong_AsSsize_t(args[1]);
-    if (limit == -1 && PyErr_Occurred())
-        return NULL;
+    long long limit;
     Py_buffer view, table;
-    if (get_view(args[0], &view) < 0)
+    if (reply_args("ready", args, nargs, &limit, &view, &table) < 0)
         return NULL;
-    if (get_view(args[2], &table) < 0) {
-        put_view(&view);
-        return NULL;
-    }
-    PyObject *result = NULL;
-    if (table.len != 256) {
-        PyErr_SetString(PyExc_ValueError, "ready: noted must be a 256-byte table");
-        goto done;
-    }
     const unsigned char *p = view.buf, *noted = table.buf;
     Py_ssize_t n = view.len, pos = 0;
     int z = 0;
@@ -446,11 +444,9 @@ static PyObject *ready(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             pos = end;
         }
     }
-    result = PyLong_FromLong(z);
-done:
     put_view(&table);
     put_view(&view);
-    return result;
+    return PyLong_FromLong(z);
 }
 
 /*

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pgmux.errors import PgmuxError
 from pgmux.metrics.events import Events
 from pgmux.pooling.registry import Registry
+from pgmux.protocol import messages as m
 from pgmux.runtime import workershare as ws
 from pgmux.runtime.admission import Admission
 from pgmux.runtime.app import TICK
@@ -60,9 +61,7 @@ CLOSING: Final = 0.3  # seconds a closed server still counts (its backend's exit
 ACCEPT_PAUSE: Final = 0.1  # seconds a worker with clearly more than its part of the clients stops accepting
 SPARE: Final = 1.0  # seconds an idle server waits unused before any other worker's clients may have it
 HAND_OVER_WAIT: Final = 5.0  # seconds a handed-over server may take to end its connection
-# Ticks in a row a worker must find itself beyond its share, others' clients waiting, before it gives
-# servers up for the share: the shares swing for a moment while many clients connect or leave at once.
-SETTLE_TICKS: Final = 2
+SETTLE_TICKS: Final = 2  # ticks in a row beyond its share, others waiting, before a worker gives servers up
 
 
 cancel_path = ws.private_socket
@@ -369,8 +368,6 @@ class WorkerShare:
                  "server to end the connection)", server.prefix)
         self.quitting[server] = now
         if server.transport is not None:
-            from pgmux.protocol import messages as m
-
             server.transport.write(m.terminate())
 
     def _quitting(self, now: float) -> None:
@@ -397,15 +394,8 @@ class WorkerShare:
         marked = sum(1 for s in pool.servers if s.close_needed)  # given up already, still finishing
         others, total = c.others_demand(self.index, pk), c.total(pk) - marked
         share = self.share(pool, limit)
-        # Beyond the share while others' clients wait, at SETTLE_TICKS ticks in a row: a pgbench run of 64
-        # clients starting on 4 workers had the shares of the first clients in move servers that the next
-        # clients' shares moved back (6-13 server logins a run, each worker short of servers meanwhile).
-        beyond = len(pool.servers) - marked - share
-        streak = self.over.get(pool, 0) + 1 if others > 0 and limit > 0 and beyond > 0 else 0
-        if streak:
-            self.over[pool] = streak
-        else:
-            self.over.pop(pool, None)
+        beyond = len(pool.servers) - marked - share  # given up only at SETTLE_TICKS ticks in a row of this
+        streak = self.over[pool] = self.over.get(pool, 0) + 1 if others > 0 and limit > 0 and beyond > 0 else 0
         settled = streak >= SETTLE_TICKS
         # Idle servers, up to what another worker's clients lack: those beyond this worker's fair share,
         # and those idle for SPARE seconds whatever the shares (no client of ours wanted them meanwhile).
