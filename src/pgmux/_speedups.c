@@ -163,6 +163,21 @@ static PyObject *screen(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * portal and statement, Describes of a portal or of the unnamed statement, Executes (one at least) and
  * Parses of the same bytes, and one Sync, last. 1 for that read, else 0.
  */
+/* The `screened` argument of query() and shape(): bytes (an unnamed Parse the screen passed) or None.
+   0 with *sp/*sn set for bytes and left as they are for None; -1 with TypeError for anything else. */
+static int screened_arg(const char *name, PyObject *arg, const char **sp, Py_ssize_t *sn)
+{
+    if (arg == Py_None)
+        return 0;
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s(): screened must be bytes or None", name);
+        return -1;
+    }
+    *sp = PyBytes_AS_STRING(arg);
+    *sn = PyBytes_GET_SIZE(arg);
+    return 0;
+}
+
 static int same_batch(const unsigned char *p, Py_ssize_t n, Py_ssize_t limit, const char *sp, Py_ssize_t sn)
 {
     Py_ssize_t pos = 0;
@@ -223,14 +238,8 @@ static PyObject *query(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     const char *sp = NULL;
     Py_ssize_t sn = -1;
-    if (nargs == 3 && args[2] != Py_None) {
-        if (!PyBytes_Check(args[2])) {
-            PyErr_SetString(PyExc_TypeError, "query(): screened must be bytes or None");
-            return NULL;
-        }
-        sp = PyBytes_AS_STRING(args[2]);
-        sn = PyBytes_GET_SIZE(args[2]);
-    }
+    if (nargs == 3 && screened_arg("query", args[2], &sp, &sn) < 0)
+        return NULL;
     Py_buffer view;
     if (get_view(args[0], &view) < 0)
         return NULL;
@@ -571,14 +580,8 @@ static PyObject *shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     const char *sp = NULL; /* `screened`: an unnamed Parse whose text screen() passed before */
     Py_ssize_t sn = -1;
-    if (nargs == 2 && args[1] != Py_None) {
-        if (!PyBytes_Check(args[1])) {
-            PyErr_SetString(PyExc_TypeError, "shape(): screened must be bytes or None");
-            return NULL;
-        }
-        sp = PyBytes_AS_STRING(args[1]);
-        sn = PyBytes_GET_SIZE(args[1]);
-    }
+    if (nargs == 2 && screened_arg("shape", args[1], &sp, &sn) < 0)
+        return NULL;
     Py_buffer view;
     if (get_view(args[0], &view) < 0)
         return NULL;
