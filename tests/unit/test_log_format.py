@@ -162,3 +162,52 @@ def test_anything_else_takes_the_stdlib_path(logs: LogFiles, caplog: pytest.LogC
     assert [_no_time(ln) for ln in lines[:3]] == [f"[{os.getpid()}] LOG {t}" for t in ("filtered 1", "handled 2",
                                                                                        "captured 3")]
     assert "ValueError: bad" in lines
+
+
+def test_what_the_direct_path_keeps_gives_way_to_every_change(logs: LogFiles, caplog: pytest.LogCaptureFixture) -> None:
+    """runtime/logdirect.py keeps what its checks found between lines (its plan): each change of the logger
+    or its handlers after a line, hooked or done on their lists in place, is seen by the next line."""
+    from pgmux.runtime import logdirect
+
+    log = logging.getLogger("pgmux")
+    assert logs.file is not None
+    seen: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record.getMessage())
+        return True
+
+    other = logging.Handler()
+    other.emit = lambda record: seen.append("handler: " + record.getMessage())  # type: ignore[method-assign]
+    logdirect.info(log, "one")
+    logs.file.setLevel(logging.WARNING)  # the handler's level
+    logdirect.info(log, "below the handler's level")
+    logs.file.setLevel(logging.NOTSET)
+    logdirect.info(log, "two")
+    log.filters.append(keep)  # in place, no hook: the line's check sees it
+    logdirect.info(log, "filtered")
+    log.filters.clear()
+    logdirect.info(log, "three")
+    logs.file.filters.append(keep)  # a handler's filter, in place
+    logdirect.info(log, "handler filtered")
+    logs.file.filters.clear()
+    logging.disable(logging.INFO)  # the isEnabledFor cache, cleared in place
+    logdirect.info(log, "disabled")
+    logging.disable(logging.NOTSET)
+    log.handlers.append(other)  # another handler, in place
+    logdirect.info(log, "other handler")
+    log.handlers.remove(other)
+    log.setLevel(logging.WARNING)
+    logdirect.info(log, "below the logger's level")
+    log.setLevel(logging.INFO)
+    log.propagate = True
+    with caplog.at_level(logging.INFO, logger="pgmux"):
+        logdirect.info(log, "captured")
+    log.propagate = False
+    logdirect.info(log, "four")
+    lines = [_no_time(ln) for ln in _lines(logs)]
+    pid = os.getpid()
+    written = ("one", "two", "filtered", "three", "handler filtered", "other handler", "captured", "four")
+    assert lines == [f"[{pid}] LOG {t}" for t in written]
+    assert seen == ["filtered", "handler filtered", "handler: other handler"]
+    assert [r.getMessage() for r in caplog.records] == ["captured"]

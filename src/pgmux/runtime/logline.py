@@ -12,7 +12,9 @@ call with plain %-arguments (no exc_info, extra or stack_info) whose only handle
 is formatted here and written to their streams: the same bytes, in the same order, flushed by the
 same rules. Anything else (a traceback, a handler or filter someone added, caplog in tests, a
 formatter of another kind) takes the stdlib path unchanged. The time prefix is worked out once per
-second (`stamp`), for both paths. The direct path's body is runtime/logdirect.py (compiled).
+second (`stamp`), for both paths. The direct path's body is runtime/logdirect.py (compiled); it keeps
+what its checks found while nothing they look at changes, and the hooks here (DirectLogger's and
+PlannedHandler's: a handler or filter added or removed, any attribute set) tell it when it does.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pgmux.runtime.logdirect import LEVEL_NAMES, MS, direct
+from pgmux.runtime.logdirect import LEVEL_NAMES, MS, direct, forget
 
-__all__ = ["LEVEL_NAMES", "DirectLogger", "stamp"]
+__all__ = ["LEVEL_NAMES", "DirectLogger", "PlannedHandler", "stamp"]
 
 # The last second formatted, per converter: (second, "2026-12-02 19:40:09.", " UTC").
 _last: dict[Callable[..., Any], tuple[int, str, str]] = {}
@@ -53,6 +55,28 @@ class DirectLogger(logging.Logger):
         """Make `logger` one of these (the logger object stays the same: every module's `log` is it)."""
         cls.handler_class, cls.formatter = handler_class, formatter
         logger.__class__ = cls
+        forget()
+
+    # What logdirect's plan relies on changes: each of these drops it.
+    def __setattr__(self, name: str, value: Any) -> None:
+        forget()
+        super().__setattr__(name, value)
+
+    def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802
+        forget()
+        super().addHandler(hdlr)
+
+    def removeHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802
+        forget()
+        super().removeHandler(hdlr)
+
+    def addFilter(self, filter: Any) -> None:  # noqa: N802, A002
+        forget()
+        super().addFilter(filter)
+
+    def removeFilter(self, filter: Any) -> None:  # noqa: N802, A002
+        forget()
+        super().removeFilter(filter)
 
     def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
         if not direct(self, logging.DEBUG, msg, args, kwargs):
@@ -69,3 +93,20 @@ class DirectLogger(logging.Logger):
     def error(self, msg: Any, *args: Any, **kwargs: Any) -> None:
         if not direct(self, logging.ERROR, msg, args, kwargs):
             super().error(msg, *args, **kwargs)
+
+
+class PlannedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler whose lines DirectLogger may write itself (LogFiles' TickFlushedHandler is one): any
+    change of it (setLevel, setFormatter, setStream, a filter) drops logdirect's plan."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        forget()
+        super().__setattr__(name, value)
+
+    def addFilter(self, filter: Any) -> None:  # noqa: N802, A002
+        forget()
+        super().addFilter(filter)
+
+    def removeFilter(self, filter: Any) -> None:  # noqa: N802, A002
+        forget()
+        super().removeFilter(filter)

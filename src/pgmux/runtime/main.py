@@ -20,7 +20,7 @@ from pgmux.net.protocols import loop_exception_handler
 from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.app import App
 from pgmux.runtime.logjson import JsonFormatter
-from pgmux.runtime.logline import DirectLogger, stamp
+from pgmux.runtime.logline import DirectLogger, PlannedHandler, stamp
 from pgmux.runtime.memtrim import Trimmer
 
 log = logging.getLogger("pgmux")
@@ -31,7 +31,7 @@ log = logging.getLogger("pgmux")
 LOG_ERRORS = "backslashreplace"
 
 
-class TickFlushedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class TickFlushedHandler(PlannedHandler):
     """Writes into a buffered stream; the janitor flushes it every tick (0.2 s), and WARNING and
     worse are flushed at once. A log line per connection then costs no write() of its own, which
     matters with a connection per transaction (pgbench -C)."""
@@ -88,7 +88,8 @@ class LogFiles:
         logging.logMultiprocessing = False
         self.root = logging.getLogger("pgmux")
         DirectLogger.install(self.root, TickFlushedHandler, _FORMAT)  # its usual lines skip LogRecord
-        self.root.handlers.clear()
+        for h in list(self.root.handlers):  # (not handlers.clear(): DirectLogger sees what removeHandler does)
+            self.root.removeHandler(h)
         self.root.propagate = False
         self.handlers: list[TickFlushedHandler] = []
         if not quiet:
