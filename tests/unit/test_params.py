@@ -103,16 +103,38 @@ def test_welcome_shows_the_clients_own_values_and_fills_in_the_tracked_ones() ->
              "application_name": ""}
     tracked = ("client_encoding", "DateStyle", "TimeZone", "application_name")
     params = {"application_name": "pgbench", "DateStyle": "SQL, DMY"}
-    after, block = welcome(shown, params, tracked)
+    after, block, sig = welcome(shown, params, tracked)
+    assert sig == tuple(after.items())  # (catch_up's key)
     assert after == {"application_name": "pgbench", "DateStyle": "SQL, DMY", "client_encoding": "UTF8",
                      "TimeZone": "UTC"}
     assert block == b"".join(parameter_status(k, v) for k, v in [
         ("client_encoding", "UTF8"), ("DateStyle", "SQL, DMY"), ("TimeZone", "UTC"), ("server_version", "16.4"),
         ("application_name", "pgbench")])
     assert params == {"application_name": "pgbench", "DateStyle": "SQL, DMY"}  # the caller's dict is left alone
-    assert welcome(shown, dict(params), tracked) == (after, block)  # the same login again: the same answer
+    assert welcome(shown, dict(params), tracked) == (after, block, sig)  # the same login again: the same answer
     assert welcome(shown, dict(params), tracked)[0] is after  # (kept, and shared between equal logins)
     other_pool = dict(shown, TimeZone="Europe/Paris")
     assert welcome(other_pool, dict(params), tracked)[0]["TimeZone"] == "Europe/Paris"
     assert welcome(shown, {"application_name": "other"}, tracked)[1].count(b"other\x00") == 1
     assert welcome(shown, dict(params), ("client_encoding",))[0] == {**params, "client_encoding": "UTF8"}
+
+
+def test_the_last_login_remembered_is_compared_by_value() -> None:
+    """startup_params and welcome answer a login equal to the last one without building their keys
+    (the same packet's dict; an equal parameters dict): a dict changed in place after the call, or
+    another one of the same pool, still gets its own answer."""
+    raw = {"user": "u", "application_name": "a"}
+    first = startup_params(raw, ())
+    first["application_name"] = "changed by the caller"
+    assert startup_params(raw, ()) == {"application_name": "a"}  # a new dict each time
+    assert startup_params({"user": "u", "application_name": "b"}, ()) == {"application_name": "b"}
+    assert startup_params(raw, ("application_name",)) == {}
+    shown = {"application_name": "", "TimeZone": "UTC"}
+    tracked = ("application_name", "TimeZone")
+    params = {"application_name": "a"}
+    assert welcome(shown, params, tracked)[0] == {"application_name": "a", "TimeZone": "UTC"}
+    params["TimeZone"] = "Europe/Paris"  # the caller's dict, changed after the call
+    after, block, sig = welcome(shown, params, tracked)
+    assert after == {"application_name": "a", "TimeZone": "Europe/Paris"} and b"Europe/Paris" in block
+    assert sig == tuple(after.items())
+    assert welcome(dict(shown), {"application_name": "a"}, tracked)[0]["TimeZone"] == "UTC"  # another pool

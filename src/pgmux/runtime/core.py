@@ -81,8 +81,7 @@ class Core(Hub):
         self.auth_secrets: dict[str, str] = {}  # secrets auth_query found for users who then logged in
         # Made by App.__init__ (their modules type the hub as a layer above this one): read/write split
         # databases (per-host pools, health, failover); client limits, the console past max_client_conn,
-        # idle pools; replication clients, each with a server of its own.
-        self.admission: Any = None
+        # idle pools (`admission`, declared by Handoff); replication clients, each with a server of its own.
         self.replication: Any = None
         self.last_tick = 0.0  # when the janitor last ran (query_wait_notify: who crossed the mark since)
         self.sigs: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}  # ClientSession.attach

@@ -10,6 +10,7 @@ from pgmux.errors import PgmuxError
 from pgmux.net.linger import close_after_error
 from pgmux.protocol import messages as m
 from pgmux.runtime import logdirect, welcome
+from pgmux.runtime.admission import Admission
 from pgmux.runtime.servers import Servers
 from pgmux.runtime.timeouts import fast_close
 from pgmux.session.client import ClientSession
@@ -21,6 +22,8 @@ log = logging.getLogger("pgmux")
 
 
 class Handoff(Servers):
+    admission: Admission  # made by App.__init__; typed (compiled): admit() and release() are native calls
+
     def acquire(self, c: ClientSession, now: float | None = None) -> None:
         pool = c.logged_in_pool()
         if self.shedding:  # SHUTDOWN WAIT_FOR_SERVERS: no new transaction starts
@@ -180,7 +183,8 @@ class Handoff(Servers):
             del self.by_cancel[c.cancel_pid]
         self.admission.release(c)
         if self.config.settings.log_disconnections:
-            logdirect.info(log, f"{c.prefix} closing because: {reason} (age={self.now() - c.connect_time:.0f}s)")
+            # age in whole seconds, as PgBouncer writes it (an int: a float's format spec is three Python calls)
+            logdirect.info(log, f"{c.prefix} closing because: {reason} (age={int(self.now() - c.connect_time)}s)")
         pool = c.pool
         if c.route is not None:
             self.routing.forget(c)

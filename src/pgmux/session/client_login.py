@@ -154,8 +154,8 @@ def send_welcome(c: ClientSession, server_params: dict[str, str], tracked: tuple
     own reported parameters are in PostgreSQL's spelling by now (App.welcome)."""
     # (worked out once per kind of login: session/params.py) `after`: the client's parameters and the
     # pool's value of each tracked one it did not ask for, shared until changed (tracking.own_params).
-    after, statuses = welcome(server_params, c.params, tracked)
-    c.sig = None
+    after, statuses, sig = welcome(server_params, c.params, tracked)
+    c.sig = sig  # (catch_up's key for `after`, shared like it)
     c.params = c.initial = after
     out = [c.auth_ok, statuses, m.backend_key_data(c.cancel_pid, c.cancel_key)]
     c.auth_ok = b""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.protocol.messages import parameter_status, query
 
@@ -75,11 +75,15 @@ def valid_name(name: str) -> bool:
 # kind of login (keyed by value; bounded, and forgotten at once when full).
 _MAX_CACHED = 256
 _STARTUP: dict[tuple[tuple[tuple[str, str], ...], tuple[str, ...]], dict[str, str]] = {}
+_LAST_STARTUP: Final[list[Any]] = [None, None, None]  # the last (raw, ignore, found) of startup_params
 
 
 def startup_params(raw: dict[str, str], ignore: tuple[str, ...]) -> dict[str, str]:
     """The parameters a client's startup packet asks for (a new dict: the caller's to change). Raises
     ValueError naming a bad one."""
+    last = _LAST_STARTUP
+    if last[0] is raw and last[1] is ignore:  # the same packet as the last login (client_login._PACKETS
+        return dict(last[2])  # shares its dict): no key to build
     key = (tuple(raw.items()), ignore)
     found = _STARTUP.get(key)
     if found is None:
@@ -87,6 +91,7 @@ def startup_params(raw: dict[str, str], ignore: tuple[str, ...]) -> dict[str, st
         if len(_STARTUP) >= _MAX_CACHED:
             _STARTUP.clear()
         _STARTUP[key] = found
+    last[0], last[1], last[2] = raw, ignore, found  # (held: the identity test above stays sound)
     return dict(found)
 
 
@@ -184,31 +189,40 @@ def probe_sql(pairs: list[tuple[str, str]]) -> str:
 
 
 _WELCOME: dict[tuple[int, int, tuple[tuple[str, str], ...]],
-               tuple[dict[str, str], tuple[str, ...], dict[str, str], bytes]] = {}
+               tuple[dict[str, str], tuple[str, ...], dict[str, str], bytes, tuple[tuple[str, str], ...]]] = {}
+_LAST_WELCOME: Final[list[Any]] = [None]  # the entry welcome() returned last, with its params: (entry, params)
 
 
-def welcome(shown: dict[str, str], params: dict[str, str], tracked: tuple[str, ...]) -> tuple[dict[str, str], bytes]:
+def welcome(shown: dict[str, str], params: dict[str, str],
+            tracked: tuple[str, ...]) -> tuple[dict[str, str], bytes, tuple[tuple[str, str], ...]]:
     """What a client is welcomed with, given the pool's reported parameters (`shown`), the client's own
     (`params`, in PostgreSQL's spelling by now) and the `tracked` ones: (its parameters after login,
     `params` with the pool's value of each tracked one it did not ask for; the ParameterStatus
-    messages, the pool's values with the client's own in their place). The first is shared between
-    equal logins: read it, never change it (ClientSession.initial).
+    messages, the pool's values with the client's own in their place; the first's items as a tuple,
+    for catch_up's comparisons). The first and third are shared between equal logins: read them,
+    never change them (ClientSession.initial).
 
     Kept per pool (`shown` is the pool's dict, made once and never changed: the entry holds it, so
-    its id names it) and kind of login."""
+    its id names it) and kind of login; the last one is compared first, by its dicts' identity and
+    `params`' value, with no key to build (most logins repeat the one before)."""
+    last = _LAST_WELCOME[0]
+    if last is not None:
+        hit, seen = last
+        if hit[0] is shown and hit[1] is tracked and seen == params:
+            return hit[2], hit[3], hit[4]
     key = (id(shown), id(tracked), tuple(params.items()))
     hit = _WELCOME.get(key)
-    if hit is not None and hit[0] is shown and hit[1] is tracked:
-        return hit[2], hit[3]
-    after = dict(params)
-    for k in tracked:
-        if k not in after and k in shown:
-            after[k] = shown[k]  # the pool's default, restored if another client changed it
-    block = b"".join(parameter_status(k, params.get(k, v)) for k, v in shown.items())
-    if len(_WELCOME) >= _MAX_CACHED:
-        _WELCOME.clear()
-    _WELCOME[key] = (shown, tracked, after, block)
-    return after, block
+    if hit is None or hit[0] is not shown or hit[1] is not tracked:
+        after = dict(params)
+        for k in tracked:
+            if k not in after and k in shown:
+                after[k] = shown[k]  # the pool's default, restored if another client changed it
+        block = b"".join(parameter_status(k, params.get(k, v)) for k, v in shown.items())
+        if len(_WELCOME) >= _MAX_CACHED:
+            _WELCOME.clear()
+        hit = _WELCOME[key] = (shown, tracked, after, block, tuple(after.items()))
+    _LAST_WELCOME[0] = (hit, dict(params))  # (a copy: the caller's dict may change later)
+    return hit[2], hit[3], hit[4]
 
 
 def sync_sql(wanted: dict[str, str], current: dict[str, str], extra: set[str] | None = None) -> str | None:
