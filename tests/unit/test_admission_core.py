@@ -371,3 +371,23 @@ def test_auth_type_any_needs_a_forced_user(tmp_path: Path) -> None:
     for i in range(5):  # any name gets in, all into the forced user's one pool
         rig.login(f"name{i}", "forced")
     assert list(rig.app.registry.pools) == [("forced", "alice")]
+
+
+def test_what_logins_read_of_the_settings_follows_a_reload(tmp_path: Path) -> None:
+    """Logins read their settings from native copies (runtime/core.py HotSettings), made again by every
+    reload: a database added, max_client_conn and max_db_client_connections changed, apply to the
+    next login."""
+    rig = Rig(tmp_path, settings="max_client_conn = 100")
+    assert error_fields(rig.connect("alice", "extra").take())["C"] == "3D000"
+    path = Path(rig.app.config_path)
+    text = path.read_text()
+    path.write_text(text.replace("[pgbouncer]\n", "extra = host=127.0.0.1 dbname=appdb\n[pgbouncer]\n")
+                    .replace("max_client_conn = 100", "max_client_conn = 100\nmax_db_client_connections = 1"))
+    rig.app.reload()
+    first = rig.login("alice", "extra")
+    assert first.state is ClientState.IDLE
+    assert error_fields(rig.connect("bob", "extra").take())["C"] == "53300"  # one per database now
+    path.write_text(path.read_text().replace("max_client_conn = 100", "max_client_conn = 1"))
+    rig.app.reload()
+    refused = error_fields(rig.connect("bob", "app").take())
+    assert (refused["C"], refused["M"]) == ("53300", "no more connections allowed (max_client_conn)")

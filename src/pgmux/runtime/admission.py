@@ -47,7 +47,7 @@ class Admission:
         max_user_client_connections (PgBouncer's messages; SQLSTATE 53300, PostgreSQL's own for
         "too many connections for database/role")."""
         cfg = self.app.config
-        s = cfg.settings
+        s = self.app.hot  # (native fields: runtime/core.py)
         user = db.user if s.auth_type == "any" and db.user else c.user
         dbname = c.database
         # Config.max_db_client_connections_for() and max_user_client_connections_for(), read here without

@@ -21,6 +21,7 @@ from pgmux.net.listen import is_unix_listener, serve_sockets, start_listeners, u
 from pgmux.net.tls import Contexts, TlsConfigError
 from pgmux.runtime.admission import Admission
 from pgmux.runtime.auth_query import AuthQuery
+from pgmux.runtime.core import HotSettings
 from pgmux.runtime.logins import Logins
 from pgmux.runtime.replication import Replication
 from pgmux.runtime.routing import Routing, is_split
@@ -154,6 +155,7 @@ class App(Logins):
             new = dataclasses.replace(new, settings=dataclasses.replace(new.settings, **kept))
         self.config = new
         self.reset_always = new.settings.server_reset_query_always
+        self.hot = HotSettings(new)
         stale = set(plan.databases_reconnect) | set(plan.databases_removed)
         for name in sorted(stale & set(self.routing.splits)):
             log.warning("database %s: changes to a read/write-split database (hosts, roles, routing keys) "

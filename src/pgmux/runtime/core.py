@@ -33,6 +33,30 @@ from pgmux.session.server import ServerSession
 log = logging.getLogger("pgmux")
 
 
+class HotSettings:
+    """The settings every login and logout reads, as native fields: Settings and Config are Python
+    dataclasses, and each attribute compiled code reads of them is a dictionary lookup (about 20 a
+    login). Made from the config at start and again wherever the config changes (App.reload)."""
+
+    def __init__(self, config: Config) -> None:
+        s = config.settings
+        self.log_connections: bool = bool(s.log_connections)
+        self.log_disconnections: bool = bool(s.log_disconnections)
+        self.max_client_conn: int = int(s.max_client_conn)
+        self.max_packet_size: int = int(s.max_packet_size)
+        self.auth_type: str = s.auth_type
+        self.auth_user: str | None = s.auth_user
+        self.scram_iterations: int = int(s.scram_iterations)
+        self.ignore_startup_parameters: tuple[str, ...] = s.ignore_startup_parameters
+        self.application_name_add_host: bool = bool(s.application_name_add_host)
+        self.listen_port: int = int(s.listen_port)
+        self.max_prepared_statements: int = int(s.max_prepared_statements)
+        self.max_db_client_connections: int = int(s.max_db_client_connections)
+        self.max_user_client_connections: int = int(s.max_user_client_connections)
+        # [databases] by name (a dict: Config's is a read-only Mapping, whose get() is a Python call)
+        self.databases: dict[str, DatabaseConfig] = dict(config.databases)
+
+
 class Core(Hub):
     routing: Routing
 
@@ -41,6 +65,7 @@ class Core(Hub):
         # server_reset_query_always, read once per transaction (runtime/handoff.py): a native field,
         # set again wherever the configuration changes (App.reload).
         self.reset_always: bool = config.settings.server_reset_query_always
+        self.hot = HotSettings(config)  # (the same: set again by App.reload)
         self.config_path = config_path
         self.registry = Registry()
         self.clients: dict[int, ClientSession] = {}

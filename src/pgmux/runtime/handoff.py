@@ -182,7 +182,7 @@ class Handoff(Servers):
         if self.by_cancel.get(c.cancel_pid) is c:
             del self.by_cancel[c.cancel_pid]
         self.admission.release(c)
-        if self.config.settings.log_disconnections:
+        if self.hot.log_disconnections:
             # age in whole seconds, as PgBouncer writes it (an int: a float's format spec is three Python calls)
             logdirect.info(log, f"{c.prefix} closing because: {reason} (age={int(self.now() - c.connect_time)}s)")
         pool = c.pool

@@ -41,7 +41,7 @@ class Logins(Handoff):
     def new_client(self) -> ClientSession:
         cid = self.next_id
         self.next_id += 1
-        c = ClientSession(cid, self, self.now(), self.config.settings.max_packet_size, self.sigs)
+        c = ClientSession(cid, self, self.now(), self.hot.max_packet_size, self.sigs)
         self.clients[cid] = c
         self.arriving[cid] = c
         return c
@@ -78,7 +78,7 @@ class Logins(Handoff):
         outlives the client is made here (no pool, no count, no cancel key): a client that never
         authenticates leaves nothing behind. client_authenticated() does the rest."""
         cfg = self.config
-        s = cfg.settings
+        s = self.hot  # (native fields: runtime/core.py)
         user = params.get("user", "")
         if not user:
             raise PgmuxError("no PostgreSQL user name specified in startup packet", sqlstate="28000",
@@ -103,7 +103,7 @@ class Logins(Handoff):
         if console:
             self._admin_login(c, user)
             return
-        db = cfg.databases.get(dbname) or cfg.database(dbname)  # (the "*" fallback: the call)
+        db = s.databases.get(dbname) or cfg.database(dbname)  # (the "*" fallback: the call)
         if db is None:
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL",
                              hint="add it to [databases] in the pgmux configuration, or a \"*\" fallback line"
@@ -197,7 +197,7 @@ class Logins(Handoff):
         self.by_cancel[pid] = c
 
     def client_authenticated(self, c: ClientSession) -> None:
-        if self.config.settings.log_connections:
+        if self.hot.log_connections:
             # (the text made here, compiled: the same line as with %-arguments, without formatting at run time)
             logdirect.info(log, f"{c.prefix} login attempt: db={c.database} user={c.user}")
         self._new_cancel_key(c)
@@ -232,7 +232,7 @@ class Logins(Handoff):
         made now if it is the first of its (database, user)."""
         cfg = self.config
         dbname = c.database
-        db = cfg.databases.get(dbname) or cfg.database(dbname)
+        db = self.hot.databases.get(dbname) or cfg.database(dbname)
         if db is None:  # a reload removed it while the client logged in
             raise PgmuxError(f'no such database: {dbname}', sqlstate="3D000", severity="FATAL")
         server_user = db.user or c.user
@@ -252,7 +252,7 @@ class Logins(Handoff):
         c.use_pool(pool)
         pool.refuse_pins = db.pin_mode == "refuse"
         c.watch = pool.mode != "session"
-        if pool.mode != "session" and cfg.settings.max_prepared_statements > 0:
+        if pool.mode != "session" and self.hot.max_prepared_statements > 0:
             c.stmts = ClientStatements(self.prepared, pool.stats)
         return pool
 
