@@ -87,9 +87,14 @@ class Broken(FakeTransport):
         raise RuntimeError("injected fault in get_extra_info")
 
 
-def test_fault_in_a_protocol_callback_is_logged_and_the_client_answered(rig: Rig,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
-    proto = ClientProtocol(rig.app)
+@pytest.mark.parametrize("compiled", [False, True], ids=["ClientProtocol", "ClientConnection"])
+def test_fault_in_a_protocol_callback_is_logged_and_the_client_answered(rig: Rig, caplog: pytest.LogCaptureFixture,
+                                                                         compiled: bool) -> None:
+    """Both client protocols (net/protocols.py's, and runtime/logins.py's compiled one that the C
+    Acceptor makes) guard their callbacks: the fault is logged with the client's identity, the client
+    gets XX000, and the loop's handler finds the session too."""
+    proto: Any = rig.app.new_protocol() if compiled else ClientProtocol(rig.app)
+    assert proto.data_received == proto.session.data_received
     transport = Broken()
     proto.session.transport = transport  # what connection_made would have set before the fault
     with caplog.at_level(logging.INFO, logger="pgmux"):
@@ -99,6 +104,13 @@ def test_fault_in_a_protocol_callback_is_logged_and_the_client_answered(rig: Rig
     assert "injected fault in get_extra_info" in caplog.text
     assert error_fields(transport.take())["C"] == "XX000"
     assert transport.closed and proto.session.state is ClientState.CLOSED
+    other: Any = rig.app.new_protocol() if compiled else ClientProtocol(rig.app)
+    other.session.transport = FakeTransport()
+    with caplog.at_level(logging.INFO, logger="pgmux"):
+        loop_exception_handler(None, {"message": "Exception in callback",  # type: ignore[arg-type]
+                                      "exception": ValueError("escaped"), "protocol": other})
+    assert other.session.state is ClientState.CLOSED and error_fields(other.session.transport.take())["C"] == "XX000"
+    assert other.eof_received() is None  # (the stream then closes, as asyncio.Protocol's)
 
 
 def test_loop_exception_handler_logs_with_identity_and_closes_the_connection(

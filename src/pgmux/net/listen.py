@@ -10,7 +10,6 @@ import asyncio
 import grp
 import os
 import socket
-from functools import partial
 from typing import Any
 
 from pgmux.net import streams
@@ -76,7 +75,7 @@ async def serve_sockets(app: Any, socks: list[socket.socket], backlog: int) -> l
         for sock in socks:
             if streams.AVAILABLE:
                 sock.listen(backlog)  # (listening already: this sets the backlog, as create_server does)
-                servers.append(streams.Listener(sock, partial(ClientProtocol, app)))  # (no lambda frame per accept)
+                servers.append(streams.Listener(sock, app.new_protocol))  # (compiled: runtime/logins.py)
             elif sock.family == socket.AF_UNIX:
                 servers.append(await loop.create_unix_server(lambda: ClientProtocol(app), sock=sock, backlog=backlog))
             else:
