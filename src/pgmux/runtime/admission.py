@@ -46,7 +46,6 @@ class Admission:
         """Count an authenticated client, or refuse it past max_db_client_connections /
         max_user_client_connections (PgBouncer's messages; SQLSTATE 53300, PostgreSQL's own for
         "too many connections for database/role")."""
-        cfg = self.app.config
         s = self.app.hot  # (native fields: runtime/core.py)
         user = db.user if s.auth_type == "any" and db.user else c.user
         dbname = c.database
@@ -58,7 +57,7 @@ class Admission:
         if limit > 0 and self.per_db.get(dbname, 0) >= limit:
             raise PgmuxError("client connections exceeded (max_db_client_connections)", sqlstate="53300",
                              severity="FATAL", detail=f'database "{dbname}" allows {limit} client connections')
-        entry = cfg.users.get(user)
+        entry = s.users.get(user)
         limit = (entry.max_user_client_connections or 0) if entry is not None else 0
         if limit <= 0:
             limit = s.max_user_client_connections
@@ -73,9 +72,10 @@ class Admission:
         self.held[c] = self._pairs.setdefault(pair, pair)  # (issue 11: 56 bytes per idle client)
 
     def release(self, c: ClientSession) -> None:
-        held = self.held.pop(c, None)
+        held = self.held.get(c)  # (get and del: dict.pop is a Python method call from compiled code)
         if held is None:
             return
+        del self.held[c]
         _uncount(self.per_db, held[0])
         _uncount(self.per_user, held[1])
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pgmux.config.model import Config, DatabaseConfig
+from pgmux.config.model import Config, DatabaseConfig, UserConfig
 from pgmux.metrics.events import Events
 from pgmux.net.tls import Contexts
 from pgmux.pooling.autosize import start_size
@@ -55,6 +55,7 @@ class HotSettings:
         self.max_user_client_connections: int = int(s.max_user_client_connections)
         # [databases] by name (a dict: Config's is a read-only Mapping, whose get() is a Python call)
         self.databases: dict[str, DatabaseConfig] = dict(config.databases)
+        self.users: dict[str, UserConfig] = dict(config.users)  # ([users]: per-user limits)
 
 
 class Core(Hub):

@@ -178,7 +178,9 @@ class Handoff(Servers):
             return
         was = c.state
         c.move(ClientState.CLOSED)
-        self.clients.pop(c.id, None)
+        cid = c.id
+        if cid in self.clients:  # (not dict.pop: a Python method call from compiled code)
+            del self.clients[cid]
         if self.by_cancel.get(c.cancel_pid) is c:
             del self.by_cancel[c.cancel_pid]
         self.admission.release(c)

@@ -93,7 +93,7 @@ def _seen_startup(c: ClientSession) -> bool:
     buf = c.sbuf
     if len(buf) < 8:
         return False
-    length = int.from_bytes(buf[:4], "big")
+    length = (buf[0] << 24) | (buf[1] << 16) | (buf[2] << 8) | buf[3]  # (native: int.from_bytes is a Python call)
     if length > _PACKET_MAX or len(buf) < length:
         return False
     params = _PACKETS.get(buf if len(buf) == length else buf[:length])
