@@ -138,3 +138,14 @@ def test_the_last_login_remembered_is_compared_by_value() -> None:
     assert after == {"application_name": "a", "TimeZone": "Europe/Paris"} and b"Europe/Paris" in block
     assert sig == tuple(after.items())
     assert welcome(dict(shown), {"application_name": "a"}, tracked)[0]["TimeZone"] == "UTC"  # another pool
+
+
+def test_printable_ascii_is_isascii_and_isprintable() -> None:
+    """probe_pairs' test of an application_name PostgreSQL keeps as it is (a compiled loop instead of
+    two str methods) says what str.isascii() and str.isprintable() together say."""
+    from pgmux.session.params import _printable_ascii
+
+    for o in range(0x300):
+        for v in (chr(o), f"app{chr(o)}", f"{chr(o)}x"):
+            assert _printable_ascii(v) == (v.isascii() and v.isprintable()), (o, v)
+    assert _printable_ascii("") and _printable_ascii("pgbench") and not _printable_ascii("caf\u00e9")

@@ -60,8 +60,9 @@ class Events:
     def server_closed(self, server: Any, reason: str) -> None:
         _bump(self.servers_closed, (server.pool.database, reason_kind(reason)))
 
-    def client_login(self, c: Any, now: float) -> None:
-        secs = max(now - c.connect_time, 0.0)
+    def client_login(self, secs: float) -> None:
+        """A client authenticated `secs` after it connected (negative: a clock step, counted as 0)."""
+        secs = max(secs, 0.0)
         self._login[bucket(secs)] += 1
         self._login_total[0] += secs
 

@@ -207,7 +207,7 @@ class Logins(Handoff):
             # (the text made here, compiled: the same line as with %-arguments, without formatting at run time)
             logdirect.info(log, f"{c.prefix} login attempt: db={c.database} user={c.user}")
         self._new_cancel_key(c)
-        self.events.client_login(c, self.now())
+        self.events.client_login(self.now() - c.connect_time)
         if c.is_admin:
             if self.admin is not None:  # (unit tests drive the hub without start())
                 self.admin.stats.client_login_count += 1

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pgmux.errors import PgmuxError, ProtocolViolation
 from pgmux.protocol import messages as m
+from pgmux.protocol.auth import ClientAuthenticator
 from pgmux.protocol.codec import STREAM_FROM, Buffer
 from pgmux.protocol.scans import COPY_MESSAGES, only_copy, query, steps
 from pgmux.session import client_login
@@ -83,7 +84,7 @@ class ClientSession:
         self.pool: Pool[Any, Any] | None = None
         self.is_admin = False
         self.admin_level = ""  # "admin" or "stats" for console users
-        self.auth: Any = None
+        self.auth: ClientAuthenticator | None = None  # (typed: its calls are native, once per login)
         self.server: ServerSession | None = None
         # Complete messages waiting for a server: None while none waits (most clients are idle, issue 11:
         # a list each is 56 bytes), a list made by _push() (not a deque: an empty one costs 760 bytes).

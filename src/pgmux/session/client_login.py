@@ -69,10 +69,11 @@ def startup_data(c: ClientSession, data: bytes) -> None:
             c.sbuf = c.sbuf[start + total:]
             if mtype != ord("p"):  # PasswordMessage/SASL responses are lower-case 'p'
                 raise ProtocolViolation(f"expected password response, got message type {chr(mtype)!r}")
-            if c.auth is None:  # still looking the user up: nothing was asked yet
+            auth = c.auth
+            if auth is None:  # still looking the user up: nothing was asked yet
                 raise ProtocolViolation("unexpected password message before an authentication request")
-            reply = c.auth.feed(b"p", body)
-            if c.auth.done:
+            reply = auth.feed(b"p", body)
+            if auth.done:
                 c.auth_ok = reply  # goes out with the welcome, in one write
                 c.move(ClientState.LOGIN_WAIT)
                 c.hub.client_authenticated(c)
@@ -138,9 +139,10 @@ def adopted(c: ClientSession) -> None:
 
 def begin_auth(c: ClientSession) -> None:
     """Send the first authentication request (or log in at once, for trust and the like)."""
-    if c.state is ClientState.AUTH:
-        first = c.auth.start()
-        if c.auth.done:  # trust: AuthenticationOk goes out with the welcome, in one write
+    auth = c.auth
+    if c.state is ClientState.AUTH and auth is not None:  # (set by the hub's login, or by auth_query)
+        first = auth.start()
+        if auth.done:  # trust: AuthenticationOk goes out with the welcome, in one write
             c.auth_ok = first
             c.move(ClientState.LOGIN_WAIT)
             c.hub.client_authenticated(c)

@@ -156,6 +156,15 @@ def _set(name: str, value: str) -> str:
 MAX_KNOWN = 4096
 
 
+def _printable_ascii(v: str) -> bool:
+    """str.isascii() and str.isprintable(), as a compiled loop (those are two Python method calls)."""
+    for ch in v:
+        o = ord(ch)
+        if o < 0x20 or o > 0x7E:
+            return False
+    return True
+
+
 def probe_pairs(params: dict[str, str], shown: dict[str, str],
                 known: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
     """The reported parameters of a client's startup packet whose value as PostgreSQL would report it
@@ -174,7 +183,7 @@ def probe_pairs(params: dict[str, str], shown: dict[str, str],
         spelt = known.get((k, v))
         if spelt is not None:
             params[k] = spelt
-        elif k == "application_name" and v.isascii() and v.isprintable():
+        elif k == "application_name" and _printable_ascii(v):
             continue
         else:
             out.append((k, v))
