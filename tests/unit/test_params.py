@@ -142,10 +142,12 @@ def test_the_last_login_remembered_is_compared_by_value() -> None:
 
 def test_printable_ascii_is_isascii_and_isprintable() -> None:
     """probe_pairs' test of an application_name PostgreSQL keeps as it is (a compiled loop instead of
-    two str methods) says what str.isascii() and str.isprintable() together say."""
+    two str methods, its answers kept) says what str.isascii() and str.isprintable() together say."""
     from pgmux.session.params import _printable_ascii
 
     for o in range(0x300):
         for v in (chr(o), f"app{chr(o)}", f"{chr(o)}x"):
             assert _printable_ascii(v) == (v.isascii() and v.isprintable()), (o, v)
     assert _printable_ascii("") and _printable_ascii("pgbench") and not _printable_ascii("caf\u00e9")
+    for _ in range(2):  # the kept answers are the same
+        assert _printable_ascii("pgbench") and not _printable_ascii("caf\u00e9") and not _printable_ascii("a\tb")

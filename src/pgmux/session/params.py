@@ -156,13 +156,20 @@ def _set(name: str, value: str) -> str:
 MAX_KNOWN = 4096
 
 
+_PLAIN_NAMES: Final[dict[str, bool]] = {}  # application_name -> printable ASCII? (short ones, 1024 kept)
+
+
 def _printable_ascii(v: str) -> bool:
-    """str.isascii() and str.isprintable(), as a compiled loop (those are two Python method calls)."""
-    for ch in v:
-        o = ord(ch)
-        if o < 0x20 or o > 0x7E:
-            return False
-    return True
+    """str.isascii() and str.isprintable(): two Python method calls from compiled code, so the answer
+    for a name is kept (most clients of a pool send the same one, often the same string object)."""
+    known = _PLAIN_NAMES.get(v)
+    if known is None:
+        known = v.isascii() and v.isprintable()
+        if len(v) <= 64:
+            if len(_PLAIN_NAMES) >= 1024:  # a bound, against clients that send ever new names
+                _PLAIN_NAMES.clear()
+            _PLAIN_NAMES[v] = known
+    return known
 
 
 def probe_pairs(params: dict[str, str], shown: dict[str, str],
