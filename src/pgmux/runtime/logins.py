@@ -55,7 +55,8 @@ class Logins(Handoff):
     def accepted(self, c: ClientSession, transport: Any) -> None:
         """A new connection (ClientConnection.connection_made below, or net/protocols.py ClientProtocol's):
         the peer's address, and the tcp_* options where the listener did not give them already. asyncio
-        and uvloop set TCP_NODELAY on TCP transports themselves. On the Unix socket the peer's uid decides admin access."""
+        and uvloop set TCP_NODELAY on TCP transports themselves. On the Unix socket the peer's uid decides
+        admin access."""
         peer = transport.get_extra_info("peername")
         peer_uid: int | None = None
         if isinstance(peer, tuple):
