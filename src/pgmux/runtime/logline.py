@@ -44,7 +44,24 @@ def stamp(created: float, converter: Callable[..., Any] = time.localtime) -> str
     return last[1] + MS[int((created - sec) * 1000)] + last[2]  # milliseconds as LogRecord.msecs has them
 
 
-class DirectLogger(logging.Logger):
+class _Watched(logging.Filterer):
+    """The hooks a logger and a handler share: an attribute set or a filter added or removed drops
+    logdirect's plan (see DirectLogger and PlannedHandler)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        forget()
+        super().__setattr__(name, value)
+
+    def addFilter(self, filter: Any) -> None:  # noqa: N802, A002
+        forget()
+        super().addFilter(filter)
+
+    def removeFilter(self, filter: Any) -> None:  # noqa: N802, A002
+        forget()
+        super().removeFilter(filter)
+
+
+class DirectLogger(_Watched, logging.Logger):
     # Set by install(): the handler class and formatter whose lines this class may write itself.
     handler_class: type[logging.StreamHandler] | None = None  # type: ignore[type-arg]
     formatter: logging.Formatter | None = None
@@ -57,11 +74,7 @@ class DirectLogger(logging.Logger):
         logger.__class__ = cls
         forget()
 
-    # What logdirect's plan relies on changes: each of these drops it.
-    def __setattr__(self, name: str, value: Any) -> None:
-        forget()
-        super().__setattr__(name, value)
-
+    # What logdirect's plan relies on changes: each of these drops it (and _Watched's).
     def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802
         forget()
         super().addHandler(hdlr)
@@ -69,14 +82,6 @@ class DirectLogger(logging.Logger):
     def removeHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802
         forget()
         super().removeHandler(hdlr)
-
-    def addFilter(self, filter: Any) -> None:  # noqa: N802, A002
-        forget()
-        super().addFilter(filter)
-
-    def removeFilter(self, filter: Any) -> None:  # noqa: N802, A002
-        forget()
-        super().removeFilter(filter)
 
     def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
         if not direct(self, logging.DEBUG, msg, args, kwargs):
@@ -95,18 +100,6 @@ class DirectLogger(logging.Logger):
             super().error(msg, *args, **kwargs)
 
 
-class PlannedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class PlannedHandler(_Watched, logging.StreamHandler):  # type: ignore[type-arg]
     """A handler whose lines DirectLogger may write itself (LogFiles' TickFlushedHandler is one): any
     change of it (setLevel, setFormatter, setStream, a filter) drops logdirect's plan."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        forget()
-        super().__setattr__(name, value)
-
-    def addFilter(self, filter: Any) -> None:  # noqa: N802, A002
-        forget()
-        super().addFilter(filter)
-
-    def removeFilter(self, filter: Any) -> None:  # noqa: N802, A002
-        forget()
-        super().removeFilter(filter)
